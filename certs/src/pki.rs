@@ -343,6 +343,11 @@ pub fn org_ca_csr(key: &KeyPair, org: &str) -> Result<Vec<u8>, PkiError> {
     Ok(csr.der().to_vec())
 }
 
+/// A key pair's SubjectPublicKeyInfo, DER (what a certificate for it carries).
+pub fn spki_der(key: &KeyPair) -> Vec<u8> {
+    rcgen::PublicKeyData::subject_public_key_info(key)
+}
+
 /// SHA-256 of a certificate's SubjectPublicKeyInfo, as used in join token pins.
 pub fn spki_sha256(cert: &[u8]) -> Result<[u8; 32], PkiError> {
     use sha2::Digest;

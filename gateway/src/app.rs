@@ -1,0 +1,386 @@
+//! `fedgw run`: the one place that knows every subsystem. It loads the data dir, binds every
+//! listener (gateway port, metrics, admin socket), starts the servers as tracked tasks, writes
+//! `DIR/run.json`, and on shutdown drains them with a grace period.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fedgw_certs::tls::{self, ReloadableIdentity};
+use fedgw_certs::{PeerVerifier, RevocationSet};
+use fedgw_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::admin::{self, AdminService};
+use crate::datadir::DataDir;
+use crate::federation::FederationService;
+use crate::join::limiter::JoinLimiter;
+use crate::join::server::JoinService;
+use crate::listener::{self, Dispatch, TlsConn};
+use crate::metrics::{self, Metrics};
+use crate::provision::{self, Loaded, ProvisionError};
+use crate::store::{self, Store, StoreError};
+
+/// How long running tasks get to finish after shutdown is requested.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Bound of the queues between the TLS acceptor and the gRPC servers.
+const ACCEPT_QUEUE: usize = 64;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The data dir is incomplete or invalid.
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Another gateway already serves this data dir.
+    #[error("another fedgw is already running on {0} (its admin socket answers)")]
+    AlreadyRunning(std::path::PathBuf),
+    /// A listener could not be bound.
+    #[error("cannot listen on {what} {addr}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS configuration could not be built.
+    #[error("TLS setup failed")]
+    Tls(#[from] rustls::Error),
+    /// Writing `run.json` failed.
+    #[error("cannot write {0}")]
+    RunInfo(std::path::PathBuf, #[source] std::io::Error),
+}
+
+/// `DIR/run.json`: where a running gateway listens. Written once everything is bound; removed
+/// on clean shutdown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Bound gateway port address.
+    pub gateway: SocketAddr,
+    /// Advertised endpoints (port 0 replaced by the bound port).
+    pub advertise: Vec<String>,
+    /// Bound metrics address.
+    pub metrics: SocketAddr,
+    /// Admin socket path.
+    pub admin: std::path::PathBuf,
+}
+
+/// A started gateway.
+#[derive(Debug)]
+pub struct Running {
+    /// Where it listens.
+    pub info: RunInfo,
+    /// Its metrics.
+    pub metrics: Metrics,
+    /// Its store (shared with the servers).
+    pub store: Arc<Store>,
+    /// Revoked orgs; replacing the set affects new handshakes at once.
+    pub revoked: RevocationSet,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    dir: DataDir,
+}
+
+impl Running {
+    /// Waits for shutdown, then drains tasks for up to [`SHUTDOWN_GRACE`] and removes the run
+    /// files.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("tasks still running after the shutdown grace period");
+        }
+        let _ = std::fs::remove_file(self.dir.run_info());
+        let _ = std::fs::remove_file(self.dir.admin_socket());
+        info!("gateway stopped");
+    }
+}
+
+async fn bind_admin(dir: &DataDir) -> Result<UnixListener, RunError> {
+    let path = dir.admin_socket();
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            return Err(RunError::AlreadyRunning(dir.root().to_owned()));
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    let bind_err = |source| RunError::Bind {
+        what: "admin socket",
+        addr: path.display().to_string(),
+        source,
+    };
+    let listener = UnixListener::bind(&path).map_err(bind_err)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// Starts the gateway for `dir`; it runs until `shutdown` is cancelled.
+pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running, RunError> {
+    let loaded = provision::load(&dir)?;
+    let Loaded {
+        config,
+        root_cert,
+        root_ca,
+        genesis,
+        ..
+    } = &loaded;
+    let store = Arc::new(Store::open(&dir.store())?);
+    let provider = tls::provider();
+    let metrics = Metrics::new();
+    let revoked = RevocationSet::default();
+
+    let (leaf, renew_at) = provision::current_leaf(&dir, &loaded, SystemTime::now())?;
+    metrics.set_leaf_not_after(store::unix(leaf.not_after));
+    let identity = ReloadableIdentity::new(leaf.chain.clone(), &leaf.key, &provider)?;
+    let own_id = fedgw_certs::peer_identity(&leaf.chain[0], &config.domain)
+        .map_err(|e| RunError::Provision(ProvisionError::Invalid(format!("gateway leaf: {e}"))))?;
+    let verifier = Arc::new(PeerVerifier::new(
+        root_cert.clone(),
+        &config.domain,
+        revoked.clone(),
+        &provider,
+    )?);
+
+    let gateway_listener = bind_tcp("gateway port", config.listen).await?;
+    let gateway_addr = gateway_listener
+        .local_addr()
+        .map_err(|source| RunError::Bind {
+            what: "gateway port",
+            addr: config.listen.to_string(),
+            source,
+        })?;
+    let metrics_listener = bind_tcp("metrics", config.metrics).await?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .map_err(|source| RunError::Bind {
+            what: "metrics",
+            addr: config.metrics.to_string(),
+            source,
+        })?;
+    let admin_listener = bind_admin(&dir).await?;
+    let advertise = config.effective_advertise(gateway_addr.port());
+
+    let tracker = TaskTracker::new();
+    let (join_tx, join_rx) = mpsc::channel::<TlsConn>(ACCEPT_QUEUE);
+    let (fed_tx, fed_rx) = mpsc::channel::<TlsConn>(ACCEPT_QUEUE);
+    let dispatch = Dispatch {
+        join_config: Arc::new(tls::join_server_config(
+            &identity,
+            root_cert.clone(),
+            provider.clone(),
+        )?),
+        federation_config: Arc::new(tls::federation_server_config(
+            &identity,
+            verifier,
+            provider.clone(),
+        )?),
+        domain: config.domain.clone(),
+        join_tx,
+        federation_tx: fed_tx,
+    };
+    tracker.spawn(listener::serve(
+        gateway_listener,
+        dispatch,
+        metrics.clone(),
+        tracker.clone(),
+        shutdown.clone(),
+    ));
+
+    // join: only the root holder can sign org CAs; elsewhere join connections are dropped
+    match root_ca {
+        Some(root) => {
+            let service = Arc::new(JoinService {
+                store: store.clone(),
+                root: Arc::new(clone_ca(root)?),
+                consortium: pb::ConsortiumInfo {
+                    name: config.consortium.clone(),
+                    domain: config.domain.clone(),
+                    admission: admission_policy(config.admission).into(),
+                },
+                genesis: genesis.clone(),
+                gateway: pb::GatewayEndpoint {
+                    org: config.org.clone(),
+                    site: config.site.clone(),
+                    advertise: advertise.clone(),
+                },
+                limiter: JoinLimiter::default(),
+                metrics: metrics.clone(),
+            });
+            let server = tonic::transport::Server::builder()
+                .add_service(
+                    pb::join_server::JoinServer::from_arc(service)
+                        .max_decoding_message_size(fedgw_proto::MAX_JOIN_REQUEST_BYTES),
+                )
+                .serve_with_incoming_shutdown(
+                    ReceiverStream::new(join_rx).map(Ok::<_, std::io::Error>),
+                    shutdown.clone().cancelled_owned(),
+                );
+            tracker.spawn(async move {
+                if let Err(e) = server.await {
+                    warn!(error = %e, "join server failed");
+                }
+            });
+        }
+        None => drop(join_rx),
+    }
+
+    let federation = Arc::new(FederationService {
+        identity: own_id,
+        site: config.site.clone(),
+        revoked: revoked.clone(),
+        metrics: metrics.clone(),
+    });
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            pb::federation_server::FederationServer::from_arc(federation)
+                .max_decoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            ReceiverStream::new(fed_rx).map(Ok::<_, std::io::Error>),
+            shutdown.clone().cancelled_owned(),
+        );
+    tracker.spawn(async move {
+        if let Err(e) = server.await {
+            warn!(error = %e, "federation server failed");
+        }
+    });
+
+    let admin_service = Arc::new(AdminService {
+        store: store.clone(),
+        config: config.clone(),
+        root_cert: root_cert.to_vec(),
+        advertise: advertise.clone(),
+    });
+    let sd = shutdown.clone();
+    tracker.spawn(async move {
+        if let Err(e) = admin::serve(admin_listener, admin_service, sd).await {
+            warn!(error = %e, "admin server failed");
+        }
+    });
+    let (m, sd) = (metrics.clone(), shutdown.clone());
+    tracker.spawn(async move {
+        if let Err(e) = metrics::serve(metrics_listener, m, sd).await {
+            warn!(error = %e, "metrics server failed");
+        }
+    });
+    tracker.spawn(renew_leaf(
+        dir.clone(),
+        loaded,
+        identity,
+        renew_at,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    let info = RunInfo {
+        pid: std::process::id(),
+        gateway: gateway_addr,
+        advertise,
+        metrics: metrics_addr,
+        admin: dir.admin_socket(),
+    };
+    let json = serde_json::to_vec_pretty(&info).expect("RunInfo serialises");
+    dir.write_public(&dir.run_info(), &json)
+        .map_err(|e| RunError::RunInfo(dir.run_info(), e))?;
+    metrics.set_ready();
+    info!(gateway = %gateway_addr, metrics = %metrics_addr, "gateway ready");
+    Ok(Running {
+        info,
+        metrics,
+        store,
+        revoked,
+        tracker,
+        shutdown,
+        dir,
+    })
+}
+
+use tokio_stream::StreamExt as _;
+
+fn clone_ca(
+    ca: &fedgw_certs::CertificateAuthority,
+) -> Result<fedgw_certs::CertificateAuthority, RunError> {
+    fedgw_certs::CertificateAuthority::from_parts(ca.cert().clone(), &ca.key_pem()).map_err(
+        |source| {
+            RunError::Provision(ProvisionError::Pki {
+                what: "root CA".into(),
+                source,
+            })
+        },
+    )
+}
+
+fn admission_policy(a: crate::config::Admission) -> pb::AdmissionPolicy {
+    match a {
+        crate::config::Admission::Operator => pb::AdmissionPolicy::Operator,
+        crate::config::Admission::Majority => pb::AdmissionPolicy::Majority,
+        crate::config::Admission::All => pb::AdmissionPolicy::All,
+    }
+}
+
+/// Reissues the gateway leaf at half-life and swaps it into every TLS config.
+async fn renew_leaf(
+    dir: DataDir,
+    loaded: Loaded,
+    identity: ReloadableIdentity,
+    mut renew_at: SystemTime,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let provider = tls::provider();
+    loop {
+        let wait = renew_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let now = SystemTime::now();
+        match provision::issue_leaf(&dir, &loaded.config, &loaded.org_ca, now) {
+            Ok(leaf) => match identity.replace(leaf.chain, &leaf.key, &provider) {
+                Ok(()) => {
+                    metrics.set_leaf_not_after(store::unix(leaf.not_after));
+                    renew_at = now + Duration::from_secs(loaded.config.leaf_lifetime_secs / 2);
+                    info!("gateway leaf renewed");
+                }
+                Err(e) => {
+                    warn!(error = %e, "renewed leaf rejected by TLS; retrying in 60 s");
+                    renew_at = now + Duration::from_secs(60);
+                }
+            },
+            Err(e) => {
+                warn!(error = %e, "leaf renewal failed; retrying in 60 s");
+                renew_at = now + Duration::from_secs(60);
+            }
+        }
+    }
+}

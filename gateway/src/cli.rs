@@ -1,0 +1,530 @@
+//! The `fedgw` command line (DESIGN.md section 11). Each subcommand returns a [`CliError`]
+//! carrying a stable exit code; `main` prints it as one line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use fedgw_certs::tls::{self, ReloadableIdentity};
+use fedgw_certs::{JoinToken, PeerVerifier, RevocationSet, pki};
+use fedgw_proto::v1::RefusalReason;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Admission};
+use crate::datadir::DataDir;
+use crate::join::client::{self as join_client, JoinError, JoinParams};
+use crate::join::server::{InviteSpec, create_invite};
+use crate::provision::{self, InitOptions, JoinedFiles, NetworkOptions};
+use crate::store::Store;
+
+/// Stable exit codes.
+pub mod exit {
+    /// Any other failure.
+    pub const FAILURE: u8 = 1;
+    /// Bad usage or configuration (sysexits EX_USAGE).
+    pub const USAGE: u8 = 64;
+    /// The join token is unknown to the inviter.
+    pub const UNKNOWN_TOKEN: u8 = 10;
+    /// The join token expired.
+    pub const TOKEN_EXPIRED: u8 = 11;
+    /// The join token was already used.
+    pub const TOKEN_USED: u8 = 12;
+    /// The join token is for another org.
+    pub const WRONG_ORG: u8 = 13;
+    /// The inviter's root does not match the token's pin.
+    pub const PIN_MISMATCH: u8 = 14;
+    /// The inviter could not be reached.
+    pub const UNREACHABLE: u8 = 15;
+    /// Too many join attempts for this token.
+    pub const RATE_LIMITED: u8 = 16;
+    /// The join was refused for another reason (bad proof, already a member, bad request).
+    pub const REFUSED: u8 = 17;
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// The exit code.
+    pub code: u8,
+    /// What went wrong.
+    pub error: anyhow::Error,
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl CliError {
+    fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(error: anyhow::Error) -> Self {
+        Self::new(exit::FAILURE, error)
+    }
+}
+
+fn usage(msg: impl std::fmt::Display) -> CliError {
+    CliError::new(exit::USAGE, anyhow::anyhow!("{msg}"))
+}
+
+/// fedgw: the federation gateway for blockchain consortium networks.
+#[derive(Debug, Parser)]
+#[command(name = "fedgw", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct DataDirArg {
+    /// The gateway's data directory.
+    #[arg(long, env = "FEDGW_DATA_DIR", value_name = "DIR")]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct NetworkArgs {
+    /// This site's label: the gateway is gw-<site>.<org>.<domain>.
+    #[arg(long, default_value = "dc1")]
+    site: String,
+    /// Endpoint other gateways dial, host:port (repeatable). Port 0: the port bound at run time.
+    #[arg(long, required = true, value_name = "HOST:PORT")]
+    advertise: Vec<String>,
+    /// Gateway port listen address [default: 0.0.0.0:<advertise port>].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// DNS listen address.
+    #[arg(long, default_value = config::DEFAULT_DNS, value_name = "ADDR")]
+    dns: SocketAddr,
+    /// Metrics and health listen address.
+    #[arg(long, default_value = config::DEFAULT_METRICS, value_name = "ADDR")]
+    metrics: SocketAddr,
+    /// Gateway leaf certificate lifetime (renewed at half-life).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    leaf_lifetime: Duration,
+}
+
+impl NetworkArgs {
+    fn options(&self) -> Result<NetworkOptions, CliError> {
+        fedgw_certs::names::validate_label("site", &self.site).map_err(usage)?;
+        for a in &self.advertise {
+            config::validate_advertise(a).map_err(usage)?;
+        }
+        Ok(NetworkOptions {
+            site: self.site.clone(),
+            advertise: self.advertise.clone(),
+            listen: self.listen,
+            dns: self.dns,
+            metrics: self.metrics,
+            leaf_lifetime: self.leaf_lifetime,
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Found a consortium: root CA, this org's CA and gateway certificate, fedgw.toml.
+    Init {
+        /// Consortium name (a DNS label).
+        #[arg(long)]
+        consortium: String,
+        /// Consortium DNS domain, e.g. acme.example.
+        #[arg(long)]
+        domain: String,
+        /// The founding org (a DNS label).
+        #[arg(long)]
+        org: String,
+        /// Who must approve a join.
+        #[arg(long, value_enum, default_value = "operator")]
+        admission: Admission,
+        /// The consortium genesis file, handed to every joiner (hash-checked).
+        #[arg(long, value_name = "FILE")]
+        genesis: Option<PathBuf>,
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[command(flatten)]
+        network: NetworkArgs,
+    },
+    /// Run the gateway daemon.
+    Run {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Create a join token for an org (prints the token on stdout).
+    Invite {
+        /// The org the token admits.
+        org: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// How long the token stays valid.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// How many joins the token admits.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// Join a consortium with a token from its operator.
+    Join {
+        /// The token printed by `fedgw invite`.
+        token: String,
+        /// The org to join as (must match the invite).
+        #[arg(long)]
+        org: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[command(flatten)]
+        network: NetworkArgs,
+        /// Bound on the exchange with the inviting gateway.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Check a mutual-TLS federation link to another gateway.
+    Ping {
+        /// The other gateway, host:port.
+        endpoint: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Bound on the exchange.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// Parses arguments and runs the command.
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(), CliError> {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return Err(CliError::new(exit::USAGE, anyhow::anyhow!("invalid usage")));
+        }
+        Err(e) => {
+            let _ = e.print();
+            return Ok(());
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Init {
+            consortium,
+            domain,
+            org,
+            admission,
+            genesis,
+            dir,
+            network,
+        } => {
+            let genesis = genesis
+                .map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
+                .transpose()?;
+            let opts = InitOptions {
+                consortium,
+                domain,
+                org,
+                admission,
+                genesis,
+                network: network.options()?,
+            };
+            let data = DataDir::new(dir.data_dir);
+            let config = provision::init(&data, &opts, SystemTime::now()).map_err(|e| match e {
+                provision::ProvisionError::Invalid(_) | provision::ProvisionError::Genesis(_) => {
+                    CliError::new(exit::USAGE, e)
+                }
+                e => CliError::new(exit::FAILURE, e),
+            })?;
+            println!(
+                "founded consortium {} ({}) as {}; data dir {}",
+                config.consortium,
+                config.domain,
+                config.org,
+                data.root().display()
+            );
+            Ok(())
+        }
+        Command::Run { dir } => run(DataDir::new(dir.data_dir)).await,
+        Command::Invite {
+            org,
+            dir,
+            ttl,
+            uses,
+        } => invite(DataDir::new(dir.data_dir), org, ttl, uses).await,
+        Command::Join {
+            token,
+            org,
+            dir,
+            network,
+            timeout,
+        } => {
+            join(
+                token,
+                org,
+                DataDir::new(dir.data_dir),
+                network.options()?,
+                timeout,
+            )
+            .await
+        }
+        Command::Ping {
+            endpoint,
+            dir,
+            json,
+            timeout,
+        } => ping(endpoint, DataDir::new(dir.data_dir), json, timeout).await,
+    }
+}
+
+async fn run(dir: DataDir) -> Result<(), CliError> {
+    crate::telemetry::init();
+    if !dir.config().exists() {
+        return Err(usage(format!(
+            "{} has no fedgw.toml (run `fedgw init` or `fedgw join` first)",
+            dir.root().display()
+        )));
+    }
+    let shutdown = CancellationToken::new();
+    let running = crate::app::start(dir, shutdown.clone())
+        .await
+        .map_err(|e| CliError::new(exit::FAILURE, e))?;
+    let sd = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        sd.cancel();
+    });
+    running.wait().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn invite(dir: DataDir, org: String, ttl: Duration, uses: u32) -> Result<(), CliError> {
+    let socket = dir.admin_socket();
+    if socket.exists() {
+        if let Ok(mut client) = crate::admin::connect(&socket).await {
+            let resp = client
+                .create_invite(fedgw_proto::v1::CreateInviteRequest {
+                    org: org.clone(),
+                    ttl_secs: ttl.as_secs(),
+                    uses,
+                })
+                .await
+                .map_err(|s| match s.code() {
+                    tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::AlreadyExists => usage(s.message()),
+                    _ => CliError::new(exit::FAILURE, anyhow::anyhow!("{}", s.message())),
+                })?
+                .into_inner();
+            eprintln!(
+                "invite {} for {org}: {uses} use(s), valid {}",
+                resp.token_id,
+                humantime::format_duration(ttl)
+            );
+            println!("{}", resp.token);
+            return Ok(());
+        }
+    }
+    // the gateway is down: use the store directly
+    let loaded = provision::load(&dir).map_err(|e| CliError::new(exit::USAGE, e))?;
+    let store = Store::open(&dir.store()).map_err(|e| CliError::new(exit::FAILURE, e))?;
+    let endpoint = loaded
+        .config
+        .advertise
+        .first()
+        .cloned()
+        .ok_or_else(|| usage("no advertise endpoint configured"))?;
+    let (token, _) = create_invite(
+        &store,
+        &loaded.config,
+        &loaded.root_cert,
+        &endpoint,
+        &InviteSpec {
+            org: org.clone(),
+            ttl,
+            uses,
+        },
+        SystemTime::now(),
+    )
+    .map_err(|e| match e {
+        crate::join::server::InviteError::Store(_) => CliError::new(exit::FAILURE, e),
+        e => usage(e),
+    })?;
+    eprintln!(
+        "invite {} for {org}: {uses} use(s), valid {}",
+        token.id,
+        humantime::format_duration(ttl)
+    );
+    println!("{}", token.to_text().as_str());
+    Ok(())
+}
+
+fn refusal_code(reason: RefusalReason) -> u8 {
+    match reason {
+        RefusalReason::UnknownToken => exit::UNKNOWN_TOKEN,
+        RefusalReason::TokenExpired => exit::TOKEN_EXPIRED,
+        RefusalReason::TokenUsed => exit::TOKEN_USED,
+        RefusalReason::WrongOrg => exit::WRONG_ORG,
+        RefusalReason::RateLimited => exit::RATE_LIMITED,
+        _ => exit::REFUSED,
+    }
+}
+
+async fn join(
+    token: String,
+    org: String,
+    dir: DataDir,
+    network: NetworkOptions,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let token = JoinToken::parse(&token).map_err(usage)?;
+    fedgw_certs::names::validate_label("org", &org).map_err(usage)?;
+    if let Some(bad) = network.advertise.iter().find(|a| a.ends_with(":0")) {
+        return Err(usage(format!(
+            "--advertise {bad}: a joiner must advertise a real port (the inviter records it)"
+        )));
+    }
+    if dir.config().exists() {
+        return Err(usage(format!(
+            "{} already holds a fedgw.toml",
+            dir.root().display()
+        )));
+    }
+    let key = pki::generate_key().context("generating the org CA key")?;
+    let csr = pki::org_ca_csr(&key, &org).context("building the org CA CSR")?;
+    let params = JoinParams {
+        token,
+        org: org.clone(),
+        site: network.site.clone(),
+        advertise: network.advertise.clone(),
+        timeout,
+    };
+    let joined = join_client::join(&params, &csr, &pki::spki_der(&key))
+        .await
+        .map_err(|e| {
+            let code = match &e {
+                JoinError::Unreachable { .. } => exit::UNREACHABLE,
+                JoinError::PinMismatch(_) => exit::PIN_MISMATCH,
+                JoinError::Refused { reason, .. } => refusal_code(*reason),
+                JoinError::InvalidResponse(_) => exit::FAILURE,
+            };
+            CliError::new(code, e)
+        })?;
+    dir.create_fresh()
+        .with_context(|| format!("creating {}", dir.root().display()))?;
+    let key_pem = key.serialize_pem();
+    let config = provision::write_joined(
+        &dir,
+        &JoinedFiles {
+            org: &org,
+            joined: &joined,
+            org_key_pem: &key_pem,
+            network: &network,
+        },
+        SystemTime::now(),
+    )
+    .context("writing the data dir")?;
+    println!(
+        "joined consortium {} ({}) as {}; gateway gw-{}.{}.{}; data dir {}",
+        config.consortium,
+        config.domain,
+        config.org,
+        config.site,
+        config.org,
+        config.domain,
+        dir.root().display()
+    );
+    Ok(())
+}
+
+async fn ping(
+    endpoint: String,
+    dir: DataDir,
+    json: bool,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let loaded = provision::load(&dir).map_err(|e| CliError::new(exit::USAGE, e))?;
+    let provider = tls::provider();
+    let (leaf, _) = provision::current_leaf(&dir, &loaded, SystemTime::now())
+        .context("loading the gateway certificate")?;
+    let identity =
+        ReloadableIdentity::new(leaf.chain, &leaf.key, &provider).context("gateway identity")?;
+    let verifier = Arc::new(
+        PeerVerifier::new(
+            loaded.root_cert.clone(),
+            &loaded.config.domain,
+            RevocationSet::default(),
+            &provider,
+        )
+        .context("building the verifier")?,
+    );
+    let config = Arc::new(
+        tls::federation_client_config(&identity, verifier, provider).context("TLS config")?,
+    );
+    let outcome = crate::federation::hello(
+        &endpoint,
+        config,
+        &loaded.config.domain,
+        &loaded.config.site,
+        timeout,
+    )
+    .await
+    .map_err(|e| {
+        CliError::new(
+            exit::UNREACHABLE,
+            anyhow::anyhow!("{e}: {}", join_client::error_chain(&e)),
+        )
+    })?;
+    if json {
+        let v = serde_json::json!({
+            "server": {"org": outcome.server.org, "dns_name": outcome.server.dns_name,
+                       "spiffe_id": outcome.server.spiffe_id, "site": outcome.server_site},
+            "seen_as": {"org": outcome.seen_as.org, "dns_name": outcome.seen_as.dns_name,
+                        "spiffe_id": outcome.seen_as.spiffe_id},
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "mTLS ok: {} is {} ({}); it sees us as {} ({})",
+            endpoint,
+            outcome.server.org,
+            outcome.server.dns_name,
+            outcome.seen_as.org,
+            outcome.seen_as.dns_name
+        );
+    }
+    Ok(())
+}

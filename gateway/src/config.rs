@@ -1,0 +1,257 @@
+//! `DIR/fedgw.toml`: the gateway's configuration, written by `fedgw init` / `fedgw join`.
+//!
+//! Unknown keys are errors (`deny_unknown_fields`), so a typo never silently falls back to a
+//! default. Example:
+//!
+//! ```toml
+//! consortium = "acme"
+//! domain = "acme.example"
+//! org = "org1"
+//! site = "dc1"
+//! advertise = ["gw.org1.example.com:7443"]
+//! listen = "0.0.0.0:7443"
+//! dns = "127.0.0.1:5353"
+//! metrics = "127.0.0.1:9464"
+//! admission = "operator"
+//! leaf_lifetime_secs = 86400
+//! root_holder = true
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default gateway port (TCP, later also UDP for QUIC).
+pub const DEFAULT_GATEWAY_PORT: u16 = 7443;
+/// Default DNS listen address.
+pub const DEFAULT_DNS: &str = "127.0.0.1:5353";
+/// Default metrics and health listen address.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
+/// Default gateway leaf lifetime: 24 h.
+pub const DEFAULT_LEAF_LIFETIME_SECS: u64 = 24 * 3600;
+
+/// Who must approve a join (DESIGN.md section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Admission {
+    /// The operator's invite suffices.
+    Operator,
+    /// The invite plus approvals from a majority of member orgs.
+    Majority,
+    /// The invite plus approvals from every member org.
+    All,
+}
+
+/// A bootstrap peer: another gateway this one may dial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's org.
+    pub org: String,
+    /// The peer's site.
+    pub site: String,
+    /// `host:port` endpoints.
+    pub advertise: Vec<String>,
+}
+
+/// The contents of `fedgw.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Consortium name (DNS label).
+    pub consortium: String,
+    /// Consortium DNS domain.
+    pub domain: String,
+    /// This gateway's org.
+    pub org: String,
+    /// This gateway's site label.
+    pub site: String,
+    /// Endpoints other gateways dial, `host:port`. Port 0 means "the port bound at run time"
+    /// (single-host labs and tests).
+    pub advertise: Vec<String>,
+    /// Gateway port listen address.
+    pub listen: SocketAddr,
+    /// DNS listen address.
+    pub dns: SocketAddr,
+    /// Metrics and health listen address.
+    pub metrics: SocketAddr,
+    /// Admission policy of the consortium.
+    pub admission: Admission,
+    /// Gateway leaf lifetime in seconds; the leaf is renewed at half-life.
+    #[serde(default = "default_leaf_lifetime")]
+    pub leaf_lifetime_secs: u64,
+    /// Whether this data dir holds the consortium root key (the founder).
+    #[serde(default)]
+    pub root_holder: bool,
+    /// SHA-256 (hex) of `genesis.json`, when the consortium has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genesis_sha256: Option<String>,
+    /// Gateways to dial at start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerConfig>,
+}
+
+fn default_leaf_lifetime() -> u64 {
+    DEFAULT_LEAF_LIFETIME_SECS
+}
+
+/// Errors reading or validating `fedgw.toml`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown keys included).
+    #[error("invalid {path}")]
+    Parse {
+        /// The config path.
+        path: PathBuf,
+        /// The TOML error, with line and column.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid {path}: {reason}")]
+    Invalid {
+        /// The config path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Parses and validates a config text. `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate().map_err(|reason| ConfigError::Invalid {
+            path: path.to_owned(),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Checks names, endpoints and ranges.
+    pub fn validate(&self) -> Result<(), String> {
+        use fedgw_certs::names;
+        names::validate_label("consortium", &self.consortium).map_err(|e| e.to_string())?;
+        names::validate_domain("domain", &self.domain).map_err(|e| e.to_string())?;
+        names::validate_label("org", &self.org).map_err(|e| e.to_string())?;
+        names::validate_label("site", &self.site).map_err(|e| e.to_string())?;
+        if self.advertise.is_empty() {
+            return Err("advertise must list at least one host:port".into());
+        }
+        for a in &self.advertise {
+            validate_advertise(a)?;
+        }
+        if self.leaf_lifetime_secs < 60 {
+            return Err("leaf_lifetime_secs must be at least 60".into());
+        }
+        Ok(())
+    }
+
+    /// Serialises to TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("Config serialises: plain strings, numbers and arrays")
+    }
+
+    /// The advertised endpoints with port 0 replaced by `bound_port`.
+    pub fn effective_advertise(&self, bound_port: u16) -> Vec<String> {
+        self.advertise
+            .iter()
+            .map(|a| match a.rsplit_once(':') {
+                Some((host, "0")) => format!("{host}:{bound_port}"),
+                _ => a.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Checks an advertised endpoint: `host:port` as in a join token, or with port 0.
+pub fn validate_advertise(endpoint: &str) -> Result<(), String> {
+    let probe = match endpoint.rsplit_once(':') {
+        Some((host, "0")) => format!("{host}:1"),
+        _ => endpoint.to_owned(),
+    };
+    fedgw_certs::token::validate_endpoint(&probe)
+        .map_err(|_| format!("invalid advertise endpoint {endpoint:?} (want host:port)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Config {
+        Config {
+            consortium: "acme".into(),
+            domain: "acme.example".into(),
+            org: "org1".into(),
+            site: "dc1".into(),
+            advertise: vec!["127.0.0.1:0".into()],
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            dns: DEFAULT_DNS.parse().expect("addr"),
+            metrics: DEFAULT_METRICS.parse().expect("addr"),
+            admission: Admission::Operator,
+            leaf_lifetime_secs: DEFAULT_LEAF_LIFETIME_SECS,
+            root_holder: true,
+            genesis_sha256: None,
+            peers: vec![],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let c = sample();
+        assert_eq!(
+            Config::parse(&c.to_toml(), Path::new("x")).expect("parses"),
+            c
+        );
+        assert_eq!(
+            c.effective_advertise(7443),
+            vec!["127.0.0.1:7443".to_owned()]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let text = sample().to_toml() + "\nlisten_port = 1\n";
+        assert!(matches!(
+            Config::parse(&text, Path::new("x")),
+            Err(ConfigError::Parse { .. })
+        ));
+        let text = sample().to_toml().replace("org1", "Org1");
+        assert!(matches!(
+            Config::parse(&text, Path::new("x")),
+            Err(ConfigError::Invalid { .. })
+        ));
+        let text = sample().to_toml().replace("127.0.0.1:0\"]", "nope\"]");
+        assert!(matches!(
+            Config::parse(&text, Path::new("x")),
+            Err(ConfigError::Invalid { .. })
+        ));
+        let text = sample().to_toml().replace("operator", "anyone");
+        assert!(matches!(
+            Config::parse(&text, Path::new("x")),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+}

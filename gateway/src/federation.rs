@@ -1,0 +1,131 @@
+//! Gateway-to-gateway gRPC over mutual TLS (ALPN `h2`). For now one call, `Hello`, which lets
+//! each side confirm who the other is; membership sync builds on the same connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedgw_certs::{PeerIdentity, RevocationSet, tls};
+use fedgw_proto::v1 as pb;
+use fedgw_proto::v1::federation_client::FederationClient;
+use tonic::{Request, Response, Status};
+
+use crate::listener::ConnInfo;
+use crate::metrics::Metrics;
+use crate::net::{self, DialError};
+
+/// Converts an identity to its wire form.
+pub fn identity_msg(id: &PeerIdentity) -> pb::PeerIdentity {
+    pb::PeerIdentity {
+        org: id.org.clone(),
+        dns_name: id.dns_name.clone(),
+        spiffe_id: id.spiffe_id.clone().unwrap_or_default(),
+    }
+}
+
+/// The federation service of one gateway.
+#[derive(Debug)]
+pub struct FederationService {
+    /// This gateway's own identity.
+    pub identity: PeerIdentity,
+    /// This gateway's site.
+    pub site: String,
+    /// Revoked orgs (also enforced at handshake; checked again per call for long-lived
+    /// connections).
+    pub revoked: RevocationSet,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl FederationService {
+    fn caller(&self, extensions: &tonic::Extensions) -> Result<PeerIdentity, Status> {
+        let peer = extensions
+            .get::<ConnInfo>()
+            .and_then(|i| i.peer.clone())
+            .ok_or_else(|| Status::unauthenticated("no verified client certificate"))?;
+        if self.revoked.contains(&peer.org) {
+            return Err(Status::permission_denied("org is revoked"));
+        }
+        Ok(peer)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::federation_server::Federation for FederationService {
+    async fn hello(
+        &self,
+        request: Request<pb::HelloRequest>,
+    ) -> Result<Response<pb::HelloResponse>, Status> {
+        let caller = self.caller(request.extensions())?;
+        self.metrics.hello(&caller.org);
+        Ok(Response::new(pb::HelloResponse {
+            server: Some(identity_msg(&self.identity)),
+            caller: Some(identity_msg(&caller)),
+            server_site: self.site.clone(),
+        }))
+    }
+}
+
+/// The outcome of a Hello: the server as this side verified it, and this side as the server saw
+/// it.
+#[derive(Debug, Clone)]
+pub struct HelloOutcome {
+    /// The server's identity, from its verified certificate.
+    pub server: PeerIdentity,
+    /// What the server says it read from our certificate.
+    pub seen_as: pb::PeerIdentity,
+    /// The server's site.
+    pub server_site: String,
+}
+
+/// Why a Hello failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HelloError {
+    /// Dial or handshake failure.
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// The server's certificate names no identity (cannot happen after verification).
+    #[error("server presented no usable identity")]
+    NoIdentity,
+    /// The call failed.
+    #[error("hello failed: {0}")]
+    Call(String),
+}
+
+/// Dials `endpoint` with the federation client `config` and calls Hello.
+pub async fn hello(
+    endpoint: &str,
+    config: Arc<rustls::ClientConfig>,
+    domain: &str,
+    site: &str,
+    timeout: Duration,
+) -> Result<HelloOutcome, HelloError> {
+    let tls = net::dial_tls(endpoint, config, timeout).await?;
+    let server = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| fedgw_certs::peer_identity(leaf, domain).ok())
+        .ok_or(HelloError::NoIdentity)?;
+    let channel = net::single_use_channel(tls)
+        .await
+        .map_err(|e| HelloError::Call(e.to_string()))?;
+    let mut client =
+        FederationClient::new(channel).max_decoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES);
+    let call = client.hello(pb::HelloRequest {
+        site: site.to_owned(),
+    });
+    let resp = tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| HelloError::Call("timed out".into()))?
+        .map_err(|s| HelloError::Call(format!("{:?}: {}", s.code(), s.message())))?
+        .into_inner();
+    Ok(HelloOutcome {
+        server,
+        seen_as: resp.caller.unwrap_or_default(),
+        server_site: resp.server_site,
+    })
+}
+
+/// The ALPN the federation client offers (re-exported for tests).
+pub const ALPN: &[u8] = tls::ALPN_H2;

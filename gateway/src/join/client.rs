@@ -1,0 +1,210 @@
+//! The joiner's side: dial the inviter, verify it against the token's root pin before sending
+//! anything, prove possession of the token secret, and check what comes back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedgw_certs::token::{self, JoinToken, JoinTranscript};
+use fedgw_certs::verify::{PeerRejection, PinnedRootVerifier, peer_rejection};
+use fedgw_certs::{pki, tls};
+use fedgw_proto::v1::join_client::JoinClient;
+use fedgw_proto::v1::join_response::Outcome;
+use fedgw_proto::v1::{Admitted, JoinRequest, RefusalReason};
+use rustls_pki_types::CertificateDer;
+use sha2::Digest;
+
+use crate::net;
+
+/// Why a join failed. Each variant maps to its own exit code in the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The inviter could not be reached (DNS, TCP connect, timeout, or TLS failure other than
+    /// the pin).
+    #[error("cannot reach the inviting gateway at {endpoint}: {reason}")]
+    Unreachable {
+        /// The token's endpoint.
+        endpoint: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The server's chain does not end at the pinned root. Nothing was sent.
+    #[error(
+        "the gateway at {0} is not the consortium in the token (root pin mismatch); nothing was sent"
+    )]
+    PinMismatch(String),
+    /// The inviter refused the request.
+    #[error("join refused: {detail}")]
+    Refused {
+        /// The typed reason.
+        reason: RefusalReason,
+        /// The server's explanation.
+        detail: String,
+    },
+    /// The inviter answered something that does not check out.
+    #[error("invalid join response: {0}")]
+    InvalidResponse(String),
+}
+
+/// What the joiner sends besides its CSR.
+#[derive(Debug, Clone)]
+pub struct JoinParams {
+    /// The parsed token.
+    pub token: JoinToken,
+    /// The org to join as.
+    pub org: String,
+    /// This site's label.
+    pub site: String,
+    /// This gateway's advertised endpoints.
+    pub advertise: Vec<String>,
+    /// Bound on the whole exchange.
+    pub timeout: Duration,
+}
+
+/// A successful join, checked: the root matches the pin, the org CA certifies the joiner's own
+/// key, and the genesis file matches its hash.
+#[derive(Debug)]
+pub struct Joined {
+    /// The admission as received.
+    pub admitted: Admitted,
+    /// The consortium root certificate.
+    pub root: CertificateDer<'static>,
+    /// The org CA certificate.
+    pub org_ca: CertificateDer<'static>,
+}
+
+/// The messages of an error's sources, joined with ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Runs the join exchange for an org CA key whose CSR is `csr_der`.
+pub async fn join(
+    params: &JoinParams,
+    csr_der: &[u8],
+    org_ca_spki: &[u8],
+) -> Result<Joined, JoinError> {
+    let endpoint = params.token.endpoint.clone();
+    let unreachable = |reason: String| JoinError::Unreachable {
+        endpoint: endpoint.clone(),
+        reason,
+    };
+    let provider = tls::provider();
+    let verifier = Arc::new(PinnedRootVerifier::new(params.token.root_pin, &provider));
+    let config = Arc::new(
+        tls::join_client_config(verifier.clone(), provider)
+            .map_err(|e| unreachable(e.to_string()))?,
+    );
+
+    let exchange = async {
+        let tls = net::dial_tls(&endpoint, config, params.timeout)
+            .await
+            .map_err(|e| match e.tls_error().and_then(peer_rejection) {
+                Some(PeerRejection::PinMismatch) => JoinError::PinMismatch(endpoint.clone()),
+                _ => unreachable(format!("{e}: {}", error_chain(&e))),
+            })?;
+        let binding = tls
+            .get_ref()
+            .1
+            .export_keying_material([0u8; 32], token::JOIN_EXPORTER_LABEL, None)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let transcript = JoinTranscript {
+            token_id: &params.token.id,
+            org: &params.org,
+            site: &params.site,
+            csr_der,
+            advertise: &params.advertise,
+            channel_binding: &binding,
+        };
+        let request = JoinRequest {
+            version: fedgw_proto::JOIN_PROTOCOL_VERSION,
+            token_id: params.token.id.clone(),
+            org: params.org.clone(),
+            site: params.site.clone(),
+            csr_der: csr_der.to_vec(),
+            advertise: params.advertise.clone(),
+            proof: token::join_proof(&params.token, &transcript).to_vec(),
+        };
+        let channel = net::single_use_channel(tls)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let mut client = JoinClient::new(channel)
+            .max_decoding_message_size(fedgw_proto::MAX_JOIN_RESPONSE_BYTES);
+        client
+            .join(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| unreachable(format!("join call failed: {}", s.message())))
+    };
+    let response = tokio::time::timeout(params.timeout, exchange)
+        .await
+        .map_err(|_| unreachable(format!("no answer within {:?}", params.timeout)))??;
+
+    let admitted = match response.outcome {
+        Some(Outcome::Admitted(a)) => a,
+        Some(Outcome::Refused(r)) => {
+            return Err(JoinError::Refused {
+                reason: RefusalReason::try_from(r.reason).unwrap_or(RefusalReason::Unspecified),
+                detail: r.detail,
+            });
+        }
+        None => return Err(JoinError::InvalidResponse("empty outcome".into())),
+    };
+    check_admitted(params, admitted, verifier.root(), org_ca_spki)
+}
+
+fn check_admitted(
+    params: &JoinParams,
+    admitted: Admitted,
+    pinned_root: Option<CertificateDer<'static>>,
+    org_ca_spki: &[u8],
+) -> Result<Joined, JoinError> {
+    let invalid = |m: &str| JoinError::InvalidResponse(m.to_owned());
+    let root = pinned_root.ok_or_else(|| invalid("no pinned root seen"))?;
+    if admitted.root_ca_der != root.as_ref() {
+        return Err(invalid("root certificate differs from the pinned one"));
+    }
+    let consortium = admitted
+        .consortium
+        .as_ref()
+        .ok_or_else(|| invalid("consortium info missing"))?;
+    fedgw_certs::names::validate_label("consortium", &consortium.name)
+        .map_err(|e| invalid(&e.to_string()))?;
+    fedgw_certs::names::validate_domain("domain", &consortium.domain)
+        .map_err(|e| invalid(&e.to_string()))?;
+    let (_, org_ca) = x509_parser::parse_x509_certificate(&admitted.org_ca_der)
+        .map_err(|_| invalid("org CA does not parse"))?;
+    if org_ca.public_key().raw != org_ca_spki {
+        return Err(invalid("org CA certifies another key"));
+    }
+    let expected = fedgw_certs::names::org_subtree(&params.org, &consortium.domain);
+    let constraint_ok = org_ca
+        .name_constraints()
+        .ok()
+        .flatten()
+        .and_then(|nc| nc.value.permitted_subtrees.as_ref())
+        .is_some_and(|p| {
+            p.len() == 1
+                && matches!(&p[0].base, x509_parser::extensions::GeneralName::DNSName(d) if *d == expected)
+        });
+    if !constraint_ok {
+        return Err(invalid("org CA lacks the expected name constraint"));
+    }
+    if !admitted.genesis.is_empty()
+        && sha2::Sha256::digest(&admitted.genesis).as_slice() != admitted.genesis_sha256.as_slice()
+    {
+        return Err(invalid("genesis file does not match its hash"));
+    }
+    let _ = pki::spki_sha256(&root).map_err(|_| invalid("root does not parse"))?;
+    let org_ca = CertificateDer::from(admitted.org_ca_der.clone());
+    Ok(Joined {
+        admitted,
+        root,
+        org_ca,
+    })
+}

@@ -1,0 +1,18 @@
+//! fedgw-gateway: the gateway daemon and the `fedgw` command line.
+//!
+//! [`app`] alone knows every subsystem and wires them together for `fedgw run`; [`cli`] parses
+//! commands and maps failures to exit codes.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod datadir;
+pub mod federation;
+pub mod join;
+pub mod listener;
+pub mod metrics;
+pub mod net;
+pub mod provision;
+pub mod store;
+pub mod telemetry;

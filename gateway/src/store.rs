@@ -1,0 +1,265 @@
+//! The gateway's durable store (redb, `DIR/store.redb`): invites and admitted members.
+//!
+//! Each write is one redb transaction, committed (fsynced) before the caller answers anyone.
+//! redb holds an exclusive lock on the file, so only one process (the running gateway, or a CLI
+//! command while it is down) opens it at a time.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
+const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process (usually the running gateway) has the store open.
+    #[error("the store is in use by another process (is `fedgw run` up for this data dir?)")]
+    Locked,
+    /// The database could not be opened or created.
+    #[error("cannot open the store")]
+    Open(#[source] redb::DatabaseError),
+    /// A transaction failed.
+    #[error("store transaction failed")]
+    Transaction(#[from] redb::TransactionError),
+    /// A table could not be opened.
+    #[error("store table failed")]
+    Table(#[from] redb::TableError),
+    /// A read or write failed.
+    #[error("store IO failed")]
+    Storage(#[from] redb::StorageError),
+    /// A commit failed.
+    #[error("store commit failed")]
+    Commit(#[from] redb::CommitError),
+    /// A stored value does not decode.
+    #[error("corrupt store entry {key:?}")]
+    Corrupt {
+        /// The key of the bad entry.
+        key: String,
+        /// The decoding error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A stored invite. The token secret itself is never stored, only its verifier key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invite {
+    /// The org the invite admits.
+    pub org: String,
+    /// HMAC verifier key of the token secret (hex), see `fedgw_certs::token::verifier_key`.
+    pub verifier_key: String,
+    /// Expiry, Unix seconds.
+    pub expires_unix: u64,
+    /// Joins still allowed.
+    pub uses_left: u32,
+    /// Creation time, Unix seconds.
+    pub created_unix: u64,
+}
+
+/// An admitted member org.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The org name.
+    pub org: String,
+    /// Its org CA certificate, PEM.
+    pub org_ca_pem: String,
+    /// Its first site.
+    pub site: String,
+    /// Its gateway endpoints.
+    pub advertise: Vec<String>,
+    /// Admission time, Unix seconds.
+    pub admitted_unix: u64,
+}
+
+/// Why a redemption was refused. Checked in this order, so that a caller without the secret
+/// learns nothing about the invite beyond its existence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No invite with that id.
+    #[error("unknown token")]
+    UnknownToken,
+    /// The proof of possession does not verify.
+    #[error("bad token proof")]
+    BadProof,
+    /// The invite expired.
+    #[error("token expired")]
+    Expired,
+    /// The invite has no uses left.
+    #[error("token already used")]
+    Used,
+    /// The invite is for another org.
+    #[error("token is for another org")]
+    WrongOrg,
+    /// The org is already a member.
+    #[error("org is already a member")]
+    AlreadyMember,
+    /// The request is malformed (its CSR did not sign).
+    #[error("bad join request")]
+    BadRequest,
+}
+
+/// The outcome of [`Store::redeem`].
+#[derive(Debug)]
+pub enum Redeemed<T> {
+    /// The invite was consumed and the member recorded; `T` is what the signer returned.
+    Admitted(T),
+    /// Nothing was changed.
+    Refused(Refusal),
+}
+
+/// Unix seconds of `t` (0 before the epoch).
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The durable store.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: key.to_owned(),
+        source,
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store values serialise: plain structs of strings and ints")
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked,
+            e => StoreError::Open(e),
+        })?;
+        let tx = db.begin_write()?;
+        tx.open_table(INVITES)?;
+        tx.open_table(MEMBERS)?;
+        tx.commit()?;
+        Ok(Self { db })
+    }
+
+    /// Stores a new invite under `id`.
+    pub fn put_invite(&self, id: &str, invite: &Invite) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(INVITES)?
+            .insert(id, encode(invite).as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Reads an invite.
+    pub fn invite(&self, id: &str) -> Result<Option<Invite>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(INVITES)?;
+        let value = table.get(id)?;
+        value.map(|v| decode(id, v.value())).transpose()
+    }
+
+    /// Records a member (used for the founder and by a joiner for itself).
+    pub fn put_member(&self, member: &Member) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(MEMBERS)?
+            .insert(member.org.as_str(), encode(member).as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// All members, sorted by org.
+    pub fn members(&self) -> Result<Vec<Member>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(MEMBERS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Redeems invite `id` for `org` in one write transaction: checks (in [`Refusal`] order)
+    /// that the invite exists, `check_proof` accepts its verifier key, it is unexpired at `now`
+    /// with uses left, it names `org`, and `org` is not yet a member; then calls `sign` (which
+    /// issues the org CA), decrements the uses and records the member. Concurrent redemptions
+    /// are serialised by redb: a single-use token admits exactly one of them.
+    pub fn redeem<T>(
+        &self,
+        id: &str,
+        org: &str,
+        now: SystemTime,
+        check_proof: impl FnOnce(&[u8; 32]) -> bool,
+        sign: impl FnOnce() -> Option<(Member, T)>,
+    ) -> Result<Redeemed<T>, StoreError> {
+        let tx = self.db.begin_write()?;
+        let outcome = {
+            let mut invites = tx.open_table(INVITES)?;
+            let mut members = tx.open_table(MEMBERS)?;
+            let invite: Option<Invite> = invites
+                .get(id)?
+                .map(|v| decode(id, v.value()))
+                .transpose()?;
+            let refusal = match &invite {
+                None => Some(Refusal::UnknownToken),
+                Some(inv) if !decode_key(&inv.verifier_key).is_some_and(|k| check_proof(&k)) => {
+                    Some(Refusal::BadProof)
+                }
+                Some(inv) if unix(now) >= inv.expires_unix => Some(Refusal::Expired),
+                Some(inv) if inv.uses_left == 0 => Some(Refusal::Used),
+                Some(inv) if inv.org != org => Some(Refusal::WrongOrg),
+                Some(_) if members.get(org)?.is_some() => Some(Refusal::AlreadyMember),
+                Some(_) => None,
+            };
+            match (refusal, invite) {
+                (Some(r), _) => Redeemed::Refused(r),
+                (None, None) => Redeemed::Refused(Refusal::UnknownToken),
+                (None, Some(mut inv)) => match sign() {
+                    None => Redeemed::Refused(Refusal::BadRequest),
+                    Some((member, out)) => {
+                        inv.uses_left -= 1;
+                        invites.insert(id, encode(&inv).as_slice())?;
+                        members.insert(org, encode(&member).as_slice())?;
+                        Redeemed::Admitted(out)
+                    }
+                },
+            }
+        };
+        match outcome {
+            Redeemed::Admitted(_) => tx.commit()?,
+            Redeemed::Refused(_) => tx.abort()?,
+        }
+        Ok(outcome)
+    }
+}
+
+fn decode_key(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+        let s = std::str::from_utf8(chunk).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Hex-encodes a verifier key for [`Invite::verifier_key`].
+pub fn encode_key(key: &[u8; 32]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The expiry of an invite created at `now` with `ttl`.
+pub fn expiry(now: SystemTime, ttl: Duration) -> u64 {
+    unix(now).saturating_add(ttl.as_secs())
+}
+
+#[cfg(test)]
+mod tests;

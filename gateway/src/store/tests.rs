@@ -1,0 +1,122 @@
+use super::*;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("store.redb")).expect("open");
+    (dir, store)
+}
+
+fn invite(org: &str, uses: u32, expires_unix: u64) -> Invite {
+    Invite {
+        org: org.into(),
+        verifier_key: encode_key(&[9; 32]),
+        expires_unix,
+        uses_left: uses,
+        created_unix: 0,
+    }
+}
+
+fn member(org: &str) -> Member {
+    Member {
+        org: org.into(),
+        org_ca_pem: String::new(),
+        site: "dc1".into(),
+        advertise: vec![],
+        admitted_unix: 0,
+    }
+}
+
+fn redeem(store: &Store, id: &str, org: &str, now: u64, proof_ok: bool) -> Result<u32, Refusal> {
+    let now = UNIX_EPOCH + Duration::from_secs(now);
+    match store
+        .redeem(
+            id,
+            org,
+            now,
+            |k| proof_ok && *k == [9; 32],
+            || Some((member(org), 7)),
+        )
+        .expect("store works")
+    {
+        Redeemed::Admitted(v) => Ok(v),
+        Redeemed::Refused(r) => Err(r),
+    }
+}
+
+#[test]
+fn refusals_in_order_and_nothing_changes() {
+    let (_d, s) = store();
+    s.put_invite("a", &invite("org2", 1, 100)).expect("put");
+    assert_eq!(
+        redeem(&s, "nope", "org2", 50, true),
+        Err(Refusal::UnknownToken)
+    );
+    assert_eq!(redeem(&s, "a", "org2", 500, false), Err(Refusal::BadProof));
+    assert_eq!(redeem(&s, "a", "org2", 100, true), Err(Refusal::Expired));
+    assert_eq!(redeem(&s, "a", "org3", 50, true), Err(Refusal::WrongOrg));
+    assert_eq!(s.invite("a").expect("read").expect("kept").uses_left, 1);
+    assert!(s.members().expect("members").is_empty());
+    assert_eq!(redeem(&s, "a", "org2", 50, true), Ok(7));
+    assert_eq!(redeem(&s, "a", "org2", 50, true), Err(Refusal::Used));
+    assert_eq!(s.members().expect("members"), vec![member("org2")]);
+}
+
+#[test]
+fn already_member_and_failed_signing_consume_nothing() {
+    let (_d, s) = store();
+    s.put_member(&member("org2")).expect("member");
+    s.put_invite("a", &invite("org2", 1, 100)).expect("put");
+    assert_eq!(
+        redeem(&s, "a", "org2", 50, true),
+        Err(Refusal::AlreadyMember)
+    );
+    s.put_invite("b", &invite("org3", 1, 100)).expect("put");
+    let r = s
+        .redeem("b", "org3", UNIX_EPOCH, |_| true, || None::<(Member, ())>)
+        .expect("store works");
+    assert!(matches!(r, Redeemed::Refused(Refusal::BadRequest)));
+    assert_eq!(s.invite("b").expect("read").expect("kept").uses_left, 1);
+}
+
+#[test]
+fn concurrent_redemptions_of_a_single_use_token_admit_one() {
+    let (_d, s) = store();
+    s.put_invite("a", &invite("org2", 1, u64::MAX))
+        .expect("put");
+    let s = std::sync::Arc::new(s);
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || redeem(&s, "a", "org2", 1, true))
+        })
+        .collect();
+    let results: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    // redb serialises the write transactions: every loser sees the spent token
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(7) | Err(Refusal::Used))),
+        "{results:?}"
+    );
+}
+
+#[test]
+fn survives_reopen_and_is_exclusive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.redb");
+    {
+        let s = Store::open(&path).expect("open");
+        s.put_invite("a", &invite("org2", 2, 100)).expect("put");
+        assert!(matches!(Store::open(&path), Err(StoreError::Locked)));
+    }
+    let s = Store::open(&path).expect("reopen");
+    assert_eq!(s.invite("a").expect("read"), Some(invite("org2", 2, 100)));
+}
