@@ -97,7 +97,7 @@ fn check_shape(req: &JoinRequest) -> Result<(), String> {
         return Err(format!("advertise 1 to {MAX_ADVERTISE} endpoints"));
     }
     for a in &req.advertise {
-        token::validate_endpoint(a).map_err(|_| format!("invalid advertise endpoint {a:?}"))?;
+        crate::config::validate_advertise(a)?;
     }
     Ok(())
 }
