@@ -307,10 +307,11 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         metrics: metrics_addr,
         admin: dir.admin_socket(),
     };
+    // ready before run.json appears: whoever waits on the file finds /readyz already 200
+    metrics.set_ready();
     let json = serde_json::to_vec_pretty(&info).expect("RunInfo serialises");
     dir.write_public(&dir.run_info(), &json)
         .map_err(|e| RunError::RunInfo(dir.run_info(), e))?;
-    metrics.set_ready();
     info!(gateway = %gateway_addr, metrics = %metrics_addr, "gateway ready");
     Ok(Running {
         info,

@@ -302,7 +302,12 @@ async fn run(dir: DataDir) -> Result<(), CliError> {
     let shutdown = CancellationToken::new();
     let running = crate::app::start(dir, shutdown.clone())
         .await
-        .map_err(|e| CliError::new(exit::FAILURE, e))?;
+        .map_err(|e| match e {
+            crate::app::RunError::Provision(provision::ProvisionError::Config(_)) => {
+                CliError::new(exit::USAGE, e)
+            }
+            e => CliError::new(exit::FAILURE, e),
+        })?;
     let sd = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -1,0 +1,396 @@
+//! The `fedgw` binary end to end: real processes on loopback, port 0 everywhere, readiness from
+//! `DIR/run.json`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use fedgw_certs::{PeerVerifier, RevocationSet, pki, tls};
+use fedgw_tests::{Fedgw, Gateway, http_get};
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+
+fn fedgw() -> Fedgw {
+    Fedgw::new(env!("CARGO_BIN_EXE_fedgw"))
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+const LOOPBACK: [&str; 6] = [
+    "--listen",
+    "127.0.0.1:0",
+    "--metrics",
+    "127.0.0.1:0",
+    "--dns",
+    "127.0.0.1:0",
+];
+
+fn init(dir: &Path, advertise: &str) {
+    let mut args = vec![
+        "init",
+        "--consortium",
+        "acme",
+        "--domain",
+        "acme.test",
+        "--org",
+        "org1",
+        "--advertise",
+        advertise,
+    ];
+    args.extend(LOOPBACK);
+    let d = s(dir);
+    args.extend(["--data-dir", &d]);
+    fedgw().run(args).expect("spawn").ok().expect("init");
+}
+
+fn invite(dir: &Path, org: &str) -> String {
+    let run = fedgw()
+        .run(["invite", org, "--data-dir", &s(dir)])
+        .expect("spawn")
+        .ok()
+        .expect("invite");
+    run.stdout.trim().to_owned()
+}
+
+fn join(token: &str, org: &str, dir: &Path) -> fedgw_tests::Run {
+    let d = s(dir);
+    let mut args = vec![
+        "join",
+        token,
+        "--org",
+        org,
+        "--data-dir",
+        &d,
+        "--advertise",
+        "127.0.0.1:0",
+        "--timeout",
+        "10s",
+    ];
+    args.extend(LOOPBACK);
+    fedgw().run(args).expect("spawn")
+}
+
+fn founder(tmp: &Path) -> Gateway {
+    let a = tmp.join("org1");
+    init(&a, "127.0.0.1:0");
+    fedgw().start(&a).expect("org1 gateway starts")
+}
+
+fn cert(path: &Path) -> Vec<Vec<u8>> {
+    let pem = std::fs::read_to_string(path).expect("read pem");
+    pki::certs_from_pem(&pem)
+        .expect("pem")
+        .into_iter()
+        .map(|c| c.to_vec())
+        .collect()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+}
+
+#[test]
+fn founder_invites_org2_which_joins_and_both_gateways_see_each_other() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw1 = founder(tmp.path());
+    let (status, _) = http_get(&gw1.metrics(), "/readyz").expect("readyz");
+    assert_eq!(status, 200);
+
+    // invite while the gateway runs: it goes through the admin socket
+    let token = invite(&gw1.dir, "org2");
+    assert!(
+        token.starts_with("fedgw1.") && token.contains(&format!("@{}#sha256:", gw1.endpoint())),
+        "{token}"
+    );
+    let b = tmp.path().join("org2");
+    let run = join(&token, "org2", &b);
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("joined consortium acme (acme.test) as org2"),
+        "{}",
+        run.stdout
+    );
+
+    // org2's CA: constrained to org2.acme.test only, pathlen 0, signed for org2's own key
+    let org_ca = cert(&b.join("org-ca.pem")).remove(0);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&org_ca).expect("parse");
+    let mut permitted = vec![];
+    let mut pathlen = None;
+    for ext in parsed.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::NameConstraints(nc) => {
+                for sub in nc.permitted_subtrees.iter().flatten() {
+                    if let GeneralName::DNSName(d) = sub.base {
+                        permitted.push(d.to_owned());
+                    }
+                }
+                assert!(nc.excluded_subtrees.is_none());
+            }
+            ParsedExtension::BasicConstraints(bc) => pathlen = bc.path_len_constraint,
+            _ => {}
+        }
+    }
+    assert_eq!(permitted, ["org2.acme.test"]);
+    assert_eq!(pathlen, Some(0));
+    for key in ["org-ca.key", "gateway.key"] {
+        assert_eq!(mode(&b.join(key)), 0o600, "{key}");
+    }
+    assert_eq!(mode(&gw1.dir.join("root-ca.key")), 0o600);
+    assert!(
+        !b.join("root-ca.key").exists(),
+        "the root key never leaves the founder"
+    );
+    assert_eq!(
+        cert(&b.join("root-ca.pem")),
+        cert(&gw1.dir.join("root-ca.pem"))
+    );
+
+    // org2's gateway leaf verifies against the consortium root
+    let root = cert(&gw1.dir.join("root-ca.pem")).remove(0);
+    let chain = cert(&b.join("gateway.pem"));
+    let v = PeerVerifier::new(
+        root.into(),
+        "acme.test",
+        RevocationSet::default(),
+        &tls::provider(),
+    )
+    .expect("v");
+    let intermediates: Vec<_> = chain[1..].iter().map(|c| c.clone().into()).collect();
+    let id = v
+        .verify_chain(
+            &chain[0].clone().into(),
+            &intermediates,
+            rustls_pki_types::UnixTime::now(),
+            webpki_usage(),
+        )
+        .expect("org2 leaf chains to the root");
+    assert_eq!(id.dns_name, "gw-dc1.org2.acme.test");
+
+    // mTLS both ways between the two gateway processes
+    let gw2 = fedgw().start(&b).expect("org2 gateway starts");
+    let ping = |from: &Path, to: &Gateway| {
+        let run = fedgw()
+            .run(["ping", &to.endpoint(), "--data-dir", &s(from), "--json"])
+            .expect("spawn")
+            .ok()
+            .expect("ping");
+        serde_json::from_str::<serde_json::Value>(&run.stdout).expect("json")
+    };
+    let seen = ping(&b, &gw1);
+    assert_eq!(seen["server"]["org"], "org1");
+    assert_eq!(seen["seen_as"]["org"], "org2");
+    let seen = ping(&gw1.dir, &gw2);
+    assert_eq!(seen["server"]["org"], "org2");
+    assert_eq!(seen["seen_as"]["org"], "org1");
+    assert_eq!(
+        seen["seen_as"]["spiffe_id"],
+        "spiffe://acme.test/org/org1/gw/dc1"
+    );
+
+    // graceful shutdown on SIGTERM: exit 0, run files removed
+    for gw in [gw2, gw1] {
+        let dir = gw.dir.clone();
+        let status = gw.stop().expect("stops");
+        assert!(status.success(), "{status}");
+        assert!(!dir.join("run.json").exists());
+        assert!(!dir.join("admin.sock").exists());
+    }
+}
+
+fn webpki_usage() -> webpki::KeyUsage {
+    webpki::KeyUsage::server_auth()
+}
+
+#[test]
+fn join_refusals_have_distinct_exit_codes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw1 = founder(tmp.path());
+    let dir = |n: &str| tmp.path().join(n);
+
+    // wrong org: 13, and the token survives it
+    let token = invite(&gw1.dir, "org2");
+    assert_eq!(join(&token, "org3", &dir("x1")).code, Some(13));
+    assert!(!dir("x1").exists(), "nothing written on refusal");
+    assert_eq!(join(&token, "org2", &dir("org2")).code, Some(0));
+    // reused: 12
+    let run = join(&token, "org2", &dir("x2"));
+    assert_eq!(run.code, Some(12), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.trim().lines().count(),
+        1,
+        "one line: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("already used"), "{}", run.stderr);
+
+    // unknown: 10
+    let fresh = invite(&gw1.dir, "org3");
+    let other_id = "0123456789abcdef";
+    let unknown = format!("fedgw1.{other_id}{}", &fresh["fedgw1.".len() + 16..]);
+    assert_eq!(join(&unknown, "org3", &dir("x3")).code, Some(10));
+
+    // pin mismatch: 14
+    let mut wrong_pin = fresh.clone();
+    let i = wrong_pin.len() - 1;
+    let last = if wrong_pin.ends_with('A') { "B" } else { "A" };
+    wrong_pin.replace_range(i.., last);
+    let run = join(&wrong_pin, "org3", &dir("x4"));
+    assert_eq!(run.code, Some(14), "{}", run.stderr);
+    assert!(run.stderr.contains("pin mismatch"), "{}", run.stderr);
+
+    // malformed: 64
+    assert_eq!(join("fedgw1.nope", "org3", &dir("x5")).code, Some(64));
+    assert_eq!(join(&fresh, "Org3", &dir("x5")).code, Some(64));
+
+    // unreachable: 15
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = listener.local_addr().expect("addr").to_string();
+    drop(listener);
+    let unreachable = fresh.replace(&gw1.endpoint(), &dead);
+    assert_eq!(join(&unreachable, "org3", &dir("x6")).code, Some(15));
+
+    // the untouched invite still works
+    assert_eq!(join(&fresh, "org3", &dir("org3")).code, Some(0));
+    let metrics = http_get(&gw1.metrics(), "/metrics").expect("metrics").1;
+    assert!(
+        metrics.contains(r#"fedgw_join_requests_total{result="admitted"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"fedgw_join_requests_total{result="wrong_org"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(&fresh[7..23]),
+        "token ids stay out of metrics"
+    );
+    assert!(
+        !gw1.log_text()
+            .contains(fresh.split('@').next().expect("head")),
+        "token secret logged"
+    );
+}
+
+#[test]
+fn invite_works_offline_and_needs_a_real_port() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("org1");
+    init(&a, "gw.org1.example.com:7443");
+    let token = invite(&a, "org2");
+    assert!(
+        token.contains("@gw.org1.example.com:7443#sha256:"),
+        "{token}"
+    );
+    let pin = pki::spki_sha256(&cert(&a.join("root-ca.pem"))[0]).expect("pin");
+    assert!(token.ends_with(&fedgw_certs::token::encode_pin(&pin)));
+
+    let b = tmp.path().join("org1b");
+    init(&b, "127.0.0.1:0");
+    let run = fedgw()
+        .run(["invite", "org2", "--data-dir", &s(&b)])
+        .expect("spawn");
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    let run = fedgw()
+        .run(["invite", "org2", "--data-dir", &s(&b), "--ttl", "0s"])
+        .expect("spawn");
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+}
+
+#[test]
+fn run_refuses_bad_config_and_a_second_instance() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = fedgw()
+        .run(["run", "--data-dir", &s(&tmp.path().join("none"))])
+        .expect("spawn");
+    assert_eq!(missing.code, Some(64));
+
+    let a = tmp.path().join("org1");
+    init(&a, "127.0.0.1:0");
+    let gw = fedgw().start(&a).expect("starts");
+    let second = fedgw().run(["run", "--data-dir", &s(&a)]).expect("spawn");
+    assert_ne!(second.code, Some(0));
+    assert!(
+        second.stderr.contains("already running") || second.stderr.contains("in use"),
+        "{}",
+        second.stderr
+    );
+    assert!(gw.stop().expect("stop").success());
+
+    let config = a.join("fedgw.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("{text}\nlisten_port = 1\n")).expect("write");
+    let bad = fedgw().run(["run", "--data-dir", &s(&a)]).expect("spawn");
+    assert_eq!(bad.code, Some(64), "{}", bad.stderr);
+    assert!(bad.stderr.contains("listen_port"), "{}", bad.stderr);
+}
+
+#[test]
+fn init_refuses_bad_names_and_existing_dirs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("org1");
+    init(&a, "127.0.0.1:0");
+    let again = fedgw()
+        .run([
+            "init",
+            "--consortium",
+            "acme",
+            "--domain",
+            "acme.test",
+            "--org",
+            "org1",
+            "--advertise",
+            "127.0.0.1:0",
+            "--data-dir",
+            &s(&a),
+        ])
+        .expect("spawn");
+    assert_ne!(again.code, Some(0));
+    let b = tmp.path().join("b");
+    for (flag, bad) in [
+        ("--org", "Org_1"),
+        ("--domain", "acme"),
+        ("--advertise", "nohost"),
+    ] {
+        let mut args = vec![
+            "init",
+            "--consortium",
+            "acme",
+            "--domain",
+            "acme.test",
+            "--org",
+            "org1",
+            "--advertise",
+            "127.0.0.1:0",
+        ];
+        let i = args.iter().position(|a| *a == flag).expect("flag");
+        args[i + 1] = bad;
+        let d = s(&b);
+        args.extend(["--data-dir", &d]);
+        assert_eq!(
+            fedgw().run(args).expect("spawn").code,
+            Some(64),
+            "{flag} {bad}"
+        );
+    }
+    let genesis = tmp.path().join("genesis.json");
+    std::fs::write(&genesis, "[1,2]").expect("write");
+    let run = fedgw()
+        .run([
+            "init",
+            "--consortium",
+            "acme",
+            "--domain",
+            "acme.test",
+            "--org",
+            "org1",
+            "--advertise",
+            "127.0.0.1:0",
+            "--genesis",
+            &s(&genesis),
+            "--data-dir",
+            &s(&b),
+        ])
+        .expect("spawn");
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+}
