@@ -59,10 +59,10 @@ pub fn peer_identity(leaf: &[u8], domain: &str) -> Result<PeerIdentity, Identity
         }
     }
     let org = org.ok_or(IdentityError::NoName)?.to_owned();
-    if let Some(id) = &spiffe_id {
-        if names::org_of_spiffe_id(id, domain) != Some(org.as_str()) {
-            return Err(IdentityError::SpiffeMismatch(id.clone()));
-        }
+    if let Some(id) = &spiffe_id
+        && names::org_of_spiffe_id(id, domain) != Some(org.as_str())
+    {
+        return Err(IdentityError::SpiffeMismatch(id.clone()));
     }
     Ok(PeerIdentity {
         org,

@@ -143,13 +143,13 @@ impl PeerVerifier {
         if self.revoked.contains(&id.org) {
             return Err(rejection(PeerRejection::Revoked(id.org)));
         }
-        if let Some(expected) = &self.expected_org {
-            if *expected != id.org {
-                return Err(rejection(PeerRejection::WrongOrg {
-                    expected: expected.clone(),
-                    actual: id.org,
-                }));
-            }
+        if let Some(expected) = &self.expected_org
+            && *expected != id.org
+        {
+            return Err(rejection(PeerRejection::WrongOrg {
+                expected: expected.clone(),
+                actual: id.org,
+            }));
         }
         Ok(id)
     }

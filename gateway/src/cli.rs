@@ -338,30 +338,30 @@ async fn wait_for_signal() {
 
 async fn invite(dir: DataDir, org: String, ttl: Duration, uses: u32) -> Result<(), CliError> {
     let socket = dir.admin_socket();
-    if socket.exists() {
-        if let Ok(mut client) = crate::admin::connect(&socket).await {
-            let resp = client
-                .create_invite(fedgw_proto::v1::CreateInviteRequest {
-                    org: org.clone(),
-                    ttl_secs: ttl.as_secs(),
-                    uses,
-                })
-                .await
-                .map_err(|s| match s.code() {
-                    tonic::Code::InvalidArgument
-                    | tonic::Code::FailedPrecondition
-                    | tonic::Code::AlreadyExists => usage(s.message()),
-                    _ => CliError::new(exit::FAILURE, anyhow::anyhow!("{}", s.message())),
-                })?
-                .into_inner();
-            eprintln!(
-                "invite {} for {org}: {uses} use(s), valid {}",
-                resp.token_id,
-                humantime::format_duration(ttl)
-            );
-            println!("{}", resp.token);
-            return Ok(());
-        }
+    if socket.exists()
+        && let Ok(mut client) = crate::admin::connect(&socket).await
+    {
+        let resp = client
+            .create_invite(fedgw_proto::v1::CreateInviteRequest {
+                org: org.clone(),
+                ttl_secs: ttl.as_secs(),
+                uses,
+            })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::InvalidArgument
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::AlreadyExists => usage(s.message()),
+                _ => CliError::new(exit::FAILURE, anyhow::anyhow!("{}", s.message())),
+            })?
+            .into_inner();
+        eprintln!(
+            "invite {} for {org}: {uses} use(s), valid {}",
+            resp.token_id,
+            humantime::format_duration(ttl)
+        );
+        println!("{}", resp.token);
+        return Ok(());
     }
     // the gateway is down: use the store directly
     let loaded = provision::load(&dir).map_err(|e| CliError::new(exit::USAGE, e))?;

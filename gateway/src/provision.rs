@@ -197,7 +197,7 @@ fn write_org_ca(
         .map_err(io("writing key", &dir.org_key()))?;
     dir.write_public(
         &dir.org_cert(),
-        pki::certs_to_pem(&[cert.clone()]).as_bytes(),
+        pki::certs_to_pem(std::slice::from_ref(cert)).as_bytes(),
     )
     .map_err(io("writing certificate", &dir.org_cert()))
 }
@@ -259,7 +259,7 @@ pub fn write_joined(
     config.validate().map_err(ProvisionError::Invalid)?;
     dir.write_public(
         &dir.root_cert(),
-        pki::certs_to_pem(&[files.joined.root.clone()]).as_bytes(),
+        pki::certs_to_pem(std::slice::from_ref(&files.joined.root)).as_bytes(),
     )
     .map_err(io("writing certificate", &dir.root_cert()))?;
     write_org_ca(dir, &files.joined.org_ca, files.org_key_pem)?;
@@ -273,7 +273,7 @@ pub fn write_joined(
     let store = Store::open(&dir.store())?;
     store.put_member(&Member {
         org: files.org.to_owned(),
-        org_ca_pem: pki::certs_to_pem(&[files.joined.org_ca.clone()]),
+        org_ca_pem: pki::certs_to_pem(std::slice::from_ref(&files.joined.org_ca)),
         site: net.site.clone(),
         advertise: net.advertise.clone(),
         admitted_unix: store::unix(now),

@@ -19,21 +19,9 @@ pub enum StoreError {
     /// Another process (usually the running gateway) has the store open.
     #[error("the store is in use by another process (is `fedgw run` up for this data dir?)")]
     Locked,
-    /// The database could not be opened or created.
-    #[error("cannot open the store")]
-    Open(#[source] redb::DatabaseError),
-    /// A transaction failed.
-    #[error("store transaction failed")]
-    Transaction(#[from] redb::TransactionError),
-    /// A table could not be opened.
-    #[error("store table failed")]
-    Table(#[from] redb::TableError),
-    /// A read or write failed.
-    #[error("store IO failed")]
-    Storage(#[from] redb::StorageError),
-    /// A commit failed.
-    #[error("store commit failed")]
-    Commit(#[from] redb::CommitError),
+    /// A database operation (open, transaction, table, read, write, commit) failed.
+    #[error("store operation failed")]
+    Db(#[source] Box<redb::Error>),
     /// A stored value does not decode.
     #[error("corrupt store entry {key:?}")]
     Corrupt {
@@ -44,6 +32,22 @@ pub enum StoreError {
         source: serde_json::Error,
     },
 }
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 /// A stored invite. The token secret itself is never stored, only its verifier key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,7 +142,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked,
-            e => StoreError::Open(e),
+            e => StoreError::Db(Box::new(e.into())),
         })?;
         let tx = db.begin_write()?;
         tx.open_table(INVITES)?;
