@@ -9,15 +9,15 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use fedgw_certs::tls::{self, ReloadableIdentity};
-use fedgw_certs::{JoinToken, PeerVerifier, RevocationSet, pki};
+use fedgw_certs::{JoinToken, PeerVerifier, RevocationSet};
 use fedgw_proto::v1::RefusalReason;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Admission};
 use crate::datadir::DataDir;
-use crate::join::client::{self as join_client, JoinError, JoinParams};
+use crate::join::client::{self as join_client, JoinDirError, JoinError};
 use crate::join::server::{InviteSpec, create_invite};
-use crate::provision::{self, InitOptions, JoinedFiles, NetworkOptions};
+use crate::provision::{self, InitOptions, NetworkOptions};
 use crate::store::Store;
 
 /// Stable exit codes.
@@ -189,6 +189,24 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Run a whole consortium on this machine: one gateway process per org on loopback.
+    Lab {
+        /// Number of orgs.
+        #[arg(long, default_value_t = 3)]
+        orgs: usize,
+        /// Where the orgs' data dirs go [default: a new temporary directory].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Run every step, print PASS/FAIL per step, and exit (0 only if all passed).
+        #[arg(long)]
+        check: bool,
+        /// Consortium name.
+        #[arg(long, default_value = "acme")]
+        consortium: String,
+        /// Consortium domain.
+        #[arg(long, default_value = "acme.test")]
+        domain: String,
+    },
     /// Check a mutual-TLS federation link to another gateway.
     Ping {
         /// The other gateway, host:port.
@@ -282,6 +300,13 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             )
             .await
         }
+        Command::Lab {
+            orgs,
+            dir,
+            check,
+            consortium,
+            domain,
+        } => lab(orgs, dir, check, consortium, domain).await,
         Command::Ping {
             endpoint,
             dir,
@@ -316,6 +341,52 @@ async fn run(dir: DataDir) -> Result<(), CliError> {
     });
     running.wait().await;
     Ok(())
+}
+
+async fn lab(
+    orgs: usize,
+    dir: Option<PathBuf>,
+    check: bool,
+    consortium: String,
+    domain: String,
+) -> Result<(), CliError> {
+    let temporary = dir.is_none();
+    let dir = match dir {
+        Some(d) => d,
+        None => tempfile_dir().context("creating a lab directory")?,
+    };
+    let bin = std::env::current_exe().context("locating the fedgw binary")?;
+    println!("fedgw lab: {orgs} orgs in {}", dir.display());
+    let failed = crate::lab::run(crate::lab::LabOptions {
+        orgs,
+        dir: dir.clone(),
+        consortium,
+        domain,
+        check,
+        bin,
+    })
+    .await
+    .map_err(usage)?;
+    if temporary && check {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if failed > 0 {
+        return Err(CliError::new(
+            exit::FAILURE,
+            anyhow::anyhow!("{failed} lab step(s) failed"),
+        ));
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> std::io::Result<PathBuf> {
+    let base = std::env::temp_dir();
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let dir = base.join(format!("fedgw-lab-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 async fn wait_for_signal() {
@@ -416,47 +487,18 @@ async fn join(
     timeout: Duration,
 ) -> Result<(), CliError> {
     let token = JoinToken::parse(&token).map_err(usage)?;
-    fedgw_certs::names::validate_label("org", &org).map_err(usage)?;
-    if dir.config().exists() {
-        return Err(usage(format!(
-            "{} already holds a fedgw.toml",
-            dir.root().display()
-        )));
-    }
-    let key = pki::generate_key().context("generating the org CA key")?;
-    let csr = pki::org_ca_csr(&key, &org).context("building the org CA CSR")?;
-    let params = JoinParams {
-        token,
-        org: org.clone(),
-        site: network.site.clone(),
-        advertise: network.advertise.clone(),
-        timeout,
-    };
-    let joined = join_client::join(&params, &csr, &pki::spki_der(&key))
+    let config = join_client::join_into(token, &org, &dir, &network, timeout)
         .await
         .map_err(|e| {
             let code = match &e {
-                JoinError::Unreachable { .. } => exit::UNREACHABLE,
-                JoinError::PinMismatch(_) => exit::PIN_MISMATCH,
-                JoinError::Refused { reason, .. } => refusal_code(*reason),
-                JoinError::InvalidResponse(_) => exit::FAILURE,
+                JoinDirError::Exists(_) | JoinDirError::Name(_) => exit::USAGE,
+                JoinDirError::Join(JoinError::Unreachable { .. }) => exit::UNREACHABLE,
+                JoinDirError::Join(JoinError::PinMismatch(_)) => exit::PIN_MISMATCH,
+                JoinDirError::Join(JoinError::Refused { reason, .. }) => refusal_code(*reason),
+                _ => exit::FAILURE,
             };
             CliError::new(code, e)
         })?;
-    dir.create_fresh()
-        .with_context(|| format!("creating {}", dir.root().display()))?;
-    let key_pem = key.serialize_pem();
-    let config = provision::write_joined(
-        &dir,
-        &JoinedFiles {
-            org: &org,
-            joined: &joined,
-            org_key_pem: &key_pem,
-            network: &network,
-        },
-        SystemTime::now(),
-    )
-    .context("writing the data dir")?;
     println!(
         "joined consortium {} ({}) as {}; gateway gw-{}.{}.{}; data dir {}",
         config.consortium,

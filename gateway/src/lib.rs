@@ -10,6 +10,7 @@ pub mod config;
 pub mod datadir;
 pub mod federation;
 pub mod join;
+pub mod lab;
 pub mod listener;
 pub mod metrics;
 pub mod net;

@@ -208,3 +208,66 @@ fn check_admitted(
         org_ca,
     })
 }
+
+/// Why joining into a data dir failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinDirError {
+    /// The data dir already holds a gateway.
+    #[error("{0} already holds a fedgw.toml")]
+    Exists(std::path::PathBuf),
+    /// A name is invalid.
+    #[error(transparent)]
+    Name(#[from] fedgw_certs::names::NameError),
+    /// Key or CSR generation failed.
+    #[error("generating the org CA key")]
+    Key(#[source] fedgw_certs::PkiError),
+    /// The exchange with the inviter failed.
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    /// Writing the data dir failed.
+    #[error("writing the data dir")]
+    Provision(#[source] crate::provision::ProvisionError),
+    /// Creating the data dir failed.
+    #[error("creating {0}")]
+    Create(std::path::PathBuf, #[source] std::io::Error),
+}
+
+/// Joins with `token` as `org` and, once admitted, writes the data dir `dir`: generates the org
+/// CA key locally (it is never sent), runs [`join`], then [`crate::provision::write_joined`].
+/// Nothing is written unless the join succeeds.
+pub async fn join_into(
+    token: JoinToken,
+    org: &str,
+    dir: &crate::datadir::DataDir,
+    network: &crate::provision::NetworkOptions,
+    timeout: Duration,
+) -> Result<crate::config::Config, JoinDirError> {
+    fedgw_certs::names::validate_label("org", org)?;
+    if dir.config().exists() {
+        return Err(JoinDirError::Exists(dir.root().to_owned()));
+    }
+    let key = pki::generate_key().map_err(JoinDirError::Key)?;
+    let csr = pki::org_ca_csr(&key, org).map_err(JoinDirError::Key)?;
+    let params = JoinParams {
+        token,
+        org: org.to_owned(),
+        site: network.site.clone(),
+        advertise: network.advertise.clone(),
+        timeout,
+    };
+    let joined = join(&params, &csr, &pki::spki_der(&key)).await?;
+    dir.create_fresh()
+        .map_err(|e| JoinDirError::Create(dir.root().to_owned(), e))?;
+    let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
+    crate::provision::write_joined(
+        dir,
+        &crate::provision::JoinedFiles {
+            org,
+            joined: &joined,
+            org_key_pem: &key_pem,
+            network,
+        },
+        std::time::SystemTime::now(),
+    )
+    .map_err(JoinDirError::Provision)
+}
