@@ -399,12 +399,19 @@ fn init_refuses_bad_names_and_existing_dirs() {
 fn lab_check_founds_joins_and_links_every_pair() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("lab");
-    let run = fedgw().run(["lab", "--check", "--orgs", "3", "--dir", &s(&dir)]).expect("spawn");
+    let run = fedgw()
+        .run(["lab", "--check", "--orgs", "3", "--dir", &s(&dir)])
+        .expect("spawn");
     assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
-    assert!(run.stdout.contains("lab check: 14 passed, 0 failed"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("lab check: 14 passed, 0 failed"),
+        "{}",
+        run.stdout
+    );
     assert!(!run.stdout.contains("FAIL"), "{}", run.stdout);
     let lab: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("lab.json")).expect("lab.json")).expect("json");
+        serde_json::from_slice(&std::fs::read(dir.join("lab.json")).expect("lab.json"))
+            .expect("json");
     assert_eq!(lab["consortium"], "acme");
     assert_eq!(lab["domain"], "acme.test");
     let orgs = lab["orgs"].as_array().expect("orgs");
@@ -412,13 +419,18 @@ fn lab_check_founds_joins_and_links_every_pair() {
     for (i, o) in orgs.iter().enumerate() {
         assert_eq!(o["org"], format!("org{}", i + 1));
         for key in ["data_dir", "gateway", "dns", "metrics"] {
-            assert!(o[key].as_str().is_some_and(|v| !v.is_empty()), "{key} in {o}");
+            assert!(
+                o[key].as_str().is_some_and(|v| !v.is_empty()),
+                "{key} in {o}"
+            );
         }
         // the lab's gateways were stopped cleanly
         let data_dir = std::path::PathBuf::from(o["data_dir"].as_str().expect("dir"));
         assert!(!data_dir.join("run.json").exists());
     }
     // a second lab in the same dir is refused rather than mixed with the first
-    let again = fedgw().run(["lab", "--check", "--dir", &s(&dir)]).expect("spawn");
+    let again = fedgw()
+        .run(["lab", "--check", "--dir", &s(&dir)])
+        .expect("spawn");
     assert_ne!(again.code, Some(0));
 }
