@@ -4,6 +4,10 @@
 //! Services: `Join` (ALPN `fedgw-join/1`, server-authenticated TLS), `Federation` (ALPN `h2`,
 //! mutual TLS) and `Admin` (Unix socket in the data dir).
 
+pub mod demo_keys;
+pub mod enode;
+pub mod tessera;
+
 /// The version a `JoinRequest` carries.
 pub const JOIN_PROTOCOL_VERSION: u32 = 1;
 
