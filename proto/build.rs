@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "fedgw/v1/types.proto",
+        "fedgw/v1/records.proto",
         "fedgw/v1/join.proto",
         "fedgw/v1/federation.proto",
         "fedgw/v1/admin.proto",

@@ -10,6 +10,7 @@
 //!
 //! No IO: callers read and write files and sockets.
 
+pub mod envelope;
 pub mod identity;
 pub mod names;
 pub mod pki;

@@ -195,6 +195,13 @@ impl CertificateAuthority {
         &self.cert
     }
 
+    /// A signer for membership record envelopes with this CA's key and certificate.
+    pub fn envelope_signer(
+        &self,
+    ) -> Result<crate::envelope::EnvelopeSigner, crate::envelope::EnvelopeError> {
+        crate::envelope::EnvelopeSigner::new(&self.key.serialize_der(), self.cert.to_vec())
+    }
+
     /// The CA private key as PKCS#8 PEM. Callers write it with mode 0600.
     pub fn key_pem(&self) -> String {
         self.key.serialize_pem()

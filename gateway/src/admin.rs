@@ -15,7 +15,10 @@ use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::join::server::{InviteError, InviteSpec, create_invite};
+use crate::membership::record::Reject;
+use crate::membership::{Membership, PublishError, SignAs};
 use crate::store::Store;
+use pb::record_body::Body;
 
 /// The admin service.
 #[derive(Debug)]
@@ -28,6 +31,48 @@ pub struct AdminService {
     pub root_cert: Vec<u8>,
     /// The advertised endpoints with the bound port filled in.
     pub advertise: Vec<String>,
+    /// Membership.
+    pub membership: Membership,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn publish_status(e: PublishError) -> Status {
+    match e {
+        PublishError::Rejected(r @ (Reject::EnodeTaken(_) | Reject::Stale { .. })) => {
+            Status::already_exists(r.to_string())
+        }
+        PublishError::Rejected(r) => Status::invalid_argument(r.to_string()),
+        PublishError::Sign(m) => Status::failed_precondition(m),
+        PublishError::Store(e) => Status::internal(e.to_string()),
+    }
+}
+
+/// Checks a node spec from the CLI and turns it into the record this site publishes.
+pub fn node_record(spec: &pb::NodeSpec, site: &str) -> Result<pb::NodeRecord, String> {
+    fedgw_certs::names::validate_label("node", &spec.name).map_err(|e| e.to_string())?;
+    if spec.host.is_empty()
+        || fedgw_certs::token::validate_endpoint(&format!("{}:1", spec.host)).is_err()
+    {
+        return Err(format!("invalid node host {:?}", spec.host));
+    }
+    if spec.p2p_port == 0 && spec.raft_port == 0 && spec.tessera_url.is_empty() {
+        return Err("a node needs a p2p port, a raft port or a Tessera URL".into());
+    }
+    Ok(pb::NodeRecord {
+        client: spec.client,
+        enode_id: spec.enode_id.clone(),
+        p2p_port: spec.p2p_port,
+        raft_port: spec.raft_port,
+        raft_id: spec.raft_id,
+        tessera_keys: spec.tessera_keys.clone(),
+        tessera_url: spec.tessera_url.clone(),
+        roles: spec.roles.clone(),
+        site: site.to_owned(),
+        allowed_orgs: spec.allowed_orgs.clone(),
+    })
 }
 
 fn status(e: InviteError) -> Status {
@@ -76,6 +121,233 @@ impl pb::admin_server::Admin for AdminService {
             token_id: token.id.clone(),
             expires_unix: i64::try_from(expires_unix).unwrap_or(i64::MAX),
         }))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::NodeInfo>, Status> {
+        let spec = request
+            .into_inner()
+            .node
+            .ok_or_else(|| Status::invalid_argument("node missing"))?;
+        let me = self.membership.me().clone();
+        let record = node_record(&spec, &me.site).map_err(Status::invalid_argument)?;
+        self.membership
+            .publish(&me.org, &spec.name, Body::Node(record.clone()), SignAs::Org)
+            .await
+            .map_err(publish_status)?;
+        let (store, name, host) = (self.store.clone(), spec.name.clone(), spec.host.clone());
+        tokio::task::spawn_blocking(move || store.put_local_node(&name, &host))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let seq = self.membership.read(|v| {
+            v.nodes()
+                .into_iter()
+                .find(|n| n.org == me.org && n.name == spec.name)
+                .map_or(0, |n| n.seq)
+        });
+        Ok(Response::new(pb::NodeInfo {
+            org: me.org,
+            name: spec.name,
+            record: Some(record),
+            seq,
+            local_host: spec.host,
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let name = request.into_inner().name;
+        let me = self.membership.me().clone();
+        let exists = self
+            .membership
+            .read(|v| v.nodes().iter().any(|n| n.org == me.org && n.name == name));
+        if !exists {
+            return Err(Status::not_found(format!("no node {name:?} in {}", me.org)));
+        }
+        self.membership
+            .publish(
+                &me.org,
+                &name,
+                Body::Tombstone(pb::TombstoneRecord {
+                    kind: pb::RecordKind::Node.into(),
+                }),
+                SignAs::Org,
+            )
+            .await
+            .map_err(publish_status)?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.remove_local_node(&name))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let store = self.store.clone();
+        let local = tokio::task::spawn_blocking(move || store.local_nodes())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let me = self.membership.me().org.clone();
+        let nodes = self
+            .membership
+            .read(|v| v.nodes())
+            .into_iter()
+            .map(|n| pb::NodeInfo {
+                local_host: if n.org == me {
+                    local.get(&n.name).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                },
+                org: n.org,
+                name: n.name,
+                record: Some(n.record),
+                seq: n.seq,
+            })
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn list_members(
+        &self,
+        _request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let resp = self.membership.read(|v| {
+            let gateways = v.gateways();
+            let info = |org: &str, status: &str, admitted_unix: i64| pb::MemberInfo {
+                org: org.to_owned(),
+                status: status.to_owned(),
+                admitted_unix,
+                gateways: gateways
+                    .iter()
+                    .filter(|(o, _, _)| o == org)
+                    .map(|(_, site, g)| pb::GatewayInfo {
+                        site: site.clone(),
+                        advertise: g.advertise.clone(),
+                        outbound_only: g.outbound_only,
+                    })
+                    .collect(),
+                approved_by: v.approvals_for(org),
+            };
+            let mut members: Vec<_> = v
+                .members()
+                .iter()
+                .map(|(org, m)| info(org, "active", m.admitted_unix))
+                .collect();
+            members.extend(v.revoked().iter().map(|org| info(org, "revoked", 0)));
+            members.sort_by(|a, b| a.org.cmp(&b.org));
+            let pending = v
+                .candidates()
+                .iter()
+                .map(|c| info(c, "pending", 0))
+                .collect();
+            pb::ListMembersResponse { members, pending }
+        });
+        Ok(Response::new(resp))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let m = &self.membership;
+        let (digest, records) = m.read(|v| (hex(&v.digest()), v.len() as u64));
+        let peers = m
+            .peer_reports()
+            .into_iter()
+            .map(|p| pb::PeerStatus {
+                org: p.id.org,
+                site: p.id.site,
+                state: p.state.to_owned(),
+                direction: p.direction.to_owned(),
+                last_seen_unix_ms: p.last_seen_ms,
+                last_error: p.last_error,
+                records_in: p.records_in,
+                records_out: p.records_out,
+            })
+            .collect();
+        Ok(Response::new(pb::StatusResponse {
+            org: m.me().org.clone(),
+            site: m.me().site.clone(),
+            digest,
+            records,
+            peers,
+            rejected_records: m.rejected_total(),
+            equivocations: m.equivocations_total(),
+        }))
+    }
+
+    async fn approve(
+        &self,
+        request: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::ApproveResponse>, Status> {
+        let candidate = request.into_inner().org;
+        fedgw_certs::names::validate_label("org", &candidate)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (member, revoked) = self
+            .membership
+            .read(|v| (v.is_member(&candidate), v.revoked().contains(&candidate)));
+        if member {
+            return Err(Status::already_exists(format!(
+                "{candidate} is already a member"
+            )));
+        }
+        if revoked {
+            return Err(Status::failed_precondition(format!(
+                "{candidate} is revoked"
+            )));
+        }
+        let me = self.membership.me().org.clone();
+        self.membership
+            .publish(
+                &me,
+                &candidate,
+                Body::Vote(pb::VoteRecord { approve: true }),
+                SignAs::Org,
+            )
+            .await
+            .map_err(publish_status)?;
+        Ok(Response::new(pb::ApproveResponse {}))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let req = request.into_inner();
+        if !self.membership.is_root_holder() {
+            return Err(Status::failed_precondition(
+                "only the gateway holding the consortium root key can revoke",
+            ));
+        }
+        if req.org == self.membership.me().org {
+            return Err(Status::invalid_argument("an org cannot revoke itself"));
+        }
+        if !self.membership.read(|v| v.is_member(&req.org)) {
+            return Err(Status::not_found(format!(
+                "{} is not an active member",
+                req.org
+            )));
+        }
+        self.membership
+            .publish(
+                &req.org,
+                "",
+                Body::Revocation(pb::RevocationRecord { reason: req.reason }),
+                SignAs::Root,
+            )
+            .await
+            .map_err(publish_status)?;
+        Ok(Response::new(pb::RevokeResponse {}))
     }
 }
 

@@ -23,6 +23,8 @@ use crate::federation::FederationService;
 use crate::join::limiter::JoinLimiter;
 use crate::join::server::JoinService;
 use crate::listener::{self, Dispatch, TlsConn};
+use crate::membership::dialer::{self, DialerTls};
+use crate::membership::{GatewayId, Keys, Membership, MembershipConfig, SignAs};
 use crate::metrics::{self, Metrics};
 use crate::provision::{self, Loaded, ProvisionError};
 use crate::store::{self, Store, StoreError};
@@ -58,6 +60,12 @@ pub enum RunError {
     /// The TLS configuration could not be built.
     #[error("TLS setup failed")]
     Tls(#[from] rustls::Error),
+    /// The membership subsystem could not start.
+    #[error(transparent)]
+    Membership(#[from] crate::membership::MembershipError),
+    /// This gateway's own record could not be published.
+    #[error("publishing the gateway record: {0}")]
+    Publish(String),
     /// Writing `run.json` failed.
     #[error("cannot write {0}")]
     RunInfo(std::path::PathBuf, #[source] std::io::Error),
@@ -90,6 +98,8 @@ pub struct Running {
     pub store: Arc<Store>,
     /// Revoked orgs; replacing the set affects new handshakes at once.
     pub revoked: RevocationSet,
+    /// The membership subsystem.
+    pub membership: Membership,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     dir: DataDir,
@@ -155,7 +165,49 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
     let store = Arc::new(Store::open(&dir.store())?);
     let provider = tls::provider();
     let metrics = Metrics::new();
-    let revoked = RevocationSet::default();
+    let tracker = TaskTracker::new();
+    let me = GatewayId {
+        org: config.org.clone(),
+        site: config.site.clone(),
+    };
+    let membership = Membership::open(
+        MembershipConfig {
+            domain: config.domain.clone(),
+            me: me.clone(),
+            outbound_only: config.outbound_only,
+            heartbeat: Duration::from_millis(config.sync.heartbeat_ms),
+            backoff_base: Duration::from_millis(config.sync.backoff_base_ms),
+            backoff_max: Duration::from_millis(config.sync.backoff_max_ms),
+            deny: config.sync.deny.iter().cloned().collect(),
+            bootstrap: config
+                .peers
+                .iter()
+                .map(|p| {
+                    (
+                        GatewayId {
+                            org: p.org.clone(),
+                            site: p.site.clone(),
+                        },
+                        p.advertise.clone(),
+                    )
+                })
+                .collect(),
+        },
+        store.clone(),
+        Keys {
+            root_cert: root_cert.to_vec(),
+            org_signer: loaded.org_ca.envelope_signer().map_err(signer_err)?,
+            root_signer: root_ca
+                .as_ref()
+                .map(|r| r.envelope_signer())
+                .transpose()
+                .map_err(signer_err)?,
+        },
+        metrics.clone(),
+        tracker.clone(),
+        shutdown.clone(),
+    )?;
+    let revoked = membership.revocation().set().clone();
 
     let (leaf, renew_at) = provision::current_leaf(&dir, &loaded, SystemTime::now())?;
     metrics.set_leaf_not_after(store::unix(leaf.not_after));
@@ -188,7 +240,6 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
     let admin_listener = bind_admin(&dir).await?;
     let advertise = config.effective_advertise(gateway_addr.port());
 
-    let tracker = TaskTracker::new();
     let (join_tx, join_rx) = mpsc::channel::<TlsConn>(ACCEPT_QUEUE);
     let (fed_tx, fed_rx) = mpsc::channel::<TlsConn>(ACCEPT_QUEUE);
     let dispatch = Dispatch {
@@ -205,6 +256,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         domain: config.domain.clone(),
         join_tx,
         federation_tx: fed_tx,
+        revocation: membership.revocation().clone(),
     };
     tracker.spawn(listener::serve(
         gateway_listener,
@@ -233,6 +285,8 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
                 },
                 limiter: JoinLimiter::default(),
                 metrics: metrics.clone(),
+                membership: membership.clone(),
+                policy: config.admission,
             });
             let server = tonic::transport::Server::builder()
                 .add_service(
@@ -257,6 +311,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         site: config.site.clone(),
         revoked: revoked.clone(),
         metrics: metrics.clone(),
+        membership: membership.clone(),
     });
     let server = tonic::transport::Server::builder()
         .add_service(
@@ -278,6 +333,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         config: config.clone(),
         root_cert: root_cert.to_vec(),
         advertise: advertise.clone(),
+        membership: membership.clone(),
     });
     let sd = shutdown.clone();
     tracker.spawn(async move {
@@ -291,6 +347,36 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
             warn!(error = %e, "metrics server failed");
         }
     });
+    // announce this gateway (signed by our org CA) if the view does not hold it as it is now
+    let gateway_record = pb::GatewayRecord {
+        advertise: advertise.clone(),
+        outbound_only: config.outbound_only,
+    };
+    let held = membership.read(|v| {
+        v.gateways()
+            .into_iter()
+            .any(|(o, s, g)| o == me.org && s == me.site && g == gateway_record)
+    });
+    if !held {
+        membership
+            .publish(
+                &me.org,
+                &me.site,
+                pb::record_body::Body::Gateway(gateway_record),
+                SignAs::Org,
+            )
+            .await
+            .map_err(|e| RunError::Publish(e.to_string()))?;
+    }
+    tracker.spawn(dialer::run(
+        membership.clone(),
+        DialerTls {
+            identity: identity.clone(),
+            root: root_cert.clone(),
+            domain: config.domain.clone(),
+            revoked: revoked.clone(),
+        },
+    ));
     tracker.spawn(renew_leaf(
         dir.clone(),
         loaded,
@@ -318,6 +404,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         metrics,
         store,
         revoked,
+        membership,
         tracker,
         shutdown,
         dir,
@@ -325,6 +412,10 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
 }
 
 use tokio_stream::StreamExt as _;
+
+fn signer_err(e: fedgw_certs::envelope::EnvelopeError) -> RunError {
+    RunError::Provision(ProvisionError::Invalid(format!("record signer: {e}")))
+}
 
 fn clone_ca(
     ca: &fedgw_certs::CertificateAuthority,

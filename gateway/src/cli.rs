@@ -42,6 +42,8 @@ pub mod exit {
     pub const RATE_LIMITED: u8 = 16;
     /// The join was refused for another reason (bad proof, already a member, bad request).
     pub const REFUSED: u8 = 17;
+    /// The admission policy was not met before `--timeout`.
+    pub const NOT_APPROVED: u8 = 18;
 }
 
 /// A failure with its exit code.
@@ -113,6 +115,9 @@ struct NetworkArgs {
     /// Gateway leaf certificate lifetime (renewed at half-life).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     leaf_lifetime: Duration,
+    /// This site accepts no inbound connections (behind NAT): it dials out to every gateway.
+    #[arg(long)]
+    outbound_only: bool,
 }
 
 impl NetworkArgs {
@@ -128,6 +133,7 @@ impl NetworkArgs {
             dns: self.dns,
             metrics: self.metrics,
             leaf_lifetime: self.leaf_lifetime,
+            outbound_only: self.outbound_only,
         })
     }
 }
@@ -487,7 +493,24 @@ async fn join(
     timeout: Duration,
 ) -> Result<(), CliError> {
     let token = JoinToken::parse(&token).map_err(usage)?;
-    let config = join_client::join_into(token, &org, &dir, &network, timeout)
+    let last = std::sync::Mutex::new(None::<(u32, u32)>);
+    let progress = |p: &fedgw_proto::v1::Pending| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != Some((p.approvals, p.needed)) {
+            eprintln!(
+                "waiting for approvals: {} of {} (approved by: {})",
+                p.approvals,
+                p.needed,
+                if p.approved_by.is_empty() {
+                    "nobody yet".to_owned()
+                } else {
+                    p.approved_by.join(", ")
+                }
+            );
+            *last = Some((p.approvals, p.needed));
+        }
+    };
+    let config = join_client::join_into(token, &org, &dir, &network, timeout, &progress)
         .await
         .map_err(|e| {
             let code = match &e {
@@ -495,6 +518,7 @@ async fn join(
                 JoinDirError::Join(JoinError::Unreachable { .. }) => exit::UNREACHABLE,
                 JoinDirError::Join(JoinError::PinMismatch(_)) => exit::PIN_MISMATCH,
                 JoinDirError::Join(JoinError::Refused { reason, .. }) => refusal_code(*reason),
+                JoinDirError::Join(JoinError::NotApproved { .. }) => exit::NOT_APPROVED,
                 _ => exit::FAILURE,
             };
             CliError::new(code, e)

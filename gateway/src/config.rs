@@ -87,9 +87,41 @@ pub struct Config {
     /// SHA-256 (hex) of `genesis.json`, when the consortium has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub genesis_sha256: Option<String>,
+    /// This site accepts no inbound connections (behind NAT): it dials every other gateway and
+    /// its streams are used both ways.
+    #[serde(default)]
+    pub outbound_only: bool,
+    /// Membership sync tuning.
+    #[serde(default)]
+    pub sync: SyncConfig,
     /// Gateways to dial at start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerConfig>,
+}
+
+/// `[sync]`: membership sync tuning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Heartbeat interval on sync streams, ms; a stream silent for three intervals is dropped.
+    pub heartbeat_ms: u64,
+    /// First reconnect delay, ms (doubles per failure, ±25 % jitter).
+    pub backoff_base_ms: u64,
+    /// Longest reconnect delay, ms.
+    pub backoff_max_ms: u64,
+    /// Gateways (`org/site`) never linked with directly; their records still arrive by relay.
+    pub deny: Vec<String>,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 1000,
+            backoff_base_ms: 200,
+            backoff_max_ms: 10_000,
+            deny: vec![],
+        }
+    }
 }
 
 fn default_leaf_lifetime() -> u64 {
@@ -166,6 +198,22 @@ impl Config {
         if self.leaf_lifetime_secs < 60 {
             return Err("leaf_lifetime_secs must be at least 60".into());
         }
+        if !(10..=60_000).contains(&self.sync.heartbeat_ms) {
+            return Err("sync.heartbeat_ms must be between 10 and 60000".into());
+        }
+        if self.sync.backoff_base_ms == 0 || self.sync.backoff_max_ms < self.sync.backoff_base_ms {
+            return Err(
+                "sync.backoff_base_ms must be positive and at most sync.backoff_max_ms".into(),
+            );
+        }
+        for id in &self.sync.deny {
+            let ok = id.split_once('/').is_some_and(|(o, s)| {
+                names::validate_label("org", o).is_ok() && names::validate_label("site", s).is_ok()
+            });
+            if !ok {
+                return Err(format!("sync.deny entry {id:?} is not org/site"));
+            }
+        }
         Ok(())
     }
 
@@ -214,6 +262,8 @@ mod tests {
             leaf_lifetime_secs: DEFAULT_LEAF_LIFETIME_SECS,
             root_holder: true,
             genesis_sha256: None,
+            outbound_only: false,
+            sync: SyncConfig::default(),
             peers: vec![],
         }
     }

@@ -9,7 +9,10 @@ use fedgw_proto::v1 as pb;
 use fedgw_proto::v1::federation_client::FederationClient;
 use tonic::{Request, Response, Status};
 
+use tokio_stream::StreamExt as _;
+
 use crate::listener::ConnInfo;
+use crate::membership::{GatewayId, Membership, sync};
 use crate::metrics::Metrics;
 use crate::net::{self, DialError};
 
@@ -34,6 +37,8 @@ pub struct FederationService {
     pub revoked: RevocationSet,
     /// Metrics.
     pub metrics: Metrics,
+    /// Membership, for sync streams.
+    pub membership: Membership,
 }
 
 impl FederationService {
@@ -49,8 +54,35 @@ impl FederationService {
     }
 }
 
+type SyncStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<pb::SyncMessage, Status>> + Send + 'static>,
+>;
+
 #[tonic::async_trait]
 impl pb::federation_server::Federation for FederationService {
+    type SyncStream = SyncStream;
+
+    async fn sync(
+        &self,
+        request: Request<tonic::Streaming<pb::SyncMessage>>,
+    ) -> Result<Response<SyncStream>, Status> {
+        let caller = self.caller(request.extensions())?;
+        let domain = &self.membership.config().domain;
+        let peer = GatewayId::from_identity(&caller, domain)
+            .ok_or_else(|| Status::permission_denied("caller is not a gateway certificate"))?;
+        if self.membership.config().deny.contains(&peer.to_string()) {
+            return Err(Status::permission_denied("link refused by configuration"));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(sync::QUEUE);
+        let cancel = self.membership.revocation().token(&peer.org);
+        let m = self.membership.clone();
+        let inbound = request.into_inner();
+        m.tracker()
+            .spawn(sync::run(m.clone(), peer, false, inbound, tx, cancel));
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn hello(
         &self,
         request: Request<pb::HelloRequest>,

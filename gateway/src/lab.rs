@@ -100,6 +100,7 @@ fn network() -> NetworkOptions {
         dns: any,
         metrics: any,
         leaf_lifetime: Duration::from_secs(24 * 3600),
+        outbound_only: false,
     }
 }
 
@@ -305,9 +306,16 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
             let token = r?;
             let t = Instant::now();
             let org_dir = DataDir::new(dir.join(org));
-            let r = crate::join::client::join_into(token, org, &org_dir, &network(), STEP_TIMEOUT)
-                .await
-                .map_err(|e| fail(&format!("join {org}"), e));
+            let r = crate::join::client::join_into(
+                token,
+                org,
+                &org_dir,
+                &network(),
+                STEP_TIMEOUT,
+                &|_| {},
+            )
+            .await
+            .map_err(|e| fail(&format!("join {org}"), e));
             steps.report(&format!("join {org}"), t, &r);
             r?;
             let t = Instant::now();

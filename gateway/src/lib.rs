@@ -12,6 +12,7 @@ pub mod federation;
 pub mod join;
 pub mod lab;
 pub mod listener;
+pub mod membership;
 pub mod metrics;
 pub mod net;
 pub mod provision;

@@ -5,6 +5,7 @@
 //! auth), completes the handshake under a timeout, and passes the stream to that protocol's
 //! server through a bounded channel. A connection offering neither ALPN is closed.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
@@ -44,11 +45,34 @@ pub struct ConnInfo {
     pub channel_binding: [u8; 32],
 }
 
-/// A server-side TLS connection with its [`ConnInfo`].
-#[derive(Debug)]
+/// A server-side TLS connection with its [`ConnInfo`]. A federation connection also carries its
+/// org's revocation token: once cancelled, reads and writes fail and the connection closes.
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     info: ConnInfo,
+    killed: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl std::fmt::Debug for TlsConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConn")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsConn {
+    fn check_killed(&mut self, cx: &mut Context<'_>) -> Result<(), std::io::Error> {
+        if let Some(k) = self.killed.as_mut()
+            && k.as_mut().poll(cx).is_ready()
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "peer org revoked",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl tonic::transport::server::Connected for TlsConn {
@@ -65,6 +89,9 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if let Err(e) = self.check_killed(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -75,6 +102,9 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if let Err(e) = self.check_killed(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -100,6 +130,8 @@ pub struct Dispatch {
     pub join_tx: mpsc::Sender<TlsConn>,
     /// Receives federation connections.
     pub federation_tx: mpsc::Sender<TlsConn>,
+    /// Revocation tokens per org, to close a revoked org's live connections.
+    pub revocation: crate::membership::Revocation,
 }
 
 /// Accepts on `listener` until `shutdown`; handshakes run as tasks on `tracker`.
@@ -194,13 +226,20 @@ async fn handshake(
     let channel_binding = conn
         .export_keying_material([0u8; 32], fedgw_certs::token::JOIN_EXPORTER_LABEL, None)
         .map_err(|e| (kind, std::io::Error::other(e)))?;
+    let killed = peer
+        .as_ref()
+        .map(|p| Box::pin(d.revocation.token(&p.org).cancelled_owned()));
     let info = ConnInfo {
         remote,
         peer,
         channel_binding,
     };
-    tx.send(TlsConn { stream, info })
-        .await
-        .map_err(|_| (kind, std::io::Error::other("server is shutting down")))?;
+    tx.send(TlsConn {
+        stream,
+        info,
+        killed,
+    })
+    .await
+    .map_err(|_| (kind, std::io::Error::other("server is shutting down")))?;
     Ok(kind)
 }

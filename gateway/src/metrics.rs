@@ -44,6 +44,8 @@ pub struct Metrics {
     joins: Family<ResultLabels, Counter>,
     hellos: Family<OrgLabels, Counter>,
     leaf_not_after: Gauge,
+    records_rejected: Family<ResultLabels, Counter>,
+    sync_peers: Gauge,
     ready: Arc<AtomicBool>,
 }
 
@@ -81,8 +83,22 @@ impl Metrics {
             "Expiry of the current gateway leaf certificate, Unix seconds",
             leaf_not_after.clone(),
         );
+        let records_rejected = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "records_rejected",
+            "Membership records refused at ingress, by reason",
+            records_rejected.clone(),
+        );
+        let sync_peers = Gauge::default();
+        registry.register(
+            "sync_peers",
+            "Gateways with a live membership sync stream",
+            sync_peers.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            records_rejected,
+            sync_peers,
             handshakes,
             joins,
             hellos,
@@ -121,6 +137,18 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a refused membership record.
+    pub fn record_rejected(&self, reason: &'static str) {
+        self.records_rejected
+            .get_or_create(&ResultLabels { result: reason })
+            .inc();
+    }
+
+    /// Sets the number of live sync peers.
+    pub fn set_peers(&self, n: usize) {
+        self.sync_peers.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     /// Records the current leaf's expiry.
     pub fn set_leaf_not_after(&self, unix: u64) {
         self.leaf_not_after
@@ -142,8 +170,9 @@ impl Metrics {
 }
 
 /// Every `result` label value `join` is called with.
-pub const JOIN_RESULTS: [&str; 9] = [
+pub const JOIN_RESULTS: [&str; 10] = [
     "admitted",
+    "pending",
     "unknown_token",
     "bad_proof",
     "expired",

@@ -74,6 +74,8 @@ pub struct NetworkOptions {
     pub metrics: SocketAddr,
     /// Gateway leaf lifetime.
     pub leaf_lifetime: Duration,
+    /// The site accepts no inbound connections.
+    pub outbound_only: bool,
 }
 
 impl NetworkOptions {
@@ -147,6 +149,8 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         leaf_lifetime_secs: net.leaf_lifetime.as_secs(),
         root_holder: true,
         genesis_sha256: opts.genesis.as_deref().map(check_genesis).transpose()?,
+        outbound_only: net.outbound_only,
+        sync: Default::default(),
         peers: vec![],
     };
     config.validate().map_err(ProvisionError::Invalid)?;
@@ -179,11 +183,29 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
     let store = Store::open(&dir.store())?;
     store.put_member(&Member {
         org: opts.org.clone(),
-        org_ca_pem: pki::certs_to_pem(&[org_cert]),
+        org_ca_pem: pki::certs_to_pem(std::slice::from_ref(&org_cert)),
         site: net.site.clone(),
         advertise: net.advertise.clone(),
         admitted_unix: store::unix(now),
     })?;
+    // the founder's own root-signed member record: the first record of the consortium
+    let signer = root
+        .envelope_signer()
+        .map_err(|e| ProvisionError::Invalid(format!("root signer: {e}")))?;
+    let member = crate::membership::record::seal(
+        &signer,
+        &opts.org,
+        "",
+        store::unix(now).max(1) * 1000,
+        fedgw_proto::v1::record_body::Body::Member(fedgw_proto::v1::MemberRecord {
+            org_ca_der: org_cert.to_vec(),
+            admitted_unix: i64::try_from(store::unix(now)).unwrap_or(0),
+        }),
+    )
+    .map_err(|e| ProvisionError::Invalid(format!("signing the member record: {e}")))?;
+    let key = crate::membership::storage_key(&member)
+        .ok_or_else(|| ProvisionError::Invalid("member record does not decode".into()))?;
+    store.put_records(&[(key, std::sync::Arc::new(member))])?;
     write_config(dir, &config)?;
     Ok(config)
 }
@@ -246,6 +268,8 @@ pub fn write_joined(
         leaf_lifetime_secs: net.leaf_lifetime.as_secs(),
         root_holder: false,
         genesis_sha256: genesis.map(check_genesis).transpose()?,
+        outbound_only: net.outbound_only,
+        sync: Default::default(),
         peers: admitted
             .gateways
             .iter()
@@ -270,14 +294,19 @@ pub fn write_joined(
     let org_ca = CertificateAuthority::from_parts(files.joined.org_ca.clone(), files.org_key_pem)
         .map_err(pki_err("loading the org CA"))?;
     issue_leaf(dir, &config, &org_ca, now)?;
+    // the inviter's records (with our own member record); verified when the gateway loads them
     let store = Store::open(&dir.store())?;
-    store.put_member(&Member {
-        org: files.org.to_owned(),
-        org_ca_pem: pki::certs_to_pem(std::slice::from_ref(&files.joined.org_ca)),
-        site: net.site.clone(),
-        advertise: net.advertise.clone(),
-        admitted_unix: store::unix(now),
-    })?;
+    let snapshot: Vec<_> = admitted
+        .snapshot
+        .iter()
+        .filter_map(|b| {
+            Some((
+                crate::membership::storage_key(b)?,
+                std::sync::Arc::new(b.clone()),
+            ))
+        })
+        .collect();
+    store.put_records(&snapshot)?;
     write_config(dir, &config)?;
     Ok(config)
 }

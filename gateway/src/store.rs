@@ -1,10 +1,12 @@
-//! The gateway's durable store (redb, `DIR/store.redb`): invites and admitted members.
+//! The gateway's durable store (redb, `DIR/store.redb`): invites, the admissions ledger, signed
+//! membership records, and the real addresses of this site's nodes.
 //!
 //! Each write is one redb transaction, committed (fsynced) before the caller answers anyone.
 //! redb holds an exclusive lock on the file, so only one process (the running gateway, or a CLI
 //! command while it is down) opens it at a time.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableTable, TableDefinition};
@@ -12,6 +14,10 @@ use serde::{Deserialize, Serialize};
 
 const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
 const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
+/// Signed membership records: key `kind/org/name` → encoded envelope.
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+/// This site's nodes' real addresses (never replicated): node name → host.
+const LOCAL_NODES: TableDefinition<&str, &str> = TableDefinition::new("local_nodes");
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +28,9 @@ pub enum StoreError {
     /// A database operation (open, transaction, table, read, write, commit) failed.
     #[error("store operation failed")]
     Db(#[source] Box<redb::Error>),
+    /// A blocking store task failed.
+    #[error("store task failed: {0}")]
+    Task(String),
     /// A stored value does not decode.
     #[error("corrupt store entry {key:?}")]
     Corrupt {
@@ -108,11 +117,24 @@ pub enum Refusal {
 
 /// The outcome of [`Store::redeem`].
 #[derive(Debug)]
-pub enum Redeemed<T> {
+pub enum Redeemed<T, P> {
     /// The invite was consumed and the member recorded; `T` is what the signer returned.
     Admitted(T),
+    /// Every check passed but the admission policy is not met yet; nothing was changed.
+    Pending(P),
     /// Nothing was changed.
     Refused(Refusal),
+}
+
+/// What the signer passed to [`Store::redeem`] produces on admission.
+#[derive(Debug)]
+pub struct Admission<T> {
+    /// The ledger entry.
+    pub member: Member,
+    /// Membership records to persist in the same transaction: (key, envelope).
+    pub records: Vec<(String, Vec<u8>)>,
+    /// Returned to the caller.
+    pub out: T,
 }
 
 /// Unix seconds of `t` (0 before the epoch).
@@ -147,6 +169,8 @@ impl Store {
         let tx = db.begin_write()?;
         tx.open_table(INVITES)?;
         tx.open_table(MEMBERS)?;
+        tx.open_table(RECORDS)?;
+        tx.open_table(LOCAL_NODES)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -191,17 +215,19 @@ impl Store {
 
     /// Redeems invite `id` for `org` in one write transaction: checks (in [`Refusal`] order)
     /// that the invite exists, `check_proof` accepts its verifier key, it is unexpired at `now`
-    /// with uses left, it names `org`, and `org` is not yet a member; then calls `sign` (which
-    /// issues the org CA), decrements the uses and records the member. Concurrent redemptions
-    /// are serialised by redb: a single-use token admits exactly one of them.
-    pub fn redeem<T>(
+    /// with uses left, it names `org`, and `org` is not yet a member; then asks `policy` (which
+    /// may answer "pending": nothing changes), calls `sign` (which issues the org CA and the
+    /// member record), decrements the uses, and records the member and its records. Concurrent
+    /// redemptions are serialised by redb: a single-use token admits exactly one of them.
+    pub fn redeem<T, P>(
         &self,
         id: &str,
         org: &str,
         now: SystemTime,
         check_proof: impl FnOnce(&[u8; 32]) -> bool,
-        sign: impl FnOnce() -> Option<(Member, T)>,
-    ) -> Result<Redeemed<T>, StoreError> {
+        policy: impl FnOnce() -> Option<P>,
+        sign: impl FnOnce() -> Option<Admission<T>>,
+    ) -> Result<Redeemed<T, P>, StoreError> {
         let tx = self.db.begin_write()?;
         let outcome = {
             let mut invites = tx.open_table(INVITES)?;
@@ -224,22 +250,82 @@ impl Store {
             match (refusal, invite) {
                 (Some(r), _) => Redeemed::Refused(r),
                 (None, None) => Redeemed::Refused(Refusal::UnknownToken),
-                (None, Some(mut inv)) => match sign() {
-                    None => Redeemed::Refused(Refusal::BadRequest),
-                    Some((member, out)) => {
-                        inv.uses_left -= 1;
-                        invites.insert(id, encode(&inv).as_slice())?;
-                        members.insert(org, encode(&member).as_slice())?;
-                        Redeemed::Admitted(out)
-                    }
+                (None, Some(mut inv)) => match policy() {
+                    Some(p) => Redeemed::Pending(p),
+                    None => match sign() {
+                        None => Redeemed::Refused(Refusal::BadRequest),
+                        Some(admission) => {
+                            inv.uses_left -= 1;
+                            invites.insert(id, encode(&inv).as_slice())?;
+                            members.insert(org, encode(&admission.member).as_slice())?;
+                            let mut records = tx.open_table(RECORDS)?;
+                            for (key, bytes) in &admission.records {
+                                records.insert(key.as_str(), bytes.as_slice())?;
+                            }
+                            Redeemed::Admitted(admission.out)
+                        }
+                    },
                 },
             }
         };
         match outcome {
             Redeemed::Admitted(_) => tx.commit()?,
-            Redeemed::Refused(_) => tx.abort()?,
+            Redeemed::Pending(_) | Redeemed::Refused(_) => tx.abort()?,
         }
         Ok(outcome)
+    }
+
+    /// Persists membership records (key, envelope) in one transaction (fsynced on commit).
+    pub fn put_records(&self, records: &[(String, Arc<Vec<u8>>)]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(RECORDS)?;
+            for (key, bytes) in records {
+                table.insert(key.as_str(), bytes.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every stored membership record: (key, envelope).
+    pub fn records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(RECORDS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Records the real address of a local node.
+    pub fn put_local_node(&self, name: &str, host: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(LOCAL_NODES)?.insert(name, host)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets a local node's address.
+    pub fn remove_local_node(&self, name: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(LOCAL_NODES)?.remove(name)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every local node address: name → host.
+    pub fn local_nodes(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(LOCAL_NODES)?;
+        let mut out = std::collections::BTreeMap::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.insert(k.value().to_owned(), v.value().to_owned());
+        }
+        Ok(out)
     }
 }
 

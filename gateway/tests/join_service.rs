@@ -28,6 +28,7 @@ fn network() -> NetworkOptions {
         dns: "127.0.0.1:0".parse().expect("addr"),
         metrics: "127.0.0.1:0".parse().expect("addr"),
         leaf_lifetime: Duration::from_secs(3600),
+        outbound_only: false,
     }
 }
 
@@ -113,7 +114,7 @@ async fn join(token: &JoinToken, org: &str) -> Result<Joined, JoinError> {
         advertise: vec!["127.0.0.1:0".into()],
         timeout: TIMEOUT,
     };
-    client::join(&params, &csr, &pki::spki_der(&key)).await
+    client::join(&params, &csr, &pki::spki_der(&key), &|_| {}).await
 }
 
 fn refusal(r: Result<Joined, JoinError>) -> RefusalReason {

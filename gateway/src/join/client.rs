@@ -43,6 +43,57 @@ pub enum JoinError {
     /// The inviter answered something that does not check out.
     #[error("invalid join response: {0}")]
     InvalidResponse(String),
+    /// The admission policy was not met before the timeout.
+    #[error("not admitted in time: {approvals} of {needed} approvals (approved by: {approved_by})")]
+    NotApproved {
+        /// Approvals so far.
+        approvals: u32,
+        /// Approvals needed.
+        needed: u32,
+        /// Who approved, comma-separated.
+        approved_by: String,
+    },
+}
+
+/// How often a pending joiner asks again.
+pub const PENDING_POLL: Duration = Duration::from_millis(500);
+
+enum Attempt {
+    Admitted(Box<Joined>),
+    Pending(fedgw_proto::v1::Pending),
+}
+
+/// Runs the join exchange, asking again every [`PENDING_POLL`] while the admission is pending
+/// (each time over a new connection with a new proof), until admitted, refused, or
+/// `params.timeout` has passed. `progress` sees every pending answer.
+pub async fn join(
+    params: &JoinParams,
+    csr_der: &[u8],
+    org_ca_spki: &[u8],
+    progress: &(dyn Fn(&fedgw_proto::v1::Pending) + Sync),
+) -> Result<Joined, JoinError> {
+    let deadline = tokio::time::Instant::now() + params.timeout;
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt_params = JoinParams {
+            timeout: remaining.max(Duration::from_millis(1)),
+            ..params.clone()
+        };
+        match attempt(&attempt_params, csr_der, org_ca_spki).await? {
+            Attempt::Admitted(j) => return Ok(*j),
+            Attempt::Pending(p) => {
+                progress(&p);
+                if tokio::time::Instant::now() + PENDING_POLL >= deadline {
+                    return Err(JoinError::NotApproved {
+                        approvals: p.approvals,
+                        needed: p.needed,
+                        approved_by: p.approved_by.join(","),
+                    });
+                }
+                tokio::time::sleep(PENDING_POLL).await;
+            }
+        }
+    }
 }
 
 /// What the joiner sends besides its CSR.
@@ -83,12 +134,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-/// Runs the join exchange for an org CA key whose CSR is `csr_der`.
-pub async fn join(
+/// One join exchange for an org CA key whose CSR is `csr_der`.
+async fn attempt(
     params: &JoinParams,
     csr_der: &[u8],
     org_ca_spki: &[u8],
-) -> Result<Joined, JoinError> {
+) -> Result<Attempt, JoinError> {
     let endpoint = params.token.endpoint.clone();
     let unreachable = |reason: String| JoinError::Unreachable {
         endpoint: endpoint.clone(),
@@ -147,6 +198,7 @@ pub async fn join(
 
     let admitted = match response.outcome {
         Some(Outcome::Admitted(a)) => a,
+        Some(Outcome::Pending(p)) => return Ok(Attempt::Pending(p)),
         Some(Outcome::Refused(r)) => {
             return Err(JoinError::Refused {
                 reason: RefusalReason::try_from(r.reason).unwrap_or(RefusalReason::Unspecified),
@@ -156,6 +208,7 @@ pub async fn join(
         None => return Err(JoinError::InvalidResponse("empty outcome".into())),
     };
     check_admitted(params, admitted, verifier.root(), org_ca_spki)
+        .map(|j| Attempt::Admitted(Box::new(j)))
 }
 
 fn check_admitted(
@@ -241,6 +294,7 @@ pub async fn join_into(
     dir: &crate::datadir::DataDir,
     network: &crate::provision::NetworkOptions,
     timeout: Duration,
+    progress: &(dyn Fn(&fedgw_proto::v1::Pending) + Sync),
 ) -> Result<crate::config::Config, JoinDirError> {
     fedgw_certs::names::validate_label("org", org)?;
     if dir.config().exists() {
@@ -255,7 +309,7 @@ pub async fn join_into(
         advertise: network.advertise.clone(),
         timeout,
     };
-    let joined = join(&params, &csr, &pki::spki_der(&key)).await?;
+    let joined = join(&params, &csr, &pki::spki_der(&key), progress).await?;
     dir.create_fresh()
         .map_err(|e| JoinDirError::Create(dir.root().to_owned(), e))?;
     let key_pem = zeroize::Zeroizing::new(key.serialize_pem());

@@ -1,7 +1,8 @@
-//! Rate limit on join attempts per token id: a token bucket per id (burst [`BURST`], one more
-//! attempt every [`REFILL`]), in a map bounded to [`MAX_TRACKED`] ids. Checked before the token
-//! is looked up, so unknown ids are limited too. When the map is full of active buckets, new ids
-//! are refused (fail closed) rather than evicting a bucket an attacker is draining.
+//! Rate limit on failed join attempts per token id: a token bucket per id (burst [`BURST`]
+//! failures, one more every [`REFILL`]), in a map bounded to [`MAX_TRACKED`] ids. Checked before
+//! the token is looked up, so unknown ids are limited too; only refusals are charged, so a joiner
+//! waiting for approvals can keep asking. When the map is full of active buckets, new ids are
+//! refused (fail closed) rather than evicting a bucket an attacker is draining.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -34,14 +35,27 @@ pub struct JoinLimiter {
 }
 
 impl JoinLimiter {
-    /// Takes one attempt for `token_id` at `now`; false when the id is out of attempts.
-    pub fn try_acquire(&self, token_id: &str, now: Instant) -> bool {
+    /// Whether `token_id` may make an attempt at `now` (it has failures left).
+    pub fn allowed(&self, token_id: &str, now: Instant) -> bool {
+        let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(token_id) {
+            Some(b) => b.level(now) >= 1.0,
+            None if map.len() < MAX_TRACKED => true,
+            None => {
+                // forget ids whose buckets have refilled: they carry no information
+                map.retain(|_, b| b.level(now) < BURST);
+                map.len() < MAX_TRACKED
+            }
+        }
+    }
+
+    /// Charges one failed attempt to `token_id`.
+    pub fn charge(&self, token_id: &str, now: Instant) {
         let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if !map.contains_key(token_id) && map.len() >= MAX_TRACKED {
-            // forget ids whose buckets have refilled: they carry no information
             map.retain(|_, b| b.level(now) < BURST);
             if map.len() >= MAX_TRACKED {
-                return false;
+                return;
             }
         }
         let bucket = map.entry(token_id.to_owned()).or_insert(Bucket {
@@ -49,14 +63,20 @@ impl JoinLimiter {
             at: now,
         });
         let level = bucket.level(now);
-        if level < 1.0 {
-            return false;
-        }
         *bucket = Bucket {
-            tokens: level - 1.0,
+            tokens: (level - 1.0).max(0.0),
             at: now,
         };
-        true
+    }
+
+    /// [`Self::allowed`], then charge: one attempt that counts whatever its outcome.
+    #[cfg(test)]
+    fn try_acquire(&self, token_id: &str, now: Instant) -> bool {
+        let ok = self.allowed(token_id, now);
+        if ok {
+            self.charge(token_id, now);
+        }
+        ok
     }
 }
 
@@ -79,14 +99,28 @@ mod tests {
     }
 
     #[test]
+    fn only_charged_attempts_count() {
+        let l = JoinLimiter::default();
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            assert!(l.allowed("a", t0), "asking without failing is free");
+        }
+        for _ in 0..5 {
+            l.charge("a", t0);
+        }
+        assert!(!l.allowed("a", t0));
+    }
+
+    #[test]
     fn bounded_and_fails_closed() {
         let l = JoinLimiter::default();
         let t0 = Instant::now();
         for i in 0..MAX_TRACKED {
             assert!(l.try_acquire(&format!("{i}"), t0));
         }
-        assert!(!l.try_acquire("new", t0), "full of active buckets");
+        assert!(!l.allowed("new", t0), "full of active buckets");
         // once the others refill they are forgotten and new ids get room
+        assert!(l.allowed("new", t0 + REFILL));
         assert!(l.try_acquire("new", t0 + REFILL));
         assert!(l.buckets.lock().expect("lock").len() <= 1);
     }

@@ -13,16 +13,17 @@ use fedgw_certs::token::{self, JoinToken, JoinTranscript};
 use fedgw_certs::{CertificateAuthority, pki};
 use fedgw_proto::v1::join_response::Outcome;
 use fedgw_proto::v1::{
-    Admitted, ConsortiumInfo, GatewayEndpoint, JoinRequest, JoinResponse, Refusal as RefusalMsg,
-    RefusalReason,
+    self as pb, Admitted, ConsortiumInfo, GatewayEndpoint, JoinRequest, JoinResponse, Pending,
+    Refusal as RefusalMsg, RefusalReason,
 };
 use sha2::Digest;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
 use super::limiter::JoinLimiter;
-use crate::config::Config;
+use crate::config::{Admission, Config};
 use crate::listener::ConnInfo;
+use crate::membership::{Membership, SignAs};
 use crate::metrics::Metrics;
 use crate::store::{self, Invite, Member, Redeemed, Refusal, Store, StoreError};
 
@@ -51,6 +52,10 @@ pub struct JoinService {
     pub limiter: JoinLimiter,
     /// Metrics.
     pub metrics: Metrics,
+    /// Membership: the admission policy's inputs, and where the member record goes.
+    pub membership: Membership,
+    /// The consortium's admission policy.
+    pub policy: Admission,
 }
 
 impl std::fmt::Debug for JoinService {
@@ -102,24 +107,44 @@ fn check_shape(req: &JoinRequest) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `candidate` still lacks approvals under `policy`; `None` when it may be admitted.
+pub fn pending_approvals(m: &Membership, candidate: &str, policy: Admission) -> Option<Pending> {
+    let (members, approved_by) = m.read(|v| (v.members().len(), v.approvals_for(candidate)));
+    let needed = match policy {
+        Admission::Operator => 0,
+        Admission::Majority => members / 2 + 1,
+        Admission::All => members,
+    };
+    (approved_by.len() < needed).then(|| Pending {
+        approvals: u32::try_from(approved_by.len()).unwrap_or(u32::MAX),
+        needed: u32::try_from(needed).unwrap_or(u32::MAX),
+        approved_by,
+    })
+}
+
 impl JoinService {
     async fn handle(&self, info: ConnInfo, req: JoinRequest) -> JoinResponse {
-        if !self.limiter.try_acquire(&req.token_id, Instant::now()) {
+        let now_instant = Instant::now();
+        if !self.limiter.allowed(&req.token_id, now_instant) {
             self.metrics.join("rate_limited");
             debug!(remote = %info.remote, "join attempt rate-limited");
             return refused(
                 RefusalReason::RateLimited,
-                "too many attempts for this token",
+                "too many failed attempts for this token",
             );
         }
         if let Err(detail) = check_shape(&req) {
+            self.limiter.charge(&req.token_id, now_instant);
             self.metrics.join("bad_request");
             return refused(RefusalReason::BadRequest, &detail);
         }
         let store = self.store.clone();
         let root = self.root.clone();
         let consortium = self.consortium.clone();
+        let membership = self.membership.clone();
+        let policy = self.policy;
         let binding = info.channel_binding;
+        let token_id = req.token_id.clone();
         let result = tokio::task::spawn_blocking(move || {
             let transcript = JoinTranscript {
                 token_id: &req.token_id,
@@ -135,6 +160,7 @@ impl JoinService {
                 &req.org,
                 now,
                 |key| token::verify_join_proof(key, &transcript, &req.proof),
+                || pending_approvals(&membership, &req.org, policy),
                 || {
                     let cert = root
                         .sign_org_ca(
@@ -146,14 +172,30 @@ impl JoinService {
                         )
                         .map_err(|e| debug!(error = %e, "org CA signing refused"))
                         .ok()?;
-                    let member = Member {
-                        org: req.org.clone(),
-                        org_ca_pem: pki::certs_to_pem(std::slice::from_ref(&cert)),
-                        site: req.site.clone(),
-                        advertise: req.advertise.clone(),
-                        admitted_unix: store::unix(now),
-                    };
-                    Some((member, cert))
+                    let record = membership
+                        .seal(
+                            &req.org,
+                            "",
+                            pb::record_body::Body::Member(pb::MemberRecord {
+                                org_ca_der: cert.to_vec(),
+                                admitted_unix: i64::try_from(store::unix(now)).unwrap_or(0),
+                            }),
+                            SignAs::Root,
+                        )
+                        .map_err(|e| warn!(error = %e, "cannot sign the member record"))
+                        .ok()?;
+                    let key = crate::membership::storage_key(&record)?;
+                    Some(store::Admission {
+                        member: Member {
+                            org: req.org.clone(),
+                            org_ca_pem: pki::certs_to_pem(std::slice::from_ref(&cert)),
+                            site: req.site.clone(),
+                            advertise: req.advertise.clone(),
+                            admitted_unix: store::unix(now),
+                        },
+                        records: vec![(key, record.clone())],
+                        out: (cert, record),
+                    })
                 },
             );
             (req.org, outcome)
@@ -173,17 +215,32 @@ impl JoinService {
         match outcome {
             Redeemed::Refused(r) => {
                 let (reason, label) = refusal_reason(r);
+                self.limiter.charge(&token_id, now_instant);
                 self.metrics.join(label);
                 info!(org = %org, reason = label, "join refused");
                 refused(reason, &r.to_string())
             }
-            Redeemed::Admitted(cert) => {
+            Redeemed::Pending(p) => {
+                self.metrics.join("pending");
+                debug!(org = %org, approvals = p.approvals, needed = p.needed, "join pending");
+                JoinResponse {
+                    outcome: Some(Outcome::Pending(p)),
+                }
+            }
+            Redeemed::Admitted((cert, record)) => {
+                // persisted with the admission; now into the view and out to every peer
+                if let Err(e) = self.membership.ingest(vec![record], None).await {
+                    warn!(error = %e, org = %org, "member record not applied");
+                }
                 self.metrics.join("admitted");
                 info!(org = %org, "org admitted");
                 let (genesis, genesis_sha256) = match &self.genesis {
                     Some(g) => (g.clone(), sha2::Sha256::digest(g).to_vec()),
                     None => (vec![], vec![]),
                 };
+                let snapshot = self
+                    .membership
+                    .read(|v| v.snapshot().iter().map(|b| b.as_ref().clone()).collect());
                 JoinResponse {
                     outcome: Some(Outcome::Admitted(Admitted {
                         consortium: Some(self.consortium.clone()),
@@ -192,6 +249,7 @@ impl JoinService {
                         genesis,
                         genesis_sha256,
                         gateways: vec![self.gateway.clone()],
+                        snapshot,
                     })),
                 }
             }

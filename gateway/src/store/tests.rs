@@ -26,19 +26,29 @@ fn member(org: &str) -> Member {
     }
 }
 
+fn admission(org: &str) -> Admission<u32> {
+    Admission {
+        member: member(org),
+        records: vec![(format!("member/{org}/"), b"envelope".to_vec())],
+        out: 7,
+    }
+}
+
 fn redeem(store: &Store, id: &str, org: &str, now: u64, proof_ok: bool) -> Result<u32, Refusal> {
     let now = UNIX_EPOCH + Duration::from_secs(now);
-    match store
+    let outcome = store
         .redeem(
             id,
             org,
             now,
             |k| proof_ok && *k == [9; 32],
-            || Some((member(org), 7)),
+            || None::<()>,
+            || Some(admission(org)),
         )
-        .expect("store works")
-    {
+        .expect("store works");
+    match outcome {
         Redeemed::Admitted(v) => Ok(v),
+        Redeemed::Pending(()) => panic!("no policy here"),
         Redeemed::Refused(r) => Err(r),
     }
 }
@@ -56,13 +66,18 @@ fn refusals_in_order_and_nothing_changes() {
     assert_eq!(redeem(&s, "a", "org3", 50, true), Err(Refusal::WrongOrg));
     assert_eq!(s.invite("a").expect("read").expect("kept").uses_left, 1);
     assert!(s.members().expect("members").is_empty());
+    assert!(s.records().expect("records").is_empty());
     assert_eq!(redeem(&s, "a", "org2", 50, true), Ok(7));
     assert_eq!(redeem(&s, "a", "org2", 50, true), Err(Refusal::Used));
     assert_eq!(s.members().expect("members"), vec![member("org2")]);
+    assert_eq!(
+        s.records().expect("records"),
+        vec![("member/org2/".to_owned(), b"envelope".to_vec())]
+    );
 }
 
 #[test]
-fn already_member_and_failed_signing_consume_nothing() {
+fn already_member_failed_signing_and_pending_consume_nothing() {
     let (_d, s) = store();
     s.put_member(&member("org2")).expect("member");
     s.put_invite("a", &invite("org2", 1, 100)).expect("put");
@@ -72,10 +87,30 @@ fn already_member_and_failed_signing_consume_nothing() {
     );
     s.put_invite("b", &invite("org3", 1, 100)).expect("put");
     let r = s
-        .redeem("b", "org3", UNIX_EPOCH, |_| true, || None::<(Member, ())>)
+        .redeem(
+            "b",
+            "org3",
+            UNIX_EPOCH,
+            |_| true,
+            || None::<()>,
+            || None::<Admission<()>>,
+        )
         .expect("store works");
     assert!(matches!(r, Redeemed::Refused(Refusal::BadRequest)));
     assert_eq!(s.invite("b").expect("read").expect("kept").uses_left, 1);
+    let r = s
+        .redeem(
+            "b",
+            "org3",
+            UNIX_EPOCH,
+            |_| true,
+            || Some("1 of 2"),
+            || Some(admission("org3")),
+        )
+        .expect("store works");
+    assert!(matches!(r, Redeemed::Pending("1 of 2")));
+    assert_eq!(s.invite("b").expect("read").expect("kept").uses_left, 1);
+    assert!(s.records().expect("records").is_empty());
 }
 
 #[test]
@@ -119,4 +154,28 @@ fn survives_reopen_and_is_exclusive() {
     }
     let s = Store::open(&path).expect("reopen");
     assert_eq!(s.invite("a").expect("read"), Some(invite("org2", 2, 100)));
+}
+
+#[test]
+fn records_and_local_nodes_round_trip() {
+    let (_d, s) = store();
+    let recs = vec![
+        ("node/org1/a".to_owned(), Arc::new(b"1".to_vec())),
+        ("node/org1/b".to_owned(), Arc::new(b"2".to_vec())),
+    ];
+    s.put_records(&recs).expect("put");
+    s.put_records(&[("node/org1/a".to_owned(), Arc::new(b"3".to_vec()))])
+        .expect("overwrite");
+    assert_eq!(
+        s.records().expect("read"),
+        vec![
+            ("node/org1/a".to_owned(), b"3".to_vec()),
+            ("node/org1/b".to_owned(), b"2".to_vec())
+        ]
+    );
+    s.put_local_node("node1", "10.0.0.1").expect("put");
+    s.put_local_node("node2", "node2.svc").expect("put");
+    s.remove_local_node("node1").expect("rm");
+    let local: Vec<_> = s.local_nodes().expect("read").into_iter().collect();
+    assert_eq!(local, vec![("node2".to_owned(), "node2.svc".to_owned())]);
 }

@@ -1,0 +1,797 @@
+//! Membership (DESIGN.md section 6): the signed records every gateway shares, the store they
+//! persist in, and the sync streams that carry them.
+//!
+//! ```text
+//!  admin API / join ──publish──┐                    ┌──▶ readers (admin lists, DNS, proxy, renderers)
+//!                              ▼                    │
+//!  sync sessions ──records──▶ ingest: verify ▶ view.check ▶ view.apply ▶ store (fsync) ▶ forward
+//!                                                                          to every other peer
+//! ```
+//!
+//! [`record`] checks one envelope, [`view`] holds what was accepted, [`sync`] runs one peer
+//! stream, [`dialer`] keeps streams up. This module ties them together.
+
+pub mod dialer;
+pub mod record;
+pub mod sync;
+#[cfg(test)]
+mod test_pki;
+pub mod view;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use fedgw_certs::RevocationSet;
+use fedgw_certs::envelope::{EnvelopeError, EnvelopeSigner, Signer, SignerVerifier};
+use fedgw_proto::v1 as pb;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use record::{Kind, RecordKey, Reject, Verified};
+use view::{Verdict, View};
+
+/// A gateway's identity in the federation: `org/site`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GatewayId {
+    /// The org.
+    pub org: String,
+    /// The site.
+    pub site: String,
+}
+
+impl std::fmt::Display for GatewayId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.org, self.site)
+    }
+}
+
+impl GatewayId {
+    /// Reads the gateway id from a verified identity whose DNS name is
+    /// `gw-<site>.<org>.<domain>`.
+    pub fn from_identity(id: &fedgw_certs::PeerIdentity, domain: &str) -> Option<Self> {
+        let suffix = format!(".{}.{domain}", id.org);
+        let site = id.dns_name.strip_suffix(&suffix)?.strip_prefix("gw-")?;
+        fedgw_certs::names::validate_label("site", site).ok()?;
+        Some(Self {
+            org: id.org.clone(),
+            site: site.to_owned(),
+        })
+    }
+}
+
+/// Settings of the membership subsystem.
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    /// Consortium domain.
+    pub domain: String,
+    /// This gateway.
+    pub me: GatewayId,
+    /// This gateway accepts no inbound connections.
+    pub outbound_only: bool,
+    /// Heartbeat interval on sync streams; a stream silent for three intervals is closed.
+    pub heartbeat: Duration,
+    /// First reconnect delay; doubles per failure up to `backoff_max` (with ±25 % jitter).
+    pub backoff_base: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Gateways (`org/site`) never linked with directly (their records still arrive by relay).
+    pub deny: BTreeSet<String>,
+    /// Gateways to dial before their records are known (from the join).
+    pub bootstrap: Vec<(GatewayId, Vec<String>)>,
+}
+
+/// Revoked orgs, enforced three ways: the TLS verifiers' set (new handshakes), and a
+/// cancellation token per org that closes its live connections and sync sessions.
+#[derive(Debug, Clone, Default)]
+pub struct Revocation {
+    set: RevocationSet,
+    tokens: Arc<Mutex<HashMap<String, CancellationToken>>>,
+}
+
+impl Revocation {
+    /// The set the TLS verifiers consult.
+    pub fn set(&self) -> &RevocationSet {
+        &self.set
+    }
+
+    /// A token cancelled when `org` is revoked (already cancelled if it is).
+    pub fn token(&self, org: &str) -> CancellationToken {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let t = tokens.entry(org.to_owned()).or_default();
+        if self.set.contains(org) {
+            t.cancel();
+        }
+        t.child_token()
+    }
+
+    /// Installs the revoked set: new handshakes see it at once, live connections of newly
+    /// revoked orgs are cancelled.
+    pub fn apply(&self, revoked: &BTreeSet<String>) {
+        self.set.replace(revoked.clone());
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        for org in revoked {
+            tokens.entry(org.clone()).or_default().cancel();
+        }
+    }
+}
+
+/// Per-peer counters, shown by `fedgw status`.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    /// Last message received, Unix ms.
+    pub last_seen_ms: AtomicI64,
+    /// Records received.
+    pub records_in: AtomicU64,
+    /// Records sent.
+    pub records_out: AtomicU64,
+}
+
+#[derive(Debug)]
+struct PeerEntry {
+    session: u64,
+    dialer: String,
+    outbound: bool,
+    tx: mpsc::Sender<pb::SyncMessage>,
+    cancel: CancellationToken,
+    stats: Arc<PeerStats>,
+}
+
+/// The dialer's view of a peer it is not connected to.
+#[derive(Debug, Clone, Default)]
+pub struct DialStatus {
+    /// "connecting" or "backoff".
+    pub state: &'static str,
+    /// The last failure.
+    pub last_error: String,
+}
+
+/// A peer as `fedgw status` shows it.
+#[derive(Debug, Clone)]
+pub struct PeerReport {
+    /// The peer.
+    pub id: GatewayId,
+    /// "connected", "connecting" or "backoff".
+    pub state: &'static str,
+    /// "outbound" or "inbound" (connected peers).
+    pub direction: &'static str,
+    /// Last message, Unix ms.
+    pub last_seen_ms: i64,
+    /// Last dial error.
+    pub last_error: String,
+    /// Records received.
+    pub records_in: u64,
+    /// Records sent.
+    pub records_out: u64,
+}
+
+/// What an ingest did.
+#[derive(Debug, Default, Clone)]
+pub struct IngestReport {
+    /// Records newly accepted (persisted, applied, forwarded).
+    pub accepted: u32,
+    /// Records already held.
+    pub duplicates: u32,
+    /// Refused records with why.
+    pub rejected: Vec<Reject>,
+}
+
+/// Errors publishing a local record.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The record was refused (demo key, enode taken, invalid field...).
+    #[error(transparent)]
+    Rejected(Reject),
+    /// Signing failed or no signer for this kind.
+    #[error("cannot sign: {0}")]
+    Sign(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How a local record is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignAs {
+    /// With this org's CA key.
+    Org,
+    /// With the consortium root key (root holder only).
+    Root,
+}
+
+struct Inner {
+    cfg: MembershipConfig,
+    store: Arc<Store>,
+    view: RwLock<View>,
+    verifier: SignerVerifier,
+    signer_cache: Mutex<HashMap<Vec<u8>, (Signer, Vec<u8>)>>,
+    org_signer: EnvelopeSigner,
+    root_signer: Option<EnvelopeSigner>,
+    ingest_lock: tokio::sync::Mutex<()>,
+    changed: watch::Sender<u64>,
+    revocation: Revocation,
+    peers: Mutex<HashMap<String, PeerEntry>>,
+    dial_status: Mutex<HashMap<String, DialStatus>>,
+    next_session: AtomicU64,
+    rejected: AtomicU64,
+    equivocations: AtomicU64,
+    metrics: Metrics,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// The membership subsystem. Clones share one instance.
+#[derive(Clone)]
+pub struct Membership(Arc<Inner>);
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("me", &self.0.cfg.me)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Lookup<'a> {
+    inner: &'a Inner,
+    now: SystemTime,
+}
+
+impl record::SignerLookup for Lookup<'_> {
+    fn identify(&self, cert: &[u8]) -> Result<(Signer, Vec<u8>), EnvelopeError> {
+        let mut cache = self
+            .inner
+            .signer_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = cache.get(cert) {
+            return Ok(hit.clone());
+        }
+        let found = self.inner.verifier.identify(cert, self.now)?;
+        if cache.len() >= 1024 {
+            cache.clear();
+        }
+        cache.insert(cert.to_vec(), found.clone());
+        Ok(found)
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The storage key of an envelope, read without verification (verification happens on load).
+pub fn storage_key(bytes: &[u8]) -> Option<String> {
+    use prost::Message;
+    let env = pb::Envelope::decode(bytes).ok()?;
+    let rec = pb::RecordBody::decode(env.payload.as_slice()).ok()?;
+    let kind = match rec.body? {
+        pb::record_body::Body::Member(_) => Kind::Member,
+        pb::record_body::Body::Revocation(_) => Kind::Revocation,
+        pb::record_body::Body::Gateway(_) => Kind::Gateway,
+        pb::record_body::Body::Node(_) => Kind::Node,
+        pb::record_body::Body::Vote(_) => Kind::Vote,
+        pb::record_body::Body::Tombstone(t) => match pb::RecordKind::try_from(t.kind).ok()? {
+            pb::RecordKind::Gateway => Kind::Gateway,
+            pb::RecordKind::Node => Kind::Node,
+            pb::RecordKind::Vote => Kind::Vote,
+            _ => return None,
+        },
+    };
+    Some(
+        RecordKey {
+            kind,
+            org: rec.org,
+            name: rec.name,
+        }
+        .to_string(),
+    )
+}
+
+/// What [`Membership::open`] needs besides the config.
+#[derive(Debug)]
+pub struct Keys {
+    /// The consortium root certificate, DER.
+    pub root_cert: Vec<u8>,
+    /// This org's CA signer.
+    pub org_signer: EnvelopeSigner,
+    /// The root signer (founder only).
+    pub root_signer: Option<EnvelopeSigner>,
+}
+
+impl Membership {
+    /// Loads every stored record (re-verifying each), and returns the subsystem. Records that no
+    /// longer verify are skipped with a warning.
+    pub fn open(
+        cfg: MembershipConfig,
+        store: Arc<Store>,
+        keys: Keys,
+        metrics: Metrics,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Self, MembershipError> {
+        let verifier =
+            SignerVerifier::new(keys.root_cert, &cfg.domain).map_err(MembershipError::Root)?;
+        let inner = Inner {
+            cfg,
+            store,
+            view: RwLock::new(View::default()),
+            verifier,
+            signer_cache: Mutex::new(HashMap::new()),
+            org_signer: keys.org_signer,
+            root_signer: keys.root_signer,
+            ingest_lock: tokio::sync::Mutex::new(()),
+            changed: watch::channel(0).0,
+            revocation: Revocation::default(),
+            peers: Mutex::new(HashMap::new()),
+            dial_status: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            rejected: AtomicU64::new(0),
+            equivocations: AtomicU64::new(0),
+            metrics,
+            tracker,
+            shutdown,
+        };
+        let m = Membership(Arc::new(inner));
+        m.reload()?;
+        Ok(m)
+    }
+
+    /// Rebuilds the view from the store.
+    fn reload(&self) -> Result<(), MembershipError> {
+        let stored = self.0.store.records().map_err(MembershipError::Store)?;
+        let lookup = Lookup {
+            inner: &self.0,
+            now: SystemTime::now(),
+        };
+        let mut verified: Vec<Verified> = Vec::with_capacity(stored.len());
+        for (key, bytes) in stored {
+            match record::verify(&bytes, &lookup, &self.0.cfg.domain) {
+                Ok(v) => verified.push(v),
+                Err(e) => {
+                    warn!(key = %key, error = %e, "stored record no longer verifies; skipped")
+                }
+            }
+        }
+        verified.sort_by_key(|v| v.key.kind.priority());
+        let mut view = View::default();
+        for v in verified {
+            match view.check(&v) {
+                Verdict::Accept => view.apply(v),
+                Verdict::Duplicate => {}
+                Verdict::Reject(r) => {
+                    warn!(key = %v.key, error = %r, "stored record refused on load")
+                }
+            }
+        }
+        self.0.revocation.apply(view.revoked());
+        *self.0.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+        self.0.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// This gateway.
+    pub fn me(&self) -> &GatewayId {
+        &self.0.cfg.me
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &MembershipConfig {
+        &self.0.cfg
+    }
+
+    /// The revocation state (for TLS verifiers and connection kill switches).
+    pub fn revocation(&self) -> &Revocation {
+        &self.0.revocation
+    }
+
+    /// Reads the view.
+    pub fn read<T>(&self, f: impl FnOnce(&View) -> T) -> T {
+        f(&self.0.view.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A receiver that changes whenever the view does.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.changed.subscribe()
+    }
+
+    /// Refused records since start.
+    pub fn rejected_total(&self) -> u64 {
+        self.0.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Equivocations seen since start.
+    pub fn equivocations_total(&self) -> u64 {
+        self.0.equivocations.load(Ordering::Relaxed)
+    }
+
+    /// Verifies, checks, persists, applies and forwards a batch of envelopes. `from` is the
+    /// peer they came from (not sent back to it). Only persisted records are forwarded or
+    /// acknowledged.
+    pub async fn ingest(
+        &self,
+        envelopes: Vec<Vec<u8>>,
+        from: Option<&str>,
+    ) -> Result<IngestReport, StoreError> {
+        let verified = self.verify_all(envelopes);
+        let guard = self.0.ingest_lock.lock().await;
+        let report = self.ingest_locked(verified, from).await;
+        drop(guard);
+        report
+    }
+
+    fn verify_all(&self, envelopes: Vec<Vec<u8>>) -> Vec<Result<Verified, Reject>> {
+        let lookup = Lookup {
+            inner: &self.0,
+            now: SystemTime::now(),
+        };
+        let mut out: Vec<_> = envelopes
+            .iter()
+            .map(|b| record::verify(b, &lookup, &self.0.cfg.domain))
+            .collect();
+        out.sort_by_key(|r| r.as_ref().map_or(0, |v| v.key.kind.priority()));
+        out
+    }
+
+    async fn ingest_locked(
+        &self,
+        verified: Vec<Result<Verified, Reject>>,
+        from: Option<&str>,
+    ) -> Result<IngestReport, StoreError> {
+        let mut report = IngestReport::default();
+        let mut accepted: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
+        let mut revocations = false;
+        {
+            let mut view = self.0.view.write().unwrap_or_else(|e| e.into_inner());
+            for v in verified {
+                let v = match v {
+                    Ok(v) => v,
+                    Err(r) => {
+                        self.count_reject(&r, from);
+                        report.rejected.push(r);
+                        continue;
+                    }
+                };
+                match view.check(&v) {
+                    Verdict::Accept => {
+                        revocations |= v.key.kind == Kind::Revocation;
+                        accepted.push((v.key.to_string(), v.bytes.clone()));
+                        view.apply(v);
+                    }
+                    Verdict::Duplicate => report.duplicates += 1,
+                    Verdict::Reject(r) => {
+                        self.count_reject(&r, from);
+                        report.rejected.push(r);
+                    }
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return Ok(report);
+        }
+        let store = self.0.store.clone();
+        let to_store = accepted.clone();
+        let persisted = tokio::task::spawn_blocking(move || store.put_records(&to_store))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())));
+        if let Err(e) = persisted {
+            // the view ran ahead of the store: rebuild it from what is durable
+            warn!(error = %e, "persisting records failed; reloading the view");
+            let _ = self.reload();
+            return Err(e);
+        }
+        report.accepted = accepted.len() as u32;
+        if revocations {
+            let revoked = self.read(|v| v.revoked().clone());
+            info!(revoked = ?revoked, "revocation received");
+            self.0.revocation.apply(&revoked);
+        }
+        self.0.changed.send_modify(|v| *v += 1);
+        self.forward(&accepted, from);
+        Ok(report)
+    }
+
+    fn count_reject(&self, r: &Reject, from: Option<&str>) {
+        self.0.rejected.fetch_add(1, Ordering::Relaxed);
+        self.0.metrics.record_rejected(r.label());
+        let from = from.unwrap_or("local");
+        match r {
+            Reject::Equivocation(seq) => {
+                self.0.equivocations.fetch_add(1, Ordering::Relaxed);
+                warn!(from, seq, "equivocating record refused");
+            }
+            Reject::Stale { .. } => debug!(from, error = %r, "stale record ignored"),
+            _ => debug!(from, error = %r, "record refused"),
+        }
+    }
+
+    /// Sends accepted records to every connected peer but `except`. A peer whose queue is full
+    /// misses the push and catches up through the digest exchange.
+    fn forward(&self, records: &[(String, Arc<Vec<u8>>)], except: Option<&str>) {
+        let msg = pb::SyncMessage {
+            msg: Some(pb::sync_message::Msg::Records(pb::SyncRecords {
+                envelopes: records.iter().map(|(_, b)| b.as_ref().clone()).collect(),
+            })),
+        };
+        let peers = self.0.peers.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, peer) in peers.iter() {
+            if Some(id.as_str()) == except {
+                continue;
+            }
+            match peer.tx.try_send(msg.clone()) {
+                Ok(()) => {
+                    peer.stats
+                        .records_out
+                        .fetch_add(records.len() as u64, Ordering::Relaxed);
+                }
+                Err(_) => debug!(peer = %id, "peer queue full; it will catch up by digest"),
+            }
+        }
+    }
+
+    /// Signs and ingests a local record about (`org`, `name`); the seq is
+    /// `max(held + 1, now in ms)`.
+    pub async fn publish(
+        &self,
+        org: &str,
+        name: &str,
+        body: pb::record_body::Body,
+        sign: SignAs,
+    ) -> Result<(), PublishError> {
+        let guard = self.0.ingest_lock.lock().await;
+        let bytes = self.seal(org, name, body, sign)?;
+        let verified = self.verify_all(vec![bytes]);
+        let report = self.ingest_locked(verified, None).await?;
+        drop(guard);
+        match report.rejected.into_iter().next() {
+            Some(r) => Err(PublishError::Rejected(r)),
+            None => Ok(()),
+        }
+    }
+
+    /// Builds a signed envelope about (`org`, `name`) with the next seq, without ingesting it.
+    pub fn seal(
+        &self,
+        org: &str,
+        name: &str,
+        body: pb::record_body::Body,
+        sign: SignAs,
+    ) -> Result<Vec<u8>, PublishError> {
+        let kind = body_kind(&body).ok_or_else(|| PublishError::Sign("unknown kind".into()))?;
+        let key = RecordKey {
+            kind,
+            org: org.to_owned(),
+            name: name.to_owned(),
+        };
+        let seq = self.read(|v| v.next_seq(&key, unix_ms(SystemTime::now())));
+        let signer = match sign {
+            SignAs::Org => &self.0.org_signer,
+            SignAs::Root => self.0.root_signer.as_ref().ok_or_else(|| {
+                PublishError::Sign("this gateway does not hold the root key".into())
+            })?,
+        };
+        record::seal(signer, org, name, seq, body).map_err(|e| PublishError::Sign(e.to_string()))
+    }
+
+    /// The task tracker sessions run on.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.0.tracker
+    }
+
+    /// Whether this gateway holds the root key.
+    pub fn is_root_holder(&self) -> bool {
+        self.0.root_signer.is_some()
+    }
+
+    // ---- peers
+
+    /// Registers a session with `peer`. Of two sessions with the same peer the one whose dialer
+    /// has the lower gateway id is kept, so both ends settle on the same stream; a reconnect by
+    /// the same dialer replaces the old session.
+    fn register(
+        &self,
+        peer: &GatewayId,
+        outbound: bool,
+        tx: mpsc::Sender<pb::SyncMessage>,
+        cancel: CancellationToken,
+    ) -> Option<(u64, Arc<PeerStats>)> {
+        let dialer = if outbound {
+            self.0.cfg.me.to_string()
+        } else {
+            peer.to_string()
+        };
+        let mut peers = self.0.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let id = peer.to_string();
+        if let Some(existing) = peers.get(&id) {
+            if existing.dialer < dialer {
+                return None;
+            }
+            existing.cancel.cancel();
+        }
+        let session = self.0.next_session.fetch_add(1, Ordering::Relaxed);
+        let stats = Arc::new(PeerStats::default());
+        peers.insert(
+            id,
+            PeerEntry {
+                session,
+                dialer,
+                outbound,
+                tx,
+                cancel,
+                stats: stats.clone(),
+            },
+        );
+        drop(peers);
+        self.0
+            .dial_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer.to_string());
+        self.0.metrics.set_peers(self.connected_count());
+        Some((session, stats))
+    }
+
+    fn deregister(&self, peer: &GatewayId, session: u64) {
+        let mut peers = self.0.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if peers
+            .get(&peer.to_string())
+            .is_some_and(|p| p.session == session)
+        {
+            peers.remove(&peer.to_string());
+        }
+        drop(peers);
+        self.0.metrics.set_peers(self.connected_count());
+    }
+
+    /// Whether a sync session with `peer` is up.
+    pub fn is_connected(&self, peer: &str) -> bool {
+        self.0
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(peer)
+    }
+
+    fn connected_count(&self) -> usize {
+        self.0.peers.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn set_dial_status(&self, peer: &str, status: Option<DialStatus>) {
+        let mut map = self.0.dial_status.lock().unwrap_or_else(|e| e.into_inner());
+        match status {
+            Some(s) => {
+                map.insert(peer.to_owned(), s);
+            }
+            None => {
+                map.remove(peer);
+            }
+        }
+    }
+
+    /// Connected peers and the dialer's state for the others, sorted by id.
+    pub fn peer_reports(&self) -> Vec<PeerReport> {
+        let mut out = Vec::new();
+        for (id, p) in self
+            .0
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let Some((org, site)) = id.split_once('/') else {
+                continue;
+            };
+            out.push(PeerReport {
+                id: GatewayId {
+                    org: org.into(),
+                    site: site.into(),
+                },
+                state: "connected",
+                direction: if p.outbound { "outbound" } else { "inbound" },
+                last_seen_ms: p.stats.last_seen_ms.load(Ordering::Relaxed),
+                last_error: String::new(),
+                records_in: p.stats.records_in.load(Ordering::Relaxed),
+                records_out: p.stats.records_out.load(Ordering::Relaxed),
+            });
+        }
+        for (id, s) in self
+            .0
+            .dial_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let Some((org, site)) = id.split_once('/') else {
+                continue;
+            };
+            if out.iter().any(|p| p.id.to_string() == *id) {
+                continue;
+            }
+            out.push(PeerReport {
+                id: GatewayId {
+                    org: org.into(),
+                    site: site.into(),
+                },
+                state: s.state,
+                direction: "outbound",
+                last_seen_ms: 0,
+                last_error: s.last_error.clone(),
+                records_in: 0,
+                records_out: 0,
+            });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Gateways this one should hold a stream with: every known gateway of an active member
+    /// that accepts inbound connections, plus bootstrap peers not yet known; never itself,
+    /// a revoked org, or a denied id. Each with its endpoints.
+    pub fn dial_targets(&self) -> Vec<(GatewayId, Vec<String>)> {
+        let me = &self.0.cfg.me;
+        let mut out: Vec<(GatewayId, Vec<String>)> = self.read(|v| {
+            v.gateways()
+                .into_iter()
+                .filter(|(_, _, g)| !g.outbound_only)
+                .map(|(org, site, g)| (GatewayId { org, site }, g.advertise))
+                .collect()
+        });
+        for (id, endpoints) in &self.0.cfg.bootstrap {
+            if !out.iter().any(|(known, _)| known == id) {
+                out.push((id.clone(), endpoints.clone()));
+            }
+        }
+        let revoked = self.0.revocation.set().snapshot();
+        out.retain(|(id, _)| {
+            id != me && !revoked.contains(&id.org) && !self.0.cfg.deny.contains(&id.to_string())
+        });
+        out
+    }
+
+    /// Closes every session (shutdown).
+    pub fn close_all(&self) {
+        for p in self
+            .0
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            p.cancel.cancel();
+        }
+    }
+}
+
+/// Errors opening the membership subsystem.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// The root certificate is unusable.
+    #[error("root certificate: {0}")]
+    Root(EnvelopeError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+fn body_kind(body: &pb::record_body::Body) -> Option<Kind> {
+    use pb::record_body::Body as B;
+    Some(match body {
+        B::Member(_) => Kind::Member,
+        B::Revocation(_) => Kind::Revocation,
+        B::Gateway(_) => Kind::Gateway,
+        B::Node(_) => Kind::Node,
+        B::Vote(_) => Kind::Vote,
+        B::Tombstone(t) => match pb::RecordKind::try_from(t.kind).ok()? {
+            pb::RecordKind::Gateway => Kind::Gateway,
+            pb::RecordKind::Node => Kind::Node,
+            pb::RecordKind::Vote => Kind::Vote,
+            _ => return None,
+        },
+    })
+}

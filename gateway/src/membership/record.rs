@@ -1,0 +1,460 @@
+//! One membership record: decoding, signature and signer checks, field validation and the
+//! authorisation rules (who may sign what). Pure: takes bytes and returns values.
+//!
+//! | kind        | key (kind/org/name)          | signed by            |
+//! |-------------|------------------------------|----------------------|
+//! | member      | `member/<org>/`              | the root             |
+//! | revocation  | `revocation/<org>/`          | the root             |
+//! | gateway     | `gateway/<org>/<site>`       | `<org>`'s CA         |
+//! | node        | `node/<org>/<node>`          | `<org>`'s CA         |
+//! | vote        | `vote/<voter>/<candidate>`   | `<voter>`'s CA       |
+//!
+//! A tombstone replaces a gateway, node or vote record (same key, higher seq) and is signed like
+//! the record it deletes. Member and revocation records are never deleted.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fedgw_certs::envelope::{EnvelopeError, Signer, SignerVerifier};
+use fedgw_certs::names::validate_label;
+use fedgw_proto::v1 as pb;
+use prost::Message;
+use sha2::Digest;
+
+/// The envelope payload type of every record.
+pub const PAYLOAD_TYPE: &str = "fedgw.v1.RecordBody";
+/// Largest encoded envelope accepted, in bytes.
+pub const MAX_ENVELOPE_BYTES: usize = 16 * 1024;
+/// Most advertised endpoints in a gateway record.
+pub const MAX_ADVERTISE: usize = 8;
+/// Most Tessera keys, roles or allowed orgs in a node record.
+pub const MAX_LIST: usize = 16;
+
+/// Record kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// An admitted org (root-signed).
+    Member,
+    /// A revoked org (root-signed).
+    Revocation,
+    /// A site's gateway.
+    Gateway,
+    /// A chain node.
+    Node,
+    /// An approval vote for a pending join.
+    Vote,
+}
+
+impl Kind {
+    /// The key prefix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Member => "member",
+            Kind::Revocation => "revocation",
+            Kind::Gateway => "gateway",
+            Kind::Node => "node",
+            Kind::Vote => "vote",
+        }
+    }
+
+    fn from_str(s: &str) -> Option<Self> {
+        Some(match s {
+            "member" => Kind::Member,
+            "revocation" => Kind::Revocation,
+            "gateway" => Kind::Gateway,
+            "node" => Kind::Node,
+            "vote" => Kind::Vote,
+            _ => return None,
+        })
+    }
+
+    fn from_pb(k: i32) -> Option<Self> {
+        Some(match pb::RecordKind::try_from(k).ok()? {
+            pb::RecordKind::Member => Kind::Member,
+            pb::RecordKind::Revocation => Kind::Revocation,
+            pb::RecordKind::Gateway => Kind::Gateway,
+            pb::RecordKind::Node => Kind::Node,
+            pb::RecordKind::Vote => Kind::Vote,
+            pb::RecordKind::Unspecified => return None,
+        })
+    }
+
+    /// The wire enum value.
+    pub fn to_pb(self) -> pb::RecordKind {
+        match self {
+            Kind::Member => pb::RecordKind::Member,
+            Kind::Revocation => pb::RecordKind::Revocation,
+            Kind::Gateway => pb::RecordKind::Gateway,
+            Kind::Node => pb::RecordKind::Node,
+            Kind::Vote => pb::RecordKind::Vote,
+        }
+    }
+
+    /// Whether only the root may sign this kind.
+    pub fn root_only(self) -> bool {
+        matches!(self, Kind::Member | Kind::Revocation)
+    }
+
+    /// Ingest order inside a batch: what others depend on first.
+    pub fn priority(self) -> u8 {
+        match self {
+            Kind::Member => 0,
+            Kind::Revocation => 1,
+            Kind::Gateway => 2,
+            Kind::Vote => 3,
+            Kind::Node => 4,
+        }
+    }
+}
+
+/// `(kind, org, name)`, written `kind/org/name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordKey {
+    /// The kind.
+    pub kind: Kind,
+    /// The origin org.
+    pub org: String,
+    /// The name within (kind, org); empty for member and revocation records.
+    pub name: String,
+}
+
+impl std::fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.kind.as_str(), self.org, self.name)
+    }
+}
+
+impl RecordKey {
+    /// Parses `kind/org/name`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(3, '/');
+        let kind = Kind::from_str(parts.next()?)?;
+        let org = parts.next()?.to_owned();
+        let name = parts.next()?.to_owned();
+        Some(Self { kind, org, name })
+    }
+}
+
+/// A record's content.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// See [`pb::MemberRecord`].
+    Member(pb::MemberRecord),
+    /// See [`pb::RevocationRecord`].
+    Revocation(pb::RevocationRecord),
+    /// See [`pb::GatewayRecord`].
+    Gateway(pb::GatewayRecord),
+    /// See [`pb::NodeRecord`].
+    Node(pb::NodeRecord),
+    /// See [`pb::VoteRecord`].
+    Vote(pb::VoteRecord),
+    /// The record was deleted.
+    Tombstone,
+}
+
+/// A record whose signature, signer and fields check out.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// Its key.
+    pub key: RecordKey,
+    /// Its version.
+    pub seq: u64,
+    /// Its content.
+    pub body: Body,
+    /// Who signed it.
+    pub signer: Signer,
+    /// The encoded envelope, as received (relayed byte for byte).
+    pub bytes: Arc<Vec<u8>>,
+    /// SHA-256 of `bytes`.
+    pub hash: [u8; 32],
+}
+
+/// Why a record was refused. Each has a stable metric label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    /// The envelope exceeds [`MAX_ENVELOPE_BYTES`].
+    #[error("record too large")]
+    TooLarge,
+    /// The envelope or payload does not decode.
+    #[error("record does not decode")]
+    Decode,
+    /// The payload type is not [`PAYLOAD_TYPE`].
+    #[error("unexpected payload type")]
+    PayloadType,
+    /// The signer is not trusted or the signature does not verify.
+    #[error("signature: {0}")]
+    Signature(#[from] EnvelopeError),
+    /// A field is out of range or malformed.
+    #[error("invalid record: {0}")]
+    Invalid(String),
+    /// The signer may not sign this record.
+    #[error("not authorised: {0}")]
+    Unauthorised(String),
+    /// The record's org is not an admitted member (or its member record has not arrived yet).
+    #[error("org {0:?} is not a member")]
+    NotMember(String),
+    /// The record's org is revoked.
+    #[error("org {0:?} is revoked")]
+    Revoked(String),
+    /// A newer (or the same) version is already held.
+    #[error("stale: seq {got} <= held {held}")]
+    Stale {
+        /// The received seq.
+        got: u64,
+        /// The held seq.
+        held: u64,
+    },
+    /// The same seq with different content: the signer equivocated.
+    #[error("equivocation at seq {0}")]
+    Equivocation(u64),
+    /// The enode id belongs to another org's node.
+    #[error("enode id already registered by {0}")]
+    EnodeTaken(String),
+    /// A well-known public demo key.
+    #[error("refusing a well-known demo key ({0})")]
+    DemoKey(&'static str),
+}
+
+impl Reject {
+    /// The metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reject::TooLarge => "too_large",
+            Reject::Decode => "decode",
+            Reject::PayloadType => "payload_type",
+            Reject::Signature(_) => "signature",
+            Reject::Invalid(_) => "invalid",
+            Reject::Unauthorised(_) => "unauthorised",
+            Reject::NotMember(_) => "not_member",
+            Reject::Revoked(_) => "revoked",
+            Reject::Stale { .. } => "stale",
+            Reject::Equivocation(_) => "equivocation",
+            Reject::EnodeTaken(_) => "enode_taken",
+            Reject::DemoKey(_) => "demo_key",
+        }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Reject {
+    Reject::Invalid(msg.into())
+}
+
+/// Resolves signer certificates; callers may cache (the result depends only on the bytes and the
+/// validity period).
+pub trait SignerLookup {
+    /// Identifies a signer certificate; see [`SignerVerifier::identify`].
+    fn identify(&self, cert: &[u8]) -> Result<(Signer, Vec<u8>), EnvelopeError>;
+}
+
+impl SignerLookup for (SignerVerifier, SystemTime) {
+    fn identify(&self, cert: &[u8]) -> Result<(Signer, Vec<u8>), EnvelopeError> {
+        self.0.identify(cert, self.1)
+    }
+}
+
+/// Decodes and checks one encoded envelope: size, payload type, signer, signature, fields and
+/// who may sign it. Version, membership and uniqueness are the view's business.
+pub fn verify(bytes: &[u8], signers: &impl SignerLookup, domain: &str) -> Result<Verified, Reject> {
+    if bytes.len() > MAX_ENVELOPE_BYTES {
+        return Err(Reject::TooLarge);
+    }
+    let env = pb::Envelope::decode(bytes).map_err(|_| Reject::Decode)?;
+    if env.payload_type != PAYLOAD_TYPE {
+        return Err(Reject::PayloadType);
+    }
+    let [cert] = env.signer_chain.as_slice() else {
+        return Err(Reject::Signature(EnvelopeError::ChainLength));
+    };
+    let (signer, key) = signers.identify(cert)?;
+    SignerVerifier::verify(&key, &env.payload_type, &env.payload, &env.signature)?;
+    let rec = pb::RecordBody::decode(env.payload.as_slice()).map_err(|_| Reject::Decode)?;
+    let (key, body) = check_body(&rec, domain)?;
+    authorise(&key, &body, &signer)?;
+    Ok(Verified {
+        key,
+        seq: rec.seq,
+        body,
+        signer,
+        hash: sha2::Sha256::digest(bytes).into(),
+        bytes: Arc::new(bytes.to_vec()),
+    })
+}
+
+fn check_body(rec: &pb::RecordBody, domain: &str) -> Result<(RecordKey, Body), Reject> {
+    use pb::record_body::Body as B;
+    validate_label("org", &rec.org).map_err(|e| invalid(e.to_string()))?;
+    if rec.seq == 0 {
+        return Err(invalid("seq must be positive"));
+    }
+    let body = rec.body.as_ref().ok_or_else(|| invalid("empty body"))?;
+    let (kind, body) = match body {
+        B::Member(m) => {
+            check_member(m, &rec.org, domain)?;
+            (Kind::Member, Body::Member(m.clone()))
+        }
+        B::Revocation(r) => {
+            if r.reason.len() > 256 {
+                return Err(invalid("revocation reason longer than 256 bytes"));
+            }
+            (Kind::Revocation, Body::Revocation(r.clone()))
+        }
+        B::Gateway(g) => {
+            check_gateway(g)?;
+            (Kind::Gateway, Body::Gateway(g.clone()))
+        }
+        B::Node(n) => {
+            check_node(n)?;
+            (Kind::Node, Body::Node(n.clone()))
+        }
+        B::Vote(v) => (Kind::Vote, Body::Vote(*v)),
+        B::Tombstone(t) => {
+            let kind = Kind::from_pb(t.kind).ok_or_else(|| invalid("tombstone of unknown kind"))?;
+            if kind.root_only() {
+                return Err(invalid("member and revocation records cannot be deleted"));
+            }
+            (kind, Body::Tombstone)
+        }
+    };
+    if kind.root_only() {
+        if !rec.name.is_empty() {
+            return Err(invalid("member and revocation records have no name"));
+        }
+    } else {
+        validate_label("name", &rec.name).map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok((
+        RecordKey {
+            kind,
+            org: rec.org.clone(),
+            name: rec.name.clone(),
+        },
+        body,
+    ))
+}
+
+fn check_member(m: &pb::MemberRecord, org: &str, domain: &str) -> Result<(), Reject> {
+    // the member's CA must be a CA for exactly this org's subtree
+    let (_, cert) = x509_parser::parse_x509_certificate(&m.org_ca_der)
+        .map_err(|_| invalid("member CA does not parse"))?;
+    let subtree = fedgw_certs::names::org_subtree(org, domain);
+    let ok = cert
+        .name_constraints()
+        .ok()
+        .flatten()
+        .and_then(|nc| nc.value.permitted_subtrees.as_ref())
+        .is_some_and(|p| {
+            p.len() == 1
+                && matches!(&p[0].base, x509_parser::extensions::GeneralName::DNSName(d) if *d == subtree)
+        });
+    if !ok {
+        return Err(invalid(
+            "member CA is not constrained to the member's subtree",
+        ));
+    }
+    Ok(())
+}
+
+fn check_gateway(g: &pb::GatewayRecord) -> Result<(), Reject> {
+    if g.advertise.is_empty() || g.advertise.len() > MAX_ADVERTISE {
+        return Err(invalid(format!(
+            "gateway must advertise 1 to {MAX_ADVERTISE} endpoints"
+        )));
+    }
+    for a in &g.advertise {
+        fedgw_certs::token::validate_endpoint(a)
+            .map_err(|_| invalid(format!("bad endpoint {a:?}")))?;
+    }
+    Ok(())
+}
+
+fn port(p: u32, what: &str) -> Result<(), Reject> {
+    if p > u32::from(u16::MAX) {
+        return Err(invalid(format!("{what} port out of range")));
+    }
+    Ok(())
+}
+
+fn check_node(n: &pb::NodeRecord) -> Result<(), Reject> {
+    if pb::ClientKind::try_from(n.client).is_err() || n.client == 0 {
+        return Err(invalid("unknown client kind"));
+    }
+    if !(n.enode_id.is_empty() || n.enode_id.len() == 64) {
+        return Err(invalid("enode id must be 64 bytes"));
+    }
+    port(n.p2p_port, "p2p")?;
+    port(n.raft_port, "raft")?;
+    if n.tessera_keys.len() > MAX_LIST
+        || n.roles.len() > MAX_LIST
+        || n.allowed_orgs.len() > MAX_LIST
+    {
+        return Err(invalid("too many tessera keys, roles or allowed orgs"));
+    }
+    if n.tessera_keys.iter().any(|k| k.len() != 32) {
+        return Err(invalid("tessera keys must be 32 bytes"));
+    }
+    if !n.tessera_url.is_empty()
+        && (n.tessera_url.len() > 256
+            || !(n.tessera_url.starts_with("http://") || n.tessera_url.starts_with("https://")))
+    {
+        return Err(invalid("tessera URL must be http(s) and at most 256 bytes"));
+    }
+    for r in &n.roles {
+        validate_label("role", r).map_err(|e| invalid(e.to_string()))?;
+    }
+    for o in &n.allowed_orgs {
+        validate_label("org", o).map_err(|e| invalid(e.to_string()))?;
+    }
+    validate_label("site", &n.site).map_err(|e| invalid(e.to_string()))?;
+    Ok(())
+}
+
+fn authorise(key: &RecordKey, body: &Body, signer: &Signer) -> Result<(), Reject> {
+    match (key.kind.root_only(), signer) {
+        (true, Signer::Root) => Ok(()),
+        (true, Signer::Org(o)) => Err(Reject::Unauthorised(format!(
+            "{} records are root-signed, not by {o}",
+            key.kind.as_str()
+        ))),
+        (false, Signer::Org(o)) if *o == key.org => Ok(()),
+        (false, Signer::Org(o)) => Err(Reject::Unauthorised(format!(
+            "{o} may not sign records about {}",
+            key.org
+        ))),
+        (false, Signer::Root) => {
+            // the root speaks for the consortium, not for an org's nodes or votes
+            let _ = body;
+            Err(Reject::Unauthorised(format!(
+                "the root may not sign {} records",
+                key.kind.as_str()
+            )))
+        }
+    }
+}
+
+/// Builds and signs an envelope for `body` about (`org`, `name`) at `seq`.
+pub fn seal(
+    signer: &fedgw_certs::envelope::EnvelopeSigner,
+    org: &str,
+    name: &str,
+    seq: u64,
+    body: pb::record_body::Body,
+) -> Result<Vec<u8>, EnvelopeError> {
+    let payload = pb::RecordBody {
+        org: org.to_owned(),
+        name: name.to_owned(),
+        seq,
+        body: Some(body),
+    }
+    .encode_to_vec();
+    let signature = signer.sign(PAYLOAD_TYPE, &payload)?;
+    Ok(pb::Envelope {
+        payload_type: PAYLOAD_TYPE.to_owned(),
+        payload,
+        signer_chain: vec![signer.cert().to_vec()],
+        signature,
+    }
+    .encode_to_vec())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,334 @@
+//! The membership view: every accepted record indexed by key, with the derived facts the rest
+//! of the gateway reads (members, revoked orgs, gateways, nodes, votes, enode owners) and the
+//! per-origin digests the sync protocol compares. Pure: no IO, no clocks.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use fedgw_certs::envelope::Signer;
+use fedgw_proto::v1 as pb;
+use sha2::Digest;
+
+use super::record::{Body, Kind, RecordKey, Reject, Verified};
+
+/// One held record.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Version.
+    pub seq: u64,
+    /// SHA-256 of the envelope.
+    pub hash: [u8; 32],
+    /// Content.
+    pub body: Body,
+    /// Who signed it.
+    pub signer: Signer,
+    /// The envelope, for relaying.
+    pub bytes: Arc<Vec<u8>>,
+}
+
+/// Count and XOR-hash of one origin's records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OriginSum {
+    /// Records held for the origin.
+    pub count: u64,
+    /// XOR of SHA-256(key ‖ seq ‖ envelope hash).
+    pub hash: [u8; 32],
+}
+
+fn entry_hash(key: &RecordKey, seq: u64, env_hash: &[u8; 32]) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    h.update(key.to_string().as_bytes());
+    h.update(seq.to_be_bytes());
+    h.update(env_hash);
+    h.finalize().into()
+}
+
+fn xor(a: &mut [u8; 32], b: &[u8; 32]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x ^= y;
+    }
+}
+
+/// What to do with a verified record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// New or newer: store, apply, forward.
+    Accept,
+    /// Already held byte for byte: nothing to do.
+    Duplicate,
+    /// Refused.
+    Reject(Reject),
+}
+
+/// A node as the view reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    /// Owning org.
+    pub org: String,
+    /// Node name.
+    pub name: String,
+    /// Version.
+    pub seq: u64,
+    /// The record.
+    pub record: pb::NodeRecord,
+}
+
+/// The membership view.
+#[derive(Debug, Default, Clone)]
+pub struct View {
+    records: BTreeMap<RecordKey, Entry>,
+    origins: BTreeMap<String, OriginSum>,
+    enode_owner: HashMap<Vec<u8>, (String, String)>,
+    revoked: BTreeSet<String>,
+}
+
+/// Checks for well-known demo identities (the public qubernetes "7nodes" keys).
+fn demo_key(n: &pb::NodeRecord) -> Option<&'static str> {
+    if let Ok(id) = <[u8; 64]>::try_from(n.enode_id.as_slice())
+        && fedgw_proto::demo_keys::is_demo_enode(&fedgw_proto::enode::EnodeId::from_bytes(id))
+    {
+        return Some("qubernetes 7nodes enode id");
+    }
+    for k in &n.tessera_keys {
+        if let Ok(k) = <[u8; 32]>::try_from(k.as_slice())
+            && fedgw_proto::demo_keys::is_demo_tessera_key(
+                &fedgw_proto::tessera::TesseraKey::from_bytes(k),
+            )
+        {
+            return Some("qubernetes 7nodes Tessera key");
+        }
+    }
+    None
+}
+
+impl View {
+    /// Decides whether `v` may enter the view.
+    pub fn check(&self, v: &Verified) -> Verdict {
+        if let Some(held) = self.records.get(&v.key) {
+            if v.seq == held.seq {
+                return if v.hash == held.hash {
+                    Verdict::Duplicate
+                } else {
+                    Verdict::Reject(Reject::Equivocation(v.seq))
+                };
+            }
+            if v.seq < held.seq {
+                return Verdict::Reject(Reject::Stale {
+                    got: v.seq,
+                    held: held.seq,
+                });
+            }
+        }
+        match v.key.kind {
+            Kind::Member => {
+                if self.revoked.contains(&v.key.org) {
+                    return Verdict::Reject(Reject::Revoked(v.key.org.clone()));
+                }
+            }
+            Kind::Revocation => {}
+            Kind::Gateway | Kind::Node | Kind::Vote => {
+                if self.revoked.contains(&v.key.org) {
+                    return Verdict::Reject(Reject::Revoked(v.key.org.clone()));
+                }
+                if !self.is_member(&v.key.org) {
+                    return Verdict::Reject(Reject::NotMember(v.key.org.clone()));
+                }
+            }
+        }
+        if let Body::Node(n) = &v.body {
+            if let Some(what) = demo_key(n) {
+                return Verdict::Reject(Reject::DemoKey(what));
+            }
+            if !n.enode_id.is_empty()
+                && let Some((org, _)) = self.enode_owner.get(&n.enode_id)
+                && *org != v.key.org
+            {
+                return Verdict::Reject(Reject::EnodeTaken(org.clone()));
+            }
+        }
+        Verdict::Accept
+    }
+
+    /// Applies an accepted record (after [`Self::check`] said [`Verdict::Accept`]).
+    pub fn apply(&mut self, v: Verified) {
+        let sum = self.origins.entry(v.key.org.clone()).or_default();
+        if let Some(old) = self.records.get(&v.key) {
+            xor(&mut sum.hash, &entry_hash(&v.key, old.seq, &old.hash));
+            sum.count -= 1;
+            if let Body::Node(n) = &old.body
+                && !n.enode_id.is_empty()
+                && self.enode_owner.get(&n.enode_id)
+                    == Some(&(v.key.org.clone(), v.key.name.clone()))
+            {
+                self.enode_owner.remove(&n.enode_id);
+            }
+        }
+        xor(&mut sum.hash, &entry_hash(&v.key, v.seq, &v.hash));
+        sum.count += 1;
+        match &v.body {
+            Body::Node(n) if !n.enode_id.is_empty() => {
+                self.enode_owner
+                    .insert(n.enode_id.clone(), (v.key.org.clone(), v.key.name.clone()));
+            }
+            Body::Revocation(_) => {
+                self.revoked.insert(v.key.org.clone());
+            }
+            _ => {}
+        }
+        self.records.insert(
+            v.key,
+            Entry {
+                seq: v.seq,
+                hash: v.hash,
+                body: v.body,
+                signer: v.signer,
+                bytes: v.bytes,
+            },
+        );
+    }
+
+    /// The held record for a key.
+    pub fn get(&self, key: &RecordKey) -> Option<&Entry> {
+        self.records.get(key)
+    }
+
+    /// The next seq for a key: `max(held + 1, now_ms)`.
+    pub fn next_seq(&self, key: &RecordKey, now_ms: u64) -> u64 {
+        let held = self.records.get(key).map_or(0, |e| e.seq);
+        (held + 1).max(now_ms)
+    }
+
+    /// Number of records held.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Whether `org` has a member record and is not revoked.
+    pub fn is_member(&self, org: &str) -> bool {
+        !self.revoked.contains(org)
+            && self.records.contains_key(&RecordKey {
+                kind: Kind::Member,
+                org: org.to_owned(),
+                name: String::new(),
+            })
+    }
+
+    /// The revoked orgs.
+    pub fn revoked(&self) -> &BTreeSet<String> {
+        &self.revoked
+    }
+
+    fn of_kind(&self, kind: Kind) -> impl Iterator<Item = (&RecordKey, &Entry)> {
+        self.records
+            .iter()
+            .filter(move |(k, e)| k.kind == kind && !matches!(e.body, Body::Tombstone))
+    }
+
+    /// Active members: (org, member record), sorted by org.
+    pub fn members(&self) -> Vec<(String, pb::MemberRecord)> {
+        self.of_kind(Kind::Member)
+            .filter(|(k, _)| !self.revoked.contains(&k.org))
+            .filter_map(|(k, e)| match &e.body {
+                Body::Member(m) => Some((k.org.clone(), m.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Gateways of active members: (org, site, record).
+    pub fn gateways(&self) -> Vec<(String, String, pb::GatewayRecord)> {
+        self.of_kind(Kind::Gateway)
+            .filter(|(k, _)| self.is_member(&k.org))
+            .filter_map(|(k, e)| match &e.body {
+                Body::Gateway(g) => Some((k.org.clone(), k.name.clone(), g.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Nodes of active members, sorted by (org, name).
+    pub fn nodes(&self) -> Vec<NodeView> {
+        self.of_kind(Kind::Node)
+            .filter(|(k, _)| self.is_member(&k.org))
+            .filter_map(|(k, e)| match &e.body {
+                Body::Node(n) => Some(NodeView {
+                    org: k.org.clone(),
+                    name: k.name.clone(),
+                    seq: e.seq,
+                    record: n.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Active members that voted to approve `candidate`, sorted.
+    pub fn approvals_for(&self, candidate: &str) -> Vec<String> {
+        self.of_kind(Kind::Vote)
+            .filter(|(k, e)| {
+                k.name == candidate
+                    && self.is_member(&k.org)
+                    && matches!(&e.body, Body::Vote(v) if v.approve)
+            })
+            .map(|(k, _)| k.org.clone())
+            .collect()
+    }
+
+    /// Candidates with at least one approval who are not members (pending joins).
+    pub fn candidates(&self) -> BTreeSet<String> {
+        self.of_kind(Kind::Vote)
+            .map(|(k, _)| k.name.clone())
+            .filter(|c| !self.is_member(c) && !self.revoked.contains(c))
+            .collect()
+    }
+
+    /// Per-origin sums, sorted by origin.
+    pub fn origin_sums(&self) -> &BTreeMap<String, OriginSum> {
+        &self.origins
+    }
+
+    /// SHA-256 over every (origin, count, hash): equal on two gateways means equal views.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = sha2::Sha256::new();
+        for (origin, sum) in &self.origins {
+            h.update((origin.len() as u64).to_be_bytes());
+            h.update(origin.as_bytes());
+            h.update(sum.count.to_be_bytes());
+            h.update(sum.hash);
+        }
+        h.finalize().into()
+    }
+
+    /// Every (key, seq) held for `origin`.
+    pub fn inventory(&self, origin: &str) -> Vec<(RecordKey, u64)> {
+        self.records
+            .iter()
+            .filter(|(k, _)| k.org == origin)
+            .map(|(k, e)| (k.clone(), e.seq))
+            .collect()
+    }
+
+    /// The envelopes for `origin` that a peer holding `theirs` lacks or holds older.
+    pub fn newer_than(&self, origin: &str, theirs: &HashMap<RecordKey, u64>) -> Vec<Arc<Vec<u8>>> {
+        self.records
+            .iter()
+            .filter(|(k, e)| k.org == origin && theirs.get(*k).is_none_or(|s| *s < e.seq))
+            .map(|(_, e)| e.bytes.clone())
+            .collect()
+    }
+
+    /// Every envelope, in ingest priority order (members first).
+    pub fn snapshot(&self) -> Vec<Arc<Vec<u8>>> {
+        let mut all: Vec<_> = self.records.iter().collect();
+        all.sort_by_key(|(k, _)| k.kind.priority());
+        all.into_iter().map(|(_, e)| e.bytes.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

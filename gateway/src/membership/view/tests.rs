@@ -1,0 +1,231 @@
+use super::*;
+use crate::membership::test_pki::{DOMAIN, Pki};
+
+fn apply(view: &mut View, pki: &Pki, bytes: &[u8]) -> Verdict {
+    let v = pki.verify(bytes).expect("verifies");
+    let verdict = view.check(&v);
+    if verdict == Verdict::Accept {
+        view.apply(v);
+    }
+    verdict
+}
+
+fn founded(pki: &Pki, orgs: &[&str]) -> View {
+    let mut view = View::default();
+    for o in orgs {
+        assert_eq!(apply(&mut view, pki, &pki.member(o, 1)), Verdict::Accept);
+    }
+    view
+}
+
+#[test]
+fn newer_accepted_older_stale_same_duplicate_different_equivocation() {
+    let pki = Pki::new(&["org1"]);
+    let mut view = founded(&pki, &["org1"]);
+    let v10 = pki.node("org1", "org1", "n", 10, 1);
+    assert_eq!(apply(&mut view, &pki, &v10), Verdict::Accept);
+    assert_eq!(apply(&mut view, &pki, &v10), Verdict::Duplicate);
+    assert_eq!(
+        apply(&mut view, &pki, &pki.node("org1", "org1", "n", 9, 1)),
+        Verdict::Reject(Reject::Stale { got: 9, held: 10 })
+    );
+    // same seq, different content (another enode id): equivocation
+    assert_eq!(
+        apply(&mut view, &pki, &pki.node("org1", "org1", "n", 10, 2)),
+        Verdict::Reject(Reject::Equivocation(10))
+    );
+    assert_eq!(
+        apply(&mut view, &pki, &pki.node("org1", "org1", "n", 11, 2)),
+        Verdict::Accept
+    );
+    assert_eq!(view.nodes()[0].record.enode_id, vec![2; 64]);
+    assert_eq!(view.next_seq(&pki.verify(&v10).expect("v").key, 5), 12);
+    assert_eq!(view.next_seq(&pki.verify(&v10).expect("v").key, 500), 500);
+}
+
+#[test]
+fn records_need_an_admitted_unrevoked_org() {
+    let pki = Pki::new(&["org1", "org2"]);
+    let mut view = founded(&pki, &["org1"]);
+    assert_eq!(
+        apply(&mut view, &pki, &pki.node("org2", "org2", "n", 1, 1)),
+        Verdict::Reject(Reject::NotMember("org2".into()))
+    );
+    assert_eq!(
+        apply(&mut view, &pki, &pki.member("org2", 1)),
+        Verdict::Accept
+    );
+    assert_eq!(
+        apply(&mut view, &pki, &pki.node("org2", "org2", "n", 1, 1)),
+        Verdict::Accept
+    );
+    assert_eq!(view.nodes().len(), 1);
+    let revoke = crate::membership::record::seal(
+        &pki.root_signer,
+        "org2",
+        "",
+        2,
+        fedgw_proto::v1::record_body::Body::Revocation(pb::RevocationRecord { reason: "x".into() }),
+    )
+    .expect("seal");
+    assert_eq!(apply(&mut view, &pki, &revoke), Verdict::Accept);
+    assert!(!view.is_member("org2"));
+    assert!(
+        view.nodes().is_empty(),
+        "a revoked org's nodes leave the view"
+    );
+    assert_eq!(
+        apply(&mut view, &pki, &pki.node("org2", "org2", "n", 5, 1)),
+        Verdict::Reject(Reject::Revoked("org2".into()))
+    );
+    assert_eq!(
+        apply(&mut view, &pki, &pki.member("org2", 3)),
+        Verdict::Reject(Reject::Revoked("org2".into())),
+        "revocation is permanent"
+    );
+}
+
+#[test]
+fn an_enode_id_belongs_to_one_org() {
+    let pki = Pki::new(&["org1", "org2"]);
+    let mut view = founded(&pki, &["org1", "org2"]);
+    assert_eq!(
+        apply(&mut view, &pki, &pki.node("org1", "org1", "a", 1, 9)),
+        Verdict::Accept
+    );
+    assert_eq!(
+        apply(&mut view, &pki, &pki.node("org2", "org2", "b", 1, 9)),
+        Verdict::Reject(Reject::EnodeTaken("org1".into()))
+    );
+    // the owner may move it between its own nodes
+    assert_eq!(
+        apply(&mut view, &pki, &pki.node("org1", "org1", "c", 1, 9)),
+        Verdict::Accept
+    );
+    // deleting both frees it
+    for name in ["a", "c"] {
+        let tomb = crate::membership::record::seal(
+            pki.signer("org1"),
+            "org1",
+            name,
+            50,
+            fedgw_proto::v1::record_body::Body::Tombstone(pb::TombstoneRecord {
+                kind: pb::RecordKind::Node.into(),
+            }),
+        )
+        .expect("seal");
+        assert_eq!(apply(&mut view, &pki, &tomb), Verdict::Accept);
+    }
+    assert!(view.nodes().is_empty());
+    assert_eq!(
+        apply(&mut view, &pki, &pki.node("org2", "org2", "b", 1, 9)),
+        Verdict::Accept
+    );
+    // a replay of the deleted node's older record stays out
+    assert_eq!(
+        apply(&mut view, &pki, &pki.node("org1", "org1", "a", 1, 9)),
+        Verdict::Reject(Reject::Stale { got: 1, held: 50 })
+    );
+}
+
+#[test]
+fn demo_keys_are_refused() {
+    let pki = Pki::new(&["org1"]);
+    let mut view = founded(&pki, &["org1"]);
+    let tsv = include_str!("../../../../proto/data/qubernetes-7nodes-identities.tsv");
+    let line = tsv
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .expect("a line");
+    let mut cols = line.split('\t');
+    let _name = cols.next();
+    let id: Vec<u8> = (0..64)
+        .map(|i| {
+            u8::from_str_radix(&cols.clone().next().expect("id")[2 * i..2 * i + 2], 16)
+                .expect("hex")
+        })
+        .collect();
+    let mut rec = crate::membership::test_pki::node_record(0);
+    rec.enode_id = id;
+    let bytes = crate::membership::record::seal(
+        pki.signer("org1"),
+        "org1",
+        "demo",
+        1,
+        fedgw_proto::v1::record_body::Body::Node(rec),
+    )
+    .expect("seal");
+    assert!(matches!(
+        apply(&mut view, &pki, &bytes),
+        Verdict::Reject(Reject::DemoKey(_))
+    ));
+}
+
+#[test]
+fn digests_match_iff_the_same_records_are_held_in_any_order() {
+    let pki = Pki::new(&["org1", "org2"]);
+    let records = [
+        pki.member("org1", 1),
+        pki.member("org2", 1),
+        pki.node("org1", "org1", "a", 3, 1),
+        pki.node("org2", "org2", "b", 4, 2),
+        pki.node("org1", "org1", "a", 5, 1),
+    ];
+    let mut a = View::default();
+    for r in &records {
+        apply(&mut a, &pki, r);
+    }
+    let mut b = View::default();
+    for r in [&records[1], &records[0], &records[4], &records[3]] {
+        apply(&mut b, &pki, r);
+    }
+    assert_eq!(a.digest(), b.digest());
+    assert_eq!(a.len(), 4);
+    let mut c = b.clone();
+    apply(&mut c, &pki, &pki.node("org2", "org2", "z", 1, 3));
+    assert_ne!(c.digest(), b.digest());
+    assert_ne!(c.origin_sums().get("org2"), b.origin_sums().get("org2"));
+    assert_eq!(c.origin_sums().get("org1"), b.origin_sums().get("org1"));
+    // what c has that b lacks, by inventory
+    let theirs: HashMap<RecordKey, u64> = b.inventory("org2").into_iter().collect();
+    assert_eq!(c.newer_than("org2", &theirs).len(), 1);
+    let _ = DOMAIN;
+}
+
+#[test]
+fn votes_count_only_from_active_members() {
+    let pki = Pki::new(&["org1", "org2", "org3"]);
+    let mut view = founded(&pki, &["org1", "org2", "org3"]);
+    let vote = |org: &str, seq| {
+        crate::membership::record::seal(
+            pki.signer(org),
+            org,
+            "org4",
+            seq,
+            fedgw_proto::v1::record_body::Body::Vote(pb::VoteRecord { approve: true }),
+        )
+        .expect("seal")
+    };
+    apply(&mut view, &pki, &vote("org2", 1));
+    apply(&mut view, &pki, &vote("org3", 1));
+    assert_eq!(
+        view.approvals_for("org4"),
+        vec!["org2".to_owned(), "org3".to_owned()]
+    );
+    assert_eq!(
+        view.candidates().into_iter().collect::<Vec<_>>(),
+        vec!["org4".to_owned()]
+    );
+    let revoke = crate::membership::record::seal(
+        &pki.root_signer,
+        "org3",
+        "",
+        2,
+        fedgw_proto::v1::record_body::Body::Revocation(pb::RevocationRecord {
+            reason: String::new(),
+        }),
+    )
+    .expect("seal");
+    apply(&mut view, &pki, &revoke);
+    assert_eq!(view.approvals_for("org4"), vec!["org2".to_owned()]);
+}

@@ -1,0 +1,364 @@
+//! Membership across gateways started in-process: convergence, removal, relay around a refused
+//! link, restart and partition heal, outbound-only sites, revocation, and admission votes.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use fedgw_gateway::config::Admission;
+use fedgw_proto::v1 as pb;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_gateways_share_nodes_and_removals() {
+    let mut fed = Fed::with_orgs(5).await;
+    fed.converged().await;
+    let members = fed.gws[4]
+        .admin()
+        .await
+        .list_members(pb::ListMembersRequest {})
+        .await
+        .expect("members");
+    let orgs: Vec<_> = members
+        .into_inner()
+        .members
+        .into_iter()
+        .map(|m| m.org)
+        .collect();
+    assert_eq!(orgs, ["org1", "org2", "org3", "org4", "org5"]);
+
+    fed.gws[2]
+        .admin()
+        .await
+        .add_node(pb::AddNodeRequest {
+            node: Some(spec("node1", 3, "10.3.0.1")),
+        })
+        .await
+        .expect("add");
+    fed.converged().await;
+    for g in &fed.gws {
+        assert_eq!(g.node_names(), ["org3/node1"], "at {}", g.org);
+    }
+    // the real address stays at its own site
+    let at_home = fed.gws[2]
+        .admin()
+        .await
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .expect("nodes");
+    assert_eq!(at_home.into_inner().nodes[0].local_host, "10.3.0.1");
+    let elsewhere = fed.gws[0]
+        .admin()
+        .await
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .expect("nodes");
+    assert_eq!(elsewhere.into_inner().nodes[0].local_host, "");
+
+    fed.gws[2]
+        .admin()
+        .await
+        .remove_node(pb::RemoveNodeRequest {
+            name: "node1".into(),
+        })
+        .await
+        .expect("remove");
+    fed.converged().await;
+    for g in &fed.gws {
+        assert!(g.node_names().is_empty(), "at {}", g.org);
+    }
+    let status = fed.gws[0]
+        .admin()
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(
+        status
+            .peers
+            .iter()
+            .filter(|p| p.state == "connected")
+            .count(),
+        4,
+        "{status:?}"
+    );
+    assert_eq!(status.rejected_records, 0);
+    fed.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_arrive_by_relay_when_a_link_is_refused() {
+    let mut fed = Fed::found(Admission::Operator).await;
+    fed.add("org2", false, |_| {}).await;
+    // org1 and org3 refuse each other; only org2 links them
+    fed.add("org3", false, |c| c.sync.deny = vec!["org1/dc1".into()])
+        .await;
+    fed.gws[0].stop().await;
+    edit_config(&fed.gws[0].dir, |c| c.sync.deny = vec!["org3/dc1".into()]);
+    fed.gws[0].start().await;
+    fed.converged().await;
+
+    fed.gws[2]
+        .admin()
+        .await
+        .add_node(pb::AddNodeRequest {
+            node: Some(spec("far", 7, "10.3.0.7")),
+        })
+        .await
+        .expect("add");
+    fed.converged().await;
+    assert_eq!(fed.gws[0].node_names(), ["org3/far"]);
+    let peers = fed.gws[0].run().membership.peer_reports();
+    assert!(
+        peers
+            .iter()
+            .all(|p| p.id.org != "org3" || p.state != "connected"),
+        "{peers:?}"
+    );
+    fed.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_gateway_keeps_its_records_and_heals_the_partition() {
+    let mut fed = Fed::with_orgs(3).await;
+    fed.gws[1]
+        .admin()
+        .await
+        .add_node(pb::AddNodeRequest {
+            node: Some(spec("a", 1, "10.2.0.1")),
+        })
+        .await
+        .expect("add");
+    fed.converged().await;
+    fed.gws[2].stop().await;
+    // while org3 is down the others change their nodes
+    let admin1 = fed.gws[1].admin().await;
+    let mut admin1 = admin1;
+    admin1
+        .add_node(pb::AddNodeRequest {
+            node: Some(spec("b", 2, "10.2.0.2")),
+        })
+        .await
+        .expect("add");
+    admin1
+        .remove_node(pb::RemoveNodeRequest { name: "a".into() })
+        .await
+        .expect("rm");
+    fed.gws[0]
+        .admin()
+        .await
+        .add_node(pb::AddNodeRequest {
+            node: Some(spec("c", 3, "10.1.0.3")),
+        })
+        .await
+        .expect("add");
+    fed.gws[2].start().await;
+    // what it had survived the restart
+    assert!(
+        fed.gws[2].node_names().contains(&"org2/a".to_owned())
+            || fed.gws[2].node_names().contains(&"org2/b".to_owned())
+    );
+    fed.converged().await;
+    for g in &fed.gws {
+        assert_eq!(g.node_names(), ["org1/c", "org2/b"], "at {}", g.org);
+    }
+    fed.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_only_site_is_reached_over_its_own_connections() {
+    let mut fed = Fed::found(Admission::Operator).await;
+    fed.add("org2", false, |_| {}).await;
+    // org3 advertises an address nobody can reach: only its own dials can link it
+    fed.add("org3", true, |c| c.advertise = vec!["127.0.0.1:1".into()])
+        .await;
+    fed.converged().await;
+    fed.gws[2]
+        .admin()
+        .await
+        .add_node(pb::AddNodeRequest {
+            node: Some(spec("nat", 9, "192.168.1.9")),
+        })
+        .await
+        .expect("add");
+    fed.gws[0]
+        .admin()
+        .await
+        .add_node(pb::AddNodeRequest {
+            node: Some(spec("pub", 8, "10.1.0.8")),
+        })
+        .await
+        .expect("add");
+    fed.converged().await;
+    assert_eq!(fed.gws[0].node_names(), ["org1/pub", "org3/nat"]);
+    for g in &fed.gws[..2] {
+        let peers = g.run().membership.peer_reports();
+        let org3 = peers
+            .iter()
+            .find(|p| p.id.org == "org3")
+            .expect("org3 linked");
+        assert_eq!(
+            (org3.state, org3.direction),
+            ("connected", "inbound"),
+            "at {}",
+            g.org
+        );
+    }
+    fed.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_closes_sessions_and_refuses_handshakes_within_a_second() {
+    let mut fed = Fed::with_orgs(3).await;
+    fed.gws[2]
+        .admin()
+        .await
+        .add_node(pb::AddNodeRequest {
+            node: Some(spec("n", 3, "10.3.0.1")),
+        })
+        .await
+        .expect("add");
+    fed.converged().await;
+    assert!(fed.gws[1].run().membership.is_connected("org3/dc1"));
+    let started = Instant::now();
+    fed.gws[0]
+        .admin()
+        .await
+        .revoke(pb::RevokeRequest {
+            org: "org3".into(),
+            reason: "test".into(),
+        })
+        .await
+        .expect("revoke");
+    wait_for("org3 cut off everywhere", || {
+        fed.gws[..2].iter().all(|g| {
+            let m = &g.run().membership;
+            !m.is_connected("org3/dc1")
+                && m.revocation().set().contains("org3")
+                && g.node_names().is_empty()
+        })
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // org3's new handshakes fail at every other gateway
+    let org3_dir = &fed.gws[2].dir;
+    for g in &fed.gws[..2] {
+        let out = hello_as(org3_dir, &g.run().info.advertise[0]).await;
+        assert!(out.is_err(), "org3 still accepted by {}", g.org);
+    }
+    let members = fed.gws[1]
+        .admin()
+        .await
+        .list_members(pb::ListMembersRequest {})
+        .await
+        .expect("m")
+        .into_inner();
+    let org3 = members
+        .members
+        .iter()
+        .find(|m| m.org == "org3")
+        .expect("listed");
+    assert_eq!(org3.status, "revoked");
+    fed.stop_all().await;
+}
+
+async fn hello_as(
+    dir: &fedgw_gateway::datadir::DataDir,
+    endpoint: &str,
+) -> Result<fedgw_gateway::federation::HelloOutcome, fedgw_gateway::federation::HelloError> {
+    use std::sync::Arc;
+    let loaded = fedgw_gateway::provision::load(dir).expect("load");
+    let provider = fedgw_certs::tls::provider();
+    let (leaf, _) =
+        fedgw_gateway::provision::current_leaf(dir, &loaded, std::time::SystemTime::now())
+            .expect("leaf");
+    let identity =
+        fedgw_certs::tls::ReloadableIdentity::new(leaf.chain, &leaf.key, &provider).expect("id");
+    let verifier = fedgw_certs::PeerVerifier::new(
+        loaded.root_cert.clone(),
+        DOMAIN,
+        Default::default(),
+        &provider,
+    )
+    .expect("verifier");
+    let cfg = fedgw_certs::tls::federation_client_config(&identity, Arc::new(verifier), provider)
+        .expect("cfg");
+    fedgw_gateway::federation::hello(
+        endpoint,
+        Arc::new(cfg),
+        DOMAIN,
+        "dc1",
+        Duration::from_secs(5),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn majority_admission_waits_for_enough_approvals() {
+    let mut fed = Fed::found(Admission::Majority).await;
+    // one member: one approval (org1's) admits org2
+    approve(&fed, 0, "org2").await;
+    fed.add("org2", false, |_| {}).await;
+    // two members: both must approve org3
+    approve(&fed, 0, "org3").await;
+    approve(&fed, 1, "org3").await;
+    fed.converged().await;
+    fed.add("org3", false, |_| {}).await;
+    fed.converged().await;
+
+    // three members: org4 needs two approvals
+    let token = fed.invite("org4").await;
+    let dir = fedgw_gateway::datadir::DataDir::new(fed.path("org4"));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u32, u32)>::new()));
+    let seen2 = seen.clone();
+    let joiner = tokio::spawn(async move {
+        let progress =
+            move |p: &pb::Pending| seen2.lock().expect("lock").push((p.approvals, p.needed));
+        fedgw_gateway::join::client::join_into(
+            token,
+            "org4",
+            &dir,
+            &network(false),
+            WAIT,
+            &progress,
+        )
+        .await
+    });
+    approve(&fed, 1, "org4").await;
+    wait_for("org4 pending with one approval", || {
+        seen.lock().expect("lock").contains(&(1, 2))
+    })
+    .await;
+    assert!(!joiner.is_finished(), "admitted with one approval");
+    assert!(!fed.gws[0].run().membership.read(|v| v.is_member("org4")));
+    approve(&fed, 2, "org4").await;
+    let config = tokio::time::timeout(WAIT, joiner)
+        .await
+        .expect("in time")
+        .expect("task")
+        .expect("admitted");
+    assert_eq!(config.org, "org4");
+    assert!(fed.gws[0].run().membership.read(|v| v.is_member("org4")));
+    let seen = seen.lock().expect("lock").clone();
+    assert!(seen.iter().all(|(a, n)| *n == 2 && *a < 2), "{seen:?}");
+    fed.stop_all().await;
+}
+
+async fn approve(fed: &Fed, gw: usize, org: &str) {
+    fed.gws[gw]
+        .admin()
+        .await
+        .approve(pb::ApproveRequest { org: org.into() })
+        .await
+        .expect("approve");
+    // the founder (which admits) must have seen the vote
+    wait_for("vote at the founder", || {
+        fed.gws[0]
+            .run()
+            .membership
+            .read(|v| v.approvals_for(org).contains(&fed.gws[gw].org))
+    })
+    .await;
+}
