@@ -20,6 +20,8 @@ use crate::join::server::{InviteSpec, create_invite};
 use crate::provision::{self, InitOptions, NetworkOptions};
 use crate::store::Store;
 
+mod admin_cmds;
+
 /// Stable exit codes.
 pub mod exit {
     /// Any other failure.
@@ -89,10 +91,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
-struct DataDirArg {
+pub(crate) struct DataDirArg {
     /// The gateway's data directory.
     #[arg(long, env = "FEDGW_DATA_DIR", value_name = "DIR")]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +215,52 @@ enum Command {
         #[arg(long, default_value = "acme.test")]
         domain: String,
     },
+    /// Manage this org's nodes.
+    Node {
+        #[command(subcommand)]
+        command: admin_cmds::NodeCommand,
+    },
+    /// List every node in this gateway's view.
+    Nodes {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List member orgs (and pending joins).
+    Members {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show peers, link state, last sync and the view digest.
+    Status {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Vote for a pending join (majority/all admission).
+    Approve {
+        /// The candidate org.
+        org: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Revoke an org (on the gateway holding the root key).
+    Revoke {
+        /// The org to revoke.
+        org: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Why, recorded in the revocation.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Check a mutual-TLS federation link to another gateway.
     Ping {
         /// The other gateway, host:port.
@@ -313,6 +361,12 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             consortium,
             domain,
         } => lab(orgs, dir, check, consortium, domain).await,
+        Command::Node { command } => admin_cmds::node(command).await,
+        Command::Nodes { dir, json } => admin_cmds::nodes(dir, json).await,
+        Command::Members { dir, json } => admin_cmds::members(dir, json).await,
+        Command::Status { dir, json } => admin_cmds::status(dir, json).await,
+        Command::Approve { org, dir } => admin_cmds::approve(org, dir).await,
+        Command::Revoke { org, dir, reason } => admin_cmds::revoke(org, dir, reason).await,
         Command::Ping {
             endpoint,
             dir,

@@ -204,12 +204,15 @@ pub enum SignAs {
     Root,
 }
 
+/// Signer certificate (DER) → who it is and its public key.
+type SignerCache = HashMap<Vec<u8>, (Signer, Vec<u8>)>;
+
 struct Inner {
     cfg: MembershipConfig,
     store: Arc<Store>,
     view: RwLock<View>,
     verifier: SignerVerifier,
-    signer_cache: Mutex<HashMap<Vec<u8>, (Signer, Vec<u8>)>>,
+    signer_cache: Mutex<SignerCache>,
     org_signer: EnvelopeSigner,
     root_signer: Option<EnvelopeSigner>,
     ingest_lock: tokio::sync::Mutex<()>,
