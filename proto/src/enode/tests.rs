@@ -313,7 +313,10 @@ fn broken_urls_give_typed_errors() {
             EnodeError::BadHost,
         ),
         (
-            url(id, &format!("{}.com:30303", vec!["a".repeat(63); 4].join("."))),
+            url(
+                id,
+                &format!("{}.com:30303", vec!["a".repeat(63); 4].join(".")),
+            ),
             EnodeError::BadHost,
         ),
         // Port.
