@@ -117,7 +117,7 @@ impl Default for SyncConfig {
     fn default() -> Self {
         Self {
             heartbeat_ms: 1000,
-            backoff_base_ms: 200,
+            backoff_base_ms: 100,
             backoff_max_ms: 10_000,
             deny: vec![],
         }

@@ -1,0 +1,215 @@
+//! Membership sync benchmark (not a test): N gateway processes on loopback.
+//!
+//! - cold start: N data dirs that have joined but never run (each knows only the snapshot it got
+//!   at its join) are started at once; the time until every gateway holds the same view with
+//!   all N gateway records;
+//! - change propagation: a node is added at a random gateway, the time until every gateway's
+//!   view digest includes it; repeated, p50/p99 reported.
+//!
+//! Run: `cargo bench -p fedgw-gateway --bench sync` (optional args: N values, default 10 30).
+//! Prints each figure with its goal and the ratio figure/goal (≤ 1.0 meets it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use fedgw_gateway::config::{Admission, Config};
+use fedgw_gateway::datadir::DataDir;
+use fedgw_gateway::provision::{self, InitOptions, NetworkOptions};
+use fedgw_proto::v1 as pb;
+
+const CHANGES: usize = 100;
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn network(port: u16) -> NetworkOptions {
+    NetworkOptions {
+        site: "dc1".into(),
+        advertise: vec![format!("127.0.0.1:{port}")],
+        listen: Some(format!("127.0.0.1:{port}").parse().expect("addr")),
+        dns: "127.0.0.1:0".parse().expect("addr"),
+        metrics: "127.0.0.1:0".parse().expect("addr"),
+        leaf_lifetime: Duration::from_secs(3600),
+        outbound_only: false,
+    }
+}
+
+fn spawn(bin: &Path, dir: &DataDir) -> Child {
+    let _ = std::fs::remove_file(dir.run_info());
+    Command::new(bin)
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir.root())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fedgw")
+}
+
+fn stop(children: &mut Vec<Child>) {
+    for c in children.iter() {
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+    }
+    for mut c in children.drain(..) {
+        let _ = c.wait();
+    }
+}
+
+async fn wait_ready(dirs: &[DataDir]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for d in dirs {
+        while !d.run_info().exists() {
+            assert!(Instant::now() < deadline, "gateway did not start");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+type Admin = pb::admin_client::AdminClient<tonic::transport::Channel>;
+
+async fn admins(dirs: &[DataDir]) -> Vec<Admin> {
+    let mut out = Vec::new();
+    for d in dirs {
+        out.push(fedgw_gateway::admin::connect(&d.admin_socket()).await.expect("admin"));
+    }
+    out
+}
+
+async fn digests(admins: &mut [Admin]) -> Vec<(String, u64)> {
+    let mut out = Vec::with_capacity(admins.len());
+    for a in admins.iter_mut() {
+        match a.status(pb::StatusRequest {}).await {
+            Ok(s) => {
+                let s = s.into_inner();
+                out.push((s.digest, s.records));
+            }
+            Err(_) => out.push((String::new(), 0)),
+        }
+    }
+    out
+}
+
+async fn run(bin: &Path, n: usize) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let dirs: Vec<DataDir> = (0..n).map(|i| DataDir::new(tmp.path().join(format!("org{}", i + 1)))).collect();
+    provision::init(
+        &dirs[0],
+        &InitOptions {
+            consortium: "acme".into(),
+            domain: "acme.test".into(),
+            org: "org1".into(),
+            admission: Admission::Operator,
+            genesis: None,
+            network: network(ports[0]),
+        },
+        SystemTime::now(),
+    )
+    .expect("init");
+    let heartbeat = Config::load(&dirs[0].config()).expect("config").sync;
+    // joins need the founder up; the joiners never run before the measurement
+    let mut children = vec![spawn(bin, &dirs[0])];
+    wait_ready(&dirs[..1]).await;
+    let mut founder = admins(&dirs[..1]).await.remove(0);
+    for (i, dir) in dirs.iter().enumerate().skip(1) {
+        let org = format!("org{}", i + 1);
+        let token = founder
+            .create_invite(pb::CreateInviteRequest { org: org.clone(), ttl_secs: 600, uses: 1 })
+            .await
+            .expect("invite")
+            .into_inner()
+            .token;
+        let token = fedgw_certs::JoinToken::parse(&token).expect("token");
+        fedgw_gateway::join::client::join_into(token, &org, dir, &network(ports[i]), Duration::from_secs(30), &|_| {})
+            .await
+            .expect("join");
+    }
+    stop(&mut children);
+
+    // cold start
+    let expected_records = (2 * n) as u64; // a member and a gateway record per org
+    let t0 = Instant::now();
+    for d in &dirs {
+        children.push(spawn(bin, d));
+    }
+    wait_ready(&dirs).await;
+    let mut clients = admins(&dirs).await;
+    loop {
+        let d = digests(&mut clients).await;
+        if d.iter().all(|(dg, r)| *r == expected_records && *dg == d[0].0) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no convergence: {d:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let cold = t0.elapsed();
+
+    // change propagation
+    let mut samples = Vec::with_capacity(CHANGES);
+    for k in 0..CHANGES {
+        let at = k % n;
+        let before = digests(&mut clients).await[0].0.clone();
+        let t = Instant::now();
+        let mut id = [0u8; 64];
+        id[..8].copy_from_slice(&(k as u64 + 1).to_be_bytes());
+        id[8] = 0x5a;
+        clients[at]
+            .add_node(pb::AddNodeRequest {
+                node: Some(pb::NodeSpec {
+                    name: format!("n{k}"),
+                    client: pb::ClientKind::Goquorum.into(),
+                    enode_id: id.to_vec(),
+                    host: "10.0.0.1".into(),
+                    p2p_port: 30303,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("add node");
+        loop {
+            let d = digests(&mut clients).await;
+            if d[0].0 != before && d.iter().all(|(dg, _)| *dg == d[0].0) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "change did not propagate");
+        }
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    let p = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+    let (p50, p99) = (p(0.50), p(0.99));
+    stop(&mut children);
+
+    let cold_goal = if n <= 10 { Duration::from_millis(300) } else { Duration::from_secs(1) };
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "sync N={n:<3} heartbeat={}ms backoff_base={}ms | cold start {:7.1} ms (goal {:5.0} ms, ratio {:.2}) | \
+         change p50 {:5.1} ms  p99 {:5.1} ms (goal 20 ms, ratio {:.2}) over {CHANGES} changes",
+        heartbeat.heartbeat_ms,
+        heartbeat.backoff_base_ms,
+        ms(cold),
+        ms(cold_goal),
+        ms(cold) / ms(cold_goal),
+        ms(p50),
+        ms(p99),
+        ms(p99) / 20.0,
+    );
+}
+
+fn main() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_fedgw"));
+    let ns: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let ns = if ns.is_empty() { vec![10, 30] } else { ns };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for n in ns {
+        rt.block_on(run(&bin, n));
+    }
+}
