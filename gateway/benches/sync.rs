@@ -53,7 +53,9 @@ fn spawn(bin: &Path, dir: &DataDir) -> Child {
 
 fn stop(children: &mut Vec<Child>) {
     for c in children.iter() {
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
     }
     for mut c in children.drain(..) {
         let _ = c.wait();
@@ -75,7 +77,11 @@ type Admin = pb::admin_client::AdminClient<tonic::transport::Channel>;
 async fn admins(dirs: &[DataDir]) -> Vec<Admin> {
     let mut out = Vec::new();
     for d in dirs {
-        out.push(fedgw_gateway::admin::connect(&d.admin_socket()).await.expect("admin"));
+        out.push(
+            fedgw_gateway::admin::connect(&d.admin_socket())
+                .await
+                .expect("admin"),
+        );
     }
     out
 }
@@ -97,7 +103,9 @@ async fn digests(admins: &mut [Admin]) -> Vec<(String, u64)> {
 async fn run(bin: &Path, n: usize) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-    let dirs: Vec<DataDir> = (0..n).map(|i| DataDir::new(tmp.path().join(format!("org{}", i + 1)))).collect();
+    let dirs: Vec<DataDir> = (0..n)
+        .map(|i| DataDir::new(tmp.path().join(format!("org{}", i + 1))))
+        .collect();
     provision::init(
         &dirs[0],
         &InitOptions {
@@ -119,15 +127,26 @@ async fn run(bin: &Path, n: usize) {
     for (i, dir) in dirs.iter().enumerate().skip(1) {
         let org = format!("org{}", i + 1);
         let token = founder
-            .create_invite(pb::CreateInviteRequest { org: org.clone(), ttl_secs: 600, uses: 1 })
+            .create_invite(pb::CreateInviteRequest {
+                org: org.clone(),
+                ttl_secs: 600,
+                uses: 1,
+            })
             .await
             .expect("invite")
             .into_inner()
             .token;
         let token = fedgw_certs::JoinToken::parse(&token).expect("token");
-        fedgw_gateway::join::client::join_into(token, &org, dir, &network(ports[i]), Duration::from_secs(30), &|_| {})
-            .await
-            .expect("join");
+        fedgw_gateway::join::client::join_into(
+            token,
+            &org,
+            dir,
+            &network(ports[i]),
+            Duration::from_secs(30),
+            &|_| {},
+        )
+        .await
+        .expect("join");
     }
     stop(&mut children);
 
@@ -141,10 +160,15 @@ async fn run(bin: &Path, n: usize) {
     let mut clients = admins(&dirs).await;
     loop {
         let d = digests(&mut clients).await;
-        if d.iter().all(|(dg, r)| *r == expected_records && *dg == d[0].0) {
+        if d.iter()
+            .all(|(dg, r)| *r == expected_records && *dg == d[0].0)
+        {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "no convergence: {d:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no convergence: {d:?}"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let cold = t0.elapsed();
@@ -176,7 +200,10 @@ async fn run(bin: &Path, n: usize) {
             if d[0].0 != before && d.iter().all(|(dg, _)| *dg == d[0].0) {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "change did not propagate");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "change did not propagate"
+            );
         }
         samples.push(t.elapsed());
     }
@@ -185,7 +212,11 @@ async fn run(bin: &Path, n: usize) {
     let (p50, p99) = (p(0.50), p(0.99));
     stop(&mut children);
 
-    let cold_goal = if n <= 10 { Duration::from_millis(300) } else { Duration::from_secs(1) };
+    let cold_goal = if n <= 10 {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(1)
+    };
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "sync N={n:<3} heartbeat={}ms backoff_base={}ms | cold start {:7.1} ms (goal {:5.0} ms, ratio {:.2}) | \

@@ -120,7 +120,7 @@ async fn records_arrive_by_relay_when_a_link_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_gateway_keeps_its_records_and_heals_the_partition() {
+async fn a_restarted_gateway_keeps_its_records_and_a_partition_heals() {
     let mut fed = Fed::with_orgs(3).await;
     fed.gws[1]
         .admin()
@@ -153,15 +153,48 @@ async fn a_restarted_gateway_keeps_its_records_and_heals_the_partition() {
         })
         .await
         .expect("add");
+    // org3 comes back cut off from both (a partition) and changes its own view meanwhile
+    edit_config(&fed.gws[2].dir, |c| {
+        c.sync.deny = vec!["org1/dc1".into(), "org2/dc1".into()]
+    });
     fed.gws[2].start().await;
-    // what it had survived the restart
-    assert!(
-        fed.gws[2].node_names().contains(&"org2/a".to_owned())
-            || fed.gws[2].node_names().contains(&"org2/b".to_owned())
+    assert_eq!(
+        fed.gws[2].node_names(),
+        ["org2/a"],
+        "what it had survived the restart"
     );
+    fed.gws[2]
+        .admin()
+        .await
+        .add_node(pb::AddNodeRequest {
+            node: Some(spec("d", 4, "10.3.0.4")),
+        })
+        .await
+        .expect("add");
+    for g in &mut fed.gws[..2] {
+        g.stop().await;
+        edit_config(&g.dir, |c| c.sync.deny = vec!["org3/dc1".into()]);
+        g.start().await;
+    }
+    assert_ne!(
+        fed.gws[0].digest(),
+        fed.gws[2].digest(),
+        "partitioned views differ"
+    );
+    // heal: lift the deny lists
+    for g in &mut fed.gws {
+        g.stop().await;
+        edit_config(&g.dir, |c| c.sync.deny.clear());
+        g.start().await;
+    }
     fed.converged().await;
     for g in &fed.gws {
-        assert_eq!(g.node_names(), ["org1/c", "org2/b"], "at {}", g.org);
+        assert_eq!(
+            g.node_names(),
+            ["org1/c", "org2/b", "org3/d"],
+            "at {}",
+            g.org
+        );
     }
     fed.stop_all().await;
 }

@@ -130,6 +130,48 @@ fn a_killed_gateway_loses_nothing_and_reconverges() {
     })
     .expect("converged");
 
+    // the Besu quickstart sample reuses the same eight keys: org3 may not claim them
+    let besu = fedgw()
+        .run([
+            "node",
+            "import",
+            &s(&samples().join("besu-static-nodes.json")),
+            "--client",
+            "besu",
+            "--data-dir",
+            &s(&dirs[2]),
+        ])
+        .expect("spawn");
+    assert_eq!(besu.code, Some(64), "{}", besu.stderr);
+    assert_eq!(
+        besu.stderr.matches("already registered by org2").count(),
+        8,
+        "{}",
+        besu.stderr
+    );
+    // the qubernetes sample is the public 7nodes set: refused as demo keys
+    let demo = fedgw()
+        .run([
+            "node",
+            "import",
+            &s(&samples().join("goquorum-permissioned-nodes.raft-dns.json")),
+            "--data-dir",
+            &s(&dirs[0]),
+        ])
+        .expect("spawn");
+    assert_eq!(demo.code, Some(64), "{}", demo.stderr);
+    assert_eq!(
+        demo.stderr.matches("demo key").count(),
+        7,
+        "{}",
+        demo.stderr
+    );
+    assert_eq!(
+        node_names(&dirs[0]),
+        expected,
+        "refused imports changed nothing"
+    );
+
     // SIGKILL org2: no clean shutdown, no chance to flush anything
     let org2 = gws[1].take().expect("running");
     let pid = org2.pid();

@@ -69,14 +69,24 @@ impl Gw {
         }
     }
 
+    /// Starts the gateway. The first start binds port 0; the port the OS chose is then written
+    /// into the config, so restarts keep their address as a deployed gateway's would.
     pub async fn start(&mut self) {
         assert!(self.running.is_none());
         self.shutdown = CancellationToken::new();
-        self.running = Some(
-            app::start(self.dir.clone(), self.shutdown.clone())
-                .await
-                .expect("start"),
-        );
+        let running = app::start(self.dir.clone(), self.shutdown.clone())
+            .await
+            .expect("start");
+        let bound = running.info.gateway;
+        edit_config(&self.dir, |c| {
+            if c.listen.port() == 0 {
+                c.listen = bound;
+                if c.advertise == ["127.0.0.1:0"] {
+                    c.advertise = vec![bound.to_string()];
+                }
+            }
+        });
+        self.running = Some(running);
     }
 }
 
