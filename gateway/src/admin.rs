@@ -259,31 +259,35 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let m = &self.membership;
-        let (digest, records) = m.read(|v| (hex(&v.digest()), v.len() as u64));
-        let peers = m
-            .peer_reports()
-            .into_iter()
-            .map(|p| pb::PeerStatus {
-                org: p.id.org,
-                site: p.id.site,
-                state: p.state.to_owned(),
-                direction: p.direction.to_owned(),
-                last_seen_unix_ms: p.last_seen_ms,
-                last_error: p.last_error,
-                records_in: p.records_in,
-                records_out: p.records_out,
-            })
-            .collect();
-        Ok(Response::new(pb::StatusResponse {
-            org: m.me().org.clone(),
-            site: m.me().site.clone(),
-            digest,
-            records,
-            peers,
-            rejected_records: m.rejected_total(),
-            equivocations: m.equivocations_total(),
-        }))
+        Ok(Response::new(status_of(&self.membership)))
+    }
+
+    type WatchStatusStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::StatusResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<Self::WatchStatusStream>, Status> {
+        let m = self.membership.clone();
+        let mut changed = m.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let tracker = m.tracker().clone();
+        tracker.spawn(async move {
+            loop {
+                if tx.send(Ok(status_of(&m))).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    c = changed.changed() => if c.is_err() { return },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn approve(
@@ -380,4 +384,32 @@ pub async fn connect(path: &Path) -> Result<AdminClient<Channel>, tonic::transpo
         }))
         .await?;
     Ok(AdminClient::new(channel).max_decoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES))
+}
+
+/// The status report of a gateway.
+fn status_of(m: &Membership) -> pb::StatusResponse {
+    let (digest, records) = m.read(|v| (hex(&v.digest()), v.len() as u64));
+    let peers = m
+        .peer_reports()
+        .into_iter()
+        .map(|p| pb::PeerStatus {
+            org: p.id.org,
+            site: p.id.site,
+            state: p.state.to_owned(),
+            direction: p.direction.to_owned(),
+            last_seen_unix_ms: p.last_seen_ms,
+            last_error: p.last_error,
+            records_in: p.records_in,
+            records_out: p.records_out,
+        })
+        .collect();
+    pb::StatusResponse {
+        org: m.me().org.clone(),
+        site: m.me().site.clone(),
+        digest,
+        records,
+        peers,
+        rejected_records: m.rejected_total(),
+        equivocations: m.equivocations_total(),
+    }
 }

@@ -422,24 +422,38 @@ impl Membership {
         envelopes: Vec<Vec<u8>>,
         from: Option<&str>,
     ) -> Result<IngestReport, StoreError> {
-        let verified = self.verify_all(envelopes);
+        let (verified, copies) = self.verify_all(envelopes);
         let guard = self.0.ingest_lock.lock().await;
         let report = self.ingest_locked(verified, from).await;
         drop(guard);
-        report
+        report.map(|mut r| {
+            r.duplicates += copies;
+            r
+        })
     }
 
-    fn verify_all(&self, envelopes: Vec<Vec<u8>>) -> Vec<Result<Verified, Reject>> {
+    /// Verifies each envelope, except exact copies of held ones (recognised by hash: flooding
+    /// delivers a record once per peer, and a copy needs no second signature check).
+    fn verify_all(&self, envelopes: Vec<Vec<u8>>) -> (Vec<Result<Verified, Reject>>, u32) {
+        use sha2::Digest;
         let lookup = Lookup {
             inner: &self.0,
             now: SystemTime::now(),
         };
-        let mut out: Vec<_> = envelopes
+        let total = envelopes.len();
+        let fresh: Vec<Vec<u8>> = self.read(|v| {
+            envelopes
+                .into_iter()
+                .filter(|b| !v.holds(&sha2::Sha256::digest(b).into()))
+                .collect()
+        });
+        let copies = u32::try_from(total - fresh.len()).unwrap_or(u32::MAX);
+        let mut out: Vec<_> = fresh
             .iter()
             .map(|b| record::verify(b, &lookup, &self.0.cfg.domain))
             .collect();
         out.sort_by_key(|r| r.as_ref().map_or(0, |v| v.key.kind.priority()));
-        out
+        (out, copies)
     }
 
     async fn ingest_locked(
@@ -549,7 +563,7 @@ impl Membership {
     ) -> Result<(), PublishError> {
         let guard = self.0.ingest_lock.lock().await;
         let bytes = self.seal(org, name, body, sign)?;
-        let verified = self.verify_all(vec![bytes]);
+        let (verified, _) = self.verify_all(vec![bytes]);
         let report = self.ingest_locked(verified, None).await?;
         drop(guard);
         match report.rejected.into_iter().next() {

@@ -166,12 +166,22 @@ impl Store {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked,
             e => StoreError::Db(Box::new(e.into())),
         })?;
-        let tx = db.begin_write()?;
-        tx.open_table(INVITES)?;
-        tx.open_table(MEMBERS)?;
-        tx.open_table(RECORDS)?;
-        tx.open_table(LOCAL_NODES)?;
-        tx.commit()?;
+        // create missing tables; an existing store needs no write (and no fsync) to open
+        let complete = {
+            let rx = db.begin_read()?;
+            rx.open_table(INVITES).is_ok()
+                && rx.open_table(MEMBERS).is_ok()
+                && rx.open_table(RECORDS).is_ok()
+                && rx.open_table(LOCAL_NODES).is_ok()
+        };
+        if !complete {
+            let tx = db.begin_write()?;
+            tx.open_table(INVITES)?;
+            tx.open_table(MEMBERS)?;
+            tx.open_table(RECORDS)?;
+            tx.open_table(LOCAL_NODES)?;
+            tx.commit()?;
+        }
         Ok(Self { db })
     }
 

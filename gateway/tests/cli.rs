@@ -231,10 +231,16 @@ fn join_refusals_have_distinct_exit_codes() {
     assert_eq!(join(&unknown, "org3", &dir("x3")).code, Some(10));
 
     // pin mismatch: 14
+    // flip the pin's first character: it carries six whole bits (the last one has two unused
+    // bits, and setting them makes the text malformed rather than a different pin)
     let mut wrong_pin = fresh.clone();
-    let i = wrong_pin.len() - 1;
-    let last = if wrong_pin.ends_with('A') { "B" } else { "A" };
-    wrong_pin.replace_range(i.., last);
+    let i = wrong_pin.len() - 43;
+    let first = if wrong_pin[i..].starts_with('A') {
+        "B"
+    } else {
+        "A"
+    };
+    wrong_pin.replace_range(i..i + 1, first);
     let run = join(&wrong_pin, "org3", &dir("x4"));
     assert_eq!(run.code, Some(14), "{}", run.stderr);
     assert!(run.stderr.contains("pin mismatch"), "{}", run.stderr);

@@ -218,3 +218,84 @@ fn a_killed_gateway_loses_nothing_and_reconverges() {
         assert!(gw.stop().expect("stop").success());
     }
 }
+
+#[test]
+fn sigkill_during_writes_keeps_every_acknowledged_record() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("org1");
+    let d = s(&dir);
+    let mut args = vec![
+        "init",
+        "--consortium",
+        "acme",
+        "--domain",
+        "acme.test",
+        "--org",
+        "org1",
+        "--data-dir",
+        &d,
+    ];
+    args.extend(NET);
+    fedgw().run(args).expect("spawn").ok().expect("init");
+    let gw = fedgw().start(&dir).expect("start");
+    let pid = gw.pid();
+    let socket = dir.join("admin.sock");
+
+    // a writer that records every add the gateway acknowledged, until the connection dies
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (acked_tx, acked_rx) = std::sync::mpsc::channel::<String>();
+    let writer = rt.spawn(async move {
+        let mut admin = fedgw_gateway::admin::connect(&socket).await.expect("admin");
+        for k in 0u32..10_000 {
+            let mut id = vec![0x42u8; 64];
+            id[..4].copy_from_slice(&k.to_be_bytes());
+            let spec = fedgw_proto::v1::NodeSpec {
+                name: format!("n{k}"),
+                client: fedgw_proto::v1::ClientKind::Goquorum.into(),
+                enode_id: id,
+                host: "10.0.0.1".into(),
+                p2p_port: 30303,
+                ..Default::default()
+            };
+            match admin
+                .add_node(fedgw_proto::v1::AddNodeRequest { node: Some(spec) })
+                .await
+            {
+                Ok(_) => {
+                    if acked_tx.send(format!("org1/n{k}")).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    // kill once a good number of writes were acknowledged, while more are in flight
+    let mut acked = Vec::new();
+    while acked.len() < 50 {
+        acked.push(
+            acked_rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("writes progress"),
+        );
+    }
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    drop(gw);
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), writer).await })
+        .expect("writer stops")
+        .expect("writer task");
+    acked.extend(acked_rx.try_iter());
+
+    let gw = fedgw().start(&dir).expect("the store opens after a crash");
+    let names = node_names(&dir);
+    let missing: Vec<_> = acked.iter().filter(|n| !names.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged records lost: {missing:?}",
+        missing.len()
+    );
+    assert!(gw.stop().expect("stop").success());
+}

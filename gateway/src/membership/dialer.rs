@@ -2,7 +2,9 @@
 //! ([`super::Membership::dial_targets`]). A target without a live stream (in either direction)
 //! is dialled; failures back off exponentially with ±25 % jitter, and a session that stayed up
 //! for a while resets the backoff. A gateway marked outbound-only is never dialled: it dials
-//! out, and the stream it opens is used both ways.
+//! out, and the stream it opens is used both ways. Of a pair that can dial each other, the
+//! higher `org/site` waits [`HIGHER_ID_GRACE`] for the lower to dial first (the lower's stream
+//! is the one both ends keep).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +27,9 @@ const STABLE_SESSION: Duration = Duration::from_secs(5);
 const RESCAN: Duration = Duration::from_millis(250);
 /// Bound on connect + handshake + stream setup.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the higher `org/site` of a pair waits before dialling a newly known peer: the
+/// stream the lower one dials is the one both keep, so waiting saves a discarded handshake.
+const HIGHER_ID_GRACE: Duration = Duration::from_millis(200);
 
 /// What the dialer needs to build TLS client configs.
 #[derive(Clone, Debug)]
@@ -83,10 +88,14 @@ pub async fn run(m: Membership, tls: DialerTls) {
             if m.is_connected(&key) {
                 continue;
             }
-            let t = targets.entry(key.clone()).or_insert(Target {
-                backoff: cfg.backoff_base,
-                next_attempt: now,
-                in_flight: false,
+            let t = targets.entry(key.clone()).or_insert_with(|| {
+                let bootstrap = cfg.bootstrap.iter().any(|(b, _)| *b == id);
+                let grace = id < cfg.me && !bootstrap && !cfg.outbound_only;
+                Target {
+                    backoff: cfg.backoff_base,
+                    next_attempt: if grace { now + HIGHER_ID_GRACE } else { now },
+                    in_flight: false,
+                }
             });
             if t.in_flight || now < t.next_attempt {
                 continue;

@@ -2,7 +2,7 @@
 //! of the gateway reads (members, revoked orgs, gateways, nodes, votes, enode owners) and the
 //! per-origin digests the sync protocol compares. Pure: no IO, no clocks.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use fedgw_certs::envelope::Signer;
@@ -77,6 +77,7 @@ pub struct NodeView {
 #[derive(Debug, Default, Clone)]
 pub struct View {
     records: BTreeMap<RecordKey, Entry>,
+    hashes: HashSet<[u8; 32]>,
     origins: BTreeMap<String, OriginSum>,
     enode_owner: HashMap<Vec<u8>, (String, String)>,
     revoked: BTreeSet<String>,
@@ -153,6 +154,7 @@ impl View {
     pub fn apply(&mut self, v: Verified) {
         let sum = self.origins.entry(v.key.org.clone()).or_default();
         if let Some(old) = self.records.get(&v.key) {
+            self.hashes.remove(&old.hash);
             xor(&mut sum.hash, &entry_hash(&v.key, old.seq, &old.hash));
             sum.count -= 1;
             if let Body::Node(n) = &old.body
@@ -165,6 +167,7 @@ impl View {
         }
         xor(&mut sum.hash, &entry_hash(&v.key, v.seq, &v.hash));
         sum.count += 1;
+        self.hashes.insert(v.hash);
         match &v.body {
             Body::Node(n) if !n.enode_id.is_empty() => {
                 self.enode_owner
@@ -185,6 +188,12 @@ impl View {
                 bytes: v.bytes,
             },
         );
+    }
+
+    /// Whether an envelope with this SHA-256 is held: the same bytes were verified and applied
+    /// before, so a copy needs no signature check.
+    pub fn holds(&self, envelope_hash: &[u8; 32]) -> bool {
+        self.hashes.contains(envelope_hash)
     }
 
     /// The held record for a key.
