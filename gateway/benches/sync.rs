@@ -25,9 +25,21 @@ use tokio_stream::StreamExt;
 
 const CHANGES: usize = 100;
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+/// `n` distinct free ports below Linux's ephemeral range (32768-60999), so no gateway's
+/// outgoing connection can take one as its source port before its owner binds it; every probe
+/// listener stays open until all are chosen.
+fn free_ports(n: usize) -> Vec<u16> {
+    let mut probes = Vec::new();
+    while probes.len() < n {
+        let port: u16 = rand::random_range(20_000..32_000);
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            probes.push(l);
+        }
+    }
+    probes
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
 }
 
 fn network(port: u16) -> NetworkOptions {
@@ -51,7 +63,7 @@ fn spawn(bin: &Path, dir: &DataDir) -> Child {
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.root().with_extension("log")).expect("log file"))
         .spawn()
         .expect("spawn fedgw")
 }
@@ -71,7 +83,12 @@ async fn wait_ready(dirs: &[DataDir]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     for d in dirs {
         while !d.run_info().exists() {
-            assert!(Instant::now() < deadline, "gateway did not start");
+            assert!(
+                Instant::now() < deadline,
+                "gateway {} did not start: {}",
+                d.root().display(),
+                std::fs::read_to_string(d.root().with_extension("log")).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -96,6 +113,7 @@ async fn admins(dirs: &[DataDir]) -> Vec<Admin> {
 #[derive(Clone)]
 struct Views {
     latest: Arc<Mutex<Vec<(String, u64)>>>,
+    at: Arc<Mutex<Vec<Instant>>>,
     changed: Arc<tokio::sync::Notify>,
 }
 
@@ -103,6 +121,7 @@ impl Views {
     async fn watch(admins: &[Admin]) -> Self {
         let views = Views {
             latest: Arc::new(Mutex::new(vec![(String::new(), 0); admins.len()])),
+            at: Arc::new(Mutex::new(vec![Instant::now(); admins.len()])),
             changed: Arc::new(tokio::sync::Notify::new()),
         };
         for (i, a) in admins.iter().enumerate() {
@@ -116,6 +135,7 @@ impl Views {
             tokio::spawn(async move {
                 while let Some(Ok(s)) = stream.next().await {
                     v.latest.lock().expect("lock")[i] = (s.digest, s.records);
+                    v.at.lock().expect("lock")[i] = Instant::now();
                     v.changed.notify_waiters();
                 }
             });
@@ -142,7 +162,7 @@ impl Views {
 
 async fn run(bin: &Path, n: usize) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let ports = free_ports(n);
     let dirs: Vec<DataDir> = (0..n)
         .map(|i| DataDir::new(tmp.path().join(format!("org{}", i + 1))))
         .collect();
@@ -159,6 +179,18 @@ async fn run(bin: &Path, n: usize) {
         SystemTime::now(),
     )
     .expect("init");
+    // FEDGW_BENCH_HEARTBEAT_MS overrides the sync heartbeat of every gateway
+    let heartbeat_ms: Option<u64> = std::env::var("FEDGW_BENCH_HEARTBEAT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let tune = |dir: &DataDir| {
+        let mut c = Config::load(&dir.config()).expect("config");
+        if let Some(ms) = heartbeat_ms {
+            c.sync.heartbeat_ms = ms;
+        }
+        std::fs::write(dir.config(), c.to_toml()).expect("config");
+    };
+    tune(&dirs[0]);
     let heartbeat = Config::load(&dirs[0].config()).expect("config").sync;
     // joins need the founder up; the joiners never run before the measurement
     let mut children = vec![spawn(bin, &dirs[0])];
@@ -187,6 +219,7 @@ async fn run(bin: &Path, n: usize) {
         )
         .await
         .expect("join");
+        tune(dir);
     }
     stop(&mut children);
 
@@ -207,8 +240,42 @@ async fn run(bin: &Path, n: usize) {
         })
         .await;
     let cold = t0.elapsed();
+    if std::env::var("FEDGW_BENCH_DETAIL").is_ok() {
+        let at = views.at.lock().expect("lock").clone();
+        let mut order: Vec<(usize, Duration)> = at
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i + 1, t.duration_since(t0)))
+            .collect();
+        order.sort_by_key(|(_, d)| *d);
+        println!(
+            "last view change per gateway (org, ms): {:?}",
+            order
+                .iter()
+                .map(|(i, d)| (i, d.as_millis()))
+                .collect::<Vec<_>>()
+        );
+    }
 
-    // change propagation
+    // change propagation, in steady state: once every gateway has a stream with every other
+    let mesh_deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut full = true;
+        for c in clients.iter_mut() {
+            let s = c
+                .status(pb::StatusRequest {})
+                .await
+                .expect("status")
+                .into_inner();
+            full &= s.peers.iter().filter(|p| p.state == "connected").count() == n - 1;
+        }
+        if full {
+            break;
+        }
+        assert!(Instant::now() < mesh_deadline, "the mesh did not complete");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mesh = t0.elapsed();
     let mut samples = Vec::with_capacity(CHANGES);
     for k in 0..CHANGES {
         let at = k % n;
@@ -250,13 +317,14 @@ async fn run(bin: &Path, n: usize) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "sync N={n:<3} heartbeat={}ms backoff_base={}ms | cold start {:7.1} ms (all listening at {:6.1} ms; \
-         goal {:5.0} ms, ratio {:.2}) | change p50 {:5.1} ms  p99 {:5.1} ms (goal 20 ms, ratio {:.2}) over {CHANGES} changes",
+         goal {:5.0} ms, ratio {:.2}; full mesh at {:6.1} ms) | change p50 {:5.1} ms  p99 {:5.1} ms (goal 20 ms, ratio {:.2}) over {CHANGES} changes",
         heartbeat.heartbeat_ms,
         heartbeat.backoff_base_ms,
         ms(cold),
         ms(listening),
         ms(cold_goal),
         ms(cold) / ms(cold_goal),
+        ms(mesh),
         ms(p50),
         ms(p99),
         ms(p99) / 20.0,

@@ -121,9 +121,11 @@ impl Revocation {
     }
 }
 
-/// Per-peer counters, shown by `fedgw status`.
+/// Per-peer counters, shown by `fedgw status`, and what the peer last said it is linked to.
 #[derive(Debug, Default)]
 pub struct PeerStats {
+    /// The gateways the peer reported live streams with (its last `SyncPeers`).
+    pub links: Mutex<std::collections::HashSet<String>>,
     /// Last message received, Unix ms.
     pub last_seen_ms: AtomicI64,
     /// Records received.
@@ -528,8 +530,11 @@ impl Membership {
         }
     }
 
-    /// Sends accepted records to every connected peer but `except`. A peer whose queue is full
-    /// misses the push and catches up through the digest exchange.
+    /// Sends accepted records to every connected peer but `except` (the sender) and the
+    /// sender's own peers: the sender sent to those (or, by the same rule, a gateway closer to
+    /// the record's origin did). In a full mesh each record thus crosses each link once instead
+    /// of N times. A peer whose queue is full, or whose link list was stale, misses the push and
+    /// catches up through the digest exchange.
     fn forward(&self, records: &[(String, Arc<Vec<u8>>)], except: Option<&str>) {
         let msg = pb::SyncMessage {
             msg: Some(pb::sync_message::Msg::Records(pb::SyncRecords {
@@ -537,8 +542,18 @@ impl Membership {
             })),
         };
         let peers = self.0.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let covered: std::collections::HashSet<String> = except
+            .and_then(|from| peers.get(from))
+            .map(|p| {
+                p.stats
+                    .links
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            })
+            .unwrap_or_default();
         for (id, peer) in peers.iter() {
-            if Some(id.as_str()) == except {
+            if Some(id.as_str()) == except || covered.contains(id) {
                 continue;
             }
             match peer.tx.try_send(msg.clone()) {
@@ -651,19 +666,36 @@ impl Membership {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&peer.to_string());
         self.0.metrics.set_peers(self.connected_count());
+        self.announce_links();
         Some((session, stats))
+    }
+
+    /// Tells every peer which gateways this one now has streams with.
+    fn announce_links(&self) {
+        let peers = self.0.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let msg = pb::SyncMessage {
+            msg: Some(pb::sync_message::Msg::Peers(pb::SyncPeers {
+                gateways: peers.keys().cloned().collect(),
+            })),
+        };
+        for p in peers.values() {
+            let _ = p.tx.try_send(msg.clone());
+        }
     }
 
     fn deregister(&self, peer: &GatewayId, session: u64) {
         let mut peers = self.0.peers.lock().unwrap_or_else(|e| e.into_inner());
-        if peers
+        let removed = peers
             .get(&peer.to_string())
-            .is_some_and(|p| p.session == session)
-        {
+            .is_some_and(|p| p.session == session);
+        if removed {
             peers.remove(&peer.to_string());
         }
         drop(peers);
         self.0.metrics.set_peers(self.connected_count());
+        if removed {
+            self.announce_links();
+        }
     }
 
     /// Whether a sync session with `peer` is up.
@@ -675,7 +707,8 @@ impl Membership {
             .contains_key(peer)
     }
 
-    fn connected_count(&self) -> usize {
+    /// How many sync streams are up.
+    pub fn connected_count(&self) -> usize {
         self.0.peers.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 

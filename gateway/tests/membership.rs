@@ -253,7 +253,11 @@ async fn revocation_closes_sessions_and_refuses_handshakes_within_a_second() {
         .await
         .expect("add");
     fed.converged().await;
-    assert!(fed.gws[1].run().membership.is_connected("org3/dc1"));
+    // a live session with org3 must exist for its closing to mean anything
+    wait_for("org2 linked with org3", || {
+        fed.gws[1].run().membership.is_connected("org3/dc1")
+    })
+    .await;
     let started = Instant::now();
     fed.gws[0]
         .admin()

@@ -4,7 +4,9 @@
 //! for a while resets the backoff. A gateway marked outbound-only is never dialled: it dials
 //! out, and the stream it opens is used both ways. Of a pair that can dial each other, the
 //! higher `org/site` waits [`HIGHER_ID_GRACE`] for the lower to dial first (the lower's stream
-//! is the one both ends keep).
+//! is the one both ends keep). At start, peers already known are dialled at once; peers learned
+//! afterwards wait until the gateway has caught up ([`CATCH_UP_QUIET`] of quiet view after a
+//! first stream, at most [`CATCH_UP_MAX`]), and at most [`MAX_CONNECTING`] handshakes run at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +32,23 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the higher `org/site` of a pair waits before dialling a newly known peer: the
 /// stream the lower one dials is the one both keep, so waiting saves a discarded handshake.
 const HIGHER_ID_GRACE: Duration = Duration::from_millis(200);
+/// Most dials in their connect/handshake phase at once. Established streams do not count: the
+/// mesh still forms completely, but handshakes are spread out, so a gateway starting among many
+/// keeps CPU for exchanging records with the peers it already reached.
+const MAX_CONNECTING: usize = 2;
+/// A gateway has caught up once its view has been quiet this long after its first stream.
+const CATCH_UP_QUIET: Duration = Duration::from_millis(100);
+/// Newly learned peers are dialled at the latest this long after start.
+const CATCH_UP_MAX: Duration = Duration::from_secs(1);
+
+/// What a dial task reports.
+#[derive(Debug)]
+enum DialEvent {
+    /// The stream is established (the connect slot is free again).
+    Connected(String),
+    /// The attempt or the session ended: how long the session lasted, or why the dial failed.
+    Ended(String, Result<Duration, String>),
+}
 
 /// What the dialer needs to build TLS client configs.
 #[derive(Clone, Debug)]
@@ -67,6 +86,7 @@ struct Target {
     backoff: Duration,
     next_attempt: Instant,
     in_flight: bool,
+    connected: bool,
 }
 
 fn jitter(d: Duration) -> Duration {
@@ -79,9 +99,24 @@ pub async fn run(m: Membership, tls: DialerTls) {
     let cfg = m.config().clone();
     let shutdown = m.0.shutdown.clone();
     let mut changed = m.subscribe();
-    let (done_tx, mut done_rx) = mpsc::channel::<(String, Result<Duration, String>)>(64);
+    let (done_tx, mut done_rx) = mpsc::channel::<DialEvent>(64);
     let mut targets: HashMap<String, Target> = HashMap::new();
+    let mut connecting = 0usize;
+    // peers known at start are dialled at once; peers learned later (from the view others
+    // hand us) wait until this gateway has caught up through the links it already has, so a
+    // fresh gateway spends its first moments on records rather than on handshakes
+    let started = Instant::now();
+    let known_at_start: std::collections::HashSet<String> = m
+        .dial_targets()
+        .into_iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    let mut last_change = started;
+    let mut ever_linked = false;
     loop {
+        ever_linked = ever_linked || m.connected_count() > 0;
+        let caught_up = started.elapsed() >= CATCH_UP_MAX
+            || (ever_linked && last_change.elapsed() >= CATCH_UP_QUIET);
         let now = Instant::now();
         for (id, endpoints) in m.dial_targets() {
             let key = id.to_string();
@@ -95,11 +130,19 @@ pub async fn run(m: Membership, tls: DialerTls) {
                     backoff: cfg.backoff_base,
                     next_attempt: if grace { now + HIGHER_ID_GRACE } else { now },
                     in_flight: false,
+                    connected: false,
                 }
             });
             if t.in_flight || now < t.next_attempt {
                 continue;
             }
+            if !caught_up && !known_at_start.contains(&key) {
+                continue;
+            }
+            if connecting >= MAX_CONNECTING {
+                break;
+            }
+            connecting += 1;
             t.in_flight = true;
             m.set_dial_status(
                 &key,
@@ -110,19 +153,31 @@ pub async fn run(m: Membership, tls: DialerTls) {
             );
             let (m2, tls2, done) = (m.clone(), tls.clone(), done_tx.clone());
             m.0.tracker.spawn(async move {
-                let started = Instant::now();
-                let result = dial_and_run(&m2, &tls2, &id, &endpoints)
-                    .await
-                    .map(|()| started.elapsed());
-                let _ = done.send((id.to_string(), result)).await;
+                let key = id.to_string();
+                let result = dial_and_run(&m2, &tls2, &id, &endpoints, &done).await;
+                let _ = done.send(DialEvent::Ended(key, result)).await;
             });
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = changed.changed() => {}
-            _ = tokio::time::sleep(RESCAN) => {}
-            Some((id, result)) = done_rx.recv() => {
+            _ = changed.changed() => last_change = Instant::now(),
+            _ = tokio::time::sleep(if caught_up { RESCAN } else { CATCH_UP_QUIET / 2 }) => {}
+            Some(event) = done_rx.recv() => {
+                let (id, result) = match event {
+                    DialEvent::Connected(id) => {
+                        connecting = connecting.saturating_sub(1);
+                        if let Some(t) = targets.get_mut(&id) {
+                            t.connected = true;
+                        }
+                        continue;
+                    }
+                    DialEvent::Ended(id, result) => (id, result),
+                };
                 if let Some(t) = targets.get_mut(&id) {
+                    if !t.connected {
+                        connecting = connecting.saturating_sub(1);
+                    }
+                    t.connected = false;
                     t.in_flight = false;
                     match result {
                         Ok(lasted) if lasted >= STABLE_SESSION => {
@@ -150,7 +205,8 @@ async fn dial_and_run(
     tls: &DialerTls,
     id: &GatewayId,
     endpoints: &[String],
-) -> Result<(), String> {
+    events: &mpsc::Sender<DialEvent>,
+) -> Result<Duration, String> {
     let config = tls.config_for(&id.org).map_err(|e| e.to_string())?;
     let mut last_error = "no endpoints".to_owned();
     for endpoint in endpoints {
@@ -187,6 +243,8 @@ async fn dial_and_run(
             .await
             .map_err(|_| "sync call timed out".to_owned())?
             .map_err(|s| format!("sync refused: {}", s.message()))?;
+        let _ = events.send(DialEvent::Connected(id.to_string())).await;
+        let started = Instant::now();
         let cancel = m.revocation().token(&peer.org);
         let end = sync::run(
             m.clone(),
@@ -199,8 +257,9 @@ async fn dial_and_run(
         .await;
         cancel.cancel();
         return match end {
-            SessionEnd::Closed | SessionEnd::Terminated(_) => Ok(()),
-            SessionEnd::Duplicate => Ok(()),
+            SessionEnd::Closed | SessionEnd::Terminated(_) | SessionEnd::Duplicate => {
+                Ok(started.elapsed())
+            }
             other => Err(other.to_string()),
         };
     }

@@ -8,7 +8,9 @@
 //! 5. live pushes arrive as `Records` from [`super::Membership::forward`];
 //! 6. every heartbeat interval send `Heartbeat` with the view digest; two mismatching heartbeats
 //!    in a row restart the digest exchange; a peer silent for three intervals is dropped;
-//! 7. `Terminate` (or cancellation: shutdown, revocation, a duplicate stream) ends the session.
+//! 7. `Peers` says which gateways the sender is linked to (sent whenever that changes), so
+//!    forwarding can skip peers the sender already covered;
+//! 8. `Terminate` (or cancellation: shutdown, revocation, a duplicate stream) ends the session.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -88,6 +90,16 @@ pub async fn run<S>(
 where
     S: Stream<Item = Result<pb::SyncMessage, tonic::Status>> + Unpin,
 {
+    // Open goes first on the wire, before registration lets anything else into the queue
+    let cfg = m.config();
+    let open = msg(Msg::Open(pb::SyncOpen {
+        version: SYNC_PROTOCOL_VERSION,
+        site: cfg.me.site.clone(),
+        outbound_only: cfg.outbound_only,
+    }));
+    if tx.send(open).await.is_err() {
+        return SessionEnd::Transport("outgoing queue closed".into());
+    }
     let Some((session, stats)) = m.register(&peer, outbound, tx.clone(), cancel.clone()) else {
         let _ = tx
             .send(msg(Msg::Terminate(pb::SyncTerminate {
@@ -120,12 +132,7 @@ where
     S: Stream<Item = Result<pb::SyncMessage, tonic::Status>> + Unpin,
 {
     let cfg = m.config();
-    let open = msg(Msg::Open(pb::SyncOpen {
-        version: SYNC_PROTOCOL_VERSION,
-        site: cfg.me.site.clone(),
-        outbound_only: cfg.outbound_only,
-    }));
-    if tx.send(open).await.is_err() || tx.send(digest_msg(m)).await.is_err() {
+    if tx.send(digest_msg(m)).await.is_err() {
         return SessionEnd::Transport("outgoing queue closed".into());
     }
     let heartbeat = cfg.heartbeat;
@@ -235,6 +242,13 @@ where
                         }
                     }
                 }
+            }
+            Msg::Peers(p) => {
+                if p.gateways.len() > MAX_INVENTORY {
+                    return SessionEnd::Protocol("peer list too large".into());
+                }
+                *stats.links.lock().unwrap_or_else(|e| e.into_inner()) =
+                    p.gateways.into_iter().collect();
             }
             Msg::Terminate(t) => return SessionEnd::Terminated(t.reason),
         }

@@ -202,13 +202,36 @@ impl Fed {
         self.gws.iter().filter(|g| g.running.is_some())
     }
 
-    /// Waits until every running gateway holds the same view.
+    /// Waits until every running gateway holds the same view; on timeout, panics with each
+    /// gateway's digest, record count and peers.
     pub async fn converged(&self) {
-        wait_for("equal digests", || {
+        let deadline = Instant::now() + WAIT;
+        loop {
             let digests: Vec<_> = self.running().map(Gw::digest).collect();
-            digests.windows(2).all(|w| w[0] == w[1])
-        })
-        .await;
+            if digests.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let report: Vec<String> = self
+                    .running()
+                    .map(|g| {
+                        let m = &g.run().membership;
+                        format!(
+                            "{}: {} records, digest {:02x?}, peers {:?}",
+                            g.org,
+                            m.read(|v| v.len()),
+                            &g.digest()[..4],
+                            m.peer_reports()
+                                .iter()
+                                .map(|p| format!("{} {} {}", p.id, p.state, p.last_error))
+                                .collect::<Vec<_>>()
+                        )
+                    })
+                    .collect();
+                panic!("no convergence:\n{}", report.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub async fn stop_all(&mut self) {
