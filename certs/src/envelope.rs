@@ -183,7 +183,15 @@ impl SignerVerifier {
     }
 }
 
-/// The org an org CA speaks for: its single permitted DNS subtree must be `<org>.<domain>`.
+/// The org an org CA certificate (DER) speaks for: the `<org>` of its single permitted DNS
+/// subtree `<org>.<domain>` (no excluded subtrees). `None` for anything else, including a
+/// certificate that does not parse.
+pub fn org_of_org_ca(cert_der: &[u8], domain: &str) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    org_of_ca(&cert, domain)
+}
+
+/// [`org_of_org_ca`] on a parsed certificate.
 fn org_of_ca(cert: &x509_parser::certificate::X509Certificate<'_>, domain: &str) -> Option<String> {
     let nc = cert.name_constraints().ok()??;
     let permitted = nc.value.permitted_subtrees.as_ref()?;

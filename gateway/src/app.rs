@@ -288,20 +288,11 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
                 membership: membership.clone(),
                 policy: config.admission,
             });
-            let server = tonic::transport::Server::builder()
-                .add_service(
-                    pb::join_server::JoinServer::from_arc(service)
-                        .max_decoding_message_size(fedgw_proto::MAX_JOIN_REQUEST_BYTES),
-                )
-                .serve_with_incoming_shutdown(
-                    ReceiverStream::new(join_rx).map(Ok::<_, std::io::Error>),
-                    shutdown.clone().cancelled_owned(),
-                );
-            tracker.spawn(async move {
-                if let Err(e) = server.await {
-                    warn!(error = %e, "join server failed");
-                }
-            });
+            let router = tonic::transport::Server::builder().add_service(
+                pb::join_server::JoinServer::from_arc(service)
+                    .max_decoding_message_size(fedgw_proto::MAX_JOIN_REQUEST_BYTES),
+            );
+            spawn_server(&tracker, "join", router, join_rx, &shutdown);
         }
         None => drop(join_rx),
     }
@@ -313,20 +304,12 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         metrics: metrics.clone(),
         membership: membership.clone(),
     });
-    let server = tonic::transport::Server::builder()
-        .add_service(
-            pb::federation_server::FederationServer::from_arc(federation)
-                .max_decoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(
-            ReceiverStream::new(fed_rx).map(Ok::<_, std::io::Error>),
-            shutdown.clone().cancelled_owned(),
-        );
-    tracker.spawn(async move {
-        if let Err(e) = server.await {
-            warn!(error = %e, "federation server failed");
-        }
-    });
+    let router = tonic::transport::Server::builder().add_service(
+        pb::federation_server::FederationServer::from_arc(federation)
+            .max_decoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES),
+    );
+    spawn_server(&tracker, "federation", router, fed_rx, &shutdown);
 
     let admin_service = Arc::new(AdminService {
         store: store.clone(),
@@ -412,6 +395,25 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
 }
 
 use tokio_stream::StreamExt as _;
+
+/// Serves `router` on the TLS connections the acceptor hands over `conns`, until `shutdown`.
+fn spawn_server(
+    tracker: &TaskTracker,
+    what: &'static str,
+    router: tonic::transport::server::Router,
+    conns: mpsc::Receiver<TlsConn>,
+    shutdown: &CancellationToken,
+) {
+    let server = router.serve_with_incoming_shutdown(
+        ReceiverStream::new(conns).map(Ok::<_, std::io::Error>),
+        shutdown.clone().cancelled_owned(),
+    );
+    tracker.spawn(async move {
+        if let Err(e) = server.await {
+            warn!(error = %e, server = what, "gRPC server failed");
+        }
+    });
+}
 
 fn signer_err(e: fedgw_certs::envelope::EnvelopeError) -> RunError {
     RunError::Provision(ProvisionError::Invalid(format!("record signer: {e}")))

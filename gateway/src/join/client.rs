@@ -235,16 +235,9 @@ fn check_admitted(
     if org_ca.public_key().raw != org_ca_spki {
         return Err(invalid("org CA certifies another key"));
     }
-    let expected = fedgw_certs::names::org_subtree(&params.org, &consortium.domain);
-    let constraint_ok = org_ca
-        .name_constraints()
-        .ok()
-        .flatten()
-        .and_then(|nc| nc.value.permitted_subtrees.as_ref())
-        .is_some_and(|p| {
-            p.len() == 1
-                && matches!(&p[0].base, x509_parser::extensions::GeneralName::DNSName(d) if *d == expected)
-        });
+    let constraint_ok =
+        fedgw_certs::envelope::org_of_org_ca(&admitted.org_ca_der, &consortium.domain)
+            .is_some_and(|org| org == params.org);
     if !constraint_ok {
         return Err(invalid("org CA lacks the expected name constraint"));
     }

@@ -334,18 +334,7 @@ fn check_body(rec: &pb::RecordBody, domain: &str) -> Result<(RecordKey, Body), R
 
 fn check_member(m: &pb::MemberRecord, org: &str, domain: &str) -> Result<(), Reject> {
     // the member's CA must be a CA for exactly this org's subtree
-    let (_, cert) = x509_parser::parse_x509_certificate(&m.org_ca_der)
-        .map_err(|_| invalid("member CA does not parse"))?;
-    let subtree = fedgw_certs::names::org_subtree(org, domain);
-    let ok = cert
-        .name_constraints()
-        .ok()
-        .flatten()
-        .and_then(|nc| nc.value.permitted_subtrees.as_ref())
-        .is_some_and(|p| {
-            p.len() == 1
-                && matches!(&p[0].base, x509_parser::extensions::GeneralName::DNSName(d) if *d == subtree)
-        });
+    let ok = fedgw_certs::envelope::org_of_org_ca(&m.org_ca_der, domain).is_some_and(|o| o == org);
     if !ok {
         return Err(invalid(
             "member CA is not constrained to the member's subtree",
