@@ -228,7 +228,10 @@ async fn ping(from: &Gateway, to: &Gateway, domain: &str) -> Result<(), LabError
     let config = tls::federation_client_config(&identity, Arc::new(verifier), provider)
         .map_err(|e| fail(&step, e))?;
     let out = crate::federation::hello(
-        &to.info.advertise[0],
+        to.info
+            .advertise
+            .first()
+            .ok_or_else(|| fail(&step, "the gateway advertises no endpoint"))?,
         Arc::new(config),
         domain,
         "dc1",
