@@ -79,7 +79,7 @@ fn converged(dirs: &[&Path]) -> Option<()> {
 #[test]
 fn a_killed_gateway_loses_nothing_and_reconverges() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dirs: Vec<PathBuf> = (1..=3)
+    let dirs: Vec<PathBuf> = (1..=5)
         .map(|i| tmp.path().join(format!("org{i}")))
         .collect();
     let mut args = vec![
@@ -197,6 +197,41 @@ fn a_killed_gateway_loses_nothing_and_reconverges() {
         ])
         .expect("spawn");
     assert_eq!(add.code, Some(0), "{}", add.stderr);
+    // a public 7nodes Tessera key is refused; a Tessera-only node with its own key is not
+    let demo_tm = fedgw()
+        .run([
+            "node",
+            "add",
+            "tm0",
+            "--data-dir",
+            &s(&dirs[3]),
+            "--client",
+            "tessera",
+            "--tessera-url",
+            "http://10.4.0.4:9000",
+            "--tessera-key",
+            "QfeDAys9MPDs2XHExtc84jKGHxZg/aj52DTh0vtA3Xc=",
+        ])
+        .expect("spawn");
+    assert_eq!(demo_tm.code, Some(64), "{}", demo_tm.stderr);
+    assert!(demo_tm.stderr.contains("demo key"), "{}", demo_tm.stderr);
+    // a Tessera-only node with its public key, at org4
+    let tm = fedgw()
+        .run([
+            "node",
+            "add",
+            "tm1",
+            "--data-dir",
+            &s(&dirs[3]),
+            "--client",
+            "tessera",
+            "--tessera-url",
+            "http://10.4.0.5:9000",
+            "--tessera-key",
+            "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
+        ])
+        .expect("spawn");
+    assert_eq!(tm.code, Some(0), "{}", tm.stderr);
     // org2's own admin commands need its gateway: a clear error, not a hang
     let rm = fedgw()
         .run(["node", "rm", "node8", "--data-dir", &s(&dirs[1])])
@@ -211,9 +246,23 @@ fn a_killed_gateway_loses_nothing_and_reconverges() {
     wait_for("equal digests", Duration::from_secs(20), || converged(&all)).expect("reconverged");
     let mut want = expected.clone();
     want.push("org3/extra".into());
+    want.push("org4/tm1".into());
     for d in &all {
         assert_eq!(node_names(d), want, "at {}", d.display());
     }
+    let nodes = json(&dirs[4], "nodes");
+    let tm = nodes
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|n| n["name"] == "tm1")
+        .expect("tm1");
+    assert_eq!(tm["client"], "tessera");
+    assert_eq!(tm["tessera_url"], "http://10.4.0.5:9000");
+    assert_eq!(
+        tm["tessera_keys"][0],
+        "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="
+    );
     for gw in gws.into_iter().flatten() {
         assert!(gw.stop().expect("stop").success());
     }

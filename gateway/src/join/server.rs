@@ -107,14 +107,20 @@ fn check_shape(req: &JoinRequest) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `candidate` still lacks approvals under `policy`; `None` when it may be admitted.
-pub fn pending_approvals(m: &Membership, candidate: &str, policy: Admission) -> Option<Pending> {
-    let (members, approved_by) = m.read(|v| (v.members().len(), v.approvals_for(candidate)));
-    let needed = match policy {
+/// Approvals a join needs under `policy` with `members` active member orgs: none for
+/// `operator`, more than half for `majority`, every member for `all`.
+pub fn approvals_needed(policy: Admission, members: usize) -> usize {
+    match policy {
         Admission::Operator => 0,
         Admission::Majority => members / 2 + 1,
         Admission::All => members,
-    };
+    }
+}
+
+/// Whether `candidate` still lacks approvals under `policy`; `None` when it may be admitted.
+pub fn pending_approvals(m: &Membership, candidate: &str, policy: Admission) -> Option<Pending> {
+    let (members, approved_by) = m.read(|v| (v.members().len(), v.approvals_for(candidate)));
+    let needed = approvals_needed(policy, members);
     (approved_by.len() < needed).then(|| Pending {
         approvals: u32::try_from(approved_by.len()).unwrap_or(u32::MAX),
         needed: u32::try_from(needed).unwrap_or(u32::MAX),
@@ -354,4 +360,29 @@ pub fn create_invite(
         },
     )?;
     Ok((token, expires_unix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approvals_needed_per_policy() {
+        let cases = [
+            (Admission::Operator, 3, 0),
+            (Admission::Majority, 1, 1),
+            (Admission::Majority, 2, 2),
+            (Admission::Majority, 3, 2),
+            (Admission::Majority, 4, 3),
+            (Admission::All, 1, 1),
+            (Admission::All, 4, 4),
+        ];
+        for (policy, members, needed) in cases {
+            assert_eq!(
+                approvals_needed(policy, members),
+                needed,
+                "{policy:?} with {members}"
+            );
+        }
+    }
 }
