@@ -244,6 +244,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Render a client config from this gateway's view (stdout, or --out FILE).
+    Render {
+        /// What to render.
+        #[arg(value_enum)]
+        kind: admin_cmds::RenderKind,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Write here (atomically, only when the content changes) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Vote for a pending join (majority/all admission).
     Approve {
         /// The candidate org.
@@ -366,6 +377,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Members { dir, json } => admin_cmds::members(dir, json).await,
         Command::Status { dir, json } => admin_cmds::status(dir, json).await,
         Command::Approve { org, dir } => admin_cmds::approve(org, dir).await,
+        Command::Render { kind, dir, out } => admin_cmds::render(kind, dir, out).await,
         Command::Revoke { org, dir, reason } => admin_cmds::revoke(org, dir, reason).await,
         Command::Ping {
             endpoint,

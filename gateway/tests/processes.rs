@@ -250,6 +250,42 @@ fn a_killed_gateway_loses_nothing_and_reconverges() {
     for d in &all {
         assert_eq!(node_names(d), want, "at {}", d.display());
     }
+    // the rendered static-nodes.json names every node by its consortium DNS name, at any site
+    let out = tmp.path().join("static-nodes.json");
+    let render = |dir: &Path| {
+        fedgw()
+            .run([
+                "render",
+                "static-nodes",
+                "--data-dir",
+                &s(dir),
+                "--out",
+                &s(&out),
+            ])
+            .expect("spawn")
+    };
+    let first = render(&dirs[0]);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    let text = std::fs::read_to_string(&out).expect("rendered");
+    let urls = fedgw_proto::enode::parse_static_nodes(&text).expect("parses back");
+    assert_eq!(urls.len(), 9, "eight imported nodes and org3/extra");
+    assert!(
+        text.contains("@node1.org2.acme.test:30303?discport=0&raftport=53000"),
+        "{text}"
+    );
+    let mtime = std::fs::metadata(&out)
+        .expect("stat")
+        .modified()
+        .expect("mtime");
+    let again = render(&dirs[4]);
+    assert!(again.stderr.contains("unchanged"), "{}", again.stderr);
+    assert_eq!(
+        std::fs::metadata(&out)
+            .expect("stat")
+            .modified()
+            .expect("mtime"),
+        mtime
+    );
     let nodes = json(&dirs[4], "nodes");
     let tm = nodes
         .as_array()

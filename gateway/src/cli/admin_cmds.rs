@@ -543,3 +543,68 @@ pub async fn revoke(org: String, dir: DataDirArg, reason: Option<String>) -> Res
     println!("revoked {org}");
     Ok(())
 }
+
+/// `fedgw render` targets.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RenderKind {
+    /// GoQuorum static-nodes.json.
+    StaticNodes,
+    /// GoQuorum permissioned-nodes.json.
+    PermissionedNodes,
+    /// Besu permissions_config.toml (nodes-allowlist).
+    BesuAllowlist,
+    /// Tessera peer list (JSON array of {"url": ...}).
+    TesseraPeers,
+}
+
+/// `fedgw render KIND`: renders from the running gateway's view; with `out`, writes the file
+/// atomically and only when its content changes.
+pub async fn render(
+    kind: RenderKind,
+    dir: DataDirArg,
+    out: Option<PathBuf>,
+) -> Result<(), CliError> {
+    use fedgw_controlplane::render::{Kind, RenderNode};
+    let dir = DataDir::new(dir.data_dir);
+    let config =
+        crate::config::Config::load(&dir.config()).map_err(|e| CliError::new(exit::USAGE, e))?;
+    let nodes = connect(&dir)
+        .await?
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .nodes;
+    let mut render_nodes = Vec::with_capacity(nodes.len());
+    for n in &nodes {
+        let record = n.record.clone().unwrap_or_default();
+        render_nodes.push(
+            RenderNode::from_record(&n.org, &n.name, &config.domain, &record)
+                .map_err(|e| CliError::new(exit::FAILURE, e))?,
+        );
+    }
+    let kind = match kind {
+        RenderKind::StaticNodes => Kind::StaticNodes,
+        RenderKind::PermissionedNodes => Kind::PermissionedNodes,
+        RenderKind::BesuAllowlist => Kind::BesuAllowlist,
+        RenderKind::TesseraPeers => Kind::TesseraPeers,
+    };
+    let text = kind.render(&render_nodes);
+    match out {
+        None => print!("{text}"),
+        Some(path) => {
+            if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
+                eprintln!("{} unchanged", path.display());
+                return Ok(());
+            }
+            crate::datadir::write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| {
+                CliError::new(
+                    exit::FAILURE,
+                    anyhow::anyhow!("writing {}: {e}", path.display()),
+                )
+            })?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
