@@ -51,6 +51,7 @@ fn network(port: u16) -> NetworkOptions {
         metrics: "127.0.0.1:0".parse().expect("addr"),
         leaf_lifetime: Duration::from_secs(3600),
         outbound_only: false,
+        addresses: Default::default(),
     }
 }
 

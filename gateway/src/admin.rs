@@ -33,6 +33,8 @@ pub struct AdminService {
     pub advertise: Vec<String>,
     /// Membership.
     pub membership: Membership,
+    /// Remote nodes' local addresses at this site.
+    pub allocations: Arc<std::sync::RwLock<crate::addressing::Allocations>>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -149,6 +151,12 @@ impl pb::admin_server::Admin for AdminService {
                 .map_or(0, |n| n.seq)
         });
         Ok(Response::new(pb::NodeInfo {
+            dns_name: format!("{}.{}.{}", spec.name, me.org, self.config.domain),
+            local_ip: spec.host.clone(),
+            local_ports: crate::addressing::node_ports(&record)
+                .into_iter()
+                .map(|(k, v)| (k, u32::from(v)))
+                .collect(),
             org: me.org,
             name: spec.name,
             record: Some(record),
@@ -198,20 +206,40 @@ impl pb::admin_server::Admin for AdminService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
         let me = self.membership.me().org.clone();
+        let domain = self.config.domain.clone();
+        let allocations = self
+            .allocations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let nodes = self
             .membership
             .read(|v| v.nodes())
             .into_iter()
-            .map(|n| pb::NodeInfo {
-                local_host: if n.org == me {
-                    local.get(&n.name).cloned().unwrap_or_default()
+            .map(|n| {
+                let ports = crate::addressing::node_ports(&n.record);
+                let (local_host, local_ip, local_ports) = if n.org == me {
+                    let host = local.get(&n.name).cloned().unwrap_or_default();
+                    (host.clone(), host, ports)
                 } else {
-                    String::new()
-                },
-                org: n.org,
-                name: n.name,
-                record: Some(n.record),
-                seq: n.seq,
+                    match allocations.nodes.get(&format!("{}/{}", n.org, n.name)) {
+                        Some(a) => (String::new(), a.ip.to_string(), a.ports.clone()),
+                        None => (String::new(), String::new(), Default::default()),
+                    }
+                };
+                pb::NodeInfo {
+                    dns_name: format!("{}.{}.{}", n.name, n.org, domain),
+                    local_host,
+                    local_ip,
+                    local_ports: local_ports
+                        .into_iter()
+                        .map(|(k, v)| (k, u32::from(v)))
+                        .collect(),
+                    org: n.org,
+                    name: n.name,
+                    record: Some(n.record),
+                    seq: n.seq,
+                }
             })
             .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))

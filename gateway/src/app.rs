@@ -311,12 +311,21 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
     );
     spawn_server(&tracker, "federation", router, fed_rx, &shutdown);
 
+    let allocations = Arc::new(std::sync::RwLock::new(store.allocations()?));
+    tracker.spawn(keep_local_addresses(
+        membership.clone(),
+        store.clone(),
+        config.addresses.clone(),
+        allocations.clone(),
+        shutdown.clone(),
+    ));
     let admin_service = Arc::new(AdminService {
         store: store.clone(),
         config: config.clone(),
         root_cert: root_cert.to_vec(),
         advertise: advertise.clone(),
         membership: membership.clone(),
+        allocations,
     });
     let sd = shutdown.clone();
     tracker.spawn(async move {
@@ -395,6 +404,53 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
 }
 
 use tokio_stream::StreamExt as _;
+
+/// Gives every remote node a local address at this site (IP or port mode) and keeps the
+/// allocations in line with the view: new nodes get one, removed nodes free theirs. Persisted on
+/// every change, so a restart keeps every address.
+async fn keep_local_addresses(
+    membership: Membership,
+    store: Arc<Store>,
+    mode: crate::addressing::AddressMode,
+    allocations: Arc<std::sync::RwLock<crate::addressing::Allocations>>,
+    shutdown: CancellationToken,
+) {
+    let mut changed = membership.subscribe();
+    let me = membership.me().org.clone();
+    loop {
+        let needs: Vec<crate::addressing::Need> = membership.read(|v| {
+            v.nodes()
+                .into_iter()
+                .filter(|n| n.org != me)
+                .map(|n| crate::addressing::Need {
+                    node: format!("{}/{}", n.org, n.name),
+                    ports: crate::addressing::node_ports(&n.record),
+                })
+                .collect()
+        });
+        let (updated, failed) = {
+            let mut a = allocations.write().unwrap_or_else(|e| e.into_inner());
+            let before = a.clone();
+            let failed = a.sync(&mode, &needs);
+            ((*a != before).then(|| a.clone()), failed)
+        };
+        for (node, e) in failed {
+            warn!(node = %node, error = %e, "no local address for a remote node");
+        }
+        if let Some(a) = updated {
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.put_allocations(&a)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "persisting local addresses failed"),
+                Err(e) => warn!(error = %e, "persisting local addresses failed"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = changed.changed() => if c.is_err() { return },
+        }
+    }
+}
 
 /// Serves `router` on the TLS connections the acceptor hands over `conns`, until `shutdown`.
 fn spawn_server(

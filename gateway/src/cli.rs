@@ -120,6 +120,9 @@ struct NetworkArgs {
     /// This site accepts no inbound connections (behind NAT): it dials out to every gateway.
     #[arg(long)]
     outbound_only: bool,
+    /// IPv4 CIDR that remote nodes get their local addresses from [default: 127.77.0.0/16].
+    #[arg(long, value_name = "CIDR")]
+    address_pool: Option<String>,
 }
 
 impl NetworkArgs {
@@ -136,6 +139,10 @@ impl NetworkArgs {
             metrics: self.metrics,
             leaf_lifetime: self.leaf_lifetime,
             outbound_only: self.outbound_only,
+            addresses: match &self.address_pool {
+                Some(pool) => crate::addressing::AddressMode::Ip { pool: pool.clone() },
+                None => Default::default(),
+            },
         })
     }
 }

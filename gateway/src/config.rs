@@ -94,6 +94,9 @@ pub struct Config {
     /// Membership sync tuning.
     #[serde(default)]
     pub sync: SyncConfig,
+    /// How remote nodes get local addresses at this site.
+    #[serde(default)]
+    pub addresses: crate::addressing::AddressMode,
     /// Gateways to dial at start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerConfig>,
@@ -264,6 +267,7 @@ mod tests {
             genesis_sha256: None,
             outbound_only: false,
             sync: SyncConfig::default(),
+            addresses: Default::default(),
             peers: vec![],
         }
     }

@@ -91,7 +91,9 @@ struct Gateway {
     info: RunInfo,
 }
 
-fn network() -> NetworkOptions {
+/// Loopback settings for org number `i` (1-based): port 0 everywhere, and a pool of its own
+/// (127.77.<i>.0/24) for remote nodes' local addresses.
+fn network(i: usize) -> NetworkOptions {
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("literal address");
     NetworkOptions {
         site: "dc1".into(),
@@ -101,6 +103,9 @@ fn network() -> NetworkOptions {
         metrics: any,
         leaf_lifetime: Duration::from_secs(24 * 3600),
         outbound_only: false,
+        addresses: crate::addressing::AddressMode::Ip {
+            pool: format!("127.77.{}.0/24", i % 256),
+        },
     }
 }
 
@@ -286,7 +291,7 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
                 org: orgs[0].clone(),
                 admission: Admission::Operator,
                 genesis: None,
-                network: network(),
+                network: network(1),
             },
             SystemTime::now(),
         )
@@ -302,7 +307,7 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
         steps.report(&format!("start gateway {}", orgs[0]), t, &r);
         gateways.push(r?);
 
-        for org in &orgs[1..] {
+        for (index, org) in orgs[1..].iter().enumerate() {
             let t = Instant::now();
             let r = invite(&gateways[0], org).await;
             steps.report(&format!("invite {org}"), t, &r);
@@ -313,7 +318,7 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
                 token,
                 org,
                 &org_dir,
-                &network(),
+                &network(index + 2),
                 STEP_TIMEOUT,
                 &|_| {},
             )

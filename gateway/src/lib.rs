@@ -3,6 +3,7 @@
 //! [`app`] alone knows every subsystem and wires them together for `fedgw run`; [`cli`] parses
 //! commands and maps failures to exit codes.
 
+pub mod addressing;
 pub mod admin;
 pub mod app;
 pub mod cli;

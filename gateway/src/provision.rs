@@ -76,6 +76,8 @@ pub struct NetworkOptions {
     pub leaf_lifetime: Duration,
     /// The site accepts no inbound connections.
     pub outbound_only: bool,
+    /// How remote nodes get local addresses.
+    pub addresses: crate::addressing::AddressMode,
 }
 
 impl NetworkOptions {
@@ -151,6 +153,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         genesis_sha256: opts.genesis.as_deref().map(check_genesis).transpose()?,
         outbound_only: net.outbound_only,
         sync: Default::default(),
+        addresses: net.addresses.clone(),
         peers: vec![],
     };
     config.validate().map_err(ProvisionError::Invalid)?;
@@ -270,6 +273,7 @@ pub fn write_joined(
         genesis_sha256: genesis.map(check_genesis).transpose()?,
         outbound_only: net.outbound_only,
         sync: Default::default(),
+        addresses: net.addresses.clone(),
         peers: admitted
             .gateways
             .iter()

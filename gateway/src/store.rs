@@ -18,6 +18,8 @@ const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// This site's nodes' real addresses (never replicated): node name → host.
 const LOCAL_NODES: TableDefinition<&str, &str> = TableDefinition::new("local_nodes");
+/// Small local state by name (`allocations`: remote nodes' local addresses, JSON).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +175,7 @@ impl Store {
                 && rx.open_table(MEMBERS).is_ok()
                 && rx.open_table(RECORDS).is_ok()
                 && rx.open_table(LOCAL_NODES).is_ok()
+                && rx.open_table(META).is_ok()
         };
         if !complete {
             let tx = db.begin_write()?;
@@ -180,6 +183,7 @@ impl Store {
             tx.open_table(MEMBERS)?;
             tx.open_table(RECORDS)?;
             tx.open_table(LOCAL_NODES)?;
+            tx.open_table(META)?;
             tx.commit()?;
         }
         Ok(Self { db })
@@ -322,6 +326,26 @@ impl Store {
     pub fn remove_local_node(&self, name: &str) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         tx.open_table(LOCAL_NODES)?.remove(name)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The remote nodes' local addresses.
+    pub fn allocations(&self) -> Result<crate::addressing::Allocations, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(META)?;
+        let value = table.get("allocations")?;
+        Ok(value
+            .map(|v| decode("allocations", v.value()))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Persists the remote nodes' local addresses.
+    pub fn put_allocations(&self, a: &crate::addressing::Allocations) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(META)?
+            .insert("allocations", encode(a).as_slice())?;
         tx.commit()?;
         Ok(())
     }

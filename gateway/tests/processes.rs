@@ -130,6 +130,39 @@ fn a_killed_gateway_loses_nothing_and_reconverges() {
     })
     .expect("converged");
 
+    // every node has its DNS name; org2's own nodes are at their real hosts, and at org1 each
+    // has an address of its own from the default pool, with its real ports
+    let at = |dir: &Path, name: &str| {
+        json(dir, "nodes")
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned()
+            .expect("listed")
+    };
+    let home = at(&dirs[1], "node1");
+    assert_eq!(home["dns_name"], "node1.org2.acme.test");
+    assert_eq!(home["local_ip"], "172.16.239.11");
+    let away = at(&dirs[0], "node1");
+    assert!(
+        away["local_ip"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("127.77.")),
+        "{away}"
+    );
+    assert_eq!(
+        away["local_ports"],
+        serde_json::json!({"p2p": 30303, "raft": 53000})
+    );
+    let ips: std::collections::BTreeSet<String> = json(&dirs[0], "nodes")
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|n| n["local_ip"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ips.len(), 8, "one address per remote node: {ips:?}");
+
     // the Besu quickstart sample reuses the same eight keys: org3 may not claim them
     let besu = fedgw()
         .run([
@@ -239,6 +272,16 @@ fn a_killed_gateway_loses_nothing_and_reconverges() {
     assert_eq!(rm.code, Some(1), "{}", rm.stderr);
     assert!(rm.stderr.contains("is `fedgw run` up?"), "{}", rm.stderr);
 
+    // org3's addresses for org2's nodes, to compare after org3 restarts
+    let before_restart = at(&dirs[2], "node1")["local_ip"].clone();
+    let org3 = gws[2].take().expect("running");
+    assert!(org3.stop().expect("stop").success());
+    gws[2] = Some(fedgw().start(&dirs[2]).expect("org3 restarts"));
+    assert_eq!(
+        at(&dirs[2], "node1")["local_ip"],
+        before_restart,
+        "allocations survive a restart"
+    );
     gws[1] = Some(fedgw().start(&dirs[1]).expect("org2 restarts"));
     // nothing lost: org2 lists its own eight nodes straight after the restart
     let after = node_names(&dirs[1]);

@@ -353,7 +353,8 @@ pub async fn nodes(dir: DataDirArg, json: bool) -> Result<(), CliError> {
                     "tessera_url": r.tessera_url,
                     "tessera_keys": r.tessera_keys.iter().map(|k| b64.encode(k)).collect::<Vec<_>>(),
                     "allowed_orgs": r.allowed_orgs, "roles": r.roles,
-                    "local_host": n.local_host,
+                    "local_host": n.local_host, "dns_name": n.dns_name,
+                    "local_ip": n.local_ip, "local_ports": n.local_ports,
                 })
             })
             .collect();
@@ -361,34 +362,39 @@ pub async fn nodes(dir: DataDirArg, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{:<8} {:<12} {:<10} {:<18} {:>6} {:>6} {:<24} local host",
-        "org", "name", "client", "enode", "p2p", "raft", "tessera"
+        "{:<28} {:<10} {:<18} {:<16} ports here",
+        "dns name", "client", "enode", "address here"
     );
     for n in nodes {
         let r = n.record.unwrap_or_default();
         let id = enode_hex(&r.enode_id);
+        let ports: Vec<String> = n
+            .local_ports
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let enode = if id.len() < 16 {
+            "-".to_owned()
+        } else {
+            format!("{}…", &id[..16])
+        };
+        let ip = if n.local_ip.is_empty() {
+            "-"
+        } else {
+            &n.local_ip
+        };
+        let ports = if ports.is_empty() {
+            "-".to_owned()
+        } else {
+            ports.join(" ")
+        };
         println!(
-            "{:<8} {:<12} {:<10} {:<18} {:>6} {:>6} {:<24} {}",
-            n.org,
-            n.name,
+            "{:<28} {:<10} {:<18} {:<16} {}",
+            n.dns_name,
             client_name(r.client),
-            if id.is_empty() {
-                "-".to_owned()
-            } else {
-                format!("{}…", &id[..16])
-            },
-            r.p2p_port,
-            r.raft_port,
-            if r.tessera_url.is_empty() {
-                "-"
-            } else {
-                &r.tessera_url
-            },
-            if n.local_host.is_empty() {
-                "-"
-            } else {
-                &n.local_host
-            },
+            enode,
+            ip,
+            ports
         );
     }
     Ok(())

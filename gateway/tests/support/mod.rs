@@ -26,6 +26,7 @@ pub fn network(outbound_only: bool) -> NetworkOptions {
         metrics: "127.0.0.1:0".parse().expect("addr"),
         leaf_lifetime: Duration::from_secs(3600),
         outbound_only,
+        addresses: Default::default(),
     }
 }
 

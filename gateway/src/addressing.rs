@@ -1,0 +1,400 @@
+//! Local addresses for remote nodes (DESIGN.md section 8). devp2p and raft carry no TLS or SNI,
+//! so at each site every remote node needs an address of its own that the gateway answers for:
+//!
+//! - **IP mode** (default): each remote node gets its own IP from a pool and keeps its real
+//!   ports, so `name:port` is the same at every site (raft stores peer addresses in its log for
+//!   ever and refuses two members on one IP and port);
+//! - **port mode**: one IP, and each remote node's ports are allocated from a range (for
+//!   networks without raft).
+//!
+//! Allocations are stable: a node keeps its address while it exists (the allocator state is
+//! persisted by the caller), and a freed address is reused only after every other free one.
+//! Pure: no IO.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+/// How remote nodes get local addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AddressMode {
+    /// One IP per remote node from `pool` (CIDR, IPv4), real ports kept.
+    Ip {
+        /// e.g. `127.77.0.0/16` on one host, or the alias range of a container's interface.
+        pool: String,
+    },
+    /// One IP for every remote node, ports allocated from `first_port..=last_port`.
+    Port {
+        /// The shared IP.
+        ip: IpAddr,
+        /// First port of the range.
+        first_port: u16,
+        /// Last port of the range.
+        last_port: u16,
+    },
+}
+
+impl Default for AddressMode {
+    fn default() -> Self {
+        AddressMode::Ip {
+            pool: "127.77.0.0/16".into(),
+        }
+    }
+}
+
+/// A node's local address at this site: its IP and, per port name (`p2p`, `raft`,
+/// `tessera`), the local port (the real port in IP mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalAddress {
+    /// The IP this site's clients dial.
+    pub ip: IpAddr,
+    /// Port name → local port.
+    pub ports: BTreeMap<String, u16>,
+}
+
+/// Errors from address allocation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// The pool is not an IPv4 CIDR with room for at least one host.
+    #[error("invalid address pool {0:?} (want an IPv4 CIDR such as 127.77.0.0/16)")]
+    Pool(String),
+    /// The port range is empty.
+    #[error("invalid port range {0}-{1}")]
+    PortRange(u16, u16),
+    /// Every address (IP mode) or port (port mode) is taken.
+    #[error("the address pool is full ({0} in use); widen it in fedgw.toml [addresses]")]
+    Full(usize),
+}
+
+fn parse_pool(pool: &str) -> Result<(u32, u32), AddressError> {
+    let err = || AddressError::Pool(pool.to_owned());
+    let (ip, len) = pool.split_once('/').ok_or_else(err)?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| err())?;
+    let len: u32 = len.parse().map_err(|_| err())?;
+    if !(8..=30).contains(&len) {
+        return Err(err());
+    }
+    let mask = u32::MAX << (32 - len);
+    let net = u32::from(ip) & mask;
+    // skip the network and broadcast addresses
+    Ok((net + 1, (net | !mask) - 1))
+}
+
+/// The allocator state: which node (`org/name`) holds what.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocations {
+    /// `org/name` → address.
+    pub nodes: BTreeMap<String, LocalAddress>,
+    /// Addresses freed, oldest first; reused only when nothing never-used is left.
+    #[serde(default)]
+    pub freed: Vec<u32>,
+}
+
+/// What a remote node needs an address for: its real ports by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Need {
+    /// `org/name`.
+    pub node: String,
+    /// Port name → the node's real port.
+    pub ports: BTreeMap<String, u16>,
+}
+
+impl Allocations {
+    /// Brings the allocations in line with `needs` (every remote node): nodes no longer there
+    /// are freed, new nodes get an address, existing ones keep theirs (in port mode, a new port
+    /// name gets a new port). Returns the nodes that could not be given an address.
+    pub fn sync(&mut self, mode: &AddressMode, needs: &[Need]) -> Vec<(String, AddressError)> {
+        let wanted: BTreeSet<&str> = needs.iter().map(|n| n.node.as_str()).collect();
+        let gone: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|k| !wanted.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for node in gone {
+            if let Some(addr) = self.nodes.remove(&node) {
+                self.free(mode, &addr);
+            }
+        }
+        let mut failed = Vec::new();
+        for need in needs {
+            if let Err(e) = self.assign(mode, need) {
+                failed.push((need.node.clone(), e));
+            }
+        }
+        failed
+    }
+
+    fn free(&mut self, mode: &AddressMode, addr: &LocalAddress) {
+        match mode {
+            AddressMode::Ip { .. } => {
+                if let IpAddr::V4(ip) = addr.ip {
+                    self.freed.push(u32::from(ip));
+                }
+            }
+            AddressMode::Port { .. } => self
+                .freed
+                .extend(addr.ports.values().map(|p| u32::from(*p))),
+        }
+    }
+
+    fn used(&self, mode: &AddressMode) -> BTreeSet<u32> {
+        self.nodes
+            .values()
+            .flat_map(|a| match (mode, a.ip) {
+                (AddressMode::Ip { .. }, IpAddr::V4(ip)) => vec![u32::from(ip)],
+                (AddressMode::Port { .. }, _) => a.ports.values().map(|p| u32::from(*p)).collect(),
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    /// The next free value in `first..=last`: never-used values first (the highest used + 1
+    /// onwards, then the gaps), freed ones last, oldest first.
+    fn take(&mut self, first: u32, last: u32, used: &BTreeSet<u32>) -> Option<u32> {
+        let freed: BTreeSet<u32> = self.freed.iter().copied().collect();
+        let fresh = (first..=last).find(|v| !used.contains(v) && !freed.contains(v));
+        if let Some(v) = fresh {
+            return Some(v);
+        }
+        let pos = self
+            .freed
+            .iter()
+            .position(|v| (first..=last).contains(v) && !used.contains(v))?;
+        Some(self.freed.remove(pos))
+    }
+
+    fn assign(&mut self, mode: &AddressMode, need: &Need) -> Result<(), AddressError> {
+        match mode {
+            AddressMode::Ip { pool } => {
+                let (first, last) = parse_pool(pool)?;
+                if let Some(held) = self.nodes.get_mut(&need.node) {
+                    held.ports = need.ports.clone();
+                    return Ok(());
+                }
+                let used = self.used(mode);
+                let v = self
+                    .take(first, last, &used)
+                    .ok_or(AddressError::Full(used.len()))?;
+                self.nodes.insert(
+                    need.node.clone(),
+                    LocalAddress {
+                        ip: IpAddr::V4(Ipv4Addr::from(v)),
+                        ports: need.ports.clone(),
+                    },
+                );
+                Ok(())
+            }
+            AddressMode::Port {
+                ip,
+                first_port,
+                last_port,
+            } => {
+                if first_port > last_port || *first_port == 0 {
+                    return Err(AddressError::PortRange(*first_port, *last_port));
+                }
+                let mut addr = self.nodes.get(&need.node).cloned().unwrap_or(LocalAddress {
+                    ip: *ip,
+                    ports: BTreeMap::new(),
+                });
+                addr.ip = *ip;
+                let stale: Vec<String> = addr
+                    .ports
+                    .keys()
+                    .filter(|k| !need.ports.contains_key(*k))
+                    .cloned()
+                    .collect();
+                for k in stale {
+                    if let Some(p) = addr.ports.remove(&k) {
+                        self.freed.push(u32::from(p));
+                    }
+                }
+                for name in need.ports.keys() {
+                    if addr.ports.contains_key(name) {
+                        continue;
+                    }
+                    let mut used = self.used(mode);
+                    used.extend(addr.ports.values().map(|p| u32::from(*p)));
+                    let v = self
+                        .take(u32::from(*first_port), u32::from(*last_port), &used)
+                        .ok_or(AddressError::Full(used.len()))?;
+                    // v lies in first_port..=last_port, so it fits a u16
+                    addr.ports
+                        .insert(name.clone(), u16::try_from(v).unwrap_or(*last_port));
+                }
+                self.nodes.insert(need.node.clone(), addr);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The ports a node record asks for, by name: `p2p`, `raft`, and `tessera` (the port of its
+/// Tessera URL, 80/443 by scheme when the URL names none).
+pub fn node_ports(r: &fedgw_proto::v1::NodeRecord) -> BTreeMap<String, u16> {
+    let mut ports = BTreeMap::new();
+    for (name, p) in [("p2p", r.p2p_port), ("raft", r.raft_port)] {
+        if let Ok(p) = u16::try_from(p)
+            && p != 0
+        {
+            ports.insert(name.to_owned(), p);
+        }
+    }
+    if let Some((scheme, rest)) = r.tessera_url.split_once("://") {
+        let authority = rest.split('/').next().unwrap_or_default();
+        let port = match authority.rsplit_once(':') {
+            Some((_, p)) => p.parse().ok(),
+            None if scheme == "https" => Some(443),
+            None => Some(80),
+        };
+        if let Some(p) = port {
+            ports.insert("tessera".to_owned(), p);
+        }
+    }
+    ports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn need(node: &str, ports: &[(&str, u16)]) -> Need {
+        Need {
+            node: node.into(),
+            ports: ports.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        }
+    }
+
+    fn ip(a: &Allocations, node: &str) -> String {
+        a.nodes[node].ip.to_string()
+    }
+
+    #[test]
+    fn ip_mode_gives_each_node_its_own_ip_and_keeps_real_ports() {
+        let mode = AddressMode::Ip {
+            pool: "127.77.0.0/29".into(),
+        };
+        let mut a = Allocations::default();
+        let needs = vec![
+            need("org2/node1", &[("p2p", 30303), ("raft", 50400)]),
+            need("org2/node2", &[("p2p", 30303)]),
+        ];
+        assert!(a.sync(&mode, &needs).is_empty());
+        assert_eq!(ip(&a, "org2/node1"), "127.77.0.1");
+        assert_eq!(ip(&a, "org2/node2"), "127.77.0.2");
+        assert_eq!(a.nodes["org2/node1"].ports["raft"], 50400);
+        // stable across syncs and input order
+        let mut reversed = needs.clone();
+        reversed.reverse();
+        a.sync(&mode, &reversed);
+        assert_eq!(ip(&a, "org2/node1"), "127.77.0.1");
+        assert_eq!(ip(&a, "org2/node2"), "127.77.0.2");
+    }
+
+    #[test]
+    fn removed_nodes_free_their_address_which_is_reused_last() {
+        let mode = AddressMode::Ip {
+            pool: "127.77.0.0/29".into(),
+        }; // 6 hosts
+        let mut a = Allocations::default();
+        a.sync(&mode, &[need("o/a", &[]), need("o/b", &[])]);
+        a.sync(&mode, &[need("o/b", &[])]);
+        assert!(!a.nodes.contains_key("o/a"));
+        a.sync(&mode, &[need("o/b", &[]), need("o/c", &[])]);
+        assert_eq!(
+            ip(&a, "o/c"),
+            "127.77.0.3",
+            "a never-used address before a freed one"
+        );
+        let all: Vec<Need> = ["b", "c", "d", "e", "f", "g"]
+            .iter()
+            .map(|n| need(&format!("o/{n}"), &[]))
+            .collect();
+        assert!(a.sync(&mode, &all).is_empty());
+        assert_eq!(
+            ip(&a, "o/g"),
+            "127.77.0.1",
+            "the freed address once nothing else is left"
+        );
+        let mut more = all.clone();
+        more.push(need("o/h", &[]));
+        let failed = a.sync(&mode, &more);
+        assert_eq!(failed, vec![("o/h".to_owned(), AddressError::Full(6))]);
+    }
+
+    #[test]
+    fn port_mode_allocates_distinct_ports_on_one_ip() {
+        let mode = AddressMode::Port {
+            ip: "10.0.0.5".parse().expect("ip"),
+            first_port: 40000,
+            last_port: 40003,
+        };
+        let mut a = Allocations::default();
+        a.sync(
+            &mode,
+            &[
+                need("o/a", &[("p2p", 30303), ("raft", 50400)]),
+                need("o/b", &[("p2p", 30303)]),
+            ],
+        );
+        let ports: BTreeSet<u16> = a
+            .nodes
+            .values()
+            .flat_map(|x| x.ports.values().copied())
+            .collect();
+        assert_eq!(ports.len(), 3);
+        assert!(a.nodes.values().all(|x| x.ip.to_string() == "10.0.0.5"));
+        let before = a.nodes["o/a"].ports.clone();
+        a.sync(
+            &mode,
+            &[
+                need("o/a", &[("p2p", 30303), ("raft", 50400)]),
+                need("o/b", &[("p2p", 30303)]),
+            ],
+        );
+        assert_eq!(a.nodes["o/a"].ports, before, "stable");
+        let failed = a.sync(
+            &mode,
+            &[
+                need("o/a", &[("p2p", 1), ("raft", 2)]),
+                need("o/b", &[("p2p", 1), ("raft", 2), ("tessera", 3)]),
+            ],
+        );
+        assert_eq!(failed.len(), 1, "five ports do not fit in four");
+    }
+
+    #[test]
+    fn bad_pools_and_ranges_are_errors() {
+        for pool in [
+            "127.77.0.0",
+            "127.77.0.0/31",
+            "10.0.0.0/7",
+            "::1/64",
+            "x/16",
+        ] {
+            let mut a = Allocations::default();
+            let failed = a.sync(&AddressMode::Ip { pool: pool.into() }, &[need("o/a", &[])]);
+            assert!(matches!(failed[0].1, AddressError::Pool(_)), "{pool}");
+        }
+        let mut a = Allocations::default();
+        let mode = AddressMode::Port {
+            ip: "10.0.0.5".parse().expect("ip"),
+            first_port: 5,
+            last_port: 4,
+        };
+        let failed = a.sync(&mode, &[need("o/a", &[("p2p", 1)])]);
+        assert_eq!(failed[0].1, AddressError::PortRange(5, 4));
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let mode = AddressMode::default();
+        let mut a = Allocations::default();
+        a.sync(&mode, &[need("o/a", &[("p2p", 30303)])]);
+        let back: Allocations =
+            serde_json::from_str(&serde_json::to_string(&a).expect("json")).expect("parse");
+        assert_eq!(back, a);
+    }
+}
