@@ -426,6 +426,7 @@ fn status_of(m: &Membership) -> pb::StatusResponse {
             state: p.state.to_owned(),
             direction: p.direction.to_owned(),
             last_seen_unix_ms: p.last_seen_ms,
+            connected_since_unix_ms: p.since_ms,
             last_error: p.last_error,
             records_in: p.records_in,
             records_out: p.records_out,

@@ -192,6 +192,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
                     )
                 })
                 .collect(),
+            max_session_age: config.max_session_age(),
         },
         store.clone(),
         Keys {

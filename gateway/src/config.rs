@@ -114,6 +114,9 @@ pub struct SyncConfig {
     pub backoff_max_ms: u64,
     /// Gateways (`org/site`) never linked with directly; their records still arrive by relay.
     pub deny: Vec<String>,
+    /// Longest life of a sync session, ms [default and maximum: half the leaf lifetime].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_session_ms: Option<u64>,
 }
 
 impl Default for SyncConfig {
@@ -123,6 +126,7 @@ impl Default for SyncConfig {
             backoff_base_ms: 100,
             backoff_max_ms: 10_000,
             deny: vec![],
+            max_session_ms: None,
         }
     }
 }
@@ -209,6 +213,13 @@ impl Config {
                 "sync.backoff_base_ms must be positive and at most sync.backoff_max_ms".into(),
             );
         }
+        if let Some(ms) = self.sync.max_session_ms
+            && (ms < 100 || ms > self.leaf_lifetime_secs * 500)
+        {
+            return Err(
+                "sync.max_session_ms must be between 100 and half the leaf lifetime".into(),
+            );
+        }
         for id in &self.sync.deny {
             let ok = id.split_once('/').is_some_and(|(o, s)| {
                 names::validate_label("org", o).is_ok() && names::validate_label("site", s).is_ok()
@@ -223,6 +234,14 @@ impl Config {
     /// Serialises to TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("Config serialises: plain strings, numbers and arrays")
+    }
+
+    /// The longest life of a sync session: `sync.max_session_ms`, or half the leaf lifetime.
+    pub fn max_session_age(&self) -> std::time::Duration {
+        match self.sync.max_session_ms {
+            Some(ms) => std::time::Duration::from_millis(ms),
+            None => std::time::Duration::from_secs(self.leaf_lifetime_secs / 2),
+        }
     }
 
     /// The advertised endpoints with port 0 replaced by `bound_port`.

@@ -84,6 +84,9 @@ pub struct MembershipConfig {
     pub deny: BTreeSet<String>,
     /// Gateways to dial before their records are known (from the join).
     pub bootstrap: Vec<(GatewayId, Vec<String>)>,
+    /// Longest life of a sync session: half the gateway leaf lifetime (when the leaf is
+    /// renewed), so no session outlives the certificates it was authenticated with.
+    pub max_session_age: Duration,
 }
 
 /// Revoked orgs, enforced three ways: the TLS verifiers' set (new handshakes), and a
@@ -128,6 +131,8 @@ pub struct PeerStats {
     pub links: Mutex<std::collections::HashSet<String>>,
     /// Last message received, Unix ms.
     pub last_seen_ms: AtomicI64,
+    /// When the session was established, Unix ms.
+    pub since_ms: AtomicI64,
     /// Records received.
     pub records_in: AtomicU64,
     /// Records sent.
@@ -164,6 +169,8 @@ pub struct PeerReport {
     pub direction: &'static str,
     /// Last message, Unix ms.
     pub last_seen_ms: i64,
+    /// When the session was established, Unix ms (0 when not connected).
+    pub since_ms: i64,
     /// Last dial error.
     pub last_error: String,
     /// Records received.
@@ -648,6 +655,10 @@ impl Membership {
         }
         let session = self.0.next_session.fetch_add(1, Ordering::Relaxed);
         let stats = Arc::new(PeerStats::default());
+        stats.since_ms.store(
+            i64::try_from(unix_ms(SystemTime::now())).unwrap_or(0),
+            Ordering::Relaxed,
+        );
         peers.insert(
             id,
             PeerEntry {
@@ -745,6 +756,7 @@ impl Membership {
                 state: "connected",
                 direction: if p.outbound { "outbound" } else { "inbound" },
                 last_seen_ms: p.stats.last_seen_ms.load(Ordering::Relaxed),
+                since_ms: p.stats.since_ms.load(Ordering::Relaxed),
                 last_error: String::new(),
                 records_in: p.stats.records_in.load(Ordering::Relaxed),
                 records_out: p.stats.records_out.load(Ordering::Relaxed),
@@ -771,6 +783,7 @@ impl Membership {
                 state: s.state,
                 direction: "outbound",
                 last_seen_ms: 0,
+                since_ms: 0,
                 last_error: s.last_error.clone(),
                 records_in: 0,
                 records_out: 0,

@@ -399,3 +399,38 @@ async fn approve(fed: &Fed, gw: usize, org: &str) {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_renewed_before_they_outlive_their_certificates() {
+    let mut fed = Fed::found(Admission::Operator).await;
+    fed.add("org2", false, |c| c.sync.max_session_ms = Some(300))
+        .await;
+    fed.converged().await;
+    let since = |fed: &Fed| {
+        fed.gws[0]
+            .run()
+            .membership
+            .peer_reports()
+            .into_iter()
+            .find(|p| p.id.to_string() == "org2/dc1" && p.state == "connected")
+            .map(|p| p.since_ms)
+    };
+    wait_for("org1 linked with org2", || since(&fed).is_some()).await;
+    let first = since(&fed);
+    // the session ends at its maximum age and is dialled again
+    wait_for("a newer session", || {
+        since(&fed).is_some_and(|s| Some(s) > first)
+    })
+    .await;
+    fed.gws[1]
+        .admin()
+        .await
+        .add_node(pb::AddNodeRequest {
+            node: Some(spec("after", 5, "10.2.0.5")),
+        })
+        .await
+        .expect("add");
+    fed.converged().await;
+    assert_eq!(fed.gws[0].node_names(), ["org2/after"]);
+    fed.stop_all().await;
+}

@@ -479,6 +479,7 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
                 serde_json::json!({
                     "org": p.org, "site": p.site, "state": p.state, "direction": p.direction,
                     "last_seen_unix_ms": p.last_seen_unix_ms, "last_error": p.last_error,
+                    "connected_since_unix_ms": p.connected_since_unix_ms,
                     "records_in": p.records_in, "records_out": p.records_out,
                 })
             })

@@ -257,9 +257,10 @@ async fn dial_and_run(
         .await;
         cancel.cancel();
         return match end {
-            SessionEnd::Closed | SessionEnd::Terminated(_) | SessionEnd::Duplicate => {
-                Ok(started.elapsed())
-            }
+            SessionEnd::Closed
+            | SessionEnd::Terminated(_)
+            | SessionEnd::Duplicate
+            | SessionEnd::MaxAge => Ok(started.elapsed()),
             other => Err(other.to_string()),
         };
     }

@@ -49,6 +49,9 @@ pub enum SessionEnd {
     /// The peer ended the stream.
     #[error("peer terminated: {0}")]
     Terminated(String),
+    /// The session reached its maximum age; it is re-established with current certificates.
+    #[error("session reached its maximum age")]
+    MaxAge,
     /// The peer went silent.
     #[error("peer silent for {0:?}")]
     Silent(Duration),
@@ -110,7 +113,7 @@ where
     };
     debug!(peer = %peer, outbound, "sync session up");
     let end = session_loop(&m, &peer, &mut inbound, &tx, &cancel, &stats).await;
-    if matches!(end, SessionEnd::Closed) {
+    if matches!(end, SessionEnd::Closed | SessionEnd::MaxAge) {
         let _ = tx.try_send(msg(Msg::Terminate(pb::SyncTerminate {
             reason: "closing".into(),
         })));
@@ -139,12 +142,14 @@ where
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
+    let expires = tokio::time::Instant::now() + cfg.max_session_age;
     let mut mismatches = 0u32;
     let mut opened = false;
     loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => return SessionEnd::Closed,
             _ = m.0.shutdown.cancelled() => return SessionEnd::Closed,
+            _ = tokio::time::sleep_until(expires) => return SessionEnd::MaxAge,
             _ = tick.tick() => {
                 let silent = last_seen.elapsed();
                 if silent > heartbeat * 3 {
