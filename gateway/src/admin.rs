@@ -135,15 +135,28 @@ impl pb::admin_server::Admin for AdminService {
             .ok_or_else(|| Status::invalid_argument("node missing"))?;
         let me = self.membership.me().clone();
         let record = node_record(&spec, &me.site).map_err(Status::invalid_argument)?;
-        self.membership
-            .publish(&me.org, &spec.name, Body::Node(record.clone()), SignAs::Org)
-            .await
-            .map_err(publish_status)?;
+        // the real address first: the zone rebuilt on the record's arrival must find it
         let (store, name, host) = (self.store.clone(), spec.name.clone(), spec.host.clone());
         tokio::task::spawn_blocking(move || store.put_local_node(&name, &host))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
+        if let Err(e) = self
+            .membership
+            .publish(&me.org, &spec.name, Body::Node(record.clone()), SignAs::Org)
+            .await
+        {
+            let existed = self.membership.read(|v| {
+                v.nodes()
+                    .iter()
+                    .any(|n| n.org == me.org && n.name == spec.name)
+            });
+            if !existed {
+                let (store, name) = (self.store.clone(), spec.name.clone());
+                let _ = tokio::task::spawn_blocking(move || store.remove_local_node(&name)).await;
+            }
+            return Err(publish_status(e));
+        }
         let seq = self.membership.read(|v| {
             v.nodes()
                 .into_iter()

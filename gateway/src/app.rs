@@ -83,6 +83,8 @@ pub struct RunInfo {
     pub advertise: Vec<String>,
     /// Bound metrics address.
     pub metrics: SocketAddr,
+    /// Bound DNS address (UDP and TCP).
+    pub dns: SocketAddr,
     /// Admin socket path.
     pub admin: std::path::PathBuf,
 }
@@ -140,6 +142,29 @@ async fn bind_admin(dir: &DataDir) -> Result<UnixListener, RunError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
     Ok(listener)
+}
+
+/// Binds the DNS UDP socket and a TCP listener on the same port; with port 0 the UDP port the
+/// OS picks is tried for TCP, a few times over if it is taken.
+async fn bind_dns(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, TcpListener), RunError> {
+    let err = |source| RunError::Bind {
+        what: "DNS",
+        addr: addr.to_string(),
+        source,
+    };
+    let mut last = None;
+    for _ in 0..16 {
+        let udp = tokio::net::UdpSocket::bind(addr).await.map_err(err)?;
+        let bound = udp.local_addr().map_err(err)?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Err(err(
+        last.unwrap_or_else(|| std::io::ErrorKind::AddrInUse.into())
+    ))
 }
 
 async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
@@ -239,6 +264,12 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
             source,
         })?;
     let admin_listener = bind_admin(&dir).await?;
+    let (dns_udp, dns_tcp) = bind_dns(config.dns).await?;
+    let dns_addr = dns_udp.local_addr().map_err(|source| RunError::Bind {
+        what: "DNS",
+        addr: config.dns.to_string(),
+        source,
+    })?;
     let advertise = config.effective_advertise(gateway_addr.port());
 
     let (join_tx, join_rx) = mpsc::channel::<TlsConn>(ACCEPT_QUEUE);
@@ -313,13 +344,29 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
     spawn_server(&tracker, "federation", router, fed_rx, &shutdown);
 
     let allocations = Arc::new(std::sync::RwLock::new(store.allocations()?));
+    let zone = crate::dns::ZoneHandler::default();
     tracker.spawn(keep_local_addresses(
         membership.clone(),
         store.clone(),
         config.addresses.clone(),
         allocations.clone(),
+        ZoneInputs {
+            handler: zone.clone(),
+            domain: config.domain.clone(),
+            me_gateway: format!("gw-{}.{}", config.site, config.org),
+        },
         shutdown.clone(),
     ));
+    let mut dns_server = hickory_server::Server::new(zone);
+    dns_server.register_socket(dns_udp);
+    dns_server.register_listener(dns_tcp, Duration::from_secs(5), 64);
+    let sd = shutdown.clone();
+    tracker.spawn(async move {
+        sd.cancelled().await;
+        if let Err(e) = dns_server.shutdown_gracefully().await {
+            warn!(error = %e, "DNS server stopped with an error");
+        }
+    });
     let admin_service = Arc::new(AdminService {
         store: store.clone(),
         config: config.clone(),
@@ -384,6 +431,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         gateway: gateway_addr,
         advertise,
         metrics: metrics_addr,
+        dns: dns_addr,
         admin: dir.admin_socket(),
     };
     // ready before run.json appears: whoever waits on the file finds /readyz already 200
@@ -406,16 +454,26 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
 
 use tokio_stream::StreamExt as _;
 
+/// What the zone is rebuilt from.
+struct ZoneInputs {
+    handler: crate::dns::ZoneHandler,
+    domain: String,
+    me_gateway: String,
+}
+
 /// Gives every remote node a local address at this site (IP or port mode) and keeps the
 /// allocations in line with the view: new nodes get one, removed nodes free theirs. Persisted on
-/// every change, so a restart keeps every address.
+/// every change, so a restart keeps every address. Then rebuilds the DNS zone from the view, the
+/// allocations and this site's real node addresses.
 async fn keep_local_addresses(
     membership: Membership,
     store: Arc<Store>,
     mode: crate::addressing::AddressMode,
     allocations: Arc<std::sync::RwLock<crate::addressing::Allocations>>,
+    zone: ZoneInputs,
     shutdown: CancellationToken,
 ) {
+    let mut serial: u32 = 0;
     let mut changed = membership.subscribe();
     let me = membership.me().org.clone();
     loop {
@@ -446,6 +504,67 @@ async fn keep_local_addresses(
                 Err(e) => warn!(error = %e, "persisting local addresses failed"),
             }
         }
+        serial = serial.wrapping_add(1);
+        let local = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.local_nodes())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+        };
+        let alloc = allocations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (nodes, gateways) = membership.read(|v| {
+            let nodes: Vec<crate::dns::ZoneNode> = v
+                .nodes()
+                .into_iter()
+                .map(|n| {
+                    let (ip, ports) = if n.org == me {
+                        (
+                            local.get(&n.name).and_then(|h| h.parse().ok()),
+                            crate::addressing::node_ports(&n.record),
+                        )
+                    } else {
+                        match alloc.nodes.get(&format!("{}/{}", n.org, n.name)) {
+                            Some(a) => (Some(a.ip), a.ports.clone()),
+                            None => (None, Default::default()),
+                        }
+                    };
+                    crate::dns::ZoneNode {
+                        enode_id: (n.record.enode_id.len() == 64)
+                            .then(|| n.record.enode_id.clone()),
+                        org: n.org,
+                        name: n.name,
+                        ip,
+                        ports,
+                    }
+                })
+                .collect();
+            let gateways: Vec<crate::dns::ZoneGateway> = v
+                .gateways()
+                .into_iter()
+                .map(|(org, site, g)| crate::dns::ZoneGateway {
+                    ip: g
+                        .advertise
+                        .first()
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                        .map(|s| s.ip()),
+                    org,
+                    site,
+                })
+                .collect();
+            (nodes, gateways)
+        });
+        zone.handler.replace(crate::dns::Zone::build(
+            &zone.domain,
+            &zone.me_gateway,
+            serial,
+            &nodes,
+            &gateways,
+        ));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             c = changed.changed() => if c.is_err() { return },

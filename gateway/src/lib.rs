@@ -9,6 +9,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod datadir;
+pub mod dns;
 pub mod federation;
 pub mod join;
 pub mod lab;

@@ -1,0 +1,144 @@
+//! The gateway's DNS, asked with the real `dig` (Debian bind9-dnsutils; scripts/test installs
+//! it): split horizon across two sites, SRV/TXT, NXDOMAIN inside the zone, REFUSED outside it
+//! and for ANY, and answers that follow the view.
+
+mod support;
+
+use std::process::Command;
+
+use fedgw_proto::v1 as pb;
+use support::*;
+
+/// `dig +short` (or the status line with `full`) against a gateway's DNS address.
+fn dig(dns: std::net::SocketAddr, name: &str, qtype: &str, full: bool) -> String {
+    let mut cmd = Command::new("dig");
+    cmd.arg(format!("@{}", dns.ip()))
+        .args([
+            "-p",
+            &dns.port().to_string(),
+            "+time=2",
+            "+tries=1",
+            "+norecurse",
+        ])
+        .args([name, qtype]);
+    if !full {
+        cmd.arg("+short");
+    }
+    let out = cmd
+        .output()
+        .expect("dig must be installed (scripts/test installs bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn status(dns: std::net::SocketAddr, name: &str, qtype: &str) -> String {
+    let text = dig(dns, name, qtype, true);
+    text.lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("no answer")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_resolve_per_site_and_follow_the_view() {
+    let mut fed = Fed::with_orgs(2).await;
+    let enode = "ab".repeat(64);
+    let mut node = spec("node1", 0xab, "10.2.0.11");
+    node.tessera_url = "http://10.2.0.11:9000".into();
+    fed.gws[1]
+        .admin()
+        .await
+        .add_node(pb::AddNodeRequest { node: Some(node) })
+        .await
+        .expect("add");
+    fed.converged().await;
+    let (dns1, dns2) = (fed.gws[0].run().info.dns, fed.gws[1].run().info.dns);
+    let name = "node1.org2.acme.test";
+
+    // at home: the real address; at org1: the local address allocated there
+    wait_for("org2 answers its node", || {
+        dig(dns2, name, "A", false) == "10.2.0.11"
+    })
+    .await;
+    wait_for("org1 answers its local address", || {
+        dig(dns1, name, "A", false).starts_with("127.77.")
+    })
+    .await;
+    let listed = fed.gws[0]
+        .admin()
+        .await
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .expect("nodes");
+    assert_eq!(
+        dig(dns1, name, "A", false),
+        listed.into_inner().nodes[0].local_ip
+    );
+
+    assert_eq!(
+        dig(dns1, "_p2p._tcp.node1.org2.acme.test", "SRV", false),
+        format!("0 0 30303 {name}.")
+    );
+    assert_eq!(
+        dig(dns1, "_raft._tcp.node1.org2.acme.test", "SRV", false),
+        format!("0 0 50400 {name}.")
+    );
+    assert_eq!(
+        dig(dns1, "_tessera._tcp.node1.org2.acme.test", "SRV", false),
+        format!("0 0 9000 {name}.")
+    );
+    assert_eq!(dig(dns1, name, "TXT", false), format!("\"enode={enode}\""));
+    assert!(
+        dig(dns1, "acme.test", "SOA", false)
+            .starts_with("gw-dc1.org1.acme.test. hostmaster.acme.test.")
+    );
+    assert_eq!(dig(dns1, "gw-dc1.org2.acme.test", "A", false), "127.0.0.1");
+
+    assert_eq!(status(dns1, "nope.org2.acme.test", "A"), "NXDOMAIN");
+    assert_eq!(
+        status(dns1, name, "AAAA"),
+        "NOERROR",
+        "the name exists without an AAAA record"
+    );
+    assert_eq!(status(dns1, "example.com", "A"), "REFUSED");
+    assert_eq!(status(dns1, name, "ANY"), "REFUSED");
+    assert!(
+        dig(dns1, name, "A", true).contains("flags: qr aa"),
+        "authoritative"
+    );
+
+    // removal: the name leaves the zone everywhere
+    fed.gws[1]
+        .admin()
+        .await
+        .remove_node(pb::RemoveNodeRequest {
+            name: "node1".into(),
+        })
+        .await
+        .expect("rm");
+    fed.converged().await;
+    wait_for("NXDOMAIN at org1", || status(dns1, name, "A") == "NXDOMAIN").await;
+    wait_for("NXDOMAIN at org2", || status(dns2, name, "A") == "NXDOMAIN").await;
+    fed.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_packets_do_not_stop_the_server() {
+    let fed = Fed::with_orgs(1).await;
+    let dns = fed.gws[0].run().info.dns;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for junk in [
+        &b""[..],
+        &[0u8; 3][..],
+        &[0xff; 512][..],
+        &[0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c][..],
+    ] {
+        let _ = sock.send_to(junk, dns);
+    }
+    let mut tcp = std::net::TcpStream::connect(dns).expect("tcp");
+    let _ = std::io::Write::write_all(&mut tcp, &[0xff, 0xff, 1, 2, 3]);
+    drop(tcp);
+    assert_eq!(dig(dns, "acme.test", "NS", false), "gw-dc1.org1.acme.test.");
+    let mut fed = fed;
+    fed.stop_all().await;
+}
