@@ -163,6 +163,41 @@ fn a_killed_gateway_loses_nothing_and_reconverges() {
         .collect();
     assert_eq!(ips.len(), 8, "one address per remote node: {ips:?}");
 
+    // each gateway's DNS answers the same name with the address that works at its own site
+    let dns_of = |gw: &Gateway| -> std::net::SocketAddr {
+        gw.info["dns"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("dns address in run.json")
+    };
+    let dig = |dns: std::net::SocketAddr, name: &str, qtype: &str| {
+        let out = std::process::Command::new("dig")
+            .arg(format!("@{}", dns.ip()))
+            .args([
+                "-p",
+                &dns.port().to_string(),
+                "+short",
+                "+time=2",
+                "+tries=1",
+                name,
+                qtype,
+            ])
+            .output()
+            .expect("dig (scripts/test installs bind9-dnsutils)");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let at_org1 = dns_of(gws[0].as_ref().expect("org1"));
+    let at_org2 = dns_of(gws[1].as_ref().expect("org2"));
+    assert_eq!(dig(at_org2, "node1.org2.acme.test", "A"), "172.16.239.11");
+    assert_eq!(
+        dig(at_org1, "node1.org2.acme.test", "A"),
+        away["local_ip"].as_str().expect("ip")
+    );
+    assert_eq!(
+        dig(at_org1, "_raft._tcp.node1.org2.acme.test", "SRV"),
+        "0 0 53000 node1.org2.acme.test."
+    );
+
     // the Besu quickstart sample reuses the same eight keys: org3 may not claim them
     let besu = fedgw()
         .run([
