@@ -344,7 +344,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
     spawn_server(&tracker, "federation", router, fed_rx, &shutdown);
 
     let allocations = Arc::new(std::sync::RwLock::new(store.allocations()?));
-    let zone = crate::dns::ZoneHandler::default();
+    let zone = crate::dns::ZoneHandler::new(config.dns_rate_limit_qps);
     tracker.spawn(keep_local_addresses(
         membership.clone(),
         store.clone(),

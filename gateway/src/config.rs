@@ -97,6 +97,10 @@ pub struct Config {
     /// How remote nodes get local addresses at this site.
     #[serde(default)]
     pub addresses: crate::addressing::AddressMode,
+    /// DNS queries per second allowed from one source address (burst of the same size); 0
+    /// turns the limit off. In Kubernetes every query comes from CoreDNS: size it for that.
+    #[serde(default = "default_dns_rate_limit")]
+    pub dns_rate_limit_qps: u32,
     /// Gateways to dial at start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerConfig>,
@@ -129,6 +133,10 @@ impl Default for SyncConfig {
             max_session_ms: None,
         }
     }
+}
+
+fn default_dns_rate_limit() -> u32 {
+    10_000
 }
 
 fn default_leaf_lifetime() -> u64 {
@@ -287,6 +295,7 @@ mod tests {
             outbound_only: false,
             sync: SyncConfig::default(),
             addresses: Default::default(),
+            dns_rate_limit_qps: default_dns_rate_limit(),
             peers: vec![],
         }
     }

@@ -23,8 +23,6 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 
 /// TTL of every answer, seconds: short, since the view changes as members do.
 pub const TTL: u32 = 5;
-/// Queries per second one source may send (burst of the same size).
-pub const QUERIES_PER_SECOND: f64 = 2000.0;
 /// Most sources tracked by the rate limiter.
 pub const MAX_SOURCES: usize = 4096;
 
@@ -192,26 +190,31 @@ impl Zone {
     }
 }
 
-/// Per-source token buckets, bounded; refuses (fails closed) when full of active sources.
+/// Per-source token buckets of `qps` (0: no limit), bounded; refuses (fails closed) when full of
+/// active sources.
 #[derive(Debug, Default)]
 struct Limiter {
+    qps: f64,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
 }
 
 impl Limiter {
     fn allow(&self, src: IpAddr, now: Instant) -> bool {
+        if self.qps <= 0.0 {
+            return true;
+        }
+        let rate = self.qps;
         let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let level = |(tokens, at): (f64, Instant)| {
-            (tokens + now.saturating_duration_since(at).as_secs_f64() * QUERIES_PER_SECOND)
-                .min(QUERIES_PER_SECOND)
+            (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate)
         };
         if !map.contains_key(&src) && map.len() >= MAX_SOURCES {
-            map.retain(|_, b| level(*b) < QUERIES_PER_SECOND);
+            map.retain(|_, b| level(*b) < rate);
             if map.len() >= MAX_SOURCES {
                 return false;
             }
         }
-        let b = map.entry(src).or_insert((QUERIES_PER_SECOND, now));
+        let b = map.entry(src).or_insert((rate, now));
         let l = level(*b);
         if l < 1.0 {
             return false;
@@ -222,13 +225,24 @@ impl Limiter {
 }
 
 /// The request handler: answers from the current [`Zone`], replaced as the view changes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ZoneHandler {
     zone: Arc<RwLock<Arc<Zone>>>,
     limiter: Arc<Limiter>,
 }
 
 impl ZoneHandler {
+    /// A handler with an empty zone allowing `qps` queries per second per source (0: no limit).
+    pub fn new(qps: u32) -> Self {
+        Self {
+            zone: Arc::default(),
+            limiter: Arc::new(Limiter {
+                qps: f64::from(qps),
+                buckets: Mutex::default(),
+            }),
+        }
+    }
+
     /// Installs a new zone; the next query sees it.
     pub fn replace(&self, zone: Zone) {
         *self.zone.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(zone);
@@ -287,5 +301,66 @@ impl RequestHandler for ZoneHandler {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_source_limit_allows_a_burst_then_refuses_and_zero_is_off() {
+        let l = Limiter {
+            qps: 5.0,
+            buckets: Mutex::default(),
+        };
+        let t0 = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        assert!((0..5).all(|_| l.allow(a, t0)));
+        assert!(!l.allow(a, t0));
+        assert!(l.allow(b, t0), "sources are limited separately");
+        assert!(l.allow(a, t0 + std::time::Duration::from_millis(200)));
+        let off = Limiter::default();
+        assert!((0..100_000).all(|_| off.allow(a, t0)));
+    }
+
+    #[test]
+    fn answers_follow_the_rules() {
+        let nodes = vec![ZoneNode {
+            org: "org2".into(),
+            name: "n1".into(),
+            ip: None,
+            ports: BTreeMap::new(),
+            enode_id: None,
+        }];
+        let z = Zone::build("acme.test", "gw-dc1.org1", 7, &nodes, &[]);
+        let q = |s: &str| LowerName::from(Name::from_ascii(s).expect("name"));
+        assert_eq!(
+            z.answer(&q("n1.org2.acme.test."), RecordType::A).0,
+            ResponseCode::NoError
+        );
+        assert!(
+            z.answer(&q("n1.org2.acme.test."), RecordType::A)
+                .1
+                .is_empty(),
+            "no address yet: NODATA"
+        );
+        assert_eq!(
+            z.answer(&q("x.org2.acme.test."), RecordType::A).0,
+            ResponseCode::NXDomain
+        );
+        assert_eq!(
+            z.answer(&q("acme.test.example."), RecordType::A).0,
+            ResponseCode::Refused
+        );
+        assert_eq!(
+            z.answer(&q("n1.org2.acme.test."), RecordType::ANY).0,
+            ResponseCode::Refused
+        );
+        assert_eq!(
+            Zone::default().answer(&q("acme.test."), RecordType::SOA).0,
+            ResponseCode::Refused
+        );
     }
 }

@@ -154,6 +154,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         outbound_only: net.outbound_only,
         sync: Default::default(),
         addresses: net.addresses.clone(),
+        dns_rate_limit_qps: 10_000,
         peers: vec![],
     };
     config.validate().map_err(ProvisionError::Invalid)?;
@@ -274,6 +275,7 @@ pub fn write_joined(
         outbound_only: net.outbound_only,
         sync: Default::default(),
         addresses: net.addresses.clone(),
+        dns_rate_limit_qps: 10_000,
         peers: admitted
             .gateways
             .iter()
