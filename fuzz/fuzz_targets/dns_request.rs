@@ -16,6 +16,7 @@ fn zone() -> &'static Zone {
             org: "org2".into(),
             name: "node1".into(),
             ip: Some("127.77.0.1".parse().expect("ip")),
+            alias: None,
             ports: [("p2p".to_owned(), 30303u16), ("raft".to_owned(), 50400)].into(),
             enode_id: Some(vec![0xab; 64]),
         }];

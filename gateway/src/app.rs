@@ -522,18 +522,19 @@ async fn keep_local_addresses(
                 .nodes()
                 .into_iter()
                 .map(|n| {
-                    let (ip, ports) = if n.org == me {
-                        (
-                            local.get(&n.name).and_then(|h| h.parse().ok()),
-                            crate::addressing::node_ports(&n.record),
-                        )
+                    let (ip, alias, ports) = if n.org == me {
+                        let host = local.get(&n.name);
+                        let ip = host.and_then(|h| h.parse().ok());
+                        let alias = if ip.is_none() { host.cloned() } else { None };
+                        (ip, alias, crate::addressing::node_ports(&n.record))
                     } else {
                         match alloc.nodes.get(&format!("{}/{}", n.org, n.name)) {
-                            Some(a) => (Some(a.ip), a.ports.clone()),
-                            None => (None, Default::default()),
+                            Some(a) => (Some(a.ip), None, a.ports.clone()),
+                            None => (None, None, Default::default()),
                         }
                     };
                     crate::dns::ZoneNode {
+                        alias,
                         enode_id: (n.record.enode_id.len() == 64)
                             .then(|| n.record.enode_id.clone()),
                         org: n.org,

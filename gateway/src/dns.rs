@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA, SRV, TXT};
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, SRV, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -44,6 +44,9 @@ pub struct ZoneNode {
     pub name: String,
     /// Where clients at this site reach it (real or local address); `None` leaves no A/AAAA.
     pub ip: Option<IpAddr>,
+    /// A host name the node is registered by at its own site (e.g. a Kubernetes Service):
+    /// answered as a CNAME when there is no `ip`.
+    pub alias: Option<String>,
     /// Port name (p2p, raft, tessera) → port at `ip`.
     pub ports: BTreeMap<String, u16>,
     /// The enode id, 64 bytes.
@@ -110,6 +113,11 @@ impl Zone {
             zone.names.entry(LowerName::from(&owner)).or_default();
             if let Some(ip) = n.ip {
                 zone.add(&owner, address(&owner, ip));
+            } else if let Some(target) = n.alias.as_deref().and_then(name) {
+                zone.add(
+                    &owner,
+                    Record::from_rdata(owner.clone(), TTL, RData::CNAME(CNAME(target))),
+                );
             }
             if let Some(id) = &n.enode_id {
                 let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
@@ -175,9 +183,10 @@ impl Zone {
         match self.names.get(qname) {
             None => (ResponseCode::NXDomain, vec![], soa),
             Some(records) => {
+                // a CNAME answers every type at its name (RFC 1034 section 3.6.2)
                 let hits: Vec<Record> = records
                     .iter()
-                    .filter(|r| r.record_type() == qtype)
+                    .filter(|r| r.record_type() == qtype || r.record_type() == RecordType::CNAME)
                     .cloned()
                     .collect();
                 if hits.is_empty() {
@@ -331,6 +340,7 @@ mod tests {
             org: "org2".into(),
             name: "n1".into(),
             ip: None,
+            alias: None,
             ports: BTreeMap::new(),
             enode_id: None,
         }];

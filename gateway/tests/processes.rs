@@ -121,10 +121,14 @@ fn a_killed_gateway_loses_nothing_and_reconverges() {
             &s(&samples().join("goquorum-static-nodes.raft.json")),
             "--data-dir",
             &s(&dirs[1]),
+            "--tessera-config",
+            &s(&samples().join("tessera-config-09.json")),
         ])
         .expect("spawn");
     assert_eq!(import.code, Some(0), "{}{}", import.stdout, import.stderr);
-    let expected: Vec<String> = (1..=8).map(|i| format!("org2/node{i}")).collect();
+    let mut expected: Vec<String> = (1..=8).map(|i| format!("org2/node{i}")).collect();
+    // the 7nodes Tessera config's peers, on hosts no imported node has, become tm1..tm7
+    expected.extend((1..=7).map(|i| format!("org2/tm{i}")));
     wait_for("nodes everywhere", Duration::from_secs(20), || {
         all.iter().all(|d| node_names(d) == expected).then_some(())
     })
@@ -161,7 +165,7 @@ fn a_killed_gateway_loses_nothing_and_reconverges() {
         .iter()
         .filter_map(|n| n["local_ip"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(ips.len(), 8, "one address per remote node: {ips:?}");
+    assert_eq!(ips.len(), 15, "one address per remote node: {ips:?}");
 
     // each gateway's DNS answers the same name with the address that works at its own site
     let dns_of = |gw: &Gateway| -> std::net::SocketAddr {
@@ -196,6 +200,13 @@ fn a_killed_gateway_loses_nothing_and_reconverges() {
     assert_eq!(
         dig(at_org1, "_raft._tcp.node1.org2.acme.test", "SRV"),
         "0 0 53000 node1.org2.acme.test."
+    );
+    // a Tessera node registered by host name: a CNAME at home, a local address elsewhere
+    assert_eq!(dig(at_org2, "tm1.org2.acme.test", "A"), "quorum-node1.");
+    assert!(dig(at_org1, "tm1.org2.acme.test", "A").starts_with("127.77."));
+    assert_eq!(
+        dig(at_org1, "_tessera._tcp.tm1.org2.acme.test", "SRV"),
+        "0 0 9001 tm1.org2.acme.test."
     );
 
     // the Besu quickstart sample reuses the same eight keys: org3 may not claim them
@@ -369,7 +380,7 @@ fn a_killed_gateway_loses_nothing_and_reconverges() {
         .as_array()
         .expect("array")
         .iter()
-        .find(|n| n["name"] == "tm1")
+        .find(|n| n["org"] == "org4" && n["name"] == "tm1")
         .expect("tm1");
     assert_eq!(tm["client"], "tessera");
     assert_eq!(tm["tessera_url"], "http://10.4.0.5:9000");
