@@ -349,9 +349,7 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
                     org: g.org.clone(),
                     data_dir: g.dir.root().to_owned(),
                     gateway: g.info.gateway.to_string(),
-                    dns: provision::load(&g.dir)
-                        .map(|l| l.config.dns.to_string())
-                        .unwrap_or_default(),
+                    dns: g.info.dns.to_string(),
                     metrics: g.info.metrics.to_string(),
                 })
                 .collect(),
