@@ -289,6 +289,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         join_tx,
         federation_tx: fed_tx,
         revocation: membership.revocation().clone(),
+        join_slots: Arc::new(tokio::sync::Semaphore::new(listener::MAX_JOIN_CONNECTIONS)),
     };
     tracker.spawn(listener::serve(
         gateway_listener,

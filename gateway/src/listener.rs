@@ -18,10 +18,10 @@ use rustls::ServerConfig;
 use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
@@ -45,12 +45,23 @@ pub struct ConnInfo {
     pub channel_binding: [u8; 32],
 }
 
-/// A server-side TLS connection with its [`ConnInfo`]. A federation connection also carries its
-/// org's revocation token: once cancelled, reads and writes fail and the connection closes.
+/// Most join connections open at once (they are unauthenticated); further ones are refused.
+pub const MAX_JOIN_CONNECTIONS: usize = 64;
+/// A join connection is closed after this long, whatever it is doing: a join is one exchange,
+/// and a joiner waiting for approvals reconnects for every attempt.
+pub const JOIN_CONNECTION_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// Resolves when a connection must end, with the reason.
+type EndWhen = Pin<Box<dyn Future<Output = &'static str> + Send>>;
+
+/// A server-side TLS connection with its [`ConnInfo`]. It ends, failing its next read or write,
+/// when its org is revoked (federation) or it reaches [`JOIN_CONNECTION_MAX_AGE`] (join); a join
+/// connection also holds one of the [`MAX_JOIN_CONNECTIONS`] slots while it lives.
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     info: ConnInfo,
-    killed: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    end: Option<EndWhen>,
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for TlsConn {
@@ -63,12 +74,12 @@ impl std::fmt::Debug for TlsConn {
 
 impl TlsConn {
     fn check_killed(&mut self, cx: &mut Context<'_>) -> Result<(), std::io::Error> {
-        if let Some(k) = self.killed.as_mut()
-            && k.as_mut().poll(cx).is_ready()
+        if let Some(end) = self.end.as_mut()
+            && let Poll::Ready(reason) = end.as_mut().poll(cx)
         {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
-                "peer org revoked",
+                reason,
             ));
         }
         Ok(())
@@ -132,6 +143,8 @@ pub struct Dispatch {
     pub federation_tx: mpsc::Sender<TlsConn>,
     /// Revocation tokens per org, to close a revoked org's live connections.
     pub revocation: crate::membership::Revocation,
+    /// Slots for join connections ([`MAX_JOIN_CONNECTIONS`]).
+    pub join_slots: Arc<Semaphore>,
 }
 
 /// Accepts on `listener` until `shutdown`; handshakes run as tasks on `tracker`.
@@ -199,7 +212,15 @@ async fn handshake(
         .alpn()
         .map(|a| a.map(<[u8]>::to_vec).collect())
         .unwrap_or_default();
+    let mut slot = None;
     let (kind, config, tx) = if alpn.iter().any(|p| p == ALPN_JOIN) {
+        // taken before the handshake completes, so a refused client costs no signature
+        slot = Some(
+            d.join_slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ("join", std::io::Error::other("too many join connections")))?,
+        );
         ("join", d.join_config.clone(), &d.join_tx)
     } else if alpn.iter().any(|p| p == ALPN_H2) {
         ("federation", d.federation_config.clone(), &d.federation_tx)
@@ -226,9 +247,19 @@ async fn handshake(
     let channel_binding = conn
         .export_keying_material([0u8; 32], fedgw_certs::token::JOIN_EXPORTER_LABEL, None)
         .map_err(|e| (kind, std::io::Error::other(e)))?;
-    let killed = peer
-        .as_ref()
-        .map(|p| Box::pin(d.revocation.token(&p.org).cancelled_owned()));
+    let end: EndWhen = match &peer {
+        Some(p) => {
+            let revoked = d.revocation.token(&p.org).cancelled_owned();
+            Box::pin(async move {
+                revoked.await;
+                "peer org revoked"
+            })
+        }
+        None => Box::pin(async {
+            tokio::time::sleep(JOIN_CONNECTION_MAX_AGE).await;
+            "join connection reached its maximum age"
+        }),
+    };
     let info = ConnInfo {
         remote,
         peer,
@@ -237,7 +268,8 @@ async fn handshake(
     tx.send(TlsConn {
         stream,
         info,
-        killed,
+        end: Some(end),
+        _slot: slot,
     })
     .await
     .map_err(|_| (kind, std::io::Error::other("server is shutting down")))?;

@@ -487,3 +487,43 @@ async fn invites_are_bounded_and_only_from_the_root_holder() {
     );
     f.stop().await;
 }
+
+#[tokio::test]
+async fn idle_join_connections_are_capped() {
+    let f = Founder::start().await;
+    let provider = tls::provider();
+    let pin = pki::spki_sha256(&f.root_cert()).expect("pin");
+    let cfg = Arc::new(
+        tls::join_client_config(
+            Arc::new(fedgw_certs::PinnedRootVerifier::new(pin, &provider)),
+            provider,
+        )
+        .expect("cfg"),
+    );
+    let mut idle = Vec::new();
+    for _ in 0..fedgw_gateway::listener::MAX_JOIN_CONNECTIONS {
+        idle.push(
+            fedgw_gateway::net::dial_tls(&f.endpoint(), cfg.clone(), TIMEOUT)
+                .await
+                .expect("a join connection"),
+        );
+    }
+    let token = f.invite("org2", 1);
+    match join(&token, "org2").await {
+        Err(JoinError::Unreachable { .. }) => {}
+        other => panic!("expected the join port to turn us away, got {other:?}"),
+    }
+    drop(idle);
+    // the slots come back as the server notices the closed connections
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        match join(&token, "org2").await {
+            Ok(_) => break,
+            Err(JoinError::Unreachable { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("join after the idle connections closed: {e}"),
+        }
+    }
+    f.stop().await;
+}
