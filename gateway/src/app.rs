@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use fedgw_certs::PeerVerifier;
 use fedgw_certs::tls::{self, ReloadableIdentity};
-use fedgw_certs::{PeerVerifier, RevocationSet};
 use fedgw_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
@@ -98,8 +98,6 @@ pub struct Running {
     pub metrics: Metrics,
     /// Its store (shared with the servers).
     pub store: Arc<Store>,
-    /// Revoked orgs; replacing the set affects new handshakes at once.
-    pub revoked: RevocationSet,
     /// The membership subsystem.
     pub membership: Membership,
     tracker: TaskTracker,
@@ -445,7 +443,6 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         info,
         metrics,
         store,
-        revoked,
         membership,
         tracker,
         shutdown,

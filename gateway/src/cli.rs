@@ -3,13 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use fedgw_certs::tls::{self, ReloadableIdentity};
-use fedgw_certs::{JoinToken, PeerVerifier, RevocationSet};
+use fedgw_certs::JoinToken;
 use fedgw_proto::v1::RefusalReason;
 use tokio_util::sync::CancellationToken;
 
@@ -615,24 +613,11 @@ async fn ping(
     json: bool,
     timeout: Duration,
 ) -> Result<(), CliError> {
-    let loaded = provision::load(&dir).map_err(|e| CliError::new(exit::USAGE, e))?;
-    let provider = tls::provider();
-    let (leaf, _) = provision::current_leaf(&dir, &loaded, SystemTime::now())
-        .context("loading the gateway certificate")?;
-    let identity =
-        ReloadableIdentity::new(leaf.chain, &leaf.key, &provider).context("gateway identity")?;
-    let verifier = Arc::new(
-        PeerVerifier::new(
-            loaded.root_cert.clone(),
-            &loaded.config.domain,
-            RevocationSet::default(),
-            &provider,
-        )
-        .context("building the verifier")?,
-    );
-    let config = Arc::new(
-        tls::federation_client_config(&identity, verifier, provider).context("TLS config")?,
-    );
+    let (loaded, config) =
+        provision::federation_client_config(&dir, None).map_err(|e| match e {
+            provision::ProvisionError::Config(_) => CliError::new(exit::USAGE, e),
+            e => CliError::new(exit::FAILURE, e),
+        })?;
     let outcome = crate::federation::hello(
         &endpoint,
         config,
@@ -644,7 +629,7 @@ async fn ping(
     .map_err(|e| {
         CliError::new(
             exit::UNREACHABLE,
-            anyhow::anyhow!("{e}: {}", join_client::error_chain(&e)),
+            anyhow::anyhow!("{e}: {}", crate::net::error_chain(&e)),
         )
     })?;
     if json {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedgw_certs::{PeerIdentity, RevocationSet, tls};
+use fedgw_certs::{PeerIdentity, RevocationSet};
 use fedgw_proto::v1 as pb;
 use fedgw_proto::v1::federation_client::FederationClient;
 use tonic::{Request, Response, Status};
@@ -158,6 +158,3 @@ pub async fn hello(
         server_site: resp.server_site,
     })
 }
-
-/// The ALPN the federation client offers (re-exported for tests).
-pub const ALPN: &[u8] = tls::ALPN_H2;

@@ -6,11 +6,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use fedgw_certs::tls::{self, ReloadableIdentity};
-use fedgw_certs::{JoinToken, PeerVerifier, RevocationSet};
+use fedgw_certs::JoinToken;
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
@@ -216,28 +214,14 @@ async fn invite(founder: &Gateway, org: &str) -> Result<JoinToken, LabError> {
 
 async fn ping(from: &Gateway, to: &Gateway, domain: &str) -> Result<(), LabError> {
     let step = format!("mTLS {} -> {}", from.org, to.org);
-    let loaded = provision::load(&from.dir).map_err(|e| fail(&step, e))?;
-    let provider = tls::provider();
-    let (leaf, _) = provision::current_leaf(&from.dir, &loaded, SystemTime::now())
-        .map_err(|e| fail(&step, e))?;
-    let identity =
-        ReloadableIdentity::new(leaf.chain, &leaf.key, &provider).map_err(|e| fail(&step, e))?;
-    let verifier = PeerVerifier::new(
-        loaded.root_cert.clone(),
-        domain,
-        RevocationSet::default(),
-        &provider,
-    )
-    .map_err(|e| fail(&step, e))?
-    .expecting_org(&to.org);
-    let config = tls::federation_client_config(&identity, Arc::new(verifier), provider)
+    let (_, config) = provision::federation_client_config(&from.dir, Some(&to.org))
         .map_err(|e| fail(&step, e))?;
     let out = crate::federation::hello(
         to.info
             .advertise
             .first()
             .ok_or_else(|| fail(&step, "the gateway advertises no endpoint"))?,
-        Arc::new(config),
+        config,
         domain,
         "dc1",
         STEP_TIMEOUT,

@@ -99,3 +99,14 @@ where
         }))
         .await
 }
+
+/// The messages of an error's sources, joined with ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}

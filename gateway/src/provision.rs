@@ -47,6 +47,9 @@ pub enum ProvisionError {
     /// A value given on the command line is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// The TLS configuration could not be built.
+    #[error("TLS setup failed")]
+    Tls(#[from] rustls::Error),
 }
 
 fn io(what: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ProvisionError {
@@ -449,4 +452,29 @@ pub fn current_leaf(
     };
     let renew_at = leaf.not_after.checked_sub(lifetime / 2).unwrap_or(now);
     Ok((leaf, renew_at))
+}
+
+/// A federation client TLS config for the gateway of `dir`: presents its gateway leaf (renewed
+/// first if due), trusts the consortium root, and with `expect_org` requires the server to be a
+/// gateway of that org. Returns the loaded data dir too.
+pub fn federation_client_config(
+    dir: &DataDir,
+    expect_org: Option<&str>,
+) -> Result<(Loaded, std::sync::Arc<rustls::ClientConfig>), ProvisionError> {
+    use fedgw_certs::tls;
+    let loaded = load(dir)?;
+    let provider = tls::provider();
+    let (leaf, _) = current_leaf(dir, &loaded, SystemTime::now())?;
+    let identity = tls::ReloadableIdentity::new(leaf.chain, &leaf.key, &provider)?;
+    let mut verifier = fedgw_certs::PeerVerifier::new(
+        loaded.root_cert.clone(),
+        &loaded.config.domain,
+        fedgw_certs::RevocationSet::default(),
+        &provider,
+    )?;
+    if let Some(org) = expect_org {
+        verifier = verifier.expecting_org(org);
+    }
+    let config = tls::federation_client_config(&identity, std::sync::Arc::new(verifier), provider)?;
+    Ok((loaded, std::sync::Arc::new(config)))
 }

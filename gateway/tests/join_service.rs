@@ -420,13 +420,21 @@ async fn federation_endpoint_authenticates_every_caller() {
     assert!(err.is_err(), "anonymous client served");
 
     // revoked: the running verifier's set is replaced, the next handshake fails
-    f.running.revoked.replace(["org2".to_owned()].into());
+    f.running
+        .membership
+        .revocation()
+        .set()
+        .replace(["org2".to_owned()].into());
     assert!(
         fedgw_gateway::federation::hello(&f.endpoint(), cfg.clone(), DOMAIN, "dc9", TIMEOUT)
             .await
             .is_err()
     );
-    f.running.revoked.replace(Default::default());
+    f.running
+        .membership
+        .revocation()
+        .set()
+        .replace(Default::default());
     fedgw_gateway::federation::hello(&f.endpoint(), cfg, DOMAIN, "dc9", TIMEOUT)
         .await
         .expect("reinstated");

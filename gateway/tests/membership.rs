@@ -305,31 +305,9 @@ async fn hello_as(
     dir: &fedgw_gateway::datadir::DataDir,
     endpoint: &str,
 ) -> Result<fedgw_gateway::federation::HelloOutcome, fedgw_gateway::federation::HelloError> {
-    use std::sync::Arc;
-    let loaded = fedgw_gateway::provision::load(dir).expect("load");
-    let provider = fedgw_certs::tls::provider();
-    let (leaf, _) =
-        fedgw_gateway::provision::current_leaf(dir, &loaded, std::time::SystemTime::now())
-            .expect("leaf");
-    let identity =
-        fedgw_certs::tls::ReloadableIdentity::new(leaf.chain, &leaf.key, &provider).expect("id");
-    let verifier = fedgw_certs::PeerVerifier::new(
-        loaded.root_cert.clone(),
-        DOMAIN,
-        Default::default(),
-        &provider,
-    )
-    .expect("verifier");
-    let cfg = fedgw_certs::tls::federation_client_config(&identity, Arc::new(verifier), provider)
-        .expect("cfg");
-    fedgw_gateway::federation::hello(
-        endpoint,
-        Arc::new(cfg),
-        DOMAIN,
-        "dc1",
-        Duration::from_secs(5),
-    )
-    .await
+    let (_, cfg) =
+        fedgw_gateway::provision::federation_client_config(dir, None).expect("client config");
+    fedgw_gateway::federation::hello(endpoint, cfg, DOMAIN, "dc1", Duration::from_secs(5)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

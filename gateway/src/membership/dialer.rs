@@ -213,7 +213,7 @@ async fn dial_and_run(
         let stream = match net::dial_tls(endpoint, config.clone(), DIAL_TIMEOUT).await {
             Ok(s) => s,
             Err(e) => {
-                last_error = format!("{e}: {}", crate::join::client::error_chain(&e));
+                last_error = format!("{e}: {}", crate::net::error_chain(&e));
                 continue;
             }
         };
