@@ -6,6 +6,9 @@
 //! |-----------------|-------------------------------|-------------|------------------------|
 //! | `fedgw-join/1`  | [`join_server_config`]        | none        | `fedgw join`           |
 //! | `h2`            | [`federation_server_config`]  | required    | gateway-to-gateway gRPC|
+//! | `fedgw/1`       | [`tunnel_server_config`]      | required    | data-plane tunnels     |
+//!
+//! `fedgw/1` is also the ALPN of the QUIC tunnel endpoint (UDP, same port number).
 //!
 //! Every config is TLS 1.3 only, with session resumption off (no tickets, no session cache), so
 //! each connection re-verifies the peer against the current revocation set.
@@ -25,6 +28,8 @@ use crate::verify::{PeerVerifier, PinnedRootVerifier};
 pub const ALPN_JOIN: &[u8] = b"fedgw-join/1";
 /// ALPN protocol id of federation gRPC (HTTP/2).
 pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN protocol id of data-plane tunnels (QUIC, and TCP+TLS fallback).
+pub const ALPN_TUNNEL: &[u8] = b"fedgw/1";
 
 /// The process-wide crypto provider: aws-lc-rs.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -206,5 +211,29 @@ pub fn join_client_config(
         .with_no_client_auth();
     config.resumption = Resumption::disabled();
     config.alpn_protocols = vec![ALPN_JOIN.to_vec()];
+    Ok(config)
+}
+
+/// The tunnel server config: as [`federation_server_config`] (client certificate required),
+/// with ALPN `fedgw/1`. Used by the TCP fallback listener and, wrapped by quinn, the QUIC
+/// endpoint.
+pub fn tunnel_server_config(
+    identity: &ReloadableIdentity,
+    verifier: Arc<PeerVerifier>,
+    provider: Arc<CryptoProvider>,
+) -> Result<ServerConfig, rustls::Error> {
+    let mut config = federation_server_config(identity, verifier, provider)?;
+    config.alpn_protocols = vec![ALPN_TUNNEL.to_vec()];
+    Ok(config)
+}
+
+/// The tunnel client config: as [`federation_client_config`], with ALPN `fedgw/1`.
+pub fn tunnel_client_config(
+    identity: &ReloadableIdentity,
+    verifier: Arc<PeerVerifier>,
+    provider: Arc<CryptoProvider>,
+) -> Result<ClientConfig, rustls::Error> {
+    let mut config = federation_client_config(identity, verifier, provider)?;
+    config.alpn_protocols = vec![ALPN_TUNNEL.to_vec()];
     Ok(config)
 }

@@ -52,6 +52,7 @@ fn network(port: u16) -> NetworkOptions {
         leaf_lifetime: Duration::from_secs(3600),
         outbound_only: false,
         addresses: Default::default(),
+        tunnel: Default::default(),
     }
 }
 

@@ -28,6 +28,7 @@ use crate::membership::{GatewayId, Keys, Membership, MembershipConfig, SignAs};
 use crate::metrics::{self, Metrics};
 use crate::provision::{self, Loaded, ProvisionError};
 use crate::store::{self, Store, StoreError};
+use crate::tunnel::{PeerGateway, Transport, TunnelSetup, TunnelTls, Tunnels};
 
 /// How long running tasks get to finish after shutdown is requested.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -63,6 +64,9 @@ pub enum RunError {
     /// The membership subsystem could not start.
     #[error(transparent)]
     Membership(#[from] crate::membership::MembershipError),
+    /// The data plane could not start.
+    #[error(transparent)]
+    Tunnel(#[from] crate::tunnel::TunnelError),
     /// This gateway's own record could not be published.
     #[error("publishing the gateway record: {0}")]
     Publish(String),
@@ -100,6 +104,8 @@ pub struct Running {
     pub store: Arc<Store>,
     /// The membership subsystem.
     pub membership: Membership,
+    /// The data plane.
+    pub tunnels: Tunnels,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     dir: DataDir,
@@ -238,7 +244,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
     let identity = ReloadableIdentity::new(leaf.chain.clone(), &leaf.key, &provider)?;
     let own_id = fedgw_certs::peer_identity(&leaf.chain[0], &config.domain)
         .map_err(|e| RunError::Provision(ProvisionError::Invalid(format!("gateway leaf: {e}"))))?;
-    let verifier = Arc::new(PeerVerifier::new(
+    let verifier: Arc<PeerVerifier> = Arc::new(PeerVerifier::new(
         root_cert.clone(),
         &config.domain,
         revoked.clone(),
@@ -272,6 +278,42 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
 
     let (join_tx, join_rx) = mpsc::channel::<TlsConn>(ACCEPT_QUEUE);
     let (fed_tx, fed_rx) = mpsc::channel::<TlsConn>(ACCEPT_QUEUE);
+    let (tunnel_tx, tunnel_rx) = mpsc::channel::<TlsConn>(ACCEPT_QUEUE);
+    let udp = match config.tunnel.transport {
+        Transport::Tcp => None,
+        transport => match std::net::UdpSocket::bind(gateway_addr) {
+            Ok(u) => Some(u),
+            Err(source) if transport == Transport::Quic => {
+                return Err(RunError::Bind {
+                    what: "QUIC (UDP)",
+                    addr: gateway_addr.to_string(),
+                    source,
+                });
+            }
+            Err(e) => {
+                warn!(addr = %gateway_addr, error = %e, "no QUIC endpoint; tunnels use TCP+TLS");
+                None
+            }
+        },
+    };
+    let tunnels = Tunnels::new(
+        TunnelSetup {
+            me: me.clone(),
+            domain: config.domain.clone(),
+            outbound_only: config.outbound_only,
+            config: config.tunnel.clone(),
+            tls: TunnelTls {
+                identity: identity.clone(),
+                verifier: verifier.clone(),
+            },
+            udp,
+            own: vec![gateway_addr, metrics_addr, dns_addr],
+        },
+        membership.clone(),
+        metrics.clone(),
+        tracker.clone(),
+        shutdown.clone(),
+    )?;
     let dispatch = Dispatch {
         join_config: Arc::new(tls::join_server_config(
             &identity,
@@ -280,15 +322,22 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         )?),
         federation_config: Arc::new(tls::federation_server_config(
             &identity,
+            verifier.clone(),
+            provider.clone(),
+        )?),
+        tunnel_config: Arc::new(tls::tunnel_server_config(
+            &identity,
             verifier,
             provider.clone(),
         )?),
+        tunnel_tx,
         domain: config.domain.clone(),
         join_tx,
         federation_tx: fed_tx,
         revocation: membership.revocation().clone(),
         join_slots: Arc::new(tokio::sync::Semaphore::new(listener::MAX_JOIN_CONNECTIONS)),
     };
+    tunnels.start(tunnel_rx);
     tracker.spawn(listener::serve(
         gateway_listener,
         dispatch,
@@ -354,6 +403,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
             domain: config.domain.clone(),
             me_gateway: format!("gw-{}.{}", config.site, config.org),
         },
+        tunnels.clone(),
         shutdown.clone(),
     ));
     let mut dns_server = hickory_server::Server::new(zone);
@@ -444,6 +494,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         metrics,
         store,
         membership,
+        tunnels,
         tracker,
         shutdown,
         dir,
@@ -469,6 +520,7 @@ async fn keep_local_addresses(
     mode: crate::addressing::AddressMode,
     allocations: Arc<std::sync::RwLock<crate::addressing::Allocations>>,
     zone: ZoneInputs,
+    tunnels: Tunnels,
     shutdown: CancellationToken,
 ) {
     let mut serial: u32 = 0;
@@ -564,11 +616,101 @@ async fn keep_local_addresses(
             &nodes,
             &gateways,
         ));
+        let (targets, routes, peers) = data_plane(&membership, &local, &alloc);
+        tunnels.update(targets, routes, peers);
+        // a listener that could not be bound is retried until it can
+        let retry = async {
+            if tunnels.listener_failures() {
+                tokio::time::sleep(LISTENER_RETRY).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             c = changed.changed() => if c.is_err() { return },
+            () = retry => {}
         }
     }
+}
+
+/// How often listeners that could not be bound are retried.
+const LISTENER_RETRY: Duration = Duration::from_secs(5);
+
+/// What the data plane serves, from the view: this site's nodes that tunnel streams may reach
+/// (far end), a route per remote node port at its local address (near end), and the peer
+/// gateways.
+fn data_plane(
+    membership: &Membership,
+    local: &std::collections::BTreeMap<String, String>,
+    alloc: &crate::addressing::Allocations,
+) -> (
+    crate::tunnel::far::Targets,
+    Vec<crate::tunnel::near::Route>,
+    Vec<PeerGateway>,
+) {
+    let me = membership.me().clone();
+    membership.read(|v| {
+        let members = v
+            .members()
+            .into_iter()
+            .map(|(org, _)| org)
+            .filter(|org| v.is_member(org))
+            .collect();
+        let mut targets = crate::tunnel::far::Targets {
+            org: me.org.clone(),
+            nodes: Default::default(),
+            members,
+        };
+        let mut routes = vec![];
+        for n in v.nodes() {
+            if n.org == me.org {
+                if n.record.site != me.site {
+                    continue;
+                }
+                if let Some(host) = local.get(&n.name) {
+                    targets.nodes.insert(
+                        n.name.clone(),
+                        crate::tunnel::far::Target {
+                            host: host.clone(),
+                            ports: crate::addressing::node_ports(&n.record),
+                            allowed_orgs: n.record.allowed_orgs.clone(),
+                        },
+                    );
+                }
+                continue;
+            }
+            let Some(addr) = alloc.nodes.get(&format!("{}/{}", n.org, n.name)) else {
+                continue;
+            };
+            let site = GatewayId {
+                org: n.org.clone(),
+                site: n.record.site.clone(),
+            };
+            for (port_name, port) in &addr.ports {
+                match crate::tunnel::near::Route::new(
+                    SocketAddr::new(addr.ip, *port),
+                    site.clone(),
+                    &n.org,
+                    &n.name,
+                    port_name,
+                ) {
+                    Ok(r) => routes.push(r),
+                    Err(e) => warn!(org = %n.org, node = %n.name, error = %e, "no route for a remote node"),
+                }
+            }
+        }
+        let peers = v
+            .gateways()
+            .into_iter()
+            .map(|(org, site, g)| PeerGateway {
+                id: GatewayId { org, site },
+                advertise: g.advertise,
+                outbound_only: g.outbound_only,
+            })
+            .collect();
+        (targets, routes, peers)
+    })
 }
 
 /// Serves `router` on the TLS connections the acceptor hands over `conns`, until `shutdown`.

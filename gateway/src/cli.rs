@@ -121,6 +121,12 @@ struct NetworkArgs {
     /// IPv4 CIDR that remote nodes get their local addresses from [default: 127.77.0.0/16].
     #[arg(long, value_name = "CIDR")]
     address_pool: Option<String>,
+    /// Tunnel transport between sites: QUIC, TCP+TLS, or QUIC with TCP+TLS fallback.
+    #[arg(long, value_enum, default_value = "auto")]
+    tunnel_transport: crate::tunnel::Transport,
+    /// Let tunnel streams reach nodes registered on loopback addresses (single-host setups).
+    #[arg(long)]
+    allow_loopback_targets: bool,
 }
 
 impl NetworkArgs {
@@ -140,6 +146,11 @@ impl NetworkArgs {
             addresses: match &self.address_pool {
                 Some(pool) => crate::addressing::AddressMode::Ip { pool: pool.clone() },
                 None => Default::default(),
+            },
+            tunnel: crate::tunnel::TunnelConfig {
+                transport: self.tunnel_transport,
+                allow_loopback_targets: self.allow_loopback_targets,
+                ..Default::default()
             },
         })
     }

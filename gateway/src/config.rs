@@ -104,6 +104,9 @@ pub struct Config {
     /// Gateways to dial at start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerConfig>,
+    /// Data-plane tunnels (`[tunnel]`: transport, loopback targets, connection limit).
+    #[serde(default)]
+    pub tunnel: crate::tunnel::TunnelConfig,
 }
 
 /// `[sync]`: membership sync tuning.
@@ -295,6 +298,7 @@ mod tests {
             outbound_only: false,
             sync: SyncConfig::default(),
             addresses: Default::default(),
+            tunnel: Default::default(),
             dns_rate_limit_qps: default_dns_rate_limit(),
             peers: vec![],
         }

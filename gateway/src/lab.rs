@@ -104,6 +104,11 @@ fn network(i: usize) -> NetworkOptions {
         addresses: crate::addressing::AddressMode::Ip {
             pool: format!("127.77.{}.0/24", i % 256),
         },
+        // everything runs on loopback here, the stand-in nodes too
+        tunnel: crate::tunnel::TunnelConfig {
+            allow_loopback_targets: true,
+            ..Default::default()
+        },
     }
 }
 

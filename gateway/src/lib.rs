@@ -20,3 +20,4 @@ pub mod net;
 pub mod provision;
 pub mod store;
 pub mod telemetry;
+pub mod tunnel;

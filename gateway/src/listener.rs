@@ -1,9 +1,10 @@
 //! The gateway port: one TCP listener, TLS 1.3, protocols told apart by ALPN.
 //!
 //! The accept loop hands each TCP connection to a tracked task that reads the ClientHello,
-//! picks the server config for its ALPN (`fedgw-join/1` → join, `h2` → federation with client
-//! auth), completes the handshake under a timeout, and passes the stream to that protocol's
-//! server through a bounded channel. A connection offering neither ALPN is closed.
+//! picks the server config for its ALPN (`fedgw-join/1` → join; `h2` → federation gRPC and
+//! `fedgw/1` → TCP+TLS tunnel, both with client auth), completes the handshake under a
+//! timeout, and passes the stream to that protocol's server through a bounded channel. A
+//! connection offering none of them is closed.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fedgw_certs::PeerIdentity;
-use fedgw_certs::tls::{ALPN_H2, ALPN_JOIN};
+use fedgw_certs::tls::{ALPN_H2, ALPN_JOIN, ALPN_TUNNEL};
 use rustls::ServerConfig;
 use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -73,6 +74,11 @@ impl std::fmt::Debug for TlsConn {
 }
 
 impl TlsConn {
+    /// What the server knows about the connection.
+    pub fn info(&self) -> &ConnInfo {
+        &self.info
+    }
+
     fn check_killed(&mut self, cx: &mut Context<'_>) -> Result<(), std::io::Error> {
         if let Some(end) = self.end.as_mut()
             && let Poll::Ready(reason) = end.as_mut().poll(cx)
@@ -141,6 +147,10 @@ pub struct Dispatch {
     pub join_tx: mpsc::Sender<TlsConn>,
     /// Receives federation connections.
     pub federation_tx: mpsc::Sender<TlsConn>,
+    /// Config for ALPN `fedgw/1` (TCP+TLS tunnels, client auth required).
+    pub tunnel_config: Arc<ServerConfig>,
+    /// Receives tunnel connections.
+    pub tunnel_tx: mpsc::Sender<TlsConn>,
     /// Revocation tokens per org, to close a revoked org's live connections.
     pub revocation: crate::membership::Revocation,
     /// Slots for join connections ([`MAX_JOIN_CONNECTIONS`]).
@@ -224,6 +234,8 @@ async fn handshake(
         ("join", d.join_config.clone(), &d.join_tx)
     } else if alpn.iter().any(|p| p == ALPN_H2) {
         ("federation", d.federation_config.clone(), &d.federation_tx)
+    } else if alpn.iter().any(|p| p == ALPN_TUNNEL) {
+        ("tunnel", d.tunnel_config.clone(), &d.tunnel_tx)
     } else {
         return Err((
             "unknown",

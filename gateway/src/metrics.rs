@@ -36,9 +36,54 @@ struct OrgLabels {
     org: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerDirectionLabels {
+    peer_org: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabels {
+    transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
+/// Data-plane series.
+#[derive(Clone, Debug, Default)]
+struct TunnelMetrics {
+    bytes: Family<PeerDirectionLabels, Counter>,
+    connections: Family<PeerDirectionLabels, Counter>,
+    active_streams: Gauge,
+    rtt: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    refused: Family<ReasonLabels, Counter>,
+    refused_by_peer: Family<ReasonLabels, Counter>,
+    links: Family<TransportLabels, Gauge>,
+    listeners: Gauge,
+}
+
+/// Decrements the active-stream gauge when dropped.
+#[derive(Debug)]
+pub struct ActiveStream(Gauge);
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The gateway's metrics. Clones share the same series.
 #[derive(Clone, Debug)]
 pub struct Metrics {
+    tunnel: TunnelMetrics,
     registry: Arc<Registry>,
     handshakes: Family<HandshakeLabels, Counter>,
     joins: Family<ResultLabels, Counter>,
@@ -95,7 +140,49 @@ impl Metrics {
             "Gateways with a live membership sync stream",
             sync_peers.clone(),
         );
+        let tunnel = TunnelMetrics::default();
+        registry.register(
+            "tunnel_bytes",
+            "Bytes of proxied connections, by peer org and direction (tx: into the tunnel)",
+            tunnel.bytes.clone(),
+        );
+        registry.register(
+            "tunnel_connections",
+            "Proxied connections, by peer org and direction (outbound: a local client dialled a remote node; inbound: a peer reached a node of this site)",
+            tunnel.connections.clone(),
+        );
+        registry.register(
+            "tunnel_active_streams",
+            "Proxied connections open now",
+            tunnel.active_streams.clone(),
+        );
+        registry.register(
+            "tunnel_rtt_seconds",
+            "Smoothed round-trip time of the QUIC tunnel to each peer site (org/site)",
+            tunnel.rtt.clone(),
+        );
+        registry.register(
+            "tunnel_refused_streams",
+            "Tunnel streams this gateway refused, by reason",
+            tunnel.refused.clone(),
+        );
+        registry.register(
+            "tunnel_refused_by_peer_streams",
+            "Tunnel streams a peer gateway refused, by reason (no_tunnel: no link could be opened)",
+            tunnel.refused_by_peer.clone(),
+        );
+        registry.register(
+            "tunnel_links",
+            "Live tunnel connections to peer sites, by transport",
+            tunnel.links.clone(),
+        );
+        registry.register(
+            "tunnel_listeners",
+            "Local listeners for remote nodes' ports",
+            tunnel.listeners.clone(),
+        );
         Self {
+            tunnel,
             registry: Arc::new(registry),
             records_rejected,
             sync_peers,
@@ -153,6 +240,121 @@ impl Metrics {
     pub fn set_leaf_not_after(&self, unix: u64) {
         self.leaf_not_after
             .set(i64::try_from(unix).unwrap_or(i64::MAX));
+    }
+
+    /// Byte counters for a proxied connection with `peer_org`.
+    pub fn tunnel_counters(&self, peer_org: &str) -> crate::tunnel::splice::Counters {
+        let c = |direction| {
+            self.tunnel
+                .bytes
+                .get_or_create(&PeerDirectionLabels {
+                    peer_org: peer_org.to_owned(),
+                    direction,
+                })
+                .clone()
+        };
+        crate::tunnel::splice::Counters {
+            tx: c("tx"),
+            rx: c("rx"),
+        }
+    }
+
+    /// Counts a proxied connection (`outbound` or `inbound`).
+    pub fn tunnel_connection(&self, peer_org: &str, direction: &'static str) {
+        self.tunnel
+            .connections
+            .get_or_create(&PeerDirectionLabels {
+                peer_org: peer_org.to_owned(),
+                direction,
+            })
+            .inc();
+    }
+
+    /// Proxied connections with `peer_org` so far, in `direction`.
+    pub fn tunnel_connections_total(&self, peer_org: &str, direction: &'static str) -> u64 {
+        self.tunnel
+            .connections
+            .get_or_create(&PeerDirectionLabels {
+                peer_org: peer_org.to_owned(),
+                direction,
+            })
+            .get()
+    }
+
+    /// Marks a proxied connection active until the guard drops.
+    pub fn tunnel_stream_guard(&self) -> ActiveStream {
+        self.tunnel.active_streams.inc();
+        ActiveStream(self.tunnel.active_streams.clone())
+    }
+
+    /// Proxied connections open now.
+    pub fn tunnel_active_streams(&self) -> i64 {
+        self.tunnel.active_streams.get()
+    }
+
+    /// Records the RTT of the link to `peer`.
+    pub fn tunnel_rtt(&self, peer: &crate::membership::GatewayId, rtt: std::time::Duration) {
+        self.tunnel
+            .rtt
+            .get_or_create(&PeerLabels {
+                peer: peer.to_string(),
+            })
+            .set(rtt.as_secs_f64());
+    }
+
+    /// Counts a stream this gateway refused.
+    pub fn tunnel_refused(&self, answer: crate::tunnel::header::Answer) {
+        self.tunnel
+            .refused
+            .get_or_create(&ReasonLabels {
+                reason: answer.label(),
+            })
+            .inc();
+    }
+
+    /// Streams this gateway refused for `answer`.
+    pub fn tunnel_refused_total(&self, answer: crate::tunnel::header::Answer) -> u64 {
+        self.tunnel
+            .refused
+            .get_or_create(&ReasonLabels {
+                reason: answer.label(),
+            })
+            .get()
+    }
+
+    /// Counts a stream a peer refused.
+    pub fn tunnel_refused_by_peer(&self, answer: crate::tunnel::header::Answer) {
+        self.tunnel
+            .refused_by_peer
+            .get_or_create(&ReasonLabels {
+                reason: answer.label(),
+            })
+            .inc();
+    }
+
+    /// Counts a local connection for which no tunnel could be opened.
+    pub fn tunnel_open_failed(&self) {
+        self.tunnel
+            .refused_by_peer
+            .get_or_create(&ReasonLabels {
+                reason: "no_tunnel",
+            })
+            .inc();
+    }
+
+    /// Adds `delta` to the live links of `transport`.
+    pub fn tunnel_link(&self, transport: &'static str, delta: i64) {
+        self.tunnel
+            .links
+            .get_or_create(&TransportLabels { transport })
+            .inc_by(delta);
+    }
+
+    /// Sets the number of local listeners.
+    pub fn tunnel_listeners(&self, n: usize) {
+        self.tunnel
+            .listeners
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Marks the gateway ready (irreversible).

@@ -71,7 +71,7 @@ pub async fn dial_tls(
         endpoint: endpoint.to_owned(),
         source,
     };
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect(endpoint))
+    let tcp = tokio::time::timeout(timeout, connect_any(endpoint))
         .await
         .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
         .map_err(connect_err)?;
@@ -84,6 +84,77 @@ pub async fn dial_tls(
         .await
         .map_err(|_| handshake_err(std::io::ErrorKind::TimedOut.into()))?
         .map_err(handshake_err)
+}
+
+/// Splits `host:port` (IPv6 hosts in brackets) into its host and port.
+pub fn split_host_port(endpoint: &str) -> Option<(&str, u16)> {
+    let (host, port) = endpoint.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host, port.parse().ok()?))
+}
+
+fn resolver() -> std::io::Result<&'static hickory_resolver::TokioResolver> {
+    static RESOLVER: std::sync::OnceLock<Option<hickory_resolver::TokioResolver>> =
+        std::sync::OnceLock::new();
+    RESOLVER
+        .get_or_init(|| {
+            hickory_resolver::Resolver::builder_tokio()
+                .and_then(|b| b.build())
+                .map_err(|e| tracing::warn!(error = %e, "no DNS resolver configuration"))
+                .ok()
+        })
+        .as_ref()
+        .ok_or_else(|| std::io::Error::other("no DNS resolver configuration (/etc/resolv.conf)"))
+}
+
+/// Resolves `host:port` to socket addresses: an IP literal as it is, `localhost` to the
+/// loopback addresses, any other name with hickory's resolver (configured from
+/// `/etc/resolv.conf` and `/etc/hosts`). Never calls getaddrinfo, so it works in a statically
+/// linked binary in a `FROM scratch` container.
+pub async fn resolve(endpoint: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let (host, port) = split_host_port(endpoint).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("invalid endpoint {endpoint:?}"),
+        )
+    })?;
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(vec![
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
+        ]);
+    }
+    let lookup = resolver()?
+        .lookup_ip(host)
+        .await
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string()))?;
+    let addrs: Vec<SocketAddr> = lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+    if addrs.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{host} has no address"),
+        ));
+    }
+    Ok(addrs)
+}
+
+/// Connects to the first address of `endpoint` (see [`resolve`]) that accepts.
+pub async fn connect_any(endpoint: &str) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in resolve(endpoint).await? {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()))
 }
 
 /// Wraps an established connection in a tonic channel that uses it and never reconnects.

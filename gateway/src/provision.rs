@@ -81,6 +81,8 @@ pub struct NetworkOptions {
     pub outbound_only: bool,
     /// How remote nodes get local addresses.
     pub addresses: crate::addressing::AddressMode,
+    /// Data-plane tunnel settings.
+    pub tunnel: crate::tunnel::TunnelConfig,
 }
 
 impl NetworkOptions {
@@ -157,6 +159,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         outbound_only: net.outbound_only,
         sync: Default::default(),
         addresses: net.addresses.clone(),
+        tunnel: net.tunnel.clone(),
         dns_rate_limit_qps: 10_000,
         peers: vec![],
     };
@@ -278,6 +281,7 @@ pub fn write_joined(
         outbound_only: net.outbound_only,
         sync: Default::default(),
         addresses: net.addresses.clone(),
+        tunnel: net.tunnel.clone(),
         dns_rate_limit_qps: 10_000,
         peers: admitted
             .gateways

@@ -30,6 +30,7 @@ fn network() -> NetworkOptions {
         leaf_lifetime: Duration::from_secs(3600),
         outbound_only: false,
         addresses: Default::default(),
+        tunnel: Default::default(),
     }
 }
 

@@ -27,6 +27,7 @@ pub fn network(outbound_only: bool) -> NetworkOptions {
         leaf_lifetime: Duration::from_secs(3600),
         outbound_only,
         addresses: Default::default(),
+        tunnel: Default::default(),
     }
 }
 
@@ -112,6 +113,11 @@ fn fast_sync(c: &mut Config) {
 impl Fed {
     /// Founds `org1` with `policy` and starts it.
     pub async fn found(policy: Admission) -> Self {
+        Self::found_with(policy, |_| {}).await
+    }
+
+    /// Founds `org1` with `policy`, edits its config, and starts it.
+    pub async fn found_with(policy: Admission, edit: impl FnOnce(&mut Config)) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = DataDir::new(tmp.path().join("org1"));
         provision::init(
@@ -127,7 +133,10 @@ impl Fed {
             SystemTime::now(),
         )
         .expect("init");
-        edit_config(&dir, fast_sync);
+        edit_config(&dir, |c| {
+            fast_sync(c);
+            edit(c);
+        });
         let mut gw = Gw {
             org: "org1".into(),
             dir,

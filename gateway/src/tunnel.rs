@@ -1,0 +1,927 @@
+//! The data plane (DESIGN.md section 8): tunnels between sites and a local listener per remote
+//! node.
+//!
+//! ```text
+//!  client ──TCP──▶ listener on node1.org2's local address (near gateway, org1)
+//!                    │ header (org2, node1, p2p)
+//!                    ▼
+//!               tunnel stream: QUIC (ALPN fedgw/1) or yamux over TCP+TLS (ALPN fedgw/1)
+//!                    │
+//!                    ▼
+//!               far gateway (org2): authorise, dial node1's registered address, splice
+//! ```
+//!
+//! One tunnel connection ([`Link`]) per pair of sites, opened by whichever side needs it first
+//! (or kept up by the side with the lower id, and always by an outbound-only site); a
+//! connection opened by either side carries streams both ways, so an outbound-only site is
+//! reachable over the connections it dials. Each proxied TCP connection is one stream.
+//!
+//! Revocation: a revoked org's links and proxied connections are cut at once (its revocation
+//! token), its nodes leave the view so their listeners close, and its certificates fail every
+//! new handshake.
+
+pub mod far;
+pub mod header;
+pub mod near;
+pub mod splice;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use fedgw_certs::tls::ReloadableIdentity;
+use fedgw_certs::{PeerIdentity, PeerVerifier};
+use rustls_pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::listener::TlsConn;
+use crate::membership::{GatewayId, Membership};
+use crate::metrics::Metrics;
+use far::{DialPolicy, Targets};
+use header::Answer;
+use splice::{Ended, TunnelStream};
+
+/// Which transport tunnels use (`[tunnel] transport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC only.
+    Quic,
+    /// TCP+TLS only (UDP blocked).
+    Tcp,
+    /// QUIC, falling back to TCP+TLS when the QUIC handshake does not complete within
+    /// [`AUTO_QUIC_TIMEOUT`].
+    #[default]
+    Auto,
+}
+
+/// `[tunnel]` in `fedgw.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelConfig {
+    /// `quic`, `tcp` or `auto` (default).
+    pub transport: Transport,
+    /// Allow streams to nodes registered on loopback addresses (single-host labs and tests;
+    /// off in production, where a loopback target would reach the gateway host itself).
+    pub allow_loopback_targets: bool,
+    /// Most proxied connections at once, each direction counted separately.
+    pub max_connections: usize,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        Self {
+            transport: Transport::Auto,
+            allow_loopback_targets: false,
+            max_connections: 16_384,
+        }
+    }
+}
+
+/// How long `auto` waits for a QUIC handshake before trying TCP+TLS.
+pub const AUTO_QUIC_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `auto` keeps using TCP+TLS for a peer after QUIC failed.
+pub const AUTO_QUIC_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Dial timeout of a tunnel connection (connect plus handshake).
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keep-alive interval of tunnel connections.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A tunnel connection silent this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Reconnect backoff of kept-up links: first delay and cap.
+pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
+
+/// One tunnel connection to a peer site.
+#[derive(Clone)]
+pub enum Link {
+    /// A QUIC connection.
+    Quic(quinn::Connection),
+    /// A yamux session over TCP+TLS; `closed` fires when the session ends.
+    Mux {
+        /// Opens streams.
+        control: tokio_yamux::Control,
+        /// Cancelled when the session is gone.
+        closed: CancellationToken,
+    },
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Link({})", self.transport())
+    }
+}
+
+impl Link {
+    /// `quic` or `tcp`.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Link::Quic(_) => "quic",
+            Link::Mux { .. } => "tcp",
+        }
+    }
+
+    fn is_alive(&self) -> bool {
+        match self {
+            Link::Quic(c) => c.close_reason().is_none(),
+            Link::Mux { closed, .. } => !closed.is_cancelled(),
+        }
+    }
+
+    async fn open(&self) -> std::io::Result<TunnelStream> {
+        match self {
+            Link::Quic(c) => {
+                let (s, r) = c.open_bi().await.map_err(std::io::Error::other)?;
+                Ok(TunnelStream::Quic(s, r))
+            }
+            Link::Mux { control, .. } => {
+                let mut control = control.clone();
+                let h = control
+                    .open_stream()
+                    .await
+                    .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+                Ok(TunnelStream::Mux(h))
+            }
+        }
+    }
+
+    async fn closed(&self) {
+        match self {
+            Link::Quic(c) => {
+                c.closed().await;
+            }
+            Link::Mux { closed, .. } => closed.cancelled().await,
+        }
+    }
+}
+
+/// Why a stream could not be opened to a site.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The site is unknown, or is outbound-only and has no link to us.
+    #[error("no route to {0}")]
+    NoRoute(GatewayId),
+    /// Every dial failed.
+    #[error("cannot reach {0}: {1}")]
+    Dial(GatewayId, String),
+    /// The link failed while opening the stream.
+    #[error("opening a stream to {0} failed: {1}")]
+    Stream(GatewayId, std::io::Error),
+}
+
+/// TLS material for tunnels.
+#[derive(Debug, Clone)]
+pub struct TunnelTls {
+    /// This gateway's identity (renewed in place).
+    pub identity: ReloadableIdentity,
+    /// Verifies peers (chain, name constraints, revocation).
+    pub verifier: Arc<PeerVerifier>,
+}
+
+/// The data plane of one gateway. Clones share state.
+#[derive(Clone, Debug)]
+pub struct Tunnels(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    me: GatewayId,
+    domain: String,
+    outbound_only: bool,
+    config: TunnelConfig,
+    membership: Membership,
+    metrics: Metrics,
+    quic: Option<quinn::Endpoint>,
+    quic_client: quinn::ClientConfig,
+    tls_client: Arc<rustls::ClientConfig>,
+    links: Mutex<HashMap<GatewayId, (u64, Link)>>,
+    next_link: AtomicU64,
+    dial_locks: Mutex<HashMap<GatewayId, Arc<tokio::sync::Mutex<()>>>>,
+    quic_failed: Mutex<HashMap<GatewayId, Instant>>,
+    keepers: Mutex<HashMap<GatewayId, CancellationToken>>,
+    targets: RwLock<Arc<Targets>>,
+    policy: RwLock<DialPolicy>,
+    connections: Arc<Semaphore>,
+    listeners: near::Listeners,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// What [`Tunnels::new`] needs.
+#[derive(Debug)]
+pub struct TunnelSetup {
+    /// This gateway.
+    pub me: GatewayId,
+    /// The consortium domain.
+    pub domain: String,
+    /// This site accepts no inbound connections.
+    pub outbound_only: bool,
+    /// `[tunnel]`.
+    pub config: TunnelConfig,
+    /// TLS material.
+    pub tls: TunnelTls,
+    /// The UDP socket of the QUIC endpoint (the gateway port number); `None` with
+    /// `transport = "tcp"`.
+    pub udp: Option<std::net::UdpSocket>,
+    /// The gateway's own listening sockets, never dialled for a stream.
+    pub own: Vec<SocketAddr>,
+}
+
+/// Builds the QUIC transport settings: keep-alive, idle timeout, stream limits and windows
+/// sized for bulk transfers.
+fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(65_536));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.stream_receive_window(quinn::VarInt::from_u32(8 * 1024 * 1024));
+    t.receive_window(quinn::VarInt::from_u32(64 * 1024 * 1024));
+    t.send_window(64 * 1024 * 1024);
+    t
+}
+
+impl Tunnels {
+    /// Sets up the QUIC endpoint (when `setup.udp` is given) and the client configs. Nothing
+    /// runs until [`Tunnels::start`].
+    pub fn new(
+        setup: TunnelSetup,
+        membership: Membership,
+        metrics: Metrics,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Tunnels, TunnelError> {
+        let provider = fedgw_certs::tls::provider();
+        let server_tls = fedgw_certs::tls::tunnel_server_config(
+            &setup.tls.identity,
+            setup.tls.verifier.clone(),
+            provider.clone(),
+        )?;
+        let client_tls = fedgw_certs::tls::tunnel_client_config(
+            &setup.tls.identity,
+            setup.tls.verifier.clone(),
+            provider,
+        )?;
+        let transport = Arc::new(transport_config());
+        let quic_server = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+            .map_err(|e| TunnelError::Quic(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
+        server.transport_config(transport.clone());
+        let quic_client_tls = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls.clone())
+            .map_err(|e| TunnelError::Quic(e.to_string()))?;
+        let mut quic_client = quinn::ClientConfig::new(Arc::new(quic_client_tls));
+        quic_client.transport_config(transport);
+        let quic = match setup.udp {
+            Some(udp) => {
+                let runtime = quinn::default_runtime()
+                    .ok_or_else(|| TunnelError::Quic("no async runtime".into()))?;
+                // an outbound-only site answers no handshakes
+                let server = (!setup.outbound_only).then_some(server);
+                Some(
+                    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, udp, runtime)
+                        .map_err(TunnelError::Io)?,
+                )
+            }
+            None => None,
+        };
+        let config = setup.config;
+        let listeners = near::Listeners::default();
+        Ok(Tunnels(Arc::new(Inner {
+            me: setup.me,
+            domain: setup.domain,
+            outbound_only: setup.outbound_only,
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            policy: RwLock::new(DialPolicy {
+                own: setup.own,
+                allow_loopback: config.allow_loopback_targets,
+                local: vec![],
+            }),
+            config,
+            membership,
+            metrics,
+            quic,
+            quic_client,
+            tls_client: Arc::new(client_tls),
+            links: Mutex::new(HashMap::new()),
+            next_link: AtomicU64::new(1),
+            dial_locks: Mutex::new(HashMap::new()),
+            quic_failed: Mutex::new(HashMap::new()),
+            keepers: Mutex::new(HashMap::new()),
+            targets: RwLock::new(Arc::new(Targets::default())),
+            listeners,
+            tracker,
+            shutdown,
+        })))
+    }
+
+    /// Starts accepting QUIC connections and TCP+TLS tunnel connections (`tcp` carries the
+    /// connections the gateway port's ALPN dispatch hands over).
+    pub fn start(&self, tcp: tokio::sync::mpsc::Receiver<TlsConn>) {
+        if let Some(endpoint) = self.0.quic.clone() {
+            self.0.tracker.spawn(self.clone().accept_quic(endpoint));
+        }
+        self.0.tracker.spawn(self.clone().accept_tcp(tcp));
+    }
+
+    /// The bound QUIC address, if the endpoint runs.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.0.quic.as_ref().and_then(|e| e.local_addr().ok())
+    }
+
+    /// Replaces what the far end serves and what the near end listens on, and keeps links up
+    /// to the gateways in `gateways` where this side is the keeper. Called on every view change.
+    pub fn update(&self, targets: Targets, routes: Vec<near::Route>, gateways: Vec<PeerGateway>) {
+        *self.0.targets.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(targets);
+        // a stream must never be sent into one of this gateway's own listeners
+        self.0
+            .policy
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .local = routes.iter().map(|r| r.addr).collect();
+        self.0.listeners.reconcile(self, routes);
+        self.keep_links(gateways);
+    }
+
+    /// Number of live tunnel links.
+    pub fn link_count(&self) -> usize {
+        self.0
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|(_, l)| l.is_alive())
+            .count()
+    }
+
+    /// The live link to `peer`, if any, and its transport.
+    pub fn link_transport(&self, peer: &GatewayId) -> Option<&'static str> {
+        self.0
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .filter(|(_, l)| l.is_alive())
+            .map(|(_, l)| l.transport())
+    }
+
+    /// Whether some local listener could not be bound (retried on the next update).
+    pub fn listener_failures(&self) -> bool {
+        self.0.listeners.has_failures()
+    }
+
+    /// Local listener addresses, sorted.
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        self.0.listeners.addresses()
+    }
+
+    fn peer_gateway(&self, peer: &GatewayId) -> Option<PeerGateway> {
+        self.0.membership.read(|v| {
+            v.gateways()
+                .into_iter()
+                .find(|(o, s, _)| *o == peer.org && *s == peer.site)
+                .map(|(org, site, g)| PeerGateway {
+                    id: GatewayId { org, site },
+                    advertise: g.advertise,
+                    outbound_only: g.outbound_only,
+                })
+        })
+    }
+
+    fn live_link(&self, peer: &GatewayId) -> Option<(u64, Link)> {
+        self.0
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .filter(|(_, l)| l.is_alive())
+            .cloned()
+    }
+
+    /// Opens a stream to `peer`, over its live link or a new one.
+    pub async fn open(&self, peer: &GatewayId) -> Result<TunnelStream, OpenError> {
+        for attempt in 0..2 {
+            let (id, link) = match self.live_link(peer) {
+                Some(l) => l,
+                None => self.dial(peer).await?,
+            };
+            match link.open().await {
+                Ok(s) => return Ok(s),
+                Err(e) if attempt == 0 => {
+                    debug!(%peer, error = %e, "stream open failed; redialling");
+                    self.drop_link(peer, id);
+                }
+                Err(e) => return Err(OpenError::Stream(peer.clone(), e)),
+            }
+        }
+        Err(OpenError::NoRoute(peer.clone()))
+    }
+
+    fn drop_link(&self, peer: &GatewayId, id: u64) {
+        let mut links = self.0.links.lock().unwrap_or_else(|e| e.into_inner());
+        if links.get(peer).is_some_and(|(i, _)| *i == id) {
+            links.remove(peer);
+        }
+    }
+
+    /// Dials `peer` (one dial at a time per peer) and registers the link.
+    async fn dial(&self, peer: &GatewayId) -> Result<(u64, Link), OpenError> {
+        let lock = self
+            .0
+            .dial_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(peer.clone())
+            .or_default()
+            .clone();
+        let _guard = lock.lock().await;
+        if let Some(l) = self.live_link(peer) {
+            return Ok(l);
+        }
+        let gw = self
+            .peer_gateway(peer)
+            .filter(|g| {
+                !g.outbound_only && !self.0.membership.revocation().set().contains(&g.id.org)
+            })
+            .ok_or_else(|| OpenError::NoRoute(peer.clone()))?;
+        let mut errors = vec![];
+        for endpoint in &gw.advertise {
+            match self.dial_endpoint(peer, endpoint).await {
+                Ok(link) => {
+                    let id = self.register(peer.clone(), link.clone(), "outbound");
+                    return Ok((id, link));
+                }
+                Err(e) => errors.push(format!("{endpoint}: {e}")),
+            }
+        }
+        Err(OpenError::Dial(peer.clone(), errors.join("; ")))
+    }
+
+    async fn dial_endpoint(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, String> {
+        let use_quic = match self.0.config.transport {
+            Transport::Tcp => false,
+            Transport::Quic => true,
+            Transport::Auto => {
+                let failed = self.0.quic_failed.lock().unwrap_or_else(|e| e.into_inner());
+                failed
+                    .get(peer)
+                    .is_none_or(|t| t.elapsed() >= AUTO_QUIC_RETRY_AFTER)
+            }
+        };
+        if use_quic && self.0.quic.is_some() {
+            let timeout = match self.0.config.transport {
+                Transport::Auto => AUTO_QUIC_TIMEOUT,
+                _ => DIAL_TIMEOUT,
+            };
+            match tokio::time::timeout(timeout, self.dial_quic(peer, endpoint)).await {
+                Ok(Ok(link)) => return Ok(link),
+                Ok(Err(e)) if self.0.config.transport == Transport::Quic => return Err(e),
+                Err(_) if self.0.config.transport == Transport::Quic => {
+                    return Err("QUIC handshake timed out".into());
+                }
+                Ok(Err(e)) => debug!(%peer, error = %e, "QUIC dial failed; trying TCP+TLS"),
+                Err(_) => debug!(%peer, "QUIC dial timed out; trying TCP+TLS"),
+            }
+            self.0
+                .quic_failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(peer.clone(), Instant::now());
+        }
+        self.dial_tcp(peer, endpoint).await
+    }
+
+    async fn dial_quic(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, String> {
+        let quic = self.0.quic.as_ref().ok_or("no QUIC endpoint")?;
+        let name = crate::net::server_name(endpoint).map_err(|e| e.to_string())?;
+        let name = match &name {
+            rustls_pki_types::ServerName::DnsName(d) => d.as_ref().to_owned(),
+            rustls_pki_types::ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+            _ => return Err("unsupported server name".into()),
+        };
+        let addrs = crate::net::resolve(endpoint)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut last = String::from("no address");
+        for addr in addrs {
+            let connecting = match quic.connect_with(self.0.quic_client.clone(), addr, &name) {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            match connecting.await {
+                Ok(conn) => {
+                    let id = self.identity_of(conn.peer_identity());
+                    if id.as_ref() != Some(peer) {
+                        conn.close(quinn::VarInt::from_u32(1), b"unexpected peer");
+                        return Err(format!("{endpoint} is not {peer}"));
+                    }
+                    return Ok(Link::Quic(conn));
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
+
+    async fn dial_tcp(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, String> {
+        let tls = crate::net::dial_tls(endpoint, self.0.tls_client.clone(), DIAL_TIMEOUT)
+            .await
+            .map_err(|e| format!("{e}: {}", crate::net::error_chain(&e)))?;
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec());
+        let id = leaf.and_then(|l| {
+            fedgw_certs::peer_identity(&l, &self.0.domain)
+                .ok()
+                .and_then(|p| GatewayId::from_identity(&p, &self.0.domain))
+        });
+        if id.as_ref() != Some(peer) {
+            return Err(format!("{endpoint} is not {peer}"));
+        }
+        let session = tokio_yamux::Session::new_client(tls, mux_config());
+        Ok(self.run_mux(peer.clone(), session))
+    }
+
+    fn identity_of(&self, any: Option<Box<dyn std::any::Any>>) -> Option<GatewayId> {
+        let certs = any?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+        let id: PeerIdentity = fedgw_certs::peer_identity(certs.first()?, &self.0.domain).ok()?;
+        GatewayId::from_identity(&id, &self.0.domain)
+    }
+
+    /// Registers a link and starts serving the streams its peer opens.
+    fn register(&self, peer: GatewayId, link: Link, direction: &'static str) -> u64 {
+        let id = self.0.next_link.fetch_add(1, Ordering::Relaxed);
+        let replaced = self
+            .0
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer.clone(), (id, link.clone()));
+        info!(%peer, transport = link.transport(), direction, "tunnel up");
+        self.0.metrics.tunnel_link(link.transport(), 1);
+        if let Some((_, old)) = replaced
+            && old.is_alive()
+        {
+            // both sides dialled at once: the older link keeps its streams and ends idle
+            debug!(%peer, "a second link to the same site; new streams use the newer one");
+        }
+        let this = self.clone();
+        let revoked = self.0.membership.revocation().token(&peer.org);
+        self.0.tracker.spawn(async move {
+            match &link {
+                Link::Quic(conn) => this.serve_quic(&peer, conn, revoked).await,
+                Link::Mux { closed, .. } => {
+                    tokio::select! {
+                        () = closed.cancelled() => {}
+                        () = revoked.cancelled() => closed.cancel(),
+                        () = this.0.shutdown.cancelled() => closed.cancel(),
+                    }
+                }
+            }
+            this.0.metrics.tunnel_link(link.transport(), -1);
+            let mut links = this.0.links.lock().unwrap_or_else(|e| e.into_inner());
+            if links.get(&peer).is_some_and(|(i, _)| *i == id) {
+                links.remove(&peer);
+            }
+            info!(%peer, transport = link.transport(), "tunnel down");
+        });
+        id
+    }
+
+    async fn serve_quic(
+        &self,
+        peer: &GatewayId,
+        conn: &quinn::Connection,
+        revoked: CancellationToken,
+    ) {
+        let mut rtt = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                s = conn.accept_bi() => match s {
+                    Ok((send, recv)) => self.spawn_far(peer.org.clone(), TunnelStream::Quic(send, recv)),
+                    Err(e) => {
+                        debug!(%peer, error = %e, "QUIC link closed");
+                        return;
+                    }
+                },
+                _ = rtt.tick() => self.0.metrics.tunnel_rtt(peer, conn.rtt()),
+                () = revoked.cancelled() => {
+                    conn.close(quinn::VarInt::from_u32(2), b"revoked");
+                    return;
+                }
+                () = self.0.shutdown.cancelled() => {
+                    conn.close(quinn::VarInt::from_u32(0), b"shutdown");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Drives a yamux session in a task: inbound streams go to the far end; the returned link
+    /// opens outbound ones.
+    fn run_mux<T>(&self, peer: GatewayId, mut session: tokio_yamux::Session<T>) -> Link
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let control = session.control();
+        let closed = CancellationToken::new();
+        let this = self.clone();
+        let done = closed.clone();
+        self.0.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    s = session.next() => match s {
+                        Some(Ok(stream)) => this.spawn_far(peer.org.clone(), TunnelStream::Mux(stream)),
+                        Some(Err(e)) => {
+                            debug!(%peer, error = %e, "yamux session failed");
+                            break;
+                        }
+                        None => break,
+                    },
+                    () = done.cancelled() => break,
+                }
+            }
+            done.cancel();
+        });
+        Link::Mux { control, closed }
+    }
+
+    async fn accept_quic(self, endpoint: quinn::Endpoint) {
+        loop {
+            let incoming = tokio::select! {
+                i = endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => return,
+                },
+                () = self.0.shutdown.cancelled() => {
+                    endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+                    return;
+                }
+            };
+            let this = self.clone();
+            self.0.tracker.spawn(async move {
+                let conn = match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "QUIC handshake failed");
+                        this.0.metrics.handshake("tunnel-quic", "failed");
+                        return;
+                    }
+                    Err(_) => {
+                        this.0.metrics.handshake("tunnel-quic", "timeout");
+                        return;
+                    }
+                };
+                this.0.metrics.handshake("tunnel-quic", "ok");
+                match this.identity_of(conn.peer_identity()) {
+                    Some(peer) if peer != this.0.me => {
+                        this.register(peer, Link::Quic(conn), "inbound");
+                    }
+                    _ => conn.close(quinn::VarInt::from_u32(1), b"no gateway identity"),
+                }
+            });
+        }
+    }
+
+    async fn accept_tcp(self, mut conns: tokio::sync::mpsc::Receiver<TlsConn>) {
+        loop {
+            let conn = tokio::select! {
+                c = conns.recv() => match c {
+                    Some(c) => c,
+                    None => return,
+                },
+                () = self.0.shutdown.cancelled() => return,
+            };
+            let peer = conn
+                .info()
+                .peer
+                .as_ref()
+                .and_then(|p| GatewayId::from_identity(p, &self.0.domain));
+            match peer {
+                Some(peer) if peer != self.0.me => {
+                    let session = tokio_yamux::Session::new_server(conn, mux_config());
+                    let link = self.run_mux(peer.clone(), session);
+                    self.register(peer, link, "inbound");
+                }
+                _ => debug!("tunnel connection without a gateway identity dropped"),
+            }
+        }
+    }
+
+    /// Serves one inbound stream from `caller_org` (the far end).
+    fn spawn_far(&self, caller_org: String, stream: TunnelStream) {
+        let this = self.clone();
+        self.0.tracker.spawn(async move {
+            let (mut r, mut w) = stream.split();
+            let Ok(permit) = this.0.connections.clone().try_acquire_owned() else {
+                this.0.metrics.tunnel_refused(Answer::Overloaded);
+                splice::refuse(&mut w, Answer::Overloaded).await;
+                return;
+            };
+            let header =
+                tokio::time::timeout(far::HEADER_TIMEOUT, splice::read_request(&mut r)).await;
+            let (req, early) = match header {
+                Ok(Ok(h)) => h,
+                Ok(Err(answer)) => return this.refuse(&mut w, answer).await,
+                Err(_) => return this.refuse(&mut w, Answer::BadHeader).await,
+            };
+            let targets = this
+                .0
+                .targets
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let (host, port) = match targets.authorise(&caller_org, &req) {
+                Ok(t) => t,
+                Err(answer) => return this.refuse(&mut w, answer).await,
+            };
+            let policy = this
+                .0
+                .policy
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let tcp = match far::dial(&host, port, &policy).await {
+                Ok(t) => t,
+                Err(answer) => return this.refuse(&mut w, answer).await,
+            };
+            if let Err(e) = w.write_all(&Answer::Accepted.encode()).await {
+                debug!(error = %e, "stream ended before the answer");
+                return;
+            }
+            this.0.metrics.tunnel_connection(&caller_org, "inbound");
+            let counters = this.0.metrics.tunnel_counters(&caller_org);
+            let revoked = this.0.membership.revocation().token(&caller_org);
+            let _active = this.0.metrics.tunnel_stream_guard();
+            let stop = async {
+                tokio::select! {
+                    () = revoked.cancelled() => {}
+                    () = this.0.shutdown.cancelled() => {}
+                }
+            };
+            // bytes that came with the header belong to the node: they go first
+            let ended = splice::splice(tcp, (r, w), &early, false, &counters, stop).await;
+            drop(permit);
+            if let Ended::Failed(e) = ended {
+                debug!(node = %req.node, error = %e, "proxied connection failed");
+            }
+        });
+    }
+
+    async fn refuse(&self, w: &mut splice::TunnelWrite, answer: Answer) {
+        self.0.metrics.tunnel_refused(answer);
+        splice::refuse(w, answer).await;
+    }
+
+    /// Keeps a link up to every gateway this side is responsible for: an outbound-only site
+    /// keeps links to every site that accepts connections; otherwise the side with the lower
+    /// `org/site` keeps the link (the other one dials on demand only).
+    fn keep_links(&self, gateways: Vec<PeerGateway>) {
+        let want: BTreeMap<GatewayId, PeerGateway> = gateways
+            .into_iter()
+            .filter(|g| g.id != self.0.me && !g.outbound_only)
+            .filter(|g| self.0.outbound_only || self.0.me.to_string() < g.id.to_string())
+            .map(|g| (g.id.clone(), g))
+            .collect();
+        let mut keepers = self.0.keepers.lock().unwrap_or_else(|e| e.into_inner());
+        keepers.retain(|id, token| {
+            let keep = want.contains_key(id);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for id in want.into_keys() {
+            if keepers.contains_key(&id) {
+                continue;
+            }
+            let token = self.0.shutdown.child_token();
+            keepers.insert(id.clone(), token.clone());
+            let this = self.clone();
+            self.0
+                .tracker
+                .spawn(async move { this.keep(id, token).await });
+        }
+    }
+
+    async fn keep(&self, peer: GatewayId, stop: CancellationToken) {
+        let mut delay = BACKOFF.0;
+        loop {
+            if self.0.membership.revocation().set().contains(&peer.org) {
+                return;
+            }
+            let link = tokio::select! {
+                l = self.dial(&peer) => l,
+                () = stop.cancelled() => return,
+            };
+            match link {
+                Ok((_, link)) => {
+                    delay = BACKOFF.0;
+                    tokio::select! {
+                        () = link.closed() => {}
+                        () = stop.cancelled() => return,
+                    }
+                }
+                Err(e) => {
+                    debug!(%peer, error = %e, "keeping a tunnel up: dial failed");
+                    delay = (delay * 2).min(BACKOFF.1);
+                }
+            }
+            let jitter = rand::random_range(0.75..1.25);
+            tokio::select! {
+                () = tokio::time::sleep(delay.mul_f64(jitter)) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Proxies one accepted local connection to `route` (the near end).
+    async fn proxy(&self, tcp: tokio::net::TcpStream, route: Arc<near::Route>) {
+        let Ok(permit) = self.0.connections.clone().try_acquire_owned() else {
+            self.0.metrics.tunnel_refused(Answer::Overloaded);
+            return;
+        };
+        let _ = tcp.set_nodelay(true);
+        let stream = match self.open(&route.site).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.0.metrics.tunnel_open_failed();
+                warn!(node = %format!("{}.{}", route.request.node, route.request.org), error = %e, "no tunnel for a local connection");
+                return;
+            }
+        };
+        let (r, mut w) = stream.split();
+        if let Err(e) = w.write_all(&route.header).await {
+            debug!(error = %e, "tunnel stream failed before the header");
+            return;
+        }
+        let counters = self.0.metrics.tunnel_counters(&route.request.org);
+        let revoked = self.0.membership.revocation().token(&route.request.org);
+        let closed = route.closed.clone();
+        let _active = self.0.metrics.tunnel_stream_guard();
+        let stop = async {
+            tokio::select! {
+                () = revoked.cancelled() => {}
+                () = self.0.shutdown.cancelled() => {}
+                () = closed.cancelled() => {}
+            }
+        };
+        match splice::splice(tcp, (r, w), &[], true, &counters, stop).await {
+            Ended::Refused(answer) => {
+                debug!(node = %route.request.node, reason = answer.label(), "stream refused by the far gateway");
+                self.0.metrics.tunnel_refused_by_peer(answer);
+            }
+            Ended::Failed(e) => {
+                debug!(node = %route.request.node, error = %e, "proxied connection failed")
+            }
+            Ended::Done | Ended::Stopped => {}
+        }
+        drop(permit);
+    }
+}
+
+/// yamux settings: windows sized for bulk transfer, keep-alive on.
+fn mux_config() -> tokio_yamux::Config {
+    tokio_yamux::Config {
+        enable_keepalive: true,
+        keepalive_interval: KEEP_ALIVE,
+        max_stream_window_size: 16 * 1024 * 1024,
+        accept_backlog: 1024,
+        ..tokio_yamux::Config::default()
+    }
+}
+
+/// A peer gateway as the view announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerGateway {
+    /// `org/site`.
+    pub id: GatewayId,
+    /// Its advertised endpoints.
+    pub advertise: Vec<String>,
+    /// It accepts no connections.
+    pub outbound_only: bool,
+}
+
+/// Why the data plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// TLS configuration.
+    #[error("tunnel TLS setup failed")]
+    Tls(#[from] rustls::Error),
+    /// QUIC configuration.
+    #[error("QUIC setup failed: {0}")]
+    Quic(String),
+    /// Socket setup.
+    #[error("tunnel socket setup failed")]
+    Io(#[source] std::io::Error),
+}

@@ -1,0 +1,217 @@
+//! The far end of a tunnel stream: authorise the caller, map the requested node to the
+//! address this site's operator registered, dial it, and splice.
+//!
+//! A stream is accepted only when every check passes (DESIGN.md section 8, "no open proxy"):
+//!
+//! 1. the header decodes ([`Answer::BadHeader`] otherwise, also for a header that does not
+//!    arrive within [`HEADER_TIMEOUT`]);
+//! 2. the caller's org (from its verified certificate) is an admitted, unrevoked member;
+//! 3. the node was announced by this gateway's own org for this site and registered here with
+//!    a real address ([`Answer::UnknownNode`]);
+//! 4. the node has that port ([`Answer::UnknownPort`]);
+//! 5. the node's access policy lists the caller's org, or is empty ([`Answer::PolicyDenied`]);
+//! 6. the registered address is not one the gateway refuses to dial: the gateway's own
+//!    listeners, unspecified, multicast or broadcast addresses, and loopback unless
+//!    `tunnel.allow_loopback_targets` is set ([`Answer::ForbiddenTarget`]).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::header::{Answer, Request};
+
+/// How long a caller has to send the whole header.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long dialling the real node may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A node of this site that tunnel streams may reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The registered host: an IP address or a DNS name.
+    pub host: String,
+    /// Port name → real port.
+    pub ports: BTreeMap<String, u16>,
+    /// Orgs allowed to reach the node; empty means every member.
+    pub allowed_orgs: Vec<String>,
+}
+
+/// This site's reachable nodes, by name, and the members allowed to call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Targets {
+    /// The gateway's own org: the only org whose nodes it serves.
+    pub org: String,
+    /// Node name → target.
+    pub nodes: BTreeMap<String, Target>,
+    /// Admitted, unrevoked member orgs.
+    pub members: std::collections::BTreeSet<String>,
+}
+
+/// Addresses the gateway never dials for a stream.
+#[derive(Debug, Clone, Default)]
+pub struct DialPolicy {
+    /// The gateway's own listening sockets (gateway port, metrics, DNS).
+    pub own: Vec<SocketAddr>,
+    /// Whether loopback targets are allowed (single-host labs and tests).
+    pub allow_loopback: bool,
+    /// The local addresses of remote nodes this gateway listens on.
+    pub local: Vec<SocketAddr>,
+}
+
+impl DialPolicy {
+    /// Whether `addr` may be dialled.
+    pub fn permits(&self, addr: SocketAddr) -> bool {
+        let ip = addr.ip();
+        let forbidden_ip = ip.is_unspecified()
+            || ip.is_multicast()
+            || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+            || (ip.is_loopback() && !self.allow_loopback);
+        let own = self
+            .own
+            .iter()
+            .any(|o| o.port() == addr.port() && (o.ip() == ip || o.ip().is_unspecified()))
+            || self.local.contains(&addr);
+        !forbidden_ip && !own
+    }
+}
+
+impl Targets {
+    /// Checks a request from `caller` (an org); on success, the host and port to dial.
+    pub fn authorise(&self, caller: &str, req: &Request) -> Result<(String, u16), Answer> {
+        if !self.members.contains(caller) {
+            return Err(Answer::NotMember);
+        }
+        let target = (req.org == self.org)
+            .then(|| self.nodes.get(&req.node))
+            .flatten()
+            .ok_or(Answer::UnknownNode)?;
+        let port = *target.ports.get(&req.port).ok_or(Answer::UnknownPort)?;
+        if !target.allowed_orgs.is_empty() && !target.allowed_orgs.iter().any(|o| o == caller) {
+            return Err(Answer::PolicyDenied);
+        }
+        Ok((target.host.clone(), port))
+    }
+}
+
+/// Resolves and dials a target, refusing addresses the policy forbids.
+pub async fn dial(
+    host: &str,
+    port: u16,
+    policy: &DialPolicy,
+) -> Result<tokio::net::TcpStream, Answer> {
+    let endpoint = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let addrs = tokio::time::timeout(CONNECT_TIMEOUT, crate::net::resolve(&endpoint))
+        .await
+        .map_err(|_| Answer::Unreachable)?
+        .map_err(|_| Answer::Unreachable)?;
+    let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| policy.permits(*a)).collect();
+    if allowed.is_empty() {
+        return Err(Answer::ForbiddenTarget);
+    }
+    for addr in allowed {
+        if let Ok(Ok(tcp)) =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
+        {
+            let _ = tcp.set_nodelay(true);
+            return Ok(tcp);
+        }
+    }
+    Err(Answer::Unreachable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets() -> Targets {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            "node1".to_owned(),
+            Target {
+                host: "10.0.0.5".into(),
+                ports: [("p2p".to_owned(), 30303), ("tessera".to_owned(), 9000)].into(),
+                allowed_orgs: vec![],
+            },
+        );
+        nodes.insert(
+            "tm".to_owned(),
+            Target {
+                host: "10.0.0.6".into(),
+                ports: [("tessera".to_owned(), 9000)].into(),
+                allowed_orgs: vec!["org1".into()],
+            },
+        );
+        Targets {
+            org: "org2".into(),
+            nodes,
+            members: ["org1".to_owned(), "org2".to_owned(), "org3".to_owned()].into(),
+        }
+    }
+
+    fn req(org: &str, node: &str, port: &str) -> Request {
+        Request::new(org, node, port).expect("valid")
+    }
+
+    #[test]
+    fn authorises_members_for_announced_nodes_only() {
+        let t = targets();
+        assert_eq!(
+            t.authorise("org1", &req("org2", "node1", "p2p")),
+            Ok(("10.0.0.5".into(), 30303))
+        );
+        assert_eq!(
+            t.authorise("org9", &req("org2", "node1", "p2p")),
+            Err(Answer::NotMember)
+        );
+        assert_eq!(
+            t.authorise("org1", &req("org3", "node1", "p2p")),
+            Err(Answer::UnknownNode)
+        );
+        assert_eq!(
+            t.authorise("org1", &req("org2", "node2", "p2p")),
+            Err(Answer::UnknownNode)
+        );
+        assert_eq!(
+            t.authorise("org1", &req("org2", "node1", "raft")),
+            Err(Answer::UnknownPort)
+        );
+        assert_eq!(
+            t.authorise("org1", &req("org2", "tm", "tessera")),
+            Ok(("10.0.0.6".into(), 9000))
+        );
+        assert_eq!(
+            t.authorise("org3", &req("org2", "tm", "tessera")),
+            Err(Answer::PolicyDenied)
+        );
+    }
+
+    #[test]
+    fn dial_policy_refuses_own_listeners_loopback_and_specials() {
+        let p = DialPolicy {
+            own: vec![
+                "0.0.0.0:7443".parse().expect("addr"),
+                "127.0.0.1:9464".parse().expect("addr"),
+            ],
+            allow_loopback: false,
+            local: vec!["10.9.0.1:30303".parse().expect("addr")],
+        };
+        assert!(p.permits("10.0.0.5:30303".parse().expect("addr")));
+        assert!(!p.permits("10.9.0.1:30303".parse().expect("addr")));
+        assert!(!p.permits("10.0.0.5:7443".parse().expect("addr")));
+        assert!(!p.permits("127.0.0.1:30303".parse().expect("addr")));
+        assert!(!p.permits("[::1]:30303".parse().expect("addr")));
+        assert!(!p.permits("0.0.0.0:30303".parse().expect("addr")));
+        assert!(!p.permits("224.0.0.1:30303".parse().expect("addr")));
+        assert!(!p.permits("255.255.255.255:30303".parse().expect("addr")));
+        let lab = DialPolicy {
+            allow_loopback: true,
+            ..p
+        };
+        assert!(lab.permits("127.0.0.1:30303".parse().expect("addr")));
+        assert!(!lab.permits("127.0.0.1:9464".parse().expect("addr")));
+    }
+}

@@ -1,0 +1,177 @@
+//! The near end: one TCP listener per remote node port, on the node's local address at this
+//! site (IP mode: its own IP and real port; port mode: the shared IP and an allocated port).
+//! Each accepted connection becomes one tunnel stream to the node's site.
+//!
+//! [`Listeners::reconcile`] brings the listener set in line with the view: new nodes get
+//! listeners, removed nodes lose them (and their proxied connections end), unchanged ones are
+//! left alone. A listener that cannot be bound is retried on the next reconcile.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::Tunnels;
+use super::header::Request;
+use crate::membership::GatewayId;
+
+/// Where connections to one local address go.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The local address listened on.
+    pub addr: SocketAddr,
+    /// The site whose gateway serves the node.
+    pub site: GatewayId,
+    /// The stream header: org, node, port name.
+    pub request: Request,
+    /// `request`, encoded.
+    pub header: Vec<u8>,
+    /// Cancelled when the route is withdrawn: the listener closes and its connections end.
+    pub closed: CancellationToken,
+}
+
+impl Route {
+    /// A route; fails when the names do not fit a header.
+    pub fn new(
+        addr: SocketAddr,
+        site: GatewayId,
+        org: &str,
+        node: &str,
+        port: &str,
+    ) -> Result<Route, super::header::HeaderError> {
+        let request = Request::new(org, node, port)?;
+        Ok(Route {
+            addr,
+            site,
+            header: request.encode(),
+            request,
+            closed: CancellationToken::new(),
+        })
+    }
+
+    fn same_as(&self, other: &Route) -> bool {
+        self.addr == other.addr && self.site == other.site && self.request == other.request
+    }
+}
+
+/// The set of local listeners. Clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Listeners {
+    active: Arc<Mutex<BTreeMap<SocketAddr, Arc<Route>>>>,
+    failed: Arc<Mutex<BTreeMap<SocketAddr, String>>>,
+}
+
+impl Listeners {
+    /// Listens on every route's address and stops listening elsewhere. Returns without
+    /// waiting for binds.
+    pub fn reconcile(&self, tunnels: &Tunnels, routes: Vec<Route>) {
+        let wanted: BTreeMap<SocketAddr, Route> = routes.into_iter().map(|r| (r.addr, r)).collect();
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        active.retain(|addr, route| {
+            let keep = wanted.get(addr).is_some_and(|w| w.same_as(route));
+            if !keep {
+                route.closed.cancel();
+            }
+            keep
+        });
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|a, _| wanted.contains_key(a));
+        for (addr, route) in wanted {
+            if active.contains_key(&addr) {
+                continue;
+            }
+            let route = Arc::new(route);
+            match bind(addr) {
+                Ok(listener) => {
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&addr);
+                    active.insert(addr, route.clone());
+                    tunnels.0.metrics.tunnel_listeners(active.len());
+                    let tunnels = tunnels.clone();
+                    tunnels
+                        .0
+                        .tracker
+                        .clone()
+                        .spawn(accept(tunnels, listener, route));
+                }
+                Err(e) => {
+                    let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+                    if failed.insert(addr, e.to_string()).is_none() {
+                        warn!(%addr, node = %route.request.node, org = %route.request.org, error = %e, "cannot listen for a remote node");
+                    }
+                }
+            }
+        }
+        tunnels.0.metrics.tunnel_listeners(active.len());
+    }
+
+    /// Addresses listened on, sorted.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Whether some listener could not be bound (the caller retries later).
+    pub fn has_failures(&self) -> bool {
+        !self
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept(tunnels: Tunnels, listener: TcpListener, route: Arc<Route>) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = route.closed.cancelled() => return,
+            () = tunnels.0.shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((tcp, _)) => {
+                tunnels
+                    .0
+                    .metrics
+                    .tunnel_connection(&route.request.org, "outbound");
+                let t = tunnels.clone();
+                let route = route.clone();
+                tunnels
+                    .0
+                    .tracker
+                    .spawn(async move { t.proxy(tcp, route).await });
+            }
+            Err(e) => {
+                debug!(addr = %route.addr, error = %e, "accept failed");
+                // EMFILE and friends: back off instead of spinning
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = route.closed.cancelled() => return,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Tunnel streams and the byte pumps between them and TCP connections.
+//!
+//! A proxied connection is one TCP socket (the local client at the near gateway, the real node
+//! at the far one) and one tunnel stream. Two pumps run in one task, one per direction; each
+//! ends with a half-close of its destination (TCP `shutdown(SHUT_WR)`, QUIC `FIN`, yamux
+//! `FIN`), so a client that closes its sending side still gets the rest of the answer.
+//!
+//! Memory: the TCP → tunnel pump holds no buffer while the socket is idle (it waits for
+//! readiness first), and the QUIC → TCP pump reads the connection's own received chunks, so an
+//! idle proxied connection over QUIC holds no copy buffers at all.
+
+use std::io;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+
+use super::header::{ANSWER_LEN, Answer};
+
+/// Largest read from a TCP socket in one go.
+const TCP_READ: usize = 64 * 1024;
+/// Largest QUIC chunk taken in one read.
+const QUIC_CHUNK: usize = 256 * 1024;
+/// Read buffer of a yamux stream.
+const MUX_READ: usize = 32 * 1024;
+
+/// One bidirectional tunnel stream.
+pub enum TunnelStream {
+    /// A QUIC bidirectional stream.
+    Quic(quinn::SendStream, quinn::RecvStream),
+    /// A yamux stream over a TCP+TLS tunnel.
+    Mux(tokio_yamux::StreamHandle),
+}
+
+impl std::fmt::Debug for TunnelStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TunnelStream::Quic(..) => "TunnelStream::Quic",
+            TunnelStream::Mux(..) => "TunnelStream::Mux",
+        })
+    }
+}
+
+/// The receiving half of a tunnel stream.
+pub enum TunnelRead {
+    /// QUIC.
+    Quic(quinn::RecvStream),
+    /// yamux.
+    Mux(ReadHalf<tokio_yamux::StreamHandle>),
+}
+
+/// The sending half of a tunnel stream.
+pub enum TunnelWrite {
+    /// QUIC.
+    Quic(quinn::SendStream),
+    /// yamux.
+    Mux(WriteHalf<tokio_yamux::StreamHandle>),
+}
+
+impl TunnelStream {
+    /// Splits the stream into its halves.
+    pub fn split(self) -> (TunnelRead, TunnelWrite) {
+        match self {
+            TunnelStream::Quic(s, r) => (TunnelRead::Quic(r), TunnelWrite::Quic(s)),
+            TunnelStream::Mux(h) => {
+                let (r, w) = tokio::io::split(h);
+                (TunnelRead::Mux(r), TunnelWrite::Mux(w))
+            }
+        }
+    }
+}
+
+impl TunnelRead {
+    /// Reads up to `buf.len()` bytes; 0 at the end of the stream.
+    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            TunnelRead::Quic(r) => Ok(AsyncReadExt::read(r, buf).await?),
+            TunnelRead::Mux(r) => r.read(buf).await,
+        }
+    }
+
+    /// Reads the far gateway's answer.
+    pub async fn answer(&mut self) -> io::Result<Answer> {
+        let mut bytes = [0u8; ANSWER_LEN];
+        match self {
+            TunnelRead::Quic(r) => {
+                AsyncReadExt::read_exact(r, &mut bytes).await?;
+            }
+            TunnelRead::Mux(r) => {
+                r.read_exact(&mut bytes).await?;
+            }
+        }
+        Answer::decode(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Stops the peer's sending side (QUIC `STOP_SENDING`); yamux has no equivalent.
+    fn stop(&mut self) {
+        if let TunnelRead::Quic(r) = self {
+            let _ = r.stop(quinn::VarInt::from_u32(0));
+        }
+    }
+}
+
+impl TunnelWrite {
+    /// Writes every byte of `buf`.
+    pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            TunnelWrite::Quic(w) => w.write_all(buf).await.map_err(io::Error::from),
+            TunnelWrite::Mux(w) => w.write_all(buf).await,
+        }
+    }
+
+    /// Ends the sending side (FIN): the peer reads end-of-stream after the bytes sent.
+    pub async fn finish(&mut self) -> io::Result<()> {
+        match self {
+            TunnelWrite::Quic(w) => w
+                .finish()
+                .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e)),
+            TunnelWrite::Mux(w) => w.shutdown().await,
+        }
+    }
+
+    /// Abandons the sending side (QUIC `RESET_STREAM`); yamux streams end when dropped.
+    fn reset(&mut self) {
+        if let TunnelWrite::Quic(w) = self {
+            let _ = w.reset(quinn::VarInt::from_u32(0));
+        }
+    }
+}
+
+/// Byte counters of one proxied connection: `tx` counts bytes sent into the tunnel, `rx` bytes
+/// received from it.
+#[derive(Debug, Clone)]
+pub struct Counters {
+    /// Sent into the tunnel.
+    pub tx: Counter,
+    /// Received from the tunnel.
+    pub rx: Counter,
+}
+
+/// Writes all of `buf` to a TCP socket shared by reference.
+async fn tcp_write_all(tcp: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        tcp.writable().await?;
+        match tcp.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn tcp_shutdown_write(tcp: &TcpStream) {
+    let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
+}
+
+/// TCP → tunnel until the socket's end of stream, then FIN. Allocates its buffer only while
+/// bytes are flowing.
+async fn tcp_to_tunnel(tcp: &TcpStream, w: &mut TunnelWrite, tx: &Counter) -> io::Result<()> {
+    loop {
+        tcp.readable().await?;
+        let mut buf = vec![0u8; TCP_READ];
+        loop {
+            match tcp.try_read(&mut buf) {
+                Ok(0) => return w.finish().await,
+                Ok(n) => {
+                    w.write_all(&buf[..n]).await?;
+                    tx.inc_by(n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Tunnel → TCP until the stream's end, then `shutdown(SHUT_WR)` on the socket.
+async fn tunnel_to_tcp(r: &mut TunnelRead, tcp: &TcpStream, rx: &Counter) -> io::Result<()> {
+    match r {
+        TunnelRead::Quic(r) => loop {
+            match r.read_chunk(QUIC_CHUNK, true).await {
+                Ok(Some(chunk)) => {
+                    tcp_write_all(tcp, &chunk.bytes).await?;
+                    rx.inc_by(chunk.bytes.len() as u64);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(io::Error::from(e)),
+            }
+        },
+        TunnelRead::Mux(r) => {
+            let mut buf = vec![0u8; MUX_READ];
+            loop {
+                let n = r.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                tcp_write_all(tcp, &buf[..n]).await?;
+                rx.inc_by(n as u64);
+            }
+        }
+    }
+    tcp_shutdown_write(tcp);
+    Ok(())
+}
+
+/// How a spliced connection ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Both directions reached their end of stream.
+    Done,
+    /// A direction failed (reset, connection lost).
+    Failed(io::Error),
+    /// `stop` fired first (revocation, shutdown); both sides were reset.
+    Stopped,
+    /// The far gateway refused the stream.
+    Refused(Answer),
+}
+
+/// Splices `tcp` and a tunnel stream until both directions end or `stop` resolves.
+///
+/// `early` is written to `tcp` first (bytes that arrived with the header). With
+/// `expect_answer`, the first bytes from the tunnel are the far gateway's answer: anything
+/// but `Accepted` ends the splice with [`Ended::Refused`] (bytes the client sent meanwhile are
+/// discarded by the far end).
+pub async fn splice(
+    tcp: TcpStream,
+    stream: (TunnelRead, TunnelWrite),
+    early: &[u8],
+    expect_answer: bool,
+    counters: &Counters,
+    stop: impl std::future::Future<Output = ()>,
+) -> Ended {
+    let (mut r, mut w) = stream;
+    let work = async {
+        let up = tcp_to_tunnel(&tcp, &mut w, &counters.tx);
+        let down = async {
+            if expect_answer {
+                match r.answer().await {
+                    Ok(Answer::Accepted) => {}
+                    Ok(refused) => return Err(Err(refused)),
+                    Err(e) => return Err(Ok(e)),
+                }
+            }
+            if !early.is_empty() {
+                tcp_write_all(&tcp, early).await.map_err(Ok)?;
+                counters.rx.inc_by(early.len() as u64);
+            }
+            tunnel_to_tcp(&mut r, &tcp, &counters.rx).await.map_err(Ok)
+        };
+        tokio::pin!(up, down);
+        // a refusal must end the splice even while the client is still sending
+        let (mut up_done, mut down_done) = (false, false);
+        let mut failure = None;
+        while !(up_done && down_done) {
+            tokio::select! {
+                res = &mut up, if !up_done => {
+                    up_done = true;
+                    if let Err(e) = res {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+                res = &mut down, if !down_done => {
+                    down_done = true;
+                    match res {
+                        Ok(()) => {}
+                        Err(Err(refused)) => return Ended::Refused(refused),
+                        Err(Ok(e)) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        match failure {
+            Some(e) => Ended::Failed(e),
+            None => Ended::Done,
+        }
+    };
+    let ended = tokio::select! {
+        e = work => e,
+        () = stop => Ended::Stopped,
+    };
+    if !matches!(ended, Ended::Done) {
+        w.reset();
+        r.stop();
+        // RST rather than FIN: the client must not mistake a cut connection for a clean end
+        let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+    }
+    ended
+}
+
+/// Writes the answer to a stream the far gateway refuses, then ends it.
+pub async fn refuse(w: &mut TunnelWrite, answer: Answer) {
+    let _ = w.write_all(&answer.encode()).await;
+    let _ = w.finish().await;
+}
+
+/// Reads a request header from the start of a stream: returns the request and any connection
+/// bytes that came after it, or the answer to refuse with.
+pub async fn read_request<R>(r: &mut R) -> Result<(super::header::Request, Vec<u8>), Answer>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    use super::header::{Decoded, MAX_REQUEST_LEN, Request};
+    let mut buf = vec![0u8; MAX_REQUEST_LEN];
+    let mut have = 0;
+    loop {
+        let n = r
+            .read(&mut buf[have..])
+            .await
+            .map_err(|_| Answer::BadHeader)?;
+        if n == 0 {
+            return Err(Answer::BadHeader);
+        }
+        have += n;
+        match Request::decode(&buf[..have]) {
+            Ok(Decoded::Complete(req, used)) => {
+                buf.truncate(have);
+                return Ok((req, buf.split_off(used)));
+            }
+            Ok(Decoded::Incomplete) if have < MAX_REQUEST_LEN => continue,
+            Ok(Decoded::Incomplete) | Err(_) => return Err(Answer::BadHeader),
+        }
+    }
+}
+
+/// Async reads of a [`TunnelRead`], for [`read_request`].
+impl AsyncRead for TunnelRead {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            TunnelRead::Quic(r) => AsyncRead::poll_read(std::pin::Pin::new(r), cx, buf),
+            TunnelRead::Mux(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! The data plane across three in-process gateways: local listeners found with the gateway's
+//! DNS, byte-exact echo through QUIC and TCP+TLS tunnels with half-close, an HTTP upcheck with
+//! curl, every refusal the far end owes, revocation cutting live connections, node removal
+//! closing listeners, and an outbound-only site reached over its own link.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fedgw_gateway::config::Config;
+use fedgw_gateway::membership::GatewayId;
+use fedgw_gateway::tunnel::Transport;
+use fedgw_gateway::tunnel::header::{Answer, Request};
+use fedgw_proto::v1 as pb;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP echo server on 127.0.0.1 standing in for a node's p2p or raft port.
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                // copy until the client half-closes, then half-close back
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP server standing in for a Tessera P2P endpoint: `GET /upcheck` → `I'm up!`.
+async fn upcheck_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut have = 0;
+                while !buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf[have..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => have += n,
+                    }
+                }
+                let ok = buf[..have].starts_with(b"GET /upcheck ");
+                let resp: &[u8] = if ok {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\nI'm up!"
+                } else {
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                };
+                let _ = s.write_all(resp).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn dig_a(dns: SocketAddr, name: &str) -> String {
+    let out = Command::new("dig")
+        .arg(format!("@{}", dns.ip()))
+        .args([
+            "-p",
+            &dns.port().to_string(),
+            "+time=2",
+            "+tries=1",
+            "+short",
+        ])
+        .args([name, "A"])
+        .output()
+        .expect("dig must be installed (scripts/test installs bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Per-org pool, the transport, loopback targets allowed (the stand-ins run on 127.0.0.1).
+fn site(i: u8, transport: Transport) -> impl FnOnce(&mut Config) {
+    move |c: &mut Config| {
+        c.addresses = fedgw_gateway::addressing::AddressMode::Ip {
+            pool: format!("127.78.{i}.0/24"),
+        };
+        c.tunnel.transport = transport;
+        c.tunnel.allow_loopback_targets = true;
+        // the echo load must not starve membership heartbeats into reconnects, which would
+        // blur the file-descriptor count
+        c.sync.heartbeat_ms = 2000;
+    }
+}
+
+async fn federation(transport: Transport, org3_outbound: bool, org3_loopback: bool) -> Fed {
+    let mut fed = Fed::found_with(pb_admission(), site(1, transport)).await;
+    fed.add("org2", false, site(2, transport)).await;
+    fed.add("org3", org3_outbound, |c| {
+        site(3, transport)(c);
+        c.tunnel.allow_loopback_targets = org3_loopback;
+    })
+    .await;
+    fed.converged().await;
+    fed
+}
+
+fn pb_admission() -> fedgw_gateway::config::Admission {
+    fedgw_gateway::config::Admission::Operator
+}
+
+fn node(name: &str, enode: u8, p2p: u16) -> pb::NodeSpec {
+    let mut n = spec(name, enode, "127.0.0.1");
+    n.p2p_port = u32::from(p2p);
+    n.raft_port = 0;
+    n.raft_id = 0;
+    n
+}
+
+async fn add(gw: &Gw, n: pb::NodeSpec) {
+    gw.admin()
+        .await
+        .add_node(pb::AddNodeRequest { node: Some(n) })
+        .await
+        .expect("add node");
+}
+
+/// Waits until `at`'s DNS answers `name` and `at` listens on that address and `port`.
+async fn local_address(at: &Gw, name: &str, port: u16) -> SocketAddr {
+    let dns = at.run().info.dns;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(ip) = dig_a(dns, name).parse::<std::net::IpAddr>() {
+            let addr = SocketAddr::new(ip, port);
+            if at.run().tunnels.listening().contains(&addr) {
+                return addr;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no local address for {name} at {}",
+            at.org
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sockets of this process, other than listeners, with `addrs` at either end: the client
+/// and node sides of proxied connections.
+fn proxied_sockets(addrs: &[SocketAddr]) -> usize {
+    let out = Command::new("ss")
+        .args(["-tanp", "state", "connected"])
+        .output()
+        .expect("ss (iproute2)");
+    let me = format!("pid={},", std::process::id());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&me))
+        .filter(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            addrs
+                .iter()
+                .any(|a| cols.iter().any(|c| *c == a.to_string()))
+        })
+        .count()
+}
+
+/// Echoes `len` bytes through `addr`, half-closing after the last byte, and checks them.
+async fn echo_once(addr: SocketAddr, seed: u8, len: usize) {
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    let mut s = TcpStream::connect(addr)
+        .await
+        .expect("connect local address");
+    let (mut r, mut w) = s.split();
+    let write = async {
+        w.write_all(&data).await.expect("write");
+        w.shutdown().await.expect("half-close");
+    };
+    let read = async {
+        let mut back = Vec::with_capacity(len);
+        r.read_to_end(&mut back).await.expect("read");
+        back
+    };
+    let ((), back) = tokio::join!(write, read);
+    assert_eq!(back.len(), len, "echo length");
+    assert!(back == data, "echo bytes differ");
+}
+
+async fn echo_many(transport: Transport) {
+    let mut fed = federation(transport, false, true).await;
+    let echo = echo_server().await;
+    add(&fed.gws[1], node("node1", 0x21, echo.port())).await;
+    let addr = local_address(&fed.gws[0], "node1.org2.acme.test", echo.port()).await;
+
+    // warm up: the tunnel exists, then take the baselines
+    echo_once(addr, 0, 1024).await;
+    let peer = GatewayId {
+        org: "org2".into(),
+        site: "dc1".into(),
+    };
+    let want = match transport {
+        Transport::Tcp => "tcp",
+        _ => "quic",
+    };
+    assert_eq!(fed.gws[0].run().tunnels.link_transport(&peer), Some(want));
+    let metrics = [&fed.gws[0], &fed.gws[1]].map(|g| g.run().metrics.clone());
+    wait_for("warm-up connection closed", || {
+        metrics.iter().all(|m| m.tunnel_active_streams() == 0)
+    })
+    .await;
+    // every site keeps its links up: take the baselines once the mesh is complete
+    wait_for("a full mesh of tunnels", || {
+        fed.gws.iter().all(|g| g.run().tunnels.link_count() == 2)
+    })
+    .await;
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+
+    let mut all = tokio::task::JoinSet::new();
+    for i in 0..100u8 {
+        all.spawn(echo_once(addr, i, 1 << 20));
+    }
+    while let Some(r) = all.join_next().await {
+        r.expect("echo task");
+    }
+    assert!(metrics[0].tunnel_connections_total("org2", "outbound") >= 101);
+    assert!(metrics[1].tunnel_connections_total("org1", "inbound") >= 101);
+    wait_for("every byte counted", || {
+        let sent = 100 * (1 << 20) + 1024;
+        let (near, far) = (
+            metrics[0].tunnel_counters("org2"),
+            metrics[1].tunnel_counters("org1"),
+        );
+        [near.tx.get(), near.rx.get(), far.tx.get(), far.rx.get()] == [sent; 4]
+    })
+    .await;
+
+    wait_for("no proxied connection left", || {
+        metrics.iter().all(|m| m.tunnel_active_streams() == 0)
+    })
+    .await;
+    wait_for("no socket of a proxied connection left open", || {
+        proxied_sockets(&[echo, addr]) == 0
+    })
+    .await;
+    // other subsystems (membership sync sessions) may start a few tasks meanwhile; a task
+    // leaked per proxied connection would show as a hundred
+    wait_for("no leaked tasks", || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+            <= tasks + 16
+    })
+    .await;
+    fed.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_connections_echo_a_mebibyte_each_over_quic() {
+    echo_many(Transport::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_connections_echo_a_mebibyte_each_over_tcp_fallback() {
+    echo_many(Transport::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tessera_upcheck_answers_through_the_tunnel() {
+    let mut fed = federation(Transport::Auto, false, true).await;
+    let http = upcheck_server().await;
+    let mut n = node("tm1", 0x31, 0);
+    n.p2p_port = 0;
+    n.tessera_url = format!("http://127.0.0.1:{}", http.port());
+    n.tessera_keys = vec![vec![0x31; 32]];
+    add(&fed.gws[1], n).await;
+    let addr = local_address(&fed.gws[2], "tm1.org2.acme.test", http.port()).await;
+    let url = format!("http://{addr}/upcheck");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", &url])
+            .output()
+            .expect("curl must be installed (scripts/test installs it)")
+    })
+    .await
+    .expect("curl task");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "I'm up!");
+    fed.stop_all().await;
+}
+
+/// Opens a raw stream from `from` to `to`'s site, sends `bytes`, and reads the answer.
+async fn raw_answer(from: &Gw, to: &str, bytes: &[u8], finish: bool) -> Option<Answer> {
+    let peer = GatewayId {
+        org: to.into(),
+        site: "dc1".into(),
+    };
+    let stream = from.run().tunnels.open(&peer).await.expect("open stream");
+    let (mut r, mut w) = stream.split();
+    w.write_all(bytes).await.expect("send header");
+    if finish {
+        w.finish().await.expect("finish");
+    }
+    tokio::time::timeout(Duration::from_secs(10), r.answer())
+        .await
+        .expect("an answer within the header timeout")
+        .ok()
+}
+
+fn header(org: &str, node: &str, port: &str) -> Vec<u8> {
+    Request::new(org, node, port).expect("valid").encode()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_far_gateway_refuses_what_it_must() {
+    // org3 does not allow loopback targets
+    let mut fed = federation(Transport::Auto, false, false).await;
+    let echo = echo_server().await;
+    add(&fed.gws[1], node("node1", 0x41, echo.port())).await;
+    let mut tm = node("tm", 0x42, echo.port());
+    tm.allowed_orgs = vec!["org3".into()];
+    add(&fed.gws[1], tm).await;
+    // a node registered on org2's own metrics port
+    let metrics_port = fed.gws[1].run().info.metrics.port();
+    add(&fed.gws[1], node("sneaky", 0x43, metrics_port)).await;
+    // org3 does not allow loopback: its node on 127.0.0.1 is never dialled
+    add(&fed.gws[2], node("lo", 0x44, echo.port())).await;
+    fed.converged().await;
+    wait_for("org2 serves its nodes", || {
+        fed.gws[2].run().tunnels.listening().len() >= 3
+    })
+    .await;
+    let (org1, org3) = (&fed.gws[0], &fed.gws[2]);
+
+    let ok = raw_answer(org1, "org2", &header("org2", "node1", "p2p"), false).await;
+    assert_eq!(ok, Some(Answer::Accepted));
+    let cases: [(&Gw, &str, Vec<u8>, Answer); 9] = [
+        (
+            org1,
+            "org2",
+            header("org2", "nobody", "p2p"),
+            Answer::UnknownNode,
+        ),
+        (
+            org1,
+            "org2",
+            header("org3", "lo", "p2p"),
+            Answer::UnknownNode,
+        ),
+        (
+            org1,
+            "org2",
+            header("org2", "node1", "raft"),
+            Answer::UnknownPort,
+        ),
+        (
+            org1,
+            "org2",
+            header("org2", "tm", "p2p"),
+            Answer::PolicyDenied,
+        ),
+        (
+            org1,
+            "org2",
+            header("org2", "sneaky", "p2p"),
+            Answer::ForbiddenTarget,
+        ),
+        (
+            org1,
+            "org3",
+            header("org3", "lo", "p2p"),
+            Answer::ForbiddenTarget,
+        ),
+        (
+            org1,
+            "org2",
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            Answer::BadHeader,
+        ),
+        (org1, "org2", vec![1, 200, b'a'], Answer::BadHeader),
+        (
+            org1,
+            "org2",
+            header("org2", "node1", "p2p")[..6].to_vec(),
+            Answer::BadHeader,
+        ),
+    ];
+    for (i, (from, to, bytes, want)) in cases.into_iter().enumerate() {
+        // the truncated header is finished, so the far end sees its end of stream
+        let got = raw_answer(from, to, &bytes, i == 8).await;
+        assert_eq!(got, Some(want), "case {i}");
+    }
+    assert_eq!(
+        raw_answer(org3, "org2", &header("org2", "tm", "p2p"), false).await,
+        Some(Answer::Accepted),
+        "the policy lets org3 in"
+    );
+    let m = &fed.gws[1].run().metrics;
+    assert_eq!(m.tunnel_refused_total(Answer::UnknownNode), 2);
+    assert_eq!(m.tunnel_refused_total(Answer::BadHeader), 3);
+    assert_eq!(m.tunnel_refused_total(Answer::PolicyDenied), 1);
+    assert_eq!(
+        fed.gws[2]
+            .run()
+            .metrics
+            .tunnel_refused_total(Answer::ForbiddenTarget),
+        1
+    );
+    fed.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_cuts_live_connections_within_a_second_and_removal_closes_listeners() {
+    let mut fed = federation(Transport::Auto, false, true).await;
+    let echo = echo_server().await;
+    add(&fed.gws[1], node("node1", 0x51, echo.port())).await;
+    let at3 = local_address(&fed.gws[2], "node1.org2.acme.test", echo.port()).await;
+    let at1 = local_address(&fed.gws[0], "node1.org2.acme.test", echo.port()).await;
+
+    // a live connection from org3 and one from org1
+    let mut c3 = TcpStream::connect(at3).await.expect("connect");
+    let mut c1 = TcpStream::connect(at1).await.expect("connect");
+    for c in [&mut c3, &mut c1] {
+        c.write_all(b"ping").await.expect("write");
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b).await.expect("echo");
+    }
+
+    fed.gws[0]
+        .admin()
+        .await
+        .revoke(pb::RevokeRequest {
+            org: "org3".into(),
+            reason: "test".into(),
+        })
+        .await
+        .expect("revoke");
+    let revoked_at = Instant::now();
+    let mut b = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(1), c3.read(&mut b)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "org3's connection must end within 1 s of the revocation: {read:?}"
+    );
+    let took = revoked_at.elapsed();
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // org1's connection is unaffected
+    c1.write_all(b"pong").await.expect("write");
+    let mut b4 = [0u8; 4];
+    c1.read_exact(&mut b4).await.expect("org1 still connected");
+    assert_eq!(&b4, b"pong");
+
+    // removing the node closes every listener for it (and its connections)
+    fed.gws[1]
+        .admin()
+        .await
+        .remove_node(pb::RemoveNodeRequest {
+            name: "node1".into(),
+        })
+        .await
+        .expect("remove");
+    wait_for("org1 stops listening for node1", || {
+        !fed.gws[0].run().tunnels.listening().contains(&at1)
+    })
+    .await;
+    assert!(
+        TcpStream::connect(at1).await.is_err(),
+        "the listener is closed"
+    );
+    fed.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_only_site_is_reachable_over_its_own_link() {
+    let mut fed = federation(Transport::Auto, true, true).await;
+    let echo = echo_server().await;
+    add(&fed.gws[2], node("node1", 0x61, echo.port())).await;
+    let addr = local_address(&fed.gws[0], "node1.org3.acme.test", echo.port()).await;
+    echo_once(addr, 7, 64 * 1024).await;
+    // and org3's clients reach org1 the same way
+    let echo1 = echo_server().await;
+    add(&fed.gws[0], node("node9", 0x62, echo1.port())).await;
+    let addr = local_address(&fed.gws[2], "node9.org1.acme.test", echo1.port()).await;
+    echo_once(addr, 9, 64 * 1024).await;
+    fed.stop_all().await;
+}
