@@ -1,6 +1,7 @@
 //! Carries out an [`index::Plan`](super::index::Plan): gateway calls first (then the gateway's
 //! view is read again), then Kubernetes writes, each fed back into the index so the next plan
-//! sees it; repeated until the plan is empty. Writes only while this replica leads.
+//! sees it; repeated until the plan is empty. Gateway calls go to the gateway in this pod, so
+//! every replica makes them; Kubernetes writes are made only while this replica leads.
 //!
 //! Kubernetes writes: Services and the ConfigMap by server-side apply (field manager
 //! `fedgw-controlplane`, forced: the controller owns those fields), deletions of owned Services,
@@ -34,7 +35,7 @@ pub enum ReconcileError {
 /// How a reconcile ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// This replica does not lead: nothing was written.
+    /// This replica does not lead: nothing was written to Kubernetes.
     NotLeader,
     /// An input has not finished its first list: nothing was written.
     NotReady,
@@ -86,22 +87,21 @@ impl<G: Gateway> Reconciler<G> {
     }
 
     /// Plans and writes until nothing is left to do (at most a few rounds). `leader` is asked
-    /// before every round, so losing the Lease stops writes between rounds.
+    /// before every round of Kubernetes writes, so losing the Lease stops them between rounds.
     pub async fn reconcile(
         &mut self,
         index: &mut Index,
         leader: impl Fn() -> bool,
     ) -> Result<Outcome, ReconcileError> {
         for _ in 0..MAX_ROUNDS {
-            if !leader() {
-                return Ok(Outcome::NotLeader);
-            }
             let Some(plan) = index.plan(&now()) else {
                 return Ok(Outcome::NotReady);
             };
             if plan.is_empty() {
                 return Ok(Outcome::Done);
             }
+            // the gateway in this pod keeps its own local state (real addresses, Service
+            // addresses): every replica brings its own gateway in line
             if !plan.gateway.is_empty() {
                 for call in &plan.gateway {
                     match self.gateway.call(call).await {
@@ -125,6 +125,9 @@ impl<G: Gateway> Reconciler<G> {
                 }
                 self.refresh(index).await?;
                 continue;
+            }
+            if !leader() {
+                return Ok(Outcome::NotLeader);
             }
             for svc in &plan.apply_services {
                 let name = svc.name_any();
