@@ -175,6 +175,7 @@ impl pb::admin_server::Admin for AdminService {
             record: Some(record),
             seq,
             local_host: spec.host,
+            service_ip: String::new(),
         }))
     }
 
@@ -218,6 +219,11 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
+        let store = self.store.clone();
+        let services = tokio::task::spawn_blocking(move || store.service_addresses())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
         let me = self.membership.me().org.clone();
         let domain = self.config.domain.clone();
         let allocations = self
@@ -231,11 +237,16 @@ impl pb::admin_server::Admin for AdminService {
             .into_iter()
             .map(|n| {
                 let ports = crate::addressing::node_ports(&n.record);
+                let key = format!("{}/{}", n.org, n.name);
+                let service_ip = match services.get(&key) {
+                    Some(ip) if n.org != me => ip.to_string(),
+                    _ => String::new(),
+                };
                 let (local_host, local_ip, local_ports) = if n.org == me {
                     let host = local.get(&n.name).cloned().unwrap_or_default();
                     (host.clone(), host, ports)
                 } else {
-                    match allocations.nodes.get(&format!("{}/{}", n.org, n.name)) {
+                    match allocations.nodes.get(&key) {
                         Some(a) => (String::new(), a.ip.to_string(), a.ports.clone()),
                         None => (String::new(), String::new(), Default::default()),
                     }
@@ -252,6 +263,7 @@ impl pb::admin_server::Admin for AdminService {
                     name: n.name,
                     record: Some(n.record),
                     seq: n.seq,
+                    service_ip,
                 }
             })
             .collect();
@@ -393,6 +405,61 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(publish_status)?;
         Ok(Response::new(pb::RevokeResponse {}))
+    }
+
+    async fn set_service_address(
+        &self,
+        request: Request<pb::SetServiceAddressRequest>,
+    ) -> Result<Response<pb::SetServiceAddressResponse>, Status> {
+        self.set_service_address_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
+
+impl AdminService {
+    async fn set_service_address_impl(
+        &self,
+        req: pb::SetServiceAddressRequest,
+    ) -> Result<pb::SetServiceAddressResponse, Status> {
+        for (what, v) in [("org", &req.org), ("node", &req.name)] {
+            fedgw_certs::names::validate_label(what, v)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        let ip =
+            match req.ip.as_str() {
+                "" => None,
+                s => Some(s.parse::<std::net::IpAddr>().map_err(|_| {
+                    Status::invalid_argument(format!("invalid service address {s:?}"))
+                })?),
+            };
+        let me = self.membership.me().org.clone();
+        if req.org == me {
+            return Err(Status::invalid_argument(
+                "a Service address is for remote nodes; register own nodes with AddNode",
+            ));
+        }
+        let in_view: std::collections::BTreeSet<String> = self.membership.read(|v| {
+            v.nodes()
+                .into_iter()
+                .filter(|n| n.org != me)
+                .map(|n| format!("{}/{}", n.org, n.name))
+                .collect()
+        });
+        let key = format!("{}/{}", req.org, req.name);
+        if ip.is_some() && !in_view.contains(&key) {
+            return Err(Status::not_found(format!("no remote node {key}")));
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.set_service_address(&key, ip, |k| in_view.contains(k))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        // the zone is rebuilt from the view plus this table
+        self.membership.touch();
+        Ok(pb::SetServiceAddressResponse {})
     }
 }
 

@@ -567,6 +567,15 @@ async fn keep_local_addresses(
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        // a Service address (Kubernetes ClusterIP) replaces the allocation, with the real ports
+        let services = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.service_addresses())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+        };
         let (nodes, gateways) = membership.read(|v| {
             let nodes: Vec<crate::dns::ZoneNode> = v
                 .nodes()
@@ -578,9 +587,13 @@ async fn keep_local_addresses(
                         let alias = if ip.is_none() { host.cloned() } else { None };
                         (ip, alias, crate::addressing::node_ports(&n.record))
                     } else {
-                        match alloc.nodes.get(&format!("{}/{}", n.org, n.name)) {
-                            Some(a) => (Some(a.ip), None, a.ports.clone()),
-                            None => (None, None, Default::default()),
+                        let key = format!("{}/{}", n.org, n.name);
+                        match (services.get(&key), alloc.nodes.get(&key)) {
+                            (Some(ip), _) => {
+                                (Some(*ip), None, crate::addressing::node_ports(&n.record))
+                            }
+                            (None, Some(a)) => (Some(a.ip), None, a.ports.clone()),
+                            (None, None) => (None, None, Default::default()),
                         }
                     };
                     crate::dns::ZoneNode {

@@ -413,6 +413,12 @@ impl Membership {
         self.0.changed.subscribe()
     }
 
+    /// Wakes every [`Membership::subscribe`]r as if the view had changed: for local state that
+    /// readers combine with the view (a remote node's Service address).
+    pub fn touch(&self) {
+        self.0.changed.send_modify(|v| *v += 1);
+    }
+
     /// Refused records since start.
     pub fn rejected_total(&self) -> u64 {
         self.0.rejected.load(Ordering::Relaxed)

@@ -18,6 +18,9 @@ const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// This site's nodes' real addresses (never replicated): node name → host.
 const LOCAL_NODES: TableDefinition<&str, &str> = TableDefinition::new("local_nodes");
+/// Remote nodes' Service addresses at this site (Kubernetes ClusterIPs, set over the admin API;
+/// never replicated): `org/name` → IP.
+const SERVICE_ADDRESSES: TableDefinition<&str, &str> = TableDefinition::new("service_addresses");
 /// Small local state by name (`allocations`: remote nodes' local addresses, JSON).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -176,6 +179,7 @@ impl Store {
                 && rx.open_table(RECORDS).is_ok()
                 && rx.open_table(LOCAL_NODES).is_ok()
                 && rx.open_table(META).is_ok()
+                && rx.open_table(SERVICE_ADDRESSES).is_ok()
         };
         if !complete {
             let tx = db.begin_write()?;
@@ -184,6 +188,7 @@ impl Store {
             tx.open_table(RECORDS)?;
             tx.open_table(LOCAL_NODES)?;
             tx.open_table(META)?;
+            tx.open_table(SERVICE_ADDRESSES)?;
             tx.commit()?;
         }
         Ok(Self { db })
@@ -348,6 +353,49 @@ impl Store {
             .insert("allocations", encode(a).as_slice())?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Sets the Service address of remote node `key` (`org/name`), or clears it with `None`,
+    /// and forgets every entry whose key `keep` refuses (nodes gone from the view), in one
+    /// transaction.
+    pub fn set_service_address(
+        &self,
+        key: &str,
+        ip: Option<std::net::IpAddr>,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(SERVICE_ADDRESSES)?;
+            match ip {
+                Some(ip) => {
+                    table.insert(key, ip.to_string().as_str())?;
+                }
+                None => {
+                    table.remove(key)?;
+                }
+            }
+            table.retain(|k, _| k == key || keep(k))?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every remote node's Service address: `org/name` → IP (entries that do not parse are
+    /// skipped: they were written as IPs by [`Store::set_service_address`]).
+    pub fn service_addresses(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, std::net::IpAddr>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(SERVICE_ADDRESSES)?;
+        let mut out = std::collections::BTreeMap::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            if let Ok(ip) = v.value().parse() {
+                out.insert(k.value().to_owned(), ip);
+            }
+        }
+        Ok(out)
     }
 
     /// Every local node address: name → host.

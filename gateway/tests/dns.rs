@@ -142,3 +142,87 @@ async fn garbage_packets_do_not_stop_the_server() {
     let mut fed = fed;
     fed.stop_all().await;
 }
+
+/// Kubernetes: the controller sets a remote node's Service ClusterIP; DNS answers that IP with
+/// the node's real ports instead of this site's port-mode allocation, until it is cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_address_replaces_the_allocation_with_real_ports() {
+    let mut fed = Fed::with_orgs(1).await;
+    let org2 = fed
+        .add("org2", false, |c| {
+            c.addresses = fedgw_gateway::addressing::AddressMode::Port {
+                ip: "127.0.0.1".parse().expect("ip"),
+                first_port: 41000,
+                last_port: 41099,
+            }
+        })
+        .await;
+    fed.gws[0]
+        .admin()
+        .await
+        .add_node(pb::AddNodeRequest {
+            node: Some(spec("node1", 0xab, "10.1.0.11")),
+        })
+        .await
+        .expect("add");
+    fed.converged().await;
+    let dns = fed.gws[org2].run().info.dns;
+    let (name, srv) = ("node1.org1.acme.test", "_p2p._tcp.node1.org1.acme.test");
+    wait_for("the port-mode allocation", || {
+        dig(dns, name, "A", false) == "127.0.0.1"
+    })
+    .await;
+    let allocated = dig(dns, srv, "SRV", false);
+    assert!(allocated.starts_with("0 0 410"), "{allocated}");
+
+    let mut admin = fed.gws[org2].admin().await;
+    let set = |ip: &str| pb::SetServiceAddressRequest {
+        org: "org1".into(),
+        name: "node1".into(),
+        ip: ip.into(),
+    };
+    admin
+        .set_service_address(set("10.96.0.42"))
+        .await
+        .expect("set");
+    wait_for("the Service address", || {
+        dig(dns, name, "A", false) == "10.96.0.42"
+    })
+    .await;
+    assert_eq!(dig(dns, srv, "SRV", false), format!("0 0 30303 {name}."));
+    let listed = admin
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .expect("nodes")
+        .into_inner();
+    assert_eq!(listed.nodes[0].service_ip, "10.96.0.42");
+
+    // refusals: own nodes, unknown nodes, bad addresses
+    let code = |r: Result<tonic::Response<pb::SetServiceAddressResponse>, tonic::Status>| {
+        r.map(|_| ()).map_err(|s| s.code())
+    };
+    let mut own = set("10.96.0.1");
+    own.org = "org2".into();
+    assert_eq!(
+        code(admin.set_service_address(own).await),
+        Err(tonic::Code::InvalidArgument)
+    );
+    let mut unknown = set("10.96.0.1");
+    unknown.name = "nope".into();
+    assert_eq!(
+        code(admin.set_service_address(unknown).await),
+        Err(tonic::Code::NotFound)
+    );
+    assert_eq!(
+        code(admin.set_service_address(set("10.96.0")).await),
+        Err(tonic::Code::InvalidArgument)
+    );
+
+    admin.set_service_address(set("")).await.expect("clear");
+    wait_for("the allocation again", || {
+        dig(dns, name, "A", false) == "127.0.0.1"
+    })
+    .await;
+    assert_eq!(dig(dns, srv, "SRV", false), allocated);
+    fed.stop_all().await;
+}

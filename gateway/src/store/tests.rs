@@ -179,3 +179,27 @@ fn records_and_local_nodes_round_trip() {
     let local: Vec<_> = s.local_nodes().expect("read").into_iter().collect();
     assert_eq!(local, vec![("node2".to_owned(), "node2.svc".to_owned())]);
 }
+
+#[test]
+fn service_addresses_are_set_cleared_and_pruned() {
+    let (_dir, store) = store();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+    store
+        .set_service_address("org2/a", Some(ip("10.96.0.1")), |_| true)
+        .expect("set a");
+    store
+        .set_service_address("org2/b", Some(ip("10.96.0.2")), |_| true)
+        .expect("set b");
+    assert_eq!(store.service_addresses().expect("read").len(), 2);
+    // org2/a left the view: the next write forgets it
+    store
+        .set_service_address("org2/b", Some(ip("fd00::2")), |k| k != "org2/a")
+        .expect("update b");
+    let held = store.service_addresses().expect("read");
+    assert_eq!(held.keys().collect::<Vec<_>>(), ["org2/b"]);
+    assert_eq!(held["org2/b"], ip("fd00::2"));
+    store
+        .set_service_address("org2/b", None, |_| true)
+        .expect("clear");
+    assert!(store.service_addresses().expect("read").is_empty());
+}

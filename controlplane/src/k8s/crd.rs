@@ -1,0 +1,161 @@
+//! The `ConsortiumNode` custom resource (`consortiumnodes.fedgw.io/v1alpha1`, namespaced): one
+//! chain node of this org that runs in this namespace, as the controller registers it at the
+//! gateway. `fedgw-controlplane crdgen` prints the CRD; `deploy/k8s/base/crd.yaml` holds it.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A chain node of this org (DESIGN.md section 10).
+///
+/// Its consortium name is `<nodeName>.<org>.<domain>`; the gateway publishes its signed node
+/// record and answers DNS for it with the address of `service` (or of the Service the
+/// controller creates for `podSelector`).
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    group = "fedgw.io",
+    version = "v1alpha1",
+    kind = "ConsortiumNode",
+    namespaced,
+    status = "ConsortiumNodeStatus",
+    shortname = "cnode",
+    category = "fedgw",
+    printcolumn = r#"{"name":"Client","type":"string","jsonPath":".spec.client"}"#,
+    printcolumn = r#"{"name":"DNS","type":"string","jsonPath":".status.dnsName"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsortiumNodeSpec {
+    /// The node's name in the consortium (a DNS label); defaults to `metadata.name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// The chain client the node runs.
+    pub client: Client,
+    /// A Service in this namespace that reaches the node: its ClusterIP (or, for a headless
+    /// Service, its DNS name) becomes the node's real address at this site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Instead of `service`: labels of the node's Pod(s); the controller creates a ClusterIP
+    /// Service `fedgw-node-<nodeName>` selecting them, with the ports below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<BTreeMap<String, String>>,
+    /// The node's real ports.
+    #[serde(default)]
+    pub ports: NodePorts,
+    /// The raft id (GoQuorum raft), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_id: Option<u32>,
+    /// The enode public key, for devp2p nodes (GoQuorum, Besu).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enode: Option<Enode>,
+    /// Tessera public keys (base64 of 32 bytes each, as in Tessera's `.pub` files).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tessera_public_keys: Vec<String>,
+    /// Tessera's P2P listener speaks TLS (`https://`); default `http://`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tessera_tls: bool,
+    /// Free-form roles (validator, bootnode, ...), published with the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// Access policy: the orgs allowed to reach the node; empty means every member.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_orgs: Vec<String>,
+}
+
+/// A chain client.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Client {
+    /// GoQuorum.
+    Goquorum,
+    /// Hyperledger Besu.
+    Besu,
+    /// Tessera only.
+    Tessera,
+    /// Fabric peer.
+    FabricPeer,
+    /// Fabric orderer.
+    FabricOrderer,
+}
+
+/// A node's real ports (TCP); an absent port is not served.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePorts {
+    /// devp2p (GoQuorum/Besu default 30303).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p2p: Option<u16>,
+    /// raft (GoQuorum default 50400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<u16>,
+    /// Tessera P2P (default 9000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tessera: Option<u16>,
+}
+
+/// Where the enode public key comes from: inline, or derived from the node's private key.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Enode {
+    /// The enode id: 128 hex digits (the uncompressed secp256k1 public key without its 0x04
+    /// prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// A Secret in this namespace holding the node's `nodekey` (64 hex digits, as geth and
+    /// GoQuorum write it); the Secret must carry the label `fedgw.io/nodekey: "true"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodekey_secret: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in the resource's namespace.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    pub name: String,
+    /// The key in its data (default `nodekey`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// What the controller last saw of a node.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsortiumNodeStatus {
+    /// `<node>.<org>.<domain>`, once the gateway holds the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
+    /// `Registered`, `Pending` (waiting for its Service, Secret or the gateway) or `Error`
+    /// (the resource is invalid; see `message`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Why the node is not registered, if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The resource generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions (type `Registered`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A status condition, as Kubernetes' `metav1.Condition`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// The condition type (`Registered`).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase reason.
+    pub reason: String,
+    /// A human-readable message.
+    #[serde(default)]
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
+}

@@ -1,0 +1,464 @@
+use super::*;
+use crate::k8s::crd::{ConsortiumNodeSpec, Enode, NodePorts, SecretKeyRef};
+use k8s_openapi::ByteString;
+
+const NOW: &str = "2026-01-01T00:00:00Z";
+/// SEC 2 generator G: the public key of private key 1.
+const G: &str = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798\
+                 483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8";
+
+fn settings() -> Settings {
+    Settings {
+        namespace: "org1".into(),
+        config_map: "fedgw-peers".into(),
+        gateway_selector: labels(&[("app.kubernetes.io/name", "fedgw")]),
+    }
+}
+
+fn cr(name: &str, service: &str) -> ConsortiumNode {
+    let mut c = ConsortiumNode::new(
+        name,
+        ConsortiumNodeSpec {
+            node_name: None,
+            client: Client::Goquorum,
+            service: Some(service.into()),
+            pod_selector: None,
+            ports: NodePorts {
+                p2p: Some(30303),
+                raft: Some(50400),
+                tessera: None,
+            },
+            raft_id: Some(1),
+            enode: Some(Enode {
+                public_key: Some(G.into()),
+                nodekey_secret: None,
+            }),
+            tessera_public_keys: vec![],
+            tessera_tls: false,
+            roles: vec![],
+            allowed_orgs: vec![],
+        },
+    );
+    c.metadata.namespace = Some("org1".into());
+    c.metadata.generation = Some(1);
+    c
+}
+
+fn service(name: &str, ip: &str) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(ip.into()),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn record(site: &str, enode: u8) -> pb::NodeRecord {
+    pb::NodeRecord {
+        client: pb::ClientKind::Goquorum.into(),
+        enode_id: vec![enode; 64],
+        p2p_port: 30303,
+        raft_port: 50400,
+        raft_id: 2,
+        site: site.into(),
+        ..Default::default()
+    }
+}
+
+fn remote(org: &str, name: &str, ports: &[(&str, u32)]) -> pb::NodeInfo {
+    pb::NodeInfo {
+        org: org.into(),
+        name: name.into(),
+        record: Some(record("dc1", 0xab)),
+        dns_name: format!("{name}.{org}.acme.example"),
+        local_ip: "0.0.0.0".into(),
+        local_ports: ports.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        ..Default::default()
+    }
+}
+
+fn gateway(nodes: Vec<pb::NodeInfo>) -> GatewayView {
+    GatewayView {
+        org: "org1".into(),
+        site: "dc1".into(),
+        nodes,
+    }
+}
+
+/// An index whose every watch has listed `nodes` and `services` (no Secrets, no ConfigMap).
+fn listed(nodes: Vec<ConsortiumNode>, services: Vec<Service>, gw: GatewayView) -> Index {
+    let mut ix = Index::new(settings());
+    ix.nodes.event(watcher::Event::Init);
+    for n in nodes {
+        ix.nodes.event(watcher::Event::InitApply(n));
+    }
+    ix.nodes.event(watcher::Event::InitDone);
+    ix.services.event(watcher::Event::Init);
+    for s in services {
+        ix.services.event(watcher::Event::InitApply(s));
+    }
+    ix.services.event(watcher::Event::InitDone);
+    ix.secrets.event(watcher::Event::Init);
+    ix.secrets.event(watcher::Event::InitDone);
+    ix.config_maps.event(watcher::Event::Init);
+    ix.config_maps.event(watcher::Event::InitDone);
+    ix.set_gateway(gw);
+    ix
+}
+
+fn plan(ix: &Index) -> Plan {
+    ix.plan(NOW).expect("ready")
+}
+
+/// Feeds a plan's Kubernetes writes back as the API server would answer them.
+fn settle(ix: &mut Index, p: &Plan) {
+    for s in &p.apply_services {
+        let mut s = s.clone();
+        if let Some(spec) = s.spec.as_mut() {
+            spec.cluster_ip.get_or_insert_with(|| "10.96.0.9".into());
+        }
+        ix.services.apply(s);
+    }
+    for n in &p.delete_services {
+        ix.services.delete(n);
+    }
+    if let Some(cm) = &p.config_map {
+        ix.config_maps.apply(cm.clone());
+    }
+    for (name, status) in &p.statuses {
+        let mut c = ix.nodes.get(name).cloned().expect("node");
+        c.status = Some(status.clone());
+        ix.nodes.apply(c);
+    }
+}
+
+#[test]
+fn nothing_is_planned_before_every_first_list() {
+    let mut ix = Index::new(settings());
+    assert!(ix.plan(NOW).is_none());
+    ix.set_gateway(gateway(vec![]));
+    for step in 0..4 {
+        assert!(ix.plan(NOW).is_none(), "step {step}");
+        match step {
+            0 => {
+                ix.nodes.event(watcher::Event::Init);
+                ix.nodes.event(watcher::Event::InitApply(cr("node1", "q1")));
+                assert!(ix.plan(NOW).is_none(), "a list in progress is not a list");
+                ix.nodes.event(watcher::Event::InitDone);
+            }
+            1 => {
+                ix.services.event(watcher::Event::Init);
+                ix.services.event(watcher::Event::InitDone);
+            }
+            2 => {
+                ix.secrets.event(watcher::Event::Init);
+                ix.secrets.event(watcher::Event::InitDone);
+            }
+            _ => {
+                ix.config_maps.event(watcher::Event::Init);
+                ix.config_maps.event(watcher::Event::InitDone);
+            }
+        }
+    }
+    assert!(ix.plan(NOW).is_some());
+    let mut no_gateway = Index::new(settings());
+    no_gateway.nodes.event(watcher::Event::InitDone);
+    no_gateway.services.event(watcher::Event::InitDone);
+    no_gateway.secrets.event(watcher::Event::InitDone);
+    no_gateway.config_maps.event(watcher::Event::InitDone);
+    assert!(
+        no_gateway.plan(NOW).is_none(),
+        "the gateway's list is a first list too"
+    );
+}
+
+#[test]
+fn a_local_node_is_registered_with_its_service_address_then_shown_registered() {
+    let mut ix = listed(
+        vec![cr("node1", "quorum-node1")],
+        vec![service("quorum-node1", "10.96.1.1")],
+        gateway(vec![]),
+    );
+    let p = plan(&ix);
+    let [GatewayCall::AddNode(spec)] = p.gateway.as_slice() else {
+        panic!("one AddNode: {:?}", p.gateway)
+    };
+    assert_eq!(spec.name, "node1");
+    assert_eq!(spec.host, "10.96.1.1");
+    assert_eq!(
+        (spec.p2p_port, spec.raft_port, spec.raft_id),
+        (30303, 50400, 1)
+    );
+    assert_eq!(spec.enode_id[..2], [0x79, 0xbe]);
+    let status = &p.statuses[0].1;
+    assert_eq!(status.state.as_deref(), Some("Pending"));
+    assert_eq!(status.conditions[0].reason, "Registering");
+
+    // the gateway now holds it
+    let mut held = remote("org1", "node1", &[("p2p", 30303), ("raft", 50400)]);
+    held.record = Some(pb::NodeRecord {
+        enode_id: spec.enode_id.clone(),
+        raft_id: 1,
+        ..record("dc1", 0)
+    });
+    held.local_host = "10.96.1.1".into();
+    ix.set_gateway(gateway(vec![held]));
+    settle(&mut ix, &p);
+    let p = plan(&ix);
+    assert!(p.gateway.is_empty(), "{:?}", p.gateway);
+    let status = &p.statuses[0].1;
+    assert_eq!(status.state.as_deref(), Some("Registered"));
+    assert_eq!(status.dns_name.as_deref(), Some("node1.org1.acme.example"));
+    assert_eq!(status.conditions[0].status, "True");
+    assert!(
+        p.config_map.expect("files").data.expect("data")["static-nodes.json"].contains(&format!(
+            "enode://{G}@node1.org1.acme.example:30303?discport=0&raftport=50400"
+        ))
+    );
+    let p = plan(&ix);
+    settle(&mut ix, &p);
+    assert!(plan(&ix).is_empty(), "settled: nothing more to write");
+}
+
+#[test]
+fn pending_and_invalid_nodes_say_why_and_are_not_registered() {
+    let mut missing_svc = cr("a", "nope");
+    missing_svc.metadata.name = Some("a".into());
+    let mut bad_key = cr("b", "svc");
+    bad_key.spec.enode = Some(Enode {
+        public_key: Some("xyz".into()),
+        nodekey_secret: None,
+    });
+    let mut from_secret = cr("c", "svc");
+    from_secret.spec.enode = Some(Enode {
+        public_key: None,
+        nodekey_secret: Some(SecretKeyRef {
+            name: "c-keys".into(),
+            key: None,
+        }),
+    });
+    let mut ix = listed(
+        vec![missing_svc, bad_key, from_secret],
+        vec![service("svc", "10.96.1.2")],
+        gateway(vec![]),
+    );
+    let p = plan(&ix);
+    assert!(p.gateway.is_empty(), "{:?}", p.gateway);
+    let reasons: Vec<(&str, &str)> = p
+        .statuses
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.conditions[0].reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("a", "ServiceNotFound"),
+            ("b", "InvalidEnode"),
+            ("c", "SecretNotFound")
+        ]
+    );
+
+    // the nodekey arrives: its public key is derived
+    ix.secrets.apply(Secret {
+        metadata: ObjectMeta {
+            name: Some("c-keys".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "nodekey".to_owned(),
+            ByteString(format!("{}1\n", "0".repeat(63)).into_bytes()),
+        )])),
+        ..Default::default()
+    });
+    let p = plan(&ix);
+    let [GatewayCall::AddNode(spec)] = p.gateway.as_slice() else {
+        panic!("{:?}", p.gateway)
+    };
+    assert_eq!(spec.name, "c");
+    assert_eq!(
+        nodekey::parse_enode_id(G).expect("G").to_vec(),
+        spec.enode_id
+    );
+
+    // a refusal is shown and not retried until cleared
+    ix.record_failure(spec.clone(), "enode id already registered by org2".into());
+    let p = plan(&ix);
+    assert!(p.gateway.is_empty());
+    let c = p.statuses.iter().find(|(n, _)| n == "c").expect("c");
+    assert_eq!(c.1.conditions[0].reason, "GatewayRefused");
+    ix.clear_failures();
+    assert_eq!(plan(&ix).gateway.len(), 1);
+}
+
+#[test]
+fn a_pod_selector_gets_a_service_of_its_own() {
+    let mut c = cr("node1", "x");
+    c.spec.service = None;
+    c.spec.pod_selector = Some(labels(&[("app", "quorum-node1")]));
+    let mut ix = listed(vec![c], vec![], gateway(vec![]));
+    let p = plan(&ix);
+    assert_eq!(p.apply_services.len(), 1);
+    let svc = &p.apply_services[0];
+    assert_eq!(svc.name_any(), "fedgw-node-node1");
+    let spec = svc.spec.as_ref().expect("spec");
+    assert_eq!(
+        spec.selector.as_ref().expect("selector")["app"],
+        "quorum-node1"
+    );
+    assert_eq!(spec.ports.as_ref().expect("ports").len(), 2);
+    assert!(
+        p.gateway.is_empty(),
+        "no address before the Service has one"
+    );
+    settle(&mut ix, &p);
+    let p = plan(&ix);
+    let [GatewayCall::AddNode(spec)] = p.gateway.as_slice() else {
+        panic!("{:?}", p.gateway)
+    };
+    assert_eq!(spec.host, "10.96.0.9");
+}
+
+#[test]
+fn remote_nodes_get_a_service_on_real_ports_and_its_cluster_ip_at_the_gateway() {
+    let node = remote("org2", "node1", &[("p2p", 41000), ("raft", 41001)]);
+    let mut ix = listed(vec![], vec![], gateway(vec![node.clone()]));
+    let p = plan(&ix);
+    assert!(p.gateway.is_empty(), "no ClusterIP yet");
+    let [svc] = p.apply_services.as_slice() else {
+        panic!("{:?}", p.apply_services)
+    };
+    assert_eq!(svc.name_any(), "fedgw-org2-node1");
+    let l = svc.metadata.labels.as_ref().expect("labels");
+    assert_eq!(
+        (
+            l[ORG_LABEL].as_str(),
+            l[NODE_LABEL].as_str(),
+            l[ROLE_LABEL].as_str()
+        ),
+        ("org2", "node1", "remote")
+    );
+    let spec = svc.spec.as_ref().expect("spec");
+    assert_eq!(spec.selector, Some(settings().gateway_selector));
+    let ports: Vec<(String, i32, Option<IntOrString>)> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            (
+                p.name.clone().unwrap_or_default(),
+                p.port,
+                p.target_port.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("p2p".to_owned(), 30303, Some(IntOrString::Int(41000))),
+            ("raft".to_owned(), 50400, Some(IntOrString::Int(41001)))
+        ]
+    );
+    let files = p.config_map.clone().expect("files").data.expect("data");
+    assert!(files["static-nodes.json"].contains("@node1.org2.acme.example:30303"));
+    assert!(files["permissions_config.toml"].contains("node1.org2.acme.example"));
+
+    settle(&mut ix, &p);
+    let p = plan(&ix);
+    assert_eq!(
+        p.gateway,
+        [GatewayCall::SetServiceAddress {
+            org: "org2".into(),
+            name: "node1".into(),
+            ip: "10.96.0.9".into()
+        }]
+    );
+    assert!(
+        p.apply_services.is_empty() && p.config_map.is_none(),
+        "{p:?}"
+    );
+    let mut set = node;
+    set.service_ip = "10.96.0.9".into();
+    ix.set_gateway(gateway(vec![set]));
+    assert!(plan(&ix).is_empty());
+
+    // the node leaves the consortium: its Service and its lines go
+    ix.set_gateway(gateway(vec![]));
+    let p = plan(&ix);
+    assert_eq!(p.delete_services, ["fedgw-org2-node1"]);
+    assert_eq!(
+        p.config_map.expect("files").data.expect("data")["static-nodes.json"],
+        "[]\n"
+    );
+}
+
+#[test]
+fn a_relist_deletes_what_vanished_meanwhile() {
+    let owned = |name: &str| {
+        let mut s = service(name, "10.96.0.5");
+        s.metadata.labels = Some(labels(&[(MANAGED_BY, MANAGED_BY_VALUE)]));
+        s
+    };
+    let mut held = remote("org1", "node1", &[]);
+    held.local_host = "10.96.1.1".into();
+    let mut ix = listed(
+        vec![cr("node1", "quorum-node1")],
+        vec![
+            service("quorum-node1", "10.96.1.1"),
+            owned("fedgw-org2-gone"),
+        ],
+        gateway(vec![held]),
+    );
+    // the ConsortiumNode is deleted while the watch is down: the re-list misses it
+    ix.nodes.event(watcher::Event::Init);
+    assert!(
+        ix.nodes.get("node1").is_some(),
+        "kept until the re-list completes"
+    );
+    ix.nodes.event(watcher::Event::InitDone);
+    assert!(ix.nodes.get("node1").is_none());
+    let p = plan(&ix);
+    assert_eq!(p.gateway, [GatewayCall::RemoveNode("node1".into())]);
+    assert_eq!(
+        p.delete_services,
+        ["fedgw-org2-gone"],
+        "owned, no longer wanted"
+    );
+    // a Service nobody owns is never deleted
+    assert!(!p.delete_services.contains(&"quorum-node1".to_owned()));
+}
+
+#[test]
+fn other_sites_nodes_are_left_alone_and_names_are_unique() {
+    let mut other_site = remote("org1", "node9", &[]);
+    other_site.record = Some(record("dc2", 9));
+    let mut twin = cr("node1-copy", "quorum-node1");
+    twin.spec.node_name = Some("node1".into());
+    let ix = listed(
+        vec![cr("node1", "quorum-node1"), twin],
+        vec![service("quorum-node1", "10.96.1.1")],
+        gateway(vec![other_site]),
+    );
+    let p = plan(&ix);
+    assert_eq!(p.gateway.len(), 1, "{:?}", p.gateway);
+    assert!(matches!(&p.gateway[0], GatewayCall::AddNode(s) if s.name == "node1"));
+    let twin = p
+        .statuses
+        .iter()
+        .find(|(n, _)| n == "node1-copy")
+        .expect("twin");
+    assert_eq!(twin.1.conditions[0].reason, "DuplicateName");
+}
+
+#[test]
+fn long_service_names_are_cut_to_63_and_stay_unique() {
+    let a = service_name(&[&"o".repeat(40), &"n".repeat(40)]);
+    let b = service_name(&[&"o".repeat(40), &format!("{}x", "n".repeat(39))]);
+    assert!(a.len() <= 63 && b.len() <= 63);
+    assert_ne!(a, b);
+    assert_eq!(service_name(&["org2", "node1"]), "fedgw-org2-node1");
+}

@@ -1,0 +1,184 @@
+//! `deploy/k8s` against the code: the CRD YAML must be what `fedgw-controlplane crdgen` prints,
+//! and `kubectl kustomize deploy/k8s/overlays/org1` must render the kinds, image, ports,
+//! probes and RBAC the deployment relies on. kubectl is required (CI has it): without it the
+//! render test fails and says so.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use fedgw_controlplane::k8s::crd::ConsortiumNode;
+use kube::CustomResourceExt;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s")
+}
+
+#[test]
+fn crd_yaml_matches_crdgen() {
+    let want = serde_yaml::to_string(&ConsortiumNode::crd()).expect("yaml");
+    let path = deploy().join("base/crd.yaml");
+    if std::env::var_os("UPDATE_CRD").is_some() {
+        std::fs::write(&path, &want).expect("write crd.yaml");
+    }
+    let have = std::fs::read_to_string(&path).expect("deploy/k8s/base/crd.yaml");
+    assert!(
+        have == want,
+        "deploy/k8s/base/crd.yaml drifted from the code: run \
+         `cargo run -p fedgw-controlplane -- crdgen > deploy/k8s/base/crd.yaml` \
+         (or UPDATE_CRD=1 cargo test -p fedgw-controlplane --test deploy)"
+    );
+}
+
+fn render(overlay: &str) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(deploy().join("overlays").join(overlay))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("kubectl is needed to render deploy/k8s (kubectl kustomize): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "kubectl kustomize failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).expect("a YAML document"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_sequence()
+        .map(|s| s.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn org1_overlay_renders_the_deployment() {
+    let docs = render("org1");
+    let mut kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    assert_eq!(
+        kinds,
+        [
+            "ConsortiumNode",
+            "CustomResourceDefinition",
+            "Deployment",
+            "Namespace",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    for d in &docs {
+        let cluster_scoped = d["kind"] == "Namespace" || d["kind"] == "CustomResourceDefinition";
+        if !cluster_scoped {
+            assert_eq!(d["metadata"]["namespace"], "org1", "{:?}", d["metadata"]);
+        }
+    }
+    assert!(
+        docs.iter().all(|d| d["kind"] != "Secret"),
+        "no key material is rendered"
+    );
+
+    // the gateway: 2 replicas, spread, with the controller beside it
+    let dep = find(&docs, "Deployment", "fedgw");
+    assert_eq!(dep["spec"]["replicas"], 2);
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "fedgw");
+    assert!(
+        !pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            .is_null()
+    );
+    let containers = pod["containers"].as_sequence().expect("containers");
+    let by_name = |n: &str| {
+        containers
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap_or_else(|| panic!("container {n}"))
+    };
+    let (gw, cp) = (by_name("gateway"), by_name("controlplane"));
+    assert_eq!(gw["image"], "fedgw:dev");
+    assert_eq!(cp["image"], "fedgw:dev");
+    assert_eq!(strings(&cp["command"]).last(), Some(&"run"));
+    assert_eq!(gw["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(gw["readinessProbe"]["httpGet"]["path"], "/readyz");
+    for c in [gw, cp] {
+        assert!(!c["resources"]["requests"].is_null() && !c["resources"]["limits"].is_null());
+        let mounts = c["volumeMounts"].as_sequence().expect("mounts");
+        assert!(
+            mounts.iter().any(|m| m["mountPath"] == "/var/lib/fedgw"),
+            "the shared data dir with the admin socket"
+        );
+    }
+    let protocols = |v: &Value, port: i64| -> Vec<String> {
+        let mut p: Vec<String> = v
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["port"] == port || p["containerPort"] == port)
+            .filter_map(|p| p["protocol"].as_str().map(str::to_owned))
+            .collect();
+        p.sort();
+        p
+    };
+    assert_eq!(protocols(&gw["ports"], 7443), ["TCP", "UDP"]);
+
+    // the gateway port on TCP and UDP; DNS for CoreDNS
+    let lb = find(&docs, "Service", "fedgw");
+    assert_eq!(lb["spec"]["type"], "LoadBalancer");
+    assert_eq!(protocols(&lb["spec"]["ports"], 7443), ["TCP", "UDP"]);
+    let dns = find(&docs, "Service", "fedgw-dns");
+    assert_eq!(protocols(&dns["spec"]["ports"], 53), ["TCP", "UDP"]);
+
+    let pdb = find(&docs, "PodDisruptionBudget", "fedgw");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+
+    // RBAC: a namespaced Role with exactly what the controller does
+    assert!(docs.iter().all(|d| d["kind"] != "ClusterRole"));
+    let role = find(&docs, "Role", "fedgw-controlplane");
+    let rules = role["rules"].as_sequence().expect("rules");
+    let verbs = |resource: &str| -> Vec<&str> {
+        let mut v: Vec<&str> = rules
+            .iter()
+            .filter(|r| strings(&r["resources"]).contains(&resource))
+            .flat_map(|r| strings(&r["verbs"]))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(verbs("consortiumnodes"), ["get", "list", "watch"]);
+    assert_eq!(verbs("consortiumnodes/status"), ["get", "patch"]);
+    assert_eq!(
+        verbs("services"),
+        ["create", "delete", "get", "list", "patch", "watch"]
+    );
+    assert_eq!(
+        verbs("configmaps"),
+        ["create", "get", "list", "patch", "watch"]
+    );
+    assert_eq!(verbs("secrets"), ["get", "list", "watch"]);
+    assert_eq!(verbs("leases"), ["create", "get", "update"]);
+    assert!(rules.iter().all(|r| !strings(&r["verbs"]).contains(&"*")));
+    let binding = find(&docs, "RoleBinding", "fedgw-controlplane");
+    assert_eq!(binding["subjects"][0]["name"], "fedgw");
+
+    // the example nodes are valid resources of the CRD's group
+    let node = find(&docs, "ConsortiumNode", "node1");
+    assert_eq!(node["apiVersion"], "fedgw.io/v1alpha1");
+    let parsed: ConsortiumNode = serde_yaml::from_value(node.clone()).expect("a ConsortiumNode");
+    assert_eq!(parsed.spec.ports.p2p, Some(30303));
+}

@@ -1,0 +1,482 @@
+//! The reconciler against a scripted fake API server (a `tower-test` mock service behind a
+//! real `kube::Client`): each expected request's method, path and body are asserted, each
+//! awaited with a timeout. The gateway is a fake that records calls and updates its view.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fedgw_controlplane::k8s::crd::{Client, ConsortiumNode, ConsortiumNodeSpec, Enode, NodePorts};
+use fedgw_controlplane::k8s::gateway::Gateway;
+use fedgw_controlplane::k8s::index::{
+    GatewayCall, GatewayView, Index, MANAGED_BY, MANAGED_BY_VALUE, Settings,
+};
+use fedgw_controlplane::k8s::lease::Elector;
+use fedgw_controlplane::k8s::reconcile::{Outcome, Reconciler};
+use fedgw_proto::v1 as pb;
+use http::{Request, Response};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::client::Body;
+use kube::runtime::watcher::Event;
+use serde_json::{Value, json};
+use tower_test::mock;
+
+type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+const WAIT: Duration = Duration::from_secs(5);
+const G: &str = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798\
+                 483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8";
+
+/// A gateway that applies calls to its own view.
+#[derive(Clone, Default)]
+struct FakeGateway(Arc<Mutex<(GatewayView, Vec<GatewayCall>)>>);
+
+impl FakeGateway {
+    fn new(nodes: Vec<pb::NodeInfo>) -> Self {
+        let view = GatewayView {
+            org: "org1".into(),
+            site: "dc1".into(),
+            nodes,
+        };
+        Self(Arc::new(Mutex::new((view, Vec::new()))))
+    }
+    fn calls(&self) -> Vec<GatewayCall> {
+        self.0.lock().expect("lock").1.clone()
+    }
+}
+
+impl Gateway for FakeGateway {
+    async fn view(&mut self) -> Result<GatewayView, tonic::Status> {
+        Ok(self.0.lock().expect("lock").0.clone())
+    }
+    async fn call(&mut self, call: &GatewayCall) -> Result<(), tonic::Status> {
+        let mut g = self.0.lock().expect("lock");
+        g.1.push(call.clone());
+        match call {
+            GatewayCall::AddNode(s) => g.0.nodes.push(pb::NodeInfo {
+                org: "org1".into(),
+                name: s.name.clone(),
+                record: Some(pb::NodeRecord {
+                    client: s.client,
+                    enode_id: s.enode_id.clone(),
+                    p2p_port: s.p2p_port,
+                    raft_port: s.raft_port,
+                    raft_id: s.raft_id,
+                    site: "dc1".into(),
+                    ..Default::default()
+                }),
+                local_host: s.host.clone(),
+                dns_name: format!("{}.org1.acme.example", s.name),
+                ..Default::default()
+            }),
+            GatewayCall::RemoveNode(n) => g.0.nodes.retain(|x| x.name != *n),
+            GatewayCall::SetServiceAddress { org, name, ip } => {
+                for n in &mut g.0.nodes {
+                    if n.org == *org && n.name == *name {
+                        n.service_ip = ip.clone();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        namespace: "org1".into(),
+        config_map: "fedgw-peers".into(),
+        gateway_selector: BTreeMap::from([("app.kubernetes.io/name".into(), "fedgw".into())]),
+    }
+}
+
+fn node_cr() -> ConsortiumNode {
+    let mut c = ConsortiumNode::new(
+        "node1",
+        ConsortiumNodeSpec {
+            node_name: None,
+            client: Client::Goquorum,
+            service: Some("quorum-node1".into()),
+            pod_selector: None,
+            ports: NodePorts {
+                p2p: Some(30303),
+                raft: Some(50400),
+                tessera: None,
+            },
+            raft_id: Some(1),
+            enode: Some(Enode {
+                public_key: Some(G.into()),
+                nodekey_secret: None,
+            }),
+            tessera_public_keys: vec![],
+            tessera_tls: false,
+            roles: vec![],
+            allowed_orgs: vec![],
+        },
+    );
+    c.metadata.namespace = Some("org1".into());
+    c
+}
+
+fn service(name: &str, ip: &str, owned: bool) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("org1".into()),
+            labels: owned.then(|| BTreeMap::from([(MANAGED_BY.into(), MANAGED_BY_VALUE.into())])),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(ip.into()),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn remote_node() -> pb::NodeInfo {
+    pb::NodeInfo {
+        org: "org2".into(),
+        name: "node1".into(),
+        record: Some(pb::NodeRecord {
+            client: pb::ClientKind::Goquorum.into(),
+            enode_id: vec![0xab; 64],
+            p2p_port: 30303,
+            raft_port: 50400,
+            site: "dc1".into(),
+            ..Default::default()
+        }),
+        dns_name: "node1.org2.acme.example".into(),
+        local_ip: "0.0.0.0".into(),
+        local_ports: [("p2p".to_owned(), 41000), ("raft".to_owned(), 41001)].into(),
+        ..Default::default()
+    }
+}
+
+/// An index whose watches all listed the given objects.
+fn listed(
+    nodes: Vec<ConsortiumNode>,
+    services: Vec<Service>,
+    config_maps: Vec<ConfigMap>,
+) -> Index {
+    let mut ix = Index::new(settings());
+    ix.nodes.event(Event::Init);
+    nodes
+        .into_iter()
+        .for_each(|n| ix.nodes.event(Event::InitApply(n)));
+    ix.nodes.event(Event::InitDone);
+    ix.services.event(Event::Init);
+    services
+        .into_iter()
+        .for_each(|s| ix.services.event(Event::InitApply(s)));
+    ix.services.event(Event::InitDone);
+    ix.secrets.event(Event::Init);
+    ix.secrets.event(Event::InitDone);
+    ix.config_maps.event(Event::Init);
+    config_maps
+        .into_iter()
+        .for_each(|c| ix.config_maps.event(Event::InitApply(c)));
+    ix.config_maps.event(Event::InitDone);
+    ix
+}
+
+fn json_response(status: u16, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).expect("json")))
+        .expect("response")
+}
+
+/// Waits (bounded) for the next request, asserts its method and path, and returns its JSON
+/// body (Null when empty) with the responder.
+async fn expect(
+    handle: &mut Handle,
+    method: &str,
+    path: &str,
+) -> (Value, mock::SendResponse<Response<Body>>) {
+    let (req, send) = tokio::time::timeout(WAIT, handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no {method} {path} within {WAIT:?}"))
+        .expect("the client is gone");
+    assert_eq!(
+        (req.method().as_str(), req.uri().path()),
+        (method, path),
+        "request {}",
+        req.uri()
+    );
+    let bytes = req.into_body().collect_bytes().await.expect("body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("json body")
+    };
+    (body, send)
+}
+
+/// Runs one reconcile in a task; the test answers its requests meanwhile.
+fn spawn_reconcile(
+    client: kube::Client,
+    gateway: FakeGateway,
+    mut index: Index,
+    leader: bool,
+) -> tokio::task::JoinHandle<(Outcome, Index)> {
+    tokio::spawn(async move {
+        let mut r = Reconciler::new(client, "org1", gateway);
+        r.refresh(&mut index).await.expect("gateway");
+        let outcome = r.reconcile(&mut index, || leader).await.expect("reconcile");
+        (outcome, index)
+    })
+}
+
+const CM_PATH: &str = "/api/v1/namespaces/org1/configmaps/fedgw-peers";
+
+#[tokio::test]
+async fn creating_a_consortium_node_registers_it_and_updates_status() {
+    let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "org1");
+    let gateway = FakeGateway::new(vec![]);
+    let index = listed(
+        vec![node_cr()],
+        vec![service("quorum-node1", "10.96.1.1", false)],
+        vec![],
+    );
+    let task = spawn_reconcile(client, gateway.clone(), index, true);
+
+    // registered first, then the files and the status reflect the gateway's view
+    let (body, send) = expect(&mut handle, "PATCH", CM_PATH).await;
+    assert_eq!(body["kind"], "ConfigMap");
+    assert_eq!(body["metadata"]["labels"][MANAGED_BY], MANAGED_BY_VALUE);
+    let static_nodes = body["data"]["static-nodes.json"].as_str().expect("file");
+    assert!(
+        static_nodes.contains(&format!(
+            "enode://{G}@node1.org1.acme.example:30303?discport=0&raftport=50400"
+        )),
+        "{static_nodes}"
+    );
+    send.send_response(json_response(200, &body));
+
+    let (body, send) = expect(
+        &mut handle,
+        "PATCH",
+        "/apis/fedgw.io/v1alpha1/namespaces/org1/consortiumnodes/node1/status",
+    )
+    .await;
+    let status = &body["status"];
+    assert_eq!(status["state"], "Registered");
+    assert_eq!(status["dnsName"], "node1.org1.acme.example");
+    assert_eq!(status["conditions"][0]["type"], "Registered");
+    assert_eq!(status["conditions"][0]["status"], "True");
+    let mut cr = serde_json::to_value(node_cr()).expect("json");
+    cr["status"] = status.clone();
+    send.send_response(json_response(200, &cr));
+
+    let (outcome, _) = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("done")
+        .expect("task");
+    assert_eq!(outcome, Outcome::Done);
+    let calls = gateway.calls();
+    let [GatewayCall::AddNode(spec)] = calls.as_slice() else {
+        panic!("{calls:?}")
+    };
+    assert_eq!(
+        (spec.name.as_str(), spec.host.as_str()),
+        ("node1", "10.96.1.1")
+    );
+}
+
+#[tokio::test]
+async fn a_remote_node_appearing_creates_its_service_and_config_map_entry() {
+    let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "org1");
+    let gateway = FakeGateway::new(vec![remote_node()]);
+    let task = spawn_reconcile(
+        client,
+        gateway.clone(),
+        listed(vec![], vec![], vec![]),
+        true,
+    );
+
+    let (body, send) = expect(
+        &mut handle,
+        "PATCH",
+        "/api/v1/namespaces/org1/services/fedgw-org2-node1",
+    )
+    .await;
+    assert_eq!(body["kind"], "Service");
+    assert_eq!(body["metadata"]["labels"]["fedgw.io/org"], "org2");
+    assert_eq!(body["metadata"]["labels"]["fedgw.io/role"], "remote");
+    assert_eq!(body["spec"]["selector"]["app.kubernetes.io/name"], "fedgw");
+    assert_eq!(
+        body["spec"]["ports"],
+        json!([
+            {"name": "p2p", "port": 30303, "targetPort": 41000, "protocol": "TCP"},
+            {"name": "raft", "port": 50400, "targetPort": 41001, "protocol": "TCP"},
+        ])
+    );
+    let mut created = body.clone();
+    created["spec"]["clusterIP"] = json!("10.96.0.7");
+    send.send_response(json_response(201, &created));
+
+    let (body, send) = expect(&mut handle, "PATCH", CM_PATH).await;
+    let files = &body["data"];
+    assert!(
+        files["static-nodes.json"]
+            .as_str()
+            .is_some_and(|f| f.contains("@node1.org2.acme.example:30303")),
+        "{files}"
+    );
+    assert!(
+        files["tessera-peers.json"].is_string() && files["permissions_config.toml"].is_string()
+    );
+    send.send_response(json_response(200, &body));
+
+    let (outcome, _) = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("done")
+        .expect("task");
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(
+        gateway.calls(),
+        [GatewayCall::SetServiceAddress {
+            org: "org2".into(),
+            name: "node1".into(),
+            ip: "10.96.0.7".into()
+        }],
+        "the gateway learns the ClusterIP"
+    );
+}
+
+#[tokio::test]
+async fn a_remote_node_removed_deletes_its_service_and_entry() {
+    let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "org1");
+    // settled with the node: its Service exists and the files name it
+    let mut node = remote_node();
+    node.service_ip = "10.96.0.7".into();
+    let mut settled = listed(vec![], vec![], vec![]);
+    settled.set_gateway(GatewayView {
+        org: "org1".into(),
+        site: "dc1".into(),
+        nodes: vec![node],
+    });
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("fedgw-peers".into()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY.into(),
+                MANAGED_BY_VALUE.into(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(settled.rendered()),
+        ..Default::default()
+    };
+    let index = listed(
+        vec![],
+        vec![service("fedgw-org2-node1", "10.96.0.7", true)],
+        vec![cm],
+    );
+    let gateway = FakeGateway::new(vec![]);
+    let task = spawn_reconcile(client, gateway.clone(), index, true);
+
+    let (_, send) = expect(
+        &mut handle,
+        "DELETE",
+        "/api/v1/namespaces/org1/services/fedgw-org2-node1",
+    )
+    .await;
+    send.send_response(json_response(
+        200,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+    ));
+    let (body, send) = expect(&mut handle, "PATCH", CM_PATH).await;
+    assert_eq!(body["data"]["static-nodes.json"], "[]\n");
+    send.send_response(json_response(200, &body));
+
+    let (outcome, index) = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("done")
+        .expect("task");
+    assert_eq!(outcome, Outcome::Done);
+    assert!(index.services.get("fedgw-org2-node1").is_none());
+    assert!(gateway.calls().is_empty());
+}
+
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/org1/leases";
+
+#[tokio::test]
+async fn losing_the_lease_stops_writes() {
+    let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "org1");
+    let api: kube::Api<Lease> = kube::Api::namespaced(client.clone(), "org1");
+    let mut elector = Elector::new(api, "fedgw-controlplane", "gw-0", Duration::from_secs(15));
+
+    // no Lease yet: this replica creates it and leads
+    let tick = tokio::spawn(async move {
+        let r = elector.tick().await.map_err(|e| e.to_string());
+        (r, elector)
+    });
+    let lease_path = format!("{LEASES}/fedgw-controlplane");
+    let (_, send) = expect(&mut handle, "GET", &lease_path).await;
+    send.send_response(json_response(
+        404,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "NotFound", "code": 404, "message": "not found"}),
+    ));
+    let (body, send) = expect(&mut handle, "POST", LEASES).await;
+    assert_eq!(body["spec"]["holderIdentity"], "gw-0");
+    assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+    let mut held = body.clone();
+    held["metadata"]["resourceVersion"] = json!("1");
+    send.send_response(json_response(201, &held));
+    let (r, mut elector) = tokio::time::timeout(WAIT, tick)
+        .await
+        .expect("tick")
+        .expect("task");
+    assert_eq!(r, Ok(true));
+    assert!(elector.is_leader());
+
+    // another replica took it over (say we missed renewals): we follow
+    let tick = tokio::spawn(async move {
+        let r = elector.tick().await.map_err(|e| e.to_string());
+        (r, elector)
+    });
+    let (_, send) = expect(&mut handle, "GET", &lease_path).await;
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let mut taken = held.clone();
+    taken["spec"]["holderIdentity"] = json!("gw-1");
+    taken["spec"]["renewTime"] = json!(now);
+    taken["metadata"]["resourceVersion"] = json!("2");
+    send.send_response(json_response(200, &taken));
+    let (r, elector) = tokio::time::timeout(WAIT, tick)
+        .await
+        .expect("tick")
+        .expect("task");
+    assert_eq!(r, Ok(false));
+    assert!(!elector.is_leader());
+
+    // a remote node appears: a leader would create its Service; this replica writes nothing
+    let gateway = FakeGateway::new(vec![remote_node()]);
+    let task = spawn_reconcile(
+        client,
+        gateway.clone(),
+        listed(vec![], vec![], vec![]),
+        elector.is_leader(),
+    );
+    let (outcome, _) = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("done")
+        .expect("task");
+    assert_eq!(outcome, Outcome::NotLeader);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), handle.next_request())
+            .await
+            .is_err(),
+        "no request after the Lease was lost"
+    );
+    assert!(gateway.calls().is_empty());
+}
