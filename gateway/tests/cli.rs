@@ -440,3 +440,79 @@ fn lab_check_founds_joins_and_links_every_pair() {
         .expect("spawn");
     assert_ne!(again.code, Some(0));
 }
+
+#[test]
+fn run_waits_for_the_data_dir_then_serves() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("org1");
+    let log = tmp.path().join("org1.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fedgw"))
+        .args(["run", "--wait-for-config", "--data-dir", &s(&dir)])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    fedgw_tests::wait_for("the waiting message", fedgw_tests::READY_TIMEOUT, || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("waiting for fedgw init"))
+    })
+    .expect("run waits for a config");
+    assert!(child.try_wait().expect("wait").is_none(), "still running");
+    init(&dir, "127.0.0.1:0");
+    let info = fedgw_tests::wait_for("run.json", fedgw_tests::READY_TIMEOUT, || {
+        std::fs::read_to_string(dir.join("run.json")).ok()
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "the gateway starts once the data dir exists: {e}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    let info: serde_json::Value = serde_json::from_str(&info).expect("run.json");
+    let metrics = info["metrics"].as_str().expect("metrics address");
+    assert_eq!(http_get(metrics, "/readyz").expect("readyz").0, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn stand_in_and_probe_check_echo_and_upcheck() {
+    let port = |l: std::net::TcpListener| l.local_addr().expect("addr").port();
+    // free ports for the stand-in (it binds them itself)
+    let (echo, http) = (
+        port(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
+        port(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fedgw"))
+        .args([
+            "stand-in",
+            "--echo",
+            &format!("127.0.0.1:{echo}"),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    std::io::BufRead::read_line(&mut out, &mut line).expect("ready line");
+    assert!(line.starts_with("stand-in serving"), "{line}");
+    let ok = fedgw()
+        .run(["probe", &format!("127.0.0.1:{echo}"), "--bytes", "100000"])
+        .expect("spawn");
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+    assert!(ok.stdout.starts_with("ok "), "{}", ok.stdout);
+    let ok = fedgw()
+        .run(["probe", &format!("localhost:{http}"), "--http"])
+        .expect("spawn");
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+    let _ = child.kill();
+    let _ = child.wait();
+    let failed = fedgw()
+        .run(["probe", &format!("127.0.0.1:{echo}"), "--timeout", "2s"])
+        .expect("spawn");
+    assert_eq!(failed.code, Some(1), "a dead node fails the probe");
+}
