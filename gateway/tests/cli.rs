@@ -410,11 +410,22 @@ fn lab_check_founds_joins_and_links_every_pair() {
         .expect("spawn");
     assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
     assert!(
-        run.stdout.contains("lab check: 14 passed, 0 failed"),
+        run.stdout.contains("lab check: 29 passed, 0 failed"),
         "{}",
         run.stdout
     );
     assert!(!run.stdout.contains("FAIL"), "{}", run.stdout);
+    // majority admission: the third org needed both members' approval
+    assert!(
+        run.stdout
+            .contains("PASS  join org3 (majority admission: 2 of 2 members approved)"),
+        "{}",
+        run.stdout
+    );
+    for (a, b) in [(1, 2), (1, 3), (2, 1), (2, 3), (3, 1), (3, 2)] {
+        let line = format!("PASS  traffic org{a} -> org{b} ");
+        assert!(run.stdout.contains(&line), "{line} in {}", run.stdout);
+    }
     let lab: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("lab.json")).expect("lab.json"))
             .expect("json");
@@ -433,6 +444,36 @@ fn lab_check_founds_joins_and_links_every_pair() {
         // the lab's gateways were stopped cleanly
         let data_dir = std::path::PathBuf::from(o["data_dir"].as_str().expect("dir"));
         assert!(!data_dir.join("run.json").exists());
+    }
+    // the eight sample nodes, shared out, each with its real and per-site local addresses
+    let nodes = lab["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 8);
+    let sample = include_str!("../../proto/data/goquorum-static-nodes.raft.json");
+    for n in nodes {
+        let (org, name) = (
+            n["org"].as_str().expect("org"),
+            n["name"].as_str().expect("name"),
+        );
+        assert_eq!(n["dns_name"], format!("{name}.{org}.acme.test"));
+        let enode = n["enode"].as_str().expect("enode");
+        assert!(sample.contains(enode), "{enode} comes from the sample");
+        assert!(
+            n["real"]["p2p"]
+                .as_str()
+                .is_some_and(|a| a.ends_with(":30303"))
+        );
+        assert!(
+            n["real"]["tessera"]
+                .as_str()
+                .is_some_and(|u| u.ends_with(":9000"))
+        );
+        let local = n["local"].as_object().expect("local");
+        assert_eq!(
+            local.len(),
+            2,
+            "every other org has a local address for {name}.{org}"
+        );
+        assert!(!local.contains_key(org));
     }
     // a second lab in the same dir is refused rather than mixed with the first
     let again = fedgw()
