@@ -35,6 +35,10 @@ pub struct AdminService {
     pub membership: Membership,
     /// Remote nodes' local addresses at this site.
     pub allocations: Arc<std::sync::RwLock<crate::addressing::Allocations>>,
+    /// The data plane.
+    pub tunnels: crate::tunnel::Tunnels,
+    /// Metrics (refused stream counters).
+    pub metrics: crate::metrics::Metrics,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -312,7 +316,11 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(status_of(&self.membership)))
+        Ok(Response::new(status_of(
+            &self.membership,
+            &self.tunnels,
+            &self.metrics,
+        )))
     }
 
     type WatchStatusStream = std::pin::Pin<
@@ -324,12 +332,17 @@ impl pb::admin_server::Admin for AdminService {
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
         let m = self.membership.clone();
+        let (tunnels, metrics) = (self.tunnels.clone(), self.metrics.clone());
         let mut changed = m.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let tracker = m.tracker().clone();
         tracker.spawn(async move {
             loop {
-                if tx.send(Ok(status_of(&m))).await.is_err() {
+                if tx
+                    .send(Ok(status_of(&m, &tunnels, &metrics)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 tokio::select! {
@@ -495,7 +508,11 @@ pub async fn connect(path: &Path) -> Result<AdminClient<Channel>, tonic::transpo
 }
 
 /// The status report of a gateway.
-fn status_of(m: &Membership) -> pb::StatusResponse {
+fn status_of(
+    m: &Membership,
+    tunnels: &crate::tunnel::Tunnels,
+    metrics: &crate::metrics::Metrics,
+) -> pb::StatusResponse {
     let (digest, records) = m.read(|v| (hex(&v.digest()), v.len() as u64));
     let peers = m
         .peer_reports()
@@ -520,5 +537,24 @@ fn status_of(m: &Membership) -> pb::StatusResponse {
         peers,
         rejected_records: m.rejected_total(),
         equivocations: m.equivocations_total(),
+        tunnels: tunnels
+            .links()
+            .into_iter()
+            .map(|(id, transport, rtt)| pb::TunnelStatus {
+                org: id.org,
+                site: id.site,
+                transport: transport.to_owned(),
+                rtt_ms: rtt.map_or(0.0, |r| r.as_secs_f64() * 1000.0),
+            })
+            .collect(),
+        listeners: u32::try_from(tunnels.listening().len()).unwrap_or(u32::MAX),
+        listener_failures: tunnels.listener_failures(),
+        active_streams: u64::try_from(metrics.tunnel_active_streams()).unwrap_or(0),
+        refused_streams: crate::tunnel::header::Answer::ALL
+            .iter()
+            .filter(|a| **a != crate::tunnel::header::Answer::Accepted)
+            .map(|a| (a.label().to_owned(), metrics.tunnel_refused_total(*a)))
+            .filter(|(_, n)| *n > 0)
+            .collect(),
     }
 }

@@ -423,6 +423,8 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         advertise: advertise.clone(),
         membership: membership.clone(),
         allocations,
+        tunnels: tunnels.clone(),
+        metrics: metrics.clone(),
     });
     let sd = shutdown.clone();
     tracker.spawn(async move {

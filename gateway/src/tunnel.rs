@@ -396,6 +396,24 @@ impl Tunnels {
             .count()
     }
 
+    /// Every live link: the peer, its transport, and the RTT (QUIC links).
+    pub fn links(&self) -> Vec<(GatewayId, &'static str, Option<Duration>)> {
+        let links = self.0.links.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = links
+            .iter()
+            .filter(|(_, (_, l))| l.is_alive())
+            .map(|(id, (_, l))| {
+                let rtt = match l {
+                    Link::Quic(c) => Some(c.rtt()),
+                    Link::Mux { .. } => None,
+                };
+                (id.clone(), l.transport(), rtt)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// The live link to `peer`, if any, and its transport.
     pub fn link_transport(&self, peer: &GatewayId) -> Option<&'static str> {
         self.0

@@ -414,6 +414,25 @@ async fn the_far_gateway_refuses_what_it_must() {
             .tunnel_refused_total(Answer::ForbiddenTarget),
         1
     );
+    // and `fedgw status` shows them, with the live links
+    let status = fed.gws[1]
+        .admin()
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.refused_streams.get("unknown_node"), Some(&2));
+    assert_eq!(status.refused_streams.get("bad_header"), Some(&3));
+    assert!(
+        status.tunnels.iter().any(|t| t.org == "org1"),
+        "{:?}",
+        status.tunnels
+    );
+    assert_eq!(
+        status.listeners, 1,
+        "org2 listens for the p2p port of org3's node"
+    );
     fed.stop_all().await;
 }
 

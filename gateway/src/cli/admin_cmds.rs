@@ -484,9 +484,20 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
                 })
             })
             .collect();
+        let tunnels: Vec<_> = s
+            .tunnels
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "org": t.org, "site": t.site, "transport": t.transport, "rtt_ms": t.rtt_ms,
+                })
+            })
+            .collect();
         let v = serde_json::json!({
             "org": s.org, "site": s.site, "digest": s.digest, "records": s.records,
             "rejected_records": s.rejected_records, "equivocations": s.equivocations, "peers": peers,
+            "tunnels": tunnels, "listeners": s.listeners, "listener_failures": s.listener_failures,
+            "active_streams": s.active_streams, "refused_streams": s.refused_streams,
         });
         println!("{v}");
         return Ok(());
@@ -520,6 +531,36 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
                 &p.last_error
             }
         );
+    }
+    println!(
+        "\ndata plane: {} local listeners{}, {} proxied connections open",
+        s.listeners,
+        if s.listener_failures {
+            " (some could not be bound; retrying)"
+        } else {
+            ""
+        },
+        s.active_streams
+    );
+    println!("{:<16} {:<9} {:>10}", "tunnel to", "transport", "rtt");
+    for t in &s.tunnels {
+        let rtt = if t.transport == "quic" {
+            format!("{:.2} ms", t.rtt_ms)
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "{:<16} {:<9} {:>10}",
+            format!("{}/{}", t.org, t.site),
+            t.transport,
+            rtt
+        );
+    }
+    if !s.refused_streams.is_empty() {
+        let mut refused: Vec<_> = s.refused_streams.iter().collect();
+        refused.sort();
+        let shown: Vec<String> = refused.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("refused streams: {}", shown.join(", "));
     }
     Ok(())
 }
