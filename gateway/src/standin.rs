@@ -19,30 +19,44 @@ use tokio_util::task::TaskTracker;
 /// The body of a healthy Tessera upcheck.
 pub const UPCHECK_BODY: &str = "I'm up!";
 
-/// Serves a TCP echo on `listener` until `shutdown`.
-pub async fn serve_echo(listener: TcpListener, tracker: TaskTracker, shutdown: CancellationToken) {
+/// Accepts on `listener` until `shutdown`, running `serve` for each connection on `tracker`.
+async fn accept_each<F, Fut>(
+    listener: TcpListener,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    serve: F,
+) where
+    F: Fn(TcpStream, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
-        let (mut s, _) = tokio::select! {
+        let s = tokio::select! {
             a = listener.accept() => match a {
-                Ok(a) => a,
+                Ok((s, _)) => s,
                 Err(_) => {
+                    // EMFILE and friends: back off instead of spinning
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = shutdown.cancelled() => return,
         };
-        let sd = shutdown.clone();
-        tracker.spawn(async move {
-            let (mut r, mut w) = s.split();
-            tokio::select! {
-                _ = tokio::io::copy(&mut r, &mut w) => {
-                    let _ = w.shutdown().await;
-                }
-                () = sd.cancelled() => {}
-            }
-        });
+        tracker.spawn(serve(s, shutdown.clone()));
     }
+}
+
+/// Serves a TCP echo on `listener` until `shutdown`.
+pub async fn serve_echo(listener: TcpListener, tracker: TaskTracker, shutdown: CancellationToken) {
+    accept_each(listener, tracker, shutdown, |mut s, sd| async move {
+        let (mut r, mut w) = s.split();
+        tokio::select! {
+            _ = tokio::io::copy(&mut r, &mut w) => {
+                let _ = w.shutdown().await;
+            }
+            () = sd.cancelled() => {}
+        }
+    })
+    .await;
 }
 
 /// Serves `GET /upcheck` on `listener` until `shutdown`; anything else gets a 404.
@@ -51,47 +65,40 @@ pub async fn serve_upcheck(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let (mut s, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        tracker.spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut have = 0;
-            let read = async {
-                while !buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf[have..]).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(n) => have += n,
-                    }
-                    if have == buf.len() {
-                        return false;
-                    }
-                }
-                true
-            };
-            if !matches!(tokio::time::timeout(Duration::from_secs(10), read).await, Ok(true)) {
-                return;
+    accept_each(listener, tracker, shutdown, |s, _| upcheck(s)).await;
+}
+
+async fn upcheck(mut s: TcpStream) {
+    let mut buf = vec![0u8; 4096];
+    let mut have = 0;
+    let read = async {
+        while !buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf[have..]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => have += n,
             }
-            let resp = if buf[..have].starts_with(b"GET /upcheck ") {
-                format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{UPCHECK_BODY}",
-                    UPCHECK_BODY.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
-            };
-            let _ = s.write_all(resp.as_bytes()).await;
-            let _ = s.shutdown().await;
-        });
+            if have == buf.len() {
+                return false;
+            }
+        }
+        true
+    };
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(10), read).await,
+        Ok(true)
+    ) {
+        return;
     }
+    let resp = if buf[..have].starts_with(b"GET /upcheck ") {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{UPCHECK_BODY}",
+            UPCHECK_BODY.len()
+        )
+    } else {
+        "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+    };
+    let _ = s.write_all(resp.as_bytes()).await;
+    let _ = s.shutdown().await;
 }
 
 /// Binds and serves echo servers on `echo` and upcheck servers on `http`; returns the bound

@@ -416,13 +416,7 @@ impl Tunnels {
 
     /// The live link to `peer`, if any, and its transport.
     pub fn link_transport(&self, peer: &GatewayId) -> Option<&'static str> {
-        self.0
-            .links
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(peer)
-            .filter(|(_, l)| l.is_alive())
-            .map(|(_, l)| l.transport())
+        self.live_link(peer).map(|(_, l)| l.transport())
     }
 
     /// Whether some local listener could not be bound (retried on the next update).

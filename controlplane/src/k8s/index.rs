@@ -250,26 +250,7 @@ pub fn service_name(parts: &[&str]) -> String {
 /// The real ports a node record asks for, by name (`p2p`, `raft`, `tessera`): the same rule as
 /// the gateway's `addressing::node_ports`, whose allocated ports the names key.
 pub fn real_ports(r: &pb::NodeRecord) -> BTreeMap<String, u16> {
-    let mut ports = BTreeMap::new();
-    for (name, p) in [("p2p", r.p2p_port), ("raft", r.raft_port)] {
-        if let Ok(p) = u16::try_from(p)
-            && p != 0
-        {
-            ports.insert(name.to_owned(), p);
-        }
-    }
-    if let Some((scheme, rest)) = r.tessera_url.split_once("://") {
-        let authority = rest.split('/').next().unwrap_or_default();
-        let port = match authority.rsplit_once(':') {
-            Some((_, p)) => p.parse().ok(),
-            None if scheme == "https" => Some(443),
-            None => Some(80),
-        };
-        if let Some(p) = port {
-            ports.insert("tessera".to_owned(), p);
-        }
-    }
-    ports
+    fedgw_proto::node_ports(r)
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
