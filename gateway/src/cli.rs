@@ -191,6 +191,38 @@ enum Command {
     Run {
         #[command(flatten)]
         dir: DataDirArg,
+        /// If DIR has no fedgw.toml yet, wait until `fedgw init` or `fedgw join` writes one
+        /// (a container's main process can start before the data dir is provisioned).
+        #[arg(long)]
+        wait_for_config: bool,
+    },
+    /// Run stand-in nodes: TCP echo servers (p2p, raft) and Tessera-like `GET /upcheck` HTTP
+    /// servers, until SIGINT or SIGTERM.
+    StandIn {
+        /// Echo server address (repeatable).
+        #[arg(long, value_name = "ADDR")]
+        echo: Vec<SocketAddr>,
+        /// Upcheck server address (repeatable).
+        #[arg(long, value_name = "ADDR")]
+        http: Vec<SocketAddr>,
+    },
+    /// Check that a node answers: resolve it (optionally through a given DNS server), connect,
+    /// and echo bytes or ask `GET /upcheck`. Exits 0 on success, 1 on failure.
+    Probe {
+        /// The node, host:port (e.g. node1.org2.acme.test:30303).
+        target: String,
+        /// DNS server to resolve through, IP:PORT [default: the system resolver].
+        #[arg(long, value_name = "IP:PORT")]
+        dns: Option<SocketAddr>,
+        /// Ask `GET /upcheck` instead of echoing.
+        #[arg(long)]
+        http: bool,
+        /// Bytes to echo.
+        #[arg(long, default_value_t = 1024)]
+        bytes: usize,
+        /// Bound on the whole probe.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Create a join token for an org (prints the token on stdout).
     Invite {
@@ -365,7 +397,35 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Command::Run { dir } => run(DataDir::new(dir.data_dir)).await,
+        Command::Run {
+            dir,
+            wait_for_config,
+        } => run(DataDir::new(dir.data_dir), wait_for_config).await,
+        Command::StandIn { echo, http } => stand_in(echo, http).await,
+        Command::Probe {
+            target,
+            dns,
+            http,
+            bytes,
+            timeout,
+        } => {
+            let kind = if http {
+                crate::standin::ProbeKind::Upcheck
+            } else {
+                crate::standin::ProbeKind::Echo(bytes)
+            };
+            match crate::standin::probe(&target, dns, kind, timeout).await {
+                Ok(ok) => {
+                    println!(
+                        "ok {target} -> {} in {} ms",
+                        ok.addr,
+                        ok.elapsed.as_millis()
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(CliError::new(exit::FAILURE, e)),
+            }
+        }
         Command::Invite {
             org,
             dir,
@@ -411,8 +471,38 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
     }
 }
 
-async fn run(dir: DataDir) -> Result<(), CliError> {
+async fn stand_in(echo: Vec<SocketAddr>, http: Vec<SocketAddr>) -> Result<(), CliError> {
+    if echo.is_empty() && http.is_empty() {
+        return Err(usage("give at least one --echo or --http address"));
+    }
+    let tracker = tokio_util::task::TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let bound = crate::standin::serve(&echo, &http, &tracker, &shutdown)
+        .await
+        .map_err(|e| CliError::new(exit::FAILURE, e))?;
+    let shown: Vec<String> = bound.iter().map(ToString::to_string).collect();
+    println!("stand-in serving {}", shown.join(" "));
+    wait_for_signal().await;
+    shutdown.cancel();
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+    Ok(())
+}
+
+async fn run(dir: DataDir, wait_for_config: bool) -> Result<(), CliError> {
     crate::telemetry::init();
+    if wait_for_config && !dir.config().exists() {
+        tracing::info!(dir = %dir.root().display(), "waiting for fedgw init or fedgw join");
+        let stop = tokio::spawn(wait_for_signal());
+        while !dir.config().exists() {
+            if stop.is_finished() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // fedgw.toml is renamed into place last, so its presence means a complete data dir
+        stop.abort();
+    }
     if !dir.config().exists() {
         return Err(usage(format!(
             "{} has no fedgw.toml (run `fedgw init` or `fedgw join` first)",

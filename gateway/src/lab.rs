@@ -1,8 +1,19 @@
 //! `fedgw lab`: a whole consortium on one machine with no setup. Each org gets its own data dir
-//! and its own `fedgw run` process on loopback (port 0 everywhere, so several labs can share a
-//! host). The founder invites every other org, each joins over the network, and every ordered
-//! pair of gateways proves a mutual-TLS link. The lab writes `DIR/lab.json` for scripts, prints
-//! a table, and stays up until Ctrl-C (or, with `--check`, exits 0 only if every step passed).
+//! and its own `fedgw run` process on loopback (port 0 for every gateway socket). The consortium
+//! uses majority admission: the founder invites every other org, each joins over the network and
+//! is admitted once a majority of members approved it (the third org needs two approvals). Every
+//! ordered pair of gateways proves a mutual-TLS link.
+//!
+//! Then the real sample nodes (the quorum-dev-quickstart `static-nodes.json` and the Tessera
+//! config template, embedded from `proto/data/`) are shared out between the orgs, each node gets
+//! stand-in services on its own loopback address (`127.66.<org>.<n>`: TCP echo on its p2p and
+//! raft ports, `GET /upcheck` on its Tessera port), is registered at its org's gateway, and every
+//! ordered pair of sites proves traffic: the name resolved with the calling site's DNS, then p2p,
+//! raft and Tessera through the tunnels.
+//!
+//! The lab writes `DIR/lab.json` for scripts, prints a table with ready-to-paste `dig`, `curl`
+//! and `fedgw probe` commands, and stays up until Ctrl-C (or, with `--check`, exits 0 only if
+//! every step passed).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -61,9 +72,37 @@ pub struct LabFile {
     pub domain: String,
     /// The orgs, founder first.
     pub orgs: Vec<LabOrg>,
-    /// Nodes (none yet).
-    pub nodes: Vec<serde_json::Value>,
+    /// The nodes, by org then name.
+    pub nodes: Vec<LabNode>,
 }
+
+/// A node's addresses by port name (`p2p`, `raft` as `IP:PORT`; `tessera` as a URL).
+pub type Endpoints = std::collections::BTreeMap<String, String>;
+
+/// One node in `lab.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabNode {
+    /// The org that runs it.
+    pub org: String,
+    /// Its name within the org.
+    pub name: String,
+    /// `<name>.<org>.<domain>`.
+    pub dns_name: String,
+    /// `goquorum`.
+    pub client: String,
+    /// The enode id, 128 hex digits.
+    pub enode: String,
+    /// Where its stand-in services listen.
+    pub real: Endpoints,
+    /// Per other org: the local address clients at that org's site dial.
+    pub local: std::collections::BTreeMap<String, Endpoints>,
+}
+
+/// The sample static nodes shared out between the orgs (quorum-dev-quickstart).
+const SAMPLE_STATIC_NODES: &str = include_str!("../../proto/data/goquorum-static-nodes.raft.json");
+/// The sample Tessera config whose P2P port the stand-ins use (quorum-dev-quickstart).
+const SAMPLE_TESSERA_CONFIG: &str =
+    include_str!("../../proto/data/tessera-config-template.quickstart.json");
 
 /// A failed lab step.
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +285,239 @@ async fn ping(from: &Gateway, to: &Gateway, domain: &str) -> Result<(), LabError
     Ok(())
 }
 
+async fn approve(member: &Gateway, candidate: &str) -> Result<(), LabError> {
+    let step = format!("approve {candidate} at {}", member.org);
+    let mut client = crate::admin::connect(&member.info.admin)
+        .await
+        .map_err(|e| fail(&step, e))?;
+    client
+        .approve(fedgw_proto::v1::ApproveRequest {
+            org: candidate.to_owned(),
+        })
+        .await
+        .map_err(|e| fail(&step, e.message()))?;
+    Ok(())
+}
+
+/// A sample node as the lab runs it.
+#[derive(Debug, Clone)]
+struct PlannedNode {
+    org: String,
+    name: String,
+    enode_id: [u8; 64],
+    raft_id: u32,
+    /// Its own loopback address.
+    ip: std::net::Ipv4Addr,
+    p2p: u16,
+    raft: u16,
+    tessera: u16,
+    tessera_key: [u8; 32],
+}
+
+/// Shares the sample nodes out between the orgs round-robin; each gets `127.66.<org>.<n>` with
+/// the sample's p2p and raft ports and the Tessera config's P2P port.
+fn plan_nodes(orgs: &[String]) -> Result<Vec<PlannedNode>, LabError> {
+    let step = "sample nodes";
+    let enodes =
+        fedgw_proto::enode::parse_static_nodes(SAMPLE_STATIC_NODES).map_err(|e| fail(step, e))?;
+    let tessera = fedgw_proto::tessera::parse_tessera_config(SAMPLE_TESSERA_CONFIG)
+        .map_err(|e| fail(step, e))?;
+    let tessera_port = tessera
+        .p2p_url
+        .as_deref()
+        .and_then(|u| u.rsplit(':').next())
+        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+        .ok_or_else(|| fail(step, "the Tessera config has no P2P port"))?;
+    let mut per_org = vec![0u8; orgs.len()];
+    let mut plan = vec![];
+    for (k, e) in enodes.iter().enumerate() {
+        let o = k % orgs.len();
+        per_org[o] += 1;
+        let name = format!("node{}", per_org[o]);
+        // the sample's Tessera keys are the public 7nodes demo keys, which gateways refuse:
+        // each stand-in gets a key of its own
+        let tessera_key: [u8; 32] =
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(format!(
+                "fedgw lab tessera {}/{name}",
+                orgs[o]
+            )))
+            .into();
+        plan.push(PlannedNode {
+            org: orgs[o].clone(),
+            ip: std::net::Ipv4Addr::new(
+                127,
+                66,
+                u8::try_from(o + 1).unwrap_or(u8::MAX),
+                per_org[o],
+            ),
+            name,
+            enode_id: *e.id.as_bytes(),
+            raft_id: u32::try_from(k + 1).unwrap_or(u32::MAX),
+            p2p: e.port,
+            raft: e.raftport.unwrap_or(50400),
+            tessera: tessera_port,
+            tessera_key,
+        });
+    }
+    Ok(plan)
+}
+
+async fn start_stand_ins(
+    plan: &[PlannedNode],
+    tracker: &tokio_util::task::TaskTracker,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<(), LabError> {
+    for n in plan {
+        let at = |port| std::net::SocketAddr::from((n.ip, port));
+        crate::standin::serve(
+            &[at(n.p2p), at(n.raft)],
+            &[at(n.tessera)],
+            tracker,
+            shutdown,
+        )
+        .await
+        .map_err(|e| fail("stand-ins", format!("{e} (is another lab running?)")))?;
+    }
+    Ok(())
+}
+
+async fn register(gw: &Gateway, nodes: &[&PlannedNode]) -> Result<(), LabError> {
+    let step = format!("register nodes at {}", gw.org);
+    let mut client = crate::admin::connect(&gw.info.admin)
+        .await
+        .map_err(|e| fail(&step, e))?;
+    for n in nodes {
+        client
+            .add_node(fedgw_proto::v1::AddNodeRequest {
+                node: Some(fedgw_proto::v1::NodeSpec {
+                    name: n.name.clone(),
+                    client: fedgw_proto::v1::ClientKind::Goquorum.into(),
+                    enode_id: n.enode_id.to_vec(),
+                    host: n.ip.to_string(),
+                    p2p_port: u32::from(n.p2p),
+                    raft_port: u32::from(n.raft),
+                    raft_id: n.raft_id,
+                    tessera_keys: vec![n.tessera_key.to_vec()],
+                    tessera_url: format!("http://{}:{}", n.ip, n.tessera),
+                    roles: vec![],
+                    allowed_orgs: vec![],
+                }),
+            })
+            .await
+            .map_err(|e| fail(&step, format!("{}: {}", n.name, e.message())))?;
+    }
+    Ok(())
+}
+
+/// Waits until every gateway lists `count` nodes, each with an address at its site; returns
+/// each gateway's list.
+async fn converge(
+    gateways: &[Gateway],
+    count: usize,
+) -> Result<Vec<(String, Vec<fedgw_proto::v1::NodeInfo>)>, LabError> {
+    let step = "converge";
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let mut all = vec![];
+        for gw in gateways {
+            let mut client = crate::admin::connect(&gw.info.admin)
+                .await
+                .map_err(|e| fail(step, e))?;
+            let nodes = client
+                .list_nodes(fedgw_proto::v1::ListNodesRequest {})
+                .await
+                .map_err(|e| fail(step, e.message()))?
+                .into_inner()
+                .nodes;
+            all.push((gw.org.clone(), nodes));
+        }
+        let done = all
+            .iter()
+            .all(|(_, n)| n.len() == count && n.iter().all(|i| !i.local_ip.is_empty()));
+        if done {
+            return Ok(all);
+        }
+        if Instant::now() > deadline {
+            let seen: Vec<String> = all
+                .iter()
+                .map(|(o, n)| format!("{o}: {}", n.len()))
+                .collect();
+            return Err(fail(step, format!("nodes listed: {}", seen.join(", "))));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// From `from`'s site: resolve `node` with `from`'s DNS, then echo on p2p and raft and ask
+/// Tessera's upcheck, through the tunnels. Retries each probe until [`STEP_TIMEOUT`].
+async fn traffic(from: &Gateway, node: &PlannedNode, domain: &str) -> Result<(), LabError> {
+    use crate::standin::{ProbeKind, probe};
+    let step = format!("traffic {} -> {}", from.org, node.org);
+    let name = format!("{}.{}.{domain}", node.name, node.org);
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    for (port, kind) in [
+        (node.p2p, ProbeKind::Echo(64 * 1024)),
+        (node.raft, ProbeKind::Echo(1024)),
+        (node.tessera, ProbeKind::Upcheck),
+    ] {
+        let target = format!("{name}:{port}");
+        loop {
+            match probe(&target, Some(from.info.dns), kind, Duration::from_secs(5)).await {
+                Ok(ok) if ok.addr.ip() == std::net::IpAddr::V4(node.ip) => {
+                    return Err(fail(
+                        &step,
+                        format!("{target} resolved to the node itself, not a local address"),
+                    ));
+                }
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => return Err(fail(&step, e)),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lab_nodes(
+    plan: &[PlannedNode],
+    listed: &[(String, Vec<fedgw_proto::v1::NodeInfo>)],
+    domain: &str,
+) -> Vec<LabNode> {
+    let mut nodes: Vec<LabNode> = plan
+        .iter()
+        .map(|n| {
+            let mut real = Endpoints::new();
+            real.insert("p2p".into(), format!("{}:{}", n.ip, n.p2p));
+            real.insert("raft".into(), format!("{}:{}", n.ip, n.raft));
+            real.insert("tessera".into(), format!("http://{}:{}", n.ip, n.tessera));
+            let local = listed
+                .iter()
+                .filter(|(org, _)| *org != n.org)
+                .filter_map(|(org, infos)| {
+                    let info = infos.iter().find(|i| i.org == n.org && i.name == n.name)?;
+                    let ports = info
+                        .local_ports
+                        .iter()
+                        .map(|(k, p)| (k.clone(), format!("{}:{p}", info.local_ip)))
+                        .collect();
+                    Some((org.clone(), ports))
+                })
+                .collect();
+            LabNode {
+                org: n.org.clone(),
+                name: n.name.clone(),
+                dns_name: format!("{}.{}.{domain}", n.name, n.org),
+                client: "goquorum".into(),
+                enode: n.enode_id.iter().map(|b| format!("{b:02x}")).collect(),
+                real,
+                local,
+            }
+        })
+        .collect();
+    nodes.sort_by(|a, b| (&a.org, &a.name).cmp(&(&b.org, &b.name)));
+    nodes
+}
+
 /// Runs the lab. Returns the number of failed steps (0 means every step passed).
 pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
     if !(2..=16).contains(&opts.orgs) {
@@ -269,6 +541,8 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
     };
     let orgs: Vec<String> = (1..=opts.orgs).map(|i| format!("org{i}")).collect();
     let mut gateways: Vec<Gateway> = Vec::new();
+    let stand_ins = tokio_util::task::TaskTracker::new();
+    let stop_stand_ins = tokio_util::sync::CancellationToken::new();
 
     let result = async {
         let t = Instant::now();
@@ -279,7 +553,7 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
                 consortium: opts.consortium.clone(),
                 domain: opts.domain.clone(),
                 org: orgs[0].clone(),
-                admission: Admission::Operator,
+                admission: Admission::Majority,
                 genesis: None,
                 network: network(1),
             },
@@ -304,17 +578,32 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
             let token = r?;
             let t = Instant::now();
             let org_dir = DataDir::new(dir.join(org));
-            let r = crate::join::client::join_into(
-                token,
-                org,
-                &org_dir,
-                &network(index + 2),
-                STEP_TIMEOUT,
-                &|_| {},
-            )
-            .await
-            .map_err(|e| fail(&format!("join {org}"), e));
-            steps.report(&format!("join {org}"), t, &r);
+            // the join waits, answered Pending, until a majority of members approved it
+            let net = network(index + 2);
+            let join =
+                crate::join::client::join_into(token, org, &org_dir, &net, STEP_TIMEOUT, &|_| {});
+            let approvals = async {
+                let mut results = vec![];
+                for member in &gateways {
+                    let t = Instant::now();
+                    results.push((member.org.clone(), t, approve(member, org).await));
+                }
+                results
+            };
+            let (joined, approvals) = tokio::join!(join, approvals);
+            for (member, t, r) in &approvals {
+                steps.report(&format!("approve {org} at {member}"), *t, r);
+            }
+            let r = joined.map_err(|e| fail(&format!("join {org}"), e));
+            steps.report(
+                &format!(
+                    "join {org} (majority admission: {} of {} members approved)",
+                    approvals.iter().filter(|(_, _, r)| r.is_ok()).count(),
+                    gateways.len()
+                ),
+                t,
+                &r,
+            );
             r?;
             let t = Instant::now();
             let r = start_gateway(&opts.bin, org, org_dir).await;
@@ -330,9 +619,62 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
                 }
             }
         }
+        let t = Instant::now();
+        let r = plan_nodes(&orgs);
+        steps.report(
+            "share the sample static-nodes.json and Tessera config out between the orgs",
+            t,
+            &r,
+        );
+        let plan = r?;
+        let t = Instant::now();
+        let r = start_stand_ins(&plan, &stand_ins, &stop_stand_ins).await;
+        steps.report(
+            &format!("start stand-in services for {} nodes", plan.len()),
+            t,
+            &r,
+        );
+        r?;
+        for gw in &gateways {
+            let t = Instant::now();
+            let mine: Vec<&PlannedNode> = plan.iter().filter(|n| n.org == gw.org).collect();
+            let r = register(gw, &mine).await;
+            steps.report(
+                &format!("register {} nodes at {}", mine.len(), gw.org),
+                t,
+                &r,
+            );
+            r?;
+        }
+        let t = Instant::now();
+        let r = converge(&gateways, plan.len()).await;
+        steps.report("every gateway lists every node with a local address", t, &r);
+        let listed = r?;
+        for a in &gateways {
+            for b in &gateways {
+                if a.org == b.org {
+                    continue;
+                }
+                let Some(node) = plan.iter().find(|n| n.org == b.org) else {
+                    continue;
+                };
+                let t = Instant::now();
+                let r = traffic(a, node, &opts.domain).await;
+                steps.report(
+                    &format!(
+                        "traffic {} -> {} ({}.{}: p2p, raft, tessera)",
+                        a.org, b.org, node.name, b.org
+                    ),
+                    t,
+                    &r,
+                );
+            }
+        }
+        let nodes = lab_nodes(&plan, &listed, &opts.domain);
         let lab = LabFile {
             consortium: opts.consortium.clone(),
             domain: opts.domain.clone(),
+            nodes,
             orgs: gateways
                 .iter()
                 .map(|g| LabOrg {
@@ -343,7 +685,6 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
                     metrics: g.info.metrics.to_string(),
                 })
                 .collect(),
-            nodes: vec![],
         };
         let json = serde_json::to_vec_pretty(&lab).expect("LabFile serialises");
         crate::datadir::write_atomic(&dir.join("lab.json"), &json, 0o644)
@@ -369,6 +710,9 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
     for gw in gateways.iter_mut().rev() {
         stop_gateway(gw).await;
     }
+    stop_stand_ins.cancel();
+    stand_ins.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), stand_ins.wait()).await;
     if opts.check {
         println!(
             "lab check: {} passed, {} failed",
@@ -381,12 +725,12 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
 fn print_table(lab: &LabFile, dir: &Path) {
     println!("\nconsortium {} ({})", lab.consortium, lab.domain);
     println!(
-        "{:<8} {:<22} {:<22} {:<22} data dir",
+        "{:<6} {:<22} {:<22} {:<22} data dir",
         "org", "gateway", "metrics", "dns"
     );
     for o in &lab.orgs {
         println!(
-            "{:<8} {:<22} {:<22} {:<22} {}",
+            "{:<6} {:<22} {:<22} {:<22} {}",
             o.org,
             o.gateway,
             o.metrics,
@@ -394,14 +738,43 @@ fn print_table(lab: &LabFile, dir: &Path) {
             o.data_dir.display()
         );
     }
+    let first = lab.orgs.first().map(|o| o.org.clone()).unwrap_or_default();
+    println!(
+        "\n{:<26} {:<22} {:<22} local p2p address at {first}",
+        "node", "real p2p", "real tessera"
+    );
+    for n in &lab.nodes {
+        let local = n
+            .local
+            .get(&first)
+            .and_then(|l| l.get("p2p"))
+            .map_or("(its own site)", String::as_str);
+        println!(
+            "{:<26} {:<22} {:<22} {local}",
+            n.dns_name,
+            n.real.get("p2p").map_or("", String::as_str),
+            n.real.get("tessera").map_or("", String::as_str),
+        );
+    }
     println!("\ntry:");
     if let (Some(a), Some(b)) = (lab.orgs.first(), lab.orgs.get(1)) {
+        if let Some(n) = lab.nodes.iter().find(|n| n.org == b.org) {
+            let (dns_ip, dns_port) = a.dns.rsplit_once(':').unwrap_or((&a.dns, "53"));
+            println!("  dig @{dns_ip} -p {dns_port} +short {}", n.dns_name);
+            if let Some(t) = n.local.get(&a.org).and_then(|l| l.get("tessera")) {
+                println!("  curl http://{t}/upcheck");
+            }
+            if let Some(p) = n.real.get("p2p").and_then(|p| p.rsplit(':').next()) {
+                println!("  fedgw probe {}:{p} --dns {}", n.dns_name, a.dns);
+            }
+        }
+        println!("  fedgw nodes --data-dir {}", a.data_dir.display());
         println!(
             "  fedgw ping {} --data-dir {}",
             a.gateway,
             b.data_dir.display()
         );
-        println!("  curl -s http://{}/metrics", a.metrics);
+        println!("  curl -s http://{}/metrics | grep fedgw_tunnel", a.metrics);
     }
     println!("  cat {}", dir.join("lab.json").display());
 }

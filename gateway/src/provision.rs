@@ -216,6 +216,8 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
     let key = crate::membership::storage_key(&member)
         .ok_or_else(|| ProvisionError::Invalid("member record does not decode".into()))?;
     store.put_records(&[(key, std::sync::Arc::new(member))])?;
+    // closed before the config appears: a `fedgw run --wait-for-config` opens it right away
+    drop(store);
     write_config(dir, &config)?;
     Ok(config)
 }
@@ -320,6 +322,7 @@ pub fn write_joined(
         })
         .collect();
     store.put_records(&snapshot)?;
+    drop(store);
     write_config(dir, &config)?;
     Ok(config)
 }

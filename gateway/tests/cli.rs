@@ -410,11 +410,22 @@ fn lab_check_founds_joins_and_links_every_pair() {
         .expect("spawn");
     assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
     assert!(
-        run.stdout.contains("lab check: 14 passed, 0 failed"),
+        run.stdout.contains("lab check: 29 passed, 0 failed"),
         "{}",
         run.stdout
     );
     assert!(!run.stdout.contains("FAIL"), "{}", run.stdout);
+    // majority admission: the third org needed both members' approval
+    assert!(
+        run.stdout
+            .contains("PASS  join org3 (majority admission: 2 of 2 members approved)"),
+        "{}",
+        run.stdout
+    );
+    for (a, b) in [(1, 2), (1, 3), (2, 1), (2, 3), (3, 1), (3, 2)] {
+        let line = format!("PASS  traffic org{a} -> org{b} ");
+        assert!(run.stdout.contains(&line), "{line} in {}", run.stdout);
+    }
     let lab: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("lab.json")).expect("lab.json"))
             .expect("json");
@@ -434,9 +445,115 @@ fn lab_check_founds_joins_and_links_every_pair() {
         let data_dir = std::path::PathBuf::from(o["data_dir"].as_str().expect("dir"));
         assert!(!data_dir.join("run.json").exists());
     }
+    // the eight sample nodes, shared out, each with its real and per-site local addresses
+    let nodes = lab["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 8);
+    let sample = include_str!("../../proto/data/goquorum-static-nodes.raft.json");
+    for n in nodes {
+        let (org, name) = (
+            n["org"].as_str().expect("org"),
+            n["name"].as_str().expect("name"),
+        );
+        assert_eq!(n["dns_name"], format!("{name}.{org}.acme.test"));
+        let enode = n["enode"].as_str().expect("enode");
+        assert!(sample.contains(enode), "{enode} comes from the sample");
+        assert!(
+            n["real"]["p2p"]
+                .as_str()
+                .is_some_and(|a| a.ends_with(":30303"))
+        );
+        assert!(
+            n["real"]["tessera"]
+                .as_str()
+                .is_some_and(|u| u.ends_with(":9000"))
+        );
+        let local = n["local"].as_object().expect("local");
+        assert_eq!(
+            local.len(),
+            2,
+            "every other org has a local address for {name}.{org}"
+        );
+        assert!(!local.contains_key(org));
+    }
     // a second lab in the same dir is refused rather than mixed with the first
     let again = fedgw()
         .run(["lab", "--check", "--dir", &s(&dir)])
         .expect("spawn");
     assert_ne!(again.code, Some(0));
+}
+
+#[test]
+fn run_waits_for_the_data_dir_then_serves() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("org1");
+    let log = tmp.path().join("org1.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fedgw"))
+        .args(["run", "--wait-for-config", "--data-dir", &s(&dir)])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    fedgw_tests::wait_for("the waiting message", fedgw_tests::READY_TIMEOUT, || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("waiting for fedgw init"))
+    })
+    .expect("run waits for a config");
+    assert!(child.try_wait().expect("wait").is_none(), "still running");
+    init(&dir, "127.0.0.1:0");
+    let info = fedgw_tests::wait_for("run.json", fedgw_tests::READY_TIMEOUT, || {
+        std::fs::read_to_string(dir.join("run.json")).ok()
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "the gateway starts once the data dir exists: {e}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    let info: serde_json::Value = serde_json::from_str(&info).expect("run.json");
+    let metrics = info["metrics"].as_str().expect("metrics address");
+    assert_eq!(http_get(metrics, "/readyz").expect("readyz").0, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn stand_in_and_probe_check_echo_and_upcheck() {
+    let port = |l: std::net::TcpListener| l.local_addr().expect("addr").port();
+    // free ports for the stand-in (it binds them itself)
+    let (echo, http) = (
+        port(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
+        port(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fedgw"))
+        .args([
+            "stand-in",
+            "--echo",
+            &format!("127.0.0.1:{echo}"),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    std::io::BufRead::read_line(&mut out, &mut line).expect("ready line");
+    assert!(line.starts_with("stand-in serving"), "{line}");
+    let ok = fedgw()
+        .run(["probe", &format!("127.0.0.1:{echo}"), "--bytes", "100000"])
+        .expect("spawn");
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+    assert!(ok.stdout.starts_with("ok "), "{}", ok.stdout);
+    let ok = fedgw()
+        .run(["probe", &format!("localhost:{http}"), "--http"])
+        .expect("spawn");
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+    let _ = child.kill();
+    let _ = child.wait();
+    let failed = fedgw()
+        .run(["probe", &format!("127.0.0.1:{echo}"), "--timeout", "2s"])
+        .expect("spawn");
+    assert_eq!(failed.code, Some(1), "a dead node fails the probe");
 }
