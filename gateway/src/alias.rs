@@ -14,6 +14,10 @@
 //! [`plan`] is pure (the kernel's address list in, the changes out); [`Aliases::sync`] reads the
 //! lists, applies the plan and reports per-address failures. Netlink calls are synchronous:
 //! the kernel answers them at once, like `bind`.
+//!
+//! Aliases are not removed when the gateway stops: a gateway restarted in the same network
+//! namespace takes them over, and its first sync removes the ones no longer wanted. (A
+//! restarted container gets a fresh namespace, and the aliases are added again.)
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
