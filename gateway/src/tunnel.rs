@@ -245,7 +245,40 @@ fn transport_config() -> quinn::TransportConfig {
     t.stream_receive_window(quinn::VarInt::from_u32(8 * 1024 * 1024));
     t.receive_window(quinn::VarInt::from_u32(64 * 1024 * 1024));
     t.send_window(64 * 1024 * 1024);
+    // path MTU discovery (RFC 8899) may grow datagrams up to jumbo-frame size where the path
+    // carries them (datacenter interconnects, loopback); on ordinary paths the probes are lost
+    // and it stays at the usual ~1450 bytes
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MTU_UPPER_BOUND);
+    // losses under congestion look like a black hole; search again soon rather than after a
+    // minute at 1200 bytes
+    mtu.black_hole_cooldown(Duration::from_secs(5));
+    t.mtu_discovery_config(Some(mtu));
+    // ask the peer to acknowledge promptly: a delayed ACK inflates the RTT estimate, and the
+    // pacing rate (window / RTT) with it, on fast paths
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.max_ack_delay(Some(Duration::from_millis(1)));
+    t.ack_frequency_config(Some(ack));
     t
+}
+
+/// Largest UDP payload path MTU discovery tries: a 9000-byte jumbo frame minus IP and UDP
+/// headers.
+pub const MTU_UPPER_BOUND: u16 = 8952;
+
+/// Socket buffer size asked for the QUIC socket (the kernel caps it at `net.core.rmem_max` /
+/// `wmem_max`): the default ~200 KiB overflows under a burst of datagrams, and every drop
+/// shrinks the congestion window.
+pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
+
+fn tune_udp(udp: &std::net::UdpSocket) {
+    let sock = socket2::SockRef::from(udp);
+    if let Err(e) = sock.set_recv_buffer_size(UDP_BUFFER) {
+        debug!(error = %e, "cannot enlarge the QUIC receive buffer");
+    }
+    if let Err(e) = sock.set_send_buffer_size(UDP_BUFFER) {
+        debug!(error = %e, "cannot enlarge the QUIC send buffer");
+    }
 }
 
 impl Tunnels {
@@ -280,12 +313,17 @@ impl Tunnels {
         quic_client.transport_config(transport);
         let quic = match setup.udp {
             Some(udp) => {
+                tune_udp(&udp);
                 let runtime = quinn::default_runtime()
                     .ok_or_else(|| TunnelError::Quic("no async runtime".into()))?;
                 // an outbound-only site answers no handshakes
                 let server = (!setup.outbound_only).then_some(server);
+                let mut endpoint = quinn::EndpointConfig::default();
+                endpoint
+                    .max_udp_payload_size(MTU_UPPER_BOUND)
+                    .map_err(|e| TunnelError::Quic(e.to_string()))?;
                 Some(
-                    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, udp, runtime)
+                    quinn::Endpoint::new(endpoint, server, udp, runtime)
                         .map_err(TunnelError::Io)?,
                 )
             }

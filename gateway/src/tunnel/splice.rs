@@ -21,8 +21,10 @@ use super::header::{ANSWER_LEN, Answer};
 const TCP_READ: usize = 64 * 1024;
 /// Largest QUIC chunk taken in one read.
 const QUIC_CHUNK: usize = 256 * 1024;
-/// Read buffer of a yamux stream.
-const MUX_READ: usize = 32 * 1024;
+/// Read buffer of a yamux stream carrying bulk data.
+const MUX_READ: usize = 64 * 1024;
+/// Read buffer of a quiet yamux stream.
+const MUX_IDLE_READ: usize = 1024;
 
 /// One bidirectional tunnel stream.
 pub enum TunnelStream {
@@ -110,6 +112,23 @@ impl TunnelWrite {
         }
     }
 
+    /// Writes `bytes`, handing them over without a copy where the transport can keep them.
+    /// Small chunks are copied to a right-sized buffer first, so a mostly empty read buffer is
+    /// not held until the peer acknowledges it.
+    pub async fn write_bytes(&mut self, bytes: bytes::Bytes) -> io::Result<()> {
+        match self {
+            TunnelWrite::Quic(w) => {
+                let bytes = if bytes.len() < TCP_READ / 4 {
+                    bytes::Bytes::copy_from_slice(&bytes)
+                } else {
+                    bytes
+                };
+                w.write_chunk(bytes).await.map_err(io::Error::from)
+            }
+            TunnelWrite::Mux(w) => w.write_all(&bytes).await,
+        }
+    }
+
     /// Ends the sending side (FIN): the peer reads end-of-stream after the bytes sent.
     pub async fn finish(&mut self) -> io::Result<()> {
         match self {
@@ -156,17 +175,18 @@ fn tcp_shutdown_write(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
 }
 
-/// TCP → tunnel until the socket's end of stream, then FIN. Allocates its buffer only while
-/// bytes are flowing.
+/// TCP → tunnel until the socket's end of stream, then FIN. Holds no buffer while the socket
+/// is idle; a read goes into fresh uninitialised capacity, and over QUIC the bytes are handed
+/// to the stream without a copy.
 async fn tcp_to_tunnel(tcp: &TcpStream, w: &mut TunnelWrite, tx: &Counter) -> io::Result<()> {
     loop {
         tcp.readable().await?;
-        let mut buf = vec![0u8; TCP_READ];
         loop {
-            match tcp.try_read(&mut buf) {
+            let mut buf = bytes::BytesMut::with_capacity(TCP_READ);
+            match tcp.try_read_buf(&mut buf) {
                 Ok(0) => return w.finish().await,
                 Ok(n) => {
-                    w.write_all(&buf[..n]).await?;
+                    w.write_bytes(buf.freeze()).await?;
                     tx.inc_by(n as u64);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -190,7 +210,9 @@ async fn tunnel_to_tcp(r: &mut TunnelRead, tcp: &TcpStream, rx: &Counter) -> io:
             }
         },
         TunnelRead::Mux(r) => {
-            let mut buf = vec![0u8; MUX_READ];
+            // a small buffer while idle, growing while reads fill it: an idle stream costs
+            // MUX_IDLE_READ bytes, a bulk one reads MUX_READ at a time
+            let mut buf = vec![0u8; MUX_IDLE_READ];
             loop {
                 let n = r.read(&mut buf).await?;
                 if n == 0 {
@@ -198,6 +220,11 @@ async fn tunnel_to_tcp(r: &mut TunnelRead, tcp: &TcpStream, rx: &Counter) -> io:
                 }
                 tcp_write_all(tcp, &buf[..n]).await?;
                 rx.inc_by(n as u64);
+                if n == buf.len() && buf.len() < MUX_READ {
+                    buf = vec![0u8; MUX_READ];
+                } else if n < MUX_IDLE_READ && buf.len() > MUX_IDLE_READ {
+                    buf = vec![0u8; MUX_IDLE_READ];
+                }
             }
         }
     }
