@@ -197,7 +197,9 @@ link_down() { # GW ORG: GW has no live sync stream with ORG
     echo "$1 still connected to $2"
     return 1
   fi
-  echo "$1: $(grep "^$2/" <<<"$p" | head -n1)"
+  local state
+  state=$(grep "^$2/" <<<"$p" | head -n1 || true)
+  echo "$1: ${state:-no sync link to $2}"
 }
 # outbound_links GW N: GW has N connected sync streams, all dialled by GW
 outbound_links() {
