@@ -24,6 +24,11 @@ pub enum AddressMode {
     Ip {
         /// e.g. `127.77.0.0/16` on one host, or the alias range of a container's interface.
         pool: String,
+        /// Put each allocated address on this interface as a `/32` alias (`"auto"`: the
+        /// interface whose IPv4 subnet contains the pool); see [`crate::alias`]. Unset: the
+        /// addresses are local already (loopback) or handled outside fedgw.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        interface: Option<String>,
     },
     /// One IP for every remote node, ports allocated from `first_port..=last_port`.
     Port {
@@ -40,6 +45,7 @@ impl Default for AddressMode {
     fn default() -> Self {
         AddressMode::Ip {
             pool: "127.77.0.0/16".into(),
+            interface: None,
         }
     }
 }
@@ -80,6 +86,13 @@ fn parse_pool(pool: &str) -> Result<(u32, u32), AddressError> {
     let net = u32::from(ip) & mask;
     // skip the network and broadcast addresses
     Ok((net + 1, (net | !mask) - 1))
+}
+
+/// The first and last host address of an IPv4 pool (`10.0.0.0/24` → `10.0.0.1`, `10.0.0.254`):
+/// the range IP mode allocates from.
+pub fn pool_range(pool: &str) -> Result<(Ipv4Addr, Ipv4Addr), AddressError> {
+    let (first, last) = parse_pool(pool)?;
+    Ok((Ipv4Addr::from(first), Ipv4Addr::from(last)))
 }
 
 /// The allocator state: which node (`org/name`) holds what.
@@ -168,7 +181,7 @@ impl Allocations {
 
     fn assign(&mut self, mode: &AddressMode, need: &Need) -> Result<(), AddressError> {
         match mode {
-            AddressMode::Ip { pool } => {
+            AddressMode::Ip { pool, .. } => {
                 let (first, last) = parse_pool(pool)?;
                 if let Some(held) = self.nodes.get_mut(&need.node) {
                     held.ports = need.ports.clone();
@@ -256,6 +269,7 @@ mod tests {
     fn ip_mode_gives_each_node_its_own_ip_and_keeps_real_ports() {
         let mode = AddressMode::Ip {
             pool: "127.77.0.0/29".into(),
+            interface: None,
         };
         let mut a = Allocations::default();
         let needs = vec![
@@ -278,6 +292,7 @@ mod tests {
     fn removed_nodes_free_their_address_which_is_reused_last() {
         let mode = AddressMode::Ip {
             pool: "127.77.0.0/29".into(),
+            interface: None,
         }; // 6 hosts
         let mut a = Allocations::default();
         a.sync(&mode, &[need("o/a", &[]), need("o/b", &[])]);
@@ -356,7 +371,13 @@ mod tests {
             "x/16",
         ] {
             let mut a = Allocations::default();
-            let failed = a.sync(&AddressMode::Ip { pool: pool.into() }, &[need("o/a", &[])]);
+            let failed = a.sync(
+                &AddressMode::Ip {
+                    pool: pool.into(),
+                    interface: None,
+                },
+                &[need("o/a", &[])],
+            );
             assert!(matches!(failed[0].1, AddressError::Pool(_)), "{pool}");
         }
         let mut a = Allocations::default();

@@ -308,6 +308,15 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
             },
             udp,
             own: vec![gateway_addr, metrics_addr, dns_addr],
+            aliases: match &config.addresses {
+                crate::addressing::AddressMode::Ip {
+                    pool,
+                    interface: Some(interface),
+                } => Some(crate::alias::Aliases::new(pool, interface).map_err(|e| {
+                    RunError::Provision(ProvisionError::Invalid(format!("addresses: {e}")))
+                })?),
+                _ => None,
+            },
         },
         membership.clone(),
         metrics.clone(),

@@ -121,6 +121,10 @@ struct NetworkArgs {
     /// IPv4 CIDR that remote nodes get their local addresses from [default: 127.77.0.0/16].
     #[arg(long, value_name = "CIDR")]
     address_pool: Option<String>,
+    /// Put each remote node's address from --address-pool on this interface as a /32 alias
+    /// (needs CAP_NET_ADMIN; "auto": the interface whose IPv4 subnet contains the pool).
+    #[arg(long, value_name = "IFACE", requires = "address_pool")]
+    alias_interface: Option<String>,
     /// Tunnel transport between sites: QUIC, TCP+TLS, or QUIC with TCP+TLS fallback.
     #[arg(long, value_enum, default_value = "auto")]
     tunnel_transport: crate::tunnel::Transport,
@@ -144,7 +148,10 @@ impl NetworkArgs {
             leaf_lifetime: self.leaf_lifetime,
             outbound_only: self.outbound_only,
             addresses: match &self.address_pool {
-                Some(pool) => crate::addressing::AddressMode::Ip { pool: pool.clone() },
+                Some(pool) => crate::addressing::AddressMode::Ip {
+                    pool: pool.clone(),
+                    interface: self.alias_interface.clone(),
+                },
                 None => Default::default(),
             },
             tunnel: crate::tunnel::TunnelConfig {

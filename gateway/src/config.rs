@@ -231,6 +231,13 @@ impl Config {
                 "sync.max_session_ms must be between 100 and half the leaf lifetime".into(),
             );
         }
+        if let crate::addressing::AddressMode::Ip {
+            pool,
+            interface: Some(interface),
+        } = &self.addresses
+        {
+            crate::alias::Aliases::new(pool, interface).map_err(|e| format!("addresses: {e}"))?;
+        }
         for id in &self.sync.deny {
             let ok = id.split_once('/').is_some_and(|(o, s)| {
                 names::validate_label("org", o).is_ok() && names::validate_label("site", s).is_ok()

@@ -142,6 +142,7 @@ fn network(i: usize) -> NetworkOptions {
         outbound_only: false,
         addresses: crate::addressing::AddressMode::Ip {
             pool: format!("127.77.{}.0/24", i % 256),
+            interface: None,
         },
         // everything runs on loopback here, the stand-in nodes too
         tunnel: crate::tunnel::TunnelConfig {

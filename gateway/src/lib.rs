@@ -5,6 +5,7 @@
 
 pub mod addressing;
 pub mod admin;
+pub mod alias;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -230,6 +230,8 @@ pub struct TunnelSetup {
     pub udp: Option<std::net::UdpSocket>,
     /// The gateway's own listening sockets, never dialled for a stream.
     pub own: Vec<SocketAddr>,
+    /// IP aliases for the near-end listeners (`[addresses] interface`), if configured.
+    pub aliases: Option<crate::alias::Aliases>,
 }
 
 /// Builds the QUIC transport settings: keep-alive, idle timeout, stream limits and windows
@@ -328,7 +330,7 @@ impl Tunnels {
             None => None,
         };
         let config = setup.config;
-        let listeners = near::Listeners::default();
+        let listeners = near::Listeners::new(setup.aliases);
         Ok(Tunnels(Arc::new(Inner {
             me: setup.me,
             domain: setup.domain,

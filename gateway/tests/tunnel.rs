@@ -85,6 +85,7 @@ fn site(i: u8, transport: Transport) -> impl FnOnce(&mut Config) {
     move |c: &mut Config| {
         c.addresses = fedgw_gateway::addressing::AddressMode::Ip {
             pool: format!("127.78.{i}.0/24"),
+            interface: None,
         };
         c.tunnel.transport = transport;
         c.tunnel.allow_loopback_targets = true;

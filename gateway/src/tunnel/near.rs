@@ -5,18 +5,23 @@
 //! [`Listeners::reconcile`] brings the listener set in line with the view: new nodes get
 //! listeners, removed nodes lose them (and their proxied connections end), unchanged ones are
 //! left alone. A listener that cannot be bound is retried on the next reconcile.
+//!
+//! With IP aliases configured ([`crate::alias`]), each reconcile first puts every listened-on
+//! IPv4 address on the site interface and takes the ones no longer listened on off it; an
+//! alias that cannot be added makes its binds fail, so it is retried with them.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::Tunnels;
 use super::header::Request;
+use crate::alias::Aliases;
 use crate::membership::GatewayId;
 
 /// Where connections to one local address go.
@@ -63,9 +68,68 @@ impl Route {
 pub struct Listeners {
     active: Arc<Mutex<BTreeMap<SocketAddr, Arc<Route>>>>,
     failed: Arc<Mutex<BTreeMap<SocketAddr, String>>>,
+    aliases: Option<Arc<AliasState>>,
+}
+
+/// The aliases and the last problem reported, so a lasting failure is logged once.
+#[derive(Debug)]
+struct AliasState {
+    aliases: Aliases,
+    last_error: Mutex<Option<String>>,
 }
 
 impl Listeners {
+    /// An empty set; with `aliases`, listened-on addresses are put on an interface first.
+    pub fn new(aliases: Option<Aliases>) -> Listeners {
+        Listeners {
+            aliases: aliases.map(|aliases| {
+                Arc::new(AliasState {
+                    aliases,
+                    last_error: Mutex::new(None),
+                })
+            }),
+            ..Listeners::default()
+        }
+    }
+
+    /// Brings the aliases in line with the wanted addresses; logs what changed, and a
+    /// failure once until it changes or clears.
+    fn sync_aliases(&self, wanted: &BTreeMap<SocketAddr, Route>) {
+        let Some(state) = &self.aliases else { return };
+        let ips: BTreeSet<Ipv4Addr> = wanted
+            .keys()
+            .filter_map(|a| match a.ip() {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let problem = match state.aliases.sync(&ips) {
+            Ok(outcome) => {
+                for ip in &outcome.added {
+                    info!(%ip, "IP alias added");
+                }
+                for ip in &outcome.removed {
+                    info!(%ip, "IP alias removed");
+                }
+                outcome
+                    .failed
+                    .iter()
+                    .map(|(ip, e)| format!("{ip}: {e}"))
+                    .reduce(|a, b| format!("{a}; {b}"))
+            }
+            Err(e) => Some(format!("{e}: {}", crate::net::error_chain(&e))),
+        };
+        let mut last = state.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        if problem != *last {
+            match &problem {
+                Some(p) => warn!(problem = %p, "IP aliases could not be brought in line; retrying"),
+                None if last.is_some() => info!("IP aliases in line again"),
+                None => {}
+            }
+            *last = problem;
+        }
+    }
+
     /// Listens on every route's address and stops listening elsewhere. Returns without
     /// waiting for binds.
     pub fn reconcile(&self, tunnels: &Tunnels, routes: Vec<Route>) {
@@ -82,6 +146,7 @@ impl Listeners {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|a, _| wanted.contains_key(a));
+        self.sync_aliases(&wanted);
         for (addr, route) in wanted {
             if active.contains_key(&addr) {
                 continue;
