@@ -205,7 +205,7 @@ struct Inner {
     quic_failed: Mutex<HashMap<GatewayId, Instant>>,
     keepers: Mutex<HashMap<GatewayId, CancellationToken>>,
     targets: RwLock<Arc<Targets>>,
-    policy: RwLock<DialPolicy>,
+    policy: RwLock<Arc<DialPolicy>>,
     connections: Arc<Semaphore>,
     listeners: near::Listeners,
     tracker: TaskTracker,
@@ -336,11 +336,11 @@ impl Tunnels {
             domain: setup.domain,
             outbound_only: setup.outbound_only,
             connections: Arc::new(Semaphore::new(config.max_connections)),
-            policy: RwLock::new(DialPolicy {
+            policy: RwLock::new(Arc::new(DialPolicy {
                 own: setup.own,
                 allow_loopback: config.allow_loopback_targets,
-                local: vec![],
-            }),
+                local: Default::default(),
+            })),
             config,
             membership,
             metrics,
@@ -378,11 +378,12 @@ impl Tunnels {
     pub fn update(&self, targets: Targets, routes: Vec<near::Route>, gateways: Vec<PeerGateway>) {
         *self.0.targets.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(targets);
         // a stream must never be sent into one of this gateway's own listeners
-        self.0
-            .policy
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .local = routes.iter().map(|r| r.addr).collect();
+        {
+            let mut policy = self.0.policy.write().unwrap_or_else(|e| e.into_inner());
+            let mut next = DialPolicy::clone(&policy);
+            next.local = routes.iter().map(|r| r.addr).collect();
+            *policy = Arc::new(next);
+        }
         self.0.listeners.reconcile(self, routes);
         self.keep_links(gateways);
     }

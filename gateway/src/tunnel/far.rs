@@ -55,7 +55,7 @@ pub struct DialPolicy {
     /// Whether loopback targets are allowed (single-host labs and tests).
     pub allow_loopback: bool,
     /// The local addresses of remote nodes this gateway listens on.
-    pub local: Vec<SocketAddr>,
+    pub local: std::collections::HashSet<SocketAddr>,
 }
 
 impl DialPolicy {
@@ -197,7 +197,7 @@ mod tests {
                 "127.0.0.1:9464".parse().expect("addr"),
             ],
             allow_loopback: false,
-            local: vec!["10.9.0.1:30303".parse().expect("addr")],
+            local: ["10.9.0.1:30303".parse().expect("addr")].into(),
         };
         assert!(p.permits("10.0.0.5:30303".parse().expect("addr")));
         assert!(!p.permits("10.9.0.1:30303".parse().expect("addr")));
