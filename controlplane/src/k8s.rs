@@ -7,6 +7,7 @@
 //!   out;
 //! - [`nodekey`]: enode ids from `nodekey` Secrets;
 //! - [`lease`]: leader election;
+//! - [`leader`]: the leader's gateway pod, which remote nodes' Services select;
 //! - [`gateway`]: the admin API client;
 //! - [`reconcile`]: carries out a plan against the API server and the gateway;
 //! - [`run`]: the watches and the loop that ties them together.
@@ -14,6 +15,7 @@
 pub mod crd;
 pub mod gateway;
 pub mod index;
+pub mod leader;
 pub mod lease;
 pub mod nodekey;
 pub mod reconcile;

@@ -56,7 +56,8 @@ struct RunArgs {
     /// The ConfigMap that receives the rendered files.
     #[arg(long, default_value = "fedgw-peers")]
     config_map: String,
-    /// Labels of the gateway pods, `k=v[,k=v...]`: the selector of remote nodes' Services.
+    /// Labels of the gateway pods, `k=v[,k=v...]`: with `fedgw.io/leader=true` added, the
+    /// selector of remote nodes' Services.
     #[arg(long, default_value = "app.kubernetes.io/name=fedgw")]
     gateway_selector: String,
     /// The Lease used for leader election.
@@ -109,7 +110,14 @@ fn main() -> ExitCode {
         },
         Command::Run(args) => {
             let gateway_selector = match parse_selector(&args.gateway_selector) {
-                Ok(s) => s,
+                // remote nodes' Services reach the leader's pod only: its ports are theirs
+                Ok(mut s) => {
+                    s.insert(
+                        fedgw_controlplane::k8s::leader::LEADER_LABEL.to_owned(),
+                        "true".to_owned(),
+                    );
+                    s
+                }
                 Err(e) => {
                     eprintln!("fedgw-controlplane: {e}");
                     return ExitCode::from(64);

@@ -172,6 +172,7 @@ fn org1_overlay_renders_the_deployment() {
     );
     assert_eq!(verbs("secrets"), ["get", "list", "watch"]);
     assert_eq!(verbs("leases"), ["create", "get", "update"]);
+    assert_eq!(verbs("pods"), ["get", "list", "patch"]);
     assert!(rules.iter().all(|r| !strings(&r["verbs"]).contains(&"*")));
     let binding = find(&docs, "RoleBinding", "fedgw-controlplane");
     assert_eq!(binding["subjects"][0]["name"], "fedgw");

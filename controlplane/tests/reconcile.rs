@@ -480,3 +480,65 @@ async fn losing_the_lease_stops_writes() {
     );
     assert!(gateway.calls().is_empty());
 }
+
+fn pod(name: &str, leader: bool) -> Value {
+    let mut labels = json!({ "app.kubernetes.io/name": "fedgw" });
+    if leader {
+        labels["fedgw.io/leader"] = json!("true");
+    }
+    json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": "org1", "labels": labels } })
+}
+
+#[tokio::test]
+async fn the_leader_labels_its_own_pod_only_and_a_former_leader_unlabels_itself() {
+    use fedgw_controlplane::k8s::leader::{LEADER_LABEL, mark};
+    use k8s_openapi::api::core::v1::Pod;
+    let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let pods: kube::Api<Pod> = kube::Api::namespaced(kube::Client::new(svc, "org1"), "org1");
+
+    // the new leader: the old leader's pod still carries the label, its own does not
+    let server = async {
+        let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/org1/pods").await;
+        send.send_response(json_response(
+            200,
+            &json!({ "apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod("gw-b", true)] }),
+        ));
+        let (body, send) = expect(&mut handle, "PATCH", "/api/v1/namespaces/org1/pods/gw-b").await;
+        assert_eq!(body["metadata"]["labels"][LEADER_LABEL], Value::Null);
+        send.send_response(json_response(200, &pod("gw-b", false)));
+        let (body, send) = expect(&mut handle, "PATCH", "/api/v1/namespaces/org1/pods/gw-a").await;
+        assert_eq!(body["metadata"]["labels"][LEADER_LABEL], "true");
+        send.send_response(json_response(200, &pod("gw-a", true)));
+    };
+    let (r, ()) = tokio::join!(mark(&pods, "gw-a", true), server);
+    r.expect("mark as leader");
+
+    // still the leader, already labelled alone: one list, no write
+    let server = async {
+        let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/org1/pods").await;
+        send.send_response(json_response(
+            200,
+            &json!({ "apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod("gw-a", true)] }),
+        ));
+    };
+    let (r, ()) = tokio::join!(mark(&pods, "gw-a", true), server);
+    r.expect("steady leader");
+
+    // the Lease lost: the label comes off its own pod
+    let server = async {
+        let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/org1/pods/gw-a").await;
+        send.send_response(json_response(200, &pod("gw-a", true)));
+        let (body, send) = expect(&mut handle, "PATCH", "/api/v1/namespaces/org1/pods/gw-a").await;
+        assert_eq!(body["metadata"]["labels"][LEADER_LABEL], Value::Null);
+        send.send_response(json_response(200, &pod("gw-a", false)));
+    };
+    let (r, ()) = tokio::join!(mark(&pods, "gw-a", false), server);
+    r.expect("step down");
+    // nothing else was asked
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), handle.next_request())
+            .await
+            .is_err(),
+        "no further request"
+    );
+}

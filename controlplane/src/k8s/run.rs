@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio_stream::StreamExt;
@@ -85,6 +85,7 @@ pub async fn run(
     let mut index = Index::new(cfg.settings.clone());
     let admin = AdminGateway::lazy(&cfg.admin_socket);
     let mut reconciler = Reconciler::new(client.clone(), &ns, admin.clone());
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     let mut elector = Elector::new(
         Api::<Lease>::namespaced(client, &ns),
         &cfg.lease,
@@ -131,8 +132,14 @@ pub async fn run(
                 let leader = elector.is_leader();
                 if leader != was_leader {
                     info!(leader, "leadership changed");
-                    was_leader = leader;
                 }
+                // the leader keeps its pod the only one remote nodes' Services select
+                if (leader || leader != was_leader)
+                    && let Err(e) = super::leader::mark(&pods, &cfg.identity, leader).await
+                {
+                    warn!(error = %e, "cannot label the leader's gateway pod");
+                }
+                was_leader = leader;
             }
             _ = retry.tick() => index.clear_failures(),
             _ = poll.tick() => {
