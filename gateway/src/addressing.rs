@@ -244,12 +244,6 @@ impl Allocations {
     }
 }
 
-/// The ports a node record asks for, by name: `p2p`, `raft`, and `tessera` (the port of its
-/// Tessera URL, 80/443 by scheme when the URL names none).
-pub fn node_ports(r: &fedgw_proto::v1::NodeRecord) -> BTreeMap<String, u16> {
-    fedgw_proto::node_ports(r)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

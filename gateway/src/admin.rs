@@ -170,7 +170,7 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::NodeInfo {
             dns_name: format!("{}.{}.{}", spec.name, me.org, self.config.domain),
             local_ip: spec.host.clone(),
-            local_ports: crate::addressing::node_ports(&record)
+            local_ports: fedgw_proto::node_ports(&record)
                 .into_iter()
                 .map(|(k, v)| (k, u32::from(v)))
                 .collect(),
@@ -240,7 +240,7 @@ impl pb::admin_server::Admin for AdminService {
             .read(|v| v.nodes())
             .into_iter()
             .map(|n| {
-                let ports = crate::addressing::node_ports(&n.record);
+                let ports = fedgw_proto::node_ports(&n.record);
                 let key = format!("{}/{}", n.org, n.name);
                 let service_ip = match services.get(&key) {
                     Some(ip) if n.org != me => ip.to_string(),

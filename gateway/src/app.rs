@@ -544,7 +544,7 @@ async fn keep_local_addresses(
                 .filter(|n| n.org != me)
                 .map(|n| crate::addressing::Need {
                     node: format!("{}/{}", n.org, n.name),
-                    ports: crate::addressing::node_ports(&n.record),
+                    ports: fedgw_proto::node_ports(&n.record),
                 })
                 .collect()
         });
@@ -596,13 +596,11 @@ async fn keep_local_addresses(
                         let host = local.get(&n.name);
                         let ip = host.and_then(|h| h.parse().ok());
                         let alias = if ip.is_none() { host.cloned() } else { None };
-                        (ip, alias, crate::addressing::node_ports(&n.record))
+                        (ip, alias, fedgw_proto::node_ports(&n.record))
                     } else {
                         let key = format!("{}/{}", n.org, n.name);
                         match (services.get(&key), alloc.nodes.get(&key)) {
-                            (Some(ip), _) => {
-                                (Some(*ip), None, crate::addressing::node_ports(&n.record))
-                            }
+                            (Some(ip), _) => (Some(*ip), None, fedgw_proto::node_ports(&n.record)),
                             (None, Some(a)) => (Some(a.ip), None, a.ports.clone()),
                             (None, None) => (None, None, Default::default()),
                         }
@@ -697,7 +695,7 @@ fn data_plane(
                         n.name.clone(),
                         crate::tunnel::far::Target {
                             host: host.clone(),
-                            ports: crate::addressing::node_ports(&n.record),
+                            ports: fedgw_proto::node_ports(&n.record),
                             allowed_orgs: n.record.allowed_orgs.clone(),
                         },
                     );

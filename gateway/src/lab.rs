@@ -698,17 +698,7 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
             print_table(&lab, &dir);
             println!("\nthe lab is up; Ctrl-C (or SIGTERM) stops it");
             // SIGTERM too, so `kill` stops the gateways rather than orphaning them
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
+            crate::cli::wait_for_signal().await;
         }
         Ok(_) => {}
         Err(e) => {

@@ -115,13 +115,18 @@ fn resolver() -> std::io::Result<&'static hickory_resolver::TokioResolver> {
 /// `/etc/resolv.conf` and `/etc/hosts`). Never calls getaddrinfo, so it works in a statically
 /// linked binary in a `FROM scratch` container.
 pub async fn resolve(endpoint: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     let (host, port) = split_host_port(endpoint).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("invalid endpoint {endpoint:?}"),
         )
     })?;
+    resolve_host(host, port).await
+}
+
+/// [`resolve`] for a host and port given apart (an IPv6 host without brackets).
+pub async fn resolve_host(host: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }

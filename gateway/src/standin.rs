@@ -16,6 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Most bytes of an upcheck response a probe reads.
+const MAX_UPCHECK_RESPONSE: u64 = 64 * 1024;
+
 /// The body of a healthy Tessera upcheck.
 pub const UPCHECK_BODY: &str = "I'm up!";
 
@@ -235,7 +238,12 @@ pub async fn probe(
                 };
                 let read = async {
                     let mut back = Vec::with_capacity(len);
-                    r.read_to_end(&mut back).await.map(|_| back)
+                    // one byte more than sent shows a wrong echo without reading forever
+                    (&mut r)
+                        .take(len as u64 + 1)
+                        .read_to_end(&mut back)
+                        .await
+                        .map(|_| back)
                 };
                 let (wrote, back) = tokio::join!(write, read);
                 wrote.map_err(|e| fail(format!("sending: {e}")))?;
@@ -254,7 +262,9 @@ pub async fn probe(
                     .await
                     .map_err(|e| fail(format!("sending: {e}")))?;
                 let mut resp = Vec::new();
-                s.read_to_end(&mut resp)
+                (&mut s)
+                    .take(MAX_UPCHECK_RESPONSE)
+                    .read_to_end(&mut resp)
                     .await
                     .map_err(|e| fail(format!("receiving: {e}")))?;
                 let text = String::from_utf8_lossy(&resp);

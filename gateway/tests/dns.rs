@@ -4,31 +4,8 @@
 
 mod support;
 
-use std::process::Command;
-
 use fedgw_proto::v1 as pb;
 use support::*;
-
-/// `dig +short` (or the status line with `full`) against a gateway's DNS address.
-fn dig(dns: std::net::SocketAddr, name: &str, qtype: &str, full: bool) -> String {
-    let mut cmd = Command::new("dig");
-    cmd.arg(format!("@{}", dns.ip()))
-        .args([
-            "-p",
-            &dns.port().to_string(),
-            "+time=2",
-            "+tries=1",
-            "+norecurse",
-        ])
-        .args([name, qtype]);
-    if !full {
-        cmd.arg("+short");
-    }
-    let out = cmd
-        .output()
-        .expect("dig must be installed (scripts/test installs bind9-dnsutils)");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 fn status(dns: std::net::SocketAddr, name: &str, qtype: &str) -> String {
     let text = dig(dns, name, qtype, true);

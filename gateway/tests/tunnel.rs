@@ -64,22 +64,6 @@ async fn upcheck_server() -> SocketAddr {
     addr
 }
 
-fn dig_a(dns: SocketAddr, name: &str) -> String {
-    let out = Command::new("dig")
-        .arg(format!("@{}", dns.ip()))
-        .args([
-            "-p",
-            &dns.port().to_string(),
-            "+time=2",
-            "+tries=1",
-            "+short",
-        ])
-        .args([name, "A"])
-        .output()
-        .expect("dig must be installed (scripts/test installs bind9-dnsutils)");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// Per-org pool, the transport, loopback targets allowed (the stand-ins run on 127.0.0.1).
 fn site(i: u8, transport: Transport) -> impl FnOnce(&mut Config) {
     move |c: &mut Config| {
@@ -132,7 +116,7 @@ async fn local_address(at: &Gw, name: &str, port: u16) -> SocketAddr {
     let dns = at.run().info.dns;
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Ok(ip) = dig_a(dns, name).parse::<std::net::IpAddr>() {
+        if let Ok(ip) = dig(dns, name, "A", false).parse::<std::net::IpAddr>() {
             let addr = SocketAddr::new(ip, port);
             if at.run().tunnels.listening().contains(&addr) {
                 return addr;

@@ -247,12 +247,6 @@ pub fn service_name(parts: &[&str]) -> String {
     format!("{cut}-{hash:08x}")
 }
 
-/// The real ports a node record asks for, by name (`p2p`, `raft`, `tessera`): the same rule as
-/// the gateway's `addressing::node_ports`, whose allocated ports the names key.
-pub fn real_ports(r: &pb::NodeRecord) -> BTreeMap<String, u16> {
-    fedgw_proto::node_ports(r)
-}
-
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -642,7 +636,7 @@ impl Index {
         // remote nodes: a Service each, and its ClusterIP at the gateway
         for n in gw.nodes.iter().filter(|n| n.org != gw.org) {
             let Some(record) = &n.record else { continue };
-            let ports: Vec<ServicePort> = real_ports(record)
+            let ports: Vec<ServicePort> = fedgw_proto::node_ports(record)
                 .into_iter()
                 .filter_map(|(pname, real)| {
                     let local = n.local_ports.get(&pname).copied()?;

@@ -99,12 +99,7 @@ pub async fn dial(
     port: u16,
     policy: &DialPolicy,
 ) -> Result<tokio::net::TcpStream, Answer> {
-    let endpoint = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    let addrs = tokio::time::timeout(CONNECT_TIMEOUT, crate::net::resolve(&endpoint))
+    let addrs = tokio::time::timeout(CONNECT_TIMEOUT, crate::net::resolve_host(host, port))
         .await
         .map_err(|_| Answer::Unreachable)?
         .map_err(|_| Answer::Unreachable)?;

@@ -159,7 +159,6 @@ impl Listeners {
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&addr);
                     active.insert(addr, route.clone());
-                    tunnels.0.metrics.tunnel_listeners(active.len());
                     let tunnels = tunnels.clone();
                     tunnels
                         .0

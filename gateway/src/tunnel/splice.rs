@@ -73,14 +73,6 @@ impl TunnelStream {
 }
 
 impl TunnelRead {
-    /// Reads up to `buf.len()` bytes; 0 at the end of the stream.
-    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            TunnelRead::Quic(r) => Ok(AsyncReadExt::read(r, buf).await?),
-            TunnelRead::Mux(r) => r.read(buf).await,
-        }
-    }
-
     /// Reads the far gateway's answer.
     pub async fn answer(&mut self) -> io::Result<Answer> {
         let mut bytes = [0u8; ANSWER_LEN];

@@ -275,3 +275,24 @@ pub fn spec(name: &str, enode: u8, host: &str) -> pb::NodeSpec {
         allowed_orgs: vec![],
     }
 }
+
+/// `dig +short` (or the status line with `full`) against a gateway's DNS address.
+pub fn dig(dns: std::net::SocketAddr, name: &str, qtype: &str, full: bool) -> String {
+    let mut cmd = std::process::Command::new("dig");
+    cmd.arg(format!("@{}", dns.ip()))
+        .args([
+            "-p",
+            &dns.port().to_string(),
+            "+time=2",
+            "+tries=1",
+            "+norecurse",
+        ])
+        .args([name, qtype]);
+    if !full {
+        cmd.arg("+short");
+    }
+    let out = cmd
+        .output()
+        .expect("dig must be installed (scripts/test installs bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
