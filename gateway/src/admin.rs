@@ -540,11 +540,13 @@ fn status_of(
         tunnels: tunnels
             .links()
             .into_iter()
-            .map(|(id, transport, rtt)| pb::TunnelStatus {
-                org: id.org,
-                site: id.site,
-                transport: transport.to_owned(),
-                rtt_ms: rtt.map_or(0.0, |r| r.as_secs_f64() * 1000.0),
+            .map(|l| pb::TunnelStatus {
+                org: l.peer.org,
+                site: l.peer.site,
+                transport: l.transport.to_owned(),
+                rtt_ms: l.quic.map_or(0.0, |p| p.rtt.as_secs_f64() * 1000.0),
+                path_mtu: l.quic.map_or(0, |p| u32::from(p.current_mtu)),
+                lost_packets: l.quic.map_or(0, |p| p.lost_packets),
             })
             .collect(),
         listeners: u32::try_from(tunnels.listening().len()).unwrap_or(u32::MAX),

@@ -64,6 +64,8 @@ struct TunnelMetrics {
     connections: Family<PeerDirectionLabels, Counter>,
     active_streams: Gauge,
     rtt: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    path_mtu: Family<PeerLabels, Gauge>,
+    lost_packets: Family<PeerLabels, Counter>,
     refused: Family<ReasonLabels, Counter>,
     refused_by_peer: Family<ReasonLabels, Counter>,
     links: Family<TransportLabels, Gauge>,
@@ -160,6 +162,16 @@ impl Metrics {
             "tunnel_rtt_seconds",
             "Smoothed round-trip time of the QUIC tunnel to each peer site (org/site)",
             tunnel.rtt.clone(),
+        );
+        registry.register(
+            "tunnel_path_mtu_bytes",
+            "Largest UDP payload path MTU discovery has confirmed on the QUIC tunnel to each peer site (1200 to 8952)",
+            tunnel.path_mtu.clone(),
+        );
+        registry.register(
+            "tunnel_lost_packets",
+            "Packets the QUIC tunnel to each peer site declared lost",
+            tunnel.lost_packets.clone(),
         );
         registry.register(
             "tunnel_refused_streams",
@@ -292,14 +304,30 @@ impl Metrics {
         self.tunnel.active_streams.get()
     }
 
-    /// Records the RTT of the link to `peer`.
-    pub fn tunnel_rtt(&self, peer: &crate::membership::GatewayId, rtt: std::time::Duration) {
+    /// Records the path of the QUIC link to `peer`: smoothed RTT, path MTU (UDP payload
+    /// bytes) and the packets declared lost since the last call.
+    pub fn tunnel_quic_path(
+        &self,
+        peer: &crate::membership::GatewayId,
+        rtt: std::time::Duration,
+        path_mtu: u16,
+        newly_lost: u64,
+    ) {
+        let labels = PeerLabels {
+            peer: peer.to_string(),
+        };
         self.tunnel
             .rtt
-            .get_or_create(&PeerLabels {
-                peer: peer.to_string(),
-            })
+            .get_or_create(&labels)
             .set(rtt.as_secs_f64());
+        self.tunnel
+            .path_mtu
+            .get_or_create(&labels)
+            .set(i64::from(path_mtu));
+        self.tunnel
+            .lost_packets
+            .get_or_create(&labels)
+            .inc_by(newly_lost);
     }
 
     /// Counts a stream this gateway refused.

@@ -23,6 +23,7 @@
 pub mod far;
 pub mod header;
 pub mod near;
+pub mod quic;
 pub mod splice;
 
 use std::collections::{BTreeMap, HashMap};
@@ -234,53 +235,6 @@ pub struct TunnelSetup {
     pub aliases: Option<crate::alias::Aliases>,
 }
 
-/// Builds the QUIC transport settings: keep-alive, idle timeout, stream limits and windows
-/// sized for bulk transfers.
-fn transport_config() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(KEEP_ALIVE));
-    t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(65_536));
-    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
-    t.stream_receive_window(quinn::VarInt::from_u32(8 * 1024 * 1024));
-    t.receive_window(quinn::VarInt::from_u32(64 * 1024 * 1024));
-    t.send_window(64 * 1024 * 1024);
-    // path MTU discovery (RFC 8899) may grow datagrams up to jumbo-frame size where the path
-    // carries them (datacenter interconnects, loopback); on ordinary paths the probes are lost
-    // and it stays at the usual ~1450 bytes
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MTU_UPPER_BOUND);
-    // losses under congestion look like a black hole; search again soon rather than after a
-    // minute at 1200 bytes
-    mtu.black_hole_cooldown(Duration::from_secs(5));
-    t.mtu_discovery_config(Some(mtu));
-    // ask the peer to acknowledge promptly: a delayed ACK inflates the RTT estimate, and the
-    // pacing rate (window / RTT) with it, on fast paths
-    let mut ack = quinn::AckFrequencyConfig::default();
-    ack.max_ack_delay(Some(Duration::from_millis(1)));
-    t.ack_frequency_config(Some(ack));
-    t
-}
-
-/// Largest UDP payload path MTU discovery tries: a 9000-byte jumbo frame minus IP and UDP
-/// headers.
-pub const MTU_UPPER_BOUND: u16 = 8952;
-
-/// Socket buffer size asked for the QUIC socket (the kernel caps it at `net.core.rmem_max` /
-/// `wmem_max`): the default ~200 KiB overflows under a burst of datagrams, and every drop
-/// shrinks the congestion window.
-pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
-
-fn tune_udp(udp: &std::net::UdpSocket) {
-    let sock = socket2::SockRef::from(udp);
-    if let Err(e) = sock.set_recv_buffer_size(UDP_BUFFER) {
-        debug!(error = %e, "cannot enlarge the QUIC receive buffer");
-    }
-    if let Err(e) = sock.set_send_buffer_size(UDP_BUFFER) {
-        debug!(error = %e, "cannot enlarge the QUIC send buffer");
-    }
-}
-
 impl Tunnels {
     /// Sets up the QUIC endpoint (when `setup.udp` is given) and the client configs. Nothing
     /// runs until [`Tunnels::start`].
@@ -302,7 +256,7 @@ impl Tunnels {
             setup.tls.verifier.clone(),
             provider,
         )?;
-        let transport = Arc::new(transport_config());
+        let transport = Arc::new(quic::transport_config());
         let quic_server = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
             .map_err(|e| TunnelError::Quic(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
@@ -313,19 +267,9 @@ impl Tunnels {
         quic_client.transport_config(transport);
         let quic = match setup.udp {
             Some(udp) => {
-                tune_udp(&udp);
-                let runtime = quinn::default_runtime()
-                    .ok_or_else(|| TunnelError::Quic("no async runtime".into()))?;
                 // an outbound-only site answers no handshakes
                 let server = (!setup.outbound_only).then_some(server);
-                let mut endpoint = quinn::EndpointConfig::default();
-                endpoint
-                    .max_udp_payload_size(MTU_UPPER_BOUND)
-                    .map_err(|e| TunnelError::Quic(e.to_string()))?;
-                Some(
-                    quinn::Endpoint::new(endpoint, server, udp, runtime)
-                        .map_err(TunnelError::Io)?,
-                )
+                Some(quic::endpoint(udp, server)?)
             }
             None => None,
         };
@@ -399,21 +343,22 @@ impl Tunnels {
             .count()
     }
 
-    /// Every live link: the peer, its transport, and the RTT (QUIC links).
-    pub fn links(&self) -> Vec<(GatewayId, &'static str, Option<Duration>)> {
+    /// Every live link, sorted by peer.
+    pub fn links(&self) -> Vec<LinkStatus> {
         let links = self.0.links.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<_> = links
             .iter()
             .filter(|(_, (_, l))| l.is_alive())
-            .map(|(id, (_, l))| {
-                let rtt = match l {
-                    Link::Quic(c) => Some(c.rtt()),
+            .map(|(id, (_, l))| LinkStatus {
+                peer: id.clone(),
+                transport: l.transport(),
+                quic: match l {
+                    Link::Quic(c) => Some(c.stats().path),
                     Link::Mux { .. } => None,
-                };
-                (id.clone(), l.transport(), rtt)
+                },
             })
             .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by(|a, b| a.peer.cmp(&b.peer));
         out
     }
 
@@ -654,7 +599,8 @@ impl Tunnels {
         conn: &quinn::Connection,
         revoked: CancellationToken,
     ) {
-        let mut rtt = tokio::time::interval(Duration::from_secs(1));
+        let mut path = tokio::time::interval(Duration::from_secs(1));
+        let mut lost = 0;
         loop {
             tokio::select! {
                 s = conn.accept_bi() => match s {
@@ -664,7 +610,16 @@ impl Tunnels {
                         return;
                     }
                 },
-                _ = rtt.tick() => self.0.metrics.tunnel_rtt(peer, conn.rtt()),
+                _ = path.tick() => {
+                    let stats = conn.stats().path;
+                    self.0.metrics.tunnel_quic_path(
+                        peer,
+                        stats.rtt,
+                        stats.current_mtu,
+                        stats.lost_packets.saturating_sub(lost),
+                    );
+                    lost = stats.lost_packets;
+                }
                 () = revoked.cancelled() => {
                     conn.close(quinn::VarInt::from_u32(2), b"revoked");
                     return;
@@ -951,6 +906,18 @@ fn mux_config() -> tokio_yamux::Config {
         accept_backlog: 1024,
         ..tokio_yamux::Config::default()
     }
+}
+
+/// One live link, as `fedgw status` shows it.
+#[derive(Debug, Clone)]
+pub struct LinkStatus {
+    /// The peer site.
+    pub peer: GatewayId,
+    /// `"quic"` or `"tcp"`.
+    pub transport: &'static str,
+    /// QUIC path statistics (smoothed RTT, path MTU in UDP payload bytes, packets lost);
+    /// `None` for TCP links.
+    pub quic: Option<quinn::PathStats>,
 }
 
 /// A peer gateway as the view announces it.

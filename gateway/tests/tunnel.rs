@@ -228,6 +228,31 @@ async fn echo_many(transport: Transport) {
         metrics.iter().all(|m| m.tunnel_active_streams() == 0)
     })
     .await;
+    // `fedgw status` shows the link with its path (QUIC: a confirmed MTU of at least QUIC's
+    // 1200-byte minimum, at most the discovery bound)
+    let status = fed.gws[0]
+        .admin()
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    let link = status
+        .tunnels
+        .iter()
+        .find(|t| t.org == "org2")
+        .expect("a link to org2 in status");
+    assert_eq!(link.transport, want);
+    if want == "quic" {
+        assert!(
+            (1200..=u32::from(fedgw_gateway::tunnel::quic::MTU_UPPER_BOUND))
+                .contains(&link.path_mtu),
+            "{link:?}"
+        );
+        assert!(link.rtt_ms > 0.0, "{link:?}");
+    } else {
+        assert_eq!((link.path_mtu, link.lost_packets), (0, 0), "{link:?}");
+    }
     wait_for("no socket of a proxied connection left open", || {
         proxied_sockets(&[echo, addr]) == 0
     })

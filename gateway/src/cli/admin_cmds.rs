@@ -490,6 +490,7 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             .map(|t| {
                 serde_json::json!({
                     "org": t.org, "site": t.site, "transport": t.transport, "rtt_ms": t.rtt_ms,
+                    "path_mtu": t.path_mtu, "lost_packets": t.lost_packets,
                 })
             })
             .collect();
@@ -542,18 +543,27 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
         },
         s.active_streams
     );
-    println!("{:<16} {:<9} {:>10}", "tunnel to", "transport", "rtt");
+    println!(
+        "{:<16} {:<9} {:>10} {:>8} {:>8}",
+        "tunnel to", "transport", "rtt", "mtu", "lost"
+    );
     for t in &s.tunnels {
-        let rtt = if t.transport == "quic" {
-            format!("{:.2} ms", t.rtt_ms)
+        let (rtt, mtu, lost) = if t.transport == "quic" {
+            (
+                format!("{:.2} ms", t.rtt_ms),
+                t.path_mtu.to_string(),
+                t.lost_packets.to_string(),
+            )
         } else {
-            "-".to_owned()
+            ("-".to_owned(), "-".to_owned(), "-".to_owned())
         };
         println!(
-            "{:<16} {:<9} {:>10}",
+            "{:<16} {:<9} {:>10} {:>8} {:>8}",
             format!("{}/{}", t.org, t.site),
             t.transport,
-            rtt
+            rtt,
+            mtu,
+            lost
         );
     }
     if !s.refused_streams.is_empty() {
