@@ -26,7 +26,7 @@ const QUIC_BATCH: usize = 32;
 /// Read buffer of a yamux stream carrying bulk data.
 const MUX_READ: usize = 64 * 1024;
 /// Read buffer of a quiet yamux stream.
-const MUX_IDLE_READ: usize = 1024;
+const MUX_IDLE_READ: usize = 256;
 
 /// One bidirectional tunnel stream.
 pub enum TunnelStream {
@@ -269,7 +269,8 @@ async fn tunnel_to_tcp(r: &mut TunnelRead, tcp: &TcpStream, rx: &Counter) -> io:
         },
         TunnelRead::Mux(r) => {
             // a small buffer while idle, growing while reads fill it: an idle stream costs
-            // MUX_IDLE_READ bytes, a bulk one reads MUX_READ at a time
+            // MUX_IDLE_READ bytes, a bulk one reads MUX_READ at a time, and a read that finds
+            // less than a quarter of that waiting means the backlog is gone
             let mut buf = vec![0u8; MUX_IDLE_READ];
             loop {
                 let n = r.read(&mut buf).await?;
@@ -280,7 +281,7 @@ async fn tunnel_to_tcp(r: &mut TunnelRead, tcp: &TcpStream, rx: &Counter) -> io:
                 rx.inc_by(n as u64);
                 if n == buf.len() && buf.len() < MUX_READ {
                     buf = vec![0u8; MUX_READ];
-                } else if n < MUX_IDLE_READ && buf.len() > MUX_IDLE_READ {
+                } else if n < MUX_READ / 4 && buf.len() > MUX_IDLE_READ {
                     buf = vec![0u8; MUX_IDLE_READ];
                 }
             }
