@@ -244,23 +244,34 @@ async fn tunnel_to_tcp(r: &mut TunnelRead, tcp: &TcpStream, rx: &Counter) -> io:
     match r {
         TunnelRead::Quic(r) => loop {
             // wait for one chunk, then take what else has arrived without waiting: a busy
-            // stream is written in batches of up to QUIC_BATCH chunks, and a quiet one holds
-            // no batch while it waits
+            // stream is written in batches of up to QUIC_BATCH chunks, while a quiet one (one
+            // chunk at a time, e.g. a ping-pong) allocates nothing
             let first = match r.read_chunk(QUIC_CHUNK, true).await {
                 Ok(Some(chunk)) => chunk.bytes,
                 Ok(None) => break,
                 Err(e) => return Err(io::Error::from(e)),
             };
-            let mut batch = vec![first];
-            let mut more = vec![bytes::Bytes::new(); QUIC_BATCH - 1];
-            let next = ready_now(r.read_chunks(&mut more));
-            if let Some(Ok(Some(n))) = next {
-                batch.extend(more.drain(..n));
-            }
-            drop(more);
-            let bytes: usize = batch.iter().map(|c| c.len()).sum();
-            tcp_write_chunks(tcp, &mut batch).await?;
-            rx.inc_by(bytes as u64);
+            let next = match ready_now(r.read_chunk(QUIC_CHUNK, true)) {
+                Some(Ok(Some(second))) => {
+                    let mut batch = Vec::with_capacity(QUIC_BATCH);
+                    batch.extend([first, second.bytes]);
+                    let mut more = vec![bytes::Bytes::new(); QUIC_BATCH - 2];
+                    let next = ready_now(r.read_chunks(&mut more));
+                    if let Some(Ok(Some(n))) = next {
+                        batch.extend(more.drain(..n));
+                    }
+                    drop(more);
+                    let bytes: usize = batch.iter().map(|c| c.len()).sum();
+                    tcp_write_chunks(tcp, &mut batch).await?;
+                    rx.inc_by(bytes as u64);
+                    next.map(|r| r.map(|n| n.map(|_| ())))
+                }
+                next => {
+                    tcp_write_all(tcp, &first).await?;
+                    rx.inc_by(first.len() as u64);
+                    next.map(|r| r.map(|c| c.map(|_| ())))
+                }
+            };
             match next {
                 Some(Ok(None)) => break,
                 Some(Err(e)) => return Err(io::Error::from(e)),
