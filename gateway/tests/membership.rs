@@ -67,13 +67,7 @@ async fn five_gateways_share_nodes_and_removals() {
     for g in &fed.gws {
         assert!(g.node_names().is_empty(), "at {}", g.org);
     }
-    let status = fed.gws[0]
-        .admin()
-        .await
-        .status(pb::StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner();
+    let status = fed.gws[0].status().await;
     assert_eq!(
         status
             .peers

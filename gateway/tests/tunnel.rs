@@ -230,13 +230,7 @@ async fn echo_many(transport: Transport) {
     .await;
     // `fedgw status` shows the link with its path (QUIC: a confirmed MTU of at least QUIC's
     // 1200-byte minimum, at most the discovery bound)
-    let status = fed.gws[0]
-        .admin()
-        .await
-        .status(pb::StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner();
+    let status = fed.gws[0].status().await;
     let link = status
         .tunnels
         .iter()
@@ -425,13 +419,7 @@ async fn the_far_gateway_refuses_what_it_must() {
         1
     );
     // and `fedgw status` shows them, with the live links
-    let status = fed.gws[1]
-        .admin()
-        .await
-        .status(pb::StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner();
+    let status = fed.gws[1].status().await;
     assert_eq!(status.refused_streams.get("unknown_node"), Some(&2));
     assert_eq!(status.refused_streams.get("bad_header"), Some(&3));
     assert!(

@@ -62,6 +62,16 @@ impl Gw {
             .expect("admin socket")
     }
 
+    /// What `fedgw status` shows for this gateway.
+    pub async fn status(&self) -> pb::StatusResponse {
+        self.admin()
+            .await
+            .status(pb::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+    }
+
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(r) = self.running.take() {
