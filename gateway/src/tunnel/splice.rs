@@ -153,16 +153,22 @@ pub struct Counters {
 
 /// Writes all of `chunks` to a TCP socket in vectored writes (`writev`), so a busy stream
 /// costs one system call per batch rather than one per received chunk.
-async fn tcp_write_chunks(tcp: &TcpStream, chunks: &mut [bytes::Bytes]) -> io::Result<()> {
-    use bytes::Buf;
+async fn tcp_write_chunks<B: bytes::Buf>(tcp: &TcpStream, chunks: &mut [B]) -> io::Result<()> {
     let mut first = 0;
-    while first < chunks.len() {
+    loop {
+        // skip what is written (and empty chunks)
+        while first < chunks.len() && !chunks[first].has_remaining() {
+            first += 1;
+        }
+        if first == chunks.len() {
+            return Ok(());
+        }
         tcp.writable().await?;
         let written = {
             let mut slices = [io::IoSlice::new(&[]); QUIC_BATCH];
             let n = (chunks.len() - first).min(QUIC_BATCH);
             for (slice, chunk) in slices.iter_mut().zip(&chunks[first..first + n]) {
-                *slice = io::IoSlice::new(chunk);
+                *slice = io::IoSlice::new(chunk.chunk());
             }
             tcp.try_write_vectored(&slices[..n])
         };
@@ -172,22 +178,23 @@ async fn tcp_write_chunks(tcp: &TcpStream, chunks: &mut [bytes::Bytes]) -> io::R
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
-        while n > 0 {
-            let len = chunks[first].len();
-            if len <= n {
-                n -= len;
-                first += 1;
-            } else {
-                chunks[first].advance(n);
-                n = 0;
-            }
-        }
-        // skip empty chunks so the loop ends
-        while first < chunks.len() && chunks[first].is_empty() {
-            first += 1;
+        while n > 0 && first < chunks.len() {
+            let step = n.min(chunks[first].remaining());
+            chunks[first].advance(step);
+            n -= step;
+            first += usize::from(!chunks[first].has_remaining());
         }
     }
-    Ok(())
+}
+
+/// Whether a QUIC read that did not wait ended the stream: `Some(Ok)` at its end,
+/// `Some(Err)` when it failed, `None` while more may come.
+fn stream_end<T>(read: Option<Result<Option<T>, quinn::ReadError>>) -> Option<io::Result<()>> {
+    match read {
+        Some(Ok(None)) => Some(Ok(())),
+        Some(Err(e)) => Some(Err(io::Error::from(e))),
+        Some(Ok(Some(_))) | None => None,
+    }
 }
 
 /// Polls `future` once: its output if it is ready now, `None` if it would wait.
@@ -201,17 +208,8 @@ fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
 }
 
 /// Writes all of `buf` to a TCP socket shared by reference.
-async fn tcp_write_all(tcp: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        tcp.writable().await?;
-        match tcp.try_write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+async fn tcp_write_all(tcp: &TcpStream, buf: &[u8]) -> io::Result<()> {
+    tcp_write_chunks(tcp, &mut [buf]).await
 }
 
 fn tcp_shutdown_write(tcp: &TcpStream) {
@@ -243,39 +241,42 @@ async fn tcp_to_tunnel(tcp: &TcpStream, w: &mut TunnelWrite, tx: &Counter) -> io
 async fn tunnel_to_tcp(r: &mut TunnelRead, tcp: &TcpStream, rx: &Counter) -> io::Result<()> {
     match r {
         TunnelRead::Quic(r) => loop {
-            // wait for one chunk, then take what else has arrived without waiting: a busy
-            // stream is written in batches of up to QUIC_BATCH chunks, while a quiet one (one
-            // chunk at a time, e.g. a ping-pong) allocates nothing
-            let first = match r.read_chunk(QUIC_CHUNK, true).await {
+            let mut first = match r.read_chunk(QUIC_CHUNK, true).await {
                 Ok(Some(chunk)) => chunk.bytes,
                 Ok(None) => break,
                 Err(e) => return Err(io::Error::from(e)),
             };
-            let next = match ready_now(r.read_chunk(QUIC_CHUNK, true)) {
+            // take what else has arrived without waiting: a busy stream is written in
+            // batches of up to QUIC_BATCH chunks; a quiet one (one chunk at a time, e.g. a
+            // ping-pong) allocates no batch
+            let mut batch = Vec::new();
+            let end = match ready_now(r.read_chunk(QUIC_CHUNK, true)) {
                 Some(Ok(Some(second))) => {
-                    let mut batch = Vec::with_capacity(QUIC_BATCH);
-                    batch.extend([first, second.bytes]);
-                    let mut more = vec![bytes::Bytes::new(); QUIC_BATCH - 2];
-                    let next = ready_now(r.read_chunks(&mut more));
-                    if let Some(Ok(Some(n))) = next {
-                        batch.extend(more.drain(..n));
-                    }
-                    drop(more);
-                    let bytes: usize = batch.iter().map(|c| c.len()).sum();
-                    tcp_write_chunks(tcp, &mut batch).await?;
-                    rx.inc_by(bytes as u64);
-                    next.map(|r| r.map(|n| n.map(|_| ())))
+                    batch = vec![bytes::Bytes::new(); QUIC_BATCH];
+                    batch[0] = std::mem::take(&mut first);
+                    batch[1] = second.bytes;
+                    let more = ready_now(r.read_chunks(&mut batch[2..]));
+                    let n = match more {
+                        Some(Ok(Some(n))) => n,
+                        _ => 0,
+                    };
+                    batch.truncate(2 + n);
+                    stream_end(more)
                 }
-                next => {
-                    tcp_write_all(tcp, &first).await?;
-                    rx.inc_by(first.len() as u64);
-                    next.map(|r| r.map(|c| c.map(|_| ())))
-                }
+                next => stream_end(next),
             };
-            match next {
-                Some(Ok(None)) => break,
-                Some(Err(e)) => return Err(io::Error::from(e)),
-                _ => {}
+            let chunks = if batch.is_empty() {
+                std::slice::from_mut(&mut first)
+            } else {
+                &mut batch[..]
+            };
+            let bytes: usize = chunks.iter().map(|c| c.len()).sum();
+            tcp_write_chunks(tcp, chunks).await?;
+            rx.inc_by(bytes as u64);
+            match end {
+                Some(Ok(())) => break,
+                Some(Err(e)) => return Err(e),
+                None => {}
             }
         },
         TunnelRead::Mux(r) => {
