@@ -195,6 +195,18 @@ enum Command {
         /// (a container's main process can start before the data dir is provisioned).
         #[arg(long)]
         wait_for_config: bool,
+        /// Threads that run the gateway. 1 (the default): one event loop carries everything, so
+        /// a proxied byte crosses no thread on its way (a QUIC or TCP+TLS link to one peer site
+        /// is driven by one task whatever the count, so more threads help only with several
+        /// busy peer sites). N > 1: a work-stealing pool of N threads. 0: one per CPU.
+        /// Blocking store writes run on separate threads in every case.
+        #[arg(
+            long,
+            env = "FEDGW_WORKER_THREADS",
+            default_value_t = 1,
+            value_name = "N"
+        )]
+        worker_threads: usize,
     },
     /// Run stand-in nodes: TCP echo servers (p2p, raft) and Tessera-like `GET /upcheck` HTTP
     /// servers, until SIGINT or SIGTERM.
@@ -355,8 +367,30 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(), Cl
             return Ok(());
         }
     };
-    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    runtime.block_on(dispatch(cli.command))
+    let threads = match &cli.command {
+        Command::Run { worker_threads, .. } => *worker_threads,
+        // the other commands are short-lived clients, or the lab, which runs its gateways as
+        // `fedgw run` processes
+        _ => 1,
+    };
+    runtime(threads)
+        .context("starting the tokio runtime")?
+        .block_on(dispatch(cli.command))
+}
+
+/// The runtime for `threads` (see `fedgw run --worker-threads`): a current-thread runtime for 1,
+/// a multi-thread one otherwise (0: one worker per CPU).
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Runtime::new(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
 }
 
 async fn dispatch(command: Command) -> Result<(), CliError> {
@@ -400,6 +434,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Run {
             dir,
             wait_for_config,
+            worker_threads: _,
         } => run(DataDir::new(dir.data_dir), wait_for_config).await,
         Command::StandIn { echo, http } => stand_in(echo, http).await,
         Command::Probe {
