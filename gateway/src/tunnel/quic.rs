@@ -3,15 +3,21 @@
 //! One endpoint per gateway, on UDP at the gateway port number. Path MTU discovery (RFC 8899)
 //! grows datagrams up to [`MTU_UPPER_BOUND`] where the path carries them; segmentation
 //! offload (Linux UDP GSO) sends several datagrams per `sendmsg`, capped so a batch never
-//! exceeds what the kernel accepts in one call ([`MAX_GSO_PAYLOAD`]).
+//! exceeds what the kernel accepts in one call ([`MAX_GSO_PAYLOAD`]). The socket itself is
+//! [`TunnelUdp`].
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tracing::debug;
 
 use super::{IDLE_TIMEOUT, KEEP_ALIVE, TunnelError};
@@ -59,8 +65,8 @@ pub fn transport_config() -> quinn::TransportConfig {
 }
 
 /// Opens the QUIC endpoint on `udp` (already bound): enlarged socket buffers, datagrams up to
-/// [`MTU_UPPER_BOUND`], segmentation offload capped by [`CappedGso`]. `server` is `None` at a
-/// site that answers no handshakes (outbound-only).
+/// [`MTU_UPPER_BOUND`], the socket wrapped in [`TunnelUdp`]. `server` is `None` at a site that
+/// answers no handshakes (outbound-only).
 ///
 /// # Errors
 ///
@@ -77,9 +83,7 @@ pub fn endpoint(
     config
         .max_udp_payload_size(MTU_UPPER_BOUND)
         .map_err(|e| TunnelError::Quic(e.to_string()))?;
-    let socket = Arc::new(CappedGso(
-        runtime.wrap_udp_socket(udp).map_err(TunnelError::Io)?,
-    ));
+    let socket = Arc::new(TunnelUdp::new(udp).map_err(TunnelError::Io)?);
     quinn::Endpoint::new_with_abstract_socket(config, server, socket, runtime)
         .map_err(TunnelError::Io)
 }
@@ -102,21 +106,98 @@ pub fn gso_segments(socket_max: usize) -> usize {
         .max(1)
 }
 
-/// quinn's tokio UDP socket with segmentation offload capped by [`gso_segments`].
+/// The endpoint's UDP socket: quinn-udp's batched, offloaded sends and receives on a tokio
+/// [`AsyncFd`], with three departures from quinn's own tokio socket:
 ///
-/// quinn batches up to ten datagrams of the current path MTU per send. With jumbo datagrams
-/// that is up to 89 520 bytes, which the kernel refuses; the lost batches would then look like
-/// an MTU black hole and push path MTU discovery back to 1200 bytes.
+/// - **Segmentation offload is capped** by [`gso_segments`]. quinn batches up to ten
+///   datagrams of the current path MTU per send; with jumbo datagrams that is up to 89 520
+///   bytes, which the kernel refuses, and the lost batches would look like an MTU black hole
+///   and push path MTU discovery back to 1200 bytes.
+/// - **Only readability is watched.** A UDP socket turns writable again after every datagram
+///   it sends (the datagram's buffer space comes back), so with writability registered every
+///   send wakes the event loop once more for nothing. Writability is watched only while a send
+///   is refused (`WouldBlock`), on a duplicate of the descriptor that is dropped once it
+///   fires.
+/// - **A short receive batch ends the turn.** `recvmmsg` returns fewer datagrams than asked
+///   only when the queue is empty, so the readiness is cleared and the next receive waits,
+///   rather than asking the kernel again to be told `WouldBlock`.
 #[derive(Debug)]
-pub struct CappedGso(Arc<dyn quinn::AsyncUdpSocket>);
+pub struct TunnelUdp {
+    io: AsyncFd<std::net::UdpSocket>,
+    state: quinn::udp::UdpSocketState,
+    /// A send was refused and no wait for writability has completed since.
+    blocked: AtomicBool,
+    /// The writability registration while a send is refused.
+    writable: Mutex<Option<Arc<AsyncFd<OwnedFd>>>>,
+}
 
-impl quinn::AsyncUdpSocket for CappedGso {
+impl TunnelUdp {
+    /// Wraps a bound socket (made non-blocking here).
+    ///
+    /// # Errors
+    ///
+    /// When the socket options quinn-udp needs cannot be set, or without a tokio runtime.
+    pub fn new(udp: std::net::UdpSocket) -> io::Result<TunnelUdp> {
+        udp.set_nonblocking(true)?;
+        let state = quinn::udp::UdpSocketState::new((&udp).into())?;
+        Ok(TunnelUdp {
+            io: register(udp, Interest::READABLE)?,
+            state,
+            blocked: AtomicBool::new(false),
+            writable: Mutex::new(None),
+        })
+    }
+
+    /// The writability registration, made on first need.
+    fn writable_registration(&self) -> io::Result<Arc<AsyncFd<OwnedFd>>> {
+        let mut slot = self.writable.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = &*slot {
+            return Ok(fd.clone());
+        }
+        let dup = self.io.get_ref().as_fd().try_clone_to_owned()?;
+        let fd = Arc::new(register(dup, Interest::WRITABLE)?);
+        *slot = Some(fd.clone());
+        Ok(fd)
+    }
+
+    /// Waits until the socket takes datagrams again, then stops watching writability.
+    async fn wait_writable(&self) -> io::Result<()> {
+        let fd = self.writable_registration()?;
+        drop(fd.writable().await?);
+        self.blocked.store(false, Ordering::Release);
+        let mut slot = self.writable.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, &fd)) {
+            *slot = None;
+        }
+        Ok(())
+    }
+
+    /// Whether writability is being watched (a send is refused and nobody saw it clear yet).
+    #[cfg(test)]
+    fn watching_writable(&self) -> bool {
+        self.writable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+}
+
+impl quinn::AsyncUdpSocket for TunnelUdp {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
-        self.0.clone().create_io_poller()
+        Box::pin(Writable {
+            socket: self,
+            wait: None,
+        })
     }
 
     fn try_send(&self, transmit: &quinn::udp::Transmit) -> io::Result<()> {
-        self.0.try_send(transmit)
+        let sent = self.state.send(self.io.get_ref().into(), transmit);
+        if let Err(e) = &sent
+            && e.kind() == io::ErrorKind::WouldBlock
+        {
+            self.blocked.store(true, Ordering::Release);
+        }
+        sent
     }
 
     fn poll_recv(
@@ -125,23 +206,88 @@ impl quinn::AsyncUdpSocket for CappedGso {
         bufs: &mut [io::IoSliceMut<'_>],
         meta: &mut [quinn::udp::RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        self.0.poll_recv(cx, bufs, meta)
+        let asked = bufs.len().min(meta.len());
+        loop {
+            let mut guard = std::task::ready!(self.io.poll_read_ready(cx))?;
+            match guard.try_io(|io| self.state.recv(io.get_ref().into(), bufs, meta)) {
+                Ok(Ok(n)) => {
+                    if n < asked {
+                        // the queue is drained; wait for the next datagram's readiness
+                        guard.clear_ready();
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.io.get_ref().local_addr()
     }
 
     fn max_transmit_segments(&self) -> usize {
-        gso_segments(self.0.max_transmit_segments())
+        gso_segments(self.state.max_gso_segments())
     }
 
     fn max_receive_segments(&self) -> usize {
-        self.0.max_receive_segments()
+        self.state.gro_segments()
     }
 
     fn may_fragment(&self) -> bool {
-        self.0.may_fragment()
+        self.state.may_fragment()
+    }
+}
+
+/// File descriptors owned by their value for its whole lifetime.
+trait OwnsFd: AsRawFd {}
+impl OwnsFd for std::net::UdpSocket {}
+impl OwnsFd for OwnedFd {}
+
+/// Registers `inner` with the runtime's reactor for `interest` only (tokio's safe constructors
+/// for that are deprecated in favour of this unsafe one).
+#[allow(unsafe_code)]
+fn register<T: OwnsFd>(inner: T, interest: Interest) -> io::Result<AsyncFd<T>> {
+    // SAFETY: an `OwnsFd` type owns its descriptor: it stays open, refers to the same file
+    // description and is the one `as_raw_fd` returns until the value is dropped, which happens
+    // only with the `AsyncFd`.
+    Ok(unsafe { AsyncFd::register_with_interest(inner, interest) }?)
+}
+
+/// A connection's view of whether the socket takes datagrams: ready at once unless a send
+/// was refused, then ready when the socket turns writable.
+struct Writable {
+    socket: Arc<TunnelUdp>,
+    wait: Option<Pin<Box<dyn Future<Output = io::Result<()>> + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for Writable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writable")
+            .field("waiting", &self.wait.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl quinn::UdpPoller for Writable {
+    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.wait.is_none() {
+            if !this.socket.blocked.load(Ordering::Acquire) {
+                return Poll::Ready(Ok(()));
+            }
+            let socket = this.socket.clone();
+            this.wait = Some(Box::pin(async move { socket.wait_writable().await }));
+        }
+        let Some(wait) = this.wait.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let ready = wait.as_mut().poll(cx);
+        if ready.is_ready() {
+            this.wait = None;
+        }
+        ready
     }
 }
 
@@ -201,6 +347,96 @@ mod tests {
         // one more segment and the kernel refuses the whole batch; quinn-udp drops it
         // silently, so nothing arrives
         assert_eq!(send_batch(cap + 1).unwrap_or(0), 0);
+    }
+
+    /// Receives through `socket` until `want` datagrams arrived; fails after 5 s.
+    async fn receive(socket: &TunnelUdp, want: usize) -> usize {
+        use quinn::AsyncUdpSocket;
+        let mut storage = vec![[0u8; 1500]; 4];
+        let mut got = 0;
+        let wait = async {
+            while got < want {
+                let mut bufs: Vec<io::IoSliceMut<'_>> =
+                    storage.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
+                let mut meta = vec![quinn::udp::RecvMeta::default(); bufs.len()];
+                let n = std::future::poll_fn(|cx| socket.poll_recv(cx, &mut bufs, &mut meta))
+                    .await
+                    .expect("receive");
+                got += meta[..n]
+                    .iter()
+                    .map(|m| m.len / m.stride.max(1))
+                    .sum::<usize>();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("the datagrams arrive");
+        got
+    }
+
+    #[tokio::test]
+    async fn datagrams_after_a_short_batch_still_wake_the_receiver() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = udp.local_addr().expect("address");
+        let socket = TunnelUdp::new(udp).expect("socket");
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        // one datagram: a batch of one out of four clears the readiness
+        tx.send_to(b"one", to).expect("send");
+        assert_eq!(receive(&socket, 1).await, 1);
+        // the next ones arrive after the clear and must wake the receiver again, also once
+        // more than a batch (four) is queued
+        for _ in 0..6 {
+            tx.send_to(b"more", to).expect("send");
+        }
+        assert_eq!(receive(&socket, 6).await, 6);
+        let late = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            tx.send_to(b"late", to).expect("send");
+        });
+        assert_eq!(receive(&socket, 1).await, 1);
+        late.await.expect("sender");
+    }
+
+    #[tokio::test]
+    async fn writability_is_watched_only_while_a_send_is_refused() {
+        use quinn::AsyncUdpSocket;
+        let socket = Arc::new(
+            TunnelUdp::new(std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
+                .expect("socket"),
+        );
+        let mut poller = socket.clone().create_io_poller();
+        fn ready(
+            poller: &mut Pin<Box<dyn quinn::UdpPoller>>,
+        ) -> impl Future<Output = io::Result<()>> + '_ {
+            std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
+        }
+        // nothing refused: ready at once, no registration
+        ready(&mut poller).await.expect("writable");
+        assert!(!socket.watching_writable());
+        // a refused send (WouldBlock, as try_send records it): the poller waits for the
+        // socket's writability, then stops watching it
+        socket.blocked.store(true, Ordering::Release);
+        tokio::time::timeout(Duration::from_secs(5), ready(&mut poller))
+            .await
+            .expect("an idle socket turns writable")
+            .expect("writable");
+        assert!(!socket.blocked.load(Ordering::Acquire));
+        assert!(!socket.watching_writable());
+        // sends go out and are received
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .try_send(&quinn::udp::Transmit {
+                destination: rx.local_addr().expect("address"),
+                ecn: None,
+                contents: b"hello",
+                segment_size: None,
+                src_ip: None,
+            })
+            .expect("send");
+        let mut buf = [0u8; 16];
+        rx.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(rx.recv(&mut buf).expect("received"), 5);
     }
 
     #[test]
