@@ -726,15 +726,18 @@ impl Tunnels {
     /// Serves one inbound stream from `caller_org` (the far end).
     fn spawn_far(&self, caller_org: String, stream: TunnelStream) {
         let this = self.clone();
+        // split here: a value captured by the task stays in its state for its whole life
+        let (mut r, mut w) = stream.split();
         self.0.tracker.spawn(async move {
-            let (mut r, mut w) = stream.split();
             let Ok(permit) = this.0.connections.clone().try_acquire_owned() else {
                 this.0.metrics.tunnel_refused(Answer::Overloaded);
                 splice::refuse(&mut w, Answer::Overloaded).await;
                 return;
             };
+            // boxed: the header read's state is not kept for the life of the connection
             let header =
-                tokio::time::timeout(far::HEADER_TIMEOUT, splice::read_request(&mut r)).await;
+                tokio::time::timeout(far::HEADER_TIMEOUT, Box::pin(splice::read_request(&mut r)))
+                    .await;
             let (req, early) = match header {
                 Ok(Ok(h)) => h,
                 Ok(Err(answer)) => return this.refuse(&mut w, answer).await,
@@ -756,7 +759,8 @@ impl Tunnels {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            let tcp = match far::dial(&host, port, &policy).await {
+            // boxed: the dial is not kept in the connection's state
+            let tcp = match Box::pin(far::dial(&host, port, &policy)).await {
                 Ok(t) => t,
                 Err(answer) => return this.refuse(&mut w, answer).await,
             };
@@ -768,14 +772,16 @@ impl Tunnels {
             let counters = this.0.metrics.tunnel_counters(&caller_org);
             let revoked = this.0.membership.revocation().token(&caller_org);
             let _active = this.0.metrics.tunnel_stream_guard();
-            let stop = async {
+            let stop = std::pin::pin!(async {
                 tokio::select! {
                     () = revoked.cancelled() => {}
                     () = this.0.shutdown.cancelled() => {}
                 }
-            };
+            });
+            let mut tcp = tcp;
             // bytes that came with the header belong to the node: they go first
-            let ended = splice::splice(tcp, (r, w), &early, false, &counters, stop).await;
+            let ended =
+                splice::splice(&mut tcp, &mut r, &mut w, &early, false, &counters, stop).await;
             drop(permit);
             if let Ended::Failed(e) = ended {
                 debug!(node = %req.node, error = %e, "proxied connection failed");
@@ -851,13 +857,14 @@ impl Tunnels {
     }
 
     /// Proxies one accepted local connection to `route` (the near end).
-    async fn proxy(&self, tcp: tokio::net::TcpStream, route: Arc<near::Route>) {
+    async fn proxy(&self, mut tcp: tokio::net::TcpStream, route: Arc<near::Route>) {
         let Ok(permit) = self.0.connections.clone().try_acquire_owned() else {
             self.0.metrics.tunnel_refused(Answer::Overloaded);
             return;
         };
         let _ = tcp.set_nodelay(true);
-        let stream = match self.open(&route.site).await {
+        // boxed: the open (which may dial) is not kept in the connection's state
+        let stream = match Box::pin(self.open(&route.site)).await {
             Ok(s) => s,
             Err(e) => {
                 self.0.metrics.tunnel_open_failed();
@@ -867,7 +874,7 @@ impl Tunnels {
                 return;
             }
         };
-        let (r, mut w) = stream.split();
+        let (mut r, mut w) = stream.split();
         if let Err(e) = w.write_all(&route.header).await {
             debug!(error = %e, "tunnel stream failed before the header");
             return;
@@ -876,14 +883,14 @@ impl Tunnels {
         let revoked = self.0.membership.revocation().token(&route.request.org);
         let closed = route.closed.clone();
         let _active = self.0.metrics.tunnel_stream_guard();
-        let stop = async {
+        let stop = std::pin::pin!(async {
             tokio::select! {
                 () = revoked.cancelled() => {}
                 () = self.0.shutdown.cancelled() => {}
                 () = closed.cancelled() => {}
             }
-        };
-        match splice::splice(tcp, (r, w), &[], true, &counters, stop).await {
+        });
+        match splice::splice(&mut tcp, &mut r, &mut w, &[], true, &counters, stop).await {
             Ended::Refused(answer) => {
                 debug!(node = %route.request.node, reason = answer.label(), "stream refused by the far gateway");
                 self.0.metrics.tunnel_refused_by_peer(answer);
