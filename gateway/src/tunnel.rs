@@ -405,7 +405,9 @@ impl Tunnels {
         for attempt in 0..2 {
             let (id, link) = match self.live_link(peer) {
                 Some(l) => l,
-                None => self.dial(peer).await?,
+                // boxed: a dial's state is large, and every proxied connection's task would
+                // carry room for it
+                None => Box::pin(self.dial(peer)).await?,
             };
             match link.open().await {
                 Ok(s) => return Ok(s),
@@ -734,10 +736,8 @@ impl Tunnels {
                 splice::refuse(&mut w, Answer::Overloaded).await;
                 return;
             };
-            // boxed: the header read's state is not kept for the life of the connection
             let header =
-                tokio::time::timeout(far::HEADER_TIMEOUT, Box::pin(splice::read_request(&mut r)))
-                    .await;
+                tokio::time::timeout(far::HEADER_TIMEOUT, splice::read_request(&mut r)).await;
             let (req, early) = match header {
                 Ok(Ok(h)) => h,
                 Ok(Err(answer)) => return this.refuse(&mut w, answer).await,
@@ -759,8 +759,7 @@ impl Tunnels {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            // boxed: the dial is not kept in the connection's state
-            let tcp = match Box::pin(far::dial(&host, port, &policy)).await {
+            let tcp = match far::dial(&host, port, &policy).await {
                 Ok(t) => t,
                 Err(answer) => return this.refuse(&mut w, answer).await,
             };
@@ -863,8 +862,7 @@ impl Tunnels {
             return;
         };
         let _ = tcp.set_nodelay(true);
-        // boxed: the open (which may dial) is not kept in the connection's state
-        let stream = match Box::pin(self.open(&route.site)).await {
+        let stream = match self.open(&route.site).await {
             Ok(s) => s,
             Err(e) => {
                 self.0.metrics.tunnel_open_failed();
