@@ -204,9 +204,10 @@ enum Command {
             long,
             env = "FEDGW_WORKER_THREADS",
             default_value_t = 1,
-            value_name = "N"
+            value_name = "N",
+            value_parser = clap::value_parser!(u16).range(0..=MAX_WORKER_THREADS),
         )]
-        worker_threads: usize,
+        worker_threads: u16,
     },
     /// Run stand-in nodes: TCP echo servers (p2p, raft) and Tessera-like `GET /upcheck` HTTP
     /// servers, until SIGINT or SIGTERM.
@@ -378,16 +379,20 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(), Cl
         .block_on(dispatch(cli.command))
 }
 
+/// Most threads `fedgw run --worker-threads` accepts: a typo such as 100000 is refused rather
+/// than spawning that many threads.
+const MAX_WORKER_THREADS: i64 = 1024;
+
 /// The runtime for `threads` (see `fedgw run --worker-threads`): a current-thread runtime for 1,
 /// a multi-thread one otherwise (0: one worker per CPU).
-fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+fn runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
     match threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
         0 => tokio::runtime::Runtime::new(),
         n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
+            .worker_threads(usize::from(n))
             .enable_all()
             .build(),
     }

@@ -759,7 +759,7 @@ impl Tunnels {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            let tcp = match far::dial(&host, port, &policy).await {
+            let mut tcp = match far::dial(&host, port, &policy).await {
                 Ok(t) => t,
                 Err(answer) => return this.refuse(&mut w, answer).await,
             };
@@ -777,7 +777,6 @@ impl Tunnels {
                     () = this.0.shutdown.cancelled() => {}
                 }
             });
-            let mut tcp = tcp;
             // bytes that came with the header belong to the node: they go first
             let ended =
                 splice::splice(&mut tcp, &mut r, &mut w, &early, false, &counters, stop).await;

@@ -310,6 +310,17 @@ fn run_refuses_bad_config_and_a_second_instance() {
         .run(["run", "--data-dir", &s(&tmp.path().join("none"))])
         .expect("spawn");
     assert_eq!(missing.code, Some(64));
+    let threads = fedgw()
+        .run([
+            "run",
+            "--data-dir",
+            &s(&tmp.path().join("none")),
+            "--worker-threads",
+            "100000",
+        ])
+        .expect("spawn");
+    assert_eq!(threads.code, Some(64), "{}", threads.stderr);
+    assert!(threads.stderr.contains("0..=1024"), "{}", threads.stderr);
 
     let a = tmp.path().join("org1");
     init(&a, "127.0.0.1:0");

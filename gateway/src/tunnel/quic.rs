@@ -273,15 +273,14 @@ impl std::fmt::Debug for Writable {
 impl quinn::UdpPoller for Writable {
     fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.wait.is_none() {
-            if !this.socket.blocked.load(Ordering::Acquire) {
-                return Poll::Ready(Ok(()));
+        let wait = match &mut this.wait {
+            Some(wait) => wait,
+            None if !this.socket.blocked.load(Ordering::Acquire) => return Poll::Ready(Ok(())),
+            None => {
+                let socket = this.socket.clone();
+                this.wait
+                    .insert(Box::pin(async move { socket.wait_writable().await }))
             }
-            let socket = this.socket.clone();
-            this.wait = Some(Box::pin(async move { socket.wait_writable().await }));
-        }
-        let Some(wait) = this.wait.as_mut() else {
-            return Poll::Ready(Ok(()));
         };
         let ready = wait.as_mut().poll(cx);
         if ready.is_ready() {
