@@ -53,7 +53,8 @@ pub const MAX_JOIN_CONNECTIONS: usize = 64;
 pub const JOIN_CONNECTION_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// Resolves when a connection must end, with the reason.
-type EndWhen = Pin<Box<dyn Future<Output = &'static str> + Send>>;
+/// A future that resolves, with the reason, when a connection must end.
+pub type EndWhen = Pin<Box<dyn Future<Output = &'static str> + Send>>;
 
 /// A server-side TLS connection with its [`ConnInfo`]. It ends, failing its next read or write,
 /// when its org is revoked (federation) or it reaches [`JOIN_CONNECTION_MAX_AGE`] (join); a join
@@ -77,6 +78,13 @@ impl TlsConn {
     /// What the server knows about the connection.
     pub fn info(&self) -> &ConnInfo {
         &self.info
+    }
+
+    /// The TCP socket, the TLS session (handshake done) and what ends the connection, for a
+    /// protocol that drives TLS itself (the tunnel's yamux).
+    pub fn into_parts(self) -> (TcpStream, rustls::ServerConnection, Option<EndWhen>) {
+        let (tcp, tls) = self.stream.into_inner();
+        (tcp, tls, self.end)
     }
 
     fn check_killed(&mut self, cx: &mut Context<'_>) -> Result<(), std::io::Error> {

@@ -22,6 +22,7 @@
 
 pub mod far;
 pub mod header;
+pub mod mux;
 pub mod near;
 pub mod quic;
 pub mod splice;
@@ -37,7 +38,6 @@ use fedgw_certs::{PeerIdentity, PeerVerifier};
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
-use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
@@ -107,7 +107,7 @@ pub enum Link {
     /// A yamux session over TCP+TLS; `closed` fires when the session ends.
     Mux {
         /// Opens streams.
-        control: tokio_yamux::Control,
+        mux: mux::Mux,
         /// Cancelled when the session is gone.
         closed: CancellationToken,
     },
@@ -141,13 +141,9 @@ impl Link {
                 let (s, r) = c.open_bi().await.map_err(std::io::Error::other)?;
                 Ok(TunnelStream::Quic(s, r))
             }
-            Link::Mux { control, .. } => {
-                let mut control = control.clone();
-                let h = control
-                    .open_stream()
-                    .await
-                    .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-                Ok(TunnelStream::Mux(h))
+            Link::Mux { mux, .. } => {
+                let (r, w) = mux.open()?;
+                Ok(TunnelStream::Mux(r, w))
             }
         }
     }
@@ -545,8 +541,20 @@ impl Tunnels {
         if id.as_ref() != Some(peer) {
             return Err(format!("{endpoint} is not {peer}"));
         }
-        let session = tokio_yamux::Session::new_client(tls, mux_config());
-        Ok(self.run_mux(peer.clone(), session))
+        let (tcp, tls) = tls.into_inner();
+        let (mux, driver) =
+            mux::session(tcp, tls.into(), mux::Role::Client, &self.mux_config(), None);
+        Ok(self.run_mux(peer.clone(), mux, driver))
+    }
+
+    /// Session settings of TCP+TLS links: streams bounded by `max_connections`, the tunnel
+    /// keep-alive and idle timeout.
+    fn mux_config(&self) -> mux::Config {
+        mux::Config {
+            max_streams: self.0.config.max_connections,
+            keep_alive: KEEP_ALIVE,
+            idle_timeout: IDLE_TIMEOUT,
+        }
     }
 
     fn identity_of(&self, any: Option<Box<dyn std::any::Any>>) -> Option<GatewayId> {
@@ -636,31 +644,26 @@ impl Tunnels {
 
     /// Drives a yamux session in a task: inbound streams go to the far end; the returned link
     /// opens outbound ones.
-    fn run_mux<T>(&self, peer: GatewayId, mut session: tokio_yamux::Session<T>) -> Link
-    where
-        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let control = session.control();
+    fn run_mux(&self, peer: GatewayId, mux: mux::Mux, mut driver: mux::Driver) -> Link {
         let closed = CancellationToken::new();
         let this = self.clone();
         let done = closed.clone();
         self.0.tracker.spawn(async move {
             loop {
                 tokio::select! {
-                    s = session.next() => match s {
-                        Some(Ok(stream)) => this.spawn_far(peer.org.clone(), TunnelStream::Mux(stream)),
-                        Some(Err(e)) => {
-                            debug!(%peer, error = %e, "yamux session failed");
+                    s = driver.accept() => match s {
+                        Ok((r, w)) => this.spawn_far(peer.org.clone(), TunnelStream::Mux(r, w)),
+                        Err(e) => {
+                            debug!(%peer, error = %e, "yamux session ended");
                             break;
                         }
-                        None => break,
                     },
                     () = done.cancelled() => break,
                 }
             }
             done.cancel();
         });
-        Link::Mux { control, closed }
+        Link::Mux { mux, closed }
     }
 
     async fn accept_quic(self, endpoint: quinn::Endpoint) {
@@ -716,8 +719,10 @@ impl Tunnels {
                 .and_then(|p| GatewayId::from_identity(p, &self.0.domain));
             match peer {
                 Some(peer) if peer != self.0.me => {
-                    let session = tokio_yamux::Session::new_server(conn, mux_config());
-                    let link = self.run_mux(peer.clone(), session);
+                    let (tcp, tls, end) = conn.into_parts();
+                    let (mux, driver) =
+                        mux::session(tcp, tls.into(), mux::Role::Server, &self.mux_config(), end);
+                    let link = self.run_mux(peer.clone(), mux, driver);
                     self.register(peer, link, "inbound");
                 }
                 _ => debug!("tunnel connection without a gateway identity dropped"),
@@ -898,17 +903,6 @@ impl Tunnels {
             Ended::Done | Ended::Stopped => {}
         }
         drop(permit);
-    }
-}
-
-/// yamux settings: windows sized for bulk transfer, keep-alive on.
-fn mux_config() -> tokio_yamux::Config {
-    tokio_yamux::Config {
-        enable_keepalive: true,
-        keepalive_interval: KEEP_ALIVE,
-        max_stream_window_size: 16 * 1024 * 1024,
-        accept_backlog: 1024,
-        ..tokio_yamux::Config::default()
     }
 }
 

@@ -436,7 +436,16 @@ async fn the_far_gateway_refuses_what_it_must() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_cuts_live_connections_within_a_second_and_removal_closes_listeners() {
-    let mut fed = federation(Transport::Auto, false, true).await;
+    revocation_and_removal(Transport::Auto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_cuts_live_connections_within_a_second_over_tcp_fallback() {
+    revocation_and_removal(Transport::Tcp).await;
+}
+
+async fn revocation_and_removal(transport: Transport) {
+    let mut fed = federation(transport, false, true).await;
     let echo = echo_server().await;
     add(&fed.gws[1], node("node1", 0x51, echo.port())).await;
     let at3 = local_address(&fed.gws[2], "node1.org2.acme.test", echo.port()).await;

@@ -12,28 +12,26 @@
 use std::io;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::header::{ANSWER_LEN, Answer};
+use super::mux::{MuxReader, MuxWriter};
 
 /// Largest read from a TCP socket in one go.
 const TCP_READ: usize = 64 * 1024;
 /// Largest QUIC chunk taken in one read.
 const QUIC_CHUNK: usize = 256 * 1024;
-/// Received QUIC chunks written to TCP in one vectored write while a stream is busy.
+/// Received chunks (QUIC or yamux) written to TCP in one vectored write while a stream is
+/// busy.
 const QUIC_BATCH: usize = 32;
-/// Read buffer of a yamux stream carrying bulk data.
-const MUX_READ: usize = 64 * 1024;
-/// Read buffer of a quiet yamux stream.
-const MUX_IDLE_READ: usize = 256;
 
 /// One bidirectional tunnel stream.
 pub enum TunnelStream {
     /// A QUIC bidirectional stream.
     Quic(quinn::SendStream, quinn::RecvStream),
     /// A yamux stream over a TCP+TLS tunnel.
-    Mux(tokio_yamux::StreamHandle),
+    Mux(MuxReader, MuxWriter),
 }
 
 impl std::fmt::Debug for TunnelStream {
@@ -50,7 +48,7 @@ pub enum TunnelRead {
     /// QUIC.
     Quic(quinn::RecvStream),
     /// yamux.
-    Mux(ReadHalf<tokio_yamux::StreamHandle>),
+    Mux(MuxReader),
 }
 
 /// The sending half of a tunnel stream.
@@ -58,7 +56,7 @@ pub enum TunnelWrite {
     /// QUIC.
     Quic(quinn::SendStream),
     /// yamux.
-    Mux(WriteHalf<tokio_yamux::StreamHandle>),
+    Mux(MuxWriter),
 }
 
 impl TunnelStream {
@@ -66,10 +64,7 @@ impl TunnelStream {
     pub fn split(self) -> (TunnelRead, TunnelWrite) {
         match self {
             TunnelStream::Quic(s, r) => (TunnelRead::Quic(r), TunnelWrite::Quic(s)),
-            TunnelStream::Mux(h) => {
-                let (r, w) = tokio::io::split(h);
-                (TunnelRead::Mux(r), TunnelWrite::Mux(w))
-            }
+            TunnelStream::Mux(r, w) => (TunnelRead::Mux(r), TunnelWrite::Mux(w)),
         }
     }
 }
@@ -133,10 +128,13 @@ impl TunnelWrite {
         }
     }
 
-    /// Abandons the sending side (QUIC `RESET_STREAM`); yamux streams end when dropped.
+    /// Abandons the stream (QUIC `RESET_STREAM`, yamux RST).
     fn reset(&mut self) {
-        if let TunnelWrite::Quic(w) = self {
-            let _ = w.reset(quinn::VarInt::from_u32(0));
+        match self {
+            TunnelWrite::Quic(w) => {
+                let _ = w.reset(quinn::VarInt::from_u32(0));
+            }
+            TunnelWrite::Mux(w) => w.reset(),
         }
     }
 }
@@ -283,22 +281,18 @@ async fn tunnel_to_tcp(r: &mut TunnelRead, tcp: &TcpStream, rx: &Counter) -> io:
             }
         },
         TunnelRead::Mux(r) => {
-            // a small buffer while idle, growing while reads fill it: an idle stream costs
-            // MUX_IDLE_READ bytes, a bulk one reads MUX_READ at a time, and a read that finds
-            // less than a quarter of that waiting means the backlog is gone
-            let mut buf = vec![0u8; MUX_IDLE_READ];
+            // the chunks the session decrypted, written as they are: no buffer while idle,
+            // one vectored write per batch while busy
+            let mut chunks = Vec::new();
             loop {
-                let n = r.read(&mut buf).await?;
+                let n =
+                    std::future::poll_fn(|cx| r.poll_chunks(cx, &mut chunks, QUIC_BATCH)).await?;
                 if n == 0 {
                     break;
                 }
-                tcp_write_all(tcp, &buf[..n]).await?;
+                tcp_write_chunks(tcp, &mut chunks).await?;
+                chunks.clear();
                 rx.inc_by(n as u64);
-                if n == buf.len() && buf.len() < MUX_READ {
-                    buf = vec![0u8; MUX_READ];
-                } else if n < MUX_READ / 4 && buf.len() > MUX_IDLE_READ {
-                    buf = vec![0u8; MUX_IDLE_READ];
-                }
             }
         }
     }

@@ -1,0 +1,1450 @@
+//! yamux over one TLS connection: the stream multiplexer of TCP+TLS tunnels.
+//!
+//! Wire format: the yamux specification (`spec.md` of hashicorp/yamux). Every frame starts with
+//! a 12-byte big-endian header, `version (u8, 0) | type (u8) | flags (u16) | stream id (u32) |
+//! length (u32)`; types are Data (length = payload bytes that follow), Window Update (length =
+//! window increment), Ping (length = opaque value) and Go Away (length = error code); flags
+//! are SYN, ACK, FIN and RST. The dialling side opens odd stream ids, the accepting side even
+//! ones. Each direction of a stream starts with a 256 KiB window; both ends raise it to
+//! [`STREAM_WINDOW`] with the first frame they send on a stream.
+//!
+//! Built for the tunnel's traffic rather than as a general library:
+//!
+//! - **No session task in the write path.** A stream writes its frame into the TLS connection
+//!   (one copy, encrypted in place) and on to the socket itself, under the session's lock. The
+//!   session's driver only reads, and writes what the socket refused earlier once it is
+//!   writable again.
+//! - **A new stream costs one frame each way.** Opening sends nothing; the first write carries
+//!   the SYN with the window update and the data in one TLS record (the tunnel header), and
+//!   the far end's first write carries the ACK with its answer.
+//! - **Big reads.** The driver reads 64 KiB from the socket at a time and feeds rustls from
+//!   memory (rustls alone reads 4 KiB per system call), and received data stays in the
+//!   buffers it was decrypted into until the reader takes it ([`MuxReader::poll_chunks`]).
+//!
+//! Limits: a data frame over [`MAX_RECV_FRAME`] bytes, data beyond a stream's window, a SYN
+//! for a stream id in use or of the wrong parity, and an unknown version or frame type are
+//! protocol errors that end the session. Inbound streams beyond `max_streams`, or beyond
+//! [`ACCEPT_BACKLOG`] not yet accepted, are refused with RST. A session that receives nothing
+//! for [`Config::idle_timeout`] ends; it sends a ping every [`Config::keep_alive`].
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice, Read as _};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Length of a frame header.
+pub const HEADER_LEN: usize = 12;
+/// A stream's window in each direction before either end raises it (the yamux default).
+pub const INITIAL_WINDOW: u32 = 256 * 1024;
+/// A stream's window once its first frame is through: how many bytes may be in flight
+/// towards a reader that has not taken them.
+pub const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest data frame sent.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Largest data frame accepted.
+pub const MAX_RECV_FRAME: u32 = 1024 * 1024;
+/// Inbound streams held before [`Driver::accept`] takes them; more are refused.
+pub const ACCEPT_BACKLOG: usize = 1024;
+/// Bytes read from the socket in one system call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Encrypted bytes queued for the socket above which writers wait.
+const HIGH_WATER: usize = 1024 * 1024;
+/// Socket reads in one turn of the driver before it lets other tasks run.
+const READS_PER_TURN: usize = 16;
+
+/// Frame flags (yamux spec: "Flag Field").
+pub mod flag {
+    /// Opens a stream.
+    pub const SYN: u16 = 0x1;
+    /// Acknowledges a stream's opening.
+    pub const ACK: u16 = 0x2;
+    /// Half-closes a stream: the sender sends no more.
+    pub const FIN: u16 = 0x4;
+    /// Resets a stream at once.
+    pub const RST: u16 = 0x8;
+}
+
+/// Frame types (yamux spec: "Type Field").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Stream data; the length is the payload's.
+    Data = 0,
+    /// Raises a stream's send window by the length.
+    WindowUpdate = 1,
+    /// Liveness; the length is an opaque value echoed back with ACK.
+    Ping = 2,
+    /// The session is ending; the length is an error code.
+    GoAway = 3,
+}
+
+/// Go Away codes (yamux spec).
+const GO_AWAY_NORMAL: u32 = 0;
+const GO_AWAY_PROTOCOL: u32 = 1;
+
+/// One frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Frame type.
+    pub kind: Kind,
+    /// [`flag`] bits.
+    pub flags: u16,
+    /// Stream id; 0 for Ping and Go Away.
+    pub stream: u32,
+    /// Payload length, window increment, ping value or error code, by type.
+    pub length: u32,
+}
+
+/// A frame that breaks the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Only version 0 exists.
+    #[error("yamux version {0} (only 0 is known)")]
+    Version(u8),
+    /// Not one of the four frame types.
+    #[error("unknown yamux frame type {0}")]
+    Type(u8),
+    /// A data frame longer than [`MAX_RECV_FRAME`].
+    #[error("yamux data frame of {0} bytes (at most {MAX_RECV_FRAME})")]
+    TooLong(u32),
+}
+
+impl Header {
+    /// The 12 bytes on the wire.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[1] = self.kind as u8;
+        b[2..4].copy_from_slice(&self.flags.to_be_bytes());
+        b[4..8].copy_from_slice(&self.stream.to_be_bytes());
+        b[8..12].copy_from_slice(&self.length.to_be_bytes());
+        b
+    }
+
+    /// Reads a header from the start of `b`: `Ok(None)` while fewer than 12 bytes are there.
+    pub fn decode(b: &[u8]) -> Result<Option<Header>, FrameError> {
+        let Some(b) = b.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
+        if b[0] != 0 {
+            return Err(FrameError::Version(b[0]));
+        }
+        let kind = match b[1] {
+            0 => Kind::Data,
+            1 => Kind::WindowUpdate,
+            2 => Kind::Ping,
+            3 => Kind::GoAway,
+            t => return Err(FrameError::Type(t)),
+        };
+        let word = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let header = Header {
+            kind,
+            flags: u16::from_be_bytes([b[2], b[3]]),
+            stream: word(4),
+            length: word(8),
+        };
+        if kind == Kind::Data && header.length > MAX_RECV_FRAME {
+            return Err(FrameError::TooLong(header.length));
+        }
+        Ok(Some(header))
+    }
+
+    fn new(kind: Kind, flags: u16, stream: u32, length: u32) -> Self {
+        Header {
+            kind,
+            flags,
+            stream,
+            length,
+        }
+    }
+}
+
+/// Takes the next whole frame off the front of `buf`: its header and, for a data frame, its
+/// payload (split off without a copy; empty for other types). `Ok(None)` while the frame is
+/// incomplete; `buf` is left as it was then.
+pub fn next_frame(buf: &mut BytesMut) -> Result<Option<(Header, Bytes)>, FrameError> {
+    let Some(header) = Header::decode(buf)? else {
+        return Ok(None);
+    };
+    let payload = match header.kind {
+        Kind::Data => header.length as usize,
+        _ => 0,
+    };
+    if buf.len() < HEADER_LEN + payload {
+        return Ok(None);
+    }
+    buf.advance(HEADER_LEN);
+    Ok(Some((header, buf.split_to(payload).freeze())))
+}
+
+/// Which end of the TLS connection this is: the client opens odd stream ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The dialling side.
+    Client,
+    /// The accepting side.
+    Server,
+}
+
+/// Session settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Most streams open at once; inbound ones beyond it are refused with RST.
+    pub max_streams: usize,
+    /// Interval between pings.
+    pub keep_alive: Duration,
+    /// The session ends after receiving nothing for this long.
+    pub idle_timeout: Duration,
+}
+
+pub use crate::listener::EndWhen;
+
+/// Opens streams on a session; cheap to clone.
+#[derive(Clone)]
+pub struct Mux {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Mux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mux").finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    tls: rustls::Connection,
+    sock: OwnedWriteHalf,
+    streams: HashMap<u32, Stream>,
+    next_id: u32,
+    max_streams: usize,
+    /// Inbound streams not yet taken by [`Driver::accept`].
+    accepted: VecDeque<u32>,
+    /// Encrypted bytes not yet written to the socket (an estimate that is exact at zero).
+    queued: usize,
+    /// The socket refused a write: the driver waits for it to turn writable.
+    want_writable: bool,
+    driver: Option<Waker>,
+    /// Writers waiting for `queued` to fall.
+    blocked: Vec<Waker>,
+    /// Why the session ended, once it has.
+    closed: Option<io::ErrorKind>,
+    remote_go_away: bool,
+    ping_id: u32,
+}
+
+/// One stream's state, kept by the session.
+struct Stream {
+    recv: VecDeque<Bytes>,
+    /// Bytes the peer may still send.
+    recv_window: u32,
+    /// Bytes taken by the reader since the last window update.
+    unacked: u32,
+    send_window: u32,
+    /// SYN or ACK still to be sent with this end's first frame (0 once sent).
+    announce: u16,
+    local_fin: bool,
+    remote_fin: bool,
+    reset: bool,
+    reader_open: bool,
+    writer_open: bool,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+}
+
+impl Stream {
+    fn new(announce: u16) -> Self {
+        Stream {
+            recv: VecDeque::new(),
+            recv_window: INITIAL_WINDOW,
+            unacked: 0,
+            send_window: INITIAL_WINDOW,
+            announce,
+            local_fin: false,
+            remote_fin: false,
+            reset: false,
+            reader_open: true,
+            writer_open: true,
+            reader: None,
+            writer: None,
+        }
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Writes TLS records to the socket: without a task context, `try_write` (a refusal leaves
+/// the driver to wait); with one, a poll that registers the driver for writability.
+struct SockWriter<'a, 'b> {
+    sock: &'a mut OwnedWriteHalf,
+    cx: Option<&'a mut Context<'b>>,
+}
+
+impl io::Write for SockWriter<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self.cx.as_deref_mut() {
+            None => self.sock.try_write_vectored(bufs),
+            Some(cx) => match Pin::new(&mut *self.sock).poll_write_vectored(cx, bufs) {
+                Poll::Ready(r) => r,
+                Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+            },
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Encrypts frames (one or two headers, then `payload` after the last) as one TLS write.
+    fn emit(&mut self, headers: &[Header], payload: &[u8]) {
+        let n = headers.len().min(2);
+        let mut encoded = [[0u8; HEADER_LEN]; 2];
+        for (e, h) in encoded.iter_mut().zip(headers) {
+            *e = h.encode();
+        }
+        let [first, second] = &encoded;
+        let all = [
+            IoSlice::new(first),
+            IoSlice::new(second),
+            IoSlice::new(payload),
+        ];
+        let one = [all[0], all[2]];
+        let slices: &[IoSlice<'_>] = if n == 1 { &one } else { &all };
+        let len = HEADER_LEN * n + payload.len();
+        // the buffer limit is off, so this takes everything (writers wait on `queued`)
+        if let Err(e) = io::Write::write_vectored(&mut self.tls.writer(), slices) {
+            self.fail(e.kind());
+            return;
+        }
+        // record overhead: 5-byte header, content type and 16-byte tag per 16 KiB
+        self.queued += len + 22 * (len / 16_384 + 1);
+    }
+
+    /// Writes queued records to the socket until it refuses (then the driver waits for
+    /// writability) or none are left.
+    fn push(&mut self, cx: Option<&mut Context<'_>>) {
+        let mut w = SockWriter {
+            sock: &mut self.sock,
+            cx,
+        };
+        while self.tls.wants_write() {
+            match self.tls.write_tls(&mut w) {
+                Ok(0) => break,
+                Ok(n) => self.queued = self.queued.saturating_sub(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !self.want_writable {
+                        self.want_writable = true;
+                        if let Some(d) = &self.driver {
+                            d.wake_by_ref();
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.fail(e.kind());
+                    return;
+                }
+            }
+        }
+        self.queued = 0;
+        self.want_writable = false;
+        for w in self.blocked.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Ends the session: a close_notify goes out if the socket takes it, the socket is shut
+    /// down both ways, and every stream fails with `kind` from now on.
+    fn fail(&mut self, kind: io::ErrorKind) {
+        if self.closed.is_some() {
+            return;
+        }
+        self.closed = Some(kind);
+        self.tls.send_close_notify();
+        self.push(None);
+        let _ = socket2::SockRef::from(self.sock.as_ref()).shutdown(std::net::Shutdown::Both);
+        for s in self.streams.values_mut() {
+            s.wake();
+        }
+        for w in self.blocked.drain(..) {
+            w.wake();
+        }
+        if let Some(d) = self.driver.take() {
+            d.wake();
+        }
+    }
+
+    fn check(&self) -> io::Result<()> {
+        match self.closed {
+            Some(kind) => Err(io::Error::new(kind, "tunnel session closed")),
+            None => Ok(()),
+        }
+    }
+
+    /// The window update that carries a stream's SYN or ACK and raises the peer's window.
+    fn announce(&mut self, id: u32, extra: u16) -> Option<Header> {
+        let s = self.streams.get_mut(&id)?;
+        let flags = std::mem::take(&mut s.announce);
+        if flags == 0 {
+            return None;
+        }
+        s.recv_window += STREAM_WINDOW - INITIAL_WINDOW;
+        Some(Header::new(
+            Kind::WindowUpdate,
+            flags | extra,
+            id,
+            STREAM_WINDOW - INITIAL_WINDOW,
+        ))
+    }
+
+    /// The reader took `n` bytes: give the window back once half of it is used.
+    fn consumed(&mut self, id: u32, n: usize) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        s.unacked = s
+            .unacked
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        if s.announce != 0 {
+            // reading before writing: the peer's window is raised now rather than with a
+            // first write that may never come
+            if let Some(h) = self.announce(id, 0) {
+                self.emit(&[h], &[]);
+                self.push(None);
+            }
+            return;
+        }
+        if s.unacked >= STREAM_WINDOW / 2 && !s.remote_fin && !s.reset {
+            let delta = std::mem::take(&mut s.unacked);
+            s.recv_window = s.recv_window.saturating_add(delta);
+            self.emit(&[Header::new(Kind::WindowUpdate, 0, id, delta)], &[]);
+            self.push(None);
+        }
+    }
+
+    /// One half of a stream is gone; the stream goes once both are, with an RST if it did not
+    /// end cleanly both ways.
+    fn half_dropped(&mut self, id: u32, reader: bool) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if reader {
+            s.reader_open = false;
+            s.recv.clear();
+        } else {
+            s.writer_open = false;
+            if s.announce == flag::SYN {
+                // never sent anything: nothing to finish on the wire
+                s.local_fin = true;
+            } else if !s.local_fin && !s.reset && self.closed.is_none() {
+                // a writer dropped without finishing ends its direction cleanly
+                s.local_fin = true;
+                let announce = self.announce(id, flag::FIN);
+                let h = announce.unwrap_or(Header::new(Kind::WindowUpdate, flag::FIN, id, 0));
+                self.emit(&[h], &[]);
+                self.push(None);
+            }
+        }
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.reader_open || s.writer_open {
+            return;
+        }
+        let clean = (s.local_fin && s.remote_fin) || s.reset;
+        let announced = s.announce == 0;
+        self.streams.remove(&id);
+        if !clean && announced && self.closed.is_none() {
+            self.emit(&[Header::new(Kind::WindowUpdate, flag::RST, id, 0)], &[]);
+            self.push(None);
+        }
+    }
+
+    /// Acts on one received frame.
+    fn handle(&mut self, h: Header, payload: Bytes, role: Role) -> io::Result<()> {
+        let protocol = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+        match h.kind {
+            Kind::Ping => {
+                if h.flags & flag::SYN != 0 {
+                    self.emit(&[Header::new(Kind::Ping, flag::ACK, 0, h.length)], &[]);
+                }
+                return Ok(());
+            }
+            Kind::GoAway => {
+                self.remote_go_away = true;
+                return Ok(());
+            }
+            Kind::Data | Kind::WindowUpdate => {}
+        }
+        let id = h.stream;
+        if id == 0 {
+            return Err(protocol("yamux stream frame on stream 0"));
+        }
+        if h.flags & flag::SYN != 0 {
+            // the peer opens ids of its own parity: odd from the client
+            let peer_odd = role == Role::Server;
+            if (id % 2 == 1) != peer_odd || self.streams.contains_key(&id) {
+                return Err(protocol(
+                    "yamux SYN for a stream id in use or not the peer's",
+                ));
+            }
+            if self.streams.len() >= self.max_streams || self.accepted.len() >= ACCEPT_BACKLOG {
+                self.emit(&[Header::new(Kind::WindowUpdate, flag::RST, id, 0)], &[]);
+                return Ok(());
+            }
+            self.streams.insert(id, Stream::new(flag::ACK));
+            self.accepted.push_back(id);
+        }
+        let Some(s) = self.streams.get_mut(&id) else {
+            // a late frame for a stream this end has dropped
+            return Ok(());
+        };
+        match h.kind {
+            Kind::WindowUpdate => {
+                s.send_window = s.send_window.saturating_add(h.length);
+                if let Some(w) = s.writer.take() {
+                    w.wake();
+                }
+            }
+            _ => {
+                if h.length > s.recv_window {
+                    return Err(protocol("yamux data beyond the stream's window"));
+                }
+                s.recv_window -= h.length;
+                if s.reader_open && !payload.is_empty() {
+                    s.recv.push_back(payload);
+                    if let Some(w) = s.reader.take() {
+                        w.wake();
+                    }
+                } else if !s.reader_open {
+                    // nobody reads: give the window back so the sender is not stuck
+                    s.recv_window += h.length;
+                }
+            }
+        }
+        if h.flags & flag::FIN != 0 {
+            s.remote_fin = true;
+            if let Some(w) = s.reader.take() {
+                w.wake();
+            }
+        }
+        if h.flags & flag::RST != 0 {
+            s.reset = true;
+            s.wake();
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Starts a session over an established TLS connection (`tcp` carries `tls`). Returns the
+/// handle that opens streams and the driver, which must be polled ([`Driver::accept`]) for
+/// the session to make progress; dropping the driver ends the session.
+pub fn session(
+    tcp: TcpStream,
+    tls: rustls::Connection,
+    role: Role,
+    config: &Config,
+    end: Option<EndWhen>,
+) -> (Mux, Driver) {
+    let (read, sock) = tcp.into_split();
+    let mut tls = tls;
+    tls.set_buffer_limit(None);
+    let shared = Arc::new(Shared {
+        inner: Mutex::new(Inner {
+            tls,
+            sock,
+            streams: HashMap::new(),
+            next_id: match role {
+                Role::Client => 1,
+                Role::Server => 2,
+            },
+            max_streams: config.max_streams,
+            accepted: VecDeque::new(),
+            queued: 0,
+            want_writable: false,
+            driver: None,
+            blocked: Vec::new(),
+            closed: None,
+            remote_go_away: false,
+            ping_id: 0,
+        }),
+    });
+    let mut keep_alive = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.keep_alive,
+        config.keep_alive,
+    );
+    keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let driver = Driver {
+        shared: shared.clone(),
+        role,
+        read,
+        rbuf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+        plain: BytesMut::new(),
+        keep_alive,
+        idle_timeout: config.idle_timeout,
+        last_recv: Instant::now(),
+        end,
+        done: false,
+    };
+    (Mux { shared }, driver)
+}
+
+impl Mux {
+    /// Opens a stream. Nothing is sent until its first write (or first read), which carries
+    /// the SYN.
+    ///
+    /// Errors: the session has ended, or the peer has sent Go Away.
+    pub fn open(&self) -> io::Result<(MuxReader, MuxWriter)> {
+        let mut inner = self.shared.lock();
+        inner.check()?;
+        if inner.remote_go_away {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "the peer is closing the tunnel session",
+            ));
+        }
+        if inner.streams.len() >= inner.max_streams {
+            return Err(io::Error::other("too many tunnel streams"));
+        }
+        let id = inner.next_id;
+        inner.next_id = id
+            .checked_add(2)
+            .ok_or_else(|| io::Error::other("tunnel stream ids exhausted"))?;
+        inner.streams.insert(id, Stream::new(flag::SYN));
+        Ok(self.halves(id))
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().closed.is_some()
+    }
+
+    /// Streams open now (both directions, not yet dropped).
+    pub fn streams(&self) -> usize {
+        self.shared.lock().streams.len()
+    }
+
+    fn halves(&self, id: u32) -> (MuxReader, MuxWriter) {
+        (
+            MuxReader {
+                shared: self.shared.clone(),
+                id,
+            },
+            MuxWriter {
+                shared: self.shared.clone(),
+                id,
+            },
+        )
+    }
+}
+
+/// Reads the socket, delivers frames to streams and hands out inbound streams.
+pub struct Driver {
+    shared: Arc<Shared>,
+    role: Role,
+    read: OwnedReadHalf,
+    rbuf: Box<[u8]>,
+    /// Decrypted bytes not yet parsed into frames.
+    plain: BytesMut,
+    keep_alive: tokio::time::Interval,
+    idle_timeout: Duration,
+    last_recv: Instant,
+    end: Option<EndWhen>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    /// Runs the session until the peer opens a stream (returned) or the session ends
+    /// (`Err` with the reason; every stream fails from then on).
+    pub async fn accept(&mut self) -> io::Result<(MuxReader, MuxWriter)> {
+        std::future::poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// Polls [`Driver::accept`].
+    pub fn poll_accept(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(MuxReader, MuxWriter)>> {
+        if self.done {
+            let inner = self.shared.lock();
+            return Poll::Ready(Err(inner
+                .check()
+                .err()
+                .unwrap_or_else(|| io::ErrorKind::NotConnected.into())));
+        }
+        match self.turn(cx) {
+            Ok(Some(id)) => Poll::Ready(Ok((
+                MuxReader {
+                    shared: self.shared.clone(),
+                    id,
+                },
+                MuxWriter {
+                    shared: self.shared.clone(),
+                    id,
+                },
+            ))),
+            Ok(None) => Poll::Pending,
+            Err(e) => {
+                self.done = true;
+                self.shared.lock().fail(e.kind());
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+
+    fn turn(&mut self, cx: &mut Context<'_>) -> io::Result<Option<u32>> {
+        if let Some(end) = self.end.as_mut()
+            && let Poll::Ready(reason) = end.as_mut().poll(cx)
+        {
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, reason));
+        }
+        while self.keep_alive.poll_tick(cx).is_ready() {
+            if self.last_recv.elapsed() > self.idle_timeout {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "tunnel session silent for too long",
+                ));
+            }
+            let mut inner = self.shared.lock();
+            inner.ping_id = inner.ping_id.wrapping_add(1);
+            let id = inner.ping_id;
+            inner.emit(&[Header::new(Kind::Ping, flag::SYN, 0, id)], &[]);
+            inner.push(None);
+        }
+        {
+            let mut inner = self.shared.lock();
+            inner.check()?;
+            if !inner
+                .driver
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                inner.driver = Some(cx.waker().clone());
+            }
+            if inner.want_writable {
+                inner.push(Some(cx));
+                inner.check()?;
+            }
+        }
+        let mut reads = 0;
+        loop {
+            if let Some(id) = self.shared.lock().accepted.pop_front() {
+                return Ok(Some(id));
+            }
+            if reads == READS_PER_TURN {
+                cx.waker().wake_by_ref();
+                return Ok(None);
+            }
+            reads += 1;
+            let mut buf = ReadBuf::new(&mut self.rbuf);
+            // tokio's read takes a short read as the socket drained: the next waits for
+            // readiness rather than reading again only to be told `WouldBlock`
+            match Pin::new(&mut self.read).poll_read(cx, &mut buf) {
+                Poll::Pending => return Ok(None),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(())) => {}
+            }
+            let n = buf.filled().len();
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "tunnel connection closed by the peer",
+                ));
+            }
+            self.last_recv = Instant::now();
+            self.ingest(n)?;
+        }
+    }
+
+    /// Decrypts `self.rbuf[..n]` and acts on every whole frame in it.
+    fn ingest(&mut self, n: usize) -> io::Result<()> {
+        let mut inner = self.shared.lock();
+        let mut data = &self.rbuf[..n];
+        let mut peer_closed = false;
+        while !data.is_empty() {
+            // 0 once a close_notify has arrived: the rest is ignored
+            if inner.tls.read_tls(&mut data)? == 0 {
+                peer_closed = true;
+                break;
+            }
+            let state = match inner.tls.process_new_packets() {
+                Ok(state) => state,
+                Err(e) => {
+                    // the alert goes out before the session ends
+                    inner.push(None);
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+            };
+            peer_closed |= state.peer_has_closed();
+            let avail = state.plaintext_bytes_to_read();
+            if avail > 0 {
+                let len = self.plain.len();
+                self.plain.resize(len + avail, 0);
+                inner.tls.reader().read_exact(&mut self.plain[len..])?;
+            }
+        }
+        loop {
+            match next_frame(&mut self.plain) {
+                Ok(Some((h, payload))) => inner.handle(h, payload, self.role)?,
+                Ok(None) => break,
+                Err(e) => {
+                    inner.emit(&[Header::new(Kind::GoAway, 0, 0, GO_AWAY_PROTOCOL)], &[]);
+                    inner.push(None);
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+            }
+        }
+        // answers to pings and refusals
+        if inner.tls.wants_write() {
+            inner.push(None);
+        }
+        if peer_closed {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "tunnel connection closed by the peer",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        if inner.closed.is_none() {
+            inner.emit(&[Header::new(Kind::GoAway, 0, 0, GO_AWAY_NORMAL)], &[]);
+        }
+        inner.fail(io::ErrorKind::ConnectionAborted);
+        inner.driver = None;
+    }
+}
+
+/// The receiving half of a stream.
+pub struct MuxReader {
+    shared: Arc<Shared>,
+    id: u32,
+}
+
+/// The sending half of a stream.
+pub struct MuxWriter {
+    shared: Arc<Shared>,
+    id: u32,
+}
+
+impl std::fmt::Debug for MuxReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MuxReader({})", self.id)
+    }
+}
+
+impl std::fmt::Debug for MuxWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MuxWriter({})", self.id)
+    }
+}
+
+/// What a reader finds when nothing is buffered.
+enum Empty {
+    Eof,
+    Wait,
+}
+
+impl MuxReader {
+    /// The stream id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Takes up to `max` received chunks, as they were decrypted (no copy), into `out`:
+    /// `Ready(Ok(0))` at the end of the stream, else the number of bytes taken.
+    ///
+    /// Errors: the stream was reset, or the session ended.
+    pub fn poll_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Bytes>,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
+        let mut inner = self.shared.lock();
+        let n = {
+            let Some(s) = inner.streams.get_mut(&self.id) else {
+                return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+            };
+            let mut n = 0;
+            while out.len() < max
+                && let Some(chunk) = s.recv.pop_front()
+            {
+                n += chunk.len();
+                out.push(chunk);
+            }
+            n
+        };
+        if n > 0 {
+            inner.consumed(self.id, n);
+            return Poll::Ready(Ok(n));
+        }
+        match Self::empty(&mut inner, self.id, cx) {
+            Ok(Empty::Eof) => Poll::Ready(Ok(0)),
+            Ok(Empty::Wait) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Nothing buffered: end of stream, an error, or wait (sending the SYN of a stream opened
+    /// by a reader first).
+    fn empty(inner: &mut Inner, id: u32, cx: &mut Context<'_>) -> io::Result<Empty> {
+        let closed = inner.closed;
+        let Some(s) = inner.streams.get_mut(&id) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        if s.reset {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "tunnel stream reset by the peer",
+            ));
+        }
+        if s.remote_fin {
+            return Ok(Empty::Eof);
+        }
+        if let Some(kind) = closed {
+            return Err(io::Error::new(kind, "tunnel session closed"));
+        }
+        if !s.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            s.reader = Some(cx.waker().clone());
+        }
+        let fin = if s.local_fin { flag::FIN } else { 0 };
+        if s.announce == flag::SYN
+            && let Some(h) = inner.announce(id, fin)
+        {
+            inner.emit(&[h], &[]);
+            inner.push(None);
+        }
+        Ok(Empty::Wait)
+    }
+}
+
+impl AsyncRead for MuxReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let id = self.id;
+        let mut inner = self.shared.lock();
+        let n = {
+            let Some(s) = inner.streams.get_mut(&id) else {
+                return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+            };
+            let mut n = 0;
+            while buf.remaining() > 0
+                && let Some(chunk) = s.recv.front_mut()
+            {
+                let take = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..take]);
+                chunk.advance(take);
+                if chunk.is_empty() {
+                    s.recv.pop_front();
+                }
+                n += take;
+            }
+            n
+        };
+        if n > 0 {
+            inner.consumed(id, n);
+            return Poll::Ready(Ok(()));
+        }
+        match Self::empty(&mut inner, id, cx) {
+            Ok(Empty::Eof) => Poll::Ready(Ok(())),
+            Ok(Empty::Wait) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl Drop for MuxReader {
+    fn drop(&mut self) {
+        self.shared.lock().half_dropped(self.id, true);
+    }
+}
+
+impl MuxWriter {
+    /// Resets the stream (RST): the peer's reads and writes fail.
+    pub fn reset(&mut self) {
+        let mut inner = self.shared.lock();
+        let id = self.id;
+        let Some(s) = inner.streams.get_mut(&id) else {
+            return;
+        };
+        if s.reset {
+            return;
+        }
+        s.reset = true;
+        s.wake();
+        let announced = s.announce == 0;
+        if announced && inner.closed.is_none() {
+            inner.emit(&[Header::new(Kind::WindowUpdate, flag::RST, id, 0)], &[]);
+            inner.push(None);
+        }
+    }
+}
+
+impl AsyncWrite for MuxWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let id = self.id;
+        let mut inner = self.shared.lock();
+        inner.check()?;
+        let Some(s) = inner.streams.get_mut(&id) else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        if s.reset {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "tunnel stream reset",
+            )));
+        }
+        if s.local_fin {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "tunnel stream finished",
+            )));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if s.send_window == 0 {
+            if !s.writer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                s.writer = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        let n = buf.len().min(s.send_window as usize).min(MAX_FRAME);
+        if inner.queued >= HIGH_WATER {
+            inner.push(None);
+            if inner.queued >= HIGH_WATER {
+                inner.blocked.push(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+        if let Some(s) = inner.streams.get_mut(&id) {
+            s.send_window -= n as u32;
+        }
+        let data = Header::new(Kind::Data, 0, id, n as u32);
+        match inner.announce(id, 0) {
+            Some(announce) => inner.emit(&[announce, data], &buf[..n]),
+            None => inner.emit(&[data], &buf[..n]),
+        }
+        inner.push(None);
+        inner.check()?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // written through at once; what the socket refused, the driver writes
+        Poll::Ready(Ok(()))
+    }
+
+    /// Half-close (FIN).
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let id = self.id;
+        let mut inner = self.shared.lock();
+        inner.check()?;
+        let Some(s) = inner.streams.get_mut(&id) else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        if s.reset {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        }
+        if s.local_fin {
+            return Poll::Ready(Ok(()));
+        }
+        s.local_fin = true;
+        let h = inner.announce(id, flag::FIN).unwrap_or(Header::new(
+            Kind::WindowUpdate,
+            flag::FIN,
+            id,
+            0,
+        ));
+        inner.emit(&[h], &[]);
+        inner.push(None);
+        Poll::Ready(inner.check())
+    }
+}
+
+impl Drop for MuxWriter {
+    fn drop(&mut self) {
+        self.shared.lock().half_dropped(self.id, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    const BOUND: Duration = Duration::from_secs(10);
+
+    fn config(max_streams: usize) -> Config {
+        Config {
+            max_streams,
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// A TLS 1.3 connection over loopback: the server's socket and session, and the client's
+    /// stream (handshakes done).
+    async fn tls_pair() -> (
+        (TcpStream, rustls::ServerConnection),
+        tokio_rustls::client::TlsStream<TcpStream>,
+    ) {
+        let now = SystemTime::now();
+        let root = fedgw_certs::CertificateAuthority::new_root("c", "t.test", now).expect("root");
+        let leaf = root
+            .issue_node_leaf(
+                &["org1.t.test".to_owned()],
+                "org1",
+                "t.test",
+                Duration::from_secs(3600),
+                now,
+            )
+            .expect("leaf");
+        let provider = fedgw_certs::tls::provider();
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(leaf.chain, leaf.key.into())
+            .expect("server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(root.cert().clone()).expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let accept = async {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let tls = tokio_rustls::TlsAcceptor::from(Arc::new(server))
+                .accept(tcp)
+                .await
+                .expect("server handshake");
+            tls.into_inner()
+        };
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let name = rustls_pki_types::ServerName::try_from("org1.t.test").expect("name");
+            tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, tcp)
+                .await
+                .expect("client handshake")
+        };
+        tokio::join!(accept, connect)
+    }
+
+    /// Two sessions over one TLS connection: (client mux, client driver), (server mux, driver).
+    async fn sessions(max_streams: usize) -> ((Mux, Driver), (Mux, Driver)) {
+        let ((stcp, stls), client) = tls_pair().await;
+        let (ctcp, ctls) = client.into_inner();
+        let c = session(ctcp, ctls.into(), Role::Client, &config(max_streams), None);
+        let s = session(stcp, stls.into(), Role::Server, &config(max_streams), None);
+        (c, s)
+    }
+
+    /// Runs a driver in its own task, handing accepted streams to the returned channel.
+    fn drive(mut driver: Driver) -> tokio::sync::mpsc::UnboundedReceiver<(MuxReader, MuxWriter)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(stream) = driver.accept().await {
+                if tx.send(stream).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
+        tokio::time::timeout(BOUND, f)
+            .await
+            .unwrap_or_else(|_| panic!("{what} took over {BOUND:?}"))
+    }
+
+    #[test]
+    fn headers_round_trip_and_bad_ones_are_refused() {
+        let h = Header::new(Kind::WindowUpdate, flag::SYN | flag::FIN, 7, 65_536);
+        let b = h.encode();
+        assert_eq!(b, [0, 1, 0, 5, 0, 0, 0, 7, 0, 1, 0, 0]);
+        assert_eq!(Header::decode(&b), Ok(Some(h)));
+        assert_eq!(Header::decode(&b[..11]), Ok(None));
+        let mut bad = b;
+        bad[0] = 1;
+        assert_eq!(Header::decode(&bad), Err(FrameError::Version(1)));
+        bad = b;
+        bad[1] = 4;
+        assert_eq!(Header::decode(&bad), Err(FrameError::Type(4)));
+        let long = Header::new(Kind::Data, 0, 1, MAX_RECV_FRAME + 1).encode();
+        assert_eq!(
+            Header::decode(&long),
+            Err(FrameError::TooLong(MAX_RECV_FRAME + 1))
+        );
+    }
+
+    #[test]
+    fn a_frame_is_taken_only_once_whole() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&Header::new(Kind::Data, 0, 3, 5).encode());
+        buf.extend_from_slice(b"hel");
+        assert_eq!(next_frame(&mut buf), Ok(None));
+        assert_eq!(buf.len(), HEADER_LEN + 3, "an incomplete frame stays put");
+        buf.extend_from_slice(b"lo");
+        buf.extend_from_slice(&Header::new(Kind::Ping, flag::SYN, 0, 9).encode());
+        let (h, payload) = next_frame(&mut buf).expect("valid").expect("whole");
+        assert_eq!(
+            (h.kind, h.stream, &payload[..]),
+            (Kind::Data, 3, &b"hello"[..])
+        );
+        let (h, payload) = next_frame(&mut buf).expect("valid").expect("whole");
+        assert_eq!((h.kind, h.length, payload.len()), (Kind::Ping, 9, 0));
+        assert!(buf.is_empty());
+    }
+
+    #[tokio::test]
+    async fn streams_carry_bytes_both_ways_with_half_close() {
+        let ((client, cdriver), (_server, sdriver)) = sessions(16).await;
+        let _c = drive(cdriver);
+        let mut accepted = drive(sdriver);
+        let (mut cr, mut cw) = client.open().expect("open");
+        assert_eq!(cr.id() % 2, 1, "the client opens odd ids");
+        cw.write_all(b"hello").await.expect("write");
+        cw.shutdown().await.expect("FIN");
+        let (mut sr, mut sw) = bounded("accept", accepted.recv()).await.expect("accepted");
+        let mut got = Vec::new();
+        bounded("read to FIN", sr.read_to_end(&mut got))
+            .await
+            .expect("read");
+        assert_eq!(got, b"hello");
+        // the other direction still works after the client's FIN
+        sw.write_all(b"world").await.expect("write");
+        sw.shutdown().await.expect("FIN");
+        let mut got = Vec::new();
+        bounded("read to FIN", cr.read_to_end(&mut got))
+            .await
+            .expect("read");
+        assert_eq!(got, b"world");
+        drop((cr, cw, sr, sw));
+        assert_eq!(
+            client.streams(),
+            0,
+            "a stream goes once both halves are dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_writer_waits_for_window_and_resumes_when_the_reader_takes_data() {
+        let ((client, cdriver), (_server, sdriver)) = sessions(16).await;
+        let _c = drive(cdriver);
+        let mut accepted = drive(sdriver);
+        let (_cr, mut cw) = client.open().expect("open");
+        // until the far end answers or reads, the window is the initial one
+        let first = vec![1u8; INITIAL_WINDOW as usize];
+        cw.write_all(&first).await.expect("initial window");
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(
+            Pin::new(&mut cw).poll_write(&mut cx, b"x").is_pending(),
+            "a writer with no window left waits"
+        );
+        let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");
+        // reading raises the window to STREAM_WINDOW: 16 MiB more go through while the
+        // reader takes them, byte-exact
+        let total = INITIAL_WINDOW as usize + 2 * STREAM_WINDOW as usize;
+        let write = async {
+            let chunk: Vec<u8> = (0..MAX_FRAME).map(|i| (i % 251) as u8).collect();
+            let mut sent = INITIAL_WINDOW as usize;
+            while sent < total {
+                let n = (total - sent).min(chunk.len());
+                cw.write_all(&chunk[..n]).await.expect("write");
+                sent += n;
+            }
+            cw.shutdown().await.expect("FIN");
+        };
+        let read = async {
+            let mut got = vec![0u8; INITIAL_WINDOW as usize];
+            sr.read_exact(&mut got).await.expect("first window");
+            assert!(got.iter().all(|&b| b == 1));
+            let mut rest = Vec::new();
+            sr.read_to_end(&mut rest).await.expect("rest");
+            rest
+        };
+        let ((), rest) = bounded("transfer", async { tokio::join!(write, read) }).await;
+        assert_eq!(rest.len(), total - INITIAL_WINDOW as usize);
+        assert!(
+            rest.chunks(MAX_FRAME)
+                .all(|c| c.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8)),
+            "bytes differ"
+        );
+    }
+
+    #[tokio::test]
+    async fn reset_and_a_dropped_session_fail_the_streams() {
+        let ((client, cdriver), (_server, sdriver)) = sessions(16).await;
+        let _c = drive(cdriver);
+        let mut accepted = drive(sdriver);
+        let (cr, mut cw) = client.open().expect("open");
+        cw.write_all(b"x").await.expect("write");
+        let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");
+        let mut b = [0u8; 1];
+        sr.read_exact(&mut b).await.expect("read");
+        cw.reset();
+        let err = bounded("reset", sr.read(&mut b)).await.expect_err("reset");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+
+        // a second stream, then the server's driver goes away: the client's reader fails
+        let (mut r2, mut w2) = client.open().expect("open");
+        w2.write_all(b"y").await.expect("write");
+        let (mut sr2, _sw2) = bounded("accept", accepted.recv()).await.expect("accepted");
+        sr2.read_exact(&mut b).await.expect("read");
+        drop(accepted);
+        // the accept loop ends at the next stream; the receiver is gone, so it drops the driver
+        let (_r3, mut w3) = client.open().expect("open");
+        w3.write_all(b"z").await.expect("write");
+        let end = bounded("session end", sr2.read(&mut b)).await;
+        assert!(end.is_err(), "a stream of a dropped session fails: {end:?}");
+        let end = bounded("session end", r2.read(&mut b)).await;
+        assert!(end.is_err(), "the client's streams fail too: {end:?}");
+        drop(cr);
+        assert!(client.is_closed());
+        assert!(client.open().is_err(), "a closed session opens no streams");
+    }
+
+    /// A raw TLS client writes `frames`; returns how the server's driver ended and what the
+    /// server wrote back (decrypted).
+    async fn raw_peer(frames: Vec<u8>, max_streams: usize) -> (io::Error, Vec<u8>) {
+        let ((stcp, stls), mut client) = tls_pair().await;
+        let (_mux, mut driver) =
+            session(stcp, stls.into(), Role::Server, &config(max_streams), None);
+        client.write_all(&frames).await.expect("write");
+        let ended = async move {
+            // held, so the server keeps them open
+            let mut held = Vec::new();
+            loop {
+                match driver.accept().await {
+                    Ok(stream) => held.push(stream),
+                    // the driver goes here: the session's end reaches the client
+                    Err(e) => return e,
+                }
+            }
+        };
+        let mut back = Vec::new();
+        let read = async {
+            let _ = client.read_to_end(&mut back).await;
+        };
+        let (e, ()) = bounded("driver end", async { tokio::join!(ended, read) }).await;
+        (e, back)
+    }
+
+    fn frame(kind: Kind, flags: u16, stream: u32, length: u32, payload: &[u8]) -> Vec<u8> {
+        let mut v = Header::new(kind, flags, stream, length).encode().to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[tokio::test]
+    async fn protocol_errors_end_the_session() {
+        let mut bad_version = frame(Kind::Ping, flag::SYN, 0, 1, &[]);
+        bad_version[0] = 1;
+        // an even id is the server's own
+        let wrong_parity = frame(Kind::WindowUpdate, flag::SYN, 2, 0, &[]);
+        let mut reused = frame(Kind::WindowUpdate, flag::SYN, 1, 0, &[]);
+        reused.extend(frame(Kind::WindowUpdate, flag::SYN, 1, 0, &[]));
+        // more than the initial window before the server raised it
+        let mut flood = frame(Kind::WindowUpdate, flag::SYN, 1, 0, &[]);
+        for _ in 0..5 {
+            flood.extend(frame(Kind::Data, 0, 1, 64 * 1024, &vec![0u8; 64 * 1024]));
+        }
+        let on_zero = frame(Kind::Data, 0, 0, 1, b"x");
+        for (name, frames) in [
+            ("version", bad_version),
+            ("parity", wrong_parity),
+            ("reused id", reused),
+            ("window", flood),
+            ("stream 0", on_zero),
+        ] {
+            let (e, _) = raw_peer(frames, 16).await;
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{name}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_beyond_the_limit_are_refused_and_pings_answered() {
+        let mut frames = Vec::new();
+        for id in [1, 3, 5] {
+            frames.extend(frame(Kind::WindowUpdate, flag::SYN, id, 0, &[]));
+        }
+        frames.extend(frame(Kind::Ping, flag::SYN, 0, 42, &[]));
+        // then a protocol error, so the session ends and the test can read everything back
+        frames.extend(frame(Kind::Data, 0, 0, 0, &[]));
+        let (e, back) = raw_peer(frames, 2).await;
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        let mut buf = BytesMut::from(&back[..]);
+        let mut got = Vec::new();
+        while let Ok(Some((h, _))) = next_frame(&mut buf) {
+            got.push(h);
+        }
+        assert!(
+            got.contains(&Header::new(Kind::WindowUpdate, flag::RST, 5, 0)),
+            "the third stream is refused: {got:?}"
+        );
+        assert!(
+            !got.iter()
+                .any(|h| h.flags & flag::RST != 0 && h.stream != 5),
+            "the first two are not: {got:?}"
+        );
+        assert!(
+            got.contains(&Header::new(Kind::Ping, flag::ACK, 0, 42)),
+            "the ping is answered: {got:?}"
+        );
+    }
+}
