@@ -1060,7 +1060,10 @@ impl AsyncWrite for MuxWriter {
         if inner.queued >= HIGH_WATER {
             inner.push(None);
             if inner.queued >= HIGH_WATER {
-                inner.blocked.push(cx.waker().clone());
+                // once per task: a writer may be polled again before the queue drains
+                if !inner.blocked.iter().any(|w| w.will_wake(cx.waker())) {
+                    inner.blocked.push(cx.waker().clone());
+                }
                 return Poll::Pending;
             }
         }
