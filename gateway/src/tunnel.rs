@@ -877,11 +877,25 @@ impl Tunnels {
             }
         };
         let (mut r, mut w) = stream.split();
-        if let Err(e) = w.write_all(&route.header).await {
+        // what the client has sent by now goes with the header, in one TLS record or QUIC
+        // packet: for a short request, all of it
+        let mut first = Vec::with_capacity(route.header.len() + splice::EARLY_READ);
+        first.extend_from_slice(&route.header);
+        let early = match splice::read_queued(&mut tcp, &mut first, splice::EARLY_READ) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!(error = %e, "local connection failed before its stream opened");
+                w.reset();
+                return;
+            }
+        };
+        if let Err(e) = w.write_all(&first).await {
             debug!(error = %e, "tunnel stream failed before the header");
             return;
         }
+        drop(first);
         let counters = self.0.metrics.tunnel_counters(&route.request.org);
+        counters.tx.inc_by(early as u64);
         let revoked = self.0.membership.revocation().token(&route.request.org);
         let closed = route.closed.clone();
         let _active = self.0.metrics.tunnel_stream_guard();

@@ -16,10 +16,12 @@
 //!   writable again.
 //! - **A new stream costs one frame each way.** Opening sends nothing; the first write carries
 //!   the SYN with the window update and the data in one TLS record (the tunnel header), and
-//!   the far end's first write carries the ACK with its answer.
+//!   the far end's first write carries the ACK with its answer (a stream that only reads sends
+//!   it once it has taken half the initial window).
 //! - **Big reads.** The driver reads 64 KiB from the socket at a time and feeds rustls from
-//!   memory (rustls alone reads 4 KiB per system call), and received data stays in the
-//!   buffers it was decrypted into until the reader takes it ([`MuxReader::poll_chunks`]).
+//!   memory (rustls alone reads 4 KiB per system call); received data is copied once out of
+//!   rustls and then handed on in slices of that buffer until the reader takes it
+//!   ([`MuxReader::poll_chunks`]).
 //!
 //! Limits: a data frame over [`MAX_RECV_FRAME`] bytes, data beyond a stream's window, a SYN
 //! for a stream id in use or of the wrong parity, and an unknown version or frame type are
@@ -427,8 +429,12 @@ impl Inner {
             .unacked
             .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         if s.announce != 0 {
-            // reading before writing: the peer's window is raised now rather than with a
-            // first write that may never come
+            // an accepted stream's ACK and larger window go with its first write (a tunnel
+            // stream's answer), one record for both; a stream that only reads sends them once
+            // it has taken half the initial window, long before the peer would have to wait
+            if s.unacked < INITIAL_WINDOW / 2 {
+                return;
+            }
             if let Some(h) = self.announce(id, 0) {
                 self.emit(&[h], &[]);
                 self.push(None);

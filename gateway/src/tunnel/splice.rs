@@ -20,6 +20,8 @@ use super::mux::{MuxReader, MuxWriter};
 
 /// Largest read from a TCP socket in one go.
 const TCP_READ: usize = 64 * 1024;
+/// Most bytes a new connection's first read takes to send along with the tunnel header.
+pub const EARLY_READ: usize = 16 * 1024;
 /// Largest QUIC chunk taken in one read.
 const QUIC_CHUNK: usize = 256 * 1024;
 /// Received chunks (QUIC or yamux) written to TCP in one vectored write while a stream is
@@ -128,8 +130,9 @@ impl TunnelWrite {
         }
     }
 
-    /// Abandons the stream (QUIC `RESET_STREAM`, yamux RST).
-    fn reset(&mut self) {
+    /// Abandons the stream (QUIC `RESET_STREAM`, yamux RST; nothing for a yamux stream that
+    /// has sent nothing yet).
+    pub fn reset(&mut self) {
         match self {
             TunnelWrite::Quic(w) => {
                 let _ = w.reset(quinn::VarInt::from_u32(0));
@@ -221,6 +224,30 @@ fn tcp_shutdown_write(tcp: &TcpStream) {
 /// Reads go through tokio's `AsyncRead`, which takes a short read as proof that the socket is
 /// drained: the next turn waits for readiness instead of reading again only to be told
 /// `WouldBlock` (one system call less per message on a quiet connection).
+/// Appends to `buf` up to `max` bytes that `tcp` has already received, without waiting:
+/// returns how many (0 when nothing is queued yet, or at end of stream, which the next read
+/// sees again).
+///
+/// One read, polled once: a short read tells tokio the socket is drained, so the pump that
+/// follows waits for the next readiness event instead of finding the queue empty.
+///
+/// Errors: the socket failed (e.g. reset by the client).
+pub fn read_queued(tcp: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let start = buf.len();
+    buf.resize(start + max, 0);
+    let got = ready_now(tcp.read(&mut buf[start..]));
+    let n = match got {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            buf.truncate(start);
+            return Err(e);
+        }
+    };
+    buf.truncate(start + n);
+    Ok(n)
+}
+
 async fn tcp_to_tunnel(
     tcp: &mut tokio::net::tcp::ReadHalf<'_>,
     w: &mut TunnelWrite,
@@ -482,6 +509,35 @@ mod tests {
         let ((), got) = tokio::join!(write, read);
         assert_eq!(got.len(), want.len());
         assert!(got == want, "bytes differ");
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_are_read_without_waiting_and_nothing_is_lost() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (client, server) = tokio::join!(
+            TcpStream::connect(listener.local_addr().expect("address")),
+            listener.accept()
+        );
+        let (mut client, (mut server, _)) = (client.expect("connect"), server.expect("accept"));
+        let mut buf = b"hdr".to_vec();
+        // nothing sent yet: no bytes, no wait
+        assert_eq!(read_queued(&mut server, &mut buf, 8).expect("read"), 0);
+        assert_eq!(buf, b"hdr");
+        client.write_all(b"0123456789").await.expect("write");
+        // the bytes are in the server's queue once it reports readable
+        server.readable().await.expect("readable");
+        assert_eq!(read_queued(&mut server, &mut buf, 8).expect("read"), 8);
+        assert_eq!(buf, b"hdr01234567");
+        // the rest stays queued for the normal reads, and the end of stream after it
+        client.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.expect("read");
+        assert_eq!(rest, b"89");
+        assert_eq!(
+            read_queued(&mut server, &mut buf, 8).expect("read at the end"),
+            0
+        );
+        assert_eq!(buf, b"hdr01234567");
     }
 
     #[test]
