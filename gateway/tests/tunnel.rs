@@ -342,6 +342,11 @@ async fn the_far_gateway_refuses_what_it_must() {
         fed.gws[2].run().tunnels.listening().len() >= 3
     })
     .await;
+    // listeners follow the view on their own time: org2's for org3's node as well
+    wait_for("org2 listens for org3's node", || {
+        !fed.gws[1].run().tunnels.listening().is_empty()
+    })
+    .await;
     let (org1, org3) = (&fed.gws[0], &fed.gws[2]);
 
     let ok = raw_answer(org1, "org2", &header("org2", "node1", "p2p"), false).await;

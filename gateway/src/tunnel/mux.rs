@@ -17,7 +17,8 @@
 //! - **A new stream costs one frame each way.** Opening sends nothing; the first write carries
 //!   the SYN with the window update and the data in one TLS record (the tunnel header), and
 //!   the far end's first write carries the ACK with its answer (a stream that only reads sends
-//!   it once it has taken half the initial window).
+//!   it once it has taken half the initial window). A stream's last bytes can carry its FIN
+//!   ([`MuxWriter::poll_write_fin`]).
 //! - **Big reads.** The driver reads 64 KiB from the socket at a time and feeds rustls from
 //!   memory (rustls alone reads 4 KiB per system call); received data is copied once out of
 //!   rustls and then handed on in slices of that buffer until the reader takes it
@@ -1029,11 +1030,25 @@ impl MuxWriter {
     }
 }
 
-impl AsyncWrite for MuxWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
+impl MuxWriter {
+    /// Writes a prefix of `buf` like [`AsyncWrite::poll_write`]; the frame that takes the
+    /// rest of `buf` also carries FIN, ending this direction of the stream (one frame and one
+    /// TLS record where a write and a shutdown take two). With `buf` empty it is a shutdown.
+    ///
+    /// Returns the number of bytes taken; the stream is finished once they are all of `buf`.
+    /// Errors: as for a write (reset, finished, session ended).
+    pub fn poll_write_fin(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Pin::new(self).poll_shutdown(cx).map_ok(|()| 0);
+        }
+        self.write_frame(cx, buf, true)
+    }
+
+    fn write_frame(
+        &mut self,
         cx: &mut Context<'_>,
         buf: &[u8],
+        fin: bool,
     ) -> Poll<io::Result<usize>> {
         let id = self.id;
         let mut inner = self.shared.lock();
@@ -1073,10 +1088,12 @@ impl AsyncWrite for MuxWriter {
                 return Poll::Pending;
             }
         }
+        let fin = fin && n == buf.len();
         if let Some(s) = inner.streams.get_mut(&id) {
             s.send_window -= n as u32;
+            s.local_fin |= fin;
         }
-        let data = Header::new(Kind::Data, 0, id, n as u32);
+        let data = Header::new(Kind::Data, if fin { flag::FIN } else { 0 }, id, n as u32);
         match inner.announce(id, 0) {
             Some(announce) => inner.emit(&[announce, data], &buf[..n]),
             None => inner.emit(&[data], &buf[..n]),
@@ -1084,6 +1101,16 @@ impl AsyncWrite for MuxWriter {
         inner.push(None);
         inner.check()?;
         Poll::Ready(Ok(n))
+    }
+}
+
+impl AsyncWrite for MuxWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().write_frame(cx, buf, false)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -1125,7 +1152,7 @@ impl Drop for MuxWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::time::SystemTime;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1194,7 +1221,8 @@ mod tests {
     }
 
     /// Two sessions over one TLS connection: (client mux, client driver), (server mux, driver).
-    async fn sessions(max_streams: usize) -> ((Mux, Driver), (Mux, Driver)) {
+    /// Two sessions over a real TLS 1.3 connection on loopback: (client, server).
+    pub(in crate::tunnel) async fn sessions(max_streams: usize) -> ((Mux, Driver), (Mux, Driver)) {
         let ((stcp, stls), client) = tls_pair().await;
         let (ctcp, ctls) = client.into_inner();
         let c = session(ctcp, ctls.into(), Role::Client, &config(max_streams), None);
@@ -1203,7 +1231,10 @@ mod tests {
     }
 
     /// Runs a driver in its own task, handing accepted streams to the returned channel.
-    fn drive(mut driver: Driver) -> tokio::sync::mpsc::UnboundedReceiver<(MuxReader, MuxWriter)> {
+    /// Polls `driver` in a task; the streams it accepts come out of the channel.
+    pub(in crate::tunnel) fn drive(
+        mut driver: Driver,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<(MuxReader, MuxWriter)> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok(stream) = driver.accept().await {
@@ -1215,7 +1246,8 @@ mod tests {
         rx
     }
 
-    async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
+    /// `f`, or a panic naming `what` if it takes longer than the bound.
+    pub(in crate::tunnel) async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
         tokio::time::timeout(BOUND, f)
             .await
             .unwrap_or_else(|_| panic!("{what} took over {BOUND:?}"))
@@ -1289,6 +1321,47 @@ mod tests {
             0,
             "a stream goes once both halves are dropped"
         );
+    }
+
+    #[tokio::test]
+    async fn a_last_write_carries_the_fin() {
+        let ((client, cdriver), (_server, sdriver)) = sessions(16).await;
+        let _c = drive(cdriver);
+        let mut accepted = drive(sdriver);
+        // several frames' worth: the FIN goes with the last one only
+        let (_cr, mut cw) = client.open().expect("open");
+        let big: Vec<u8> = (0..3 * MAX_FRAME + 5).map(|i| (i % 253) as u8).collect();
+        let mut rest = &big[..];
+        while !rest.is_empty() {
+            let n = bounded(
+                "write",
+                std::future::poll_fn(|cx| cw.poll_write_fin(cx, rest)),
+            )
+            .await
+            .expect("write");
+            rest = &rest[n..];
+        }
+        let err = cw.write_all(b"x").await.expect_err("finished");
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");
+        let mut got = Vec::new();
+        bounded("read to FIN", sr.read_to_end(&mut got))
+            .await
+            .expect("read");
+        assert!(got == big, "bytes differ");
+        // an empty last write is a plain shutdown
+        let (_cr, mut cw) = client.open().expect("open");
+        cw.write_all(b"x").await.expect("write");
+        let n = bounded("FIN", std::future::poll_fn(|cx| cw.poll_write_fin(cx, b"")))
+            .await
+            .expect("FIN");
+        assert_eq!(n, 0);
+        let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");
+        let mut got = Vec::new();
+        bounded("read to FIN", sr.read_to_end(&mut got))
+            .await
+            .expect("read");
+        assert_eq!(got, b"x");
     }
 
     #[tokio::test]

@@ -120,6 +120,27 @@ impl TunnelWrite {
         }
     }
 
+    /// Writes `bytes`, then ends the sending side: for yamux the FIN rides on the last data
+    /// frame, for QUIC in the same packet as the data.
+    pub async fn write_last(&mut self, bytes: bytes::Bytes) -> io::Result<()> {
+        match self {
+            TunnelWrite::Quic(_) => {
+                self.write_bytes(bytes).await?;
+                self.finish().await
+            }
+            TunnelWrite::Mux(w) => {
+                let mut rest = &bytes[..];
+                loop {
+                    let n = std::future::poll_fn(|cx| w.poll_write_fin(cx, rest)).await?;
+                    rest = &rest[n..];
+                    if rest.is_empty() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
     /// Ends the sending side (FIN): the peer reads end-of-stream after the bytes sent.
     pub async fn finish(&mut self) -> io::Result<()> {
         match self {
@@ -254,12 +275,30 @@ async fn tcp_to_tunnel(
     tx: &Counter,
 ) -> io::Result<()> {
     loop {
-        tcp.as_ref().readable().await?;
+        let ready = tcp.as_ref().ready(tokio::io::Interest::READABLE).await?;
         let mut buf = bytes::BytesMut::with_capacity(TCP_READ);
         let n = tcp.read_buf(&mut buf).await?;
         if n == 0 {
             return w.finish().await;
         }
+        if ready.is_read_closed() && buf.len() < buf.capacity() {
+            // the peer had closed its side before this read drained the queue: the read that
+            // tells the end comes at once, and the FIN goes out with these bytes
+            match ready_now(tcp.read_buf(&mut buf)) {
+                Some(Ok(0)) => {
+                    w.write_last(buf.freeze()).await?;
+                    tx.inc_by(n as u64);
+                    return Ok(());
+                }
+                Some(Err(e)) => {
+                    w.write_bytes(buf.freeze()).await?;
+                    tx.inc_by(n as u64);
+                    return Err(e);
+                }
+                Some(Ok(_)) | None => {}
+            }
+        }
+        let n = buf.len();
         w.write_bytes(buf.freeze()).await?;
         tx.inc_by(n as u64);
     }
@@ -538,6 +577,47 @@ mod tests {
             0
         );
         assert_eq!(buf, b"hdr01234567");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_sends_and_closes_ends_the_stream_after_its_bytes() {
+        use super::super::mux::tests::{bounded, drive, sessions};
+        let ((client, cdriver), (_server, sdriver)) = sessions(16).await;
+        let _c = drive(cdriver);
+        let mut accepted = drive(sdriver);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (peer, tcp) = tokio::join!(
+            TcpStream::connect(listener.local_addr().expect("address")),
+            listener.accept()
+        );
+        let (mut peer, (mut tcp, _)) = (peer.expect("connect"), tcp.expect("accept"));
+        // the bytes and the FIN are both queued before the pump's first read
+        peer.write_all(b"last words").await.expect("write");
+        peer.shutdown().await.expect("shutdown");
+        // forget the readiness a new socket starts with, so the next comes from epoll
+        let _ = tcp.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+        let ready = tcp
+            .ready(tokio::io::Interest::READABLE)
+            .await
+            .expect("readable");
+        // so the pump takes the path that sends the FIN with the bytes
+        assert!(ready.is_read_closed(), "the FIN is seen with the bytes");
+        let (_cr, cw) = client.open().expect("open");
+        let mut w = TunnelWrite::Mux(cw);
+        let tx = Counter::default();
+        let (mut read, _write) = tcp.split();
+        bounded("pump", tcp_to_tunnel(&mut read, &mut w, &tx))
+            .await
+            .expect("pump");
+        assert_eq!(tx.get(), 10);
+        let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");
+        let mut got = Vec::new();
+        bounded("read to FIN", sr.read_to_end(&mut got))
+            .await
+            .expect("read");
+        assert_eq!(got, b"last words");
     }
 
     #[test]
