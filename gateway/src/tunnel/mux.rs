@@ -645,7 +645,7 @@ impl Mux {
             .checked_add(2)
             .ok_or_else(|| io::Error::other("tunnel stream ids exhausted"))?;
         inner.streams.insert(id, Stream::new(flag::SYN));
-        Ok(self.halves(id))
+        Ok(halves(&self.shared, id))
     }
 
     /// Whether the session has ended.
@@ -657,19 +657,20 @@ impl Mux {
     pub fn streams(&self) -> usize {
         self.shared.lock().streams.len()
     }
+}
 
-    fn halves(&self, id: u32) -> (MuxReader, MuxWriter) {
-        (
-            MuxReader {
-                shared: self.shared.clone(),
-                id,
-            },
-            MuxWriter {
-                shared: self.shared.clone(),
-                id,
-            },
-        )
-    }
+/// The two halves of stream `id`.
+fn halves(shared: &Arc<Shared>, id: u32) -> (MuxReader, MuxWriter) {
+    (
+        MuxReader {
+            shared: shared.clone(),
+            id,
+        },
+        MuxWriter {
+            shared: shared.clone(),
+            id,
+        },
+    )
 }
 
 /// Reads the socket, delivers frames to streams and hands out inbound streams.
@@ -715,16 +716,7 @@ impl Driver {
                 .unwrap_or_else(|| io::ErrorKind::NotConnected.into())));
         }
         match self.turn(cx) {
-            Ok(Some(id)) => Poll::Ready(Ok((
-                MuxReader {
-                    shared: self.shared.clone(),
-                    id,
-                },
-                MuxWriter {
-                    shared: self.shared.clone(),
-                    id,
-                },
-            ))),
+            Ok(Some(id)) => Poll::Ready(Ok(halves(&self.shared, id))),
             Ok(None) => Poll::Pending,
             Err(e) => {
                 self.done = true;
@@ -1030,6 +1022,22 @@ impl MuxWriter {
     }
 }
 
+/// Stream `id` for its writer. Errors: the session ended, or the stream is gone or was reset.
+fn sending(inner: &mut Inner, id: u32) -> io::Result<&mut Stream> {
+    inner.check()?;
+    let s = inner
+        .streams
+        .get_mut(&id)
+        .ok_or(io::ErrorKind::NotConnected)?;
+    if s.reset {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "tunnel stream reset",
+        ));
+    }
+    Ok(s)
+}
+
 impl MuxWriter {
     /// Writes a prefix of `buf` like [`AsyncWrite::poll_write`]; the frame that takes the
     /// rest of `buf` also carries FIN, ending this direction of the stream (one frame and one
@@ -1052,16 +1060,7 @@ impl MuxWriter {
     ) -> Poll<io::Result<usize>> {
         let id = self.id;
         let mut inner = self.shared.lock();
-        inner.check()?;
-        let Some(s) = inner.streams.get_mut(&id) else {
-            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
-        };
-        if s.reset {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                "tunnel stream reset",
-            )));
-        }
+        let s = sending(&mut inner, id)?;
         if s.local_fin {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -1122,13 +1121,7 @@ impl AsyncWrite for MuxWriter {
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let id = self.id;
         let mut inner = self.shared.lock();
-        inner.check()?;
-        let Some(s) = inner.streams.get_mut(&id) else {
-            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
-        };
-        if s.reset {
-            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
-        }
+        let s = sending(&mut inner, id)?;
         if s.local_fin {
             return Poll::Ready(Ok(()));
         }
@@ -1220,8 +1213,8 @@ pub(super) mod tests {
         tokio::join!(accept, connect)
     }
 
-    /// Two sessions over one TLS connection: (client mux, client driver), (server mux, driver).
-    /// Two sessions over a real TLS 1.3 connection on loopback: (client, server).
+    /// Two sessions over one TLS 1.3 connection on loopback: (client mux, client driver),
+    /// (server mux, driver).
     pub(in crate::tunnel) async fn sessions(max_streams: usize) -> ((Mux, Driver), (Mux, Driver)) {
         let ((stcp, stls), client) = tls_pair().await;
         let (ctcp, ctls) = client.into_inner();
@@ -1231,7 +1224,6 @@ pub(super) mod tests {
     }
 
     /// Runs a driver in its own task, handing accepted streams to the returned channel.
-    /// Polls `driver` in a task; the streams it accepts come out of the channel.
     pub(in crate::tunnel) fn drive(
         mut driver: Driver,
     ) -> tokio::sync::mpsc::UnboundedReceiver<(MuxReader, MuxWriter)> {
@@ -1244,6 +1236,17 @@ pub(super) mod tests {
             }
         });
         rx
+    }
+
+    /// The streams a driver run by [`drive`] accepts.
+    pub(in crate::tunnel) type Accepted =
+        tokio::sync::mpsc::UnboundedReceiver<(MuxReader, MuxWriter)>;
+
+    /// Two sessions with their drivers running: (client mux, streams the client accepts,
+    /// server mux, streams the server accepts).
+    pub(in crate::tunnel) async fn connected(max_streams: usize) -> (Mux, Accepted, Mux, Accepted) {
+        let ((client, cdriver), (server, sdriver)) = sessions(max_streams).await;
+        (client, drive(cdriver), server, drive(sdriver))
     }
 
     /// `f`, or a panic naming `what` if it takes longer than the bound.
@@ -1294,9 +1297,7 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn streams_carry_bytes_both_ways_with_half_close() {
-        let ((client, cdriver), (_server, sdriver)) = sessions(16).await;
-        let _c = drive(cdriver);
-        let mut accepted = drive(sdriver);
+        let (client, _c, _server, mut accepted) = connected(16).await;
         let (mut cr, mut cw) = client.open().expect("open");
         assert_eq!(cr.id() % 2, 1, "the client opens odd ids");
         cw.write_all(b"hello").await.expect("write");
@@ -1325,9 +1326,7 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn a_last_write_carries_the_fin() {
-        let ((client, cdriver), (_server, sdriver)) = sessions(16).await;
-        let _c = drive(cdriver);
-        let mut accepted = drive(sdriver);
+        let (client, _c, _server, mut accepted) = connected(16).await;
         // several frames' worth: the FIN goes with the last one only
         let (_cr, mut cw) = client.open().expect("open");
         let big: Vec<u8> = (0..3 * MAX_FRAME + 5).map(|i| (i % 253) as u8).collect();
@@ -1366,9 +1365,7 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn a_writer_waits_for_window_and_resumes_when_the_reader_takes_data() {
-        let ((client, cdriver), (_server, sdriver)) = sessions(16).await;
-        let _c = drive(cdriver);
-        let mut accepted = drive(sdriver);
+        let (client, _c, _server, mut accepted) = connected(16).await;
         let (_cr, mut cw) = client.open().expect("open");
         // until the far end answers or reads, the window is the initial one
         let first = vec![1u8; INITIAL_WINDOW as usize];
@@ -1411,9 +1408,7 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn reset_and_a_dropped_session_fail_the_streams() {
-        let ((client, cdriver), (_server, sdriver)) = sessions(16).await;
-        let _c = drive(cdriver);
-        let mut accepted = drive(sdriver);
+        let (client, _c, _server, mut accepted) = connected(16).await;
         let (cr, mut cw) = client.open().expect("open");
         cw.write_all(b"x").await.expect("write");
         let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");

@@ -518,14 +518,19 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
-    #[tokio::test]
-    async fn vectored_writes_deliver_every_chunk_in_order_across_partial_writes() {
+    /// Both ends of a TCP connection on loopback: (connecting side, accepted side).
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (client, server) = tokio::join!(
             TcpStream::connect(listener.local_addr().expect("address")),
             listener.accept()
         );
-        let (client, (mut server, _)) = (client.expect("connect"), server.expect("accept"));
+        (client.expect("connect"), server.expect("accept").0)
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_deliver_every_chunk_in_order_across_partial_writes() {
+        let (client, mut server) = tcp_pair().await;
         // more chunks than one batch, empty ones among them, and more bytes than the socket
         // buffers hold, so writes come back partial
         let mut chunks: Vec<bytes::Bytes> = (0..QUIC_BATCH * 2 + 3)
@@ -552,12 +557,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_bytes_are_read_without_waiting_and_nothing_is_lost() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let (client, server) = tokio::join!(
-            TcpStream::connect(listener.local_addr().expect("address")),
-            listener.accept()
-        );
-        let (mut client, (mut server, _)) = (client.expect("connect"), server.expect("accept"));
+        let (mut client, mut server) = tcp_pair().await;
         let mut buf = b"hdr".to_vec();
         // nothing sent yet: no bytes, no wait
         assert_eq!(read_queued(&mut server, &mut buf, 8).expect("read"), 0);
@@ -581,16 +581,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_sends_and_closes_ends_the_stream_after_its_bytes() {
-        use super::super::mux::tests::{bounded, drive, sessions};
-        let ((client, cdriver), (_server, sdriver)) = sessions(16).await;
-        let _c = drive(cdriver);
-        let mut accepted = drive(sdriver);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let (peer, tcp) = tokio::join!(
-            TcpStream::connect(listener.local_addr().expect("address")),
-            listener.accept()
-        );
-        let (mut peer, (mut tcp, _)) = (peer.expect("connect"), tcp.expect("accept"));
+        use super::super::mux::tests::{bounded, connected};
+        let (client, _c, _server, mut accepted) = connected(16).await;
+        let (mut peer, mut tcp) = tcp_pair().await;
         // the bytes and the FIN are both queued before the pump's first read
         peer.write_all(b"last words").await.expect("write");
         peer.shutdown().await.expect("shutdown");
