@@ -52,7 +52,6 @@ pub const MAX_JOIN_CONNECTIONS: usize = 64;
 /// and a joiner waiting for approvals reconnects for every attempt.
 pub const JOIN_CONNECTION_MAX_AGE: Duration = Duration::from_secs(30);
 
-/// Resolves when a connection must end, with the reason.
 /// A future that resolves, with the reason, when a connection must end.
 pub type EndWhen = Pin<Box<dyn Future<Output = &'static str> + Send>>;
 

@@ -26,7 +26,8 @@
 //!
 //! Limits: a data frame over [`MAX_RECV_FRAME`] bytes, data beyond a stream's window, a SYN
 //! for a stream id in use or of the wrong parity, and an unknown version or frame type are
-//! protocol errors that end the session. Inbound streams beyond `max_streams`, or beyond
+//! protocol errors that end the session, as does a peer that keeps sending while it reads
+//! nothing ([`MAX_QUEUED`] bytes queued for it). Inbound streams beyond `max_streams`, or beyond
 //! [`ACCEPT_BACKLOG`] not yet accepted, are refused with RST. A session that receives nothing
 //! for [`Config::idle_timeout`] ends; it sends a ping every [`Config::keep_alive`].
 
@@ -59,6 +60,10 @@ pub const ACCEPT_BACKLOG: usize = 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// Encrypted bytes queued for the socket above which writers wait.
 const HIGH_WATER: usize = 1024 * 1024;
+/// Encrypted bytes queued for the socket at which the session ends: writers stop near
+/// [`HIGH_WATER`], so only a peer that keeps sending (pings, streams to refuse) without
+/// reading what it is sent gets here.
+pub const MAX_QUEUED: usize = 4 * HIGH_WATER;
 /// Socket reads in one turn of the driver before it lets other tasks run.
 const READS_PER_TURN: usize = 16;
 
@@ -342,6 +347,13 @@ impl Inner {
         }
         // record overhead: 5-byte header, content type and 16-byte tag per 16 KiB
         self.queued += len + 22 * (len / 16_384 + 1);
+        if self.queued >= MAX_QUEUED && self.closed.is_none() {
+            tracing::warn!(
+                queued = self.queued,
+                "tunnel peer keeps sending without reading what it is sent; ending the session"
+            );
+            self.fail(io::ErrorKind::ConnectionAborted);
+        }
     }
 
     /// Writes queued records to the socket until it refuses (then the driver waits for
@@ -832,6 +844,8 @@ impl Driver {
         if inner.tls.wants_write() {
             inner.push(None);
         }
+        // the answers may have ended the session (a peer that does not read)
+        inner.check()?;
         if peer_closed {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -877,19 +891,13 @@ impl std::fmt::Debug for MuxWriter {
     }
 }
 
-/// What a reader finds when nothing is buffered.
-enum Empty {
-    Eof,
-    Wait,
-}
-
 impl MuxReader {
     /// The stream id.
     pub fn id(&self) -> u32 {
         self.id
     }
 
-    /// Takes up to `max` received chunks, as they were decrypted (no copy), into `out`:
+    /// Takes up to `max` received chunks, as the session holds them (no copy), into `out`:
     /// `Ready(Ok(0))` at the end of the stream, else the number of bytes taken.
     ///
     /// Errors: the stream was reset, or the session ended.
@@ -913,35 +921,32 @@ impl MuxReader {
             }
             n
         };
-        if n > 0 {
-            inner.consumed(self.id, n);
-            return Poll::Ready(Ok(n));
-        }
-        match Self::empty(&mut inner, self.id, cx) {
-            Ok(Empty::Eof) => Poll::Ready(Ok(0)),
-            Ok(Empty::Wait) => Poll::Pending,
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        Self::took(&mut inner, self.id, n, cx)
     }
 
-    /// Nothing buffered: end of stream, an error, or wait (sending the SYN of a stream opened
-    /// by a reader first).
-    fn empty(inner: &mut Inner, id: u32, cx: &mut Context<'_>) -> io::Result<Empty> {
+    /// After a read took `n` bytes: the window bookkeeping and `Ready(Ok(n))`; with nothing
+    /// taken, `Ready(Ok(0))` at the end of the stream, an error, or `Pending` (sending the
+    /// SYN of a stream opened by a reader first).
+    fn took(inner: &mut Inner, id: u32, n: usize, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if n > 0 {
+            inner.consumed(id, n);
+            return Poll::Ready(Ok(n));
+        }
         let closed = inner.closed;
         let Some(s) = inner.streams.get_mut(&id) else {
-            return Err(io::ErrorKind::NotConnected.into());
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
         if s.reset {
-            return Err(io::Error::new(
+            return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::ConnectionReset,
                 "tunnel stream reset by the peer",
-            ));
+            )));
         }
         if s.remote_fin {
-            return Ok(Empty::Eof);
+            return Poll::Ready(Ok(0));
         }
         if let Some(kind) = closed {
-            return Err(io::Error::new(kind, "tunnel session closed"));
+            return Poll::Ready(Err(io::Error::new(kind, "tunnel session closed")));
         }
         if !s.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             s.reader = Some(cx.waker().clone());
@@ -953,7 +958,7 @@ impl MuxReader {
             inner.emit(&[h], &[]);
             inner.push(None);
         }
-        Ok(Empty::Wait)
+        Poll::Pending
     }
 }
 
@@ -983,15 +988,7 @@ impl AsyncRead for MuxReader {
             }
             n
         };
-        if n > 0 {
-            inner.consumed(id, n);
-            return Poll::Ready(Ok(()));
-        }
-        match Self::empty(&mut inner, id, cx) {
-            Ok(Empty::Eof) => Poll::Ready(Ok(())),
-            Ok(Empty::Wait) => Poll::Pending,
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        MuxReader::took(&mut inner, id, n, cx).map_ok(|_| ())
     }
 }
 
@@ -1492,6 +1489,41 @@ pub(super) mod tests {
             let (e, _) = raw_peer(frames, 16).await;
             assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{name}: {e}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_sends_without_reading_ends_the_session() {
+        let ((stcp, stls), mut client) = tls_pair().await;
+        // small buffers on the answers' way, so they queue up in the session soon
+        socket2::SockRef::from(&stcp)
+            .set_send_buffer_size(4096)
+            .expect("SO_SNDBUF");
+        socket2::SockRef::from(client.get_ref().0)
+            .set_recv_buffer_size(4096)
+            .expect("SO_RCVBUF");
+        let (_mux, mut driver) = session(stcp, stls.into(), Role::Server, &config(16), None);
+        let ended = tokio::spawn(async move {
+            loop {
+                if let Err(e) = driver.accept().await {
+                    return e;
+                }
+            }
+        });
+        // pings, never reading the answers: each answer is a 34-byte record, so the session
+        // gives up after some 120 000 of them; 400 000 is the bound
+        let batch: Vec<u8> = (0..1000u32)
+            .flat_map(|i| frame(Kind::Ping, flag::SYN, 0, i, &[]))
+            .collect();
+        let flood = async {
+            for _ in 0..400 {
+                if client.write_all(&batch).await.is_err() || client.flush().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let (e, ()) = bounded("driver end", async { tokio::join!(ended, flood) }).await;
+        let e = e.expect("driver task");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted, "{e}");
     }
 
     #[tokio::test]

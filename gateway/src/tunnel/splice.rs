@@ -238,37 +238,28 @@ fn tcp_shutdown_write(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
 }
 
-/// TCP → tunnel until the socket's end of stream, then FIN. Holds no buffer while the socket
-/// is idle; a read goes into fresh uninitialised capacity, and over QUIC the bytes are handed
-/// to the stream without a copy.
-///
-/// Reads go through tokio's `AsyncRead`, which takes a short read as proof that the socket is
-/// drained: the next turn waits for readiness instead of reading again only to be told
-/// `WouldBlock` (one system call less per message on a quiet connection).
 /// Appends to `buf` up to `max` bytes that `tcp` has already received, without waiting:
 /// returns how many (0 when nothing is queued yet, or at end of stream, which the next read
-/// sees again).
+/// sees again). The bytes go into `buf`'s spare capacity, which is not zeroed first.
 ///
 /// One read, polled once: a short read tells tokio the socket is drained, so the pump that
 /// follows waits for the next readiness event instead of finding the queue empty.
 ///
-/// Errors: the socket failed (e.g. reset by the client).
+/// Errors: the socket failed (e.g. reset by the client); `buf` is left as it was.
 pub fn read_queued(tcp: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-    let start = buf.len();
-    buf.resize(start + max, 0);
-    let got = ready_now(tcp.read(&mut buf[start..]));
-    let n = match got {
-        None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(e)) => {
-            buf.truncate(start);
-            return Err(e);
-        }
-    };
-    buf.truncate(start + n);
-    Ok(n)
+    use bytes::BufMut as _;
+    let mut spare = buf.limit(max);
+    ready_now(tcp.read_buf(&mut spare)).unwrap_or(Ok(0))
 }
 
+/// TCP → tunnel until the socket's end of stream, then FIN. Holds no buffer while the socket
+/// is idle; a read goes into fresh uninitialised capacity, and over QUIC the bytes are handed
+/// to the stream without a copy. When the peer's FIN has arrived by the time a read drains the
+/// socket, the end-of-stream read follows at once and the FIN leaves with those bytes.
+///
+/// Reads go through tokio's `AsyncRead`, which takes a short read as proof that the socket is
+/// drained: the next turn waits for readiness instead of reading again only to be told
+/// `WouldBlock` (one system call less per message on a quiet connection).
 async fn tcp_to_tunnel(
     tcp: &mut tokio::net::tcp::ReadHalf<'_>,
     w: &mut TunnelWrite,
@@ -281,26 +272,26 @@ async fn tcp_to_tunnel(
         if n == 0 {
             return w.finish().await;
         }
-        if ready.is_read_closed() && buf.len() < buf.capacity() {
-            // the peer had closed its side before this read drained the queue: the read that
-            // tells the end comes at once, and the FIN goes out with these bytes
+        // the peer had closed its side before this read drained the queue: the read that
+        // tells the end (or the error) comes at once
+        let end = if ready.is_read_closed() && n < buf.capacity() {
             match ready_now(tcp.read_buf(&mut buf)) {
-                Some(Ok(0)) => {
-                    w.write_last(buf.freeze()).await?;
-                    tx.inc_by(n as u64);
-                    return Ok(());
-                }
-                Some(Err(e)) => {
-                    w.write_bytes(buf.freeze()).await?;
-                    tx.inc_by(n as u64);
-                    return Err(e);
-                }
-                Some(Ok(_)) | None => {}
+                Some(Ok(0)) => Some(Ok(())),
+                Some(Err(e)) => Some(Err(e)),
+                Some(Ok(_)) | None => None,
             }
-        }
+        } else {
+            None
+        };
         let n = buf.len();
-        w.write_bytes(buf.freeze()).await?;
+        match end {
+            Some(Ok(())) => w.write_last(buf.freeze()).await?,
+            _ => w.write_bytes(buf.freeze()).await?,
+        }
         tx.inc_by(n as u64);
+        if let Some(end) = end {
+            return end;
+        }
     }
 }
 
