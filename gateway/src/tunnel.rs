@@ -47,7 +47,7 @@ use crate::membership::{GatewayId, Membership};
 use crate::metrics::Metrics;
 use far::{DialPolicy, Targets};
 use header::Answer;
-use splice::{Ended, TunnelStream};
+use splice::{End, Ended, TunnelStream};
 
 /// Which transport tunnels use (`[tunnel] transport`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -743,7 +743,7 @@ impl Tunnels {
             };
             let header =
                 tokio::time::timeout(far::HEADER_TIMEOUT, splice::read_request(&mut r)).await;
-            let (req, early) = match header {
+            let (req, mut early) = match header {
                 Ok(Ok(h)) => h,
                 Ok(Err(answer)) => return this.refuse(&mut w, answer).await,
                 Err(_) => return this.refuse(&mut w, Answer::BadHeader).await,
@@ -764,16 +764,16 @@ impl Tunnels {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            let mut tcp = match far::dial(&host, port, &policy).await {
-                Ok(t) => t,
+            let (mut tcp, sent) = match far::dial(&host, port, &policy, &early).await {
+                Ok(dialled) => dialled,
                 Err(answer) => return this.refuse(&mut w, answer).await,
             };
-            if let Err(e) = w.write_all(&Answer::Accepted.encode()).await {
-                debug!(error = %e, "stream ended before the answer");
-                return;
-            }
+            early.drain(..sent);
+            // the buffer held up to 16 KiB; an idle connection keeps none of it
+            early.shrink_to_fit();
             this.0.metrics.tunnel_connection(&caller_org, "inbound");
             let counters = this.0.metrics.tunnel_counters(&caller_org);
+            counters.rx.inc_by(sent as u64);
             let revoked = this.0.membership.revocation().token(&caller_org);
             let _active = this.0.metrics.tunnel_stream_guard();
             let stop = std::pin::pin!(async {
@@ -782,9 +782,10 @@ impl Tunnels {
                     () = this.0.shutdown.cancelled() => {}
                 }
             });
-            // bytes that came with the header belong to the node: they go first
+            // bytes that came with the header and the dial did not send go first; the answer
+            // goes with the node's first bytes
             let ended =
-                splice::splice(&mut tcp, &mut r, &mut w, &early, false, &counters, stop).await;
+                splice::splice(&mut tcp, &mut r, &mut w, &early, End::Far, &counters, stop).await;
             drop(permit);
             if let Ended::Failed(e) = ended {
                 debug!(node = %req.node, error = %e, "proxied connection failed");
@@ -865,7 +866,7 @@ impl Tunnels {
             self.0.metrics.tunnel_refused(Answer::Overloaded);
             return;
         };
-        let _ = tcp.set_nodelay(true);
+        // TCP_NODELAY comes from the listener: Linux copies it into every accepted socket
         let stream = match self.open(&route.site).await {
             Ok(s) => s,
             Err(e) => {
@@ -906,7 +907,7 @@ impl Tunnels {
                 () = closed.cancelled() => {}
             }
         });
-        match splice::splice(&mut tcp, &mut r, &mut w, &[], true, &counters, stop).await {
+        match splice::splice(&mut tcp, &mut r, &mut w, &[], End::Near, &counters, stop).await {
             Ended::Refused(answer) => {
                 debug!(node = %route.request.node, reason = answer.label(), "stream refused by the far gateway");
                 self.0.metrics.tunnel_refused_by_peer(answer);

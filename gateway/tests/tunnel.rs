@@ -301,7 +301,9 @@ async fn tessera_upcheck_answers_through_the_tunnel() {
     fed.stop_all().await;
 }
 
-/// Opens a raw stream from `from` to `to`'s site, sends `bytes`, and reads the answer.
+/// Opens a raw stream from `from` to `to`'s site, sends `bytes`, and reads the answer. A
+/// refusal comes at once; `Accepted` comes with the node's first bytes, so a stream meant to
+/// be accepted sends the echo node something to answer after its header.
 async fn raw_answer(from: &Gw, to: &str, bytes: &[u8], finish: bool) -> Option<Answer> {
     let peer = GatewayId {
         org: to.into(),
@@ -349,7 +351,8 @@ async fn the_far_gateway_refuses_what_it_must() {
     .await;
     let (org1, org3) = (&fed.gws[0], &fed.gws[2]);
 
-    let ok = raw_answer(org1, "org2", &header("org2", "node1", "p2p"), false).await;
+    let ping = |h: Vec<u8>| [h, b"ping".to_vec()].concat();
+    let ok = raw_answer(org1, "org2", &ping(header("org2", "node1", "p2p")), false).await;
     assert_eq!(ok, Some(Answer::Accepted));
     let cases: [(&Gw, &str, Vec<u8>, Answer); 9] = [
         (
@@ -408,7 +411,7 @@ async fn the_far_gateway_refuses_what_it_must() {
         assert_eq!(got, Some(want), "case {i}");
     }
     assert_eq!(
-        raw_answer(org3, "org2", &header("org2", "tm", "p2p"), false).await,
+        raw_answer(org3, "org2", &ping(header("org2", "tm", "p2p")), false).await,
         Some(Answer::Accepted),
         "the policy lets org3 in"
     );

@@ -15,6 +15,7 @@
 //!    `tunnel.allow_loopback_targets` is set ([`Answer::ForbiddenTarget`]).
 
 use std::collections::BTreeMap;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -93,12 +94,19 @@ impl Targets {
     }
 }
 
-/// Resolves and dials a target, refusing addresses the policy forbids.
+/// Resolves and dials a target, refusing addresses the policy forbids, and sends `first` (the
+/// caller's bytes that came with the header) as soon as the connection is up. Returns the
+/// socket and how many bytes of `first` it took; the rest is the caller's to send.
+///
+/// Errors: [`Answer::ForbiddenTarget`] when the policy refuses every address,
+/// [`Answer::Unreachable`] when the name does not resolve or no address accepts within
+/// [`CONNECT_TIMEOUT`].
 pub async fn dial(
     host: &str,
     port: u16,
     policy: &DialPolicy,
-) -> Result<tokio::net::TcpStream, Answer> {
+    first: &[u8],
+) -> Result<(tokio::net::TcpStream, usize), Answer> {
     let addrs = tokio::time::timeout(CONNECT_TIMEOUT, crate::net::resolve_host(host, port))
         .await
         .map_err(|_| Answer::Unreachable)?
@@ -108,14 +116,52 @@ pub async fn dial(
         return Err(Answer::ForbiddenTarget);
     }
     for addr in allowed {
-        if let Ok(Ok(tcp)) =
-            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
-        {
-            let _ = tcp.set_nodelay(true);
-            return Ok(tcp);
+        if let Ok(Ok(dialled)) = tokio::time::timeout(CONNECT_TIMEOUT, connect(addr, first)).await {
+            return Ok(dialled);
         }
     }
     Err(Answer::Unreachable)
+}
+
+/// Connects to `addr` (`TCP_NODELAY` set) and sends what of `first` the socket takes.
+///
+/// The send is tried right after `connect`, before waiting for writability. For a node on the
+/// same host (loopback, a container's veth) the kernel runs the whole handshake inside
+/// `connect`, so the node finds the request with the new connection instead of being woken
+/// once for the connection and again, a turn of the event loop later, for its bytes. While
+/// the handshake is still under way (any real network) the send is refused (`EAGAIN`) and the
+/// connection is awaited as usual.
+async fn connect(addr: SocketAddr, first: &[u8]) -> io::Result<(tokio::net::TcpStream, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let sent = if first.is_empty() {
+        0
+    } else {
+        match socket.send(first) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        }
+    };
+    let tcp = tokio::net::TcpStream::from_std(socket.into())?;
+    if sent == 0 {
+        // a completed connect shows as writability; its outcome is the socket's error
+        tcp.writable().await?;
+        if let Some(e) = tcp.take_error()? {
+            return Err(e);
+        }
+    }
+    Ok((tcp, sent))
 }
 
 #[cfg(test)]
@@ -182,6 +228,46 @@ mod tests {
             t.authorise("org3", &req("org2", "tm", "tessera")),
             Err(Answer::PolicyDenied)
         );
+    }
+
+    #[tokio::test]
+    async fn a_dial_sends_the_first_bytes_with_the_connection() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let policy = DialPolicy {
+            allow_loopback: true,
+            ..DialPolicy::default()
+        };
+        // on loopback the kernel completes the handshake inside connect: the bytes go at once
+        let (_tcp, sent) = dial("127.0.0.1", port, &policy, b"hello")
+            .await
+            .expect("dial");
+        assert_eq!(sent, 5);
+        let (mut node, _) = listener.accept().await.expect("accept");
+        let mut got = [0u8; 5];
+        node.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"hello");
+        // nothing to send: the dial still waits for the connection
+        let (tcp, sent) = dial("127.0.0.1", port, &policy, b"").await.expect("dial");
+        assert_eq!(sent, 0);
+        assert!(tcp.peer_addr().is_ok(), "connected");
+        // a port bound but not listening refuses the connection
+        let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+        closed
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let closed_port = closed.local_addr().expect("address").port();
+        for first in [&b"hello"[..], b""] {
+            assert_eq!(
+                dial("127.0.0.1", closed_port, &policy, first)
+                    .await
+                    .map(|(_, n)| n),
+                Err(Answer::Unreachable)
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,9 @@
 //! Answer (far gateway → caller): two bytes, `version` then a [`Answer`] code. Bytes of the
 //! proxied connection follow an `Accepted` answer; any other answer is followed by the end of
 //! the stream. A caller may send connection bytes right after its request, before the answer
-//! (they are forwarded if the stream is accepted and dropped otherwise).
+//! (they are forwarded if the stream is accepted and dropped otherwise), and must not wait
+//! for an `Accepted` answer before sending more: fedgw sends it with the node's first bytes,
+//! or with the end of the stream if the node sends none. A refusal comes at once.
 
 /// The header version this build speaks.
 pub const VERSION: u8 = 1;

@@ -16,8 +16,8 @@
 //!   writable again.
 //! - **A new stream costs one frame each way.** Opening sends nothing; the first write carries
 //!   the SYN with the window update and the data in one TLS record (the tunnel header), and
-//!   the far end's first write carries the ACK with its answer (a stream that only reads sends
-//!   it once it has taken half the initial window). A stream's last bytes can carry its FIN
+//!   the far end's first write carries the ACK with its answer and the node's first bytes (a
+//!   stream that only reads sends it once it has taken half the initial window). A stream's last bytes can carry its FIN
 //!   ([`MuxWriter::poll_write_fin`]).
 //! - **Big reads.** The driver reads 64 KiB from the socket at a time and feeds rustls from
 //!   memory (rustls alone reads 4 KiB per system call); received data is copied once out of

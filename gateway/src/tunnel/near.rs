@@ -197,6 +197,8 @@ impl Listeners {
     }
 }
 
+/// A listener for `addr`. `TCP_NODELAY` is set on it so that every accepted socket has it
+/// without a system call of its own (Linux copies the option into accepted sockets).
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -237,5 +239,24 @@ async fn accept(tunnels: Tunnels, listener: TcpListener, route: Arc<Route>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay_from_the_listener() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let _client = client.expect("connect");
+        let (tcp, _) = accepted.expect("accept");
+        assert!(
+            tcp.nodelay().expect("getsockopt"),
+            "TCP_NODELAY on the accepted socket"
+        );
     }
 }

@@ -257,6 +257,10 @@ pub fn read_queued(tcp: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Re
 /// to the stream without a copy. When the peer's FIN has arrived by the time a read drains the
 /// socket, the end-of-stream read follows at once and the FIN leaves with those bytes.
 ///
+/// `lead` goes first, in front of the socket's first bytes (or alone with the FIN when the
+/// socket ends without sending any): the far end's answer, which so costs no frame of its own.
+/// `tx` counts only the socket's bytes.
+///
 /// Reads go through tokio's `AsyncRead`, which takes a short read as proof that the socket is
 /// drained: the next turn waits for readiness instead of reading again only to be told
 /// `WouldBlock` (one system call less per message on a quiet connection).
@@ -264,17 +268,23 @@ async fn tcp_to_tunnel(
     tcp: &mut tokio::net::tcp::ReadHalf<'_>,
     w: &mut TunnelWrite,
     tx: &Counter,
+    mut lead: &[u8],
 ) -> io::Result<()> {
     loop {
         let ready = tcp.as_ref().ready(tokio::io::Interest::READABLE).await?;
         let mut buf = bytes::BytesMut::with_capacity(TCP_READ);
-        let n = tcp.read_buf(&mut buf).await?;
-        if n == 0 {
-            return w.finish().await;
+        buf.extend_from_slice(std::mem::take(&mut lead));
+        let led = buf.len();
+        if tcp.read_buf(&mut buf).await? == 0 {
+            return if led == 0 {
+                w.finish().await
+            } else {
+                w.write_last(buf.freeze()).await
+            };
         }
         // the peer had closed its side before this read drained the queue: the read that
         // tells the end (or the error) comes at once
-        let end = if ready.is_read_closed() && n < buf.capacity() {
+        let end = if ready.is_read_closed() && buf.len() < buf.capacity() {
             match ready_now(tcp.read_buf(&mut buf)) {
                 Some(Ok(0)) => Some(Ok(())),
                 Some(Err(e)) => Some(Err(e)),
@@ -283,7 +293,7 @@ async fn tcp_to_tunnel(
         } else {
             None
         };
-        let n = buf.len();
+        let n = buf.len() - led;
         match end {
             Some(Ok(())) => w.write_last(buf.freeze()).await?,
             _ => w.write_bytes(buf.freeze()).await?,
@@ -370,12 +380,23 @@ pub enum Ended {
     Refused(Answer),
 }
 
+/// Which end of a tunnel stream a splice runs at: where the far gateway's answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The near end: the first bytes from the tunnel are the far gateway's answer; anything
+    /// but `Accepted` ends the splice with [`Ended::Refused`] (bytes the client sent meanwhile
+    /// are discarded by the far end).
+    Near,
+    /// The far end, which accepted the stream: the `Accepted` answer leads the first bytes the
+    /// node sends (or the FIN, if it sends none), so it costs no TLS record or packet of its
+    /// own and the caller's first bytes reach the node without waiting for it.
+    Far,
+}
+
 /// Splices `tcp` and a tunnel stream until both directions end or `stop` resolves.
 ///
-/// `early` is written to `tcp` first (bytes that arrived with the header). With
-/// `expect_answer`, the first bytes from the tunnel are the far gateway's answer: anything
-/// but `Accepted` ends the splice with [`Ended::Refused`] (bytes the client sent meanwhile are
-/// discarded by the far end).
+/// `early` is written to `tcp` first (bytes that arrived with the header); `end` says where
+/// the answer goes.
 ///
 /// Everything is borrowed, and `stop` comes pinned: a value moved into an `async fn` keeps its
 /// place in the future's state for the whole call, so moving it on (to split it, to pin it)
@@ -385,7 +406,7 @@ pub async fn splice<S: std::future::Future<Output = ()>>(
     r: &mut TunnelRead,
     w: &mut TunnelWrite,
     early: &[u8],
-    expect_answer: bool,
+    end: End,
     counters: &Counters,
     stop: std::pin::Pin<&mut S>,
 ) -> Ended {
@@ -396,9 +417,14 @@ pub async fn splice<S: std::future::Future<Output = ()>>(
             let tcp_write = tcp_write.as_ref();
             // pinned where they are built: a future moved into `pin!` would take room in this
             // one's state twice
-            let mut up = std::pin::pin!(tcp_to_tunnel(&mut tcp_read, w, &counters.tx));
+            let accepted = Answer::Accepted.encode();
+            let lead: &[u8] = match end {
+                End::Near => &[],
+                End::Far => &accepted,
+            };
+            let mut up = std::pin::pin!(tcp_to_tunnel(&mut tcp_read, w, &counters.tx, lead));
             let mut down = std::pin::pin!(async {
-                if expect_answer {
+                if end == End::Near {
                     match r.answer().await {
                         Ok(Answer::Accepted) => {}
                         Ok(refused) => return Err(Err(refused)),
@@ -461,30 +487,32 @@ pub async fn refuse(w: &mut TunnelWrite, answer: Answer) {
     let _ = w.finish().await;
 }
 
-/// Reads a request header from the start of a stream: returns the request and any connection
-/// bytes that came after it, or the answer to refuse with.
+/// Reads a request header from the start of a stream: returns the request and the connection
+/// bytes that came with it (what the caller sent along, up to [`EARLY_READ`]), or the answer
+/// to refuse with. The buffer is not zeroed first.
 pub async fn read_request<R>(r: &mut R) -> Result<(super::header::Request, Vec<u8>), Answer>
 where
     R: AsyncRead + Unpin + ?Sized,
 {
     use super::header::{Decoded, MAX_REQUEST_LEN, Request};
-    let mut buf = vec![0u8; MAX_REQUEST_LEN];
-    let mut have = 0;
+    use bytes::BufMut as _;
+    let room = MAX_REQUEST_LEN + EARLY_READ;
+    let mut buf = Vec::with_capacity(room);
     loop {
+        let left = room - buf.len();
         let n = r
-            .read(&mut buf[have..])
+            .read_buf(&mut (&mut buf).limit(left))
             .await
             .map_err(|_| Answer::BadHeader)?;
         if n == 0 {
             return Err(Answer::BadHeader);
         }
-        have += n;
-        match Request::decode(&buf[..have]) {
+        match Request::decode(&buf) {
             Ok(Decoded::Complete(req, used)) => {
-                buf.truncate(have);
-                return Ok((req, buf.split_off(used)));
+                buf.drain(..used);
+                return Ok((req, buf));
             }
-            Ok(Decoded::Incomplete) if have < MAX_REQUEST_LEN => continue,
+            Ok(Decoded::Incomplete) if buf.len() < MAX_REQUEST_LEN => continue,
             Ok(Decoded::Incomplete) | Err(_) => return Err(Answer::BadHeader),
         }
     }
@@ -592,7 +620,7 @@ mod tests {
         let mut w = TunnelWrite::Mux(cw);
         let tx = Counter::default();
         let (mut read, _write) = tcp.split();
-        bounded("pump", tcp_to_tunnel(&mut read, &mut w, &tx))
+        bounded("pump", tcp_to_tunnel(&mut read, &mut w, &tx, &[]))
             .await
             .expect("pump");
         assert_eq!(tx.get(), 10);
@@ -602,6 +630,39 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(got, b"last words");
+    }
+
+    #[tokio::test]
+    async fn the_answer_leads_the_first_bytes_or_goes_alone_with_the_fin() {
+        use super::super::mux::tests::{bounded, connected};
+        let accepted = Answer::Accepted.encode();
+        let (client, _c, _server, mut inbound) = connected(16).await;
+        // a node that answers, and one that closes without a word
+        for said in [&b"welcome"[..], b""] {
+            let (mut peer, mut tcp) = tcp_pair().await;
+            peer.write_all(said).await.expect("write");
+            peer.shutdown().await.expect("shutdown");
+            let (_cr, cw) = client.open().expect("open");
+            let mut w = TunnelWrite::Mux(cw);
+            let tx = Counter::default();
+            let (mut read, _write) = tcp.split();
+            bounded("pump", tcp_to_tunnel(&mut read, &mut w, &tx, &accepted))
+                .await
+                .expect("pump");
+            // only the node's bytes are counted
+            assert_eq!(tx.get(), said.len() as u64);
+            let (sr, _sw) = bounded("accept", inbound.recv()).await.expect("accepted");
+            let mut r = TunnelRead::Mux(sr);
+            assert_eq!(
+                bounded("answer", r.answer()).await.expect("answer"),
+                Answer::Accepted
+            );
+            let mut got = Vec::new();
+            bounded("read to FIN", r.read_to_end(&mut got))
+                .await
+                .expect("read");
+            assert_eq!(got, said);
+        }
     }
 
     #[test]
