@@ -32,7 +32,7 @@
 //! for [`Config::idle_timeout`] ends; it sends a ping every [`Config::keep_alive`].
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IoSlice, Read as _};
+use std::io::{self, BufRead as _, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -807,6 +807,10 @@ impl Driver {
         let mut inner = self.shared.lock();
         let mut data = &self.rbuf[..n];
         let mut peer_closed = false;
+        // room for this read's plaintext (no more than its ciphertext, but for the end of a
+        // record an earlier read began): one allocation per read rather than one per record,
+        // while the frames handed on still hold the previous buffer
+        self.plain.reserve(n);
         while !data.is_empty() {
             // 0 once a close_notify has arrived: the rest is ignored
             if inner.tls.read_tls(&mut data)? == 0 {
@@ -822,11 +826,18 @@ impl Driver {
                 }
             };
             peer_closed |= state.peer_has_closed();
-            let avail = state.plaintext_bytes_to_read();
-            if avail > 0 {
-                let len = self.plain.len();
-                self.plain.resize(len + avail, 0);
-                inner.tls.reader().read_exact(&mut self.plain[len..])?;
+            // the plaintext, copied once, from rustls's buffers straight into spare room
+            let mut avail = state.plaintext_bytes_to_read();
+            let mut reader = inner.tls.reader();
+            while avail > 0 {
+                let chunk = reader.fill_buf()?;
+                if chunk.is_empty() {
+                    break;
+                }
+                let len = chunk.len().min(avail);
+                self.plain.extend_from_slice(&chunk[..len]);
+                reader.consume(len);
+                avail -= len;
             }
         }
         loop {
