@@ -17,8 +17,8 @@
 //! - **A new stream costs one frame each way.** Opening sends nothing; the first write carries
 //!   the SYN with the window update and the data in one TLS record (the tunnel header), and
 //!   the far end's first write carries the ACK with its answer and the node's first bytes (a
-//!   stream that only reads sends it once it has taken half the initial window). A stream's last bytes can carry its FIN
-//!   ([`MuxWriter::poll_write_fin`]).
+//!   stream that only reads sends it once it has taken half the initial window). A stream's
+//!   last bytes can carry its FIN ([`MuxWriter::poll_write_fin`]).
 //! - **Big reads.** The driver reads 64 KiB from the socket at a time and feeds rustls from
 //!   memory (rustls alone reads 4 KiB per system call); received data is copied once out of
 //!   rustls and then handed on in slices of that buffer until the reader takes it
@@ -1257,6 +1257,17 @@ pub(super) mod tests {
         (client, drive(cdriver), server, drive(sdriver))
     }
 
+    /// Everything `r` delivers up to its end of stream, within the bound.
+    pub(in crate::tunnel) async fn read_to_fin<R: tokio::io::AsyncRead + Unpin>(
+        r: &mut R,
+    ) -> Vec<u8> {
+        let mut got = Vec::new();
+        bounded("read to FIN", r.read_to_end(&mut got))
+            .await
+            .expect("read");
+        got
+    }
+
     /// `f`, or a panic naming `what` if it takes longer than the bound.
     pub(in crate::tunnel) async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
         tokio::time::timeout(BOUND, f)
@@ -1311,18 +1322,12 @@ pub(super) mod tests {
         cw.write_all(b"hello").await.expect("write");
         cw.shutdown().await.expect("FIN");
         let (mut sr, mut sw) = bounded("accept", accepted.recv()).await.expect("accepted");
-        let mut got = Vec::new();
-        bounded("read to FIN", sr.read_to_end(&mut got))
-            .await
-            .expect("read");
+        let got = read_to_fin(&mut sr).await;
         assert_eq!(got, b"hello");
         // the other direction still works after the client's FIN
         sw.write_all(b"world").await.expect("write");
         sw.shutdown().await.expect("FIN");
-        let mut got = Vec::new();
-        bounded("read to FIN", cr.read_to_end(&mut got))
-            .await
-            .expect("read");
+        let got = read_to_fin(&mut cr).await;
         assert_eq!(got, b"world");
         drop((cr, cw, sr, sw));
         assert_eq!(
@@ -1351,10 +1356,7 @@ pub(super) mod tests {
         let err = cw.write_all(b"x").await.expect_err("finished");
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
         let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");
-        let mut got = Vec::new();
-        bounded("read to FIN", sr.read_to_end(&mut got))
-            .await
-            .expect("read");
+        let got = read_to_fin(&mut sr).await;
         assert!(got == big, "bytes differ");
         // an empty last write is a plain shutdown
         let (_cr, mut cw) = client.open().expect("open");
@@ -1364,10 +1366,7 @@ pub(super) mod tests {
             .expect("FIN");
         assert_eq!(n, 0);
         let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");
-        let mut got = Vec::new();
-        bounded("read to FIN", sr.read_to_end(&mut got))
-            .await
-            .expect("read");
+        let got = read_to_fin(&mut sr).await;
         assert_eq!(got, b"x");
     }
 

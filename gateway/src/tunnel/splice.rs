@@ -600,7 +600,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_sends_and_closes_ends_the_stream_after_its_bytes() {
-        use super::super::mux::tests::{bounded, connected};
+        use super::super::mux::tests::{bounded, connected, read_to_fin};
         let (client, _c, _server, mut accepted) = connected(16).await;
         let (mut peer, mut tcp) = tcp_pair().await;
         // the bytes and the FIN are both queued before the pump's first read
@@ -625,16 +625,13 @@ mod tests {
             .expect("pump");
         assert_eq!(tx.get(), 10);
         let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");
-        let mut got = Vec::new();
-        bounded("read to FIN", sr.read_to_end(&mut got))
-            .await
-            .expect("read");
+        let got = read_to_fin(&mut sr).await;
         assert_eq!(got, b"last words");
     }
 
     #[tokio::test]
     async fn the_answer_leads_the_first_bytes_or_goes_alone_with_the_fin() {
-        use super::super::mux::tests::{bounded, connected};
+        use super::super::mux::tests::{bounded, connected, read_to_fin};
         let accepted = Answer::Accepted.encode();
         let (client, _c, _server, mut inbound) = connected(16).await;
         // a node that answers, and one that closes without a word
@@ -657,10 +654,7 @@ mod tests {
                 bounded("answer", r.answer()).await.expect("answer"),
                 Answer::Accepted
             );
-            let mut got = Vec::new();
-            bounded("read to FIN", r.read_to_end(&mut got))
-                .await
-                .expect("read");
+            let got = read_to_fin(&mut r).await;
             assert_eq!(got, said);
         }
     }
