@@ -555,7 +555,9 @@ fn status_of(
         refused_streams: crate::tunnel::header::Answer::ALL
             .iter()
             .filter(|a| **a != crate::tunnel::header::Answer::Accepted)
-            .map(|a| (a.label().to_owned(), metrics.tunnel_refused_total(*a)))
+            .map(|a| a.label())
+            .chain([crate::tunnel::near::SOURCE_NOT_ALLOWED])
+            .map(|label| (label.to_owned(), metrics.tunnel_refused_label_total(label)))
             .filter(|(_, n)| *n > 0)
             .collect(),
     }

@@ -131,6 +131,10 @@ struct NetworkArgs {
     /// Let tunnel streams reach nodes registered on loopback addresses (single-host setups).
     #[arg(long)]
     allow_loopback_targets: bool,
+    /// Only clients from this network may use the local listeners for remote nodes: a CIDR or
+    /// one address (repeatable; default: any source).
+    #[arg(long = "allowed-source", value_name = "CIDR")]
+    allowed_sources: Vec<crate::tunnel::near::SourceNet>,
 }
 
 impl NetworkArgs {
@@ -157,6 +161,7 @@ impl NetworkArgs {
             tunnel: crate::tunnel::TunnelConfig {
                 transport: self.tunnel_transport,
                 allow_loopback_targets: self.allow_loopback_targets,
+                allowed_sources: self.allowed_sources.clone(),
                 ..Default::default()
             },
         })

@@ -175,7 +175,7 @@ impl Metrics {
         );
         registry.register(
             "tunnel_refused_streams",
-            "Tunnel streams this gateway refused, by reason",
+            "Tunnel streams this gateway refused, by reason (source_not_allowed: a local connection from outside tunnel.allowed_sources)",
             tunnel.refused.clone(),
         );
         registry.register(
@@ -332,21 +332,29 @@ impl Metrics {
 
     /// Counts a stream this gateway refused.
     pub fn tunnel_refused(&self, answer: crate::tunnel::header::Answer) {
+        self.tunnel_refused_label(answer.label());
+    }
+
+    /// Counts a stream or local connection this gateway refused for `reason`, an
+    /// [`Answer::label`](crate::tunnel::header::Answer::label) or a near-end reason such as
+    /// [`SOURCE_NOT_ALLOWED`](crate::tunnel::near::SOURCE_NOT_ALLOWED).
+    pub fn tunnel_refused_label(&self, reason: &'static str) {
         self.tunnel
             .refused
-            .get_or_create(&ReasonLabels {
-                reason: answer.label(),
-            })
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
     /// Streams this gateway refused for `answer`.
     pub fn tunnel_refused_total(&self, answer: crate::tunnel::header::Answer) -> u64 {
+        self.tunnel_refused_label_total(answer.label())
+    }
+
+    /// Streams and local connections this gateway refused for `reason`.
+    pub fn tunnel_refused_label_total(&self, reason: &'static str) -> u64 {
         self.tunnel
             .refused
-            .get_or_create(&ReasonLabels {
-                reason: answer.label(),
-            })
+            .get_or_create(&ReasonLabels { reason })
             .get()
     }
 

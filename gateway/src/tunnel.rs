@@ -74,6 +74,11 @@ pub struct TunnelConfig {
     pub allow_loopback_targets: bool,
     /// Most proxied connections at once, each direction counted separately.
     pub max_connections: usize,
+    /// Source networks that may connect to the local listeners (this site's nodes), as CIDRs
+    /// or single addresses: `["10.0.0.0/8", "fd00::/8", "192.0.2.7"]`. Empty (the default):
+    /// any source. A connection from elsewhere is reset before a stream opens and counted in
+    /// `fedgw_tunnel_refused_streams_total{reason="source_not_allowed"}`.
+    pub allowed_sources: Vec<near::SourceNet>,
 }
 
 impl Default for TunnelConfig {
@@ -82,6 +87,7 @@ impl Default for TunnelConfig {
             transport: Transport::Auto,
             allow_loopback_targets: false,
             max_connections: 16_384,
+            allowed_sources: Vec::new(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The data plane across three in-process gateways: local listeners found with the gateway's
 //! DNS, byte-exact echo through QUIC and TCP+TLS tunnels with half-close, an HTTP upcheck with
 //! curl, every refusal the far end owes, revocation cutting live connections, node removal
-//! closing listeners, and an outbound-only site reached over its own link.
+//! closing listeners, an outbound-only site reached over its own link, and local clients
+//! outside `tunnel.allowed_sources` reset at the near end.
 
 mod support;
 
@@ -524,5 +525,79 @@ async fn an_outbound_only_site_is_reachable_over_its_own_link() {
     add(&fed.gws[0], node("node9", 0x62, echo1.port())).await;
     let addr = local_address(&fed.gws[2], "node9.org1.acme.test", echo1.port()).await;
     echo_once(addr, 9, 64 * 1024).await;
+    fed.stop_all().await;
+}
+
+/// A client socket on `from` (a loopback address other than 127.0.0.1) connected to `to`.
+async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from.parse().expect("ip"), 0))?;
+    socket.connect(to).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_outside_the_allowed_sources_are_reset_before_a_stream_opens() {
+    let transport = Transport::Auto;
+    let mut fed = Fed::found_with(pb_admission(), |c| {
+        site(1, transport)(c);
+        c.tunnel.allowed_sources = vec!["127.0.0.2".parse().expect("source")];
+    })
+    .await;
+    fed.add("org2", false, site(2, transport)).await;
+    fed.converged().await;
+    // the node counts the connections that reach it
+    let node_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind node");
+    let node_addr = node_listener.local_addr().expect("addr");
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = reached.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = node_listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    add(&fed.gws[1], node("node1", 0x71, node_addr.port())).await;
+    let at1 = local_address(&fed.gws[0], "node1.org2.acme.test", node_addr.port()).await;
+
+    // from 127.0.0.3: reset (while connecting or on the first read), nothing reaches the node
+    let mut b = [0u8; 4];
+    let outcome = tokio::time::timeout(WAIT, async {
+        let mut outsider = connect_from("127.0.0.3", at1).await?;
+        let _ = outsider.write_all(b"ping").await;
+        outsider.read(&mut b).await
+    })
+    .await
+    .expect("the refusal comes at once");
+    assert!(
+        matches!(&outcome, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "a client outside the allowed sources is reset: {outcome:?}"
+    );
+    let m = &fed.gws[0].run().metrics;
+    assert_eq!(
+        m.tunnel_refused_label_total(fedgw_gateway::tunnel::near::SOURCE_NOT_ALLOWED),
+        1
+    );
+
+    // from 127.0.0.2: through to the node and back
+    let mut insider = connect_from("127.0.0.2", at1).await.expect("connect");
+    insider.write_all(b"ping").await.expect("write");
+    insider.read_exact(&mut b).await.expect("echo");
+    assert_eq!(&b, b"ping");
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the allowed client reached the node"
+    );
+    let status = fed.gws[0].status().await;
+    assert_eq!(status.refused_streams.get("source_not_allowed"), Some(&1));
+    // other sites are not restricted by org1's list: org2's clients reach org1's nodes
+    let echo1 = echo_server().await;
+    add(&fed.gws[0], node("node9", 0x72, echo1.port())).await;
+    let at2 = local_address(&fed.gws[1], "node9.org1.acme.test", echo1.port()).await;
+    echo_once(at2, 3, 4096).await;
     fed.stop_all().await;
 }

@@ -6,14 +6,21 @@
 //! listeners, removed nodes lose them (and their proxied connections end), unchanged ones are
 //! left alone. A listener that cannot be bound is retried on the next reconcile.
 //!
+//! With `tunnel.allowed_sources` set, a connection from outside those networks is reset as
+//! soon as it is accepted, before any tunnel stream opens ([`SourceNet`]).
+//!
 //! With IP aliases configured ([`crate::alias`]), each reconcile first puts every listened-on
 //! IPv4 address on the site interface and takes the ones no longer listened on off it; an
 //! alias that cannot be added makes its binds fail, so it is retried with them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +30,73 @@ use super::Tunnels;
 use super::header::Request;
 use crate::alias::Aliases;
 use crate::membership::GatewayId;
+
+/// The label of a local connection refused for its source address, in
+/// `fedgw_tunnel_refused_streams_total` and `fedgw status`.
+pub const SOURCE_NOT_ALLOWED: &str = "source_not_allowed";
+
+/// One entry of `tunnel.allowed_sources`: an IPv4 or IPv6 network in CIDR notation
+/// (`10.0.0.0/8`, `fd00::/8`), or a single address (`192.0.2.7`, taken as `/32`; `/128` for
+/// IPv6). Host bits after the prefix are ignored: `10.1.2.3/8` is `10.0.0.0/8`.
+///
+/// In `fedgw.toml` it is a string; anything else is a parse error naming the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceNet(ipnet::IpNet);
+
+/// A `tunnel.allowed_sources` entry that is neither a CIDR nor an address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid source network {0:?} (want a CIDR such as 10.0.0.0/8 or fd00::/8, or one address)"
+)]
+pub struct SourceNetError(String);
+
+impl SourceNet {
+    /// Whether `ip` is in this network. An IPv4-mapped IPv6 address (`::ffff:10.1.2.3`, as a
+    /// dual-stack listener reports IPv4 clients) counts as the IPv4 address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
+    }
+
+    /// Whether `ip` may connect under `allowed`: an empty list allows every source.
+    pub fn allows(allowed: &[SourceNet], ip: IpAddr) -> bool {
+        allowed.is_empty() || allowed.iter().any(|n| n.contains(ip))
+    }
+}
+
+impl FromStr for SourceNet {
+    type Err = SourceNetError;
+
+    fn from_str(s: &str) -> Result<SourceNet, SourceNetError> {
+        let s = s.trim();
+        let net = match s.parse::<ipnet::IpNet>() {
+            Ok(net) => net,
+            Err(_) => ipnet::IpNet::from(
+                s.parse::<IpAddr>()
+                    .map_err(|_| SourceNetError(s.to_owned()))?,
+            ),
+        };
+        Ok(SourceNet(net.trunc()))
+    }
+}
+
+impl fmt::Display for SourceNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for SourceNet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SourceNet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SourceNet, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// Where connections to one local address go.
 #[derive(Debug, Clone)]
@@ -218,6 +292,12 @@ async fn accept(tunnels: Tunnels, listener: TcpListener, route: Arc<Route>) {
             () = tunnels.0.shutdown.cancelled() => return,
         };
         match accepted {
+            Ok((tcp, from)) if !SourceNet::allows(&tunnels.0.config.allowed_sources, from.ip()) => {
+                // per connection, so debug; the count is in the metric and `fedgw status`
+                debug!(%from, addr = %route.addr, "local connection from a source outside tunnel.allowed_sources; reset");
+                tunnels.0.metrics.tunnel_refused_label(SOURCE_NOT_ALLOWED);
+                reset(tcp);
+            }
             Ok((tcp, _)) => {
                 tunnels
                     .0
@@ -242,9 +322,90 @@ async fn accept(tunnels: Tunnels, listener: TcpListener, route: Arc<Route>) {
     }
 }
 
+/// Closes `tcp` with a reset rather than a FIN, so the client sees its connection refused
+/// instead of an answer that ended early.
+fn reset(tcp: tokio::net::TcpStream) {
+    if let Err(e) = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO)) {
+        debug!(error = %e, "cannot set SO_LINGER to reset a refused connection; closing it");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn nets(list: &[&str]) -> Vec<SourceNet> {
+        list.iter()
+            .map(|s| s.parse().expect("valid source network"))
+            .collect()
+    }
+
+    #[test]
+    fn source_networks_parse_cidrs_and_single_addresses() {
+        let parsed = nets(&[
+            "10.0.0.0/8",
+            " 192.0.2.7 ",
+            "fd00::/8",
+            "10.1.2.3/16",
+            "::1",
+        ]);
+        let shown: Vec<String> = parsed.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "10.0.0.0/8",
+                "192.0.2.7/32",
+                "fd00::/8",
+                "10.1.0.0/16",
+                "::1/128"
+            ]
+        );
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "example.com",
+            "10.0.0.0/8,10.1.0.0/16",
+        ] {
+            let err = bad.parse::<SourceNet>().expect_err(bad);
+            assert!(err.to_string().contains("want a CIDR"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_source_is_allowed_when_the_list_is_empty_or_a_network_holds_it() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert!(SourceNet::allows(&[], ip("203.0.113.9")));
+        let allowed = nets(&["10.0.0.0/8", "192.0.2.7", "fd00::/8"]);
+        for yes in ["10.255.0.1", "192.0.2.7", "fd12::5", "::ffff:10.1.2.3"] {
+            assert!(SourceNet::allows(&allowed, ip(yes)), "{yes}");
+        }
+        for no in [
+            "11.0.0.1",
+            "192.0.2.8",
+            "fe80::1",
+            "::ffff:192.0.2.8",
+            "127.0.0.1",
+        ] {
+            assert!(!SourceNet::allows(&allowed, ip(no)), "{no}");
+        }
+    }
+
+    #[test]
+    fn source_networks_round_trip_through_toml() {
+        let cfg: super::super::TunnelConfig =
+            toml::from_str(r#"allowed_sources = ["10.0.0.0/8", "192.0.2.7"]"#).expect("parse");
+        assert_eq!(cfg.allowed_sources, nets(&["10.0.0.0/8", "192.0.2.7/32"]));
+        let text = toml::to_string(&cfg).expect("serialize");
+        assert!(
+            text.contains(r#"allowed_sources = ["10.0.0.0/8", "192.0.2.7/32"]"#),
+            "{text}"
+        );
+        let err =
+            toml::from_str::<super::super::TunnelConfig>(r#"allowed_sources = ["10.0.0.0/99"]"#)
+                .expect_err("a bad CIDR is refused");
+        assert!(err.to_string().contains("10.0.0.0/99"), "{err}");
+    }
 
     #[tokio::test]
     async fn accepted_connections_inherit_nodelay_from_the_listener() {
