@@ -19,6 +19,7 @@ use crate::provision::{self, InitOptions, NetworkOptions};
 use crate::store::Store;
 
 mod admin_cmds;
+mod cert_cmds;
 
 /// Stable exit codes.
 pub mod exit {
@@ -288,6 +289,11 @@ enum Command {
         #[arg(long, default_value = "acme.test")]
         domain: String,
     },
+    /// TLS certificates for this org's nodes (Tessera, Fabric), from the org CA.
+    Cert {
+        #[command(subcommand)]
+        command: cert_cmds::CertCommand,
+    },
     /// Manage this org's nodes.
     Node {
         #[command(subcommand)]
@@ -500,6 +506,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             consortium,
             domain,
         } => lab(orgs, dir, check, consortium, domain).await,
+        Command::Cert { command } => cert_cmds::cert(command),
         Command::Node { command } => admin_cmds::node(command).await,
         Command::Nodes { dir, json } => admin_cmds::nodes(dir, json).await,
         Command::Members { dir, json } => admin_cmds::members(dir, json).await,

@@ -416,7 +416,7 @@ pub fn issue_leaf(
     Ok(leaf)
 }
 
-fn pem_key(key: &PrivatePkcs8KeyDer<'_>) -> String {
+pub(crate) fn pem_key(key: &PrivatePkcs8KeyDer<'_>) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(key.secret_pkcs8_der());
     let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");

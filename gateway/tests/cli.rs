@@ -568,3 +568,95 @@ fn stand_in_and_probe_check_echo_and_upcheck() {
         .expect("spawn");
     assert_eq!(failed.code, Some(1), "a dead node fails the probe");
 }
+
+#[test]
+fn cert_issue_writes_a_node_certificate_that_verifies_under_its_consortium_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("org1");
+    init(&a, "127.0.0.1:0");
+    let out = tmp.path().join("tls");
+    let issue = |name: &str, extra: &[&str]| {
+        let (d, o) = (s(&a), s(&out));
+        let mut args = vec!["cert", "issue", name, "--data-dir", &d, "--out-dir", &o];
+        args.extend(extra);
+        fedgw().run(args).expect("spawn")
+    };
+    let run = issue(
+        "tm1",
+        &["--dns", "tessera.org1.acme.test", "--lifetime", "30d"],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("issued tm1.org1.acme.test, tessera.org1.acme.test"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(mode(&out.join("tm1.key")), 0o600);
+    assert_eq!(cert(&out.join("ca.crt")), cert(&a.join("root-ca.pem")));
+    let chain = cert(&out.join("tm1.crt"));
+    assert_eq!(chain.len(), 2, "leaf and org CA");
+    assert_eq!(chain[1], cert(&a.join("org-ca.pem"))[0]);
+
+    // a TLS client that trusts the consortium root accepts it for the node's names only
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(cert(&out.join("ca.crt")).remove(0).into())
+        .expect("root");
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), tls::provider())
+            .build()
+            .expect("verifier");
+    let leaf: rustls_pki_types::CertificateDer<'static> = chain[0].clone().into();
+    let intermediates = [chain[1].clone().into()];
+    let verify = |name: &str| {
+        use rustls::client::danger::ServerCertVerifier as _;
+        verifier.verify_server_cert(
+            &leaf,
+            &intermediates,
+            &rustls_pki_types::ServerName::try_from(name.to_owned()).expect("name"),
+            &[],
+            rustls_pki_types::UnixTime::now(),
+        )
+    };
+    for name in ["tm1.org1.acme.test", "tessera.org1.acme.test"] {
+        verify(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    assert!(verify("tm1.org2.acme.test").is_err());
+    // the key is the certificate's
+    let key_pem = std::fs::read_to_string(out.join("tm1.key")).expect("key");
+    use rustls_pki_types::pem::PemObject as _;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("pem key");
+    let certified = rustls::sign::CertifiedKey::from_der(
+        vec![leaf.clone(), intermediates[0].clone()],
+        key,
+        &tls::provider(),
+    )
+    .expect("key loads");
+    certified
+        .keys_match()
+        .expect("the key matches the certificate");
+
+    // no overwrite without --force, a second node shares ca.crt, names stay under the org
+    let before = std::fs::read(out.join("tm1.crt")).expect("read");
+    let again = issue("tm1", &[]);
+    assert_eq!(again.code, Some(64), "{}", again.stderr);
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    assert_eq!(std::fs::read(out.join("tm1.crt")).expect("read"), before);
+    assert_eq!(issue("tm1", &["--force"]).code, Some(0));
+    assert_ne!(std::fs::read(out.join("tm1.crt")).expect("read"), before);
+    assert_eq!(issue("peer0", &[]).code, Some(0));
+    let outside = issue("tm3", &["--dns", "tm3.org2.acme.test"]);
+    assert_eq!(outside.code, Some(64), "{}", outside.stderr);
+    assert!(
+        outside.stderr.contains("outside the org subtree"),
+        "{}",
+        outside.stderr
+    );
+    for (name, extra) in [("Bad_Name", &[][..]), ("tm4", &["--lifetime", "0s"][..])] {
+        assert_eq!(issue(name, extra).code, Some(64), "{name} {extra:?}");
+    }
+    for refused in ["tm3", "tm4", "Bad_Name"] {
+        assert!(!out.join(format!("{refused}.key")).exists(), "{refused}");
+    }
+}

@@ -1,0 +1,177 @@
+//! `fedgw cert issue`: TLS certificates for this org's nodes (Tessera P2P, Fabric peers and
+//! orderers), issued offline from the org CA in the data dir (DESIGN.md section 4).
+//!
+//! The leaf names the node as every site resolves it, `<node>.<org>.<domain>`, so a TLS client
+//! that reaches the node through a gateway's local listener verifies the name it dialled
+//! against the consortium root. The org CA's name constraint keeps every name under
+//! `<org>.<domain>`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use clap::Subcommand;
+use fedgw_certs::{names, pki};
+
+use super::{CliError, DataDirArg, exit, usage};
+use crate::datadir::{DataDir, write_atomic};
+use crate::provision;
+
+/// `fedgw cert ...`
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Issue a TLS certificate for one of this org's nodes from the org CA: a fresh P-256 key,
+    /// DNS SAN <NAME>.<org>.<domain> (plus any --dns), serverAuth and clientAuth. Writes
+    /// <NAME>.crt (leaf and org CA, PEM), <NAME>.key (PKCS#8 PEM, mode 0600) and ca.crt (the
+    /// consortium root, the trust anchor for peers).
+    Issue {
+        /// The node's name, a DNS label (as in `fedgw node add NAME`).
+        name: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Another DNS name for the certificate, under <org>.<domain> (repeatable).
+        #[arg(long = "dns", value_name = "NAME")]
+        dns: Vec<String>,
+        /// How long the certificate is valid.
+        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        lifetime: Duration,
+        /// Where to write the files (created if missing).
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        out_dir: PathBuf,
+        /// Replace existing files of the same names.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Runs a `cert` subcommand.
+pub fn cert(command: CertCommand) -> Result<(), CliError> {
+    match command {
+        CertCommand::Issue {
+            name,
+            dir,
+            dns,
+            lifetime,
+            out_dir,
+            force,
+        } => {
+            let issued = issue(&IssueRequest {
+                dir: DataDir::new(dir.data_dir),
+                name,
+                extra_dns: dns,
+                lifetime,
+                out_dir,
+                force,
+                now: SystemTime::now(),
+            })?;
+            println!(
+                "issued {} (valid until {})",
+                issued.dns_names.join(", "),
+                humantime::format_rfc3339_seconds(issued.not_after)
+            );
+            println!(
+                "  certificate  {}  (leaf and org CA)",
+                issued.cert.display()
+            );
+            println!("  key          {}  (mode 0600)", issued.key.display());
+            println!(
+                "  trust root   {}  (consortium root CA)",
+                issued.ca.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// What `fedgw cert issue` was asked for.
+#[derive(Debug)]
+pub struct IssueRequest {
+    /// The data dir holding `fedgw.toml`, `org-ca.pem`, `org-ca.key` and `root-ca.pem`.
+    pub dir: DataDir,
+    /// The node's name: the first DNS SAN is `<name>.<org>.<domain>`.
+    pub name: String,
+    /// More DNS SANs, each under `<org>.<domain>`.
+    pub extra_dns: Vec<String>,
+    /// Validity from `now`.
+    pub lifetime: Duration,
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// Overwrite existing output files.
+    pub force: bool,
+    /// The issue time.
+    pub now: SystemTime,
+}
+
+/// What was written.
+#[derive(Debug)]
+pub struct Issued {
+    /// The certificate's DNS SANs, the node name first.
+    pub dns_names: Vec<String>,
+    /// `<out>/<name>.crt`.
+    pub cert: PathBuf,
+    /// `<out>/<name>.key`.
+    pub key: PathBuf,
+    /// `<out>/ca.crt`.
+    pub ca: PathBuf,
+    /// End of validity.
+    pub not_after: SystemTime,
+}
+
+/// Issues the certificate and writes the three files. Errors (exit 64) for a bad name, a name
+/// outside the org, a lifetime of zero, or existing files without `force`; nothing is written
+/// then.
+pub fn issue(req: &IssueRequest) -> Result<Issued, CliError> {
+    names::validate_label("node", &req.name).map_err(usage)?;
+    if req.lifetime.is_zero() {
+        return Err(usage("--lifetime must be longer than zero"));
+    }
+    let loaded = provision::load(&req.dir).map_err(|e| CliError::new(exit::USAGE, e))?;
+    let (org, domain) = (&loaded.config.org, &loaded.config.domain);
+    let mut dns_names = vec![format!("{}.{}", req.name, names::org_subtree(org, domain))];
+    for extra in &req.extra_dns {
+        let extra = extra.trim_end_matches('.').to_ascii_lowercase();
+        if !dns_names.contains(&extra) {
+            dns_names.push(extra);
+        }
+    }
+    let cert = req.out_dir.join(format!("{}.crt", req.name));
+    let key = req.out_dir.join(format!("{}.key", req.name));
+    let ca = req.out_dir.join("ca.crt");
+    let ca_pem = pki::certs_to_pem(std::slice::from_ref(&loaded.root_cert));
+    // certificates of several nodes share one ca.crt: the same root is no conflict
+    let same_ca = std::fs::read(&ca).is_ok_and(|have| have == ca_pem.as_bytes());
+    if !req.force {
+        let mut outputs = [&cert, &key, &ca].into_iter();
+        if let Some(existing) = outputs.find(|p| p.exists() && !(*p == &ca && same_ca)) {
+            return Err(usage(format!(
+                "{} exists; pass --force to replace it",
+                existing.display()
+            )));
+        }
+    }
+    let leaf = loaded
+        .org_ca
+        .issue_node_leaf(&dns_names, org, domain, req.lifetime, req.now)
+        .map_err(usage)?;
+    std::fs::create_dir_all(&req.out_dir).map_err(|e| write_err(&req.out_dir, e))?;
+    write_atomic(&key, provision::pem_key(&leaf.key).as_bytes(), 0o600)
+        .map_err(|e| write_err(&key, e))?;
+    write_atomic(&cert, pki::certs_to_pem(&leaf.chain).as_bytes(), 0o644)
+        .map_err(|e| write_err(&cert, e))?;
+    if !same_ca {
+        write_atomic(&ca, ca_pem.as_bytes(), 0o644).map_err(|e| write_err(&ca, e))?;
+    }
+    Ok(Issued {
+        dns_names,
+        cert,
+        key,
+        ca,
+        not_after: leaf.not_after,
+    })
+}
+
+fn write_err(path: &Path, e: std::io::Error) -> CliError {
+    CliError::new(
+        exit::FAILURE,
+        anyhow::anyhow!("cannot write {}: {e}", path.display()),
+    )
+}
