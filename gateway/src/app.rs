@@ -308,6 +308,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
             },
             udp,
             own: vec![gateway_addr, metrics_addr, dns_addr],
+            max_link_age: config.max_link_age(),
             aliases: match &config.addresses {
                 crate::addressing::AddressMode::Ip {
                     pool,

@@ -231,6 +231,11 @@ impl Config {
                 "sync.max_session_ms must be between 100 and half the leaf lifetime".into(),
             );
         }
+        if let Some(ms) = self.tunnel.max_link_ms
+            && (ms < 100 || ms > self.leaf_lifetime_secs * 500)
+        {
+            return Err("tunnel.max_link_ms must be between 100 and half the leaf lifetime".into());
+        }
         if let crate::addressing::AddressMode::Ip {
             pool,
             interface: Some(interface),
@@ -257,6 +262,15 @@ impl Config {
     /// The longest life of a sync session: `sync.max_session_ms`, or half the leaf lifetime.
     pub fn max_session_age(&self) -> std::time::Duration {
         match self.sync.max_session_ms {
+            Some(ms) => std::time::Duration::from_millis(ms),
+            None => std::time::Duration::from_secs(self.leaf_lifetime_secs / 2),
+        }
+    }
+
+    /// The longest time a tunnel link takes new streams: `tunnel.max_link_ms`, or half the
+    /// leaf lifetime (see [`crate::tunnel::link_age`]).
+    pub fn max_link_age(&self) -> std::time::Duration {
+        match self.tunnel.max_link_ms {
             Some(ms) => std::time::Duration::from_millis(ms),
             None => std::time::Duration::from_secs(self.leaf_lifetime_secs / 2),
         }
@@ -346,5 +360,26 @@ mod tests {
             Config::parse(&text, Path::new("x")),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn tunnel_link_age_defaults_to_half_the_leaf_lifetime_and_may_only_shorten_it() {
+        let mut c = sample();
+        c.leaf_lifetime_secs = 3600;
+        assert_eq!(c.max_link_age(), std::time::Duration::from_secs(1800));
+        c.tunnel.max_link_ms = Some(60_000);
+        assert_eq!(c.max_link_age(), std::time::Duration::from_secs(60));
+        assert_eq!(
+            Config::parse(&c.to_toml(), Path::new("x")).expect("parses"),
+            c
+        );
+        for bad in [99, 1_800_001] {
+            c.tunnel.max_link_ms = Some(bad);
+            let err = Config::parse(&c.to_toml(), Path::new("x")).expect_err("out of range");
+            assert!(
+                err.to_string().contains("tunnel.max_link_ms"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use fedgw_certs::tls::ReloadableIdentity;
 use fedgw_certs::{PeerIdentity, PeerVerifier};
@@ -79,6 +79,10 @@ pub struct TunnelConfig {
     /// any source. A connection from elsewhere is reset before a stream opens and counted in
     /// `fedgw_tunnel_refused_streams_total{reason="source_not_allowed"}`.
     pub allowed_sources: Vec<near::SourceNet>,
+    /// Longest time a tunnel link takes new streams, ms [default and maximum: half the leaf
+    /// lifetime]. See [`link_age`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_link_ms: Option<u64>,
 }
 
 impl Default for TunnelConfig {
@@ -88,6 +92,7 @@ impl Default for TunnelConfig {
             allow_loopback_targets: false,
             max_connections: 16_384,
             allowed_sources: Vec::new(),
+            max_link_ms: None,
         }
     }
 }
@@ -116,6 +121,8 @@ pub enum Link {
         mux: mux::Mux,
         /// Cancelled when the session is gone.
         closed: CancellationToken,
+        /// When the certificate the peer authenticated with expires, if it could be read.
+        peer_not_after: Option<SystemTime>,
     },
 }
 
@@ -131,6 +138,26 @@ impl Link {
         match self {
             Link::Quic(_) => "quic",
             Link::Mux { .. } => "tcp",
+        }
+    }
+
+    /// When the peer's certificate, as presented in the handshake, expires.
+    fn peer_not_after(&self) -> Option<SystemTime> {
+        match self {
+            Link::Quic(c) => c
+                .peer_identity()?
+                .downcast::<Vec<CertificateDer<'static>>>()
+                .ok()
+                .and_then(|certs| not_after(certs.first()?)),
+            Link::Mux { peer_not_after, .. } => *peer_not_after,
+        }
+    }
+
+    /// Closes the link and every stream on it.
+    fn close(&self, code: u32, reason: &'static str) {
+        match self {
+            Link::Quic(c) => c.close(quinn::VarInt::from_u32(code), reason.as_bytes()),
+            Link::Mux { closed, .. } => closed.cancel(),
         }
     }
 
@@ -202,7 +229,8 @@ struct Inner {
     quic: Option<quinn::Endpoint>,
     quic_client: quinn::ClientConfig,
     tls_client: Arc<rustls::ClientConfig>,
-    links: Mutex<HashMap<GatewayId, (u64, Link)>>,
+    links: Mutex<HashMap<GatewayId, LinkEntry>>,
+    max_link_age: Duration,
     next_link: AtomicU64,
     dial_locks: Mutex<HashMap<GatewayId, Arc<tokio::sync::Mutex<()>>>>,
     quic_failed: Mutex<HashMap<GatewayId, Instant>>,
@@ -213,6 +241,32 @@ struct Inner {
     listeners: near::Listeners,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// A registered link: new streams use it until `retire_at`.
+#[derive(Debug, Clone)]
+struct LinkEntry {
+    id: u64,
+    link: Link,
+    retire_at: Instant,
+}
+
+/// How long a link authenticated by a certificate valid until `peer_not_after` takes new
+/// streams: `max` (half the leaf lifetime, or `tunnel.max_link_ms`), or half the certificate's
+/// remaining validity at `now` if that is shorter. The link is closed, with whatever streams it
+/// still carries, at twice this age: never after the certificate expires, so no link outlives
+/// the certificate that authenticated it (DESIGN.md section 4), and a proxied connection
+/// started just before the link retired still has the same time again to finish.
+pub fn link_age(max: Duration, now: SystemTime, peer_not_after: Option<SystemTime>) -> Duration {
+    match peer_not_after {
+        Some(t) => max.min(t.duration_since(now).unwrap_or_default() / 2),
+        None => max,
+    }
+}
+
+/// The `notAfter` of a DER certificate; `None` if it does not parse.
+fn not_after(cert: &[u8]) -> Option<SystemTime> {
+    fedgw_certs::pki::not_after(cert).ok()
 }
 
 /// What [`Tunnels::new`] needs.
@@ -235,6 +289,8 @@ pub struct TunnelSetup {
     pub own: Vec<SocketAddr>,
     /// IP aliases for the near-end listeners (`[addresses] interface`), if configured.
     pub aliases: Option<crate::alias::Aliases>,
+    /// Longest time a link takes new streams ([`crate::config::Config::max_link_age`]).
+    pub max_link_age: Duration,
 }
 
 impl Tunnels {
@@ -294,6 +350,7 @@ impl Tunnels {
             quic_client,
             tls_client: Arc::new(client_tls),
             links: Mutex::new(HashMap::new()),
+            max_link_age: setup.max_link_age,
             next_link: AtomicU64::new(1),
             dial_locks: Mutex::new(HashMap::new()),
             quic_failed: Mutex::new(HashMap::new()),
@@ -341,7 +398,7 @@ impl Tunnels {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .filter(|(_, l)| l.is_alive())
+            .filter(|e| e.link.is_alive())
             .count()
     }
 
@@ -350,11 +407,13 @@ impl Tunnels {
         let links = self.0.links.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<_> = links
             .iter()
-            .filter(|(_, (_, l))| l.is_alive())
-            .map(|(id, (_, l))| LinkStatus {
-                peer: id.clone(),
-                transport: l.transport(),
-                quic: match l {
+            .filter(|(_, e)| e.link.is_alive())
+            .map(|(peer, e)| LinkStatus {
+                peer: peer.clone(),
+                id: e.id,
+                retired: Instant::now() >= e.retire_at,
+                transport: e.link.transport(),
+                quic: match &e.link {
                     Link::Quic(c) => Some(c.stats().path),
                     Link::Mux { .. } => None,
                 },
@@ -366,7 +425,7 @@ impl Tunnels {
 
     /// The live link to `peer`, if any, and its transport.
     pub fn link_transport(&self, peer: &GatewayId) -> Option<&'static str> {
-        self.live_link(peer).map(|(_, l)| l.transport())
+        self.live_link(peer).map(|e| e.link.transport())
     }
 
     /// Whether some local listener could not be bound (retried on the next update).
@@ -392,24 +451,41 @@ impl Tunnels {
         })
     }
 
-    fn live_link(&self, peer: &GatewayId) -> Option<(u64, Link)> {
+    /// The link new streams to `peer` use: alive and not retired.
+    fn live_link(&self, peer: &GatewayId) -> Option<LinkEntry> {
         self.0
             .links
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(peer)
-            .filter(|(_, l)| l.is_alive())
+            .filter(|e| e.link.is_alive() && Instant::now() < e.retire_at)
+            .cloned()
+    }
+
+    /// The registered link to `peer` if it is alive, retired or not.
+    fn retired_link(&self, peer: &GatewayId) -> Option<LinkEntry> {
+        self.0
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .filter(|e| e.link.is_alive())
             .cloned()
     }
 
     /// Opens a stream to `peer`, over its live link or a new one.
     pub async fn open(&self, peer: &GatewayId) -> Result<TunnelStream, OpenError> {
         for attempt in 0..2 {
-            let (id, link) = match self.live_link(peer) {
+            let LinkEntry { id, link, .. } = match self.live_link(peer) {
                 Some(l) => l,
                 // boxed: a dial's state is large, and every proxied connection's task would
                 // carry room for it
-                None => Box::pin(self.dial(peer)).await?,
+                None => match Box::pin(self.dial(peer)).await {
+                    Ok(entry) => entry,
+                    // a site this side cannot dial (outbound-only) replaces a retired link
+                    // itself, on its own schedule; until then the old link still serves
+                    Err(e) => self.retired_link(peer).ok_or(e)?,
+                },
             };
             match link.open().await {
                 Ok(s) => return Ok(s),
@@ -425,13 +501,13 @@ impl Tunnels {
 
     fn drop_link(&self, peer: &GatewayId, id: u64) {
         let mut links = self.0.links.lock().unwrap_or_else(|e| e.into_inner());
-        if links.get(peer).is_some_and(|(i, _)| *i == id) {
+        if links.get(peer).is_some_and(|e| e.id == id) {
             links.remove(peer);
         }
     }
 
     /// Dials `peer` (one dial at a time per peer) and registers the link.
-    async fn dial(&self, peer: &GatewayId) -> Result<(u64, Link), OpenError> {
+    async fn dial(&self, peer: &GatewayId) -> Result<LinkEntry, OpenError> {
         let lock = self
             .0
             .dial_locks
@@ -453,10 +529,7 @@ impl Tunnels {
         let mut errors = vec![];
         for endpoint in &gw.advertise {
             match self.dial_endpoint(peer, endpoint).await {
-                Ok(link) => {
-                    let id = self.register(peer.clone(), link.clone(), "outbound");
-                    return Ok((id, link));
-                }
+                Ok(link) => return Ok(self.register(peer.clone(), link, "outbound")),
                 Err(e) => errors.push(format!("{endpoint}: {e}")),
             }
         }
@@ -539,6 +612,7 @@ impl Tunnels {
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| c.to_vec());
+        let peer_not_after = leaf.as_deref().and_then(not_after);
         let id = leaf.and_then(|l| {
             fedgw_certs::peer_identity(&l, &self.0.domain)
                 .ok()
@@ -550,7 +624,7 @@ impl Tunnels {
         let (tcp, tls) = tls.into_inner();
         let (mux, driver) =
             mux::session(tcp, tls.into(), mux::Role::Client, &self.mux_config(), None);
-        Ok(self.run_mux(peer.clone(), mux, driver))
+        Ok(self.run_mux(peer.clone(), mux, driver, peer_not_after))
     }
 
     /// Session settings of TCP+TLS links: streams bounded by `max_connections`, the tunnel
@@ -569,44 +643,73 @@ impl Tunnels {
         GatewayId::from_identity(&id, &self.0.domain)
     }
 
-    /// Registers a link and starts serving the streams its peer opens.
-    fn register(&self, peer: GatewayId, link: Link, direction: &'static str) -> u64 {
+    /// Registers a link and starts serving the streams its peer opens. New streams use it for
+    /// [`link_age`]; it is closed at twice that age, or, when the peer is a site this side
+    /// cannot dial, when the peer's certificate expires (new streams keep using it after its
+    /// age until the peer replaces it).
+    fn register(&self, peer: GatewayId, link: Link, direction: &'static str) -> LinkEntry {
         let id = self.0.next_link.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now();
+        let peer_not_after = link.peer_not_after();
+        let age = link_age(self.0.max_link_age, now, peer_not_after);
+        // a site this side cannot dial (outbound-only) replaces its links on its own schedule,
+        // so its link is kept, retired or not, until its certificate expires
+        let dialable = self.peer_gateway(&peer).is_some_and(|g| !g.outbound_only);
+        let end_of_life = match peer_not_after {
+            Some(t) if !dialable => t.duration_since(now).unwrap_or_default(),
+            _ => age.saturating_mul(2),
+        };
+        let entry = LinkEntry {
+            id,
+            link: link.clone(),
+            retire_at: Instant::now() + age,
+        };
         let replaced = self
             .0
             .links
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(peer.clone(), (id, link.clone()));
-        info!(%peer, transport = link.transport(), direction, "tunnel up");
+            .insert(peer.clone(), entry.clone());
+        info!(%peer, transport = link.transport(), direction, new_streams_for = ?age, "tunnel up");
         self.0.metrics.tunnel_link(link.transport(), 1);
-        if let Some((_, old)) = replaced
-            && old.is_alive()
+        if let Some(old) = replaced
+            && old.link.is_alive()
         {
-            // both sides dialled at once: the older link keeps its streams and ends idle
+            // both sides dialled at once, or the old link retired: it keeps its streams until
+            // they end or it reaches its own end of life
             debug!(%peer, "a second link to the same site; new streams use the newer one");
         }
         let this = self.clone();
         let revoked = self.0.membership.revocation().token(&peer.org);
         self.0.tracker.spawn(async move {
-            match &link {
-                Link::Quic(conn) => this.serve_quic(&peer, conn, revoked).await,
-                Link::Mux { closed, .. } => {
-                    tokio::select! {
-                        () = closed.cancelled() => {}
-                        () = revoked.cancelled() => closed.cancel(),
-                        () = this.0.shutdown.cancelled() => closed.cancel(),
+            let end_of_life = tokio::time::sleep(end_of_life);
+            let serve = async {
+                match &link {
+                    Link::Quic(conn) => this.serve_quic(&peer, conn, revoked).await,
+                    Link::Mux { closed, .. } => {
+                        tokio::select! {
+                            () = closed.cancelled() => {}
+                            () = revoked.cancelled() => closed.cancel(),
+                            () = this.0.shutdown.cancelled() => closed.cancel(),
+                        }
                     }
+                }
+            };
+            tokio::select! {
+                () = serve => {}
+                () = end_of_life => {
+                    info!(%peer, transport = link.transport(), "tunnel reached its maximum age; closing it");
+                    link.close(3, "maximum age");
                 }
             }
             this.0.metrics.tunnel_link(link.transport(), -1);
             let mut links = this.0.links.lock().unwrap_or_else(|e| e.into_inner());
-            if links.get(&peer).is_some_and(|(i, _)| *i == id) {
+            if links.get(&peer).is_some_and(|e| e.id == id) {
                 links.remove(&peer);
             }
             info!(%peer, transport = link.transport(), "tunnel down");
         });
-        id
+        entry
     }
 
     async fn serve_quic(
@@ -650,7 +753,13 @@ impl Tunnels {
 
     /// Drives a yamux session in a task: inbound streams go to the far end; the returned link
     /// opens outbound ones.
-    fn run_mux(&self, peer: GatewayId, mux: mux::Mux, mut driver: mux::Driver) -> Link {
+    fn run_mux(
+        &self,
+        peer: GatewayId,
+        mux: mux::Mux,
+        mut driver: mux::Driver,
+        peer_not_after: Option<SystemTime>,
+    ) -> Link {
         let closed = CancellationToken::new();
         let this = self.clone();
         let done = closed.clone();
@@ -669,7 +778,11 @@ impl Tunnels {
             }
             done.cancel();
         });
-        Link::Mux { mux, closed }
+        Link::Mux {
+            mux,
+            closed,
+            peer_not_after,
+        }
     }
 
     async fn accept_quic(self, endpoint: quinn::Endpoint) {
@@ -726,9 +839,13 @@ impl Tunnels {
             match peer {
                 Some(peer) if peer != self.0.me => {
                     let (tcp, tls, end) = conn.into_parts();
+                    let peer_not_after = tls
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| not_after(c));
                     let (mux, driver) =
                         mux::session(tcp, tls.into(), mux::Role::Server, &self.mux_config(), end);
-                    let link = self.run_mux(peer.clone(), mux, driver);
+                    let link = self.run_mux(peer.clone(), mux, driver, peer_not_after);
                     self.register(peer, link, "inbound");
                 }
                 _ => debug!("tunnel connection without a gateway identity dropped"),
@@ -846,10 +963,12 @@ impl Tunnels {
                 () = stop.cancelled() => return,
             };
             match link {
-                Ok((_, link)) => {
+                Ok(entry) => {
                     delay = BACKOFF.0;
                     tokio::select! {
-                        () = link.closed() => {}
+                        () = entry.link.closed() => {}
+                        // a retired link keeps its streams; new ones need a new link now
+                        () = tokio::time::sleep_until(entry.retire_at.into()) => continue,
                         () = stop.cancelled() => return,
                     }
                 }
@@ -932,6 +1051,10 @@ impl Tunnels {
 pub struct LinkStatus {
     /// The peer site.
     pub peer: GatewayId,
+    /// The link's number at this gateway, new for every connection.
+    pub id: u64,
+    /// Past its [`link_age`]: carrying the streams it has, none new.
+    pub retired: bool,
     /// `"quic"` or `"tcp"`.
     pub transport: &'static str,
     /// QUIC path statistics (smoothed RTT, path MTU in UDP payload bytes, packets lost);
@@ -962,4 +1085,49 @@ pub enum TunnelError {
     /// Socket setup.
     #[error("tunnel socket setup failed")]
     Io(#[source] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_takes_new_streams_for_the_shorter_of_its_maximum_and_half_the_peer_certificate() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let hour = Duration::from_secs(3600);
+        // no certificate date: the configured maximum
+        assert_eq!(link_age(12 * hour, now, None), 12 * hour);
+        // a fresh 24 h leaf: the maximum (half the leaf lifetime) is the shorter
+        assert_eq!(link_age(12 * hour, now, Some(now + 24 * hour)), 12 * hour);
+        // a leaf with 10 h left: 5 h, so the link closes (at twice that) when the leaf expires
+        assert_eq!(link_age(12 * hour, now, Some(now + 10 * hour)), 5 * hour);
+        // an expired leaf: retired and closed at once
+        assert_eq!(link_age(12 * hour, now, Some(now - hour)), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_peer_certificate_expiry_is_read_from_its_der() {
+        let now = SystemTime::now();
+        let root = fedgw_certs::pki::CertificateAuthority::new_root("acme", "acme.test", now)
+            .expect("root");
+        let leaf = root
+            .issue_node_leaf(
+                &["n1.acme.test".to_owned()],
+                "acme",
+                "test",
+                Duration::from_secs(600),
+                now,
+            )
+            .expect("leaf");
+        let read = not_after(&leaf.chain[0]).expect("notAfter");
+        let off = read
+            .duration_since(leaf.not_after)
+            .unwrap_or_else(|e| e.duration());
+        assert!(
+            off < Duration::from_secs(1),
+            "{read:?} vs {:?}",
+            leaf.not_after
+        );
+        assert_eq!(not_after(b"not a certificate"), None);
+    }
 }

@@ -601,3 +601,131 @@ async fn clients_outside_the_allowed_sources_are_reset_before_a_stream_opens() {
     echo_once(at2, 3, 4096).await;
     fed.stop_all().await;
 }
+
+/// The id of `at`'s link to org2 that takes new streams, if any.
+fn current_link(at: &Gw) -> Option<u64> {
+    at.run()
+        .tunnels
+        .links()
+        .into_iter()
+        .find(|l| l.peer.org == "org2" && !l.retired)
+        .map(|l| l.id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_retire_at_their_maximum_age_and_close_at_twice_it() {
+    link_ageing(Transport::Auto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_retire_and_close_by_age_over_tcp_fallback() {
+    link_ageing(Transport::Tcp).await;
+}
+
+async fn link_ageing(transport: Transport) {
+    // new streams use a link for 3 s; it closes, with what it still carries, at 6 s
+    let aged = |i: u8| {
+        move |c: &mut Config| {
+            site(i, transport)(c);
+            c.tunnel.max_link_ms = Some(3000);
+        }
+    };
+    let mut fed = Fed::found_with(pb_admission(), aged(1)).await;
+    fed.add("org2", false, aged(2)).await;
+    fed.converged().await;
+    let echo = echo_server().await;
+    add(&fed.gws[1], node("node1", 0x81, echo.port())).await;
+    let at1 = local_address(&fed.gws[0], "node1.org2.acme.test", echo.port()).await;
+
+    // a connection known to run over link `first`
+    let deadline = Instant::now() + WAIT;
+    let (mut c1, first) = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no stable link to open a connection on"
+        );
+        echo_once(at1, 1, 16).await; // makes sure a link is up
+        let Some(before) = current_link(&fed.gws[0]) else {
+            continue;
+        };
+        let mut c = TcpStream::connect(at1).await.expect("connect");
+        c.write_all(b"ping").await.expect("write");
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b).await.expect("echo");
+        if current_link(&fed.gws[0]) == Some(before) {
+            break (c, before);
+        }
+    };
+
+    // org1 keeps the link to org2 up: once `first` retires it dials the next one
+    wait_for("a new link replaces the retired one", || {
+        current_link(&fed.gws[0]).is_some_and(|id| id != first)
+    })
+    .await;
+    // the retired link still carries the connection it had; new connections use the new one
+    c1.write_all(b"pong").await.expect("write");
+    let mut b = [0u8; 4];
+    c1.read_exact(&mut b)
+        .await
+        .expect("a retired link keeps its streams");
+    assert_eq!(&b, b"pong");
+    echo_once(at1, 2, 64 * 1024).await;
+
+    // and at twice the age the old link closes, ending the connection with it
+    let mut one = [0u8; 1];
+    let end = tokio::time::timeout(WAIT, c1.read(&mut one))
+        .await
+        .expect("the old link closes within twice its age");
+    assert!(
+        matches!(end, Ok(0) | Err(_)),
+        "the connection ends with its link: {end:?}"
+    );
+    echo_once(at1, 3, 4096).await;
+    fed.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_only_site_stays_reachable_after_the_other_side_retires_its_link() {
+    // org1 retires links after 1 s; org3 (outbound-only, so never dialled) keeps its own
+    // schedule (half the leaf lifetime), so org1 must go on using org3's link
+    let mut fed = Fed::found_with(pb_admission(), |c| {
+        site(1, Transport::Auto)(c);
+        c.tunnel.max_link_ms = Some(1000);
+    })
+    .await;
+    fed.add("org3", true, site(3, Transport::Auto)).await;
+    fed.converged().await;
+    let echo = echo_server().await;
+    add(&fed.gws[1], node("node1", 0x91, echo.port())).await;
+    let addr = local_address(&fed.gws[0], "node1.org3.acme.test", echo.port()).await;
+    // org1 cannot dial org3: it waits for org3's link
+    wait_for("org3 dials org1", || {
+        fed.gws[0]
+            .run()
+            .tunnels
+            .links()
+            .iter()
+            .any(|l| l.peer.org == "org3")
+    })
+    .await;
+    echo_once(addr, 1, 4096).await;
+    let link_to_org3 = || {
+        fed.gws[0]
+            .run()
+            .tunnels
+            .links()
+            .into_iter()
+            .find(|l| l.peer.org == "org3")
+    };
+    wait_for("org1's link to org3 retires", || {
+        link_to_org3().is_some_and(|l| l.retired)
+    })
+    .await;
+    let retired = link_to_org3().expect("link").id;
+    echo_once(addr, 2, 4096).await;
+    // nor does org1 close it at twice its age (2 s): only org3's certificate bounds it
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(link_to_org3().map(|l| l.id), Some(retired));
+    echo_once(addr, 3, 4096).await;
+    fed.stop_all().await;
+}
