@@ -453,23 +453,17 @@ impl Tunnels {
 
     /// The link new streams to `peer` use: alive and not retired.
     fn live_link(&self, peer: &GatewayId) -> Option<LinkEntry> {
-        self.0
-            .links
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(peer)
-            .filter(|e| e.link.is_alive() && Instant::now() < e.retire_at)
-            .cloned()
+        self.registered_link(peer, false)
     }
 
-    /// The registered link to `peer` if it is alive, retired or not.
-    fn retired_link(&self, peer: &GatewayId) -> Option<LinkEntry> {
+    /// The registered link to `peer` if it is alive; a retired one only with `retired_too`.
+    fn registered_link(&self, peer: &GatewayId, retired_too: bool) -> Option<LinkEntry> {
         self.0
             .links
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(peer)
-            .filter(|e| e.link.is_alive())
+            .filter(|e| e.link.is_alive() && (retired_too || Instant::now() < e.retire_at))
             .cloned()
     }
 
@@ -484,7 +478,7 @@ impl Tunnels {
                     Ok(entry) => entry,
                     // a site this side cannot dial (outbound-only) replaces a retired link
                     // itself, on its own schedule; until then the old link still serves
-                    Err(e) => self.retired_link(peer).ok_or(e)?,
+                    Err(e) => self.registered_link(peer, true).ok_or(e)?,
                 },
             };
             match link.open().await {
