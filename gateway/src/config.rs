@@ -142,6 +142,10 @@ fn default_dns_rate_limit() -> u32 {
     10_000
 }
 
+/// Longest gateway leaf lifetime, s (366 days): gateway leaves are short-lived by design, and
+/// every deadline derived from the lifetime stays far from overflowing.
+pub const MAX_LEAF_LIFETIME_SECS: u64 = 366 * 24 * 3600;
+
 fn default_leaf_lifetime() -> u64 {
     DEFAULT_LEAF_LIFETIME_SECS
 }
@@ -213,8 +217,10 @@ impl Config {
         for a in &self.advertise {
             validate_advertise(a)?;
         }
-        if self.leaf_lifetime_secs < 60 {
-            return Err("leaf_lifetime_secs must be at least 60".into());
+        if !(60..=MAX_LEAF_LIFETIME_SECS).contains(&self.leaf_lifetime_secs) {
+            return Err(format!(
+                "leaf_lifetime_secs must be between 60 and {MAX_LEAF_LIFETIME_SECS} (366 days)"
+            ));
         }
         if !(10..=60_000).contains(&self.sync.heartbeat_ms) {
             return Err("sync.heartbeat_ms must be between 10 and 60000".into());
@@ -373,6 +379,10 @@ mod tests {
             Config::parse(&c.to_toml(), Path::new("x")).expect("parses"),
             c
         );
+        let mut long = sample();
+        long.leaf_lifetime_secs = MAX_LEAF_LIFETIME_SECS + 1;
+        let err = Config::parse(&long.to_toml(), Path::new("x")).expect_err("too long");
+        assert!(err.to_string().contains("leaf_lifetime_secs"), "{err}");
         for bad in [99, 1_800_001] {
             c.tunnel.max_link_ms = Some(bad);
             let err = Config::parse(&c.to_toml(), Path::new("x")).expect_err("out of range");

@@ -107,6 +107,8 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// A tunnel connection silent this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Latest retirement of a link whose age does not fit an `Instant` (a year).
+const MAX_RETIRE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Reconnect backoff of kept-up links: first delay and cap.
 pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
 
@@ -656,7 +658,9 @@ impl Tunnels {
         let entry = LinkEntry {
             id,
             link: link.clone(),
-            retire_at: Instant::now() + age,
+            retire_at: Instant::now()
+                .checked_add(age)
+                .unwrap_or_else(|| Instant::now() + MAX_RETIRE),
         };
         let replaced = self
             .0
