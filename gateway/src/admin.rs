@@ -552,11 +552,7 @@ fn status_of(
         listeners: u32::try_from(tunnels.listening().len()).unwrap_or(u32::MAX),
         listener_failures: tunnels.listener_failures(),
         active_streams: u64::try_from(metrics.tunnel_active_streams()).unwrap_or(0),
-        refused_streams: crate::tunnel::header::Answer::ALL
-            .iter()
-            .filter(|a| **a != crate::tunnel::header::Answer::Accepted)
-            .map(|a| a.label())
-            .chain([crate::tunnel::near::SOURCE_NOT_ALLOWED])
+        refused_streams: crate::tunnel::refusal_reasons()
             .map(|label| (label.to_owned(), metrics.tunnel_refused_label_total(label)))
             .filter(|(_, n)| *n > 0)
             .collect(),

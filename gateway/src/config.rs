@@ -230,17 +230,17 @@ impl Config {
                 "sync.backoff_base_ms must be positive and at most sync.backoff_max_ms".into(),
             );
         }
-        if let Some(ms) = self.sync.max_session_ms
-            && (ms < 100 || ms > self.leaf_lifetime_secs * 500)
-        {
-            return Err(
-                "sync.max_session_ms must be between 100 and half the leaf lifetime".into(),
-            );
-        }
-        if let Some(ms) = self.tunnel.max_link_ms
-            && (ms < 100 || ms > self.leaf_lifetime_secs * 500)
-        {
-            return Err("tunnel.max_link_ms must be between 100 and half the leaf lifetime".into());
+        for (key, ms) in [
+            ("sync.max_session_ms", self.sync.max_session_ms),
+            ("tunnel.max_link_ms", self.tunnel.max_link_ms),
+        ] {
+            if let Some(ms) = ms
+                && (ms < 100 || ms > self.leaf_lifetime_secs * 500)
+            {
+                return Err(format!(
+                    "{key} must be between 100 and half the leaf lifetime"
+                ));
+            }
         }
         if let crate::addressing::AddressMode::Ip {
             pool,
@@ -267,16 +267,19 @@ impl Config {
 
     /// The longest life of a sync session: `sync.max_session_ms`, or half the leaf lifetime.
     pub fn max_session_age(&self) -> std::time::Duration {
-        match self.sync.max_session_ms {
-            Some(ms) => std::time::Duration::from_millis(ms),
-            None => std::time::Duration::from_secs(self.leaf_lifetime_secs / 2),
-        }
+        self.half_leaf_lifetime_or(self.sync.max_session_ms)
     }
 
     /// The longest time a tunnel link takes new streams: `tunnel.max_link_ms`, or half the
     /// leaf lifetime (see [`crate::tunnel::link_age`]).
     pub fn max_link_age(&self) -> std::time::Duration {
-        match self.tunnel.max_link_ms {
+        self.half_leaf_lifetime_or(self.tunnel.max_link_ms)
+    }
+
+    /// `ms` if set (validation keeps it at most half the leaf lifetime), else half the leaf
+    /// lifetime: the age limit of anything authenticated by a leaf.
+    fn half_leaf_lifetime_or(&self, ms: Option<u64>) -> std::time::Duration {
+        match ms {
             Some(ms) => std::time::Duration::from_millis(ms),
             None => std::time::Duration::from_secs(self.leaf_lifetime_secs / 2),
         }

@@ -97,6 +97,17 @@ impl Default for TunnelConfig {
     }
 }
 
+/// Every reason a stream or local connection can be refused here, as labelled in
+/// `fedgw_tunnel_refused_streams_total` and `fedgw status`: the far end's refusals
+/// ([`Answer::label`]) and the near end's own.
+pub fn refusal_reasons() -> impl Iterator<Item = &'static str> {
+    Answer::ALL
+        .iter()
+        .filter(|a| **a != Answer::Accepted)
+        .map(|a| a.label())
+        .chain([near::SOURCE_NOT_ALLOWED])
+}
+
 /// How long `auto` waits for a QUIC handshake before trying TCP+TLS.
 pub const AUTO_QUIC_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `auto` keeps using TCP+TLS for a peer after QUIC failed.
@@ -107,7 +118,8 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// A tunnel connection silent this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Latest retirement of a link whose age does not fit an `Instant` (a year).
+/// Longest link age taken as given (a year; the leaf lifetime is capped at 366 days), so a
+/// retirement time always fits an `Instant`.
 const MAX_RETIRE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Reconnect backoff of kept-up links: first delay and cap.
 pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
@@ -658,9 +670,7 @@ impl Tunnels {
         let entry = LinkEntry {
             id,
             link: link.clone(),
-            retire_at: Instant::now()
-                .checked_add(age)
-                .unwrap_or_else(|| Instant::now() + MAX_RETIRE),
+            retire_at: Instant::now() + age.min(MAX_RETIRE),
         };
         let replaced = self
             .0
