@@ -31,9 +31,22 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN protocol id of data-plane tunnels (QUIC, and TCP+TLS fallback).
 pub const ALPN_TUNNEL: &[u8] = b"fedgw/1";
 
-/// The process-wide crypto provider: aws-lc-rs.
+/// The TLS 1.3 cipher suites fedgw offers, most preferred first (RFC 8446 §9.1 makes the
+/// first one mandatory to implement). AES-128-GCM leads, as in BoringSSL and Go's crypto/tls on
+/// hardware with AES instructions: it costs about a fifth less CPU per byte than AES-256-GCM
+/// and both ends of a fedgw connection are fedgw, where the client's order decides. Peers
+/// that offer only AES-256-GCM or ChaCha20-Poly1305 are still served.
+pub const CIPHER_SUITES: [rustls::SupportedCipherSuite; 3] = [
+    rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
+    rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
+    rustls::crypto::aws_lc_rs::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+];
+
+/// The process-wide crypto provider: aws-lc-rs, with [`CIPHER_SUITES`] (TLS 1.3 only).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.cipher_suites = CIPHER_SUITES.to_vec();
+    Arc::new(p)
 }
 
 /// A certificate chain and key that can be replaced while configs using it stay live (leaf

@@ -362,6 +362,37 @@ fn mutual_tls_handshake_sees_both_orgs() {
 }
 
 #[test]
+fn gateways_agree_on_aes_128_gcm_and_serve_peers_that_offer_only_aes_256() {
+    let root = root();
+    let (org1, org2) = (admit(&root, "org1"), admit(&root, "org2"));
+    let (gw1, gw2) = (gateway(&org1, "dc1", "org1"), gateway(&org2, "dc1", "org2"));
+    let (mut client, mut server) = federation_pair(&root, &RevocationSet::default(), &gw2, &gw1);
+    handshake(&mut client, &mut server).expect("mTLS handshake");
+    let suite = |c: &ClientConnection| c.negotiated_cipher_suite().map(|s| s.suite());
+    assert_eq!(
+        suite(&client),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+
+    // a client whose provider offers AES-256-GCM alone
+    let p = tls::provider();
+    let mut only_256 = (*p).clone();
+    only_256.cipher_suites =
+        vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384];
+    let v = Arc::new(verifier(&root, &RevocationSet::default()));
+    let sc = tls::federation_server_config(&identity(&gw1), v.clone(), p).expect("sc");
+    let cc = tls::federation_client_config(&identity(&gw2), v, Arc::new(only_256)).expect("cc");
+    let name = ServerName::try_from("gw-dc1.org1.acme.example").expect("name");
+    let mut client = ClientConnection::new(Arc::new(cc), name).expect("client");
+    let mut server = ServerConnection::new(Arc::new(sc)).expect("server");
+    handshake(&mut client, &mut server).expect("AES-256-GCM handshake");
+    assert_eq!(
+        suite(&client),
+        Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384)
+    );
+}
+
+#[test]
 fn revoked_client_fails_the_handshake() {
     let root = root();
     let (org1, org2) = (admit(&root, "org1"), admit(&root, "org2"));
