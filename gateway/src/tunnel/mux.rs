@@ -58,6 +58,8 @@ pub const MAX_RECV_FRAME: u32 = 1024 * 1024;
 pub const ACCEPT_BACKLOG: usize = 1024;
 /// Bytes read from the socket in one system call.
 const READ_CHUNK: usize = 64 * 1024;
+/// Most plaintext one TLS record carries (RFC 8446 §5.1).
+const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 /// Encrypted bytes queued for the socket above which writers wait.
 const HIGH_WATER: usize = 1024 * 1024;
 /// Encrypted bytes queued for the socket at which the session ends: writers stop near
@@ -172,22 +174,60 @@ impl Header {
     }
 }
 
-/// Takes the next whole frame off the front of `buf`: its header and, for a data frame, its
-/// payload (split off without a copy; empty for other types). `Ok(None)` while the frame is
-/// incomplete; `buf` is left as it was then.
-pub fn next_frame(buf: &mut BytesMut) -> Result<Option<(Header, Bytes)>, FrameError> {
-    let Some(header) = Header::decode(buf)? else {
-        return Ok(None);
-    };
-    let payload = match header.kind {
-        Kind::Data => header.length as usize,
-        _ => 0,
-    };
-    if buf.len() < HEADER_LEN + payload {
-        return Ok(None);
+/// What [`FrameReader::next`] takes off the front of the decrypted bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// A frame header. Window Update, Ping and Go Away frames are whole with it; a data
+    /// frame's payload follows as [`Piece::Body`] pieces and ends with [`Piece::End`].
+    Header(Header),
+    /// The next part of the current data frame's payload on stream `.0` (never empty; split
+    /// off the buffer without a copy).
+    Body(u32, Bytes),
+    /// The current data frame's payload is complete (also after an empty one); its flags
+    /// (FIN, RST) take effect now.
+    End(Header),
+}
+
+/// Incremental yamux frame decoder. A data frame's payload is handed on as it arrives, so a
+/// frame that spans socket reads (a 64 KiB frame does most of the time) is never held back
+/// in the buffer, which would then have to be copied whenever the buffer grows.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    /// The data frame whose payload is being read, and how many of its bytes are still due.
+    body: Option<(Header, u32)>,
+}
+
+impl FrameReader {
+    /// Takes the next piece off the front of `buf`: `Ok(None)` when `buf` holds less than a
+    /// header (it is left in place) or is empty in the middle of a payload.
+    ///
+    /// # Errors
+    ///
+    /// A header that breaks the protocol ([`FrameError`]); the session ends there.
+    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Piece>, FrameError> {
+        if let Some((h, due)) = &mut self.body {
+            if *due == 0 {
+                let h = *h;
+                self.body = None;
+                return Ok(Some(Piece::End(h)));
+            }
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            // `due` ≤ MAX_RECV_FRAME, so both conversions are lossless
+            let n = buf.len().min(*due as usize);
+            *due -= n as u32;
+            return Ok(Some(Piece::Body(h.stream, buf.split_to(n).freeze())));
+        }
+        let Some(h) = Header::decode(buf)? else {
+            return Ok(None);
+        };
+        buf.advance(HEADER_LEN);
+        if h.kind == Kind::Data {
+            self.body = Some((h, h.length));
+        }
+        Ok(Some(Piece::Header(h)))
     }
-    buf.advance(HEADER_LEN);
-    Ok(Some((header, buf.split_to(payload).freeze())))
 }
 
 /// Which end of the TLS connection this is: the client opens odd stream ids.
@@ -292,6 +332,20 @@ impl Stream {
         }
         if let Some(w) = self.writer.take() {
             w.wake();
+        }
+    }
+
+    /// A frame's FIN (the peer sends no more) and RST (the stream is gone) flags.
+    fn flags(&mut self, flags: u16) {
+        if flags & flag::FIN != 0 {
+            self.remote_fin = true;
+            if let Some(w) = self.reader.take() {
+                w.wake();
+            }
+        }
+        if flags & flag::RST != 0 {
+            self.reset = true;
+            self.wake();
         }
     }
 }
@@ -501,7 +555,26 @@ impl Inner {
     }
 
     /// Acts on one received frame.
-    fn handle(&mut self, h: Header, payload: Bytes, role: Role) -> io::Result<()> {
+    /// Acts on one piece of the peer's frames.
+    fn handle(&mut self, piece: Piece, role: Role) -> io::Result<()> {
+        match piece {
+            Piece::Header(h) => self.header(h, role),
+            Piece::Body(id, bytes) => {
+                self.body(id, bytes);
+                Ok(())
+            }
+            Piece::End(h) => {
+                if let Some(s) = self.streams.get_mut(&h.stream) {
+                    s.flags(h.flags);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A frame header: Ping, Go Away and Window Update frames whole; a data frame's stream
+    /// opening and its length charged to the stream's receive window.
+    fn header(&mut self, h: Header, role: Role) -> io::Result<()> {
         let protocol = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
         match h.kind {
             Kind::Ping => {
@@ -539,40 +612,37 @@ impl Inner {
             // a late frame for a stream this end has dropped
             return Ok(());
         };
-        match h.kind {
-            Kind::WindowUpdate => {
-                s.send_window = s.send_window.saturating_add(h.length);
-                if let Some(w) = s.writer.take() {
-                    w.wake();
-                }
+        if h.kind == Kind::WindowUpdate {
+            s.send_window = s.send_window.saturating_add(h.length);
+            if let Some(w) = s.writer.take() {
+                w.wake();
             }
-            _ => {
-                if h.length > s.recv_window {
-                    return Err(protocol("yamux data beyond the stream's window"));
-                }
-                s.recv_window -= h.length;
-                if s.reader_open && !payload.is_empty() {
-                    s.recv.push_back(payload);
-                    if let Some(w) = s.reader.take() {
-                        w.wake();
-                    }
-                } else if !s.reader_open {
-                    // nobody reads: give the window back so the sender is not stuck
-                    s.recv_window += h.length;
-                }
+            s.flags(h.flags);
+        } else {
+            if h.length > s.recv_window {
+                return Err(protocol("yamux data beyond the stream's window"));
             }
+            s.recv_window -= h.length;
         }
-        if h.flags & flag::FIN != 0 {
-            s.remote_fin = true;
+        Ok(())
+    }
+
+    /// Part of a data frame's payload, for the stream's reader (its window was charged with
+    /// the whole frame at the header).
+    fn body(&mut self, id: u32, bytes: Bytes) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.reader_open {
+            s.recv.push_back(bytes);
             if let Some(w) = s.reader.take() {
                 w.wake();
             }
+        } else {
+            // nobody reads: give the window back so the sender is not stuck
+            let n = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            s.recv_window = s.recv_window.saturating_add(n);
         }
-        if h.flags & flag::RST != 0 {
-            s.reset = true;
-            s.wake();
-        }
-        Ok(())
     }
 }
 
@@ -626,6 +696,7 @@ pub fn session(
         read,
         rbuf: vec![0u8; READ_CHUNK].into_boxed_slice(),
         plain: BytesMut::new(),
+        frames: FrameReader::default(),
         keep_alive,
         idle_timeout: config.idle_timeout,
         last_recv: Instant::now(),
@@ -691,8 +762,10 @@ pub struct Driver {
     role: Role,
     read: OwnedReadHalf,
     rbuf: Box<[u8]>,
-    /// Decrypted bytes not yet parsed into frames.
+    /// Decrypted bytes not yet taken as frames: at most part of a header, or the part of a
+    /// data frame's payload this read brought.
     plain: BytesMut,
+    frames: FrameReader,
     keep_alive: tokio::time::Interval,
     idle_timeout: Duration,
     last_recv: Instant,
@@ -807,10 +880,11 @@ impl Driver {
         let mut inner = self.shared.lock();
         let mut data = &self.rbuf[..n];
         let mut peer_closed = false;
-        // room for this read's plaintext (no more than its ciphertext, but for the end of a
-        // record an earlier read began): one allocation per read rather than one per record,
-        // while the frames handed on still hold the previous buffer
-        self.plain.reserve(n);
+        // room for this read's plaintext: no more than its ciphertext and the one record an
+        // earlier read began, which rustls holds. One allocation per read, while the payloads
+        // handed on still hold the previous buffer, and never a reallocation that would copy
+        // what this read has decrypted so far.
+        self.plain.reserve(n + MAX_RECORD_PLAINTEXT);
         while !data.is_empty() {
             // 0 once a close_notify has arrived: the rest is ignored
             if inner.tls.read_tls(&mut data)? == 0 {
@@ -841,8 +915,8 @@ impl Driver {
             }
         }
         loop {
-            match next_frame(&mut self.plain) {
-                Ok(Some((h, payload))) => inner.handle(h, payload, self.role)?,
+            match self.frames.next(&mut self.plain) {
+                Ok(Some(piece)) => inner.handle(piece, self.role)?,
                 Ok(None) => break,
                 Err(e) => {
                     inner.emit(&[Header::new(Kind::GoAway, 0, 0, GO_AWAY_PROTOCOL)], &[]);
@@ -1295,23 +1369,86 @@ pub(super) mod tests {
         );
     }
 
+    /// The whole frames in `buf` (payload pieces joined), up to the first incomplete one.
+    fn whole_frames(buf: &mut BytesMut) -> Vec<(Header, Vec<u8>)> {
+        let mut reader = FrameReader::default();
+        let mut out = Vec::new();
+        let mut body = Vec::new();
+        while let Ok(Some(piece)) = reader.next(buf) {
+            match piece {
+                Piece::Header(h) if h.kind != Kind::Data => out.push((h, Vec::new())),
+                Piece::Header(_) => {}
+                Piece::Body(_, b) => body.extend_from_slice(&b),
+                Piece::End(h) => out.push((h, std::mem::take(&mut body))),
+            }
+        }
+        out
+    }
+
     #[test]
-    fn a_frame_is_taken_only_once_whole() {
+    fn a_data_frame_is_handed_on_as_its_payload_arrives() {
+        let mut reader = FrameReader::default();
         let mut buf = BytesMut::new();
-        buf.extend_from_slice(&Header::new(Kind::Data, 0, 3, 5).encode());
+        let data = Header::new(Kind::Data, flag::FIN, 3, 5);
+        buf.extend_from_slice(&data.encode()[..7]);
+        assert_eq!(reader.next(&mut buf), Ok(None));
+        assert_eq!(buf.len(), 7, "a partial header stays put");
+        buf.extend_from_slice(&data.encode()[7..]);
         buf.extend_from_slice(b"hel");
-        assert_eq!(next_frame(&mut buf), Ok(None));
-        assert_eq!(buf.len(), HEADER_LEN + 3, "an incomplete frame stays put");
+        assert_eq!(reader.next(&mut buf), Ok(Some(Piece::Header(data))));
+        assert_eq!(
+            reader.next(&mut buf),
+            Ok(Some(Piece::Body(3, Bytes::from_static(b"hel"))))
+        );
+        assert_eq!(reader.next(&mut buf), Ok(None), "the rest has not arrived");
         buf.extend_from_slice(b"lo");
         buf.extend_from_slice(&Header::new(Kind::Ping, flag::SYN, 0, 9).encode());
-        let (h, payload) = next_frame(&mut buf).expect("valid").expect("whole");
         assert_eq!(
-            (h.kind, h.stream, &payload[..]),
-            (Kind::Data, 3, &b"hello"[..])
+            reader.next(&mut buf),
+            Ok(Some(Piece::Body(3, Bytes::from_static(b"lo")))),
+            "a body piece stops at the frame's end"
         );
-        let (h, payload) = next_frame(&mut buf).expect("valid").expect("whole");
-        assert_eq!((h.kind, h.length, payload.len()), (Kind::Ping, 9, 0));
+        assert_eq!(reader.next(&mut buf), Ok(Some(Piece::End(data))));
+        assert_eq!(
+            reader.next(&mut buf),
+            Ok(Some(Piece::Header(Header::new(
+                Kind::Ping,
+                flag::SYN,
+                0,
+                9
+            ))))
+        );
         assert!(buf.is_empty());
+        assert_eq!(reader.next(&mut buf), Ok(None));
+
+        // an empty data frame still ends, and the next header follows it
+        let empty = Header::new(Kind::Data, flag::RST, 5, 0);
+        buf.extend_from_slice(&empty.encode());
+        buf.extend_from_slice(&Header::new(Kind::GoAway, 0, 0, 0).encode());
+        let frames = whole_frames(&mut buf);
+        assert_eq!(
+            frames,
+            vec![
+                (empty, Vec::new()),
+                (Header::new(Kind::GoAway, 0, 0, 0), Vec::new())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_header_that_breaks_the_protocol_is_an_error_where_it_starts() {
+        let mut reader = FrameReader::default();
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&Header::new(Kind::Data, 0, 1, 2).encode());
+        buf.extend_from_slice(b"ok");
+        buf.extend_from_slice(&Header::new(Kind::Data, 0, 1, MAX_RECV_FRAME + 1).encode());
+        assert!(matches!(reader.next(&mut buf), Ok(Some(Piece::Header(_)))));
+        assert!(matches!(reader.next(&mut buf), Ok(Some(Piece::Body(1, _)))));
+        assert!(matches!(reader.next(&mut buf), Ok(Some(Piece::End(_)))));
+        assert_eq!(
+            reader.next(&mut buf),
+            Err(FrameError::TooLong(MAX_RECV_FRAME + 1))
+        );
     }
 
     #[tokio::test]
@@ -1548,10 +1685,7 @@ pub(super) mod tests {
         let (e, back) = raw_peer(frames, 2).await;
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         let mut buf = BytesMut::from(&back[..]);
-        let mut got = Vec::new();
-        while let Ok(Some((h, _))) = next_frame(&mut buf) {
-            got.push(h);
-        }
+        let got: Vec<Header> = whole_frames(&mut buf).into_iter().map(|(h, _)| h).collect();
         assert!(
             got.contains(&Header::new(Kind::WindowUpdate, flag::RST, 5, 0)),
             "the third stream is refused: {got:?}"
