@@ -325,11 +325,21 @@ fn federation_pair(
     client_leaf: &IssuedLeaf,
     server_leaf: &IssuedLeaf,
 ) -> (ClientConnection, ServerConnection) {
-    let p = tls::provider();
+    federation_pair_with(root, revoked, client_leaf, server_leaf, tls::provider())
+}
+
+/// [`federation_pair`] with the client on its own crypto provider.
+fn federation_pair_with(
+    root: &CertificateAuthority,
+    revoked: &RevocationSet,
+    client_leaf: &IssuedLeaf,
+    server_leaf: &IssuedLeaf,
+    client_provider: Arc<rustls::crypto::CryptoProvider>,
+) -> (ClientConnection, ServerConnection) {
     let v = Arc::new(verifier(root, revoked));
-    let sc =
-        tls::federation_server_config(&identity(server_leaf), v.clone(), p.clone()).expect("sc");
-    let cc = tls::federation_client_config(&identity(client_leaf), v, p).expect("cc");
+    let sc = tls::federation_server_config(&identity(server_leaf), v.clone(), tls::provider())
+        .expect("sc");
+    let cc = tls::federation_client_config(&identity(client_leaf), v, client_provider).expect("cc");
     let name = ServerName::try_from("gw-dc1.org1.acme.example").expect("name");
     (
         ClientConnection::new(Arc::new(cc), name).expect("client"),
@@ -375,16 +385,16 @@ fn gateways_agree_on_aes_128_gcm_and_serve_peers_that_offer_only_aes_256() {
     );
 
     // a client whose provider offers AES-256-GCM alone
-    let p = tls::provider();
-    let mut only_256 = (*p).clone();
+    let mut only_256 = (*tls::provider()).clone();
     only_256.cipher_suites =
         vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384];
-    let v = Arc::new(verifier(&root, &RevocationSet::default()));
-    let sc = tls::federation_server_config(&identity(&gw1), v.clone(), p).expect("sc");
-    let cc = tls::federation_client_config(&identity(&gw2), v, Arc::new(only_256)).expect("cc");
-    let name = ServerName::try_from("gw-dc1.org1.acme.example").expect("name");
-    let mut client = ClientConnection::new(Arc::new(cc), name).expect("client");
-    let mut server = ServerConnection::new(Arc::new(sc)).expect("server");
+    let (mut client, mut server) = federation_pair_with(
+        &root,
+        &RevocationSet::default(),
+        &gw2,
+        &gw1,
+        Arc::new(only_256),
+    );
     handshake(&mut client, &mut server).expect("AES-256-GCM handshake");
     assert_eq!(
         suite(&client),
