@@ -554,7 +554,6 @@ impl Inner {
         }
     }
 
-    /// Acts on one received frame.
     /// Acts on one piece of the peer's frames.
     fn handle(&mut self, piece: Piece, role: Role) -> io::Result<()> {
         match piece {
@@ -762,8 +761,7 @@ pub struct Driver {
     role: Role,
     read: OwnedReadHalf,
     rbuf: Box<[u8]>,
-    /// Decrypted bytes not yet taken as frames: at most part of a header, or the part of a
-    /// data frame's payload this read brought.
+    /// Decrypted bytes not yet taken as frame pieces: between reads, at most part of a header.
     plain: BytesMut,
     frames: FrameReader,
     keep_alive: tokio::time::Interval,
