@@ -61,8 +61,8 @@ pub fn transport_config() -> quinn::TransportConfig {
     // packet, otherwise within the 25 ms max_ack_delay), and the RTT estimate already takes the
     // delay the peer reports off each sample (RFC 9002). Asking for a 1 ms delay bought no
     // throughput, yet on request/response traffic it kept a 1-2 ms ACK or probe timer armed
-    // nearly all the time, so each sleep of the event loop programmed a short kernel timer:
-    // 10 % more CPU per round trip on a virtual machine (docs/PERFORMANCE.md).
+    // nearly all the time, so the event loop slept with a 1-2 ms timeout on almost every wait:
+    // about 10 % more CPU per round trip on the virtual machine measured (docs/PERFORMANCE.md).
     t
 }
 
