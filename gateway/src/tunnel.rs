@@ -879,10 +879,6 @@ impl Tunnels {
                 Ok(Err(answer)) => return this.refuse(&mut w, answer).await,
                 Err(_) => return this.refuse(&mut w, Answer::BadHeader).await,
             };
-            // the header's buffer has room for 16 KiB of early bytes; keep only what came, so
-            // a burst of new connections waiting on their dials does not hold (and touch) a
-            // 20 KiB block each
-            early.shrink_to_fit();
             let targets = this
                 .0
                 .targets

@@ -513,7 +513,9 @@ pub async fn refuse(w: &mut TunnelWrite, answer: Answer) {
 
 /// Reads a request header from the start of a stream: returns the request and the connection
 /// bytes that came with it (what the caller sent along, up to [`EARLY_READ`]), or the answer
-/// to refuse with. The buffer is not zeroed first.
+/// to refuse with. The buffer is not zeroed first, and the bytes come back in a buffer of
+/// their own size, so a burst of new streams waiting on their dials does not hold (and touch)
+/// a header buffer of 20 KiB each.
 pub async fn read_request<R>(r: &mut R) -> Result<(super::header::Request, Vec<u8>), Answer>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -534,6 +536,7 @@ where
         match Request::decode(&buf) {
             Ok(Decoded::Complete(req, used)) => {
                 buf.drain(..used);
+                buf.shrink_to_fit();
                 return Ok((req, buf));
             }
             Ok(Decoded::Incomplete) if buf.len() < MAX_REQUEST_LEN => continue,
@@ -569,6 +572,18 @@ mod tests {
             listener.accept()
         );
         (client.expect("connect"), server.expect("accept").0)
+    }
+
+    #[tokio::test]
+    async fn a_request_comes_back_with_its_early_bytes_in_a_buffer_of_their_size() {
+        let req = super::super::header::Request::new("org1", "node1", "p2p").expect("request");
+        let mut stream = req.encode();
+        stream.extend_from_slice(b"hello");
+        let (got, early) = read_request(&mut &stream[..]).await.expect("a request");
+        assert_eq!(got, req);
+        assert_eq!(early, b"hello");
+        // not the header buffer's 16 KiB of room for early bytes
+        assert_eq!(early.capacity(), early.len());
     }
 
     #[test]
