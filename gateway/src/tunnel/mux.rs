@@ -19,7 +19,7 @@
 //!   the far end's first write carries the ACK with its answer and the node's first bytes (a
 //!   stream that only reads sends it once it has taken half the initial window). A stream's
 //!   last bytes can carry its FIN ([`MuxWriter::poll_write_fin`]).
-//! - **Big reads.** The driver reads 64 KiB from the socket at a time and feeds rustls from
+//! - **Big reads.** The driver reads 256 KiB from the socket at a time and feeds rustls from
 //!   memory (rustls alone reads 4 KiB per system call); received data is copied once out of
 //!   rustls and then handed on in slices of that buffer until the reader takes it
 //!   ([`MuxReader::poll_chunks`]).
@@ -50,14 +50,15 @@ pub const INITIAL_WINDOW: u32 = 256 * 1024;
 /// A stream's window once its first frame is through: how many bytes may be in flight
 /// towards a reader that has not taken them.
 pub const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
-/// Largest data frame sent.
-pub const MAX_FRAME: usize = 64 * 1024;
+/// Largest data frame sent: a busy stream's whole socket read (16 TLS records) goes out in
+/// one frame and one `writev`, where 64 KiB frames took four of each.
+pub const MAX_FRAME: usize = 256 * 1024;
 /// Largest data frame accepted.
 pub const MAX_RECV_FRAME: u32 = 1024 * 1024;
 /// Inbound streams held before [`Driver::accept`] takes them; more are refused.
 pub const ACCEPT_BACKLOG: usize = 1024;
 /// Bytes read from the socket in one system call.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 /// Most plaintext one TLS record carries (RFC 8446 §5.1).
 const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 /// Encrypted bytes queued for the socket above which writers wait.
@@ -189,8 +190,8 @@ pub enum Piece {
 }
 
 /// Incremental yamux frame decoder. A data frame's payload is handed on as it arrives, so a
-/// frame that spans socket reads (a 64 KiB frame does most of the time) is never held back
-/// in the buffer, which would then have to be copied whenever the buffer grows.
+/// frame that spans socket reads (a full [`MAX_FRAME`] does most of the time) is never held
+/// back in the buffer, which would then have to be copied whenever the buffer grows.
 #[derive(Debug, Default)]
 pub struct FrameReader {
     /// The data frame whose payload is being read, and how many of its bytes are still due.
@@ -1477,22 +1478,28 @@ pub(super) mod tests {
         let (client, _c, _server, mut accepted) = connected(16).await;
         // several frames' worth: the FIN goes with the last one only
         let (_cr, mut cw) = client.open().expect("open");
+        // (more than the initial window: the far end reads while the writer writes)
         let big: Vec<u8> = (0..3 * MAX_FRAME + 5).map(|i| (i % 253) as u8).collect();
-        let mut rest = &big[..];
-        while !rest.is_empty() {
-            let n = bounded(
-                "write",
-                std::future::poll_fn(|cx| cw.poll_write_fin(cx, rest)),
-            )
-            .await
-            .expect("write");
-            rest = &rest[n..];
-        }
+        let write = async {
+            let mut rest = &big[..];
+            while !rest.is_empty() {
+                let n = bounded(
+                    "write",
+                    std::future::poll_fn(|cx| cw.poll_write_fin(cx, rest)),
+                )
+                .await
+                .expect("write");
+                rest = &rest[n..];
+            }
+        };
+        let read = async {
+            let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");
+            read_to_fin(&mut sr).await
+        };
+        let ((), got) = tokio::join!(write, read);
+        assert!(got == big, "bytes differ");
         let err = cw.write_all(b"x").await.expect_err("finished");
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
-        let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");
-        let got = read_to_fin(&mut sr).await;
-        assert!(got == big, "bytes differ");
         // an empty last write is a plain shutdown
         let (_cr, mut cw) = client.open().expect("open");
         cw.write_all(b"x").await.expect("write");

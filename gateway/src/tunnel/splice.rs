@@ -19,7 +19,7 @@ use super::header::{ANSWER_LEN, Answer};
 use super::mux::{MuxReader, MuxWriter};
 
 /// Largest read from a TCP socket in one go, once a read has filled its buffer.
-const TCP_READ: usize = 64 * 1024;
+const TCP_READ: usize = 256 * 1024;
 /// Read size of a quiet TCP socket (the last read found less than this): a size jemalloc
 /// serves from its per-thread cache (up to 32 KiB by default), where a fresh `TCP_READ`
 /// buffer per message costs an arena allocation and free (about 3000 instructions, 10-15 % of
