@@ -108,33 +108,30 @@ impl TunnelWrite {
         }
     }
 
-    /// Writes `bytes`, handing them over without a copy where the transport can keep them.
-    /// Small chunks are copied to a right-sized buffer first, so a mostly empty read buffer is
-    /// not held until the peer acknowledges it.
-    pub async fn write_bytes(&mut self, bytes: bytes::Bytes) -> io::Result<()> {
+    /// Writes the bytes of a read buffer. QUIC keeps them until the peer acknowledges them,
+    /// so they are handed over without a copy, unless the buffer is less than a quarter full
+    /// ([`right_sized`]); yamux encrypts them into its TLS record at once.
+    pub async fn write_bytes(&mut self, buf: bytes::BytesMut) -> io::Result<()> {
         match self {
-            TunnelWrite::Quic(w) => {
-                let bytes = if bytes.len() < QUIET_READ {
-                    bytes::Bytes::copy_from_slice(&bytes)
-                } else {
-                    bytes
-                };
-                w.write_chunk(bytes).await.map_err(io::Error::from)
-            }
-            TunnelWrite::Mux(w) => w.write_all(&bytes).await,
+            TunnelWrite::Quic(w) => w
+                .write_chunk(right_sized(buf))
+                .await
+                .map_err(io::Error::from),
+            TunnelWrite::Mux(w) => w.write_all(&buf).await,
         }
     }
 
-    /// Writes `bytes`, then ends the sending side: for yamux the FIN rides on the last data
-    /// frame, for QUIC in the same packet as the data.
-    pub async fn write_last(&mut self, bytes: bytes::Bytes) -> io::Result<()> {
+    /// Writes the bytes of a read buffer as [`TunnelWrite::write_bytes`] does, then ends the
+    /// sending side: for yamux the FIN rides on the last data frame, for QUIC in the same
+    /// packet as the data.
+    pub async fn write_last(&mut self, buf: bytes::BytesMut) -> io::Result<()> {
         match self {
             TunnelWrite::Quic(_) => {
-                self.write_bytes(bytes).await?;
+                self.write_bytes(buf).await?;
                 self.finish().await
             }
             TunnelWrite::Mux(w) => {
-                let mut rest = &bytes[..];
+                let mut rest = &buf[..];
                 loop {
                     let n = std::future::poll_fn(|cx| w.poll_write_fin(cx, rest)).await?;
                     rest = &rest[n..];
@@ -259,8 +256,9 @@ pub fn read_queued(tcp: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Re
 
 /// TCP → tunnel until the socket's end of stream, then FIN. Holds no buffer while the socket
 /// is idle; a read goes into fresh uninitialised capacity of [`QUIET_READ`] or, while reads
-/// fill it, [`TCP_READ`] bytes ([`next_read_size`]), and over QUIC the bytes are handed to the
-/// stream without a copy (a read under [`QUIET_READ`] is copied to a right-sized buffer). When
+/// fill it, up to [`TCP_READ`] bytes ([`next_read_size`]), and over QUIC the bytes are handed to
+/// the stream without a copy (a read that fills less than a quarter of its buffer is copied to
+/// a right-sized one, [`right_sized`]). When
 /// the peer's FIN has arrived by the time a read drains the socket, the end-of-stream read
 /// follows at once and the FIN leaves with those bytes.
 ///
@@ -290,7 +288,7 @@ async fn tcp_to_tunnel(
             return if led == 0 {
                 w.finish().await
             } else {
-                w.write_last(buf.freeze()).await
+                w.write_last(buf).await
             };
         }
         // the peer had closed its side before this read drained the queue: the read that
@@ -306,8 +304,8 @@ async fn tcp_to_tunnel(
         };
         let n = buf.len() - led;
         match end {
-            Some(Ok(())) => w.write_last(buf.freeze()).await?,
-            _ => w.write_bytes(buf.freeze()).await?,
+            Some(Ok(())) => w.write_last(buf).await?,
+            _ => w.write_bytes(buf).await?,
         }
         tx.inc_by(n as u64);
         if let Some(end) = end {
@@ -318,14 +316,29 @@ async fn tcp_to_tunnel(
 
 /// The TCP → tunnel pump's next read size after a read of `read` bytes into room for `size`:
 /// [`TCP_READ`] once a read fills its room (a busy socket), [`QUIET_READ`] once a read finds
-/// less than that (a quiet one), otherwise unchanged.
+/// less than that (a quiet one), a quarter of `size` once a read finds less than a quarter
+/// (a socket busy at a lower rate), otherwise unchanged.
 fn next_read_size(size: usize, read: usize) -> usize {
     if read >= size {
         TCP_READ
     } else if read < QUIET_READ {
         QUIET_READ
+    } else if read < size / 4 {
+        size / 4
     } else {
         size
+    }
+}
+
+/// A read buffer's bytes to be held until the peer acknowledges them: the buffer itself, or,
+/// when less than a quarter of its room is used (a 64-byte message in a 16 KiB buffer, a
+/// partial read of a busy socket), a copy of its bytes in a buffer of their size, so held
+/// memory stays within four times the bytes in flight.
+fn right_sized(buf: bytes::BytesMut) -> bytes::Bytes {
+    if buf.len().saturating_mul(4) < buf.capacity() {
+        bytes::Bytes::copy_from_slice(&buf)
+    } else {
+        buf.freeze()
     }
 }
 
@@ -595,10 +608,34 @@ mod tests {
         assert_eq!(next_read_size(QUIET_READ, QUIET_READ), TCP_READ);
         assert_eq!(next_read_size(TCP_READ, TCP_READ), TCP_READ);
         // a busy socket whose reads come back partly filled keeps the large size
-        assert_eq!(next_read_size(TCP_READ, QUIET_READ), TCP_READ);
+        assert_eq!(next_read_size(TCP_READ, TCP_READ / 4), TCP_READ);
         assert_eq!(next_read_size(TCP_READ, TCP_READ - 1), TCP_READ);
-        // until one read finds less than the quiet size
+        // a read under a quarter of the room steps down by four, never below the quiet size
+        assert_eq!(next_read_size(TCP_READ, TCP_READ / 4 - 1), TCP_READ / 4);
+        assert_eq!(next_read_size(TCP_READ / 4, QUIET_READ), TCP_READ / 4);
+        assert_eq!(next_read_size(4 * QUIET_READ, QUIET_READ - 1), QUIET_READ);
+        // one read under the quiet size goes straight back to it
         assert_eq!(next_read_size(TCP_READ, QUIET_READ - 1), QUIET_READ);
+    }
+
+    #[test]
+    fn a_mostly_empty_read_buffer_is_copied_before_it_is_held_and_a_fuller_one_is_not() {
+        let mut quiet = bytes::BytesMut::with_capacity(QUIET_READ);
+        quiet.extend_from_slice(&[7u8; 64]);
+        let at = quiet.as_ptr();
+        let held = right_sized(quiet);
+        assert_ne!(held.as_ptr(), at, "64 bytes in 16 KiB are copied");
+        assert_eq!(&held[..], &[7u8; 64][..]);
+        let mut busy = bytes::BytesMut::with_capacity(TCP_READ);
+        busy.extend_from_slice(&vec![9u8; TCP_READ / 4]);
+        let at = busy.as_ptr();
+        let held = right_sized(busy);
+        assert_eq!(
+            held.as_ptr(),
+            at,
+            "a quarter-full buffer is handed on as it is"
+        );
+        assert_eq!(held.len(), TCP_READ / 4);
     }
 
     #[tokio::test]
