@@ -258,9 +258,9 @@ pub fn read_queued(tcp: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Re
 /// is idle; a read goes into fresh uninitialised capacity of [`QUIET_READ`] or, while reads
 /// fill it, up to [`TCP_READ`] bytes ([`next_read_size`]), and over QUIC the bytes are handed to
 /// the stream without a copy (a read that fills less than a quarter of its buffer is copied to
-/// a right-sized one, [`right_sized`]). When
-/// the peer's FIN has arrived by the time a read drains the socket, the end-of-stream read
-/// follows at once and the FIN leaves with those bytes.
+/// a right-sized one, [`right_sized`]). When the peer's FIN has arrived by the time a read
+/// drains the socket, the end-of-stream read follows at once and the FIN leaves with those
+/// bytes.
 ///
 /// `lead` goes first, in front of the socket's first bytes (or alone with the FIN when the
 /// socket ends without sending any): the far end's answer, which so costs no frame of its own.
