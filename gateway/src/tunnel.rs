@@ -21,6 +21,7 @@
 //! new handshake.
 
 pub mod far;
+mod gate;
 pub mod header;
 pub mod mux;
 pub mod near;

@@ -15,6 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::gate::Gated;
 use super::header::{ANSWER_LEN, Answer};
 use super::mux::{MuxReader, MuxWriter};
 
@@ -459,8 +460,8 @@ pub async fn splice<S: std::future::Future<Output = ()>>(
                 End::Near => &[],
                 End::Far => &accepted,
             };
-            let mut up = std::pin::pin!(tcp_to_tunnel(&mut tcp_read, w, &counters.tx, lead));
-            let mut down = std::pin::pin!(async {
+            let up = std::pin::pin!(tcp_to_tunnel(&mut tcp_read, w, &counters.tx, lead));
+            let down = std::pin::pin!(async {
                 if end == End::Near {
                     match r.answer().await {
                         Ok(Answer::Accepted) => {}
@@ -474,19 +475,22 @@ pub async fn splice<S: std::future::Future<Output = ()>>(
                 }
                 tunnel_to_tcp(r, tcp_write, &counters.rx).await.map_err(Ok)
             });
+            // each pump polled only when its own socket or stream woke the task
+            let (mut up, mut down) = (Gated::new(up), Gated::new(down));
             // a refusal must end the splice even while the client is still sending
             let (mut up_done, mut down_done) = (false, false);
             let mut failure = None;
             while !(up_done && down_done) {
                 tokio::select! {
-                    res = up.as_mut(), if !up_done => {
+                    biased;
+                    res = &mut up, if !up_done => {
                         up_done = true;
                         if let Err(e) = res {
                             failure = Some(e);
                             break;
                         }
                     }
-                    res = down.as_mut(), if !down_done => {
+                    res = &mut down, if !down_done => {
                         down_done = true;
                         match res {
                             Ok(()) => {}
@@ -504,9 +508,12 @@ pub async fn splice<S: std::future::Future<Output = ()>>(
                 None => Ended::Done,
             }
         });
+        // the stop signal (three cancellation tokens at the near end) is polled only when
+        // it fires, not on every byte
         tokio::select! {
+            biased;
             e = work => e,
-            () = stop => Ended::Stopped,
+            () = Gated::new(stop) => Ended::Stopped,
         }
     };
     if !matches!(ended, Ended::Done) {
