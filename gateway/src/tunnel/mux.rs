@@ -547,9 +547,9 @@ impl Inner {
             return;
         }
         let clean = (s.local_fin && s.remote_fin) || s.reset;
-        let announced = s.announce == 0;
+        let known = s.announce != flag::SYN;
         self.streams.remove(&id);
-        if !clean && announced && self.closed.is_none() {
+        if !clean && known && self.closed.is_none() {
             self.emit(&[Header::new(Kind::WindowUpdate, flag::RST, id, 0)], &[]);
             self.push(None);
         }
@@ -1095,8 +1095,12 @@ impl MuxWriter {
         }
         s.reset = true;
         s.wake();
-        let announced = s.announce == 0;
-        if announced && inner.closed.is_none() {
+        // the peer knows every stream but one this end opened and never wrote to (its SYN
+        // still unsent): an accepted stream's RST goes out even before its first write, or the
+        // peer would wait for an answer that never comes
+        let known = s.announce != flag::SYN;
+        s.announce = 0;
+        if known && inner.closed.is_none() {
             inner.emit(&[Header::new(Kind::WindowUpdate, flag::RST, id, 0)], &[]);
             inner.push(None);
         }
@@ -1583,6 +1587,45 @@ pub(super) mod tests {
         drop(cr);
         assert!(client.is_closed());
         assert!(client.open().is_err(), "a closed session opens no streams");
+    }
+
+    #[tokio::test]
+    async fn an_accepted_stream_reset_before_its_first_write_reaches_the_opener() {
+        let (client, _c, _server, mut accepted) = connected(16).await;
+        let (mut cr, mut cw) = client.open().expect("open");
+        cw.write_all(b"x").await.expect("write");
+        let (mut sr, mut sw) = bounded("accept", accepted.recv()).await.expect("accepted");
+        let mut b = [0u8; 1];
+        sr.read_exact(&mut b).await.expect("read");
+        // the accepting end fails before it answered (its ACK is still unsent)
+        sw.reset();
+        let err = bounded("reset", cr.read(&mut b)).await.expect_err("reset");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+
+        // the same when both halves are simply dropped without finishing
+        let (mut cr2, mut cw2) = client.open().expect("open");
+        cw2.write_all(b"y").await.expect("write");
+        let (mut sr2, sw2) = bounded("accept", accepted.recv()).await.expect("accepted");
+        sr2.read_exact(&mut b).await.expect("read");
+        drop(sw2);
+        drop(sr2);
+        // the dropped writer finished its direction (ACK|FIN); the dropped reader left the
+        // client's direction unfinished, so an RST follows
+        let got = bounded("end", cr2.read(&mut b)).await;
+        assert!(
+            matches!(&got, Ok(0))
+                || matches!(&got, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "{got:?}"
+        );
+        let more = bounded("write after peer gone", async {
+            loop {
+                if let Err(e) = cw2.write_all(&[0u8; 4096]).await {
+                    return e;
+                }
+            }
+        })
+        .await;
+        assert_eq!(more.kind(), io::ErrorKind::ConnectionReset);
     }
 
     /// A raw TLS client writes `frames`; returns how the server's driver ended and what the
