@@ -60,18 +60,19 @@ pub struct DialPolicy {
 }
 
 impl DialPolicy {
-    /// Whether `addr` may be dialled.
+    /// Whether `addr` may be dialled. An IPv4-mapped IPv6 address (`::ffff:10.0.0.5`) is judged
+    /// as the IPv4 address it carries, and a listener on an unspecified address (`0.0.0.0`,
+    /// `::`) covers its port on every address.
     pub fn permits(&self, addr: SocketAddr) -> bool {
-        let ip = addr.ip();
+        let ip = addr.ip().to_canonical();
         let forbidden_ip = ip.is_unspecified()
             || ip.is_multicast()
             || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
             || (ip.is_loopback() && !self.allow_loopback);
-        let own = self
-            .own
-            .iter()
-            .any(|o| o.port() == addr.port() && (o.ip() == ip || o.ip().is_unspecified()))
-            || self.local.contains(&addr);
+        let listens_there = |o: &SocketAddr| {
+            o.port() == addr.port() && (o.ip().to_canonical() == ip || o.ip().is_unspecified())
+        };
+        let own = self.own.iter().any(listens_there) || self.local.iter().any(listens_there);
         !forbidden_ip && !own
     }
 }
@@ -304,6 +305,21 @@ mod tests {
         assert!(!p.permits("0.0.0.0:30303".parse().expect("addr")));
         assert!(!p.permits("224.0.0.1:30303".parse().expect("addr")));
         assert!(!p.permits("255.255.255.255:30303".parse().expect("addr")));
+        // IPv4-mapped IPv6 forms of refused addresses are refused too
+        assert!(!p.permits("[::ffff:127.0.0.1]:30303".parse().expect("addr")));
+        assert!(!p.permits("[::ffff:10.9.0.1]:30303".parse().expect("addr")));
+        assert!(!p.permits("[::ffff:10.0.0.5]:7443".parse().expect("addr")));
+        assert!(p.permits("[::ffff:10.0.0.5]:30303".parse().expect("addr")));
+        // port mode on all addresses (0.0.0.0): the listener's port is refused on any address,
+        // the pod's own included
+        let port_mode = DialPolicy {
+            own: Vec::new(),
+            allow_loopback: false,
+            local: ["0.0.0.0:40001".parse().expect("addr")].into(),
+        };
+        assert!(!port_mode.permits("10.0.0.5:40001".parse().expect("addr")));
+        assert!(!port_mode.permits("[::ffff:10.0.0.5]:40001".parse().expect("addr")));
+        assert!(port_mode.permits("10.0.0.5:40002".parse().expect("addr")));
         let lab = DialPolicy {
             allow_loopback: true,
             ..p
