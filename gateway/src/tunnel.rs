@@ -251,11 +251,26 @@ struct Inner {
     quic_failed: Mutex<HashMap<GatewayId, Instant>>,
     keepers: Mutex<HashMap<GatewayId, CancellationToken>>,
     targets: RwLock<Arc<Targets>>,
+    /// Every authorisation the far end granted (caller org, node, port name → the address
+    /// it allowed), with a token that [`Tunnels::update`] cancels once the targets withdraw
+    /// it: the node is gone, its port moved, or its access policy leaves the caller out. The
+    /// lock is taken after `targets`'.
+    grants: Mutex<HashMap<GrantKey, Grant>>,
     policy: RwLock<Arc<DialPolicy>>,
     connections: Arc<Semaphore>,
     listeners: near::Listeners,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// Caller org, node name, port name.
+type GrantKey = (String, String, String);
+
+/// The host and port a far-end authorisation allowed, and the token its streams stop on.
+#[derive(Debug)]
+struct Grant {
+    dial: (String, u16),
+    withdrawn: CancellationToken,
 }
 
 /// A registered link: new streams use it until `retire_at`.
@@ -371,6 +386,7 @@ impl Tunnels {
             quic_failed: Mutex::new(HashMap::new()),
             keepers: Mutex::new(HashMap::new()),
             targets: RwLock::new(Arc::new(Targets::default())),
+            grants: Mutex::new(HashMap::new()),
             listeners,
             tracker,
             shutdown,
@@ -394,7 +410,27 @@ impl Tunnels {
     /// Replaces what the far end serves and what the near end listens on, and keeps links up
     /// to the gateways in `gateways` where this side is the keeper. Called on every view change.
     pub fn update(&self, targets: Targets, routes: Vec<near::Route>, gateways: Vec<PeerGateway>) {
-        *self.0.targets.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(targets);
+        {
+            let mut current = self.0.targets.write().unwrap_or_else(|e| e.into_inner());
+            // streams whose authorisation the new targets withdraw end now, like a revoked
+            // org's: a far end does not rely on the near end to close them
+            let mut grants = self.0.grants.lock().unwrap_or_else(|e| e.into_inner());
+            grants.retain(|(caller, node, port), grant| {
+                let req = header::Request {
+                    org: targets.org.clone(),
+                    node: node.clone(),
+                    port: port.clone(),
+                };
+                let kept = targets
+                    .authorise(caller, &req)
+                    .is_ok_and(|d| d == grant.dial);
+                if !kept {
+                    grant.withdrawn.cancel();
+                }
+                kept
+            });
+            *current = Arc::new(targets);
+        }
         // a stream must never be sent into one of this gateway's own listeners
         {
             let mut policy = self.0.policy.write().unwrap_or_else(|e| e.into_inner());
@@ -880,13 +916,10 @@ impl Tunnels {
                 Ok(Err(answer)) => return this.refuse(&mut w, answer).await,
                 Err(_) => return this.refuse(&mut w, Answer::BadHeader).await,
             };
-            let targets = this
-                .0
-                .targets
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            let (host, port) = match targets.authorise(&caller_org, &req) {
+            // taken before the targets are read: a revocation that lands from here on cancels
+            // it, whatever the copy of the targets below still says
+            let revoked = this.0.membership.revocation().token(&caller_org);
+            let (host, port, withdrawn) = match this.authorise(&caller_org, &req) {
                 Ok(t) => t,
                 Err(answer) => return this.refuse(&mut w, answer).await,
             };
@@ -896,7 +929,15 @@ impl Tunnels {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            let (mut tcp, sent) = match far::dial(&host, port, &policy, &early).await {
+            // the dial may take seconds (name resolution, several addresses): a revocation or
+            // shutdown meanwhile abandons it before the node sees the caller's bytes
+            let dialled = tokio::select! {
+                biased;
+                () = revoked.cancelled() => Err(Answer::NotMember),
+                () = this.0.shutdown.cancelled() => return,
+                dialled = far::dial(&host, port, &policy, &early) => dialled,
+            };
+            let (mut tcp, sent) = match dialled {
                 Ok(dialled) => dialled,
                 Err(answer) => return this.refuse(&mut w, answer).await,
             };
@@ -906,11 +947,11 @@ impl Tunnels {
             this.0.metrics.tunnel_connection(&caller_org, "inbound");
             let counters = this.0.metrics.tunnel_counters(&caller_org);
             counters.rx.inc_by(sent as u64);
-            let revoked = this.0.membership.revocation().token(&caller_org);
             let _active = this.0.metrics.tunnel_stream_guard();
             let stop = std::pin::pin!(async {
                 tokio::select! {
                     () = revoked.cancelled() => {}
+                    () = withdrawn.cancelled() => {}
                     () = this.0.shutdown.cancelled() => {}
                 }
             });
@@ -923,6 +964,25 @@ impl Tunnels {
                 debug!(node = %req.node, error = %e, "proxied connection failed");
             }
         });
+    }
+
+    /// Authorises `req` from `caller` against the current targets: the host and port to dial
+    /// and a token cancelled once a later change of the targets withdraws the authorisation.
+    fn authorise(
+        &self,
+        caller: &str,
+        req: &header::Request,
+    ) -> Result<(String, u16, CancellationToken), Answer> {
+        let targets = self.0.targets.read().unwrap_or_else(|e| e.into_inner());
+        let dial = targets.authorise(caller, req)?;
+        let mut grants = self.0.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (caller.to_owned(), req.node.clone(), req.port.clone());
+        let grant = grants.entry(key).or_insert_with(|| Grant {
+            dial: dial.clone(),
+            withdrawn: CancellationToken::new(),
+        });
+        let withdrawn = grant.withdrawn.child_token();
+        Ok((dial.0, dial.1, withdrawn))
     }
 
     async fn refuse(&self, w: &mut splice::TunnelWrite, answer: Answer) {

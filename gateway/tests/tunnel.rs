@@ -1,7 +1,7 @@
 //! The data plane across three in-process gateways: local listeners found with the gateway's
 //! DNS, byte-exact echo through QUIC and TCP+TLS tunnels with half-close, an HTTP upcheck with
-//! curl, every refusal the far end owes, revocation cutting live connections, node removal
-//! closing listeners, an outbound-only site reached over its own link, and local clients
+//! curl, every refusal the far end owes, revocation cutting live connections, a narrowed access
+//! policy ending the connections it leaves out, node removal closing listeners, an outbound-only site reached over its own link, and local clients
 //! outside `tunnel.allowed_sources` reset at the near end.
 
 mod support;
@@ -509,6 +509,46 @@ async fn revocation_and_removal(transport: Transport) {
     assert!(
         TcpStream::connect(at1).await.is_err(),
         "the listener is closed"
+    );
+    fed.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_that_leaves_a_caller_out_ends_its_live_connections() {
+    let mut fed = federation(Transport::Auto, false, true).await;
+    let echo = echo_server().await;
+    add(&fed.gws[1], node("node1", 0x61, echo.port())).await;
+    let at3 = local_address(&fed.gws[2], "node1.org2.acme.test", echo.port()).await;
+    let at1 = local_address(&fed.gws[0], "node1.org2.acme.test", echo.port()).await;
+    let mut c3 = TcpStream::connect(at3).await.expect("connect");
+    let mut c1 = TcpStream::connect(at1).await.expect("connect");
+    for c in [&mut c3, &mut c1] {
+        c.write_all(b"ping").await.expect("write");
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b).await.expect("echo");
+    }
+
+    // org2 narrows node1 to org1: org3's near end still listens (routes do not follow the
+    // policy), so only the far end can end org3's connection
+    let mut narrowed = node("node1", 0x61, echo.port());
+    narrowed.allowed_orgs = vec!["org1".into()];
+    add(&fed.gws[1], narrowed).await;
+    let mut b = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), c3.read(&mut b)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "org3's connection must end once the policy leaves org3 out: {read:?}"
+    );
+    // org1's connection is unaffected, and so are new ones from org1
+    c1.write_all(b"pong").await.expect("write");
+    let mut b4 = [0u8; 4];
+    c1.read_exact(&mut b4).await.expect("org1 still connected");
+    assert_eq!(&b4, b"pong");
+    echo_once(at1, 9, 4096).await;
+    // a new connection from org3 is refused at the far end
+    assert_eq!(
+        raw_answer(&fed.gws[2], "org2", &header("org2", "node1", "p2p"), false).await,
+        Some(Answer::PolicyDenied)
     );
     fed.stop_all().await;
 }
