@@ -61,6 +61,9 @@ pub const ACCEPT_BACKLOG: usize = 1024;
 const READ_CHUNK: usize = 256 * 1024;
 /// Most plaintext one TLS record carries (RFC 8446 §5.1).
 const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
+/// Payload pieces shorter than this are copied out of their read's buffer before they are
+/// queued for a stream's reader: a quarter of the largest buffer a read decrypts into.
+const PIN_BELOW: usize = (READ_CHUNK + MAX_RECORD_PLAINTEXT) / 4;
 /// Encrypted bytes queued for the socket above which writers wait.
 const HIGH_WATER: usize = 1024 * 1024;
 /// Encrypted bytes queued for the socket at which the session ends: writers stop near
@@ -634,7 +637,12 @@ impl Inner {
             return;
         };
         if s.reader_open {
-            s.recv.push_back(bytes);
+            // a payload is a slice of the buffer its read was decrypted into (up to
+            // READ_CHUNK + a record) and would keep all of it alive while queued: a peer sending
+            // a stalled stream one byte per read would hold that much per byte of window. A
+            // small piece gets an allocation of its own, so what a stream holds stays within
+            // four times its queued bytes.
+            s.recv.push_back(unpinned(bytes));
             if let Some(w) = s.reader.take() {
                 w.wake();
             }
@@ -643,6 +651,16 @@ impl Inner {
             let n = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
             s.recv_window = s.recv_window.saturating_add(n);
         }
+    }
+}
+
+/// `piece` itself, or a copy of it in an allocation of its own when it is shorter than
+/// [`PIN_BELOW`] (see [`Inner::body`]).
+fn unpinned(piece: Bytes) -> Bytes {
+    if piece.len() < PIN_BELOW {
+        Bytes::copy_from_slice(&piece)
+    } else {
+        piece
     }
 }
 
@@ -1587,6 +1605,20 @@ pub(super) mod tests {
         drop(cr);
         assert!(client.is_closed());
         assert!(client.open().is_err(), "a closed session opens no streams");
+    }
+
+    #[test]
+    fn a_small_piece_does_not_hold_its_reads_buffer() {
+        let read = Bytes::from(vec![7u8; READ_CHUNK + MAX_RECORD_PLAINTEXT]);
+        let small = unpinned(read.slice(100..164));
+        assert_eq!(&small[..], &[7u8; 64][..]);
+        assert!(read.is_unique(), "a 64-byte piece keeps its own copy");
+        let large = unpinned(read.slice(0..PIN_BELOW));
+        assert_eq!(large.len(), PIN_BELOW);
+        assert!(
+            !read.is_unique(),
+            "a large piece stays a view of the read's buffer"
+        );
     }
 
     #[tokio::test]
