@@ -146,6 +146,10 @@ fn default_dns_rate_limit() -> u32 {
 /// every deadline derived from the lifetime stays far from overflowing.
 pub const MAX_LEAF_LIFETIME_SECS: u64 = 366 * 24 * 3600;
 
+/// Largest `tunnel.max_connections`: each connection is a task and two sockets, so a typo such
+/// as 100000000 is refused rather than accepted as no limit at all.
+pub const MAX_TUNNEL_CONNECTIONS: usize = 1 << 20;
+
 fn default_leaf_lifetime() -> u64 {
     DEFAULT_LEAF_LIFETIME_SECS
 }
@@ -241,6 +245,19 @@ impl Config {
                     "{key} must be between 100 and half the leaf lifetime"
                 ));
             }
+        }
+        if !(1..=MAX_TUNNEL_CONNECTIONS).contains(&self.tunnel.max_connections) {
+            return Err(format!(
+                "tunnel.max_connections must be between 1 and {MAX_TUNNEL_CONNECTIONS}"
+            ));
+        }
+        if let Some(n) = self.tunnel.max_connections_per_org
+            && !(1..=self.tunnel.max_connections).contains(&n)
+        {
+            return Err(
+                "tunnel.max_connections_per_org must be between 1 and tunnel.max_connections"
+                    .into(),
+            );
         }
         if let crate::addressing::AddressMode::Ip {
             pool,
@@ -393,6 +410,29 @@ mod tests {
                 err.to_string().contains("tunnel.max_link_ms"),
                 "{bad}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn tunnel_connection_limits_are_bounded() {
+        let mut c = sample();
+        c.tunnel.max_connections_per_org = Some(100);
+        assert_eq!(
+            Config::parse(&c.to_toml(), Path::new("x")).expect("parses"),
+            c
+        );
+        for (total, per_org, key) in [
+            (0, None, "tunnel.max_connections "),
+            (MAX_TUNNEL_CONNECTIONS + 1, None, "tunnel.max_connections "),
+            // more than a semaphore holds: a clear error, not a panic at start
+            (1 << 62, None, "tunnel.max_connections "),
+            (100, Some(0), "tunnel.max_connections_per_org"),
+            (100, Some(101), "tunnel.max_connections_per_org"),
+        ] {
+            c.tunnel.max_connections = total;
+            c.tunnel.max_connections_per_org = per_org;
+            let err = Config::parse(&c.to_toml(), Path::new("x")).expect_err("out of range");
+            assert!(err.to_string().contains(key), "{total} {per_org:?}: {err}");
         }
     }
 }

@@ -75,6 +75,12 @@ pub struct TunnelConfig {
     pub allow_loopback_targets: bool,
     /// Most proxied connections at once, each direction counted separately.
     pub max_connections: usize,
+    /// Most inbound proxied connections (streams whose header is still due included) one
+    /// member org may hold at once [default: half of `max_connections`, at least 1], so that
+    /// no single member can take every connection the far end serves. Beyond it a stream is
+    /// refused as `overloaded`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_org: Option<usize>,
     /// Source networks that may connect to the local listeners (this site's nodes), as CIDRs
     /// or single addresses: `["10.0.0.0/8", "fd00::/8", "192.0.2.7"]`. Empty (the default):
     /// any source. A connection from elsewhere is reset before a stream opens and counted in
@@ -92,6 +98,7 @@ impl Default for TunnelConfig {
             transport: Transport::Auto,
             allow_loopback_targets: false,
             max_connections: 16_384,
+            max_connections_per_org: None,
             allowed_sources: Vec::new(),
             max_link_ms: None,
         }
@@ -258,6 +265,8 @@ struct Inner {
     grants: Mutex<HashMap<GrantKey, Grant>>,
     policy: RwLock<Arc<DialPolicy>>,
     connections: Arc<Semaphore>,
+    /// Per caller org, its share of `connections` ([`TunnelConfig::max_connections_per_org`]).
+    org_connections: Mutex<HashMap<String, Arc<Semaphore>>>,
     listeners: near::Listeners,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -368,6 +377,7 @@ impl Tunnels {
             domain: setup.domain,
             outbound_only: setup.outbound_only,
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            org_connections: Mutex::new(HashMap::new()),
             policy: RwLock::new(Arc::new(DialPolicy {
                 own: setup.own,
                 allow_loopback: config.allow_loopback_targets,
@@ -904,7 +914,12 @@ impl Tunnels {
         // split here: a value captured by the task stays in its state for its whole life
         let (mut r, mut w) = stream.split();
         self.0.tracker.spawn(async move {
-            let Ok(permit) = this.0.connections.clone().try_acquire_owned() else {
+            let permits = this
+                .org_connections(&caller_org)
+                .try_acquire_owned()
+                .ok()
+                .zip(this.0.connections.clone().try_acquire_owned().ok());
+            let Some(permits) = permits else {
                 this.0.metrics.tunnel_refused(Answer::Overloaded);
                 splice::refuse(&mut w, Answer::Overloaded).await;
                 return;
@@ -959,11 +974,29 @@ impl Tunnels {
             // goes with the node's first bytes
             let ended =
                 splice::splice(&mut tcp, &mut r, &mut w, &early, End::Far, &counters, stop).await;
-            drop(permit);
+            drop(permits);
             if let Ended::Failed(e) = ended {
                 debug!(node = %req.node, error = %e, "proxied connection failed");
             }
         });
+    }
+
+    /// `caller`'s share of the far end's connections (created on its first stream).
+    fn org_connections(&self, caller: &str) -> Arc<Semaphore> {
+        let config = &self.0.config;
+        let share = config
+            .max_connections_per_org
+            .unwrap_or(config.max_connections / 2)
+            .max(1);
+        let mut shares = self
+            .0
+            .org_connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        shares
+            .entry(caller.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(share)))
+            .clone()
     }
 
     /// Authorises `req` from `caller` against the current targets: the host and port to dial

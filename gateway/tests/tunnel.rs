@@ -1,7 +1,8 @@
 //! The data plane across three in-process gateways: local listeners found with the gateway's
 //! DNS, byte-exact echo through QUIC and TCP+TLS tunnels with half-close, an HTTP upcheck with
 //! curl, every refusal the far end owes, revocation cutting live connections, a narrowed access
-//! policy ending the connections it leaves out, node removal closing listeners, an outbound-only site reached over its own link, and local clients
+//! policy ending the connections it leaves out, one member's share of the far end's connections,
+//! node removal closing listeners, an outbound-only site reached over its own link, and local clients
 //! outside `tunnel.allowed_sources` reset at the near end.
 
 mod support;
@@ -550,6 +551,66 @@ async fn a_policy_that_leaves_a_caller_out_ends_its_live_connections() {
         raw_answer(&fed.gws[2], "org2", &header("org2", "node1", "p2p"), false).await,
         Some(Answer::PolicyDenied)
     );
+    fed.stop_all().await;
+}
+
+/// Writes `ping` on a new connection to `addr` and reads it back; `false` when the connection
+/// ends or fails first.
+async fn ping(addr: SocketAddr) -> bool {
+    let Ok(mut c) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let mut b = [0u8; 4];
+    let echoed = async {
+        c.write_all(b"ping").await?;
+        c.read_exact(&mut b).await
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), echoed).await,
+        Ok(Ok(_))
+    ) && &b == b"ping"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_member_cannot_take_every_connection_the_far_end_serves() {
+    let t = Transport::Auto;
+    let mut fed = Fed::found_with(pb_admission(), site(1, t)).await;
+    fed.add("org2", false, |c| {
+        site(2, t)(c);
+        c.tunnel.max_connections_per_org = Some(2);
+    })
+    .await;
+    fed.add("org3", false, site(3, t)).await;
+    fed.converged().await;
+    let echo = echo_server().await;
+    add(&fed.gws[1], node("node1", 0x71, echo.port())).await;
+    let at1 = local_address(&fed.gws[0], "node1.org2.acme.test", echo.port()).await;
+    let at3 = local_address(&fed.gws[2], "node1.org2.acme.test", echo.port()).await;
+
+    // org1 holds its share of org2's connections
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(at1).await.expect("connect");
+        c.write_all(b"ping").await.expect("write");
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b).await.expect("echo");
+        held.push(c);
+    }
+    // a third is refused at the far end, and the near end ends the client's connection
+    assert!(!ping(at1).await, "org1's third connection must be refused");
+    // org3 is not affected by org1's use
+    assert!(ping(at3).await, "org3 still reaches node1");
+    echo_once(at3, 3, 64 * 1024).await;
+    // once org1 lets one go, it connects again
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ping(at1).await {
+        assert!(
+            Instant::now() < deadline,
+            "org1 connects again once it let one go"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     fed.stop_all().await;
 }
 
