@@ -554,6 +554,47 @@ async fn a_policy_that_leaves_a_caller_out_ends_its_live_connections() {
     fed.stop_all().await;
 }
 
+/// A node that resets every connection as it arrives, before sending a byte.
+async fn resetting_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let _ = s.set_zero_linger();
+            drop(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_resets_before_answering_ends_the_clients_connection_over_tcp_fallback() {
+    let mut fed = federation(Transport::Tcp, false, true).await;
+    let node_addr = resetting_server().await;
+    add(&fed.gws[1], node("rst", 0x72, node_addr.port())).await;
+    let at1 = local_address(&fed.gws[0], "rst.org2.acme.test", node_addr.port()).await;
+    let mut checked = 0;
+    for _ in 0..50 {
+        if checked == 3 {
+            break;
+        }
+        // the near end may reset the client before its connect returns
+        let Ok(mut c) = TcpStream::connect(at1).await else {
+            continue;
+        };
+        checked += 1;
+        let _ = c.write_all(b"hello").await;
+        let mut b = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the client's connection must end with the node's: {read:?}"
+        );
+    }
+    assert_eq!(checked, 3, "three connections got past connect");
+    fed.stop_all().await;
+}
+
 /// Writes `ping` on a new connection to `addr` and reads it back; `false` when the connection
 /// ends or fails first.
 async fn ping(addr: SocketAddr) -> bool {
