@@ -454,14 +454,13 @@ async fn revocation_cuts_live_connections_within_a_second_over_tcp_fallback() {
     revocation_and_removal(Transport::Tcp).await;
 }
 
-async fn revocation_and_removal(transport: Transport) {
-    let mut fed = federation(transport, false, true).await;
+/// Registers org2's node1 on a fresh echo server and opens a live connection to it from org3
+/// and one from org1, each echoed once: `(org3's, org1's, org1's local address for node1)`.
+async fn live_connections_to_node1(fed: &Fed, enode: u8) -> (TcpStream, TcpStream, SocketAddr) {
     let echo = echo_server().await;
-    add(&fed.gws[1], node("node1", 0x51, echo.port())).await;
+    add(&fed.gws[1], node("node1", enode, echo.port())).await;
     let at3 = local_address(&fed.gws[2], "node1.org2.acme.test", echo.port()).await;
     let at1 = local_address(&fed.gws[0], "node1.org2.acme.test", echo.port()).await;
-
-    // a live connection from org3 and one from org1
     let mut c3 = TcpStream::connect(at3).await.expect("connect");
     let mut c1 = TcpStream::connect(at1).await.expect("connect");
     for c in [&mut c3, &mut c1] {
@@ -469,6 +468,26 @@ async fn revocation_and_removal(transport: Transport) {
         let mut b = [0u8; 4];
         c.read_exact(&mut b).await.expect("echo");
     }
+    (c3, c1, at1)
+}
+
+/// `c3` ends within `within`, while `c1` still echoes.
+async fn org3_ends_org1_stays(c3: &mut TcpStream, c1: &mut TcpStream, within: Duration) {
+    let mut b = [0u8; 1];
+    let read = tokio::time::timeout(within, c3.read(&mut b)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "org3's connection must end within {within:?}: {read:?}"
+    );
+    c1.write_all(b"pong").await.expect("write");
+    let mut b4 = [0u8; 4];
+    c1.read_exact(&mut b4).await.expect("org1 still connected");
+    assert_eq!(&b4, b"pong");
+}
+
+async fn revocation_and_removal(transport: Transport) {
+    let mut fed = federation(transport, false, true).await;
+    let (mut c3, mut c1, at1) = live_connections_to_node1(&fed, 0x51).await;
 
     fed.gws[0]
         .admin()
@@ -480,19 +499,10 @@ async fn revocation_and_removal(transport: Transport) {
         .await
         .expect("revoke");
     let revoked_at = Instant::now();
-    let mut b = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(1), c3.read(&mut b)).await;
-    assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "org3's connection must end within 1 s of the revocation: {read:?}"
-    );
+    // org3's connection ends within 1 s of the revocation; org1's is unaffected
+    org3_ends_org1_stays(&mut c3, &mut c1, Duration::from_secs(1)).await;
     let took = revoked_at.elapsed();
     assert!(took < Duration::from_secs(1), "took {took:?}");
-    // org1's connection is unaffected
-    c1.write_all(b"pong").await.expect("write");
-    let mut b4 = [0u8; 4];
-    c1.read_exact(&mut b4).await.expect("org1 still connected");
-    assert_eq!(&b4, b"pong");
 
     // removing the node closes every listener for it (and its connections)
     fed.gws[1]
@@ -517,34 +527,16 @@ async fn revocation_and_removal(transport: Transport) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_that_leaves_a_caller_out_ends_its_live_connections() {
     let mut fed = federation(Transport::Auto, false, true).await;
-    let echo = echo_server().await;
-    add(&fed.gws[1], node("node1", 0x61, echo.port())).await;
-    let at3 = local_address(&fed.gws[2], "node1.org2.acme.test", echo.port()).await;
-    let at1 = local_address(&fed.gws[0], "node1.org2.acme.test", echo.port()).await;
-    let mut c3 = TcpStream::connect(at3).await.expect("connect");
-    let mut c1 = TcpStream::connect(at1).await.expect("connect");
-    for c in [&mut c3, &mut c1] {
-        c.write_all(b"ping").await.expect("write");
-        let mut b = [0u8; 4];
-        c.read_exact(&mut b).await.expect("echo");
-    }
+    let (mut c3, mut c1, at1) = live_connections_to_node1(&fed, 0x61).await;
 
     // org2 narrows node1 to org1: org3's near end still listens (routes do not follow the
     // policy), so only the far end can end org3's connection
-    let mut narrowed = node("node1", 0x61, echo.port());
+    // (IP mode: the local address carries the node's own port)
+    let mut narrowed = node("node1", 0x61, at1.port());
     narrowed.allowed_orgs = vec!["org1".into()];
     add(&fed.gws[1], narrowed).await;
-    let mut b = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(5), c3.read(&mut b)).await;
-    assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "org3's connection must end once the policy leaves org3 out: {read:?}"
-    );
-    // org1's connection is unaffected, and so are new ones from org1
-    c1.write_all(b"pong").await.expect("write");
-    let mut b4 = [0u8; 4];
-    c1.read_exact(&mut b4).await.expect("org1 still connected");
-    assert_eq!(&b4, b"pong");
+    org3_ends_org1_stays(&mut c3, &mut c1, Duration::from_secs(5)).await;
+    // new connections from org1 still go through
     echo_once(at1, 9, 4096).await;
     // a new connection from org3 is refused at the far end
     assert_eq!(

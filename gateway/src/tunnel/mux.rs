@@ -1352,6 +1352,22 @@ pub(super) mod tests {
         (client, drive(cdriver), server, drive(sdriver))
     }
 
+    /// A stream `client` opened with one byte, `byte`, which the accepting side has read:
+    /// `(client's halves, accepting side's halves)`.
+    async fn opened(
+        client: &Mux,
+        accepted: &mut Accepted,
+        byte: u8,
+    ) -> ((MuxReader, MuxWriter), (MuxReader, MuxWriter)) {
+        let (cr, mut cw) = client.open().expect("open");
+        cw.write_all(&[byte]).await.expect("write");
+        let (mut sr, sw) = bounded("accept", accepted.recv()).await.expect("accepted");
+        let mut b = [0u8; 1];
+        sr.read_exact(&mut b).await.expect("read");
+        assert_eq!(b[0], byte);
+        ((cr, cw), (sr, sw))
+    }
+
     /// Everything `r` delivers up to its end of stream, within the bound.
     pub(in crate::tunnel) async fn read_to_fin<R: tokio::io::AsyncRead + Unpin>(
         r: &mut R,
@@ -1580,20 +1596,14 @@ pub(super) mod tests {
     #[tokio::test]
     async fn reset_and_a_dropped_session_fail_the_streams() {
         let (client, _c, _server, mut accepted) = connected(16).await;
-        let (cr, mut cw) = client.open().expect("open");
-        cw.write_all(b"x").await.expect("write");
-        let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");
+        let ((cr, mut cw), (mut sr, _sw)) = opened(&client, &mut accepted, b'x').await;
         let mut b = [0u8; 1];
-        sr.read_exact(&mut b).await.expect("read");
         cw.reset();
         let err = bounded("reset", sr.read(&mut b)).await.expect_err("reset");
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
 
         // a second stream, then the server's driver goes away: the client's reader fails
-        let (mut r2, mut w2) = client.open().expect("open");
-        w2.write_all(b"y").await.expect("write");
-        let (mut sr2, _sw2) = bounded("accept", accepted.recv()).await.expect("accepted");
-        sr2.read_exact(&mut b).await.expect("read");
+        let ((mut r2, _w2), (mut sr2, _sw2)) = opened(&client, &mut accepted, b'y').await;
         drop(accepted);
         // the accept loop ends at the next stream; the receiver is gone, so it drops the driver
         let (_r3, mut w3) = client.open().expect("open");
@@ -1624,21 +1634,15 @@ pub(super) mod tests {
     #[tokio::test]
     async fn an_accepted_stream_reset_before_its_first_write_reaches_the_opener() {
         let (client, _c, _server, mut accepted) = connected(16).await;
-        let (mut cr, mut cw) = client.open().expect("open");
-        cw.write_all(b"x").await.expect("write");
-        let (mut sr, mut sw) = bounded("accept", accepted.recv()).await.expect("accepted");
+        let ((mut cr, _cw), (_sr, mut sw)) = opened(&client, &mut accepted, b'x').await;
         let mut b = [0u8; 1];
-        sr.read_exact(&mut b).await.expect("read");
         // the accepting end fails before it answered (its ACK is still unsent)
         sw.reset();
         let err = bounded("reset", cr.read(&mut b)).await.expect_err("reset");
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
 
         // the same when both halves are simply dropped without finishing
-        let (mut cr2, mut cw2) = client.open().expect("open");
-        cw2.write_all(b"y").await.expect("write");
-        let (mut sr2, sw2) = bounded("accept", accepted.recv()).await.expect("accepted");
-        sr2.read_exact(&mut b).await.expect("read");
+        let ((mut cr2, mut cw2), (sr2, sw2)) = opened(&client, &mut accepted, b'y').await;
         drop(sw2);
         drop(sr2);
         // the dropped writer finished its direction (ACK|FIN); the dropped reader left the
