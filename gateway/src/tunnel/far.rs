@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use super::header::{Answer, Request};
@@ -69,11 +69,18 @@ impl DialPolicy {
             || ip.is_multicast()
             || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
             || (ip.is_loopback() && !self.allow_loopback);
-        let listens_there = |o: &SocketAddr| {
+        let own = self.own.iter().any(|o| {
             o.port() == addr.port() && (o.ip().to_canonical() == ip || o.ip().is_unspecified())
-        };
-        let own = self.own.iter().any(listens_there) || self.local.iter().any(listens_there);
-        !forbidden_ip && !own
+        });
+        // `local` may hold thousands of listeners: three lookups, not a scan per dial
+        let local = [
+            ip,
+            Ipv4Addr::UNSPECIFIED.into(),
+            Ipv6Addr::UNSPECIFIED.into(),
+        ]
+        .into_iter()
+        .any(|at| self.local.contains(&SocketAddr::new(at, addr.port())));
+        !forbidden_ip && !own && !local
     }
 }
 
