@@ -8,6 +8,13 @@
 //! ones. Each direction of a stream starts with a 256 KiB window; both ends raise it to
 //! [`STREAM_WINDOW`] with the first frame they send on a stream.
 //!
+//! One addition to the specification, as HTTP/2's connection window (RFC 9113 §6.9): a
+//! **session window** of [`SESSION_WINDOW`] bytes in each direction. Every data frame counts
+//! against it as well as against its stream's window, and a Window Update on stream 0 (no
+//! flags) raises it once the receiving end's readers have taken (or it has discarded) half of
+//! it. What a peer can make this end buffer is bounded per session, however many streams it
+//! opens, as a QUIC connection's receive window bounds it there.
+//!
 //! Built for the tunnel's traffic rather than as a general library:
 //!
 //! - **No session task in the write path.** A stream writes its frame into the TLS connection
@@ -24,7 +31,8 @@
 //!   rustls and then handed on in slices of that buffer until the reader takes it
 //!   ([`MuxReader::poll_chunks`]).
 //!
-//! Limits: a data frame over [`MAX_RECV_FRAME`] bytes, data beyond a stream's window, a SYN
+//! Limits: a data frame over [`MAX_RECV_FRAME`] bytes, data beyond a stream's window or the
+//! session's, a SYN
 //! for a stream id in use or of the wrong parity, and an unknown version or frame type are
 //! protocol errors that end the session, as does a peer that keeps sending while it reads
 //! nothing ([`MAX_QUEUED`] bytes queued for it). Inbound streams beyond `max_streams`, or beyond
@@ -50,6 +58,10 @@ pub const INITIAL_WINDOW: u32 = 256 * 1024;
 /// A stream's window once its first frame is through: how many bytes may be in flight
 /// towards a reader that has not taken them.
 pub const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// Data bytes in flight towards readers that have not taken them, all of a session's streams
+/// together, in each direction: four streams' full windows (a QUIC tunnel's connection receive
+/// window is the same 64 MiB).
+pub const SESSION_WINDOW: u32 = 4 * STREAM_WINDOW;
 /// Largest data frame sent: a busy stream's whole socket read (16 TLS records) goes out in
 /// one frame and one `writev`, where 64 KiB frames took four of each.
 pub const MAX_FRAME: usize = 256 * 1024;
@@ -287,6 +299,14 @@ struct Inner {
     driver: Option<Waker>,
     /// Writers waiting for `queued` to fall.
     blocked: Vec<Waker>,
+    /// Data bytes the peer may still send, all streams together.
+    recv_window: u32,
+    /// Data bytes taken by readers, or discarded, since the last session window update.
+    unacked: u32,
+    /// Data bytes this end may still send, all streams together.
+    send_window: u32,
+    /// Writers waiting for the session window.
+    starved: Vec<Waker>,
     /// Why the session ended, once it has.
     closed: Option<io::ErrorKind>,
     remote_go_away: bool,
@@ -460,7 +480,7 @@ impl Inner {
         for s in self.streams.values_mut() {
             s.wake();
         }
-        for w in self.blocked.drain(..) {
+        for w in self.blocked.drain(..).chain(self.starved.drain(..)) {
             w.wake();
         }
         if let Some(d) = self.driver.take() {
@@ -491,9 +511,28 @@ impl Inner {
         ))
     }
 
-    /// The reader took `n` bytes: give the window back once half of it is used.
+    /// `n` received data bytes left the session (taken by a reader, or discarded): give the
+    /// session window back once half of it is used. The update is queued; the caller pushes.
+    fn released(&mut self, n: usize) {
+        // n ≤ what was received, which the session window bounds
+        self.unacked = self
+            .unacked
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        if self.unacked >= SESSION_WINDOW / 2 && self.closed.is_none() {
+            let delta = std::mem::take(&mut self.unacked);
+            self.recv_window = self.recv_window.saturating_add(delta);
+            self.emit(&[Header::new(Kind::WindowUpdate, 0, 0, delta)], &[]);
+        }
+    }
+
+    /// The reader took `n` bytes: give the stream's window back once half of it is used, and
+    /// the session's likewise.
     fn consumed(&mut self, id: u32, n: usize) {
+        self.released(n);
         let Some(s) = self.streams.get_mut(&id) else {
+            if self.tls.wants_write() {
+                self.push(None);
+            }
             return;
         };
         s.unacked = s
@@ -503,19 +542,17 @@ impl Inner {
             // an accepted stream's ACK and larger window go with its first write (a tunnel
             // stream's answer), one record for both; a stream that only reads sends them once
             // it has taken half the initial window, long before the peer would have to wait
-            if s.unacked < INITIAL_WINDOW / 2 {
-                return;
-            }
-            if let Some(h) = self.announce(id, 0) {
+            if s.unacked >= INITIAL_WINDOW / 2
+                && let Some(h) = self.announce(id, 0)
+            {
                 self.emit(&[h], &[]);
-                self.push(None);
             }
-            return;
-        }
-        if s.unacked >= STREAM_WINDOW / 2 && !s.remote_fin && !s.reset {
+        } else if s.unacked >= STREAM_WINDOW / 2 && !s.remote_fin && !s.reset {
             let delta = std::mem::take(&mut s.unacked);
             s.recv_window = s.recv_window.saturating_add(delta);
             self.emit(&[Header::new(Kind::WindowUpdate, 0, id, delta)], &[]);
+        }
+        if self.tls.wants_write() {
             self.push(None);
         }
     }
@@ -528,7 +565,10 @@ impl Inner {
         };
         if reader {
             s.reader_open = false;
-            s.recv.clear();
+            let dropped: usize = s.recv.drain(..).map(|b| b.len()).sum();
+            if dropped > 0 {
+                self.consumed(id, dropped);
+            }
         } else {
             s.writer_open = false;
             if s.announce == flag::SYN {
@@ -594,7 +634,21 @@ impl Inner {
         }
         let id = h.stream;
         if id == 0 {
-            return Err(protocol("yamux stream frame on stream 0"));
+            if h.kind != Kind::WindowUpdate || h.flags != 0 {
+                return Err(protocol("yamux stream frame on stream 0"));
+            }
+            self.send_window = self.send_window.saturating_add(h.length);
+            for w in self.starved.drain(..) {
+                w.wake();
+            }
+            return Ok(());
+        }
+        if h.kind == Kind::Data {
+            // every data frame counts, also one for a stream refused or gone (discarded)
+            if h.length > self.recv_window {
+                return Err(protocol("yamux data beyond the session's window"));
+            }
+            self.recv_window -= h.length;
         }
         if h.flags & flag::SYN != 0 {
             // the peer opens ids of its own parity: odd from the client
@@ -634,6 +688,8 @@ impl Inner {
     /// the whole frame at the header).
     fn body(&mut self, id: u32, bytes: Bytes) {
         let Some(s) = self.streams.get_mut(&id) else {
+            // a refused stream's, or a late one's: discarded
+            self.released(bytes.len());
             return;
         };
         if s.reader_open {
@@ -647,9 +703,9 @@ impl Inner {
                 w.wake();
             }
         } else {
-            // nobody reads: give the window back so the sender is not stuck
-            let n = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-            s.recv_window = s.recv_window.saturating_add(n);
+            // nobody reads: discarded as if taken, so the windows come back and the sender is
+            // not stuck
+            self.consumed(id, bytes.len());
         }
     }
 }
@@ -698,6 +754,10 @@ pub fn session(
             want_writable: false,
             driver: None,
             blocked: Vec::new(),
+            recv_window: SESSION_WINDOW,
+            unacked: 0,
+            send_window: SESSION_WINDOW,
+            starved: Vec::new(),
             closed: None,
             remote_go_away: false,
             ping_id: 0,
@@ -1180,6 +1240,14 @@ impl MuxWriter {
             return Poll::Pending;
         }
         let n = buf.len().min(s.send_window as usize).min(MAX_FRAME);
+        if inner.send_window == 0 {
+            // once per task, as for `blocked`
+            if !inner.starved.iter().any(|w| w.will_wake(cx.waker())) {
+                inner.starved.push(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        let n = n.min(inner.send_window as usize);
         if inner.queued >= HIGH_WATER {
             inner.push(None);
             if inner.queued >= HIGH_WATER {
@@ -1195,6 +1263,7 @@ impl MuxWriter {
             s.send_window -= n as u32;
             s.local_fin |= fin;
         }
+        inner.send_window -= n as u32;
         let data = Header::new(Kind::Data, if fin { flag::FIN } else { 0 }, id, n as u32);
         match inner.announce(id, 0) {
             Some(announce) => inner.emit(&[announce, data], &buf[..n]),
@@ -1593,6 +1662,114 @@ pub(super) mod tests {
         );
     }
 
+    /// `len` bytes of stream `tag`'s pattern.
+    fn pattern(tag: u8, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 ^ tag).collect()
+    }
+
+    #[tokio::test]
+    async fn the_session_window_bounds_what_all_streams_have_in_flight() {
+        let (client, _c, _server, mut accepted) = connected(16).await;
+        let mut streams = Vec::new();
+        for tag in 1..=5u8 {
+            let ((mut cr, cw), (sr, mut sw)) = opened(&client, &mut accepted, tag).await;
+            // the answer carries the ACK that raises the stream's window to STREAM_WINDOW
+            sw.write_all(&[tag]).await.expect("answer");
+            let mut b = [0u8; 1];
+            bounded("answer", cr.read_exact(&mut b))
+                .await
+                .expect("answer");
+            streams.push((cw, sr));
+        }
+        let stream = STREAM_WINDOW as usize - 1;
+        // three full stream windows, and what is left of the session's on the fourth stream
+        // (the five one-byte headers took their share)
+        let session_left = SESSION_WINDOW as usize - 5 - 3 * stream;
+        for (i, (cw, _)) in streams.iter_mut().take(4).enumerate() {
+            let len = if i < 3 { stream } else { session_left };
+            let data = pattern(i as u8, len);
+            bounded("write", cw.write_all(&data)).await.expect("write");
+        }
+        assert_eq!(client.shared.lock().send_window, 0);
+        // the fifth stream has its whole window, but the session has nothing left
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(
+            Pin::new(&mut streams[4].0)
+                .poll_write(&mut cx, b"x")
+                .is_pending(),
+            "a writer waits for the session window"
+        );
+        let (mut cw5, sr5) = streams.pop().expect("fifth");
+        let fifth = pattern(5, 1024 * 1024);
+        let write = tokio::spawn(async move {
+            cw5.write_all(&fifth).await.expect("write");
+            cw5.shutdown().await.expect("FIN");
+            cw5
+        });
+        // readers dropped with their data unread give the session's window back
+        let (_cw1, sr1) = streams.remove(0);
+        let (_cw2, sr2) = streams.remove(0);
+        drop((sr1, sr2));
+        let _cw5 = bounded("the waiting writer", write).await.expect("writer");
+        let mut sr5 = sr5;
+        let got = read_to_fin(&mut sr5).await;
+        assert!(
+            got == pattern(5, 1024 * 1024),
+            "fifth stream's bytes differ"
+        );
+        let (_, sr3) = &mut streams[0];
+        let mut got = vec![0u8; stream];
+        bounded("read", sr3.read_exact(&mut got))
+            .await
+            .expect("read");
+        assert!(got == pattern(2, stream), "third stream's bytes differ");
+    }
+
+    #[tokio::test]
+    async fn discarded_and_taken_data_give_the_session_window_back() {
+        let (client, _c, _server, mut accepted) = connected(16).await;
+        // more than the session window on a stream whose reader is gone (discarded on
+        // arrival), then on one that is read
+        let total = SESSION_WINDOW as usize + 16 * 1024 * 1024;
+        let chunk = pattern(9, MAX_FRAME);
+        for read in [false, true] {
+            let ((mut cr, mut cw), (sr, mut sw)) = opened(&client, &mut accepted, 1).await;
+            sw.write_all(b"a").await.expect("answer");
+            let mut b = [0u8; 1];
+            bounded("answer", cr.read_exact(&mut b))
+                .await
+                .expect("answer");
+            let mut sr = Some(sr);
+            if !read {
+                drop(sr.take());
+            }
+            let write = async {
+                let mut sent = 0;
+                while sent < total {
+                    let n = (total - sent).min(chunk.len());
+                    cw.write_all(&chunk[..n]).await.expect("write");
+                    sent += n;
+                }
+                cw.shutdown().await.expect("FIN");
+            };
+            let take = async {
+                let Some(sr) = sr.as_mut() else {
+                    return 0;
+                };
+                let got = read_to_fin(sr).await;
+                assert!(
+                    got.chunks(MAX_FRAME).all(|c| c == &chunk[..c.len()]),
+                    "bytes differ"
+                );
+                got.len()
+            };
+            let ((), got) = bounded("transfer", async { tokio::join!(write, take) }).await;
+            if read {
+                assert_eq!(got, total);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn reset_and_a_dropped_session_fail_the_streams() {
         let (client, _c, _server, mut accepted) = connected(16).await;
@@ -1667,10 +1844,15 @@ pub(super) mod tests {
     /// A raw TLS client writes `frames`; returns how the server's driver ended and what the
     /// server wrote back (decrypted).
     async fn raw_peer(frames: Vec<u8>, max_streams: usize) -> (io::Error, Vec<u8>) {
-        let ((stcp, stls), mut client) = tls_pair().await;
+        let ((stcp, stls), client) = tls_pair().await;
         let (_mux, mut driver) =
             session(stcp, stls.into(), Role::Server, &config(max_streams), None);
-        client.write_all(&frames).await.expect("write");
+        let (mut client, mut send) = tokio::io::split(client);
+        // the server may end the session before it has read everything
+        let write = async move {
+            let _ = send.write_all(&frames).await;
+            send
+        };
         let ended = async move {
             // held, so the server keeps them open
             let mut held = Vec::new();
@@ -1686,7 +1868,8 @@ pub(super) mod tests {
         let read = async {
             let _ = client.read_to_end(&mut back).await;
         };
-        let (e, ()) = bounded("driver end", async { tokio::join!(ended, read) }).await;
+        let (e, (), _send) =
+            bounded("driver end", async { tokio::join!(ended, read, write) }).await;
         (e, back)
     }
 
@@ -1710,14 +1893,30 @@ pub(super) mod tests {
             flood.extend(frame(Kind::Data, 0, 1, 64 * 1024, &vec![0u8; 64 * 1024]));
         }
         let on_zero = frame(Kind::Data, 0, 0, 1, b"x");
-        for (name, frames) in [
-            ("version", bad_version),
-            ("parity", wrong_parity),
-            ("reused id", reused),
-            ("window", flood),
-            ("stream 0", on_zero),
+        let zero_flags = frame(Kind::WindowUpdate, flag::SYN, 0, 1, &[]);
+        // every stream within its initial window, all of them beyond the session's
+        let streams = SESSION_WINDOW / INITIAL_WINDOW + 1;
+        let mut session_flood = Vec::new();
+        for i in 0..streams {
+            let body = vec![0u8; INITIAL_WINDOW as usize];
+            session_flood.extend(frame(
+                Kind::Data,
+                flag::SYN,
+                2 * i + 1,
+                INITIAL_WINDOW,
+                &body,
+            ));
+        }
+        for (name, frames, max_streams) in [
+            ("version", bad_version, 16),
+            ("parity", wrong_parity, 16),
+            ("reused id", reused, 16),
+            ("window", flood, 16),
+            ("stream 0", on_zero, 16),
+            ("flags on stream 0", zero_flags, 16),
+            ("session window", session_flood, 1024),
         ] {
-            let (e, _) = raw_peer(frames, 16).await;
+            let (e, _) = raw_peer(frames, max_streams).await;
             assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{name}: {e}");
         }
     }
