@@ -56,12 +56,14 @@ pub const HEADER_LEN: usize = 12;
 /// A stream's window in each direction before either end raises it (the yamux default).
 pub const INITIAL_WINDOW: u32 = 256 * 1024;
 /// A stream's window once its first frame is through: how many bytes may be in flight
-/// towards a reader that has not taken them.
-pub const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// towards a reader that has not taken them (a QUIC tunnel's stream receive window is the same
+/// 8 MiB).
+pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 /// Data bytes in flight towards readers that have not taken them, all of a session's streams
-/// together, in each direction: four streams' full windows (a QUIC tunnel's connection receive
-/// window is the same 64 MiB).
-pub const SESSION_WINDOW: u32 = 4 * STREAM_WINDOW;
+/// together, in each direction: eight streams' full windows, so it takes eight streams whose
+/// readers stall to hold up the others (a QUIC tunnel's connection receive window is the same
+/// 64 MiB).
+pub const SESSION_WINDOW: u32 = 8 * STREAM_WINDOW;
 /// Largest data frame sent: a busy stream's whole socket read (16 TLS records) goes out in
 /// one frame and one `writev`, where 64 KiB frames took four of each.
 pub const MAX_FRAME: usize = 256 * 1024;
@@ -1632,8 +1634,8 @@ pub(super) mod tests {
             "a writer with no window left waits"
         );
         let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");
-        // reading raises the window to STREAM_WINDOW: 16 MiB more go through while the
-        // reader takes them, byte-exact
+        // reading raises the window to STREAM_WINDOW: twice that goes through while the
+        // reader takes it, byte-exact
         let total = INITIAL_WINDOW as usize + 2 * STREAM_WINDOW as usize;
         let write = async {
             let chunk: Vec<u8> = (0..MAX_FRAME).map(|i| (i % 251) as u8).collect();
@@ -1669,9 +1671,11 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn the_session_window_bounds_what_all_streams_have_in_flight() {
-        let (client, _c, _server, mut accepted) = connected(16).await;
+        let (client, _c, _server, mut accepted) = connected(64).await;
+        // one stream more than the session window holds full stream windows of
+        let full = (SESSION_WINDOW / STREAM_WINDOW) as usize;
         let mut streams = Vec::new();
-        for tag in 1..=5u8 {
+        for tag in 0..=full as u8 {
             let ((mut cr, cw), (sr, mut sw)) = opened(&client, &mut accepted, tag).await;
             // the answer carries the ACK that raises the stream's window to STREAM_WINDOW
             sw.write_all(&[tag]).await.expect("answer");
@@ -1682,47 +1686,46 @@ pub(super) mod tests {
             streams.push((cw, sr));
         }
         let stream = STREAM_WINDOW as usize - 1;
-        // three full stream windows, and what is left of the session's on the fourth stream
-        // (the five one-byte headers took their share)
-        let session_left = SESSION_WINDOW as usize - 5 - 3 * stream;
-        for (i, (cw, _)) in streams.iter_mut().take(4).enumerate() {
-            let len = if i < 3 { stream } else { session_left };
+        // full stream windows, then what is left of the session's on the last of those streams
+        // (the one-byte headers took their share)
+        let session_left = SESSION_WINDOW as usize - streams.len() - (full - 1) * stream;
+        for (i, (cw, _)) in streams.iter_mut().take(full).enumerate() {
+            let len = if i + 1 < full { stream } else { session_left };
             let data = pattern(i as u8, len);
             bounded("write", cw.write_all(&data)).await.expect("write");
         }
         assert_eq!(client.shared.lock().send_window, 0);
-        // the fifth stream has its whole window, but the session has nothing left
+        // the last stream has its whole window, but the session has nothing left
+        let (mut last_w, mut last_r) = streams.pop().expect("last");
         let mut cx = Context::from_waker(Waker::noop());
         assert!(
-            Pin::new(&mut streams[4].0)
-                .poll_write(&mut cx, b"x")
-                .is_pending(),
+            Pin::new(&mut last_w).poll_write(&mut cx, b"x").is_pending(),
             "a writer waits for the session window"
         );
-        let (mut cw5, sr5) = streams.pop().expect("fifth");
-        let fifth = pattern(5, 1024 * 1024);
+        let data = pattern(0xff, 1024 * 1024);
         let write = tokio::spawn(async move {
-            cw5.write_all(&fifth).await.expect("write");
-            cw5.shutdown().await.expect("FIN");
-            cw5
+            last_w.write_all(&data).await.expect("write");
+            last_w.shutdown().await.expect("FIN");
+            last_w
         });
-        // readers dropped with their data unread give the session's window back
-        let (_cw1, sr1) = streams.remove(0);
-        let (_cw2, sr2) = streams.remove(0);
-        drop((sr1, sr2));
-        let _cw5 = bounded("the waiting writer", write).await.expect("writer");
-        let mut sr5 = sr5;
-        let got = read_to_fin(&mut sr5).await;
+        // readers dropped with their data unread give the session's window back: half of it
+        // has to come back before an update goes out
+        for _ in 0..full / 2 {
+            let (_cw, sr) = streams.remove(0);
+            drop(sr);
+        }
+        let _last_w = bounded("the waiting writer", write).await.expect("writer");
+        let got = read_to_fin(&mut last_r).await;
         assert!(
-            got == pattern(5, 1024 * 1024),
-            "fifth stream's bytes differ"
+            got == pattern(0xff, 1024 * 1024),
+            "last stream's bytes differ"
         );
-        let (_, sr3) = &mut streams[0];
+        let (_, sr) = &mut streams[0];
         let mut got = vec![0u8; stream];
-        bounded("read", sr3.read_exact(&mut got))
+        bounded("read", sr.read_exact(&mut got))
             .await
             .expect("read");
-        assert!(got == pattern(2, stream), "third stream's bytes differ");
+        assert!(got == pattern((full / 2) as u8, stream), "bytes differ");
     }
 
     #[tokio::test]
