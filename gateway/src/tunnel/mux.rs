@@ -1637,16 +1637,8 @@ pub(super) mod tests {
         // reading raises the window to STREAM_WINDOW: twice that goes through while the
         // reader takes it, byte-exact
         let total = INITIAL_WINDOW as usize + 2 * STREAM_WINDOW as usize;
-        let write = async {
-            let chunk: Vec<u8> = (0..MAX_FRAME).map(|i| (i % 251) as u8).collect();
-            let mut sent = INITIAL_WINDOW as usize;
-            while sent < total {
-                let n = (total - sent).min(chunk.len());
-                cw.write_all(&chunk[..n]).await.expect("write");
-                sent += n;
-            }
-            cw.shutdown().await.expect("FIN");
-        };
+        let chunk: Vec<u8> = (0..MAX_FRAME).map(|i| (i % 251) as u8).collect();
+        let write = write_repeated(&mut cw, &chunk, total - INITIAL_WINDOW as usize);
         let read = async {
             let mut got = vec![0u8; INITIAL_WINDOW as usize];
             sr.read_exact(&mut got).await.expect("first window");
@@ -1662,6 +1654,17 @@ pub(super) mod tests {
                 .all(|c| c.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8)),
             "bytes differ"
         );
+    }
+
+    /// Writes `total` bytes to `w`, `chunk` after `chunk` (a prefix of it last), then FIN.
+    async fn write_repeated(w: &mut MuxWriter, chunk: &[u8], total: usize) {
+        let mut sent = 0;
+        while sent < total {
+            let n = (total - sent).min(chunk.len());
+            w.write_all(&chunk[..n]).await.expect("write");
+            sent += n;
+        }
+        w.shutdown().await.expect("FIN");
     }
 
     /// `len` bytes of stream `tag`'s pattern.
@@ -1746,15 +1749,7 @@ pub(super) mod tests {
             if !read {
                 drop(sr.take());
             }
-            let write = async {
-                let mut sent = 0;
-                while sent < total {
-                    let n = (total - sent).min(chunk.len());
-                    cw.write_all(&chunk[..n]).await.expect("write");
-                    sent += n;
-                }
-                cw.shutdown().await.expect("FIN");
-            };
+            let write = write_repeated(&mut cw, &chunk, total);
             let take = async {
                 let Some(sr) = sr.as_mut() else {
                     return 0;
