@@ -32,10 +32,10 @@
 //!   ([`MuxReader::poll_chunks`]).
 //!
 //! Limits: a data frame over [`MAX_RECV_FRAME`] bytes, data beyond a stream's window or the
-//! session's, a SYN
-//! for a stream id in use or of the wrong parity, and an unknown version or frame type are
-//! protocol errors that end the session, as does a peer that keeps sending while it reads
-//! nothing ([`MAX_QUEUED`] bytes queued for it). Inbound streams beyond `max_streams`, or beyond
+//! session's, a SYN for a stream id in use or of the wrong parity, a stream frame on stream 0
+//! other than a session window update, and an unknown version or frame type are protocol
+//! errors that end the session, as does a peer that keeps sending while it reads nothing
+//! ([`MAX_QUEUED`] bytes queued for it). Inbound streams beyond `max_streams`, or beyond
 //! [`ACCEPT_BACKLOG`] not yet accepted, are refused with RST. A session that receives nothing
 //! for [`Config::idle_timeout`] ends; it sends a ping every [`Config::keep_alive`].
 
