@@ -85,6 +85,9 @@ async fn five_gateways_share_nodes_and_removals() {
 async fn records_arrive_by_relay_when_a_link_is_refused() {
     let mut fed = Fed::found(Admission::Operator).await;
     fed.add("org2", false, |_| {}).await;
+    // org3 learns of org2's gateway only from the view it joins with (it refuses org1, its
+    // only other way in), so org1 must hold org2's gateway record by then
+    fed.converged().await;
     // org1 and org3 refuse each other; only org2 links them
     fed.add("org3", false, |c| c.sync.deny = vec!["org1/dc1".into()])
         .await;
