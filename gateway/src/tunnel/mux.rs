@@ -1637,7 +1637,7 @@ pub(super) mod tests {
         // reading raises the window to STREAM_WINDOW: twice that goes through while the
         // reader takes it, byte-exact
         let total = INITIAL_WINDOW as usize + 2 * STREAM_WINDOW as usize;
-        let chunk: Vec<u8> = (0..MAX_FRAME).map(|i| (i % 251) as u8).collect();
+        let chunk = pattern(0, MAX_FRAME);
         let write = write_repeated(&mut cw, &chunk, total - INITIAL_WINDOW as usize);
         let read = async {
             let mut got = vec![0u8; INITIAL_WINDOW as usize];
@@ -1707,8 +1707,7 @@ pub(super) mod tests {
         );
         let data = pattern(0xff, 1024 * 1024);
         let write = tokio::spawn(async move {
-            last_w.write_all(&data).await.expect("write");
-            last_w.shutdown().await.expect("FIN");
+            write_repeated(&mut last_w, &data, data.len()).await;
             last_w
         });
         // readers dropped with their data unread give the session's window back: half of it
