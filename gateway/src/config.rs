@@ -150,6 +150,10 @@ pub const MAX_LEAF_LIFETIME_SECS: u64 = 366 * 24 * 3600;
 /// as 100000000 is refused rather than accepted as no limit at all.
 pub const MAX_TUNNEL_CONNECTIONS: usize = 1 << 20;
 
+/// Largest `tunnel.stall_timeout_ms` (an hour): a reader that took nothing for that long is
+/// gone, whatever the node.
+pub const MAX_STALL_TIMEOUT_MS: u64 = 3_600_000;
+
 fn default_leaf_lifetime() -> u64 {
     DEFAULT_LEAF_LIFETIME_SECS
 }
@@ -249,6 +253,12 @@ impl Config {
         if !(1..=MAX_TUNNEL_CONNECTIONS).contains(&self.tunnel.max_connections) {
             return Err(format!(
                 "tunnel.max_connections must be between 1 and {MAX_TUNNEL_CONNECTIONS}"
+            ));
+        }
+        let stall = self.tunnel.stall_timeout_ms;
+        if stall != 0 && !(100..=MAX_STALL_TIMEOUT_MS).contains(&stall) {
+            return Err(format!(
+                "tunnel.stall_timeout_ms must be 0 (no limit) or between 100 and {MAX_STALL_TIMEOUT_MS}"
             ));
         }
         if let Some(n) = self.tunnel.max_connections_per_org
@@ -433,6 +443,30 @@ mod tests {
             c.tunnel.max_connections_per_org = per_org;
             let err = Config::parse(&c.to_toml(), Path::new("x")).expect_err("out of range");
             assert!(err.to_string().contains(key), "{total} {per_org:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_stall_timeout_defaults_to_thirty_seconds_and_zero_turns_it_off() {
+        let mut c = sample();
+        assert_eq!(
+            c.tunnel.stall_timeout(),
+            Some(std::time::Duration::from_secs(30))
+        );
+        for ok in [0, 100, MAX_STALL_TIMEOUT_MS] {
+            c.tunnel.stall_timeout_ms = ok;
+            let parsed = Config::parse(&c.to_toml(), Path::new("x")).expect("in range");
+            assert_eq!(parsed.tunnel.stall_timeout_ms, ok);
+        }
+        c.tunnel.stall_timeout_ms = 0;
+        assert_eq!(c.tunnel.stall_timeout(), None);
+        for bad in [1, 99, MAX_STALL_TIMEOUT_MS + 1] {
+            c.tunnel.stall_timeout_ms = bad;
+            let err = Config::parse(&c.to_toml(), Path::new("x")).expect_err("out of range");
+            assert!(
+                err.to_string().contains("tunnel.stall_timeout_ms"),
+                "{bad}: {err}"
+            );
         }
     }
 }

@@ -53,6 +53,11 @@ struct TransportLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndLabels {
+    end: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
     peer: String,
 }
@@ -68,6 +73,7 @@ struct TunnelMetrics {
     lost_packets: Family<PeerLabels, Counter>,
     refused: Family<ReasonLabels, Counter>,
     refused_by_peer: Family<ReasonLabels, Counter>,
+    stalled: Family<EndLabels, Counter>,
     links: Family<TransportLabels, Gauge>,
     listeners: Gauge,
 }
@@ -182,6 +188,11 @@ impl Metrics {
             "tunnel_refused_by_peer_streams",
             "Tunnel streams a peer gateway refused, by reason (no_tunnel: no link could be opened)",
             tunnel.refused_by_peer.clone(),
+        );
+        registry.register(
+            "tunnel_stalled_connections",
+            "Proxied connections reset because their TCP peer (end=far: the node, end=near: the local client) took no bytes for tunnel.stall_timeout_ms",
+            tunnel.stalled.clone(),
         );
         registry.register(
             "tunnel_links",
@@ -328,6 +339,16 @@ impl Metrics {
             .lost_packets
             .get_or_create(&labels)
             .inc_by(newly_lost);
+    }
+
+    /// Counts a proxied connection reset for a stalled reader at `end` (`near` or `far`).
+    pub fn tunnel_stalled(&self, end: &'static str) {
+        self.tunnel.stalled.get_or_create(&EndLabels { end }).inc();
+    }
+
+    /// Proxied connections reset so far for a stalled reader at `end`.
+    pub fn tunnel_stalled_total(&self, end: &'static str) -> u64 {
+        self.tunnel.stalled.get_or_create(&EndLabels { end }).get()
     }
 
     /// Counts a stream this gateway refused.

@@ -90,6 +90,26 @@ pub struct TunnelConfig {
     /// lifetime]. See [`link_age`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_link_ms: Option<u64>,
+    /// Longest time, ms, a proxied connection's TCP peer (the node at the far end, the local
+    /// client at the near end) may leave tunnel bytes waiting without taking any [default:
+    /// 30 000; 0: no limit]. Past it the connection is reset at both ends, which gives back
+    /// the stream and link windows its unread bytes held: without a limit, eight streams
+    /// whose readers stopped hold a link's whole window (64 MiB) and so every other stream
+    /// on it in that direction. A reader that takes anything at all starts the time anew, so
+    /// slow readers are not cut. Counted in `fedgw_tunnel_stalled_connections_total{end}`.
+    pub stall_timeout_ms: u64,
+}
+
+/// Default of [`TunnelConfig::stall_timeout_ms`]: longer than a node's own write time-out
+/// (GoQuorum, as go-ethereum's p2p server, drops a devp2p peer when writing one message takes
+/// 20 s, `frameWriteTimeout`), so a node gives up on a stuck peer before the gateway does.
+pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 30_000;
+
+impl TunnelConfig {
+    /// The stall time-out ([`TunnelConfig::stall_timeout_ms`]), `None` when disabled.
+    pub fn stall_timeout(&self) -> Option<Duration> {
+        (self.stall_timeout_ms > 0).then(|| Duration::from_millis(self.stall_timeout_ms))
+    }
 }
 
 impl Default for TunnelConfig {
@@ -101,6 +121,7 @@ impl Default for TunnelConfig {
             max_connections_per_org: None,
             allowed_sources: Vec::new(),
             max_link_ms: None,
+            stall_timeout_ms: DEFAULT_STALL_TIMEOUT_MS,
         }
     }
 }
@@ -972,11 +993,27 @@ impl Tunnels {
             });
             // bytes that came with the header and the dial did not send go first; the answer
             // goes with the node's first bytes
-            let ended =
-                splice::splice(&mut tcp, &mut r, &mut w, &early, End::Far, &counters, stop).await;
+            let stall = this.0.config.stall_timeout();
+            let ended = splice::splice(
+                &mut tcp,
+                &mut r,
+                &mut w,
+                End::Far(&early),
+                &counters,
+                stall,
+                stop,
+            )
+            .await;
             drop(permits);
-            if let Ended::Failed(e) = ended {
-                debug!(node = %req.node, error = %e, "proxied connection failed");
+            match ended {
+                Ended::Failed(e) => {
+                    debug!(node = %req.node, error = %e, "proxied connection failed")
+                }
+                Ended::Stalled => {
+                    debug!(node = %req.node, "node read nothing for the stall time-out; connection reset");
+                    this.0.metrics.tunnel_stalled("far");
+                }
+                Ended::Done | Ended::Stopped | Ended::Refused(_) => {}
             }
         });
     }
@@ -1134,13 +1171,18 @@ impl Tunnels {
                 () = closed.cancelled() => {}
             }
         });
-        match splice::splice(&mut tcp, &mut r, &mut w, &[], End::Near, &counters, stop).await {
+        let stall = self.0.config.stall_timeout();
+        match splice::splice(&mut tcp, &mut r, &mut w, End::Near, &counters, stall, stop).await {
             Ended::Refused(answer) => {
                 debug!(node = %route.request.node, reason = answer.label(), "stream refused by the far gateway");
                 self.0.metrics.tunnel_refused_by_peer(answer);
             }
             Ended::Failed(e) => {
                 debug!(node = %route.request.node, error = %e, "proxied connection failed")
+            }
+            Ended::Stalled => {
+                debug!(node = %route.request.node, "local client read nothing for the stall time-out; connection reset");
+                self.0.metrics.tunnel_stalled("near");
             }
             Ended::Done | Ended::Stopped => {}
         }

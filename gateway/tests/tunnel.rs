@@ -2,8 +2,9 @@
 //! DNS, byte-exact echo through QUIC and TCP+TLS tunnels with half-close, an HTTP upcheck with
 //! curl, every refusal the far end owes, revocation cutting live connections, a narrowed access
 //! policy ending the connections it leaves out, one member's share of the far end's connections,
-//! node removal closing listeners, an outbound-only site reached over its own link, and local clients
-//! outside `tunnel.allowed_sources` reset at the near end.
+//! node removal closing listeners, an outbound-only site reached over its own link, local clients
+//! outside `tunnel.allowed_sources` reset at the near end, and readers that stop reading reset
+//! after the stall time-out so the link carries other streams again.
 
 mod support;
 
@@ -602,6 +603,116 @@ async fn ping(addr: SocketAddr) -> bool {
         tokio::time::timeout(Duration::from_secs(5), echoed).await,
         Ok(Ok(_))
     ) && &b == b"ping"
+}
+
+/// A node that accepts connections and never reads them (a hung process whose sockets stay
+/// open); with `send`, it instead writes to each until the write fails.
+async fn stuck_server(send: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            if send {
+                tokio::spawn(async move {
+                    let chunk = vec![0x5au8; 1 << 20];
+                    while s.write_all(&chunk).await.is_ok() {}
+                });
+            } else {
+                held.push(s);
+            }
+        }
+    });
+    addr
+}
+
+/// Writes to `c` until a write fails; `Err` if that takes longer than `within`.
+async fn write_until_cut(c: &mut TcpStream, within: Duration) -> Result<u64, ()> {
+    let chunk = vec![0xa5u8; 1 << 20];
+    let mut sent = 0u64;
+    let run = async {
+        while c.write_all(&chunk).await.is_ok() {
+            sent += chunk.len() as u64;
+        }
+    };
+    tokio::time::timeout(within, run).await.map_err(|_| ())?;
+    Ok(sent)
+}
+
+/// Nine clients push bytes at a node that reads nothing: more than a link's 64 MiB window in
+/// all, so without the stall time-out every other stream from org1 to org2 would wait behind
+/// them for good. Each is reset once the far end's writes to the node have waited the
+/// time-out, and the link carries an echo again. Then the other way round: a node that sends
+/// to a client that reads nothing has its connection reset at the near end.
+async fn stalled_readers_are_reset(transport: Transport) {
+    let stall = |i: u8| {
+        move |c: &mut Config| {
+            site(i, transport)(c);
+            c.tunnel.stall_timeout_ms = 2000;
+        }
+    };
+    let mut fed = Fed::found_with(pb_admission(), stall(1)).await;
+    fed.add("org2", false, stall(2)).await;
+    fed.converged().await;
+    let deaf = stuck_server(false).await;
+    let echo = echo_server().await;
+    add(&fed.gws[1], node("deaf", 0x73, deaf.port())).await;
+    add(&fed.gws[1], node("node1", 0x74, echo.port())).await;
+    let at_deaf = local_address(&fed.gws[0], "deaf.org2.acme.test", deaf.port()).await;
+    let at_echo = local_address(&fed.gws[0], "node1.org2.acme.test", echo.port()).await;
+    echo_once(at_echo, 1, 1024).await;
+
+    let mut pushers = tokio::task::JoinSet::new();
+    for _ in 0..9 {
+        let mut c = TcpStream::connect(at_deaf).await.expect("connect");
+        pushers.spawn(async move { write_until_cut(&mut c, Duration::from_secs(30)).await });
+    }
+    let mut pushed = 0;
+    while let Some(r) = pushers.join_next().await {
+        pushed += r
+            .expect("pusher task")
+            .expect("a client writing to a node that reads nothing is cut");
+    }
+    assert!(
+        pushed > 64 << 20,
+        "the clients filled more than the link's window before they were cut: {pushed} bytes"
+    );
+    let far = &fed.gws[1].run().metrics;
+    wait_for("nine stalled connections counted at the far end", || {
+        far.tunnel_stalled_total("far") == 9
+    })
+    .await;
+    echo_once(at_echo, 2, 1 << 20).await;
+
+    // a client that stops reading a node's bytes is reset at the near end
+    let firehose = stuck_server(true).await;
+    add(&fed.gws[1], node("firehose", 0x75, firehose.port())).await;
+    let at_firehose = local_address(&fed.gws[0], "firehose.org2.acme.test", firehose.port()).await;
+    let mut c = TcpStream::connect(at_firehose).await.expect("connect");
+    let near = &fed.gws[0].run().metrics;
+    wait_for("the stalled client counted at the near end", || {
+        near.tunnel_stalled_total("near") == 1
+    })
+    .await;
+    // what was queued for it reads out, then the reset
+    let mut sink = Vec::new();
+    let drained = tokio::time::timeout(WAIT, c.read_to_end(&mut sink)).await;
+    assert!(
+        matches!(drained, Ok(Err(_))),
+        "the near end resets the client's connection: {drained:?}"
+    );
+    echo_once(at_echo, 3, 1 << 20).await;
+    fed.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_readers_are_reset_and_the_link_carries_other_streams_over_quic() {
+    stalled_readers_are_reset(Transport::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_readers_are_reset_and_the_link_carries_other_streams_over_tcp_fallback() {
+    stalled_readers_are_reset(Transport::Tcp).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@
 //! idle proxied connection over QUIC holds no copy buffers at all.
 
 use std::io;
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -176,9 +177,36 @@ pub struct Counters {
     pub rx: Counter,
 }
 
+/// A TCP socket took none of the bytes waiting for it for the stall time-out
+/// ([`super::TunnelConfig::stall_timeout_ms`]): its reader (a node, or a local client) has
+/// stopped reading. Carried inside an [`io::ErrorKind::TimedOut`] error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stalled;
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the TCP peer read nothing for the stall time-out")
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+/// Whether `e` is a [`Stalled`] write.
+fn is_stalled(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Stalled>())
+}
+
 /// Writes all of `chunks` to a TCP socket in vectored writes (`writev`), so a busy stream
 /// costs one system call per batch rather than one per received chunk.
-async fn tcp_write_chunks<B: bytes::Buf>(tcp: &TcpStream, chunks: &mut [B]) -> io::Result<()> {
+///
+/// With `stall` set, a wait for the socket to take more bytes that lasts that long fails with
+/// [`Stalled`] (kind [`io::ErrorKind::TimedOut`]); any progress starts the wait anew, so a slow
+/// reader is never cut, only one that stopped.
+async fn tcp_write_chunks<B: bytes::Buf>(
+    tcp: &TcpStream,
+    chunks: &mut [B],
+    stall: Option<Duration>,
+) -> io::Result<()> {
     let mut first = 0;
     loop {
         // skip what is written (and empty chunks)
@@ -188,7 +216,12 @@ async fn tcp_write_chunks<B: bytes::Buf>(tcp: &TcpStream, chunks: &mut [B]) -> i
         if first == chunks.len() {
             return Ok(());
         }
-        tcp.writable().await?;
+        match stall {
+            None => tcp.writable().await?,
+            Some(stall) => tokio::time::timeout(stall, tcp.writable())
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, Stalled))??,
+        }
         let written = {
             let mut slices = [io::IoSlice::new(&[]); QUIC_BATCH];
             let n = (chunks.len() - first).min(QUIC_BATCH);
@@ -232,9 +265,10 @@ fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
     }
 }
 
-/// Writes all of `buf` to a TCP socket shared by reference.
-async fn tcp_write_all(tcp: &TcpStream, buf: &[u8]) -> io::Result<()> {
-    tcp_write_chunks(tcp, &mut [buf]).await
+/// Writes all of `buf` to a TCP socket shared by reference (`stall` as for
+/// [`tcp_write_chunks`]).
+async fn tcp_write_all(tcp: &TcpStream, buf: &[u8], stall: Option<Duration>) -> io::Result<()> {
+    tcp_write_chunks(tcp, &mut [buf], stall).await
 }
 
 fn tcp_shutdown_write(tcp: &TcpStream) {
@@ -343,8 +377,14 @@ fn right_sized(buf: bytes::BytesMut) -> bytes::Bytes {
     }
 }
 
-/// Tunnel → TCP until the stream's end, then `shutdown(SHUT_WR)` on the socket.
-async fn tunnel_to_tcp(r: &mut TunnelRead, tcp: &TcpStream, rx: &Counter) -> io::Result<()> {
+/// Tunnel → TCP until the stream's end, then `shutdown(SHUT_WR)` on the socket. Fails with
+/// [`Stalled`] when the socket takes nothing for `stall`.
+async fn tunnel_to_tcp(
+    r: &mut TunnelRead,
+    tcp: &TcpStream,
+    rx: &Counter,
+    stall: Option<Duration>,
+) -> io::Result<()> {
     match r {
         TunnelRead::Quic(r) => loop {
             let mut first = match r.read_chunk(QUIC_CHUNK, true).await {
@@ -377,7 +417,7 @@ async fn tunnel_to_tcp(r: &mut TunnelRead, tcp: &TcpStream, rx: &Counter) -> io:
                 &mut batch[..]
             };
             let bytes: usize = chunks.iter().map(|c| c.len()).sum();
-            tcp_write_chunks(tcp, chunks).await?;
+            tcp_write_chunks(tcp, chunks, stall).await?;
             rx.inc_by(bytes as u64);
             match end {
                 Some(Ok(())) => break,
@@ -395,7 +435,7 @@ async fn tunnel_to_tcp(r: &mut TunnelRead, tcp: &TcpStream, rx: &Counter) -> io:
                 if n == 0 {
                     break;
                 }
-                tcp_write_chunks(tcp, &mut chunks).await?;
+                tcp_write_chunks(tcp, &mut chunks, stall).await?;
                 chunks.clear();
                 rx.inc_by(n as u64);
             }
@@ -412,6 +452,10 @@ pub enum Ended {
     Done,
     /// A direction failed (reset, connection lost).
     Failed(io::Error),
+    /// The TCP socket took nothing for the stall time-out while tunnel bytes waited for it
+    /// (its reader stopped reading); both sides were reset, so the tunnel windows those bytes
+    /// held are given back.
+    Stalled,
     /// `stop` fired first (revocation, shutdown); both sides were reset.
     Stopped,
     /// The far gateway refused the stream.
@@ -420,21 +464,23 @@ pub enum Ended {
 
 /// Which end of a tunnel stream a splice runs at: where the far gateway's answer goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
+pub enum End<'a> {
     /// The near end: the first bytes from the tunnel are the far gateway's answer; anything
     /// but `Accepted` ends the splice with [`Ended::Refused`] (bytes the client sent meanwhile
     /// are discarded by the far end).
     Near,
     /// The far end, which accepted the stream: the `Accepted` answer leads the first bytes the
     /// node sends (or the FIN, if it sends none), so it costs no TLS record or packet of its
-    /// own and the caller's first bytes reach the node without waiting for it.
-    Far,
+    /// own and the caller's first bytes reach the node without waiting for it. The bytes are
+    /// those that came with the header and the dial did not send: they go to the node first.
+    Far(&'a [u8]),
 }
 
 /// Splices `tcp` and a tunnel stream until both directions end or `stop` resolves.
 ///
-/// `early` is written to `tcp` first (bytes that arrived with the header); `end` says where
-/// the answer goes.
+/// `end` says where the answer goes (and, at the far end, what to write to `tcp` first).
+/// `stall`: the longest wait for `tcp` to take bytes from the tunnel ([`Ended::Stalled`]
+/// after it; `None`, no limit).
 ///
 /// Everything is borrowed, and `stop` comes pinned: a value moved into an `async fn` keeps its
 /// place in the future's state for the whole call, so moving it on (to split it, to pin it)
@@ -443,9 +489,9 @@ pub async fn splice<S: std::future::Future<Output = ()>>(
     tcp: &mut TcpStream,
     r: &mut TunnelRead,
     w: &mut TunnelWrite,
-    early: &[u8],
-    end: End,
+    end: End<'_>,
     counters: &Counters,
+    stall: Option<Duration>,
     stop: std::pin::Pin<&mut S>,
 ) -> Ended {
     // pinned in place and dropped before the resets below
@@ -458,10 +504,14 @@ pub async fn splice<S: std::future::Future<Output = ()>>(
             let accepted = Answer::Accepted.encode();
             let lead: &[u8] = match end {
                 End::Near => &[],
-                End::Far => &accepted,
+                End::Far(_) => &accepted,
             };
             let up = std::pin::pin!(tcp_to_tunnel(&mut tcp_read, w, &counters.tx, lead));
             let down = std::pin::pin!(async {
+                let early = match end {
+                    End::Near => &[][..],
+                    End::Far(early) => early,
+                };
                 if end == End::Near {
                     match r.answer().await {
                         Ok(Answer::Accepted) => {}
@@ -470,10 +520,12 @@ pub async fn splice<S: std::future::Future<Output = ()>>(
                     }
                 }
                 if !early.is_empty() {
-                    tcp_write_all(tcp_write, early).await.map_err(Ok)?;
+                    tcp_write_all(tcp_write, early, stall).await.map_err(Ok)?;
                     counters.rx.inc_by(early.len() as u64);
                 }
-                tunnel_to_tcp(r, tcp_write, &counters.rx).await.map_err(Ok)
+                tunnel_to_tcp(r, tcp_write, &counters.rx, stall)
+                    .await
+                    .map_err(Ok)
             });
             // each pump polled only when its own socket or stream woke the task
             let (mut up, mut down) = (Gated::new(up), Gated::new(down));
@@ -504,6 +556,7 @@ pub async fn splice<S: std::future::Future<Output = ()>>(
                 }
             }
             match failure {
+                Some(e) if is_stalled(&e) => Ended::Stalled,
                 Some(e) => Ended::Failed(e),
                 None => Ended::Done,
             }
@@ -595,6 +648,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_nobody_reads_fails_as_stalled_after_the_timeout() {
+        let (client, _server) = tcp_pair().await;
+        // far more than the two sockets' buffers hold
+        let data = vec![1u8; 64 << 20];
+        let write = tcp_write_all(&client, &data, Some(Duration::from_millis(200)));
+        let err = tokio::time::timeout(Duration::from_secs(20), write)
+            .await
+            .expect("the stall time-out ends the write")
+            .expect_err("nobody reads");
+        assert!(is_stalled(&err), "{err:?}");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // without a time-out the same write just waits
+        let (client, _server) = tcp_pair().await;
+        let write = tcp_write_all(&client, &data, None);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), write)
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_is_not_cut_by_the_stall_timeout() {
+        let (client, mut server) = tcp_pair().await;
+        let data: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+        // 256 KiB every 10 ms: the writer waits on the socket again and again, each time
+        // far less than the time-out, for more than the time-out in all
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                match server.read(&mut buf).await.expect("read") {
+                    0 => return got,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        // the whole write takes longer than the time-out: only a wait without progress counts
+        let started = std::time::Instant::now();
+        tcp_write_all(&client, &data, Some(Duration::from_millis(300)))
+            .await
+            .expect("a slow reader takes everything");
+        assert!(started.elapsed() > Duration::from_millis(300));
+        tcp_shutdown_write(&client);
+        let got = reader.await.expect("reader");
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "bytes differ");
+    }
+
+    #[tokio::test]
     async fn a_request_comes_back_with_its_early_bytes_in_a_buffer_of_their_size() {
         let req = super::super::header::Request::new("org1", "node1", "p2p").expect("request");
         let mut stream = req.encode();
@@ -656,7 +760,9 @@ mod tests {
             .collect();
         let want: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
         let write = async {
-            tcp_write_chunks(&client, &mut chunks).await.expect("write");
+            tcp_write_chunks(&client, &mut chunks, None)
+                .await
+                .expect("write");
             tcp_shutdown_write(&client);
         };
         let read = async {
