@@ -556,5 +556,10 @@ fn status_of(
             .map(|label| (label.to_owned(), metrics.tunnel_refused_label_total(label)))
             .filter(|(_, n)| *n > 0)
             .collect(),
+        stalled_connections: ["near", "far"]
+            .into_iter()
+            .map(|end| (end.to_owned(), metrics.tunnel_stalled_total(end)))
+            .filter(|(_, n)| *n > 0)
+            .collect(),
     }
 }

@@ -702,6 +702,12 @@ async fn stalled_readers_are_reset(transport: Transport) {
         "the near end resets the client's connection: {drained:?}"
     );
     echo_once(at_echo, 3, 1 << 20).await;
+    // `fedgw status` shows both
+    let status = fed.gws[0].status().await;
+    assert_eq!(status.stalled_connections.get("near"), Some(&1));
+    assert_eq!(status.stalled_connections.get("far"), None);
+    let status = fed.gws[1].status().await;
+    assert_eq!(status.stalled_connections.get("far"), Some(&9));
     fed.stop_all().await;
 }
 

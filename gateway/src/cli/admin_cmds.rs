@@ -499,6 +499,7 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             "rejected_records": s.rejected_records, "equivocations": s.equivocations, "peers": peers,
             "tunnels": tunnels, "listeners": s.listeners, "listener_failures": s.listener_failures,
             "active_streams": s.active_streams, "refused_streams": s.refused_streams,
+            "stalled_connections": s.stalled_connections,
         });
         println!("{v}");
         return Ok(());
@@ -571,6 +572,15 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
         refused.sort();
         let shown: Vec<String> = refused.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("refused streams: {}", shown.join(", "));
+    }
+    if !s.stalled_connections.is_empty() {
+        let mut stalled: Vec<_> = s.stalled_connections.iter().collect();
+        stalled.sort();
+        let shown: Vec<String> = stalled.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!(
+            "connections reset for a stalled reader: {}",
+            shown.join(", ")
+        );
     }
     Ok(())
 }
