@@ -92,7 +92,7 @@ pub struct TunnelConfig {
     pub max_link_ms: Option<u64>,
     /// Longest time, ms, a proxied connection's TCP peer (the node at the far end, the local
     /// client at the near end) may leave tunnel bytes waiting without taking any [default:
-    /// 30 000; 0: no limit]. Past it the connection is reset at both ends, which gives back
+    /// 30 000; 0: no limit; otherwise 100 to 3 600 000]. Past it the connection is reset at both ends, which gives back
     /// the stream and link windows its unread bytes held: without a limit, eight streams
     /// whose readers stopped hold a link's whole window (64 MiB) and so every other stream
     /// on it in that direction. A reader that takes anything at all starts the time anew, so

@@ -567,22 +567,26 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             lost
         );
     }
-    if !s.refused_streams.is_empty() {
-        let mut refused: Vec<_> = s.refused_streams.iter().collect();
-        refused.sort();
-        let shown: Vec<String> = refused.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        println!("refused streams: {}", shown.join(", "));
-    }
-    if !s.stalled_connections.is_empty() {
-        let mut stalled: Vec<_> = s.stalled_connections.iter().collect();
-        stalled.sort();
-        let shown: Vec<String> = stalled.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        println!(
-            "connections reset for a stalled reader: {}",
-            shown.join(", ")
-        );
+    for (title, counts) in [
+        ("refused streams", &s.refused_streams),
+        (
+            "connections reset for a stalled reader",
+            &s.stalled_connections,
+        ),
+    ] {
+        if !counts.is_empty() {
+            println!("{title}: {}", sorted_counts(counts));
+        }
     }
     Ok(())
+}
+
+/// `counts` as `key n, key n` in key order: `{"b": 2, "a": 1}` → `a 1, b 2`.
+fn sorted_counts(counts: &std::collections::HashMap<String, u64>) -> String {
+    let mut sorted: Vec<_> = counts.iter().collect();
+    sorted.sort();
+    let shown: Vec<String> = sorted.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    shown.join(", ")
 }
 
 /// `fedgw approve ORG`.
@@ -675,4 +679,19 @@ pub async fn render(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sorted_counts;
+
+    #[test]
+    fn counts_show_in_key_order() {
+        let counts = [("unknown_node", 2), ("bad_header", 3)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(sorted_counts(&counts), "bad_header 3, unknown_node 2");
+        assert_eq!(sorted_counts(&Default::default()), "");
+    }
 }

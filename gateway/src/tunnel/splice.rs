@@ -197,11 +197,13 @@ fn is_stalled(e: &io::Error) -> bool {
 }
 
 /// Writes all of `chunks` to a TCP socket in vectored writes (`writev`), so a busy stream
-/// costs one system call per batch rather than one per received chunk.
+/// costs one system call per batch rather than one per received chunk. A write is tried at
+/// once (tokio answers `WouldBlock` without a system call while the socket is known not to be
+/// writable); only a refused one waits for writability.
 ///
 /// With `stall` set, a wait for the socket to take more bytes that lasts that long fails with
 /// [`Stalled`] (kind [`io::ErrorKind::TimedOut`]); any progress starts the wait anew, so a slow
-/// reader is never cut, only one that stopped.
+/// reader is never cut, only one that stopped. The timer is set only when a write has to wait.
 async fn tcp_write_chunks<B: bytes::Buf>(
     tcp: &TcpStream,
     chunks: &mut [B],
@@ -216,12 +218,6 @@ async fn tcp_write_chunks<B: bytes::Buf>(
         if first == chunks.len() {
             return Ok(());
         }
-        match stall {
-            None => tcp.writable().await?,
-            Some(stall) => tokio::time::timeout(stall, tcp.writable())
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, Stalled))??,
-        }
         let written = {
             let mut slices = [io::IoSlice::new(&[]); QUIC_BATCH];
             let n = (chunks.len() - first).min(QUIC_BATCH);
@@ -233,7 +229,15 @@ async fn tcp_write_chunks<B: bytes::Buf>(
         let mut n = match written {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match stall {
+                    None => tcp.writable().await?,
+                    Some(stall) => tokio::time::timeout(stall, tcp.writable())
+                        .await
+                        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, Stalled))??,
+                }
+                continue;
+            }
             Err(e) => return Err(e),
         };
         while n > 0 && first < chunks.len() {
