@@ -5,7 +5,8 @@
 //! of the repository this checks that its path leads to `docs/DESIGN.md`, from the repository
 //! root or from the mentioning file's directory (a bare `DESIGN.md` in `gateway/src` names a
 //! file that is not there), and that the section it cites, by number or by Markdown anchor, is
-//! a `## N. Title` heading of that file. Pure file reads, no build artefacts: it runs in a few
+//! a `## N. Title` heading of that file; and that every repository path the design document
+//! names in backticks exists. Pure file reads, no build artefacts: it runs in a few
 //! milliseconds.
 
 use std::path::{Path, PathBuf};
@@ -178,6 +179,35 @@ fn every_design_reference_names_an_existing_section() {
     );
 }
 
+/// The repository paths `text` names in backticks (`gateway/src/dns.rs`, `deploy/k8s/`) that do
+/// not exist under `root`. A token counts as a path when its first component is a directory at
+/// the root; tokens with placeholders or globs (`gateway/<org>/<site>`, `*.proto`) are skipped.
+fn missing_paths(text: &str, root: &Path) -> Vec<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|token| !token.contains(['<', '*', ' ']))
+        .filter(|token| {
+            token
+                .split_once('/')
+                .is_some_and(|(top, _)| !top.is_empty() && root.join(top).is_dir())
+        })
+        .filter(|token| !root.join(token).exists())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_path_the_design_names_exists() {
+    let root = repository_root();
+    let text = std::fs::read_to_string(root.join(DESIGN)).expect("docs/DESIGN.md reads");
+    let missing = missing_paths(&text, &root);
+    assert!(
+        missing.is_empty(),
+        "{DESIGN} names paths the repository does not have: {missing:?}"
+    );
+}
+
 #[test]
 fn the_check_refuses_missing_sections_anchors_and_paths() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -224,4 +254,8 @@ fn the_check_refuses_missing_sections_anchors_and_paths() {
     assert_eq!(broken, ["line 1: \"DESIGN.md\" is not docs/DESIGN.md"]);
     let broken = check("see ../DESIGN.md section 4", "docs");
     assert_eq!(broken, ["line 1: \"../DESIGN.md\" is not docs/DESIGN.md"]);
+
+    // paths the design names: existing ones pass, placeholders and other tokens are not paths
+    let named = "`docs/DESIGN.md`, `src/`, `src/gone.rs`, `src/<org>/x`, `kind/org/name`";
+    assert_eq!(missing_paths(named, &root), ["src/gone.rs"]);
 }
