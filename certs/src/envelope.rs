@@ -1,4 +1,4 @@
-//! Signing and verifying membership record envelopes (DESIGN.md section 6).
+//! Signing and verifying membership record envelopes (docs/DESIGN.md section 6).
 //!
 //! The signature is ECDSA P-256 with SHA-256 (ASN.1 DER) over a domain-separated input:
 //!

@@ -1,4 +1,4 @@
-//! Certificate issuance for the consortium PKI (DESIGN.md section 4).
+//! Certificate issuance for the consortium PKI (docs/DESIGN.md section 4).
 //!
 //! ```text
 //! consortium root CA (self-signed, ECDSA P-256, created by `fedgw init`)

@@ -1,4 +1,4 @@
-//! Join tokens and the proof of possession a joiner sends (DESIGN.md section 5).
+//! Join tokens and the proof of possession a joiner sends (docs/DESIGN.md section 5).
 //!
 //! Text form, printed by `fedgw invite` and pasted into `fedgw join`:
 //!

@@ -1,4 +1,4 @@
-//! The Kubernetes controller (DESIGN.md section 10), one per gateway pod as a sidecar, talking
+//! The Kubernetes controller (docs/DESIGN.md section 10), one per gateway pod as a sidecar, talking
 //! to its gateway over the admin API on the pod's shared Unix socket. Only the replica holding
 //! the `coordination.k8s.io` Lease writes.
 //!

@@ -1,4 +1,4 @@
-//! Client config renderers (DESIGN.md section 9).
+//! Client config renderers (docs/DESIGN.md section 9).
 //!
 //! Every node is named by its consortium DNS name, `<node>.<org>.<domain>`, which each site's
 //! gateway resolves to an address that works from that site (split horizon), so one rendered

@@ -1,5 +1,6 @@
-//! Local addresses for remote nodes (DESIGN.md section 8). devp2p and raft carry no TLS or SNI,
-//! so at each site every remote node needs an address of its own that the gateway answers for:
+//! Local addresses for remote nodes (docs/DESIGN.md section 8). devp2p and raft carry no TLS or
+//! SNI, so at each site every remote node needs an address of its own that the gateway answers
+//! for:
 //!
 //! - **IP mode** (default): each remote node gets its own IP from a pool and keeps its real
 //!   ports, so `name:port` is the same at every site (raft stores peer addresses in its log for

@@ -1,4 +1,4 @@
-//! IP aliases for IP mode in a container (DESIGN.md section 8). In IP mode every remote node
+//! IP aliases for IP mode in a container (docs/DESIGN.md section 8). In IP mode every remote node
 //! gets its own address from `[addresses] pool`; on a single host those are loopback addresses
 //! (`127.77.0.0/16`, all local already), but in a container they must be put on an interface
 //! before the gateway can listen on them and its neighbours can reach them. With

@@ -1,4 +1,4 @@
-//! The `fedgw` command line (DESIGN.md section 11). Each subcommand returns a [`CliError`]
+//! The `fedgw` command line (docs/DESIGN.md section 11). Each subcommand returns a [`CliError`]
 //! carrying a stable exit code; `main` prints it as one line.
 
 use std::net::SocketAddr;

@@ -31,7 +31,7 @@ pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
 /// Default gateway leaf lifetime: 24 h.
 pub const DEFAULT_LEAF_LIFETIME_SECS: u64 = 24 * 3600;
 
-/// Who must approve a join (DESIGN.md section 5).
+/// Who must approve a join (docs/DESIGN.md section 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Admission {

@@ -1,4 +1,4 @@
-//! The consortium zone (DESIGN.md section 7), served authoritatively on UDP and TCP with
+//! The consortium zone (docs/DESIGN.md section 7), served authoritatively on UDP and TCP with
 //! hickory-server.
 //!
 //! Split horizon: `<node>.<org>.<domain>` answers, at each site, the address that works from

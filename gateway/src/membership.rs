@@ -1,4 +1,4 @@
-//! Membership (DESIGN.md section 6): the signed records every gateway shares, the store they
+//! Membership (docs/DESIGN.md section 6): the signed records every gateway shares, the store they
 //! persist in, and the sync streams that carry them.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! The data plane (DESIGN.md section 8): tunnels between sites and a local listener per remote
+//! The data plane (docs/DESIGN.md section 8): tunnels between sites and a local listener per remote
 //! node.
 //!
 //! ```text
@@ -315,7 +315,7 @@ struct LinkEntry {
 /// streams: `max` (half the leaf lifetime, or `tunnel.max_link_ms`), or half the certificate's
 /// remaining validity at `now` if that is shorter. The link is closed, with whatever streams it
 /// still carries, at twice this age: never after the certificate expires, so no link outlives
-/// the certificate that authenticated it (DESIGN.md section 4), and a proxied connection
+/// the certificate that authenticated it (docs/DESIGN.md section 4), and a proxied connection
 /// started just before the link retired still has the same time again to finish.
 pub fn link_age(max: Duration, now: SystemTime, peer_not_after: Option<SystemTime>) -> Duration {
     match peer_not_after {

@@ -8,7 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A chain node of this org (DESIGN.md section 10).
+/// A chain node of this org (docs/DESIGN.md section 10).
 ///
 /// Its consortium name is `<nodeName>.<org>.<domain>`; the gateway publishes its signed node
 /// record and answers DNS for it with the address of `service` (or of the Service the

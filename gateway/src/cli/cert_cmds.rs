@@ -1,5 +1,5 @@
 //! `fedgw cert issue`: TLS certificates for this org's nodes (Tessera P2P, Fabric peers and
-//! orderers), issued offline from the org CA in the data dir (DESIGN.md section 4).
+//! orderers), issued offline from the org CA in the data dir (docs/DESIGN.md section 4).
 //!
 //! The leaf names the node as every site resolves it, `<node>.<org>.<domain>`, so a TLS client
 //! that reaches the node through a gateway's local listener verifies the name it dialled

@@ -1,7 +1,7 @@
 //! The far end of a tunnel stream: authorise the caller, map the requested node to the
 //! address this site's operator registered, dial it, and splice.
 //!
-//! A stream is accepted only when every check passes (DESIGN.md section 8, "no open proxy"):
+//! A stream is accepted only when every check passes (docs/DESIGN.md section 8, "no open proxy"):
 //!
 //! 1. the header decodes ([`Answer::BadHeader`] otherwise, also for a header that does not
 //!    arrive within [`HEADER_TIMEOUT`]);
