@@ -197,6 +197,17 @@ impl Zone {
         zone
     }
 
+    /// Every record of the zone, SOA first, then in no particular order: what a zone file
+    /// for another server would hold.
+    pub fn records(&self) -> impl Iterator<Item = &Record> + '_ {
+        self.soa.iter().chain(
+            self.names
+                .values()
+                .flatten()
+                .filter(|r| r.record_type() != RecordType::SOA),
+        )
+    }
+
     fn add(&mut self, owner: &Name, record: Record) {
         self.names
             .entry(LowerName::from(owner))
@@ -275,6 +286,11 @@ impl Zone {
         reply.code = code;
         reply.authoritative = true;
         reply.answers = answers;
+        // the owner spelled as asked, as Knot does: a resolver that randomises the case of
+        // its questions sees its own spelling
+        for record in &mut reply.answers {
+            record.name = query.original().name().clone();
+        }
         reply.authority = authority;
         if transport == Transport::Udp {
             let asked = request.edns.as_ref().map_or(PLAIN_UDP_PAYLOAD, |e| {
