@@ -8,11 +8,12 @@
 //! zone's SOA and NS. Nothing is recursed; each source address is rate-limited; queries are not
 //! logged.
 //!
-//! What each request gets ([`Zone::respond`], RFC 1034/1035, RFC 6891, RFC 8906):
+//! What each request gets ([`Zone::respond`]; RFC 1034/1035, RFC 6891, RFC 8906):
 //! - opcodes other than QUERY: NOTIMP; a QUERY without exactly one question: FORMERR;
-//! - classes other than IN (CH, HS, NONE, ANY): REFUSED, since the zone exists in class IN only,
-//!   the same answer as for a name outside it (RFC 8906 section 3.1.4); NOTIMP would claim the
-//!   class is unknown to DNS;
+//! - classes other than IN (CH, HS, NONE, ANY): REFUSED, since the zone exists in class IN only:
+//!   the same answer as for a name outside it, and what Knot answers; NOTIMP would claim the
+//!   class is not implemented by DNS software at all, and QCLASS ANY is not answered with IN
+//!   data either;
 //! - names outside the zone and QTYPE ANY: REFUSED; unknown names inside it: NXDOMAIN with the
 //!   SOA; names that exist without the asked type, empty non-terminals included
 //!   (`<org>.<domain>`, `_tcp.<node>.<org>.<domain>`): NOERROR, no answer, the SOA (RFC 8020);
@@ -140,6 +141,7 @@ impl Zone {
             };
             // the name exists even without an address (NODATA rather than NXDOMAIN)
             zone.names.entry(LowerName::from(&owner)).or_default();
+            let mut aliased = false;
             if let Some(ip) = n.ip {
                 zone.add(&owner, address(&owner, ip));
             } else if let Some(target) = n.alias.as_deref().and_then(name) {
@@ -147,8 +149,11 @@ impl Zone {
                     &owner,
                     Record::from_rdata(owner.clone(), TTL, RData::CNAME(CNAME(target))),
                 );
+                aliased = true;
             }
-            if let Some(id) = &n.enode_id {
+            // a CNAME's name holds no other data (RFC 1034 section 3.6.2, RFC 2181 section
+            // 10.1): an aliased node's enode is left to the rendered client configs
+            if let Some(id) = n.enode_id.as_ref().filter(|_| !aliased) {
                 let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
                 zone.add(
                     &owner,

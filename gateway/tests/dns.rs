@@ -340,6 +340,9 @@ fn acme() -> Zone {
     n1.enode_id = Some(vec![0xab; 64]);
     let mut n2 = node("org3", "node2", None);
     n2.alias = Some("quorum-node2.ns.svc.cluster.local".into());
+    // Knot refuses to load a CNAME with other data beside it
+    n2.enode_id = Some(vec![0xcd; 64]);
+    n2.ports = [("p2p".to_owned(), 30303)].into();
     let gateways =
         [("org1", "dc1", "127.0.0.1"), ("org2", "dc1", "127.0.0.2")].map(|(org, site, ip)| {
             ZoneGateway {
@@ -584,7 +587,12 @@ impl Knot {
         let conf_path = format!("{path}/knot.conf");
         std::fs::write(&conf_path, conf).expect("knot.conf");
         let log = std::fs::File::create(format!("{path}/knotd.log")).expect("log");
-        let child = std::process::Command::new("knotd")
+        // Debian puts it in /usr/sbin, which a user's PATH may lack
+        let knotd = ["/usr/sbin/knotd", "/usr/local/sbin/knotd"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("knotd");
+        let child = std::process::Command::new(knotd)
             .args(["-c", &conf_path])
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -650,6 +658,8 @@ async fn answers_match_knot_for_the_same_zone() {
         vec!["org3.acme.test", "NS"],
         vec!["node2.org3.acme.test", "A"],
         vec!["node2.org3.acme.test", "CNAME"],
+        vec!["node2.org3.acme.test", "TXT"],
+        vec!["_p2p._tcp.node2.org3.acme.test", "SRV"],
         vec!["gw-dc1.org1.acme.test", "A"],
         vec!["gw-dc1.org2.acme.test", "AAAA"],
         vec!["acme.test", "SOA"],

@@ -57,6 +57,25 @@ fn answers_follow_the_rules() {
     );
 }
 
+#[test]
+fn a_cname_holds_no_other_data() {
+    let nodes = vec![ZoneNode {
+        org: "org1".into(),
+        name: "node1".into(),
+        ip: None,
+        alias: Some("quorum-node1.ns.svc.cluster.local".into()),
+        ports: [("p2p".to_owned(), 30303u16)].into(),
+        enode_id: Some(vec![0xab; 64]),
+    }];
+    let z = Zone::build("acme.test", "gw-dc1.org1", 7, &nodes, &[]);
+    let q = LowerName::from(Name::from_ascii("node1.org1.acme.test.").expect("name"));
+    let types: Vec<RecordType> = z.names[&q].iter().map(|r| r.record_type()).collect();
+    assert_eq!(types, [RecordType::CNAME]);
+    let (code, answers, _) = z.answer(&q, RecordType::TXT);
+    assert_eq!(code, ResponseCode::NoError);
+    assert_eq!(answers.len(), 1, "the CNAME answers TXT too");
+}
+
 mod requests {
     use super::*;
     use hickory_server::proto::op::{Message, Query};
