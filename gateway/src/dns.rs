@@ -28,7 +28,7 @@
 //!   (RFC 1035 section 4.2.1, RFC 2181 section 9).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -416,8 +416,9 @@ fn wire_bound(record: &Record) -> usize {
     name(&record.name) + 10 + rdata
 }
 
-/// Per-source token buckets of `qps` (0: no limit), bounded; refuses (fails closed) when full of
-/// active sources.
+/// Per-source token buckets of `qps` (0: no limit), a source being an IPv4 address or an IPv6
+/// /64 ([`source_of`]); bounded to [`MAX_SOURCES`]; refuses (fails closed) a new source when
+/// the table is full of active ones.
 #[derive(Debug, Default)]
 struct Limiter {
     qps: f64,
@@ -430,6 +431,7 @@ impl Limiter {
             return true;
         }
         let rate = self.qps;
+        let src = source_of(src);
         let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let level = |(tokens, at): (f64, Instant)| {
             (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate)
@@ -447,6 +449,18 @@ impl Limiter {
         }
         *b = (l - 1.0, now);
         true
+    }
+}
+
+/// The unit the rate limiter counts: an IPv4 address (also when mapped into IPv6), or the /64
+/// of an IPv6 address, since one host may use every address of its /64.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),
+        },
+        v4 => v4,
     }
 }
 

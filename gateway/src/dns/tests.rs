@@ -18,6 +18,29 @@ fn per_source_limit_allows_a_burst_then_refuses_and_zero_is_off() {
 }
 
 #[test]
+fn an_ipv6_source_is_its_64_and_a_mapped_ipv4_its_address() {
+    let l = Limiter {
+        qps: 4.0,
+        buckets: Mutex::default(),
+    };
+    let t0 = Instant::now();
+    let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+    // one host rotating through its /64 gets one budget
+    assert!((1..=4).all(|i| l.allow(ip(&format!("2001:db8:1:2::{i}")), t0)));
+    assert!(!l.allow(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"), t0));
+    assert!(
+        l.allow(ip("2001:db8:1:3::1"), t0),
+        "the next /64 is another source"
+    );
+    assert!((0..4).all(|_| l.allow(ip("10.0.0.1"), t0)));
+    assert!(!l.allow(ip("::ffff:10.0.0.1"), t0), "the same IPv4 host");
+    assert!(
+        l.allow(ip("::ffff:10.0.0.2"), t0),
+        "mapped addresses are not one /64"
+    );
+}
+
+#[test]
 fn answers_follow_the_rules() {
     let nodes = vec![ZoneNode {
         org: "org2".into(),
