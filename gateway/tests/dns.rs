@@ -482,11 +482,15 @@ async fn empty_non_terminals_are_nodata_with_the_soa() {
 
 /// Sends `msg` in one datagram and reads the answer (2 s bound).
 fn exchange_udp(dns: SocketAddr, msg: &Message) -> Message {
+    exchange_raw(dns, &msg.to_vec().expect("encode"))
+}
+
+/// Sends `bytes` in one datagram and reads the answer (2 s bound).
+fn exchange_raw(dns: SocketAddr, bytes: &[u8]) -> Message {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     sock.set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
-    sock.send_to(&msg.to_vec().expect("encode"), dns)
-        .expect("send");
+    sock.send_to(bytes, dns).expect("send");
     let mut buf = [0u8; 4096];
     let n = sock.recv(&mut buf).expect("an answer within 2 s");
     Message::from_vec(&buf[..n]).expect("decode")
@@ -524,6 +528,31 @@ async fn zone_transfers_are_refused_on_both_transports() {
         assert_eq!(d.status, "REFUSED", "IXFR {transport}: {d:?}");
         assert!(d.answer.is_empty(), "IXFR {transport}: {d:?}");
     }
+    served.stop().await;
+}
+
+/// Two OPT records in one query are FORMERR (RFC 6891 section 6.1.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_opt_records_are_formerr() {
+    let served = Served::new(acme()).await;
+    let mut query = Message::query();
+    query.metadata.id = 77;
+    query.add_query(Query::query(
+        Name::from_ascii("node1.org2.acme.test.").expect("name"),
+        RecordType::A,
+    ));
+    let mut once = query.clone();
+    once.set_edns(hickory_proto::op::Edns::new());
+    let mut bytes = once.to_vec().expect("encode");
+    // a second copy of the OPT record (its last 11 bytes) and ARCOUNT 2
+    let opt = bytes[bytes.len() - 11..].to_vec();
+    bytes.extend_from_slice(&opt);
+    bytes[10..12].copy_from_slice(&2u16.to_be_bytes());
+    let answer = exchange_raw(served.addr, &bytes);
+    assert_eq!(answer.metadata.id, 77);
+    assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
+    let answer = exchange_raw(served.addr, &once.to_vec().expect("encode"));
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
     served.stop().await;
 }
 
