@@ -5,8 +5,8 @@
 //! there: the node's real address for the site's own org, the local address allocated for it
 //! ([`crate::addressing`]) for every other org. Also `_p2p._tcp`, `_raft._tcp` and `_tessera._tcp`
 //! SRV records under each node name, `TXT "enode=<128 hex>"`, `gw-<site>.<org>.<domain>` and the
-//! zone's SOA and NS. Nothing is recursed; each source address is rate-limited; queries are not
-//! logged.
+//! zone's SOA and NS. Nothing is recursed; each source (an IPv4 address, an IPv6 /64) is
+//! rate-limited; queries are not logged.
 //!
 //! What each request gets ([`Zone::respond`]; RFC 1034/1035, RFC 6891, RFC 8906):
 //! - opcodes other than QUERY: NOTIMP; a QUERY without exactly one question: FORMERR;
@@ -400,7 +400,7 @@ impl Reply {
     }
 }
 
-/// At least the encoded size of `record` in bytes, without name compression.
+/// An upper bound of the encoded size of `record`, bytes: its size without name compression.
 fn wire_bound(record: &Record) -> usize {
     let name = |n: &Name| n.len() + 1;
     let rdata = match &record.data {
