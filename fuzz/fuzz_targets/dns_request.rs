@@ -1,10 +1,11 @@
-//! The DNS request path: arbitrary bytes parsed as a request and every question answered from a
-//! populated zone. Errors and refusals, never a panic.
+//! The DNS request path: arbitrary bytes parsed as a request, answered from a populated zone over
+//! UDP and TCP (opcode, class, EDNS, transfer and size rules), and every question answered.
+//! Errors and refusals, never a panic; a UDP reply never needs more than the size asked.
 #![no_main]
 
 use std::sync::OnceLock;
 
-use fedgw_gateway::dns::{Zone, ZoneGateway, ZoneNode};
+use fedgw_gateway::dns::{Transport, UDP_PAYLOAD, Zone, ZoneGateway, ZoneNode};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
 use libfuzzer_sys::fuzz_target;
@@ -32,6 +33,16 @@ fn zone() -> &'static Zone {
 fuzz_target!(|data: &[u8]| {
     let src = "127.0.0.1:5353".parse().expect("addr");
     if let Ok(request) = Request::from_bytes(data.to_vec(), src, Protocol::Udp) {
+        for transport in [Transport::Udp, Transport::Tcp] {
+            let reply = zone().respond(&request, transport);
+            if reply.truncated {
+                assert!(transport == Transport::Udp && reply.answers.is_empty());
+            }
+            if let Some(edns) = &reply.edns {
+                assert_eq!((edns.max_payload(), edns.version()), (UDP_PAYLOAD, 0));
+                assert!(edns.options().as_ref().is_empty());
+            }
+        }
         for q in request.queries.queries() {
             let _ = zone().answer(q.name(), q.query_type());
         }

@@ -5,26 +5,56 @@
 //! there: the node's real address for the site's own org, the local address allocated for it
 //! ([`crate::addressing`]) for every other org. Also `_p2p._tcp`, `_raft._tcp` and `_tessera._tcp`
 //! SRV records under each node name, `TXT "enode=<128 hex>"`, `gw-<site>.<org>.<domain>` and the
-//! zone's SOA and NS. Unknown names inside the zone are NXDOMAIN, names outside it and ANY
-//! queries are REFUSED, nothing is recursed; each source address is rate-limited; queries are
-//! not logged.
+//! zone's SOA and NS. Nothing is recursed; each source (an IPv4 address, an IPv6 /64) is
+//! rate-limited; queries are not logged.
+//!
+//! What each request gets ([`Zone::respond`]; RFC 1034/1035, RFC 6891, RFC 8906):
+//! - opcodes other than QUERY: NOTIMP; a QUERY without exactly one question: FORMERR;
+//! - classes other than IN (CH, HS, NONE, ANY): REFUSED, since the zone exists in class IN only:
+//!   the same answer as for a name outside it, and what Knot answers; NOTIMP would claim the
+//!   class is not implemented by DNS software at all, and QCLASS ANY is not answered with IN
+//!   data either;
+//! - names outside the zone and QTYPE ANY: REFUSED; unknown names inside it: NXDOMAIN with the
+//!   SOA; names that exist without the asked type, empty non-terminals included
+//!   (`<org>.<domain>`, `_tcp.<node>.<org>.<domain>`): NOERROR, no answer, the SOA (RFC 8020);
+//! - zone transfers are refused: AXFR over UDP is FORMERR (RFC 5936 section 4.2), AXFR over TCP
+//!   and IXFR are REFUSED. Every site builds its own view of the zone from signed records, so
+//!   no other server has a use for a copy, and no setting allows one;
+//! - EDNS(0) (RFC 6891): a request with OPT gets an OPT with [`UDP_PAYLOAD`], version 0 and the
+//!   request's DO bit, never an option; EDNS version > 0 gets BADVERS; unknown options are
+//!   ignored; two OPT records are FORMERR (hickory's parser);
+//! - over UDP an answer larger than the requester's payload size (512 without EDNS, at most
+//!   [`UDP_PAYLOAD`]) is sent with TC and empty sections, so the requester retries over TCP
+//!   (RFC 1035 section 4.2.1, RFC 2181 section 9).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Metadata, ResponseCode};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::{
+    Edns, LowerQuery, MessageType, Metadata, OpCode, ResponseCode, emit_message_parts,
+};
 use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, SRV, TXT};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_server::proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageRequest, MessageResponseBuilder};
 
 /// TTL of every answer, seconds: short, since the view changes as members do.
 pub const TTL: u32 = 5;
 /// Most sources tracked by the rate limiter.
 pub const MAX_SOURCES: usize = 4096;
+/// The largest DNS message sent over UDP, bytes, advertised in every OPT record: the DNS Flag
+/// Day 2020 value, which fits an IPv6 packet of the minimum MTU (1280) without fragments.
+pub const UDP_PAYLOAD: u16 = 1232;
+/// The EDNS version this server implements (RFC 6891 section 6.1.3); a request with a higher
+/// one gets BADVERS.
+pub const EDNS_VERSION: u8 = 0;
+/// A request without OPT may get at most this many bytes over UDP (RFC 1035 section 4.2.1).
+const PLAIN_UDP_PAYLOAD: u16 = 512;
 
 /// The zone as one site answers it: every name with its records, built from the view.
 #[derive(Debug, Clone, Default)]
@@ -111,6 +141,7 @@ impl Zone {
             };
             // the name exists even without an address (NODATA rather than NXDOMAIN)
             zone.names.entry(LowerName::from(&owner)).or_default();
+            let mut aliased = false;
             if let Some(ip) = n.ip {
                 zone.add(&owner, address(&owner, ip));
             } else if let Some(target) = n.alias.as_deref().and_then(name) {
@@ -118,8 +149,11 @@ impl Zone {
                     &owner,
                     Record::from_rdata(owner.clone(), TTL, RData::CNAME(CNAME(target))),
                 );
+                aliased = true;
             }
-            if let Some(id) = &n.enode_id {
+            // a CNAME's name holds no other data (RFC 1034 section 3.6.2, RFC 2181 section
+            // 10.1): an aliased node's enode is left to the rendered client configs
+            if let Some(id) = n.enode_id.as_ref().filter(|_| !aliased) {
                 let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
                 zone.add(
                     &owner,
@@ -154,7 +188,29 @@ impl Zone {
                 zone.add(&owner, address(&owner, ip));
             }
         }
+        // empty non-terminals (`<org>.<domain>`, `_tcp.<node>.<org>.<domain>`) exist too: NODATA
+        // rather than NXDOMAIN (RFC 8020), or a resolver minimising QNAMEs stops there
+        let apex = LowerName::from(&origin);
+        let owners: Vec<LowerName> = zone.names.keys().cloned().collect();
+        for owner in owners {
+            let mut up = owner.base_name();
+            while up.num_labels() > apex.num_labels() && apex.zone_of(&up) {
+                zone.names.entry(up.clone()).or_default();
+                up = up.base_name();
+            }
+        }
         zone
+    }
+
+    /// Every record of the zone, SOA first, then in no particular order: what a zone file
+    /// for another server would hold.
+    pub fn records(&self) -> impl Iterator<Item = &Record> + '_ {
+        self.soa.iter().chain(
+            self.names
+                .values()
+                .flatten()
+                .filter(|r| r.record_type() != RecordType::SOA),
+        )
     }
 
     fn add(&mut self, owner: &Name, record: Record) {
@@ -197,10 +253,172 @@ impl Zone {
             }
         }
     }
+
+    /// Answers one request that arrived over `transport`: the rules in the module
+    /// documentation, in this order: EDNS version, opcode, question count, class, zone
+    /// transfers, then [`Zone::answer`], then the UDP size.
+    pub fn respond(&self, request: &MessageRequest, transport: Transport) -> Reply {
+        let mut reply = Reply::error(request, ResponseCode::NoError);
+        let fail = |code: ResponseCode| Reply {
+            code,
+            ..reply.clone()
+        };
+        if request
+            .edns
+            .as_ref()
+            .is_some_and(|e| e.version() > EDNS_VERSION)
+        {
+            return fail(ResponseCode::BADVERS);
+        }
+        if request.metadata.op_code != OpCode::Query {
+            return fail(ResponseCode::NotImp);
+        }
+        let [query] = request.queries.queries() else {
+            return fail(ResponseCode::FormErr);
+        };
+        if query.query_class() != DNSClass::IN {
+            return fail(ResponseCode::Refused);
+        }
+        match (query.query_type(), transport) {
+            (RecordType::AXFR, Transport::Udp) => return fail(ResponseCode::FormErr),
+            (RecordType::AXFR | RecordType::IXFR, _) => return fail(ResponseCode::Refused),
+            _ => {}
+        }
+        let (code, answers, authority) = self.answer(query.name(), query.query_type());
+        if code == ResponseCode::Refused {
+            return fail(code);
+        }
+        reply.code = code;
+        reply.authoritative = true;
+        reply.answers = answers;
+        // the owner spelled as asked, as Knot does: a resolver that randomises the case of
+        // its questions sees its own spelling
+        for record in &mut reply.answers {
+            record.name = query.original().name().clone();
+        }
+        reply.authority = authority;
+        if transport == Transport::Udp {
+            let asked = request.edns.as_ref().map_or(PLAIN_UDP_PAYLOAD, |e| {
+                e.max_payload().max(PLAIN_UDP_PAYLOAD)
+            });
+            if !reply.fits(query, asked.min(UDP_PAYLOAD)) {
+                reply.truncated = true;
+                reply.answers.clear();
+                reply.authority.clear();
+            }
+        }
+        reply
+    }
 }
 
-/// Per-source token buckets of `qps` (0: no limit), bounded; refuses (fails closed) when full of
-/// active sources.
+/// How a request arrived: answers over UDP are bounded in size, over TCP they are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A datagram.
+    Udp,
+    /// A stream (TCP; hickory's other stream transports are not registered).
+    Tcp,
+}
+
+impl From<Protocol> for Transport {
+    fn from(p: Protocol) -> Self {
+        match p {
+            Protocol::Udp => Self::Udp,
+            _ => Self::Tcp,
+        }
+    }
+}
+
+/// The answer to one request, decided without IO: what [`ZoneHandler`] sends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// Response code; BADVERS (16) travels in the OPT record's upper bits.
+    pub code: ResponseCode,
+    /// AA: set on answers from the zone (NOERROR, NXDOMAIN), not on refusals and errors.
+    pub authoritative: bool,
+    /// TC: the answer did not fit the UDP payload size, so the sections below are empty.
+    pub truncated: bool,
+    /// Answer section.
+    pub answers: Vec<Record>,
+    /// Authority section (the SOA of negative answers).
+    pub authority: Vec<Record>,
+    /// The OPT record, present exactly when the request had one (RFC 6891 section 6.1.1).
+    pub edns: Option<Edns>,
+}
+
+impl Reply {
+    /// An error or refusal `code` to `request`: no records, no AA, an OPT if it had one.
+    pub fn error(request: &MessageRequest, code: ResponseCode) -> Self {
+        let edns = request.edns.as_ref().map(|asked| {
+            let mut e = Edns::new();
+            e.set_max_payload(UDP_PAYLOAD)
+                .set_version(EDNS_VERSION)
+                .set_dnssec_ok(asked.flags().dnssec_ok);
+            e
+        });
+        Self {
+            code,
+            authoritative: false,
+            truncated: false,
+            answers: vec![],
+            authority: vec![],
+            edns,
+        }
+    }
+
+    /// Whether the reply to `query` encodes in `limit` bytes. A cheap upper bound settles
+    /// nearly every case; only a reply that may not fit is encoded to be sure, the way hickory
+    /// encodes it (which counts a name at its full length before compressing it).
+    fn fits(&self, query: &LowerQuery, limit: u16) -> bool {
+        const HEADER: usize = 12;
+        const OPT: usize = 11;
+        let records = self.answers.iter().chain(&self.authority);
+        let bound = HEADER
+            + query.name().len()
+            + 1
+            + 4
+            + records.map(wire_bound).sum::<usize>()
+            + self.edns.as_ref().map_or(0, |_| OPT);
+        if bound <= usize::from(limit) {
+            return true;
+        }
+        let mut buf = Vec::with_capacity(usize::from(limit));
+        let mut encoder = BinEncoder::new(&mut buf);
+        encoder.set_max_size(limit);
+        let metadata = Metadata::new(0, MessageType::Response, OpCode::Query);
+        let header = emit_message_parts(
+            &metadata,
+            &mut std::iter::once(query),
+            &mut self.answers.iter(),
+            &mut self.authority.iter(),
+            &mut std::iter::empty::<&Record>(),
+            self.edns.as_ref(),
+            None,
+            &mut encoder,
+        );
+        header.is_ok_and(|h| !h.metadata.truncation)
+    }
+}
+
+/// An upper bound of the encoded size of `record`, bytes: its size without name compression.
+fn wire_bound(record: &Record) -> usize {
+    let name = |n: &Name| n.len() + 1;
+    let rdata = match &record.data {
+        RData::A(_) => 4,
+        RData::AAAA(_) => 16,
+        RData::CNAME(CNAME(n)) | RData::NS(NS(n)) => name(n),
+        RData::SOA(soa) => name(&soa.mname) + name(&soa.rname) + 20,
+        RData::SRV(srv) => 6 + name(&srv.target),
+        RData::TXT(txt) => txt.txt_data.iter().map(|s| s.len() + 1).sum(),
+        // the zone holds no other type; an unknown one is encoded to be sure
+        _ => usize::from(u16::MAX),
+    };
+    name(&record.name) + 10 + rdata
+}
+
+/// Per-source token buckets of `qps` (0: no limit), a source being an IPv4 address or an IPv6
+/// /64 ([`source_of`]); bounded to [`MAX_SOURCES`]; refuses (fails closed) a new source when
+/// the table is full of active ones.
 #[derive(Debug, Default)]
 struct Limiter {
     qps: f64,
@@ -213,6 +431,7 @@ impl Limiter {
             return true;
         }
         let rate = self.qps;
+        let src = source_of(src);
         let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let level = |(tokens, at): (f64, Instant)| {
             (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate)
@@ -230,6 +449,18 @@ impl Limiter {
         }
         *b = (l - 1.0, now);
         true
+    }
+}
+
+/// The unit the rate limiter counts: an IPv4 address (also when mapped into IPv6), or the /64
+/// of an IPv6 address, since one host may use every address of its /64.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),
+        },
+        v4 => v4,
     }
 }
 
@@ -269,38 +500,30 @@ impl RequestHandler for ZoneHandler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        let builder = MessageResponseBuilder::new(&request.queries, None);
         let src: SocketAddr = request.src();
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.authoritative = true;
-        metadata.recursion_available = false;
-        let refuse = |code: ResponseCode| builder.error_msg(&request.metadata, code);
-        let result = if !self.limiter.allow(src.ip(), Instant::now()) {
-            response_handle
-                .send_response(refuse(ResponseCode::Refused))
-                .await
-        } else if let [query] = request.queries.queries() {
-            let zone = self.current();
-            let (code, answers, authority) = zone.answer(query.name(), query.query_type());
-            if code == ResponseCode::Refused {
-                response_handle.send_response(refuse(code)).await
-            } else {
-                metadata.response_code = code;
-                let msg = MessageResponseBuilder::new(&request.queries, None).build(
-                    metadata,
-                    answers.iter(),
-                    authority.iter(),
-                    std::iter::empty(),
-                    std::iter::empty(),
-                );
-                response_handle.send_response(msg).await
-            }
+        let reply = if self.limiter.allow(src.ip(), Instant::now()) {
+            self.current()
+                .respond(request, Transport::from(request.protocol()))
         } else {
-            response_handle
-                .send_response(refuse(ResponseCode::FormErr))
-                .await
+            Reply::error(request, ResponseCode::Refused)
         };
-        match result {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.response_code = reply.code;
+        metadata.authoritative = reply.authoritative;
+        metadata.truncation = reply.truncated;
+        metadata.recursion_available = false;
+        let mut builder = MessageResponseBuilder::new(&request.queries, None);
+        if let Some(edns) = &reply.edns {
+            builder.edns(edns);
+        }
+        let msg = builder.build(
+            metadata,
+            reply.answers.iter(),
+            reply.authority.iter(),
+            std::iter::empty(),
+            std::iter::empty(),
+        );
+        match response_handle.send_response(msg).await {
             Ok(info) => info,
             Err(_) => {
                 metadata.response_code = ResponseCode::ServFail;
@@ -314,63 +537,4 @@ impl RequestHandler for ZoneHandler {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn per_source_limit_allows_a_burst_then_refuses_and_zero_is_off() {
-        let l = Limiter {
-            qps: 5.0,
-            buckets: Mutex::default(),
-        };
-        let t0 = Instant::now();
-        let a: IpAddr = "10.0.0.1".parse().expect("ip");
-        let b: IpAddr = "10.0.0.2".parse().expect("ip");
-        assert!((0..5).all(|_| l.allow(a, t0)));
-        assert!(!l.allow(a, t0));
-        assert!(l.allow(b, t0), "sources are limited separately");
-        assert!(l.allow(a, t0 + std::time::Duration::from_millis(200)));
-        let off = Limiter::default();
-        assert!((0..100_000).all(|_| off.allow(a, t0)));
-    }
-
-    #[test]
-    fn answers_follow_the_rules() {
-        let nodes = vec![ZoneNode {
-            org: "org2".into(),
-            name: "n1".into(),
-            ip: None,
-            alias: None,
-            ports: BTreeMap::new(),
-            enode_id: None,
-        }];
-        let z = Zone::build("acme.test", "gw-dc1.org1", 7, &nodes, &[]);
-        let q = |s: &str| LowerName::from(Name::from_ascii(s).expect("name"));
-        assert_eq!(
-            z.answer(&q("n1.org2.acme.test."), RecordType::A).0,
-            ResponseCode::NoError
-        );
-        assert!(
-            z.answer(&q("n1.org2.acme.test."), RecordType::A)
-                .1
-                .is_empty(),
-            "no address yet: NODATA"
-        );
-        assert_eq!(
-            z.answer(&q("x.org2.acme.test."), RecordType::A).0,
-            ResponseCode::NXDomain
-        );
-        assert_eq!(
-            z.answer(&q("acme.test.example."), RecordType::A).0,
-            ResponseCode::Refused
-        );
-        assert_eq!(
-            z.answer(&q("n1.org2.acme.test."), RecordType::ANY).0,
-            ResponseCode::Refused
-        );
-        assert_eq!(
-            Zone::default().answer(&q("acme.test."), RecordType::SOA).0,
-            ResponseCode::Refused
-        );
-    }
-}
+mod tests;
