@@ -660,3 +660,271 @@ fn cert_issue_writes_a_node_certificate_that_verifies_under_its_consortium_name(
         assert!(!out.join(format!("{refused}.key")).exists(), "{refused}");
     }
 }
+
+/// `fedgw ARGS` with `stdin` written to its standard input and `env` added to its environment.
+fn run_with(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fedgw"))
+        .args(args)
+        .env_remove("FEDGW_JOIN_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.as_bytes()).expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("wait")
+}
+
+fn join_args<'a>(org: &'a str, dir: &'a str) -> Vec<&'a str> {
+    let mut args = vec![
+        "join",
+        "--org",
+        org,
+        "--data-dir",
+        dir,
+        "--advertise",
+        "127.0.0.1:0",
+        "--timeout",
+        "10s",
+    ];
+    args.extend(LOOPBACK);
+    args
+}
+
+#[test]
+fn join_reads_its_token_from_a_file_standard_input_or_the_environment() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw1 = founder(tmp.path());
+    let said = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+
+    // --token-file: the first line, a trailing newline and spaces are not part of the token
+    let file = tmp.path().join("org2.token");
+    std::fs::write(&file, format!("  {}\n", invite(&gw1.dir, "org2"))).expect("write");
+    let d2 = s(&tmp.path().join("org2"));
+    let mut args = join_args("org2", &d2);
+    let f = s(&file);
+    args.extend(["--token-file", &f]);
+    let out = run_with(&args, "", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+
+    // `-`: standard input
+    let d3 = s(&tmp.path().join("org3"));
+    let mut args = join_args("org3", &d3);
+    args.push("-");
+    let out = run_with(&args, &format!("{}\n", invite(&gw1.dir, "org3")), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+
+    // FEDGW_JOIN_TOKEN
+    let d4 = s(&tmp.path().join("org4"));
+    let token = invite(&gw1.dir, "org4");
+    let out = run_with(
+        &join_args("org4", &d4),
+        "",
+        &[("FEDGW_JOIN_TOKEN", token.as_str())],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+
+    // bad sources are usage errors that write nothing
+    let d5 = s(&tmp.path().join("org5"));
+    let big = tmp.path().join("big");
+    std::fs::write(&big, "x".repeat(5000)).expect("write");
+    let empty = tmp.path().join("empty");
+    std::fs::write(&empty, "\n").expect("write");
+    let missing = tmp.path().join("missing");
+    let (big, empty, missing) = (s(&big), s(&empty), s(&missing));
+    for (extra, why) in [
+        (&["-"][..], "empty standard input"),
+        (&["--token-file", &big][..], "a 5000-byte line"),
+        (&["--token-file", &empty][..], "an empty file"),
+        (&["--token-file", &missing][..], "a missing file"),
+        (&[][..], "no token at all"),
+        (&["x", "--token-file", &f][..], "two sources"),
+    ] {
+        let mut args = join_args("org5", &d5);
+        args.extend(extra);
+        let out = run_with(&args, "", &[]);
+        assert_eq!(out.status.code(), Some(64), "{why}: {}", said(&out));
+    }
+    assert!(!tmp.path().join("org5").exists());
+
+    let help = fedgw().run(["join", "--help"]).expect("spawn");
+    for source in ["--token-file", "standard input", "FEDGW_JOIN_TOKEN"] {
+        assert!(help.stdout.contains(source), "{source}: {}", help.stdout);
+    }
+}
+
+/// Runs `fedgw ARGS` with its standard output a pipe whose reader is already gone.
+fn run_into_closed_pipe(args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    std::process::Command::new(env!("CARGO_BIN_EXE_fedgw"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run")
+}
+
+#[test]
+fn printing_commands_end_quietly_when_their_reader_is_gone() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw1 = founder(tmp.path());
+    let d = s(&gw1.dir);
+    let out = s(&tmp.path().join("tls"));
+    for args in [
+        vec!["nodes", "--data-dir", &d],
+        vec!["nodes", "--data-dir", &d, "--json"],
+        vec!["members", "--data-dir", &d],
+        vec!["status", "--data-dir", &d],
+        vec!["status", "--data-dir", &d, "--json"],
+        vec!["render", "tessera-peers", "--data-dir", &d],
+        vec!["invite", "org2", "--data-dir", &d],
+        vec!["cert", "issue", "tm1", "--data-dir", &d, "--out-dir", &out],
+        vec!["ping", &gw1.endpoint(), "--data-dir", &d],
+    ] {
+        let run = run_into_closed_pipe(&args);
+        assert_eq!(
+            run.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(
+            !String::from_utf8_lossy(&run.stderr).contains("panicked"),
+            "{args:?}"
+        );
+    }
+}
+
+/// Runs `fedgw ARGS` under umask 000.
+fn run_umask_000(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_fedgw"))
+        .args(args)
+        .output()
+        .expect("run")
+}
+
+#[test]
+fn secrets_are_private_whatever_the_umask() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("deep/org1");
+    let d = s(&a);
+    let mut args = vec![
+        "init",
+        "--consortium",
+        "acme",
+        "--domain",
+        "acme.test",
+        "--org",
+        "org1",
+        "--advertise",
+        "127.0.0.1:0",
+        "--data-dir",
+        &d,
+    ];
+    args.extend(LOOPBACK);
+    let run = run_umask_000(&args);
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    assert_eq!(mode(&a), 0o700, "data dir");
+    for secret in ["root-ca.key", "org-ca.key", "gateway.key", "store.redb"] {
+        assert_eq!(mode(&a.join(secret)), 0o600, "{secret}");
+    }
+    for public in ["fedgw.toml", "root-ca.pem", "org-ca.pem", "gateway.pem"] {
+        assert_eq!(mode(&a.join(public)), 0o644, "{public}");
+    }
+
+    let out = tmp.path().join("tls/tm1");
+    let o = s(&out);
+    let run = run_umask_000(&["cert", "issue", "tm1", "--data-dir", &d, "--out-dir", &o]);
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    assert_eq!(mode(&out), 0o700, "--out-dir");
+    assert_eq!(mode(&out.join("tm1.key")), 0o600);
+    assert_eq!(mode(&out.join("tm1.crt")), 0o644);
+    // an existing output directory keeps its mode
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let sh = s(&shared);
+    let run = run_umask_000(&["cert", "issue", "tm2", "--data-dir", &d, "--out-dir", &sh]);
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    assert_eq!(mode(&shared), 0o755);
+    assert_eq!(mode(&shared.join("tm2.key")), 0o600);
+}
+
+#[test]
+fn init_into_a_data_dir_holding_a_gateway_is_a_usage_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let init_args = |dir: &str| -> Vec<String> {
+        let mut args = vec![
+            "init",
+            "--consortium",
+            "acme",
+            "--domain",
+            "acme.test",
+            "--org",
+            "org1",
+            "--advertise",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir,
+        ];
+        args.extend(LOOPBACK);
+        args.into_iter().map(str::to_owned).collect()
+    };
+    let a = tmp.path().join("org1");
+    init(&a, "127.0.0.1:0");
+    let again = fedgw().run(init_args(&s(&a))).expect("spawn");
+    assert_eq!(again.code, Some(64), "{}", again.stderr);
+    assert!(again.stderr.contains("fedgw.toml"), "{}", again.stderr);
+
+    // a half-provisioned dir (a key, no fedgw.toml) is not overwritten either
+    let b = tmp.path().join("half");
+    std::fs::create_dir(&b).expect("mkdir");
+    std::fs::write(b.join("org-ca.key"), "keep me").expect("write");
+    let run = fedgw().run(init_args(&s(&b))).expect("spawn");
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("org-ca.key"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(b.join("org-ca.key")).expect("read"),
+        "keep me"
+    );
+    assert!(!b.join("root-ca.key").exists());
+
+    // other entries (a volume's lost+found) are no gateway
+    let c = tmp.path().join("volume");
+    std::fs::create_dir_all(c.join("lost+found")).expect("mkdir");
+    let run = fedgw().run(init_args(&s(&c))).expect("spawn");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
+
+#[test]
+fn an_invalid_address_pool_in_fedgw_toml_is_refused_at_load() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("org1");
+    init(&a, "127.0.0.1:0");
+    let config = a.join("fedgw.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    assert!(text.contains("\"127.77.0.0/16\""), "{text}");
+    std::fs::write(&config, text.replace("127.77.0.0/16", "10.0.0.0/33")).expect("write");
+    let run = fedgw().run(["run", "--data-dir", &s(&a)]).expect("spawn");
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("10.0.0.0/33"), "{}", run.stderr);
+    let run = fedgw()
+        .run(["invite", "org2", "--data-dir", &s(&a)])
+        .expect("spawn");
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+}
