@@ -222,10 +222,12 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            println!(
+            outln!(
                 "node {}/{} registered (seq {})",
-                info.org, info.name, info.seq
-            );
+                info.org,
+                info.name,
+                info.seq
+            )?;
             Ok(())
         }
         NodeCommand::Import(a) => import(a).await,
@@ -236,7 +238,7 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
                 .remove_node(pb::RemoveNodeRequest { name: name.clone() })
                 .await
                 .map_err(status_err)?;
-            println!("node {name} removed");
+            outln!("node {name} removed")?;
             Ok(())
         }
     }
@@ -313,7 +315,7 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
             .add_node(pb::AddNodeRequest { node: Some(spec) })
             .await
         {
-            Ok(info) => println!("node {}/{} registered", info.get_ref().org, name),
+            Ok(info) => outln!("node {}/{} registered", info.get_ref().org, name)?,
             Err(s) => {
                 failed += 1;
                 eprintln!("node {name}: {}", s.message());
@@ -358,13 +360,16 @@ pub async fn nodes(dir: DataDirArg, json: bool) -> Result<(), CliError> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        outln!("{}", serde_json::Value::Array(list))?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<28} {:<10} {:<18} {:<16} ports here",
-        "dns name", "client", "enode", "address here"
-    );
+        "dns name",
+        "client",
+        "enode",
+        "address here"
+    )?;
     for n in nodes {
         let r = n.record.unwrap_or_default();
         let id = enode_hex(&r.enode_id);
@@ -388,14 +393,14 @@ pub async fn nodes(dir: DataDirArg, json: bool) -> Result<(), CliError> {
         } else {
             ports.join(" ")
         };
-        println!(
+        outln!(
             "{:<28} {:<10} {:<18} {:<16} {}",
             n.dns_name,
             client_name(r.client),
             enode,
             ip,
             ports
-        );
+        )?;
     }
     Ok(())
 }
@@ -422,10 +427,10 @@ pub async fn members(dir: DataDirArg, json: bool) -> Result<(), CliError> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        outln!("{}", serde_json::Value::Array(list))?;
         return Ok(());
     }
-    println!("{:<10} {:<8} {:<40} approvals", "org", "status", "gateways");
+    outln!("{:<10} {:<8} {:<40} approvals", "org", "status", "gateways")?;
     for m in all {
         let gws: Vec<String> = m
             .gateways
@@ -443,7 +448,7 @@ pub async fn members(dir: DataDirArg, json: bool) -> Result<(), CliError> {
                 )
             })
             .collect();
-        println!(
+        outln!(
             "{:<10} {:<8} {:<40} {}",
             m.org,
             m.status,
@@ -457,7 +462,7 @@ pub async fn members(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             } else {
                 m.approved_by.join(",")
             }
-        );
+        )?;
     }
     Ok(())
 }
@@ -501,26 +506,31 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             "active_streams": s.active_streams, "refused_streams": s.refused_streams,
             "stalled_connections": s.stalled_connections,
         });
-        println!("{v}");
+        outln!("{v}")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "gateway {}/{}: {} records, digest {}",
         s.org,
         s.site,
         s.records,
         &s.digest[..16.min(s.digest.len())]
-    );
-    println!(
+    )?;
+    outln!(
         "rejected records: {}, equivocations: {}",
-        s.rejected_records, s.equivocations
-    );
-    println!(
+        s.rejected_records,
+        s.equivocations
+    )?;
+    outln!(
         "{:<16} {:<11} {:<9} {:>8} {:>8}  last error",
-        "peer", "state", "direction", "in", "out"
-    );
+        "peer",
+        "state",
+        "direction",
+        "in",
+        "out"
+    )?;
     for p in s.peers {
-        println!(
+        outln!(
             "{:<16} {:<11} {:<9} {:>8} {:>8}  {}",
             format!("{}/{}", p.org, p.site),
             p.state,
@@ -532,9 +542,9 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             } else {
                 &p.last_error
             }
-        );
+        )?;
     }
-    println!(
+    outln!(
         "\ndata plane: {} local listeners{}, {} proxied connections open",
         s.listeners,
         if s.listener_failures {
@@ -543,11 +553,15 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             ""
         },
         s.active_streams
-    );
-    println!(
+    )?;
+    outln!(
         "{:<16} {:<9} {:>10} {:>8} {:>8}",
-        "tunnel to", "transport", "rtt", "mtu", "lost"
-    );
+        "tunnel to",
+        "transport",
+        "rtt",
+        "mtu",
+        "lost"
+    )?;
     for t in &s.tunnels {
         let (rtt, mtu, lost) = if t.transport == "quic" {
             (
@@ -558,14 +572,14 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
         } else {
             ("-".to_owned(), "-".to_owned(), "-".to_owned())
         };
-        println!(
+        outln!(
             "{:<16} {:<9} {:>10} {:>8} {:>8}",
             format!("{}/{}", t.org, t.site),
             t.transport,
             rtt,
             mtu,
             lost
-        );
+        )?;
     }
     for (title, counts) in [
         ("refused streams", &s.refused_streams),
@@ -575,7 +589,7 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
         ),
     ] {
         if !counts.is_empty() {
-            println!("{title}: {}", sorted_counts(counts));
+            outln!("{title}: {}", sorted_counts(counts))?;
         }
     }
     Ok(())
@@ -597,7 +611,7 @@ pub async fn approve(org: String, dir: DataDirArg) -> Result<(), CliError> {
         .approve(pb::ApproveRequest { org: org.clone() })
         .await
         .map_err(status_err)?;
-    println!("approved {org}");
+    outln!("approved {org}")?;
     Ok(())
 }
 
@@ -612,7 +626,7 @@ pub async fn revoke(org: String, dir: DataDirArg, reason: Option<String>) -> Res
         })
         .await
         .map_err(status_err)?;
-    println!("revoked {org}");
+    outln!("revoked {org}")?;
     Ok(())
 }
 
@@ -663,7 +677,7 @@ pub async fn render(
     };
     let text = kind.render(&render_nodes);
     match out {
-        None => print!("{text}"),
+        None => super::write_out(format_args!("{text}"))?,
         Some(path) => {
             if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
                 eprintln!("{} unchanged", path.display());
