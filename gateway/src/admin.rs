@@ -139,6 +139,24 @@ impl pb::admin_server::Admin for AdminService {
             .ok_or_else(|| Status::invalid_argument("node missing"))?;
         let me = self.membership.me().clone();
         let record = node_record(&spec, &me.site).map_err(Status::invalid_argument)?;
+        // one enode id, one node: another org's is refused by the view, our own here (two names
+        // for one key would make clients dial the same node twice)
+        if let Some(other) = self.membership.read(|v| {
+            v.nodes()
+                .into_iter()
+                .find(|n| {
+                    n.org == me.org
+                        && n.name != spec.name
+                        && !record.enode_id.is_empty()
+                        && n.record.enode_id == record.enode_id
+                })
+                .map(|n| n.name)
+        }) {
+            return Err(Status::already_exists(format!(
+                "enode id already registered by {}/{other}",
+                me.org
+            )));
+        }
         // the real address first: the zone rebuilt on the record's arrival must find it
         let (store, name, host) = (self.store.clone(), spec.name.clone(), spec.host.clone());
         tokio::task::spawn_blocking(move || store.put_local_node(&name, &host))

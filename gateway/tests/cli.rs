@@ -928,3 +928,148 @@ fn an_invalid_address_pool_in_fedgw_toml_is_refused_at_load() {
         .expect("spawn");
     assert_eq!(run.code, Some(64), "{}", run.stderr);
 }
+
+fn samples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/data")
+}
+
+/// The secp256k1 generator G (SEC 2 section 2.4.1): a valid enode id that no sample uses.
+const GENERATOR: &str = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8";
+
+fn nodes_json(dir: &Path) -> Vec<serde_json::Value> {
+    let run = fedgw()
+        .run(["nodes", "--json", "--data-dir", &s(dir)])
+        .expect("spawn")
+        .ok()
+        .expect("nodes");
+    serde_json::from_str::<serde_json::Value>(&run.stdout)
+        .expect("json")
+        .as_array()
+        .expect("array")
+        .clone()
+}
+
+#[test]
+fn node_registration_refuses_repeated_and_invalid_enode_ids() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw1 = founder(tmp.path());
+    let d = s(&gw1.dir);
+    let node = |args: &[&str]| {
+        let mut all = vec!["node"];
+        all.extend(args);
+        all.extend(["--data-dir", &d]);
+        fedgw().run(all).expect("spawn")
+    };
+    let sample =
+        std::fs::read_to_string(samples().join("goquorum-static-nodes.raft.json")).expect("sample");
+    let urls: Vec<String> = serde_json::from_str(&sample).expect("list");
+
+    // one enode listed twice in a file: refused before anything is registered
+    let twice = tmp.path().join("twice.json");
+    std::fs::write(
+        &twice,
+        serde_json::to_string(&[&urls[0], &urls[1], &urls[0]]).expect("json"),
+    )
+    .expect("write");
+    let run = node(&["import", &s(&twice)]);
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("entries 1 and 3"), "{}", run.stderr);
+    assert!(nodes_json(&gw1.dir).is_empty());
+
+    // 64 bytes that are no secp256k1 point
+    let random = format!("enode://{}@10.0.0.9:30303", "ab".repeat(64));
+    let run = node(&["add", "bad", "--enode", &random]);
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("secp256k1"), "{}", run.stderr);
+
+    // `node add` reusing another node's enode: refused; the same node may be updated
+    let g = format!("enode://{GENERATOR}@10.0.0.9:30303");
+    assert_eq!(node(&["add", "a", "--enode", &g]).code, Some(0));
+    let run = node(&["add", "b", "--enode", &g.replace("10.0.0.9", "10.0.0.10")]);
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("already registered by org1/a"),
+        "{}",
+        run.stderr
+    );
+    let run = node(&["add", "a", "--enode", &g.replace("30303", "30304")]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let names: Vec<_> = nodes_json(&gw1.dir)
+        .iter()
+        .map(|n| n["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(names, ["a"]);
+}
+
+#[test]
+fn node_import_takes_only_the_local_tessera_node_from_its_config() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw1 = founder(tmp.path());
+    let d = s(&gw1.dir);
+    let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let config = |p2p: &str| {
+        serde_json::json!({
+            "serverConfigs": [
+                {"app": "ThirdParty", "enabled": true, "serverAddress": "http://172.16.239.11:9080"},
+                {"app": "P2P", "enabled": true, "serverAddress": p2p},
+            ],
+            "peer": [
+                {"url": "http://172.16.239.11:9001"},
+                {"url": "http://172.16.239.13:9001"},
+                {"url": "http://tessera.org9.example:9001"},
+            ],
+            "keys": {"keyData": [{"publicKey": key}]},
+        })
+        .to_string()
+    };
+    let import = |tessera: &Path| {
+        fedgw()
+            .run([
+                "node",
+                "import",
+                &s(&samples().join("goquorum-static-nodes.raft.json")),
+                "--data-dir",
+                &d,
+                "--tessera-config",
+                &s(tessera),
+            ])
+            .expect("spawn")
+    };
+    // a placeholder (the qubernetes sample) or a host no imported node has: nothing registered
+    let unknown = tmp.path().join("unknown.json");
+    std::fs::write(&unknown, config("http://172.16.239.99:9001")).expect("write");
+    for file in [samples().join("tessera-config-09.json"), unknown] {
+        let run = import(&file);
+        assert_eq!(run.code, Some(64), "{}", run.stderr);
+        assert!(run.stderr.contains("P2P address"), "{}", run.stderr);
+        assert!(nodes_json(&gw1.dir).is_empty());
+    }
+
+    let own = tmp.path().join("tessera.json");
+    std::fs::write(&own, config("http://172.16.239.12:9001")).expect("write");
+    let run = import(&own);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("3 peer(s) not registered"),
+        "{}",
+        run.stderr
+    );
+    let nodes = nodes_json(&gw1.dir);
+    let names: Vec<_> = nodes
+        .iter()
+        .map(|n| n["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names,
+        (1..=8).map(|i| format!("node{i}")).collect::<Vec<_>>()
+    );
+    for n in &nodes {
+        let (url, keys) = if n["name"] == "node2" {
+            ("http://172.16.239.12:9001", serde_json::json!([key]))
+        } else {
+            ("", serde_json::json!([]))
+        };
+        assert_eq!(n["tessera_url"], url, "{n}");
+        assert_eq!(n["tessera_keys"], keys, "{n}");
+    }
+}

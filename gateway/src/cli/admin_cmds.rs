@@ -114,8 +114,8 @@ pub struct NodeImportArgs {
     /// The client software of the imported nodes.
     #[arg(long, value_enum, default_value = "goquorum")]
     client: ClientArg,
-    /// A Tessera config: a peer whose host is an imported node's host becomes that node's
-    /// Tessera URL; other peers are registered as Tessera nodes tm1..tmN.
+    /// This site's Tessera config: its own P2P URL and public keys go to the imported node on
+    /// that URL's host. Its peers are not registered (they are other nodes).
     #[arg(long, value_name = "FILE")]
     tessera_config: Option<PathBuf>,
 }
@@ -245,8 +245,7 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
 }
 
 async fn import(a: NodeImportArgs) -> Result<(), CliError> {
-    let text = std::fs::read_to_string(&a.file)
-        .map_err(|e| usage(format!("reading {}: {e}", a.file.display())))?;
+    let text = read_input(&a.file)?;
     let urls = fedgw_proto::enode::parse_static_nodes(&text)
         .map_err(|e| usage(format!("{}: {e}", a.file.display())))?;
     if !a.names.is_empty() && a.names.len() != urls.len() {
@@ -255,6 +254,22 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
             a.names.len(),
             urls.len()
         )));
+    }
+    // one node per key and per name: a repeat would register one node twice or overwrite one
+    let mut seen = std::collections::HashMap::new();
+    for (i, url) in urls.iter().enumerate() {
+        if let Some(first) = seen.insert(url.id, i) {
+            return Err(usage(format!(
+                "{}: entries {} and {} list the same enode id",
+                a.file.display(),
+                first + 1,
+                i + 1
+            )));
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    if let Some(twice) = a.names.iter().find(|n| !names.insert(n.as_str())) {
+        return Err(usage(format!("--names lists {twice} twice")));
     }
     let mut specs: Vec<pb::NodeSpec> = urls
         .iter()
@@ -269,41 +284,18 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
         })
         .collect();
     if let Some(path) = &a.tessera_config {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| usage(format!("reading {}: {e}", path.display())))?;
+        let text = read_input(path)?;
         let tessera =
             parse_tessera_config(&text).map_err(|e| usage(format!("{}: {e}", path.display())))?;
-        let mut extra = 0;
-        for peer in &tessera.peers {
-            let Some(host) = url_host(peer) else {
-                return Err(usage(format!(
-                    "{}: peer URL {peer:?} has no host",
-                    path.display()
-                )));
-            };
-            match specs.iter_mut().find(|s| s.host == host) {
-                Some(s) => s.tessera_url = peer.clone(),
-                None => {
-                    extra += 1;
-                    specs.push(pb::NodeSpec {
-                        name: format!("tm{extra}"),
-                        client: pb::ClientKind::Tessera.into(),
-                        host,
-                        tessera_url: peer.clone(),
-                        ..Default::default()
-                    });
-                }
-            }
-        }
-        // the config's own keys belong to the node serving its P2P address
-        if let Some(own) = tessera.p2p_url.as_deref().and_then(url_host)
-            && let Some(s) = specs.iter_mut().find(|s| s.host == own)
-        {
-            s.tessera_keys = tessera
-                .public_keys
-                .iter()
-                .map(|k| k.as_bytes().to_vec())
-                .collect();
+        tessera_onto(&mut specs, &tessera)
+            .map_err(|e| usage(format!("{}: {e}", path.display())))?;
+        if !tessera.peers.is_empty() {
+            eprintln!(
+                "{}: {} peer(s) not registered: a Tessera config's peers are other nodes, \
+                 registered by the site that runs each",
+                path.display(),
+                tessera.peers.len()
+            );
         }
     }
     let dir = DataDir::new(a.dir.data_dir);
@@ -325,6 +317,73 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
     if failed > 0 {
         return Err(usage(format!("{failed} node(s) refused")));
     }
+    Ok(())
+}
+
+/// Largest node list or Tessera config `node import` reads, in bytes: a list of
+/// [`fedgw_proto::enode::MAX_STATIC_NODES`] URLs of 200 bytes fits with room to spare.
+const MAX_INPUT_FILE: u64 = 8 << 20;
+
+/// Reads a text file of at most [`MAX_INPUT_FILE`] bytes (a usage error otherwise).
+fn read_input(path: &std::path::Path) -> Result<String, CliError> {
+    use std::io::Read as _;
+    let err = |e: &dyn std::fmt::Display| usage(format!("reading {}: {e}", path.display()));
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(|e| err(&e))?
+        .take(MAX_INPUT_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| err(&e))?;
+    if text.len() as u64 > MAX_INPUT_FILE {
+        return Err(err(&format_args!("larger than {MAX_INPUT_FILE} bytes")));
+    }
+    Ok(text)
+}
+
+/// Why a Tessera config gave nothing to import.
+#[derive(Debug, thiserror::Error)]
+enum TesseraImportError {
+    /// The config has no enabled P2P server.
+    #[error("no enabled P2P server, so no Tessera URL of this site's own")]
+    NoP2p,
+    /// The P2P address is a placeholder or has no host.
+    #[error(
+        "the P2P address {0:?} names no host (fill in the placeholder, or register the URL with \
+         `fedgw node add NAME --tessera-url URL --tessera-key KEY`)"
+    )]
+    NoHost(String),
+    /// No imported node has the P2P address's host.
+    #[error(
+        "the P2P address {0:?} is not on any imported node's host (register it with \
+         `fedgw node add NAME --tessera-url URL --tessera-key KEY`)"
+    )]
+    NoNode(String),
+}
+
+/// Puts a Tessera config's own P2P URL and public keys on the imported node at the URL's host.
+/// The config's `peer` list is not used: those are other Tessera nodes, often other orgs', and
+/// each is registered by the site that runs it.
+fn tessera_onto(
+    specs: &mut [pb::NodeSpec],
+    tessera: &fedgw_proto::tessera::TesseraConfig,
+) -> Result<(), TesseraImportError> {
+    let own = tessera
+        .p2p_url
+        .as_deref()
+        .ok_or(TesseraImportError::NoP2p)?;
+    let host = url_host(own)
+        .filter(|h| fedgw_certs::token::validate_endpoint(&format!("{h}:1")).is_ok())
+        .ok_or_else(|| TesseraImportError::NoHost(own.to_owned()))?;
+    let node = specs
+        .iter_mut()
+        .find(|s| s.host == host)
+        .ok_or_else(|| TesseraImportError::NoNode(own.to_owned()))?;
+    node.tessera_url = own.to_owned();
+    node.tessera_keys = tessera
+        .public_keys
+        .iter()
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
     Ok(())
 }
 
