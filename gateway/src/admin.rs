@@ -381,6 +381,13 @@ impl pb::admin_server::Admin for AdminService {
         let candidate = request.into_inner().org;
         fedgw_certs::names::validate_label("org", &candidate)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.config.admission == crate::config::Admission::Operator {
+            // the invite alone admits: no join ever waits for a vote
+            return Err(Status::failed_precondition(format!(
+                "the consortium's admission is operator: no join waits for approval, \
+                 so there is no pending join of {candidate} to approve"
+            )));
+        }
         let (member, revoked) = self
             .membership
             .read(|v| (v.is_member(&candidate), v.revoked().contains(&candidate)));

@@ -1073,3 +1073,31 @@ fn node_import_takes_only_the_local_tessera_node_from_its_config() {
         assert_eq!(n["tessera_keys"], keys, "{n}");
     }
 }
+
+#[test]
+fn approve_needs_a_policy_that_waits_for_approvals() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw1 = founder(tmp.path());
+    let run = fedgw()
+        .run(["approve", "org2", "--data-dir", &s(&gw1.dir)])
+        .expect("spawn");
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("no pending join"), "{}", run.stderr);
+    // nothing was published: no vote makes org2 look pending
+    let members = fedgw()
+        .run(["members", "--json", "--data-dir", &s(&gw1.dir)])
+        .expect("spawn")
+        .ok()
+        .expect("members");
+    let list: serde_json::Value = serde_json::from_str(&members.stdout).expect("json");
+    let orgs: Vec<_> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| (m["org"].clone(), m["status"].clone()))
+        .collect();
+    assert_eq!(
+        orgs,
+        [(serde_json::json!("org1"), serde_json::json!("active"))]
+    );
+}
