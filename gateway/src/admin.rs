@@ -99,6 +99,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::CreateInviteRequest>,
     ) -> Result<Response<pb::CreateInviteResponse>, Status> {
         let req = request.into_inner();
+        let candidate = req.org.clone();
         let (store, config, root_cert) = (
             self.store.clone(),
             self.config.clone(),
@@ -122,6 +123,9 @@ impl pb::admin_server::Admin for AdminService {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(status)?;
+        if self.config.admission != crate::config::Admission::Operator {
+            self.announce_candidate(&candidate).await;
+        }
         Ok(Response::new(pb::CreateInviteResponse {
             token: token.to_text().to_string(),
             token_id: token.id.clone(),
@@ -456,6 +460,36 @@ impl pb::admin_server::Admin for AdminService {
 }
 
 impl AdminService {
+    /// Makes an invited org a pending join at every gateway, under an admission policy that
+    /// waits for votes: this org's vote record for it, not approving (`approve = false`), so
+    /// `fedgw members` lists it everywhere before anyone approved and `fedgw approve` can
+    /// tell a pending join from a typo. An existing vote of this org (an approval given before
+    /// the invite) is kept. The invite stands if the record cannot be published (logged).
+    async fn announce_candidate(&self, candidate: &str) {
+        use crate::membership::record::{Kind, RecordKey};
+        let me = self.membership.me().org.clone();
+        let key = RecordKey {
+            kind: Kind::Vote,
+            org: me.clone(),
+            name: candidate.to_owned(),
+        };
+        if self.membership.read(|v| v.get(&key).is_some()) {
+            return;
+        }
+        if let Err(e) = self
+            .membership
+            .publish(
+                &me,
+                candidate,
+                Body::Vote(pb::VoteRecord { approve: false }),
+                SignAs::Org,
+            )
+            .await
+        {
+            tracing::warn!(org = %candidate, error = %e, "invited org not announced as a pending join");
+        }
+    }
+
     async fn set_service_address_impl(
         &self,
         req: pb::SetServiceAddressRequest,

@@ -1101,3 +1101,83 @@ fn approve_needs_a_policy_that_waits_for_approvals() {
         [(serde_json::json!("org1"), serde_json::json!("active"))]
     );
 }
+
+#[test]
+fn members_lists_an_invited_org_as_a_pending_join_with_its_votes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("org1");
+    let d = s(&a);
+    let mut args = vec![
+        "init",
+        "--consortium",
+        "acme",
+        "--domain",
+        "acme.test",
+        "--org",
+        "org1",
+        "--admission",
+        "majority",
+        "--advertise",
+        "127.0.0.1:0",
+        "--data-dir",
+        &d,
+    ];
+    args.extend(LOOPBACK);
+    fedgw().run(args).expect("spawn").ok().expect("init");
+    let gw1 = fedgw().start(&a).expect("starts");
+    let pending = || {
+        let run = fedgw()
+            .run(["members", "--json", "--data-dir", &d])
+            .expect("spawn")
+            .ok()
+            .expect("members");
+        let list: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+        list.as_array()
+            .expect("array")
+            .iter()
+            .filter(|m| m["status"] == "pending")
+            .map(|m| (m["org"].clone(), m["approved_by"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert!(pending().is_empty());
+    // invited: pending, nobody approved yet
+    invite(&gw1.dir, "org2");
+    assert_eq!(
+        pending(),
+        [(serde_json::json!("org2"), serde_json::json!([]))]
+    );
+    let table = fedgw()
+        .run(["members", "--data-dir", &d])
+        .expect("spawn")
+        .ok()
+        .expect("members");
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("org2") && l.contains("pending")),
+        "{}",
+        table.stdout
+    );
+    // approved here: its vote shows
+    fedgw()
+        .run(["approve", "org2", "--data-dir", &d])
+        .expect("spawn")
+        .ok()
+        .expect("approve");
+    assert_eq!(
+        pending(),
+        [(serde_json::json!("org2"), serde_json::json!(["org1"]))]
+    );
+    // a second invite does not take the approval back
+    invite(&gw1.dir, "org2");
+    assert_eq!(
+        pending(),
+        [(serde_json::json!("org2"), serde_json::json!(["org1"]))]
+    );
+    // the join is admitted on that approval
+    let run = join(&invite(&gw1.dir, "org2"), "org2", &tmp.path().join("org2"));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(pending().is_empty());
+    assert!(gw1.stop().expect("stop").success());
+}
