@@ -69,7 +69,9 @@ federation() { # name transport pool_octet
     --address-pool "127.$o.2.0/24" --allow-loopback-targets "${common[@]}" >/dev/null
   start_gw "$d/org2"
   local id
-  id=$(python3 -c 'import os; print(os.urandom(64).hex())')
+  # a fresh secp256k1 public key, X and Y (the last 64 bytes of its DER SubjectPublicKeyInfo)
+  id=$(openssl ecparam -name secp256k1 -genkey -noout | openssl ec -pubout -outform DER 2>/dev/null |
+    tail -c 64 | od -An -tx1 | tr -d ' \n')
   "$fedgw" node add backend --data-dir "$d/org2" \
     --enode "enode://$id@127.0.0.1:5201?discport=0&raftport=11111" \
     --tessera-url http://127.0.0.1:8080 >/dev/null

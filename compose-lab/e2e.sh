@@ -225,12 +225,16 @@ members_active() { # GW N: GW sees N admitted members
   ((n == $2)) || { echo "$1 sees $n active members"; return 1; }
   echo "$1 sees $2 active members"
 }
-hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+# a fresh secp256k1 public key, X and Y in hex (the last 64 bytes of its DER SubjectPublicKeyInfo)
+enode_id() {
+  openssl ecparam -name secp256k1 -genkey -noout | openssl ec -pubout -outform DER 2>/dev/null |
+    tail -c 64 | od -An -tx1 | tr -d ' \n'
+}
 register() { # NODE: registers NODE at its gateway with a fresh enode id and Tessera key
   local n=$1 ip
   ip=$(node_ip "$n")
   fedgw "$(node_gw "$n")" node add "$n" \
-    --enode "enode://$(hex 64)@$ip:30303?discport=0&raftport=50400" \
+    --enode "enode://$(enode_id)@$ip:30303?discport=0&raftport=50400" \
     --tessera-url "http://$ip:9000" --tessera-key "$(head -c 32 /dev/urandom | base64)"
 }
 

@@ -99,6 +99,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::CreateInviteRequest>,
     ) -> Result<Response<pb::CreateInviteResponse>, Status> {
         let req = request.into_inner();
+        let candidate = req.org.clone();
         let (store, config, root_cert) = (
             self.store.clone(),
             self.config.clone(),
@@ -122,6 +123,9 @@ impl pb::admin_server::Admin for AdminService {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(status)?;
+        if self.config.admission != crate::config::Admission::Operator {
+            self.announce_candidate(&candidate).await;
+        }
         Ok(Response::new(pb::CreateInviteResponse {
             token: token.to_text().to_string(),
             token_id: token.id.clone(),
@@ -139,6 +143,24 @@ impl pb::admin_server::Admin for AdminService {
             .ok_or_else(|| Status::invalid_argument("node missing"))?;
         let me = self.membership.me().clone();
         let record = node_record(&spec, &me.site).map_err(Status::invalid_argument)?;
+        // one enode id, one node: another org's is refused by the view, our own here (two names
+        // for one key would make clients dial the same node twice)
+        if let Some(other) = self.membership.read(|v| {
+            v.nodes()
+                .into_iter()
+                .find(|n| {
+                    n.org == me.org
+                        && n.name != spec.name
+                        && !record.enode_id.is_empty()
+                        && n.record.enode_id == record.enode_id
+                })
+                .map(|n| n.name)
+        }) {
+            return Err(Status::already_exists(format!(
+                "enode id already registered by {}/{other}",
+                me.org
+            )));
+        }
         // the real address first: the zone rebuilt on the record's arrival must find it
         let (store, name, host) = (self.store.clone(), spec.name.clone(), spec.host.clone());
         tokio::task::spawn_blocking(move || store.put_local_node(&name, &host))
@@ -363,6 +385,13 @@ impl pb::admin_server::Admin for AdminService {
         let candidate = request.into_inner().org;
         fedgw_certs::names::validate_label("org", &candidate)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.config.admission == crate::config::Admission::Operator {
+            // the invite alone admits: no join ever waits for a vote
+            return Err(Status::failed_precondition(format!(
+                "the consortium's admission is operator: no join waits for approval, \
+                 so there is no pending join of {candidate} to approve"
+            )));
+        }
         let (member, revoked) = self
             .membership
             .read(|v| (v.is_member(&candidate), v.revoked().contains(&candidate)));
@@ -431,6 +460,36 @@ impl pb::admin_server::Admin for AdminService {
 }
 
 impl AdminService {
+    /// Makes an invited org a pending join at every gateway, under an admission policy that
+    /// waits for votes: this org's vote record for it, not approving (`approve = false`), so
+    /// `fedgw members` lists it everywhere before anyone approved and `fedgw approve` can
+    /// tell a pending join from a typo. An existing vote of this org (an approval given before
+    /// the invite) is kept. The invite stands if the record cannot be published (logged).
+    async fn announce_candidate(&self, candidate: &str) {
+        use crate::membership::record::{Kind, RecordKey};
+        let me = self.membership.me().org.clone();
+        let key = RecordKey {
+            kind: Kind::Vote,
+            org: me.clone(),
+            name: candidate.to_owned(),
+        };
+        if self.membership.read(|v| v.get(&key).is_some()) {
+            return;
+        }
+        if let Err(e) = self
+            .membership
+            .publish(
+                &me,
+                candidate,
+                Body::Vote(pb::VoteRecord { approve: false }),
+                SignAs::Org,
+            )
+            .await
+        {
+            tracing::warn!(org = %candidate, error = %e, "invited org not announced as a pending join");
+        }
+    }
+
     async fn set_service_address_impl(
         &self,
         req: pb::SetServiceAddressRequest,

@@ -18,8 +18,39 @@ use crate::join::server::{InviteSpec, create_invite};
 use crate::provision::{self, InitOptions, NetworkOptions};
 use crate::store::Store;
 
+/// `println!` for a command's output on standard output, as an expression of type
+/// `Result<(), CliError>`: a reader that went away (`fedgw nodes | head -1`) ends the command
+/// quietly with exit 0 (see [`write_out`]), where `println!` would panic (exit 101).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod admin_cmds;
 mod cert_cmds;
+
+/// Standard output was closed by its reader (`EPIPE`); [`main`] turns this into a quiet exit 0.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output closed")]
+struct StdoutClosed;
+
+/// Writes `args` to standard output and flushes it. A closed pipe gives [`StdoutClosed`] (the
+/// command stops, and [`main`] exits 0 without a message, as `head` users expect); any other
+/// write error is a failure (exit 1).
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) -> Result<(), CliError> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => CliError::new(exit::FAILURE, StdoutClosed),
+            _ => CliError::new(
+                exit::FAILURE,
+                anyhow::Error::new(e).context("writing to standard output"),
+            ),
+        })
+}
 
 /// Stable exit codes.
 pub mod exit {
@@ -257,9 +288,19 @@ enum Command {
         uses: u32,
     },
     /// Join a consortium with a token from its operator.
+    ///
+    /// The token holds a secret: give it in a file (`--token-file`), on standard input (`-`), or
+    /// in the FEDGW_JOIN_TOKEN environment variable rather than as an argument, which every local
+    /// user can read in `ps`.
+    #[command(group(clap::ArgGroup::new("token_source").required(true).args(["token", "token_file"])))]
     Join {
-        /// The token printed by `fedgw invite`.
-        token: String,
+        /// The token printed by `fedgw invite`, or `-` to read it from standard input. Prefer
+        /// `-`, --token-file or FEDGW_JOIN_TOKEN: an argument is visible to every local user.
+        #[arg(env = "FEDGW_JOIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+        token: Option<String>,
+        /// Read the token from the first line of this file (at most 4 KiB).
+        #[arg(long, value_name = "FILE", conflicts_with = "token")]
+        token_file: Option<PathBuf>,
         /// The org to join as (must match the invite).
         #[arg(long)]
         org: String,
@@ -385,9 +426,14 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(), Cl
         // `fedgw run` processes
         _ => 1,
     };
-    runtime(threads)
+    match runtime(threads)
         .context("starting the tokio runtime")?
         .block_on(dispatch(cli.command))
+    {
+        // the reader has what it wanted: nothing to report, nobody to report it to
+        Err(e) if e.error.is::<StdoutClosed>() => Ok(()),
+        result => result,
+    }
 }
 
 /// Most threads `fedgw run --worker-threads` accepts: a typo such as 100000 is refused rather
@@ -433,18 +479,18 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             };
             let data = DataDir::new(dir.data_dir);
             let config = provision::init(&data, &opts, SystemTime::now()).map_err(|e| match e {
-                provision::ProvisionError::Invalid(_) | provision::ProvisionError::Genesis(_) => {
-                    CliError::new(exit::USAGE, e)
-                }
+                provision::ProvisionError::Invalid(_)
+                | provision::ProvisionError::Genesis(_)
+                | provision::ProvisionError::Occupied(_) => CliError::new(exit::USAGE, e),
                 e => CliError::new(exit::FAILURE, e),
             })?;
-            println!(
+            outln!(
                 "founded consortium {} ({}) as {}; data dir {}",
                 config.consortium,
                 config.domain,
                 config.org,
                 data.root().display()
-            );
+            )?;
             Ok(())
         }
         Command::Run {
@@ -467,11 +513,11 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             };
             match crate::standin::probe(&target, dns, kind, timeout).await {
                 Ok(ok) => {
-                    println!(
+                    outln!(
                         "ok {target} -> {} in {} ms",
                         ok.addr,
                         ok.elapsed.as_millis()
-                    );
+                    )?;
                     Ok(())
                 }
                 Err(e) => Err(CliError::new(exit::FAILURE, e)),
@@ -485,11 +531,13 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         } => invite(DataDir::new(dir.data_dir), org, ttl, uses).await,
         Command::Join {
             token,
+            token_file,
             org,
             dir,
             network,
             timeout,
         } => {
+            let token = read_token(token, token_file)?;
             join(
                 token,
                 org,
@@ -533,7 +581,7 @@ async fn stand_in(echo: Vec<SocketAddr>, http: Vec<SocketAddr>) -> Result<(), Cl
         .await
         .map_err(|e| CliError::new(exit::FAILURE, e))?;
     let shown: Vec<String> = bound.iter().map(ToString::to_string).collect();
-    println!("stand-in serving {}", shown.join(" "));
+    outln!("stand-in serving {}", shown.join(" "))?;
     wait_for_signal().await;
     shutdown.cancel();
     tracker.close();
@@ -593,7 +641,7 @@ async fn lab(
         None => tempfile_dir().context("creating a lab directory")?,
     };
     let bin = std::env::current_exe().context("locating the fedgw binary")?;
-    println!("fedgw lab: {orgs} orgs in {}", dir.display());
+    outln!("fedgw lab: {orgs} orgs in {}", dir.display())?;
     let failed = crate::lab::run(crate::lab::LabOptions {
         orgs,
         dir: dir.clone(),
@@ -669,7 +717,7 @@ async fn invite(dir: DataDir, org: String, ttl: Duration, uses: u32) -> Result<(
             resp.token_id,
             humantime::format_duration(ttl)
         );
-        println!("{}", resp.token);
+        outln!("{}", resp.token)?;
         return Ok(());
     }
     // the gateway is down: use the store directly
@@ -702,8 +750,51 @@ async fn invite(dir: DataDir, org: String, ttl: Duration, uses: u32) -> Result<(
         token.id,
         humantime::format_duration(ttl)
     );
-    println!("{}", token.to_text().as_str());
+    outln!("{}", token.to_text().as_str())?;
     Ok(())
+}
+
+/// Most bytes read from a token file or standard input: far more than a token
+/// ([`fedgw_certs::token::MAX_TOKEN_LEN`]), so a wrong file is refused without reading it whole.
+const MAX_TOKEN_INPUT: u64 = 4096;
+
+/// The join token from its one source: the argument (`-`: standard input, and the
+/// `FEDGW_JOIN_TOKEN` variable lands here too) or `--token-file`. A file or standard input gives
+/// its first line, surrounding whitespace removed; a first line over [`MAX_TOKEN_INPUT`] bytes,
+/// or an empty one, is a usage error.
+fn read_token(token: Option<String>, file: Option<PathBuf>) -> Result<String, CliError> {
+    match (token.as_deref(), file) {
+        (Some("-"), None) => token_text(std::io::stdin().lock(), "standard input"),
+        (Some(_), None) => Ok(token.unwrap_or_default()),
+        (None, Some(path)) => {
+            let f = std::fs::File::open(&path)
+                .map_err(|e| usage(format!("reading {}: {e}", path.display())))?;
+            token_text(f, &path.display().to_string())
+        }
+        // clap's group makes exactly one of the two present
+        _ => Err(usage("give the token as TOKEN, `-` or --token-file")),
+    }
+}
+
+fn token_text(source: impl std::io::Read, what: &str) -> Result<String, CliError> {
+    use std::io::BufRead as _;
+    // one line: a token typed on a terminal ends with Enter, not with end of input
+    let mut line = Vec::new();
+    std::io::BufReader::new(source.take(MAX_TOKEN_INPUT + 1))
+        .read_until(b'\n', &mut line)
+        .map_err(|e| usage(format!("reading the token from {what}: {e}")))?;
+    if line.len() as u64 > MAX_TOKEN_INPUT {
+        return Err(usage(format!(
+            "the first line of {what} is longer than {MAX_TOKEN_INPUT} bytes"
+        )));
+    }
+    let text = std::str::from_utf8(&line)
+        .map_err(|_| usage(format!("the token in {what} is not UTF-8 text")))?
+        .trim();
+    if text.is_empty() {
+        return Err(usage(format!("no token in {what}")));
+    }
+    Ok(text.to_owned())
 }
 
 fn refusal_code(reason: RefusalReason) -> u8 {
@@ -755,7 +846,7 @@ async fn join(
             };
             CliError::new(code, e)
         })?;
-    println!(
+    outln!(
         "joined consortium {} ({}) as {}; gateway gw-{}.{}.{}; data dir {}",
         config.consortium,
         config.domain,
@@ -764,7 +855,7 @@ async fn join(
         config.org,
         config.domain,
         dir.root().display()
-    );
+    )?;
     Ok(())
 }
 
@@ -800,16 +891,16 @@ async fn ping(
             "seen_as": {"org": outcome.seen_as.org, "dns_name": outcome.seen_as.dns_name,
                         "spiffe_id": outcome.seen_as.spiffe_id},
         });
-        println!("{v}");
+        outln!("{v}")?;
     } else {
-        println!(
+        outln!(
             "mTLS ok: {} is {} ({}); it sees us as {} ({})",
             endpoint,
             outcome.server.org,
             outcome.server.dns_name,
             outcome.seen_as.org,
             outcome.seen_as.dns_name
-        );
+        )?;
     }
     Ok(())
 }

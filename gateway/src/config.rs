@@ -269,12 +269,26 @@ impl Config {
                     .into(),
             );
         }
-        if let crate::addressing::AddressMode::Ip {
-            pool,
-            interface: Some(interface),
-        } = &self.addresses
-        {
-            crate::alias::Aliases::new(pool, interface).map_err(|e| format!("addresses: {e}"))?;
+        match &self.addresses {
+            crate::addressing::AddressMode::Ip { pool, interface } => {
+                crate::addressing::pool_range(pool).map_err(|e| format!("addresses: {e}"))?;
+                if let Some(interface) = interface {
+                    crate::alias::Aliases::new(pool, interface)
+                        .map_err(|e| format!("addresses: {e}"))?;
+                }
+            }
+            crate::addressing::AddressMode::Port {
+                first_port,
+                last_port,
+                ..
+            } => {
+                if *first_port == 0 || first_port > last_port {
+                    return Err(format!(
+                        "addresses: {}",
+                        crate::addressing::AddressError::PortRange(*first_port, *last_port)
+                    ));
+                }
+            }
         }
         for id in &self.sync.deny {
             let ok = id.split_once('/').is_some_and(|(o, s)| {
@@ -443,6 +457,47 @@ mod tests {
             c.tunnel.max_connections_per_org = per_org;
             let err = Config::parse(&c.to_toml(), Path::new("x")).expect_err("out of range");
             assert!(err.to_string().contains(key), "{total} {per_org:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_address_pool_or_port_range_is_an_error_at_load() {
+        use crate::addressing::AddressMode;
+        let mut c = sample();
+        for ok in ["10.0.0.0/8", "127.77.0.0/16", "10.1.2.0/30"] {
+            c.addresses = AddressMode::Ip {
+                pool: ok.into(),
+                interface: None,
+            };
+            Config::parse(&c.to_toml(), Path::new("x")).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.0/31",
+            "10.0.0.0/7",
+            "10.0.0.0",
+            "10.0.0/16",
+            "fd00::/64",
+            "",
+        ] {
+            c.addresses = AddressMode::Ip {
+                pool: bad.into(),
+                interface: None,
+            };
+            let err = Config::parse(&c.to_toml(), Path::new("x")).expect_err(bad);
+            assert!(
+                matches!(&err, ConfigError::Invalid { reason, .. } if reason.contains("address pool")),
+                "{bad}: {err}"
+            );
+        }
+        for (first, last, ok) in [(40000, 40010, true), (5, 4, false), (0, 10, false)] {
+            c.addresses = AddressMode::Port {
+                ip: "127.0.0.1".parse().expect("ip"),
+                first_port: first,
+                last_port: last,
+            };
+            let parsed = Config::parse(&c.to_toml(), Path::new("x"));
+            assert_eq!(parsed.is_ok(), ok, "{first}-{last}: {parsed:?}");
         }
     }
 

@@ -74,19 +74,54 @@ impl DataDir {
         &self.root
     }
 
-    /// Creates the directory (mode 0700) if needed. Fails if it already holds a `fedgw.toml`.
+    /// The first of the files `init` or `join` write (configuration, keys, certificates, store,
+    /// run files) that already exists here, if any: a directory holding one is not fresh. Other
+    /// entries (a volume's `lost+found`, say) do not count.
+    pub fn occupied(&self) -> Option<PathBuf> {
+        [
+            self.config(),
+            self.root_key(),
+            self.root_cert(),
+            self.org_key(),
+            self.org_cert(),
+            self.gateway_key(),
+            self.gateway_cert(),
+            self.genesis(),
+            self.store(),
+            self.admin_socket(),
+            self.run_info(),
+        ]
+        .into_iter()
+        .find(|p| p.symlink_metadata().is_ok())
+    }
+
+    /// Creates the directory with mode 0700 whatever the umask if it does not exist (see
+    /// [`create_private_dir`]). Fails with [`std::io::ErrorKind::AlreadyExists`] if it is
+    /// [`occupied`](Self::occupied).
     pub fn create_fresh(&self) -> std::io::Result<()> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.root)?;
-        if self.config().exists() {
+        create_private_dir(&self.root)?;
+        if let Some(file) = self.occupied() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
-                format!("{} already holds a fedgw.toml", self.root.display()),
+                format!("{} already exists", file.display()),
             ));
         }
         Ok(())
+    }
+
+    /// Creates `store.redb` empty with mode 0600 if it does not exist yet, so that the store
+    /// never exists with the umask's mode (redb creates its file 0666 less the umask).
+    pub fn create_store_file(&self) -> std::io::Result<()> {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.store())
+        {
+            Ok(f) => f.set_permissions(std::fs::Permissions::from_mode(0o600)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes a public file (0644) atomically.
@@ -98,6 +133,26 @@ impl DataDir {
     pub fn write_secret(&self, path: &Path, contents: &[u8]) -> std::io::Result<()> {
         write_atomic(path, contents, 0o600)
     }
+}
+
+/// Creates `dir` (and missing parents) if it does not exist and sets it to mode 0700 whatever
+/// the umask: a umask of 000 would open it to every local user, one of 0277 would make it
+/// unwritable for its owner. Parents created on the way get 0700 less the umask. A directory that
+/// exists already keeps its mode (it may be `.` or a shared parent); the secrets written into it
+/// are 0600 on their own.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        Err(e) => return Err(e),
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// Writes `contents` to `path` via a temporary file in the same directory with `mode`, fsync,

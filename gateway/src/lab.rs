@@ -15,6 +15,15 @@
 //! and `fedgw probe` commands, and stays up until Ctrl-C (or, with `--check`, exits 0 only if
 //! every step passed).
 
+/// `println!` that ignores a closed standard output: the lab goes on (and stops its gateways
+/// cleanly at the end) when nobody reads what it prints.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
@@ -222,19 +231,19 @@ impl Steps {
         match (r, self.check) {
             (Ok(_), true) => {
                 self.passed += 1;
-                println!("PASS  {name} ({ms} ms)");
+                say!("PASS  {name} ({ms} ms)");
             }
             (Ok(_), false) => {
                 self.passed += 1;
-                println!("[ok]  {name} ({ms} ms)");
+                say!("[ok]  {name} ({ms} ms)");
             }
             (Err(e), true) => {
                 self.failed += 1;
-                println!("FAIL  {name} ({ms} ms): {}", e.message);
+                say!("FAIL  {name} ({ms} ms): {}", e.message);
             }
             (Err(e), false) => {
                 self.failed += 1;
-                println!("[!!]  {name} ({ms} ms): {}", e.message);
+                say!("[!!]  {name} ({ms} ms): {}", e.message);
             }
         }
     }
@@ -696,7 +705,7 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
     match result {
         Ok(lab) if !opts.check => {
             print_table(&lab, &dir);
-            println!("\nthe lab is up; Ctrl-C (or SIGTERM) stops it");
+            say!("\nthe lab is up; Ctrl-C (or SIGTERM) stops it");
             // SIGTERM too, so `kill` stops the gateways rather than orphaning them
             crate::cli::wait_for_signal().await;
         }
@@ -704,7 +713,7 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
         Err(e) => {
             if steps.failed == 0 {
                 steps.failed = 1;
-                println!("FAIL  {e}");
+                say!("FAIL  {e}");
             }
         }
     }
@@ -715,22 +724,26 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
     stand_ins.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), stand_ins.wait()).await;
     if opts.check {
-        println!(
+        say!(
             "lab check: {} passed, {} failed",
-            steps.passed, steps.failed
+            steps.passed,
+            steps.failed
         );
     }
     Ok(steps.failed)
 }
 
 fn print_table(lab: &LabFile, dir: &Path) {
-    println!("\nconsortium {} ({})", lab.consortium, lab.domain);
-    println!(
+    say!("\nconsortium {} ({})", lab.consortium, lab.domain);
+    say!(
         "{:<6} {:<22} {:<22} {:<22} data dir",
-        "org", "gateway", "metrics", "dns"
+        "org",
+        "gateway",
+        "metrics",
+        "dns"
     );
     for o in &lab.orgs {
-        println!(
+        say!(
             "{:<6} {:<22} {:<22} {:<22} {}",
             o.org,
             o.gateway,
@@ -740,9 +753,11 @@ fn print_table(lab: &LabFile, dir: &Path) {
         );
     }
     let first = lab.orgs.first().map(|o| o.org.clone()).unwrap_or_default();
-    println!(
+    say!(
         "\n{:<26} {:<22} {:<22} local p2p address at {first}",
-        "node", "real p2p", "real tessera"
+        "node",
+        "real p2p",
+        "real tessera"
     );
     for n in &lab.nodes {
         let local = n
@@ -750,32 +765,32 @@ fn print_table(lab: &LabFile, dir: &Path) {
             .get(&first)
             .and_then(|l| l.get("p2p"))
             .map_or("(its own site)", String::as_str);
-        println!(
+        say!(
             "{:<26} {:<22} {:<22} {local}",
             n.dns_name,
             n.real.get("p2p").map_or("", String::as_str),
             n.real.get("tessera").map_or("", String::as_str),
         );
     }
-    println!("\ntry:");
+    say!("\ntry:");
     if let (Some(a), Some(b)) = (lab.orgs.first(), lab.orgs.get(1)) {
         if let Some(n) = lab.nodes.iter().find(|n| n.org == b.org) {
             let (dns_ip, dns_port) = a.dns.rsplit_once(':').unwrap_or((&a.dns, "53"));
-            println!("  dig @{dns_ip} -p {dns_port} +short {}", n.dns_name);
+            say!("  dig @{dns_ip} -p {dns_port} +short {}", n.dns_name);
             if let Some(t) = n.local.get(&a.org).and_then(|l| l.get("tessera")) {
-                println!("  curl http://{t}/upcheck");
+                say!("  curl http://{t}/upcheck");
             }
             if let Some(p) = n.real.get("p2p").and_then(|p| p.rsplit(':').next()) {
-                println!("  fedgw probe {}:{p} --dns {}", n.dns_name, a.dns);
+                say!("  fedgw probe {}:{p} --dns {}", n.dns_name, a.dns);
             }
         }
-        println!("  fedgw nodes --data-dir {}", a.data_dir.display());
-        println!(
+        say!("  fedgw nodes --data-dir {}", a.data_dir.display());
+        say!(
             "  fedgw ping {} --data-dir {}",
             a.gateway,
             b.data_dir.display()
         );
-        println!("  curl -s http://{}/metrics | grep fedgw_tunnel", a.metrics);
+        say!("  curl -s http://{}/metrics | grep fedgw_tunnel", a.metrics);
     }
-    println!("  cat {}", dir.join("lab.json").display());
+    say!("  cat {}", dir.join("lab.json").display());
 }

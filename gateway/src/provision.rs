@@ -44,6 +44,10 @@ pub enum ProvisionError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The data dir already holds a gateway's files (this one, the first found): `init` never
+    /// overwrites keys or a store.
+    #[error("{} already exists: the data dir holds a gateway; use an empty directory", .0.display())]
+    Occupied(std::path::PathBuf),
     /// A value given on the command line is invalid.
     #[error("{0}")]
     Invalid(String),
@@ -164,6 +168,9 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         peers: vec![],
     };
     config.validate().map_err(ProvisionError::Invalid)?;
+    if let Some(file) = dir.occupied() {
+        return Err(ProvisionError::Occupied(file));
+    }
     dir.create_fresh()
         .map_err(io("creating data dir", dir.root()))?;
 
@@ -190,6 +197,8 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
     let org_ca = CertificateAuthority::from_parts(org_cert.clone(), &org_key.serialize_pem())
         .map_err(pki_err("loading the org CA"))?;
     issue_leaf(dir, &config, &org_ca, now)?;
+    dir.create_store_file()
+        .map_err(io("creating the store", &dir.store()))?;
     let store = Store::open(&dir.store())?;
     store.put_member(&Member {
         org: opts.org.clone(),
@@ -310,6 +319,8 @@ pub fn write_joined(
         .map_err(pki_err("loading the org CA"))?;
     issue_leaf(dir, &config, &org_ca, now)?;
     // the inviter's records (with our own member record); verified when the gateway loads them
+    dir.create_store_file()
+        .map_err(io("creating the store", &dir.store()))?;
     let store = Store::open(&dir.store())?;
     let snapshot: Vec<_> = admitted
         .snapshot

@@ -660,3 +660,524 @@ fn cert_issue_writes_a_node_certificate_that_verifies_under_its_consortium_name(
         assert!(!out.join(format!("{refused}.key")).exists(), "{refused}");
     }
 }
+
+/// `fedgw ARGS` with `stdin` written to its standard input and `env` added to its environment.
+fn run_with(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fedgw"))
+        .args(args)
+        .env_remove("FEDGW_JOIN_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.as_bytes()).expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("wait")
+}
+
+fn join_args<'a>(org: &'a str, dir: &'a str) -> Vec<&'a str> {
+    let mut args = vec![
+        "join",
+        "--org",
+        org,
+        "--data-dir",
+        dir,
+        "--advertise",
+        "127.0.0.1:0",
+        "--timeout",
+        "10s",
+    ];
+    args.extend(LOOPBACK);
+    args
+}
+
+#[test]
+fn join_reads_its_token_from_a_file_standard_input_or_the_environment() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw1 = founder(tmp.path());
+    let said = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+
+    // --token-file: the first line, a trailing newline and spaces are not part of the token
+    let file = tmp.path().join("org2.token");
+    std::fs::write(&file, format!("  {}\n", invite(&gw1.dir, "org2"))).expect("write");
+    let d2 = s(&tmp.path().join("org2"));
+    let mut args = join_args("org2", &d2);
+    let f = s(&file);
+    args.extend(["--token-file", &f]);
+    let out = run_with(&args, "", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+
+    // `-`: standard input
+    let d3 = s(&tmp.path().join("org3"));
+    let mut args = join_args("org3", &d3);
+    args.push("-");
+    let out = run_with(&args, &format!("{}\n", invite(&gw1.dir, "org3")), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+
+    // FEDGW_JOIN_TOKEN
+    let d4 = s(&tmp.path().join("org4"));
+    let token = invite(&gw1.dir, "org4");
+    let out = run_with(
+        &join_args("org4", &d4),
+        "",
+        &[("FEDGW_JOIN_TOKEN", token.as_str())],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+
+    // bad sources are usage errors that write nothing
+    let d5 = s(&tmp.path().join("org5"));
+    let big = tmp.path().join("big");
+    std::fs::write(&big, "x".repeat(5000)).expect("write");
+    let empty = tmp.path().join("empty");
+    std::fs::write(&empty, "\n").expect("write");
+    let missing = tmp.path().join("missing");
+    let (big, empty, missing) = (s(&big), s(&empty), s(&missing));
+    for (extra, why) in [
+        (&["-"][..], "empty standard input"),
+        (&["--token-file", &big][..], "a 5000-byte line"),
+        (&["--token-file", &empty][..], "an empty file"),
+        (&["--token-file", &missing][..], "a missing file"),
+        (&[][..], "no token at all"),
+        (&["x", "--token-file", &f][..], "two sources"),
+    ] {
+        let mut args = join_args("org5", &d5);
+        args.extend(extra);
+        let out = run_with(&args, "", &[]);
+        assert_eq!(out.status.code(), Some(64), "{why}: {}", said(&out));
+    }
+    assert!(!tmp.path().join("org5").exists());
+
+    let help = fedgw().run(["join", "--help"]).expect("spawn");
+    for source in ["--token-file", "standard input", "FEDGW_JOIN_TOKEN"] {
+        assert!(help.stdout.contains(source), "{source}: {}", help.stdout);
+    }
+}
+
+/// Runs `fedgw ARGS` with its standard output a pipe whose reader is already gone.
+fn run_into_closed_pipe(args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    std::process::Command::new(env!("CARGO_BIN_EXE_fedgw"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run")
+}
+
+#[test]
+fn printing_commands_end_quietly_when_their_reader_is_gone() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw1 = founder(tmp.path());
+    let d = s(&gw1.dir);
+    let out = s(&tmp.path().join("tls"));
+    for args in [
+        vec!["nodes", "--data-dir", &d],
+        vec!["nodes", "--data-dir", &d, "--json"],
+        vec!["members", "--data-dir", &d],
+        vec!["status", "--data-dir", &d],
+        vec!["status", "--data-dir", &d, "--json"],
+        vec!["render", "tessera-peers", "--data-dir", &d],
+        vec!["invite", "org2", "--data-dir", &d],
+        vec!["cert", "issue", "tm1", "--data-dir", &d, "--out-dir", &out],
+        vec!["ping", &gw1.endpoint(), "--data-dir", &d],
+    ] {
+        let run = run_into_closed_pipe(&args);
+        assert_eq!(
+            run.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(
+            !String::from_utf8_lossy(&run.stderr).contains("panicked"),
+            "{args:?}"
+        );
+    }
+}
+
+/// Runs `fedgw ARGS` under umask 000.
+fn run_umask_000(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_fedgw"))
+        .args(args)
+        .output()
+        .expect("run")
+}
+
+#[test]
+fn secrets_are_private_whatever_the_umask() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("deep/org1");
+    let d = s(&a);
+    let mut args = vec![
+        "init",
+        "--consortium",
+        "acme",
+        "--domain",
+        "acme.test",
+        "--org",
+        "org1",
+        "--advertise",
+        "127.0.0.1:0",
+        "--data-dir",
+        &d,
+    ];
+    args.extend(LOOPBACK);
+    let run = run_umask_000(&args);
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    assert_eq!(mode(&a), 0o700, "data dir");
+    for secret in ["root-ca.key", "org-ca.key", "gateway.key", "store.redb"] {
+        assert_eq!(mode(&a.join(secret)), 0o600, "{secret}");
+    }
+    for public in ["fedgw.toml", "root-ca.pem", "org-ca.pem", "gateway.pem"] {
+        assert_eq!(mode(&a.join(public)), 0o644, "{public}");
+    }
+
+    let out = tmp.path().join("tls/tm1");
+    let o = s(&out);
+    let run = run_umask_000(&["cert", "issue", "tm1", "--data-dir", &d, "--out-dir", &o]);
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    assert_eq!(mode(&out), 0o700, "--out-dir");
+    assert_eq!(mode(&out.join("tm1.key")), 0o600);
+    assert_eq!(mode(&out.join("tm1.crt")), 0o644);
+    // an existing output directory keeps its mode
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let sh = s(&shared);
+    let run = run_umask_000(&["cert", "issue", "tm2", "--data-dir", &d, "--out-dir", &sh]);
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    assert_eq!(mode(&shared), 0o755);
+    assert_eq!(mode(&shared.join("tm2.key")), 0o600);
+}
+
+#[test]
+fn init_into_a_data_dir_holding_a_gateway_is_a_usage_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let init_args = |dir: &str| -> Vec<String> {
+        let mut args = vec![
+            "init",
+            "--consortium",
+            "acme",
+            "--domain",
+            "acme.test",
+            "--org",
+            "org1",
+            "--advertise",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir,
+        ];
+        args.extend(LOOPBACK);
+        args.into_iter().map(str::to_owned).collect()
+    };
+    let a = tmp.path().join("org1");
+    init(&a, "127.0.0.1:0");
+    let again = fedgw().run(init_args(&s(&a))).expect("spawn");
+    assert_eq!(again.code, Some(64), "{}", again.stderr);
+    assert!(again.stderr.contains("fedgw.toml"), "{}", again.stderr);
+
+    // a half-provisioned dir (a key, no fedgw.toml) is not overwritten either
+    let b = tmp.path().join("half");
+    std::fs::create_dir(&b).expect("mkdir");
+    std::fs::write(b.join("org-ca.key"), "keep me").expect("write");
+    let run = fedgw().run(init_args(&s(&b))).expect("spawn");
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("org-ca.key"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(b.join("org-ca.key")).expect("read"),
+        "keep me"
+    );
+    assert!(!b.join("root-ca.key").exists());
+
+    // other entries (a volume's lost+found) are no gateway
+    let c = tmp.path().join("volume");
+    std::fs::create_dir_all(c.join("lost+found")).expect("mkdir");
+    let run = fedgw().run(init_args(&s(&c))).expect("spawn");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
+
+#[test]
+fn an_invalid_address_pool_in_fedgw_toml_is_refused_at_load() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("org1");
+    init(&a, "127.0.0.1:0");
+    let config = a.join("fedgw.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    assert!(text.contains("\"127.77.0.0/16\""), "{text}");
+    std::fs::write(&config, text.replace("127.77.0.0/16", "10.0.0.0/33")).expect("write");
+    let run = fedgw().run(["run", "--data-dir", &s(&a)]).expect("spawn");
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("10.0.0.0/33"), "{}", run.stderr);
+    let run = fedgw()
+        .run(["invite", "org2", "--data-dir", &s(&a)])
+        .expect("spawn");
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+}
+
+fn samples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/data")
+}
+
+/// The secp256k1 generator G (SEC 2 section 2.4.1): a valid enode id that no sample uses.
+const GENERATOR: &str = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8";
+
+fn nodes_json(dir: &Path) -> Vec<serde_json::Value> {
+    let run = fedgw()
+        .run(["nodes", "--json", "--data-dir", &s(dir)])
+        .expect("spawn")
+        .ok()
+        .expect("nodes");
+    serde_json::from_str::<serde_json::Value>(&run.stdout)
+        .expect("json")
+        .as_array()
+        .expect("array")
+        .clone()
+}
+
+#[test]
+fn node_registration_refuses_repeated_and_invalid_enode_ids() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw1 = founder(tmp.path());
+    let d = s(&gw1.dir);
+    let node = |args: &[&str]| {
+        let mut all = vec!["node"];
+        all.extend(args);
+        all.extend(["--data-dir", &d]);
+        fedgw().run(all).expect("spawn")
+    };
+    let sample =
+        std::fs::read_to_string(samples().join("goquorum-static-nodes.raft.json")).expect("sample");
+    let urls: Vec<String> = serde_json::from_str(&sample).expect("list");
+
+    // one enode listed twice in a file: refused before anything is registered
+    let twice = tmp.path().join("twice.json");
+    std::fs::write(
+        &twice,
+        serde_json::to_string(&[&urls[0], &urls[1], &urls[0]]).expect("json"),
+    )
+    .expect("write");
+    let run = node(&["import", &s(&twice)]);
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("entries 1 and 3"), "{}", run.stderr);
+    assert!(nodes_json(&gw1.dir).is_empty());
+
+    // 64 bytes that are no secp256k1 point
+    let random = format!("enode://{}@10.0.0.9:30303", "ab".repeat(64));
+    let run = node(&["add", "bad", "--enode", &random]);
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("secp256k1"), "{}", run.stderr);
+
+    // `node add` reusing another node's enode: refused; the same node may be updated
+    let g = format!("enode://{GENERATOR}@10.0.0.9:30303");
+    assert_eq!(node(&["add", "a", "--enode", &g]).code, Some(0));
+    let run = node(&["add", "b", "--enode", &g.replace("10.0.0.9", "10.0.0.10")]);
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("already registered by org1/a"),
+        "{}",
+        run.stderr
+    );
+    let run = node(&["add", "a", "--enode", &g.replace("30303", "30304")]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let names: Vec<_> = nodes_json(&gw1.dir)
+        .iter()
+        .map(|n| n["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(names, ["a"]);
+}
+
+#[test]
+fn node_import_takes_only_the_local_tessera_node_from_its_config() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw1 = founder(tmp.path());
+    let d = s(&gw1.dir);
+    let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let config = |p2p: &str| {
+        serde_json::json!({
+            "serverConfigs": [
+                {"app": "ThirdParty", "enabled": true, "serverAddress": "http://172.16.239.11:9080"},
+                {"app": "P2P", "enabled": true, "serverAddress": p2p},
+            ],
+            "peer": [
+                {"url": "http://172.16.239.11:9001"},
+                {"url": "http://172.16.239.13:9001"},
+                {"url": "http://tessera.org9.example:9001"},
+            ],
+            "keys": {"keyData": [{"publicKey": key}]},
+        })
+        .to_string()
+    };
+    let import = |tessera: &Path| {
+        fedgw()
+            .run([
+                "node",
+                "import",
+                &s(&samples().join("goquorum-static-nodes.raft.json")),
+                "--data-dir",
+                &d,
+                "--tessera-config",
+                &s(tessera),
+            ])
+            .expect("spawn")
+    };
+    // a placeholder (the qubernetes sample) or a host no imported node has: nothing registered
+    let unknown = tmp.path().join("unknown.json");
+    std::fs::write(&unknown, config("http://172.16.239.99:9001")).expect("write");
+    for file in [samples().join("tessera-config-09.json"), unknown] {
+        let run = import(&file);
+        assert_eq!(run.code, Some(64), "{}", run.stderr);
+        assert!(run.stderr.contains("P2P address"), "{}", run.stderr);
+        assert!(nodes_json(&gw1.dir).is_empty());
+    }
+
+    let own = tmp.path().join("tessera.json");
+    std::fs::write(&own, config("http://172.16.239.12:9001")).expect("write");
+    let run = import(&own);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("3 peer(s) not registered"),
+        "{}",
+        run.stderr
+    );
+    let nodes = nodes_json(&gw1.dir);
+    let names: Vec<_> = nodes
+        .iter()
+        .map(|n| n["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names,
+        (1..=8).map(|i| format!("node{i}")).collect::<Vec<_>>()
+    );
+    for n in &nodes {
+        let (url, keys) = if n["name"] == "node2" {
+            ("http://172.16.239.12:9001", serde_json::json!([key]))
+        } else {
+            ("", serde_json::json!([]))
+        };
+        assert_eq!(n["tessera_url"], url, "{n}");
+        assert_eq!(n["tessera_keys"], keys, "{n}");
+    }
+}
+
+#[test]
+fn approve_needs_a_policy_that_waits_for_approvals() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw1 = founder(tmp.path());
+    let run = fedgw()
+        .run(["approve", "org2", "--data-dir", &s(&gw1.dir)])
+        .expect("spawn");
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("no pending join"), "{}", run.stderr);
+    // nothing was published: no vote makes org2 look pending
+    let members = fedgw()
+        .run(["members", "--json", "--data-dir", &s(&gw1.dir)])
+        .expect("spawn")
+        .ok()
+        .expect("members");
+    let list: serde_json::Value = serde_json::from_str(&members.stdout).expect("json");
+    let orgs: Vec<_> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| (m["org"].clone(), m["status"].clone()))
+        .collect();
+    assert_eq!(
+        orgs,
+        [(serde_json::json!("org1"), serde_json::json!("active"))]
+    );
+}
+
+#[test]
+fn members_lists_an_invited_org_as_a_pending_join_with_its_votes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("org1");
+    let d = s(&a);
+    let mut args = vec![
+        "init",
+        "--consortium",
+        "acme",
+        "--domain",
+        "acme.test",
+        "--org",
+        "org1",
+        "--admission",
+        "majority",
+        "--advertise",
+        "127.0.0.1:0",
+        "--data-dir",
+        &d,
+    ];
+    args.extend(LOOPBACK);
+    fedgw().run(args).expect("spawn").ok().expect("init");
+    let gw1 = fedgw().start(&a).expect("starts");
+    let pending = || {
+        let run = fedgw()
+            .run(["members", "--json", "--data-dir", &d])
+            .expect("spawn")
+            .ok()
+            .expect("members");
+        let list: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+        list.as_array()
+            .expect("array")
+            .iter()
+            .filter(|m| m["status"] == "pending")
+            .map(|m| (m["org"].clone(), m["approved_by"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert!(pending().is_empty());
+    // invited: pending, nobody approved yet
+    invite(&gw1.dir, "org2");
+    assert_eq!(
+        pending(),
+        [(serde_json::json!("org2"), serde_json::json!([]))]
+    );
+    let table = fedgw()
+        .run(["members", "--data-dir", &d])
+        .expect("spawn")
+        .ok()
+        .expect("members");
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("org2") && l.contains("pending")),
+        "{}",
+        table.stdout
+    );
+    // approved here: its vote shows
+    fedgw()
+        .run(["approve", "org2", "--data-dir", &d])
+        .expect("spawn")
+        .ok()
+        .expect("approve");
+    assert_eq!(
+        pending(),
+        [(serde_json::json!("org2"), serde_json::json!(["org1"]))]
+    );
+    // a second invite does not take the approval back
+    invite(&gw1.dir, "org2");
+    assert_eq!(
+        pending(),
+        [(serde_json::json!("org2"), serde_json::json!(["org1"]))]
+    );
+    // the join is admitted on that approval
+    let run = join(&invite(&gw1.dir, "org2"), "org2", &tmp.path().join("org2"));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(pending().is_empty());
+    assert!(gw1.stop().expect("stop").success());
+}

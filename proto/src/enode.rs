@@ -18,9 +18,9 @@
 //! The parser is stricter than geth: it is meant for lists a consortium member hands over, so it
 //! refuses un-rendered templates (`enode://{{ .Values.enodeOverride }}@…`, `enode://<id>@<host:port>`),
 //! percent-encoding, unknown or repeated query parameters, ports with leading zeros and anything
-//! after the last recognised part. It does not check that the id is a point on the secp256k1
-//! curve (that needs elliptic-curve arithmetic this crate does not carry); the devp2p handshake
-//! fails for an id that is not.
+//! after the last recognised part. The id must be a point on the secp256k1 curve (SEC 1 section
+//! 2.3.4 with the `0x04` prefix put back): 64 random bytes are not, and no devp2p handshake could
+//! ever succeed with such a node.
 //!
 //! [`parse_static_nodes`] reads a JSON array of such URLs: GoQuorum `static-nodes.json` and
 //! `permissioned-nodes.json`, Besu `static-nodes.json`.
@@ -76,19 +76,34 @@ pub enum EnodeError {
     /// A query parameter given twice.
     #[error("query parameter {0} given twice in enode url")]
     DuplicateParam(&'static str),
+    /// The node id is 64 bytes but not a secp256k1 public key (a point on the curve).
+    #[error("node id is not a secp256k1 public key")]
+    NotOnCurve,
 }
 
 /// A devp2p node id: the 64-byte secp256k1 public key (X and Y, big-endian, no `0x04` prefix).
 ///
-/// Text form: 128 hex digits; [`FromStr`] reads either case, [`Display`](fmt::Display) writes
-/// lowercase.
+/// Text form: 128 hex digits; [`FromStr`] reads either case (and refuses an id that is not a
+/// point on the curve), [`Display`](fmt::Display) writes lowercase.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EnodeId([u8; 64]);
 
 impl EnodeId {
-    /// Wraps raw key bytes.
+    /// Wraps raw key bytes without checking them: for ids read back from where a checked one was
+    /// stored, and for lookups. Outside input goes through [`Self::from_key_bytes`] or
+    /// [`FromStr`].
     pub const fn from_bytes(bytes: [u8; 64]) -> Self {
         Self(bytes)
+    }
+
+    /// Wraps raw key bytes that must be a secp256k1 public key: X and Y, each 32 bytes
+    /// big-endian, of a point on the curve ([`EnodeError::NotOnCurve`] otherwise).
+    pub fn from_key_bytes(bytes: [u8; 64]) -> Result<Self, EnodeError> {
+        let mut sec1 = [0u8; 65];
+        sec1[0] = 0x04;
+        sec1[1..].copy_from_slice(&bytes);
+        k256::PublicKey::from_sec1_bytes(&sec1).map_err(|_| EnodeError::NotOnCurve)?;
+        Ok(Self(bytes))
     }
 
     /// The raw key bytes.
@@ -111,7 +126,7 @@ impl FromStr for EnodeId {
             };
             *out = hi << 4 | lo;
         }
-        Ok(Self(bytes))
+        Self::from_key_bytes(bytes)
     }
 }
 

@@ -114,8 +114,8 @@ pub struct NodeImportArgs {
     /// The client software of the imported nodes.
     #[arg(long, value_enum, default_value = "goquorum")]
     client: ClientArg,
-    /// A Tessera config: a peer whose host is an imported node's host becomes that node's
-    /// Tessera URL; other peers are registered as Tessera nodes tm1..tmN.
+    /// This site's Tessera config: its own P2P URL and public keys go to the imported node on
+    /// that URL's host. Its peers are not registered (they are other nodes).
     #[arg(long, value_name = "FILE")]
     tessera_config: Option<PathBuf>,
 }
@@ -222,10 +222,12 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            println!(
+            outln!(
                 "node {}/{} registered (seq {})",
-                info.org, info.name, info.seq
-            );
+                info.org,
+                info.name,
+                info.seq
+            )?;
             Ok(())
         }
         NodeCommand::Import(a) => import(a).await,
@@ -236,15 +238,14 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
                 .remove_node(pb::RemoveNodeRequest { name: name.clone() })
                 .await
                 .map_err(status_err)?;
-            println!("node {name} removed");
+            outln!("node {name} removed")?;
             Ok(())
         }
     }
 }
 
 async fn import(a: NodeImportArgs) -> Result<(), CliError> {
-    let text = std::fs::read_to_string(&a.file)
-        .map_err(|e| usage(format!("reading {}: {e}", a.file.display())))?;
+    let text = read_input(&a.file)?;
     let urls = fedgw_proto::enode::parse_static_nodes(&text)
         .map_err(|e| usage(format!("{}: {e}", a.file.display())))?;
     if !a.names.is_empty() && a.names.len() != urls.len() {
@@ -253,6 +254,22 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
             a.names.len(),
             urls.len()
         )));
+    }
+    // one node per key and per name: a repeat would register one node twice or overwrite one
+    let mut seen = std::collections::HashMap::new();
+    for (i, url) in urls.iter().enumerate() {
+        if let Some(first) = seen.insert(url.id, i) {
+            return Err(usage(format!(
+                "{}: entries {} and {} list the same enode id",
+                a.file.display(),
+                first + 1,
+                i + 1
+            )));
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    if let Some(twice) = a.names.iter().find(|n| !names.insert(n.as_str())) {
+        return Err(usage(format!("--names lists {twice} twice")));
     }
     let mut specs: Vec<pb::NodeSpec> = urls
         .iter()
@@ -267,41 +284,18 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
         })
         .collect();
     if let Some(path) = &a.tessera_config {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| usage(format!("reading {}: {e}", path.display())))?;
+        let text = read_input(path)?;
         let tessera =
             parse_tessera_config(&text).map_err(|e| usage(format!("{}: {e}", path.display())))?;
-        let mut extra = 0;
-        for peer in &tessera.peers {
-            let Some(host) = url_host(peer) else {
-                return Err(usage(format!(
-                    "{}: peer URL {peer:?} has no host",
-                    path.display()
-                )));
-            };
-            match specs.iter_mut().find(|s| s.host == host) {
-                Some(s) => s.tessera_url = peer.clone(),
-                None => {
-                    extra += 1;
-                    specs.push(pb::NodeSpec {
-                        name: format!("tm{extra}"),
-                        client: pb::ClientKind::Tessera.into(),
-                        host,
-                        tessera_url: peer.clone(),
-                        ..Default::default()
-                    });
-                }
-            }
-        }
-        // the config's own keys belong to the node serving its P2P address
-        if let Some(own) = tessera.p2p_url.as_deref().and_then(url_host)
-            && let Some(s) = specs.iter_mut().find(|s| s.host == own)
-        {
-            s.tessera_keys = tessera
-                .public_keys
-                .iter()
-                .map(|k| k.as_bytes().to_vec())
-                .collect();
+        tessera_onto(&mut specs, &tessera)
+            .map_err(|e| usage(format!("{}: {e}", path.display())))?;
+        if !tessera.peers.is_empty() {
+            eprintln!(
+                "{}: {} peer(s) not registered: a Tessera config's peers are other nodes, \
+                 registered by the site that runs each",
+                path.display(),
+                tessera.peers.len()
+            );
         }
     }
     let dir = DataDir::new(a.dir.data_dir);
@@ -313,7 +307,7 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
             .add_node(pb::AddNodeRequest { node: Some(spec) })
             .await
         {
-            Ok(info) => println!("node {}/{} registered", info.get_ref().org, name),
+            Ok(info) => outln!("node {}/{} registered", info.get_ref().org, name)?,
             Err(s) => {
                 failed += 1;
                 eprintln!("node {name}: {}", s.message());
@@ -323,6 +317,73 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
     if failed > 0 {
         return Err(usage(format!("{failed} node(s) refused")));
     }
+    Ok(())
+}
+
+/// Largest node list or Tessera config `node import` reads, in bytes: a list of
+/// [`fedgw_proto::enode::MAX_STATIC_NODES`] URLs of 200 bytes fits with room to spare.
+const MAX_INPUT_FILE: u64 = 8 << 20;
+
+/// Reads a text file of at most [`MAX_INPUT_FILE`] bytes (a usage error otherwise).
+fn read_input(path: &std::path::Path) -> Result<String, CliError> {
+    use std::io::Read as _;
+    let err = |e: &dyn std::fmt::Display| usage(format!("reading {}: {e}", path.display()));
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(|e| err(&e))?
+        .take(MAX_INPUT_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| err(&e))?;
+    if text.len() as u64 > MAX_INPUT_FILE {
+        return Err(err(&format_args!("larger than {MAX_INPUT_FILE} bytes")));
+    }
+    Ok(text)
+}
+
+/// Why a Tessera config gave nothing to import.
+#[derive(Debug, thiserror::Error)]
+enum TesseraImportError {
+    /// The config has no enabled P2P server.
+    #[error("no enabled P2P server, so no Tessera URL of this site's own")]
+    NoP2p,
+    /// The P2P address is a placeholder or has no host.
+    #[error(
+        "the P2P address {0:?} names no host (fill in the placeholder, or register the URL with \
+         `fedgw node add NAME --tessera-url URL --tessera-key KEY`)"
+    )]
+    NoHost(String),
+    /// No imported node has the P2P address's host.
+    #[error(
+        "the P2P address {0:?} is not on any imported node's host (register it with \
+         `fedgw node add NAME --tessera-url URL --tessera-key KEY`)"
+    )]
+    NoNode(String),
+}
+
+/// Puts a Tessera config's own P2P URL and public keys on the imported node at the URL's host.
+/// The config's `peer` list is not used: those are other Tessera nodes, often other orgs', and
+/// each is registered by the site that runs it.
+fn tessera_onto(
+    specs: &mut [pb::NodeSpec],
+    tessera: &fedgw_proto::tessera::TesseraConfig,
+) -> Result<(), TesseraImportError> {
+    let own = tessera
+        .p2p_url
+        .as_deref()
+        .ok_or(TesseraImportError::NoP2p)?;
+    let host = url_host(own)
+        .filter(|h| fedgw_certs::token::validate_endpoint(&format!("{h}:1")).is_ok())
+        .ok_or_else(|| TesseraImportError::NoHost(own.to_owned()))?;
+    let node = specs
+        .iter_mut()
+        .find(|s| s.host == host)
+        .ok_or_else(|| TesseraImportError::NoNode(own.to_owned()))?;
+    node.tessera_url = own.to_owned();
+    node.tessera_keys = tessera
+        .public_keys
+        .iter()
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
     Ok(())
 }
 
@@ -358,13 +419,16 @@ pub async fn nodes(dir: DataDirArg, json: bool) -> Result<(), CliError> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        outln!("{}", serde_json::Value::Array(list))?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<28} {:<10} {:<18} {:<16} ports here",
-        "dns name", "client", "enode", "address here"
-    );
+        "dns name",
+        "client",
+        "enode",
+        "address here"
+    )?;
     for n in nodes {
         let r = n.record.unwrap_or_default();
         let id = enode_hex(&r.enode_id);
@@ -388,14 +452,14 @@ pub async fn nodes(dir: DataDirArg, json: bool) -> Result<(), CliError> {
         } else {
             ports.join(" ")
         };
-        println!(
+        outln!(
             "{:<28} {:<10} {:<18} {:<16} {}",
             n.dns_name,
             client_name(r.client),
             enode,
             ip,
             ports
-        );
+        )?;
     }
     Ok(())
 }
@@ -422,10 +486,10 @@ pub async fn members(dir: DataDirArg, json: bool) -> Result<(), CliError> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        outln!("{}", serde_json::Value::Array(list))?;
         return Ok(());
     }
-    println!("{:<10} {:<8} {:<40} approvals", "org", "status", "gateways");
+    outln!("{:<10} {:<8} {:<40} approvals", "org", "status", "gateways")?;
     for m in all {
         let gws: Vec<String> = m
             .gateways
@@ -443,7 +507,7 @@ pub async fn members(dir: DataDirArg, json: bool) -> Result<(), CliError> {
                 )
             })
             .collect();
-        println!(
+        outln!(
             "{:<10} {:<8} {:<40} {}",
             m.org,
             m.status,
@@ -457,7 +521,7 @@ pub async fn members(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             } else {
                 m.approved_by.join(",")
             }
-        );
+        )?;
     }
     Ok(())
 }
@@ -501,26 +565,31 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             "active_streams": s.active_streams, "refused_streams": s.refused_streams,
             "stalled_connections": s.stalled_connections,
         });
-        println!("{v}");
+        outln!("{v}")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "gateway {}/{}: {} records, digest {}",
         s.org,
         s.site,
         s.records,
         &s.digest[..16.min(s.digest.len())]
-    );
-    println!(
+    )?;
+    outln!(
         "rejected records: {}, equivocations: {}",
-        s.rejected_records, s.equivocations
-    );
-    println!(
+        s.rejected_records,
+        s.equivocations
+    )?;
+    outln!(
         "{:<16} {:<11} {:<9} {:>8} {:>8}  last error",
-        "peer", "state", "direction", "in", "out"
-    );
+        "peer",
+        "state",
+        "direction",
+        "in",
+        "out"
+    )?;
     for p in s.peers {
-        println!(
+        outln!(
             "{:<16} {:<11} {:<9} {:>8} {:>8}  {}",
             format!("{}/{}", p.org, p.site),
             p.state,
@@ -532,9 +601,9 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             } else {
                 &p.last_error
             }
-        );
+        )?;
     }
-    println!(
+    outln!(
         "\ndata plane: {} local listeners{}, {} proxied connections open",
         s.listeners,
         if s.listener_failures {
@@ -543,11 +612,15 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             ""
         },
         s.active_streams
-    );
-    println!(
+    )?;
+    outln!(
         "{:<16} {:<9} {:>10} {:>8} {:>8}",
-        "tunnel to", "transport", "rtt", "mtu", "lost"
-    );
+        "tunnel to",
+        "transport",
+        "rtt",
+        "mtu",
+        "lost"
+    )?;
     for t in &s.tunnels {
         let (rtt, mtu, lost) = if t.transport == "quic" {
             (
@@ -558,14 +631,14 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
         } else {
             ("-".to_owned(), "-".to_owned(), "-".to_owned())
         };
-        println!(
+        outln!(
             "{:<16} {:<9} {:>10} {:>8} {:>8}",
             format!("{}/{}", t.org, t.site),
             t.transport,
             rtt,
             mtu,
             lost
-        );
+        )?;
     }
     for (title, counts) in [
         ("refused streams", &s.refused_streams),
@@ -575,7 +648,7 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
         ),
     ] {
         if !counts.is_empty() {
-            println!("{title}: {}", sorted_counts(counts));
+            outln!("{title}: {}", sorted_counts(counts))?;
         }
     }
     Ok(())
@@ -597,7 +670,7 @@ pub async fn approve(org: String, dir: DataDirArg) -> Result<(), CliError> {
         .approve(pb::ApproveRequest { org: org.clone() })
         .await
         .map_err(status_err)?;
-    println!("approved {org}");
+    outln!("approved {org}")?;
     Ok(())
 }
 
@@ -612,7 +685,7 @@ pub async fn revoke(org: String, dir: DataDirArg, reason: Option<String>) -> Res
         })
         .await
         .map_err(status_err)?;
-    println!("revoked {org}");
+    outln!("revoked {org}")?;
     Ok(())
 }
 
@@ -663,7 +736,7 @@ pub async fn render(
     };
     let text = kind.render(&render_nodes);
     match out {
-        None => print!("{text}"),
+        None => super::write_out(format_args!("{text}"))?,
         Some(path) => {
             if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
                 eprintln!("{} unchanged", path.display());

@@ -13,7 +13,7 @@ use clap::Subcommand;
 use fedgw_certs::{names, pki};
 
 use super::{CliError, DataDirArg, exit, usage};
-use crate::datadir::{DataDir, write_atomic};
+use crate::datadir::{DataDir, create_private_dir, write_atomic};
 use crate::provision;
 
 /// `fedgw cert ...`
@@ -34,7 +34,8 @@ pub enum CertCommand {
         /// How long the certificate is valid.
         #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
         lifetime: Duration,
-        /// Where to write the files (created if missing).
+        /// Where to write the files (created with mode 0700 if missing; an existing directory
+        /// keeps its mode).
         #[arg(long, default_value = ".", value_name = "DIR")]
         out_dir: PathBuf,
         /// Replace existing files of the same names.
@@ -63,20 +64,20 @@ pub fn cert(command: CertCommand) -> Result<(), CliError> {
                 force,
                 now: SystemTime::now(),
             })?;
-            println!(
+            outln!(
                 "issued {} (valid until {})",
                 issued.dns_names.join(", "),
                 humantime::format_rfc3339_seconds(issued.not_after)
-            );
-            println!(
+            )?;
+            outln!(
                 "  certificate  {}  (leaf and org CA)",
                 issued.cert.display()
-            );
-            println!("  key          {}  (mode 0600)", issued.key.display());
-            println!(
+            )?;
+            outln!("  key          {}  (mode 0600)", issued.key.display())?;
+            outln!(
                 "  trust root   {}  (consortium root CA)",
                 issued.ca.display()
-            );
+            )?;
             Ok(())
         }
     }
@@ -93,7 +94,7 @@ pub struct IssueRequest {
     pub extra_dns: Vec<String>,
     /// Validity from `now`.
     pub lifetime: Duration,
-    /// Output directory.
+    /// Output directory, created with mode 0700 if missing.
     pub out_dir: PathBuf,
     /// Overwrite existing output files.
     pub force: bool,
@@ -152,7 +153,7 @@ pub fn issue(req: &IssueRequest) -> Result<Issued, CliError> {
         .org_ca
         .issue_node_leaf(&dns_names, org, domain, req.lifetime, req.now)
         .map_err(usage)?;
-    std::fs::create_dir_all(&req.out_dir).map_err(|e| write_err(&req.out_dir, e))?;
+    create_private_dir(&req.out_dir).map_err(|e| write_err(&req.out_dir, e))?;
     write_atomic(&key, provision::pem_key(&leaf.key).as_bytes(), 0o600)
         .map_err(|e| write_err(&key, e))?;
     write_atomic(&cert, pki::certs_to_pem(&leaf.chain).as_bytes(), 0o644)

@@ -246,8 +246,8 @@ fn check_admitted(
 /// Why joining into a data dir failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinDirError {
-    /// The data dir already holds a gateway.
-    #[error("{0} already holds a fedgw.toml")]
+    /// The data dir already holds a gateway's files (this one, the first found).
+    #[error("{} already exists: the data dir holds a gateway; use an empty directory", .0.display())]
     Exists(std::path::PathBuf),
     /// A name is invalid.
     #[error(transparent)]
@@ -278,8 +278,8 @@ pub async fn join_into(
     progress: &(dyn Fn(&fedgw_proto::v1::Pending) + Sync),
 ) -> Result<crate::config::Config, JoinDirError> {
     fedgw_certs::names::validate_label("org", org)?;
-    if dir.config().exists() {
-        return Err(JoinDirError::Exists(dir.root().to_owned()));
+    if let Some(file) = dir.occupied() {
+        return Err(JoinDirError::Exists(file));
     }
     let key = pki::generate_key().map_err(JoinDirError::Key)?;
     let csr = pki::org_ca_csr(&key, org).map_err(JoinDirError::Key)?;

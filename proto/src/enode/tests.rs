@@ -505,3 +505,64 @@ fn error_messages_are_lowercase_and_name_the_part() {
         Some("not an enode url (expected it to start with \"enode://\")")
     );
 }
+
+/// The secp256k1 generator G (SEC 2 section 2.4.1), X then Y.
+const GENERATOR: &str = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8";
+
+#[test]
+fn an_id_must_be_a_point_on_the_curve() {
+    // real keys: every sample id, and the generator
+    for line in valid_sample_lines() {
+        EnodeUrl::parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+    }
+    for list in [GOQUORUM_STATIC, GOQUORUM_PERMISSIONED_DNS, BESU_STATIC] {
+        parse_static_nodes(list).expect("the samples are real keys");
+    }
+    let g = id(GENERATOR);
+    assert_eq!(EnodeId::from_key_bytes(*g.as_bytes()), Ok(g));
+
+    // 64 bytes that are no point: random-looking bytes, Y of another point, all zeros, X or Y
+    // at or beyond the field prime p
+    let mut wrong_y = *g.as_bytes();
+    wrong_y[63] ^= 1;
+    let p_and_y = format!(
+        "{}{}",
+        "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffefffffc2f",
+        &GENERATOR[64..]
+    );
+    for bytes in [
+        [0xab; 64],
+        wrong_y,
+        [0; 64],
+        [0xff; 64],
+        *EnodeId::from_bytes([0x11; 64]).as_bytes(),
+    ] {
+        assert_eq!(
+            EnodeId::from_key_bytes(bytes),
+            Err(EnodeError::NotOnCurve),
+            "{bytes:02x?}"
+        );
+        let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(text.parse::<EnodeId>(), Err(EnodeError::NotOnCurve));
+        assert_eq!(
+            EnodeUrl::parse(&url(&text, "10.0.0.1:30303")),
+            Err(EnodeError::NotOnCurve)
+        );
+    }
+    assert!(
+        p_and_y.parse::<EnodeId>().is_err(),
+        "x = p is out of the field"
+    );
+    // a list with one such entry names it
+    let list = format!(
+        r#"["{}", "{}"]"#,
+        url(GENERATOR, "10.0.0.1:30303"),
+        url(&"ab".repeat(64), "10.0.0.2:30303")
+    );
+    match parse_static_nodes(&list) {
+        Err(StaticNodesError::Entry { index, source }) => {
+            assert_eq!((index, source), (1, EnodeError::NotOnCurve));
+        }
+        other => panic!("{other:?}"),
+    }
+}
