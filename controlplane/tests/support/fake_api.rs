@@ -12,7 +12,10 @@
 //!   `resourceVersion` gets 409 Conflict;
 //! - a created Service gets a ClusterIP (unless headless);
 //! - lists filter by `labelSelector` (`k=v,...`) and `fieldSelector` (`metadata.name=x`);
-//!   watch requests never answer (the tests feed watch events to the index themselves).
+//!   a watch (`watch=true&resourceVersion=N`) answers the changes after `N` (`ADDED`,
+//!   `MODIFIED`, `DELETED`, one JSON object a line) as soon as there are any, then ends, as
+//!   a real watch may at any time (the client watches again from the last version it saw);
+//!   with no change within `timeoutSeconds` it ends empty.
 //!
 //! Every `POST`, `PUT`, `PATCH` and `DELETE` is recorded ([`FakeApi::writes`]).
 
@@ -27,20 +30,35 @@ use serde_json::{Value, json};
 /// A recorded write: method and path.
 pub type Write = (String, String);
 
+/// One change, as a watch reports it.
+struct Change {
+    resource_version: u64,
+    collection: String,
+    type_: &'static str,
+    object: Value,
+}
+
 #[derive(Default)]
 struct State {
+    /// Every change, in order.
+    changes: Vec<Change>,
     /// (collection path, name) → object.
     objects: BTreeMap<(String, String), Value>,
     /// (collection path, name, field manager) → what it applied last.
     applied: BTreeMap<(String, String, String), Value>,
     writes: Vec<Write>,
+    /// Every request but watches: method and path.
+    requests: Vec<Write>,
     resource_version: u64,
     next_ip: u32,
 }
 
 /// The fake API server; clones share state.
 #[derive(Clone, Default)]
-pub struct FakeApi(Arc<Mutex<State>>);
+pub struct FakeApi {
+    state: Arc<Mutex<State>>,
+    changed: Arc<tokio::sync::Notify>,
+}
 
 /// `/api/v1/namespaces/NS/PLURAL` or `/apis/G/V/namespaces/NS/PLURAL`, then an optional
 /// name and subresource.
@@ -180,15 +198,17 @@ impl FakeApi {
 
     /// Puts `obj` into `collection` as if created earlier (not counted as a write).
     pub fn seed(&self, collection: &str, obj: Value) {
-        let mut s = self.0.lock().expect("lock");
+        let mut s = self.state.lock().expect("lock");
         let name = obj["metadata"]["name"].as_str().expect("name").to_owned();
         let obj = s.finalize_new(collection, obj);
-        s.objects.insert((collection.to_owned(), name), obj);
+        s.put((collection.to_owned(), name), obj, "ADDED");
+        drop(s);
+        self.changed.notify_waiters();
     }
 
     /// The object `name` in `collection`.
     pub fn get(&self, collection: &str, name: &str) -> Option<Value> {
-        let s = self.0.lock().expect("lock");
+        let s = self.state.lock().expect("lock");
         s.objects
             .get(&(collection.to_owned(), name.to_owned()))
             .cloned()
@@ -196,7 +216,7 @@ impl FakeApi {
 
     /// Every object in `collection`, by name.
     pub fn list(&self, collection: &str) -> Vec<Value> {
-        let s = self.0.lock().expect("lock");
+        let s = self.state.lock().expect("lock");
         s.objects
             .iter()
             .filter(|((c, _), _)| c == collection)
@@ -206,13 +226,20 @@ impl FakeApi {
 
     /// Removes `name` from `collection`, as another client would (not counted).
     pub fn delete(&self, collection: &str, name: &str) {
-        let mut s = self.0.lock().expect("lock");
-        s.objects.remove(&(collection.to_owned(), name.to_owned()));
+        let mut s = self.state.lock().expect("lock");
+        s.remove(&(collection.to_owned(), name.to_owned()));
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    /// Every request so far but watches.
+    pub fn requests(&self) -> Vec<Write> {
+        self.state.lock().expect("lock").requests.clone()
     }
 
     /// Every write so far.
     pub fn writes(&self) -> Vec<Write> {
-        self.0.lock().expect("lock").writes.clone()
+        self.state.lock().expect("lock").writes.clone()
     }
 
     async fn handle(&self, req: Request<Body>) -> Response<Body> {
@@ -229,8 +256,7 @@ impl FakeApi {
             return status(404, "NotFound", &format!("no route {path}"));
         };
         if method == "GET" && t.name.is_none() && q.get("watch").is_some_and(|w| w == "true") {
-            // the tests feed watch events themselves
-            return std::future::pending().await;
+            return self.watch(&t, &q).await;
         }
         let bytes = req.into_body().collect_bytes().await.expect("body");
         let body: Value = if bytes.is_empty() {
@@ -238,15 +264,110 @@ impl FakeApi {
         } else {
             serde_json::from_slice(&bytes).expect("a JSON body")
         };
-        let mut s = self.0.lock().expect("lock");
+        let mut s = self.state.lock().expect("lock");
+        s.requests.push((method.clone(), path.clone()));
         if method != "GET" {
             s.writes.push((method.clone(), path.clone()));
         }
-        s.answer(&method, &t, &q, &content_type, body)
+        let response = s.answer(&method, &t, &q, &content_type, body);
+        drop(s);
+        if method != "GET" {
+            self.changed.notify_waiters();
+        }
+        response
+    }
+
+    /// Answers a watch: the matching changes after `resourceVersion`, once there are any.
+    async fn watch(&self, t: &Target, q: &BTreeMap<String, String>) -> Response<Body> {
+        let since: u64 = q
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let timeout = q.get("timeoutSeconds").and_then(|v| v.parse().ok()).map_or(
+            std::time::Duration::from_secs(290),
+            std::time::Duration::from_secs,
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let lines: Vec<u8> = {
+                let s = self.state.lock().expect("lock");
+                s.changes
+                    .iter()
+                    .filter(|c| c.resource_version > since && c.collection == t.collection)
+                    .filter(|c| selected(&c.object, q))
+                    .flat_map(|c| {
+                        let mut line =
+                            serde_json::to_vec(&json!({"type": c.type_, "object": c.object}))
+                                .expect("json");
+                        line.push(b'\n');
+                        line
+                    })
+                    .collect()
+            };
+            if !lines.is_empty() {
+                return Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(Body::from(lines))
+                    .expect("response");
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(Body::from(Vec::new()))
+                    .expect("response");
+            }
+        }
     }
 }
 
+/// Whether `obj` passes the request's `labelSelector` and `fieldSelector`.
+fn selected(obj: &Value, q: &BTreeMap<String, String>) -> bool {
+    labels_match(obj, q.get("labelSelector").map_or("", |s| s))
+        && match q.get("fieldSelector") {
+            Some(f) => f
+                .strip_prefix("metadata.name=")
+                .is_some_and(|n| obj["metadata"]["name"] == n),
+            None => true,
+        }
+}
+
 impl State {
+    /// Stores `obj` (its resource version already set) and records the change.
+    fn put(&mut self, key: (String, String), obj: Value, type_: &'static str) {
+        let resource_version = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(self.resource_version);
+        self.changes.push(Change {
+            resource_version,
+            collection: key.0.clone(),
+            type_,
+            object: obj.clone(),
+        });
+        self.objects.insert(key, obj);
+    }
+
+    /// Deletes `key` and records the change.
+    fn remove(&mut self, key: &(String, String)) {
+        if let Some(mut obj) = self.objects.remove(key) {
+            let rv = self.bump();
+            obj["metadata"]["resourceVersion"] = json!(rv);
+            self.changes.push(Change {
+                resource_version: self.resource_version,
+                collection: key.0.clone(),
+                type_: "DELETED",
+                object: obj,
+            });
+        }
+        self.applied
+            .retain(|(c, n, _), _| !(*c == key.0 && *n == key.1));
+    }
+
     fn bump(&mut self) -> String {
         self.resource_version += 1;
         self.resource_version.to_string()
@@ -287,7 +408,7 @@ impl State {
             new["metadata"]["generation"] = json!(g);
         }
         new["metadata"]["resourceVersion"] = json!(self.bump());
-        self.objects.insert(key, new.clone());
+        self.put(key, new.clone(), "MODIFIED");
         new
     }
 
@@ -307,13 +428,7 @@ impl State {
                         .iter()
                         .filter(|((c, _), _)| *c == t.collection)
                         .map(|(_, v)| v.clone())
-                        .filter(|v| labels_match(v, q.get("labelSelector").map_or("", |s| s)))
-                        .filter(|v| match q.get("fieldSelector") {
-                            Some(f) => f
-                                .strip_prefix("metadata.name=")
-                                .is_some_and(|n| v["metadata"]["name"] == n),
-                            None => true,
-                        })
+                        .filter(|v| selected(v, q))
                         .collect();
                     let rv = self.resource_version.to_string();
                     respond(
@@ -331,7 +446,7 @@ impl State {
                         return status(409, "AlreadyExists", "already exists");
                     }
                     let obj = self.finalize_new(&t.collection, body);
-                    self.objects.insert(key, obj.clone());
+                    self.put(key, obj.clone(), "ADDED");
                     respond(201, &obj)
                 }
                 _ => status(405, "MethodNotAllowed", method),
@@ -342,9 +457,7 @@ impl State {
         match (method, current) {
             ("GET", Some(obj)) => respond(200, &obj),
             ("DELETE", Some(_)) => {
-                self.objects.remove(&key);
-                self.applied
-                    .retain(|(c, n, _), _| !(*c == key.0 && *n == key.1));
+                self.remove(&key);
                 respond(
                     200,
                     &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
@@ -367,7 +480,7 @@ impl State {
                 let akey = (key.0.clone(), key.1.clone(), manager);
                 let Some(old) = current else {
                     let obj = self.finalize_new(&t.collection, body.clone());
-                    self.objects.insert(key, obj.clone());
+                    self.put(key, obj.clone(), "ADDED");
                     self.applied.insert(akey, body);
                     return respond(201, &obj);
                 };
