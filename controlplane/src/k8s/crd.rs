@@ -1,6 +1,6 @@
 //! The `ConsortiumNode` custom resource (`consortiumnodes.fedgw.io/v1alpha1`, namespaced): one
 //! chain node of this org that runs in this namespace, as the controller registers it at the
-//! gateway. `fedgw-controlplane crdgen` prints the CRD; `deploy/k8s/base/crd.yaml` holds it.
+//! gateway. `fedgw-controlplane crdgen` prints the CRD; `deploy/k8s/crd/crd.yaml` holds it.
 
 use std::collections::BTreeMap;
 
