@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the controller (in a gateway pod, beside the gateway).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the ConsortiumNode CRD (YAML).
     Crdgen,
 }

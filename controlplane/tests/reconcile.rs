@@ -4,6 +4,8 @@
 //! patch semantics, which counts writes over many reconcile periods. The gateway is a fake
 //! that records calls and updates its view.
 
+// each test binary uses part of the fake
+#[allow(dead_code)]
 #[path = "support/fake_api.rs"]
 mod fake_api;
 
