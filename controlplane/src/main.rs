@@ -2,7 +2,8 @@
 //!
 //! - `fedgw-controlplane run`: watch `ConsortiumNode`s, Services, nodekey Secrets and the
 //!   peers ConfigMap of this namespace, and the gateway over its admin socket; the replica
-//!   holding the Lease registers nodes, creates Services and writes the rendered files;
+//!   holding the Lease registers nodes, creates Services and writes the rendered files, and
+//!   releases the Lease on SIGTERM; `/livez` and `/readyz` on `--health-listen`;
 //! - `fedgw-controlplane crdgen`: print the `ConsortiumNode` CRD as YAML.
 //!
 //! Exit codes: 0 on success or a signal, 64 for bad usage, 1 for any other failure.
