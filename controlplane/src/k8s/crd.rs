@@ -53,7 +53,8 @@ fn no_uint_formats(schema: &mut schemars::Schema) {
     category = "fedgw",
     printcolumn = r#"{"name":"Client","type":"string","jsonPath":".spec.client"}"#,
     printcolumn = r#"{"name":"DNS","type":"string","jsonPath":".status.dnsName"}"#,
-    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
 )]
 #[x_kube(validation = Rule::new(ONE_TARGET_RULE).message("set service or podSelector, not both"))]
 #[schemars(transform = no_uint_formats)]
