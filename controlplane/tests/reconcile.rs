@@ -739,3 +739,42 @@ async fn a_new_resource_never_takes_a_registered_name() {
         "nothing to change after a restart"
     );
 }
+
+#[tokio::test]
+async fn the_fake_api_server_keeps_what_a_merge_patch_leaves_out_and_removes_nulls() {
+    let api = fake_api::FakeApi::new();
+    let mut cr = node_cr();
+    cr.status = Some(fedgw_controlplane::k8s::crd::ConsortiumNodeStatus {
+        state: Some("Pending".into()),
+        message: Some("waiting".into()),
+        ..Default::default()
+    });
+    seed_object(&api, NODES, &cr);
+    let nodes: kube::Api<ConsortiumNode> = kube::Api::namespaced(api.client("org1"), "org1");
+    let pp = kube::api::PatchParams::default();
+
+    // RFC 7386: an absent field stays
+    let patch = json!({"status": {"state": "Registered"}});
+    let patched = nodes
+        .patch_status("node1", &pp, &kube::api::Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    let status = patched.status.expect("status");
+    assert_eq!(status.message.as_deref(), Some("waiting"), "kept");
+    // null removes it
+    let patch = json!({"status": {"message": null}});
+    let patched = nodes
+        .patch_status("node1", &pp, &kube::api::Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    assert_eq!(patched.status.expect("status").message, None, "removed");
+    // the spec is not the status subresource's to change, and the generation stays
+    let patch = json!({"spec": {"raftId": 9}, "status": {"state": "Error"}});
+    let patched = nodes
+        .patch_status("node1", &pp, &kube::api::Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    assert_eq!(patched.spec.raft_id, Some(1));
+    assert_eq!(patched.metadata.generation, Some(1));
+    assert_eq!(api.writes().len(), 3, "every write counted");
+}
