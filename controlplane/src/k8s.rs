@@ -9,11 +9,13 @@
 //! - [`lease`]: leader election;
 //! - [`leader`]: the leader's gateway pod, which remote nodes' Services select;
 //! - [`gateway`]: the admin API client;
+//! - [`health`]: the sidecar's `/livez` and `/readyz`;
 //! - [`reconcile`]: carries out a plan against the API server and the gateway;
 //! - [`run`]: the watches and the loop that ties them together.
 
 pub mod crd;
 pub mod gateway;
+pub mod health;
 pub mod index;
 pub mod leader;
 pub mod lease;

@@ -1,6 +1,13 @@
 //! The reconciler against a scripted fake API server (a `tower-test` mock service behind a
 //! real `kube::Client`): each expected request's method, path and body are asserted, each
-//! awaited with a timeout. The gateway is a fake that records calls and updates its view.
+//! awaited with a timeout; and against a stateful fake ([`fake_api`]) with the API server's
+//! patch semantics, which counts writes over many reconcile periods. The gateway is a fake
+//! that records calls and updates its view.
+
+// each test binary uses part of the fake
+#[allow(dead_code)]
+#[path = "support/fake_api.rs"]
+mod fake_api;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -89,6 +96,7 @@ fn settings() -> Settings {
         namespace: "org1".into(),
         config_map: "fedgw-peers".into(),
         gateway_selector: BTreeMap::from([("app.kubernetes.io/name".into(), "fedgw".into())]),
+        cluster_domain: "cluster.local".into(),
     }
 }
 
@@ -267,8 +275,15 @@ async fn creating_a_consortium_node_registers_it_and_updates_status() {
     let status = &body["status"];
     assert_eq!(status["state"], "Registered");
     assert_eq!(status["dnsName"], "node1.org1.acme.example");
-    assert_eq!(status["conditions"][0]["type"], "Registered");
+    assert_eq!(status["conditions"][0]["type"], "Ready");
     assert_eq!(status["conditions"][0]["status"], "True");
+    assert_eq!(status["conditions"][1]["type"], "Registered");
+    assert_eq!(status["conditions"][1]["status"], "True");
+    // a merge patch keeps what it leaves out: what the status no longer has is sent as null
+    assert!(
+        status.get("message").is_some_and(Value::is_null),
+        "{status}"
+    );
     let mut cr = serde_json::to_value(node_cr()).expect("json");
     cr["status"] = status.clone();
     send.send_response(json_response(200, &cr));
@@ -541,4 +556,225 @@ async fn the_leader_labels_its_own_pod_only_and_a_former_leader_unlabels_itself(
             .is_err(),
         "no further request"
     );
+}
+
+const NODES: &str = "/apis/fedgw.io/v1alpha1/namespaces/org1/consortiumnodes";
+const SERVICES: &str = "/api/v1/namespaces/org1/services";
+const CONFIG_MAPS: &str = "/api/v1/namespaces/org1/configmaps";
+const SECRETS: &str = "/api/v1/namespaces/org1/secrets";
+
+/// What the watches deliver: every object the server holds now, as a re-list.
+fn relist(api: &fake_api::FakeApi, index: &mut Index) {
+    fn feed<K: kube::Resource + serde::de::DeserializeOwned>(
+        cache: &mut fedgw_controlplane::k8s::index::Cache<K>,
+        objects: Vec<Value>,
+    ) {
+        cache.event(Event::Init);
+        for o in objects {
+            cache.event(Event::InitApply(
+                serde_json::from_value(o).expect("an object"),
+            ));
+        }
+        cache.event(Event::InitDone);
+    }
+    feed(&mut index.nodes, api.list(NODES));
+    feed(&mut index.services, api.list(SERVICES));
+    feed(&mut index.secrets, api.list(SECRETS));
+    feed(
+        &mut index.config_maps,
+        api.list(CONFIG_MAPS)
+            .into_iter()
+            .filter(|c| c["metadata"]["name"] == "fedgw-peers")
+            .collect(),
+    );
+}
+
+/// One reconcile period as `run` has it: the gateway's view read, a reconcile, then the
+/// watches' events.
+async fn period(
+    api: &fake_api::FakeApi,
+    r: &mut Reconciler<FakeGateway>,
+    index: &mut Index,
+) -> Outcome {
+    r.refresh(index).await.expect("gateway");
+    let outcome = tokio::time::timeout(WAIT, r.reconcile(index, || true))
+        .await
+        .expect("a bounded reconcile")
+        .expect("reconcile");
+    relist(api, index);
+    outcome
+}
+
+fn seed_object<T: serde::Serialize>(api: &fake_api::FakeApi, collection: &str, obj: &T) {
+    api.seed(collection, serde_json::to_value(obj).expect("json"));
+}
+
+#[tokio::test]
+async fn a_steady_state_writes_nothing_and_statuses_hold_no_stale_fields() {
+    let api = fake_api::FakeApi::new();
+    // node1 waits for its Service first; validator2 gets a Service of its own
+    seed_object(&api, NODES, &node_cr());
+    let mut selected = node_cr();
+    selected.metadata.name = Some("validator2".into());
+    selected.spec.service = None;
+    selected.spec.pod_selector = Some(BTreeMap::from([("app".into(), "besu".into())]));
+    seed_object(&api, NODES, &selected);
+
+    let gateway = FakeGateway::new(vec![remote_node()]);
+    let mut r = Reconciler::new(api.client("org1"), "org1", gateway.clone());
+    let mut index = Index::new(settings());
+    relist(&api, &mut index);
+
+    period(&api, &mut r, &mut index).await;
+    let node1 = api.get(NODES, "node1").expect("node1");
+    assert_eq!(node1["status"]["state"], "Pending");
+    assert_eq!(
+        node1["status"]["message"],
+        r#"waiting for Service "quorum-node1""#
+    );
+
+    // the Service appears (created by the node's own chart)
+    seed_object(&api, SERVICES, &service("quorum-node1", "10.96.1.1", false));
+    relist(&api, &mut index);
+    for _ in 0..3 {
+        period(&api, &mut r, &mut index).await;
+    }
+    for name in ["node1", "validator2"] {
+        let status = &api.get(NODES, name).expect(name)["status"];
+        assert_eq!(status["state"], "Registered", "{name}: {status}");
+        assert!(
+            status.get("message").is_none(),
+            "{name}: no stale message: {status}"
+        );
+        assert_eq!(status["observedGeneration"], 1);
+        let types: Vec<&str> = status["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .filter_map(|c| c["type"].as_str())
+            .collect();
+        assert_eq!(types, ["Ready", "Registered"]);
+    }
+    assert!(api.get(SERVICES, "fedgw-org2-node1").is_some());
+    assert!(api.get(SERVICES, "fedgw-node-validator2").is_some());
+
+    // steady: several more periods write nothing
+    let settled = api.writes().len();
+    for _ in 0..5 {
+        assert_eq!(period(&api, &mut r, &mut index).await, Outcome::Done);
+    }
+    assert_eq!(api.writes()[settled..], [], "no write in a steady state");
+    let calls = gateway.calls().len();
+    period(&api, &mut r, &mut index).await;
+    assert_eq!(gateway.calls().len(), calls, "nor a gateway call");
+
+    // the node's Service goes away: Pending with its message, and no DNS name left over
+    let before = api.writes().len();
+    api.delete(SERVICES, "quorum-node1");
+    relist(&api, &mut index);
+    period(&api, &mut r, &mut index).await;
+    let status = &api.get(NODES, "node1").expect("node1")["status"];
+    assert_eq!(status["state"], "Pending", "{status}");
+    assert!(
+        status.get("dnsName").is_none(),
+        "no stale dnsName: {status}"
+    );
+    let status_writes = api.writes()[before..]
+        .iter()
+        .filter(|(_, p)| p.ends_with("/node1/status"))
+        .count();
+    assert_eq!(status_writes, 1, "one status write per change");
+    let settled = api.writes().len();
+    for _ in 0..3 {
+        period(&api, &mut r, &mut index).await;
+    }
+    assert_eq!(api.writes().len(), settled);
+}
+
+#[tokio::test]
+async fn a_new_resource_never_takes_a_registered_name() {
+    let api = fake_api::FakeApi::new();
+    seed_object(&api, NODES, &node_cr());
+    seed_object(&api, SERVICES, &service("quorum-node1", "10.96.1.1", false));
+    let gateway = FakeGateway::new(vec![]);
+    let mut r = Reconciler::new(api.client("org1"), "org1", gateway.clone());
+    let mut index = Index::new(settings());
+    relist(&api, &mut index);
+    for _ in 0..2 {
+        period(&api, &mut r, &mut index).await;
+    }
+    assert_eq!(
+        api.get(NODES, "node1").expect("node1")["status"]["state"],
+        "Registered"
+    );
+
+    // "dup" sorts before "node1" and names the same node with other ports
+    let mut dup = node_cr();
+    dup.metadata.name = Some("dup".into());
+    dup.spec.node_name = Some("node1".into());
+    dup.spec.ports.p2p = Some(30399);
+    seed_object(&api, NODES, &dup);
+    relist(&api, &mut index);
+    let calls = gateway.calls().len();
+    for _ in 0..2 {
+        period(&api, &mut r, &mut index).await;
+    }
+    assert_eq!(gateway.calls().len(), calls, "node1 is left as registered");
+    let status = &api.get(NODES, "dup").expect("dup")["status"];
+    assert_eq!(status["state"], "Error");
+    assert_eq!(status["conditions"][0]["reason"], "NameConflict");
+    assert_eq!(
+        api.get(NODES, "node1").expect("node1")["status"]["state"],
+        "Registered"
+    );
+
+    // the controller restarts: a fresh index decides the same from the stored statuses
+    let mut index = Index::new(settings());
+    relist(&api, &mut index);
+    let writes = api.writes().len();
+    period(&api, &mut r, &mut index).await;
+    assert_eq!(
+        api.writes().len(),
+        writes,
+        "nothing to change after a restart"
+    );
+}
+
+#[tokio::test]
+async fn the_fake_api_server_keeps_what_a_merge_patch_leaves_out_and_removes_nulls() {
+    let api = fake_api::FakeApi::new();
+    let mut cr = node_cr();
+    cr.status = Some(fedgw_controlplane::k8s::crd::ConsortiumNodeStatus {
+        state: Some("Pending".into()),
+        message: Some("waiting".into()),
+        ..Default::default()
+    });
+    seed_object(&api, NODES, &cr);
+    let nodes: kube::Api<ConsortiumNode> = kube::Api::namespaced(api.client("org1"), "org1");
+    let pp = kube::api::PatchParams::default();
+
+    // RFC 7386: an absent field stays
+    let patch = json!({"status": {"state": "Registered"}});
+    let patched = nodes
+        .patch_status("node1", &pp, &kube::api::Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    let status = patched.status.expect("status");
+    assert_eq!(status.message.as_deref(), Some("waiting"), "kept");
+    // null removes it
+    let patch = json!({"status": {"message": null}});
+    let patched = nodes
+        .patch_status("node1", &pp, &kube::api::Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    assert_eq!(patched.status.expect("status").message, None, "removed");
+    // the spec is not the status subresource's to change, and the generation stays
+    let patch = json!({"spec": {"raftId": 9}, "status": {"state": "Error"}});
+    let patched = nodes
+        .patch_status("node1", &pp, &kube::api::Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    assert_eq!(patched.spec.raft_id, Some(1));
+    assert_eq!(patched.metadata.generation, Some(1));
+    assert_eq!(api.writes().len(), 3, "every write counted");
 }

@@ -232,6 +232,10 @@ enum Command {
         /// (a container's main process can start before the data dir is provisioned).
         #[arg(long)]
         wait_for_config: bool,
+        /// How log lines are written to stderr: `text` (coloured only on a terminal) or `json`
+        /// (one object per line, for log collectors).
+        #[arg(long, env = "FEDGW_LOG_FORMAT", value_enum, default_value_t)]
+        log_format: crate::telemetry::LogFormat,
         /// Threads that run the gateway. 1 (the default): one event loop carries everything, so
         /// a proxied byte crosses no thread on its way (a QUIC or TCP+TLS link to one peer site
         /// is driven by one task whatever the count, so more threads help only with several
@@ -496,8 +500,12 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Run {
             dir,
             wait_for_config,
+            log_format,
             worker_threads: _,
-        } => run(DataDir::new(dir.data_dir), wait_for_config).await,
+        } => {
+            crate::telemetry::init(log_format);
+            run(DataDir::new(dir.data_dir), wait_for_config).await
+        }
         Command::StandIn { echo, http } => stand_in(echo, http).await,
         Command::Probe {
             target,
@@ -590,7 +598,6 @@ async fn stand_in(echo: Vec<SocketAddr>, http: Vec<SocketAddr>) -> Result<(), Cl
 }
 
 async fn run(dir: DataDir, wait_for_config: bool) -> Result<(), CliError> {
-    crate::telemetry::init();
     if wait_for_config && !dir.config().exists() {
         tracing::info!(dir = %dir.root().display(), "waiting for fedgw init or fedgw join");
         let stop = tokio::spawn(wait_for_signal());

@@ -530,6 +530,43 @@ fn run_waits_for_the_data_dir_then_serves() {
 }
 
 #[test]
+fn run_with_log_format_json_writes_one_json_object_a_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("org1");
+    let log = tmp.path().join("org1.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fedgw"))
+        .args([
+            "run",
+            "--wait-for-config",
+            "--log-format",
+            "json",
+            "--data-dir",
+            &s(&dir),
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let text = fedgw_tests::wait_for("the waiting message", fedgw_tests::READY_TIMEOUT, || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("waiting for fedgw init") && t.ends_with('\n'))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = text.expect("run logs while it waits");
+    assert!(!text.contains('\x1b'), "no ANSI colour: {text:?}");
+    let line: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("a JSON line");
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(
+        line["fields"]["message"],
+        "waiting for fedgw init or fedgw join"
+    );
+}
+
+#[test]
 fn stand_in_and_probe_check_echo_and_upcheck() {
     let port = |l: std::net::TcpListener| l.local_addr().expect("addr").port();
     // free ports for the stand-in (it binds them itself)

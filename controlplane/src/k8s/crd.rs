@@ -1,19 +1,48 @@
 //! The `ConsortiumNode` custom resource (`consortiumnodes.fedgw.io/v1alpha1`, namespaced): one
 //! chain node of this org that runs in this namespace, as the controller registers it at the
-//! gateway. `fedgw-controlplane crdgen` prints the CRD; `deploy/k8s/base/crd.yaml` holds it.
+//! gateway. `fedgw-controlplane crdgen` prints the CRD; `deploy/k8s/crd/crd.yaml` holds it.
 
 use std::collections::BTreeMap;
 
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// The validation rule (CEL, `x-kubernetes-validations`) on `spec` that makes the API server
+/// refuse a resource naming both a Service and a pod selector.
+pub const ONE_TARGET_RULE: &str = "!(has(self.service) && has(self.podSelector))";
+
+/// Drops schemars' `format: uint16`/`uint32` from integer properties: they are not formats
+/// Kubernetes knows (the API server warns about each), and `minimum`/`maximum` already bound
+/// the values.
+fn no_uint_formats(schema: &mut schemars::Schema) {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if map
+                    .get("format")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|f| f.starts_with("uint"))
+                {
+                    map.remove("format");
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    if let Some(map) = schema.as_object_mut() {
+        map.values_mut().for_each(walk);
+    }
+}
 
 /// A chain node of this org (docs/DESIGN.md section 10).
 ///
 /// Its consortium name is `<nodeName>.<org>.<domain>`; the gateway publishes its signed node
 /// record and answers DNS for it with the address of `service` (or of the Service the
 /// controller creates for `podSelector`).
-#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, KubeSchema)]
 #[kube(
     group = "fedgw.io",
     version = "v1alpha1",
@@ -24,8 +53,11 @@ use serde::{Deserialize, Serialize};
     category = "fedgw",
     printcolumn = r#"{"name":"Client","type":"string","jsonPath":".spec.client"}"#,
     printcolumn = r#"{"name":"DNS","type":"string","jsonPath":".status.dnsName"}"#,
-    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
 )]
+#[x_kube(validation = Rule::new(ONE_TARGET_RULE).message("set service or podSelector, not both"))]
+#[schemars(transform = no_uint_formats)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsortiumNodeSpec {
     /// The node's name in the consortium (a DNS label); defaults to `metadata.name`.
@@ -82,6 +114,7 @@ pub enum Client {
 
 /// A node's real ports (TCP); an absent port is not served.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[schemars(transform = no_uint_formats)]
 #[serde(rename_all = "camelCase")]
 pub struct NodePorts {
     /// devp2p (GoQuorum/Besu default 30303).
@@ -120,11 +153,11 @@ pub struct SecretKeyRef {
     pub key: Option<String>,
 }
 
-/// What the controller last saw of a node.
+/// What the controller last saw of a node; written whole, and only when it changes.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsortiumNodeStatus {
-    /// `<node>.<org>.<domain>`, once the gateway holds the node.
+    /// `<node>.<org>.<domain>`, while `state` is `Registered`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_name: Option<String>,
     /// `Registered`, `Pending` (waiting for its Service, Secret or the gateway) or `Error`
@@ -137,7 +170,9 @@ pub struct ConsortiumNodeStatus {
     /// The resource generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Conditions (type `Registered`).
+    /// Conditions `Ready` (registered as the current spec says) and `Registered` (the gateway
+    /// publishes the node, perhaps as an older spec said), as the Kubernetes API conventions
+    /// describe them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -146,7 +181,7 @@ pub struct ConsortiumNodeStatus {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// The condition type (`Registered`).
+    /// The condition type (`Ready`, `Registered`).
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
@@ -156,6 +191,74 @@ pub struct Condition {
     /// A human-readable message.
     #[serde(default)]
     pub message: String,
+    /// The resource generation the condition was set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
     /// When `status` last changed (RFC 3339).
     pub last_transition_time: String,
+}
+
+/// The fields of [`ConsortiumNodeStatus`], as serialized.
+const STATUS_FIELDS: [&str; 5] = [
+    "dnsName",
+    "state",
+    "message",
+    "observedGeneration",
+    "conditions",
+];
+
+impl ConsortiumNodeStatus {
+    /// The `status` subresource's JSON merge patch (RFC 7386) that makes the stored status
+    /// exactly this one: `{"status": {...}}` with every field, the absent ones as `null` (a
+    /// merge patch keeps what it leaves out; `null` removes it).
+    pub fn merge_patch(&self) -> serde_json::Value {
+        let mut status = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = status.as_object_mut() {
+            for field in STATUS_FIELDS {
+                map.entry(field).or_insert(serde_json::Value::Null);
+            }
+        }
+        serde_json::json!({ "status": status })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn the_status_patch_names_every_field_of_the_schema() {
+        let crd = serde_json::to_value(ConsortiumNode::crd()).expect("json");
+        let props = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+            ["properties"];
+        let mut in_schema: Vec<&str> = props
+            .as_object()
+            .expect("status properties")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        in_schema.sort_unstable();
+        let mut listed = STATUS_FIELDS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(in_schema, listed);
+        let patch = ConsortiumNodeStatus::default().merge_patch();
+        for f in STATUS_FIELDS {
+            assert!(patch["status"][f].is_null(), "{f}: {patch}");
+        }
+        // conditions are replaced whole (a merge patch replaces arrays)
+        let s = ConsortiumNodeStatus {
+            state: Some("Registered".into()),
+            ..Default::default()
+        };
+        assert_eq!(s.merge_patch()["status"]["state"], "Registered");
+    }
+
+    #[test]
+    fn the_crd_refuses_two_targets_and_has_no_uint_formats() {
+        let text = serde_json::to_string(&ConsortiumNode::crd()).expect("json");
+        assert!(text.contains(&serde_json::to_string(ONE_TARGET_RULE).expect("json")));
+        assert!(!text.contains("uint"), "{text}");
+        assert!(text.contains(r#""maximum":65535"#), "port bounds stay");
+    }
 }

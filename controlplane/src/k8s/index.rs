@@ -14,12 +14,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use base64::Engine;
 use fedgw_proto::v1 as pb;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServicePort, ServiceSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 
-use super::crd::{Client, ConsortiumNode, ConsortiumNodeStatus};
+use super::crd::{Client, Condition, ConsortiumNode, ConsortiumNodeStatus};
 use super::nodekey;
 use crate::render::{Kind, RenderNode};
 
@@ -36,8 +36,13 @@ pub const NODE_LABEL: &str = "fedgw.io/node";
 /// Secrets holding node keys carry this label with value `"true"`: the controller watches
 /// only those.
 pub const NODEKEY_LABEL: &str = "fedgw.io/nodekey";
-/// The condition type in a `ConsortiumNode` status.
+/// Condition type: the gateway holds and publishes this resource's node.
 pub const REGISTERED: &str = "Registered";
+/// Condition type: the node is registered as its current spec says (the summary condition of
+/// the Kubernetes API conventions).
+pub const READY: &str = "Ready";
+/// The cluster DNS domain when none is configured.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// Objects of one kind, by name, fed by a watcher.
 #[derive(Debug, Clone)]
@@ -124,6 +129,9 @@ pub struct Settings {
     pub config_map: String,
     /// Labels of the gateway pods: the selector of every remote node's Service.
     pub gateway_selector: BTreeMap<String, String>,
+    /// The cluster's DNS domain (`cluster.local` unless the cluster was set up otherwise): a
+    /// headless Service's node is reached at `<service>.<namespace>.svc.<cluster_domain>`.
+    pub cluster_domain: String,
 }
 
 /// A call to the gateway's admin API.
@@ -497,6 +505,11 @@ impl Index {
             let msg = "ports: set at least one of p2p, raft, tessera".to_owned();
             return Err(Problem::error("InvalidPorts", msg));
         }
+        // the CRD's validation rule refuses this too; a CRD applied before the rule was not
+        if s.service.is_some() && s.pod_selector.is_some() {
+            let msg = "set service or podSelector, not both".to_owned();
+            return Err(Problem::error("InvalidTarget", msg));
+        }
         // the Service that reaches the node: named, or made here from a pod selector
         let svc_name = match (&s.service, made) {
             (Some(svc), None) => svc.clone(),
@@ -530,10 +543,13 @@ impl Index {
                 let declared = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref());
                 match (cluster_ip(svc), declared) {
                     (Some(ip), _) => ip.to_owned(),
-                    // headless: the Service's DNS name (the gateway answers a CNAME)
-                    (None, Some("None")) => {
-                        format!("{svc_name}.{}.svc", self.settings.namespace)
-                    }
+                    // headless: the Service's name in the cluster DNS (the gateway answers a
+                    // CNAME, which CoreDNS resolves only under the cluster domain)
+                    (None, Some("None")) => format!(
+                        "{svc_name}.{}.svc.{}",
+                        self.settings.namespace,
+                        self.settings.cluster_domain.trim_matches('.')
+                    ),
                     (None, _) => {
                         let msg = format!("Service {svc_name:?} has no ClusterIP yet");
                         return Err(Problem::pending("ServiceNotReady", msg));
@@ -575,28 +591,35 @@ impl Index {
         let mut plan = Plan::default();
         let mut desired_services: BTreeMap<String, Service> = BTreeMap::new();
 
-        // local nodes: one per ConsortiumNode; the first (by resource name) owns a node name
+        // local nodes: one per ConsortiumNode; of several naming the same node, one owns it
+        let owners = self.name_owners();
         let mut declared: BTreeSet<String> = BTreeSet::new();
         for (cr_name, cr) in self.nodes.iter() {
             let mut local = self.local(cr);
-            if !declared.insert(local.name.clone()) {
+            declared.insert(local.name.clone());
+            let owner = owners.get(&local.name).filter(|o| *o != cr_name);
+            if let Some(owner) = owner {
                 let msg = format!(
-                    "node name {:?} is declared by another ConsortiumNode",
+                    "node name {:?} belongs to ConsortiumNode {owner:?}",
                     local.name
                 );
-                local.spec = Err(Problem::error("DuplicateName", msg));
+                local.spec = Err(Problem::error("NameConflict", msg));
                 local.service = None;
             }
             if let Some(svc) = local.service.take() {
                 desired_services.insert(svc.name_any(), svc);
             }
+            // the gateway's record of this resource's node, if this site publishes it
             let held = gw
                 .nodes
                 .iter()
                 .find(|n| n.org == gw.org && n.name == local.name);
+            let held_here = held
+                .filter(|h| h.record.as_ref().is_some_and(|r| r.site == gw.site))
+                .filter(|_| owner.is_none());
             let outcome: Result<&pb::NodeInfo, Problem> = match (&local.spec, held) {
                 (Err(p), _) => Err(p.clone()),
-                (Ok(_), Some(h)) if h.record.as_ref().is_some_and(|r| r.site != gw.site) => {
+                (Ok(_), Some(h)) if held_here.is_none() => {
                     let site = h
                         .record
                         .as_ref()
@@ -621,7 +644,7 @@ impl Index {
                     }
                 },
             };
-            if let Some(status) = self.status_change(cr, outcome, now) {
+            if let Some(status) = status_change(cr, outcome, held_here.is_some(), now) {
                 plan.statuses.push((cr_name.clone(), status));
             }
         }
@@ -743,44 +766,133 @@ impl Index {
             .collect()
     }
 
-    /// The status `cr` should have, if it differs from what it has.
-    fn status_change(
-        &self,
-        cr: &ConsortiumNode,
-        outcome: Result<&pb::NodeInfo, Problem>,
-        now: &str,
-    ) -> Option<ConsortiumNodeStatus> {
-        let (dns_name, state, reason, message, cond) = match outcome {
-            Ok(info) => (
-                Some(info.dns_name.clone()),
-                "Registered",
-                "Registered",
-                None,
-                "True",
-            ),
-            Err(p) => (None, p.state, p.reason, Some(p.message), "False"),
-        };
-        let old = cr.status.clone().unwrap_or_default();
-        let old_cond = old.conditions.iter().find(|c| c.type_ == REGISTERED);
-        let time = match old_cond {
-            Some(c) if c.status == cond => c.last_transition_time.clone(),
-            _ => now.to_owned(),
-        };
-        let new = ConsortiumNodeStatus {
-            dns_name,
-            state: Some(state.to_owned()),
-            message: message.clone(),
-            observed_generation: cr.metadata.generation,
-            conditions: vec![super::crd::Condition {
-                type_: REGISTERED.to_owned(),
-                status: cond.to_owned(),
-                reason: reason.to_owned(),
-                message: message.unwrap_or_default(),
-                last_transition_time: time,
-            }],
-        };
-        (new != old).then_some(new)
+    /// Node name → the `ConsortiumNode` that owns it. Of several resources naming one node,
+    /// the one whose status shows it registered under that name keeps it, then the oldest,
+    /// then the first by resource name; the others are refused (`NameConflict`), so a new
+    /// resource never takes over a registered node.
+    fn name_owners(&self) -> BTreeMap<String, String> {
+        let mut owners: BTreeMap<String, (bool, Option<Time>, &String)> = BTreeMap::new();
+        for (cr_name, cr) in self.nodes.iter() {
+            let name = cr.spec.node_name.clone().unwrap_or_else(|| cr.name_any());
+            let key = (
+                !claims(cr, &name),
+                cr.metadata.creation_timestamp.clone(),
+                cr_name,
+            );
+            match owners.get(&name) {
+                Some(best) if *best <= key => {}
+                _ => {
+                    owners.insert(name, key);
+                }
+            }
+        }
+        owners
+            .into_iter()
+            .map(|(name, (_, _, cr))| (name, cr.clone()))
+            .collect()
     }
+}
+
+/// Whether `cr`'s status shows it registered as node `name` (its DNS name starts `name.`).
+fn claims(cr: &ConsortiumNode, name: &str) -> bool {
+    cr.status
+        .as_ref()
+        .and_then(|s| s.dns_name.as_deref())
+        .and_then(|d| d.split('.').next())
+        .is_some_and(|first| first == name)
+}
+
+/// One condition, keeping its `lastTransitionTime` from `old` while its status stays.
+fn condition(
+    old: &ConsortiumNodeStatus,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &str,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let time = match old.conditions.iter().find(|c| c.type_ == type_) {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => now.to_owned(),
+    };
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: time,
+    }
+}
+
+/// The status `cr` should have, if it differs from what it has. `outcome` is the gateway's
+/// current record of the node or why there is none; `held` says whether the gateway holds a
+/// record of this resource's node from this site (perhaps of an older spec).
+fn status_change(
+    cr: &ConsortiumNode,
+    outcome: Result<&pb::NodeInfo, Problem>,
+    held: bool,
+    now: &str,
+) -> Option<ConsortiumNodeStatus> {
+    let old = cr.status.clone().unwrap_or_default();
+    let generation = cr.metadata.generation;
+    let new = match outcome {
+        Ok(info) => ConsortiumNodeStatus {
+            dns_name: Some(info.dns_name.clone()).filter(|d| !d.is_empty()),
+            state: Some("Registered".to_owned()),
+            message: None,
+            observed_generation: generation,
+            conditions: vec![
+                condition(
+                    &old,
+                    READY,
+                    true,
+                    "Registered",
+                    String::new(),
+                    generation,
+                    now,
+                ),
+                condition(
+                    &old,
+                    REGISTERED,
+                    true,
+                    "Registered",
+                    String::new(),
+                    generation,
+                    now,
+                ),
+            ],
+        },
+        Err(p) => {
+            let registered = if held {
+                let msg = "the gateway still publishes the node as its spec was".to_owned();
+                condition(&old, REGISTERED, true, "Registered", msg, generation, now)
+            } else {
+                condition(
+                    &old,
+                    REGISTERED,
+                    false,
+                    p.reason,
+                    p.message.clone(),
+                    generation,
+                    now,
+                )
+            };
+            ConsortiumNodeStatus {
+                dns_name: None,
+                state: Some(p.state.to_owned()),
+                message: Some(p.message.clone()),
+                observed_generation: generation,
+                conditions: vec![
+                    condition(&old, READY, false, p.reason, p.message, generation, now),
+                    registered,
+                ],
+            }
+        }
+    };
+    (new != old).then_some(new)
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@
 //! duration: the holder renews, the others take the Lease once it has expired. Updates carry
 //! the observed `resourceVersion`, so of two replicas racing for an expired Lease only one
 //! wins (the other gets 409 Conflict). A leader that fails to renew stops writing when its own
-//! last renewal is a lease duration old, whatever the API server says.
+//! last renewal is a lease duration old, whatever the API server says. A leader that shuts
+//! down [`Elector::release`]s the Lease (no holder, one-second duration, as client-go's
+//! `ReleaseOnCancel` does), so a follower watching it takes over at once instead of after the
+//! lease duration.
 
 use std::time::Duration;
 
@@ -118,6 +121,38 @@ impl Elector {
             Ok(false) | Err(_) => self.renewed = None,
         }
         result
+    }
+
+    /// Gives the Lease up if this replica holds it: clears `holderIdentity` and sets a
+    /// one-second duration, with the observed `resourceVersion` (a Lease another replica took
+    /// meanwhile is left alone). This replica stops leading whatever the outcome.
+    pub async fn release(&mut self) -> Result<(), kube::Error> {
+        self.renewed = None;
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let mut spec = lease.spec.take().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        lease.spec = Some(spec);
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `observed` (a watch event of the Lease) is free for this replica to take now.
+    pub fn may_take(&self, observed: &Lease) -> bool {
+        decide(Some(observed), &self.identity, Timestamp::now()) == Decision::Take
     }
 
     async fn try_tick(&mut self) -> Result<bool, kube::Error> {

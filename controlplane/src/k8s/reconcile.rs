@@ -5,7 +5,9 @@
 //!
 //! Kubernetes writes: Services and the ConfigMap by server-side apply (field manager
 //! `fedgw-controlplane`, forced: the controller owns those fields), deletions of owned Services,
-//! and `ConsortiumNode` statuses by a merge patch of the `status` subresource.
+//! and `ConsortiumNode` statuses by a JSON merge patch (RFC 7386) of the `status` subresource
+//! that names every field, `null` for the absent ones. Each write is planned only when what the
+//! API server returned last differs from what is wanted, so a steady state writes nothing.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -165,7 +167,9 @@ impl<G: Gateway> Reconciler<G> {
                 index.config_maps.apply(applied);
             }
             for (name, status) in &plan.statuses {
-                let patch = serde_json::json!({ "status": status });
+                // the whole status, absent fields as null: what is left out of a merge patch
+                // stays on the server
+                let patch = status.merge_patch();
                 match self
                     .nodes
                     .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))

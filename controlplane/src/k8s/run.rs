@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::crd::ConsortiumNode;
 use super::gateway::AdminGateway;
+use super::health::Health;
 use super::index::{Index, NODEKEY_LABEL, Settings};
 use super::lease::Elector;
 use super::reconcile::{Outcome, Reconciler};
@@ -35,7 +36,12 @@ pub struct RunConfig {
     pub poll: Duration,
     /// How often refused nodes are tried again.
     pub retry: Duration,
+    /// The probe state the loop beats and latches ready.
+    pub health: Health,
 }
+
+/// How long a leader that shuts down spends releasing the Lease and its pod's label.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Errors that end the controller.
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +83,19 @@ pub async fn run(
     let mut config_maps = Box::pin(
         watcher(
             Api::<ConfigMap>::namespaced(client.clone(), &ns),
-            wc.fields(&format!("metadata.name={}", cfg.settings.config_map)),
+            wc.clone()
+                .fields(&format!("metadata.name={}", cfg.settings.config_map)),
         )
         .default_backoff(),
+    );
+    // the Lease itself: a follower sees a released or expired Lease at once
+    let mut leases = Box::pin(
+        watcher(
+            Api::<Lease>::namespaced(client.clone(), &ns),
+            wc.fields(&format!("metadata.name={}", cfg.lease)),
+        )
+        .default_backoff()
+        .applied_objects(),
     );
 
     let mut index = Index::new(cfg.settings.clone());
@@ -103,8 +119,14 @@ pub async fn run(
     let mut was_leader = false;
 
     loop {
+        cfg.health.beat();
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                if elector.is_leader() || was_leader {
+                    step_down(&mut elector, &pods, &cfg.identity).await;
+                }
+                return Ok(());
+            }
             e = nodes.next() => match e {
                 Some(Ok(e)) => index.nodes.event(e),
                 Some(Err(e)) => log_watch_error("consortiumnodes", &e),
@@ -124,6 +146,14 @@ pub async fn run(
                 Some(Ok(e)) => index.config_maps.event(e),
                 Some(Err(e)) => log_watch_error("configmaps", &e),
                 None => return Err(RunError::WatchEnded("configmaps")),
+            },
+            e = leases.next() => match e {
+                Some(Ok(lease)) if !elector.is_leader() && elector.may_take(&lease) => {
+                    lease_tick.reset_immediately();
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => log_watch_error("leases", &e),
+                None => return Err(RunError::WatchEnded("leases")),
             },
             _ = lease_tick.tick() => {
                 if let Err(e) = elector.tick().await {
@@ -164,10 +194,32 @@ pub async fn run(
             .reconcile(&mut index, || elector.is_leader())
             .await
         {
-            Ok(Outcome::Done | Outcome::NotLeader | Outcome::NotReady) => {}
-            Ok(Outcome::Pending) => debug!("reconcile left work for the next event"),
+            Ok(Outcome::NotReady) => {}
+            Ok(Outcome::Done | Outcome::NotLeader) => cfg.health.set_ready(),
+            Ok(Outcome::Pending) => {
+                cfg.health.set_ready();
+                debug!("reconcile left work for the next event");
+            }
             Err(e) => warn!(error = %e, "reconcile failed; retrying on the next event"),
         }
+    }
+}
+
+/// A leader's last act: release the Lease, then take the leader label off its pod, so a
+/// follower leads (and its pod carries outbound traffic) at once. Bounded by
+/// [`RELEASE_TIMEOUT`]; failures are logged, and the Lease then expires as usual.
+async fn step_down(elector: &mut Elector, pods: &Api<Pod>, identity: &str) {
+    let release = async {
+        if let Err(e) = elector.release().await {
+            warn!(error = %e, "cannot release the lease; it expires instead");
+        }
+        if let Err(e) = super::leader::mark(pods, identity, false).await {
+            warn!(error = %e, "cannot take the leader label off this pod");
+        }
+    };
+    match tokio::time::timeout(RELEASE_TIMEOUT, release).await {
+        Ok(()) => info!("leadership released"),
+        Err(_) => warn!("releasing leadership timed out; the lease expires instead"),
     }
 }
 

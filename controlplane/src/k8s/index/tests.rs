@@ -12,6 +12,7 @@ fn settings() -> Settings {
         namespace: "org1".into(),
         config_map: "fedgw-peers".into(),
         gateway_selector: labels(&[("app.kubernetes.io/name", "fedgw")]),
+        cluster_domain: "cluster.local".into(),
     }
 }
 
@@ -451,7 +452,7 @@ fn other_sites_nodes_are_left_alone_and_names_are_unique() {
         .iter()
         .find(|(n, _)| n == "node1-copy")
         .expect("twin");
-    assert_eq!(twin.1.conditions[0].reason, "DuplicateName");
+    assert_eq!(twin.1.conditions[0].reason, "NameConflict");
 }
 
 #[test]
@@ -461,4 +462,216 @@ fn long_service_names_are_cut_to_63_and_stay_unique() {
     assert!(a.len() <= 63 && b.len() <= 63);
     assert_ne!(a, b);
     assert_eq!(service_name(&["org2", "node1"]), "fedgw-org2-node1");
+}
+
+/// The gateway's record of local node `name` as `spec` registered it.
+fn held(spec: &pb::NodeSpec) -> pb::NodeInfo {
+    let mut h = remote("org1", &spec.name, &[]);
+    h.record = Some(pb::NodeRecord {
+        client: spec.client,
+        enode_id: spec.enode_id.clone(),
+        p2p_port: spec.p2p_port,
+        raft_port: spec.raft_port,
+        raft_id: spec.raft_id,
+        site: "dc1".into(),
+        ..Default::default()
+    });
+    h.local_host = spec.host.clone();
+    h
+}
+
+fn cond<'a>(s: &'a ConsortiumNodeStatus, type_: &str) -> &'a Condition {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {s:?}"))
+}
+
+#[test]
+fn status_moves_whole_between_states_with_conditions_and_generation() {
+    // Pending: waiting for the Service
+    let mut ix = listed(vec![cr("node1", "quorum-node1")], vec![], gateway(vec![]));
+    let p = plan(&ix);
+    let s = &p.statuses[0].1;
+    assert_eq!(s.state.as_deref(), Some("Pending"));
+    assert_eq!(
+        s.message.as_deref(),
+        Some(r#"waiting for Service "quorum-node1""#)
+    );
+    assert_eq!(s.observed_generation, Some(1));
+    assert_eq!(
+        (
+            cond(s, READY).status.as_str(),
+            cond(s, READY).reason.as_str()
+        ),
+        ("False", "ServiceNotFound")
+    );
+    assert_eq!(cond(s, REGISTERED).status, "False");
+    assert_eq!(cond(s, READY).observed_generation, Some(1));
+    settle(&mut ix, &p);
+    assert!(plan(&ix).statuses.is_empty(), "written once");
+
+    // the Service appears: registered; the old message is gone
+    ix.services.apply(service("quorum-node1", "10.96.1.1"));
+    let p = plan(&ix);
+    let [GatewayCall::AddNode(spec)] = p.gateway.as_slice() else {
+        panic!("{:?}", p.gateway)
+    };
+    ix.set_gateway(gateway(vec![held(spec)]));
+    let later = "2026-01-01T00:05:00Z";
+    let p = ix.plan(later).expect("ready");
+    let s = &p.statuses[0].1;
+    assert_eq!(s.state.as_deref(), Some("Registered"));
+    assert_eq!(s.message, None);
+    assert_eq!(s.dns_name.as_deref(), Some("node1.org1.acme.example"));
+    for t in [READY, REGISTERED] {
+        assert_eq!(cond(s, t).status, "True");
+        assert_eq!(cond(s, t).last_transition_time, later, "{t} changed");
+    }
+    settle(&mut ix, &p);
+    assert!(plan(&ix).is_empty(), "settled");
+
+    // the spec turns invalid (a new generation): Error; the DNS name goes, the gateway
+    // still publishes the old record
+    let mut c = ix.nodes.get("node1").cloned().expect("node1");
+    c.spec.ports = NodePorts::default();
+    c.metadata.generation = Some(2);
+    ix.nodes.apply(c);
+    let even_later = "2026-01-01T00:09:00Z";
+    let p = ix.plan(even_later).expect("ready");
+    let s = &p.statuses[0].1;
+    assert_eq!(s.state.as_deref(), Some("Error"));
+    assert_eq!(s.dns_name, None);
+    assert_eq!(s.observed_generation, Some(2));
+    assert_eq!(cond(s, READY).reason, "InvalidPorts");
+    assert_eq!(cond(s, READY).last_transition_time, even_later);
+    assert_eq!(cond(s, REGISTERED).status, "True");
+    assert_eq!(
+        cond(s, REGISTERED).last_transition_time,
+        later,
+        "Registered did not change"
+    );
+    settle(&mut ix, &p);
+    assert!(plan(&ix).statuses.is_empty());
+}
+
+#[test]
+fn a_registered_node_keeps_its_name_against_a_later_resource() {
+    let mut ix = listed(
+        vec![cr("node1", "quorum-node1")],
+        vec![service("quorum-node1", "10.96.1.1")],
+        gateway(vec![]),
+    );
+    let p = plan(&ix);
+    let [GatewayCall::AddNode(spec)] = p.gateway.as_slice() else {
+        panic!("{:?}", p.gateway)
+    };
+    ix.set_gateway(gateway(vec![held(spec)]));
+    let p = plan(&ix);
+    settle(&mut ix, &p);
+    assert!(plan(&ix).is_empty());
+
+    // "dup" sorts first and is newer... and older: registration decides, not age or name
+    let mut dup = cr("dup", "quorum-dup");
+    dup.spec.node_name = Some("node1".into());
+    dup.spec.ports.p2p = Some(30304);
+    dup.metadata.creation_timestamp = Some(Time(
+        k8s_openapi::jiff::Timestamp::from_second(1).expect("time"),
+    ));
+    ix.nodes.apply(dup);
+    ix.services.apply(service("quorum-dup", "10.96.1.2"));
+    let p = plan(&ix);
+    assert!(
+        p.gateway.is_empty(),
+        "node1 is not re-registered: {:?}",
+        p.gateway
+    );
+    let [(name, s)] = p.statuses.as_slice() else {
+        panic!("{:?}", p.statuses)
+    };
+    assert_eq!(name, "dup");
+    assert_eq!(s.state.as_deref(), Some("Error"));
+    assert_eq!(cond(s, READY).reason, "NameConflict");
+    assert_eq!(cond(s, REGISTERED).status, "False");
+    assert!(
+        s.message
+            .as_deref()
+            .is_some_and(|m| m.contains("\"node1\""))
+    );
+
+    // of two unregistered resources, the older keeps the name
+    let mut young = cr("a-young", "q");
+    young.spec.node_name = Some("n".into());
+    young.metadata.creation_timestamp = Some(Time(
+        k8s_openapi::jiff::Timestamp::from_second(200).expect("time"),
+    ));
+    let mut old = cr("z-old", "q");
+    old.spec.node_name = Some("n".into());
+    old.metadata.creation_timestamp = Some(Time(
+        k8s_openapi::jiff::Timestamp::from_second(100).expect("time"),
+    ));
+    let ix = listed(
+        vec![young, old],
+        vec![service("q", "10.96.1.3")],
+        gateway(vec![]),
+    );
+    let p = plan(&ix);
+    let young = p
+        .statuses
+        .iter()
+        .find(|(n, _)| n == "a-young")
+        .expect("young");
+    assert_eq!(cond(&young.1, READY).reason, "NameConflict");
+    assert!(matches!(&p.gateway[..], [GatewayCall::AddNode(s)] if s.name == "n"));
+}
+
+#[test]
+fn both_service_and_pod_selector_is_an_error() {
+    let mut c = cr("node1", "quorum-node1");
+    c.spec.pod_selector = Some(labels(&[("app", "quorum-node1")]));
+    let ix = listed(
+        vec![c],
+        vec![service("quorum-node1", "10.96.1.1")],
+        gateway(vec![]),
+    );
+    let p = plan(&ix);
+    assert!(p.gateway.is_empty() && p.apply_services.is_empty(), "{p:?}");
+    let s = &p.statuses[0].1;
+    assert_eq!(s.state.as_deref(), Some("Error"));
+    assert_eq!(cond(s, READY).reason, "InvalidTarget");
+    assert_eq!(
+        s.message.as_deref(),
+        Some("set service or podSelector, not both")
+    );
+}
+
+#[test]
+fn a_headless_service_is_named_under_the_cluster_domain() {
+    let mut headless = service("quorum-node4", "None");
+    headless.metadata.name = Some("quorum-node4".into());
+    let ix = listed(
+        vec![cr("node4", "quorum-node4")],
+        vec![headless.clone()],
+        gateway(vec![]),
+    );
+    let p = plan(&ix);
+    let [GatewayCall::AddNode(spec)] = p.gateway.as_slice() else {
+        panic!("{:?}", p.gateway)
+    };
+    assert_eq!(spec.host, "quorum-node4.org1.svc.cluster.local");
+
+    let mut other = settings();
+    other.cluster_domain = "corp.internal.".into();
+    let mut ix = listed(
+        vec![cr("node4", "quorum-node4")],
+        vec![headless],
+        gateway(vec![]),
+    );
+    ix.settings = other;
+    let p = plan(&ix);
+    assert!(
+        matches!(&p.gateway[..], [GatewayCall::AddNode(s)] if s.host == "quorum-node4.org1.svc.corp.internal"),
+        "{:?}",
+        p.gateway
+    );
 }
