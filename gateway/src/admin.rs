@@ -392,9 +392,13 @@ impl pb::admin_server::Admin for AdminService {
                  so there is no pending join of {candidate} to approve"
             )));
         }
-        let (member, revoked) = self
-            .membership
-            .read(|v| (v.is_member(&candidate), v.revoked().contains(&candidate)));
+        let (member, revoked, pending) = self.membership.read(|v| {
+            (
+                v.is_member(&candidate),
+                v.revoked().contains(&candidate),
+                v.candidates().contains(&candidate),
+            )
+        });
         if member {
             return Err(Status::already_exists(format!(
                 "{candidate} is already a member"
@@ -403,6 +407,13 @@ impl pb::admin_server::Admin for AdminService {
         if revoked {
             return Err(Status::failed_precondition(format!(
                 "{candidate} is revoked"
+            )));
+        }
+        if !pending {
+            // a vote is only given for an announced invite, so a typo never counts as one
+            return Err(Status::failed_precondition(format!(
+                "there is no pending join of {candidate} at this gateway: \
+                 it was not invited, or the invite has not reached this gateway yet"
             )));
         }
         let me = self.membership.me().org.clone();

@@ -416,9 +416,20 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         tunnels.clone(),
         shutdown.clone(),
     ));
-    let mut dns_server = hickory_server::Server::new(zone);
+    let mut dns_server = hickory_server::Server::new(zone.clone());
     dns_server.register_socket(dns_udp);
-    dns_server.register_listener(dns_tcp, Duration::from_secs(5), 64);
+    let dns_metrics = metrics.clone();
+    tracker.spawn(crate::dns::serve_tcp(
+        dns_tcp,
+        zone,
+        crate::dns::TcpLimits {
+            per_source: config.dns_tcp_max_per_source,
+            total: config.dns_tcp_max_connections,
+            idle: Duration::from_secs(5),
+        },
+        move |why| dns_metrics.dns_tcp_refused(why),
+        shutdown.clone(),
+    ));
     let sd = shutdown.clone();
     tracker.spawn(async move {
         sd.cancelled().await;

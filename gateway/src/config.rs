@@ -101,6 +101,14 @@ pub struct Config {
     /// turns the limit off. In Kubernetes every query comes from CoreDNS: size it for that.
     #[serde(default = "default_dns_rate_limit")]
     pub dns_rate_limit_qps: u32,
+    /// DNS TCP connections one source (an IPv4 address, an IPv6 /64) may hold open at once;
+    /// more are closed on accept. 1 to `dns_tcp_max_connections`.
+    #[serde(default = "default_dns_tcp_per_source")]
+    pub dns_tcp_max_per_source: usize,
+    /// DNS TCP connections open at once in total; more are closed on accept. 1 to
+    /// [`MAX_DNS_TCP_CONNECTIONS`].
+    #[serde(default = "default_dns_tcp_total")]
+    pub dns_tcp_max_connections: usize,
     /// Gateways to dial at start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerConfig>,
@@ -141,6 +149,22 @@ impl Default for SyncConfig {
 fn default_dns_rate_limit() -> u32 {
     10_000
 }
+
+/// Default `dns_tcp_max_per_source`.
+pub const DEFAULT_DNS_TCP_PER_SOURCE: usize = 16;
+/// Default `dns_tcp_max_connections`.
+pub const DEFAULT_DNS_TCP_CONNECTIONS: usize = 256;
+
+fn default_dns_tcp_per_source() -> usize {
+    DEFAULT_DNS_TCP_PER_SOURCE
+}
+
+fn default_dns_tcp_total() -> usize {
+    DEFAULT_DNS_TCP_CONNECTIONS
+}
+
+/// Largest `dns_tcp_max_connections`: each connection is a task and a descriptor.
+pub const MAX_DNS_TCP_CONNECTIONS: usize = 65_536;
 
 /// Longest gateway leaf lifetime, s (366 days): gateway leaves are short-lived by design, and
 /// every deadline derived from the lifetime stays far from overflowing.
@@ -232,6 +256,16 @@ impl Config {
         }
         if !(10..=60_000).contains(&self.sync.heartbeat_ms) {
             return Err("sync.heartbeat_ms must be between 10 and 60000".into());
+        }
+        if !(1..=MAX_DNS_TCP_CONNECTIONS).contains(&self.dns_tcp_max_connections) {
+            return Err(format!(
+                "dns_tcp_max_connections must be between 1 and {MAX_DNS_TCP_CONNECTIONS}"
+            ));
+        }
+        if !(1..=self.dns_tcp_max_connections).contains(&self.dns_tcp_max_per_source) {
+            return Err(
+                "dns_tcp_max_per_source must be between 1 and dns_tcp_max_connections".into(),
+            );
         }
         if self.sync.backoff_base_ms == 0 || self.sync.backoff_max_ms < self.sync.backoff_base_ms {
             return Err(
@@ -371,6 +405,8 @@ mod tests {
             addresses: Default::default(),
             tunnel: Default::default(),
             dns_rate_limit_qps: default_dns_rate_limit(),
+            dns_tcp_max_per_source: default_dns_tcp_per_source(),
+            dns_tcp_max_connections: default_dns_tcp_total(),
             peers: vec![],
         }
     }
@@ -410,6 +446,46 @@ mod tests {
             Config::parse(&text, Path::new("x")),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn dns_tcp_caps_default_to_16_per_source_and_256_in_total_and_are_bounded() {
+        let mut c = sample();
+        // an older file without the keys gets the defaults
+        let text: String = c
+            .to_toml()
+            .lines()
+            .filter(|l| !l.starts_with("dns_tcp_"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let loaded = Config::parse(&text, Path::new("x")).expect("defaults");
+        assert_eq!(
+            (
+                loaded.dns_tcp_max_per_source,
+                loaded.dns_tcp_max_connections
+            ),
+            (16, 256)
+        );
+        for (per_source, total, ok) in [
+            (1, 1, true),
+            (256, 256, true),
+            (16, MAX_DNS_TCP_CONNECTIONS, true),
+            (0, 256, false),
+            (16, 0, false),
+            (257, 256, false),
+            (16, MAX_DNS_TCP_CONNECTIONS + 1, false),
+        ] {
+            c.dns_tcp_max_per_source = per_source;
+            c.dns_tcp_max_connections = total;
+            let r = Config::parse(&c.to_toml(), Path::new("x"));
+            assert_eq!(r.is_ok(), ok, "{per_source}/{total}: {r:?}");
+            if let Err(e) = r {
+                assert!(
+                    matches!(&e, ConfigError::Invalid { reason, .. } if reason.contains("dns_tcp_max")),
+                    "{e:?}"
+                );
+            }
+        }
     }
 
     #[test]

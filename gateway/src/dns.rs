@@ -26,22 +26,33 @@
 //! - over UDP an answer larger than the requester's payload size (512 without EDNS, at most
 //!   [`UDP_PAYLOAD`]) is sent with TC and empty sections, so the requester retries over TCP
 //!   (RFC 1035 section 4.2.1, RFC 2181 section 9).
+//!
+//! UDP is served by hickory-server; TCP by [`serve_tcp`], which bounds the connections held
+//! open per source and in total ([`TcpLimits`]) and closes what is over a cap at once, so one
+//! host holding idle connections cannot keep the others from asking over TCP.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use hickory_server::net::runtime::Time;
+use hickory_server::net::runtime::iocompat::AsyncIoTokioAsStd;
+use hickory_server::net::runtime::{Time, TokioTime};
+use hickory_server::net::tcp::TcpStream;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{
-    Edns, LowerQuery, MessageType, Metadata, OpCode, ResponseCode, emit_message_parts,
+    Edns, Header, LowerQuery, MessageType, Metadata, OpCode, ResponseCode, emit_message_parts,
 };
 use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, SRV, TXT};
 use hickory_server::proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
-use hickory_server::proto::serialize::binary::BinEncoder;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageRequest, MessageResponseBuilder};
+use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
+use hickory_server::server::{
+    Request, RequestHandler, ResponseHandle, ResponseHandler, ResponseInfo, TimeoutStream,
+};
+use hickory_server::zone_handler::{MessageRequest, MessageResponseBuilder, Queries};
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 /// TTL of every answer, seconds: short, since the view changes as members do.
 pub const TTL: u32 = 5;
@@ -531,6 +542,184 @@ impl RequestHandler for ZoneHandler {
                     metadata,
                     counts: Default::default(),
                 })
+            }
+        }
+    }
+}
+
+/// Caps on the DNS server's TCP connections ([`serve_tcp`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpLimits {
+    /// Most connections open at once from one source (an IPv4 address or an IPv6 /64).
+    pub per_source: usize,
+    /// Most connections open at once in total.
+    pub total: usize,
+    /// A connection that sends no complete request for this long is closed (hickory's
+    /// per-request timeout).
+    pub idle: Duration,
+}
+
+/// Why a DNS TCP connection was closed on accept: the `reason` label of
+/// `fedgw_dns_tcp_refused_connections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpRefusal {
+    /// Its source already holds [`TcpLimits::per_source`] connections.
+    PerSource,
+    /// [`TcpLimits::total`] connections are open.
+    Total,
+}
+
+impl TcpRefusal {
+    /// The metric label: `per_source` or `total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::PerSource => "per_source",
+            Self::Total => "total",
+        }
+    }
+}
+
+/// Open connections per source and in total; a [`TcpSlot`] holds one until dropped.
+#[derive(Debug)]
+struct TcpCounts {
+    limits: TcpLimits,
+    state: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One admitted connection, counted until dropped.
+#[derive(Debug)]
+struct TcpSlot {
+    counts: Arc<TcpCounts>,
+    source: IpAddr,
+}
+
+impl TcpCounts {
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<TcpSlot, TcpRefusal> {
+        let source = source_of(peer);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per) = &mut *state;
+        let n = per.get(&source).copied().unwrap_or(0);
+        if n >= self.limits.per_source {
+            return Err(TcpRefusal::PerSource);
+        }
+        if *total >= self.limits.total {
+            return Err(TcpRefusal::Total);
+        }
+        *total += 1;
+        per.insert(source, n + 1);
+        Ok(TcpSlot {
+            counts: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        let mut state = self.counts.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per) = &mut *state;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Serves DNS over TCP (RFC 1035 section 4.2.2, RFC 7766: two-byte length, then the message;
+/// several requests per connection, answered in order) on `listener` with `handler` until
+/// `shutdown`, in place of hickory's `register_listener`, which accepts without limit.
+///
+/// A connection over a [`TcpLimits`] cap is closed as soon as it is accepted, and `refused` is
+/// called with the reason; a connection with no complete request for [`TcpLimits::idle`] is
+/// closed. Requests are handled as hickory does: shorter than a header, dropped; a header with
+/// an unreadable rest, FORMERR; a response, dropped. Open connections are dropped at shutdown.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    handler: ZoneHandler,
+    limits: TcpLimits,
+    refused: impl Fn(TcpRefusal) + Send + 'static,
+    shutdown: CancellationToken,
+) {
+    let counts = Arc::new(TcpCounts {
+        limits,
+        state: Mutex::default(),
+    });
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // per-connection errors (reset before accept) and descriptor exhaustion:
+                    // the listener itself stays usable
+                    tracing::debug!(error = %e, "DNS TCP accept failed");
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        // out of descriptors: back off rather than spin on the ready listener
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    continue;
+                }
+            },
+        };
+        while connections.try_join_next().is_some() {}
+        let slot = match counts.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refused(why);
+                drop(stream);
+                continue;
+            }
+        };
+        connections.spawn(serve_connection(
+            stream,
+            peer,
+            handler.clone(),
+            limits.idle,
+            slot,
+        ));
+    }
+}
+
+/// One DNS TCP connection: requests in order until EOF, an error or [`TcpLimits::idle`].
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    handler: ZoneHandler,
+    idle: Duration,
+    _slot: TcpSlot,
+) {
+    // the answers of one connection are sent in order; 64 queued at most (as before)
+    let (stream, sender) =
+        TcpStream::from_stream_with_buffer_size(AsyncIoTokioAsStd(stream), peer, 64);
+    let mut requests = TimeoutStream::new(stream, idle);
+    while let Some(message) = requests.next().await {
+        let Ok(message) = message else { return };
+        let (bytes, src) = message.into_parts();
+        let response = ResponseHandle::new(src, sender.clone(), Protocol::Tcp);
+        let Ok(header) = Header::read(&mut BinDecoder::new(&bytes)) else {
+            continue;
+        };
+        match Request::from_bytes(bytes, src, Protocol::Tcp) {
+            Ok(request) if request.metadata.message_type == MessageType::Response => {}
+            Ok(request) => {
+                handler
+                    .handle_request::<_, TokioTime>(&request, response)
+                    .await;
+            }
+            Err(_) => {
+                let Ok(queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
+                    return;
+                };
+                let reply = MessageResponseBuilder::new(&queries, None)
+                    .error_msg(&header.metadata, ResponseCode::FormErr);
+                let mut response = response;
+                if response.send_response(reply).await.is_err() {
+                    return;
+                }
             }
         }
     }

@@ -294,11 +294,28 @@ async fn ping(from: &Gateway, to: &Gateway, domain: &str) -> Result<(), LabError
     Ok(())
 }
 
+/// Approves `candidate` at `member` once the invite has reached it: a gateway refuses to
+/// approve an org it holds no pending join of, and the pending join syncs from the inviter.
 async fn approve(member: &Gateway, candidate: &str) -> Result<(), LabError> {
     let step = format!("approve {candidate} at {}", member.org);
     let mut client = crate::admin::connect(&member.info.admin)
         .await
         .map_err(|e| fail(&step, e))?;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let members = client
+            .list_members(fedgw_proto::v1::ListMembersRequest {})
+            .await
+            .map_err(|e| fail(&step, e.message()))?
+            .into_inner();
+        if members.pending.iter().any(|m| m.org == candidate) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(fail(&step, "the invite did not reach this gateway in time"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     client
         .approve(fedgw_proto::v1::ApproveRequest {
             org: candidate.to_owned(),

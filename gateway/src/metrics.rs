@@ -98,6 +98,7 @@ pub struct Metrics {
     hellos: Family<OrgLabels, Counter>,
     leaf_not_after: Gauge,
     records_rejected: Family<ResultLabels, Counter>,
+    dns_tcp_refused: Family<ReasonLabels, Counter>,
     sync_peers: Gauge,
     ready: Arc<AtomicBool>,
 }
@@ -141,6 +142,12 @@ impl Metrics {
             "records_rejected",
             "Membership records refused at ingress, by reason",
             records_rejected.clone(),
+        );
+        let dns_tcp_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "dns_tcp_refused_connections",
+            "DNS TCP connections closed on accept, by reason (per_source: dns_tcp_max_per_source reached; total: dns_tcp_max_connections reached)",
+            dns_tcp_refused.clone(),
         );
         let sync_peers = Gauge::default();
         registry.register(
@@ -208,6 +215,7 @@ impl Metrics {
             tunnel,
             registry: Arc::new(registry),
             records_rejected,
+            dns_tcp_refused,
             sync_peers,
             handshakes,
             joins,
@@ -215,6 +223,24 @@ impl Metrics {
             leaf_not_after,
             ready: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Counts a DNS TCP connection closed on accept.
+    pub fn dns_tcp_refused(&self, why: crate::dns::TcpRefusal) {
+        self.dns_tcp_refused
+            .get_or_create(&ReasonLabels {
+                reason: why.label(),
+            })
+            .inc();
+    }
+
+    /// DNS TCP connections closed on accept for `why` so far.
+    pub fn dns_tcp_refused_total(&self, why: crate::dns::TcpRefusal) -> u64 {
+        self.dns_tcp_refused
+            .get_or_create(&ReasonLabels {
+                reason: why.label(),
+            })
+            .get()
     }
 
     /// Counts a handshake.

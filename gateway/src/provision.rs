@@ -165,6 +165,8 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         addresses: net.addresses.clone(),
         tunnel: net.tunnel.clone(),
         dns_rate_limit_qps: 10_000,
+        dns_tcp_max_per_source: crate::config::DEFAULT_DNS_TCP_PER_SOURCE,
+        dns_tcp_max_connections: crate::config::DEFAULT_DNS_TCP_CONNECTIONS,
         peers: vec![],
     };
     config.validate().map_err(ProvisionError::Invalid)?;
@@ -294,6 +296,8 @@ pub fn write_joined(
         addresses: net.addresses.clone(),
         tunnel: net.tunnel.clone(),
         dns_rate_limit_qps: 10_000,
+        dns_tcp_max_per_source: crate::config::DEFAULT_DNS_TCP_PER_SOURCE,
+        dns_tcp_max_connections: crate::config::DEFAULT_DNS_TCP_CONNECTIONS,
         peers: admitted
             .gateways
             .iter()

@@ -1140,6 +1140,50 @@ fn approve_needs_a_policy_that_waits_for_approvals() {
 }
 
 #[test]
+fn approve_needs_a_pending_join_under_majority_admission() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("org1");
+    let d = s(&a);
+    let mut args = vec![
+        "init",
+        "--consortium",
+        "acme",
+        "--domain",
+        "acme.test",
+        "--org",
+        "org1",
+        "--admission",
+        "majority",
+        "--advertise",
+        "127.0.0.1:0",
+        "--data-dir",
+        &d,
+    ];
+    args.extend(LOOPBACK);
+    fedgw().run(args).expect("spawn").ok().expect("init");
+    let gw1 = fedgw().start(&a).expect("starts");
+    // not invited, and a member: refused with one line, exit 64
+    for (org, why) in [
+        ("org2", "no pending join of org2"),
+        ("org1", "already a member"),
+    ] {
+        let run = fedgw()
+            .run(["approve", org, "--data-dir", &d])
+            .expect("spawn");
+        assert_eq!(run.code, Some(64), "{}", run.stderr);
+        assert!(run.stderr.contains(why), "{}", run.stderr);
+        assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
+    }
+    // invited: accepted
+    invite(&gw1.dir, "org2");
+    fedgw()
+        .run(["approve", "org2", "--data-dir", &d])
+        .expect("spawn")
+        .ok()
+        .expect("approve");
+}
+
+#[test]
 fn members_lists_an_invited_org_as_a_pending_join_with_its_votes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let a = tmp.path().join("org1");

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use fedgw_gateway::dns::{Zone, ZoneGateway, ZoneHandler, ZoneNode};
+use fedgw_gateway::dns::{
+    TcpLimits, TcpRefusal, Zone, ZoneGateway, ZoneHandler, ZoneNode, serve_tcp,
+};
 use fedgw_proto::v1 as pb;
 use hickory_proto::op::{Message, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -283,14 +285,28 @@ fn ask(dns: SocketAddr, args: &[&str]) -> Dug {
 }
 
 /// A [`ZoneHandler`] serving one zone on UDP and TCP at the same loopback port, as `fedgw run`
-/// registers it.
+/// registers it: UDP by hickory, TCP by [`serve_tcp`] with `limits`.
 struct Served {
     addr: SocketAddr,
     server: hickory_server::Server<ZoneHandler>,
+    tcp: tokio::task::JoinHandle<()>,
+    shutdown: tokio_util::sync::CancellationToken,
+    metrics: fedgw_gateway::metrics::Metrics,
 }
+
+/// The caps `fedgw run` uses by default.
+const DEFAULT_LIMITS: TcpLimits = TcpLimits {
+    per_source: fedgw_gateway::config::DEFAULT_DNS_TCP_PER_SOURCE,
+    total: fedgw_gateway::config::DEFAULT_DNS_TCP_CONNECTIONS,
+    idle: Duration::from_secs(5),
+};
 
 impl Served {
     async fn new(zone: Zone) -> Self {
+        Self::with_limits(zone, DEFAULT_LIMITS).await
+    }
+
+    async fn with_limits(zone: Zone, limits: TcpLimits) -> Self {
         let handler = ZoneHandler::new(0);
         handler.replace(zone);
         for _ in 0..50 {
@@ -302,15 +318,32 @@ impl Served {
             let Ok(tcp) = tokio::net::TcpListener::bind(addr).await else {
                 continue;
             };
-            let mut server = hickory_server::Server::new(handler);
+            let mut server = hickory_server::Server::new(handler.clone());
             server.register_socket(udp);
-            server.register_listener(tcp, Duration::from_secs(5), 64);
-            return Self { addr, server };
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let metrics = fedgw_gateway::metrics::Metrics::new();
+            let m = metrics.clone();
+            let tcp = tokio::spawn(serve_tcp(
+                tcp,
+                handler,
+                limits,
+                move |why| m.dns_tcp_refused(why),
+                shutdown.clone(),
+            ));
+            return Self {
+                addr,
+                server,
+                tcp,
+                shutdown,
+                metrics,
+            };
         }
         panic!("no free UDP+TCP port pair on 127.0.0.1");
     }
 
     async fn stop(mut self) {
+        self.shutdown.cancel();
+        self.tcp.await.expect("dns tcp stop");
         self.server.shutdown_gracefully().await.expect("dns stop");
     }
 }
@@ -742,4 +775,194 @@ async fn answers_match_knot_for_the_same_zone() {
     assert!(differ.is_empty(), "{}", differ.join("\n"));
     ours.stop().await;
     ours_long.stop().await;
+}
+
+/// An idle TCP connection from `source` (a loopback address) to `dns`.
+async fn connect_from(source: &str, dns: SocketAddr) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind(format!("{source}:0").parse().expect("addr"))
+        .expect("bind");
+    sock.connect(dns).await.expect("connect")
+}
+
+/// Whether the server closed `conn` (EOF pending), without waiting.
+fn closed(conn: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match conn.try_read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    }
+}
+
+/// One query over `conn` (RFC 1035 section 4.2.2 framing), its answer within 5 s.
+async fn query_over(conn: &mut tokio::net::TcpStream, name: &str) -> Message {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut q = Message::query();
+    q.add_query(Query::query(
+        Name::from_ascii(name).expect("name"),
+        RecordType::A,
+    ));
+    let bytes = q.to_vec().expect("encode");
+    let mut framed = u16::try_from(bytes.len())
+        .expect("len")
+        .to_be_bytes()
+        .to_vec();
+    framed.extend_from_slice(&bytes);
+    let answer = async {
+        conn.write_all(&framed).await?;
+        let len = conn.read_u16().await?;
+        let mut buf = vec![0; usize::from(len)];
+        conn.read_exact(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("an answer within 5 s")
+        .expect("answer");
+    Message::from_vec(&buf).expect("decode")
+}
+
+/// `dig +tcp` from 127.0.0.1: the status, or "no answer".
+fn dig_tcp(dns: SocketAddr, name: &str) -> String {
+    let d = ask(dns, &["+tcp", "-b", "127.0.0.1", name, "A", "+comments"]);
+    if d.status.is_empty() {
+        "no answer".into()
+    } else {
+        d.status
+    }
+}
+
+/// Waits (bounded: 10 s) until `cond`.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One host holding hundreds of idle TCP connections gets `per_source` of them; every other
+/// is closed on accept, and a query over TCP from another address is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tcp_connections_from_one_source_leave_room_for_others() {
+    let limits = TcpLimits {
+        idle: Duration::from_secs(60),
+        ..DEFAULT_LIMITS
+    };
+    let served = Served::with_limits(acme(), limits).await;
+    let dns = served.addr;
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        held.push(connect_from("127.0.0.2", dns).await);
+    }
+    let over = 400 - limits.per_source;
+    until("the connections over the per-source cap refused", || {
+        served.metrics.dns_tcp_refused_total(TcpRefusal::PerSource) == over as u64
+    })
+    .await;
+    until("the refused connections closed", || {
+        held.iter().filter(|c| closed(c)).count() == over
+    })
+    .await;
+    let started = Instant::now();
+    assert_eq!(dig_tcp(dns, "node1.org2.acme.test"), "NOERROR");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // the connections kept are served
+    let mut open: Vec<_> = held.into_iter().filter(|c| !closed(c)).collect();
+    assert_eq!(open.len(), limits.per_source);
+    let answer = query_over(&mut open[0], "node1.org2.acme.test.").await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(served.metrics.dns_tcp_refused_total(TcpRefusal::Total), 0);
+    drop(open);
+    served.stop().await;
+}
+
+/// With `total` connections open no other is kept, whatever its source, until one closes;
+/// a connection silent for `idle` is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_are_capped_in_total_and_closed_when_idle() {
+    let limits = TcpLimits {
+        per_source: 4,
+        total: 8,
+        idle: Duration::from_secs(60),
+    };
+    let served = Served::with_limits(acme(), limits).await;
+    let dns = served.addr;
+    let mut two = Vec::new();
+    let mut three = Vec::new();
+    for _ in 0..4 {
+        two.push(connect_from("127.0.0.2", dns).await);
+        three.push(connect_from("127.0.0.3", dns).await);
+    }
+    // each is served, so each holds a slot
+    for c in two.iter_mut().chain(three.iter_mut()) {
+        let answer = query_over(c, "node1.org2.acme.test.").await;
+        assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    }
+    let four = connect_from("127.0.0.4", dns).await;
+    until("a ninth connection closed", || closed(&four)).await;
+    assert_eq!(served.metrics.dns_tcp_refused_total(TcpRefusal::Total), 1);
+    assert_eq!(dig_tcp(dns, "node1.org2.acme.test"), "no answer");
+    // slots come back as connections close
+    drop(two);
+    until("an answer once slots are free", || {
+        dig_tcp(dns, "node1.org2.acme.test") == "NOERROR"
+    })
+    .await;
+    assert_eq!(
+        served.metrics.dns_tcp_refused_total(TcpRefusal::PerSource),
+        0
+    );
+    drop(three);
+    served.stop().await;
+
+    let served = Served::with_limits(
+        acme(),
+        TcpLimits {
+            idle: Duration::from_millis(200),
+            ..DEFAULT_LIMITS
+        },
+    )
+    .await;
+    let silent = connect_from("127.0.0.2", served.addr).await;
+    until("a silent connection closed", || closed(&silent)).await;
+    served.stop().await;
+}
+
+/// A TCP request whose header reads but whose rest does not is FORMERR, as over UDP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_tcp_request_is_formerr() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let served = Served::new(acme()).await;
+    let mut conn = connect_from("127.0.0.1", served.addr).await;
+    // id 9, one question, then a name cut short
+    let bytes = [0, 9, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 5, b'a'];
+    let mut framed = u16::try_from(bytes.len())
+        .expect("len")
+        .to_be_bytes()
+        .to_vec();
+    framed.extend_from_slice(&bytes);
+    conn.write_all(&framed).await.expect("write");
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        let len = conn.read_u16().await?;
+        let mut buf = vec![0; usize::from(len)];
+        conn.read_exact(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    })
+    .await
+    .expect("in time")
+    .expect("answer");
+    let answer = Message::from_vec(&answer).expect("decode");
+    assert_eq!(answer.metadata.id, 9);
+    assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
+    // the connection still serves
+    let answer = query_over(&mut conn, "node1.org2.acme.test.").await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    served.stop().await;
 }

@@ -311,13 +311,34 @@ async fn hello_as(
 async fn majority_admission_waits_for_enough_approvals() {
     let mut fed = Fed::found(Admission::Majority).await;
     // one member: one approval (org1's) admits org2
+    let token = fed.invite("org2").await;
     approve(&fed, 0, "org2").await;
-    fed.add("org2", false, |_| {}).await;
-    // two members: both must approve org3
+    fed.admit("org2", token, false, |_| {}).await;
+    // two members: both must approve org3, once invited; no vote before that
+    fed.converged().await;
+    for gw in [0, 1] {
+        let refused = fed.gws[gw]
+            .admin()
+            .await
+            .approve(pb::ApproveRequest { org: "org3".into() })
+            .await
+            .expect_err("approved an org nobody invited");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+        assert!(
+            refused.message().contains("no pending join of org3"),
+            "{refused}"
+        );
+    }
+    assert!(
+        fed.gws[0]
+            .run()
+            .membership
+            .read(|v| v.candidates().is_empty())
+    );
+    let token = fed.invite("org3").await;
     approve(&fed, 0, "org3").await;
     approve(&fed, 1, "org3").await;
-    fed.converged().await;
-    fed.add("org3", false, |_| {}).await;
+    fed.admit("org3", token, false, |_| {}).await;
     fed.converged().await;
 
     // three members: org4 needs two approvals
@@ -358,7 +379,16 @@ async fn majority_admission_waits_for_enough_approvals() {
     fed.stop_all().await;
 }
 
+/// Approves `org` at gateway `gw` once the invite has reached it (a gateway refuses to approve
+/// an org it holds no pending join of), then waits until the founder saw the vote.
 async fn approve(fed: &Fed, gw: usize, org: &str) {
+    wait_for("the pending join synced", || {
+        fed.gws[gw]
+            .run()
+            .membership
+            .read(|v| v.candidates().contains(org))
+    })
+    .await;
     fed.gws[gw]
         .admin()
         .await

@@ -461,3 +461,39 @@ fn every_fuzz_seed_gets_a_reply() {
     }
     assert!(parsed >= 10, "{parsed} seeds parsed");
 }
+
+#[test]
+fn tcp_slots_are_counted_per_ipv4_address_and_ipv6_64_and_freed_on_drop() {
+    let counts = Arc::new(TcpCounts {
+        limits: TcpLimits {
+            per_source: 2,
+            total: 5,
+            idle: std::time::Duration::from_secs(5),
+        },
+        state: Mutex::default(),
+    });
+    let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+    let a = counts.admit(ip("2001:db8:0:1::1")).expect("first");
+    let _b = counts
+        .admit(ip("2001:db8:0:1::ffff"))
+        .expect("second, same /64");
+    assert_eq!(
+        counts.admit(ip("2001:db8:0:1:8000::1")).err(),
+        Some(TcpRefusal::PerSource)
+    );
+    let _c = counts.admit(ip("2001:db8:0:2::1")).expect("another /64");
+    let _d = counts.admit(ip("192.0.2.1")).expect("v4");
+    let _e = counts
+        .admit(ip("::ffff:192.0.2.1"))
+        .expect("the same v4, mapped");
+    assert_eq!(
+        counts.admit(ip("192.0.2.1")).err(),
+        Some(TcpRefusal::PerSource)
+    );
+    assert_eq!(counts.admit(ip("192.0.2.2")).err(), Some(TcpRefusal::Total));
+    drop(a);
+    let _f = counts
+        .admit(ip("2001:db8:0:1::2"))
+        .expect("a slot came back");
+    assert_eq!(counts.admit(ip("192.0.2.2")).err(), Some(TcpRefusal::Total));
+}

@@ -184,6 +184,18 @@ impl Fed {
         edit: impl FnOnce(&mut Config),
     ) -> usize {
         let token = self.invite(org).await;
+        self.admit(org, token, outbound_only, edit).await
+    }
+
+    /// Joins `org` with an invite `token` (writing the data dir), optionally edits the config,
+    /// and starts it.
+    pub async fn admit(
+        &mut self,
+        org: &str,
+        token: JoinToken,
+        outbound_only: bool,
+        edit: impl FnOnce(&mut Config),
+    ) -> usize {
         let dir = DataDir::new(self.path(org));
         fedgw_gateway::join::client::join_into(
             token,
