@@ -107,6 +107,10 @@ pub struct Config {
     /// Data-plane tunnels (`[tunnel]`: transport, loopback targets, connection limit).
     #[serde(default)]
     pub tunnel: crate::tunnel::TunnelConfig,
+    /// What unauthenticated connections to the gateway port may hold (`[port]`: pending
+    /// handshakes and join connections, in total and per source).
+    #[serde(default)]
+    pub port: crate::listener::PortLimits,
 }
 
 /// `[sync]`: membership sync tuning.
@@ -276,6 +280,7 @@ impl Config {
         {
             crate::alias::Aliases::new(pool, interface).map_err(|e| format!("addresses: {e}"))?;
         }
+        self.port.validate()?;
         for id in &self.sync.deny {
             let ok = id.split_once('/').is_some_and(|(o, s)| {
                 names::validate_label("org", o).is_ok() && names::validate_label("site", s).is_ok()
@@ -357,6 +362,7 @@ mod tests {
             addresses: Default::default(),
             tunnel: Default::default(),
             dns_rate_limit_qps: default_dns_rate_limit(),
+            port: Default::default(),
             peers: vec![],
         }
     }

@@ -713,6 +713,21 @@ impl Tunnels {
         }
     }
 
+    /// The gateway an inbound link speaks for, if it may carry tunnels: another site than this
+    /// one, and one its org has published (a `Gateway` record in the view). The certificate
+    /// verifier already required a gateway leaf; this refuses a site that does not exist.
+    fn inbound_peer(&self, id: Option<GatewayId>) -> Option<GatewayId> {
+        let id = id?;
+        if id == self.0.me {
+            return None;
+        }
+        if self.peer_gateway(&id).is_none() {
+            debug!(peer = %id, "tunnel from a site its org has not published refused");
+            return None;
+        }
+        Some(id)
+    }
+
     fn identity_of(&self, any: Option<Box<dyn std::any::Any>>) -> Option<GatewayId> {
         let certs = any?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
         let id: PeerIdentity = fedgw_certs::peer_identity(certs.first()?, &self.0.domain).ok()?;
@@ -888,11 +903,11 @@ impl Tunnels {
                     }
                 };
                 this.0.metrics.handshake("tunnel-quic", "ok");
-                match this.identity_of(conn.peer_identity()) {
-                    Some(peer) if peer != this.0.me => {
+                match this.inbound_peer(this.identity_of(conn.peer_identity())) {
+                    Some(peer) => {
                         this.register(peer, Link::Quic(conn), "inbound");
                     }
-                    _ => conn.close(quinn::VarInt::from_u32(1), b"no gateway identity"),
+                    None => conn.close(quinn::VarInt::from_u32(1), b"no gateway identity"),
                 }
             });
         }
@@ -907,13 +922,14 @@ impl Tunnels {
                 },
                 () = self.0.shutdown.cancelled() => return,
             };
-            let peer = conn
-                .info()
-                .peer
-                .as_ref()
-                .and_then(|p| GatewayId::from_identity(p, &self.0.domain));
+            let peer = self.inbound_peer(
+                conn.info()
+                    .peer
+                    .as_ref()
+                    .and_then(|p| GatewayId::from_identity(p, &self.0.domain)),
+            );
             match peer {
-                Some(peer) if peer != self.0.me => {
+                Some(peer) => {
                     let (tcp, tls, end) = conn.into_parts();
                     let peer_not_after = tls
                         .peer_certificates()

@@ -509,10 +509,19 @@ async fn idle_join_connections_are_capped() {
         )
         .expect("cfg"),
     );
+    // every slot, taken from as many sources as the per-source cap requires
+    let addr = f.running.info.gateway;
     let mut idle = Vec::new();
-    for _ in 0..fedgw_gateway::listener::MAX_JOIN_CONNECTIONS {
+    let per_source = fedgw_gateway::listener::MAX_JOIN_PER_SOURCE;
+    for i in 0..fedgw_gateway::listener::MAX_JOIN_CONNECTIONS {
+        let from = std::net::Ipv4Addr::new(127, 0, 1, 1 + (i / per_source) as u8);
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind((from, 0).into()).expect("bind");
+        let tcp = sock.connect(addr).await.expect("connect");
+        let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
         idle.push(
-            fedgw_gateway::net::dial_tls(&f.endpoint(), cfg.clone(), TIMEOUT)
+            tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(name, tcp)
                 .await
                 .expect("a join connection"),
         );
