@@ -598,7 +598,11 @@ async fn join_floods_store_nothing_and_lock_no_new_token_out() {
     for i in 0..400u32 {
         let mut id = format!("{i:08x}");
         id.push_str(&"a".repeat(60_000));
-        let r = client.join(request(id)).await.expect("answered").into_inner();
+        let r = client
+            .join(request(id))
+            .await
+            .expect("answered")
+            .into_inner();
         assert_eq!(reason(r), RefusalReason::BadRequest);
     }
     let grown = rss_bytes().saturating_sub(before);
@@ -608,7 +612,10 @@ async fn join_floods_store_nothing_and_lock_no_new_token_out() {
     let flood = fedgw_gateway::join::limiter::MAX_TRACKED as u64 + 200;
     for n in 0..flood {
         let r = client
-            .join(request(format!("{:016x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15))))
+            .join(request(format!(
+                "{:016x}",
+                n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            )))
             .await
             .expect("answered")
             .into_inner();

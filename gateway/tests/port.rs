@@ -285,15 +285,23 @@ async fn openssl_completes_the_handshake_on_every_alpn() {
     }
 }
 
-/// A leaf for `gw-<site>.org2.<domain>` signed by org2's CA key the way any certificate could
-/// be (rcgen): with only serverAuth and clientAuth, as a node leaf from `fedgw cert issue gw-dc5`
-/// was before gateway names were reserved.
-fn node_leaf_named_as_gateway(org2: &DataDir, site: &str) -> tls::ReloadableIdentity {
-    let ca_pem = std::fs::read_to_string(org2.org_cert()).expect("org CA");
-    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(org2.org_key()).expect("key"))
+/// A leaf for `gw-<site>.<org>.<domain>` signed by the org CA in `dir` the way any certificate
+/// could be (rcgen), with only serverAuth and clientAuth: a node leaf from `fedgw cert issue
+/// gw-dc5` before gateway names were reserved, or a gateway leaf from before gateway leaves
+/// carried their own key usage. Returns the chain (leaf, org CA) and the leaf's key.
+fn leaf_without_gateway_usage(
+    dir: &DataDir,
+    org: &str,
+    site: &str,
+) -> (
+    Vec<rustls_pki_types::CertificateDer<'static>>,
+    rcgen::KeyPair,
+) {
+    let ca_pem = std::fs::read_to_string(dir.org_cert()).expect("org CA");
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.org_key()).expect("key"))
         .expect("org CA key");
     let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
-    let name = format!("gw-{site}.org2.{DOMAIN}");
+    let name = format!("gw-{site}.{org}.{DOMAIN}");
     let mut params = rcgen::CertificateParams::new(vec![name.clone()]).expect("params");
     params
         .distinguished_name
@@ -306,11 +314,15 @@ fn node_leaf_named_as_gateway(org2: &DataDir, site: &str) -> tls::ReloadableIden
     let key = rcgen::KeyPair::generate().expect("key");
     let leaf = params.signed_by(&key, &issuer).expect("signed");
     let ca = pki::certs_from_pem(&ca_pem).expect("pem").remove(0);
-    let provider = tls::provider();
+    (vec![leaf.der().clone(), ca], key)
+}
+
+fn node_leaf_named_as_gateway(org2: &DataDir, site: &str) -> tls::ReloadableIdentity {
+    let (chain, key) = leaf_without_gateway_usage(org2, "org2", site);
     tls::ReloadableIdentity::new(
-        vec![leaf.der().clone(), ca],
+        chain,
         &rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
-        &provider,
+        &tls::provider(),
     )
     .expect("identity")
 }
@@ -439,4 +451,73 @@ async fn a_node_leaf_is_refused_on_h2_tcp_tls_and_quic() {
     // while org2's published site is served on both
     let published = gateway_leaf_for(org2, "dc1");
     assert!(!tcp_tunnel_ended(to, &published, &root, Duration::from_millis(300)).await);
+}
+
+#[test]
+fn cert_issue_refuses_gateway_names() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = DataDir::new(tmp.path().join("org1"));
+    fedgw_gateway::provision::init(
+        &dir,
+        &fedgw_gateway::provision::InitOptions {
+            consortium: "acme".into(),
+            domain: DOMAIN.into(),
+            org: "org1".into(),
+            admission: Admission::Operator,
+            genesis: None,
+            network: network(false),
+        },
+        SystemTime::now(),
+    )
+    .expect("init");
+    let fedgw = fedgw_tests::Fedgw::new(env!("CARGO_BIN_EXE_fedgw"));
+    let d = dir.root().display().to_string();
+    let out = tmp.path().join("tls").display().to_string();
+    for args in [
+        vec!["gw-dc5"],
+        vec!["tm1", "--dns", "gw-dc5.org1.acme.test"],
+    ] {
+        let mut argv = vec!["cert", "issue"];
+        argv.extend(&args);
+        argv.extend(["--data-dir", &d, "--out-dir", &out]);
+        let run = fedgw.run(argv).expect("spawn");
+        assert_eq!(run.code, Some(64), "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("reserved for gateways"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(!tmp.path().join("tls").exists(), "nothing written");
+}
+
+#[test]
+fn a_gateway_leaf_from_before_the_gateway_usage_is_reissued_at_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = DataDir::new(tmp.path().join("org1"));
+    fedgw_gateway::provision::init(
+        &dir,
+        &fedgw_gateway::provision::InitOptions {
+            consortium: "acme".into(),
+            domain: DOMAIN.into(),
+            org: "org1".into(),
+            admission: Admission::Operator,
+            genesis: None,
+            network: network(false),
+        },
+        SystemTime::now(),
+    )
+    .expect("init");
+    // the data dir of an older release: a fresh leaf for the right name, without the usage
+    let (chain, key) = leaf_without_gateway_usage(&dir, "org1", "dc1");
+    std::fs::write(dir.gateway_cert(), pki::certs_to_pem(&chain)).expect("write leaf");
+    std::fs::write(dir.gateway_key(), key.serialize_pem()).expect("write key");
+    let loaded = fedgw_gateway::provision::load(&dir).expect("load");
+    let (leaf, _) = fedgw_gateway::provision::current_leaf(&dir, &loaded, SystemTime::now())
+        .expect("current leaf");
+    assert!(pki::is_gateway_leaf(&leaf.chain[0]));
+    assert_ne!(leaf.chain[0], chain[0], "reissued");
+    let on_disk = pki::certs_from_pem(&std::fs::read_to_string(dir.gateway_cert()).expect("pem"))
+        .expect("pem");
+    assert_eq!(on_disk[0], leaf.chain[0], "and written");
 }
