@@ -529,6 +529,8 @@ async fn first_bytes(tcp: &TcpStream, mut pressure: watch::Receiver<bool>, idle:
     };
     let mut byte = [0u8; 1];
     tokio::select! {
+        // bytes that arrived win over a deadline that passed at the same time
+        biased;
         // a peek, not readiness alone, which may be spurious; it also ends on EOF or an
         // error, and the handshake then fails on its own
         _ = tcp.peek(&mut byte) => true,
@@ -620,4 +622,129 @@ async fn handshake(
     .await
     .map_err(|_| (kind, std::io::Error::other("server is shutting down")))?;
     Ok(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> Source {
+        Source::from(s.parse::<IpAddr>().expect("ip"))
+    }
+
+    #[test]
+    fn a_source_is_an_ipv4_address_or_an_ipv6_slash_64() {
+        assert_eq!(v4("192.0.2.1"), Source::V4([192, 0, 2, 1]));
+        assert_ne!(v4("192.0.2.1"), v4("192.0.2.2"));
+        assert_eq!(
+            v4("::ffff:192.0.2.1"),
+            v4("192.0.2.1"),
+            "IPv4-mapped is IPv4"
+        );
+        assert_eq!(
+            v4("2001:db8:1:2::1"),
+            v4("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_ne!(v4("2001:db8:1:2::1"), v4("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn slots_are_capped_per_source_and_in_total_with_a_reserve() {
+        let slots = SourceSlots::new(8, 3, 2);
+        let (a, b, c, d) = (
+            v4("10.0.0.1"),
+            v4("10.0.0.2"),
+            v4("10.0.0.3"),
+            v4("10.0.0.4"),
+        );
+        let mut held: Vec<Slot> = (0..3)
+            .map(|_| slots.try_take(a, false).expect("a"))
+            .collect();
+        assert_eq!(slots.try_take(a, false).err(), Some(SlotRefusal::Source));
+        assert_eq!(slots.try_take(a, true).err(), Some(SlotRefusal::Source));
+        held.extend((0..3).map(|_| slots.try_take(b, false).expect("b")));
+        // 6 of 8 taken: the last 2 are the reserve
+        assert_eq!(slots.try_take(c, false).err(), Some(SlotRefusal::Full));
+        held.push(slots.try_take(d, true).expect("privileged d"));
+        held.push(slots.try_take(d, true).expect("privileged d"));
+        assert_eq!(slots.try_take(d, true).err(), Some(SlotRefusal::Full));
+        assert_eq!(slots.taken(), 8);
+        // dropping a slot gives it back to its source and to the total
+        held.swap_remove(0);
+        assert_eq!(slots.taken(), 7);
+        held.push(slots.try_take(a, true).expect("a again"));
+        drop(held);
+        assert_eq!(slots.taken(), 0);
+        assert!(slots.state.lock().expect("lock").by_source.is_empty());
+    }
+
+    #[test]
+    fn pressure_is_more_than_half_the_slots_taken() {
+        let slots = SourceSlots::new(4, 4, 0);
+        let pressure = slots.pressure();
+        let s = v4("10.0.0.1");
+        let first = slots.try_take(s, false).expect("1");
+        let second = slots.try_take(s, false).expect("2");
+        assert!(!*pressure.borrow());
+        let third = slots.try_take(s, false).expect("3");
+        assert!(*pressure.borrow());
+        drop(third);
+        assert!(!*pressure.borrow());
+        drop((first, second));
+    }
+
+    #[tokio::test]
+    async fn silent_connections_close_only_under_pressure() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let idle = Duration::from_millis(50);
+        // under pressure: given up after `idle`
+        let (_busy_tx, busy) = watch::channel(true);
+        let start = tokio::time::Instant::now();
+        assert!(!first_bytes(&server, busy, idle).await);
+        assert!(start.elapsed() >= idle);
+        // no pressure: still waiting well past `idle`, until a byte arrives
+        let (calm_tx, calm) = watch::channel(false);
+        let wait = first_bytes(&server, calm.clone(), idle);
+        assert!(tokio::time::timeout(idle * 4, wait).await.is_err());
+        client.write_all(&[0x16]).await.expect("write");
+        assert!(first_bytes(&server, calm, idle).await);
+        // a byte sent, pressure does not close it
+        calm_tx.send_replace(true);
+        assert!(first_bytes(&server, calm_tx.subscribe(), Duration::ZERO).await);
+    }
+
+    #[test]
+    fn port_limits_are_validated() {
+        assert_eq!(PortLimits::default().validate(), Ok(()));
+        let bad = [
+            PortLimits {
+                max_pending_handshakes: 0,
+                ..Default::default()
+            },
+            PortLimits {
+                max_pending_per_source: 0,
+                ..Default::default()
+            },
+            PortLimits {
+                member_reserve: MAX_PENDING_HANDSHAKES,
+                ..Default::default()
+            },
+            PortLimits {
+                max_join_per_source: MAX_JOIN_CONNECTIONS + 1,
+                ..Default::default()
+            },
+            PortLimits {
+                idle_hello_ms: 0,
+                ..Default::default()
+            },
+        ];
+        for limits in bad {
+            let err = limits.validate().expect_err("invalid");
+            assert!(err.starts_with("port."), "{err}");
+        }
+    }
 }
