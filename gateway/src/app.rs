@@ -346,6 +346,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         federation_tx: fed_tx,
         revocation: membership.revocation().clone(),
         limits: config.port.clone(),
+        membership: membership.clone(),
     };
     tunnels.start(tunnel_rx);
     tracker.spawn(listener::serve(

@@ -11,8 +11,8 @@
 //! ([`PortLimits`]): a pending-handshake slot, taken at accept, and for `fedgw-join/1` a join
 //! slot, held for the connection's life. A source at its cap, or a connection arriving when the
 //! port is full, is closed at once, before any TLS work. Part of the pending slots is kept for
-//! sources that completed a federation or tunnel handshake before (member gateways, known by
-//! address); and while more than half the slots are taken, a connection that has sent nothing
+//! member gateways known by address (an IP literal their `Gateway` record advertises, or a
+//! source that completed a federation or tunnel handshake before); and while more than half the slots are taken, a connection that has sent nothing
 //! within [`PortLimits::idle_hello_ms`] is closed.
 
 use std::collections::{HashMap, HashSet};
@@ -63,8 +63,9 @@ pub struct PortLimits {
     pub max_pending_handshakes: usize,
     /// Most handshakes in progress from one source [16].
     pub max_pending_per_source: usize,
-    /// Of `max_pending_handshakes`, how many only member gateways may take: sources that
-    /// completed a federation or tunnel handshake before [32].
+    /// Of `max_pending_handshakes`, how many only member gateways may take: addresses their
+    /// `Gateway` records advertise, and sources that completed a federation or tunnel
+    /// handshake before [32].
     pub member_reserve: usize,
     /// Most join connections (`fedgw-join/1`) open at once [64].
     pub max_join_connections: usize,
@@ -276,11 +277,13 @@ impl Drop for Slot {
     }
 }
 
-/// Sources that completed a federation or tunnel handshake (member gateways), bounded to
-/// [`MAX_KNOWN_SOURCES`]; the oldest is forgotten first.
+/// Member gateways' addresses: the IP literals their published `Gateway` records advertise,
+/// and sources that completed a federation or tunnel handshake, bounded to
+/// [`MAX_KNOWN_SOURCES`] (the oldest is forgotten first).
 #[derive(Debug, Default)]
 struct KnownSources {
     inner: Mutex<(HashSet<Source>, std::collections::VecDeque<Source>)>,
+    advertised: Mutex<HashSet<Source>>,
 }
 
 impl KnownSources {
@@ -290,6 +293,15 @@ impl KnownSources {
             .unwrap_or_else(|e| e.into_inner())
             .0
             .contains(&s)
+            || self
+                .advertised
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&s)
+    }
+
+    fn set_advertised(&self, sources: HashSet<Source>) {
+        *self.advertised.lock().unwrap_or_else(|e| e.into_inner()) = sources;
     }
 
     fn learn(&self, s: Source) {
@@ -437,6 +449,43 @@ pub struct Dispatch {
     pub revocation: crate::membership::Revocation,
     /// What unauthenticated connections may hold.
     pub limits: PortLimits,
+    /// The view, for member gateways' advertised addresses (the reserve).
+    pub membership: crate::membership::Membership,
+}
+
+/// The sources named by IP literal in gateways' advertised `host:port` endpoints (names are
+/// not resolved: a member reached by name becomes known at its first handshake).
+pub fn advertised_sources<'a>(endpoints: impl IntoIterator<Item = &'a str>) -> HashSet<Source> {
+    endpoints
+        .into_iter()
+        .filter_map(crate::net::split_host_port)
+        .filter_map(|(host, _)| host.parse::<IpAddr>().ok())
+        .map(Source::from)
+        .collect()
+}
+
+/// Keeps `gate`'s advertised sources in step with the view until `shutdown`.
+async fn keep_advertised(
+    membership: crate::membership::Membership,
+    gate: Arc<Gate>,
+    shutdown: CancellationToken,
+) {
+    let mut changed = membership.subscribe();
+    loop {
+        let sources = membership.read(|v| {
+            let gateways = v.gateways();
+            advertised_sources(
+                gateways
+                    .iter()
+                    .flat_map(|(_, _, g)| g.advertise.iter().map(String::as_str)),
+            )
+        });
+        gate.known.set_advertised(sources);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = changed.changed() => if r.is_err() { return },
+        }
+    }
 }
 
 /// The per-source state of one gateway port.
@@ -467,6 +516,11 @@ pub async fn serve(
         known: KnownSources::default(),
         idle_hello: Duration::from_millis(limits.idle_hello_ms),
     });
+    tracker.spawn(keep_advertised(
+        dispatch.membership.clone(),
+        gate.clone(),
+        shutdown.clone(),
+    ));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -646,6 +700,24 @@ mod tests {
             v4("2001:db8:1:2:ffff:ffff:ffff:ffff")
         );
         assert_ne!(v4("2001:db8:1:2::1"), v4("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn advertised_ip_literals_are_known_sources() {
+        let got = advertised_sources([
+            "192.0.2.7:7443",
+            "[2001:db8:1:2::9]:7443",
+            "gw.org2.example.com:7443",
+            "not an endpoint",
+        ]);
+        let want: HashSet<Source> = [v4("192.0.2.7"), v4("2001:db8:1:2::1")].into();
+        assert_eq!(got, want);
+        let known = KnownSources::default();
+        known.set_advertised(got);
+        assert!(known.contains(v4("192.0.2.7")));
+        assert!(!known.contains(v4("192.0.2.8")));
+        known.learn(v4("192.0.2.8"));
+        assert!(known.contains(v4("192.0.2.8")));
     }
 
     #[test]

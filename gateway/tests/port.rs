@@ -172,7 +172,11 @@ async fn member_gateways_keep_a_reserve_when_the_port_is_full() {
 
 #[tokio::test]
 async fn silent_connections_are_closed_under_pressure() {
-    let fed = Fed::found(Admission::Operator).await;
+    // advertised by name, so 127.0.0.1 is no member address (IP literals advertised are)
+    let fed = Fed::found_with(Admission::Operator, |c| {
+        c.advertise = vec!["localhost:0".into()];
+    })
+    .await;
     let org1 = &fed.gws[0];
     let port = org1.run().info.gateway;
     let limits = fedgw_gateway::listener::PortLimits::default();
@@ -182,8 +186,14 @@ async fn silent_connections_are_closed_under_pressure() {
     for i in 0..sources {
         held.extend(idle(source(10 + i as u8), port, per).await);
     }
-    // nobody has reached org1 before: 127.0.0.1 is a stranger too, and gets in once the
-    // silent connections are closed (idle_hello_ms, 1 s by default)
+    // nobody has reached org1 before: 127.0.0.1 is a stranger too, turned away for now...
+    let mut s = connect_from(source(1), port).await.expect("connect");
+    let mut b = [0u8; 1];
+    let closed = tokio::time::timeout(WAIT, s.read(&mut b))
+        .await
+        .expect("closed");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // ...and let in once the silent connections are closed (idle_hello_ms, 1 s by default)
     let bound = Duration::from_millis(limits.idle_hello_ms) + UNDER_ATTACK;
     let t = Instant::now();
     let token = fed.invite("org2").await;
