@@ -395,15 +395,22 @@ async fn tcp_tunnel_ended(
     }
 }
 
-/// Whether the gateway's QUIC endpoint at `to` ends a connection made with `identity`.
-async fn quic_ended(to: SocketAddr, identity: &tls::ReloadableIdentity, root: &[u8]) -> bool {
+/// Whether the gateway's QUIC endpoint at `to` (org1's) ends a connection made with
+/// `identity`, within `keep`.
+async fn quic_ended(
+    to: SocketAddr,
+    identity: &tls::ReloadableIdentity,
+    root: &[u8],
+    keep: Duration,
+) -> bool {
     let cfg = tls::tunnel_client_config(identity, verifier(root), tls::provider()).expect("cfg");
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).expect("quic cfg");
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("udp");
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    let ended = match endpoint.connect(to, "localhost").expect("connect").await {
+    let server = format!("gw-dc1.org1.{DOMAIN}");
+    let ended = match endpoint.connect(to, &server).expect("connect").await {
         Err(_) => true,
-        Ok(conn) => tokio::time::timeout(WAIT, conn.closed()).await.is_ok(),
+        Ok(conn) => tokio::time::timeout(keep, conn.closed()).await.is_ok(),
     };
     endpoint.close(0u32.into(), b"");
     ended
@@ -441,7 +448,7 @@ async fn a_node_leaf_is_refused_on_h2_tcp_tls_and_quic() {
     // QUIC
     let quic_to = org1.run().tunnels.quic_addr().expect("QUIC endpoint");
     let failed = m.handshakes_total("tunnel-quic", "failed");
-    assert!(quic_ended(quic_to, &impostor, &root).await);
+    assert!(quic_ended(quic_to, &impostor, &root, WAIT).await);
     wait_for("the QUIC handshake to fail", || {
         m.handshakes_total("tunnel-quic", "failed") > failed
     })
@@ -450,7 +457,7 @@ async fn a_node_leaf_is_refused_on_h2_tcp_tls_and_quic() {
     // a real gateway leaf of org2 for a site org2 never published: no tunnel either
     let unpublished = gateway_leaf_for(org2, "dc5");
     assert!(tcp_tunnel_ended(to, &unpublished, &root, WAIT).await);
-    assert!(quic_ended(quic_to, &unpublished, &root).await);
+    assert!(quic_ended(quic_to, &unpublished, &root, WAIT).await);
     assert_eq!(
         org1.run().tunnels.link_transport(&GatewayId {
             org: "org2".into(),
@@ -460,7 +467,9 @@ async fn a_node_leaf_is_refused_on_h2_tcp_tls_and_quic() {
     );
     // while org2's published site is served on both
     let published = gateway_leaf_for(org2, "dc1");
-    assert!(!tcp_tunnel_ended(to, &published, &root, Duration::from_millis(300)).await);
+    let keep = Duration::from_millis(300);
+    assert!(!tcp_tunnel_ended(to, &published, &root, keep).await);
+    assert!(!quic_ended(quic_to, &published, &root, keep).await);
 }
 
 #[test]
