@@ -3,18 +3,24 @@
 //! ```text
 //! consortium root CA (self-signed, ECDSA P-256, created by `fedgw init`)
 //!  └─ org CA  (one per admitted org; pathLen=0; DNS name constraint: permitted <org>.<domain>)
-//!      ├─ gateway leaf  DNS gw-<site>.<org>.<domain>, URI spiffe://<domain>/org/<org>/gw/<site>
-//!      └─ node leaf     DNS names under <org>.<domain> (Tessera / Fabric TLS)
+//!      ├─ gateway leaf  DNS gw-<site>.<org>.<domain>, URI spiffe://<domain>/org/<org>/gw/<site>,
+//!      │                EKU serverAuth, clientAuth and fedgw-gateway ([`GATEWAY_EKU_OID`])
+//!      └─ node leaf     DNS names under <org>.<domain> (Tessera / Fabric TLS), never `gw-*`;
+//!                       EKU serverAuth, clientAuth
 //! ```
+//!
+//! Only a leaf with the fedgw-gateway extended key usage speaks for a gateway
+//! ([`crate::PeerVerifier`] refuses any other on every federation protocol), so a node
+//! certificate cannot pass for one, whatever its names.
 //!
 //! Everything here takes values and returns values: callers read and write files.
 
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    NameConstraints, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, CustomExtension,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, NameConstraints, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivatePkcs8KeyDer};
 
@@ -28,6 +34,22 @@ pub const ORG_CA_LIFETIME: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
 pub const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Backdating of `notBefore`, to tolerate clock skew between sites.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// The fedgw-gateway extended key usage (RFC 5280 section 4.2.1.12), carried by gateway leaves
+/// only: OID `2.25.276128982336989672818460443231534827508`, an OID under the `2.25` arc made
+/// from the UUID `cfbc81ef-6d03-46e0-b227-68ec3565c7f4` (ITU-T X.667 section 6.3, so no
+/// registration is needed). These are the OID's DER contents octets, without tag and length.
+pub const GATEWAY_EKU_OID: &[u8] = &[
+    0x69, 0x83, 0x9f, 0xbc, 0xc0, 0xfb, 0xed, 0xd0, 0x9a, 0x9b, 0xc1, 0xb2, 0x93, 0xda, 0x9d, 0xc3,
+    0xab, 0x97, 0x8f, 0x74,
+];
+
+/// The dotted form of [`GATEWAY_EKU_OID`].
+pub const GATEWAY_EKU_OID_TEXT: &str = "2.25.276128982336989672818460443231534827508";
+
+/// The leftmost-label prefix reserved for gateway names (`gw-<site>.<org>.<domain>`): node
+/// leaves never carry a name that starts with it.
+pub const RESERVED_NODE_PREFIX: &str = "gw-";
 
 /// Errors from certificate issuance and parsing.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +65,9 @@ pub enum PkiError {
         /// The org's subtree (`<org>.<domain>`).
         subtree: String,
     },
+    /// A node certificate asked for a name reserved for gateways (`gw-*`).
+    #[error("name {0:?} is reserved for gateways (names starting with \"gw-\")")]
+    ReservedName(String),
     /// The certificate signing request could not be parsed, carried an unsupported extension, or
     /// its self-signature is invalid.
     #[error("invalid certificate signing request")]
@@ -257,8 +282,9 @@ impl CertificateAuthority {
     }
 
     /// Issues a gateway leaf for `site` of `org`: DNS SAN `gw-<site>.<org>.<domain>`, URI SAN
-    /// `spiffe://<domain>/org/<org>/gw/<site>`, EKU serverAuth+clientAuth, a fresh P-256 key,
-    /// valid `lifetime` from `now`. `self` must be the org's CA.
+    /// `spiffe://<domain>/org/<org>/gw/<site>`, EKU serverAuth+clientAuth+fedgw-gateway
+    /// ([`GATEWAY_EKU_OID`]), a fresh P-256 key, valid `lifetime` from `now`. `self` must be
+    /// the org's CA.
     pub fn issue_gateway_leaf(
         &self,
         site: &str,
@@ -272,11 +298,14 @@ impl CertificateAuthority {
         let dns = names::gateway_dns_name(site, org, domain);
         let spiffe = names::gateway_spiffe_id(site, org, domain);
         let sans = vec![SanType::DnsName(ia5(&dns)?), SanType::URI(ia5(&spiffe)?)];
-        self.issue_leaf(&dns, sans, lifetime, now)
+        self.issue_leaf(&dns, sans, LeafKind::Gateway, lifetime, now)
     }
 
     /// Issues a node leaf (Tessera / Fabric TLS) with the given DNS names, each of which must be
     /// `<org>.<domain>` or below it. EKU serverAuth+clientAuth, fresh P-256 key.
+    ///
+    /// Errors: [`PkiError::ReservedName`] for a name whose leftmost label starts with `gw-`
+    /// (gateway names), [`PkiError::OutsideSubtree`] for a name outside the org's subtree.
     pub fn issue_node_leaf(
         &self,
         dns_names: &[String],
@@ -289,6 +318,9 @@ impl CertificateAuthority {
         let mut sans = Vec::with_capacity(dns_names.len());
         for name in dns_names {
             names::validate_domain("DNS name", name)?;
+            if name.starts_with(RESERVED_NODE_PREFIX) {
+                return Err(PkiError::ReservedName(name.clone()));
+            }
             if names::org_of_dns_name(name, domain) != Some(org) && *name != subtree {
                 return Err(PkiError::OutsideSubtree {
                     name: name.clone(),
@@ -301,7 +333,7 @@ impl CertificateAuthority {
             .first()
             .cloned()
             .unwrap_or_else(|| subtree.clone());
-        self.issue_leaf(&cn, sans, lifetime, now)
+        self.issue_leaf(&cn, sans, LeafKind::Node, lifetime, now)
     }
 
     /// Issues a leaf with arbitrary SANs. Crate-internal: the public issuers validate names; tests
@@ -310,6 +342,7 @@ impl CertificateAuthority {
         &self,
         cn: &str,
         sans: Vec<SanType>,
+        kind: LeafKind,
         lifetime: Duration,
         now: SystemTime,
     ) -> Result<IssuedLeaf, PkiError> {
@@ -320,10 +353,22 @@ impl CertificateAuthority {
         params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        match kind {
+            LeafKind::Node => {
+                params.extended_key_usages = vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ];
+            }
+            // rcgen takes OID arcs as u64, too small for a 2.25 (UUID) arc: the extension is
+            // written whole
+            LeafKind::Gateway => params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(
+                    OID_EXT_KEY_USAGE,
+                    gateway_eku_der(),
+                )),
+        }
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
         let not_after = validity(&mut params, now, lifetime);
@@ -336,6 +381,46 @@ impl CertificateAuthority {
             not_after,
         })
     }
+}
+
+/// Which kind of leaf [`CertificateAuthority::issue_leaf`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeafKind {
+    /// A gateway: EKU serverAuth, clientAuth and fedgw-gateway.
+    Gateway,
+    /// A node: EKU serverAuth and clientAuth.
+    Node,
+}
+
+/// id-ce-extKeyUsage (RFC 5280 section 4.2.1.12).
+const OID_EXT_KEY_USAGE: &[u64] = &[2, 5, 29, 37];
+
+/// The DER of `ExtKeyUsageSyntax ::= SEQUENCE { id-kp-serverAuth, id-kp-clientAuth,
+/// fedgw-gateway }` (RFC 5280 section 4.2.1.12); every length fits one octet.
+fn gateway_eku_der() -> Vec<u8> {
+    const SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+    const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+    let mut body = Vec::with_capacity(48);
+    for oid in [SERVER_AUTH, CLIENT_AUTH, GATEWAY_EKU_OID] {
+        body.push(0x06);
+        body.push(oid.len() as u8);
+        body.extend_from_slice(oid);
+    }
+    let mut der = vec![0x30, body.len() as u8];
+    der.extend_from_slice(&body);
+    der
+}
+
+/// Whether a certificate (DER) carries the fedgw-gateway extended key usage
+/// ([`GATEWAY_EKU_OID`]). An unparsable certificate does not.
+pub fn is_gateway_leaf(cert: &[u8]) -> bool {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+        return false;
+    };
+    matches!(
+        parsed.extended_key_usage(),
+        Ok(Some(eku)) if eku.value.other.iter().any(|oid| oid.as_bytes() == GATEWAY_EKU_OID)
+    )
 }
 
 /// Builds a PKCS#10 CSR (DER) for an org CA key. The subject is informational: the root ignores

@@ -59,10 +59,42 @@ pub enum TokenError {
     Pin,
 }
 
+/// A token id as a fixed-size value: the 8 bytes behind its 16 lowercase hex digits. Tables
+/// keyed by token id (the join rate limiter) hold these, so an entry's size never depends on
+/// what a caller sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenId([u8; 8]);
+
+impl TokenId {
+    /// Length of a token id's text form.
+    pub const TEXT_LEN: usize = 16;
+
+    /// Parses the text form: exactly 16 lowercase hex digits, nothing else (`None` otherwise,
+    /// whatever the length).
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() != Self::TEXT_LEN {
+            return None;
+        }
+        let mut out = [0u8; 8];
+        for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+            *byte = (lower_hex(pair[0])? << 4) | lower_hex(pair[1])?;
+        }
+        Some(Self(out))
+    }
+}
+
+fn lower_hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
 /// A parsed join token. `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JoinToken {
-    /// The public id of the invite (16 lowercase hex digits).
+    /// The public id of the invite (16 lowercase hex digits, see [`TokenId`]).
     pub id: String,
     secret: Zeroizing<[u8; 32]>,
     /// `host:port` of the inviting gateway.
@@ -108,7 +140,7 @@ impl JoinToken {
         let (endpoint, pin) = rest
             .split_once("#sha256:")
             .ok_or(TokenError::Missing("#sha256:"))?;
-        if id.len() != 16 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if TokenId::parse(id).is_none() {
             return Err(TokenError::TokenId);
         }
         let secret = decode_32(secret).ok_or(TokenError::Secret)?;
@@ -248,6 +280,28 @@ mod tests {
 
     fn token() -> JoinToken {
         JoinToken::generate("gw.example.com:7443", [7; 32]).expect("valid endpoint")
+    }
+
+    #[test]
+    fn token_ids_are_sixteen_lowercase_hex_digits_and_nothing_else() {
+        let t = token();
+        assert!(TokenId::parse(&t.id).is_some(), "{}", t.id);
+        assert_eq!(
+            TokenId::parse("00ff10a0b0c0d0e9"),
+            Some(TokenId([0x00, 0xff, 0x10, 0xa0, 0xb0, 0xc0, 0xd0, 0xe9]))
+        );
+        let long = "a".repeat(60_000);
+        for bad in [
+            "",
+            "00ff10a0b0c0d0e",
+            "00ff10a0b0c0d0e90",
+            "00FF10A0B0C0D0E9",
+            "00ff10a0b0c0d0eg",
+            "00ff10a0b0c0d0\u{e9}",
+            long.as_str(),
+        ] {
+            assert_eq!(TokenId::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

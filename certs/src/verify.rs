@@ -2,8 +2,9 @@
 //!
 //! [`PeerVerifier`] serves both sides of a federation connection: it validates the chain to the
 //! consortium root with rustls-webpki (which enforces the org CAs' DNS name constraints), reads
-//! the peer's org from its verified DNS SAN ([`crate::identity`]), and refuses orgs in the
-//! current [`RevocationSet`]. [`PinnedRootVerifier`] is the joiner's verifier: it has no root
+//! the peer's org from its verified DNS SAN ([`crate::identity`]), requires the fedgw-gateway
+//! extended key usage ([`crate::pki::GATEWAY_EKU_OID`]: only gateways take part in federation
+//! and tunnels, never node certificates), and refuses orgs in the current [`RevocationSet`]. [`PinnedRootVerifier`] is the joiner's verifier: it has no root
 //! certificate yet, only the SHA-256 pin of the root's public key from the token.
 
 use std::collections::BTreeSet;
@@ -46,6 +47,10 @@ pub enum PeerRejection {
     /// The certificate verified but carries no usable identity.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The certificate is not a gateway's: it lacks the fedgw-gateway extended key usage (a
+    /// node certificate, or a gateway leaf issued before gateways carried it).
+    #[error("not a gateway certificate (no fedgw-gateway extended key usage)")]
+    NotGateway,
     /// The peer's org is revoked.
     #[error("org {0:?} is revoked")]
     Revoked(String),
@@ -60,6 +65,15 @@ pub enum PeerRejection {
     /// The pinned root key is not in the presented chain, or did not sign it.
     #[error("the server's chain does not end at the pinned consortium root")]
     PinMismatch,
+}
+
+/// Why a root certificate cannot anchor a [`PeerVerifier`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RootError {
+    /// The root's subject is empty: a TLS 1.3 CertificateRequest could not name it (RFC 8446
+    /// section 4.2.4 allows no empty DistinguishedName).
+    #[error("the consortium root certificate has an empty subject")]
+    EmptySubject,
 }
 
 fn rejection(e: PeerRejection) -> rustls::Error {
@@ -94,6 +108,12 @@ pub struct PeerVerifier {
 
 impl PeerVerifier {
     /// A verifier trusting `root` for identities under `domain`, refusing orgs in `revoked`.
+    ///
+    /// As a server it names the root in the CertificateRequest's `certificate_authorities`
+    /// extension: the root's whole DER `Name`, outer SEQUENCE included (RFC 8446 section
+    /// 4.2.4; webpki's anchor holds only the SEQUENCE's contents). Errors: the root does not
+    /// parse, or its subject is empty ([`RootError::EmptySubject`], inside
+    /// `CertificateError::Other`).
     pub fn new(
         root: CertificateDer<'static>,
         domain: &str,
@@ -101,7 +121,12 @@ impl PeerVerifier {
         provider: &CryptoProvider,
     ) -> Result<Self, rustls::Error> {
         let anchor = webpki::anchor_from_trusted_cert(&root).map_err(pki_error)?;
-        let root_subject = vec![DistinguishedName::from(anchor.subject.to_vec())];
+        if anchor.subject.is_empty() {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(RootError::EmptySubject)),
+            )));
+        }
+        let root_subject = vec![DistinguishedName::in_sequence(&anchor.subject)];
         Ok(Self {
             root,
             root_subject,
@@ -118,7 +143,8 @@ impl PeerVerifier {
         self
     }
 
-    /// Validates a presented chain for `usage` and returns the peer's identity.
+    /// Validates a presented chain for `usage` and returns the peer's identity. The leaf must
+    /// carry the fedgw-gateway extended key usage ([`PeerRejection::NotGateway`]).
     pub fn verify_chain(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -140,6 +166,9 @@ impl PeerVerifier {
         .map_err(pki_error)?;
         let id =
             identity::peer_identity(end_entity, &self.domain).map_err(|e| rejection(e.into()))?;
+        if !crate::pki::is_gateway_leaf(end_entity) {
+            return Err(rejection(PeerRejection::NotGateway));
+        }
         if self.revoked.contains(&id.org) {
             return Err(rejection(PeerRejection::Revoked(id.org)));
         }

@@ -1,4 +1,5 @@
-//! The root signing an org CA from an arbitrary CSR (what a joiner sends): errors, never panics.
+//! The root signing an org CA from an arbitrary CSR (what a joiner sends): errors, never panics;
+//! the gateway key usage check on the same bytes as a certificate answers, never panics.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -16,4 +17,5 @@ fn root() -> &'static CertificateAuthority {
 
 fuzz_target!(|data: &[u8]| {
     let _ = root().sign_org_ca(data, "acme", "org2", "acme.test", SystemTime::now());
+    let _ = fedgw_certs::pki::is_gateway_leaf(data);
 });

@@ -345,7 +345,8 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         join_tx,
         federation_tx: fed_tx,
         revocation: membership.revocation().clone(),
-        join_slots: Arc::new(tokio::sync::Semaphore::new(listener::MAX_JOIN_CONNECTIONS)),
+        limits: config.port.clone(),
+        membership: membership.clone(),
     };
     tunnels.start(tunnel_rx);
     tracker.spawn(listener::serve(

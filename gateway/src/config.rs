@@ -115,6 +115,10 @@ pub struct Config {
     /// Data-plane tunnels (`[tunnel]`: transport, loopback targets, connection limit).
     #[serde(default)]
     pub tunnel: crate::tunnel::TunnelConfig,
+    /// What unauthenticated connections to the gateway port may hold (`[port]`: pending
+    /// handshakes and join connections, in total and per source).
+    #[serde(default)]
+    pub port: crate::listener::PortLimits,
 }
 
 /// `[sync]`: membership sync tuning.
@@ -324,6 +328,7 @@ impl Config {
                 }
             }
         }
+        self.port.validate()?;
         for id in &self.sync.deny {
             let ok = id.split_once('/').is_some_and(|(o, s)| {
                 names::validate_label("org", o).is_ok() && names::validate_label("site", s).is_ok()
@@ -407,6 +412,7 @@ mod tests {
             dns_rate_limit_qps: default_dns_rate_limit(),
             dns_tcp_max_per_source: default_dns_tcp_per_source(),
             dns_tcp_max_connections: default_dns_tcp_total(),
+            port: Default::default(),
             peers: vec![],
         }
     }

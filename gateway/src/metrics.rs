@@ -250,6 +250,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Handshakes counted so far for `protocol` and `result`.
+    pub fn handshakes_total(&self, protocol: &'static str, result: &'static str) -> u64 {
+        self.handshakes
+            .get_or_create(&HandshakeLabels { protocol, result })
+            .get()
+    }
+
     /// Counts a join request outcome.
     pub fn join(&self, result: &'static str) {
         self.joins.get_or_create(&ResultLabels { result }).inc();

@@ -167,6 +167,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         dns_rate_limit_qps: 10_000,
         dns_tcp_max_per_source: crate::config::DEFAULT_DNS_TCP_PER_SOURCE,
         dns_tcp_max_connections: crate::config::DEFAULT_DNS_TCP_CONNECTIONS,
+        port: Default::default(),
         peers: vec![],
     };
     config.validate().map_err(ProvisionError::Invalid)?;
@@ -298,6 +299,7 @@ pub fn write_joined(
         dns_rate_limit_qps: 10_000,
         dns_tcp_max_per_source: crate::config::DEFAULT_DNS_TCP_PER_SOURCE,
         dns_tcp_max_connections: crate::config::DEFAULT_DNS_TCP_CONNECTIONS,
+        port: Default::default(),
         peers: admitted
             .gateways
             .iter()
@@ -444,7 +446,8 @@ pub(crate) fn pem_key(key: &PrivatePkcs8KeyDer<'_>) -> String {
 }
 
 /// Loads the current gateway leaf, or issues a new one when it is missing, unreadable, for
-/// another name, or past half its lifetime. Returns the leaf and when to renew it next.
+/// another name, without the fedgw-gateway extended key usage (a leaf written before gateway
+/// leaves carried it: peers refuse it), or past half its lifetime. Returns the leaf and when to renew it next.
 pub fn current_leaf(
     dir: &DataDir,
     loaded: &Loaded,
@@ -462,7 +465,10 @@ pub fn current_leaf(
             &loaded.config.org,
             &loaded.config.domain,
         );
-        (id.dns_name == want && chain.get(1) == Some(loaded.org_ca.cert())).then_some(IssuedLeaf {
+        let current = id.dns_name == want
+            && chain.get(1) == Some(loaded.org_ca.cert())
+            && pki::is_gateway_leaf(chain.first()?);
+        current.then_some(IssuedLeaf {
             chain,
             key,
             not_after,

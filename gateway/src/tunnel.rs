@@ -311,6 +311,11 @@ struct LinkEntry {
     retire_at: Instant,
 }
 
+/// How long an inbound tunnel link from a site not (yet) in the view waits for the site's
+/// `Gateway` record before it is refused: a site that has just started publishes it within a
+/// sync round trip.
+pub const PUBLISH_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a link authenticated by a certificate valid until `peer_not_after` takes new
 /// streams: `max` (half the leaf lifetime, or `tunnel.max_link_ms`), or half the certificate's
 /// remaining validity at `now` if that is shorter. The link is closed, with whatever streams it
@@ -713,6 +718,33 @@ impl Tunnels {
         }
     }
 
+    /// The gateway an inbound link speaks for, if it may carry tunnels: another site than this
+    /// one, and one its org has published (a `Gateway` record in the view), waiting up to
+    /// [`PUBLISH_WAIT`] for the record of a site that has just started. The certificate
+    /// verifier already required a gateway leaf; this refuses a site that does not exist.
+    async fn inbound_peer(&self, id: Option<GatewayId>) -> Option<GatewayId> {
+        let id = id?;
+        if id == self.0.me {
+            return None;
+        }
+        let mut changed = self.0.membership.subscribe();
+        let published = async {
+            loop {
+                if self.peer_gateway(&id).is_some() {
+                    return true;
+                }
+                if changed.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        if let Ok(true) = tokio::time::timeout(PUBLISH_WAIT, published).await {
+            return Some(id);
+        }
+        debug!(peer = %id, "tunnel from a site its org has not published refused");
+        None
+    }
+
     fn identity_of(&self, any: Option<Box<dyn std::any::Any>>) -> Option<GatewayId> {
         let certs = any?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
         let id: PeerIdentity = fedgw_certs::peer_identity(certs.first()?, &self.0.domain).ok()?;
@@ -888,11 +920,14 @@ impl Tunnels {
                     }
                 };
                 this.0.metrics.handshake("tunnel-quic", "ok");
-                match this.identity_of(conn.peer_identity()) {
-                    Some(peer) if peer != this.0.me => {
+                match this
+                    .inbound_peer(this.identity_of(conn.peer_identity()))
+                    .await
+                {
+                    Some(peer) => {
                         this.register(peer, Link::Quic(conn), "inbound");
                     }
-                    _ => conn.close(quinn::VarInt::from_u32(1), b"no gateway identity"),
+                    None => conn.close(quinn::VarInt::from_u32(1), b"no gateway identity"),
                 }
             });
         }
@@ -907,25 +942,31 @@ impl Tunnels {
                 },
                 () = self.0.shutdown.cancelled() => return,
             };
-            let peer = conn
+            let id = conn
                 .info()
                 .peer
                 .as_ref()
                 .and_then(|p| GatewayId::from_identity(p, &self.0.domain));
-            match peer {
-                Some(peer) if peer != self.0.me => {
-                    let (tcp, tls, end) = conn.into_parts();
-                    let peer_not_after = tls
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| not_after(c));
-                    let (mux, driver) =
-                        mux::session(tcp, tls.into(), mux::Role::Server, &self.mux_config(), end);
-                    let link = self.run_mux(peer.clone(), mux, driver, peer_not_after);
-                    self.register(peer, link, "inbound");
-                }
-                _ => debug!("tunnel connection without a gateway identity dropped"),
-            }
+            let this = self.clone();
+            self.0.tracker.spawn(async move {
+                let peer = tokio::select! {
+                    p = this.inbound_peer(id) => p,
+                    () = this.0.shutdown.cancelled() => return,
+                };
+                let Some(peer) = peer else {
+                    debug!("tunnel connection without a published gateway identity dropped");
+                    return;
+                };
+                let (tcp, tls, end) = conn.into_parts();
+                let peer_not_after = tls
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| not_after(c));
+                let (mux, driver) =
+                    mux::session(tcp, tls.into(), mux::Role::Server, &this.mux_config(), end);
+                let link = this.run_mux(peer.clone(), mux, driver, peer_not_after);
+                this.register(peer, link, "inbound");
+            });
         }
     }
 

@@ -509,10 +509,19 @@ async fn idle_join_connections_are_capped() {
         )
         .expect("cfg"),
     );
+    // every slot, taken from as many sources as the per-source cap requires
+    let addr = f.running.info.gateway;
     let mut idle = Vec::new();
-    for _ in 0..fedgw_gateway::listener::MAX_JOIN_CONNECTIONS {
+    let per_source = fedgw_gateway::listener::MAX_JOIN_PER_SOURCE;
+    for i in 0..fedgw_gateway::listener::MAX_JOIN_CONNECTIONS {
+        let from = std::net::Ipv4Addr::new(127, 0, 1, 1 + (i / per_source) as u8);
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind((from, 0).into()).expect("bind");
+        let tcp = sock.connect(addr).await.expect("connect");
+        let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
         idle.push(
-            fedgw_gateway::net::dial_tls(&f.endpoint(), cfg.clone(), TIMEOUT)
+            tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(name, tcp)
                 .await
                 .expect("a join connection"),
         );
@@ -534,5 +543,87 @@ async fn idle_join_connections_are_capped() {
             Err(e) => panic!("join after the idle connections closed: {e}"),
         }
     }
+    f.stop().await;
+}
+
+/// Resident set size of this process, bytes (`/proc/self/statm`, second field, in pages).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
+    pages * 4096
+}
+
+#[tokio::test]
+async fn join_floods_store_nothing_and_lock_no_new_token_out() {
+    use fedgw_proto::v1::join_client::JoinClient;
+    use fedgw_proto::v1::join_response::Outcome;
+    use fedgw_proto::v1::{JoinRequest, JoinResponse};
+    let f = Founder::start().await;
+    let provider = tls::provider();
+    let pin = pki::spki_sha256(&f.root_cert()).expect("pin");
+    let cfg = Arc::new(
+        tls::join_client_config(
+            Arc::new(fedgw_certs::PinnedRootVerifier::new(pin, &provider)),
+            provider,
+        )
+        .expect("cfg"),
+    );
+    let tls = fedgw_gateway::net::dial_tls(&f.endpoint(), cfg, TIMEOUT)
+        .await
+        .expect("join connection");
+    let channel = fedgw_gateway::net::single_use_channel(tls)
+        .await
+        .expect("channel");
+    let mut client = JoinClient::new(channel);
+    let request = |token_id: String| JoinRequest {
+        version: fedgw_proto::JOIN_PROTOCOL_VERSION,
+        token_id,
+        org: "org9".into(),
+        site: "dc1".into(),
+        csr_der: vec![1; 64],
+        advertise: vec!["127.0.0.1:1".into()],
+        proof: vec![0; 32],
+    };
+    let reason = |r: JoinResponse| match r.outcome {
+        Some(Outcome::Refused(r)) => RefusalReason::try_from(r.reason).expect("reason"),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+
+    // ids of 60 KB, each different: refused for their form, nothing kept
+    let before = rss_bytes();
+    for i in 0..400u32 {
+        let mut id = format!("{i:08x}");
+        id.push_str(&"a".repeat(60_000));
+        let r = client
+            .join(request(id))
+            .await
+            .expect("answered")
+            .into_inner();
+        assert_eq!(reason(r), RefusalReason::BadRequest);
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(grown < 10 << 20, "RSS grew by {grown} bytes");
+
+    // more well-formed unknown ids than the limiter could hold: none is rate-limited
+    let flood = fedgw_gateway::join::limiter::MAX_TRACKED as u64 + 200;
+    for n in 0..flood {
+        let r = client
+            .join(request(format!(
+                "{:016x}",
+                n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            )))
+            .await
+            .expect("answered")
+            .into_inner();
+        assert_eq!(reason(r), RefusalReason::UnknownToken, "attempt {n}");
+    }
+    // and a token created afterwards still admits its org
+    join(&f.invite("org2", 1), "org2")
+        .await
+        .expect("a new token after the flood");
     f.stop().await;
 }

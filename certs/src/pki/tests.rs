@@ -184,6 +184,7 @@ fn leaf_outside_the_org_subtree_is_a_name_constraint_violation() {
             vec![SanType::DnsName(
                 "x.org2.acme.example".try_into().expect("ia5"),
             )],
+            LeafKind::Node,
             DEFAULT_LEAF_LIFETIME,
             now(),
         )
@@ -258,6 +259,7 @@ fn spiffe_id_naming_another_org_is_refused() {
                         .expect("ia5"),
                 ),
             ],
+            LeafKind::Gateway,
             DEFAULT_LEAF_LIFETIME,
             now(),
         )
@@ -522,4 +524,174 @@ fn pem_round_trip() {
     assert_eq!(certs_from_pem(&pem).expect("parse"), leaf.chain);
     assert!(certs_from_pem("not pem").is_err());
     assert!(key_from_pem("garbage").is_err());
+}
+
+#[test]
+fn only_gateway_leaves_carry_the_gateway_key_usage() {
+    let root = root();
+    let org2 = admit(&root, "org2");
+    let gw = gateway(&org2, "dc1", "org2");
+    assert!(is_gateway_leaf(&gw.chain[0]));
+    let node = org2
+        .ca
+        .issue_node_leaf(
+            &["tm1.org2.acme.example".into()],
+            "org2",
+            DOMAIN,
+            DEFAULT_LEAF_LIFETIME,
+            now(),
+        )
+        .expect("node leaf");
+    assert!(!is_gateway_leaf(&node.chain[0]));
+    assert!(!is_gateway_leaf(b"not a certificate"));
+    // webpki still sees serverAuth and clientAuth on the gateway leaf
+    let v = verifier(&root, &RevocationSet::default());
+    for usage in [
+        webpki::KeyUsage::client_auth(),
+        webpki::KeyUsage::server_auth(),
+    ] {
+        v.verify_chain(&gw.chain[0], &gw.chain[1..], UnixTime::now(), usage)
+            .expect("gateway leaf");
+    }
+    // and openssl reads the OID where RFC 5280 puts it
+    let text = openssl_text(&gw.chain[0]);
+    assert!(text.contains("TLS Web Server Authentication"), "{text}");
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
+    assert!(text.contains(GATEWAY_EKU_OID_TEXT), "{text}");
+}
+
+#[test]
+fn a_node_leaf_is_refused_as_a_gateway_whatever_its_name() {
+    let root = root();
+    let org2 = admit(&root, "org2");
+    // what a CA key could sign: a node leaf named like a gateway (the public issuer refuses)
+    let impostor = org2
+        .ca
+        .issue_leaf(
+            "gw-dc5.org2.acme.example",
+            vec![SanType::DnsName(
+                "gw-dc5.org2.acme.example".try_into().expect("ia5"),
+            )],
+            LeafKind::Node,
+            DEFAULT_LEAF_LIFETIME,
+            now(),
+        )
+        .expect("leaf");
+    let v = verifier(&root, &RevocationSet::default());
+    for usage in [
+        webpki::KeyUsage::client_auth(),
+        webpki::KeyUsage::server_auth(),
+    ] {
+        let err = v
+            .verify_chain(
+                &impostor.chain[0],
+                &impostor.chain[1..],
+                UnixTime::now(),
+                usage,
+            )
+            .expect_err("node leaf");
+        assert!(
+            matches!(peer_rejection(&err), Some(PeerRejection::NotGateway)),
+            "{err:?}"
+        );
+    }
+    // and over a real handshake, as client and as server
+    let org1_gw = gateway(&admit(&root, "org1"), "dc1", "org1");
+    let none = RevocationSet::default();
+    for (client_leaf, server_leaf) in [(&impostor, &org1_gw), (&org1_gw, &impostor)] {
+        let (mut client, mut server) = federation_pair(&root, &none, client_leaf, server_leaf);
+        let err = handshake(&mut client, &mut server).expect_err("node leaf");
+        assert!(
+            matches!(peer_rejection(&err), Some(PeerRejection::NotGateway)),
+            "{err:?}"
+        );
+    }
+    let (mut client, mut server) = federation_pair(&root, &none, &org1_gw, &org1_gw);
+    handshake(&mut client, &mut server).expect("gateway leaves");
+}
+
+fn openssl_text(der: &[u8]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("leaf.pem");
+    std::fs::write(&path, certs_to_pem(&[der.to_vec().into()])).expect("write");
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&path)
+        .output()
+        .expect("openssl must be installed (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn node_leaves_never_take_gateway_names() {
+    let root = root();
+    let org2 = admit(&root, "org2");
+    for name in ["gw-dc5.org2.acme.example", "gw-x.tm.org2.acme.example"] {
+        let err = org2
+            .ca
+            .issue_node_leaf(
+                &["tm1.org2.acme.example".into(), name.into()],
+                "org2",
+                DOMAIN,
+                DEFAULT_LEAF_LIFETIME,
+                now(),
+            )
+            .expect_err(name);
+        assert!(
+            matches!(&err, PkiError::ReservedName(n) if n == name),
+            "{err:?}"
+        );
+    }
+    // a "gw" inside a name is no gateway name
+    org2.ca
+        .issue_node_leaf(
+            &[
+                "tm-gw-1.org2.acme.example".into(),
+                "gw.org2.acme.example".into(),
+            ],
+            "org2",
+            DOMAIN,
+            DEFAULT_LEAF_LIFETIME,
+            now(),
+        )
+        .expect("not reserved");
+}
+
+#[test]
+fn certificate_request_names_the_root_with_its_outer_sequence() {
+    use rustls::server::danger::ClientCertVerifier;
+    let root = root();
+    let v = verifier(&root, &RevocationSet::default());
+    let (_, parsed) = x509_parser::parse_x509_certificate(root.cert()).expect("root parses");
+    let hints = v.root_hint_subjects();
+    assert_eq!(hints.len(), 1);
+    // RFC 8446 4.2.4: DistinguishedName is the DER of X.501 Name, a SEQUENCE (tag 0x30)
+    assert_eq!(hints[0].as_ref(), parsed.subject().as_raw());
+    assert_eq!(hints[0].as_ref()[0], 0x30);
+
+    // a root with an empty subject is refused, not sent as an empty name
+    let key = generate_key().expect("key");
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(1));
+    let empty = params.self_signed(&key).expect("self-signed");
+    let err = PeerVerifier::new(
+        empty.der().clone(),
+        DOMAIN,
+        RevocationSet::default(),
+        &tls::provider(),
+    )
+    .expect_err("empty subject");
+    let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(
+        other.0.downcast_ref::<crate::verify::RootError>(),
+        Some(&crate::verify::RootError::EmptySubject)
+    );
 }

@@ -1,7 +1,7 @@
 //! The join service, served by the gateway that holds the consortium root key.
 //!
-//! A request is checked in this order: protocol version, per-token-id rate limit, shape (names,
-//! endpoints, sizes), then one store transaction that looks the invite up, verifies the proof
+//! A request is checked in this order: token id form (16 lowercase hex digits), per-token-id
+//! rate limit, shape (protocol version, names, endpoints, sizes), then one store transaction that looks the invite up, verifies the proof
 //! of possession against the stored verifier key and the connection's TLS exporter value,
 //! checks expiry, uses left and org, signs the org CA from the CSR, and consumes the invite.
 //! Refusals are answered with a typed reason; nothing is consumed by a refused request.
@@ -20,7 +20,7 @@ use sha2::Digest;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
-use super::limiter::JoinLimiter;
+use super::limiter::{JoinLimiter, TokenId};
 use crate::config::{Admission, Config};
 use crate::listener::ConnInfo;
 use crate::membership::{Membership, SignAs};
@@ -131,7 +131,15 @@ pub fn pending_approvals(m: &Membership, candidate: &str, policy: Admission) -> 
 impl JoinService {
     async fn handle(&self, info: ConnInfo, req: JoinRequest) -> JoinResponse {
         let now_instant = Instant::now();
-        if !self.limiter.allowed(&req.token_id, now_instant) {
+        // a fixed-size id or nothing: any other id is refused before it is stored anywhere
+        let Some(token_id) = TokenId::parse(&req.token_id) else {
+            self.metrics.join("bad_request");
+            return refused(
+                RefusalReason::BadRequest,
+                "token id must be 16 lowercase hex digits",
+            );
+        };
+        if !self.limiter.allowed(token_id, now_instant) {
             self.metrics.join("rate_limited");
             debug!(remote = %info.remote, "join attempt rate-limited");
             return refused(
@@ -140,7 +148,7 @@ impl JoinService {
             );
         }
         if let Err(detail) = check_shape(&req) {
-            self.limiter.charge(&req.token_id, now_instant);
+            // not charged: a malformed request tests no secret
             self.metrics.join("bad_request");
             return refused(RefusalReason::BadRequest, &detail);
         }
@@ -150,7 +158,6 @@ impl JoinService {
         let membership = self.membership.clone();
         let policy = self.policy;
         let binding = info.channel_binding;
-        let token_id = req.token_id.clone();
         let result = tokio::task::spawn_blocking(move || {
             let transcript = JoinTranscript {
                 token_id: &req.token_id,
@@ -221,7 +228,11 @@ impl JoinService {
         match outcome {
             Redeemed::Refused(r) => {
                 let (reason, label) = refusal_reason(r);
-                self.limiter.charge(&token_id, now_instant);
+                // only attempts against a stored invite are charged: an unknown id would only
+                // fill the table (see the limiter)
+                if r != Refusal::UnknownToken {
+                    self.limiter.charge(token_id, now_instant);
+                }
                 self.metrics.join(label);
                 info!(org = %org, reason = label, "join refused");
                 refused(reason, &r.to_string())
