@@ -479,6 +479,8 @@ impl Membership {
         let mut report = IngestReport::default();
         let mut accepted: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
         let mut revocations = false;
+        // a revoked org's own records leave the view with the revocation: the store too
+        let dropped: Vec<String>;
         {
             let mut view = self.0.view.write().unwrap_or_else(|e| e.into_inner());
             for v in verified {
@@ -503,15 +505,21 @@ impl Membership {
                     }
                 }
             }
+            dropped = view
+                .take_dropped()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
         }
         if accepted.is_empty() {
             return Ok(report);
         }
         let store = self.0.store.clone();
         let to_store = accepted.clone();
-        let persisted = tokio::task::spawn_blocking(move || store.put_records(&to_store))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())));
+        let persisted =
+            tokio::task::spawn_blocking(move || store.replace_records(&to_store, &dropped))
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())));
         if let Err(e) = persisted {
             // the view ran ahead of the store: rebuild it from what is durable
             warn!(error = %e, "persisting records failed; reloading the view");
