@@ -11,6 +11,7 @@
 //! [`record`] checks one envelope, [`view`] holds what was accepted, [`sync`] runs one peer
 //! stream, [`dialer`] keeps streams up. This module ties them together.
 
+pub mod bootstrap;
 pub mod dialer;
 pub mod record;
 pub mod sync;
@@ -137,6 +138,8 @@ pub struct PeerStats {
     pub records_in: AtomicU64,
     /// Records sent.
     pub records_out: AtomicU64,
+    /// The peer's last heartbeat carried this gateway's view digest.
+    pub in_sync: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -730,6 +733,21 @@ impl Membership {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(peer)
+    }
+
+    /// The connected peers whose last heartbeat carried this gateway's view digest, sorted.
+    pub fn peers_in_sync(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .0
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, p)| p.stats.in_sync.load(Ordering::Relaxed))
+            .map(|(id, _)| id.clone())
+            .collect();
+        out.sort();
+        out
     }
 
     /// How many sync streams are up.
