@@ -20,6 +20,8 @@ use crate::store::Store;
 
 mod admin_cmds;
 mod cert_cmds;
+mod export_cmds;
+mod store_cmds;
 
 /// Stable exit codes.
 pub mod exit {
@@ -45,6 +47,8 @@ pub mod exit {
     pub const REFUSED: u8 = 17;
     /// The admission policy was not met before `--timeout`.
     pub const NOT_APPROVED: u8 = 18;
+    /// `store.redb` is damaged (`fedgw store rebuild` is the way back).
+    pub const STORE_DAMAGED: u8 = 20;
 }
 
 /// A failure with its exit code.
@@ -351,6 +355,16 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// The gateway's store (`store rebuild` after damage).
+    Store {
+        #[command(subcommand)]
+        command: store_cmds::StoreCommand,
+    },
+    /// Write deployment manifests from this data dir (`export k8s`: the Secret the pods read).
+    Export {
+        #[command(subcommand)]
+        command: export_cmds::ExportCommand,
+    },
     /// Check a mutual-TLS federation link to another gateway.
     Ping {
         /// The other gateway, host:port.
@@ -514,6 +528,8 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Approve { org, dir } => admin_cmds::approve(org, dir).await,
         Command::Render { kind, dir, out } => admin_cmds::render(kind, dir, out).await,
         Command::Revoke { org, dir, reason } => admin_cmds::revoke(org, dir, reason).await,
+        Command::Store { command } => store_cmds::store(command).await,
+        Command::Export { command } => export_cmds::export(command).await,
         Command::Ping {
             endpoint,
             dir,
@@ -562,13 +578,28 @@ async fn run(dir: DataDir, wait_for_config: bool) -> Result<(), CliError> {
         )));
     }
     let shutdown = CancellationToken::new();
+    let rebuild = format!(
+        "`fedgw store rebuild --data-dir {}` moves it aside and fetches the records again from \
+         the peers",
+        dir.root().display()
+    );
     let running = crate::app::start(dir, shutdown.clone())
         .await
-        .map_err(|e| match e {
-            crate::app::RunError::Provision(provision::ProvisionError::Config(_)) => {
-                CliError::new(exit::USAGE, e)
+        .map_err(|e| {
+            use crate::app::RunError;
+            use crate::membership::bootstrap::BootstrapError;
+            use crate::store::StoreError;
+            match e {
+                RunError::Provision(provision::ProvisionError::Config(_))
+                | RunError::Bootstrap(BootstrapError::NoPeers { .. }) => {
+                    CliError::new(exit::USAGE, e)
+                }
+                RunError::Store(StoreError::Damaged { .. })
+                | RunError::Provision(provision::ProvisionError::Store(StoreError::Damaged {
+                    ..
+                })) => CliError::new(exit::STORE_DAMAGED, anyhow::anyhow!("{e}; {rebuild}")),
+                e => CliError::new(exit::FAILURE, e),
             }
-            e => CliError::new(exit::FAILURE, e),
         })?;
     let sd = shutdown.clone();
     tokio::spawn(async move {

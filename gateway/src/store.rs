@@ -204,7 +204,10 @@ fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown".into());
-        format!("redb panicked: {}", text.lines().next().unwrap_or_default())
+        format!(
+            "redb failed a consistency check: {}",
+            text.lines().next().unwrap_or_default()
+        )
     })
 }
 
