@@ -383,7 +383,8 @@ fn a_killed_gateway_loses_nothing_and_reconverges() {
         .find(|n| n["org"] == "org4" && n["name"] == "tm1")
         .expect("tm1");
     assert_eq!(tm["client"], "tessera");
-    assert_eq!(tm["tessera_url"], "http://10.4.0.5:9000");
+    // the URL is published under the node's consortium name; 10.4.0.5 stays at org4
+    assert_eq!(tm["tessera_url"], "http://tm1.org4.acme.test:9000");
     assert_eq!(
         tm["tessera_keys"][0],
         "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="
