@@ -578,6 +578,13 @@ async fn run(dir: DataDir, wait_for_config: bool) -> Result<(), CliError> {
         )));
     }
     let shutdown = CancellationToken::new();
+    // before start: a gateway still fetching its membership from peers stops cleanly too
+    let sd = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        sd.cancel();
+    });
     let rebuild = format!(
         "`fedgw store rebuild --data-dir {}` moves it aside and fetches the records again from \
          the peers",
@@ -601,12 +608,6 @@ async fn run(dir: DataDir, wait_for_config: bool) -> Result<(), CliError> {
                 e => CliError::new(exit::FAILURE, e),
             }
         })?;
-    let sd = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        sd.cancel();
-    });
     running.wait().await;
     Ok(())
 }

@@ -344,3 +344,61 @@ fn a_gateway_started_from_the_exported_secret_fills_its_store_from_peers_and_syn
     assert!(gw1.stop().expect("stop").success());
     assert!(gw2.stop().expect("stop").success());
 }
+
+/// An empty store with no peer to fetch the membership from is a usage error about the store
+/// (exit 64), not a failure to publish; with a peer listed that does not answer, the gateway
+/// waits (not ready) and stops cleanly on SIGTERM.
+#[test]
+fn an_empty_store_without_peers_is_a_clear_error_and_a_waiting_gateway_stops_on_sigterm() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (o1, _) = consortium(tmp.path());
+    std::fs::remove_file(o1.join("store.redb")).expect("rm store");
+    let run = fedgw().run(["run", "--data-dir", &s(&o1)]).expect("spawn");
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no peer gateway is known") && run.stderr.contains("[[peers]]"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("is not a member"), "{}", run.stderr);
+
+    // a listener that never answers TLS stands in for a peer that is down
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let path = o1.join("fedgw.toml");
+    let mut c = Config::load(&path).expect("config");
+    c.peers = vec![fedgw_gateway::config::PeerConfig {
+        org: "org2".into(),
+        site: "dc1".into(),
+        advertise: vec![silent.local_addr().expect("addr").to_string()],
+    }];
+    std::fs::write(&path, c.to_toml()).expect("write");
+    let log = tmp.path().join("waiting.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fedgw"))
+        .args(["run", "--data-dir", &s(&o1)])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    wait_for(
+        "the gateway waits for its peers",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|t| t.contains("fetching it from peers"))
+                .map(|_| ())
+        },
+    )
+    .expect("waiting");
+    assert!(!o1.join("run.json").exists(), "not ready while waiting");
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let status = wait_for("exit", Duration::from_secs(20), || {
+        child.try_wait().ok().flatten()
+    })
+    .expect("stops on SIGTERM");
+    assert!(status.success(), "{status}");
+}
