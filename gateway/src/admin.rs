@@ -293,13 +293,13 @@ impl pb::admin_server::Admin for AdminService {
             .read(|v| v.nodes())
             .into_iter()
             .map(|mut n| {
+                let ports = fedgw_proto::node_ports(&n.record);
                 // this site's own nodes show the Tessera URL registered here
                 if n.org == me
                     && let Some(url) = urls.get(&n.name)
                 {
                     n.record.tessera_url.clone_from(url);
                 }
-                let ports = fedgw_proto::node_ports(&n.record);
                 let key = format!("{}/{}", n.org, n.name);
                 let service_ip = match services.get(&key) {
                     Some(ip) if n.org != me => ip.to_string(),
