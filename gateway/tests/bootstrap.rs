@@ -252,6 +252,74 @@ fn a_damaged_store_is_exit_20_and_rebuild_fetches_the_view_from_a_running_peer()
         .expect("converged");
         assert!(gw2.stop().expect("stop").success());
     }
+
+    // the founder's store: its config names no peers and nothing of the old file reads, so it
+    // needs --peer; the admissions ledger comes back from the view (org2 cannot be invited
+    // again)
+    let gw2 = fedgw().start(&o2).expect("org2");
+    let org2_at = gw2.endpoint();
+    assert!(gw1.stop().expect("stop").success());
+    let store1 = o1.join("store.redb");
+    let bytes = std::fs::read(&store1).expect("read");
+    std::fs::write(&store1, &bytes[..4096]).expect("truncate");
+    let alone = fedgw()
+        .run([
+            "store",
+            "rebuild",
+            "--data-dir",
+            &s(&o1),
+            "--timeout",
+            "30s",
+        ])
+        .expect("spawn");
+    assert_eq!(alone.code, Some(64), "{}", alone.stderr);
+    assert!(alone.stderr.contains("--peer"), "{}", alone.stderr);
+    assert_eq!(
+        std::fs::metadata(&store1).expect("stat").len(),
+        4096,
+        "a failed rebuild leaves the damaged file in place"
+    );
+    assert!(!o1.join("store.redb.rebuild").exists());
+    let peer = format!("org2/dc1={org2_at}");
+    let rebuild = fedgw()
+        .run([
+            "store",
+            "rebuild",
+            "--data-dir",
+            &s(&o1),
+            "--peer",
+            &peer,
+            "--timeout",
+            "30s",
+        ])
+        .expect("spawn");
+    assert_eq!(
+        rebuild.code,
+        Some(0),
+        "{}{}",
+        rebuild.stdout,
+        rebuild.stderr
+    );
+    assert!(
+        rebuild.stdout.contains("lost: invites"),
+        "{}",
+        rebuild.stdout
+    );
+    let invite = fedgw()
+        .run(["invite", "org2", "--data-dir", &s(&o1)])
+        .expect("spawn");
+    assert_eq!(invite.code, Some(64), "{}", invite.stderr);
+    assert!(
+        invite.stderr.contains("already a member"),
+        "{}",
+        invite.stderr
+    );
+    let gw1 = fedgw()
+        .start(&o1)
+        .expect("org1 starts on the rebuilt store");
+    assert_eq!(node_names(&o1), want);
+    assert!(gw2.stop().expect("stop").success());
+
     let damaged = std::fs::read_dir(&o2)
         .expect("ls")
         .filter_map(Result::ok)

@@ -1,9 +1,9 @@
 //! `fedgw store rebuild`: the way back from a damaged `store.redb`. The file is moved aside,
 //! whatever still reads from it (table by table) goes into a fresh store, and the membership
 //! view is fetched again from the peers: every record is signed and every peer holds it. The
-//! command reports what it kept and what was lost with the file.
+//! new store is built beside the old file and replaces it only when complete (a failed rebuild
+//! changes nothing). The command reports what it kept and what was lost with the file.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -71,7 +71,7 @@ pub(crate) async fn store(cmd: StoreCommand) -> Result<(), CliError> {
 }
 
 async fn rebuild(args: RebuildArgs) -> Result<(), CliError> {
-    let dir = DataDir::new(args.dir.data_dir);
+    let dir = DataDir::new(args.dir.data_dir.clone());
     if dir.admin_socket().exists() && crate::admin::connect(&dir.admin_socket()).await.is_ok() {
         return Err(usage(format!(
             "a gateway is running on {}: stop it first",
@@ -80,7 +80,7 @@ async fn rebuild(args: RebuildArgs) -> Result<(), CliError> {
     }
     let loaded = provision::load(&dir).map_err(|e| CliError::new(exit::USAGE, e))?;
     let path = dir.store();
-    let old = if path.exists() {
+    let salvage = if path.exists() {
         match Store::open(&path) {
             Ok(_) if !args.force => {
                 return Err(usage(format!(
@@ -91,27 +91,46 @@ async fn rebuild(args: RebuildArgs) -> Result<(), CliError> {
             Err(e @ StoreError::Locked) => return Err(CliError::new(exit::FAILURE, e)),
             Ok(_) | Err(_) => {}
         }
-        Some(move_aside(&dir)?)
+        Some(salvage_copy(&dir)?)
     } else {
         None
     };
-    let fresh = Arc::new(Store::open(&path).map_err(|e| CliError::new(exit::FAILURE, e))?);
-    if let Some((_, salvage)) = &old {
-        fresh
-            .restore(salvage)
-            .map_err(|e| CliError::new(exit::FAILURE, e))?;
+    // the new store is built beside the old one and replaces it only once it is complete: a
+    // failed rebuild leaves the data dir as it was
+    let building = dir.root().join("store.redb.rebuild");
+    let _ = std::fs::remove_file(&building);
+    let result = build(
+        &dir,
+        &loaded,
+        &building,
+        salvage.as_ref(),
+        (args.peers, args.timeout),
+    )
+    .await;
+    let (records, agreed) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = std::fs::remove_file(&building);
+            return Err(e);
+        }
+    };
+    let aside = path.with_file_name(format!(
+        "store.redb.damaged-{}",
+        store::unix(SystemTime::now())
+    ));
+    if path.exists() {
+        std::fs::rename(&path, &aside)
+            .with_context(|| format!("moving {} aside", path.display()))?;
     }
-
-    let (fetched, agreed) = fetch(&dir, &loaded, fresh.clone(), args.peers, args.timeout).await?;
-    refill_ledger(&fresh, &fetched).map_err(|e| CliError::new(exit::FAILURE, e))?;
+    std::fs::rename(&building, &path)
+        .with_context(|| format!("moving the rebuilt store to {}", path.display()))?;
     println!(
-        "rebuilt {}: {} records, the same view as {}",
+        "rebuilt {}: {records} records, the same view as {}",
         path.display(),
-        fetched.read(crate::membership::view::View::len),
         agreed.join(", ")
     );
-    match &old {
-        Some((aside, salvage)) => {
+    match &salvage {
+        Some(salvage) => {
             println!("the damaged file is kept as {}", aside.display());
             report(salvage);
         }
@@ -120,20 +139,39 @@ async fn rebuild(args: RebuildArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Renames `store.redb` to `store.redb.damaged-<unix time>` and salvages a copy of it (redb
-/// may repair the file it opens; the renamed original stays as it was).
-fn move_aside(dir: &DataDir) -> Result<(PathBuf, Salvage), CliError> {
+/// Builds the new store at `path`: what `salvage` kept, then the records from the peers, then
+/// the admissions ledger from the view. Returns the record count and the peers in agreement.
+async fn build(
+    dir: &DataDir,
+    loaded: &provision::Loaded,
+    path: &std::path::Path,
+    salvage: Option<&Salvage>,
+    (peers, timeout): (Vec<(GatewayId, String)>, Duration),
+) -> Result<(usize, Vec<String>), CliError> {
+    let fresh = Arc::new(Store::open(path).map_err(|e| CliError::new(exit::FAILURE, e))?);
+    if let Some(salvage) = salvage {
+        fresh
+            .restore(salvage)
+            .map_err(|e| CliError::new(exit::FAILURE, e))?;
+    }
+    let (fetched, agreed) = fetch(dir, loaded, fresh.clone(), peers, timeout).await?;
+    refill_ledger(&fresh, &fetched).map_err(|e| CliError::new(exit::FAILURE, e))?;
+    let records = fetched.read(crate::membership::view::View::len);
+    // the file closes once the last holder is gone, before it is renamed into place
+    drop(fetched);
+    drop(fresh);
+    Ok((records, agreed))
+}
+
+/// Salvages a copy of `store.redb` (redb may repair the file it opens; the original stays as
+/// it was until it is moved aside).
+fn salvage_copy(dir: &DataDir) -> Result<Salvage, CliError> {
     let path = dir.store();
-    let aside = path.with_file_name(format!(
-        "store.redb.damaged-{}",
-        store::unix(SystemTime::now())
-    ));
-    std::fs::rename(&path, &aside).with_context(|| format!("moving {} aside", path.display()))?;
     let copy = dir.root().join(".store.redb.salvage");
-    std::fs::copy(&aside, &copy).with_context(|| format!("copying {}", aside.display()))?;
+    std::fs::copy(&path, &copy).with_context(|| format!("copying {}", path.display()))?;
     let salvage = store::salvage(&copy);
     let _ = std::fs::remove_file(&copy);
-    Ok((aside, salvage))
+    Ok(salvage)
 }
 
 /// Runs the membership subsystem and its dialer until a peer's view digest equals this one's;
