@@ -150,9 +150,13 @@ async fn known_gateways(
             .filter(|p| (&p.org, &p.site) != me)
             .collect());
     }
-    let store = std::sync::Arc::new(
-        crate::store::Store::open(&dir.store()).map_err(|e| CliError::new(exit::FAILURE, e))?,
-    );
+    let store = std::sync::Arc::new(crate::store::Store::open(&dir.store()).map_err(|e| {
+        let code = match e {
+            crate::store::StoreError::Damaged { .. } => exit::STORE_DAMAGED,
+            _ => exit::FAILURE,
+        };
+        CliError::new(code, e)
+    })?);
     let tracker = tokio_util::task::TaskTracker::new();
     let m = crate::membership::Membership::open(
         crate::app::membership_config(&loaded.config),
