@@ -954,4 +954,114 @@ mod tests {
         assert_eq!(next.local.len(), 2);
         assert!(!last.failed);
     }
+
+    /// Asks the gateway's DNS over UDP; returns the answers' data as text.
+    async fn ask(dns: SocketAddr, name: &str, qtype: hickory_proto::rr::RecordType) -> Vec<String> {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query};
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(name.parse().expect("name"), qtype));
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        sock.send_to(&q.to_vec().expect("encode"), dns)
+            .await
+            .expect("send");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("recv");
+        Message::from_vec(&buf[..n])
+            .expect("decode")
+            .answers
+            .iter()
+            .map(|r| r.data.to_string())
+            .collect()
+    }
+
+    /// The running keeper, end to end: with the store's reads failing, a view change rebuilds
+    /// the zone (its SOA serial moves) from the last good site state, so this site's node keeps
+    /// its DNS answer instead of losing it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_served_zone_survives_a_failed_store_read() {
+        use hickory_proto::rr::RecordType;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DataDir::new(tmp.path().join("org1"));
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        provision::init(
+            &dir,
+            &provision::InitOptions {
+                consortium: "acme".into(),
+                domain: "acme.test".into(),
+                org: "org1".into(),
+                admission: crate::config::Admission::Operator,
+                genesis: None,
+                network: provision::NetworkOptions {
+                    site: "dc1".into(),
+                    advertise: vec!["127.0.0.1:0".into()],
+                    listen: Some(any),
+                    dns: any,
+                    metrics: any,
+                    leaf_lifetime: Duration::from_secs(3600),
+                    outbound_only: false,
+                    addresses: Default::default(),
+                    tunnel: Default::default(),
+                },
+            },
+            SystemTime::now(),
+        )
+        .expect("init");
+        let shutdown = CancellationToken::new();
+        let running = start(dir.clone(), shutdown.clone()).await.expect("start");
+        let dns = running.info.dns;
+        let mut admin = crate::admin::connect(&dir.admin_socket())
+            .await
+            .expect("admin");
+        admin
+            .add_node(pb::AddNodeRequest {
+                node: Some(pb::NodeSpec {
+                    name: "tm1".into(),
+                    client: pb::ClientKind::Tessera.into(),
+                    host: "10.0.0.1".into(),
+                    tessera_url: "http://10.0.0.1:9000".into(),
+                    tessera_keys: vec![vec![7; 32]],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("add");
+        let serial = || async {
+            ask(dns, "acme.test.", RecordType::SOA)
+                .await
+                .first()
+                .and_then(|soa| soa.split_whitespace().nth(2)?.parse::<u32>().ok())
+                .expect("SOA serial")
+        };
+        let name = "tm1.org1.acme.test.";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while ask(dns, name, RecordType::A).await != ["10.0.0.1"] {
+            assert!(tokio::time::Instant::now() < deadline, "the node is served");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let before = serial().await;
+
+        running.store.fail_reads(true);
+        running.membership.touch();
+        while serial().await == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the zone is rebuilt"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            ask(dns, name, RecordType::A).await,
+            ["10.0.0.1"],
+            "a failed read kept the node's answer"
+        );
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), running.wait())
+            .await
+            .expect("stops");
+    }
 }
