@@ -495,6 +495,27 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         dns: dns_addr,
         admin: dir.admin_socket(),
     };
+    if bootstrap::needed(&membership)
+        && membership.is_root_holder()
+        && membership.dial_targets().is_empty()
+    {
+        // the root holder with no peer to ask (the first gateway of a consortium, its pod
+        // started from a Secret with the root key): it admits its own org again, as `init` did
+        info!("the store holds no membership and no peer is known; the root admits this org");
+        let admitted_unix = i64::try_from(store::unix(SystemTime::now())).unwrap_or(0);
+        membership
+            .publish(
+                &me.org,
+                "",
+                pb::record_body::Body::Member(pb::MemberRecord {
+                    org_ca_der: loaded.org_ca.cert().to_vec(),
+                    admitted_unix,
+                }),
+                SignAs::Root,
+            )
+            .await
+            .map_err(|e| RunError::Publish(e.to_string()))?;
+    }
     if bootstrap::needed(&membership) {
         info!(
             store = %dir.store().display(),

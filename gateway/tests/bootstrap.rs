@@ -335,14 +335,19 @@ fn a_damaged_store_is_exit_20_and_rebuild_fetches_the_view_from_a_running_peer()
 
 /// Writes the files of an exported Secret into a fresh data dir, as the Deployment mounts them.
 fn pod_dir(secret: &str, dir: &Path) {
+    pod_dir_with(
+        secret,
+        dir,
+        &["fedgw.toml", "org-ca.key", "org-ca.pem", "root-ca.pem"],
+    );
+}
+
+fn pod_dir_with(secret: &str, dir: &Path, expected: &[&str]) {
     let doc: serde_yaml::Value = serde_yaml::from_str(secret).expect("YAML");
     assert_eq!(doc["kind"], "Secret");
     let files = doc["stringData"].as_mapping().expect("stringData");
     let names: Vec<&str> = files.keys().filter_map(|k| k.as_str()).collect();
-    assert_eq!(
-        names,
-        ["fedgw.toml", "org-ca.key", "org-ca.pem", "root-ca.pem"]
-    );
+    assert_eq!(names, expected);
     std::fs::create_dir(dir).expect("mkdir");
     for (name, text) in files {
         let name = name.as_str().expect("name");
@@ -351,7 +356,12 @@ fn pod_dir(secret: &str, dir: &Path) {
 }
 
 fn export(dir: &Path, ns: &str) -> String {
+    export_with(dir, ns, &[])
+}
+
+fn export_with(dir: &Path, ns: &str, extra: &[&str]) -> String {
     let mut args = vec!["export", "k8s", "--namespace", ns];
+    args.extend(extra);
     let d = s(dir);
     args.extend(["--data-dir", &d]);
     args.extend(POD);
@@ -421,6 +431,11 @@ fn an_empty_store_without_peers_is_a_clear_error_and_a_waiting_gateway_stops_on_
     let tmp = tempfile::tempdir().expect("tempdir");
     let (o1, _) = consortium(tmp.path());
     std::fs::remove_file(o1.join("store.redb")).expect("rm store");
+    // the founder's data dir as its pods see it: without the root key's role
+    let path = o1.join("fedgw.toml");
+    let mut c = Config::load(&path).expect("config");
+    c.root_holder = false;
+    std::fs::write(&path, c.to_toml()).expect("write");
     let run = fedgw().run(["run", "--data-dir", &s(&o1)]).expect("spawn");
     assert_eq!(run.code, Some(64), "{}", run.stderr);
     assert!(
@@ -469,4 +484,52 @@ fn an_empty_store_without_peers_is_a_clear_error_and_a_waiting_gateway_stops_on_
     })
     .expect("stops on SIGTERM");
     assert!(status.success(), "{status}");
+}
+
+/// The first gateway of a consortium has no peer to fetch from: exported with its root key, its
+/// pod admits its own org again from the root and becomes ready; without the key it says why.
+#[test]
+fn the_founders_pod_with_the_root_key_and_no_peers_admits_itself() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (o1, _) = consortium(tmp.path());
+    let secret = export_with(&o1, "org1", &["--include-root-key"]);
+    let pod = tmp.path().join("pod-org1");
+    pod_dir_with(
+        &secret,
+        &pod,
+        &[
+            "fedgw.toml",
+            "org-ca.key",
+            "org-ca.pem",
+            "root-ca.key",
+            "root-ca.pem",
+        ],
+    );
+    assert!(
+        Config::load(&pod.join("fedgw.toml"))
+            .expect("config")
+            .root_holder
+    );
+    let gw = fedgw()
+        .start(&pod)
+        .expect("the founder's pod becomes ready");
+    let members = json(&pod, "members");
+    assert_eq!(members[0]["org"], "org1", "{members}");
+    let token = fedgw()
+        .run(["invite", "org2", "--data-dir", &s(&pod)])
+        .expect("spawn");
+    assert_eq!(token.code, Some(0), "it admits orgs: {}", token.stderr);
+    assert!(gw.stop().expect("stop").success());
+
+    let without = tmp.path().join("pod-without-key");
+    pod_dir(&export(&o1, "org1"), &without);
+    let run = fedgw()
+        .run(["run", "--data-dir", &s(&without)])
+        .expect("spawn");
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no peer gateway is known"),
+        "{}",
+        run.stderr
+    );
 }
