@@ -56,8 +56,44 @@ fn publish_status(e: PublishError) -> Status {
     }
 }
 
-/// Checks a node spec from the CLI and turns it into the record this site publishes.
-pub fn node_record(spec: &pb::NodeSpec, site: &str) -> Result<pb::NodeRecord, String> {
+/// The Tessera URL a node record publishes for `registered`: the same scheme, port (80 or 443
+/// by scheme when the URL gives none, written out) and path, with the node's consortium name
+/// `name` (`node1.org1.<domain>`) as host. The registered host is a site-internal address
+/// (`http://quorum-node1:9001`) that only this site's store keeps; every other site reaches
+/// the node by its consortium name through the gateways. An empty URL stays empty.
+pub fn published_tessera_url(registered: &str, name: &str) -> Result<String, String> {
+    if registered.is_empty() {
+        return Ok(String::new());
+    }
+    let bad = || format!("invalid Tessera URL {registered:?} (http:// or https://, host, port)");
+    let (scheme, rest) = registered.split_once("://").ok_or_else(bad)?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return Err(bad()),
+    };
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.rsplit_once(':') {
+        // an IPv6 literal without a port ends in ']'
+        Some((h, p)) if !p.ends_with(']') => (h, p.parse::<u16>().map_err(|_| bad())?),
+        _ => (host_port, default_port),
+    };
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok(format!("{scheme}://{name}:{port}{path}"))
+}
+
+/// Checks a node spec from the CLI and turns it into the record this site publishes: the
+/// registered host never appears in it, and the Tessera URL names the node by its consortium
+/// name `<node>.<org>.<domain>` (see [`published_tessera_url`]).
+pub fn node_record(
+    spec: &pb::NodeSpec,
+    site: &str,
+    org: &str,
+    domain: &str,
+) -> Result<pb::NodeRecord, String> {
     fedgw_certs::names::validate_label("node", &spec.name).map_err(|e| e.to_string())?;
     if spec.host.is_empty()
         || fedgw_certs::token::validate_endpoint(&format!("{}:1", spec.host)).is_err()
@@ -74,7 +110,10 @@ pub fn node_record(spec: &pb::NodeSpec, site: &str) -> Result<pb::NodeRecord, St
         raft_port: spec.raft_port,
         raft_id: spec.raft_id,
         tessera_keys: spec.tessera_keys.clone(),
-        tessera_url: spec.tessera_url.clone(),
+        tessera_url: published_tessera_url(
+            &spec.tessera_url,
+            &format!("{}.{org}.{domain}", spec.name),
+        )?,
         roles: spec.roles.clone(),
         site: site.to_owned(),
         allowed_orgs: spec.allowed_orgs.clone(),
@@ -142,7 +181,8 @@ impl pb::admin_server::Admin for AdminService {
             .node
             .ok_or_else(|| Status::invalid_argument("node missing"))?;
         let me = self.membership.me().clone();
-        let record = node_record(&spec, &me.site).map_err(Status::invalid_argument)?;
+        let record = node_record(&spec, &me.site, &me.org, &self.config.domain)
+            .map_err(Status::invalid_argument)?;
         // one enode id, one node: another org's is refused by the view, our own here (two names
         // for one key would make clients dial the same node twice)
         if let Some(other) = self.membership.read(|v| {
@@ -161,12 +201,17 @@ impl pb::admin_server::Admin for AdminService {
                 me.org
             )));
         }
-        // the real address first: the zone rebuilt on the record's arrival must find it
+        // the real address first: the zone rebuilt on the record's arrival must find it; the
+        // registered Tessera URL stays here too (the record publishes the consortium name)
         let (store, name, host) = (self.store.clone(), spec.name.clone(), spec.host.clone());
-        tokio::task::spawn_blocking(move || store.put_local_node(&name, &host))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let url = spec.tessera_url.clone();
+        tokio::task::spawn_blocking(move || {
+            store.put_local_node(&name, &host)?;
+            store.put_local_url(&name, (!url.is_empty()).then_some(url.as_str()))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
         if let Err(e) = self
             .membership
             .publish(&me.org, &spec.name, Body::Node(record.clone()), SignAs::Org)
@@ -198,7 +243,10 @@ impl pb::admin_server::Admin for AdminService {
                 .collect(),
             org: me.org,
             name: spec.name,
-            record: Some(record),
+            record: Some(pb::NodeRecord {
+                tessera_url: spec.tessera_url,
+                ..record
+            }),
             seq,
             local_host: spec.host,
             service_ip: String::new(),
@@ -246,6 +294,11 @@ impl pb::admin_server::Admin for AdminService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
         let store = self.store.clone();
+        let urls = tokio::task::spawn_blocking(move || store.local_urls())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let store = self.store.clone();
         let services = tokio::task::spawn_blocking(move || store.service_addresses())
             .await
             .map_err(|e| Status::internal(e.to_string()))?
@@ -261,8 +314,14 @@ impl pb::admin_server::Admin for AdminService {
             .membership
             .read(|v| v.nodes())
             .into_iter()
-            .map(|n| {
+            .map(|mut n| {
                 let ports = fedgw_proto::node_ports(&n.record);
+                // this site's own nodes show the Tessera URL registered here
+                if n.org == me
+                    && let Some(url) = urls.get(&n.name)
+                {
+                    n.record.tessera_url.clone_from(url);
+                }
                 let key = format!("{}/{}", n.org, n.name);
                 let service_ip = match services.get(&key) {
                     Some(ip) if n.org != me => ip.to_string(),
@@ -631,5 +690,40 @@ fn status_of(
             .map(|end| (end.to_owned(), metrics.tunnel_stalled_total(end)))
             .filter(|(_, n)| *n > 0)
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::published_tessera_url as url;
+
+    #[test]
+    fn the_published_tessera_url_keeps_scheme_port_and_path_under_the_consortium_name() {
+        let name = "node1.org1.acme.example";
+        let ok = |u: &str| url(u, name).expect(u);
+        assert_eq!(
+            ok("http://quorum-node1:9001"),
+            "http://node1.org1.acme.example:9001"
+        );
+        assert_eq!(
+            ok("https://10.0.0.1/p/q"),
+            "https://node1.org1.acme.example:443/p/q"
+        );
+        assert_eq!(ok("http://tm"), "http://node1.org1.acme.example:80");
+        assert_eq!(
+            ok("http://[fd00::1]:9000/"),
+            "http://node1.org1.acme.example:9000/"
+        );
+        assert_eq!(ok("http://[fd00::1]"), "http://node1.org1.acme.example:80");
+        assert_eq!(ok(""), "");
+        for bad in [
+            "ftp://x:1",
+            "quorum-node1:9001",
+            "http://:9000",
+            "http://x:0",
+            "http://x:port",
+        ] {
+            assert!(url(bad, name).is_err(), "{bad}");
+        }
     }
 }

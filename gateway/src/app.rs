@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminService};
 use crate::datadir::DataDir;
@@ -23,6 +23,7 @@ use crate::federation::FederationService;
 use crate::join::limiter::JoinLimiter;
 use crate::join::server::JoinService;
 use crate::listener::{self, Dispatch, TlsConn};
+use crate::membership::bootstrap::{self, BootstrapError, Until};
 use crate::membership::dialer::{self, DialerTls};
 use crate::membership::{GatewayId, Keys, Membership, MembershipConfig, SignAs};
 use crate::metrics::{self, Metrics};
@@ -67,6 +68,9 @@ pub enum RunError {
     /// The data plane could not start.
     #[error(transparent)]
     Tunnel(#[from] crate::tunnel::TunnelError),
+    /// The store holds no membership for this org and the peers could not supply it.
+    #[error("fetching the membership from peers: {0}")]
+    Bootstrap(#[from] BootstrapError),
     /// This gateway's own record could not be published.
     #[error("publishing the gateway record: {0}")]
     Publish(String),
@@ -181,7 +185,53 @@ async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, R
         })
 }
 
-/// Starts the gateway for `dir`; it runs until `shutdown` is cancelled.
+/// The membership settings `config` gives (bootstrap peers: its `[[peers]]`).
+pub fn membership_config(config: &crate::config::Config) -> MembershipConfig {
+    MembershipConfig {
+        domain: config.domain.clone(),
+        me: GatewayId {
+            org: config.org.clone(),
+            site: config.site.clone(),
+        },
+        outbound_only: config.outbound_only,
+        heartbeat: Duration::from_millis(config.sync.heartbeat_ms),
+        backoff_base: Duration::from_millis(config.sync.backoff_base_ms),
+        backoff_max: Duration::from_millis(config.sync.backoff_max_ms),
+        deny: config.sync.deny.iter().cloned().collect(),
+        bootstrap: config
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    GatewayId {
+                        org: p.org.clone(),
+                        site: p.site.clone(),
+                    },
+                    p.advertise.clone(),
+                )
+            })
+            .collect(),
+        max_session_age: config.max_session_age(),
+    }
+}
+
+/// The record signers of a loaded data dir (the root's only where it holds the root key).
+pub fn membership_keys(loaded: &Loaded) -> Result<Keys, RunError> {
+    Ok(Keys {
+        root_cert: loaded.root_cert.to_vec(),
+        org_signer: loaded.org_ca.envelope_signer().map_err(signer_err)?,
+        root_signer: loaded
+            .root_ca
+            .as_ref()
+            .map(|r| r.envelope_signer())
+            .transpose()
+            .map_err(signer_err)?,
+    })
+}
+
+/// Starts the gateway for `dir`; it runs until `shutdown` is cancelled. A store without this
+/// org's membership (a new pod, a rebuilt store) is filled from the peers first
+/// ([`bootstrap`]); the gateway is ready (`/readyz`, `run.json`) only after that.
 pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running, RunError> {
     let loaded = provision::load(&dir)?;
     let Loaded {
@@ -200,39 +250,9 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         site: config.site.clone(),
     };
     let membership = Membership::open(
-        MembershipConfig {
-            domain: config.domain.clone(),
-            me: me.clone(),
-            outbound_only: config.outbound_only,
-            heartbeat: Duration::from_millis(config.sync.heartbeat_ms),
-            backoff_base: Duration::from_millis(config.sync.backoff_base_ms),
-            backoff_max: Duration::from_millis(config.sync.backoff_max_ms),
-            deny: config.sync.deny.iter().cloned().collect(),
-            bootstrap: config
-                .peers
-                .iter()
-                .map(|p| {
-                    (
-                        GatewayId {
-                            org: p.org.clone(),
-                            site: p.site.clone(),
-                        },
-                        p.advertise.clone(),
-                    )
-                })
-                .collect(),
-            max_session_age: config.max_session_age(),
-        },
+        membership_config(config),
         store.clone(),
-        Keys {
-            root_cert: root_cert.to_vec(),
-            org_signer: loaded.org_ca.envelope_signer().map_err(signer_err)?,
-            root_signer: root_ca
-                .as_ref()
-                .map(|r| r.envelope_signer())
-                .transpose()
-                .map_err(signer_err)?,
-        },
+        membership_keys(&loaded)?,
         metrics.clone(),
         tracker.clone(),
         shutdown.clone(),
@@ -460,6 +480,69 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
             warn!(error = %e, "metrics server failed");
         }
     });
+    tracker.spawn(dialer::run(
+        membership.clone(),
+        DialerTls {
+            identity: identity.clone(),
+            root: root_cert.clone(),
+            domain: config.domain.clone(),
+            revoked: revoked.clone(),
+        },
+    ));
+    let running = |info| Running {
+        info,
+        metrics: metrics.clone(),
+        store: store.clone(),
+        membership: membership.clone(),
+        tunnels: tunnels.clone(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+        dir: dir.clone(),
+    };
+    let mut info = RunInfo {
+        pid: std::process::id(),
+        gateway: gateway_addr,
+        advertise: advertise.clone(),
+        metrics: metrics_addr,
+        dns: dns_addr,
+        admin: dir.admin_socket(),
+    };
+    if bootstrap::needed(&membership)
+        && membership.is_root_holder()
+        && membership.dial_targets().is_empty()
+    {
+        // the root holder with no peer to ask (the first gateway of a consortium, its pod
+        // started from a Secret with the root key): it admits its own org again, as `init` did
+        info!("the store holds no membership and no peer is known; the root admits this org");
+        let admitted_unix = i64::try_from(store::unix(SystemTime::now())).unwrap_or(0);
+        membership
+            .publish(
+                &me.org,
+                "",
+                pb::record_body::Body::Member(pb::MemberRecord {
+                    org_ca_der: loaded.org_ca.cert().to_vec(),
+                    admitted_unix,
+                }),
+                SignAs::Root,
+            )
+            .await
+            .map_err(|e| RunError::Publish(e.to_string()))?;
+    }
+    if bootstrap::needed(&membership) {
+        info!(
+            store = %dir.store().display(),
+            "the store holds no membership for this org; fetching it from peers"
+        );
+        match bootstrap::wait(&membership, Until::Member, None).await {
+            Ok(()) => {}
+            // not ready, no run.json: the caller's wait() drains what started
+            Err(BootstrapError::Cancelled) => return Ok(running(info)),
+            Err(e) => {
+                shutdown.cancel();
+                return Err(e.into());
+            }
+        }
+    }
     // announce this gateway (signed by our org CA) if the view does not hold it as it is now
     let gateway_record = pb::GatewayRecord {
         advertise: advertise.clone(),
@@ -481,15 +564,6 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
             .await
             .map_err(|e| RunError::Publish(e.to_string()))?;
     }
-    tracker.spawn(dialer::run(
-        membership.clone(),
-        DialerTls {
-            identity: identity.clone(),
-            root: root_cert.clone(),
-            domain: config.domain.clone(),
-            revoked: revoked.clone(),
-        },
-    ));
     tracker.spawn(renew_leaf(
         dir.clone(),
         loaded,
@@ -499,30 +573,14 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         shutdown.clone(),
     ));
 
-    let info = RunInfo {
-        pid: std::process::id(),
-        gateway: gateway_addr,
-        advertise,
-        metrics: metrics_addr,
-        dns: dns_addr,
-        admin: dir.admin_socket(),
-    };
+    info.advertise = advertise;
     // ready before run.json appears: whoever waits on the file finds /readyz already 200
     metrics.set_ready();
     let json = serde_json::to_vec_pretty(&info).expect("RunInfo serialises");
     dir.write_public(&dir.run_info(), &json)
         .map_err(|e| RunError::RunInfo(dir.run_info(), e))?;
     info!(gateway = %gateway_addr, metrics = %metrics_addr, "gateway ready");
-    Ok(Running {
-        info,
-        metrics,
-        store,
-        membership,
-        tunnels,
-        tracker,
-        shutdown,
-        dir,
-    })
+    Ok(running(info))
 }
 
 use tokio_stream::StreamExt as _;
@@ -548,6 +606,7 @@ async fn keep_local_addresses(
     shutdown: CancellationToken,
 ) {
     let mut serial: u32 = 0;
+    let mut last_good = LastGood::default();
     let mut changed = membership.subscribe();
     let me = membership.me().org.clone();
     loop {
@@ -578,28 +637,27 @@ async fn keep_local_addresses(
                 Err(e) => warn!(error = %e, "persisting local addresses failed"),
             }
         }
-        serial = serial.wrapping_add(1);
-        let local = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || store.local_nodes())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default()
+        // a failed read keeps what is served: an empty map here would withdraw every route,
+        // DNS name and far-end grant of this site's nodes
+        let site = last_good.take(SiteState::read(&store).await);
+        let retry_read = site.is_none() || last_good.failed;
+        let Some(SiteState {
+            local,
+            services: service_ips,
+        }) = site
+        else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                () = tokio::time::sleep(READ_RETRY) => continue,
+            }
         };
+        serial = serial.wrapping_add(1);
         let alloc = allocations
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         // a Service address (Kubernetes ClusterIP) replaces the allocation, with the real ports
-        let services = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || store.service_addresses())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default()
-        };
+        let services = service_ips;
         let (nodes, gateways) = membership.read(|v| {
             let nodes: Vec<crate::dns::ZoneNode> = v
                 .nodes()
@@ -653,9 +711,11 @@ async fn keep_local_addresses(
         ));
         let (targets, routes, peers) = data_plane(&membership, &local, &alloc);
         tunnels.update(targets, routes, peers);
-        // a listener that could not be bound is retried until it can
+        // a listener that could not be bound is retried until it can, a failed read sooner
         let retry = async {
-            if tunnels.listener_failures() {
+            if retry_read {
+                tokio::time::sleep(READ_RETRY).await;
+            } else if tunnels.listener_failures() {
                 tokio::time::sleep(LISTENER_RETRY).await;
             } else {
                 std::future::pending::<()>().await;
@@ -671,6 +731,63 @@ async fn keep_local_addresses(
 
 /// How often listeners that could not be bound are retried.
 const LISTENER_RETRY: Duration = Duration::from_secs(5);
+/// How soon a failed read of this site's state is retried.
+const READ_RETRY: Duration = Duration::from_secs(1);
+
+/// This site's own state that the projection (DNS zone, tunnel routes and far-end targets)
+/// combines with the view, read from the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct SiteState {
+    /// This site's nodes' real hosts: name → host.
+    local: std::collections::BTreeMap<String, String>,
+    /// Remote nodes' Service addresses: `org/name` → IP.
+    services: std::collections::BTreeMap<String, std::net::IpAddr>,
+}
+
+impl SiteState {
+    async fn read(store: &Arc<Store>) -> Result<Self, StoreError> {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            Ok(Self {
+                local: store.local_nodes()?,
+                services: store.service_addresses()?,
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
+    }
+}
+
+/// The last [`SiteState`] read without error.
+#[derive(Debug, Default)]
+struct LastGood {
+    state: Option<SiteState>,
+    /// The latest read failed.
+    failed: bool,
+}
+
+impl LastGood {
+    /// What to project from: `read` when it succeeded, otherwise the last good state (`None`
+    /// when no read ever succeeded: then nothing is projected, and what is served stays).
+    fn take(&mut self, read: Result<SiteState, StoreError>) -> Option<SiteState> {
+        match read {
+            Ok(state) => {
+                self.failed = false;
+                self.state = Some(state.clone());
+                Some(state)
+            }
+            Err(e) => {
+                self.failed = true;
+                error!(
+                    error = %e,
+                    "reading this site's node addresses from the store failed; keeping the last \
+                     good DNS zone, routes and targets, retrying in 1 s"
+                );
+                self.state.clone()
+            }
+        }
+    }
+}
 
 /// What the data plane serves, from the view: this site's nodes that tunnel streams may reach
 /// (far end), a route per remote node port at its local address (near end), and the peer
@@ -828,5 +945,156 @@ async fn renew_leaf(
                 renew_at = now + Duration::from_secs(60);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read error of the store never becomes an empty set of local nodes or Service
+    /// addresses: the last state read without error is projected instead, and before any good
+    /// read nothing is (what is served stays as it is).
+    #[tokio::test]
+    async fn a_failed_store_read_keeps_the_last_good_site_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(&dir.path().join("store.redb")).expect("open"));
+        store.put_local_node("node1", "10.0.0.1").expect("put");
+        store
+            .set_service_address("org2/node1", Some("10.96.0.9".parse().expect("ip")), |_| {
+                true
+            })
+            .expect("put");
+        let mut last = LastGood::default();
+        let good = last.take(SiteState::read(&store).await).expect("read");
+        assert_eq!(good.local["node1"], "10.0.0.1");
+        assert_eq!(good.services.len(), 1);
+        assert!(!last.failed);
+
+        store.fail_reads(true);
+        assert!(
+            SiteState::read(&store).await.is_err(),
+            "the fault is injected"
+        );
+        assert_eq!(last.take(SiteState::read(&store).await), Some(good.clone()));
+        assert!(last.failed, "a failed read asks for a retry");
+        let mut never_read = LastGood::default();
+        assert_eq!(never_read.take(SiteState::read(&store).await), None);
+
+        store.fail_reads(false);
+        store.put_local_node("node2", "10.0.0.2").expect("put");
+        let next = last.take(SiteState::read(&store).await).expect("read");
+        assert_eq!(next.local.len(), 2);
+        assert!(!last.failed);
+    }
+
+    /// Asks the gateway's DNS over UDP; returns the answers' data as text.
+    async fn ask(dns: SocketAddr, name: &str, qtype: hickory_proto::rr::RecordType) -> Vec<String> {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query};
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(name.parse().expect("name"), qtype));
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        sock.send_to(&q.to_vec().expect("encode"), dns)
+            .await
+            .expect("send");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("recv");
+        Message::from_vec(&buf[..n])
+            .expect("decode")
+            .answers
+            .iter()
+            .map(|r| r.data.to_string())
+            .collect()
+    }
+
+    /// The running keeper, end to end: with the store's reads failing, a view change rebuilds
+    /// the zone (its SOA serial moves) from the last good site state, so this site's node keeps
+    /// its DNS answer instead of losing it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_served_zone_survives_a_failed_store_read() {
+        use hickory_proto::rr::RecordType;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DataDir::new(tmp.path().join("org1"));
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        provision::init(
+            &dir,
+            &provision::InitOptions {
+                consortium: "acme".into(),
+                domain: "acme.test".into(),
+                org: "org1".into(),
+                admission: crate::config::Admission::Operator,
+                genesis: None,
+                network: provision::NetworkOptions {
+                    site: "dc1".into(),
+                    advertise: vec!["127.0.0.1:0".into()],
+                    listen: Some(any),
+                    dns: any,
+                    metrics: any,
+                    leaf_lifetime: Duration::from_secs(3600),
+                    outbound_only: false,
+                    addresses: Default::default(),
+                    tunnel: Default::default(),
+                },
+            },
+            SystemTime::now(),
+        )
+        .expect("init");
+        let shutdown = CancellationToken::new();
+        let running = start(dir.clone(), shutdown.clone()).await.expect("start");
+        let dns = running.info.dns;
+        let mut admin = crate::admin::connect(&dir.admin_socket())
+            .await
+            .expect("admin");
+        admin
+            .add_node(pb::AddNodeRequest {
+                node: Some(pb::NodeSpec {
+                    name: "tm1".into(),
+                    client: pb::ClientKind::Tessera.into(),
+                    host: "10.0.0.1".into(),
+                    tessera_url: "http://10.0.0.1:9000".into(),
+                    tessera_keys: vec![vec![7; 32]],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("add");
+        let serial = || async {
+            ask(dns, "acme.test.", RecordType::SOA)
+                .await
+                .first()
+                .and_then(|soa| soa.split_whitespace().nth(2)?.parse::<u32>().ok())
+                .expect("SOA serial")
+        };
+        let name = "tm1.org1.acme.test.";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while ask(dns, name, RecordType::A).await != ["10.0.0.1"] {
+            assert!(tokio::time::Instant::now() < deadline, "the node is served");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let before = serial().await;
+
+        running.store.fail_reads(true);
+        running.membership.touch();
+        while serial().await == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the zone is rebuilt"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            ask(dns, name, RecordType::A).await,
+            ["10.0.0.1"],
+            "a failed read kept the node's answer"
+        );
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), running.wait())
+            .await
+            .expect("stops");
     }
 }

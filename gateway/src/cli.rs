@@ -29,6 +29,8 @@ macro_rules! outln {
 
 mod admin_cmds;
 mod cert_cmds;
+mod export_cmds;
+mod store_cmds;
 
 /// Standard output was closed by its reader (`EPIPE`); [`main`] turns this into a quiet exit 0.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,8 @@ pub mod exit {
     pub const REFUSED: u8 = 17;
     /// The admission policy was not met before `--timeout`.
     pub const NOT_APPROVED: u8 = 18;
+    /// `store.redb` is damaged (`fedgw store rebuild` is the way back).
+    pub const STORE_DAMAGED: u8 = 20;
 }
 
 /// A failure with its exit code.
@@ -396,6 +400,16 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// The gateway's store (`store rebuild` after damage).
+    Store {
+        #[command(subcommand)]
+        command: store_cmds::StoreCommand,
+    },
+    /// Write deployment manifests from this data dir (`export k8s`: the Secret the pods read).
+    Export {
+        #[command(subcommand)]
+        command: export_cmds::ExportCommand,
+    },
     /// Check a mutual-TLS federation link to another gateway.
     Ping {
         /// The other gateway, host:port.
@@ -570,6 +584,8 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Approve { org, dir } => admin_cmds::approve(org, dir).await,
         Command::Render { kind, dir, out } => admin_cmds::render(kind, dir, out).await,
         Command::Revoke { org, dir, reason } => admin_cmds::revoke(org, dir, reason).await,
+        Command::Store { command } => store_cmds::store(command).await,
+        Command::Export { command } => export_cmds::export(command).await,
         Command::Ping {
             endpoint,
             dir,
@@ -617,20 +633,36 @@ async fn run(dir: DataDir, wait_for_config: bool) -> Result<(), CliError> {
         )));
     }
     let shutdown = CancellationToken::new();
-    let running = crate::app::start(dir, shutdown.clone())
-        .await
-        .map_err(|e| match e {
-            crate::app::RunError::Provision(provision::ProvisionError::Config(_)) => {
-                CliError::new(exit::USAGE, e)
-            }
-            e => CliError::new(exit::FAILURE, e),
-        })?;
+    // before start: a gateway still fetching its membership from peers stops cleanly too
     let sd = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
         sd.cancel();
     });
+    let rebuild = format!(
+        "`fedgw store rebuild --data-dir {}` moves it aside and fetches the records again from \
+         the peers",
+        dir.root().display()
+    );
+    let running = crate::app::start(dir, shutdown.clone())
+        .await
+        .map_err(|e| {
+            use crate::app::RunError;
+            use crate::membership::bootstrap::BootstrapError;
+            use crate::store::StoreError;
+            match e {
+                RunError::Provision(provision::ProvisionError::Config(_))
+                | RunError::Bootstrap(BootstrapError::NoPeers { .. }) => {
+                    CliError::new(exit::USAGE, e)
+                }
+                RunError::Store(StoreError::Damaged { .. })
+                | RunError::Provision(provision::ProvisionError::Store(StoreError::Damaged {
+                    ..
+                })) => CliError::new(exit::STORE_DAMAGED, anyhow::anyhow!("{e}; {rebuild}")),
+                e => CliError::new(exit::FAILURE, e),
+            }
+        })?;
     running.wait().await;
     Ok(())
 }

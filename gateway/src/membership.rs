@@ -11,6 +11,7 @@
 //! [`record`] checks one envelope, [`view`] holds what was accepted, [`sync`] runs one peer
 //! stream, [`dialer`] keeps streams up. This module ties them together.
 
+pub mod bootstrap;
 pub mod dialer;
 pub mod record;
 pub mod sync;
@@ -137,6 +138,8 @@ pub struct PeerStats {
     pub records_in: AtomicU64,
     /// Records sent.
     pub records_out: AtomicU64,
+    /// The peer's last heartbeat carried this gateway's view digest.
+    pub in_sync: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -479,6 +482,8 @@ impl Membership {
         let mut report = IngestReport::default();
         let mut accepted: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
         let mut revocations = false;
+        // a revoked org's own records leave the view with the revocation: the store too
+        let dropped: Vec<String>;
         {
             let mut view = self.0.view.write().unwrap_or_else(|e| e.into_inner());
             for v in verified {
@@ -503,15 +508,21 @@ impl Membership {
                     }
                 }
             }
+            dropped = view
+                .take_dropped()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
         }
         if accepted.is_empty() {
             return Ok(report);
         }
         let store = self.0.store.clone();
         let to_store = accepted.clone();
-        let persisted = tokio::task::spawn_blocking(move || store.put_records(&to_store))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())));
+        let persisted =
+            tokio::task::spawn_blocking(move || store.replace_records(&to_store, &dropped))
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())));
         if let Err(e) = persisted {
             // the view ran ahead of the store: rebuild it from what is durable
             warn!(error = %e, "persisting records failed; reloading the view");
@@ -722,6 +733,21 @@ impl Membership {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(peer)
+    }
+
+    /// The connected peers whose last heartbeat carried this gateway's view digest, sorted.
+    pub fn peers_in_sync(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .0
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, p)| p.stats.in_sync.load(Ordering::Relaxed))
+            .map(|(id, _)| id.clone())
+            .collect();
+        out.sort();
+        out
     }
 
     /// How many sync streams are up.

@@ -4,8 +4,13 @@
 //! Each write is one redb transaction, committed (fsynced) before the caller answers anyone.
 //! redb holds an exclusive lock on the file, so only one process (the running gateway, or a CLI
 //! command while it is down) opens it at a time.
+//!
+//! A damaged file (truncated, or bytes changed on disk) is found at open: every table is read
+//! once, and a failure or a panic inside redb (it asserts on some damaged layouts) becomes
+//! [`StoreError::Damaged`], never a crash. [`salvage`] reads what still can be read from such a
+//! file, table by table, for `fedgw store rebuild`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +28,9 @@ const LOCAL_NODES: TableDefinition<&str, &str> = TableDefinition::new("local_nod
 const SERVICE_ADDRESSES: TableDefinition<&str, &str> = TableDefinition::new("service_addresses");
 /// Small local state by name (`allocations`: remote nodes' local addresses, JSON).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The Tessera URLs this site's operator registered (never replicated: the published record
+/// names the node by its consortium name instead): node name → URL.
+const LOCAL_URLS: TableDefinition<&str, &str> = TableDefinition::new("local_urls");
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +44,18 @@ pub enum StoreError {
     /// A blocking store task failed.
     #[error("store task failed: {0}")]
     Task(String),
+    /// The file is damaged: redb refused it or failed (or panicked) reading it.
+    #[error("store {path} is damaged: {reason}")]
+    Damaged {
+        /// The store file.
+        path: PathBuf,
+        /// What redb reported.
+        reason: String,
+    },
+    /// A read failed on purpose (unit tests of the readers' error handling).
+    #[cfg(test)]
+    #[error("injected read failure")]
+    Injected,
     /// A stored value does not decode.
     #[error("corrupt store entry {key:?}")]
     Corrupt {
@@ -151,6 +171,60 @@ pub fn unix(t: SystemTime) -> u64 {
 #[derive(Debug)]
 pub struct Store {
     db: Database,
+    /// Unit tests make reads fail with this.
+    #[cfg(test)]
+    fail_reads: std::sync::atomic::AtomicBool,
+}
+
+thread_local! {
+    /// Set while [`quietly`] runs a closure on this thread: its panics are caught and reported
+    /// as errors, so the panic hook stays silent for them.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it into `Err(message)` without printing it. redb panics
+/// on some damaged files (failed assertions while loading its allocator state); the caller
+/// reports those as a damaged store instead.
+fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    out.map_err(|panic| {
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        format!(
+            "redb failed a consistency check: {}",
+            text.lines().next().unwrap_or_default()
+        )
+    })
+}
+
+/// Whether a redb error means the file itself is bad (rather than, say, a full disk).
+fn is_damage(e: &redb::Error) -> bool {
+    match e {
+        redb::Error::Corrupted(_)
+        | redb::Error::RepairAborted
+        | redb::Error::UpgradeRequired(_)
+        | redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TypeDefinitionChanged { .. } => true,
+        redb::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -165,8 +239,43 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) the store at `path` and reads every table once, so that damage shows
+    /// here rather than in the middle of serving. Errors: [`StoreError::Locked`] when another
+    /// process holds it, [`StoreError::Damaged`] when the file is damaged (redb's own errors
+    /// and its panics alike), [`StoreError::Db`] for other failures (IO, permissions).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let damaged = |reason: String| StoreError::Damaged {
+            path: path.to_owned(),
+            reason,
+        };
+        match quietly(|| Self::open_and_scan(path)) {
+            Ok(Err(StoreError::Db(e))) if is_damage(&e) => Err(damaged(e.to_string())),
+            Ok(Err(StoreError::Corrupt { key, source })) => {
+                Err(damaged(format!("entry {key:?} does not decode: {source}")))
+            }
+            Ok(result) => result,
+            Err(panic) => Err(damaged(panic)),
+        }
+    }
+
+    fn open_and_scan(path: &Path) -> Result<Self, StoreError> {
+        let store = Self::open_db(path)?;
+        store.records()?;
+        store.local_nodes()?;
+        store.local_urls()?;
+        store.service_addresses()?;
+        store.allocations()?;
+        store.members()?;
+        let tx = store.db.begin_read()?;
+        for entry in tx.open_table(INVITES)?.iter()? {
+            let (k, v) = entry?;
+            decode::<Invite>(k.value(), v.value())?;
+        }
+        drop(tx);
+        Ok(store)
+    }
+
+    fn open_db(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked,
             e => StoreError::Db(Box::new(e.into())),
@@ -180,6 +289,7 @@ impl Store {
                 && rx.open_table(LOCAL_NODES).is_ok()
                 && rx.open_table(META).is_ok()
                 && rx.open_table(SERVICE_ADDRESSES).is_ok()
+                && rx.open_table(LOCAL_URLS).is_ok()
         };
         if !complete {
             let tx = db.begin_write()?;
@@ -189,9 +299,35 @@ impl Store {
             tx.open_table(LOCAL_NODES)?;
             tx.open_table(META)?;
             tx.open_table(SERVICE_ADDRESSES)?;
+            tx.open_table(LOCAL_URLS)?;
             tx.commit()?;
         }
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            #[cfg(test)]
+            fail_reads: Default::default(),
+        })
+    }
+
+    /// Makes every later read of local state fail (`true`) or work again (`false`).
+    #[cfg(test)]
+    pub(crate) fn fail_reads(&self, fail: bool) {
+        self.fail_reads
+            .store(fail, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    fn injected(&self) -> Result<(), StoreError> {
+        if self.fail_reads.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Injected);
+        }
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    #[allow(clippy::unnecessary_wraps, clippy::unused_self)]
+    fn injected(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// Stores a new invite under `id`.
@@ -296,9 +432,22 @@ impl Store {
 
     /// Persists membership records (key, envelope) in one transaction (fsynced on commit).
     pub fn put_records(&self, records: &[(String, Arc<Vec<u8>>)]) -> Result<(), StoreError> {
+        self.replace_records(records, &[])
+    }
+
+    /// Persists membership records (key, envelope) and deletes the records under `remove`, in
+    /// one transaction (fsynced on commit).
+    pub fn replace_records(
+        &self,
+        records: &[(String, Arc<Vec<u8>>)],
+        remove: &[String],
+    ) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         {
             let mut table = tx.open_table(RECORDS)?;
+            for key in remove {
+                table.remove(key.as_str())?;
+            }
             for (key, bytes) in records {
                 table.insert(key.as_str(), bytes.as_slice())?;
             }
@@ -327,12 +476,43 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets a local node's address.
+    /// Forgets a local node's address (and its registered Tessera URL).
     pub fn remove_local_node(&self, name: &str) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         tx.open_table(LOCAL_NODES)?.remove(name)?;
+        tx.open_table(LOCAL_URLS)?.remove(name)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records the Tessera URL a local node was registered with (`None`: it has none).
+    pub fn put_local_url(&self, name: &str, url: Option<&str>) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(LOCAL_URLS)?;
+            match url {
+                Some(url) => {
+                    table.insert(name, url)?;
+                }
+                None => {
+                    table.remove(name)?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every local node's registered Tessera URL: name → URL.
+    pub fn local_urls(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(LOCAL_URLS)?;
+        let mut out = std::collections::BTreeMap::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.insert(k.value().to_owned(), v.value().to_owned());
+        }
+        Ok(out)
     }
 
     /// The remote nodes' local addresses.
@@ -386,6 +566,7 @@ impl Store {
     pub fn service_addresses(
         &self,
     ) -> Result<std::collections::BTreeMap<String, std::net::IpAddr>, StoreError> {
+        self.injected()?;
         let tx = self.db.begin_read()?;
         let table = tx.open_table(SERVICE_ADDRESSES)?;
         let mut out = std::collections::BTreeMap::new();
@@ -400,6 +581,7 @@ impl Store {
 
     /// Every local node address: name → host.
     pub fn local_nodes(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        self.injected()?;
         let tx = self.db.begin_read()?;
         let table = tx.open_table(LOCAL_NODES)?;
         let mut out = std::collections::BTreeMap::new();
@@ -408,6 +590,98 @@ impl Store {
             out.insert(k.value().to_owned(), v.value().to_owned());
         }
         Ok(out)
+    }
+}
+
+/// What [`salvage`] could read from a damaged store, table by table (`None`: the table could
+/// not be read, or the file not opened at all).
+#[derive(Debug, Default)]
+pub struct Salvage {
+    /// Signed membership records (re-verified when a gateway loads them).
+    pub records: Option<Vec<(String, Vec<u8>)>>,
+    /// This site's nodes' real addresses.
+    pub local_nodes: Option<std::collections::BTreeMap<String, String>>,
+    /// This site's nodes' registered Tessera URLs.
+    pub local_urls: Option<std::collections::BTreeMap<String, String>>,
+    /// Remote nodes' Service addresses (Kubernetes).
+    pub service_addresses: Option<std::collections::BTreeMap<String, std::net::IpAddr>>,
+    /// Remote nodes' local addresses.
+    pub allocations: Option<crate::addressing::Allocations>,
+    /// Open invites by id.
+    pub invites: Option<Vec<(String, Invite)>>,
+    /// The admissions ledger.
+    pub members: Option<Vec<Member>>,
+}
+
+/// Reads whatever still reads from the store file at `path`, each table on its own, catching
+/// redb's errors and panics. The file may be repaired in place by redb while opening: pass a
+/// copy when the original must stay as it was.
+pub fn salvage(path: &Path) -> Salvage {
+    let Ok(Ok(store)) = quietly(|| Store::open_db(path)) else {
+        return Salvage::default();
+    };
+    fn table<T>(store: &Store, read: fn(&Store) -> Result<T, StoreError>) -> Option<T> {
+        quietly(|| read(store)).ok()?.ok()
+    }
+    Salvage {
+        records: table(&store, Store::records),
+        local_nodes: table(&store, Store::local_nodes),
+        local_urls: table(&store, Store::local_urls),
+        service_addresses: table(&store, Store::service_addresses),
+        allocations: table(&store, Store::allocations),
+        invites: table(&store, Store::invites),
+        members: table(&store, Store::members),
+    }
+}
+
+impl Store {
+    /// Every stored invite: (id, invite), sorted by id.
+    pub fn invites(&self) -> Result<Vec<(String, Invite)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(INVITES)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value().to_owned(), decode(k.value(), v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Writes what [`salvage`] recovered into this (fresh) store, in one transaction.
+    pub fn restore(&self, s: &Salvage) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut records = tx.open_table(RECORDS)?;
+            for (k, v) in s.records.iter().flatten() {
+                records.insert(k.as_str(), v.as_slice())?;
+            }
+            let mut local = tx.open_table(LOCAL_NODES)?;
+            for (k, v) in s.local_nodes.iter().flatten() {
+                local.insert(k.as_str(), v.as_str())?;
+            }
+            let mut urls = tx.open_table(LOCAL_URLS)?;
+            for (k, v) in s.local_urls.iter().flatten() {
+                urls.insert(k.as_str(), v.as_str())?;
+            }
+            let mut services = tx.open_table(SERVICE_ADDRESSES)?;
+            for (k, v) in s.service_addresses.iter().flatten() {
+                services.insert(k.as_str(), v.to_string().as_str())?;
+            }
+            let mut meta = tx.open_table(META)?;
+            if let Some(a) = &s.allocations {
+                meta.insert("allocations", encode(a).as_slice())?;
+            }
+            let mut invites = tx.open_table(INVITES)?;
+            for (k, v) in s.invites.iter().flatten() {
+                invites.insert(k.as_str(), encode(v).as_slice())?;
+            }
+            let mut members = tx.open_table(MEMBERS)?;
+            for m in s.members.iter().flatten() {
+                members.insert(m.org.as_str(), encode(m).as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 }
 

@@ -439,3 +439,84 @@ async fn sessions_are_renewed_before_they_outlive_their_certificates() {
     assert_eq!(fed.gws[0].node_names(), ["org2/after"]);
     fed.stop_all().await;
 }
+
+/// A node's site-internal address never leaves its site: the signed record carries the Tessera
+/// URL under the node's consortium name, the registering site keeps (and lists) the URL it was
+/// given, and a record published before with an internal URL still loads and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_published_tessera_url_names_the_node_not_its_internal_host() {
+    let mut fed = Fed::with_orgs(2).await;
+    let mut node = spec("node1", 0x31, "10.1.0.11");
+    node.tessera_url = "http://quorum-node1:9001/partyinfo".into();
+    fed.gws[0]
+        .admin()
+        .await
+        .add_node(pb::AddNodeRequest { node: Some(node) })
+        .await
+        .expect("add");
+    fed.converged().await;
+    let published = "http://node1.org1.acme.test:9001/partyinfo";
+    for g in &fed.gws {
+        let url = g
+            .run()
+            .membership
+            .read(|v| v.nodes()[0].record.tessera_url.clone());
+        assert_eq!(url, published, "the signed record at {}", g.org);
+    }
+    let listed = |i: usize| {
+        let admin = fed.gws[i].admin();
+        async move {
+            admin
+                .await
+                .list_nodes(pb::ListNodesRequest {})
+                .await
+                .expect("nodes")
+                .into_inner()
+                .nodes[0]
+                .record
+                .clone()
+                .expect("record")
+                .tessera_url
+        }
+    };
+    assert_eq!(
+        listed(0).await,
+        "http://quorum-node1:9001/partyinfo",
+        "at home"
+    );
+    assert_eq!(listed(1).await, published, "elsewhere");
+
+    // a record published before (an internal URL in it) is still accepted as it is
+    let org_ca = fedgw_gateway::provision::load(&fed.gws[0].dir)
+        .expect("org1's data dir")
+        .org_ca;
+    let old = fedgw_gateway::membership::record::seal(
+        &org_ca.envelope_signer().expect("signer"),
+        "org1",
+        "node2",
+        1,
+        pb::record_body::Body::Node(pb::NodeRecord {
+            client: pb::ClientKind::Tessera.into(),
+            tessera_url: "http://10.1.0.12:9000".into(),
+            tessera_keys: vec![vec![7; 32]],
+            site: "dc1".into(),
+            ..Default::default()
+        }),
+    )
+    .expect("seal");
+    let report = fed.gws[1]
+        .run()
+        .membership
+        .ingest(vec![old], None)
+        .await
+        .expect("ingest");
+    assert_eq!(report.accepted, 1, "{:?}", report.rejected);
+    let url = fed.gws[1].run().membership.read(|v| {
+        v.nodes()
+            .into_iter()
+            .find(|n| n.name == "node2")
+            .map(|n| n.record.tessera_url)
+    });
+    assert_eq!(url.as_deref(), Some("http://10.1.0.12:9000"));
+    fed.stop_all().await;
+}

@@ -397,7 +397,8 @@ fn a_killed_gateway_loses_nothing_and_reconverges() {
         .find(|n| n["org"] == "org4" && n["name"] == "tm1")
         .expect("tm1");
     assert_eq!(tm["client"], "tessera");
-    assert_eq!(tm["tessera_url"], "http://10.4.0.5:9000");
+    // the URL is published under the node's consortium name; 10.4.0.5 stays at org4
+    assert_eq!(tm["tessera_url"], "http://tm1.org4.acme.test:9000");
     assert_eq!(
         tm["tessera_keys"][0],
         "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="
@@ -486,4 +487,109 @@ fn sigkill_during_writes_keeps_every_acknowledged_record() {
         missing.len()
     );
     assert!(gw.stop().expect("stop").success());
+}
+
+/// A revocation reaches every gateway; one restarts afterwards (and reloads its store, where a
+/// revoked org's records are refused), another never does. Both must hold the same records:
+/// equal digests, not a digest exchange that resends records forever.
+#[test]
+fn after_a_revocation_restarted_and_running_gateways_agree_on_the_digest() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dirs: Vec<PathBuf> = (1..=3)
+        .map(|i| tmp.path().join(format!("org{i}")))
+        .collect();
+    let d0 = s(&dirs[0]);
+    let mut args = vec![
+        "init",
+        "--consortium",
+        "acme",
+        "--domain",
+        "acme.test",
+        "--org",
+        "org1",
+        "--data-dir",
+        &d0,
+    ];
+    args.extend(NET);
+    fedgw().run(args).expect("spawn").ok().expect("init");
+    fast(&dirs[0]);
+    let mut gws: Vec<Option<Gateway>> = vec![Some(fedgw().start(&dirs[0]).expect("org1"))];
+    for (i, dir) in dirs.iter().enumerate().skip(1) {
+        let org = format!("org{}", i + 1);
+        let token = fedgw()
+            .run(["invite", &org, "--data-dir", &d0])
+            .expect("spawn")
+            .ok()
+            .expect("invite");
+        let d = s(dir);
+        let mut args = vec!["join", token.stdout.trim(), "--org", &org, "--data-dir", &d];
+        args.extend(NET);
+        fedgw().run(args).expect("spawn").ok().expect("join");
+        fast(dir);
+        gws.push(Some(fedgw().start(dir).expect("start")));
+    }
+    for (i, dir) in dirs.iter().enumerate() {
+        let add = fedgw()
+            .run([
+                "node",
+                "add",
+                &format!("n{}", i + 1),
+                "--data-dir",
+                &s(dir),
+                "--enode",
+                &format!(
+                    "enode://{}@10.{}.0.1:30303?discport=0&raftport=50400",
+                    format!("{:02x}", 0xa0 + i).repeat(64),
+                    i + 1
+                ),
+            ])
+            .expect("spawn");
+        assert_eq!(add.code, Some(0), "{}", add.stderr);
+    }
+    let all: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    wait_for("every node everywhere", Duration::from_secs(20), || {
+        all.iter()
+            .all(|d| node_names(d) == ["org1/n1", "org2/n2", "org3/n3"])
+            .then_some(())
+    })
+    .expect("synced");
+
+    let revoke = fedgw()
+        .run(["revoke", "org3", "--data-dir", &d0])
+        .expect("spawn");
+    assert_eq!(revoke.code, Some(0), "{}", revoke.stderr);
+    let pair = [all[0], all[1]];
+    wait_for(
+        "org3's node leaves org1 and org2",
+        Duration::from_secs(20),
+        || {
+            pair.iter()
+                .all(|d| node_names(d) == ["org1/n1", "org2/n2"])
+                .then_some(())
+        },
+    )
+    .expect("revoked");
+    // org2 restarts and reloads its store; org1 keeps running
+    let org2 = gws[1].take().expect("running");
+    assert!(org2.stop().expect("stop").success());
+    gws[1] = Some(fedgw().start(&dirs[1]).expect("org2 restarts"));
+    wait_for(
+        "equal digests after org2's restart",
+        Duration::from_secs(20),
+        || converged(&pair),
+    )
+    .expect("org1 and org2 agree");
+    // and org1's store no longer holds what its view dropped: a restart changes nothing
+    let org1 = gws[0].take().expect("running");
+    assert!(org1.stop().expect("stop").success());
+    gws[0] = Some(fedgw().start(&dirs[0]).expect("org1 restarts"));
+    wait_for(
+        "equal digests after org1's restart",
+        Duration::from_secs(20),
+        || converged(&pair),
+    )
+    .expect("org1 and org2 still agree");
+    for gw in gws.into_iter().flatten() {
+        assert!(gw.stop().expect("stop").success());
+    }
 }

@@ -236,7 +236,9 @@ where
             Msg::Ack(_) => {}
             Msg::Heartbeat(h) => {
                 let ours = m.read(|v| v.digest());
-                if h.digest.as_slice() == ours.as_slice() {
+                let same = h.digest.as_slice() == ours.as_slice();
+                stats.in_sync.store(same, Ordering::Relaxed);
+                if same {
                     mismatches = 0;
                 } else {
                     mismatches += 1;

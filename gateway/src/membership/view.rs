@@ -81,6 +81,8 @@ pub struct View {
     origins: BTreeMap<String, OriginSum>,
     enode_owner: HashMap<Vec<u8>, (String, String)>,
     revoked: BTreeSet<String>,
+    /// Keys dropped since the last [`View::take_dropped`] (a revoked org's own records).
+    dropped: Vec<RecordKey>,
 }
 
 /// Checks for well-known demo identities (the public qubernetes "7nodes" keys).
@@ -178,6 +180,7 @@ impl View {
             }
             _ => {}
         }
+        let revoked = matches!(v.body, Body::Revocation(_)).then(|| v.key.org.clone());
         self.records.insert(
             v.key,
             Entry {
@@ -188,6 +191,46 @@ impl View {
                 bytes: v.bytes,
             },
         );
+        if let Some(org) = revoked {
+            self.drop_revoked(&org);
+        }
+    }
+
+    /// Drops the gateway, node and vote records `org` signed about itself (its member and
+    /// revocation records stay). A gateway that loads its store after the revocation refuses
+    /// those records ([`Reject::Revoked`]), so a gateway that saw the revocation live must not
+    /// keep them either: both then hold the same records and agree on the digest.
+    fn drop_revoked(&mut self, org: &str) {
+        let keys: Vec<RecordKey> = self
+            .records
+            .keys()
+            .filter(|k| k.org == org && matches!(k.kind, Kind::Gateway | Kind::Node | Kind::Vote))
+            .cloned()
+            .collect();
+        for key in keys {
+            let Some(old) = self.records.remove(&key) else {
+                continue;
+            };
+            self.hashes.remove(&old.hash);
+            if let Some(sum) = self.origins.get_mut(&key.org) {
+                xor(&mut sum.hash, &entry_hash(&key, old.seq, &old.hash));
+                sum.count -= 1;
+                if sum.count == 0 {
+                    self.origins.remove(&key.org);
+                }
+            }
+            if let Body::Node(n) = &old.body
+                && self.enode_owner.get(&n.enode_id) == Some(&(key.org.clone(), key.name.clone()))
+            {
+                self.enode_owner.remove(&n.enode_id);
+            }
+            self.dropped.push(key);
+        }
+    }
+
+    /// The keys dropped since the last call (to delete them from the store too).
+    pub fn take_dropped(&mut self) -> Vec<RecordKey> {
+        std::mem::take(&mut self.dropped)
     }
 
     /// Whether an envelope with this SHA-256 is held: the same bytes were verified and applied

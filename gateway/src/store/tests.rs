@@ -203,3 +203,100 @@ fn service_addresses_are_set_cleared_and_pruned() {
         .expect("clear");
     assert!(store.service_addresses().expect("read").is_empty());
 }
+
+/// A store with some of every kind of entry, closed; returns its path.
+fn filled(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("store.redb");
+    let s = Store::open(&path).expect("open");
+    for i in 0..300u32 {
+        s.put_records(&[(
+            format!("node/org1/n{i}"),
+            Arc::new(vec![u8::try_from(i % 251).expect("small"); 300]),
+        )])
+        .expect("put");
+    }
+    s.put_local_node("n1", "10.0.0.1").expect("local");
+    s.put_local_url("n1", Some("http://10.0.0.1:9000"))
+        .expect("url");
+    s.put_invite("id1", &invite("org2", 1, 99)).expect("invite");
+    path
+}
+
+/// Damage as found on real disks: the file cut to its first 4 KiB, and bytes flipped in every
+/// 4 KiB page (at two offsets). redb panics on the first and on some flips; `open` reports
+/// each as a damaged store naming the file, and never panics.
+#[test]
+fn a_damaged_file_is_an_error_naming_it_never_a_panic() {
+    type Damage = fn(&mut Vec<u8>);
+    let damages: [(&str, Damage); 3] = [
+        ("truncated to 4 KiB", |b| b.truncate(4096)),
+        ("a byte flipped at offset 100 of every page", |b| {
+            for p in (100..b.len()).step_by(4096) {
+                b[p] ^= 0xff;
+            }
+        }),
+        (
+            "bytes flipped at offsets 7, 500 and 3000 of every page",
+            |b| {
+                for p in (0..b.len()).step_by(4096) {
+                    for i in [p + 7, p + 500, p + 3000] {
+                        if let Some(x) = b.get_mut(i) {
+                            *x ^= 0xa5;
+                        }
+                    }
+                }
+            },
+        ),
+    ];
+    for (what, damage) in damages {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = filled(dir.path());
+        let mut bytes = std::fs::read(&path).expect("read");
+        damage(&mut bytes);
+        std::fs::write(&path, &bytes).expect("write");
+        match Store::open(&path) {
+            Err(StoreError::Damaged { path: p, reason }) => {
+                assert_eq!(p, path, "{what}");
+                assert!(!reason.is_empty(), "{what}");
+                let shown = StoreError::Damaged { path: p, reason }.to_string();
+                assert!(shown.contains("store.redb is damaged"), "{what}: {shown}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        // what still reads can be salvaged, and salvaging never panics either
+        let _ = salvage(&path);
+    }
+}
+
+#[test]
+fn salvage_of_a_healthy_file_reads_every_table_and_restores_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = filled(dir.path());
+    let s = salvage(&path);
+    assert_eq!(s.records.as_ref().map(Vec::len), Some(300));
+    assert_eq!(
+        s.local_nodes.as_ref().map(|m| m["n1"].as_str()),
+        Some("10.0.0.1")
+    );
+    assert_eq!(s.invites.as_ref().map(Vec::len), Some(1));
+    assert!(s.allocations.is_some() && s.members.is_some() && s.service_addresses.is_some());
+    let fresh = Store::open(&dir.path().join("fresh.redb")).expect("open");
+    fresh.restore(&s).expect("restore");
+    assert_eq!(fresh.records().expect("records").len(), 300);
+    assert_eq!(
+        fresh.local_urls().expect("urls")["n1"],
+        "http://10.0.0.1:9000"
+    );
+    assert_eq!(
+        fresh.invite("id1").expect("read"),
+        Some(invite("org2", 1, 99))
+    );
+    // a file that does not open at all salvages nothing, without a panic
+    std::fs::write(
+        dir.path().join("cut.redb"),
+        &std::fs::read(&path).expect("read")[..4096],
+    )
+    .expect("write");
+    let none = salvage(&dir.path().join("cut.redb"));
+    assert!(none.records.is_none() && none.local_nodes.is_none());
+}
