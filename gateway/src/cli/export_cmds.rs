@@ -116,7 +116,7 @@ async fn k8s(a: K8sArgs) -> Result<(), CliError> {
     match &a.out {
         Some(path) => crate::datadir::write_atomic(path, text.as_bytes(), 0o600)
             .with_context(|| format!("writing {}", path.display()))?,
-        None => print!("{text}"),
+        None => crate::cli::write_out(format_args!("{text}"))?,
     }
     Ok(())
 }

@@ -124,19 +124,18 @@ async fn rebuild(args: RebuildArgs) -> Result<(), CliError> {
     }
     std::fs::rename(&building, &path)
         .with_context(|| format!("moving the rebuilt store to {}", path.display()))?;
-    println!(
+    outln!(
         "rebuilt {}: {records} records, the same view as {}",
         path.display(),
         agreed.join(", ")
-    );
+    )?;
     match &salvage {
         Some(salvage) => {
-            println!("the damaged file is kept as {}", aside.display());
-            report(salvage);
+            outln!("the damaged file is kept as {}", aside.display())?;
+            report(salvage)
         }
-        None => println!("there was no store file: this site's local state starts empty"),
+        None => outln!("there was no store file: this site's local state starts empty"),
     }
-    Ok(())
 }
 
 /// Builds the new store at `path`: what `salvage` kept, then the records from the peers, then
@@ -258,7 +257,7 @@ fn refill_ledger(store: &Store, m: &Membership) -> Result<(), StoreError> {
 }
 
 /// Prints what the damaged file still gave and what went with it.
-fn report(s: &Salvage) {
+fn report(s: &Salvage) -> Result<(), CliError> {
     let lines = [
         (
             s.local_nodes.as_ref().map(|m| m.len()),
@@ -293,11 +292,12 @@ fn report(s: &Salvage) {
             "fetched from the peers instead",
         ),
     ];
-    println!("kept: fedgw.toml, keys and certificates");
+    outln!("kept: fedgw.toml, keys and certificates")?;
     for (count, what, remedy) in lines {
         match count {
-            Some(c) => println!("kept: {c} {what}"),
-            None => println!("lost: {what} (unreadable in the damaged file): {remedy}"),
+            Some(c) => outln!("kept: {c} {what}")?,
+            None => outln!("lost: {what} (unreadable in the damaged file): {remedy}")?,
         }
     }
+    Ok(())
 }
