@@ -129,7 +129,7 @@ fn join(o1: &Path, o2: &Path) {
     fast(o2);
 }
 
-fn add_node(dir: &Path, name: &str, enode_byte: &str, host: &str) {
+fn add_node(dir: &Path, name: &str, key: u64, host: &str) {
     let add = fedgw()
         .run([
             "node",
@@ -140,7 +140,7 @@ fn add_node(dir: &Path, name: &str, enode_byte: &str, host: &str) {
             "--enode",
             &format!(
                 "enode://{}@{host}:30303?discport=0&raftport=50400",
-                enode_byte.repeat(64)
+                fedgw_tests::enode_id(key)
             ),
         ])
         .expect("spawn");
@@ -154,8 +154,8 @@ fn a_damaged_store_is_exit_20_and_rebuild_fetches_the_view_from_a_running_peer()
     let gw1 = fedgw().start(&o1).expect("org1");
     join(&o1, &o2);
     let gw2 = fedgw().start(&o2).expect("org2");
-    add_node(&o1, "node1", "ab", "10.1.0.1");
-    add_node(&o2, "node2", "cd", "10.2.0.2");
+    add_node(&o1, "node1", 11, "10.1.0.1");
+    add_node(&o2, "node2", 12, "10.2.0.2");
     let want = vec!["org1/node1".to_owned(), "org2/node2".to_owned()];
     wait_for("org2 sees both nodes", Duration::from_secs(20), || {
         (node_names(&o2) == want).then_some(())
@@ -376,7 +376,7 @@ fn a_gateway_started_from_the_exported_secret_fills_its_store_from_peers_and_syn
     let (o1, o2) = consortium(tmp.path());
     let gw1 = fedgw().start(&o1).expect("org1");
     join(&o1, &o2);
-    add_node(&o1, "node1", "ab", "10.1.0.1");
+    add_node(&o1, "node1", 11, "10.1.0.1");
 
     // org2 exports its joined data dir (never run) and a "pod" starts from exactly those files
     let secret = export(&o2, "org2");
@@ -394,7 +394,7 @@ fn a_gateway_started_from_the_exported_secret_fills_its_store_from_peers_and_syn
     assert!(!pod2.join("store.redb").exists());
     let gw2 = fedgw().start(&pod2).expect("the pod becomes ready");
     assert_eq!(node_names(&pod2), ["org1/node1"]);
-    add_node(&pod2, "node2", "cd", "10.2.0.2");
+    add_node(&pod2, "node2", 12, "10.2.0.2");
     wait_for(
         "org1 sees org2's gateway and node",
         Duration::from_secs(20),

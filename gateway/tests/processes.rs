@@ -539,7 +539,7 @@ fn after_a_revocation_restarted_and_running_gateways_agree_on_the_digest() {
                 "--enode",
                 &format!(
                     "enode://{}@10.{}.0.1:30303?discport=0&raftport=50400",
-                    format!("{:02x}", 0xa0 + i).repeat(64),
+                    fedgw_tests::enode_id(0xa0 + i as u64),
                     i + 1
                 ),
             ])

@@ -234,3 +234,17 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// A valid enode id for tests: the secp256k1 public key `n`·G (SEC 2 section 2.4.1), as the 128
+/// lowercase hex digits of its uncompressed point without the `0x04` prefix. Distinct `n` give
+/// distinct ids; `n` must not be 0 (the point at infinity has no such encoding).
+pub fn enode_id(n: u64) -> String {
+    use k256::elliptic_curve::sec1::ToEncodedPoint;
+    assert!(n != 0, "0·G is the point at infinity");
+    let point = (k256::ProjectivePoint::GENERATOR * k256::Scalar::from(n)).to_affine();
+    let encoded = point.to_encoded_point(false);
+    encoded.as_bytes()[1..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
