@@ -261,6 +261,7 @@ impl Config {
                 "tunnel.stall_timeout_ms must be 0 (no limit) or between 100 and {MAX_STALL_TIMEOUT_MS}"
             ));
         }
+        crate::tunnel::class::check(&self.tunnel.priority)?;
         if let Some(n) = self.tunnel.max_connections_per_org
             && !(1..=self.tunnel.max_connections).contains(&n)
         {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use fedgw_gateway::config::Config;
 use fedgw_gateway::membership::GatewayId;
 use fedgw_gateway::tunnel::Transport;
+use fedgw_gateway::tunnel::class::Class;
 use fedgw_gateway::tunnel::header::{Answer, Request};
 use fedgw_proto::v1 as pb;
 use support::*;
@@ -220,12 +221,20 @@ async fn echo_many(transport: Transport) {
     wait_for("every byte counted", || {
         let sent = 100 * (1 << 20) + 1024;
         let (near, far) = (
-            metrics[0].tunnel_counters("org2"),
-            metrics[1].tunnel_counters("org1"),
+            metrics[0].tunnel_counters("org2", Class::Bulk),
+            metrics[1].tunnel_counters("org1", Class::Bulk),
         );
         [near.tx.get(), near.rx.get(), far.tx.get(), far.rx.get()] == [sent; 4]
     })
     .await;
+    // the echo stands in on the p2p port: bulk, at both ends (the first bytes of each
+    // connection go with its header, uncounted by class)
+    for m in &metrics {
+        let bulk = m.tunnel_class_totals(Class::Bulk);
+        assert!(bulk.bytes > 99 * (1 << 20), "{bulk:?}");
+        assert!(bulk.writes > 0 && bulk.max_wait_us >= bulk.wait_sum_us / bulk.writes);
+        assert_eq!(m.tunnel_class_totals(Class::Consensus).bytes, 0);
+    }
 
     wait_for("no proxied connection left", || {
         metrics.iter().all(|m| m.tunnel_active_streams() == 0)

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tracing::debug;
@@ -36,11 +37,42 @@ pub const MAX_GSO_PAYLOAD: usize = 65_535 - 20 - 8;
 /// shrinks the congestion window.
 pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
 
+/// The congestion controller of tunnel links (`[tunnel] congestion`), on both transports:
+/// QUIC links use quinn's implementation, TCP+TLS links ask the kernel for it by name
+/// (`TCP_CONGESTION`; where the kernel lacks it the socket keeps the system default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// CUBIC (RFC 9438): fills the bottleneck's queue until it loses packets, so on a busy
+    /// link every message waits behind that queue.
+    Cubic,
+    /// BBR: paces at the measured bottleneck rate and keeps the queue there short
+    /// (docs/PERFORMANCE.md, the WAN runs).
+    #[default]
+    Bbr,
+}
+
+impl Congestion {
+    /// The Linux name for `TCP_CONGESTION`.
+    pub fn tcp_name(self) -> &'static [u8] {
+        match self {
+            Congestion::Cubic => b"cubic",
+            Congestion::Bbr => b"bbr",
+        }
+    }
+}
+
 /// Builds the QUIC transport settings: keep-alive, idle timeout, stream limits and windows
-/// sized for bulk transfers, path MTU discovery up to [`MTU_UPPER_BOUND`], and the RFC 9000
-/// acknowledgement timing (no ACK-frequency extension).
-pub fn transport_config() -> quinn::TransportConfig {
+/// sized for bulk transfers, path MTU discovery up to [`MTU_UPPER_BOUND`], the RFC 9000
+/// acknowledgement timing (no ACK-frequency extension) and `congestion`.
+pub fn transport_config(congestion: Congestion) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
+    match congestion {
+        Congestion::Cubic => {}
+        Congestion::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+        }
+    }
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(65_536));
