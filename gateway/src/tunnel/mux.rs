@@ -1458,6 +1458,16 @@ pub(super) mod tests {
         (TcpStream, rustls::ServerConnection),
         tokio_rustls::client::TlsStream<TcpStream>,
     ) {
+        tls_pair_via(None).await
+    }
+
+    /// [`tls_pair`], the client's bytes passing a [`throttle`] of `rate` bytes/s when given.
+    async fn tls_pair_via(
+        rate: Option<usize>,
+    ) -> (
+        (TcpStream, rustls::ServerConnection),
+        tokio_rustls::client::TlsStream<TcpStream>,
+    ) {
         let now = SystemTime::now();
         let root = fedgw_certs::CertificateAuthority::new_root("c", "t.test", now).expect("root");
         let leaf = root
@@ -1493,8 +1503,12 @@ pub(super) mod tests {
                 .expect("server handshake");
             tls.into_inner()
         };
+        let dial = match rate {
+            Some(rate) => throttle(addr, rate).await,
+            None => addr,
+        };
         let connect = async {
-            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let tcp = TcpStream::connect(dial).await.expect("connect");
             let name = rustls_pki_types::ServerName::try_from("org1.t.test").expect("name");
             tokio_rustls::TlsConnector::from(Arc::new(client))
                 .connect(name, tcp)
@@ -1502,6 +1516,46 @@ pub(super) mod tests {
                 .expect("client handshake")
         };
         tokio::join!(accept, connect)
+    }
+
+    /// A TCP forwarder to `to` on loopback: its address. Bytes towards `to` pass at `rate`
+    /// bytes/s (a slice every 10 ms) through a 64 KiB receive buffer, so whoever sends
+    /// faster fills the buffers in front of it, as on a saturated WAN link; the other way
+    /// passes at once.
+    async fn throttle(to: std::net::SocketAddr, rate: usize) -> std::net::SocketAddr {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+        socket.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let listener = socket.listen(1).expect("listen");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let Ok((mut near, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut far) = TcpStream::connect(to).await else {
+                return;
+            };
+            let (mut near_r, mut near_w) = near.split();
+            let (mut far_r, mut far_w) = far.split();
+            let up = async {
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let mut buf = vec![0u8; rate / 100];
+                loop {
+                    tick.tick().await;
+                    match near_r.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if far_w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            };
+            let down = tokio::io::copy(&mut far_r, &mut near_w);
+            let _ = tokio::join!(up, down);
+        });
+        addr
     }
 
     /// Two sessions over one TLS 1.3 connection on loopback: (client mux, client driver),
@@ -1787,6 +1841,74 @@ pub(super) mod tests {
     /// `len` bytes of stream `tag`'s pattern.
     fn pattern(tag: u8, len: usize) -> Vec<u8> {
         (0..len).map(|i| (i % 251) as u8 ^ tag).collect()
+    }
+
+    #[tokio::test]
+    async fn a_small_write_goes_within_a_bound_while_another_stream_fills_a_slow_link() {
+        // 2 MiB/s: what the session and the kernel hold in front of a new frame (the
+        // session's queue, the unsent and unacknowledged bytes, the forwarder's buffer: some
+        // 300 KiB) passes in about 0.15 s
+        let ((stcp, stls), client) = tls_pair_via(Some(2 * 1024 * 1024)).await;
+        let (ctcp, ctls) = client.into_inner();
+        let (client, cdriver) = session(ctcp, ctls.into(), Role::Client, &config(16), None);
+        let (_server, sdriver) = session(stcp, stls.into(), Role::Server, &config(16), None);
+        let (_c, mut accepted) = (drive(cdriver), drive(sdriver));
+        // a bulk stream that writes for as long as the test runs; its reader takes all
+        let (_br, mut bw) = client.open().expect("open");
+        bw.set_class(Class::Bulk);
+        let _bulk = AbortOnDrop(tokio::spawn(async move {
+            let chunk = vec![0u8; MAX_FRAME];
+            while bw.write_all(&chunk).await.is_ok() {}
+        }));
+        let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");
+        let (filled, mut full) = tokio::sync::oneshot::channel();
+        let _drain = AbortOnDrop(tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0;
+            let mut filled = Some(filled);
+            while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                got += n;
+                if got >= 1024 * 1024
+                    && let Some(f) = filled.take()
+                {
+                    let _ = f.send(());
+                }
+            }
+        }));
+        // half a second of bulk data through: every queue in front of the link is full
+        bounded("the link fills", &mut full).await.expect("filled");
+        // another stream of the same class, then one of a higher class: each small write
+        // reaches the far end within the bound (before turns, a writer woken when the queue
+        // drained found the bulk writer had filled it again: it waited for as long as the
+        // bulk stream wrote)
+        for class in [Class::Bulk, Class::Interactive, Class::Consensus] {
+            let (_r, mut w) = client.open().expect("open");
+            w.set_class(class);
+            let start = Instant::now();
+            let message = [class as u8; 64];
+            let sent = async {
+                w.write_all(&message).await.expect("write");
+                let (mut r, _w) = accepted.recv().await.expect("accepted");
+                let mut got = [0u8; 64];
+                r.read_exact(&mut got).await.expect("read");
+                assert_eq!(got, message);
+            };
+            bounded("a small write through a full link", sent).await;
+            let took = start.elapsed();
+            assert!(
+                took < Duration::from_secs(2),
+                "a {class:?} write took {took:?} behind a bulk stream"
+            );
+        }
+    }
+
+    /// Aborts the task when dropped.
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
     }
 
     #[tokio::test]
