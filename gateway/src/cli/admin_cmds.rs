@@ -500,6 +500,10 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             "tunnels": tunnels, "listeners": s.listeners, "listener_failures": s.listener_failures,
             "active_streams": s.active_streams, "refused_streams": s.refused_streams,
             "stalled_connections": s.stalled_connections,
+            "classes": s.classes.iter().map(|c| serde_json::json!({
+                "class": c.class, "bytes": c.bytes, "writes": c.writes,
+                "wait_sum_us": c.wait_sum_us, "max_wait_us": c.max_wait_us,
+            })).collect::<Vec<_>>(),
         });
         println!("{v}");
         return Ok(());
@@ -567,6 +571,25 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             lost
         );
     }
+    if s.classes.iter().any(|c| c.writes > 0) {
+        println!(
+            "{:<16} {:>12} {:>10} {:>12} {:>12}",
+            "class", "sent", "writes", "mean wait", "max wait"
+        );
+        for c in &s.classes {
+            println!(
+                "{:<16} {:>12} {:>10} {:>12} {:>12}",
+                c.class,
+                human_bytes(c.bytes),
+                c.writes,
+                format!(
+                    "{:.2} ms",
+                    c.wait_sum_us as f64 / c.writes.max(1) as f64 / 1e3
+                ),
+                format!("{:.2} ms", c.max_wait_us as f64 / 1e3),
+            );
+        }
+    }
     for (title, counts) in [
         ("refused streams", &s.refused_streams),
         (
@@ -579,6 +602,22 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// `n` bytes with a binary unit: `512 B`, `1.5 KiB`, `3.2 GiB`.
+fn human_bytes(n: u64) -> String {
+    let mut v = n as f64;
+    for unit in ["B", "KiB", "MiB", "GiB"] {
+        if v < 1024.0 || unit == "GiB" {
+            return if unit == "B" {
+                format!("{n} B")
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+        v /= 1024.0;
+    }
+    format!("{v:.1} TiB")
 }
 
 /// `counts` as `key n, key n` in key order: `{"b": 2, "a": 1}` → `a 1, b 2`.

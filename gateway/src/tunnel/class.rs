@@ -138,8 +138,8 @@ mod tests {
 
     #[test]
     fn classes_parse_from_toml_and_order_highest_first() {
-        let p: Priorities = toml::from_str("raft = \"bulk\"\n\"o/n/p2p\" = \"consensus\"\n")
-            .expect("parse");
+        let p: Priorities =
+            toml::from_str("raft = \"bulk\"\n\"o/n/p2p\" = \"consensus\"\n").expect("parse");
         assert_eq!(p["raft"], Class::Bulk);
         assert_eq!(p["o/n/p2p"], Class::Consensus);
         assert!(toml::from_str::<Priorities>("raft = \"urgent\"").is_err());

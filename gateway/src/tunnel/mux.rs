@@ -86,7 +86,7 @@ const PIN_BELOW: usize = (READ_CHUNK + MAX_RECORD_PLAINTEXT) / 4;
 /// Encrypted bytes queued for the socket (refused by it so far) at which writers wait for a
 /// turn ([`sched`]): small, so a consensus frame never waits behind much bulk data in the
 /// session (64 KiB leave the socket in 5 ms at 100 Mbit/s).
-pub const QUEUE_LIMIT: usize = 64 * 1024;
+pub const QUEUE_LIMIT: usize = 16 * 1024;
 /// Largest data frame while other streams wait for a turn: one TLS record, so a turn holds
 /// the link for 1.3 ms at 100 Mbit/s.
 pub const SHARED_FRAME: usize = 16 * 1024;
@@ -99,7 +99,7 @@ const TURN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Unsent bytes a link's TCP socket holds before it refuses more (`TCP_NOTSENT_LOWAT`): the
 /// kernel's queue in front of the session's scheduler stays this short (the default is the
 /// whole send buffer, 1 MB and more once autotuned).
-pub const NOTSENT_LOWAT: u32 = 64 * 1024;
+pub const NOTSENT_LOWAT: u32 = 16 * 1024;
 /// Encrypted bytes queued for the socket at which the session ends: writers stop near
 /// [`QUEUE_LIMIT`], so only a peer that keeps sending (pings, streams to refuse) without
 /// reading what it is sent gets here.
@@ -527,8 +527,7 @@ impl Inner {
     /// Whether the socket refused a write within [`BACKLOG_HOLD`]: the link is the
     /// bottleneck.
     fn backlogged(&self) -> bool {
-        self.refused_at
-            .is_some_and(|t| t.elapsed() < BACKLOG_HOLD)
+        self.refused_at.is_some_and(|t| t.elapsed() < BACKLOG_HOLD)
     }
 
     /// Ends the session: a close_notify goes out if the socket takes it, the socket is shut
@@ -1461,13 +1460,9 @@ pub(super) mod tests {
         tls_pair_via(None).await
     }
 
-    /// [`tls_pair`], the client's bytes passing a [`throttle`] of `rate` bytes/s when given.
-    async fn tls_pair_via(
-        rate: Option<usize>,
-    ) -> (
-        (TcpStream, rustls::ServerConnection),
-        tokio_rustls::client::TlsStream<TcpStream>,
-    ) {
+    /// TLS 1.3 configs for a server named `org1.t.test` and a client that trusts it, from a
+    /// test PKI made now.
+    pub(in crate::tunnel) fn tls_configs() -> (rustls::ServerConfig, rustls::ClientConfig) {
         let now = SystemTime::now();
         let root = fedgw_certs::CertificateAuthority::new_root("c", "t.test", now).expect("root");
         let leaf = root
@@ -1493,6 +1488,17 @@ pub(super) mod tests {
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
+        (server, client)
+    }
+
+    /// [`tls_pair`], the client's bytes passing a [`throttle`] of `rate` bytes/s when given.
+    async fn tls_pair_via(
+        rate: Option<usize>,
+    ) -> (
+        (TcpStream, rustls::ServerConnection),
+        tokio_rustls::client::TlsStream<TcpStream>,
+    ) {
+        let (server, client) = tls_configs();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let accept = async {
@@ -1525,7 +1531,9 @@ pub(super) mod tests {
     async fn throttle(to: std::net::SocketAddr, rate: usize) -> std::net::SocketAddr {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
-        socket.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        socket
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
         let listener = socket.listen(1).expect("listen");
         let addr = listener.local_addr().expect("address");
         tokio::spawn(async move {

@@ -472,6 +472,137 @@ mod tests {
         assert_eq!(rx.recv(&mut buf).expect("received"), 5);
     }
 
+    /// A UDP forwarder on loopback: its address. Datagrams towards `to` pass at `rate`
+    /// bytes/s through a queue of at most 64 KiB that drops what does not fit (a bottleneck
+    /// router's); the answers pass at once.
+    async fn udp_throttle(to: SocketAddr, rate: usize) -> SocketAddr {
+        use tokio::time::{Instant, sleep_until};
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = sock.local_addr().expect("address");
+        tokio::spawn(async move {
+            let mut client = None;
+            let mut queue = std::collections::VecDeque::<Vec<u8>>::new();
+            let mut queued = 0;
+            let mut next = Instant::now();
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let due = !queue.is_empty();
+                tokio::select! {
+                    r = sock.recv_from(&mut buf) => {
+                        let Ok((n, from)) = r else { return };
+                        if from == to {
+                            if let Some(c) = client {
+                                let _ = sock.send_to(&buf[..n], c).await;
+                            }
+                        } else {
+                            client = Some(from);
+                            if queued + n <= 64 * 1024 {
+                                queue.push_back(buf[..n].to_vec());
+                                queued += n;
+                            }
+                        }
+                    }
+                    () = sleep_until(next), if due => {
+                        let Some(d) = queue.pop_front() else { continue };
+                        queued -= d.len();
+                        let _ = sock.send_to(&d, to).await;
+                        next = next.max(Instant::now())
+                            + Duration::from_secs_f64(d.len() as f64 / rate as f64);
+                    }
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_consensus_write_goes_within_a_bound_while_a_bulk_stream_fills_a_slow_path() {
+        use super::super::class::Class;
+        use super::super::splice::TunnelWrite;
+        let (mut server_tls, mut client_tls) = super::super::mux::tests::tls_configs();
+        server_tls.alpn_protocols = vec![b"t".to_vec()];
+        client_tls.alpn_protocols = vec![b"t".to_vec()];
+        let transport = Arc::new(transport_config(Congestion::default()));
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).expect("QUIC server"),
+        ));
+        server_config.transport_config(transport.clone());
+        let mut client_config = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).expect("QUIC client"),
+        ));
+        client_config.transport_config(transport);
+        let bind = || std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let server = endpoint(bind(), Some(server_config)).expect("server endpoint");
+        let client = endpoint(bind(), None).expect("client endpoint");
+        let path = udp_throttle(server.local_addr().expect("address"), 2 * 1024 * 1024).await;
+        let bound = Duration::from_secs(10);
+        let connecting = client
+            .connect_with(client_config, path, "org1.t.test")
+            .expect("connect");
+        let accept = async {
+            server
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("server handshake")
+        };
+        let (conn, peer) = tokio::time::timeout(bound, async {
+            tokio::join!(async { connecting.await.expect("handshake") }, accept)
+        })
+        .await
+        .expect("handshake in time");
+        // a bulk stream that writes for as long as the test runs; the far end takes all
+        let (send, _recv) = conn.open_bi().await.expect("open");
+        let mut bulk = TunnelWrite::Quic(send);
+        bulk.set_class(Class::Bulk);
+        let writer = tokio::spawn(async move {
+            let chunk = vec![0u8; 256 * 1024];
+            while bulk.write_all(&chunk).await.is_ok() {}
+        });
+        let (_send, mut sink) = tokio::time::timeout(bound, peer.accept_bi())
+            .await
+            .expect("bulk stream in time")
+            .expect("bulk stream");
+        let mut got = 0;
+        while got < 1024 * 1024 {
+            let chunk = tokio::time::timeout(bound, sink.read_chunk(64 * 1024, true))
+                .await
+                .expect("bulk bytes in time")
+                .expect("read")
+                .expect("not finished");
+            got += chunk.bytes.len();
+        }
+        let drain =
+            tokio::spawn(
+                async move { while let Ok(Some(_)) = sink.read_chunk(1 << 20, true).await {} },
+            );
+        // half a second of bulk data through: the path's queue is full. A consensus write
+        // reaches the far end within the bound
+        let (send, _recv) = conn.open_bi().await.expect("open");
+        let mut w = TunnelWrite::Quic(send);
+        w.set_class(Class::Consensus);
+        let start = std::time::Instant::now();
+        let message = [7u8; 64];
+        w.write_all(&message).await.expect("write");
+        let (_s, mut r) = tokio::time::timeout(bound, peer.accept_bi())
+            .await
+            .expect("stream in time")
+            .expect("stream");
+        let mut back = [0u8; 64];
+        tokio::time::timeout(bound, r.read_exact(&mut back))
+            .await
+            .expect("bytes in time")
+            .expect("read");
+        assert_eq!(back, message);
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        writer.abort();
+        drain.abort();
+    }
+
     #[test]
     fn segments_never_exceed_what_the_socket_supports() {
         assert_eq!(gso_segments(1), 1);

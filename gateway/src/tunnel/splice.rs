@@ -866,9 +866,12 @@ mod tests {
             let mut w = TunnelWrite::Mux(cw);
             let counters = counters();
             let (mut read, _write) = tcp.split();
-            bounded("pump", tcp_to_tunnel(&mut read, &mut w, &counters, &accepted))
-                .await
-                .expect("pump");
+            bounded(
+                "pump",
+                tcp_to_tunnel(&mut read, &mut w, &counters, &accepted),
+            )
+            .await
+            .expect("pump");
             // only the node's bytes are counted
             assert_eq!(counters.tx.get(), said.len() as u64);
             let (sr, _sw) = bounded("accept", inbound.recv()).await.expect("accepted");

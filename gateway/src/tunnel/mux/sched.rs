@@ -142,7 +142,9 @@ mod tests {
         let class = |id| classes.iter().find(|(i, _)| *i == id).expect("known").1;
         let mut order = Vec::new();
         for _ in 0..frames {
-            let Some(id) = s.next(Instant::now()) else { break };
+            let Some(id) = s.next(Instant::now()) else {
+                break;
+            };
             assert!(s.may_write(id, class(id)), "a stream with a turn writes");
             s.wrote(id, class(id));
             order.push(id);
@@ -164,7 +166,10 @@ mod tests {
         assert!(s.may_write(5, Class::Consensus));
         assert!(s.may_write(7, Class::Interactive));
         s.wait(5, Class::Consensus);
-        assert!(!s.may_write(9, Class::Consensus), "no passing within a class");
+        assert!(
+            !s.may_write(9, Class::Consensus),
+            "no passing within a class"
+        );
         assert_eq!(s.next(Instant::now()), Some(5), "the highest class first");
         assert!(s.may_write(5, Class::Consensus));
         assert!(
@@ -242,8 +247,14 @@ mod tests {
         s.wait(3, Class::Bulk);
         assert_eq!(s.next(t0), Some(1));
         assert!(!s.may_write(5, Class::Bulk));
-        assert_eq!(s.expire(t0 + Duration::from_millis(999), Duration::from_secs(1)), 0);
-        assert_eq!(s.expire(t0 + Duration::from_secs(1), Duration::from_secs(1)), 1);
+        assert_eq!(
+            s.expire(t0 + Duration::from_millis(999), Duration::from_secs(1)),
+            0
+        );
+        assert_eq!(
+            s.expire(t0 + Duration::from_secs(1), Duration::from_secs(1)),
+            1
+        );
         assert!(!s.has_turn(1));
         assert_eq!(s.next(t0), Some(3));
     }
