@@ -21,6 +21,11 @@
 //!   (one copy, encrypted in place) and on to the socket itself, under the session's lock. The
 //!   session's driver only reads, and writes what the socket refused earlier once it is
 //!   writable again.
+//! - **Turns while the link is busy.** A writer goes at once while the bytes queued for the
+//!   socket stay under [`QUEUE_LIMIT`] and no stream of its priority class or above waits;
+//!   otherwise it waits for a turn ([`sched`]): one frame of at most [`SHARED_FRAME`] bytes
+//!   per turn, highest class first, round-robin within a class, and lower classes are never
+//!   starved. The socket itself holds at most [`NOTSENT_LOWAT`] unsent bytes.
 //! - **A new stream costs one frame each way.** Opening sends nothing; the first write carries
 //!   the SYN with the window update and the data in one TLS record (the tunnel header), and
 //!   the far end's first write carries the ACK with its answer and the node's first bytes (a
@@ -84,8 +89,8 @@ const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 /// queued for a stream's reader: a quarter of the largest buffer a read decrypts into.
 const PIN_BELOW: usize = (READ_CHUNK + MAX_RECORD_PLAINTEXT) / 4;
 /// Encrypted bytes queued for the socket (refused by it so far) at which writers wait for a
-/// turn ([`sched`]): small, so a consensus frame never waits behind much bulk data in the
-/// session (64 KiB leave the socket in 5 ms at 100 Mbit/s).
+/// turn ([`sched`]): one TLS record, so a consensus frame never waits behind much bulk data
+/// in the session (16 KiB leave the socket in 1.3 ms at 100 Mbit/s).
 pub const QUEUE_LIMIT: usize = 16 * 1024;
 /// Largest data frame while other streams wait for a turn: one TLS record, so a turn holds
 /// the link for 1.3 ms at 100 Mbit/s.
@@ -98,7 +103,8 @@ const BACKLOG_HOLD: Duration = Duration::from_millis(200);
 const TURN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Unsent bytes a link's TCP socket holds before it refuses more (`TCP_NOTSENT_LOWAT`): the
 /// kernel's queue in front of the session's scheduler stays this short (the default is the
-/// whole send buffer, 1 MB and more once autotuned).
+/// whole send buffer, 1 MB and more once autotuned). On a 100 Mbit/s link with BBR this and
+/// [`QUEUE_LIMIT`] add some 6 ms to a consensus message's wait (docs/PERFORMANCE.md).
 pub const NOTSENT_LOWAT: u32 = 16 * 1024;
 /// Encrypted bytes queued for the socket at which the session ends: writers stop near
 /// [`QUEUE_LIMIT`], so only a peer that keeps sending (pings, streams to refuse) without
