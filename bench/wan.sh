@@ -4,6 +4,7 @@
 #   bench/wan.sh [ROUNDS]        (default 3; root: network namespaces, veth, tc)
 #   RATE=1gbit bench/wan.sh      (default 100mbit; RATE=none: no shaping, for throughput)
 #   SECONDS_PER_RUN=8 (default)   PATHS="direct_bbr fedgw_tcp" (default: all six)
+#   BENCH_SS=/tmp/ss: `ss -tinm` at site A in the middle of each loaded run, to /tmp/ss.PATH
 #
 # Two network namespaces, fwwan-a (site A: org1's gateway and the clients) and fwwan-b (site
 # B: org2's gateway and the "node"), joined by a veth pair shaped with `tc tbf` to RATE in
@@ -232,7 +233,8 @@ results=$work/results.tsv
 run() { # path round mode
   local p=$1 out
   if [[ -n ${BENCH_SS:-} && $3 == loaded ]]; then
-    (sleep 4; inA ss -tinm state established >"$work/ss.$p" 2>&1; cp "$work/ss.$p" /tmp/wan-ss.$p) &
+    # the link sockets' state in the middle of the run (Send-Q, notsent, cwnd, pacing)
+    (sleep 4; inA ss -tinm state established >"$BENCH_SS.$p" 2>&1) &
   fi
   out=$(inA python3 "$work/load.py" "${host[$p]}" 30303 50400 "$secs" "${cc[$p]}" "$([[ $3 == loaded ]] && echo 1 || echo 0)")
   python3 - "$2" "$p" "$3" "$rate_bps" >>"$results" <<EOF

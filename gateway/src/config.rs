@@ -397,6 +397,32 @@ mod tests {
             Config::parse(&text, Path::new("x")),
             Err(ConfigError::Parse { .. })
         ));
+        // priority classes: known classes by port name or org/node/port, nothing else
+        let mut c = sample();
+        c.tunnel
+            .priority
+            .insert("tessera".into(), crate::tunnel::class::Class::Bulk);
+        c.tunnel.priority.insert(
+            "org2/validator1/p2p".into(),
+            crate::tunnel::class::Class::Consensus,
+        );
+        c.tunnel.congestion = crate::tunnel::quic::Congestion::Cubic;
+        let back = Config::parse(&c.to_toml(), Path::new("x")).expect("valid");
+        assert_eq!(back.tunnel, c.tunnel);
+        c.tunnel
+            .priority
+            .insert("org2/p2p".into(), crate::tunnel::class::Class::Bulk);
+        assert!(matches!(
+            Config::parse(&c.to_toml(), Path::new("x")),
+            Err(ConfigError::Invalid { .. })
+        ));
+        let text = sample()
+            .to_toml()
+            .replace("congestion = \"bbr\"", "congestion = \"reno\"");
+        assert!(matches!(
+            Config::parse(&text, Path::new("x")),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

@@ -249,6 +249,17 @@ async fn echo_many(transport: Transport) {
         .find(|t| t.org == "org2")
         .expect("a link to org2 in status");
     assert_eq!(link.transport, want);
+    let classes: Vec<(&str, u64)> = status
+        .classes
+        .iter()
+        .map(|c| (c.class.as_str(), c.bytes))
+        .collect();
+    assert_eq!(classes.len(), 3, "{classes:?}");
+    assert_eq!(classes[0], ("consensus", 0));
+    assert!(
+        classes[2].0 == "bulk" && classes[2].1 > 99 * (1 << 20),
+        "{classes:?}"
+    );
     if want == "quic" {
         assert!(
             (1200..=u32::from(fedgw_gateway::tunnel::quic::MTU_UPPER_BOUND))

@@ -606,18 +606,17 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
 
 /// `n` bytes with a binary unit: `512 B`, `1.5 KiB`, `3.2 GiB`.
 fn human_bytes(n: u64) -> String {
-    let mut v = n as f64;
-    for unit in ["B", "KiB", "MiB", "GiB"] {
-        if v < 1024.0 || unit == "GiB" {
-            return if unit == "B" {
-                format!("{n} B")
-            } else {
-                format!("{v:.1} {unit}")
-            };
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    for unit in ["KiB", "MiB"] {
+        if v < 1024.0 {
+            return format!("{v:.1} {unit}");
         }
         v /= 1024.0;
     }
-    format!("{v:.1} TiB")
+    format!("{v:.1} GiB")
 }
 
 /// `counts` as `key n, key n` in key order: `{"b": 2, "a": 1}` → `a 1, b 2`.
@@ -722,7 +721,16 @@ pub async fn render(
 
 #[cfg(test)]
 mod tests {
-    use super::sorted_counts;
+    use super::{human_bytes, sorted_counts};
+
+    #[test]
+    fn byte_counts_take_a_binary_unit() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(100 << 20), "100.0 MiB");
+        assert_eq!(human_bytes(5 << 40), "5120.0 GiB");
+    }
 
     #[test]
     fn counts_show_in_key_order() {
