@@ -17,7 +17,7 @@
 //! Pure state: no sockets, no wakers (the session wakes the streams [`Scheduler::next`]
 //! returns).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::tunnel::class::{CLASSES, Class};
@@ -30,6 +30,9 @@ pub const AGING: u32 = 8;
 pub struct Scheduler {
     /// Streams waiting for a turn, per class, in order of arrival.
     waiting: [VecDeque<u32>; CLASSES],
+    /// The streams in `waiting`, so a poll of a waiting stream and a stream's end cost no
+    /// search of the queues.
+    queued: HashSet<u32>,
     /// Frames of higher classes sent while each class had a stream waiting.
     passed: [u32; CLASSES],
     /// Streams given a turn (woken) that have not written yet, with their class and when.
@@ -74,7 +77,7 @@ impl Scheduler {
     /// Stream `id` of `class` could not write: it waits for a turn (once, however often it is
     /// polled). A stream holding a turn keeps it.
     pub fn wait(&mut self, id: u32, class: Class) {
-        if self.has_turn(id) || self.waiting.iter().any(|q| q.contains(&id)) {
+        if self.has_turn(id) || !self.queued.insert(id) {
             return;
         }
         self.waiting[class.index()].push_back(id);
@@ -97,8 +100,10 @@ impl Scheduler {
     /// than the queue): out of the queue, its turn handed back.
     pub fn remove(&mut self, id: u32) {
         self.turns.retain(|&(t, _, _)| t != id);
-        for q in &mut self.waiting {
-            q.retain(|&w| w != id);
+        if self.queued.remove(&id) {
+            for q in &mut self.waiting {
+                q.retain(|&w| w != id);
+            }
         }
     }
 
@@ -111,6 +116,7 @@ impl Scheduler {
             .find(|&l| self.due(l))
             .or_else(|| (0..CLASSES).find(|&c| !self.waiting[c].is_empty()))?;
         let id = self.waiting[class].pop_front()?;
+        self.queued.remove(&id);
         if self.waiting[class].is_empty() {
             self.passed[class] = 0;
         }
