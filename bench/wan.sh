@@ -5,6 +5,7 @@
 #   RATE=1gbit bench/wan.sh      (default 100mbit; RATE=none: no shaping, for throughput)
 #   SECONDS_PER_RUN=8 (default)   PATHS="direct_bbr fedgw_tcp" (default: all six)
 #   BENCH_SS=/tmp/ss: `ss -tinm` at site A in the middle of each loaded run, to /tmp/ss.PATH
+#   PING_INTERVAL=0.02: seconds between pings (default 0.01, 100/s)
 #
 # Two network namespaces, fwwan-a (site A: org1's gateway and the clients) and fwwan-b (site
 # B: org2's gateway and the "node"), joined by a veth pair shaped with `tc tbf` to RATE in
@@ -106,7 +107,7 @@ echo $! >"$work/node.pid"
 # the load: optional bulk stream through the p2p port, fixed-rate 64-byte pings through the raft
 # port; prints "rtts_ms..." on one line and the bulk rate in bit/s on the next
 cat >"$work/load.py" <<'EOF'
-import socket, sys, threading, time
+import os, socket, sys, threading, time
 host, p2p, raft, secs, cc, bulk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6] == "1"
 def dial(port):
     s = socket.socket()
@@ -137,8 +138,9 @@ msg = b"x" * 64
 rtts = []
 end = time.monotonic() + secs
 nxt = time.monotonic()
+interval = float(os.environ.get("PING_INTERVAL", "0.01"))
 while time.monotonic() < end:
-    nxt += 0.01
+    nxt += interval
     t = time.monotonic()
     ping.sendall(msg)
     got = 0

@@ -103,8 +103,8 @@ const BACKLOG_HOLD: Duration = Duration::from_millis(200);
 const TURN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Unsent bytes a link's TCP socket holds before it refuses more (`TCP_NOTSENT_LOWAT`): the
 /// kernel's queue in front of the session's scheduler stays this short (the default is the
-/// whole send buffer, 1 MB and more once autotuned). On a 100 Mbit/s link with BBR this and
-/// [`QUEUE_LIMIT`] add some 6 ms to a consensus message's wait (docs/PERFORMANCE.md).
+/// whole send buffer, 1 MB and more once autotuned). Half as much measured no shorter round
+/// trip on a saturated 100 Mbit/s link (docs/PERFORMANCE.md).
 pub const NOTSENT_LOWAT: u32 = 16 * 1024;
 /// Encrypted bytes queued for the socket at which the session ends: writers stop near
 /// [`QUEUE_LIMIT`], so only a peer that keeps sending (pings, streams to refuse) without
