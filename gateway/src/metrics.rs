@@ -104,6 +104,11 @@ pub struct ClassCounters {
 }
 
 impl ClassCounters {
+    /// Bytes sent into the tunnel with a stream's header (no wait of their own).
+    pub fn sent(&self, bytes: usize) {
+        self.bytes.inc_by(bytes as u64);
+    }
+
     /// A write of `bytes` into the tunnel that took `waited` until the link took it.
     pub fn wrote(&self, bytes: usize, waited: std::time::Duration) {
         self.bytes.inc_by(bytes as u64);

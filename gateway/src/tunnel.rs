@@ -1177,6 +1177,7 @@ impl Tunnels {
         drop(first);
         let counters = self.0.metrics.tunnel_counters(&route.request.org, class);
         counters.tx.inc_by(early as u64);
+        counters.class.sent(early);
         let revoked = self.0.membership.revocation().token(&route.request.org);
         let closed = route.closed.clone();
         let _active = self.0.metrics.tunnel_stream_guard();

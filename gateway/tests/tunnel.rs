@@ -227,11 +227,10 @@ async fn echo_many(transport: Transport) {
         [near.tx.get(), near.rx.get(), far.tx.get(), far.rx.get()] == [sent; 4]
     })
     .await;
-    // the echo stands in on the p2p port: bulk, at both ends (the first bytes of each
-    // connection go with its header, uncounted by class)
+    // the echo stands in on the p2p port: bulk, at both ends
     for m in &metrics {
         let bulk = m.tunnel_class_totals(Class::Bulk);
-        assert!(bulk.bytes > 99 * (1 << 20), "{bulk:?}");
+        assert_eq!(bulk.bytes, 100 * (1 << 20) + 1024, "{bulk:?}");
         assert!(bulk.writes > 0 && bulk.max_wait_us >= bulk.wait_sum_us / bulk.writes);
         assert_eq!(m.tunnel_class_totals(Class::Consensus).bytes, 0);
     }
@@ -257,7 +256,7 @@ async fn echo_many(transport: Transport) {
     assert_eq!(classes.len(), 3, "{classes:?}");
     assert_eq!(classes[0], ("consensus", 0));
     assert!(
-        classes[2].0 == "bulk" && classes[2].1 > 99 * (1 << 20),
+        classes[2] == ("bulk", 100 * (1 << 20) + 1024),
         "{classes:?}"
     );
     if want == "quic" {
