@@ -690,6 +690,19 @@ fn status_of(
             .map(|end| (end.to_owned(), metrics.tunnel_stalled_total(end)))
             .filter(|(_, n)| *n > 0)
             .collect(),
+        classes: crate::tunnel::class::Class::ALL
+            .into_iter()
+            .map(|class| {
+                let t = metrics.tunnel_class_totals(class);
+                pb::ClassStatus {
+                    class: class.label().to_owned(),
+                    bytes: t.bytes,
+                    writes: t.writes,
+                    wait_sum_us: t.wait_sum_us,
+                    max_wait_us: t.max_wait_us,
+                }
+            })
+            .collect(),
     }
 }
 

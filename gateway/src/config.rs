@@ -299,6 +299,7 @@ impl Config {
                 "tunnel.stall_timeout_ms must be 0 (no limit) or between 100 and {MAX_STALL_TIMEOUT_MS}"
             ));
         }
+        crate::tunnel::class::check(&self.tunnel.priority)?;
         if let Some(n) = self.tunnel.max_connections_per_org
             && !(1..=self.tunnel.max_connections).contains(&n)
         {
@@ -448,6 +449,32 @@ mod tests {
             Err(ConfigError::Invalid { .. })
         ));
         let text = sample().to_toml().replace("operator", "anyone");
+        assert!(matches!(
+            Config::parse(&text, Path::new("x")),
+            Err(ConfigError::Parse { .. })
+        ));
+        // priority classes: known classes by port name or org/node/port, nothing else
+        let mut c = sample();
+        c.tunnel
+            .priority
+            .insert("tessera".into(), crate::tunnel::class::Class::Bulk);
+        c.tunnel.priority.insert(
+            "org2/validator1/p2p".into(),
+            crate::tunnel::class::Class::Consensus,
+        );
+        c.tunnel.congestion = crate::tunnel::quic::Congestion::Cubic;
+        let back = Config::parse(&c.to_toml(), Path::new("x")).expect("valid");
+        assert_eq!(back.tunnel, c.tunnel);
+        c.tunnel
+            .priority
+            .insert("org2/p2p".into(), crate::tunnel::class::Class::Bulk);
+        assert!(matches!(
+            Config::parse(&c.to_toml(), Path::new("x")),
+            Err(ConfigError::Invalid { .. })
+        ));
+        let text = sample()
+            .to_toml()
+            .replace("congestion = \"bbr\"", "congestion = \"reno\"");
         assert!(matches!(
             Config::parse(&text, Path::new("x")),
             Err(ConfigError::Parse { .. })

@@ -5,7 +5,7 @@
 //! Labels stay low-cardinality: protocol, result, org. Never a socket address or a token id.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -16,6 +16,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +63,77 @@ struct PeerLabels {
     peer: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    class: &'static str,
+}
+
+/// Upper bounds of the write-wait histogram, seconds: 0.5 ms to 5 s.
+const WAIT_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+fn wait_histogram() -> Histogram {
+    Histogram::new(WAIT_BUCKETS)
+}
+
+/// Per priority class: bytes sent into tunnels and how long writes waited for the link.
+#[derive(Clone, Debug)]
+struct ClassMetrics {
+    bytes: Family<ClassLabels, Counter>,
+    wait: Family<ClassLabels, Histogram, fn() -> Histogram>,
+    /// The same waits for `fedgw status`, by [`Class::index`](crate::tunnel::class::Class::index).
+    waits: Arc<[WaitStats; crate::tunnel::class::CLASSES]>,
+}
+
+/// Write waits of one class: count, sum and longest, µs.
+#[derive(Debug, Default)]
+struct WaitStats {
+    writes: AtomicU64,
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+/// One class's series, held by a proxied connection (see [`Metrics::tunnel_counters`]).
+#[derive(Clone, Debug)]
+pub struct ClassCounters {
+    bytes: Counter,
+    wait: Histogram,
+    waits: Arc<[WaitStats; crate::tunnel::class::CLASSES]>,
+    index: usize,
+}
+
+impl ClassCounters {
+    /// Bytes sent into the tunnel with a stream's header (no wait of their own).
+    pub fn sent(&self, bytes: usize) {
+        self.bytes.inc_by(bytes as u64);
+    }
+
+    /// A write of `bytes` into the tunnel that took `waited` until the link took it.
+    pub fn wrote(&self, bytes: usize, waited: std::time::Duration) {
+        self.bytes.inc_by(bytes as u64);
+        self.wait.observe(waited.as_secs_f64());
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        let w = &self.waits[self.index];
+        w.writes.fetch_add(1, Ordering::Relaxed);
+        w.sum_us.fetch_add(us, Ordering::Relaxed);
+        w.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+}
+
+/// One class's totals, for `fedgw status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ClassTotals {
+    /// Bytes sent into tunnels.
+    pub bytes: u64,
+    /// Writes into tunnels.
+    pub writes: u64,
+    /// Their total wait for the link, µs.
+    pub wait_sum_us: u64,
+    /// The longest wait, µs.
+    pub max_wait_us: u64,
+}
+
 /// Data-plane series.
 #[derive(Clone, Debug, Default)]
 struct TunnelMetrics {
@@ -92,6 +164,7 @@ impl Drop for ActiveStream {
 #[derive(Clone, Debug)]
 pub struct Metrics {
     tunnel: TunnelMetrics,
+    classes: ClassMetrics,
     registry: Arc<Registry>,
     handshakes: Family<HandshakeLabels, Counter>,
     joins: Family<ResultLabels, Counter>,
@@ -211,8 +284,24 @@ impl Metrics {
             "Local listeners for remote nodes' ports",
             tunnel.listeners.clone(),
         );
+        let classes = ClassMetrics {
+            bytes: Family::default(),
+            wait: Family::new_with_constructor(wait_histogram),
+            waits: Arc::new(Default::default()),
+        };
+        registry.register(
+            "tunnel_class_bytes",
+            "Bytes sent into tunnels, by priority class (consensus, interactive, bulk)",
+            classes.bytes.clone(),
+        );
+        registry.register(
+            "tunnel_write_wait_seconds",
+            "How long writes into tunnels waited until the link took their bytes (turns in the TCP+TLS session's queue, flow-control windows; over QUIC only quinn's send buffer), by priority class",
+            classes.wait.clone(),
+        );
         Self {
             tunnel,
+            classes,
             registry: Arc::new(registry),
             records_rejected,
             dns_tcp_refused,
@@ -298,8 +387,12 @@ impl Metrics {
             .set(i64::try_from(unix).unwrap_or(i64::MAX));
     }
 
-    /// Byte counters for a proxied connection with `peer_org`.
-    pub fn tunnel_counters(&self, peer_org: &str) -> crate::tunnel::splice::Counters {
+    /// Byte counters for a proxied connection with `peer_org` whose stream is of `class`.
+    pub fn tunnel_counters(
+        &self,
+        peer_org: &str,
+        class: crate::tunnel::class::Class,
+    ) -> crate::tunnel::splice::Counters {
         let c = |direction| {
             self.tunnel
                 .bytes
@@ -309,9 +402,32 @@ impl Metrics {
                 })
                 .clone()
         };
+        let labels = ClassLabels {
+            class: class.label(),
+        };
         crate::tunnel::splice::Counters {
             tx: c("tx"),
             rx: c("rx"),
+            class: ClassCounters {
+                bytes: self.classes.bytes.get_or_create(&labels).clone(),
+                wait: self.classes.wait.get_or_create(&labels).clone(),
+                waits: self.classes.waits.clone(),
+                index: class.index(),
+            },
+        }
+    }
+
+    /// What `class`'s writes into tunnels amount to so far.
+    pub fn tunnel_class_totals(&self, class: crate::tunnel::class::Class) -> ClassTotals {
+        let labels = ClassLabels {
+            class: class.label(),
+        };
+        let w = &self.classes.waits[class.index()];
+        ClassTotals {
+            bytes: self.classes.bytes.get_or_create(&labels).get(),
+            writes: w.writes.load(Ordering::Relaxed),
+            wait_sum_us: w.sum_us.load(Ordering::Relaxed),
+            max_wait_us: w.max_us.load(Ordering::Relaxed),
         }
     }
 

@@ -20,6 +20,7 @@
 //! token), its nodes leave the view so their listeners close, and its certificates fail every
 //! new handshake.
 
+pub mod class;
 pub mod far;
 mod gate;
 pub mod header;
@@ -98,6 +99,13 @@ pub struct TunnelConfig {
     /// on it in that direction. A reader that takes anything at all starts the time anew, so
     /// slow readers are not cut. Counted in `fedgw_tunnel_stalled_connections_total{end}`.
     pub stall_timeout_ms: u64,
+    /// Priority classes by port, sent first to last: `consensus`, `interactive`, `bulk`.
+    /// Keys are a port name or `org/node/port`; built in: `raft` consensus, `p2p` bulk,
+    /// anything else interactive. See [`class`].
+    pub priority: class::Priorities,
+    /// Congestion controller of tunnel links: `bbr` (default) or `cubic`. See
+    /// [`quic::Congestion`].
+    pub congestion: quic::Congestion,
 }
 
 /// Default of [`TunnelConfig::stall_timeout_ms`]: longer than a node's own write time-out
@@ -122,6 +130,8 @@ impl Default for TunnelConfig {
             allowed_sources: Vec::new(),
             max_link_ms: None,
             stall_timeout_ms: DEFAULT_STALL_TIMEOUT_MS,
+            priority: class::Priorities::new(),
+            congestion: quic::Congestion::default(),
         }
     }
 }
@@ -379,7 +389,7 @@ impl Tunnels {
             setup.tls.verifier.clone(),
             provider,
         )?;
-        let transport = Arc::new(quic::transport_config());
+        let transport = Arc::new(quic::transport_config(setup.config.congestion));
         let quic_server = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
             .map_err(|e| TunnelError::Quic(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
@@ -715,6 +725,7 @@ impl Tunnels {
             max_streams: self.0.config.max_connections,
             keep_alive: KEEP_ALIVE,
             idle_timeout: IDLE_TIMEOUT,
+            congestion: self.0.config.congestion,
         }
     }
 
@@ -1022,7 +1033,9 @@ impl Tunnels {
             // the buffer held up to 16 KiB; an idle connection keeps none of it
             early.shrink_to_fit();
             this.0.metrics.tunnel_connection(&caller_org, "inbound");
-            let counters = this.0.metrics.tunnel_counters(&caller_org);
+            let class = class::class_of(&this.0.config.priority, &req.org, &req.node, &req.port);
+            w.set_class(class);
+            let counters = this.0.metrics.tunnel_counters(&caller_org, class);
             counters.rx.inc_by(sent as u64);
             let _active = this.0.metrics.tunnel_stream_guard();
             let stop = std::pin::pin!(async {
@@ -1183,6 +1196,9 @@ impl Tunnels {
             }
         };
         let (mut r, mut w) = stream.split();
+        let req = &route.request;
+        let class = class::class_of(&self.0.config.priority, &req.org, &req.node, &req.port);
+        w.set_class(class);
         // what the client has sent by now goes with the header, in one TLS record or QUIC
         // packet: for a short request, all of it
         let mut first = Vec::with_capacity(route.header.len() + splice::EARLY_READ);
@@ -1200,8 +1216,9 @@ impl Tunnels {
             return;
         }
         drop(first);
-        let counters = self.0.metrics.tunnel_counters(&route.request.org);
+        let counters = self.0.metrics.tunnel_counters(&route.request.org, class);
         counters.tx.inc_by(early as u64);
+        counters.class.sent(early);
         let revoked = self.0.membership.revocation().token(&route.request.org);
         let closed = route.closed.clone();
         let _active = self.0.metrics.tunnel_stream_guard();

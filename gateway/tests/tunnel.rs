@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use fedgw_gateway::config::Config;
 use fedgw_gateway::membership::GatewayId;
 use fedgw_gateway::tunnel::Transport;
+use fedgw_gateway::tunnel::class::Class;
 use fedgw_gateway::tunnel::header::{Answer, Request};
 use fedgw_proto::v1 as pb;
 use support::*;
@@ -220,12 +221,19 @@ async fn echo_many(transport: Transport) {
     wait_for("every byte counted", || {
         let sent = 100 * (1 << 20) + 1024;
         let (near, far) = (
-            metrics[0].tunnel_counters("org2"),
-            metrics[1].tunnel_counters("org1"),
+            metrics[0].tunnel_counters("org2", Class::Bulk),
+            metrics[1].tunnel_counters("org1", Class::Bulk),
         );
         [near.tx.get(), near.rx.get(), far.tx.get(), far.rx.get()] == [sent; 4]
     })
     .await;
+    // the echo stands in on the p2p port: bulk, at both ends
+    for m in &metrics {
+        let bulk = m.tunnel_class_totals(Class::Bulk);
+        assert_eq!(bulk.bytes, 100 * (1 << 20) + 1024, "{bulk:?}");
+        assert!(bulk.writes > 0 && bulk.max_wait_us >= bulk.wait_sum_us / bulk.writes);
+        assert_eq!(m.tunnel_class_totals(Class::Consensus).bytes, 0);
+    }
 
     wait_for("no proxied connection left", || {
         metrics.iter().all(|m| m.tunnel_active_streams() == 0)
@@ -240,6 +248,17 @@ async fn echo_many(transport: Transport) {
         .find(|t| t.org == "org2")
         .expect("a link to org2 in status");
     assert_eq!(link.transport, want);
+    let classes: Vec<(&str, u64)> = status
+        .classes
+        .iter()
+        .map(|c| (c.class.as_str(), c.bytes))
+        .collect();
+    assert_eq!(classes.len(), 3, "{classes:?}");
+    assert_eq!(classes[0], ("consensus", 0));
+    assert!(
+        classes[2] == ("bulk", 100 * (1 << 20) + 1024),
+        "{classes:?}"
+    );
     if want == "quic" {
         assert!(
             (1200..=u32::from(fedgw_gateway::tunnel::quic::MTU_UPPER_BOUND))

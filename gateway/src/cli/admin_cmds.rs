@@ -564,6 +564,10 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             "tunnels": tunnels, "listeners": s.listeners, "listener_failures": s.listener_failures,
             "active_streams": s.active_streams, "refused_streams": s.refused_streams,
             "stalled_connections": s.stalled_connections,
+            "classes": s.classes.iter().map(|c| serde_json::json!({
+                "class": c.class, "bytes": c.bytes, "writes": c.writes,
+                "wait_sum_us": c.wait_sum_us, "max_wait_us": c.max_wait_us,
+            })).collect::<Vec<_>>(),
         });
         outln!("{v}")?;
         return Ok(());
@@ -640,6 +644,25 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             lost
         )?;
     }
+    if s.classes.iter().any(|c| c.writes > 0) {
+        println!(
+            "{:<16} {:>12} {:>10} {:>12} {:>12}",
+            "class", "sent", "writes", "mean wait", "max wait"
+        );
+        for c in &s.classes {
+            println!(
+                "{:<16} {:>12} {:>10} {:>12} {:>12}",
+                c.class,
+                human_bytes(c.bytes),
+                c.writes,
+                format!(
+                    "{:.2} ms",
+                    c.wait_sum_us as f64 / c.writes.max(1) as f64 / 1e3
+                ),
+                format!("{:.2} ms", c.max_wait_us as f64 / 1e3),
+            );
+        }
+    }
     for (title, counts) in [
         ("refused streams", &s.refused_streams),
         (
@@ -652,6 +675,21 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// `n` bytes with a binary unit: `512 B`, `1.5 KiB`, `3.2 GiB`.
+fn human_bytes(n: u64) -> String {
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    for unit in ["KiB", "MiB"] {
+        if v < 1024.0 {
+            return format!("{v:.1} {unit}");
+        }
+        v /= 1024.0;
+    }
+    format!("{v:.1} GiB")
 }
 
 /// `counts` as `key n, key n` in key order: `{"b": 2, "a": 1}` → `a 1, b 2`.
@@ -756,7 +794,16 @@ pub async fn render(
 
 #[cfg(test)]
 mod tests {
-    use super::sorted_counts;
+    use super::{human_bytes, sorted_counts};
+
+    #[test]
+    fn byte_counts_take_a_binary_unit() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(100 << 20), "100.0 MiB");
+        assert_eq!(human_bytes(5 << 40), "5120.0 GiB");
+    }
 
     #[test]
     fn counts_show_in_key_order() {

@@ -21,6 +21,11 @@
 //!   (one copy, encrypted in place) and on to the socket itself, under the session's lock. The
 //!   session's driver only reads, and writes what the socket refused earlier once it is
 //!   writable again.
+//! - **Turns while the link is busy.** A writer goes at once while the bytes queued for the
+//!   socket stay under [`QUEUE_LIMIT`] and no stream of its priority class or above waits;
+//!   otherwise it waits for a turn ([`sched`]): one frame of at most [`SHARED_FRAME`] bytes
+//!   per turn, highest class first, round-robin within a class, and lower classes are never
+//!   starved. The socket itself holds at most [`NOTSENT_LOWAT`] unsent bytes.
 //! - **A new stream costs one frame each way.** Opening sends nothing; the first write carries
 //!   the SYN with the window update and the data in one TLS record (the tunnel header), and
 //!   the far end's first write carries the ACK with its answer and the node's first bytes (a
@@ -47,6 +52,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, Bytes, BytesMut};
+
+use super::class::Class;
+use sched::Scheduler;
+
+pub mod sched;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -78,12 +88,28 @@ const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 /// Payload pieces shorter than this are copied out of their read's buffer before they are
 /// queued for a stream's reader: a quarter of the largest buffer a read decrypts into.
 const PIN_BELOW: usize = (READ_CHUNK + MAX_RECORD_PLAINTEXT) / 4;
-/// Encrypted bytes queued for the socket above which writers wait.
-const HIGH_WATER: usize = 1024 * 1024;
+/// Encrypted bytes queued for the socket (refused by it so far) at which writers wait for a
+/// turn ([`sched`]): one TLS record, so a consensus frame never waits behind much bulk data
+/// in the session (16 KiB leave the socket in 1.3 ms at 100 Mbit/s).
+pub const QUEUE_LIMIT: usize = 16 * 1024;
+/// Largest data frame while other streams wait for a turn: one TLS record, so a turn holds
+/// the link for 1.3 ms at 100 Mbit/s.
+pub const SHARED_FRAME: usize = 16 * 1024;
+/// How long after the socket last refused a write a stream alone on the session still
+/// writes frames of at most the queue's room, not [`MAX_FRAME`]: while the link is the
+/// bottleneck, whatever a frame leaves queued is what the next consensus frame waits behind.
+const BACKLOG_HOLD: Duration = Duration::from_millis(200);
+/// A turn not used within this long is taken back (its writer stopped writing).
+const TURN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Unsent bytes a link's TCP socket holds before it refuses more (`TCP_NOTSENT_LOWAT`): the
+/// kernel's queue in front of the session's scheduler stays this short (the default is the
+/// whole send buffer, 1 MB and more once autotuned). Half as much measured no shorter round
+/// trip on a saturated 100 Mbit/s link (docs/PERFORMANCE.md).
+pub const NOTSENT_LOWAT: u32 = 16 * 1024;
 /// Encrypted bytes queued for the socket at which the session ends: writers stop near
-/// [`HIGH_WATER`], so only a peer that keeps sending (pings, streams to refuse) without
+/// [`QUEUE_LIMIT`], so only a peer that keeps sending (pings, streams to refuse) without
 /// reading what it is sent gets here.
-pub const MAX_QUEUED: usize = 4 * HIGH_WATER;
+pub const MAX_QUEUED: usize = 4 * 1024 * 1024;
 /// Socket reads in one turn of the driver before it lets other tasks run.
 const READS_PER_TURN: usize = 16;
 
@@ -266,6 +292,8 @@ pub struct Config {
     pub keep_alive: Duration,
     /// The session ends after receiving nothing for this long.
     pub idle_timeout: Duration,
+    /// The TCP congestion controller asked of the kernel for the link's socket.
+    pub congestion: super::quic::Congestion,
 }
 
 pub use crate::listener::EndWhen;
@@ -298,9 +326,11 @@ struct Inner {
     queued: usize,
     /// The socket refused a write: the driver waits for it to turn writable.
     want_writable: bool,
+    /// When the socket last refused a write.
+    refused_at: Option<Instant>,
     driver: Option<Waker>,
-    /// Writers waiting for `queued` to fall.
-    blocked: Vec<Waker>,
+    /// Writers waiting for the queue to fall, and the turns handed out.
+    sched: Scheduler,
     /// Data bytes the peer may still send, all streams together.
     recv_window: u32,
     /// Data bytes taken by readers, or discarded, since the last session window update.
@@ -325,6 +355,8 @@ struct Stream {
     send_window: u32,
     /// SYN or ACK still to be sent with this end's first frame (0 once sent).
     announce: u16,
+    /// The stream's priority class ([`MuxWriter::set_class`]).
+    class: Class,
     local_fin: bool,
     remote_fin: bool,
     reset: bool,
@@ -342,6 +374,7 @@ impl Stream {
             unacked: 0,
             send_window: INITIAL_WINDOW,
             announce,
+            class: Class::Interactive,
             local_fin: false,
             remote_fin: false,
             reset: false,
@@ -448,6 +481,8 @@ impl Inner {
                 Ok(0) => break,
                 Ok(n) => self.queued = self.queued.saturating_sub(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.refused_at = Some(Instant::now());
+                    self.hand_turns();
                     if !self.want_writable {
                         self.want_writable = true;
                         if let Some(d) = &self.driver {
@@ -464,9 +499,41 @@ impl Inner {
         }
         self.queued = 0;
         self.want_writable = false;
-        for w in self.blocked.drain(..) {
-            w.wake();
+        self.hand_turns();
+    }
+
+    /// Wakes waiting writers while the queue has room for a frame from each turn handed out
+    /// ([`SHARED_FRAME`]); takes back turns unused for [`TURN_TIMEOUT`].
+    fn hand_turns(&mut self) {
+        if !self.sched.has_waiting() {
+            return;
         }
+        let now = Instant::now();
+        // a woken writer that never wrote (its task stopped writing without dropping the
+        // stream): its turn goes to the others
+        self.sched.expire(now, TURN_TIMEOUT);
+        while self.sched.has_waiting()
+            && self.closed.is_none()
+            && self.queued + self.sched.turns() * SHARED_FRAME < QUEUE_LIMIT
+        {
+            let Some(id) = self.sched.next(now) else {
+                break;
+            };
+            match self.streams.get_mut(&id) {
+                Some(s) => {
+                    if let Some(w) = s.writer.take() {
+                        w.wake();
+                    }
+                }
+                None => self.sched.remove(id),
+            }
+        }
+    }
+
+    /// Whether the socket refused a write within [`BACKLOG_HOLD`]: the link is the
+    /// bottleneck.
+    fn backlogged(&self) -> bool {
+        self.refused_at.is_some_and(|t| t.elapsed() < BACKLOG_HOLD)
     }
 
     /// Ends the session: a close_notify goes out if the socket takes it, the socket is shut
@@ -482,7 +549,7 @@ impl Inner {
         for s in self.streams.values_mut() {
             s.wake();
         }
-        for w in self.blocked.drain(..).chain(self.starved.drain(..)) {
+        for w in self.starved.drain(..) {
             w.wake();
         }
         if let Some(d) = self.driver.take() {
@@ -573,6 +640,11 @@ impl Inner {
             }
         } else {
             s.writer_open = false;
+            self.sched.remove(id);
+            self.hand_turns();
+            let Some(s) = self.streams.get_mut(&id) else {
+                return;
+            };
             if s.announce == flag::SYN {
                 // never sent anything: nothing to finish on the wire
                 s.local_fin = true;
@@ -738,6 +810,7 @@ pub fn session(
     config: &Config,
     end: Option<EndWhen>,
 ) -> (Mux, Driver) {
+    tune_link_socket(&tcp, config.congestion);
     let (read, sock) = tcp.into_split();
     let mut tls = tls;
     tls.set_buffer_limit(None);
@@ -754,8 +827,9 @@ pub fn session(
             accepted: VecDeque::new(),
             queued: 0,
             want_writable: false,
+            refused_at: None,
             driver: None,
-            blocked: Vec::new(),
+            sched: Scheduler::default(),
             recv_window: SESSION_WINDOW,
             unacked: 0,
             send_window: SESSION_WINDOW,
@@ -784,6 +858,19 @@ pub fn session(
         done: false,
     };
     (Mux { shared }, driver)
+}
+
+/// Short queues on a link's socket: unsent bytes held by the kernel bounded by
+/// [`NOTSENT_LOWAT`], and the congestion controller `congestion` (a kernel without it keeps
+/// its default, logged at debug).
+fn tune_link_socket(tcp: &TcpStream, congestion: super::quic::Congestion) {
+    let sock = socket2::SockRef::from(tcp);
+    if let Err(e) = sock.set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+        tracing::debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT on a tunnel link");
+    }
+    if let Err(e) = sock.set_tcp_congestion(congestion.tcp_name()) {
+        tracing::debug!(error = %e, ?congestion, "the kernel refuses this congestion controller for a tunnel link; keeping its default");
+    }
 }
 
 impl Mux {
@@ -1163,10 +1250,21 @@ impl Drop for MuxReader {
 }
 
 impl MuxWriter {
+    /// Sets the stream's priority class: which writers go first while the link is the
+    /// bottleneck ([`sched`]). New streams are [`Class::Interactive`].
+    pub fn set_class(&mut self, class: Class) {
+        let mut inner = self.shared.lock();
+        if let Some(s) = inner.streams.get_mut(&self.id) {
+            s.class = class;
+        }
+    }
+
     /// Resets the stream (RST): the peer's reads and writes fail.
     pub fn reset(&mut self) {
         let mut inner = self.shared.lock();
         let id = self.id;
+        inner.sched.remove(id);
+        inner.hand_turns();
         let Some(s) = inner.streams.get_mut(&id) else {
             return;
         };
@@ -1235,31 +1333,54 @@ impl MuxWriter {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        let class = s.class;
         if s.send_window == 0 {
             if !s.writer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 s.writer = Some(cx.waker().clone());
             }
+            // waiting for the peer's window, not for a turn: the turn goes to the others
+            inner.sched.remove(id);
+            inner.hand_turns();
             return Poll::Pending;
         }
         let n = buf.len().min(s.send_window as usize).min(MAX_FRAME);
         if inner.send_window == 0 {
-            // once per task, as for `blocked`
+            // once per task: a writer may be polled again before the window opens
             if !inner.starved.iter().any(|w| w.will_wake(cx.waker())) {
                 inner.starved.push(cx.waker().clone());
             }
+            inner.sched.remove(id);
+            inner.hand_turns();
             return Poll::Pending;
         }
         let n = n.min(inner.send_window as usize);
-        if inner.queued >= HIGH_WATER {
+        if inner.queued >= QUEUE_LIMIT {
             inner.push(None);
-            if inner.queued >= HIGH_WATER {
-                // once per task: a writer may be polled again before the queue drains
-                if !inner.blocked.iter().any(|w| w.will_wake(cx.waker())) {
-                    inner.blocked.push(cx.waker().clone());
-                }
-                return Poll::Pending;
-            }
         }
+        let turn = inner.sched.has_turn(id);
+        if !turn && (inner.queued >= QUEUE_LIMIT || !inner.sched.may_write(id, class)) {
+            // the queue is full, or others are ahead: wait for a turn
+            inner.sched.wait(id, class);
+            if let Some(s) = inner.streams.get_mut(&id)
+                && !s.writer.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                s.writer = Some(cx.waker().clone());
+            }
+            // the queue may have room for a turn already (others were ahead)
+            inner.hand_turns();
+            return Poll::Pending;
+        }
+        // with others waiting, one small frame per turn; alone on a link that is the
+        // bottleneck, no more than the queue has room for
+        let others = inner.sched.has_waiting() || inner.sched.turns() > usize::from(turn);
+        let n = if others {
+            n.min(SHARED_FRAME)
+        } else if inner.backlogged() {
+            n.min(QUEUE_LIMIT.saturating_sub(inner.queued).max(SHARED_FRAME))
+        } else {
+            n
+        };
+        inner.sched.wrote(id, class);
         let fin = fin && n == buf.len();
         if let Some(s) = inner.streams.get_mut(&id) {
             s.send_window -= n as u32;
@@ -1332,6 +1453,7 @@ pub(super) mod tests {
             max_streams,
             keep_alive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(20),
+            congestion: crate::tunnel::quic::Congestion::default(),
         }
     }
 
@@ -1341,6 +1463,12 @@ pub(super) mod tests {
         (TcpStream, rustls::ServerConnection),
         tokio_rustls::client::TlsStream<TcpStream>,
     ) {
+        tls_pair_via(None).await
+    }
+
+    /// TLS 1.3 configs for a server named `org1.t.test` and a client that trusts it, from a
+    /// test PKI made now.
+    pub(in crate::tunnel) fn tls_configs() -> (rustls::ServerConfig, rustls::ClientConfig) {
         let now = SystemTime::now();
         let root = fedgw_certs::CertificateAuthority::new_root("c", "t.test", now).expect("root");
         let leaf = root
@@ -1366,6 +1494,17 @@ pub(super) mod tests {
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
+        (server, client)
+    }
+
+    /// [`tls_pair`], the client's bytes passing a [`throttle`] of `rate` bytes/s when given.
+    async fn tls_pair_via(
+        rate: Option<usize>,
+    ) -> (
+        (TcpStream, rustls::ServerConnection),
+        tokio_rustls::client::TlsStream<TcpStream>,
+    ) {
+        let (server, client) = tls_configs();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let accept = async {
@@ -1376,8 +1515,12 @@ pub(super) mod tests {
                 .expect("server handshake");
             tls.into_inner()
         };
+        let dial = match rate {
+            Some(rate) => throttle(addr, rate).await,
+            None => addr,
+        };
         let connect = async {
-            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let tcp = TcpStream::connect(dial).await.expect("connect");
             let name = rustls_pki_types::ServerName::try_from("org1.t.test").expect("name");
             tokio_rustls::TlsConnector::from(Arc::new(client))
                 .connect(name, tcp)
@@ -1385,6 +1528,48 @@ pub(super) mod tests {
                 .expect("client handshake")
         };
         tokio::join!(accept, connect)
+    }
+
+    /// A TCP forwarder to `to` on loopback: its address. Bytes towards `to` pass at `rate`
+    /// bytes/s (a slice every 10 ms) through a 64 KiB receive buffer, so whoever sends
+    /// faster fills the buffers in front of it, as on a saturated WAN link; the other way
+    /// passes at once.
+    async fn throttle(to: std::net::SocketAddr, rate: usize) -> std::net::SocketAddr {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+        socket
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
+        let listener = socket.listen(1).expect("listen");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let Ok((mut near, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut far) = TcpStream::connect(to).await else {
+                return;
+            };
+            let (mut near_r, mut near_w) = near.split();
+            let (mut far_r, mut far_w) = far.split();
+            let up = async {
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let mut buf = vec![0u8; rate / 100];
+                loop {
+                    tick.tick().await;
+                    match near_r.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if far_w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            };
+            let down = tokio::io::copy(&mut far_r, &mut near_w);
+            let _ = tokio::join!(up, down);
+        });
+        addr
     }
 
     /// Two sessions over one TLS 1.3 connection on loopback: (client mux, client driver),
@@ -1670,6 +1855,74 @@ pub(super) mod tests {
     /// `len` bytes of stream `tag`'s pattern.
     fn pattern(tag: u8, len: usize) -> Vec<u8> {
         (0..len).map(|i| (i % 251) as u8 ^ tag).collect()
+    }
+
+    #[tokio::test]
+    async fn a_small_write_goes_within_a_bound_while_another_stream_fills_a_slow_link() {
+        // 2 MiB/s: what the session and the kernel hold in front of a new frame (the
+        // session's queue, the unsent and unacknowledged bytes, the forwarder's buffer: some
+        // 300 KiB) passes in about 0.15 s
+        let ((stcp, stls), client) = tls_pair_via(Some(2 * 1024 * 1024)).await;
+        let (ctcp, ctls) = client.into_inner();
+        let (client, cdriver) = session(ctcp, ctls.into(), Role::Client, &config(16), None);
+        let (_server, sdriver) = session(stcp, stls.into(), Role::Server, &config(16), None);
+        let (_c, mut accepted) = (drive(cdriver), drive(sdriver));
+        // a bulk stream that writes for as long as the test runs; its reader takes all
+        let (_br, mut bw) = client.open().expect("open");
+        bw.set_class(Class::Bulk);
+        let _bulk = AbortOnDrop(tokio::spawn(async move {
+            let chunk = vec![0u8; MAX_FRAME];
+            while bw.write_all(&chunk).await.is_ok() {}
+        }));
+        let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");
+        let (filled, mut full) = tokio::sync::oneshot::channel();
+        let _drain = AbortOnDrop(tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0;
+            let mut filled = Some(filled);
+            while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                got += n;
+                if got >= 1024 * 1024
+                    && let Some(f) = filled.take()
+                {
+                    let _ = f.send(());
+                }
+            }
+        }));
+        // half a second of bulk data through: every queue in front of the link is full
+        bounded("the link fills", &mut full).await.expect("filled");
+        // another stream of the same class, then one of a higher class: each small write
+        // reaches the far end within the bound (before turns, a writer woken when the queue
+        // drained found the bulk writer had filled it again: it waited for as long as the
+        // bulk stream wrote)
+        for class in [Class::Bulk, Class::Interactive, Class::Consensus] {
+            let (_r, mut w) = client.open().expect("open");
+            w.set_class(class);
+            let start = Instant::now();
+            let message = [class as u8; 64];
+            let sent = async {
+                w.write_all(&message).await.expect("write");
+                let (mut r, _w) = accepted.recv().await.expect("accepted");
+                let mut got = [0u8; 64];
+                r.read_exact(&mut got).await.expect("read");
+                assert_eq!(got, message);
+            };
+            bounded("a small write through a full link", sent).await;
+            let took = start.elapsed();
+            assert!(
+                took < Duration::from_secs(2),
+                "a {class:?} write took {took:?} behind a bulk stream"
+            );
+        }
+    }
+
+    /// Aborts the task when dropped.
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
     }
 
     #[tokio::test]

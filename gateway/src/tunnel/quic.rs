@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tracing::debug;
@@ -36,11 +37,42 @@ pub const MAX_GSO_PAYLOAD: usize = 65_535 - 20 - 8;
 /// shrinks the congestion window.
 pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
 
+/// The congestion controller of tunnel links (`[tunnel] congestion`), on both transports:
+/// QUIC links use quinn's implementation, TCP+TLS links ask the kernel for it by name
+/// (`TCP_CONGESTION`; where the kernel lacks it the socket keeps the system default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// CUBIC (RFC 9438): fills the bottleneck's queue until it loses packets, so on a busy
+    /// link every message waits behind that queue.
+    Cubic,
+    /// BBR: paces at the measured bottleneck rate and keeps the queue there short
+    /// (docs/PERFORMANCE.md, the WAN runs).
+    #[default]
+    Bbr,
+}
+
+impl Congestion {
+    /// The Linux name for `TCP_CONGESTION`.
+    pub fn tcp_name(self) -> &'static [u8] {
+        match self {
+            Congestion::Cubic => b"cubic",
+            Congestion::Bbr => b"bbr",
+        }
+    }
+}
+
 /// Builds the QUIC transport settings: keep-alive, idle timeout, stream limits and windows
-/// sized for bulk transfers, path MTU discovery up to [`MTU_UPPER_BOUND`], and the RFC 9000
-/// acknowledgement timing (no ACK-frequency extension).
-pub fn transport_config() -> quinn::TransportConfig {
+/// sized for bulk transfers, path MTU discovery up to [`MTU_UPPER_BOUND`], the RFC 9000
+/// acknowledgement timing (no ACK-frequency extension) and `congestion`.
+pub fn transport_config(congestion: Congestion) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
+    match congestion {
+        Congestion::Cubic => {}
+        Congestion::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+        }
+    }
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(65_536));
@@ -438,6 +470,137 @@ mod tests {
         rx.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         assert_eq!(rx.recv(&mut buf).expect("received"), 5);
+    }
+
+    /// A UDP forwarder on loopback: its address. Datagrams towards `to` pass at `rate`
+    /// bytes/s through a queue of at most 64 KiB that drops what does not fit (a bottleneck
+    /// router's); the answers pass at once.
+    async fn udp_throttle(to: SocketAddr, rate: usize) -> SocketAddr {
+        use tokio::time::{Instant, sleep_until};
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = sock.local_addr().expect("address");
+        tokio::spawn(async move {
+            let mut client = None;
+            let mut queue = std::collections::VecDeque::<Vec<u8>>::new();
+            let mut queued = 0;
+            let mut next = Instant::now();
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let due = !queue.is_empty();
+                tokio::select! {
+                    r = sock.recv_from(&mut buf) => {
+                        let Ok((n, from)) = r else { return };
+                        if from == to {
+                            if let Some(c) = client {
+                                let _ = sock.send_to(&buf[..n], c).await;
+                            }
+                        } else {
+                            client = Some(from);
+                            if queued + n <= 64 * 1024 {
+                                queue.push_back(buf[..n].to_vec());
+                                queued += n;
+                            }
+                        }
+                    }
+                    () = sleep_until(next), if due => {
+                        let Some(d) = queue.pop_front() else { continue };
+                        queued -= d.len();
+                        let _ = sock.send_to(&d, to).await;
+                        next = next.max(Instant::now())
+                            + Duration::from_secs_f64(d.len() as f64 / rate as f64);
+                    }
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_consensus_write_goes_within_a_bound_while_a_bulk_stream_fills_a_slow_path() {
+        use super::super::class::Class;
+        use super::super::splice::TunnelWrite;
+        let (mut server_tls, mut client_tls) = super::super::mux::tests::tls_configs();
+        server_tls.alpn_protocols = vec![b"t".to_vec()];
+        client_tls.alpn_protocols = vec![b"t".to_vec()];
+        let transport = Arc::new(transport_config(Congestion::default()));
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).expect("QUIC server"),
+        ));
+        server_config.transport_config(transport.clone());
+        let mut client_config = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).expect("QUIC client"),
+        ));
+        client_config.transport_config(transport);
+        let bind = || std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let server = endpoint(bind(), Some(server_config)).expect("server endpoint");
+        let client = endpoint(bind(), None).expect("client endpoint");
+        let path = udp_throttle(server.local_addr().expect("address"), 2 * 1024 * 1024).await;
+        let bound = Duration::from_secs(10);
+        let connecting = client
+            .connect_with(client_config, path, "org1.t.test")
+            .expect("connect");
+        let accept = async {
+            server
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("server handshake")
+        };
+        let (conn, peer) = tokio::time::timeout(bound, async {
+            tokio::join!(async { connecting.await.expect("handshake") }, accept)
+        })
+        .await
+        .expect("handshake in time");
+        // a bulk stream that writes for as long as the test runs; the far end takes all
+        let (send, _recv) = conn.open_bi().await.expect("open");
+        let mut bulk = TunnelWrite::Quic(send);
+        bulk.set_class(Class::Bulk);
+        let writer = tokio::spawn(async move {
+            let chunk = vec![0u8; 256 * 1024];
+            while bulk.write_all(&chunk).await.is_ok() {}
+        });
+        let (_send, mut sink) = tokio::time::timeout(bound, peer.accept_bi())
+            .await
+            .expect("bulk stream in time")
+            .expect("bulk stream");
+        let mut got = 0;
+        while got < 1024 * 1024 {
+            let chunk = tokio::time::timeout(bound, sink.read_chunk(64 * 1024, true))
+                .await
+                .expect("bulk bytes in time")
+                .expect("read")
+                .expect("not finished");
+            got += chunk.bytes.len();
+        }
+        let drain =
+            tokio::spawn(
+                async move { while let Ok(Some(_)) = sink.read_chunk(1 << 20, true).await {} },
+            );
+        // half a second of bulk data through: the path's queue is full. A consensus write
+        // reaches the far end within the bound
+        let (send, _recv) = conn.open_bi().await.expect("open");
+        let mut w = TunnelWrite::Quic(send);
+        w.set_class(Class::Consensus);
+        let start = std::time::Instant::now();
+        let message = [7u8; 64];
+        w.write_all(&message).await.expect("write");
+        let (_s, mut r) = tokio::time::timeout(bound, peer.accept_bi())
+            .await
+            .expect("stream in time")
+            .expect("stream");
+        let mut back = [0u8; 64];
+        tokio::time::timeout(bound, r.read_exact(&mut back))
+            .await
+            .expect("bytes in time")
+            .expect("read");
+        assert_eq!(back, message);
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        writer.abort();
+        drain.abort();
     }
 
     #[test]

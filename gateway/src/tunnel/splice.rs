@@ -102,6 +102,19 @@ impl TunnelRead {
 }
 
 impl TunnelWrite {
+    /// Sets the stream's priority class: a QUIC stream priority, a yamux session's turn
+    /// order ([`super::class`]). Call it before the first write: quinn applies a new
+    /// priority only once the data already queued has gone.
+    pub fn set_class(&mut self, class: super::class::Class) {
+        match self {
+            TunnelWrite::Quic(w) => {
+                // fails only for a stream already finished or reset
+                let _ = w.set_priority(class.quic_priority());
+            }
+            TunnelWrite::Mux(w) => w.set_class(class),
+        }
+    }
+
     /// Writes every byte of `buf`.
     pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
@@ -175,6 +188,8 @@ pub struct Counters {
     pub tx: Counter,
     /// Received from the tunnel.
     pub rx: Counter,
+    /// The stream's priority class: bytes sent and how long writes waited.
+    pub class: crate::metrics::ClassCounters,
 }
 
 /// A TCP socket took none of the bytes waiting for it for the stall time-out
@@ -303,7 +318,8 @@ pub fn read_queued(tcp: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Re
 ///
 /// `lead` goes first, in front of the socket's first bytes (or alone with the FIN when the
 /// socket ends without sending any): the far end's answer, which so costs no frame of its own.
-/// `tx` counts only the socket's bytes.
+/// `tx` and the class counters count only the socket's bytes; the class counters also how long
+/// each write waited for the tunnel to take it.
 ///
 /// Reads go through tokio's `AsyncRead`, which takes a short read as proof that the socket is
 /// drained: the next turn waits for readiness instead of reading again only to be told
@@ -311,7 +327,7 @@ pub fn read_queued(tcp: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Re
 async fn tcp_to_tunnel(
     tcp: &mut tokio::net::tcp::ReadHalf<'_>,
     w: &mut TunnelWrite,
-    tx: &Counter,
+    counters: &Counters,
     mut lead: &[u8],
 ) -> io::Result<()> {
     use bytes::BufMut as _;
@@ -342,11 +358,13 @@ async fn tcp_to_tunnel(
             None
         };
         let n = buf.len() - led;
+        let start = std::time::Instant::now();
         match end {
             Some(Ok(())) => w.write_last(buf).await?,
             _ => w.write_bytes(buf).await?,
         }
-        tx.inc_by(n as u64);
+        counters.tx.inc_by(n as u64);
+        counters.class.wrote(n, start.elapsed());
         if let Some(end) = end {
             return end;
         }
@@ -510,7 +528,7 @@ pub async fn splice<S: std::future::Future<Output = ()>>(
                 End::Near => &[],
                 End::Far(_) => &accepted,
             };
-            let up = std::pin::pin!(tcp_to_tunnel(&mut tcp_read, w, &counters.tx, lead));
+            let up = std::pin::pin!(tcp_to_tunnel(&mut tcp_read, w, counters, lead));
             let down = std::pin::pin!(async {
                 let early = match end {
                     End::Near => &[][..],
@@ -823,12 +841,12 @@ mod tests {
         assert!(ready.is_read_closed(), "the FIN is seen with the bytes");
         let (_cr, cw) = client.open().expect("open");
         let mut w = TunnelWrite::Mux(cw);
-        let tx = Counter::default();
+        let counters = counters();
         let (mut read, _write) = tcp.split();
-        bounded("pump", tcp_to_tunnel(&mut read, &mut w, &tx, &[]))
+        bounded("pump", tcp_to_tunnel(&mut read, &mut w, &counters, &[]))
             .await
             .expect("pump");
-        assert_eq!(tx.get(), 10);
+        assert_eq!(counters.tx.get(), 10);
         let (mut sr, _sw) = bounded("accept", accepted.recv()).await.expect("accepted");
         let got = read_to_fin(&mut sr).await;
         assert_eq!(got, b"last words");
@@ -846,13 +864,16 @@ mod tests {
             peer.shutdown().await.expect("shutdown");
             let (_cr, cw) = client.open().expect("open");
             let mut w = TunnelWrite::Mux(cw);
-            let tx = Counter::default();
+            let counters = counters();
             let (mut read, _write) = tcp.split();
-            bounded("pump", tcp_to_tunnel(&mut read, &mut w, &tx, &accepted))
-                .await
-                .expect("pump");
+            bounded(
+                "pump",
+                tcp_to_tunnel(&mut read, &mut w, &counters, &accepted),
+            )
+            .await
+            .expect("pump");
             // only the node's bytes are counted
-            assert_eq!(tx.get(), said.len() as u64);
+            assert_eq!(counters.tx.get(), said.len() as u64);
             let (sr, _sw) = bounded("accept", inbound.recv()).await.expect("accepted");
             let mut r = TunnelRead::Mux(sr);
             assert_eq!(
@@ -862,6 +883,11 @@ mod tests {
             let got = read_to_fin(&mut r).await;
             assert_eq!(got, said);
         }
+    }
+
+    /// Counters of a proxied connection, on metrics of their own.
+    fn counters() -> Counters {
+        crate::metrics::Metrics::new().tunnel_counters("o", super::super::class::Class::Bulk)
     }
 
     #[test]
