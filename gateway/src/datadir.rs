@@ -112,16 +112,7 @@ impl DataDir {
     /// Creates `store.redb` empty with mode 0600 if it does not exist yet, so that the store
     /// never exists with the umask's mode (redb creates its file 0666 less the umask).
     pub fn create_store_file(&self) -> std::io::Result<()> {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(self.store())
-        {
-            Ok(f) => f.set_permissions(std::fs::Permissions::from_mode(0o600)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(e),
-        }
+        create_private_file(&self.store())
     }
 
     /// Writes a public file (0644) atomically.
@@ -182,4 +173,20 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Creates `path` empty with mode 0600 (whatever the umask) if it does not exist yet; an existing
+/// file is left as it is. For files a library creates itself with the umask's mode (redb: 0666
+/// less the umask) that must stay private.
+pub fn create_private_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => f.set_permissions(std::fs::Permissions::from_mode(0o600)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }

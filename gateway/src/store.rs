@@ -276,6 +276,9 @@ impl Store {
     }
 
     fn open_db(path: &Path) -> Result<Self, StoreError> {
+        // redb would create a missing file with the umask's mode; the store holds invites
+        crate::datadir::create_private_file(path)
+            .map_err(|e| StoreError::Db(Box::new(redb::Error::Io(e))))?;
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked,
             e => StoreError::Db(Box::new(e.into())),

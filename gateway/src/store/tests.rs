@@ -300,3 +300,13 @@ fn salvage_of_a_healthy_file_reads_every_table_and_restores_them() {
     let none = salvage(&dir.path().join("cut.redb"));
     assert!(none.records.is_none() && none.local_nodes.is_none());
 }
+
+#[test]
+fn a_store_file_the_store_creates_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.redb");
+    drop(Store::open(&path).expect("open"));
+    let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "redb alone creates it 0666 less the umask");
+}
