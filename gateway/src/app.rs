@@ -309,6 +309,10 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
             udp,
             own: vec![gateway_addr, metrics_addr, dns_addr],
             max_link_age: config.max_link_age(),
+            keys: crate::tunnel::quic::RestartKeys::derive(
+                zeroize::Zeroizing::new(loaded.org_ca.key_pem()).as_bytes(),
+                &me.to_string(),
+            ),
             aliases: match &config.addresses {
                 crate::addressing::AddressMode::Ip {
                     pool,

@@ -351,6 +351,8 @@ pub struct TunnelSetup {
     pub aliases: Option<crate::alias::Aliases>,
     /// Longest time a link takes new streams ([`crate::config::Config::max_link_age`]).
     pub max_link_age: Duration,
+    /// The QUIC endpoint's secrets that outlive the process ([`quic::RestartKeys::derive`]).
+    pub keys: quic::RestartKeys,
 }
 
 impl Tunnels {
@@ -377,7 +379,7 @@ impl Tunnels {
         let transport = Arc::new(quic::transport_config());
         let quic_server = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
             .map_err(|e| TunnelError::Quic(e.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
+        let mut server = quinn::ServerConfig::new(Arc::new(quic_server), setup.keys.token.clone());
         server.transport_config(transport.clone());
         let quic_client_tls = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls.clone())
             .map_err(|e| TunnelError::Quic(e.to_string()))?;
@@ -387,7 +389,7 @@ impl Tunnels {
             Some(udp) => {
                 // an outbound-only site answers no handshakes
                 let server = (!setup.outbound_only).then_some(server);
-                Some(quic::endpoint(udp, server)?)
+                Some(quic::endpoint(udp, server, &setup.keys)?)
             }
             None => None,
         };
