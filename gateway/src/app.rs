@@ -407,6 +407,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
 
     let allocations = Arc::new(std::sync::RwLock::new(store.allocations()?));
     let zone = crate::dns::ZoneHandler::new(config.dns_rate_limit_qps);
+    let (first_pass, first_pass_done) = tokio::sync::oneshot::channel();
     tracker.spawn(keep_local_addresses(
         membership.clone(),
         store.clone(),
@@ -416,6 +417,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
             handler: zone.clone(),
             domain: config.domain.clone(),
             me_gateway: format!("gw-{}.{}", config.site, config.org),
+            first_pass: Some(first_pass),
         },
         tunnels.clone(),
         shutdown.clone(),
@@ -499,6 +501,10 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         dns: dns_addr,
         admin: dir.admin_socket(),
     };
+    // not ready before the zone and the data plane reflect the stored view: a restarted
+    // gateway would otherwise refuse its peers' first streams (no targets yet) and answer
+    // NXDOMAIN (an empty zone); an Err means the keeper stopped (shutdown)
+    let _ = first_pass_done.await;
     // ready before run.json appears: whoever waits on the file finds /readyz already 200
     metrics.set_ready();
     let json = serde_json::to_vec_pretty(&info).expect("RunInfo serialises");
@@ -524,6 +530,9 @@ struct ZoneInputs {
     handler: crate::dns::ZoneHandler,
     domain: String,
     me_gateway: String,
+    /// Fires once the first zone is served and the data plane reflects the stored view
+    /// (readiness waits for it).
+    first_pass: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Gives every remote node a local address at this site (IP or port mode) and keeps the
@@ -535,7 +544,7 @@ async fn keep_local_addresses(
     store: Arc<Store>,
     mode: crate::addressing::AddressMode,
     allocations: Arc<std::sync::RwLock<crate::addressing::Allocations>>,
-    zone: ZoneInputs,
+    mut zone: ZoneInputs,
     tunnels: Tunnels,
     shutdown: CancellationToken,
 ) {
@@ -645,6 +654,9 @@ async fn keep_local_addresses(
         ));
         let (targets, routes, peers) = data_plane(&membership, &local, &alloc);
         tunnels.update(targets, routes, peers);
+        if let Some(done) = zone.first_pass.take() {
+            let _ = done.send(());
+        }
         // a listener that could not be bound is retried until it can
         let retry = async {
             if tunnels.listener_failures() {

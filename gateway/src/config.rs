@@ -487,9 +487,6 @@ mod tests {
         }
         c.tunnel.connect_hold_ms = crate::tunnel::MAX_CONNECT_HOLD_MS + 1;
         let err = Config::parse(&c.to_toml(), Path::new("x")).expect_err("out of range");
-        assert!(
-            err.to_string().contains("tunnel.connect_hold_ms"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("tunnel.connect_hold_ms"), "{err}");
     }
 }

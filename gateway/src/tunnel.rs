@@ -301,9 +301,7 @@ struct Inner {
     identity: ReloadableIdentity,
     max_link_age: Duration,
     next_link: AtomicU64,
-    /// Per peer: one dial at a time, and the end and error of the last failed one, which
-    /// callers that queued behind it take as their own rather than dialling again.
-    dial_locks: Mutex<HashMap<GatewayId, Arc<tokio::sync::Mutex<Option<(Instant, String)>>>>>,
+    dial_locks: Mutex<HashMap<GatewayId, DialLock>>,
     quic_failed: Mutex<HashMap<GatewayId, Instant>>,
     keepers: Mutex<HashMap<GatewayId, CancellationToken>>,
     targets: RwLock<Arc<Targets>>,
@@ -320,6 +318,10 @@ struct Inner {
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
+
+/// Per peer: one dial at a time, and the end and error of the last failed one, which callers
+/// that queued behind it take as their own rather than dialling again.
+type DialLock = Arc<tokio::sync::Mutex<Option<(Instant, String)>>>;
 
 /// Caller org, node name, port name.
 type GrantKey = (String, String, String);
@@ -1278,13 +1280,13 @@ impl Tunnels {
 
     /// Opens the stream of a local connection and sends its header with what the client has
     /// sent by then (≤ [`splice::EARLY_READ`] bytes, in one TLS record or QUIC packet), then
-    /// waits for the far end's answer or the client's next bytes, whichever comes first. While
-    /// the site has no link it holds the connection ([`Tunnels::open_held`]); while only the
-    /// header and those first bytes went out, a link lost before the answer (a peer gateway
-    /// that restarted: the new process resets the old link at its first packet, or a new link
-    /// from it supersedes the old one) costs a new stream on a new link, with the same bytes,
-    /// within the same hold time. `None`: no stream, refused, or stopped; the caller resets
-    /// the client.
+    /// waits for the far end's answer, sending on what else the client sends meanwhile. While
+    /// the site has no link it holds the connection ([`Tunnels::open_held`]); while the
+    /// client's bytes so far fit in [`splice::EARLY_READ`], a link lost before the answer (a
+    /// peer gateway that restarted: the new process resets the old link at its first packet,
+    /// or a new link from it supersedes the old one) costs a new stream on a new link, with
+    /// the same bytes, within the same hold time. `None`: no stream, refused, or stopped; the
+    /// caller resets the client.
     async fn open_answered<S: std::future::Future<Output = ()>>(
         &self,
         tcp: &mut tokio::net::TcpStream,
@@ -1295,8 +1297,7 @@ impl Tunnels {
         let deadline = tokio::time::Instant::now() + self.0.config.connect_hold();
         let mut first: Option<Vec<u8>> = None;
         loop {
-            let (stream, link) = match self.open_held(&route.site, deadline, stop.as_mut()).await
-            {
+            let (stream, link) = match self.open_held(&route.site, deadline, stop.as_mut()).await {
                 Ok(s) => s,
                 Err(e) => {
                     self.0.metrics.tunnel_open_failed();
@@ -1340,27 +1341,66 @@ impl Tunnels {
                 debug!(error = %e, "tunnel stream failed before the header");
                 return None;
             }
-            // bytes the client sends past these could not be sent again: from then on a lost
-            // link ends the connection, and the splice reads the answer
-            tokio::select! {
-                biased;
-                () = stop.as_mut() => return None,
-                answer = r.answer() => match answer {
-                    Ok(Answer::Accepted) => return Some((r, w, End::NearAnswered)),
-                    Ok(refused) => {
-                        debug!(node = %route.request.node, reason = refused.label(), "stream refused by the far gateway");
-                        self.0.metrics.tunnel_refused_by_peer(refused);
-                        w.reset();
-                        return None;
+            // more bytes from the client go out as they come and are kept, up to the same
+            // bound, to be sent again; past it, or at the client's end of stream, the splice
+            // takes over (and reads the answer), and a lost link ends the connection
+            // `None`: the client ended or sent too much to keep; the splice takes over
+            let waited = {
+                let mut answer = std::pin::pin!(r.answer());
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = stop.as_mut() => return None,
+                        answer = &mut answer => break Some(answer),
+                        _ = tcp.readable() => {
+                            let room = (route.header.len() + splice::EARLY_READ).saturating_sub(first.len());
+                            let before = first.len();
+                            let read = if room == 0 {
+                                Ok(0)
+                            } else {
+                                use bytes::BufMut as _;
+                                tcp.try_read_buf(&mut first.limit(room))
+                            };
+                            match read {
+                                Ok(0) => break None,
+                                Ok(n) => {
+                                    counters.tx.inc_by(n as u64);
+                                    if let Err(e) = w.write_all(&first[before..]).await {
+                                        if lost_link(&e) {
+                                            break Some(Err(e));
+                                        }
+                                        debug!(error = %e, "tunnel stream failed before the answer");
+                                        return None;
+                                    }
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                Err(e) => {
+                                    debug!(error = %e, "local connection failed before the answer");
+                                    w.reset();
+                                    return None;
+                                }
+                            }
+                        }
                     }
-                    Err(e) if lost_link(&e) => {}
-                    Err(e) => {
-                        debug!(node = %route.request.node, error = %e, "tunnel stream failed before the answer");
-                        w.reset();
-                        return None;
-                    }
-                },
-                _ = tcp.readable() => return Some((r, w, End::Near)),
+                }
+            };
+            let Some(answer) = waited else {
+                return Some((r, w, End::Near));
+            };
+            match answer {
+                Ok(Answer::Accepted) => return Some((r, w, End::NearAnswered)),
+                Ok(refused) => {
+                    debug!(node = %route.request.node, reason = refused.label(), "stream refused by the far gateway");
+                    self.0.metrics.tunnel_refused_by_peer(refused);
+                    w.reset();
+                    return None;
+                }
+                Err(e) if lost_link(&e) => {}
+                Err(e) => {
+                    debug!(node = %route.request.node, error = %e, "tunnel stream failed before the answer");
+                    w.reset();
+                    return None;
+                }
             }
         }
     }

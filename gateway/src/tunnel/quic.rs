@@ -78,11 +78,25 @@ pub struct RestartKeys {
     /// The key of address-validation tokens (RFC 9000 section 8.1.3), so tokens issued
     /// before a restart still validate.
     pub token: Arc<dyn quinn::crypto::HandshakeTokenKey>,
+    /// The key of the connection IDs this endpoint issues (quinn's
+    /// `HashedConnectionIdGenerator`: a nonce and a keyed hash of it). An endpoint answers a
+    /// packet for a connection it does not know with a stateless reset only when the packet's
+    /// connection ID validates under this key, so it must survive a restart too.
+    pub cid: u64,
 }
 
 impl std::fmt::Debug for RestartKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("RestartKeys(..)")
+    }
+}
+
+/// The length of [`RestartKeys::cid`] for HKDF's expand.
+struct CidKeyLen;
+
+impl aws_lc_rs::hkdf::KeyType for CidKeyLen {
+    fn len(&self) -> usize {
+        8
     }
 }
 
@@ -100,9 +114,14 @@ impl RestartKeys {
             .into();
         let token = hkdf::Salt::new(hkdf::HKDF_SHA256, b"fedgw quic token v1")
             .extract(&[secret, me.as_bytes()].concat());
+        let mut cid = [0u8; 8];
+        prk.expand(&[b"connection id ".as_slice(), me.as_bytes()], CidKeyLen)
+            .and_then(|okm| okm.fill(&mut cid))
+            .expect("HKDF-SHA256 expands to 8 bytes, far below its 255 x 32 byte limit");
         RestartKeys {
             reset: Arc::new(reset),
             token: Arc::new(token),
+            cid: u64::from_be_bytes(cid),
         }
     }
 }
@@ -124,6 +143,10 @@ pub fn endpoint(
     let runtime =
         quinn::default_runtime().ok_or_else(|| TunnelError::Quic("no async runtime".into()))?;
     let mut config = quinn::EndpointConfig::new(keys.reset.clone());
+    let cid_key = keys.cid;
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     config
         .max_udp_payload_size(MTU_UPPER_BOUND)
         .map_err(|e| TunnelError::Quic(e.to_string()))?;
@@ -348,10 +371,17 @@ mod tests {
             out
         };
         let first = token(b"org CA key", "org1/dc1");
-        assert_eq!(first, token(b"org CA key", "org1/dc1"), "a restart keeps it");
+        assert_eq!(
+            first,
+            token(b"org CA key", "org1/dc1"),
+            "a restart keeps it"
+        );
         assert_ne!(first, token(b"org CA key", "org1/dc2"), "another site");
         assert_ne!(first, token(b"another key", "org1/dc1"), "another org");
         assert_ne!(first, [0u8; 32]);
+        let cid = |me: &str| RestartKeys::derive(b"org CA key", me).cid;
+        assert_eq!(cid("org1/dc1"), cid("org1/dc1"));
+        assert_ne!(cid("org1/dc1"), cid("org1/dc2"));
     }
 
     /// Sends one GSO batch of `segments` full-size datagrams on loopback; returns how many
