@@ -717,9 +717,9 @@ impl Tunnels {
 
     async fn dial_quic(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, String> {
         let quic = self.0.quic.as_ref().ok_or("no QUIC endpoint")?;
-        // the verifier checks the peer's identity, not this name
-        let (name, _) = crate::net::split_host_port(endpoint)
-            .ok_or_else(|| format!("invalid endpoint {endpoint:?}"))?;
+        // the peer proves the identity the view expects, whatever name or address it is at
+        let name = peer.server_name(&self.0.domain);
+        let name = name.as_str();
         let addrs = crate::net::resolve(endpoint)
             .await
             .map_err(|e| e.to_string())?;
@@ -748,7 +748,9 @@ impl Tunnels {
     }
 
     async fn dial_tcp(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, String> {
-        let tls = crate::net::dial_tls(endpoint, self.0.tls_client.clone(), DIAL_TIMEOUT)
+        let name = crate::net::dns_server_name(&peer.server_name(&self.0.domain))
+            .map_err(|e| e.to_string())?;
+        let tls = crate::net::dial_tls_as(endpoint, name, self.0.tls_client.clone(), DIAL_TIMEOUT)
             .await
             .map_err(|e| format!("{e}: {}", crate::net::error_chain(&e)))?;
         let leaf = tls

@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fedgw_gateway::config::Config;
@@ -105,9 +105,17 @@ fn sigkill(gw: Gateway) {
     drop(gw);
 }
 
-fn a_crashed_peer_gateway_heals_within_seconds(transport: Transport, pool: u8) {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (d1, d2) = (tmp.path().join("org1"), tmp.path().join("org2"));
+/// Two gateways (org1 founds, org2 joins) advertising `host:0` (the bound port), with
+/// `transport`, a hold of [`HOLD_MS`] and address pools `127.<pool>.<org>.0/24`, both running.
+fn federation(
+    tmp: &Path,
+    host: &str,
+    transport: Transport,
+    pool: u8,
+) -> (PathBuf, Gateway, PathBuf, Gateway) {
+    let (d1, d2) = (tmp.join("org1"), tmp.join("org2"));
+    let mut net = NET.map(String::from);
+    net[1] = format!("{host}:0");
     let mut args = vec![
         "init".to_owned(),
         "--consortium".into(),
@@ -119,7 +127,7 @@ fn a_crashed_peer_gateway_heals_within_seconds(transport: Transport, pool: u8) {
         "--data-dir".into(),
         s(&d1),
     ];
-    args.extend(NET.map(String::from));
+    args.extend(net.clone());
     fedgw().run(&args).expect("spawn").ok().expect("init");
     let site = |i: u8| {
         move |c: &mut Config| {
@@ -150,14 +158,16 @@ fn a_crashed_peer_gateway_heals_within_seconds(transport: Transport, pool: u8) {
         "--data-dir".into(),
         s(&d2),
     ];
-    args.extend(NET.map(String::from));
+    args.extend(net);
     fedgw().run(&args).expect("spawn").ok().expect("join");
     edit(&d2, site(2));
     let org2 = fedgw().start(&d2).expect("org2");
-    // the restarted process must come back where org1 dials it (the port the OS chose)
-    let bound: SocketAddr = org2.endpoint().parse().expect("gateway address");
-    edit(&d2, |c| c.listen = bound);
+    (d1, org1, d2, org2)
+}
 
+/// Registers node1 at org2 (a TCP echo server on 127.0.0.1) and returns org1's local address
+/// for it once an echo goes through.
+fn echo_node(d1: &Path, d2: &Path) -> SocketAddr {
     let node = echo_server();
     fedgw()
         .run([
@@ -165,7 +175,7 @@ fn a_crashed_peer_gateway_heals_within_seconds(transport: Transport, pool: u8) {
             "add",
             "node1",
             "--data-dir",
-            &s(&d2),
+            &s(d2),
             "--enode",
             &format!(
                 "enode://{}@127.0.0.1:{}?discport=0",
@@ -177,7 +187,7 @@ fn a_crashed_peer_gateway_heals_within_seconds(transport: Transport, pool: u8) {
         .ok()
         .expect("node add");
     let addr = wait_for("org1's address for node1", Duration::from_secs(30), || {
-        local_address(&d1)
+        local_address(d1)
     })
     .expect("listed");
     wait_for(
@@ -185,7 +195,17 @@ fn a_crashed_peer_gateway_heals_within_seconds(transport: Transport, pool: u8) {
         Duration::from_secs(30),
         || echo(addr, b"before", Duration::from_secs(2)).ok(),
     )
-    .expect("echo before the crash");
+    .expect("echo");
+    addr
+}
+
+fn a_crashed_peer_gateway_heals_within_seconds(transport: Transport, pool: u8) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (d1, org1, d2, org2) = federation(tmp.path(), "127.0.0.1", transport, pool);
+    // the restarted process must come back where org1 dials it (the port the OS chose)
+    let bound: SocketAddr = org2.endpoint().parse().expect("gateway address");
+    edit(&d2, |c| c.listen = bound);
+    let addr = echo_node(&d1, &d2);
 
     sigkill(org2);
     // a connection opened while org2 is down: held at org1, not refused
@@ -238,4 +258,50 @@ fn a_crashed_peer_gateway_heals_within_seconds_over_quic() {
 #[test]
 fn a_crashed_peer_gateway_heals_within_seconds_over_tcp() {
     a_crashed_peer_gateway_heals_within_seconds(Transport::Tcp, 82);
+}
+
+fn gateways_advertised_by_host_name_sync_tunnel_and_ping(transport: Transport, pool: u8) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (d1, org1, d2, org2) = federation(tmp.path(), "localhost", transport, pool);
+    // org2's node reaches org1 by sync, and an echo goes through the tunnel
+    let addr = echo_node(&d1, &d2);
+    echo(addr, b"by host name", Duration::from_secs(10)).expect("echo");
+    let status = fedgw()
+        .run(["status", "--json", "--data-dir", &s(&d1)])
+        .expect("spawn")
+        .ok()
+        .expect("status");
+    let want = match transport {
+        Transport::Tcp => "\"tcp\"",
+        _ => "\"quic\"",
+    };
+    assert!(
+        status.stdout.contains(want),
+        "{transport:?}: {}",
+        status.stdout
+    );
+    // org1 pings org2 at the name org2 advertises
+    let port = org2.endpoint().rsplit_once(':').map(|(_, p)| p.to_owned());
+    let at = format!("localhost:{}", port.expect("port"));
+    let ping = fedgw()
+        .run(["ping", &at, "--data-dir", &s(&d1)])
+        .expect("spawn");
+    assert_eq!(ping.code, Some(0), "{}{}", ping.stdout, ping.stderr);
+    assert!(
+        ping.stdout.contains("is org2 (gw-dc1.org2.acme.test)"),
+        "{}",
+        ping.stdout
+    );
+    assert!(org2.stop().expect("stop").success());
+    assert!(org1.stop().expect("stop").success());
+}
+
+#[test]
+fn gateways_advertised_by_host_name_sync_tunnel_and_ping_over_quic() {
+    gateways_advertised_by_host_name_sync_tunnel_and_ping(Transport::Quic, 83);
+}
+
+#[test]
+fn gateways_advertised_by_host_name_sync_tunnel_and_ping_over_tcp() {
+    gateways_advertised_by_host_name_sync_tunnel_and_ping(Transport::Tcp, 84);
 }
