@@ -305,3 +305,69 @@ fn gateways_advertised_by_host_name_sync_tunnel_and_ping_over_quic() {
 fn gateways_advertised_by_host_name_sync_tunnel_and_ping_over_tcp() {
     gateways_advertised_by_host_name_sync_tunnel_and_ping(Transport::Tcp, 84);
 }
+
+#[test]
+fn a_gateway_presenting_another_members_certificate_at_the_expected_address_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (d1, org1, d2, org2) = federation(tmp.path(), "127.0.0.1", Transport::Tcp, 85);
+    let d3 = tmp.path().join("org3");
+    let token = fedgw()
+        .run(["invite", "org3", "--data-dir", &s(&d1)])
+        .expect("spawn")
+        .ok()
+        .expect("invite");
+    let mut args = vec![
+        "join".to_owned(),
+        token.stdout.trim().to_owned(),
+        "--org".into(),
+        "org3".into(),
+        "--data-dir".into(),
+        s(&d3),
+    ];
+    args.extend(NET.map(String::from));
+    fedgw().run(&args).expect("spawn").ok().expect("join");
+    edit(&d3, |c| c.tunnel.transport = Transport::Tcp);
+    let org3 = fedgw().start(&d3).expect("org3");
+    // a node at org2, reached through the tunnel while org2 is where it says
+    let addr = echo_node(&d1, &d2);
+
+    // org2 now advertises org3's address: whoever dials org2 there meets org3's valid leaf
+    assert!(org2.stop().expect("stop").success());
+    let org3_at = org3.endpoint();
+    edit(&d2, |c| c.advertise = vec![org3_at.clone()]);
+    // org1 refuses a connection it has no tunnel for at once
+    assert!(org1.stop().expect("stop").success());
+    edit(&d1, |c| c.tunnel.connect_hold_ms = 0);
+    let org1 = fedgw().start(&d1).expect("org1 restarts");
+    let org2 = fedgw().start(&d2).expect("org2 restarts");
+    let members = || {
+        fedgw()
+            .run(["members", "--json", "--data-dir", &s(&d1)])
+            .ok()
+            .map(|r| r.stdout)
+    };
+    wait_for(
+        "org1 learns org2's new address",
+        Duration::from_secs(30),
+        || members().filter(|m| m.contains(&org3_at)),
+    )
+    .expect("new address");
+    // org1 dials org2 where it advertises itself: org3 answers with its own valid leaf, which
+    // does not name gw-dc1.org2.acme.test, so no tunnel comes up and the connection is reset
+    let refused = echo(addr, b"to org2", Duration::from_secs(20));
+    assert!(refused.is_err(), "{refused:?}");
+    let status = fedgw()
+        .run(["status", "--json", "--data-dir", &s(&d1)])
+        .expect("spawn")
+        .ok()
+        .expect("status");
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
+    let links = v["links"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !links.iter().any(|l| l.to_string().contains("org2")),
+        "no link to org2 at org3's address: {links:?}"
+    );
+    for gw in [org3, org2, org1] {
+        assert!(gw.stop().expect("stop").success());
+    }
+}
