@@ -183,6 +183,7 @@ async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, R
 
 /// Starts the gateway for `dir`; it runs until `shutdown` is cancelled.
 pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running, RunError> {
+    raise_open_files_limit();
     let loaded = provision::load(&dir)?;
     let Loaded {
         config,
@@ -535,6 +536,39 @@ struct ZoneInputs {
     first_pass: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// Open files a gateway should be able to hold without running short: two listeners per remote
+/// node port (a few hundred nodes) and two sockets per proxied connection (thousands).
+pub const WANTED_OPEN_FILES: u64 = 65_536;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (commonly 1024 soft, 524 288 hard, so a
+/// gateway with 500 remote nodes would fail its binds with `EMFILE`), logs what it got, and
+/// warns when that is below [`WANTED_OPEN_FILES`]. Returns the soft limit in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let target = limit.maximum;
+    if limit.current != target {
+        let raised = Rlimit {
+            current: target,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            warn!(error = %e, soft = ?limit.current, hard = ?limit.maximum, "cannot raise the open files limit");
+        }
+    }
+    // `None` is unlimited
+    let now = getrlimit(Resource::Nofile).current;
+    match now {
+        Some(n) if n < WANTED_OPEN_FILES => warn!(
+            open_files = n,
+            wanted = WANTED_OPEN_FILES,
+            "the open files limit is low: each remote node port takes a listener and each proxied connection two sockets (raise LimitNOFILE / ulimit -Hn)"
+        ),
+        n => info!(open_files = ?n, "open files limit"),
+    }
+    now
+}
+
 /// Gives every remote node a local address at this site (IP or port mode) and keeps the
 /// allocations in line with the view: new nodes get one, removed nodes free theirs. Persisted on
 /// every change, so a restart keeps every address. Then rebuilds the DNS zone from the view, the
@@ -832,5 +866,29 @@ async fn renew_leaf(
                 renew_at = now + Duration::from_secs(60);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let hard = getrlimit(Resource::Nofile).maximum;
+        // a common default soft limit, as systemd and most shells give a process
+        let low = hard.map_or(1024, |h| h.min(1024));
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(low),
+                maximum: hard,
+            },
+        )
+        .expect("lower the soft limit");
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(low));
+        assert_eq!(raise_open_files_limit(), hard);
+        assert_eq!(getrlimit(Resource::Nofile).current, hard);
     }
 }
