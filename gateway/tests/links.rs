@@ -85,11 +85,16 @@ fn read_back(c: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
 
 /// org1's local address for org2's node1 (p2p port), once org1 lists it.
 fn local_address(dir: &Path) -> Option<SocketAddr> {
+    local_address_of(dir, "node1")
+}
+
+/// The local address at the gateway of `dir` for the remote node `name` (p2p port).
+fn local_address_of(dir: &Path, name: &str) -> Option<SocketAddr> {
     let run = fedgw()
         .run(["nodes", "--json", "--data-dir", &s(dir)])
         .ok()?;
     let v: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
-    let n = v.as_array()?.iter().find(|n| n["name"] == "node1")?;
+    let n = v.as_array()?.iter().find(|n| n["name"] == name)?;
     let ip = n["local_ip"].as_str()?.parse().ok()?;
     let port = u16::try_from(n["local_ports"]["p2p"].as_u64()?).ok()?;
     Some(SocketAddr::new(ip, port))
@@ -370,4 +375,68 @@ fn a_gateway_presenting_another_members_certificate_at_the_expected_address_is_r
     for gw in [org3, org2, org1] {
         assert!(gw.stop().expect("stop").success());
     }
+}
+
+#[test]
+fn a_new_link_from_a_restarted_gateway_supersedes_its_stale_one_at_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (d1, org1, d2, org2) = federation(tmp.path(), "127.0.0.1", Transport::Quic, 86);
+    // a link up between them: org1 (the lower org/site) keeps it
+    echo_node(&d1, &d2);
+    // and a connection from org2 to a node at org1 on it
+    let node = echo_server();
+    fedgw()
+        .run([
+            "node",
+            "add",
+            "node2",
+            "--data-dir",
+            &s(&d1),
+            "--enode",
+            &format!(
+                "enode://{}@127.0.0.1:{}?discport=0",
+                "6b".repeat(64),
+                node.port()
+            ),
+        ])
+        .expect("spawn")
+        .ok()
+        .expect("node add");
+    let at2 = wait_for("org2's address for node2", Duration::from_secs(30), || {
+        local_address_of(&d2, "node2")
+    })
+    .expect("listed");
+    let mut live = wait_for("a connection to node2", Duration::from_secs(30), || {
+        let mut c = TcpStream::connect(at2).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        c.write_all(b"live").ok()?;
+        read_back(&mut c, b"live").ok().map(|()| c)
+    })
+    .expect("live connection");
+    // org1 crashes and comes back on another port (another host, say): nothing of org2's
+    // stale link reaches the new process, so no stateless reset ends it; org1 dials org2 at
+    // start, and that link must replace the stale one at org2 at once
+    sigkill(org1);
+    let org1 = fedgw().start(&d1).expect("org1 restarts");
+    wait_for(
+        "org2 closes the stale link",
+        Duration::from_secs(10),
+        || org2.log_text().contains("tunnel superseded").then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\norg2: {}", org2.log_text()));
+    // its streams end with it, rather than at the stale link's idle timeout (20 s)
+    live.set_read_timeout(Some(Duration::from_secs(8)))
+        .expect("timeout");
+    let mut one = [0u8; 1];
+    let ended = live.read(&mut one);
+    assert!(
+        matches!(&ended, Ok(0))
+            || ended
+                .as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut),
+        "the connection on the stale link ends: {ended:?}"
+    );
+    assert!(org2.stop().expect("stop").success());
+    assert!(org1.stop().expect("stop").success());
 }
