@@ -611,23 +611,87 @@ pub async fn serve(
     service: Arc<AdminService>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    use tokio_stream::StreamExt as _;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let accepting = accept(listener, tx, shutdown.clone());
+    let server = tonic::transport::Server::builder()
         .add_service(
             pb::admin_server::AdminServer::from_arc(service)
                 .max_decoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::io::Error>),
             shutdown.cancelled_owned(),
-        )
-        .await
+        );
+    // the accept loop ends on shutdown, and the server then finishes the calls in flight
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => return served,
+        () = accepting => {}
+    }
+    server.await
 }
+
+/// How long the admin socket's accept loop waits after a failed accept (`EMFILE` when the
+/// process is out of file descriptors): retrying at once would spin a core, and a
+/// connection closing meanwhile frees a descriptor.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts admin connections and hands them to the server; a failed accept is logged and
+/// retried after [`ACCEPT_BACKOFF`].
+async fn accept(
+    listener: UnixListener,
+    tx: tokio::sync::mpsc::Sender<UnixStream>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((conn, _)) => {
+                if tx.send(conn).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "admin socket accept failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Longest a CLI command waits for one admin call, connection included: a gateway that is
+/// overloaded or stuck gets a clear error rather than a command that hangs.
+pub const CLI_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connects to the admin socket at `path`.
 pub async fn connect(path: &Path) -> Result<AdminClient<Channel>, tonic::transport::Error> {
+    connect_with(path, None).await
+}
+
+/// Connects to the admin socket at `path` for the CLI: every call fails after
+/// [`CLI_CALL_TIMEOUT`] (tonic answers `Cancelled`, "Timeout expired").
+pub async fn connect_cli(path: &Path) -> Result<AdminClient<Channel>, tonic::transport::Error> {
+    connect_with(path, Some(CLI_CALL_TIMEOUT)).await
+}
+
+async fn connect_with(
+    path: &Path,
+    call_timeout: Option<Duration>,
+) -> Result<AdminClient<Channel>, tonic::transport::Error> {
     let path = path.to_owned();
-    let channel = Endpoint::from_static("http://admin.fedgw.invalid")
-        .connect_timeout(Duration::from_secs(5))
+    let mut endpoint =
+        Endpoint::from_static("http://admin.fedgw.invalid").connect_timeout(Duration::from_secs(5));
+    if let Some(t) = call_timeout {
+        endpoint = endpoint.timeout(t);
+    }
+    let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move { UnixStream::connect(path).await.map(TokioIo::new) }

@@ -233,6 +233,7 @@ pub fn membership_keys(loaded: &Loaded) -> Result<Keys, RunError> {
 /// org's membership (a new pod, a rebuilt store) is filled from the peers first
 /// ([`bootstrap`]); the gateway is ready (`/readyz`, `run.json`) only after that.
 pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running, RunError> {
+    raise_open_files_limit();
     let loaded = provision::load(&dir)?;
     let Loaded {
         config,
@@ -329,6 +330,10 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
             udp,
             own: vec![gateway_addr, metrics_addr, dns_addr],
             max_link_age: config.max_link_age(),
+            keys: crate::tunnel::quic::RestartKeys::derive(
+                zeroize::Zeroizing::new(loaded.org_ca.key_pem()).as_bytes(),
+                &me.to_string(),
+            ),
             aliases: match &config.addresses {
                 crate::addressing::AddressMode::Ip {
                     pool,
@@ -424,6 +429,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
 
     let allocations = Arc::new(std::sync::RwLock::new(store.allocations()?));
     let zone = crate::dns::ZoneHandler::new(config.dns_rate_limit_qps);
+    let (first_pass, first_pass_done) = tokio::sync::oneshot::channel();
     tracker.spawn(keep_local_addresses(
         membership.clone(),
         store.clone(),
@@ -433,6 +439,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
             handler: zone.clone(),
             domain: config.domain.clone(),
             me_gateway: format!("gw-{}.{}", config.site, config.org),
+            first_pass: Some(first_pass),
         },
         tunnels.clone(),
         shutdown.clone(),
@@ -574,6 +581,10 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
     ));
 
     info.advertise = advertise;
+    // not ready before the zone and the data plane reflect the stored view: a restarted
+    // gateway would otherwise refuse its peers' first streams (no targets yet) and answer
+    // NXDOMAIN (an empty zone); an Err means the keeper stopped (shutdown)
+    let _ = first_pass_done.await;
     // ready before run.json appears: whoever waits on the file finds /readyz already 200
     metrics.set_ready();
     let json = serde_json::to_vec_pretty(&info).expect("RunInfo serialises");
@@ -590,6 +601,42 @@ struct ZoneInputs {
     handler: crate::dns::ZoneHandler,
     domain: String,
     me_gateway: String,
+    /// Fires once the first zone is served and the data plane reflects the stored view
+    /// (readiness waits for it).
+    first_pass: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Open files a gateway should be able to hold without running short: two listeners per remote
+/// node port (a few hundred nodes) and two sockets per proxied connection (thousands).
+pub const WANTED_OPEN_FILES: u64 = 65_536;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (commonly 1024 soft, 524 288 hard, so a
+/// gateway with 500 remote nodes would fail its binds with `EMFILE`), logs what it got, and
+/// warns when that is below [`WANTED_OPEN_FILES`]. Returns the soft limit in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let target = limit.maximum;
+    if limit.current != target {
+        let raised = Rlimit {
+            current: target,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            warn!(error = %e, soft = ?limit.current, hard = ?limit.maximum, "cannot raise the open files limit");
+        }
+    }
+    // `None` is unlimited
+    let now = getrlimit(Resource::Nofile).current;
+    match now {
+        Some(n) if n < WANTED_OPEN_FILES => warn!(
+            open_files = n,
+            wanted = WANTED_OPEN_FILES,
+            "the open files limit is low: each remote node port takes a listener and each proxied connection two sockets (raise LimitNOFILE / ulimit -Hn)"
+        ),
+        n => info!(open_files = ?n, "open files limit"),
+    }
+    now
 }
 
 /// Gives every remote node a local address at this site (IP or port mode) and keeps the
@@ -601,7 +648,7 @@ async fn keep_local_addresses(
     store: Arc<Store>,
     mode: crate::addressing::AddressMode,
     allocations: Arc<std::sync::RwLock<crate::addressing::Allocations>>,
-    zone: ZoneInputs,
+    mut zone: ZoneInputs,
     tunnels: Tunnels,
     shutdown: CancellationToken,
 ) {
@@ -711,6 +758,9 @@ async fn keep_local_addresses(
         ));
         let (targets, routes, peers) = data_plane(&membership, &local, &alloc);
         tunnels.update(targets, routes, peers);
+        if let Some(done) = zone.first_pass.take() {
+            let _ = done.send(());
+        }
         // a listener that could not be bound is retried until it can, a failed read sooner
         let retry = async {
             if retry_read {
@@ -1096,5 +1146,24 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), running.wait())
             .await
             .expect("stops");
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let hard = getrlimit(Resource::Nofile).maximum;
+        // a common default soft limit, as systemd and most shells give a process
+        let low = hard.map_or(1024, |h| h.min(1024));
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(low),
+                maximum: hard,
+            },
+        )
+        .expect("lower the soft limit");
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(low));
+        assert_eq!(raise_open_files_limit(), hard);
+        assert_eq!(getrlimit(Resource::Nofile).current, hard);
     }
 }

@@ -300,6 +300,12 @@ impl Config {
             ));
         }
         crate::tunnel::class::check(&self.tunnel.priority)?;
+        if self.tunnel.connect_hold_ms > crate::tunnel::MAX_CONNECT_HOLD_MS {
+            return Err(format!(
+                "tunnel.connect_hold_ms must be at most {}",
+                crate::tunnel::MAX_CONNECT_HOLD_MS
+            ));
+        }
         if let Some(n) = self.tunnel.max_connections_per_org
             && !(1..=self.tunnel.max_connections).contains(&n)
         {
@@ -632,5 +638,19 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_connect_hold_defaults_to_five_seconds_and_is_bounded() {
+        let mut c = sample();
+        assert_eq!(c.tunnel.connect_hold(), std::time::Duration::from_secs(5));
+        for ok in [0, crate::tunnel::MAX_CONNECT_HOLD_MS] {
+            c.tunnel.connect_hold_ms = ok;
+            let parsed = Config::parse(&c.to_toml(), Path::new("x")).expect("in range");
+            assert_eq!(parsed.tunnel.connect_hold_ms, ok);
+        }
+        c.tunnel.connect_hold_ms = crate::tunnel::MAX_CONNECT_HOLD_MS + 1;
+        let err = Config::parse(&c.to_toml(), Path::new("x")).expect_err("out of range");
+        assert!(err.to_string().contains("tunnel.connect_hold_ms"), "{err}");
     }
 }

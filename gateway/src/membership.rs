@@ -53,6 +53,14 @@ impl std::fmt::Display for GatewayId {
 }
 
 impl GatewayId {
+    /// The TLS server name every dial to this gateway verifies, whatever host name or address
+    /// it dials: `gw-<site>.<org>.<domain>`, the one DNS name its leaf carries. The address a
+    /// gateway is dialled at and the identity it must prove are separate, as in Consul's
+    /// cluster peering (the server name comes from the peering data, not the dial address).
+    pub fn server_name(&self, domain: &str) -> String {
+        fedgw_certs::names::gateway_dns_name(&self.site, &self.org, domain)
+    }
+
     /// Reads the gateway id from a verified identity whose DNS name is
     /// `gw-<site>.<org>.<domain>`.
     pub fn from_identity(id: &fedgw_certs::PeerIdentity, domain: &str) -> Option<Self> {

@@ -49,6 +49,11 @@ impl DialError {
     }
 }
 
+/// A DNS server name (`gw-<site>.<org>.<domain>`).
+pub fn dns_server_name(name: &str) -> Result<ServerName<'static>, DialError> {
+    ServerName::try_from(name.to_owned()).map_err(|_| DialError::Endpoint(name.to_owned()))
+}
+
 /// The TLS server name for an endpoint's host: an IP address or a DNS name.
 pub fn server_name(endpoint: &str) -> Result<ServerName<'static>, DialError> {
     let host = endpoint
@@ -60,13 +65,25 @@ pub fn server_name(endpoint: &str) -> Result<ServerName<'static>, DialError> {
 }
 
 /// Connects to `endpoint` (`host:port`) and completes a TLS handshake with `config`, both within
-/// `timeout`.
+/// `timeout`, verifying the server as the endpoint's host.
 pub async fn dial_tls(
     endpoint: &str,
     config: Arc<ClientConfig>,
     timeout: Duration,
 ) -> Result<TlsStream<TcpStream>, DialError> {
     let name = server_name(endpoint)?;
+    dial_tls_as(endpoint, name, config, timeout).await
+}
+
+/// [`dial_tls`], verifying the server as `name` whatever host `endpoint` names: a member
+/// gateway dialled by host name or address proves the identity the membership view expects
+/// ([`crate::membership::GatewayId::server_name`]).
+pub async fn dial_tls_as(
+    endpoint: &str,
+    name: ServerName<'static>,
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<TlsStream<TcpStream>, DialError> {
     let connect_err = |source| DialError::Connect {
         endpoint: endpoint.to_owned(),
         source,

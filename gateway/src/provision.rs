@@ -483,8 +483,10 @@ pub fn current_leaf(
 }
 
 /// A federation client TLS config for the gateway of `dir`: presents its gateway leaf (renewed
-/// first if due), trusts the consortium root, and with `expect_org` requires the server to be a
-/// gateway of that org. Returns the loaded data dir too.
+/// first if due), trusts the consortium root, accepts a server dialled by any host name or
+/// address that proves a gateway identity (the caller reads which one from its certificate),
+/// and with `expect_org` requires that gateway to be of that org. Returns the loaded data dir
+/// too.
 pub fn federation_client_config(
     dir: &DataDir,
     expect_org: Option<&str>,
@@ -499,7 +501,8 @@ pub fn federation_client_config(
         &loaded.config.domain,
         fedgw_certs::RevocationSet::default(),
         &provider,
-    )?;
+    )?
+    .any_server_name();
     if let Some(org) = expect_org {
         verifier = verifier.expecting_org(org);
     }

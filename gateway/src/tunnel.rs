@@ -106,6 +106,12 @@ pub struct TunnelConfig {
     /// Congestion controller of tunnel links: `bbr` (default) or `cubic`. See
     /// [`quic::Congestion`].
     pub congestion: quic::Congestion,
+    /// Longest time, ms, a new local connection to a site whose link is down, reconnecting or
+    /// lost before the far end answered is held while the link is redialled [default: 5000;
+    /// 0: refused at once; at most 60 000]. A peer gateway that restarts within it costs its
+    /// clients a delay, not a reset; clients that redial slowly after a refusal (geth waits
+    /// up to 35 s) recover at once. Past it the connection is reset.
+    pub connect_hold_ms: u64,
 }
 
 /// Default of [`TunnelConfig::stall_timeout_ms`]: longer than a node's own write time-out
@@ -113,10 +119,22 @@ pub struct TunnelConfig {
 /// 20 s, `frameWriteTimeout`), so a node gives up on a stuck peer before the gateway does.
 pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 30_000;
 
+/// Default of [`TunnelConfig::connect_hold_ms`]: a crashed gateway's supervisor restarts it,
+/// and the gateway is ready, well within it.
+pub const DEFAULT_CONNECT_HOLD_MS: u64 = 5000;
+
+/// Largest [`TunnelConfig::connect_hold_ms`]: a client held longer has likely given up.
+pub const MAX_CONNECT_HOLD_MS: u64 = 60_000;
+
 impl TunnelConfig {
     /// The stall time-out ([`TunnelConfig::stall_timeout_ms`]), `None` when disabled.
     pub fn stall_timeout(&self) -> Option<Duration> {
         (self.stall_timeout_ms > 0).then(|| Duration::from_millis(self.stall_timeout_ms))
+    }
+
+    /// The hold time of a new local connection ([`TunnelConfig::connect_hold_ms`]).
+    pub fn connect_hold(&self) -> Duration {
+        Duration::from_millis(self.connect_hold_ms)
     }
 }
 
@@ -132,6 +150,7 @@ impl Default for TunnelConfig {
             stall_timeout_ms: DEFAULT_STALL_TIMEOUT_MS,
             priority: class::Priorities::new(),
             congestion: quic::Congestion::default(),
+            connect_hold_ms: DEFAULT_CONNECT_HOLD_MS,
         }
     }
 }
@@ -283,9 +302,16 @@ struct Inner {
     quic_client: quinn::ClientConfig,
     tls_client: Arc<rustls::ClientConfig>,
     links: Mutex<HashMap<GatewayId, LinkEntry>>,
+    /// Every live link by its number, the one in `links` and older ones still carrying
+    /// streams, for [`Tunnels::register`] to find the links a new one supersedes.
+    all_links: Mutex<HashMap<u64, (GatewayId, LinkEntry)>>,
+    /// Counts registered links: connections held for a link wake up on a change.
+    link_up: tokio::sync::watch::Sender<u64>,
+    /// This gateway's identity, whose certificate bounds a link's age as the peer's does.
+    identity: ReloadableIdentity,
     max_link_age: Duration,
     next_link: AtomicU64,
-    dial_locks: Mutex<HashMap<GatewayId, Arc<tokio::sync::Mutex<()>>>>,
+    dial_locks: Mutex<HashMap<GatewayId, DialLock>>,
     quic_failed: Mutex<HashMap<GatewayId, Instant>>,
     keepers: Mutex<HashMap<GatewayId, CancellationToken>>,
     targets: RwLock<Arc<Targets>>,
@@ -303,6 +329,10 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
+/// Per peer: one dial at a time, and the end and error of the last failed one, which callers
+/// that queued behind it take as their own rather than dialling again.
+type DialLock = Arc<tokio::sync::Mutex<Option<(Instant, String)>>>;
+
 /// Caller org, node name, port name.
 type GrantKey = (String, String, String);
 
@@ -319,12 +349,24 @@ struct LinkEntry {
     id: u64,
     link: Link,
     retire_at: Instant,
+    /// This side dialled it.
+    outbound: bool,
 }
 
 /// How long an inbound tunnel link from a site not (yet) in the view waits for the site's
 /// `Gateway` record before it is refused: a site that has just started publishes it within a
 /// sync round trip.
 pub const PUBLISH_WAIT: Duration = Duration::from_secs(5);
+
+/// A link the same side dials again while this side still holds one it dialled earlier,
+/// retiring no sooner than this, is superseded at once ([`Tunnels::register`]). A link that
+/// retires sooner may be the one the dialler replaces on its own schedule (its age can
+/// differ by the time a handshake takes), and keeps its streams.
+const SUPERSEDE_MARGIN: Duration = Duration::from_secs(5);
+
+/// First and longest wait between the attempts of a connection held for a link
+/// ([`TunnelConfig::connect_hold_ms`]); a link registered meanwhile ends the wait at once.
+const HOLD_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(500));
 
 /// How long a link authenticated by a certificate valid until `peer_not_after` takes new
 /// streams: `max` (half the leaf lifetime, or `tunnel.max_link_ms`), or half the certificate's
@@ -366,6 +408,8 @@ pub struct TunnelSetup {
     pub aliases: Option<crate::alias::Aliases>,
     /// Longest time a link takes new streams ([`crate::config::Config::max_link_age`]).
     pub max_link_age: Duration,
+    /// The QUIC endpoint's secrets that outlive the process ([`quic::RestartKeys::derive`]).
+    pub keys: quic::RestartKeys,
 }
 
 impl Tunnels {
@@ -392,7 +436,7 @@ impl Tunnels {
         let transport = Arc::new(quic::transport_config(setup.config.congestion));
         let quic_server = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
             .map_err(|e| TunnelError::Quic(e.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
+        let mut server = quinn::ServerConfig::new(Arc::new(quic_server), setup.keys.token.clone());
         server.transport_config(transport.clone());
         let quic_client_tls = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls.clone())
             .map_err(|e| TunnelError::Quic(e.to_string()))?;
@@ -402,7 +446,7 @@ impl Tunnels {
             Some(udp) => {
                 // an outbound-only site answers no handshakes
                 let server = (!setup.outbound_only).then_some(server);
-                Some(quic::endpoint(udp, server)?)
+                Some(quic::endpoint(udp, server, &setup.keys)?)
             }
             None => None,
         };
@@ -426,6 +470,9 @@ impl Tunnels {
             quic_client,
             tls_client: Arc::new(client_tls),
             links: Mutex::new(HashMap::new()),
+            all_links: Mutex::new(HashMap::new()),
+            link_up: tokio::sync::watch::Sender::new(0),
+            identity: setup.tls.identity,
             max_link_age: setup.max_link_age,
             next_link: AtomicU64::new(1),
             dial_locks: Mutex::new(HashMap::new()),
@@ -566,6 +613,11 @@ impl Tunnels {
 
     /// Opens a stream to `peer`, over its live link or a new one.
     pub async fn open(&self, peer: &GatewayId) -> Result<TunnelStream, OpenError> {
+        self.open_stream(peer).await.map(|(s, _)| s)
+    }
+
+    /// [`Tunnels::open`], and the link the stream runs on.
+    async fn open_stream(&self, peer: &GatewayId) -> Result<(TunnelStream, Link), OpenError> {
         for attempt in 0..2 {
             let LinkEntry { id, link, .. } = match self.live_link(peer) {
                 Some(l) => l,
@@ -579,7 +631,7 @@ impl Tunnels {
                 },
             };
             match link.open().await {
-                Ok(s) => return Ok(s),
+                Ok(s) => return Ok((s, link)),
                 Err(e) if attempt == 0 => {
                     debug!(%peer, error = %e, "stream open failed; redialling");
                     self.drop_link(peer, id);
@@ -597,7 +649,9 @@ impl Tunnels {
         }
     }
 
-    /// Dials `peer` (one dial at a time per peer) and registers the link.
+    /// Dials `peer` (one dial at a time per peer) and registers the link. A caller that
+    /// queued behind a dial that failed gets that dial's error without dialling again, so a
+    /// burst of connections held for a down site costs one dial per attempt, not one each.
     async fn dial(&self, peer: &GatewayId) -> Result<LinkEntry, OpenError> {
         let lock = self
             .0
@@ -607,9 +661,15 @@ impl Tunnels {
             .entry(peer.clone())
             .or_default()
             .clone();
-        let _guard = lock.lock().await;
+        let asked = Instant::now();
+        let mut last_failure = lock.lock().await;
         if let Some(l) = self.live_link(peer) {
             return Ok(l);
+        }
+        if let Some((at, error)) = &*last_failure
+            && *at > asked
+        {
+            return Err(OpenError::Dial(peer.clone(), error.clone()));
         }
         let gw = self
             .peer_gateway(peer)
@@ -620,11 +680,16 @@ impl Tunnels {
         let mut errors = vec![];
         for endpoint in &gw.advertise {
             match self.dial_endpoint(peer, endpoint).await {
-                Ok(link) => return Ok(self.register(peer.clone(), link, "outbound")),
+                Ok(link) => {
+                    *last_failure = None;
+                    return Ok(self.register(peer.clone(), link, "outbound"));
+                }
                 Err(e) => errors.push(format!("{endpoint}: {e}")),
             }
         }
-        Err(OpenError::Dial(peer.clone(), errors.join("; ")))
+        let error = errors.join("; ");
+        *last_failure = Some((Instant::now(), error.clone()));
+        Err(OpenError::Dial(peer.clone(), error))
     }
 
     async fn dial_endpoint(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, String> {
@@ -638,34 +703,38 @@ impl Tunnels {
                     .is_none_or(|t| t.elapsed() >= AUTO_QUIC_RETRY_AFTER)
             }
         };
-        if use_quic && self.0.quic.is_some() {
-            let timeout = match self.0.config.transport {
-                Transport::Auto => AUTO_QUIC_TIMEOUT,
-                _ => DIAL_TIMEOUT,
-            };
-            match tokio::time::timeout(timeout, self.dial_quic(peer, endpoint)).await {
-                Ok(Ok(link)) => return Ok(link),
-                Ok(Err(e)) if self.0.config.transport == Transport::Quic => return Err(e),
-                Err(_) if self.0.config.transport == Transport::Quic => {
-                    return Err("QUIC handshake timed out".into());
-                }
-                Ok(Err(e)) => debug!(%peer, error = %e, "QUIC dial failed; trying TCP+TLS"),
-                Err(_) => debug!(%peer, "QUIC dial timed out; trying TCP+TLS"),
-            }
-            self.0
-                .quic_failed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(peer.clone(), Instant::now());
+        if !(use_quic && self.0.quic.is_some()) {
+            return self.dial_tcp(peer, endpoint).await;
         }
-        self.dial_tcp(peer, endpoint).await
+        let timeout = match self.0.config.transport {
+            Transport::Auto => AUTO_QUIC_TIMEOUT,
+            _ => DIAL_TIMEOUT,
+        };
+        match tokio::time::timeout(timeout, self.dial_quic(peer, endpoint)).await {
+            Ok(Ok(link)) => return Ok(link),
+            Ok(Err(e)) if self.0.config.transport == Transport::Quic => return Err(e),
+            Err(_) if self.0.config.transport == Transport::Quic => {
+                return Err("QUIC handshake timed out".into());
+            }
+            Ok(Err(e)) => debug!(%peer, error = %e, "QUIC dial failed; trying TCP+TLS"),
+            Err(_) => debug!(%peer, "QUIC dial timed out; trying TCP+TLS"),
+        }
+        let link = self.dial_tcp(peer, endpoint).await?;
+        // only now is UDP the problem: when TCP+TLS fails too, the peer is down (restarting),
+        // and its next link should be QUIC again
+        self.0
+            .quic_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer.clone(), Instant::now());
+        Ok(link)
     }
 
     async fn dial_quic(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, String> {
         let quic = self.0.quic.as_ref().ok_or("no QUIC endpoint")?;
-        // the verifier checks the peer's identity, not this name
-        let (name, _) = crate::net::split_host_port(endpoint)
-            .ok_or_else(|| format!("invalid endpoint {endpoint:?}"))?;
+        // the peer proves the identity the view expects, whatever name or address it is at
+        let name = peer.server_name(&self.0.domain);
+        let name = name.as_str();
         let addrs = crate::net::resolve(endpoint)
             .await
             .map_err(|e| e.to_string())?;
@@ -694,7 +763,9 @@ impl Tunnels {
     }
 
     async fn dial_tcp(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, String> {
-        let tls = crate::net::dial_tls(endpoint, self.0.tls_client.clone(), DIAL_TIMEOUT)
+        let name = crate::net::dns_server_name(&peer.server_name(&self.0.domain))
+            .map_err(|e| e.to_string())?;
+        let tls = crate::net::dial_tls_as(endpoint, name, self.0.tls_client.clone(), DIAL_TIMEOUT)
             .await
             .map_err(|e| format!("{e}: {}", crate::net::error_chain(&e)))?;
         let leaf = tls
@@ -763,14 +834,31 @@ impl Tunnels {
     }
 
     /// Registers a link and starts serving the streams its peer opens. New streams use it for
-    /// [`link_age`]; it is closed at twice that age, or, when the peer is a site this side
-    /// cannot dial, when the peer's certificate expires (new streams keep using it after its
-    /// age until the peer replaces it).
+    /// [`link_age`] (of the earlier-expiring of the two certificates, so both ends agree); it
+    /// is closed at twice that age, or, when the peer is a site this side cannot dial, when the
+    /// peer's certificate expires (new streams keep using it after its age until the peer
+    /// replaces it).
+    ///
+    /// A link dialled by the same side as an older one this side still holds (and would not
+    /// retire within [`SUPERSEDE_MARGIN`]) supersedes it: the dialler does not dial while it
+    /// has a usable link, so it restarted or lost the old one, which is closed at once with its
+    /// streams rather than left to its idle timeout.
     fn register(&self, peer: GatewayId, link: Link, direction: &'static str) -> LinkEntry {
         let id = self.0.next_link.fetch_add(1, Ordering::Relaxed);
         let now = SystemTime::now();
         let peer_not_after = link.peer_not_after();
-        let age = link_age(self.0.max_link_age, now, peer_not_after);
+        let own_not_after = self
+            .0
+            .identity
+            .current()
+            .cert
+            .first()
+            .and_then(|c| not_after(c));
+        let earlier = match (peer_not_after, own_not_after) {
+            (Some(p), Some(o)) => Some(p.min(o)),
+            (p, o) => p.or(o),
+        };
+        let age = link_age(self.0.max_link_age, now, earlier);
         // a site this side cannot dial (outbound-only) replaces its links on its own schedule,
         // so its link is kept, retired or not, until its certificate expires
         let dialable = self.peer_gateway(&peer).is_some_and(|g| !g.outbound_only);
@@ -778,10 +866,23 @@ impl Tunnels {
             Some(t) if !dialable => t.duration_since(now).unwrap_or_default(),
             _ => age.saturating_mul(2),
         };
+        let outbound = direction == "outbound";
         let entry = LinkEntry {
             id,
             link: link.clone(),
             retire_at: Instant::now() + age.min(MAX_RETIRE),
+            outbound,
+        };
+        let superseded: Vec<LinkEntry> = {
+            let mut all = self.0.all_links.lock().unwrap_or_else(|e| e.into_inner());
+            let keep_until = Instant::now() + SUPERSEDE_MARGIN;
+            let older = all
+                .values()
+                .filter(|(p, e)| *p == peer && e.outbound == outbound && e.retire_at > keep_until)
+                .map(|(_, e)| e.clone())
+                .collect();
+            all.insert(id, (peer.clone(), entry.clone()));
+            older
         };
         let replaced = self
             .0
@@ -791,13 +892,19 @@ impl Tunnels {
             .insert(peer.clone(), entry.clone());
         info!(%peer, transport = link.transport(), direction, new_streams_for = ?age, "tunnel up");
         self.0.metrics.tunnel_link(link.transport(), 1);
+        for old in &superseded {
+            info!(%peer, transport = old.link.transport(), link = old.id, "tunnel superseded by a new link from the same dialler; closing it");
+            old.link.close(4, "superseded");
+        }
         if let Some(old) = replaced
             && old.link.is_alive()
+            && !superseded.iter().any(|s| s.id == old.id)
         {
             // both sides dialled at once, or the old link retired: it keeps its streams until
             // they end or it reaches its own end of life
             debug!(%peer, "a second link to the same site; new streams use the newer one");
         }
+        self.0.link_up.send_modify(|n| *n += 1);
         let this = self.clone();
         let revoked = self.0.membership.revocation().token(&peer.org);
         self.0.tracker.spawn(async move {
@@ -822,6 +929,11 @@ impl Tunnels {
                 }
             }
             this.0.metrics.tunnel_link(link.transport(), -1);
+            this.0
+                .all_links
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             let mut links = this.0.links.lock().unwrap_or_else(|e| e.into_inner());
             if links.get(&peer).is_some_and(|e| e.id == id) {
                 links.remove(&peer);
@@ -1184,53 +1296,30 @@ impl Tunnels {
             self.0.metrics.tunnel_refused(Answer::Overloaded);
             return;
         };
-        // TCP_NODELAY comes from the listener: Linux copies it into every accepted socket
-        let stream = match self.open(&route.site).await {
-            Ok(s) => s,
-            Err(e) => {
-                self.0.metrics.tunnel_open_failed();
-                // per connection, so debug: a down site would flood the log; the count is in
-                // fedgw_tunnel_refused_by_peer_streams_total{reason="no_tunnel"}
-                debug!(node = %route.request.node, org = %route.request.org, error = %e, "no tunnel for a local connection");
-                return;
-            }
-        };
-        let (mut r, mut w) = stream.split();
-        let req = &route.request;
-        let class = class::class_of(&self.0.config.priority, &req.org, &req.node, &req.port);
-        w.set_class(class);
-        // what the client has sent by now goes with the header, in one TLS record or QUIC
-        // packet: for a short request, all of it
-        let mut first = Vec::with_capacity(route.header.len() + splice::EARLY_READ);
-        first.extend_from_slice(&route.header);
-        let early = match splice::read_queued(&mut tcp, &mut first, splice::EARLY_READ) {
-            Ok(n) => n,
-            Err(e) => {
-                debug!(error = %e, "local connection failed before its stream opened");
-                w.reset();
-                return;
-            }
-        };
-        if let Err(e) = w.write_all(&first).await {
-            debug!(error = %e, "tunnel stream failed before the header");
-            return;
-        }
-        drop(first);
-        let counters = self.0.metrics.tunnel_counters(&route.request.org, class);
-        counters.tx.inc_by(early as u64);
-        counters.class.sent(early);
         let revoked = self.0.membership.revocation().token(&route.request.org);
         let closed = route.closed.clone();
-        let _active = self.0.metrics.tunnel_stream_guard();
-        let stop = std::pin::pin!(async {
+        let mut stop = std::pin::pin!(async {
             tokio::select! {
                 () = revoked.cancelled() => {}
                 () = self.0.shutdown.cancelled() => {}
                 () = closed.cancelled() => {}
             }
         });
+        let req = &route.request;
+        let class = class::class_of(&self.0.config.priority, &req.org, &req.node, &req.port);
+        let counters = self.0.metrics.tunnel_counters(&req.org, class);
+        // TCP_NODELAY comes from the listener: Linux copies it into every accepted socket
+        let Some((mut r, mut w, end)) = self
+            .open_answered(&mut tcp, &route, class, &counters, stop.as_mut())
+            .await
+        else {
+            // RST rather than FIN: the client must not mistake a refusal for a clean end
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+            return;
+        };
+        let _active = self.0.metrics.tunnel_stream_guard();
         let stall = self.0.config.stall_timeout();
-        match splice::splice(&mut tcp, &mut r, &mut w, End::Near, &counters, stall, stop).await {
+        match splice::splice(&mut tcp, &mut r, &mut w, end, &counters, stall, stop).await {
             Ended::Refused(answer) => {
                 debug!(node = %route.request.node, reason = answer.label(), "stream refused by the far gateway");
                 self.0.metrics.tunnel_refused_by_peer(answer);
@@ -1245,6 +1334,172 @@ impl Tunnels {
             Ended::Done | Ended::Stopped => {}
         }
         drop(permit);
+    }
+
+    /// Opens the stream of a local connection and sends its header with what the client has
+    /// sent by then (≤ [`splice::EARLY_READ`] bytes, in one TLS record or QUIC packet), then
+    /// waits for the far end's answer, sending on what else the client sends meanwhile. While
+    /// the site has no link it holds the connection ([`Tunnels::open_held`]); while the
+    /// client's bytes so far fit in [`splice::EARLY_READ`], a link lost before the answer (a
+    /// peer gateway that restarted: the new process resets the old link at its first packet,
+    /// or a new link from it supersedes the old one) costs a new stream on a new link, with
+    /// the same bytes, within the same hold time. `None`: no stream, refused, or stopped; the
+    /// caller resets the client.
+    async fn open_answered<S: std::future::Future<Output = ()>>(
+        &self,
+        tcp: &mut tokio::net::TcpStream,
+        route: &near::Route,
+        class: class::Class,
+        counters: &splice::Counters,
+        mut stop: std::pin::Pin<&mut S>,
+    ) -> Option<(splice::TunnelRead, splice::TunnelWrite, End<'static>)> {
+        let deadline = tokio::time::Instant::now() + self.0.config.connect_hold();
+        let mut first: Option<Vec<u8>> = None;
+        loop {
+            let (stream, link) = match self.open_held(&route.site, deadline, stop.as_mut()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.0.metrics.tunnel_open_failed();
+                    // per connection, so debug: a down site would flood the log; the count is
+                    // in fedgw_tunnel_refused_by_peer_streams_total{reason="no_tunnel"}
+                    debug!(node = %route.request.node, org = %route.request.org, error = %e, "no tunnel for a local connection");
+                    return None;
+                }
+            };
+            let (mut r, mut w) = stream.split();
+            w.set_class(class);
+            let first = match &mut first {
+                Some(f) => f,
+                None => {
+                    // read once the stream is open: for a short request, all of it
+                    let mut f = Vec::with_capacity(route.header.len() + splice::EARLY_READ);
+                    f.extend_from_slice(&route.header);
+                    match splice::read_queued(tcp, &mut f, splice::EARLY_READ) {
+                        Ok(n) => {
+                            counters.tx.inc_by(n as u64);
+                            counters.class.sent(n);
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "local connection failed before its stream opened");
+                            w.reset();
+                            return None;
+                        }
+                    }
+                    first.insert(f)
+                }
+            };
+            let lost_link = |e: &std::io::Error| {
+                let retry = !link.is_alive() && tokio::time::Instant::now() < deadline;
+                if retry {
+                    debug!(node = %route.request.node, error = %e, "link lost before the far end answered; opening the stream again");
+                }
+                retry
+            };
+            if let Err(e) = w.write_all(first).await {
+                if lost_link(&e) {
+                    continue;
+                }
+                debug!(error = %e, "tunnel stream failed before the header");
+                return None;
+            }
+            // more bytes from the client go out as they come and are kept, up to the same
+            // bound, to be sent again; past it, or at the client's end of stream, the splice
+            // takes over (and reads the answer), and a lost link ends the connection
+            // `None`: the client ended or sent too much to keep; the splice takes over
+            let waited = {
+                let mut answer = std::pin::pin!(r.answer());
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = stop.as_mut() => return None,
+                        answer = &mut answer => break Some(answer),
+                        _ = tcp.readable() => {
+                            let room = (route.header.len() + splice::EARLY_READ).saturating_sub(first.len());
+                            let before = first.len();
+                            let read = if room == 0 {
+                                Ok(0)
+                            } else {
+                                use bytes::BufMut as _;
+                                tcp.try_read_buf(&mut first.limit(room))
+                            };
+                            match read {
+                                Ok(0) => break None,
+                                Ok(n) => {
+                                    counters.tx.inc_by(n as u64);
+                                    counters.class.sent(n);
+                                    if let Err(e) = w.write_all(&first[before..]).await {
+                                        if lost_link(&e) {
+                                            break Some(Err(e));
+                                        }
+                                        debug!(error = %e, "tunnel stream failed before the answer");
+                                        return None;
+                                    }
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                Err(e) => {
+                                    debug!(error = %e, "local connection failed before the answer");
+                                    w.reset();
+                                    return None;
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            let Some(answer) = waited else {
+                return Some((r, w, End::Near));
+            };
+            match answer {
+                Ok(Answer::Accepted) => return Some((r, w, End::NearAnswered)),
+                Ok(refused) => {
+                    debug!(node = %route.request.node, reason = refused.label(), "stream refused by the far gateway");
+                    self.0.metrics.tunnel_refused_by_peer(refused);
+                    w.reset();
+                    return None;
+                }
+                Err(e) if lost_link(&e) => {}
+                Err(e) => {
+                    debug!(node = %route.request.node, error = %e, "tunnel stream failed before the answer");
+                    w.reset();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Opens a stream to `peer` ([`Tunnels::open_stream`]), retrying while `peer` has no link
+    /// until `deadline` ([`TunnelConfig::connect_hold_ms`]): after a short, growing wait
+    /// ([`HOLD_RETRY`]), or at once when any link registers. A revoked org or `stop` ends the
+    /// wait.
+    async fn open_held<S: std::future::Future<Output = ()>>(
+        &self,
+        peer: &GatewayId,
+        deadline: tokio::time::Instant,
+        mut stop: std::pin::Pin<&mut S>,
+    ) -> Result<(TunnelStream, Link), OpenError> {
+        let mut delay = HOLD_RETRY.0;
+        let mut registered = self.0.link_up.subscribe();
+        loop {
+            registered.mark_unchanged();
+            let err = match self.open_stream(peer).await {
+                Ok(s) => return Ok(s),
+                Err(e) => e,
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline || self.0.membership.revocation().set().contains(&peer.org) {
+                return Err(err);
+            }
+            debug!(%peer, error = %err, "no link for a local connection yet; holding it");
+            let jitter = rand::random_range(0.75..1.25);
+            let wake = (now + delay.mul_f64(jitter)).min(deadline);
+            tokio::select! {
+                biased;
+                () = stop.as_mut() => return Err(err),
+                _ = registered.changed() => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            delay = (delay * 2).min(HOLD_RETRY.1);
+        }
     }
 }
 

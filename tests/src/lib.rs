@@ -106,7 +106,8 @@ impl Fedgw {
         })
     }
 
-    /// Starts `fedgw run --data-dir DIR` and waits for `DIR/run.json`.
+    /// Starts `fedgw run --data-dir DIR` and waits for `DIR/run.json`. The gateway logs at
+    /// `info` to `DIR.log`, or as `FEDGW_TEST_LOG` says (a `RUST_LOG` filter).
     pub fn start(&self, dir: &Path) -> anyhow::Result<Gateway> {
         let _ = std::fs::remove_file(dir.join("run.json"));
         let log_path = dir.with_extension("log");
@@ -118,7 +119,10 @@ impl Fedgw {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("FEDGW_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .spawn()
             .with_context(|| format!("spawning {}", self.bin.display()))?;
         let info = wait_for("run.json", READY_TIMEOUT, || {

@@ -121,7 +121,7 @@ pub struct NodeImportArgs {
 }
 
 async fn connect(dir: &DataDir) -> Result<AdminClient<Channel>, CliError> {
-    crate::admin::connect(&dir.admin_socket())
+    crate::admin::connect_cli(&dir.admin_socket())
         .await
         .map_err(|e| {
             CliError::new(
@@ -136,6 +136,15 @@ async fn connect(dir: &DataDir) -> Result<AdminClient<Channel>, CliError> {
 
 fn status_err(s: tonic::Status) -> CliError {
     match s.code() {
+        // tonic's answer when the call's timeout expires
+        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => CliError::new(
+            exit::FAILURE,
+            anyhow::anyhow!(
+                "the gateway did not answer on its admin socket within {} s ({})",
+                crate::admin::CLI_CALL_TIMEOUT.as_secs(),
+                s.message()
+            ),
+        ),
         tonic::Code::InvalidArgument
         | tonic::Code::AlreadyExists
         | tonic::Code::NotFound

@@ -209,14 +209,17 @@ async fn dial_and_run(
 ) -> Result<Duration, String> {
     let config = tls.config_for(&id.org).map_err(|e| e.to_string())?;
     let mut last_error = "no endpoints".to_owned();
+    // the peer proves the identity the view expects, whatever name or address it is at
+    let name = net::dns_server_name(&id.server_name(&tls.domain)).map_err(|e| e.to_string())?;
     for endpoint in endpoints {
-        let stream = match net::dial_tls(endpoint, config.clone(), DIAL_TIMEOUT).await {
-            Ok(s) => s,
-            Err(e) => {
-                last_error = format!("{e}: {}", crate::net::error_chain(&e));
-                continue;
-            }
-        };
+        let stream =
+            match net::dial_tls_as(endpoint, name.clone(), config.clone(), DIAL_TIMEOUT).await {
+                Ok(s) => s,
+                Err(e) => {
+                    last_error = format!("{e}: {}", crate::net::error_chain(&e));
+                    continue;
+                }
+            };
         // the verifier pinned the org; the site comes from the certificate too
         let peer = stream
             .get_ref()
@@ -230,8 +233,9 @@ async fn dial_and_run(
             continue;
         };
         if peer != *id {
-            // a different gateway answers at this address: talk to it anyway, it is a member
-            debug!(expected = %id, actual = %peer, "endpoint serves another gateway");
+            // the verifier checked the expected name; a leaf names only its own gateway
+            last_error = format!("{endpoint} is {peer}, not {id}");
+            continue;
         }
         let channel = net::single_use_channel(stream)
             .await

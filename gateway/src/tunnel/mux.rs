@@ -856,6 +856,7 @@ pub fn session(
         last_recv: Instant::now(),
         end,
         done: false,
+        primed: false,
     };
     (Mux { shared }, driver)
 }
@@ -937,6 +938,8 @@ pub struct Driver {
     last_recv: Instant,
     end: Option<EndWhen>,
     done: bool,
+    /// Whether the plaintext rustls already held when the session started has been taken.
+    primed: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -1011,6 +1014,12 @@ impl Driver {
                 inner.check()?;
             }
         }
+        if !self.primed {
+            self.primed = true;
+            // the peer's first frames may have come with its last handshake message: the TLS
+            // handshake read them off the socket, and no readiness event will announce them
+            self.ingest(0)?;
+        }
         let mut reads = 0;
         loop {
             if let Some(id) = self.shared.lock().accepted.pop_front() {
@@ -1051,9 +1060,11 @@ impl Driver {
         // handed on still hold the previous buffer, and never a reallocation that would copy
         // what this read has decrypted so far.
         self.plain.reserve(n + MAX_RECORD_PLAINTEXT);
-        while !data.is_empty() {
+        // nothing read (the session's start): what rustls decrypted already
+        let mut pending = n == 0;
+        while !data.is_empty() || std::mem::take(&mut pending) {
             // 0 once a close_notify has arrived: the rest is ignored
-            if inner.tls.read_tls(&mut data)? == 0 {
+            if !data.is_empty() && inner.tls.read_tls(&mut data)? == 0 {
                 peer_closed = true;
                 break;
             }

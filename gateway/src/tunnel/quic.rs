@@ -98,9 +98,69 @@ pub fn transport_config(congestion: Congestion) -> quinn::TransportConfig {
     t
 }
 
+/// The secrets of a QUIC endpoint that must outlive the process, derived from key material
+/// the gateway keeps in its data dir, so that a restarted gateway is the same endpoint to its
+/// peers rather than a stranger.
+pub struct RestartKeys {
+    /// The stateless-reset key (RFC 9000 section 10.3): a reset token is an HMAC of the
+    /// connection ID under it. The same key after a restart lets the new process end the
+    /// peers' connections to the old one at their first packet; a random key per process (the
+    /// quinn default) leaves them waiting for the 20 s idle timeout.
+    pub reset: Arc<dyn quinn::crypto::HmacKey>,
+    /// The key of address-validation tokens (RFC 9000 section 8.1.3), so tokens issued
+    /// before a restart still validate.
+    pub token: Arc<dyn quinn::crypto::HandshakeTokenKey>,
+    /// The key of the connection IDs this endpoint issues (quinn's
+    /// `HashedConnectionIdGenerator`: a nonce and a keyed hash of it). An endpoint answers a
+    /// packet for a connection it does not know with a stateless reset only when the packet's
+    /// connection ID validates under this key, so it must survive a restart too.
+    pub cid: u64,
+}
+
+impl std::fmt::Debug for RestartKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RestartKeys(..)")
+    }
+}
+
+/// The length of [`RestartKeys::cid`] for HKDF's expand.
+struct CidKeyLen;
+
+impl aws_lc_rs::hkdf::KeyType for CidKeyLen {
+    fn len(&self) -> usize {
+        8
+    }
+}
+
+impl RestartKeys {
+    /// Derives the keys with HKDF-SHA256 (RFC 5869) from `secret` (the org CA's private key,
+    /// PEM, which lives as long as the org) and this gateway's `org/site`, so each gateway of
+    /// an org has keys of its own and nothing about the secret can be learnt from them.
+    pub fn derive(secret: &[u8], me: &str) -> RestartKeys {
+        use aws_lc_rs::{hkdf, hmac};
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"fedgw quic endpoint v1").extract(secret);
+        let info = [b"stateless reset ".as_slice(), me.as_bytes()];
+        let reset: hmac::Key = prk
+            .expand(&info, hmac::HMAC_SHA256)
+            .expect("HKDF-SHA256 expands to one HMAC-SHA256 key (32 bytes), far below its 255 x 32 byte limit")
+            .into();
+        let token = hkdf::Salt::new(hkdf::HKDF_SHA256, b"fedgw quic token v1")
+            .extract(&[secret, me.as_bytes()].concat());
+        let mut cid = [0u8; 8];
+        prk.expand(&[b"connection id ".as_slice(), me.as_bytes()], CidKeyLen)
+            .and_then(|okm| okm.fill(&mut cid))
+            .expect("HKDF-SHA256 expands to 8 bytes, far below its 255 x 32 byte limit");
+        RestartKeys {
+            reset: Arc::new(reset),
+            token: Arc::new(token),
+            cid: u64::from_be_bytes(cid),
+        }
+    }
+}
+
 /// Opens the QUIC endpoint on `udp` (already bound): enlarged socket buffers, datagrams up to
-/// [`MTU_UPPER_BOUND`], the socket wrapped in [`TunnelUdp`]. `server` is `None` at a site that
-/// answers no handshakes (outbound-only).
+/// [`MTU_UPPER_BOUND`], the socket wrapped in [`TunnelUdp`], the stateless-reset key from
+/// `keys`. `server` is `None` at a site that answers no handshakes (outbound-only).
 ///
 /// # Errors
 ///
@@ -109,11 +169,16 @@ pub fn transport_config(congestion: Congestion) -> quinn::TransportConfig {
 pub fn endpoint(
     udp: std::net::UdpSocket,
     server: Option<quinn::ServerConfig>,
+    keys: &RestartKeys,
 ) -> Result<quinn::Endpoint, TunnelError> {
     tune_udp(&udp);
     let runtime =
         quinn::default_runtime().ok_or_else(|| TunnelError::Quic("no async runtime".into()))?;
-    let mut config = quinn::EndpointConfig::default();
+    let mut config = quinn::EndpointConfig::new(keys.reset.clone());
+    let cid_key = keys.cid;
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     config
         .max_udp_payload_size(MTU_UPPER_BOUND)
         .map_err(|e| TunnelError::Quic(e.to_string()))?;
@@ -328,6 +393,29 @@ impl quinn::UdpPoller for Writable {
 mod tests {
     use super::*;
 
+    #[test]
+    fn restart_keys_are_the_same_for_the_same_secret_and_gateway_only() {
+        let token = |secret: &[u8], me: &str| {
+            let mut out = [0u8; 32];
+            RestartKeys::derive(secret, me)
+                .reset
+                .sign(b"connection id", &mut out);
+            out
+        };
+        let first = token(b"org CA key", "org1/dc1");
+        assert_eq!(
+            first,
+            token(b"org CA key", "org1/dc1"),
+            "a restart keeps it"
+        );
+        assert_ne!(first, token(b"org CA key", "org1/dc2"), "another site");
+        assert_ne!(first, token(b"another key", "org1/dc1"), "another org");
+        assert_ne!(first, [0u8; 32]);
+        let cid = |me: &str| RestartKeys::derive(b"org CA key", me).cid;
+        assert_eq!(cid("org1/dc1"), cid("org1/dc1"));
+        assert_ne!(cid("org1/dc1"), cid("org1/dc2"));
+    }
+
     /// Sends one GSO batch of `segments` full-size datagrams on loopback; returns how many
     /// arrived.
     fn send_batch(segments: usize) -> io::Result<usize> {
@@ -534,8 +622,10 @@ mod tests {
         ));
         client_config.transport_config(transport);
         let bind = || std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let server = endpoint(bind(), Some(server_config)).expect("server endpoint");
-        let client = endpoint(bind(), None).expect("client endpoint");
+        let keys = |me: &str| RestartKeys::derive(b"org CA key", me);
+        let server =
+            endpoint(bind(), Some(server_config), &keys("org2/dc1")).expect("server endpoint");
+        let client = endpoint(bind(), None, &keys("org1/dc1")).expect("client endpoint");
         let path = udp_throttle(server.local_addr().expect("address"), 2 * 1024 * 1024).await;
         let bound = Duration::from_secs(10);
         let connecting = client

@@ -491,6 +491,8 @@ pub enum End<'a> {
     /// but `Accepted` ends the splice with [`Ended::Refused`] (bytes the client sent meanwhile
     /// are discarded by the far end).
     Near,
+    /// The near end, which has read the far gateway's `Accepted` already.
+    NearAnswered,
     /// The far end, which accepted the stream: the `Accepted` answer leads the first bytes the
     /// node sends (or the FIN, if it sends none), so it costs no TLS record or packet of its
     /// own and the caller's first bytes reach the node without waiting for it. The bytes are
@@ -525,13 +527,13 @@ pub async fn splice<S: std::future::Future<Output = ()>>(
             // one's state twice
             let accepted = Answer::Accepted.encode();
             let lead: &[u8] = match end {
-                End::Near => &[],
+                End::Near | End::NearAnswered => &[],
                 End::Far(_) => &accepted,
             };
             let up = std::pin::pin!(tcp_to_tunnel(&mut tcp_read, w, counters, lead));
             let down = std::pin::pin!(async {
                 let early = match end {
-                    End::Near => &[][..],
+                    End::Near | End::NearAnswered => &[][..],
                     End::Far(early) => early,
                 };
                 if end == End::Near {
