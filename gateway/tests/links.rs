@@ -184,7 +184,7 @@ fn echo_node(d1: &Path, d2: &Path) -> SocketAddr {
             "--enode",
             &format!(
                 "enode://{}@127.0.0.1:{}?discport=0",
-                "5a".repeat(64),
+                fedgw_tests::enode_id(0x5a),
                 node.port()
             ),
         ])
@@ -395,7 +395,7 @@ fn a_new_link_from_a_restarted_gateway_supersedes_its_stale_one_at_once() {
             "--enode",
             &format!(
                 "enode://{}@127.0.0.1:{}?discport=0",
-                "6b".repeat(64),
+                fedgw_tests::enode_id(0x6b),
                 node.port()
             ),
         ])
