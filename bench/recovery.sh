@@ -93,8 +93,11 @@ for transport in quic tcp; do
   wait_file "$d/org2/run.json"
   # org2 comes back on the port it has now
   sed -i "s/^listen = .*/listen = \"$(field "$d/org2/run.json" gateway)\"/" "$d/org2/fedgw.toml"
+  # a fresh secp256k1 public key: gateways refuse ids that are no point on the curve
+  id=$(openssl ecparam -name secp256k1 -genkey -noout | openssl ec -pubout -outform DER 2>/dev/null |
+    tail -c 64 | od -An -tx1 | tr -d ' \n')
   $fedgw node add node1 --data-dir "$d/org2" \
-    --enode "enode://$(printf '5a%.0s' $(seq 64))@127.0.0.1:$echo_port?discport=0" >/dev/null
+    --enode "enode://$id@127.0.0.1:$echo_port?discport=0" >/dev/null
   for _ in $(seq 500); do
     local_ip=$($fedgw nodes --json --data-dir "$d/org1" | python3 -c "import json,sys; n=[n for n in json.load(sys.stdin) if n['name']=='node1']; print(n[0]['local_ip'] if n and n[0].get('local_ip') else '')")
     [[ -n $local_ip ]] && break
