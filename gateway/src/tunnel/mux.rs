@@ -14,6 +14,8 @@
 //! flags) raises it once the receiving end's readers have taken (or it has discarded) half of
 //! it. What a peer can make this end buffer is bounded per session, however many streams it
 //! opens, as a QUIC connection's receive window bounds it there.
+//! One stream moves at most [`STREAM_WINDOW`] per round trip (8 MiB: about 670 Mbit/s at
+//! 100 ms); data for a stream whose reader is gone is discarded and its windows given back.
 //!
 //! Built for the tunnel's traffic rather than as a general library:
 //!
