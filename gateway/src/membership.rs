@@ -430,7 +430,8 @@ impl Membership {
         self.0.changed.send_modify(|v| *v += 1);
     }
 
-    /// Refused records since start.
+    /// Refused records since start (invalid, unauthorised, equivocating, ...), not counting
+    /// stale copies of records held in a newer version (`fedgw_records_rejected_total{result="stale"}`).
     pub fn rejected_total(&self) -> u64 {
         self.0.rejected.load(Ordering::Relaxed)
     }
@@ -549,8 +550,13 @@ impl Membership {
     }
 
     fn count_reject(&self, r: &Reject, from: Option<&str>) {
-        self.0.rejected.fetch_add(1, Ordering::Relaxed);
         self.0.metrics.record_rejected(r.label());
+        // a stale copy is an older version of a record the view already holds newer: flooding
+        // delivers one whenever two versions cross (a relayed copy arriving after its
+        // successor), so it is counted by the metric only, not as a refusal
+        if !matches!(r, Reject::Stale { .. }) {
+            self.0.rejected.fetch_add(1, Ordering::Relaxed);
+        }
         let from = from.unwrap_or("local");
         match r {
             Reject::Equivocation(seq) => {
