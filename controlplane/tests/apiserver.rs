@@ -6,7 +6,9 @@
 //! everything the controller's Role allows (e.g. the admin of a kube-apiserver and etcd on
 //! loopback; no scheduler or kubelet is needed: pods stay Pending). The test applies the CRD
 //! (`deploy/k8s/crd/crd.yaml`), works in a fresh namespace `fedgw-it-<pid>` and deletes it at
-//! the end. Without the variable the test passes at once and says it was skipped.
+//! the end; it creates the namespace's `default` ServiceAccount itself (a bare kube-apiserver has
+//! no controller manager to do so). Without the variable the test passes at once and says it
+//! was skipped.
 
 #[path = "support/fake_gateway.rs"]
 mod fake_gateway;
@@ -17,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fedgw_controlplane::k8s::crd::ConsortiumNode;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -92,6 +94,20 @@ async fn against_a_real_api_server() {
         .create(&PostParams::default(), &namespace)
         .await
         .expect("create the namespace");
+    // without kube-controller-manager nobody creates the namespace's default ServiceAccount,
+    // and the ServiceAccount admission plugin refuses the scenario's pods without it
+    let account: ServiceAccount = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}
+    }))
+    .expect("a ServiceAccount");
+    match Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &account)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create the default ServiceAccount: {e}"),
+    }
 
     let counted = writes.clone();
     let site = scenario::Site::new(
