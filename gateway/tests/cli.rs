@@ -25,7 +25,9 @@ const LOOPBACK: [&str; 6] = [
     "127.0.0.1:0",
 ];
 
-fn init(dir: &Path, advertise: &str) {
+/// `fedgw init` of org1 (consortium acme, domain acme.test) into `dir`, advertising
+/// `advertise`, on loopback ports, with `extra` arguments.
+fn init_args(dir: &Path, advertise: &str, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "init",
         "--consortium",
@@ -38,8 +40,14 @@ fn init(dir: &Path, advertise: &str) {
         advertise,
     ];
     args.extend(LOOPBACK);
-    let d = s(dir);
-    args.extend(["--data-dir", &d]);
+    args.extend(extra);
+    let mut args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+    args.extend(["--data-dir".to_owned(), s(dir)]);
+    args
+}
+
+fn init(dir: &Path, advertise: &str) {
+    let args = init_args(dir, advertise, &[]);
     fedgw().run(args).expect("spawn").ok().expect("init");
 }
 
@@ -860,20 +868,8 @@ fn secrets_are_private_whatever_the_umask() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let a = tmp.path().join("deep/org1");
     let d = s(&a);
-    let mut args = vec![
-        "init",
-        "--consortium",
-        "acme",
-        "--domain",
-        "acme.test",
-        "--org",
-        "org1",
-        "--advertise",
-        "127.0.0.1:0",
-        "--data-dir",
-        &d,
-    ];
-    args.extend(LOOPBACK);
+    let args = init_args(&a, "127.0.0.1:0", &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = run_umask_000(&args);
     assert_eq!(run.status.code(), Some(0), "{run:?}");
     assert_eq!(mode(&a), 0o700, "data dir");
@@ -905,26 +901,11 @@ fn secrets_are_private_whatever_the_umask() {
 #[test]
 fn init_into_a_data_dir_holding_a_gateway_is_a_usage_error() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let init_args = |dir: &str| -> Vec<String> {
-        let mut args = vec![
-            "init",
-            "--consortium",
-            "acme",
-            "--domain",
-            "acme.test",
-            "--org",
-            "org1",
-            "--advertise",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir,
-        ];
-        args.extend(LOOPBACK);
-        args.into_iter().map(str::to_owned).collect()
-    };
     let a = tmp.path().join("org1");
     init(&a, "127.0.0.1:0");
-    let again = fedgw().run(init_args(&s(&a))).expect("spawn");
+    let again = fedgw()
+        .run(init_args(&a, "127.0.0.1:0", &[]))
+        .expect("spawn");
     assert_eq!(again.code, Some(64), "{}", again.stderr);
     assert!(again.stderr.contains("fedgw.toml"), "{}", again.stderr);
 
@@ -932,7 +913,9 @@ fn init_into_a_data_dir_holding_a_gateway_is_a_usage_error() {
     let b = tmp.path().join("half");
     std::fs::create_dir(&b).expect("mkdir");
     std::fs::write(b.join("org-ca.key"), "keep me").expect("write");
-    let run = fedgw().run(init_args(&s(&b))).expect("spawn");
+    let run = fedgw()
+        .run(init_args(&b, "127.0.0.1:0", &[]))
+        .expect("spawn");
     assert_eq!(run.code, Some(64), "{}", run.stderr);
     assert!(run.stderr.contains("org-ca.key"), "{}", run.stderr);
     assert_eq!(
@@ -944,7 +927,9 @@ fn init_into_a_data_dir_holding_a_gateway_is_a_usage_error() {
     // other entries (a volume's lost+found) are no gateway
     let c = tmp.path().join("volume");
     std::fs::create_dir_all(c.join("lost+found")).expect("mkdir");
-    let run = fedgw().run(init_args(&s(&c))).expect("spawn");
+    let run = fedgw()
+        .run(init_args(&c, "127.0.0.1:0", &[]))
+        .expect("spawn");
     assert_eq!(run.code, Some(0), "{}", run.stderr);
 }
 
@@ -1144,22 +1129,7 @@ fn approve_needs_a_pending_join_under_majority_admission() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let a = tmp.path().join("org1");
     let d = s(&a);
-    let mut args = vec![
-        "init",
-        "--consortium",
-        "acme",
-        "--domain",
-        "acme.test",
-        "--org",
-        "org1",
-        "--admission",
-        "majority",
-        "--advertise",
-        "127.0.0.1:0",
-        "--data-dir",
-        &d,
-    ];
-    args.extend(LOOPBACK);
+    let args = init_args(&a, "127.0.0.1:0", &["--admission", "majority"]);
     fedgw().run(args).expect("spawn").ok().expect("init");
     let gw1 = fedgw().start(&a).expect("starts");
     // not invited, and a member: refused with one line, exit 64
@@ -1188,22 +1158,7 @@ fn members_lists_an_invited_org_as_a_pending_join_with_its_votes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let a = tmp.path().join("org1");
     let d = s(&a);
-    let mut args = vec![
-        "init",
-        "--consortium",
-        "acme",
-        "--domain",
-        "acme.test",
-        "--org",
-        "org1",
-        "--admission",
-        "majority",
-        "--advertise",
-        "127.0.0.1:0",
-        "--data-dir",
-        &d,
-    ];
-    args.extend(LOOPBACK);
+    let args = init_args(&a, "127.0.0.1:0", &["--admission", "majority"]);
     fedgw().run(args).expect("spawn").ok().expect("init");
     let gw1 = fedgw().start(&a).expect("starts");
     let pending = || {
