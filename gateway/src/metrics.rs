@@ -1,6 +1,7 @@
 //! Prometheus metrics and the health endpoints, served on the metrics address (default
 //! 127.0.0.1:9464): `/metrics` (OpenMetrics text), `/livez` (200 while the process serves),
-//! `/readyz` (200 once every listener is bound; a latch).
+//! `/readyz` (200 once every listener is bound, the view holds this org's membership and the zone and
+//! data plane reflect the stored view; a latch).
 //!
 //! Labels stay low-cardinality: protocol, result, org. Never a socket address or a token id.
 
