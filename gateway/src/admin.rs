@@ -103,6 +103,16 @@ pub fn node_record(
     if spec.p2p_port == 0 && spec.raft_port == 0 && spec.tessera_url.is_empty() {
         return Err("a node needs a p2p port, a raft port or a Tessera URL".into());
     }
+    // the CLI checks the id when it parses it; this also covers the Kubernetes controller's
+    // `publicKey` and any other admin client
+    if !spec.enode_id.is_empty() {
+        let key: [u8; 64] = spec
+            .enode_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("an enode id is 64 bytes, not {}", spec.enode_id.len()))?;
+        fedgw_proto::enode::EnodeId::from_key_bytes(key).map_err(|e| format!("enode id: {e}"))?;
+    }
     Ok(pb::NodeRecord {
         client: spec.client,
         enode_id: spec.enode_id.clone(),
@@ -773,6 +783,27 @@ fn status_of(
 #[cfg(test)]
 mod tests {
     use super::published_tessera_url as url;
+
+    /// The admin API (the CLI's and the Kubernetes controller's way in) refuses an enode id
+    /// that is not a secp256k1 public key, or not 64 bytes; no id at all is a Tessera-only node.
+    #[test]
+    fn a_node_spec_needs_an_enode_id_on_the_curve() {
+        let spec = |enode_id: Vec<u8>| fedgw_proto::v1::NodeSpec {
+            name: "node1".into(),
+            host: "10.0.0.1".into(),
+            p2p_port: 30303,
+            enode_id,
+            ..Default::default()
+        };
+        let record = |id| super::node_record(&spec(id), "dc1", "org1", "acme.example");
+        let random = record(vec![0xab; 64]).expect_err("64 bytes off the curve");
+        assert!(random.contains("secp256k1"), "{random}");
+        let short = record(vec![0xab; 63]).expect_err("63 bytes");
+        assert!(short.contains("64 bytes"), "{short}");
+        let key = fedgw_tests::enode_key(7);
+        assert_eq!(record(key.clone()).expect("a key").enode_id, key);
+        assert!(record(Vec::new()).is_ok(), "no enode id");
+    }
 
     #[test]
     fn the_published_tessera_url_keeps_scheme_port_and_path_under_the_consortium_name() {

@@ -31,7 +31,7 @@ fn status(dns: std::net::SocketAddr, name: &str, qtype: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_resolve_per_site_and_follow_the_view() {
     let mut fed = Fed::with_orgs(2).await;
-    let enode = "ab".repeat(64);
+    let enode = fedgw_tests::enode_id(0xab);
     let mut node = spec("node1", 0xab, "10.2.0.11");
     node.tessera_url = "http://10.2.0.11:9000".into();
     fed.gws[1]

@@ -29,7 +29,7 @@ fn org_ca(dir: &DataDir) -> CertificateAuthority {
 fn node(enode: u8) -> pb::record_body::Body {
     pb::record_body::Body::Node(pb::NodeRecord {
         client: pb::ClientKind::Goquorum.into(),
-        enode_id: vec![enode; 64],
+        enode_id: fedgw_tests::enode_key(u64::from(enode)),
         p2p_port: 30303,
         site: "dc1".into(),
         ..Default::default()

@@ -435,9 +435,7 @@ fn sigkill_during_writes_keeps_every_acknowledged_record() {
     let (acked_tx, acked_rx) = std::sync::mpsc::channel::<String>();
     let writer = rt.spawn(async move {
         let mut admin = fedgw_gateway::admin::connect(&socket).await.expect("admin");
-        for k in 0u32..10_000 {
-            let mut id = vec![0x42u8; 64];
-            id[..4].copy_from_slice(&k.to_be_bytes());
+        for (k, id) in (0u32..10_000).zip(fedgw_tests::enode_keys(0x42)) {
             let spec = fedgw_proto::v1::NodeSpec {
                 name: format!("n{k}"),
                 client: fedgw_proto::v1::ClientKind::Goquorum.into(),

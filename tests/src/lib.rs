@@ -243,12 +243,25 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
 /// lowercase hex digits of its uncompressed point without the `0x04` prefix. Distinct `n` give
 /// distinct ids; `n` must not be 0 (the point at infinity has no such encoding).
 pub fn enode_id(n: u64) -> String {
-    use k256::elliptic_curve::sec1::ToEncodedPoint;
+    enode_key(n).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The 64 raw bytes (X and Y) of the id [`enode_id`] spells.
+pub fn enode_key(n: u64) -> Vec<u8> {
     assert!(n != 0, "0·G is the point at infinity");
-    let point = (k256::ProjectivePoint::GENERATOR * k256::Scalar::from(n)).to_affine();
-    let encoded = point.to_encoded_point(false);
-    encoded.as_bytes()[1..]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    key_bytes(k256::ProjectivePoint::GENERATOR * k256::Scalar::from(n))
+}
+
+/// The raw ids of `first`·G, (`first`+1)·G, ...: one point addition each, for tests that
+/// register many nodes.
+pub fn enode_keys(first: u64) -> impl Iterator<Item = Vec<u8>> {
+    assert!(first != 0, "0·G is the point at infinity");
+    let start = k256::ProjectivePoint::GENERATOR * k256::Scalar::from(first);
+    std::iter::successors(Some(start), |p| Some(*p + k256::ProjectivePoint::GENERATOR))
+        .map(key_bytes)
+}
+
+fn key_bytes(point: k256::ProjectivePoint) -> Vec<u8> {
+    use k256::elliptic_curve::sec1::ToEncodedPoint;
+    point.to_affine().to_encoded_point(false).as_bytes()[1..].to_vec()
 }

@@ -286,7 +286,7 @@ pub fn spec(name: &str, enode: u8, host: &str) -> pb::NodeSpec {
     pb::NodeSpec {
         name: name.into(),
         client: pb::ClientKind::Goquorum.into(),
-        enode_id: vec![enode; 64],
+        enode_id: fedgw_tests::enode_key(u64::from(enode)),
         host: host.into(),
         p2p_port: 30303,
         raft_port: 50400,
