@@ -7,26 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fedgw_gateway::config::Config;
-use fedgw_tests::{Fedgw, wait_for};
+use fedgw_tests::wait_for;
 
-fn fedgw() -> Fedgw {
-    Fedgw::new(env!("CARGO_BIN_EXE_fedgw"))
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
-const NET: [&str; 8] = [
-    "--advertise",
-    "127.0.0.1:0",
-    "--listen",
-    "127.0.0.1:0",
-    "--metrics",
-    "127.0.0.1:0",
-    "--dns",
-    "127.0.0.1:0",
-];
+#[path = "common/procs.rs"]
+mod procs;
+use procs::{NET, fast, fedgw, json, s};
 
 /// The pod addresses of `fedgw export k8s`, on loopback port 0 for a test.
 const POD: [&str; 6] = [
@@ -37,24 +22,6 @@ const POD: [&str; 6] = [
     "--metrics",
     "127.0.0.1:0",
 ];
-
-fn fast(dir: &Path) {
-    let path = dir.join("fedgw.toml");
-    let mut c = Config::load(&path).expect("config");
-    c.sync.heartbeat_ms = 100;
-    c.sync.backoff_base_ms = 50;
-    c.sync.backoff_max_ms = 500;
-    std::fs::write(&path, c.to_toml()).expect("write");
-}
-
-fn json(dir: &Path, what: &str) -> serde_json::Value {
-    let run = fedgw()
-        .run([what, "--json", "--data-dir", &s(dir)])
-        .expect("spawn")
-        .ok()
-        .expect(what);
-    serde_json::from_str(&run.stdout).expect("json")
-}
 
 fn node_names(dir: &Path) -> Vec<String> {
     json(dir, "nodes")

@@ -11,26 +11,12 @@ use std::time::{Duration, Instant};
 
 use fedgw_gateway::config::Config;
 use fedgw_gateway::tunnel::Transport;
-use fedgw_tests::{Fedgw, Gateway, wait_for};
+use fedgw_tests::{Gateway, wait_for};
 
-fn fedgw() -> Fedgw {
-    Fedgw::new(env!("CARGO_BIN_EXE_fedgw"))
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
-const NET: [&str; 8] = [
-    "--advertise",
-    "127.0.0.1:0",
-    "--listen",
-    "127.0.0.1:0",
-    "--metrics",
-    "127.0.0.1:0",
-    "--dns",
-    "127.0.0.1:0",
-];
+#[path = "common/procs.rs"]
+#[allow(dead_code, reason = "fast and json serve other test binaries")]
+mod procs;
+use procs::{NET, fedgw, s};
 
 /// The time the goal allows from a restarted gateway's readiness to the first proxied
 /// connection that works (2 s wanted, 3 s required).

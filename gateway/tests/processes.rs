@@ -5,48 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fedgw_gateway::config::Config;
-use fedgw_tests::{Fedgw, Gateway, wait_for};
+use fedgw_tests::{Gateway, wait_for};
 
-fn fedgw() -> Fedgw {
-    Fedgw::new(env!("CARGO_BIN_EXE_fedgw"))
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
+#[path = "common/procs.rs"]
+mod procs;
+use procs::{NET, fast, fedgw, json, s};
 
 fn samples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/data")
-}
-
-const NET: [&str; 8] = [
-    "--advertise",
-    "127.0.0.1:0",
-    "--listen",
-    "127.0.0.1:0",
-    "--metrics",
-    "127.0.0.1:0",
-    "--dns",
-    "127.0.0.1:0",
-];
-
-fn fast(dir: &Path) {
-    let path = dir.join("fedgw.toml");
-    let mut c = Config::load(&path).expect("config");
-    c.sync.heartbeat_ms = 100;
-    c.sync.backoff_base_ms = 50;
-    c.sync.backoff_max_ms = 500;
-    std::fs::write(&path, c.to_toml()).expect("write");
-}
-
-fn json(dir: &Path, what: &str) -> serde_json::Value {
-    let run = fedgw()
-        .run([what, "--json", "--data-dir", &s(dir)])
-        .expect("spawn")
-        .ok()
-        .expect(what);
-    serde_json::from_str(&run.stdout).expect("json")
 }
 
 fn node_names(dir: &Path) -> Vec<String> {
