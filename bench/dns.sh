@@ -23,8 +23,12 @@ trap cleanup EXIT
 command -v dnsperf >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf >/dev/null; }
 hickory=target/bench-tools/bin/hickory-dns
 [[ -x $hickory ]] || cargo install -q hickory-dns --version 0.26.3 --locked --root target/bench-tools
-cargo build -q --release -p fedgw-gateway
-fedgw=target/release/fedgw
+if [[ -n ${FEDGW_BIN:-} ]]; then
+  fedgw=$FEDGW_BIN   # another build, e.g. to compare two commits in one boot
+else
+  cargo build -q --release -p fedgw-gateway
+  fedgw=target/release/fedgw
+fi
 
 wait_file() { for _ in $(seq 500); do [[ -f $1 ]] && return 0; sleep 0.02; done; echo "timed out waiting for $1" >&2; exit 1; }
 field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }

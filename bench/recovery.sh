@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Recovery benchmark: how soon proxied traffic flows again after a peer gateway restarts.
 #
-#   bench/recovery.sh [KILLS]      (default 5; FEDGW=path/to/fedgw skips the release build)
+#   bench/recovery.sh [KILLS]      (default 5; FEDGW_BIN=path/to/fedgw skips the release build)
 #
 # Two gateways on 127.0.0.1 (org1 founds, org2 joins), a TCP echo server registered as org2's
 # node1, reached through org1's local address for it. Per transport (QUIC, then TCP+TLS), KILLS
@@ -22,11 +22,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [[ -z ${FEDGW:-} ]]; then
+if [[ -n ${FEDGW_BIN:-} ]]; then
+  fedgw=$FEDGW_BIN   # another build, e.g. to compare two commits in one boot
+else
   cargo build -q --release -p fedgw-gateway
-  FEDGW=target/release/fedgw
+  fedgw=target/release/fedgw
 fi
-fedgw=$FEDGW
 
 wait_file() { for _ in $(seq 1500); do [[ -f $1 ]] && return 0; sleep 0.02; done; echo "timed out waiting for $1" >&2; exit 1; }
 field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Data-plane benchmark: fedgw tunnels against the HAProxy anchors, measured in the same rounds.
 #
-#   bench/tunnel.sh [ROUNDS]      (default 3; needs root for apt-get the first time)
+#   bench/tunnel.sh [ROUNDS]      (default 3; needs root for apt-get the first time;
+#                                 FEDGW_BIN=path/to/fedgw measures that build instead)
 #
 # Paths, all on 127.0.0.1, to the same backends (iperf3 5201, sockperf 11111, nginx 8080):
 #   direct      the backend itself
@@ -36,9 +37,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "building fedgw (release)..."
-cargo build --release -q -p fedgw-gateway
-fedgw=$PWD/target/release/fedgw
+if [[ -n ${FEDGW_BIN:-} ]]; then
+  fedgw=$(realpath "$FEDGW_BIN")   # another build, e.g. to compare two commits in one boot
+else
+  echo "building fedgw (release)..."
+  cargo build --release -q -p fedgw-gateway
+  fedgw=$PWD/target/release/fedgw
+fi
 "$anchors" start "$work/anchors" >/dev/null
 command -v python3 >/dev/null
 
