@@ -4,6 +4,7 @@
 //!   gateway and node leaves;
 //! - [`token`]: join tokens and the joiner's proof of possession;
 //! - [`identity`]: the org a verified peer certificate speaks for;
+//! - [`ids`]: gateway and node identities (`org/site`, `org/node`), parsed and checked once;
 //! - [`verify`]: rustls verifiers for federation peers (with a replaceable revocation set) and
 //!   for a joiner that only knows the root's pin;
 //! - [`tls`]: rustls server and client configs for the gateway port.
@@ -12,6 +13,7 @@
 
 pub mod envelope;
 pub mod identity;
+pub mod ids;
 pub mod names;
 pub mod pki;
 pub mod tls;

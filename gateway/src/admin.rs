@@ -45,13 +45,23 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// `e` and its sources, joined with ": ".
+fn with_sources(e: &dyn std::error::Error) -> String {
+    match crate::net::error_chain(e) {
+        sources if sources.is_empty() => e.to_string(),
+        sources => format!("{e}: {sources}"),
+    }
+}
+
 fn publish_status(e: PublishError) -> Status {
     match e {
         PublishError::Rejected(r @ (Reject::EnodeTaken(_) | Reject::Stale { .. })) => {
             Status::already_exists(r.to_string())
         }
         PublishError::Rejected(r) => Status::invalid_argument(r.to_string()),
-        PublishError::Sign(m) => Status::failed_precondition(m),
+        e @ (PublishError::EmptyBody | PublishError::NoRootKey | PublishError::Sign(_)) => {
+            Status::failed_precondition(with_sources(&e))
+        }
         PublishError::Store(e) => Status::internal(e.to_string()),
     }
 }
@@ -332,7 +342,7 @@ impl pb::admin_server::Admin for AdminService {
                 {
                     n.record.tessera_url.clone_from(url);
                 }
-                let key = format!("{}/{}", n.org, n.name);
+                let key = n.key().to_string();
                 let service_ip = match services.get(&key) {
                     Some(ip) if n.org != me => ip.to_string(),
                     _ => String::new(),
@@ -595,10 +605,10 @@ impl AdminService {
             v.nodes()
                 .into_iter()
                 .filter(|n| n.org != me)
-                .map(|n| format!("{}/{}", n.org, n.name))
+                .map(|n| n.key().to_string())
                 .collect()
         });
-        let key = format!("{}/{}", req.org, req.name);
+        let key = crate::membership::NodeKey::new(&req.org, &req.name).to_string();
         if ip.is_some() && !in_view.contains(&key) {
             return Err(Status::not_found(format!("no remote node {key}")));
         }

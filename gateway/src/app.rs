@@ -71,9 +71,18 @@ pub enum RunError {
     /// The store holds no membership for this org and the peers could not supply it.
     #[error("fetching the membership from peers: {0}")]
     Bootstrap(#[from] BootstrapError),
-    /// This gateway's own record could not be published.
-    #[error("publishing the gateway record: {0}")]
-    Publish(String),
+    /// This gateway's own member or gateway record could not be published.
+    #[error("publishing this gateway's own record")]
+    Publish(#[source] crate::membership::PublishError),
+    /// The gateway leaf certificate names no federation identity under the consortium domain.
+    #[error("the gateway leaf certificate")]
+    LeafIdentity(#[source] fedgw_certs::identity::IdentityError),
+    /// The `[addresses]` pool or interface for local address aliases is invalid.
+    #[error("the local address aliases")]
+    Aliases(#[source] crate::alias::AliasError),
+    /// The org CA key cannot sign membership records.
+    #[error("the record signer")]
+    Signer(#[source] fedgw_certs::envelope::EnvelopeError),
     /// Writing `run.json` failed.
     #[error("cannot write {0}")]
     RunInfo(std::path::PathBuf, #[source] std::io::Error),
@@ -264,7 +273,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
     metrics.set_leaf_not_after(store::unix(leaf.not_after));
     let identity = ReloadableIdentity::new(leaf.chain.clone(), &leaf.key, &provider)?;
     let own_id = fedgw_certs::peer_identity(&leaf.chain[0], &config.domain)
-        .map_err(|e| RunError::Provision(ProvisionError::Invalid(format!("gateway leaf: {e}"))))?;
+        .map_err(RunError::LeafIdentity)?;
     let verifier: Arc<PeerVerifier> = Arc::new(PeerVerifier::new(
         root_cert.clone(),
         &config.domain,
@@ -338,9 +347,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
                 crate::addressing::AddressMode::Ip {
                     pool,
                     interface: Some(interface),
-                } => Some(crate::alias::Aliases::new(pool, interface).map_err(|e| {
-                    RunError::Provision(ProvisionError::Invalid(format!("addresses: {e}")))
-                })?),
+                } => Some(crate::alias::Aliases::new(pool, interface).map_err(RunError::Aliases)?),
                 _ => None,
             },
         },
@@ -533,7 +540,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
                 SignAs::Root,
             )
             .await
-            .map_err(|e| RunError::Publish(e.to_string()))?;
+            .map_err(RunError::Publish)?;
     }
     if bootstrap::needed(&membership) {
         info!(
@@ -569,7 +576,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
                 SignAs::Org,
             )
             .await
-            .map_err(|e| RunError::Publish(e.to_string()))?;
+            .map_err(RunError::Publish)?;
     }
     tracker.spawn(renew_leaf(
         dir.clone(),
@@ -935,7 +942,7 @@ fn spawn_server(
 }
 
 fn signer_err(e: fedgw_certs::envelope::EnvelopeError) -> RunError {
-    RunError::Provision(ProvisionError::Invalid(format!("record signer: {e}")))
+    RunError::Signer(e)
 }
 
 fn clone_ca(

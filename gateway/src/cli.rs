@@ -497,7 +497,8 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             };
             let data = DataDir::new(dir.data_dir);
             let config = provision::init(&data, &opts, SystemTime::now()).map_err(|e| match e {
-                provision::ProvisionError::Invalid(_)
+                provision::ProvisionError::Advertise(_)
+                | provision::ProvisionError::Config(_)
                 | provision::ProvisionError::Genesis(_)
                 | provision::ProvisionError::Occupied(_) => CliError::new(exit::USAGE, e),
                 e => CliError::new(exit::FAILURE, e),

@@ -337,10 +337,7 @@ impl Config {
         }
         self.port.validate()?;
         for id in &self.sync.deny {
-            let ok = id.split_once('/').is_some_and(|(o, s)| {
-                names::validate_label("org", o).is_ok() && names::validate_label("site", s).is_ok()
-            });
-            if !ok {
+            if id.parse::<fedgw_certs::ids::GatewayId>().is_err() {
                 return Err(format!("sync.deny entry {id:?} is not org/site"));
             }
         }

@@ -37,42 +37,7 @@ use crate::store::{Store, StoreError};
 use record::{Kind, RecordKey, Reject, Verified};
 use view::{Verdict, View};
 
-/// A gateway's identity in the federation: `org/site`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GatewayId {
-    /// The org.
-    pub org: String,
-    /// The site.
-    pub site: String,
-}
-
-impl std::fmt::Display for GatewayId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.org, self.site)
-    }
-}
-
-impl GatewayId {
-    /// The TLS server name every dial to this gateway verifies, whatever host name or address
-    /// it dials: `gw-<site>.<org>.<domain>`, the one DNS name its leaf carries. The address a
-    /// gateway is dialled at and the identity it must prove are separate, as in Consul's
-    /// cluster peering (the server name comes from the peering data, not the dial address).
-    pub fn server_name(&self, domain: &str) -> String {
-        fedgw_certs::names::gateway_dns_name(&self.site, &self.org, domain)
-    }
-
-    /// Reads the gateway id from a verified identity whose DNS name is
-    /// `gw-<site>.<org>.<domain>`.
-    pub fn from_identity(id: &fedgw_certs::PeerIdentity, domain: &str) -> Option<Self> {
-        let suffix = format!(".{}.{domain}", id.org);
-        let site = id.dns_name.strip_suffix(&suffix)?.strip_prefix("gw-")?;
-        fedgw_certs::names::validate_label("site", site).ok()?;
-        Some(Self {
-            org: id.org.clone(),
-            site: site.to_owned(),
-        })
-    }
-}
+pub use fedgw_certs::ids::{GatewayId, NodeKey};
 
 /// Settings of the membership subsystem.
 #[derive(Debug, Clone)]
@@ -207,9 +172,16 @@ pub enum PublishError {
     /// The record was refused (demo key, enode taken, invalid field...).
     #[error(transparent)]
     Rejected(Reject),
-    /// Signing failed or no signer for this kind.
-    #[error("cannot sign: {0}")]
-    Sign(String),
+    /// The record body has no kind (an empty `oneof`).
+    #[error("the record body is empty")]
+    EmptyBody,
+    /// Root-signed records (member, revocation) need the root key, which this gateway does
+    /// not hold.
+    #[error("this gateway does not hold the root key")]
+    NoRootKey,
+    /// Signing the envelope failed.
+    #[error("cannot sign the record")]
+    Sign(#[source] fedgw_certs::envelope::EnvelopeError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -633,7 +605,7 @@ impl Membership {
         body: pb::record_body::Body,
         sign: SignAs,
     ) -> Result<Vec<u8>, PublishError> {
-        let kind = body_kind(&body).ok_or_else(|| PublishError::Sign("unknown kind".into()))?;
+        let kind = body_kind(&body).ok_or(PublishError::EmptyBody)?;
         let key = RecordKey {
             kind,
             org: org.to_owned(),
@@ -642,11 +614,9 @@ impl Membership {
         let seq = self.read(|v| v.next_seq(&key, unix_ms(SystemTime::now())));
         let signer = match sign {
             SignAs::Org => &self.0.org_signer,
-            SignAs::Root => self.0.root_signer.as_ref().ok_or_else(|| {
-                PublishError::Sign("this gateway does not hold the root key".into())
-            })?,
+            SignAs::Root => self.0.root_signer.as_ref().ok_or(PublishError::NoRootKey)?,
         };
-        record::seal(signer, org, name, seq, body).map_err(|e| PublishError::Sign(e.to_string()))
+        record::seal(signer, org, name, seq, body).map_err(PublishError::Sign)
     }
 
     /// The task tracker sessions run on.
@@ -791,14 +761,11 @@ impl Membership {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
-            let Some((org, site)) = id.split_once('/') else {
+            let Ok(gateway) = id.parse::<GatewayId>() else {
                 continue;
             };
             out.push(PeerReport {
-                id: GatewayId {
-                    org: org.into(),
-                    site: site.into(),
-                },
+                id: gateway,
                 state: "connected",
                 direction: if p.outbound { "outbound" } else { "inbound" },
                 last_seen_ms: p.stats.last_seen_ms.load(Ordering::Relaxed),
@@ -815,17 +782,14 @@ impl Membership {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
-            let Some((org, site)) = id.split_once('/') else {
+            let Ok(gateway) = id.parse::<GatewayId>() else {
                 continue;
             };
-            if out.iter().any(|p| p.id.to_string() == *id) {
+            if out.iter().any(|p| p.id == gateway) {
                 continue;
             }
             out.push(PeerReport {
-                id: GatewayId {
-                    org: org.into(),
-                    site: site.into(),
-                },
+                id: gateway,
                 state: s.state,
                 direction: "outbound",
                 last_seen_ms: 0,

@@ -48,9 +48,15 @@ pub enum ProvisionError {
     /// overwrites keys or a store.
     #[error("{} already exists: the data dir holds a gateway; use an empty directory", .0.display())]
     Occupied(std::path::PathBuf),
-    /// A value given on the command line is invalid.
+    /// `--advertise` is missing, or its first endpoint has no port to listen on.
     #[error("{0}")]
-    Invalid(String),
+    Advertise(&'static str),
+    /// The founder's own member record could not be signed with the root key.
+    #[error("signing the founder's member record")]
+    Seal(#[source] fedgw_certs::envelope::EnvelopeError),
+    /// The admission answer carries no consortium info (the join service must send it).
+    #[error("the admission answer carries no consortium info")]
+    NoConsortium,
     /// The TLS configuration could not be built.
     #[error("TLS setup failed")]
     Tls(#[from] rustls::Error),
@@ -97,11 +103,13 @@ impl NetworkOptions {
         let first = self
             .advertise
             .first()
-            .ok_or_else(|| ProvisionError::Invalid("--advertise is required".into()))?;
+            .ok_or(ProvisionError::Advertise("--advertise is required"))?;
         let port = first
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse::<u16>().ok())
-            .ok_or_else(|| ProvisionError::Invalid(format!("invalid --advertise {first:?}")))?;
+            .ok_or(ProvisionError::Advertise(
+                "the first --advertise endpoint has no port (HOST:PORT)",
+            ))?;
         Ok(SocketAddr::from(([0, 0, 0, 0], port)))
     }
 }
@@ -136,8 +144,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Checks a configuration about to be written to `dir`, as `fedgw run` will read it.
+fn validate(dir: &DataDir, config: &Config) -> Result<(), ProvisionError> {
+    config.validate().map_err(|reason| {
+        ProvisionError::Config(crate::config::ConfigError::Invalid {
+            path: dir.config(),
+            reason,
+        })
+    })
+}
+
 fn write_config(dir: &DataDir, config: &Config) -> Result<(), ProvisionError> {
-    config.validate().map_err(ProvisionError::Invalid)?;
+    validate(dir, config)?;
     dir.write_public(&dir.config(), config.to_toml().as_bytes())
         .map_err(io("writing config", &dir.config()))
 }
@@ -170,7 +188,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         port: Default::default(),
         peers: vec![],
     };
-    config.validate().map_err(ProvisionError::Invalid)?;
+    validate(dir, &config)?;
     if let Some(file) = dir.occupied() {
         return Err(ProvisionError::Occupied(file));
     }
@@ -211,9 +229,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         admitted_unix: store::unix(now),
     })?;
     // the founder's own root-signed member record: the first record of the consortium
-    let signer = root
-        .envelope_signer()
-        .map_err(|e| ProvisionError::Invalid(format!("root signer: {e}")))?;
+    let signer = root.envelope_signer().map_err(ProvisionError::Seal)?;
     let member = crate::membership::record::seal(
         &signer,
         &opts.org,
@@ -224,9 +240,10 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
             admitted_unix: i64::try_from(store::unix(now)).unwrap_or(0),
         }),
     )
-    .map_err(|e| ProvisionError::Invalid(format!("signing the member record: {e}")))?;
+    .map_err(ProvisionError::Seal)?;
+    // a record this function just sealed always decodes
     let key = crate::membership::storage_key(&member)
-        .ok_or_else(|| ProvisionError::Invalid("member record does not decode".into()))?;
+        .expect("a freshly sealed member record decodes to its storage key");
     store.put_records(&[(key, std::sync::Arc::new(member))])?;
     // closed before the config appears: a `fedgw run --wait-for-config` opens it right away
     drop(store);
@@ -271,7 +288,7 @@ pub fn write_joined(
     let consortium = admitted
         .consortium
         .clone()
-        .ok_or_else(|| ProvisionError::Invalid("consortium info missing".into()))?;
+        .ok_or(ProvisionError::NoConsortium)?;
     let admission = match fedgw_proto::v1::AdmissionPolicy::try_from(consortium.admission) {
         Ok(fedgw_proto::v1::AdmissionPolicy::Majority) => Admission::Majority,
         Ok(fedgw_proto::v1::AdmissionPolicy::All) => Admission::All,
@@ -310,7 +327,7 @@ pub fn write_joined(
             })
             .collect(),
     };
-    config.validate().map_err(ProvisionError::Invalid)?;
+    validate(dir, &config)?;
     dir.write_public(
         &dir.root_cert(),
         pki::certs_to_pem(std::slice::from_ref(&files.joined.root)).as_bytes(),

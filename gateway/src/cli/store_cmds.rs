@@ -49,19 +49,11 @@ fn parse_peer(s: &str) -> Result<(GatewayId, String), String> {
     let (id, endpoint) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?}: expected ORG/SITE=HOST:PORT"))?;
-    let (org, site) = id
-        .split_once('/')
-        .ok_or_else(|| format!("{id:?}: expected ORG/SITE"))?;
-    fedgw_certs::names::validate_label("org", org).map_err(|e| e.to_string())?;
-    fedgw_certs::names::validate_label("site", site).map_err(|e| e.to_string())?;
+    let id: GatewayId = id
+        .parse()
+        .map_err(|e: fedgw_certs::ids::IdError| e.to_string())?;
     crate::config::validate_advertise(endpoint)?;
-    Ok((
-        GatewayId {
-            org: org.to_owned(),
-            site: site.to_owned(),
-        },
-        endpoint.to_owned(),
-    ))
+    Ok((id, endpoint.to_owned()))
 }
 
 pub(crate) async fn store(cmd: StoreCommand) -> Result<(), CliError> {

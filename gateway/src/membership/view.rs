@@ -73,6 +73,13 @@ pub struct NodeView {
     pub record: pb::NodeRecord,
 }
 
+impl NodeView {
+    /// The node's consortium key, `org/name`.
+    pub fn key(&self) -> fedgw_certs::ids::NodeKey {
+        fedgw_certs::ids::NodeKey::new(&self.org, &self.name)
+    }
+}
+
 /// The membership view.
 #[derive(Debug, Default, Clone)]
 pub struct View {
