@@ -129,10 +129,10 @@ mod tests {
 
     #[test]
     fn ids_print_and_parse_back() {
-        let g: GatewayId = "org1/eu-west".parse().unwrap();
+        let g: GatewayId = "org1/eu-west".parse().expect("two labels");
         assert_eq!((g.org.as_str(), g.site.as_str()), ("org1", "eu-west"));
         assert_eq!(g.to_string(), "org1/eu-west");
-        let n: NodeKey = "org2/node1".parse().unwrap();
+        let n: NodeKey = "org2/node1".parse().expect("two labels");
         assert_eq!(n, NodeKey::new("org2", "node1"));
         assert_eq!(n.to_string(), "org2/node1");
     }
@@ -148,11 +148,11 @@ mod tests {
             "org1/site/x",
             "org1/a b",
         ] {
-            let err = bad.parse::<GatewayId>().unwrap_err();
+            let err = bad.parse::<GatewayId>().expect_err(bad);
             assert!(!err.to_string().is_empty(), "{bad:?}");
         }
         assert_eq!(
-            "org1".parse::<NodeKey>().unwrap_err().to_string(),
+            "org1".parse::<NodeKey>().expect_err("no slash").to_string(),
             "\"org1\": expected ORG/NODE"
         );
         assert!(matches!(
