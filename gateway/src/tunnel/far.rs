@@ -19,7 +19,15 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use super::header::{Answer, Request};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::header::{self, Answer, Request};
+use super::splice::{self, End, Ended, TunnelStream};
+use super::{Tunnels, class};
 
 /// How long a caller has to send the whole header.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -170,6 +178,151 @@ async fn connect(addr: SocketAddr, first: &[u8]) -> io::Result<(tokio::net::TcpS
         }
     }
     Ok((tcp, sent))
+}
+
+/// Caller org, node name, port name.
+pub(super) type GrantKey = (String, String, String);
+
+/// The host and port a far-end authorisation allowed, and the token its streams stop on.
+#[derive(Debug)]
+pub(super) struct Grant {
+    pub(super) dial: (String, u16),
+    pub(super) withdrawn: CancellationToken,
+}
+
+impl Tunnels {
+    /// Serves one inbound stream from `caller_org` (the far end).
+    pub(super) fn spawn_far(&self, caller_org: String, stream: TunnelStream) {
+        let this = self.clone();
+        // split here: a value captured by the task stays in its state for its whole life
+        let (mut r, mut w) = stream.split();
+        self.0.tracker.spawn(async move {
+            let permits = this
+                .org_connections(&caller_org)
+                .try_acquire_owned()
+                .ok()
+                .zip(this.0.connections.clone().try_acquire_owned().ok());
+            let Some(permits) = permits else {
+                this.0.metrics.tunnel_refused(Answer::Overloaded);
+                header::refuse(&mut w, Answer::Overloaded).await;
+                return;
+            };
+            let header =
+                tokio::time::timeout(HEADER_TIMEOUT, header::read_request(&mut r)).await;
+            let (req, mut early) = match header {
+                Ok(Ok(h)) => h,
+                Ok(Err(answer)) => return this.refuse(&mut w, answer).await,
+                Err(_) => return this.refuse(&mut w, Answer::BadHeader).await,
+            };
+            // taken before the targets are read: a revocation that lands from here on cancels
+            // it, whatever the copy of the targets below still says
+            let revoked = this.0.membership.revocation().token(&caller_org);
+            let (host, port, withdrawn) = match this.authorise(&caller_org, &req) {
+                Ok(t) => t,
+                Err(answer) => return this.refuse(&mut w, answer).await,
+            };
+            let policy = this
+                .0
+                .policy
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            // the dial may take seconds (name resolution, several addresses): a revocation or
+            // shutdown meanwhile abandons it before the node sees the caller's bytes
+            let dialled = tokio::select! {
+                biased;
+                () = revoked.cancelled() => Err(Answer::NotMember),
+                () = this.0.shutdown.cancelled() => return,
+                dialled = dial(&host, port, &policy, &early) => dialled,
+            };
+            let (mut tcp, sent) = match dialled {
+                Ok(dialled) => dialled,
+                Err(answer) => return this.refuse(&mut w, answer).await,
+            };
+            early.drain(..sent);
+            // the buffer held up to 16 KiB; an idle connection keeps none of it
+            early.shrink_to_fit();
+            this.0.metrics.tunnel_connection(&caller_org, "inbound");
+            let class = class::class_of(&this.0.config.priority, &req.org, &req.node, &req.port);
+            w.set_class(class);
+            let counters = this.0.metrics.tunnel_counters(&caller_org, class);
+            counters.rx.inc_by(sent as u64);
+            let _active = this.0.metrics.tunnel_stream_guard();
+            let stop = std::pin::pin!(async {
+                tokio::select! {
+                    () = revoked.cancelled() => {}
+                    () = withdrawn.cancelled() => {}
+                    () = this.0.shutdown.cancelled() => {}
+                }
+            });
+            // bytes that came with the header and the dial did not send go first; the answer
+            // goes with the node's first bytes
+            let stall = this.0.config.stall_timeout();
+            let ended = splice::splice(
+                &mut tcp,
+                &mut r,
+                &mut w,
+                End::Far(&early),
+                &counters,
+                stall,
+                stop,
+            )
+            .await;
+            drop(permits);
+            match ended {
+                Ended::Failed(e) => {
+                    debug!(node = %req.node, error = %e, "proxied connection failed")
+                }
+                Ended::Stalled => {
+                    debug!(node = %req.node, "node read nothing for the stall time-out; connection reset");
+                    this.0.metrics.tunnel_stalled("far");
+                }
+                Ended::Done | Ended::Stopped | Ended::Refused(_) => {}
+            }
+        });
+    }
+
+    /// `caller`'s share of the far end's connections (created on its first stream).
+    fn org_connections(&self, caller: &str) -> Arc<Semaphore> {
+        let config = &self.0.config;
+        let share = config
+            .max_connections_per_org
+            .unwrap_or(config.max_connections / 2)
+            .max(1);
+        let mut shares = self
+            .0
+            .org_connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        shares
+            .entry(caller.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(share)))
+            .clone()
+    }
+
+    /// Authorises `req` from `caller` against the current targets: the host and port to dial
+    /// and a token cancelled once a later change of the targets withdraws the authorisation.
+    fn authorise(
+        &self,
+        caller: &str,
+        req: &header::Request,
+    ) -> Result<(String, u16, CancellationToken), Answer> {
+        let targets = self.0.targets.read().unwrap_or_else(|e| e.into_inner());
+        let dial = targets.authorise(caller, req)?;
+        let mut grants = self.0.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (caller.to_owned(), req.node.clone(), req.port.clone());
+        let grant = grants.entry(key).or_insert_with(|| Grant {
+            dial: dial.clone(),
+            withdrawn: CancellationToken::new(),
+        });
+        let withdrawn = grant.withdrawn.child_token();
+        Ok((dial.0, dial.1, withdrawn))
+    }
+
+    async fn refuse(&self, w: &mut splice::TunnelWrite, answer: Answer) {
+        self.0.metrics.tunnel_refused(answer);
+        header::refuse(w, answer).await;
+    }
 }
 
 #[cfg(test)]

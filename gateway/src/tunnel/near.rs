@@ -26,8 +26,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::Tunnels;
-use super::header::Request;
+use super::header::{Answer, Request};
+use super::links::{Link, OpenError};
+use super::splice::{self, End, Ended, TunnelStream};
+use super::{Tunnels, class};
 use crate::alias::Aliases;
 use crate::membership::GatewayId;
 
@@ -327,6 +329,224 @@ async fn accept(tunnels: Tunnels, listener: TcpListener, route: Arc<Route>) {
 fn reset(tcp: tokio::net::TcpStream) {
     if let Err(e) = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO)) {
         debug!(error = %e, "cannot set SO_LINGER to reset a refused connection; closing it");
+    }
+}
+
+/// First and longest wait between the attempts of a connection held for a link
+/// ([`TunnelConfig::connect_hold_ms`]); a link registered meanwhile ends the wait at once.
+const HOLD_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(500));
+
+impl Tunnels {
+    /// Proxies one accepted local connection to `route` (the near end).
+    async fn proxy(&self, mut tcp: tokio::net::TcpStream, route: Arc<Route>) {
+        let Ok(permit) = self.0.connections.clone().try_acquire_owned() else {
+            self.0.metrics.tunnel_refused(Answer::Overloaded);
+            return;
+        };
+        let revoked = self.0.membership.revocation().token(&route.request.org);
+        let closed = route.closed.clone();
+        let mut stop = std::pin::pin!(async {
+            tokio::select! {
+                () = revoked.cancelled() => {}
+                () = self.0.shutdown.cancelled() => {}
+                () = closed.cancelled() => {}
+            }
+        });
+        let req = &route.request;
+        let class = class::class_of(&self.0.config.priority, &req.org, &req.node, &req.port);
+        let counters = self.0.metrics.tunnel_counters(&req.org, class);
+        // TCP_NODELAY comes from the listener: Linux copies it into every accepted socket
+        let Some((mut r, mut w, end)) = self
+            .open_answered(&mut tcp, &route, class, &counters, stop.as_mut())
+            .await
+        else {
+            // RST rather than FIN: the client must not mistake a refusal for a clean end
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+            return;
+        };
+        let _active = self.0.metrics.tunnel_stream_guard();
+        let stall = self.0.config.stall_timeout();
+        match splice::splice(&mut tcp, &mut r, &mut w, end, &counters, stall, stop).await {
+            Ended::Refused(answer) => {
+                debug!(node = %route.request.node, reason = answer.label(), "stream refused by the far gateway");
+                self.0.metrics.tunnel_refused_by_peer(answer);
+            }
+            Ended::Failed(e) => {
+                debug!(node = %route.request.node, error = %e, "proxied connection failed")
+            }
+            Ended::Stalled => {
+                debug!(node = %route.request.node, "local client read nothing for the stall time-out; connection reset");
+                self.0.metrics.tunnel_stalled("near");
+            }
+            Ended::Done | Ended::Stopped => {}
+        }
+        drop(permit);
+    }
+
+    /// Opens the stream of a local connection and sends its header with what the client has
+    /// sent by then (≤ [`super::header::EARLY_READ`] bytes, in one TLS record or QUIC packet), then
+    /// waits for the far end's answer, sending on what else the client sends meanwhile. While
+    /// the site has no link it holds the connection ([`Tunnels::open_held`]); while the
+    /// client's bytes so far fit in [`super::header::EARLY_READ`], a link lost before the answer (a
+    /// peer gateway that restarted: the new process resets the old link at its first packet,
+    /// or a new link from it supersedes the old one) costs a new stream on a new link, with
+    /// the same bytes, within the same hold time. `None`: no stream, refused, or stopped; the
+    /// caller resets the client.
+    async fn open_answered<S: std::future::Future<Output = ()>>(
+        &self,
+        tcp: &mut tokio::net::TcpStream,
+        route: &Route,
+        class: class::Class,
+        counters: &splice::Counters,
+        mut stop: std::pin::Pin<&mut S>,
+    ) -> Option<(splice::TunnelRead, splice::TunnelWrite, End<'static>)> {
+        let deadline = tokio::time::Instant::now() + self.0.config.connect_hold();
+        let mut first: Option<Vec<u8>> = None;
+        loop {
+            let (stream, link) = match self.open_held(&route.site, deadline, stop.as_mut()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.0.metrics.tunnel_open_failed();
+                    // per connection, so debug: a down site would flood the log; the count is
+                    // in fedgw_tunnel_refused_by_peer_streams_total{reason="no_tunnel"}
+                    debug!(node = %route.request.node, org = %route.request.org, error = %e, "no tunnel for a local connection");
+                    return None;
+                }
+            };
+            let (mut r, mut w) = stream.split();
+            w.set_class(class);
+            let first = match &mut first {
+                Some(f) => f,
+                None => {
+                    // read once the stream is open: for a short request, all of it
+                    let mut f = Vec::with_capacity(route.header.len() + super::header::EARLY_READ);
+                    f.extend_from_slice(&route.header);
+                    match splice::read_queued(tcp, &mut f, super::header::EARLY_READ) {
+                        Ok(n) => {
+                            counters.tx.inc_by(n as u64);
+                            counters.class.sent(n);
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "local connection failed before its stream opened");
+                            w.reset();
+                            return None;
+                        }
+                    }
+                    first.insert(f)
+                }
+            };
+            let lost_link = |e: &std::io::Error| {
+                let retry = !link.is_alive() && tokio::time::Instant::now() < deadline;
+                if retry {
+                    debug!(node = %route.request.node, error = %e, "link lost before the far end answered; opening the stream again");
+                }
+                retry
+            };
+            if let Err(e) = w.write_all(first).await {
+                if lost_link(&e) {
+                    continue;
+                }
+                debug!(error = %e, "tunnel stream failed before the header");
+                return None;
+            }
+            // more bytes from the client go out as they come and are kept, up to the same
+            // bound, to be sent again; past it, or at the client's end of stream, the splice
+            // takes over (and reads the answer), and a lost link ends the connection
+            // `None`: the client ended or sent too much to keep; the splice takes over
+            let waited = {
+                let mut answer = std::pin::pin!(r.answer());
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = stop.as_mut() => return None,
+                        answer = &mut answer => break Some(answer),
+                        _ = tcp.readable() => {
+                            let room = (route.header.len() + super::header::EARLY_READ).saturating_sub(first.len());
+                            let before = first.len();
+                            let read = if room == 0 {
+                                Ok(0)
+                            } else {
+                                use bytes::BufMut as _;
+                                tcp.try_read_buf(&mut first.limit(room))
+                            };
+                            match read {
+                                Ok(0) => break None,
+                                Ok(n) => {
+                                    counters.tx.inc_by(n as u64);
+                                    counters.class.sent(n);
+                                    if let Err(e) = w.write_all(&first[before..]).await {
+                                        if lost_link(&e) {
+                                            break Some(Err(e));
+                                        }
+                                        debug!(error = %e, "tunnel stream failed before the answer");
+                                        return None;
+                                    }
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                Err(e) => {
+                                    debug!(error = %e, "local connection failed before the answer");
+                                    w.reset();
+                                    return None;
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            let Some(answer) = waited else {
+                return Some((r, w, End::Near));
+            };
+            match answer {
+                Ok(Answer::Accepted) => return Some((r, w, End::NearAnswered)),
+                Ok(refused) => {
+                    debug!(node = %route.request.node, reason = refused.label(), "stream refused by the far gateway");
+                    self.0.metrics.tunnel_refused_by_peer(refused);
+                    w.reset();
+                    return None;
+                }
+                Err(e) if lost_link(&e) => {}
+                Err(e) => {
+                    debug!(node = %route.request.node, error = %e, "tunnel stream failed before the answer");
+                    w.reset();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Opens a stream to `peer` ([`Tunnels::open_stream`]), retrying while `peer` has no link
+    /// until `deadline` ([`TunnelConfig::connect_hold_ms`]): after a short, growing wait
+    /// ([`HOLD_RETRY`]), or at once when any link registers. A revoked org or `stop` ends the
+    /// wait.
+    async fn open_held<S: std::future::Future<Output = ()>>(
+        &self,
+        peer: &GatewayId,
+        deadline: tokio::time::Instant,
+        mut stop: std::pin::Pin<&mut S>,
+    ) -> Result<(TunnelStream, Link), OpenError> {
+        let mut delay = HOLD_RETRY.0;
+        let mut registered = self.0.link_up.subscribe();
+        loop {
+            registered.mark_unchanged();
+            let err = match self.open_stream(peer).await {
+                Ok(s) => return Ok(s),
+                Err(e) => e,
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline || self.0.membership.revocation().set().contains(&peer.org) {
+                return Err(err);
+            }
+            debug!(%peer, error = %err, "no link for a local connection yet; holding it");
+            let jitter = rand::random_range(0.75..1.25);
+            let wake = (now + delay.mul_f64(jitter)).min(deadline);
+            tokio::select! {
+                biased;
+                () = stop.as_mut() => return Err(err),
+                _ = registered.changed() => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            delay = (delay * 2).min(HOLD_RETRY.1);
+        }
     }
 }
 

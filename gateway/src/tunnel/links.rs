@@ -1,0 +1,874 @@
+//! Tunnel links: one connection per pair of sites, dialled, kept up, registered and accepted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use fedgw_certs::PeerIdentity;
+use rustls_pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::splice::TunnelStream;
+use super::{Tunnels, mux};
+use crate::listener::TlsConn;
+use crate::membership::GatewayId;
+
+/// Which transport tunnels use (`[tunnel] transport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC only.
+    Quic,
+    /// TCP+TLS only (UDP blocked).
+    Tcp,
+    /// QUIC, falling back to TCP+TLS when the QUIC handshake does not complete within
+    /// [`AUTO_QUIC_TIMEOUT`].
+    #[default]
+    Auto,
+}
+
+/// How long `auto` waits for a QUIC handshake before trying TCP+TLS.
+pub const AUTO_QUIC_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `auto` keeps using TCP+TLS for a peer after QUIC failed.
+pub const AUTO_QUIC_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Dial timeout of a tunnel connection (connect plus handshake).
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keep-alive interval of tunnel connections.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A tunnel connection silent this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest link age taken as given (a year; the leaf lifetime is capped at 366 days), so a
+/// retirement time always fits an `Instant`.
+const MAX_RETIRE: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Reconnect backoff of kept-up links: first delay and cap.
+pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
+
+/// One tunnel connection to a peer site.
+#[derive(Clone)]
+pub enum Link {
+    /// A QUIC connection.
+    Quic(quinn::Connection),
+    /// A yamux session over TCP+TLS; `closed` fires when the session ends.
+    Mux {
+        /// Opens streams.
+        mux: mux::Mux,
+        /// Cancelled when the session is gone.
+        closed: CancellationToken,
+        /// When the certificate the peer authenticated with expires, if it could be read.
+        peer_not_after: Option<SystemTime>,
+    },
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Link({})", self.transport())
+    }
+}
+
+impl Link {
+    /// `quic` or `tcp`.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Link::Quic(_) => "quic",
+            Link::Mux { .. } => "tcp",
+        }
+    }
+
+    /// When the peer's certificate, as presented in the handshake, expires.
+    fn peer_not_after(&self) -> Option<SystemTime> {
+        match self {
+            Link::Quic(c) => c
+                .peer_identity()?
+                .downcast::<Vec<CertificateDer<'static>>>()
+                .ok()
+                .and_then(|certs| not_after(certs.first()?)),
+            Link::Mux { peer_not_after, .. } => *peer_not_after,
+        }
+    }
+
+    /// Closes the link and every stream on it.
+    fn close(&self, code: u32, reason: &'static str) {
+        match self {
+            Link::Quic(c) => c.close(quinn::VarInt::from_u32(code), reason.as_bytes()),
+            Link::Mux { closed, .. } => closed.cancel(),
+        }
+    }
+
+    pub(super) fn is_alive(&self) -> bool {
+        match self {
+            Link::Quic(c) => c.close_reason().is_none(),
+            Link::Mux { closed, .. } => !closed.is_cancelled(),
+        }
+    }
+
+    async fn open(&self) -> std::io::Result<TunnelStream> {
+        match self {
+            Link::Quic(c) => {
+                let (s, r) = c.open_bi().await.map_err(std::io::Error::other)?;
+                Ok(TunnelStream::Quic(s, r))
+            }
+            Link::Mux { mux, .. } => {
+                let (r, w) = mux.open()?;
+                Ok(TunnelStream::Mux(r, w))
+            }
+        }
+    }
+
+    async fn closed(&self) {
+        match self {
+            Link::Quic(c) => {
+                c.closed().await;
+            }
+            Link::Mux { closed, .. } => closed.cancelled().await,
+        }
+    }
+}
+
+/// Why a stream could not be opened to a site.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The site is unknown, or is outbound-only and has no link to us.
+    #[error("no route to {0}")]
+    NoRoute(GatewayId),
+    /// Every dial failed.
+    #[error("cannot reach {0}: {1}")]
+    Dial(GatewayId, String),
+    /// The link failed while opening the stream.
+    #[error("opening a stream to {0} failed: {1}")]
+    Stream(GatewayId, std::io::Error),
+}
+
+/// Per peer: one dial at a time, and the end and error of the last failed one, which callers
+/// that queued behind it take as their own rather than dialling again.
+pub(super) type DialLock = Arc<tokio::sync::Mutex<Option<(Instant, String)>>>;
+
+/// A registered link: new streams use it until `retire_at`.
+#[derive(Debug, Clone)]
+pub(super) struct LinkEntry {
+    id: u64,
+    link: Link,
+    retire_at: Instant,
+    /// This side dialled it.
+    outbound: bool,
+}
+
+/// How long an inbound tunnel link from a site not (yet) in the view waits for the site's
+/// `Gateway` record before it is refused: a site that has just started publishes it within a
+/// sync round trip.
+pub const PUBLISH_WAIT: Duration = Duration::from_secs(5);
+
+/// A link the same side dials again while this side still holds one it dialled earlier,
+/// retiring no sooner than this, is superseded at once ([`Tunnels::register`]). A link that
+/// retires sooner may be the one the dialler replaces on its own schedule (its age can
+/// differ by the time a handshake takes), and keeps its streams.
+const SUPERSEDE_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long a link authenticated by a certificate valid until `peer_not_after` takes new
+/// streams: `max` (half the leaf lifetime, or `tunnel.max_link_ms`), or half the certificate's
+/// remaining validity at `now` if that is shorter. The link is closed, with whatever streams it
+/// still carries, at twice this age: never after the certificate expires, so no link outlives
+/// the certificate that authenticated it (docs/DESIGN.md section 4), and a proxied connection
+/// started just before the link retired still has the same time again to finish.
+pub fn link_age(max: Duration, now: SystemTime, peer_not_after: Option<SystemTime>) -> Duration {
+    match peer_not_after {
+        Some(t) => max.min(t.duration_since(now).unwrap_or_default() / 2),
+        None => max,
+    }
+}
+
+/// The `notAfter` of a DER certificate; `None` if it does not parse.
+fn not_after(cert: &[u8]) -> Option<SystemTime> {
+    fedgw_certs::pki::not_after(cert).ok()
+}
+
+/// One live link, as `fedgw status` shows it.
+#[derive(Debug, Clone)]
+pub struct LinkStatus {
+    /// The peer site.
+    pub peer: GatewayId,
+    /// The link's number at this gateway, new for every connection.
+    pub id: u64,
+    /// Past its [`link_age`]: carrying the streams it has, none new.
+    pub retired: bool,
+    /// `"quic"` or `"tcp"`.
+    pub transport: &'static str,
+    /// QUIC path statistics (smoothed RTT, path MTU in UDP payload bytes, packets lost);
+    /// `None` for TCP links.
+    pub quic: Option<quinn::PathStats>,
+}
+
+/// A peer gateway as the view announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerGateway {
+    /// `org/site`.
+    pub id: GatewayId,
+    /// Its advertised endpoints.
+    pub advertise: Vec<String>,
+    /// It accepts no connections.
+    pub outbound_only: bool,
+}
+
+impl Tunnels {
+    /// Number of live tunnel links.
+    pub fn link_count(&self) -> usize {
+        self.0
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|e| e.link.is_alive())
+            .count()
+    }
+
+    /// Every live link, sorted by peer.
+    pub fn links(&self) -> Vec<LinkStatus> {
+        let links = self.0.links.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = links
+            .iter()
+            .filter(|(_, e)| e.link.is_alive())
+            .map(|(peer, e)| LinkStatus {
+                peer: peer.clone(),
+                id: e.id,
+                retired: Instant::now() >= e.retire_at,
+                transport: e.link.transport(),
+                quic: match &e.link {
+                    Link::Quic(c) => Some(c.stats().path),
+                    Link::Mux { .. } => None,
+                },
+            })
+            .collect();
+        out.sort_by(|a, b| a.peer.cmp(&b.peer));
+        out
+    }
+
+    /// The live link to `peer`, if any, and its transport.
+    pub fn link_transport(&self, peer: &GatewayId) -> Option<&'static str> {
+        self.live_link(peer).map(|e| e.link.transport())
+    }
+
+    fn peer_gateway(&self, peer: &GatewayId) -> Option<PeerGateway> {
+        self.0.membership.read(|v| {
+            v.gateways()
+                .into_iter()
+                .find(|(o, s, _)| *o == peer.org && *s == peer.site)
+                .map(|(org, site, g)| PeerGateway {
+                    id: GatewayId { org, site },
+                    advertise: g.advertise,
+                    outbound_only: g.outbound_only,
+                })
+        })
+    }
+
+    /// The link new streams to `peer` use: alive and not retired.
+    fn live_link(&self, peer: &GatewayId) -> Option<LinkEntry> {
+        self.registered_link(peer, false)
+    }
+
+    /// The registered link to `peer` if it is alive; a retired one only with `retired_too`.
+    fn registered_link(&self, peer: &GatewayId, retired_too: bool) -> Option<LinkEntry> {
+        self.0
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .filter(|e| e.link.is_alive() && (retired_too || Instant::now() < e.retire_at))
+            .cloned()
+    }
+
+    /// Opens a stream to `peer`, over its live link or a new one.
+    pub async fn open(&self, peer: &GatewayId) -> Result<TunnelStream, OpenError> {
+        self.open_stream(peer).await.map(|(s, _)| s)
+    }
+
+    /// [`Tunnels::open`], and the link the stream runs on.
+    pub(super) async fn open_stream(
+        &self,
+        peer: &GatewayId,
+    ) -> Result<(TunnelStream, Link), OpenError> {
+        for attempt in 0..2 {
+            let LinkEntry { id, link, .. } = match self.live_link(peer) {
+                Some(l) => l,
+                // boxed: a dial's state is large, and every proxied connection's task would
+                // carry room for it
+                None => match Box::pin(self.dial(peer)).await {
+                    Ok(entry) => entry,
+                    // a site this side cannot dial (outbound-only) replaces a retired link
+                    // itself, on its own schedule; until then the old link still serves
+                    Err(e) => self.registered_link(peer, true).ok_or(e)?,
+                },
+            };
+            match link.open().await {
+                Ok(s) => return Ok((s, link)),
+                Err(e) if attempt == 0 => {
+                    debug!(%peer, error = %e, "stream open failed; redialling");
+                    self.drop_link(peer, id);
+                }
+                Err(e) => return Err(OpenError::Stream(peer.clone(), e)),
+            }
+        }
+        Err(OpenError::NoRoute(peer.clone()))
+    }
+
+    fn drop_link(&self, peer: &GatewayId, id: u64) {
+        let mut links = self.0.links.lock().unwrap_or_else(|e| e.into_inner());
+        if links.get(peer).is_some_and(|e| e.id == id) {
+            links.remove(peer);
+        }
+    }
+
+    /// Dials `peer` (one dial at a time per peer) and registers the link. A caller that
+    /// queued behind a dial that failed gets that dial's error without dialling again, so a
+    /// burst of connections held for a down site costs one dial per attempt, not one each.
+    async fn dial(&self, peer: &GatewayId) -> Result<LinkEntry, OpenError> {
+        let lock = self
+            .0
+            .dial_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(peer.clone())
+            .or_default()
+            .clone();
+        let asked = Instant::now();
+        let mut last_failure = lock.lock().await;
+        if let Some(l) = self.live_link(peer) {
+            return Ok(l);
+        }
+        if let Some((at, error)) = &*last_failure
+            && *at > asked
+        {
+            return Err(OpenError::Dial(peer.clone(), error.clone()));
+        }
+        let gw = self
+            .peer_gateway(peer)
+            .filter(|g| {
+                !g.outbound_only && !self.0.membership.revocation().set().contains(&g.id.org)
+            })
+            .ok_or_else(|| OpenError::NoRoute(peer.clone()))?;
+        let mut errors = vec![];
+        for endpoint in &gw.advertise {
+            match self.dial_endpoint(peer, endpoint).await {
+                Ok(link) => {
+                    *last_failure = None;
+                    return Ok(self.register(peer.clone(), link, "outbound"));
+                }
+                Err(e) => errors.push(format!("{endpoint}: {e}")),
+            }
+        }
+        let error = errors.join("; ");
+        *last_failure = Some((Instant::now(), error.clone()));
+        Err(OpenError::Dial(peer.clone(), error))
+    }
+
+    async fn dial_endpoint(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, String> {
+        let use_quic = match self.0.config.transport {
+            Transport::Tcp => false,
+            Transport::Quic => true,
+            Transport::Auto => {
+                let failed = self.0.quic_failed.lock().unwrap_or_else(|e| e.into_inner());
+                failed
+                    .get(peer)
+                    .is_none_or(|t| t.elapsed() >= AUTO_QUIC_RETRY_AFTER)
+            }
+        };
+        if !(use_quic && self.0.quic.is_some()) {
+            return self.dial_tcp(peer, endpoint).await;
+        }
+        let timeout = match self.0.config.transport {
+            Transport::Auto => AUTO_QUIC_TIMEOUT,
+            _ => DIAL_TIMEOUT,
+        };
+        match tokio::time::timeout(timeout, self.dial_quic(peer, endpoint)).await {
+            Ok(Ok(link)) => return Ok(link),
+            Ok(Err(e)) if self.0.config.transport == Transport::Quic => return Err(e),
+            Err(_) if self.0.config.transport == Transport::Quic => {
+                return Err("QUIC handshake timed out".into());
+            }
+            Ok(Err(e)) => debug!(%peer, error = %e, "QUIC dial failed; trying TCP+TLS"),
+            Err(_) => debug!(%peer, "QUIC dial timed out; trying TCP+TLS"),
+        }
+        let link = self.dial_tcp(peer, endpoint).await?;
+        // only now is UDP the problem: when TCP+TLS fails too, the peer is down (restarting),
+        // and its next link should be QUIC again
+        self.0
+            .quic_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer.clone(), Instant::now());
+        Ok(link)
+    }
+
+    async fn dial_quic(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, String> {
+        let quic = self.0.quic.as_ref().ok_or("no QUIC endpoint")?;
+        // the peer proves the identity the view expects, whatever name or address it is at
+        let name = peer.server_name(&self.0.domain);
+        let name = name.as_str();
+        let addrs = crate::net::resolve(endpoint)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut last = String::from("no address");
+        for addr in addrs {
+            let connecting = match quic.connect_with(self.0.quic_client.clone(), addr, name) {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            match connecting.await {
+                Ok(conn) => {
+                    let id = self.identity_of(conn.peer_identity());
+                    if id.as_ref() != Some(peer) {
+                        conn.close(quinn::VarInt::from_u32(1), b"unexpected peer");
+                        return Err(format!("{endpoint} is not {peer}"));
+                    }
+                    return Ok(Link::Quic(conn));
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
+
+    async fn dial_tcp(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, String> {
+        let name = crate::net::dns_server_name(&peer.server_name(&self.0.domain))
+            .map_err(|e| e.to_string())?;
+        let tls = crate::net::dial_tls_as(endpoint, name, self.0.tls_client.clone(), DIAL_TIMEOUT)
+            .await
+            .map_err(|e| format!("{e}: {}", crate::net::error_chain(&e)))?;
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec());
+        let peer_not_after = leaf.as_deref().and_then(not_after);
+        let id = leaf.and_then(|l| {
+            fedgw_certs::peer_identity(&l, &self.0.domain)
+                .ok()
+                .and_then(|p| GatewayId::from_identity(&p, &self.0.domain))
+        });
+        if id.as_ref() != Some(peer) {
+            return Err(format!("{endpoint} is not {peer}"));
+        }
+        let (tcp, tls) = tls.into_inner();
+        let (mux, driver) =
+            mux::session(tcp, tls.into(), mux::Role::Client, &self.mux_config(), None);
+        Ok(self.run_mux(peer.clone(), mux, driver, peer_not_after))
+    }
+
+    /// Session settings of TCP+TLS links: streams bounded by `max_connections`, the tunnel
+    /// keep-alive and idle timeout.
+    fn mux_config(&self) -> mux::Config {
+        mux::Config {
+            max_streams: self.0.config.max_connections,
+            keep_alive: KEEP_ALIVE,
+            idle_timeout: IDLE_TIMEOUT,
+            congestion: self.0.config.congestion,
+        }
+    }
+
+    /// The gateway an inbound link speaks for, if it may carry tunnels: another site than this
+    /// one, and one its org has published (a `Gateway` record in the view), waiting up to
+    /// [`PUBLISH_WAIT`] for the record of a site that has just started. The certificate
+    /// verifier already required a gateway leaf; this refuses a site that does not exist.
+    async fn inbound_peer(&self, id: Option<GatewayId>) -> Option<GatewayId> {
+        let id = id?;
+        if id == self.0.me {
+            return None;
+        }
+        let mut changed = self.0.membership.subscribe();
+        let published = async {
+            loop {
+                if self.peer_gateway(&id).is_some() {
+                    return true;
+                }
+                if changed.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        if let Ok(true) = tokio::time::timeout(PUBLISH_WAIT, published).await {
+            return Some(id);
+        }
+        debug!(peer = %id, "tunnel from a site its org has not published refused");
+        None
+    }
+
+    fn identity_of(&self, any: Option<Box<dyn std::any::Any>>) -> Option<GatewayId> {
+        let certs = any?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+        let id: PeerIdentity = fedgw_certs::peer_identity(certs.first()?, &self.0.domain).ok()?;
+        GatewayId::from_identity(&id, &self.0.domain)
+    }
+
+    /// Registers a link and starts serving the streams its peer opens. New streams use it for
+    /// [`link_age`] (of the earlier-expiring of the two certificates, so both ends agree); it
+    /// is closed at twice that age, or, when the peer is a site this side cannot dial, when the
+    /// peer's certificate expires (new streams keep using it after its age until the peer
+    /// replaces it).
+    ///
+    /// A link dialled by the same side as an older one this side still holds (and would not
+    /// retire within [`SUPERSEDE_MARGIN`]) supersedes it: the dialler does not dial while it
+    /// has a usable link, so it restarted or lost the old one, which is closed at once with its
+    /// streams rather than left to its idle timeout.
+    fn register(&self, peer: GatewayId, link: Link, direction: &'static str) -> LinkEntry {
+        let id = self.0.next_link.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now();
+        let peer_not_after = link.peer_not_after();
+        let own_not_after = self
+            .0
+            .identity
+            .current()
+            .cert
+            .first()
+            .and_then(|c| not_after(c));
+        let earlier = match (peer_not_after, own_not_after) {
+            (Some(p), Some(o)) => Some(p.min(o)),
+            (p, o) => p.or(o),
+        };
+        let age = link_age(self.0.max_link_age, now, earlier);
+        // a site this side cannot dial (outbound-only) replaces its links on its own schedule,
+        // so its link is kept, retired or not, until its certificate expires
+        let dialable = self.peer_gateway(&peer).is_some_and(|g| !g.outbound_only);
+        let end_of_life = match peer_not_after {
+            Some(t) if !dialable => t.duration_since(now).unwrap_or_default(),
+            _ => age.saturating_mul(2),
+        };
+        let outbound = direction == "outbound";
+        let entry = LinkEntry {
+            id,
+            link: link.clone(),
+            retire_at: Instant::now() + age.min(MAX_RETIRE),
+            outbound,
+        };
+        let superseded: Vec<LinkEntry> = {
+            let mut all = self.0.all_links.lock().unwrap_or_else(|e| e.into_inner());
+            let keep_until = Instant::now() + SUPERSEDE_MARGIN;
+            let older = all
+                .values()
+                .filter(|(p, e)| *p == peer && e.outbound == outbound && e.retire_at > keep_until)
+                .map(|(_, e)| e.clone())
+                .collect();
+            all.insert(id, (peer.clone(), entry.clone()));
+            older
+        };
+        let replaced = self
+            .0
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer.clone(), entry.clone());
+        info!(%peer, transport = link.transport(), direction, new_streams_for = ?age, "tunnel up");
+        self.0.metrics.tunnel_link(link.transport(), 1);
+        for old in &superseded {
+            info!(%peer, transport = old.link.transport(), link = old.id, "tunnel superseded by a new link from the same dialler; closing it");
+            old.link.close(4, "superseded");
+        }
+        if let Some(old) = replaced
+            && old.link.is_alive()
+            && !superseded.iter().any(|s| s.id == old.id)
+        {
+            // both sides dialled at once, or the old link retired: it keeps its streams until
+            // they end or it reaches its own end of life
+            debug!(%peer, "a second link to the same site; new streams use the newer one");
+        }
+        self.0.link_up.send_modify(|n| *n += 1);
+        let this = self.clone();
+        let revoked = self.0.membership.revocation().token(&peer.org);
+        self.0.tracker.spawn(async move {
+            let end_of_life = tokio::time::sleep(end_of_life);
+            let serve = async {
+                match &link {
+                    Link::Quic(conn) => this.serve_quic(&peer, conn, revoked).await,
+                    Link::Mux { closed, .. } => {
+                        tokio::select! {
+                            () = closed.cancelled() => {}
+                            () = revoked.cancelled() => closed.cancel(),
+                            () = this.0.shutdown.cancelled() => closed.cancel(),
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                () = serve => {}
+                () = end_of_life => {
+                    info!(%peer, transport = link.transport(), "tunnel reached its maximum age; closing it");
+                    link.close(3, "maximum age");
+                }
+            }
+            this.0.metrics.tunnel_link(link.transport(), -1);
+            this.0
+                .all_links
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            let mut links = this.0.links.lock().unwrap_or_else(|e| e.into_inner());
+            if links.get(&peer).is_some_and(|e| e.id == id) {
+                links.remove(&peer);
+            }
+            info!(%peer, transport = link.transport(), "tunnel down");
+        });
+        entry
+    }
+
+    async fn serve_quic(
+        &self,
+        peer: &GatewayId,
+        conn: &quinn::Connection,
+        revoked: CancellationToken,
+    ) {
+        let mut path = tokio::time::interval(Duration::from_secs(1));
+        let mut lost = 0;
+        loop {
+            tokio::select! {
+                s = conn.accept_bi() => match s {
+                    Ok((send, recv)) => self.spawn_far(peer.org.clone(), TunnelStream::Quic(send, recv)),
+                    Err(e) => {
+                        debug!(%peer, error = %e, "QUIC link closed");
+                        return;
+                    }
+                },
+                _ = path.tick() => {
+                    let stats = conn.stats().path;
+                    self.0.metrics.tunnel_quic_path(
+                        peer,
+                        stats.rtt,
+                        stats.current_mtu,
+                        stats.lost_packets.saturating_sub(lost),
+                    );
+                    lost = stats.lost_packets;
+                }
+                () = revoked.cancelled() => {
+                    conn.close(quinn::VarInt::from_u32(2), b"revoked");
+                    return;
+                }
+                () = self.0.shutdown.cancelled() => {
+                    conn.close(quinn::VarInt::from_u32(0), b"shutdown");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Drives a yamux session in a task: inbound streams go to the far end; the returned link
+    /// opens outbound ones.
+    fn run_mux(
+        &self,
+        peer: GatewayId,
+        mux: mux::Mux,
+        mut driver: mux::Driver,
+        peer_not_after: Option<SystemTime>,
+    ) -> Link {
+        let closed = CancellationToken::new();
+        let this = self.clone();
+        let done = closed.clone();
+        self.0.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    s = driver.accept() => match s {
+                        Ok((r, w)) => this.spawn_far(peer.org.clone(), TunnelStream::Mux(r, w)),
+                        Err(e) => {
+                            debug!(%peer, error = %e, "yamux session ended");
+                            break;
+                        }
+                    },
+                    () = done.cancelled() => break,
+                }
+            }
+            done.cancel();
+        });
+        Link::Mux {
+            mux,
+            closed,
+            peer_not_after,
+        }
+    }
+
+    pub(super) async fn accept_quic(self, endpoint: quinn::Endpoint) {
+        loop {
+            let incoming = tokio::select! {
+                i = endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => return,
+                },
+                () = self.0.shutdown.cancelled() => {
+                    endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+                    return;
+                }
+            };
+            let this = self.clone();
+            self.0.tracker.spawn(async move {
+                let conn = match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "QUIC handshake failed");
+                        this.0.metrics.handshake("tunnel-quic", "failed");
+                        return;
+                    }
+                    Err(_) => {
+                        this.0.metrics.handshake("tunnel-quic", "timeout");
+                        return;
+                    }
+                };
+                this.0.metrics.handshake("tunnel-quic", "ok");
+                match this
+                    .inbound_peer(this.identity_of(conn.peer_identity()))
+                    .await
+                {
+                    Some(peer) => {
+                        this.register(peer, Link::Quic(conn), "inbound");
+                    }
+                    None => conn.close(quinn::VarInt::from_u32(1), b"no gateway identity"),
+                }
+            });
+        }
+    }
+
+    pub(super) async fn accept_tcp(self, mut conns: tokio::sync::mpsc::Receiver<TlsConn>) {
+        loop {
+            let conn = tokio::select! {
+                c = conns.recv() => match c {
+                    Some(c) => c,
+                    None => return,
+                },
+                () = self.0.shutdown.cancelled() => return,
+            };
+            let id = conn
+                .info()
+                .peer
+                .as_ref()
+                .and_then(|p| GatewayId::from_identity(p, &self.0.domain));
+            let this = self.clone();
+            self.0.tracker.spawn(async move {
+                let peer = tokio::select! {
+                    p = this.inbound_peer(id) => p,
+                    () = this.0.shutdown.cancelled() => return,
+                };
+                let Some(peer) = peer else {
+                    debug!("tunnel connection without a published gateway identity dropped");
+                    return;
+                };
+                let (tcp, tls, end) = conn.into_parts();
+                let peer_not_after = tls
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| not_after(c));
+                let (mux, driver) =
+                    mux::session(tcp, tls.into(), mux::Role::Server, &this.mux_config(), end);
+                let link = this.run_mux(peer.clone(), mux, driver, peer_not_after);
+                this.register(peer, link, "inbound");
+            });
+        }
+    }
+
+    /// Keeps a link up to every gateway this side is responsible for: an outbound-only site
+    /// keeps links to every site that accepts connections; otherwise the side with the lower
+    /// `org/site` keeps the link (the other one dials on demand only).
+    pub(super) fn keep_links(&self, gateways: Vec<PeerGateway>) {
+        let want: BTreeMap<GatewayId, PeerGateway> = gateways
+            .into_iter()
+            .filter(|g| g.id != self.0.me && !g.outbound_only)
+            .filter(|g| self.0.outbound_only || self.0.me.to_string() < g.id.to_string())
+            .map(|g| (g.id.clone(), g))
+            .collect();
+        let mut keepers = self.0.keepers.lock().unwrap_or_else(|e| e.into_inner());
+        keepers.retain(|id, token| {
+            let keep = want.contains_key(id);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for id in want.into_keys() {
+            if keepers.contains_key(&id) {
+                continue;
+            }
+            let token = self.0.shutdown.child_token();
+            keepers.insert(id.clone(), token.clone());
+            let this = self.clone();
+            self.0
+                .tracker
+                .spawn(async move { this.keep(id, token).await });
+        }
+    }
+
+    async fn keep(&self, peer: GatewayId, stop: CancellationToken) {
+        let mut delay = BACKOFF.0;
+        loop {
+            if self.0.membership.revocation().set().contains(&peer.org) {
+                return;
+            }
+            let link = tokio::select! {
+                l = self.dial(&peer) => l,
+                () = stop.cancelled() => return,
+            };
+            match link {
+                Ok(entry) => {
+                    delay = BACKOFF.0;
+                    tokio::select! {
+                        () = entry.link.closed() => {}
+                        // a retired link keeps its streams; new ones need a new link now
+                        () = tokio::time::sleep_until(entry.retire_at.into()) => continue,
+                        () = stop.cancelled() => return,
+                    }
+                }
+                Err(e) => {
+                    debug!(%peer, error = %e, "keeping a tunnel up: dial failed");
+                    delay = (delay * 2).min(BACKOFF.1);
+                }
+            }
+            let jitter = rand::random_range(0.75..1.25);
+            tokio::select! {
+                () = tokio::time::sleep(delay.mul_f64(jitter)) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_takes_new_streams_for_the_shorter_of_its_maximum_and_half_the_peer_certificate() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let hour = Duration::from_secs(3600);
+        // no certificate date: the configured maximum
+        assert_eq!(link_age(12 * hour, now, None), 12 * hour);
+        // a fresh 24 h leaf: the maximum (half the leaf lifetime) is the shorter
+        assert_eq!(link_age(12 * hour, now, Some(now + 24 * hour)), 12 * hour);
+        // a leaf with 10 h left: 5 h, so the link closes (at twice that) when the leaf expires
+        assert_eq!(link_age(12 * hour, now, Some(now + 10 * hour)), 5 * hour);
+        // an expired leaf: retired and closed at once
+        assert_eq!(link_age(12 * hour, now, Some(now - hour)), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_peer_certificate_expiry_is_read_from_its_der() {
+        let now = SystemTime::now();
+        let root = fedgw_certs::pki::CertificateAuthority::new_root("acme", "acme.test", now)
+            .expect("root");
+        let leaf = root
+            .issue_node_leaf(
+                &["n1.acme.test".to_owned()],
+                "acme",
+                "test",
+                Duration::from_secs(600),
+                now,
+            )
+            .expect("leaf");
+        let read = not_after(&leaf.chain[0]).expect("notAfter");
+        let off = read
+            .duration_since(leaf.not_after)
+            .unwrap_or_else(|e| e.duration());
+        assert!(
+            off < Duration::from_secs(1),
+            "{read:?} vs {:?}",
+            leaf.not_after
+        );
+        assert_eq!(not_after(b"not a certificate"), None);
+    }
+}
