@@ -30,11 +30,9 @@ pub mod near;
 pub mod quic;
 pub mod splice;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use fedgw_certs::PeerVerifier;
 use fedgw_certs::tls::ReloadableIdentity;
@@ -46,13 +44,15 @@ use tokio_util::task::TaskTracker;
 use crate::listener::TlsConn;
 use crate::membership::{GatewayId, Membership};
 use crate::metrics::Metrics;
-use far::{DialPolicy, Grant, GrantKey, Targets};
+use far::{DialPolicy, Far, FarSetup, Targets};
 use header::Answer;
 pub use links::{
-    AUTO_QUIC_RETRY_AFTER, AUTO_QUIC_TIMEOUT, BACKOFF, DIAL_TIMEOUT, IDLE_TIMEOUT, KEEP_ALIVE,
-    Link, LinkStatus, OpenError, PUBLISH_WAIT, PeerGateway, Transport, link_age,
+    AUTO_QUIC_RETRY_AFTER, AUTO_QUIC_TIMEOUT, BACKOFF, DIAL_TIMEOUT, DialError, IDLE_TIMEOUT,
+    KEEP_ALIVE, Link, LinkStatus, OpenError, PUBLISH_WAIT, PeerGateway, Transport, link_age,
 };
-use links::{DialLock, LinkEntry};
+use links::{LinkSetup, Links};
+use near::{Near, NearSetup};
+use splice::TunnelStream;
 
 /// `[tunnel]` in `fedgw.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,47 +164,14 @@ pub struct TunnelTls {
     pub verifier: Arc<PeerVerifier>,
 }
 
-/// The data plane of one gateway. Clones share state.
+/// The data plane of one gateway: a handle on its links ([`links`]), near end ([`near`]) and
+/// far end ([`far`]), which it sets up, starts and updates; it owns no logic of its own.
+/// Clones share state.
 #[derive(Clone, Debug)]
-pub struct Tunnels(Arc<Inner>);
-
-#[derive(Debug)]
-struct Inner {
-    me: GatewayId,
-    domain: String,
-    outbound_only: bool,
-    config: TunnelConfig,
-    membership: Membership,
-    metrics: Metrics,
-    quic: Option<quinn::Endpoint>,
-    quic_client: quinn::ClientConfig,
-    tls_client: Arc<rustls::ClientConfig>,
-    links: Mutex<HashMap<GatewayId, LinkEntry>>,
-    /// Every live link by its number, the one in `links` and older ones still carrying
-    /// streams, for [`Tunnels::register`] to find the links a new one supersedes.
-    all_links: Mutex<HashMap<u64, (GatewayId, LinkEntry)>>,
-    /// Counts registered links: connections held for a link wake up on a change.
-    link_up: tokio::sync::watch::Sender<u64>,
-    /// This gateway's identity, whose certificate bounds a link's age as the peer's does.
-    identity: ReloadableIdentity,
-    max_link_age: Duration,
-    next_link: AtomicU64,
-    dial_locks: Mutex<HashMap<GatewayId, DialLock>>,
-    quic_failed: Mutex<HashMap<GatewayId, Instant>>,
-    keepers: Mutex<HashMap<GatewayId, CancellationToken>>,
-    targets: RwLock<Arc<Targets>>,
-    /// Every authorisation the far end granted (caller org, node, port name → the address
-    /// it allowed), with a token that [`Tunnels::update`] cancels once the targets withdraw
-    /// it: the node is gone, its port moved, or its access policy leaves the caller out. The
-    /// lock is taken after `targets`'.
-    grants: Mutex<HashMap<GrantKey, Grant>>,
-    policy: RwLock<Arc<DialPolicy>>,
-    connections: Arc<Semaphore>,
-    /// Per caller org, its share of `connections` ([`TunnelConfig::max_connections_per_org`]).
-    org_connections: Mutex<HashMap<String, Arc<Semaphore>>>,
-    listeners: near::Listeners,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
+pub struct Tunnels {
+    links: Links,
+    near: Near,
+    far: Far,
 }
 
 /// What [`Tunnels::new`] needs.
@@ -272,98 +239,119 @@ impl Tunnels {
             None => None,
         };
         let config = setup.config;
-        let listeners = near::Listeners::new(setup.aliases);
-        Ok(Tunnels(Arc::new(Inner {
-            me: setup.me,
-            domain: setup.domain,
-            outbound_only: setup.outbound_only,
-            connections: Arc::new(Semaphore::new(config.max_connections)),
-            org_connections: Mutex::new(HashMap::new()),
-            policy: RwLock::new(Arc::new(DialPolicy {
-                own: setup.own,
-                allow_loopback: config.allow_loopback_targets,
-                local: Default::default(),
-            })),
-            config,
+        // one pool for both ends: `max_connections` bounds every proxied connection
+        let connections = Arc::new(Semaphore::new(config.max_connections));
+        let far = Far::new(
+            FarSetup {
+                connections: connections.clone(),
+                per_org: config
+                    .max_connections_per_org
+                    .unwrap_or(config.max_connections / 2)
+                    .max(1),
+                policy: DialPolicy {
+                    own: setup.own,
+                    allow_loopback: config.allow_loopback_targets,
+                    local: Default::default(),
+                },
+                priority: config.priority.clone(),
+                stall: config.stall_timeout(),
+            },
+            membership.clone(),
+            metrics.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        );
+        let links = Links::new(
+            LinkSetup {
+                me: setup.me,
+                domain: setup.domain,
+                outbound_only: setup.outbound_only,
+                transport: config.transport,
+                // streams bounded by `max_connections`, the tunnel keep-alive and idle timeout
+                mux: mux::Config {
+                    max_streams: config.max_connections,
+                    keep_alive: KEEP_ALIVE,
+                    idle_timeout: IDLE_TIMEOUT,
+                    congestion: config.congestion,
+                },
+                quic,
+                quic_client,
+                tls_client: Arc::new(client_tls),
+                identity: setup.tls.identity,
+                max_link_age: setup.max_link_age,
+            },
+            Arc::new(far.clone()),
+            membership.clone(),
+            metrics.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        );
+        let near = Near::new(
+            NearSetup {
+                connections,
+                priority: config.priority.clone(),
+                stall: config.stall_timeout(),
+                connect_hold: config.connect_hold(),
+                allowed_sources: config.allowed_sources,
+                aliases: setup.aliases,
+            },
+            links.clone(),
             membership,
             metrics,
-            quic,
-            quic_client,
-            tls_client: Arc::new(client_tls),
-            links: Mutex::new(HashMap::new()),
-            all_links: Mutex::new(HashMap::new()),
-            link_up: tokio::sync::watch::Sender::new(0),
-            identity: setup.tls.identity,
-            max_link_age: setup.max_link_age,
-            next_link: AtomicU64::new(1),
-            dial_locks: Mutex::new(HashMap::new()),
-            quic_failed: Mutex::new(HashMap::new()),
-            keepers: Mutex::new(HashMap::new()),
-            targets: RwLock::new(Arc::new(Targets::default())),
-            grants: Mutex::new(HashMap::new()),
-            listeners,
             tracker,
             shutdown,
-        })))
+        );
+        Ok(Tunnels { links, near, far })
     }
 
     /// Starts accepting QUIC connections and TCP+TLS tunnel connections (`tcp` carries the
     /// connections the gateway port's ALPN dispatch hands over).
     pub fn start(&self, tcp: tokio::sync::mpsc::Receiver<TlsConn>) {
-        if let Some(endpoint) = self.0.quic.clone() {
-            self.0.tracker.spawn(self.clone().accept_quic(endpoint));
-        }
-        self.0.tracker.spawn(self.clone().accept_tcp(tcp));
+        self.links.start(tcp);
     }
 
     /// The bound QUIC address, if the endpoint runs.
     pub fn quic_addr(&self) -> Option<SocketAddr> {
-        self.0.quic.as_ref().and_then(|e| e.local_addr().ok())
+        self.links.quic_addr()
     }
 
     /// Replaces what the far end serves and what the near end listens on, and keeps links up
     /// to the gateways in `gateways` where this side is the keeper. Called on every view change.
     pub fn update(&self, targets: Targets, routes: Vec<near::Route>, gateways: Vec<PeerGateway>) {
-        {
-            let mut current = self.0.targets.write().unwrap_or_else(|e| e.into_inner());
-            // streams whose authorisation the new targets withdraw end now, like a revoked
-            // org's: a far end does not rely on the near end to close them
-            let mut grants = self.0.grants.lock().unwrap_or_else(|e| e.into_inner());
-            grants.retain(|(caller, node, port), grant| {
-                let req = header::Request {
-                    org: targets.org.clone(),
-                    node: node.clone(),
-                    port: port.clone(),
-                };
-                let kept = targets
-                    .authorise(caller, &req)
-                    .is_ok_and(|d| d == grant.dial);
-                if !kept {
-                    grant.withdrawn.cancel();
-                }
-                kept
-            });
-            *current = Arc::new(targets);
-        }
-        // a stream must never be sent into one of this gateway's own listeners
-        {
-            let mut policy = self.0.policy.write().unwrap_or_else(|e| e.into_inner());
-            let mut next = DialPolicy::clone(&policy);
-            next.local = routes.iter().map(|r| r.addr).collect();
-            *policy = Arc::new(next);
-        }
-        self.0.listeners.reconcile(self, routes);
-        self.keep_links(gateways);
+        self.far
+            .update(targets, routes.iter().map(|r| r.addr).collect());
+        self.near.update(routes);
+        self.links.keep_links(gateways);
+    }
+
+    /// Number of live tunnel links.
+    pub fn link_count(&self) -> usize {
+        self.links.link_count()
+    }
+
+    /// Every live link, sorted by peer.
+    pub fn links(&self) -> Vec<LinkStatus> {
+        self.links.links()
+    }
+
+    /// The live link to `peer`, if any, and its transport.
+    pub fn link_transport(&self, peer: &GatewayId) -> Option<&'static str> {
+        self.links.link_transport(peer)
+    }
+
+    /// Opens a stream to `peer`, over its live link or a new one.
+    pub async fn open(&self, peer: &GatewayId) -> Result<TunnelStream, OpenError> {
+        self.links.open(peer).await
     }
 
     /// Whether some local listener could not be bound (retried on the next update).
     pub fn listener_failures(&self) -> bool {
-        self.0.listeners.has_failures()
+        self.near.listener_failures()
     }
 
     /// Local listener addresses, sorted.
     pub fn listening(&self) -> Vec<SocketAddr> {
-        self.0.listeners.addresses()
+        self.near.listening()
     }
 }
 

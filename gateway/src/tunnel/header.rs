@@ -1,6 +1,7 @@
 //! The tunnel stream header: the first bytes of every proxied connection on a tunnel stream,
-//! and the far gateway's one-byte answer. IO-free: the codec works on byte slices, so it can
-//! be fuzzed and reused by every transport.
+//! and the far gateway's one-byte answer. The codec is IO-free: it works on byte slices, so it
+//! can be fuzzed and reused by every transport; [`read_request`] and [`refuse`] are its thin
+//! async edge at the far end, over any byte stream.
 //!
 //! Request (caller → far gateway), [`MAX_REQUEST_LEN`] bytes at most:
 //!
@@ -23,9 +24,7 @@
 //! for an `Accepted` answer before sending more: fedgw sends it with the node's first bytes,
 //! or with the end of the stream if the node sends none. A refusal comes at once.
 
-use tokio::io::{AsyncRead, AsyncReadExt};
-
-use super::splice::TunnelWrite;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The header version this build speaks.
 pub const VERSION: u8 = 1;
@@ -243,10 +242,14 @@ impl Request {
 /// Most bytes a new connection's first read takes to send along with the tunnel header.
 pub const EARLY_READ: usize = 16 * 1024;
 
-/// Writes the answer to a stream the far gateway refuses, then ends it.
-pub async fn refuse(w: &mut TunnelWrite, answer: Answer) {
+/// Writes the answer to a stream the far gateway refuses, then ends it (FIN). A stream that
+/// fails meanwhile is gone already: there is nobody left to tell.
+pub async fn refuse<W>(w: &mut W, answer: Answer)
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
     let _ = w.write_all(&answer.encode()).await;
-    let _ = w.finish().await;
+    let _ = w.shutdown().await;
 }
 
 /// Reads a request header from the start of a stream: returns the request and the connection
@@ -254,11 +257,10 @@ pub async fn refuse(w: &mut TunnelWrite, answer: Answer) {
 /// to refuse with. The buffer is not zeroed first, and the bytes come back in a buffer of
 /// their own size, so a burst of new streams waiting on their dials does not hold (and touch)
 /// a header buffer of 20 KiB each.
-pub async fn read_request<R>(r: &mut R) -> Result<(super::header::Request, Vec<u8>), Answer>
+pub async fn read_request<R>(r: &mut R) -> Result<(Request, Vec<u8>), Answer>
 where
     R: AsyncRead + Unpin + ?Sized,
 {
-    use super::header::{Decoded, MAX_REQUEST_LEN, Request};
     use bytes::BufMut as _;
     let room = MAX_REQUEST_LEN + EARLY_READ;
     let mut buf = Vec::with_capacity(room);
@@ -372,7 +374,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_comes_back_with_its_early_bytes_in_a_buffer_of_their_size() {
-        let req = super::super::header::Request::new("org1", "node1", "p2p").expect("request");
+        let req = Request::new("org1", "node1", "p2p").expect("request");
         let mut stream = req.encode();
         stream.extend_from_slice(b"hello");
         let (got, early) = read_request(&mut &stream[..]).await.expect("a request");

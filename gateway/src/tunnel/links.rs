@@ -1,20 +1,34 @@
-//! Tunnel links: one connection per pair of sites, dialled, kept up, registered and accepted.
+//! Tunnel links: one connection ([`Link`]) per pair of sites, the pool of them ([`Links`]),
+//! and the tasks that dial, keep up, accept and register them.
+//!
+//! A link opened by either side carries streams both ways. [`Links::open`] gives the near end
+//! a stream over the live link to a site, dialling one (one dial at a time per peer) when there
+//! is none; the streams a peer opens go to the far end through [`Inbound`], which serves each
+//! in a task of its own. The lower `org/site` keeps a link up (an outbound-only site keeps
+//! links to every site that accepts connections); the other side dials on demand.
+//!
+//! Age: a link takes new streams for [`link_age`] and is closed at twice that, never after the
+//! certificate that authenticated it expires; a link the same side dials again supersedes the
+//! older one at once.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use fedgw_certs::PeerIdentity;
+use fedgw_certs::tls::ReloadableIdentity;
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use super::mux;
 use super::splice::TunnelStream;
-use super::{Tunnels, mux};
 use crate::listener::TlsConn;
-use crate::membership::GatewayId;
+use crate::membership::{GatewayId, Membership};
+use crate::metrics::Metrics;
 
 /// Which transport tunnels use (`[tunnel] transport`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -45,6 +59,75 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_RETIRE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Reconnect backoff of kept-up links: first delay and cap.
 pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
+
+/// Where the streams a link's peer opens go: the far end ([`super::far::Far`]). `serve` must
+/// not wait: it hands the stream to a task of its own, so one stream never holds up the
+/// link's next.
+pub trait Inbound: Send + Sync + std::fmt::Debug {
+    /// Serves one stream that a gateway of `caller_org` opened (its verified certificate's
+    /// org).
+    fn serve(&self, caller_org: String, stream: TunnelStream);
+}
+
+/// What [`Links::new`] needs: this gateway, its transports and TLS clients.
+#[derive(Debug)]
+pub struct LinkSetup {
+    /// This gateway.
+    pub me: GatewayId,
+    /// The consortium domain, which peer certificates and server names are under.
+    pub domain: String,
+    /// This site accepts no inbound connections: it keeps links to every site that does.
+    pub outbound_only: bool,
+    /// `tunnel.transport`.
+    pub transport: Transport,
+    /// Session settings of TCP+TLS links.
+    pub mux: mux::Config,
+    /// The QUIC endpoint, if it runs (it serves inbound handshakes unless outbound-only).
+    pub quic: Option<quinn::Endpoint>,
+    /// Client settings of outbound QUIC links.
+    pub quic_client: quinn::ClientConfig,
+    /// Client settings of outbound TCP+TLS links.
+    pub tls_client: Arc<rustls::ClientConfig>,
+    /// This gateway's identity, whose certificate bounds a link's age as the peer's does.
+    pub identity: ReloadableIdentity,
+    /// Longest time a link takes new streams ([`crate::config::Config::max_link_age`]).
+    pub max_link_age: Duration,
+}
+
+/// The tunnel links of one gateway, by peer site. Clones share them.
+#[derive(Clone, Debug)]
+pub struct Links(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    me: GatewayId,
+    domain: String,
+    outbound_only: bool,
+    transport: Transport,
+    mux: mux::Config,
+    membership: Membership,
+    metrics: Metrics,
+    quic: Option<quinn::Endpoint>,
+    quic_client: quinn::ClientConfig,
+    tls_client: Arc<rustls::ClientConfig>,
+    links: Mutex<HashMap<GatewayId, LinkEntry>>,
+    /// Every live link by its number, the one in `links` and older ones still carrying
+    /// streams, for [`Links::register`] to find the links a new one supersedes.
+    all_links: Mutex<HashMap<u64, (GatewayId, LinkEntry)>>,
+    /// Counts registered links: connections held for a link wake up on a change.
+    link_up: tokio::sync::watch::Sender<u64>,
+    /// This gateway's identity, whose certificate bounds a link's age as the peer's does.
+    identity: ReloadableIdentity,
+    max_link_age: Duration,
+    next_link: AtomicU64,
+    dial_locks: Mutex<HashMap<GatewayId, DialLock>>,
+    quic_failed: Mutex<HashMap<GatewayId, Instant>>,
+    keepers: Mutex<HashMap<GatewayId, CancellationToken>>,
+    /// The far end, which serves the streams peers open.
+    inbound: Arc<dyn Inbound>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
 
 /// One tunnel connection to a peer site.
 #[derive(Clone)]
@@ -97,7 +180,8 @@ impl Link {
         }
     }
 
-    pub(super) fn is_alive(&self) -> bool {
+    /// Whether the link is up: not closed by either side, lost, or past its end of life.
+    pub fn is_alive(&self) -> bool {
         match self {
             Link::Quic(c) => c.close_reason().is_none(),
             Link::Mux { closed, .. } => !closed.is_cancelled(),
@@ -135,19 +219,69 @@ pub enum OpenError {
     NoRoute(GatewayId),
     /// Every dial failed.
     #[error("cannot reach {0}: {1}")]
-    Dial(GatewayId, String),
+    Dial(GatewayId, Arc<DialFailures>),
     /// The link failed while opening the stream.
     #[error("opening a stream to {0} failed: {1}")]
     Stream(GatewayId, std::io::Error),
 }
 
+/// Why one dial of a peer's advertised endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// `transport = "quic"`, but this gateway runs no QUIC endpoint.
+    #[error("no QUIC endpoint")]
+    NoQuicEndpoint,
+    /// The endpoint is not `host:port`, or its host did not resolve.
+    #[error("cannot resolve the endpoint")]
+    Resolve(#[source] std::io::Error),
+    /// The endpoint's host resolved to no address.
+    #[error("no address")]
+    NoAddress,
+    /// quinn could not start a connection to the address.
+    #[error("cannot start a QUIC connection")]
+    QuicConnect(#[source] quinn::ConnectError),
+    /// The QUIC handshake failed.
+    #[error("QUIC handshake failed")]
+    QuicHandshake(#[source] quinn::ConnectionError),
+    /// `transport = "quic"`, and the QUIC handshake did not complete within [`DIAL_TIMEOUT`].
+    #[error("QUIC handshake timed out")]
+    QuicTimeout,
+    /// The TCP connect or the TLS handshake failed, or the peer's name is no server name.
+    #[error("TCP+TLS dial failed")]
+    Tls(#[source] crate::net::DialError),
+    /// The endpoint proved another identity than the peer's.
+    #[error("the endpoint is not {0}")]
+    WrongPeer(GatewayId),
+}
+
+/// Every advertised endpoint of a peer that one dial tried, each with why it failed, in the
+/// order tried; shown as `endpoint: error: cause; …`.
+#[derive(Debug, Default)]
+pub struct DialFailures(pub Vec<(String, DialError)>);
+
+impl std::fmt::Display for DialFailures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (endpoint, error)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{endpoint}: {error}")?;
+            let chain = crate::net::error_chain(error);
+            if !chain.is_empty() {
+                write!(f, ": {chain}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Per peer: one dial at a time, and the end and error of the last failed one, which callers
 /// that queued behind it take as their own rather than dialling again.
-pub(super) type DialLock = Arc<tokio::sync::Mutex<Option<(Instant, String)>>>;
+type DialLock = Arc<tokio::sync::Mutex<Option<(Instant, Arc<DialFailures>)>>>;
 
 /// A registered link: new streams use it until `retire_at`.
 #[derive(Debug, Clone)]
-pub(super) struct LinkEntry {
+struct LinkEntry {
     id: u64,
     link: Link,
     retire_at: Instant,
@@ -161,7 +295,7 @@ pub(super) struct LinkEntry {
 pub const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 
 /// A link the same side dials again while this side still holds one it dialled earlier,
-/// retiring no sooner than this, is superseded at once ([`Tunnels::register`]). A link that
+/// retiring no sooner than this, is superseded at once ([`Links::register`]). A link that
 /// retires sooner may be the one the dialler replaces on its own schedule (its age can
 /// differ by the time a handshake takes), and keeps its streams.
 const SUPERSEDE_MARGIN: Duration = Duration::from_secs(5);
@@ -211,7 +345,62 @@ pub struct PeerGateway {
     pub outbound_only: bool,
 }
 
-impl Tunnels {
+impl Links {
+    /// The link pool; nothing runs until [`Links::start`]. Inbound streams go to `inbound`.
+    pub fn new(
+        setup: LinkSetup,
+        inbound: Arc<dyn Inbound>,
+        membership: Membership,
+        metrics: Metrics,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Links {
+        Links(Arc::new(Inner {
+            me: setup.me,
+            domain: setup.domain,
+            outbound_only: setup.outbound_only,
+            transport: setup.transport,
+            mux: setup.mux,
+            membership,
+            metrics,
+            quic: setup.quic,
+            quic_client: setup.quic_client,
+            tls_client: setup.tls_client,
+            links: Mutex::new(HashMap::new()),
+            all_links: Mutex::new(HashMap::new()),
+            link_up: tokio::sync::watch::Sender::new(0),
+            identity: setup.identity,
+            max_link_age: setup.max_link_age,
+            next_link: AtomicU64::new(1),
+            dial_locks: Mutex::new(HashMap::new()),
+            quic_failed: Mutex::new(HashMap::new()),
+            keepers: Mutex::new(HashMap::new()),
+            inbound,
+            tracker,
+            shutdown,
+        }))
+    }
+
+    /// Starts accepting QUIC connections and TCP+TLS tunnel connections (`tcp` carries the
+    /// connections the gateway port's ALPN dispatch hands over).
+    pub fn start(&self, tcp: tokio::sync::mpsc::Receiver<TlsConn>) {
+        if let Some(endpoint) = self.0.quic.clone() {
+            self.0.tracker.spawn(self.clone().accept_quic(endpoint));
+        }
+        self.0.tracker.spawn(self.clone().accept_tcp(tcp));
+    }
+
+    /// The bound QUIC address, if the endpoint runs.
+    pub fn quic_addr(&self) -> Option<std::net::SocketAddr> {
+        self.0.quic.as_ref().and_then(|e| e.local_addr().ok())
+    }
+
+    /// Counts link registrations: it changes whenever a link registers, so a connection held
+    /// for a link can wait for one.
+    pub fn registrations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.link_up.subscribe()
+    }
+
     /// Number of live tunnel links.
     pub fn link_count(&self) -> usize {
         self.0
@@ -283,7 +472,7 @@ impl Tunnels {
         self.open_stream(peer).await.map(|(s, _)| s)
     }
 
-    /// [`Tunnels::open`], and the link the stream runs on.
+    /// [`Links::open`], and the link the stream runs on.
     pub(super) async fn open_stream(
         &self,
         peer: &GatewayId,
@@ -336,10 +525,10 @@ impl Tunnels {
         if let Some(l) = self.live_link(peer) {
             return Ok(l);
         }
-        if let Some((at, error)) = &*last_failure
+        if let Some((at, failures)) = &*last_failure
             && *at > asked
         {
-            return Err(OpenError::Dial(peer.clone(), error.clone()));
+            return Err(OpenError::Dial(peer.clone(), failures.clone()));
         }
         let gw = self
             .peer_gateway(peer)
@@ -347,23 +536,23 @@ impl Tunnels {
                 !g.outbound_only && !self.0.membership.revocation().set().contains(&g.id.org)
             })
             .ok_or_else(|| OpenError::NoRoute(peer.clone()))?;
-        let mut errors = vec![];
+        let mut failures = DialFailures::default();
         for endpoint in &gw.advertise {
             match self.dial_endpoint(peer, endpoint).await {
                 Ok(link) => {
                     *last_failure = None;
                     return Ok(self.register(peer.clone(), link, "outbound"));
                 }
-                Err(e) => errors.push(format!("{endpoint}: {e}")),
+                Err(e) => failures.0.push((endpoint.clone(), e)),
             }
         }
-        let error = errors.join("; ");
-        *last_failure = Some((Instant::now(), error.clone()));
-        Err(OpenError::Dial(peer.clone(), error))
+        let failures = Arc::new(failures);
+        *last_failure = Some((Instant::now(), failures.clone()));
+        Err(OpenError::Dial(peer.clone(), failures))
     }
 
-    async fn dial_endpoint(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, String> {
-        let use_quic = match self.0.config.transport {
+    async fn dial_endpoint(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, DialError> {
+        let use_quic = match self.0.transport {
             Transport::Tcp => false,
             Transport::Quic => true,
             Transport::Auto => {
@@ -376,15 +565,15 @@ impl Tunnels {
         if !(use_quic && self.0.quic.is_some()) {
             return self.dial_tcp(peer, endpoint).await;
         }
-        let timeout = match self.0.config.transport {
+        let timeout = match self.0.transport {
             Transport::Auto => AUTO_QUIC_TIMEOUT,
             _ => DIAL_TIMEOUT,
         };
         match tokio::time::timeout(timeout, self.dial_quic(peer, endpoint)).await {
             Ok(Ok(link)) => return Ok(link),
-            Ok(Err(e)) if self.0.config.transport == Transport::Quic => return Err(e),
-            Err(_) if self.0.config.transport == Transport::Quic => {
-                return Err("QUIC handshake timed out".into());
+            Ok(Err(e)) if self.0.transport == Transport::Quic => return Err(e),
+            Err(_) if self.0.transport == Transport::Quic => {
+                return Err(DialError::QuicTimeout);
             }
             Ok(Err(e)) => debug!(%peer, error = %e, "QUIC dial failed; trying TCP+TLS"),
             Err(_) => debug!(%peer, "QUIC dial timed out; trying TCP+TLS"),
@@ -400,20 +589,20 @@ impl Tunnels {
         Ok(link)
     }
 
-    async fn dial_quic(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, String> {
-        let quic = self.0.quic.as_ref().ok_or("no QUIC endpoint")?;
+    async fn dial_quic(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, DialError> {
+        let quic = self.0.quic.as_ref().ok_or(DialError::NoQuicEndpoint)?;
         // the peer proves the identity the view expects, whatever name or address it is at
         let name = peer.server_name(&self.0.domain);
         let name = name.as_str();
         let addrs = crate::net::resolve(endpoint)
             .await
-            .map_err(|e| e.to_string())?;
-        let mut last = String::from("no address");
+            .map_err(DialError::Resolve)?;
+        let mut last = DialError::NoAddress;
         for addr in addrs {
             let connecting = match quic.connect_with(self.0.quic_client.clone(), addr, name) {
                 Ok(c) => c,
                 Err(e) => {
-                    last = e.to_string();
+                    last = DialError::QuicConnect(e);
                     continue;
                 }
             };
@@ -422,22 +611,22 @@ impl Tunnels {
                     let id = self.identity_of(conn.peer_identity());
                     if id.as_ref() != Some(peer) {
                         conn.close(quinn::VarInt::from_u32(1), b"unexpected peer");
-                        return Err(format!("{endpoint} is not {peer}"));
+                        return Err(DialError::WrongPeer(peer.clone()));
                     }
                     return Ok(Link::Quic(conn));
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => last = DialError::QuicHandshake(e),
             }
         }
         Err(last)
     }
 
-    async fn dial_tcp(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, String> {
+    async fn dial_tcp(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, DialError> {
         let name = crate::net::dns_server_name(&peer.server_name(&self.0.domain))
-            .map_err(|e| e.to_string())?;
+            .map_err(DialError::Tls)?;
         let tls = crate::net::dial_tls_as(endpoint, name, self.0.tls_client.clone(), DIAL_TIMEOUT)
             .await
-            .map_err(|e| format!("{e}: {}", crate::net::error_chain(&e)))?;
+            .map_err(DialError::Tls)?;
         let leaf = tls
             .get_ref()
             .1
@@ -451,23 +640,11 @@ impl Tunnels {
                 .and_then(|p| GatewayId::from_identity(&p, &self.0.domain))
         });
         if id.as_ref() != Some(peer) {
-            return Err(format!("{endpoint} is not {peer}"));
+            return Err(DialError::WrongPeer(peer.clone()));
         }
         let (tcp, tls) = tls.into_inner();
-        let (mux, driver) =
-            mux::session(tcp, tls.into(), mux::Role::Client, &self.mux_config(), None);
+        let (mux, driver) = mux::session(tcp, tls.into(), mux::Role::Client, &self.0.mux, None);
         Ok(self.run_mux(peer.clone(), mux, driver, peer_not_after))
-    }
-
-    /// Session settings of TCP+TLS links: streams bounded by `max_connections`, the tunnel
-    /// keep-alive and idle timeout.
-    fn mux_config(&self) -> mux::Config {
-        mux::Config {
-            max_streams: self.0.config.max_connections,
-            keep_alive: KEEP_ALIVE,
-            idle_timeout: IDLE_TIMEOUT,
-            congestion: self.0.config.congestion,
-        }
     }
 
     /// The gateway an inbound link speaks for, if it may carry tunnels: another site than this
@@ -624,7 +801,7 @@ impl Tunnels {
         loop {
             tokio::select! {
                 s = conn.accept_bi() => match s {
-                    Ok((send, recv)) => self.spawn_far(peer.org.clone(), TunnelStream::Quic(send, recv)),
+                    Ok((send, recv)) => self.0.inbound.serve(peer.org.clone(), TunnelStream::Quic(send, recv)),
                     Err(e) => {
                         debug!(%peer, error = %e, "QUIC link closed");
                         return;
@@ -668,7 +845,7 @@ impl Tunnels {
             loop {
                 tokio::select! {
                     s = driver.accept() => match s {
-                        Ok((r, w)) => this.spawn_far(peer.org.clone(), TunnelStream::Mux(r, w)),
+                        Ok((r, w)) => this.0.inbound.serve(peer.org.clone(), TunnelStream::Mux(r, w)),
                         Err(e) => {
                             debug!(%peer, error = %e, "yamux session ended");
                             break;
@@ -686,7 +863,7 @@ impl Tunnels {
         }
     }
 
-    pub(super) async fn accept_quic(self, endpoint: quinn::Endpoint) {
+    async fn accept_quic(self, endpoint: quinn::Endpoint) {
         loop {
             let incoming = tokio::select! {
                 i = endpoint.accept() => match i {
@@ -726,7 +903,7 @@ impl Tunnels {
         }
     }
 
-    pub(super) async fn accept_tcp(self, mut conns: tokio::sync::mpsc::Receiver<TlsConn>) {
+    async fn accept_tcp(self, mut conns: tokio::sync::mpsc::Receiver<TlsConn>) {
         loop {
             let conn = tokio::select! {
                 c = conns.recv() => match c {
@@ -756,7 +933,7 @@ impl Tunnels {
                     .and_then(|c| c.first())
                     .and_then(|c| not_after(c));
                 let (mux, driver) =
-                    mux::session(tcp, tls.into(), mux::Role::Server, &this.mux_config(), end);
+                    mux::session(tcp, tls.into(), mux::Role::Server, &this.0.mux, end);
                 let link = this.run_mux(peer.clone(), mux, driver, peer_not_after);
                 this.register(peer, link, "inbound");
             });
@@ -766,7 +943,7 @@ impl Tunnels {
     /// Keeps a link up to every gateway this side is responsible for: an outbound-only site
     /// keeps links to every site that accepts connections; otherwise the side with the lower
     /// `org/site` keeps the link (the other one dials on demand only).
-    pub(super) fn keep_links(&self, gateways: Vec<PeerGateway>) {
+    pub fn keep_links(&self, gateways: Vec<PeerGateway>) {
         let want: BTreeMap<GatewayId, PeerGateway> = gateways
             .into_iter()
             .filter(|g| g.id != self.0.me && !g.outbound_only)

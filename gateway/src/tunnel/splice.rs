@@ -13,7 +13,7 @@ use std::io;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::gate::Gated;
@@ -600,7 +600,7 @@ pub async fn splice<S: std::future::Future<Output = ()>>(
     ended
 }
 
-/// Async reads of a [`TunnelRead`], for [`read_request`].
+/// Async reads of a [`TunnelRead`], for [`super::header::read_request`].
 impl AsyncRead for TunnelRead {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
@@ -610,6 +610,41 @@ impl AsyncRead for TunnelRead {
         match self.get_mut() {
             TunnelRead::Quic(r) => AsyncRead::poll_read(std::pin::Pin::new(r), cx, buf),
             TunnelRead::Mux(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+/// Async writes of a [`TunnelWrite`], for [`super::header::refuse`]: shutting it down ends the
+/// sending side as [`TunnelWrite::finish`] does.
+impl AsyncWrite for TunnelWrite {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TunnelWrite::Quic(w) => AsyncWrite::poll_write(std::pin::Pin::new(w), cx, buf),
+            TunnelWrite::Mux(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            TunnelWrite::Quic(w) => AsyncWrite::poll_flush(std::pin::Pin::new(w), cx),
+            TunnelWrite::Mux(w) => std::pin::Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            TunnelWrite::Quic(w) => AsyncWrite::poll_shutdown(std::pin::Pin::new(w), cx),
+            TunnelWrite::Mux(w) => std::pin::Pin::new(w).poll_shutdown(cx),
         }
     }
 }
