@@ -19,6 +19,13 @@
 //! Revocation: a revoked org's links and proxied connections are cut at once (its revocation
 //! token), its nodes leave the view so their listeners close, and its certificates fail every
 //! new handshake.
+//!
+//! Where each part lives: [`Tunnels`] is only a handle that builds, starts and updates the
+//! rest. [`links`]: the link pool, dials, keepers and accept loops; it hands the streams a peer
+//! opens to the far end through [`links::Inbound`]. [`near`]: the local listeners and the proxy
+//! of each local connection. [`far`]: admission, authorisation, grants and the dial of the
+//! node. [`header`]: the stream header, read and refused. [`splice`]: the byte pumps; [`mux`]
+//! and [`quic`]: the two transports.
 
 pub mod class;
 pub mod far;
@@ -52,7 +59,7 @@ pub use links::{
 };
 use links::{LinkSetup, Links};
 use near::{Near, NearSetup};
-use splice::TunnelStream;
+use splice::{Proxying, TunnelStream};
 
 /// `[tunnel]` in `fedgw.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,11 +246,15 @@ impl Tunnels {
             None => None,
         };
         let config = setup.config;
-        // one pool for both ends: `max_connections` bounds every proxied connection
-        let connections = Arc::new(Semaphore::new(config.max_connections));
+        let proxying = Proxying {
+            // one pool for both ends: `max_connections` bounds every proxied connection
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            priority: config.priority.clone(),
+            stall: config.stall_timeout(),
+        };
         let far = Far::new(
             FarSetup {
-                connections: connections.clone(),
+                proxying: proxying.clone(),
                 per_org: config
                     .max_connections_per_org
                     .unwrap_or(config.max_connections / 2)
@@ -253,8 +264,6 @@ impl Tunnels {
                     allow_loopback: config.allow_loopback_targets,
                     local: Default::default(),
                 },
-                priority: config.priority.clone(),
-                stall: config.stall_timeout(),
             },
             membership.clone(),
             metrics.clone(),
@@ -288,9 +297,7 @@ impl Tunnels {
         );
         let near = Near::new(
             NearSetup {
-                connections,
-                priority: config.priority.clone(),
-                stall: config.stall_timeout(),
+                proxying,
                 connect_hold: config.connect_hold(),
                 allowed_sources: config.allowed_sources,
                 aliases: setup.aliases,

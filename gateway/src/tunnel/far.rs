@@ -31,7 +31,7 @@ use tracing::debug;
 use super::class;
 use super::header::{self, Answer, Request};
 use super::links::Inbound;
-use super::splice::{self, End, Ended, TunnelStream};
+use super::splice::{self, End, Ended, Proxying, TunnelStream};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 
@@ -189,18 +189,13 @@ async fn connect(addr: SocketAddr, first: &[u8]) -> io::Result<(tokio::net::TcpS
 /// What [`Far::new`] needs: its limits and how it dials and splices.
 #[derive(Debug)]
 pub struct FarSetup {
-    /// Proxied connections at once (`tunnel.max_connections`), shared with the near end.
-    pub connections: Arc<Semaphore>,
+    /// Permits, priority classes and stall time-out, as at the near end.
+    pub proxying: Proxying,
     /// Most inbound connections one caller org may hold at once, streams whose header is
     /// still due included (`tunnel.max_connections_per_org`, at least 1).
     pub per_org: usize,
     /// Addresses never dialled; its `local` is replaced on every [`Far::update`].
     pub policy: DialPolicy,
-    /// Priority classes by port (`tunnel.priority`).
-    pub priority: class::Priorities,
-    /// The longest wait for a node to take tunnel bytes (`tunnel.stall_timeout_ms`); `None`,
-    /// no limit.
-    pub stall: Option<Duration>,
 }
 
 /// The far end of this gateway: serves the streams peers open. Clones share state.
@@ -218,12 +213,10 @@ struct Inner {
     /// after `targets`'.
     grants: Mutex<HashMap<GrantKey, Grant>>,
     policy: RwLock<Arc<DialPolicy>>,
-    connections: Arc<Semaphore>,
+    proxying: Proxying,
     per_org: usize,
-    /// Per caller org, its share of `connections` (`per_org` permits).
+    /// Per caller org, its share of the connections (`per_org` permits).
     org_connections: Mutex<HashMap<String, Arc<Semaphore>>>,
-    priority: class::Priorities,
-    stall: Option<Duration>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -253,11 +246,9 @@ impl Far {
             targets: RwLock::new(Arc::new(Targets::default())),
             grants: Mutex::new(HashMap::new()),
             policy: RwLock::new(Arc::new(setup.policy)),
-            connections: setup.connections,
+            proxying: setup.proxying,
             per_org: setup.per_org,
             org_connections: Mutex::new(HashMap::new()),
-            priority: setup.priority,
-            stall: setup.stall,
             tracker,
             shutdown,
         }))
@@ -328,7 +319,7 @@ impl Far {
 
     async fn refuse(&self, w: &mut splice::TunnelWrite, answer: Answer) {
         self.0.metrics.tunnel_refused(answer);
-        header::refuse(w, answer).await;
+        header::refuse(w.as_async_write(), answer).await;
     }
 }
 
@@ -343,10 +334,10 @@ impl Inbound for Far {
                 .org_connections(&caller_org)
                 .try_acquire_owned()
                 .ok()
-                .zip(this.0.connections.clone().try_acquire_owned().ok());
+                .zip(this.0.proxying.connections.clone().try_acquire_owned().ok());
             let Some(permits) = permits else {
                 this.0.metrics.tunnel_refused(Answer::Overloaded);
-                header::refuse(&mut w, Answer::Overloaded).await;
+                header::refuse(w.as_async_write(), Answer::Overloaded).await;
                 return;
             };
             let header =
@@ -385,7 +376,7 @@ impl Inbound for Far {
             // the buffer held up to 16 KiB; an idle connection keeps none of it
             early.shrink_to_fit();
             this.0.metrics.tunnel_connection(&caller_org, "inbound");
-            let class = class::class_of(&this.0.priority, &req.org, &req.node, &req.port);
+            let class = class::class_of(&this.0.proxying.priority, &req.org, &req.node, &req.port);
             w.set_class(class);
             let counters = this.0.metrics.tunnel_counters(&caller_org, class);
             counters.rx.inc_by(sent as u64);
@@ -399,7 +390,7 @@ impl Inbound for Far {
             });
             // bytes that came with the header and the dial did not send go first; the answer
             // goes with the node's first bytes
-            let stall = this.0.stall;
+            let stall = this.0.proxying.stall;
             let ended = splice::splice(
                 &mut tcp,
                 &mut r,

@@ -237,12 +237,24 @@ pub enum DialError {
     /// The endpoint's host resolved to no address.
     #[error("no address")]
     NoAddress,
-    /// quinn could not start a connection to the address.
-    #[error("cannot start a QUIC connection")]
-    QuicConnect(#[source] quinn::ConnectError),
-    /// The QUIC handshake failed.
-    #[error("QUIC handshake failed")]
-    QuicHandshake(#[source] quinn::ConnectionError),
+    /// quinn could not start a connection to one of the endpoint's addresses.
+    #[error("cannot start a QUIC connection to {addr}")]
+    QuicConnect {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// quinn's reason.
+        #[source]
+        source: quinn::ConnectError,
+    },
+    /// The QUIC handshake with one of the endpoint's addresses failed.
+    #[error("QUIC handshake with {addr} failed")]
+    QuicHandshake {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// How the connection ended.
+        #[source]
+        source: quinn::ConnectionError,
+    },
     /// `transport = "quic"`, and the QUIC handshake did not complete within [`DIAL_TIMEOUT`].
     #[error("QUIC handshake timed out")]
     QuicTimeout,
@@ -602,7 +614,7 @@ impl Links {
             let connecting = match quic.connect_with(self.0.quic_client.clone(), addr, name) {
                 Ok(c) => c,
                 Err(e) => {
-                    last = DialError::QuicConnect(e);
+                    last = DialError::QuicConnect { addr, source: e };
                     continue;
                 }
             };
@@ -615,7 +627,7 @@ impl Links {
                     }
                     return Ok(Link::Quic(conn));
                 }
-                Err(e) => last = DialError::QuicHandshake(e),
+                Err(e) => last = DialError::QuicHandshake { addr, source: e },
             }
         }
         Err(last)
@@ -1021,6 +1033,21 @@ mod tests {
         assert_eq!(link_age(12 * hour, now, Some(now + 10 * hour)), 5 * hour);
         // an expired leaf: retired and closed at once
         assert_eq!(link_age(12 * hour, now, Some(now - hour)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_failed_dial_names_each_endpoint_with_its_error_and_cause() {
+        let not_found = std::io::Error::new(std::io::ErrorKind::NotFound, "no such host");
+        let failures = DialFailures(vec![
+            ("gw.example:7443".into(), DialError::Resolve(not_found)),
+            ("10.0.0.1:7443".into(), DialError::QuicTimeout),
+        ]);
+        assert_eq!(
+            failures.to_string(),
+            "gw.example:7443: cannot resolve the endpoint: no such host; \
+             10.0.0.1:7443: QUIC handshake timed out"
+        );
+        assert_eq!(DialFailures::default().to_string(), "");
     }
 
     #[test]

@@ -26,7 +26,6 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -34,7 +33,7 @@ use tracing::{debug, info, warn};
 use super::class;
 use super::header::{self, Answer, Request};
 use super::links::{Link, Links, OpenError};
-use super::splice::{self, End, Ended, TunnelStream};
+use super::splice::{self, End, Ended, Proxying, TunnelStream};
 use crate::alias::Aliases;
 use crate::membership::{GatewayId, Membership};
 use crate::metrics::Metrics;
@@ -335,13 +334,8 @@ fn reset(tcp: tokio::net::TcpStream) {
 /// What [`Near::new`] needs: its limits and how it proxies.
 #[derive(Debug)]
 pub struct NearSetup {
-    /// Proxied connections at once (`tunnel.max_connections`), shared with the far end.
-    pub connections: Arc<Semaphore>,
-    /// Priority classes by port (`tunnel.priority`).
-    pub priority: class::Priorities,
-    /// The longest wait for a local client to take tunnel bytes (`tunnel.stall_timeout_ms`);
-    /// `None`, no limit.
-    pub stall: Option<Duration>,
+    /// Permits, priority classes and stall time-out, as at the far end.
+    pub proxying: Proxying,
     /// How long a new local connection is held for a link (`tunnel.connect_hold_ms`).
     pub connect_hold: Duration,
     /// Source networks that may connect (`tunnel.allowed_sources`; empty: any).
@@ -361,9 +355,7 @@ struct Inner {
     links: Links,
     membership: Membership,
     metrics: Metrics,
-    connections: Arc<Semaphore>,
-    priority: class::Priorities,
-    stall: Option<Duration>,
+    proxying: Proxying,
     connect_hold: Duration,
     allowed_sources: Vec<SourceNet>,
     listeners: Listeners,
@@ -386,9 +378,7 @@ impl Near {
             links,
             membership,
             metrics,
-            connections: setup.connections,
-            priority: setup.priority,
-            stall: setup.stall,
+            proxying: setup.proxying,
             connect_hold: setup.connect_hold,
             allowed_sources: setup.allowed_sources,
             listeners: Listeners::new(setup.aliases),
@@ -421,7 +411,7 @@ const HOLD_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::f
 impl Near {
     /// Proxies one accepted local connection to `route` (the near end).
     async fn proxy(&self, mut tcp: tokio::net::TcpStream, route: Arc<Route>) {
-        let Ok(permit) = self.0.connections.clone().try_acquire_owned() else {
+        let Ok(permit) = self.0.proxying.connections.clone().try_acquire_owned() else {
             self.0.metrics.tunnel_refused(Answer::Overloaded);
             return;
         };
@@ -435,7 +425,7 @@ impl Near {
             }
         });
         let req = &route.request;
-        let class = class::class_of(&self.0.priority, &req.org, &req.node, &req.port);
+        let class = class::class_of(&self.0.proxying.priority, &req.org, &req.node, &req.port);
         let counters = self.0.metrics.tunnel_counters(&req.org, class);
         // TCP_NODELAY comes from the listener: Linux copies it into every accepted socket
         let Some((mut r, mut w, end)) = self
@@ -447,7 +437,7 @@ impl Near {
             return;
         };
         let _active = self.0.metrics.tunnel_stream_guard();
-        let stall = self.0.stall;
+        let stall = self.0.proxying.stall;
         match splice::splice(&mut tcp, &mut r, &mut w, end, &counters, stall, stop).await {
             Ended::Refused(answer) => {
                 debug!(node = %route.request.node, reason = answer.label(), "stream refused by the far gateway");

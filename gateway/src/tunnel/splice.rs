@@ -33,6 +33,19 @@ const QUIC_CHUNK: usize = 256 * 1024;
 /// busy.
 const QUIC_BATCH: usize = 32;
 
+/// What the near and the far end share for every proxied connection: the permits that bound
+/// how many run at once, the priority classes, and the stall time-out.
+#[derive(Debug, Clone)]
+pub struct Proxying {
+    /// Proxied connections at once (`tunnel.max_connections`), one pool for both ends.
+    pub connections: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Priority classes by port (`tunnel.priority`).
+    pub priority: super::class::Priorities,
+    /// The longest wait for a TCP peer to take tunnel bytes (`tunnel.stall_timeout_ms`);
+    /// `None`, no limit.
+    pub stall: Option<Duration>,
+}
+
 /// One bidirectional tunnel stream.
 pub enum TunnelStream {
     /// A QUIC bidirectional stream.
@@ -163,6 +176,15 @@ impl TunnelWrite {
                 .finish()
                 .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e)),
             TunnelWrite::Mux(w) => w.shutdown().await,
+        }
+    }
+
+    /// The stream as a plain async writer, for [`super::header::refuse`]; shutting it down
+    /// ends the sending side as [`TunnelWrite::finish`] does.
+    pub fn as_async_write(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send) {
+        match self {
+            TunnelWrite::Quic(w) => w,
+            TunnelWrite::Mux(w) => w,
         }
     }
 
@@ -610,41 +632,6 @@ impl AsyncRead for TunnelRead {
         match self.get_mut() {
             TunnelRead::Quic(r) => AsyncRead::poll_read(std::pin::Pin::new(r), cx, buf),
             TunnelRead::Mux(r) => std::pin::Pin::new(r).poll_read(cx, buf),
-        }
-    }
-}
-
-/// Async writes of a [`TunnelWrite`], for [`super::header::refuse`]: shutting it down ends the
-/// sending side as [`TunnelWrite::finish`] does.
-impl AsyncWrite for TunnelWrite {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        match self.get_mut() {
-            TunnelWrite::Quic(w) => AsyncWrite::poll_write(std::pin::Pin::new(w), cx, buf),
-            TunnelWrite::Mux(w) => std::pin::Pin::new(w).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match self.get_mut() {
-            TunnelWrite::Quic(w) => AsyncWrite::poll_flush(std::pin::Pin::new(w), cx),
-            TunnelWrite::Mux(w) => std::pin::Pin::new(w).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match self.get_mut() {
-            TunnelWrite::Quic(w) => AsyncWrite::poll_shutdown(std::pin::Pin::new(w), cx),
-            TunnelWrite::Mux(w) => std::pin::Pin::new(w).poll_shutdown(cx),
         }
     }
 }
