@@ -1,5 +1,8 @@
-//! The far end of a tunnel stream: authorise the caller, map the requested node to the
-//! address this site's operator registered, dial it, and splice.
+//! The far end of a tunnel stream ([`Far`]): admit the stream (a connection permit, global
+//! and per caller org), read its header, authorise the caller, map the requested node to the
+//! address this site's operator registered, dial it, and splice. The links hand each stream a
+//! peer opens to [`Far`] through [`Inbound`]; every authorisation granted is kept as a grant,
+//! whose streams end when a later change of the targets withdraws it ([`Far::update`]).
 //!
 //! A stream is accepted only when every check passes (docs/DESIGN.md section 8, "no open proxy"):
 //!
@@ -14,12 +17,23 @@
 //!    listeners, unspecified, multicast or broadcast addresses, and loopback unless
 //!    `tunnel.allow_loopback_targets` is set ([`Answer::ForbiddenTarget`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use super::header::{Answer, Request};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use super::class;
+use super::header::{self, Answer, Request};
+use super::links::Inbound;
+use super::splice::{self, End, Ended, Proxying, TunnelStream};
+use crate::membership::Membership;
+use crate::metrics::Metrics;
 
 /// How long a caller has to send the whole header.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -170,6 +184,236 @@ async fn connect(addr: SocketAddr, first: &[u8]) -> io::Result<(tokio::net::TcpS
         }
     }
     Ok((tcp, sent))
+}
+
+/// What [`Far::new`] needs: its limits and how it dials and splices.
+#[derive(Debug)]
+pub struct FarSetup {
+    /// Permits, priority classes and stall time-out, as at the near end.
+    pub proxying: Proxying,
+    /// Most inbound connections one caller org may hold at once, streams whose header is
+    /// still due included (`tunnel.max_connections_per_org`, at least 1).
+    pub per_org: usize,
+    /// Addresses never dialled; its `local` is replaced on every [`Far::update`].
+    pub policy: DialPolicy,
+}
+
+/// The far end of this gateway: serves the streams peers open. Clones share state.
+#[derive(Clone, Debug)]
+pub struct Far(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    membership: Membership,
+    metrics: Metrics,
+    targets: RwLock<Arc<Targets>>,
+    /// Every authorisation granted (caller org, node, port name → the address it allowed),
+    /// with a token that [`Far::update`] cancels once the targets withdraw it: the node is
+    /// gone, its port moved, or its access policy leaves the caller out. The lock is taken
+    /// after `targets`'.
+    grants: Mutex<HashMap<GrantKey, Grant>>,
+    policy: RwLock<Arc<DialPolicy>>,
+    proxying: Proxying,
+    per_org: usize,
+    /// Per caller org, its share of the connections (`per_org` permits).
+    org_connections: Mutex<HashMap<String, Arc<Semaphore>>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Caller org, node name, port name.
+type GrantKey = (String, String, String);
+
+/// The host and port a far-end authorisation allowed, and the token its streams stop on.
+#[derive(Debug)]
+struct Grant {
+    dial: (String, u16),
+    withdrawn: CancellationToken,
+}
+
+impl Far {
+    /// A far end that serves nothing until the first [`Far::update`].
+    pub fn new(
+        setup: FarSetup,
+        membership: Membership,
+        metrics: Metrics,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Far {
+        Far(Arc::new(Inner {
+            membership,
+            metrics,
+            targets: RwLock::new(Arc::new(Targets::default())),
+            grants: Mutex::new(HashMap::new()),
+            policy: RwLock::new(Arc::new(setup.policy)),
+            proxying: setup.proxying,
+            per_org: setup.per_org,
+            org_connections: Mutex::new(HashMap::new()),
+            tracker,
+            shutdown,
+        }))
+    }
+
+    /// Replaces what the far end serves, and the near end's listening addresses it must never
+    /// dial. Streams whose authorisation the new targets withdraw end now, like a revoked
+    /// org's: a far end does not rely on the near end to close them.
+    pub fn update(&self, targets: Targets, local: HashSet<SocketAddr>) {
+        {
+            let mut current = self.0.targets.write().unwrap_or_else(|e| e.into_inner());
+            let mut grants = self.0.grants.lock().unwrap_or_else(|e| e.into_inner());
+            grants.retain(|(caller, node, port), grant| {
+                let req = Request {
+                    org: targets.org.clone(),
+                    node: node.clone(),
+                    port: port.clone(),
+                };
+                let kept = targets
+                    .authorise(caller, &req)
+                    .is_ok_and(|d| d == grant.dial);
+                if !kept {
+                    grant.withdrawn.cancel();
+                }
+                kept
+            });
+            *current = Arc::new(targets);
+        }
+        // a stream must never be sent into one of this gateway's own listeners
+        let mut policy = self.0.policy.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = DialPolicy::clone(&policy);
+        next.local = local;
+        *policy = Arc::new(next);
+    }
+
+    /// `caller`'s share of the far end's connections (created on its first stream).
+    fn org_connections(&self, caller: &str) -> Arc<Semaphore> {
+        let share = self.0.per_org;
+        let mut shares = self
+            .0
+            .org_connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        shares
+            .entry(caller.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(share)))
+            .clone()
+    }
+
+    /// Authorises `req` from `caller` against the current targets: the host and port to dial
+    /// and a token cancelled once a later change of the targets withdraws the authorisation.
+    fn authorise(
+        &self,
+        caller: &str,
+        req: &header::Request,
+    ) -> Result<(String, u16, CancellationToken), Answer> {
+        let targets = self.0.targets.read().unwrap_or_else(|e| e.into_inner());
+        let dial = targets.authorise(caller, req)?;
+        let mut grants = self.0.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (caller.to_owned(), req.node.clone(), req.port.clone());
+        let grant = grants.entry(key).or_insert_with(|| Grant {
+            dial: dial.clone(),
+            withdrawn: CancellationToken::new(),
+        });
+        let withdrawn = grant.withdrawn.child_token();
+        Ok((dial.0, dial.1, withdrawn))
+    }
+
+    async fn refuse(&self, w: &mut splice::TunnelWrite, answer: Answer) {
+        self.0.metrics.tunnel_refused(answer);
+        header::refuse(w.as_async_write(), answer).await;
+    }
+}
+
+impl Inbound for Far {
+    /// Admits, authorises and serves the stream in a task of its own.
+    fn serve(&self, caller_org: String, stream: TunnelStream) {
+        let this = self.clone();
+        // split here: a value captured by the task stays in its state for its whole life
+        let (mut r, mut w) = stream.split();
+        self.0.tracker.spawn(async move {
+            let permits = this
+                .org_connections(&caller_org)
+                .try_acquire_owned()
+                .ok()
+                .zip(this.0.proxying.connections.clone().try_acquire_owned().ok());
+            let Some(permits) = permits else {
+                this.0.metrics.tunnel_refused(Answer::Overloaded);
+                header::refuse(w.as_async_write(), Answer::Overloaded).await;
+                return;
+            };
+            let header =
+                tokio::time::timeout(HEADER_TIMEOUT, header::read_request(&mut r)).await;
+            let (req, mut early) = match header {
+                Ok(Ok(h)) => h,
+                Ok(Err(answer)) => return this.refuse(&mut w, answer).await,
+                Err(_) => return this.refuse(&mut w, Answer::BadHeader).await,
+            };
+            // taken before the targets are read: a revocation that lands from here on cancels
+            // it, whatever the copy of the targets below still says
+            let revoked = this.0.membership.revocation().token(&caller_org);
+            let (host, port, withdrawn) = match this.authorise(&caller_org, &req) {
+                Ok(t) => t,
+                Err(answer) => return this.refuse(&mut w, answer).await,
+            };
+            let policy = this
+                .0
+                .policy
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            // the dial may take seconds (name resolution, several addresses): a revocation or
+            // shutdown meanwhile abandons it before the node sees the caller's bytes
+            let dialled = tokio::select! {
+                biased;
+                () = revoked.cancelled() => Err(Answer::NotMember),
+                () = this.0.shutdown.cancelled() => return,
+                dialled = dial(&host, port, &policy, &early) => dialled,
+            };
+            let (mut tcp, sent) = match dialled {
+                Ok(dialled) => dialled,
+                Err(answer) => return this.refuse(&mut w, answer).await,
+            };
+            early.drain(..sent);
+            // the buffer held up to 16 KiB; an idle connection keeps none of it
+            early.shrink_to_fit();
+            this.0.metrics.tunnel_connection(&caller_org, "inbound");
+            let class = class::class_of(&this.0.proxying.priority, &req.org, &req.node, &req.port);
+            w.set_class(class);
+            let counters = this.0.metrics.tunnel_counters(&caller_org, class);
+            counters.rx.inc_by(sent as u64);
+            let _active = this.0.metrics.tunnel_stream_guard();
+            let stop = std::pin::pin!(async {
+                tokio::select! {
+                    () = revoked.cancelled() => {}
+                    () = withdrawn.cancelled() => {}
+                    () = this.0.shutdown.cancelled() => {}
+                }
+            });
+            // bytes that came with the header and the dial did not send go first; the answer
+            // goes with the node's first bytes
+            let stall = this.0.proxying.stall;
+            let ended = splice::splice(
+                &mut tcp,
+                &mut r,
+                &mut w,
+                End::Far(&early),
+                &counters,
+                stall,
+                stop,
+            )
+            .await;
+            drop(permits);
+            match ended {
+                Ended::Failed(e) => {
+                    debug!(node = %req.node, error = %e, "proxied connection failed")
+                }
+                Ended::Stalled => {
+                    debug!(node = %req.node, "node read nothing for the stall time-out; connection reset");
+                    this.0.metrics.tunnel_stalled("far");
+                }
+                Ended::Done | Ended::Stopped | Ended::Refused(_) => {}
+            }
+        });
+    }
 }
 
 #[cfg(test)]

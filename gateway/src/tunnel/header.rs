@@ -1,6 +1,7 @@
 //! The tunnel stream header: the first bytes of every proxied connection on a tunnel stream,
-//! and the far gateway's one-byte answer. IO-free: the codec works on byte slices, so it can
-//! be fuzzed and reused by every transport.
+//! and the far gateway's one-byte answer. The codec is IO-free: it works on byte slices, so it
+//! can be fuzzed and reused by every transport; [`read_request`] and [`refuse`] are its thin
+//! async edge at the far end, over any byte stream.
 //!
 //! Request (caller → far gateway), [`MAX_REQUEST_LEN`] bytes at most:
 //!
@@ -22,6 +23,8 @@
 //! (they are forwarded if the stream is accepted and dropped otherwise), and must not wait
 //! for an `Accepted` answer before sending more: fedgw sends it with the node's first bytes,
 //! or with the end of the stream if the node sends none. A refusal comes at once.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The header version this build speaks.
 pub const VERSION: u8 = 1;
@@ -236,6 +239,52 @@ impl Request {
     }
 }
 
+/// Most bytes a new connection's first read takes to send along with the tunnel header.
+pub const EARLY_READ: usize = 16 * 1024;
+
+/// Writes the answer to a stream the far gateway refuses, then ends it (FIN). A stream that
+/// fails meanwhile is gone already: there is nobody left to tell.
+pub async fn refuse<W>(w: &mut W, answer: Answer)
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let _ = w.write_all(&answer.encode()).await;
+    let _ = w.shutdown().await;
+}
+
+/// Reads a request header from the start of a stream: returns the request and the connection
+/// bytes that came with it (what the caller sent along, up to [`EARLY_READ`]), or the answer
+/// to refuse with. The buffer is not zeroed first, and the bytes come back in a buffer of
+/// their own size, so a burst of new streams waiting on their dials does not hold (and touch)
+/// a header buffer of 20 KiB each.
+pub async fn read_request<R>(r: &mut R) -> Result<(Request, Vec<u8>), Answer>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    use bytes::BufMut as _;
+    let room = MAX_REQUEST_LEN + EARLY_READ;
+    let mut buf = Vec::with_capacity(room);
+    loop {
+        let left = room - buf.len();
+        let n = r
+            .read_buf(&mut (&mut buf).limit(left))
+            .await
+            .map_err(|_| Answer::BadHeader)?;
+        if n == 0 {
+            return Err(Answer::BadHeader);
+        }
+        match Request::decode(&buf) {
+            Ok(Decoded::Complete(req, used)) => {
+                buf.drain(..used);
+                buf.shrink_to_fit();
+                return Ok((req, buf));
+            }
+            Ok(Decoded::Incomplete) if buf.len() < MAX_REQUEST_LEN => continue,
+            Ok(Decoded::Incomplete) | Err(_) => return Err(Answer::BadHeader),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +370,17 @@ mod tests {
             Err(HeaderError::AnswerCode(200))
         );
         assert_eq!(Answer::decode([9, 0]), Err(HeaderError::Version(9)));
+    }
+
+    #[tokio::test]
+    async fn a_request_comes_back_with_its_early_bytes_in_a_buffer_of_their_size() {
+        let req = Request::new("org1", "node1", "p2p").expect("request");
+        let mut stream = req.encode();
+        stream.extend_from_slice(b"hello");
+        let (got, early) = read_request(&mut &stream[..]).await.expect("a request");
+        assert_eq!(got, req);
+        assert_eq!(early, b"hello");
+        // not the header buffer's 16 KiB of room for early bytes
+        assert_eq!(early.capacity(), early.len());
     }
 }

@@ -1,6 +1,9 @@
-//! The near end: one TCP listener per remote node port, on the node's local address at this
-//! site (IP mode: its own IP and real port; port mode: the shared IP and an allocated port).
-//! Each accepted connection becomes one tunnel stream to the node's site.
+//! The near end ([`Near`]): one TCP listener per remote node port, on the node's local address
+//! at this site (IP mode: its own IP and real port; port mode: the shared IP and an allocated
+//! port). Each accepted connection becomes one tunnel stream to the node's site, opened over
+//! the site's link ([`super::links::Links::open`]): the header and the client's first bytes
+//! go out together, the connection is held while the site has no link, and the far end's
+//! answer decides whether the splice starts ([`Near`]'s proxy).
 //!
 //! [`Listeners::reconcile`] brings the listener set in line with the view: new nodes get
 //! listeners, removed nodes lose them (and their proxied connections end), unchanged ones are
@@ -24,12 +27,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::Tunnels;
-use super::header::Request;
+use super::class;
+use super::header::{self, Answer, Request};
+use super::links::{Link, Links, OpenError};
+use super::splice::{self, End, Ended, Proxying, TunnelStream};
 use crate::alias::Aliases;
-use crate::membership::GatewayId;
+use crate::membership::{GatewayId, Membership};
+use crate::metrics::Metrics;
 
 /// The label of a local connection refused for its source address, in
 /// `fedgw_tunnel_refused_streams_total` and `fedgw status`.
@@ -206,7 +213,7 @@ impl Listeners {
 
     /// Listens on every route's address and stops listening elsewhere. Returns without
     /// waiting for binds.
-    pub fn reconcile(&self, tunnels: &Tunnels, routes: Vec<Route>) {
+    pub fn reconcile(&self, near: &Near, routes: Vec<Route>) {
         let wanted: BTreeMap<SocketAddr, Route> = routes.into_iter().map(|r| (r.addr, r)).collect();
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         active.retain(|addr, route| {
@@ -233,12 +240,8 @@ impl Listeners {
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&addr);
                     active.insert(addr, route.clone());
-                    let tunnels = tunnels.clone();
-                    tunnels
-                        .0
-                        .tracker
-                        .clone()
-                        .spawn(accept(tunnels, listener, route));
+                    let near = near.clone();
+                    near.0.tracker.clone().spawn(accept(near, listener, route));
                 }
                 Err(e) => {
                     let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
@@ -248,7 +251,7 @@ impl Listeners {
                 }
             }
         }
-        tunnels.0.metrics.tunnel_listeners(active.len());
+        near.0.metrics.tunnel_listeners(active.len());
     }
 
     /// Addresses listened on, sorted.
@@ -284,31 +287,29 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-async fn accept(tunnels: Tunnels, listener: TcpListener, route: Arc<Route>) {
+async fn accept(near: Near, listener: TcpListener, route: Arc<Route>) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             () = route.closed.cancelled() => return,
-            () = tunnels.0.shutdown.cancelled() => return,
+            () = near.0.shutdown.cancelled() => return,
         };
         match accepted {
-            Ok((tcp, from)) if !SourceNet::allows(&tunnels.0.config.allowed_sources, from.ip()) => {
+            Ok((tcp, from)) if !SourceNet::allows(&near.0.allowed_sources, from.ip()) => {
                 // per connection, so debug; the count is in the metric and `fedgw status`
                 debug!(%from, addr = %route.addr, "local connection from a source outside tunnel.allowed_sources; reset");
-                tunnels.0.metrics.tunnel_refused_label(SOURCE_NOT_ALLOWED);
+                near.0.metrics.tunnel_refused_label(SOURCE_NOT_ALLOWED);
                 reset(tcp);
             }
             Ok((tcp, _)) => {
-                tunnels
-                    .0
+                near.0
                     .metrics
                     .tunnel_connection(&route.request.org, "outbound");
-                let t = tunnels.clone();
+                let n = near.clone();
                 let route = route.clone();
-                tunnels
-                    .0
+                near.0
                     .tracker
-                    .spawn(async move { t.proxy(tcp, route).await });
+                    .spawn(async move { n.proxy(tcp, route).await });
             }
             Err(e) => {
                 debug!(addr = %route.addr, error = %e, "accept failed");
@@ -327,6 +328,297 @@ async fn accept(tunnels: Tunnels, listener: TcpListener, route: Arc<Route>) {
 fn reset(tcp: tokio::net::TcpStream) {
     if let Err(e) = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO)) {
         debug!(error = %e, "cannot set SO_LINGER to reset a refused connection; closing it");
+    }
+}
+
+/// What [`Near::new`] needs: its limits and how it proxies.
+#[derive(Debug)]
+pub struct NearSetup {
+    /// Permits, priority classes and stall time-out, as at the far end.
+    pub proxying: Proxying,
+    /// How long a new local connection is held for a link (`tunnel.connect_hold_ms`).
+    pub connect_hold: Duration,
+    /// Source networks that may connect (`tunnel.allowed_sources`; empty: any).
+    pub allowed_sources: Vec<SourceNet>,
+    /// IP aliases for the listeners (`[addresses] interface`), if configured.
+    pub aliases: Option<Aliases>,
+}
+
+/// The near end of this gateway: the local listeners and the connections they proxy. Clones
+/// share state.
+#[derive(Clone, Debug)]
+pub struct Near(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    /// Opens the streams.
+    links: Links,
+    membership: Membership,
+    metrics: Metrics,
+    proxying: Proxying,
+    connect_hold: Duration,
+    allowed_sources: Vec<SourceNet>,
+    listeners: Listeners,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Near {
+    /// A near end that listens nowhere until the first [`Near::update`]; its streams go over
+    /// `links`.
+    pub fn new(
+        setup: NearSetup,
+        links: Links,
+        membership: Membership,
+        metrics: Metrics,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Near {
+        Near(Arc::new(Inner {
+            links,
+            membership,
+            metrics,
+            proxying: setup.proxying,
+            connect_hold: setup.connect_hold,
+            allowed_sources: setup.allowed_sources,
+            listeners: Listeners::new(setup.aliases),
+            tracker,
+            shutdown,
+        }))
+    }
+
+    /// Listens on every route's address and stops listening elsewhere
+    /// ([`Listeners::reconcile`]).
+    pub fn update(&self, routes: Vec<Route>) {
+        self.0.listeners.reconcile(self, routes);
+    }
+
+    /// Whether some local listener could not be bound (retried on the next update).
+    pub fn listener_failures(&self) -> bool {
+        self.0.listeners.has_failures()
+    }
+
+    /// Local listener addresses, sorted.
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        self.0.listeners.addresses()
+    }
+}
+
+/// First and longest wait between the attempts of a connection held for a link
+/// ([`NearSetup::connect_hold`]); a link registered meanwhile ends the wait at once.
+const HOLD_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(500));
+
+impl Near {
+    /// Proxies one accepted local connection to `route` (the near end).
+    async fn proxy(&self, mut tcp: tokio::net::TcpStream, route: Arc<Route>) {
+        let Ok(permit) = self.0.proxying.connections.clone().try_acquire_owned() else {
+            self.0.metrics.tunnel_refused(Answer::Overloaded);
+            return;
+        };
+        let revoked = self.0.membership.revocation().token(&route.request.org);
+        let closed = route.closed.clone();
+        let mut stop = std::pin::pin!(async {
+            tokio::select! {
+                () = revoked.cancelled() => {}
+                () = self.0.shutdown.cancelled() => {}
+                () = closed.cancelled() => {}
+            }
+        });
+        let req = &route.request;
+        let class = class::class_of(&self.0.proxying.priority, &req.org, &req.node, &req.port);
+        let counters = self.0.metrics.tunnel_counters(&req.org, class);
+        // TCP_NODELAY comes from the listener: Linux copies it into every accepted socket
+        let Some((mut r, mut w, end)) = self
+            .open_answered(&mut tcp, &route, class, &counters, stop.as_mut())
+            .await
+        else {
+            // RST rather than FIN: the client must not mistake a refusal for a clean end
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+            return;
+        };
+        let _active = self.0.metrics.tunnel_stream_guard();
+        let stall = self.0.proxying.stall;
+        match splice::splice(&mut tcp, &mut r, &mut w, end, &counters, stall, stop).await {
+            Ended::Refused(answer) => {
+                debug!(node = %route.request.node, reason = answer.label(), "stream refused by the far gateway");
+                self.0.metrics.tunnel_refused_by_peer(answer);
+            }
+            Ended::Failed(e) => {
+                debug!(node = %route.request.node, error = %e, "proxied connection failed")
+            }
+            Ended::Stalled => {
+                debug!(node = %route.request.node, "local client read nothing for the stall time-out; connection reset");
+                self.0.metrics.tunnel_stalled("near");
+            }
+            Ended::Done | Ended::Stopped => {}
+        }
+        drop(permit);
+    }
+
+    /// Opens the stream of a local connection and sends its header with what the client has
+    /// sent by then (≤ [`header::EARLY_READ`] bytes, in one TLS record or QUIC packet), then
+    /// waits for the far end's answer, sending on what else the client sends meanwhile. While
+    /// the site has no link it holds the connection ([`Near::open_held`]); while the
+    /// client's bytes so far fit in [`header::EARLY_READ`], a link lost before the answer (a
+    /// peer gateway that restarted: the new process resets the old link at its first packet,
+    /// or a new link from it supersedes the old one) costs a new stream on a new link, with
+    /// the same bytes, within the same hold time. `None`: no stream, refused, or stopped; the
+    /// caller resets the client.
+    async fn open_answered<S: std::future::Future<Output = ()>>(
+        &self,
+        tcp: &mut tokio::net::TcpStream,
+        route: &Route,
+        class: class::Class,
+        counters: &splice::Counters,
+        mut stop: std::pin::Pin<&mut S>,
+    ) -> Option<(splice::TunnelRead, splice::TunnelWrite, End<'static>)> {
+        let deadline = tokio::time::Instant::now() + self.0.connect_hold;
+        let mut first: Option<Vec<u8>> = None;
+        loop {
+            let (stream, link) = match self.open_held(&route.site, deadline, stop.as_mut()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.0.metrics.tunnel_open_failed();
+                    // per connection, so debug: a down site would flood the log; the count is
+                    // in fedgw_tunnel_refused_by_peer_streams_total{reason="no_tunnel"}
+                    debug!(node = %route.request.node, org = %route.request.org, error = %e, "no tunnel for a local connection");
+                    return None;
+                }
+            };
+            let (mut r, mut w) = stream.split();
+            w.set_class(class);
+            let first = match &mut first {
+                Some(f) => f,
+                None => {
+                    // read once the stream is open: for a short request, all of it
+                    let mut f = Vec::with_capacity(route.header.len() + header::EARLY_READ);
+                    f.extend_from_slice(&route.header);
+                    match splice::read_queued(tcp, &mut f, header::EARLY_READ) {
+                        Ok(n) => {
+                            counters.tx.inc_by(n as u64);
+                            counters.class.sent(n);
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "local connection failed before its stream opened");
+                            w.reset();
+                            return None;
+                        }
+                    }
+                    first.insert(f)
+                }
+            };
+            let lost_link = |e: &std::io::Error| {
+                let retry = !link.is_alive() && tokio::time::Instant::now() < deadline;
+                if retry {
+                    debug!(node = %route.request.node, error = %e, "link lost before the far end answered; opening the stream again");
+                }
+                retry
+            };
+            if let Err(e) = w.write_all(first).await {
+                if lost_link(&e) {
+                    continue;
+                }
+                debug!(error = %e, "tunnel stream failed before the header");
+                return None;
+            }
+            // more bytes from the client go out as they come and are kept, up to the same
+            // bound, to be sent again; past it, or at the client's end of stream, the splice
+            // takes over (and reads the answer), and a lost link ends the connection
+            // `None`: the client ended or sent too much to keep; the splice takes over
+            let waited = {
+                let mut answer = std::pin::pin!(r.answer());
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = stop.as_mut() => return None,
+                        answer = &mut answer => break Some(answer),
+                        _ = tcp.readable() => {
+                            let room = (route.header.len() + header::EARLY_READ).saturating_sub(first.len());
+                            let before = first.len();
+                            let read = if room == 0 {
+                                Ok(0)
+                            } else {
+                                use bytes::BufMut as _;
+                                tcp.try_read_buf(&mut first.limit(room))
+                            };
+                            match read {
+                                Ok(0) => break None,
+                                Ok(n) => {
+                                    counters.tx.inc_by(n as u64);
+                                    counters.class.sent(n);
+                                    if let Err(e) = w.write_all(&first[before..]).await {
+                                        if lost_link(&e) {
+                                            break Some(Err(e));
+                                        }
+                                        debug!(error = %e, "tunnel stream failed before the answer");
+                                        return None;
+                                    }
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                Err(e) => {
+                                    debug!(error = %e, "local connection failed before the answer");
+                                    w.reset();
+                                    return None;
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            let Some(answer) = waited else {
+                return Some((r, w, End::Near));
+            };
+            match answer {
+                Ok(Answer::Accepted) => return Some((r, w, End::NearAnswered)),
+                Ok(refused) => {
+                    debug!(node = %route.request.node, reason = refused.label(), "stream refused by the far gateway");
+                    self.0.metrics.tunnel_refused_by_peer(refused);
+                    w.reset();
+                    return None;
+                }
+                Err(e) if lost_link(&e) => {}
+                Err(e) => {
+                    debug!(node = %route.request.node, error = %e, "tunnel stream failed before the answer");
+                    w.reset();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Opens a stream to `peer` ([`Links::open`]), retrying while `peer` has no link
+    /// until `deadline` ([`NearSetup::connect_hold`]): after a short, growing wait
+    /// ([`HOLD_RETRY`]), or at once when any link registers. A revoked org or `stop` ends the
+    /// wait.
+    async fn open_held<S: std::future::Future<Output = ()>>(
+        &self,
+        peer: &GatewayId,
+        deadline: tokio::time::Instant,
+        mut stop: std::pin::Pin<&mut S>,
+    ) -> Result<(TunnelStream, Link), OpenError> {
+        let mut delay = HOLD_RETRY.0;
+        let mut registered = self.0.links.registrations();
+        loop {
+            registered.mark_unchanged();
+            let err = match self.0.links.open_stream(peer).await {
+                Ok(s) => return Ok(s),
+                Err(e) => e,
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline || self.0.membership.revocation().set().contains(&peer.org) {
+                return Err(err);
+            }
+            debug!(%peer, error = %err, "no link for a local connection yet; holding it");
+            let jitter = rand::random_range(0.75..1.25);
+            let wake = (now + delay.mul_f64(jitter)).min(deadline);
+            tokio::select! {
+                biased;
+                () = stop.as_mut() => return Err(err),
+                _ = registered.changed() => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            delay = (delay * 2).min(HOLD_RETRY.1);
+        }
     }
 }
 

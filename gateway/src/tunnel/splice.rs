@@ -13,7 +13,7 @@ use std::io;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::gate::Gated;
@@ -27,13 +27,24 @@ const TCP_READ: usize = 256 * 1024;
 /// buffer per message costs an arena allocation and free (about 3000 instructions, 10-15 % of
 /// a gateway's user-space work per 64-byte round trip, counted with callgrind).
 const QUIET_READ: usize = 16 * 1024;
-/// Most bytes a new connection's first read takes to send along with the tunnel header.
-pub const EARLY_READ: usize = 16 * 1024;
 /// Largest QUIC chunk taken in one read.
 const QUIC_CHUNK: usize = 256 * 1024;
 /// Received chunks (QUIC or yamux) written to TCP in one vectored write while a stream is
 /// busy.
 const QUIC_BATCH: usize = 32;
+
+/// What the near and the far end share for every proxied connection: the permits that bound
+/// how many run at once, the priority classes, and the stall time-out.
+#[derive(Debug, Clone)]
+pub struct Proxying {
+    /// Proxied connections at once (`tunnel.max_connections`), one pool for both ends.
+    pub connections: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Priority classes by port (`tunnel.priority`).
+    pub priority: super::class::Priorities,
+    /// The longest wait for a TCP peer to take tunnel bytes (`tunnel.stall_timeout_ms`);
+    /// `None`, no limit.
+    pub stall: Option<Duration>,
+}
 
 /// One bidirectional tunnel stream.
 pub enum TunnelStream {
@@ -165,6 +176,15 @@ impl TunnelWrite {
                 .finish()
                 .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e)),
             TunnelWrite::Mux(w) => w.shutdown().await,
+        }
+    }
+
+    /// The stream as a plain async writer, for [`super::header::refuse`]; shutting it down
+    /// ends the sending side as [`TunnelWrite::finish`] does.
+    pub fn as_async_write(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send) {
+        match self {
+            TunnelWrite::Quic(w) => w,
+            TunnelWrite::Mux(w) => w,
         }
     }
 
@@ -602,47 +622,7 @@ pub async fn splice<S: std::future::Future<Output = ()>>(
     ended
 }
 
-/// Writes the answer to a stream the far gateway refuses, then ends it.
-pub async fn refuse(w: &mut TunnelWrite, answer: Answer) {
-    let _ = w.write_all(&answer.encode()).await;
-    let _ = w.finish().await;
-}
-
-/// Reads a request header from the start of a stream: returns the request and the connection
-/// bytes that came with it (what the caller sent along, up to [`EARLY_READ`]), or the answer
-/// to refuse with. The buffer is not zeroed first, and the bytes come back in a buffer of
-/// their own size, so a burst of new streams waiting on their dials does not hold (and touch)
-/// a header buffer of 20 KiB each.
-pub async fn read_request<R>(r: &mut R) -> Result<(super::header::Request, Vec<u8>), Answer>
-where
-    R: AsyncRead + Unpin + ?Sized,
-{
-    use super::header::{Decoded, MAX_REQUEST_LEN, Request};
-    use bytes::BufMut as _;
-    let room = MAX_REQUEST_LEN + EARLY_READ;
-    let mut buf = Vec::with_capacity(room);
-    loop {
-        let left = room - buf.len();
-        let n = r
-            .read_buf(&mut (&mut buf).limit(left))
-            .await
-            .map_err(|_| Answer::BadHeader)?;
-        if n == 0 {
-            return Err(Answer::BadHeader);
-        }
-        match Request::decode(&buf) {
-            Ok(Decoded::Complete(req, used)) => {
-                buf.drain(..used);
-                buf.shrink_to_fit();
-                return Ok((req, buf));
-            }
-            Ok(Decoded::Incomplete) if buf.len() < MAX_REQUEST_LEN => continue,
-            Ok(Decoded::Incomplete) | Err(_) => return Err(Answer::BadHeader),
-        }
-    }
-}
-
-/// Async reads of a [`TunnelRead`], for [`read_request`].
+/// Async reads of a [`TunnelRead`], for [`super::header::read_request`].
 impl AsyncRead for TunnelRead {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
@@ -720,18 +700,6 @@ mod tests {
         let got = reader.await.expect("reader");
         assert_eq!(got.len(), data.len());
         assert!(got == data, "bytes differ");
-    }
-
-    #[tokio::test]
-    async fn a_request_comes_back_with_its_early_bytes_in_a_buffer_of_their_size() {
-        let req = super::super::header::Request::new("org1", "node1", "p2p").expect("request");
-        let mut stream = req.encode();
-        stream.extend_from_slice(b"hello");
-        let (got, early) = read_request(&mut &stream[..]).await.expect("a request");
-        assert_eq!(got, req);
-        assert_eq!(early, b"hello");
-        // not the header buffer's 16 KiB of room for early bytes
-        assert_eq!(early.capacity(), early.len());
     }
 
     #[test]
