@@ -760,6 +760,8 @@ fn status_of(
                 rtt_ms: l.quic.map_or(0.0, |p| p.rtt.as_secs_f64() * 1000.0),
                 path_mtu: l.quic.map_or(0, |p| u32::from(p.current_mtu)),
                 lost_packets: l.quic.map_or(0, |p| p.lost_packets),
+                quic_failed_at_unix_ms: l.quic_failed.map_or(0, |f| unix_ms(f.at)),
+                quic_retry_at_unix_ms: l.quic_failed.map_or(0, |f| unix_ms(f.retry_at)),
             })
             .collect(),
         listeners: u32::try_from(tunnels.listening().len()).unwrap_or(u32::MAX),
@@ -788,6 +790,12 @@ fn status_of(
             })
             .collect(),
     }
+}
+
+/// `t` as Unix milliseconds (0 before 1970).
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -557,6 +557,14 @@ impl Metrics {
             .inc_by(delta);
     }
 
+    /// Live links of `transport` (`quic` or `tcp`), those draining or retired included.
+    pub fn tunnel_links(&self, transport: &'static str) -> i64 {
+        self.tunnel
+            .links
+            .get_or_create(&TransportLabels { transport })
+            .get()
+    }
+
     /// Sets the number of local listeners.
     pub fn tunnel_listeners(&self, n: usize) {
         self.tunnel

@@ -54,8 +54,8 @@ use crate::metrics::Metrics;
 use far::{DialPolicy, Far, FarSetup, Targets};
 use header::Answer;
 pub use links::{
-    AUTO_QUIC_RETRY_AFTER, AUTO_QUIC_TIMEOUT, BACKOFF, DIAL_TIMEOUT, DialError, IDLE_TIMEOUT,
-    KEEP_ALIVE, Link, LinkStatus, OpenError, PUBLISH_WAIT, PeerGateway, Transport, link_age,
+    AUTO_QUIC_TIMEOUT, BACKOFF, DIAL_TIMEOUT, DialError, IDLE_TIMEOUT, KEEP_ALIVE, Link,
+    LinkStatus, OpenError, PUBLISH_WAIT, PeerGateway, Transport, link_age,
 };
 use links::{LinkSetup, Links};
 use near::{Near, NearSetup};
@@ -339,6 +339,13 @@ impl Tunnels {
     /// Every live link, sorted by peer.
     pub fn links(&self) -> Vec<LinkStatus> {
         self.links.links()
+    }
+
+    /// Test hook, not for production: while `blocked`, every QUIC dial fails at once, as if
+    /// UDP were blocked ([`Links::block_quic_dials`]).
+    #[doc(hidden)]
+    pub fn block_quic_dials(&self, blocked: bool) {
+        self.links.block_quic_dials(blocked);
     }
 
     /// The live link to `peer`, if any, and its transport.

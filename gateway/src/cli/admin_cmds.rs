@@ -564,6 +564,8 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
                 serde_json::json!({
                     "org": t.org, "site": t.site, "transport": t.transport, "rtt_ms": t.rtt_ms,
                     "path_mtu": t.path_mtu, "lost_packets": t.lost_packets,
+                    "quic_failed_at_unix_ms": t.quic_failed_at_unix_ms,
+                    "quic_retry_at_unix_ms": t.quic_retry_at_unix_ms,
                 })
             })
             .collect();
@@ -645,12 +647,13 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             ("-".to_owned(), "-".to_owned(), "-".to_owned())
         };
         outln!(
-            "{:<16} {:<9} {:>10} {:>8} {:>8}",
+            "{:<16} {:<9} {:>10} {:>8} {:>8}{}",
             format!("{}/{}", t.org, t.site),
             t.transport,
             rtt,
             mtu,
-            lost
+            lost,
+            quic_retry_note(t, unix_now_ms())
         )?;
     }
     if s.classes.iter().any(|c| c.writes > 0) {
@@ -684,6 +687,32 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Why a `tcp` link is not on QUIC, for the end of its row: `  QUIC failed 41 s ago, next try
+/// in 19 s`; empty for other links.
+fn quic_retry_note(t: &pb::TunnelStatus, now_ms: i64) -> String {
+    if t.quic_failed_at_unix_ms == 0 {
+        return String::new();
+    }
+    let failed = now_ms.saturating_sub(t.quic_failed_at_unix_ms).max(0) / 1000;
+    let retry = t.quic_retry_at_unix_ms.saturating_sub(now_ms);
+    if retry > 0 {
+        // rounded up: "in 0 s" would read as now
+        format!(
+            "  QUIC failed {failed} s ago, next try in {} s",
+            retry.saturating_add(999) / 1000
+        )
+    } else {
+        format!("  QUIC failed {failed} s ago, trying again now")
+    }
+}
+
+/// The wall clock in Unix milliseconds.
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// `n` bytes with a binary unit: `512 B`, `1.5 KiB`, `3.2 GiB`.
@@ -803,7 +832,33 @@ pub async fn render(
 
 #[cfg(test)]
 mod tests {
-    use super::{human_bytes, sorted_counts};
+    use super::{human_bytes, quic_retry_note, sorted_counts};
+    use fedgw_proto::v1 as pb;
+
+    #[test]
+    fn a_tcp_link_dialled_after_quic_failed_says_when_quic_is_tried_again() {
+        let now = 1_800_000_000_000;
+        let link = |failed, retry| pb::TunnelStatus {
+            transport: "tcp".into(),
+            quic_failed_at_unix_ms: failed,
+            quic_retry_at_unix_ms: retry,
+            ..Default::default()
+        };
+        assert_eq!(
+            quic_retry_note(&link(now - 41_500, now + 18_200), now),
+            "  QUIC failed 41 s ago, next try in 19 s"
+        );
+        assert_eq!(
+            quic_retry_note(&link(now - 60_000, now - 10), now),
+            "  QUIC failed 60 s ago, trying again now"
+        );
+        // the clock stepped back since the failure: no negative ages
+        assert_eq!(
+            quic_retry_note(&link(now + 500, now + 30_000), now),
+            "  QUIC failed 0 s ago, next try in 30 s"
+        );
+        assert_eq!(quic_retry_note(&link(0, 0), now), "");
+    }
 
     #[test]
     fn byte_counts_take_a_binary_unit() {

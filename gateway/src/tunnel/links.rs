@@ -12,6 +12,7 @@
 //! older one at once.
 
 mod link;
+pub mod upgrade;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,10 +49,9 @@ pub enum Transport {
     Auto,
 }
 
-/// How long `auto` waits for a QUIC handshake before trying TCP+TLS.
+/// How long `auto` waits for a QUIC handshake before trying TCP+TLS. After a fallback, QUIC
+/// is tried again in the background ([`upgrade`]).
 pub const AUTO_QUIC_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long `auto` keeps using TCP+TLS for a peer after QUIC failed.
-pub const AUTO_QUIC_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Dial timeout of a tunnel connection (connect plus handshake).
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keep-alive interval of tunnel connections.
@@ -125,7 +125,8 @@ struct Inner {
     max_link_age: Duration,
     next_link: AtomicU64,
     dial_locks: Mutex<HashMap<GatewayId, DialLock>>,
-    quic_failed: Mutex<HashMap<GatewayId, Instant>>,
+    /// `auto`: QUIC attempts that failed per peer, for the retries ([`upgrade`]).
+    upgrades: upgrade::Upgrades,
     keepers: Mutex<HashMap<GatewayId, CancellationToken>>,
     /// The far end, which serves the streams peers open.
     inbound: Arc<dyn Inbound>,
@@ -177,6 +178,9 @@ pub enum DialError {
         #[source]
         source: quinn::ConnectionError,
     },
+    /// QUIC dials are blocked by the test hook ([`Links::block_quic_dials`]).
+    #[error("QUIC dials blocked by the test hook")]
+    QuicBlocked,
     /// `transport = "quic"`, and the QUIC handshake did not complete within [`DIAL_TIMEOUT`].
     #[error("QUIC handshake timed out")]
     QuicTimeout,
@@ -248,6 +252,9 @@ pub struct LinkStatus {
     /// QUIC path statistics (smoothed RTT, path MTU in UDP payload bytes, packets lost);
     /// `None` for TCP links.
     pub quic: Option<quinn::PathStats>,
+    /// A TCP link this gateway dialled in `auto` because QUIC failed: when it last failed and
+    /// when it is tried again ([`upgrade`]).
+    pub quic_failed: Option<upgrade::QuicFailed>,
 }
 
 /// A peer gateway as the view announces it.
@@ -289,7 +296,7 @@ impl Links {
             max_link_age: setup.max_link_age,
             next_link: AtomicU64::new(1),
             dial_locks: Mutex::new(HashMap::new()),
-            quic_failed: Mutex::new(HashMap::new()),
+            upgrades: upgrade::Upgrades::default(),
             keepers: Mutex::new(HashMap::new()),
             inbound,
             tracker,
@@ -343,6 +350,7 @@ impl Links {
                     Link::Quic(c) => Some(c.stats().path),
                     Link::Mux { .. } => None,
                 },
+                quic_failed: self.quic_failed(peer, e),
             })
             .collect();
         out.sort_by(|a, b| a.peer.cmp(&b.peer));
@@ -457,7 +465,9 @@ impl Links {
             match self.dial_endpoint(peer, endpoint).await {
                 Ok(link) => {
                     *last_failure = None;
-                    return Ok(self.register(peer.clone(), link, "outbound"));
+                    let entry = self.register(peer.clone(), link, "outbound");
+                    self.upgrade_later(peer, &entry);
+                    return Ok(entry);
                 }
                 Err(e) => failures.0.push((endpoint.clone(), e)),
             }
@@ -471,12 +481,7 @@ impl Links {
         let use_quic = match self.0.transport {
             Transport::Tcp => false,
             Transport::Quic => true,
-            Transport::Auto => {
-                let failed = self.0.quic_failed.lock().unwrap_or_else(|e| e.into_inner());
-                failed
-                    .get(peer)
-                    .is_none_or(|t| t.elapsed() >= AUTO_QUIC_RETRY_AFTER)
-            }
+            Transport::Auto => self.0.upgrades.due(peer, tokio::time::Instant::now()),
         };
         if !(use_quic && self.0.quic.is_some()) {
             return self.dial_tcp(peer, endpoint).await;
@@ -497,16 +502,13 @@ impl Links {
         let link = self.dial_tcp(peer, endpoint).await?;
         // only now is UDP the problem: when TCP+TLS fails too, the peer is down (restarting),
         // and its next link should be QUIC again
-        self.0
-            .quic_failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(peer.clone(), Instant::now());
+        self.0.upgrades.failed_now(peer);
         Ok(link)
     }
 
     async fn dial_quic(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, DialError> {
         let quic = self.0.quic.as_ref().ok_or(DialError::NoQuicEndpoint)?;
+        self.0.upgrades.check_blocked()?;
         // the peer proves the identity the view expects, whatever name or address it is at
         let name = peer.server_name(&self.0.domain);
         let name = name.as_str();
@@ -605,7 +607,8 @@ impl Links {
     /// A link dialled by the same side as an older one this side still holds (and would not
     /// retire within [`SUPERSEDE_MARGIN`]) supersedes it: the dialler does not dial while it
     /// has a usable link, so it restarted or lost the old one, which is closed at once with its
-    /// streams rather than left to its idle timeout.
+    /// streams rather than left to its idle timeout. A QUIC link instead drains the peer's
+    /// TCP+TLS links, whoever dialled them ([`upgrade::drains`]): `auto` moved back to QUIC.
     fn register(&self, peer: GatewayId, link: Link, direction: &'static str) -> LinkEntry {
         let id = self.0.next_link.fetch_add(1, Ordering::Relaxed);
         let now = SystemTime::now();
@@ -636,14 +639,18 @@ impl Links {
             retire_at: Instant::now() + age.min(MAX_RETIRE),
             outbound,
         };
-        let superseded: Vec<LinkEntry> = {
+        let (draining, superseded): (Vec<LinkEntry>, Vec<LinkEntry>) = {
             let mut all = self.0.all_links.lock().unwrap_or_else(|e| e.into_inner());
             let keep_until = Instant::now() + SUPERSEDE_MARGIN;
             let older = all
                 .values()
-                .filter(|(p, e)| *p == peer && e.outbound == outbound && e.retire_at > keep_until)
-                .map(|(_, e)| e.clone())
-                .collect();
+                .filter(|(p, e)| {
+                    *p == peer
+                        && (upgrade::drains(&link, &e.link)
+                            || (e.outbound == outbound && e.retire_at > keep_until))
+                })
+                .map(|(_, e)| e.clone());
+            let older = older.partition(|e| upgrade::drains(&link, &e.link));
             all.insert(id, (peer.clone(), entry.clone()));
             older
         };
@@ -659,9 +666,13 @@ impl Links {
             info!(%peer, transport = old.link.transport(), link = old.id, "tunnel superseded by a new link from the same dialler; closing it");
             old.link.close(4, "superseded");
         }
+        for old in draining {
+            self.drain(&peer, old);
+        }
         if let Some(old) = replaced
             && old.link.is_alive()
             && !superseded.iter().any(|s| s.id == old.id)
+            && !upgrade::drains(&link, &old.link)
         {
             // both sides dialled at once, or the old link retired: it keeps its streams until
             // they end or it reaches its own end of life
@@ -904,6 +915,8 @@ impl Links {
                         () = entry.link.closed() => {}
                         // a retired link keeps its streams; new ones need a new link now
                         () = tokio::time::sleep_until(entry.retire_at.into()) => continue,
+                        // a QUIC link took over from a TCP+TLS one, which drains
+                        () = self.replaced(&peer, entry.id) => continue,
                         () = stop.cancelled() => return,
                     }
                 }
