@@ -38,6 +38,11 @@
 //!   rustls and then handed on in slices of that buffer until the reader takes it
 //!   ([`MuxReader::poll_chunks`]).
 //!
+//! Layout, as quinn-proto beside quinn: [`frame`] is the codec; `session` the state machine,
+//! which takes the peer's frames and the streams' calls and returns the frames to send, with no
+//! socket or TLS (unit tested so); `io` the shell that owns rustls and the socket, and the
+//! [`Driver`]; [`sched`] the turns.
+//!
 //! Limits: a data frame over [`MAX_RECV_FRAME`] bytes, data beyond a stream's window or the
 //! session's, a SYN for a stream id in use or of the wrong parity, a stream frame on stream 0
 //! other than a session window update, and an unknown version or frame type are protocol
@@ -48,7 +53,7 @@
 
 use std::time::Duration;
 
-mod frame;
+pub mod frame;
 mod io;
 pub mod sched;
 mod session;

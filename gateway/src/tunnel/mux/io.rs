@@ -1,10 +1,11 @@
-//! The async shell of a yamux session: the socket, the driver and the streams' halves.
+//! The async shell of a yamux session: the TLS connection and the socket, the driver that
+//! reads them, and the streams' halves. What the session decides is [`Session`]'s; this file
+//! encrypts the frames it returns, writes them to the socket and tells it how that went.
 
-use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufRead as _, IoSlice};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, Bytes, BytesMut};
@@ -12,12 +13,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::frame::{FrameReader, GO_AWAY_NORMAL, GO_AWAY_PROTOCOL, Header, Kind, flag};
-use super::sched::Scheduler;
-use super::session::{Inner, Shared, Stream, sending};
+use super::frame::{FrameReader, GO_AWAY_NORMAL, GO_AWAY_PROTOCOL, HEADER_LEN, Header};
+use super::session::Session;
 use super::{
-    Config, EndWhen, MAX_FRAME, MAX_RECORD_PLAINTEXT, NOTSENT_LOWAT, QUEUE_LIMIT, READ_CHUNK,
-    READS_PER_TURN, Role, SESSION_WINDOW, SHARED_FRAME,
+    Config, EndWhen, MAX_RECORD_PLAINTEXT, NOTSENT_LOWAT, READ_CHUNK, READS_PER_TURN, Role,
 };
 use crate::tunnel::class::Class;
 
@@ -33,11 +32,34 @@ impl std::fmt::Debug for Mux {
     }
 }
 
+/// What the streams, the handle and the driver share.
+pub(super) struct Shared {
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The session's state and its link, under one lock.
+pub(super) struct Inner {
+    pub(super) session: Session,
+    tls: rustls::Connection,
+    sock: OwnedWriteHalf,
+    /// The socket refused a write: the driver waits for it to turn writable.
+    want_writable: bool,
+    driver: Option<Waker>,
+    /// The link has been closed (close_notify sent if the socket took it, socket shut down).
+    shut: bool,
+}
+
 /// Writes TLS records to the socket: without a task context, `try_write` (a refusal leaves
 /// the driver to wait); with one, a poll that registers the driver for writability.
-pub(super) struct SockWriter<'a, 'b> {
-    pub(super) sock: &'a mut OwnedWriteHalf,
-    pub(super) cx: Option<&'a mut Context<'b>>,
+struct SockWriter<'a, 'b> {
+    sock: &'a mut OwnedWriteHalf,
+    cx: Option<&'a mut Context<'b>>,
 }
 
 impl io::Write for SockWriter<'_, '_> {
@@ -60,6 +82,101 @@ impl io::Write for SockWriter<'_, '_> {
     }
 }
 
+impl Inner {
+    /// Encrypts frames (one or two headers, then `payload` after the last) as one TLS write.
+    fn emit(&mut self, headers: &[Header], payload: &[u8]) {
+        let n = headers.len().min(2);
+        let mut encoded = [[0u8; HEADER_LEN]; 2];
+        for (e, h) in encoded.iter_mut().zip(headers) {
+            *e = h.encode();
+        }
+        let [first, second] = &encoded;
+        let all = [
+            IoSlice::new(first),
+            IoSlice::new(second),
+            IoSlice::new(payload),
+        ];
+        let one = [all[0], all[2]];
+        let slices: &[IoSlice<'_>] = if n == 1 { &one } else { &all };
+        let len = HEADER_LEN * n + payload.len();
+        // the buffer limit is off, so this takes everything (writers wait on the queue)
+        if let Err(e) = io::Write::write_vectored(&mut self.tls.writer(), slices) {
+            self.session.fail(e.kind());
+            return;
+        }
+        // record overhead: 5-byte header, content type and 16-byte tag per 16 KiB
+        self.session.queued(len + 22 * (len / 16_384 + 1));
+    }
+
+    /// Sends what the session has for the link: its frames without payload, each a record
+    /// of its own, then to the socket; once the session has ended, the link's close.
+    fn flush(&mut self) {
+        if self.session.has_out() && !self.shut {
+            for h in self.session.take_out() {
+                self.emit(&[h], &[]);
+            }
+        }
+        if self.session.closed().is_some() {
+            self.close_link();
+        } else if self.tls.wants_write() {
+            self.push(None);
+        }
+    }
+
+    /// Writes queued records to the socket until it refuses (then the driver waits for
+    /// writability) or none are left.
+    fn push(&mut self, cx: Option<&mut Context<'_>>) {
+        let mut w = SockWriter {
+            sock: &mut self.sock,
+            cx,
+        };
+        while self.tls.wants_write() {
+            match self.tls.write_tls(&mut w) {
+                Ok(0) => break,
+                Ok(n) => self.session.written(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.session.refused(Instant::now());
+                    if !self.want_writable {
+                        self.want_writable = true;
+                        if let Some(d) = &self.driver {
+                            d.wake_by_ref();
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.session.fail(e.kind());
+                    self.close_link();
+                    return;
+                }
+            }
+        }
+        self.want_writable = false;
+        self.session.drained(Instant::now());
+    }
+
+    /// Ends the session with `kind` and closes the link.
+    fn fail(&mut self, kind: io::ErrorKind) {
+        self.session.fail(kind);
+        self.flush();
+    }
+
+    /// Closes the link once: a close_notify goes out if the socket takes it, the socket is
+    /// shut down both ways, and the driver wakes to end.
+    fn close_link(&mut self) {
+        if self.shut {
+            return;
+        }
+        self.shut = true;
+        self.tls.send_close_notify();
+        self.push(None);
+        let _ = socket2::SockRef::from(self.sock.as_ref()).shutdown(std::net::Shutdown::Both);
+        if let Some(d) = self.driver.take() {
+            d.wake();
+        }
+    }
+}
+
 /// Starts a session over an established TLS connection (`tcp` carries `tls`). Returns the
 /// handle that opens streams and the driver, which must be polled ([`Driver::accept`]) for
 /// the session to make progress; dropping the driver ends the session.
@@ -76,27 +193,12 @@ pub fn session(
     tls.set_buffer_limit(None);
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
+            session: Session::new(role, config.max_streams),
             tls,
             sock,
-            streams: HashMap::new(),
-            next_id: match role {
-                Role::Client => 1,
-                Role::Server => 2,
-            },
-            max_streams: config.max_streams,
-            accepted: VecDeque::new(),
-            queued: 0,
             want_writable: false,
-            refused_at: None,
             driver: None,
-            sched: Scheduler::default(),
-            recv_window: SESSION_WINDOW,
-            unacked: 0,
-            send_window: SESSION_WINDOW,
-            starved: Vec::new(),
-            closed: None,
-            remote_go_away: false,
-            ping_id: 0,
+            shut: false,
         }),
     });
     let mut keep_alive = tokio::time::interval_at(
@@ -140,33 +242,18 @@ impl Mux {
     ///
     /// Errors: the session has ended, or the peer has sent Go Away.
     pub fn open(&self) -> io::Result<(MuxReader, MuxWriter)> {
-        let mut inner = self.shared.lock();
-        inner.check()?;
-        if inner.remote_go_away {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                "the peer is closing the tunnel session",
-            ));
-        }
-        if inner.streams.len() >= inner.max_streams {
-            return Err(io::Error::other("too many tunnel streams"));
-        }
-        let id = inner.next_id;
-        inner.next_id = id
-            .checked_add(2)
-            .ok_or_else(|| io::Error::other("tunnel stream ids exhausted"))?;
-        inner.streams.insert(id, Stream::new(flag::SYN));
+        let id = self.shared.lock().session.open()?;
         Ok(halves(&self.shared, id))
     }
 
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
-        self.shared.lock().closed.is_some()
+        self.shared.lock().session.closed().is_some()
     }
 
     /// Streams open now (both directions, not yet dropped).
     pub fn streams(&self) -> usize {
-        self.shared.lock().streams.len()
+        self.shared.lock().session.streams()
     }
 }
 
@@ -225,6 +312,7 @@ impl Driver {
         if self.done {
             let inner = self.shared.lock();
             return Poll::Ready(Err(inner
+                .session
                 .check()
                 .err()
                 .unwrap_or_else(|| io::ErrorKind::NotConnected.into())));
@@ -254,14 +342,12 @@ impl Driver {
                 ));
             }
             let mut inner = self.shared.lock();
-            inner.ping_id = inner.ping_id.wrapping_add(1);
-            let id = inner.ping_id;
-            inner.emit(&[Header::new(Kind::Ping, flag::SYN, 0, id)], &[]);
-            inner.push(None);
+            inner.session.ping();
+            inner.flush();
         }
         {
             let mut inner = self.shared.lock();
-            inner.check()?;
+            inner.session.check()?;
             if !inner
                 .driver
                 .as_ref()
@@ -271,7 +357,7 @@ impl Driver {
             }
             if inner.want_writable {
                 inner.push(Some(cx));
-                inner.check()?;
+                inner.session.check()?;
             }
         }
         if !self.primed {
@@ -282,7 +368,7 @@ impl Driver {
         }
         let mut reads = 0;
         loop {
-            if let Some(id) = self.shared.lock().accepted.pop_front() {
+            if let Some(id) = self.shared.lock().session.accept() {
                 return Ok(Some(id));
             }
             if reads == READS_PER_TURN {
@@ -353,21 +439,22 @@ impl Driver {
         }
         loop {
             match self.frames.next(&mut self.plain) {
-                Ok(Some(piece)) => inner.handle(piece, self.role)?,
+                Ok(Some(piece)) => inner
+                    .session
+                    .receive(piece)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
                 Ok(None) => break,
                 Err(e) => {
-                    inner.emit(&[Header::new(Kind::GoAway, 0, 0, GO_AWAY_PROTOCOL)], &[]);
-                    inner.push(None);
+                    inner.session.go_away(GO_AWAY_PROTOCOL);
+                    inner.flush();
                     return Err(io::Error::new(io::ErrorKind::InvalidData, e));
                 }
             }
         }
         // answers to pings and refusals
-        if inner.tls.wants_write() {
-            inner.push(None);
-        }
+        inner.flush();
         // the answers may have ended the session (a peer that does not read)
-        inner.check()?;
+        inner.session.check()?;
         if peer_closed {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -381,8 +468,8 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         let mut inner = self.shared.lock();
-        if inner.closed.is_none() {
-            inner.emit(&[Header::new(Kind::GoAway, 0, 0, GO_AWAY_NORMAL)], &[]);
+        if inner.session.closed().is_none() {
+            inner.session.go_away(GO_AWAY_NORMAL);
         }
         inner.fail(io::ErrorKind::ConnectionAborted);
         inner.driver = None;
@@ -430,57 +517,20 @@ impl MuxReader {
         max: usize,
     ) -> Poll<io::Result<usize>> {
         let mut inner = self.shared.lock();
-        let n = {
-            let Some(s) = inner.streams.get_mut(&self.id) else {
-                return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
-            };
-            let mut n = 0;
-            while out.len() < max
-                && let Some(chunk) = s.recv.pop_front()
-            {
-                n += chunk.len();
-                out.push(chunk);
-            }
-            n
+        let recv = match inner.session.received(self.id) {
+            Ok(recv) => recv,
+            Err(e) => return Poll::Ready(Err(e)),
         };
-        Self::took(&mut inner, self.id, n, cx)
-    }
-
-    /// After a read took `n` bytes: the window bookkeeping and `Ready(Ok(n))`; with nothing
-    /// taken, `Ready(Ok(0))` at the end of the stream, an error, or `Pending` (sending the
-    /// SYN of a stream opened by a reader first).
-    fn took(inner: &mut Inner, id: u32, n: usize, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if n > 0 {
-            inner.consumed(id, n);
-            return Poll::Ready(Ok(n));
-        }
-        let closed = inner.closed;
-        let Some(s) = inner.streams.get_mut(&id) else {
-            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
-        };
-        if s.reset {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                "tunnel stream reset by the peer",
-            )));
-        }
-        if s.remote_fin {
-            return Poll::Ready(Ok(0));
-        }
-        if let Some(kind) = closed {
-            return Poll::Ready(Err(io::Error::new(kind, "tunnel session closed")));
-        }
-        if !s.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            s.reader = Some(cx.waker().clone());
-        }
-        let fin = if s.local_fin { flag::FIN } else { 0 };
-        if s.announce == flag::SYN
-            && let Some(h) = inner.announce(id, fin)
+        let mut n = 0;
+        while out.len() < max
+            && let Some(chunk) = recv.pop_front()
         {
-            inner.emit(&[h], &[]);
-            inner.push(None);
+            n += chunk.len();
+            out.push(chunk);
         }
-        Poll::Pending
+        let took = inner.session.took(self.id, n, cx.waker());
+        inner.flush();
+        took
     }
 }
 
@@ -492,71 +542,50 @@ impl AsyncRead for MuxReader {
     ) -> Poll<io::Result<()>> {
         let id = self.id;
         let mut inner = self.shared.lock();
-        let n = {
-            let Some(s) = inner.streams.get_mut(&id) else {
-                return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
-            };
-            let mut n = 0;
-            while buf.remaining() > 0
-                && let Some(chunk) = s.recv.front_mut()
-            {
-                let take = chunk.len().min(buf.remaining());
-                buf.put_slice(&chunk[..take]);
-                chunk.advance(take);
-                if chunk.is_empty() {
-                    s.recv.pop_front();
-                }
-                n += take;
-            }
-            n
+        let recv = match inner.session.received(id) {
+            Ok(recv) => recv,
+            Err(e) => return Poll::Ready(Err(e)),
         };
-        MuxReader::took(&mut inner, id, n, cx).map_ok(|_| ())
+        let mut n = 0;
+        while buf.remaining() > 0
+            && let Some(chunk) = recv.front_mut()
+        {
+            let take = chunk.len().min(buf.remaining());
+            buf.put_slice(&chunk[..take]);
+            chunk.advance(take);
+            if chunk.is_empty() {
+                recv.pop_front();
+            }
+            n += take;
+        }
+        let took = inner.session.took(id, n, cx.waker());
+        inner.flush();
+        took.map_ok(|_| ())
     }
 }
 
 impl Drop for MuxReader {
     fn drop(&mut self) {
-        self.shared.lock().half_dropped(self.id, true);
+        let mut inner = self.shared.lock();
+        inner.session.half_dropped(self.id, true, Instant::now());
+        inner.flush();
     }
 }
 
 impl MuxWriter {
     /// Sets the stream's priority class: which writers go first while the link is the
-    /// bottleneck ([`sched`]). New streams are [`Class::Interactive`].
+    /// bottleneck ([`sched`](super::sched)). New streams are [`Class::Interactive`].
     pub fn set_class(&mut self, class: Class) {
-        let mut inner = self.shared.lock();
-        if let Some(s) = inner.streams.get_mut(&self.id) {
-            s.class = class;
-        }
+        self.shared.lock().session.set_class(self.id, class);
     }
 
     /// Resets the stream (RST): the peer's reads and writes fail.
     pub fn reset(&mut self) {
         let mut inner = self.shared.lock();
-        let id = self.id;
-        inner.sched.remove(id);
-        inner.hand_turns();
-        let Some(s) = inner.streams.get_mut(&id) else {
-            return;
-        };
-        if s.reset {
-            return;
-        }
-        s.reset = true;
-        s.wake();
-        // the peer knows every stream but one this end opened and never wrote to (its SYN
-        // still unsent): an accepted stream's RST goes out even before its first write, or the
-        // peer would wait for an answer that never comes
-        let known = s.announce != flag::SYN;
-        s.announce = 0;
-        if known && inner.closed.is_none() {
-            inner.emit(&[Header::new(Kind::WindowUpdate, flag::RST, id, 0)], &[]);
-            inner.push(None);
-        }
+        inner.session.reset(self.id, Instant::now());
+        inner.flush();
     }
-}
 
-impl MuxWriter {
     /// Writes a prefix of `buf` like [`AsyncWrite::poll_write`]; the frame that takes the
     /// rest of `buf` also carries FIN, ending this direction of the stream (one frame and one
     /// TLS record where a write and a shutdown take two). With `buf` empty it is a shutdown.
@@ -570,6 +599,8 @@ impl MuxWriter {
         self.write_frame(cx, buf, true)
     }
 
+    /// One data frame of a prefix of `buf`, written through: the session decides how much
+    /// and when ([`Session::write`]), this encrypts it and hands it to the socket.
     fn write_frame(
         &mut self,
         cx: &mut Context<'_>,
@@ -578,77 +609,27 @@ impl MuxWriter {
     ) -> Poll<io::Result<usize>> {
         let id = self.id;
         let mut inner = self.shared.lock();
-        let s = sending(&mut inner, id)?;
-        if s.local_fin {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "tunnel stream finished",
-            )));
-        }
         if buf.is_empty() {
-            return Poll::Ready(Ok(0));
+            return Poll::Ready(inner.session.writable(id).map(|()| 0));
         }
-        let class = s.class;
-        if s.send_window == 0 {
-            if !s.writer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                s.writer = Some(cx.waker().clone());
-            }
-            // waiting for the peer's window, not for a turn: the turn goes to the others
-            inner.sched.remove(id);
-            inner.hand_turns();
-            return Poll::Pending;
-        }
-        let n = buf.len().min(s.send_window as usize).min(MAX_FRAME);
-        if inner.send_window == 0 {
-            // once per task: a writer may be polled again before the window opens
-            if !inner.starved.iter().any(|w| w.will_wake(cx.waker())) {
-                inner.starved.push(cx.waker().clone());
-            }
-            inner.sched.remove(id);
-            inner.hand_turns();
-            return Poll::Pending;
-        }
-        let n = n.min(inner.send_window as usize);
-        if inner.queued >= QUEUE_LIMIT {
+        if inner.session.queue_full() {
             inner.push(None);
         }
-        let turn = inner.sched.has_turn(id);
-        if !turn && (inner.queued >= QUEUE_LIMIT || !inner.sched.may_write(id, class)) {
-            // the queue is full, or others are ahead: wait for a turn
-            inner.sched.wait(id, class);
-            if let Some(s) = inner.streams.get_mut(&id)
-                && !s.writer.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                s.writer = Some(cx.waker().clone());
-            }
-            // the queue may have room for a turn already (others were ahead)
-            inner.hand_turns();
-            return Poll::Pending;
-        }
-        // with others waiting, one small frame per turn; alone on a link that is the
-        // bottleneck, no more than the queue has room for
-        let others = inner.sched.has_waiting() || inner.sched.turns() > usize::from(turn);
-        let n = if others {
-            n.min(SHARED_FRAME)
-        } else if inner.backlogged() {
-            n.min(QUEUE_LIMIT.saturating_sub(inner.queued).max(SHARED_FRAME))
-        } else {
-            n
+        let frame = match inner
+            .session
+            .write(id, buf.len(), fin, cx.waker(), Instant::now())
+        {
+            Poll::Ready(Ok(frame)) => frame,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
         };
-        inner.sched.wrote(id, class);
-        let fin = fin && n == buf.len();
-        if let Some(s) = inner.streams.get_mut(&id) {
-            s.send_window -= n as u32;
-            s.local_fin |= fin;
+        let n = frame.len();
+        match frame.announce {
+            Some(announce) => inner.emit(&[announce, frame.data], &buf[..n]),
+            None => inner.emit(&[frame.data], &buf[..n]),
         }
-        inner.send_window -= n as u32;
-        let data = Header::new(Kind::Data, if fin { flag::FIN } else { 0 }, id, n as u32);
-        match inner.announce(id, 0) {
-            Some(announce) => inner.emit(&[announce, data], &buf[..n]),
-            None => inner.emit(&[data], &buf[..n]),
-        }
-        inner.push(None);
-        inner.check()?;
+        inner.flush();
+        inner.session.check()?;
         Poll::Ready(Ok(n))
     }
 }
@@ -669,27 +650,17 @@ impl AsyncWrite for MuxWriter {
 
     /// Half-close (FIN).
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let id = self.id;
         let mut inner = self.shared.lock();
-        let s = sending(&mut inner, id)?;
-        if s.local_fin {
-            return Poll::Ready(Ok(()));
-        }
-        s.local_fin = true;
-        let h = inner.announce(id, flag::FIN).unwrap_or(Header::new(
-            Kind::WindowUpdate,
-            flag::FIN,
-            id,
-            0,
-        ));
-        inner.emit(&[h], &[]);
-        inner.push(None);
-        Poll::Ready(inner.check())
+        inner.session.shutdown(self.id)?;
+        inner.flush();
+        Poll::Ready(inner.session.check())
     }
 }
 
 impl Drop for MuxWriter {
     fn drop(&mut self) {
-        self.shared.lock().half_dropped(self.id, false);
+        let mut inner = self.shared.lock();
+        inner.session.half_dropped(self.id, false, Instant::now());
+        inner.flush();
     }
 }

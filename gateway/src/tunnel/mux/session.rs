@@ -1,81 +1,118 @@
-//! The state of a yamux session shared by its streams and its driver.
+//! The yamux session's state machine, free of sockets and TLS: frames in
+//! ([`Session::receive`]), frames out ([`Session::write`] for data, [`Session::take_out`] for
+//! the rest), and the streams' windows, half-closes, resets and turns ([`sched`](super::sched))
+//! in between.
+//!
+//! The async shell ([`io`](super::io)) holds it under the session's lock, encrypts what it
+//! returns into the TLS connection and tells it how the socket takes the bytes
+//! ([`Session::queued`], [`Session::written`], [`Session::refused`], [`Session::drained`]):
+//! that is all it knows of the link. It keeps the wakers of the streams' readers and writers
+//! and wakes them itself; the caller passes the current time where turns depend on it.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IoSlice};
-use std::sync::{Mutex, MutexGuard};
-use std::task::{Context, Waker};
+use std::io;
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::net::tcp::OwnedWriteHalf;
 
-use super::frame::{HEADER_LEN, Header, Kind, Piece, flag};
-use super::io::SockWriter;
+use super::frame::{Header, Kind, Piece, flag};
 use super::sched::Scheduler;
 use super::{
-    ACCEPT_BACKLOG, BACKLOG_HOLD, INITIAL_WINDOW, MAX_QUEUED, PIN_BELOW, QUEUE_LIMIT, Role,
-    SESSION_WINDOW, SHARED_FRAME, STREAM_WINDOW, TURN_TIMEOUT,
+    ACCEPT_BACKLOG, BACKLOG_HOLD, INITIAL_WINDOW, MAX_FRAME, MAX_QUEUED, PIN_BELOW, QUEUE_LIMIT,
+    Role, SESSION_WINDOW, SHARED_FRAME, STREAM_WINDOW, TURN_TIMEOUT,
 };
 use crate::tunnel::class::Class;
 
-pub(super) struct Shared {
-    pub(super) inner: Mutex<Inner>,
+/// Peer frames that break the protocol; the session ends with Go Away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// A data frame, or a window update with flags, on stream 0 (only the session window
+    /// update goes there).
+    #[error("yamux stream frame on stream 0")]
+    StreamZero,
+    /// More data than the session window allows.
+    #[error("yamux data beyond the session's window")]
+    SessionWindow,
+    /// More data than the stream's window allows.
+    #[error("yamux data beyond the stream's window")]
+    StreamWindow,
+    /// A SYN for a stream id in use, or for an id of this end's parity.
+    #[error("yamux SYN for a stream id in use or not the peer's")]
+    Syn,
 }
 
-pub(super) struct Inner {
-    pub(super) tls: rustls::Connection,
-    pub(super) sock: OwnedWriteHalf,
-    pub(super) streams: HashMap<u32, Stream>,
-    pub(super) next_id: u32,
-    pub(super) max_streams: usize,
-    /// Inbound streams not yet taken by [`Driver::accept`].
-    pub(super) accepted: VecDeque<u32>,
+/// The frames of one data write: the stream's SYN or ACK window update first when this is
+/// its first frame, then the data header; its payload is the first `data.length` bytes of
+/// what the writer offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Write {
+    /// The window update that opens or acknowledges the stream, on its first frame.
+    pub announce: Option<Header>,
+    /// The data frame's header.
+    pub data: Header,
+}
+
+impl Write {
+    /// Payload bytes the frame takes.
+    pub fn len(&self) -> usize {
+        self.data.length as usize
+    }
+}
+
+/// One session's state.
+pub struct Session {
+    role: Role,
+    streams: HashMap<u32, Stream>,
+    next_id: u32,
+    max_streams: usize,
+    /// Inbound streams not yet taken by [`Session::accept`].
+    accepted: VecDeque<u32>,
     /// Encrypted bytes not yet written to the socket (an estimate that is exact at zero).
-    pub(super) queued: usize,
-    /// The socket refused a write: the driver waits for it to turn writable.
-    pub(super) want_writable: bool,
+    queued: usize,
     /// When the socket last refused a write.
-    pub(super) refused_at: Option<Instant>,
-    pub(super) driver: Option<Waker>,
+    refused_at: Option<Instant>,
     /// Writers waiting for the queue to fall, and the turns handed out.
-    pub(super) sched: Scheduler,
+    sched: Scheduler,
     /// Data bytes the peer may still send, all streams together.
-    pub(super) recv_window: u32,
+    recv_window: u32,
     /// Data bytes taken by readers, or discarded, since the last session window update.
-    pub(super) unacked: u32,
+    unacked: u32,
     /// Data bytes this end may still send, all streams together.
-    pub(super) send_window: u32,
+    send_window: u32,
     /// Writers waiting for the session window.
-    pub(super) starved: Vec<Waker>,
+    starved: Vec<Waker>,
     /// Why the session ended, once it has.
-    pub(super) closed: Option<io::ErrorKind>,
-    pub(super) remote_go_away: bool,
-    pub(super) ping_id: u32,
+    closed: Option<io::ErrorKind>,
+    remote_go_away: bool,
+    ping_id: u32,
+    /// Frames without payload to send, in order (window updates, FIN, RST, pings, Go Away).
+    out: Vec<Header>,
 }
 
 /// One stream's state, kept by the session.
-pub(super) struct Stream {
-    pub(super) recv: VecDeque<Bytes>,
+struct Stream {
+    recv: VecDeque<Bytes>,
     /// Bytes the peer may still send.
-    pub(super) recv_window: u32,
+    recv_window: u32,
     /// Bytes taken by the reader since the last window update.
-    pub(super) unacked: u32,
-    pub(super) send_window: u32,
+    unacked: u32,
+    send_window: u32,
     /// SYN or ACK still to be sent with this end's first frame (0 once sent).
-    pub(super) announce: u16,
-    /// The stream's priority class ([`MuxWriter::set_class`]).
-    pub(super) class: Class,
-    pub(super) local_fin: bool,
-    pub(super) remote_fin: bool,
-    pub(super) reset: bool,
-    pub(super) reader_open: bool,
-    pub(super) writer_open: bool,
-    pub(super) reader: Option<Waker>,
-    pub(super) writer: Option<Waker>,
+    announce: u16,
+    /// The stream's priority class ([`Session::set_class`]).
+    class: Class,
+    local_fin: bool,
+    remote_fin: bool,
+    reset: bool,
+    reader_open: bool,
+    writer_open: bool,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
 }
 
 impl Stream {
-    pub(super) fn new(announce: u16) -> Self {
+    fn new(announce: u16) -> Self {
         Stream {
             recv: VecDeque::new(),
             recv_window: INITIAL_WINDOW,
@@ -93,7 +130,7 @@ impl Stream {
         }
     }
 
-    pub(super) fn wake(&mut self) {
+    fn wake(&mut self) {
         if let Some(w) = self.reader.take() {
             w.wake();
         }
@@ -103,7 +140,7 @@ impl Stream {
     }
 
     /// A frame's FIN (the peer sends no more) and RST (the stream is gone) flags.
-    pub(super) fn flags(&mut self, flags: u16) {
+    fn flags(&mut self, flags: u16) {
         if flags & flag::FIN != 0 {
             self.remote_fin = true;
             if let Some(w) = self.reader.take() {
@@ -117,30 +154,145 @@ impl Stream {
     }
 }
 
-impl Inner {
-    /// Encrypts frames (one or two headers, then `payload` after the last) as one TLS write.
-    pub(super) fn emit(&mut self, headers: &[Header], payload: &[u8]) {
-        let n = headers.len().min(2);
-        let mut encoded = [[0u8; HEADER_LEN]; 2];
-        for (e, h) in encoded.iter_mut().zip(headers) {
-            *e = h.encode();
+/// Keeps `waker` in `slot` unless the one there wakes the same task.
+fn register(slot: &mut Option<Waker>, waker: &Waker) {
+    if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+        *slot = Some(waker.clone());
+    }
+}
+
+impl Session {
+    /// A session for this end's `role` that holds at most `max_streams` streams.
+    pub fn new(role: Role, max_streams: usize) -> Self {
+        Session {
+            role,
+            streams: HashMap::new(),
+            next_id: match role {
+                Role::Client => 1,
+                Role::Server => 2,
+            },
+            max_streams,
+            accepted: VecDeque::new(),
+            queued: 0,
+            refused_at: None,
+            sched: Scheduler::default(),
+            recv_window: SESSION_WINDOW,
+            unacked: 0,
+            send_window: SESSION_WINDOW,
+            starved: Vec::new(),
+            closed: None,
+            remote_go_away: false,
+            ping_id: 0,
+            out: Vec::new(),
         }
-        let [first, second] = &encoded;
-        let all = [
-            IoSlice::new(first),
-            IoSlice::new(second),
-            IoSlice::new(payload),
-        ];
-        let one = [all[0], all[2]];
-        let slices: &[IoSlice<'_>] = if n == 1 { &one } else { &all };
-        let len = HEADER_LEN * n + payload.len();
-        // the buffer limit is off, so this takes everything (writers wait on `queued`)
-        if let Err(e) = io::Write::write_vectored(&mut self.tls.writer(), slices) {
-            self.fail(e.kind());
+    }
+
+    /// Frames to send, oldest first; each is a frame of its own (no payload).
+    pub fn take_out(&mut self) -> Vec<Header> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Whether frames wait in [`Session::take_out`].
+    pub fn has_out(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Why the session ended, once it has.
+    pub fn closed(&self) -> Option<io::ErrorKind> {
+        self.closed
+    }
+
+    /// `Ok` while the session runs.
+    ///
+    /// # Errors
+    ///
+    /// The session ended, with the reason's kind.
+    pub fn check(&self) -> io::Result<()> {
+        match self.closed {
+            Some(kind) => Err(io::Error::new(kind, "tunnel session closed")),
+            None => Ok(()),
+        }
+    }
+
+    /// Streams open now (both directions, not yet dropped).
+    pub fn streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Data bytes this end may still send, all streams together.
+    #[cfg(test)]
+    pub fn send_window(&self) -> u32 {
+        self.send_window
+    }
+
+    /// Opens a stream: its id. Nothing goes out until its first write (or first read).
+    ///
+    /// # Errors
+    ///
+    /// The session has ended, the peer has sent Go Away, `max_streams` are open, or the ids
+    /// are used up.
+    pub fn open(&mut self) -> io::Result<u32> {
+        self.check()?;
+        if self.remote_go_away {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "the peer is closing the tunnel session",
+            ));
+        }
+        if self.streams.len() >= self.max_streams {
+            return Err(io::Error::other("too many tunnel streams"));
+        }
+        let id = self.next_id;
+        self.next_id = id
+            .checked_add(2)
+            .ok_or_else(|| io::Error::other("tunnel stream ids exhausted"))?;
+        self.streams.insert(id, Stream::new(flag::SYN));
+        Ok(id)
+    }
+
+    /// The next stream the peer opened, not yet taken.
+    pub fn accept(&mut self) -> Option<u32> {
+        self.accepted.pop_front()
+    }
+
+    /// Ends the session: every stream fails with `kind` from now on (the first reason stays).
+    pub fn fail(&mut self, kind: io::ErrorKind) {
+        if self.closed.is_some() {
             return;
         }
-        // record overhead: 5-byte header, content type and 16-byte tag per 16 KiB
-        self.queued += len + 22 * (len / 16_384 + 1);
+        self.closed = Some(kind);
+        for s in self.streams.values_mut() {
+            s.wake();
+        }
+        for w in self.starved.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// A keep-alive ping goes out.
+    pub fn ping(&mut self) {
+        self.ping_id = self.ping_id.wrapping_add(1);
+        self.out
+            .push(Header::new(Kind::Ping, flag::SYN, 0, self.ping_id));
+    }
+
+    /// A Go Away with `code` goes out (the yamux spec's codes, [`super::frame`]).
+    pub fn go_away(&mut self, code: u32) {
+        self.out.push(Header::new(Kind::GoAway, 0, 0, code));
+    }
+
+    // --- the link: how the socket takes what the session sends
+
+    /// Whether the bytes queued for the socket have reached [`QUEUE_LIMIT`].
+    pub fn queue_full(&self) -> bool {
+        self.queued >= QUEUE_LIMIT
+    }
+
+    /// `n` more encrypted bytes are queued for the socket. Past [`MAX_QUEUED`] the session
+    /// ends: writers stop near [`QUEUE_LIMIT`], so only a peer that keeps sending without
+    /// reading what it is sent gets there.
+    pub fn queued(&mut self, n: usize) {
+        self.queued += n;
         if self.queued >= MAX_QUEUED && self.closed.is_none() {
             tracing::warn!(
                 queued = self.queued,
@@ -150,46 +302,30 @@ impl Inner {
         }
     }
 
-    /// Writes queued records to the socket until it refuses (then the driver waits for
-    /// writability) or none are left.
-    pub(super) fn push(&mut self, cx: Option<&mut Context<'_>>) {
-        let mut w = SockWriter {
-            sock: &mut self.sock,
-            cx,
-        };
-        while self.tls.wants_write() {
-            match self.tls.write_tls(&mut w) {
-                Ok(0) => break,
-                Ok(n) => self.queued = self.queued.saturating_sub(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.refused_at = Some(Instant::now());
-                    self.hand_turns();
-                    if !self.want_writable {
-                        self.want_writable = true;
-                        if let Some(d) = &self.driver {
-                            d.wake_by_ref();
-                        }
-                    }
-                    return;
-                }
-                Err(e) => {
-                    self.fail(e.kind());
-                    return;
-                }
-            }
-        }
+    /// The socket took `n` of the queued bytes.
+    pub fn written(&mut self, n: usize) {
+        self.queued = self.queued.saturating_sub(n);
+    }
+
+    /// The socket refused a write at `now`: the link is the bottleneck for a while
+    /// ([`BACKLOG_HOLD`]); waiting writers get the turns the queue has room for.
+    pub fn refused(&mut self, now: Instant) {
+        self.refused_at = Some(now);
+        self.hand_turns(now);
+    }
+
+    /// The socket took everything queued.
+    pub fn drained(&mut self, now: Instant) {
         self.queued = 0;
-        self.want_writable = false;
-        self.hand_turns();
+        self.hand_turns(now);
     }
 
     /// Wakes waiting writers while the queue has room for a frame from each turn handed out
     /// ([`SHARED_FRAME`]); takes back turns unused for [`TURN_TIMEOUT`].
-    pub(super) fn hand_turns(&mut self) {
+    fn hand_turns(&mut self, now: Instant) {
         if !self.sched.has_waiting() {
             return;
         }
-        let now = Instant::now();
         // a woken writer that never wrote (its task stopped writing without dropping the
         // stream): its turn goes to the others
         self.sched.expire(now, TURN_TIMEOUT);
@@ -211,42 +347,183 @@ impl Inner {
         }
     }
 
-    /// Whether the socket refused a write within [`BACKLOG_HOLD`]: the link is the
-    /// bottleneck.
-    pub(super) fn backlogged(&self) -> bool {
-        self.refused_at.is_some_and(|t| t.elapsed() < BACKLOG_HOLD)
+    /// Whether the socket refused a write within [`BACKLOG_HOLD`] before `now`: the link is
+    /// the bottleneck.
+    fn backlogged(&self, now: Instant) -> bool {
+        self.refused_at
+            .is_some_and(|t| now.saturating_duration_since(t) < BACKLOG_HOLD)
     }
 
-    /// Ends the session: a close_notify goes out if the socket takes it, the socket is shut
-    /// down both ways, and every stream fails with `kind` from now on.
-    pub(super) fn fail(&mut self, kind: io::ErrorKind) {
-        if self.closed.is_some() {
+    // --- writers
+
+    /// Stream `id` for its writer.
+    fn sending(&mut self, id: u32) -> io::Result<&mut Stream> {
+        self.check()?;
+        let s = self
+            .streams
+            .get_mut(&id)
+            .ok_or(io::ErrorKind::NotConnected)?;
+        if s.reset {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "tunnel stream reset",
+            ));
+        }
+        Ok(s)
+    }
+
+    /// Sets stream `id`'s priority class: which writers go first while the link is the
+    /// bottleneck. New streams are [`Class::Interactive`].
+    pub fn set_class(&mut self, id: u32, class: Class) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.class = class;
+        }
+    }
+
+    /// `Ok` while stream `id`'s writer may write.
+    ///
+    /// # Errors
+    ///
+    /// The session ended, the stream is gone, was reset, or its direction finished.
+    pub fn writable(&mut self, id: u32) -> io::Result<()> {
+        if self.sending(id)?.local_fin {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "tunnel stream finished",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stream `id`'s writer offers `len` bytes (the last of its direction when `fin`): the
+    /// frame to send now, whose payload is a prefix of them, or `Pending` with `waker` kept
+    /// for the stream's window, the session's, or a turn ([`sched`](super::sched)).
+    ///
+    /// A frame takes at most [`MAX_FRAME`]; [`SHARED_FRAME`] while other streams wait for a
+    /// turn; no more than the queue's room while the link is the bottleneck (the socket
+    /// refused within [`BACKLOG_HOLD`]). The FIN goes with the frame that takes the rest.
+    ///
+    /// # Errors
+    ///
+    /// The session ended, the stream is gone, was reset, or its direction finished.
+    pub fn write(
+        &mut self,
+        id: u32,
+        len: usize,
+        fin: bool,
+        waker: &Waker,
+        now: Instant,
+    ) -> Poll<io::Result<Write>> {
+        self.writable(id)?;
+        if len == 0 {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an empty yamux data frame",
+            )));
+        }
+        let s = self.sending(id)?;
+        let class = s.class;
+        if s.send_window == 0 {
+            register(&mut s.writer, waker);
+            // waiting for the peer's window, not for a turn: the turn goes to the others
+            self.sched.remove(id);
+            self.hand_turns(now);
+            return Poll::Pending;
+        }
+        let n = len.min(s.send_window as usize).min(MAX_FRAME);
+        if self.send_window == 0 {
+            // once per task: a writer may be polled again before the window opens
+            if !self.starved.iter().any(|w| w.will_wake(waker)) {
+                self.starved.push(waker.clone());
+            }
+            self.sched.remove(id);
+            self.hand_turns(now);
+            return Poll::Pending;
+        }
+        let n = n.min(self.send_window as usize);
+        let turn = self.sched.has_turn(id);
+        if !turn && (self.queue_full() || !self.sched.may_write(id, class)) {
+            // the queue is full, or others are ahead: wait for a turn
+            self.sched.wait(id, class);
+            if let Some(s) = self.streams.get_mut(&id) {
+                register(&mut s.writer, waker);
+            }
+            // the queue may have room for a turn already (others were ahead)
+            self.hand_turns(now);
+            return Poll::Pending;
+        }
+        // with others waiting, one small frame per turn; alone on a link that is the
+        // bottleneck, no more than the queue has room for
+        let others = self.sched.has_waiting() || self.sched.turns() > usize::from(turn);
+        let n = if others {
+            n.min(SHARED_FRAME)
+        } else if self.backlogged(now) {
+            n.min(QUEUE_LIMIT.saturating_sub(self.queued).max(SHARED_FRAME))
+        } else {
+            n
+        };
+        self.sched.wrote(id, class);
+        let fin = fin && n == len;
+        // n ≤ both windows, which are u32
+        let n32 = n as u32;
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.send_window -= n32;
+            s.local_fin |= fin;
+        }
+        self.send_window -= n32;
+        let data = Header::new(Kind::Data, if fin { flag::FIN } else { 0 }, id, n32);
+        Poll::Ready(Ok(Write {
+            announce: self.announce(id, 0),
+            data,
+        }))
+    }
+
+    /// Half-closes stream `id` (FIN): the peer reads to its end.
+    ///
+    /// # Errors
+    ///
+    /// The session ended, or the stream is gone or was reset.
+    pub fn shutdown(&mut self, id: u32) -> io::Result<()> {
+        let s = self.sending(id)?;
+        if s.local_fin {
+            return Ok(());
+        }
+        s.local_fin = true;
+        let h = self.announce(id, flag::FIN).unwrap_or(Header::new(
+            Kind::WindowUpdate,
+            flag::FIN,
+            id,
+            0,
+        ));
+        self.out.push(h);
+        Ok(())
+    }
+
+    /// Resets stream `id` (RST): the peer's reads and writes fail.
+    pub fn reset(&mut self, id: u32, now: Instant) {
+        self.sched.remove(id);
+        self.hand_turns(now);
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.reset {
             return;
         }
-        self.closed = Some(kind);
-        self.tls.send_close_notify();
-        self.push(None);
-        let _ = socket2::SockRef::from(self.sock.as_ref()).shutdown(std::net::Shutdown::Both);
-        for s in self.streams.values_mut() {
-            s.wake();
-        }
-        for w in self.starved.drain(..) {
-            w.wake();
-        }
-        if let Some(d) = self.driver.take() {
-            d.wake();
-        }
-    }
-
-    pub(super) fn check(&self) -> io::Result<()> {
-        match self.closed {
-            Some(kind) => Err(io::Error::new(kind, "tunnel session closed")),
-            None => Ok(()),
+        s.reset = true;
+        s.wake();
+        // the peer knows every stream but one this end opened and never wrote to (its SYN
+        // still unsent): an accepted stream's RST goes out even before its first write, or the
+        // peer would wait for an answer that never comes
+        let known = s.announce != flag::SYN;
+        s.announce = 0;
+        if known && self.closed.is_none() {
+            self.out
+                .push(Header::new(Kind::WindowUpdate, flag::RST, id, 0));
         }
     }
 
     /// The window update that carries a stream's SYN or ACK and raises the peer's window.
-    pub(super) fn announce(&mut self, id: u32, extra: u16) -> Option<Header> {
+    fn announce(&mut self, id: u32, extra: u16) -> Option<Header> {
         let s = self.streams.get_mut(&id)?;
         let flags = std::mem::take(&mut s.announce);
         if flags == 0 {
@@ -261,9 +538,58 @@ impl Inner {
         ))
     }
 
+    // --- readers
+
+    /// What stream `id` has received and its reader not yet taken: take from the front, then
+    /// report with [`Session::took`].
+    ///
+    /// # Errors
+    ///
+    /// The stream is gone (`NotConnected`).
+    pub fn received(&mut self, id: u32) -> io::Result<&mut VecDeque<Bytes>> {
+        match self.streams.get_mut(&id) {
+            Some(s) => Ok(&mut s.recv),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    /// After stream `id`'s reader took `n` bytes: the window bookkeeping and `Ready(Ok(n))`;
+    /// with nothing taken, `Ready(Ok(0))` at the end of the stream, an error, or `Pending`
+    /// with `waker` kept (queueing the SYN of a stream opened by a reader first).
+    pub fn took(&mut self, id: u32, n: usize, waker: &Waker) -> Poll<io::Result<usize>> {
+        if n > 0 {
+            self.consumed(id, n);
+            return Poll::Ready(Ok(n));
+        }
+        let closed = self.closed;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        if s.reset {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "tunnel stream reset by the peer",
+            )));
+        }
+        if s.remote_fin {
+            return Poll::Ready(Ok(0));
+        }
+        if let Some(kind) = closed {
+            return Poll::Ready(Err(io::Error::new(kind, "tunnel session closed")));
+        }
+        register(&mut s.reader, waker);
+        let fin = if s.local_fin { flag::FIN } else { 0 };
+        if s.announce == flag::SYN
+            && let Some(h) = self.announce(id, fin)
+        {
+            self.out.push(h);
+        }
+        Poll::Pending
+    }
+
     /// `n` received data bytes left the session (taken by a reader, or discarded): give the
-    /// session window back once half of it is used. The update is queued; the caller pushes.
-    pub(super) fn released(&mut self, n: usize) {
+    /// session window back once half of it is used.
+    fn released(&mut self, n: usize) {
         // n ≤ what was received, which the session window bounds
         self.unacked = self
             .unacked
@@ -271,18 +597,15 @@ impl Inner {
         if self.unacked >= SESSION_WINDOW / 2 && self.closed.is_none() {
             let delta = std::mem::take(&mut self.unacked);
             self.recv_window = self.recv_window.saturating_add(delta);
-            self.emit(&[Header::new(Kind::WindowUpdate, 0, 0, delta)], &[]);
+            self.out.push(Header::new(Kind::WindowUpdate, 0, 0, delta));
         }
     }
 
     /// The reader took `n` bytes: give the stream's window back once half of it is used, and
     /// the session's likewise.
-    pub(super) fn consumed(&mut self, id: u32, n: usize) {
+    fn consumed(&mut self, id: u32, n: usize) {
         self.released(n);
         let Some(s) = self.streams.get_mut(&id) else {
-            if self.tls.wants_write() {
-                self.push(None);
-            }
             return;
         };
         s.unacked = s
@@ -295,21 +618,18 @@ impl Inner {
             if s.unacked >= INITIAL_WINDOW / 2
                 && let Some(h) = self.announce(id, 0)
             {
-                self.emit(&[h], &[]);
+                self.out.push(h);
             }
         } else if s.unacked >= STREAM_WINDOW / 2 && !s.remote_fin && !s.reset {
             let delta = std::mem::take(&mut s.unacked);
             s.recv_window = s.recv_window.saturating_add(delta);
-            self.emit(&[Header::new(Kind::WindowUpdate, 0, id, delta)], &[]);
-        }
-        if self.tls.wants_write() {
-            self.push(None);
+            self.out.push(Header::new(Kind::WindowUpdate, 0, id, delta));
         }
     }
 
-    /// One half of a stream is gone; the stream goes once both are, with an RST if it did not
-    /// end cleanly both ways.
-    pub(super) fn half_dropped(&mut self, id: u32, reader: bool) {
+    /// One half of stream `id` is gone (its reader when `reader`, else its writer); the
+    /// stream goes once both are, with an RST if it did not end cleanly both ways.
+    pub fn half_dropped(&mut self, id: u32, reader: bool, now: Instant) {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
@@ -322,7 +642,7 @@ impl Inner {
         } else {
             s.writer_open = false;
             self.sched.remove(id);
-            self.hand_turns();
+            self.hand_turns(now);
             let Some(s) = self.streams.get_mut(&id) else {
                 return;
             };
@@ -334,8 +654,7 @@ impl Inner {
                 s.local_fin = true;
                 let announce = self.announce(id, flag::FIN);
                 let h = announce.unwrap_or(Header::new(Kind::WindowUpdate, flag::FIN, id, 0));
-                self.emit(&[h], &[]);
-                self.push(None);
+                self.out.push(h);
             }
         }
         let Some(s) = self.streams.get_mut(&id) else {
@@ -348,15 +667,21 @@ impl Inner {
         let known = s.announce != flag::SYN;
         self.streams.remove(&id);
         if !clean && known && self.closed.is_none() {
-            self.emit(&[Header::new(Kind::WindowUpdate, flag::RST, id, 0)], &[]);
-            self.push(None);
+            self.out
+                .push(Header::new(Kind::WindowUpdate, flag::RST, id, 0));
         }
     }
 
-    /// Acts on one piece of the peer's frames.
-    pub(super) fn handle(&mut self, piece: Piece, role: Role) -> io::Result<()> {
+    // --- the peer's frames
+
+    /// Acts on one piece of the peer's frames ([`super::frame::FrameReader`]).
+    ///
+    /// # Errors
+    ///
+    /// The piece breaks the protocol; the session should end with Go Away.
+    pub fn receive(&mut self, piece: Piece) -> Result<(), ProtocolError> {
         match piece {
-            Piece::Header(h) => self.header(h, role),
+            Piece::Header(h) => self.header(h),
             Piece::Body(id, bytes) => {
                 self.body(id, bytes);
                 Ok(())
@@ -372,12 +697,12 @@ impl Inner {
 
     /// A frame header: Ping, Go Away and Window Update frames whole; a data frame's stream
     /// opening and its length charged to the stream's receive window.
-    pub(super) fn header(&mut self, h: Header, role: Role) -> io::Result<()> {
-        let protocol = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    fn header(&mut self, h: Header) -> Result<(), ProtocolError> {
         match h.kind {
             Kind::Ping => {
                 if h.flags & flag::SYN != 0 {
-                    self.emit(&[Header::new(Kind::Ping, flag::ACK, 0, h.length)], &[]);
+                    self.out
+                        .push(Header::new(Kind::Ping, flag::ACK, 0, h.length));
                 }
                 return Ok(());
             }
@@ -390,7 +715,7 @@ impl Inner {
         let id = h.stream;
         if id == 0 {
             if h.kind != Kind::WindowUpdate || h.flags != 0 {
-                return Err(protocol("yamux stream frame on stream 0"));
+                return Err(ProtocolError::StreamZero);
             }
             self.send_window = self.send_window.saturating_add(h.length);
             for w in self.starved.drain(..) {
@@ -401,20 +726,19 @@ impl Inner {
         if h.kind == Kind::Data {
             // every data frame counts, also one for a stream refused or gone (discarded)
             if h.length > self.recv_window {
-                return Err(protocol("yamux data beyond the session's window"));
+                return Err(ProtocolError::SessionWindow);
             }
             self.recv_window -= h.length;
         }
         if h.flags & flag::SYN != 0 {
             // the peer opens ids of its own parity: odd from the client
-            let peer_odd = role == Role::Server;
+            let peer_odd = self.role == Role::Server;
             if (id % 2 == 1) != peer_odd || self.streams.contains_key(&id) {
-                return Err(protocol(
-                    "yamux SYN for a stream id in use or not the peer's",
-                ));
+                return Err(ProtocolError::Syn);
             }
             if self.streams.len() >= self.max_streams || self.accepted.len() >= ACCEPT_BACKLOG {
-                self.emit(&[Header::new(Kind::WindowUpdate, flag::RST, id, 0)], &[]);
+                self.out
+                    .push(Header::new(Kind::WindowUpdate, flag::RST, id, 0));
                 return Ok(());
             }
             self.streams.insert(id, Stream::new(flag::ACK));
@@ -432,7 +756,7 @@ impl Inner {
             s.flags(h.flags);
         } else {
             if h.length > s.recv_window {
-                return Err(protocol("yamux data beyond the stream's window"));
+                return Err(ProtocolError::StreamWindow);
             }
             s.recv_window -= h.length;
         }
@@ -441,7 +765,7 @@ impl Inner {
 
     /// Part of a data frame's payload, for the stream's reader (its window was charged with
     /// the whole frame at the header).
-    pub(super) fn body(&mut self, id: u32, bytes: Bytes) {
+    fn body(&mut self, id: u32, bytes: Bytes) {
         let Some(s) = self.streams.get_mut(&id) else {
             // a refused stream's, or a late one's: discarded
             self.released(bytes.len());
@@ -466,8 +790,8 @@ impl Inner {
 }
 
 /// `piece` itself, or a copy of it in an allocation of its own when it is shorter than
-/// [`PIN_BELOW`] (see [`Inner::body`]).
-pub(super) fn unpinned(piece: Bytes) -> Bytes {
+/// [`PIN_BELOW`] (see [`Session::body`]).
+fn unpinned(piece: Bytes) -> Bytes {
     if piece.len() < PIN_BELOW {
         Bytes::copy_from_slice(&piece)
     } else {
@@ -475,44 +799,5 @@ pub(super) fn unpinned(piece: Bytes) -> Bytes {
     }
 }
 
-impl Shared {
-    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Stream `id` for its writer. Errors: the session ended, or the stream is gone or was reset.
-pub(super) fn sending(inner: &mut Inner, id: u32) -> io::Result<&mut Stream> {
-    inner.check()?;
-    let s = inner
-        .streams
-        .get_mut(&id)
-        .ok_or(io::ErrorKind::NotConnected)?;
-    if s.reset {
-        return Err(io::Error::new(
-            io::ErrorKind::ConnectionReset,
-            "tunnel stream reset",
-        ));
-    }
-    Ok(s)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::super::{MAX_RECORD_PLAINTEXT, READ_CHUNK};
-    use super::*;
-
-    #[test]
-    pub(super) fn a_small_piece_does_not_hold_its_reads_buffer() {
-        let read = Bytes::from(vec![7u8; READ_CHUNK + MAX_RECORD_PLAINTEXT]);
-        let small = unpinned(read.slice(100..164));
-        assert_eq!(&small[..], &[7u8; 64][..]);
-        assert!(read.is_unique(), "a 64-byte piece keeps its own copy");
-        let large = unpinned(read.slice(0..PIN_BELOW));
-        assert_eq!(large.len(), PIN_BELOW);
-        assert!(
-            !read.is_unique(),
-            "a large piece stays a view of the read's buffer"
-        );
-    }
-}
+mod tests;

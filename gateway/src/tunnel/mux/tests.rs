@@ -417,7 +417,7 @@ async fn the_session_window_bounds_what_all_streams_have_in_flight() {
         let data = pattern(i as u8, len);
         bounded("write", cw.write_all(&data)).await.expect("write");
     }
-    assert_eq!(client.shared.lock().send_window, 0);
+    assert_eq!(client.shared.lock().session.send_window(), 0);
     // the last stream has its whole window, but the session has nothing left
     let (mut last_w, mut last_r) = streams.pop().expect("last");
     let mut cx = Context::from_waker(Waker::noop());
