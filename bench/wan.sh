@@ -199,7 +199,9 @@ federation() { # name transport congestion port pool_octet
   set_congestion "$d/org2" "$cc"
   start_gw "$B" "$d/org2"
   local id
-  id=$(python3 -c 'import os; print(os.urandom(64).hex())')
+  # a fresh secp256k1 public key: gateways refuse ids that are no point on the curve
+  id=$(openssl ecparam -name secp256k1 -genkey -noout | openssl ec -pubout -outform DER 2>/dev/null |
+    tail -c 64 | od -An -tx1 | tr -d ' \n')
   "$fedgw" node add node1 --data-dir "$d/org2" \
     --enode "enode://$id@127.0.0.1:30303?discport=0&raftport=50400" >/dev/null
   local ip=""
