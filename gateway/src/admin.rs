@@ -417,11 +417,16 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(status_of(
-            &self.membership,
-            &self.tunnels,
-            &self.metrics,
-        )))
+        // this gateway never dials its own names: resolve them now, as a peer would
+        let own = async {
+            for endpoint in &self.advertise {
+                let _ = crate::net::resolve(endpoint).await;
+            }
+        };
+        let _ = tokio::time::timeout(OWN_RESOLVE_TIMEOUT, own).await;
+        let mut status = status_of(&self.membership, &self.tunnels, &self.metrics);
+        status.advertise = self.advertise.iter().map(|e| advertised(e)).collect();
+        Ok(Response::new(status))
     }
 
     type WatchStatusStream = std::pin::Pin<
@@ -434,16 +439,15 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
         let m = self.membership.clone();
         let (tunnels, metrics) = (self.tunnels.clone(), self.metrics.clone());
+        let advertise = self.advertise.clone();
         let mut changed = m.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let tracker = m.tracker().clone();
         tracker.spawn(async move {
             loop {
-                if tx
-                    .send(Ok(status_of(&m, &tunnels, &metrics)))
-                    .await
-                    .is_err()
-                {
+                let mut status = status_of(&m, &tunnels, &metrics);
+                status.advertise = advertise.iter().map(|e| advertised(e)).collect();
+                if tx.send(Ok(status)).await.is_err() {
                     return;
                 }
                 tokio::select! {
@@ -633,7 +637,12 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     use tokio_stream::StreamExt as _;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let accepting = accept(listener, tx, shutdown.clone());
+    let listening = &listener;
+    let accepting = accept(
+        move || async move { listening.accept().await.map(|(conn, _)| conn) },
+        tx,
+        shutdown.clone(),
+    );
     let server = tonic::transport::Server::builder()
         .add_service(
             pb::admin_server::AdminServer::from_arc(service)
@@ -657,20 +666,23 @@ pub async fn serve(
 /// connection closing meanwhile frees a descriptor.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Accepts admin connections and hands them to the server; a failed accept is logged and
-/// retried after [`ACCEPT_BACKOFF`].
-async fn accept(
-    listener: UnixListener,
-    tx: tokio::sync::mpsc::Sender<UnixStream>,
+/// Accepts admin connections with `accept_one` (the listener's `accept`) and hands them to the
+/// server; a failed accept is logged and retried after [`ACCEPT_BACKOFF`].
+async fn accept<C, A, F>(
+    mut accept_one: A,
+    tx: tokio::sync::mpsc::Sender<C>,
     shutdown: CancellationToken,
-) {
+) where
+    A: FnMut() -> F,
+    F: std::future::Future<Output = std::io::Result<C>>,
+{
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = accept_one() => a,
             () = shutdown.cancelled() => return,
         };
         match accepted {
-            Ok((conn, _)) => {
+            Ok(conn) => {
                 if tx.send(conn).await.is_err() {
                     return;
                 }
@@ -686,19 +698,22 @@ async fn accept(
     }
 }
 
-/// Longest a CLI command waits for one admin call, connection included: a gateway that is
-/// overloaded or stuck gets a clear error rather than a command that hangs.
-pub const CLI_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a connection to the admin socket may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects to the admin socket at `path`.
 pub async fn connect(path: &Path) -> Result<AdminClient<Channel>, tonic::transport::Error> {
     connect_with(path, None).await
 }
 
-/// Connects to the admin socket at `path` for the CLI: every call fails after
-/// [`CLI_CALL_TIMEOUT`] (tonic answers `Cancelled`, "Timeout expired").
-pub async fn connect_cli(path: &Path) -> Result<AdminClient<Channel>, tonic::transport::Error> {
-    connect_with(path, Some(CLI_CALL_TIMEOUT)).await
+/// Connects to the admin socket at `path` for the CLI: connecting and every call fail after
+/// `timeout` (a call with tonic's `Cancelled`, "Timeout expired"), so a gateway that is
+/// overloaded or stuck gets a clear error rather than a command that hangs.
+pub async fn connect_cli(
+    path: &Path,
+    timeout: Duration,
+) -> Result<AdminClient<Channel>, tonic::transport::Error> {
+    connect_with(path, Some(timeout)).await
 }
 
 async fn connect_with(
@@ -706,8 +721,8 @@ async fn connect_with(
     call_timeout: Option<Duration>,
 ) -> Result<AdminClient<Channel>, tonic::transport::Error> {
     let path = path.to_owned();
-    let mut endpoint =
-        Endpoint::from_static("http://admin.fedgw.invalid").connect_timeout(Duration::from_secs(5));
+    let mut endpoint = Endpoint::from_static("http://admin.fedgw.invalid")
+        .connect_timeout(call_timeout.map_or(CONNECT_TIMEOUT, |t| t.min(CONNECT_TIMEOUT)));
     if let Some(t) = call_timeout {
         endpoint = endpoint.timeout(t);
     }
@@ -720,17 +735,52 @@ async fn connect_with(
     Ok(AdminClient::new(channel).max_decoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES))
 }
 
-/// The status report of a gateway.
+/// Bound on resolving this gateway's own advertised names for a status report.
+const OWN_RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An advertised endpoint with the addresses its host last resolved to
+/// ([`crate::net::last_resolution`]); an IP literal is its own address.
+fn advertised(endpoint: &str) -> pb::AdvertisedEndpoint {
+    let mut out = pb::AdvertisedEndpoint {
+        endpoint: endpoint.to_owned(),
+        ..Default::default()
+    };
+    let Some((host, _)) = crate::net::split_host_port(endpoint) else {
+        return out;
+    };
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        out.addresses = vec![ip.to_string()];
+    } else if let Some(r) = crate::net::last_resolution(host) {
+        out.addresses = r.addrs.iter().map(|ip| ip.to_string()).collect();
+        out.resolved_unix_ms = r.at_unix_ms;
+        out.error = r.error;
+    }
+    out
+}
+
+/// The status report of a gateway; its own `advertise` is left to the caller, which holds it.
 fn status_of(
     m: &Membership,
     tunnels: &crate::tunnel::Tunnels,
     metrics: &crate::metrics::Metrics,
 ) -> pb::StatusResponse {
     let (digest, records) = m.read(|v| (hex(&v.digest()), v.len() as u64));
+    // each peer's endpoints: from the view, or from the bootstrap list for a peer not in it yet
+    let mut endpoints: std::collections::HashMap<crate::membership::GatewayId, Vec<String>> =
+        m.dial_targets().into_iter().collect();
+    endpoints.extend(
+        m.read(|v| v.gateways())
+            .into_iter()
+            .map(|(org, site, g)| (crate::membership::GatewayId { org, site }, g.advertise)),
+    );
     let peers = m
         .peer_reports()
         .into_iter()
         .map(|p| pb::PeerStatus {
+            advertise: endpoints
+                .get(&p.id)
+                .map(|e| e.iter().map(|e| advertised(e)).collect())
+                .unwrap_or_default(),
             org: p.id.org,
             site: p.id.site,
             state: p.state.to_owned(),
@@ -789,6 +839,7 @@ fn status_of(
                 }
             })
             .collect(),
+        advertise: vec![],
     }
 }
 
@@ -801,6 +852,60 @@ fn unix_ms(t: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::published_tessera_url as url;
+
+    /// Out of file descriptors, every accept fails at once: the loop retries every
+    /// [`super::ACCEPT_BACKOFF`] rather than spinning, and hands on the connection that comes
+    /// when a descriptor is free again. The fake accept stops the loop after 1,000 attempts, so
+    /// a loop without back-off fails the count instead of hanging the test.
+    #[tokio::test(start_paused = true)]
+    async fn the_accept_loop_backs_off_while_accepts_fail() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::Duration;
+
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let fail_until = Arc::new(AtomicUsize::new(usize::MAX));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let accept_one = {
+            let (attempts, fail_until, shutdown) =
+                (attempts.clone(), fail_until.clone(), shutdown.clone());
+            move || {
+                let n = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+                if n >= 1000 {
+                    shutdown.cancel();
+                }
+                let result = if n < fail_until.load(Ordering::SeqCst) {
+                    Err(std::io::Error::from_raw_os_error(libc::EMFILE))
+                } else {
+                    Ok(n)
+                };
+                async move { result }
+            }
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let looping = tokio::spawn(super::accept(accept_one, tx, shutdown.clone()));
+
+        let window = Duration::from_secs(1);
+        tokio::time::sleep(window).await;
+        let tried = attempts.load(Ordering::SeqCst);
+        let most = (window.as_millis() / super::ACCEPT_BACKOFF.as_millis()) as usize + 1;
+        assert!(
+            (most - 1..=most).contains(&tried),
+            "{tried} accepts in {window:?}; at most {most} with back-off"
+        );
+
+        fail_until.store(tried + 1, Ordering::SeqCst);
+        let conn = tokio::time::timeout(window, rx.recv()).await;
+        assert_eq!(conn, Ok(Some(tried + 1)), "the next accept succeeds");
+        // the server is gone and shutdown asked: the loop ends whatever it was waiting for
+        drop(rx);
+        shutdown.cancel();
+        let ended = tokio::time::timeout(window, looping).await;
+        assert!(
+            matches!(ended, Ok(Ok(()))),
+            "the accept loop ends: {ended:?}"
+        );
+    }
 
     /// The admin API (the CLI's and the Kubernetes controller's way in) refuses an enode id
     /// that is not a secp256k1 public key, or not 64 bytes; no id at all is a Tessera-only node.

@@ -705,6 +705,8 @@ async fn keep_local_addresses(
                 () = tokio::time::sleep(READ_RETRY) => continue,
             }
         };
+        // this site's nodes registered by a one-label host name are answered by address
+        let short_hosts = crate::dns::resolve_short_hosts(local.values().map(String::as_str)).await;
         serial = serial.wrapping_add(1);
         let alloc = allocations
             .read()
@@ -719,7 +721,7 @@ async fn keep_local_addresses(
                 .map(|n| {
                     let (ip, alias, ports) = if n.org == me {
                         let host = local.get(&n.name);
-                        let ip = host.and_then(|h| h.parse().ok());
+                        let ip = host.and_then(|h| h.parse().ok().or(short_hosts.get(h).copied()));
                         let alias = if ip.is_none() { host.cloned() } else { None };
                         (ip, alias, fedgw_proto::node_ports(&n.record))
                     } else {
@@ -768,7 +770,8 @@ async fn keep_local_addresses(
         if let Some(done) = zone.first_pass.take() {
             let _ = done.send(());
         }
-        // a listener that could not be bound is retried until it can, a failed read sooner
+        // a listener that could not be bound is retried until it can, a failed read sooner;
+        // one-label hosts are resolved again, and the zone rebuilt when an address changed
         let retry = async {
             if retry_read {
                 tokio::time::sleep(READ_RETRY).await;
@@ -778,14 +781,27 @@ async fn keep_local_addresses(
                 std::future::pending::<()>().await;
             }
         };
+        let moved = async {
+            loop {
+                tokio::time::sleep(SHORT_HOST_REFRESH).await;
+                let now = crate::dns::resolve_short_hosts(local.values().map(String::as_str)).await;
+                if now != short_hosts {
+                    return;
+                }
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             c = changed.changed() => if c.is_err() { return },
             () = retry => {}
+            () = moved => {}
         }
     }
 }
 
+/// How often this site's nodes' one-label host names are resolved again
+/// ([`crate::dns::resolve_short_hosts`]): a restarted container may have a new address.
+const SHORT_HOST_REFRESH: Duration = Duration::from_secs(10);
 /// How often listeners that could not be bound are retried.
 const LISTENER_RETRY: Duration = Duration::from_secs(5);
 /// How soon a failed read of this site's state is retried.

@@ -31,6 +31,8 @@ mod admin_cmds;
 mod cert_cmds;
 mod export_cmds;
 mod store_cmds;
+#[cfg(test)]
+mod tests;
 
 /// Standard output was closed by its reader (`EPIPE`); [`main`] turns this into a quiet exit 0.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,34 @@ pub(crate) struct DataDirArg {
     pub(crate) data_dir: PathBuf,
 }
 
+/// The data dir of a running gateway, and how long each call to it over its admin socket may
+/// take.
+#[derive(Debug, Args)]
+pub(crate) struct AdminDirArg {
+    /// The gateway's data directory.
+    #[arg(long, env = "FEDGW_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: PathBuf,
+    /// Longest wait for the gateway to answer one call on its admin socket (DIR/admin.sock),
+    /// connecting included; then the command fails with a message naming the socket.
+    #[arg(
+        long,
+        env = "FEDGW_ADMIN_TIMEOUT",
+        default_value = "30s",
+        value_name = "DURATION",
+        value_parser = positive_duration,
+    )]
+    pub(crate) admin_timeout: Duration,
+}
+
+/// A duration in humantime form (`300ms`, `30s`, `2m`) greater than zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("a timeout must be longer than 0s".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[derive(Debug, Args)]
 struct NetworkArgs {
     /// This site's label: the gateway is gw-<site>.<org>.<domain>.
@@ -149,7 +179,12 @@ struct NetworkArgs {
     #[arg(long, default_value = config::DEFAULT_METRICS, value_name = "ADDR")]
     metrics: SocketAddr,
     /// Gateway leaf certificate lifetime (renewed at half-life).
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(
+        long,
+        default_value = "24h",
+        value_name = "DURATION",
+        value_parser = humantime::parse_duration
+    )]
     leaf_lifetime: Duration,
     /// This site accepts no inbound connections (behind NAT): it dials out to every gateway.
     #[arg(long)]
@@ -162,7 +197,7 @@ struct NetworkArgs {
     #[arg(long, value_name = "IFACE", requires = "address_pool")]
     alias_interface: Option<String>,
     /// Tunnel transport between sites: QUIC, TCP+TLS, or QUIC with TCP+TLS fallback.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_enum, default_value = "auto", value_name = "TRANSPORT")]
     tunnel_transport: crate::tunnel::Transport,
     /// Let tunnel streams reach nodes registered on loopback addresses (single-host setups).
     #[arg(long)]
@@ -238,7 +273,13 @@ enum Command {
         wait_for_config: bool,
         /// How log lines are written to stderr: `text` (coloured only on a terminal) or `json`
         /// (one object per line, for log collectors).
-        #[arg(long, env = "FEDGW_LOG_FORMAT", value_enum, default_value_t)]
+        #[arg(
+            long,
+            env = "FEDGW_LOG_FORMAT",
+            value_enum,
+            default_value_t,
+            value_name = "FORMAT"
+        )]
         log_format: crate::telemetry::LogFormat,
         /// Threads that run the gateway. 1 (the default): one event loop carries everything, so
         /// a proxied byte crosses no thread on its way (a QUIC or TCP+TLS link to one peer site
@@ -287,7 +328,7 @@ enum Command {
         /// The org the token admits.
         org: String,
         #[command(flatten)]
-        dir: DataDirArg,
+        dir: AdminDirArg,
         /// How long the token stays valid.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
@@ -351,7 +392,7 @@ enum Command {
     /// List every node in this gateway's view.
     Nodes {
         #[command(flatten)]
-        dir: DataDirArg,
+        dir: AdminDirArg,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -359,7 +400,7 @@ enum Command {
     /// List member orgs (and pending joins).
     Members {
         #[command(flatten)]
-        dir: DataDirArg,
+        dir: AdminDirArg,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -367,7 +408,7 @@ enum Command {
     /// Show peers, link state, last sync and the view digest.
     Status {
         #[command(flatten)]
-        dir: DataDirArg,
+        dir: AdminDirArg,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -378,7 +419,7 @@ enum Command {
         #[arg(value_enum)]
         kind: admin_cmds::RenderKind,
         #[command(flatten)]
-        dir: DataDirArg,
+        dir: AdminDirArg,
         /// Write here (atomically, only when the content changes) instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -388,14 +429,14 @@ enum Command {
         /// The candidate org.
         org: String,
         #[command(flatten)]
-        dir: DataDirArg,
+        dir: AdminDirArg,
     },
     /// Revoke an org (on the gateway holding the root key).
     Revoke {
         /// The org to revoke.
         org: String,
         #[command(flatten)]
-        dir: DataDirArg,
+        dir: AdminDirArg,
         /// Why, recorded in the revocation.
         #[arg(long)]
         reason: Option<String>,
@@ -551,7 +592,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             dir,
             ttl,
             uses,
-        } => invite(DataDir::new(dir.data_dir), org, ttl, uses).await,
+        } => invite(dir, org, ttl, uses).await,
         Command::Join {
             token,
             token_file,
@@ -733,24 +774,18 @@ pub(crate) async fn wait_for_signal() {
     }
 }
 
-async fn invite(dir: DataDir, org: String, ttl: Duration, uses: u32) -> Result<(), CliError> {
-    let socket = dir.admin_socket();
-    if socket.exists()
-        && let Ok(mut client) = crate::admin::connect(&socket).await
-    {
-        let resp = client
+async fn invite(args: AdminDirArg, org: String, ttl: Duration, uses: u32) -> Result<(), CliError> {
+    let dir = DataDir::new(args.data_dir.clone());
+    if let Some(mut admin) = admin_cmds::connect_if_running(&args).await {
+        let resp = admin
+            .client
             .create_invite(fedgw_proto::v1::CreateInviteRequest {
                 org: org.clone(),
                 ttl_secs: ttl.as_secs(),
                 uses,
             })
             .await
-            .map_err(|s| match s.code() {
-                tonic::Code::InvalidArgument
-                | tonic::Code::FailedPrecondition
-                | tonic::Code::AlreadyExists => usage(s.message()),
-                _ => CliError::new(exit::FAILURE, anyhow::anyhow!("{}", s.message())),
-            })?
+            .map_err(|s| admin.error(s))?
             .into_inner();
         eprintln!(
             "invite {} for {org}: {uses} use(s), valid {}",

@@ -86,7 +86,8 @@ pub struct ZoneNode {
     /// Where clients at this site reach it (real or local address); `None` leaves no A/AAAA.
     pub ip: Option<IpAddr>,
     /// A host name the node is registered by at its own site (e.g. a Kubernetes Service):
-    /// answered as a CNAME when there is no `ip`.
+    /// when there is no `ip`, answered as a CNAME to that name made absolute
+    /// ([`alias_target`]) if it has more than one label; a one-label name gets no CNAME.
     pub alias: Option<String>,
     /// Port name (p2p, raft, tessera) → port at `ip`.
     pub ports: BTreeMap<String, u16>,
@@ -107,6 +108,71 @@ pub struct ZoneGateway {
 
 fn name(s: &str) -> Option<Name> {
     Name::from_ascii(format!("{s}.")).ok()
+}
+
+/// The CNAME target for a node registered at its own site by host name `host`: the name made
+/// absolute (`db.internal.example` → `db.internal.example.`), for a name of two or more
+/// labels. A one-label name (`quorum-node1`, a Compose service or container) is `None`: its
+/// meaning comes from the search list of the host that resolves it, and `quorum-node1.` is a
+/// top-level name that a forwarding resolver would look up in the root zone and not find. The
+/// gateway resolves such a host itself ([`resolve_short_hosts`]) and answers its address.
+pub fn alias_target(host: &str) -> Option<Name> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if !host.contains('.') {
+        return None;
+    }
+    name(host)
+}
+
+/// Most one-label hosts resolved per zone build; this site's own nodes, so far fewer.
+pub const MAX_SHORT_HOSTS: usize = 256;
+/// Bound on resolving the one-label hosts of one zone build, all together.
+pub const SHORT_HOST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Resolves this site's nodes' one-label host names (see [`alias_target`]) with the gateway's
+/// resolver (its search list, `/etc/hosts`, the container runtime's DNS), each to its first
+/// address, within [`SHORT_HOST_TIMEOUT`] in all. Hosts that are IP literals or have more
+/// labels are skipped, as are hosts that do not resolve in time (their names answer NODATA),
+/// and any past the first [`MAX_SHORT_HOSTS`].
+pub async fn resolve_short_hosts<'a>(
+    hosts: impl IntoIterator<Item = &'a str>,
+) -> BTreeMap<String, IpAddr> {
+    let short: std::collections::BTreeSet<&str> = hosts
+        .into_iter()
+        .filter(|h| h.parse::<IpAddr>().is_err() && !h.trim_end_matches('.').contains('.'))
+        .take(MAX_SHORT_HOSTS)
+        .collect();
+    let mut found = BTreeMap::new();
+    let mut lookups = tokio::task::JoinSet::new();
+    for host in short {
+        let host = host.to_owned();
+        lookups.spawn(async move {
+            let addrs = crate::net::resolve_host(host.trim_end_matches('.'), 0).await;
+            (host, addrs)
+        });
+    }
+    let collect = async {
+        while let Some(done) = lookups.join_next().await {
+            match done {
+                Ok((host, Ok(addrs))) => {
+                    if let Some(a) = addrs.first() {
+                        found.insert(host, a.ip());
+                    }
+                }
+                Ok((host, Err(e))) => {
+                    tracing::debug!(host = %host, error = %e, "a node's host does not resolve")
+                }
+                Err(_) => {}
+            }
+        }
+    };
+    if tokio::time::timeout(SHORT_HOST_TIMEOUT, collect)
+        .await
+        .is_err()
+    {
+        tracing::warn!("resolving this site's nodes' host names timed out");
+    }
+    found
 }
 
 fn address(n: &Name, ip: IpAddr) -> Record {
@@ -155,7 +221,7 @@ impl Zone {
             let mut aliased = false;
             if let Some(ip) = n.ip {
                 zone.add(&owner, address(&owner, ip));
-            } else if let Some(target) = n.alias.as_deref().and_then(name) {
+            } else if let Some(target) = n.alias.as_deref().and_then(alias_target) {
                 zone.add(
                     &owner,
                     Record::from_rdata(owner.clone(), TTL, RData::CNAME(CNAME(target))),

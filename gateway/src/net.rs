@@ -1,5 +1,9 @@
-//! Dialling helpers shared by the join and federation clients.
+//! Dialling helpers shared by the join and federation clients, and the resolver every dial of
+//! a host name goes through ([`resolve`]). A name is resolved again at each dial, so a changed
+//! DNS record is followed; the last answer for each name is kept for `fedgw status`
+//! ([`last_resolution`]).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -141,30 +145,99 @@ pub async fn resolve(endpoint: &str) -> std::io::Result<Vec<std::net::SocketAddr
     resolve_host(host, port).await
 }
 
-/// [`resolve`] for a host and port given apart (an IPv6 host without brackets).
+/// [`resolve`] for a host and port given apart (an IPv6 host without brackets). The answer
+/// for a name (not an IP literal) is remembered ([`last_resolution`]).
 pub async fn resolve_host(host: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    if host.eq_ignore_ascii_case("localhost") {
-        return Ok(vec![
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
-        ]);
-    }
+    let ips = if host.eq_ignore_ascii_case("localhost") {
+        Ok(vec![
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ])
+    } else {
+        lookup_ips(host).await
+    };
+    remember(host, &ips);
+    Ok(ips?
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect())
+}
+
+async fn lookup_ips(host: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
     let lookup = resolver()?
         .lookup_ip(host)
         .await
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string()))?;
-    let addrs: Vec<SocketAddr> = lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
-    if addrs.is_empty() {
+    let ips: Vec<std::net::IpAddr> = lookup.iter().collect();
+    if ips.is_empty() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!("{host} has no address"),
         ));
     }
-    Ok(addrs)
+    Ok(ips)
+}
+
+/// The last answer [`resolve`] got for a host name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// When, Unix milliseconds.
+    pub at_unix_ms: i64,
+    /// The addresses, in the resolver's order (empty when it failed).
+    pub addrs: Vec<std::net::IpAddr>,
+    /// Why it failed, empty when it did not.
+    pub error: String,
+}
+
+/// Most names whose last resolution is kept; past it, the oldest answer is forgotten. Far more
+/// than the gateways of a consortium, each with its few advertised names.
+pub const MAX_REMEMBERED: usize = 1024;
+
+/// Last resolution per lowercase host name.
+static RESOLVED: Mutex<BTreeMap<String, Resolution>> = Mutex::new(BTreeMap::new());
+
+fn remember(host: &str, answer: &std::io::Result<Vec<std::net::IpAddr>>) {
+    let at_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let resolution = match answer {
+        Ok(addrs) => Resolution {
+            at_unix_ms,
+            addrs: addrs.clone(),
+            error: String::new(),
+        },
+        Err(e) => Resolution {
+            at_unix_ms,
+            addrs: vec![],
+            error: e.to_string(),
+        },
+    };
+    let mut resolved = RESOLVED.lock().unwrap_or_else(|e| e.into_inner());
+    let key = host.to_ascii_lowercase();
+    if !resolved.contains_key(&key) && resolved.len() >= MAX_REMEMBERED {
+        let oldest = resolved
+            .iter()
+            .min_by_key(|(_, r)| r.at_unix_ms)
+            .map(|(name, _)| name.clone());
+        if let Some(oldest) = oldest {
+            resolved.remove(&oldest);
+        }
+    }
+    resolved.insert(key, resolution);
+}
+
+/// The last answer the resolver gave for `host` (any case) at a dial or [`resolve`], if it
+/// was asked since start. IP literals are never resolved and have none.
+pub fn last_resolution(host: &str) -> Option<Resolution> {
+    RESOLVED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&host.to_ascii_lowercase())
+        .cloned()
 }
 
 /// Connects to the first address of `endpoint` (see [`resolve`]) that accepts.
@@ -202,4 +275,43 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name's answer is remembered (under any case) with the time it came; an IP literal is
+    /// not resolved, so nothing is remembered for it.
+    #[tokio::test]
+    async fn the_last_answer_for_a_name_is_remembered() {
+        let addrs = resolve("LocalHost:7443").await.expect("localhost");
+        assert_eq!(addrs.len(), 2);
+        let r = last_resolution("localhost").expect("remembered");
+        assert_eq!(r.addrs, addrs.iter().map(|a| a.ip()).collect::<Vec<_>>());
+        assert!(r.error.is_empty());
+        assert!(r.at_unix_ms > 1_700_000_000_000, "{}", r.at_unix_ms);
+
+        resolve("127.0.0.9:1").await.expect("literal");
+        assert_eq!(last_resolution("127.0.0.9"), None);
+    }
+
+    /// A failed resolution is remembered with its error, replacing an earlier answer.
+    #[test]
+    fn a_failure_is_remembered_too() {
+        remember(
+            "gw.example.invalid",
+            &Ok(vec!["10.0.0.1".parse().expect("ip")]),
+        );
+        remember(
+            "gw.example.invalid",
+            &Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such name",
+            )),
+        );
+        let r = last_resolution("gw.example.invalid").expect("remembered");
+        assert!(r.addrs.is_empty());
+        assert_eq!(r.error, "no such name");
+    }
 }

@@ -1217,3 +1217,81 @@ fn members_lists_an_invited_org_as_a_pending_join_with_its_votes() {
     assert!(pending().is_empty());
     assert!(gw1.stop().expect("stop").success());
 }
+
+/// A gateway that accepts on its admin socket and never answers (stuck, or out of threads):
+/// every command that asks it gives up after `--admin-timeout` (here from
+/// `FEDGW_ADMIN_TIMEOUT`) with a message that names the socket and the timeout, and exits 1.
+#[test]
+fn every_admin_command_gives_up_on_a_gateway_that_does_not_answer() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("org1");
+    init(&dir, "127.0.0.1:7443");
+    let socket = dir.join("admin.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind admin.sock");
+    // holds every connection open, reading nothing; ends with the test process
+    std::thread::spawn(move || {
+        let mut held = vec![];
+        for conn in listener.incoming() {
+            held.extend(conn.ok());
+        }
+    });
+    let nodes = tmp.path().join("static-nodes.json");
+    let enode = format!("enode://{}@10.0.0.1:30303", fedgw_tests::enode_id(0xab));
+    std::fs::write(&nodes, format!("[\"{enode}\"]")).expect("write");
+    let d = s(&dir);
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["nodes"],
+        vec!["members"],
+        vec!["approve", "org2"],
+        vec!["revoke", "org2"],
+        vec!["render", "static-nodes"],
+        vec![
+            "node",
+            "add",
+            "node1",
+            "--host",
+            "10.0.0.1",
+            "--tessera-url",
+            "http://10.0.0.1:9000",
+        ],
+        vec!["node", "rm", "node1"],
+        vec!["node", "import", nodes.to_str().expect("utf-8")],
+        vec!["invite", "org2"],
+        vec!["export", "k8s", "--namespace", "fedgw"],
+    ];
+    for args in commands {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fedgw"));
+        cmd.args(&args)
+            .args(["--data-dir", &d])
+            .env("FEDGW_ADMIN_TIMEOUT", "300ms")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let started = std::time::Instant::now();
+        let mut child = cmd.spawn().expect("spawn");
+        // bounded: a command that hangs is killed and fails the test
+        while child.try_wait().expect("wait").is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("{args:?} still waits after 20 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("output");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&s(&socket)) && stderr.contains("within 300ms"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // the default is written where an operator looks for it
+    let help = fedgw().run(["status", "--help"]).expect("spawn");
+    assert!(
+        help.stdout.contains("FEDGW_ADMIN_TIMEOUT"),
+        "{}",
+        help.stdout
+    );
+    assert!(help.stdout.contains("[default: 30s]"), "{}", help.stdout);
+}

@@ -111,6 +111,74 @@ async fn names_resolve_per_site_and_follow_the_view() {
     fed.stop_all().await;
 }
 
+/// This site's own nodes registered by host name: a one-label host (`localhost` here, a
+/// Compose service in the field) is resolved by the gateway and answered by address, since a
+/// CNAME to `localhost.` would send a forwarding resolver to the root zone; a host of several
+/// labels is a CNAME to the absolute name, which a resolver follows (here into the zone itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_nodes_by_host_name_answer_what_a_forwarding_resolver_can_follow() {
+    let mut fed = Fed::with_orgs(1).await;
+    let mut admin = fed.gws[0].admin().await;
+    for (name, enode, host) in [
+        ("short", 0xa1, "localhost"),
+        ("long", 0xa2, "db.internal.example"),
+        ("chain", 0xa3, "short.org1.acme.test"),
+    ] {
+        admin
+            .add_node(pb::AddNodeRequest {
+                node: Some(spec(name, enode, host)),
+            })
+            .await
+            .expect("add");
+    }
+    let dns = fed.gws[0].run().info.dns;
+    wait_for("the one-label host answered by address", || {
+        dig(dns, "short.org1.acme.test", "A", false) == "127.0.0.1"
+    })
+    .await;
+    assert_eq!(
+        dig(dns, "short.org1.acme.test", "CNAME", false),
+        "",
+        "no CNAME to a one-label name"
+    );
+    assert_eq!(
+        dig(dns, "long.org1.acme.test", "CNAME", false),
+        "db.internal.example."
+    );
+    assert_eq!(
+        dig(dns, "chain.org1.acme.test", "CNAME", false),
+        "short.org1.acme.test."
+    );
+
+    // a stub resolver asking the gateway, as a forwarding resolver would
+    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+    let mut udp = ConnectionConfig::udp();
+    udp.port = dns.port();
+    let mut server = NameServerConfig::udp_and_tcp(dns.ip());
+    server.connections = vec![udp];
+    let mut builder = hickory_resolver::Resolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![server]),
+        hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+    );
+    builder.options_mut().attempts = 1;
+    builder.options_mut().timeout = Duration::from_secs(2);
+    let resolver = builder.build().expect("resolver");
+    for name in ["short.org1.acme.test.", "chain.org1.acme.test."] {
+        let ips: Vec<std::net::IpAddr> = resolver
+            .lookup_ip(name)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .iter()
+            .collect();
+        assert_eq!(
+            ips,
+            ["127.0.0.1".parse::<std::net::IpAddr>().expect("ip")],
+            "{name}"
+        );
+    }
+    fed.stop_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_packets_do_not_stop_the_server() {
     let fed = Fed::with_orgs(1).await;

@@ -81,6 +81,43 @@ async fn five_gateways_share_nodes_and_removals() {
     fed.stop_all().await;
 }
 
+/// A gateway advertised by host name: the status of its peer shows the name and the addresses
+/// it resolved to, and so does its own status; an IP literal is shown as its own address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_advertised_names_with_the_addresses_they_resolved_to() {
+    let mut fed = Fed::found(Admission::Operator).await;
+    fed.add("org2", false, |c| c.advertise = vec!["localhost:0".into()])
+        .await;
+    fed.converged().await;
+    let org2 = fed.gws[1].status().await;
+    let [own] = org2.advertise.as_slice() else {
+        panic!("one advertised endpoint: {org2:?}");
+    };
+    assert!(own.endpoint.starts_with("localhost:"), "{own:?}");
+    assert_eq!(own.addresses, ["127.0.0.1", "::1"], "{own:?}");
+    assert!(own.resolved_unix_ms > 0 && own.error.is_empty(), "{own:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let org1 = fed.gws[0].status().await;
+        let peer = org1.peers.iter().find(|p| p.org == "org2").cloned();
+        if let Some(p) = peer.filter(|p| p.state == "connected") {
+            assert_eq!(p.advertise.len(), 1, "{p:?}");
+            assert_eq!(p.advertise[0].endpoint, own.endpoint);
+            assert_eq!(p.advertise[0].addresses, ["127.0.0.1", "::1"]);
+            let [me] = org1.advertise.as_slice() else {
+                panic!("{org1:?}");
+            };
+            let ip = me.endpoint.rsplit_once(':').map(|(h, _)| h.to_owned());
+            assert_eq!(Some(me.addresses.join(",")), ip, "an IP literal: {me:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "org2 never connected: {org1:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fed.stop_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_arrive_by_relay_when_a_link_is_refused() {
     let mut fed = Fed::found(Admission::Operator).await;

@@ -179,8 +179,11 @@ fn a_killed_gateway_loses_nothing_and_reconverges() {
         dig(at_org1, "_raft._tcp.node1.org2.acme.test", "SRV"),
         "0 0 53000 node1.org2.acme.test."
     );
-    // a Tessera node registered by host name: a CNAME at home, a local address elsewhere
-    assert_eq!(dig(at_org2, "tm1.org2.acme.test", "A"), "quorum-node1.");
+    // a Tessera node registered by a one-label host name: at home, the address the gateway
+    // resolves it to (none here: `quorum-node1` exists only in the Compose lab), never a CNAME
+    // to the top-level `quorum-node1.`; a local address elsewhere
+    assert_eq!(dig(at_org2, "tm1.org2.acme.test", "A"), "");
+    assert_eq!(dig(at_org2, "tm1.org2.acme.test", "CNAME"), "");
     assert!(dig(at_org1, "tm1.org2.acme.test", "A").starts_with("127.77."));
     assert_eq!(
         dig(at_org1, "_tessera._tcp.tm1.org2.acme.test", "SRV"),

@@ -2,6 +2,7 @@
 //! approve, revoke.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use base64::Engine;
 use clap::{Args, Subcommand, ValueEnum};
@@ -11,7 +12,7 @@ use fedgw_proto::v1 as pb;
 use pb::admin_client::AdminClient;
 use tonic::transport::Channel;
 
-use super::{CliError, DataDirArg, exit, usage};
+use super::{AdminDirArg, CliError, exit, usage};
 use crate::datadir::DataDir;
 
 /// `--client` values.
@@ -64,7 +65,7 @@ pub enum NodeCommand {
         /// The node name.
         name: String,
         #[command(flatten)]
-        dir: DataDirArg,
+        dir: AdminDirArg,
     },
 }
 
@@ -74,7 +75,7 @@ pub struct NodeAddArgs {
     /// The node name (a DNS label): the node becomes <name>.<org>.<domain>.
     name: String,
     #[command(flatten)]
-    dir: DataDirArg,
+    dir: AdminDirArg,
     /// The node's enode URL (GoQuorum/geth format); gives its key, host, p2p and raft ports.
     #[arg(long, value_name = "URL")]
     enode: Option<String>,
@@ -85,7 +86,7 @@ pub struct NodeAddArgs {
     #[arg(long)]
     host: Option<String>,
     /// The raft id.
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     raft_id: Option<u32>,
     /// The node's Tessera P2P URL.
     #[arg(long, value_name = "URL")]
@@ -107,7 +108,7 @@ pub struct NodeImportArgs {
     /// A static-nodes.json or permissioned-nodes.json file (a JSON array of enode URLs).
     file: PathBuf,
     #[command(flatten)]
-    dir: DataDirArg,
+    dir: AdminDirArg,
     /// Node names, comma-separated, in file order [default: node1..nodeN].
     #[arg(long, value_delimiter = ',')]
     names: Vec<String>,
@@ -120,31 +121,75 @@ pub struct NodeImportArgs {
     tessera_config: Option<PathBuf>,
 }
 
-async fn connect(dir: &DataDir) -> Result<AdminClient<Channel>, CliError> {
-    crate::admin::connect_cli(&dir.admin_socket())
-        .await
-        .map_err(|e| {
-            CliError::new(
+/// A connection to a running gateway's admin socket, every call on it bounded by `timeout`.
+pub(super) struct Admin {
+    /// The admin API client.
+    pub(super) client: AdminClient<Channel>,
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+/// Connects to the admin socket of the gateway in `args.data_dir`; calls time out after
+/// `args.admin_timeout`.
+pub(super) async fn connect(args: &AdminDirArg) -> Result<Admin, CliError> {
+    let socket = DataDir::new(args.data_dir.clone()).admin_socket();
+    let timeout = args.admin_timeout;
+    match crate::admin::connect_cli(&socket, timeout).await {
+        Ok(client) => Ok(Admin {
+            client,
+            socket,
+            timeout,
+        }),
+        Err(e) => Err(CliError::new(
+            exit::FAILURE,
+            anyhow::anyhow!(
+                "cannot reach the gateway's admin socket {} (is `fedgw run` up?): {e}",
+                socket.display()
+            ),
+        )),
+    }
+}
+
+/// [`connect`] when a gateway is running in `args.data_dir` (its admin socket exists and
+/// accepts), `None` otherwise.
+pub(super) async fn connect_if_running(args: &AdminDirArg) -> Option<Admin> {
+    let socket = DataDir::new(args.data_dir.clone()).admin_socket();
+    if !socket.exists() {
+        return None;
+    }
+    connect(args).await.ok()
+}
+
+impl Admin {
+    /// The CLI error for a failed call: a call that timed out names the socket and the
+    /// timeout; a refusal of the request is a usage error.
+    pub(super) fn error(&self, s: tonic::Status) -> CliError {
+        if timed_out(&s) {
+            return CliError::new(
                 exit::FAILURE,
                 anyhow::anyhow!(
-                    "cannot reach the gateway's admin socket {} (is `fedgw run` up?): {e}",
-                    dir.admin_socket().display()
+                    "the gateway did not answer on its admin socket {} within {} \
+                     (--admin-timeout, FEDGW_ADMIN_TIMEOUT)",
+                    self.socket.display(),
+                    humantime::format_duration(self.timeout)
                 ),
-            )
-        })
+            );
+        }
+        status_err(s)
+    }
+}
+
+/// Whether a call failed because its timeout expired: tonic's timeout layer answers
+/// `Cancelled` ("Timeout expired"), a deadline `DeadlineExceeded`.
+fn timed_out(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+    )
 }
 
 fn status_err(s: tonic::Status) -> CliError {
     match s.code() {
-        // tonic's answer when the call's timeout expires
-        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => CliError::new(
-            exit::FAILURE,
-            anyhow::anyhow!(
-                "the gateway did not answer on its admin socket within {} s ({})",
-                crate::admin::CLI_CALL_TIMEOUT.as_secs(),
-                s.message()
-            ),
-        ),
         tonic::Code::InvalidArgument
         | tonic::Code::AlreadyExists
         | tonic::Code::NotFound
@@ -224,12 +269,12 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
             spec.tessera_keys = tessera_keys(&a.tessera_key)?;
             spec.roles = a.role.clone();
             spec.allowed_orgs = a.allowed_org.clone();
-            let dir = DataDir::new(a.dir.data_dir);
-            let info = connect(&dir)
-                .await?
+            let mut admin = connect(&a.dir).await?;
+            let info = admin
+                .client
                 .add_node(pb::AddNodeRequest { node: Some(spec) })
                 .await
-                .map_err(status_err)?
+                .map_err(|s| admin.error(s))?
                 .into_inner();
             outln!(
                 "node {}/{} registered (seq {})",
@@ -241,12 +286,12 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
         }
         NodeCommand::Import(a) => import(a).await,
         NodeCommand::Rm { name, dir } => {
-            let dir = DataDir::new(dir.data_dir);
-            connect(&dir)
-                .await?
+            let mut admin = connect(&dir).await?;
+            admin
+                .client
                 .remove_node(pb::RemoveNodeRequest { name: name.clone() })
                 .await
-                .map_err(status_err)?;
+                .map_err(|s| admin.error(s))?;
             outln!("node {name} removed")?;
             Ok(())
         }
@@ -307,16 +352,18 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
             );
         }
     }
-    let dir = DataDir::new(a.dir.data_dir);
-    let mut client = connect(&dir).await?;
+    let mut admin = connect(&a.dir).await?;
     let mut failed = 0;
     for spec in specs {
         let name = spec.name.clone();
-        match client
+        match admin
+            .client
             .add_node(pb::AddNodeRequest { node: Some(spec) })
             .await
         {
             Ok(info) => outln!("node {}/{} registered", info.get_ref().org, name)?,
+            // a gateway that does not answer will not answer the next node either
+            Err(s) if timed_out(&s) => return Err(admin.error(s)),
             Err(s) => {
                 failed += 1;
                 eprintln!("node {name}: {}", s.message());
@@ -401,13 +448,13 @@ fn enode_hex(b: &[u8]) -> String {
 }
 
 /// `fedgw nodes`.
-pub async fn nodes(dir: DataDirArg, json: bool) -> Result<(), CliError> {
-    let dir = DataDir::new(dir.data_dir);
-    let nodes = connect(&dir)
-        .await?
+pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
+    let mut admin = connect(&dir).await?;
+    let nodes = admin
+        .client
         .list_nodes(pb::ListNodesRequest {})
         .await
-        .map_err(status_err)?
+        .map_err(|s| admin.error(s))?
         .into_inner()
         .nodes;
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -441,9 +488,8 @@ pub async fn nodes(dir: DataDirArg, json: bool) -> Result<(), CliError> {
     for n in nodes {
         let r = n.record.unwrap_or_default();
         let id = enode_hex(&r.enode_id);
-        let ports: Vec<String> = n
-            .local_ports
-            .iter()
+        let ports: Vec<String> = ordered_ports(&n.local_ports)
+            .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let enode = if id.len() < 16 {
@@ -473,14 +519,23 @@ pub async fn nodes(dir: DataDirArg, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A node's ports in a fixed order: p2p, raft, tessera, then any others by name.
+fn ordered_ports(ports: &std::collections::HashMap<String, u32>) -> Vec<(&str, u32)> {
+    const FIRST: [&str; 3] = ["p2p", "raft", "tessera"];
+    let rank = |name: &str| FIRST.iter().position(|f| *f == name).unwrap_or(FIRST.len());
+    let mut sorted: Vec<(&str, u32)> = ports.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    sorted.sort_by(|a, b| rank(a.0).cmp(&rank(b.0)).then(a.0.cmp(b.0)));
+    sorted
+}
+
 /// `fedgw members`.
-pub async fn members(dir: DataDirArg, json: bool) -> Result<(), CliError> {
-    let dir = DataDir::new(dir.data_dir);
-    let resp = connect(&dir)
-        .await?
+pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
+    let mut admin = connect(&dir).await?;
+    let resp = admin
+        .client
         .list_members(pb::ListMembersRequest {})
         .await
-        .map_err(status_err)?
+        .map_err(|s| admin.error(s))?
         .into_inner();
     let all = resp.members.iter().chain(resp.pending.iter());
     if json {
@@ -536,13 +591,13 @@ pub async fn members(dir: DataDirArg, json: bool) -> Result<(), CliError> {
 }
 
 /// `fedgw status`.
-pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
-    let dir = DataDir::new(dir.data_dir);
-    let s = connect(&dir)
-        .await?
+pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
+    let mut admin = connect(&dir).await?;
+    let s = admin
+        .client
         .status(pb::StatusRequest {})
         .await
-        .map_err(status_err)?
+        .map_err(|s| admin.error(s))?
         .into_inner();
     if json {
         let peers: Vec<_> = s
@@ -554,6 +609,7 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
                     "last_seen_unix_ms": p.last_seen_unix_ms, "last_error": p.last_error,
                     "connected_since_unix_ms": p.connected_since_unix_ms,
                     "records_in": p.records_in, "records_out": p.records_out,
+                    "advertise": advertised_json(&p.advertise),
                 })
             })
             .collect();
@@ -575,6 +631,7 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             "tunnels": tunnels, "listeners": s.listeners, "listener_failures": s.listener_failures,
             "active_streams": s.active_streams, "refused_streams": s.refused_streams,
             "stalled_connections": s.stalled_connections,
+            "advertise": advertised_json(&s.advertise),
             "classes": s.classes.iter().map(|c| serde_json::json!({
                 "class": c.class, "bytes": c.bytes, "writes": c.writes,
                 "wait_sum_us": c.wait_sum_us, "max_wait_us": c.max_wait_us,
@@ -595,6 +652,9 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
         s.rejected_records,
         s.equivocations
     )?;
+    for a in &s.advertise {
+        outln!("advertised as {}", advertised_text(a))?;
+    }
     outln!(
         "{:<16} {:<11} {:<9} {:>8} {:>8}  last error",
         "peer",
@@ -617,6 +677,9 @@ pub async fn status(dir: DataDirArg, json: bool) -> Result<(), CliError> {
                 &p.last_error
             }
         )?;
+        for a in p.advertise.iter().filter(|a| is_name(&a.endpoint)) {
+            outln!("  {}", advertised_text(a))?;
+        }
     }
     outln!(
         "\ndata plane: {} local listeners{}, {} proxied connections open",
@@ -715,6 +778,38 @@ fn unix_now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Whether an endpoint's host is a name (not an IP literal).
+fn is_name(endpoint: &str) -> bool {
+    crate::net::split_host_port(endpoint)
+        .is_some_and(|(host, _)| host.parse::<std::net::IpAddr>().is_err())
+}
+
+/// `gw.org2.example:7443 -> 10.0.0.5, fd00::5`, `gw.org2.example:7443 -> not resolved: <why>`,
+/// or the endpoint alone for an IP literal.
+fn advertised_text(a: &pb::AdvertisedEndpoint) -> String {
+    if !is_name(&a.endpoint) {
+        return a.endpoint.clone();
+    }
+    if !a.error.is_empty() {
+        return format!("{} -> not resolved: {}", a.endpoint, a.error);
+    }
+    if a.addresses.is_empty() {
+        return format!("{} -> not resolved yet", a.endpoint);
+    }
+    format!("{} -> {}", a.endpoint, a.addresses.join(", "))
+}
+
+fn advertised_json(list: &[pb::AdvertisedEndpoint]) -> serde_json::Value {
+    list.iter()
+        .map(|a| {
+            serde_json::json!({
+                "endpoint": a.endpoint, "addresses": a.addresses,
+                "resolved_unix_ms": a.resolved_unix_ms, "error": a.error,
+            })
+        })
+        .collect()
+}
+
 /// `n` bytes with a binary unit: `512 B`, `1.5 KiB`, `3.2 GiB`.
 fn human_bytes(n: u64) -> String {
     if n < 1024 {
@@ -739,28 +834,28 @@ fn sorted_counts(counts: &std::collections::HashMap<String, u64>) -> String {
 }
 
 /// `fedgw approve ORG`.
-pub async fn approve(org: String, dir: DataDirArg) -> Result<(), CliError> {
-    let dir = DataDir::new(dir.data_dir);
-    connect(&dir)
-        .await?
+pub async fn approve(org: String, dir: AdminDirArg) -> Result<(), CliError> {
+    let mut admin = connect(&dir).await?;
+    admin
+        .client
         .approve(pb::ApproveRequest { org: org.clone() })
         .await
-        .map_err(status_err)?;
+        .map_err(|s| admin.error(s))?;
     outln!("approved {org}")?;
     Ok(())
 }
 
 /// `fedgw revoke ORG`.
-pub async fn revoke(org: String, dir: DataDirArg, reason: Option<String>) -> Result<(), CliError> {
-    let dir = DataDir::new(dir.data_dir);
-    connect(&dir)
-        .await?
+pub async fn revoke(org: String, dir: AdminDirArg, reason: Option<String>) -> Result<(), CliError> {
+    let mut admin = connect(&dir).await?;
+    admin
+        .client
         .revoke(pb::RevokeRequest {
             org: org.clone(),
             reason: reason.unwrap_or_default(),
         })
         .await
-        .map_err(status_err)?;
+        .map_err(|s| admin.error(s))?;
     outln!("revoked {org}")?;
     Ok(())
 }
@@ -782,18 +877,19 @@ pub enum RenderKind {
 /// atomically and only when its content changes.
 pub async fn render(
     kind: RenderKind,
-    dir: DataDirArg,
+    args: AdminDirArg,
     out: Option<PathBuf>,
 ) -> Result<(), CliError> {
     use fedgw_controlplane::render::{Kind, RenderNode};
-    let dir = DataDir::new(dir.data_dir);
+    let dir = DataDir::new(args.data_dir.clone());
     let config =
         crate::config::Config::load(&dir.config()).map_err(|e| CliError::new(exit::USAGE, e))?;
-    let nodes = connect(&dir)
-        .await?
+    let mut admin = connect(&args).await?;
+    let nodes = admin
+        .client
         .list_nodes(pb::ListNodesRequest {})
         .await
-        .map_err(status_err)?
+        .map_err(|s| admin.error(s))?
         .into_inner()
         .nodes;
     let mut render_nodes = Vec::with_capacity(nodes.len());
@@ -832,8 +928,58 @@ pub async fn render(
 
 #[cfg(test)]
 mod tests {
-    use super::{human_bytes, quic_retry_note, sorted_counts};
+    use super::{advertised_text, human_bytes, ordered_ports, quic_retry_note, sorted_counts};
     use fedgw_proto::v1 as pb;
+
+    #[test]
+    fn advertised_names_show_what_they_resolved_to() {
+        let a = |endpoint: &str, addresses: &[&str], error: &str| pb::AdvertisedEndpoint {
+            endpoint: endpoint.into(),
+            addresses: addresses.iter().map(|s| (*s).to_owned()).collect(),
+            resolved_unix_ms: 1,
+            error: error.into(),
+        };
+        assert_eq!(
+            advertised_text(&a("gw.org2.example:7443", &["10.0.0.5", "fd00::5"], "")),
+            "gw.org2.example:7443 -> 10.0.0.5, fd00::5"
+        );
+        assert_eq!(
+            advertised_text(&a("gw.org2.example:7443", &[], "no record")),
+            "gw.org2.example:7443 -> not resolved: no record"
+        );
+        assert_eq!(
+            advertised_text(&a("gw.org2.example:7443", &[], "")),
+            "gw.org2.example:7443 -> not resolved yet"
+        );
+        assert_eq!(
+            advertised_text(&a("[fd00::5]:7443", &["fd00::5"], "")),
+            "[fd00::5]:7443"
+        );
+    }
+
+    #[test]
+    fn ports_show_p2p_raft_tessera_then_others_by_name() {
+        let ports = [
+            ("tessera", 3),
+            ("grpc", 5),
+            ("raft", 2),
+            ("admin", 4),
+            ("p2p", 1),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        assert_eq!(
+            ordered_ports(&ports),
+            [
+                ("p2p", 1),
+                ("raft", 2),
+                ("tessera", 3),
+                ("admin", 4),
+                ("grpc", 5)
+            ]
+        );
+    }
 
     #[test]
     fn a_tcp_link_dialled_after_quic_failed_says_when_quic_is_tried_again() {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use super::{CliError, DataDirArg, exit, usage};
+use super::{AdminDirArg, CliError, exit, usage};
 use crate::config::{Config, PeerConfig};
 use crate::datadir::DataDir;
 use crate::provision;
@@ -28,7 +28,7 @@ pub(crate) enum ExportCommand {
 #[derive(Debug, Args)]
 pub(crate) struct K8sArgs {
     #[command(flatten)]
-    dir: DataDirArg,
+    dir: AdminDirArg,
     /// The namespace the gateway runs in.
     #[arg(long, value_name = "NS")]
     namespace: String,
@@ -45,10 +45,10 @@ pub(crate) struct K8sArgs {
     #[arg(long, default_value = "0.0.0.0:9464", value_name = "ADDR")]
     metrics: SocketAddr,
     /// First port of the range remote nodes get in the pod (port mode).
-    #[arg(long, default_value_t = 40000)]
+    #[arg(long, default_value_t = 40000, value_name = "PORT")]
     first_port: u16,
     /// Last port of that range.
-    #[arg(long, default_value_t = 40999)]
+    #[arg(long, default_value_t = 40999, value_name = "PORT")]
     last_port: u16,
     /// Put root-ca.key (and genesis.json) in the Secret too, so the pods admit new orgs. The
     /// root key is the consortium's: keep it out of the cluster unless this is needed (the
@@ -77,7 +77,7 @@ async fn k8s(a: K8sArgs) -> Result<(), CliError> {
             dir.root().display()
         )));
     }
-    let gateways = known_gateways(&dir, &loaded).await?;
+    let gateways = known_gateways(&a.dir, &dir, &loaded).await?;
     let config = pod_config(&loaded.config, &a, gateways);
     config.validate().map_err(usage)?;
 
@@ -124,17 +124,17 @@ async fn k8s(a: K8sArgs) -> Result<(), CliError> {
 /// Every gateway of the view but this one: from the running gateway's admin API, or from the
 /// store when it is down.
 async fn known_gateways(
+    args: &AdminDirArg,
     dir: &DataDir,
     loaded: &provision::Loaded,
 ) -> Result<Vec<PeerConfig>, CliError> {
     let me = (&loaded.config.org, &loaded.config.site);
-    if dir.admin_socket().exists()
-        && let Ok(mut admin) = crate::admin::connect(&dir.admin_socket()).await
-    {
+    if let Some(mut admin) = super::admin_cmds::connect_if_running(args).await {
         let members = admin
+            .client
             .list_members(fedgw_proto::v1::ListMembersRequest {})
             .await
-            .map_err(|s| CliError::new(exit::FAILURE, anyhow::anyhow!("{}", s.message())))?
+            .map_err(|s| admin.error(s))?
             .into_inner();
         return Ok(members
             .members

@@ -99,6 +99,52 @@ fn a_cname_holds_no_other_data() {
     assert_eq!(answers.len(), 1, "the CNAME answers TXT too");
 }
 
+/// A host of several labels is a CNAME to the absolute name (a trailing dot kept as one); a
+/// one-label host gets no CNAME, and without an address its name answers NODATA.
+#[test]
+fn only_a_host_of_several_labels_becomes_a_cname() {
+    let target = |h: &str| super::alias_target(h).map(|n| n.to_string());
+    assert_eq!(
+        target("db.internal.example").as_deref(),
+        Some("db.internal.example.")
+    );
+    assert_eq!(
+        target("db.internal.example.").as_deref(),
+        Some("db.internal.example.")
+    );
+    assert_eq!(target("quorum-node1"), None);
+    assert_eq!(target("quorum-node1."), None);
+
+    let node = |alias: &str| ZoneNode {
+        org: "org1".into(),
+        name: "node1".into(),
+        ip: None,
+        alias: Some(alias.into()),
+        ports: BTreeMap::new(),
+        enode_id: None,
+    };
+    let q = LowerName::from(Name::from_ascii("node1.org1.acme.test.").expect("name"));
+    let z = Zone::build("acme.test", "gw-dc1.org1", 1, &[node("quorum-node1")], &[]);
+    assert_eq!(
+        z.answer(&q, RecordType::A),
+        (
+            ResponseCode::NoError,
+            vec![],
+            z.soa.iter().cloned().collect()
+        )
+    );
+    let z = Zone::build(
+        "acme.test",
+        "gw-dc1.org1",
+        1,
+        &[node("db.internal.example")],
+        &[],
+    );
+    let (_, answers, _) = z.answer(&q, RecordType::A);
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].data.to_string(), "db.internal.example.");
+}
+
 mod requests {
     use super::*;
     use hickory_server::proto::op::{Message, Query};

@@ -43,8 +43,8 @@ pub enum Transport {
     Quic,
     /// TCP+TLS only (UDP blocked).
     Tcp,
-    /// QUIC, falling back to TCP+TLS when the QUIC handshake does not complete within
-    /// [`AUTO_QUIC_TIMEOUT`].
+    /// QUIC, falling back to TCP+TLS when the QUIC handshake does not complete within 2s.
+    // clap shows this doc comment as help: the value, not the constant (AUTO_QUIC_TIMEOUT)
     #[default]
     Auto,
 }
