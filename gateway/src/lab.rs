@@ -427,6 +427,7 @@ async fn register(gw: &Gateway, nodes: &[&PlannedNode]) -> Result<(), LabError> 
                     tessera_url: format!("http://{}:{}", n.ip, n.tessera),
                     roles: vec![],
                     allowed_orgs: vec![],
+                    rpc_url: String::new(),
                 }),
             })
             .await
