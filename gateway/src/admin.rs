@@ -426,7 +426,11 @@ impl pb::admin_server::Admin for AdminService {
                 .iter()
                 .map(|c| info(c, "pending", 0))
                 .collect();
-            pb::ListMembersResponse { members, pending }
+            pb::ListMembersResponse {
+                members,
+                pending,
+                consensus: self.config.consensus.name().to_owned(),
+            }
         });
         Ok(Response::new(resp))
     }

@@ -581,6 +581,7 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
                 domain: opts.domain.clone(),
                 org: orgs[0].clone(),
                 admission: Admission::Majority,
+                consensus: Default::default(),
                 genesis: None,
                 network: network(1),
             },

@@ -564,6 +564,7 @@ pub async fn members(dir: DataDirArg, json: bool) -> Result<(), CliError> {
             }
         )?;
     }
+    outln!("consensus: {}", resp.consensus)?;
     Ok(())
 }
 

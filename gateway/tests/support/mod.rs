@@ -137,6 +137,7 @@ impl Fed {
                 domain: DOMAIN.into(),
                 org: "org1".into(),
                 admission: policy,
+                consensus: Default::default(),
                 genesis: None,
                 network: network(false),
             },
