@@ -325,7 +325,7 @@ impl RpcClient {
             })?
             .to_bytes();
         let resp: Response = serde_json::from_slice(&bytes).map_err(|_| RpcError::Garbage)?;
-        if resp.jsonrpc != "2.0" || resp.id != Value::from(id) {
+        if resp.jsonrpc != "2.0" || resp.id != id {
             return Err(RpcError::Garbage);
         }
         match (resp.result, resp.error) {

@@ -12,12 +12,12 @@ fn client(fake: &RaftRpcFake) -> RpcClient {
 
 #[test]
 fn url_accepts_host_port_and_path() {
-    let u: RpcUrl = "http://10.0.0.9:8545".parse().unwrap();
+    let u: RpcUrl = "http://10.0.0.9:8545".parse().expect("ok");
     assert_eq!((u.host(), u.port()), ("10.0.0.9", 8545));
     assert_eq!(u.to_string(), "http://10.0.0.9:8545/");
-    let u: RpcUrl = "http://Node-1.example:8545/rpc".parse().unwrap();
+    let u: RpcUrl = "http://Node-1.example:8545/rpc".parse().expect("ok");
     assert_eq!(u.to_string(), "http://node-1.example:8545/rpc");
-    let u: RpcUrl = "http://[fd00::9]:8545".parse().unwrap();
+    let u: RpcUrl = "http://[fd00::9]:8545".parse().expect("ok");
     assert_eq!(u.host(), "fd00::9");
     assert_eq!(u.to_string(), "http://[fd00::9]:8545/");
 }
@@ -55,15 +55,15 @@ fn quantities() {
 
 #[tokio::test]
 async fn raft_methods_round_trip() {
-    let fake = RaftRpcFake::start().unwrap();
+    let fake = RaftRpcFake::start().expect("ok");
     let first = fedgw_tests::enode_id(1);
     fake.add_member(&first, "n1.org1.fedgw", 50400);
     let calls = Arc::new(Mutex::new(Vec::new()));
     let seen = calls.clone();
     let c = client(&fake).with_hook(Arc::new(move |m, r| {
-        seen.lock().unwrap().push((m, r));
+        seen.lock().expect("ok").push((m, r));
     }));
-    let cluster = c.raft_cluster().await.unwrap();
+    let cluster = c.raft_cluster().await.expect("ok");
     assert_eq!(cluster.len(), 1);
     assert_eq!(
         (cluster[0].raft_id, cluster[0].node_id.as_str()),
@@ -71,8 +71,8 @@ async fn raft_methods_round_trip() {
     );
     let second = fedgw_tests::enode_id(2);
     let enode = format!("enode://{second}@n2.org2.fedgw:30303?discport=0&raftport=50400");
-    assert_eq!(c.raft_add_peer(&enode).await.unwrap(), 2);
-    let err = c.raft_add_peer(&enode).await.unwrap_err();
+    assert_eq!(c.raft_add_peer(&enode).await.expect("ok"), 2);
+    let err = c.raft_add_peer(&enode).await.expect_err("fails");
     assert!(
         matches!(
             err,
@@ -83,12 +83,12 @@ async fn raft_methods_round_trip() {
         ),
         "{err}"
     );
-    c.raft_remove_peer(2).await.unwrap();
-    assert_eq!(c.block_number().await.unwrap(), 7);
-    assert_eq!(c.raft_role().await.unwrap(), "minter");
+    c.raft_remove_peer(2).await.expect("ok");
+    assert_eq!(c.block_number().await.expect("ok"), 7);
+    assert_eq!(c.raft_role().await.expect("ok"), "minter");
     assert_eq!(fake.calls("raft_addPeer").len(), 2);
     assert_eq!(
-        *calls.lock().unwrap(),
+        *calls.lock().expect("ok"),
         [
             ("raft_cluster", "ok"),
             ("raft_addPeer", "ok"),
@@ -102,7 +102,7 @@ async fn raft_methods_round_trip() {
 
 #[tokio::test]
 async fn garbage_huge_silent_and_closed_are_bounded_and_typed() {
-    let fake = RaftRpcFake::start().unwrap();
+    let fake = RaftRpcFake::start().expect("ok");
     let c = client(&fake).with_max_body(64 * 1024);
     fake.cue("raft_cluster", Cue::Garbage);
     assert!(matches!(c.raft_cluster().await, Err(RpcError::Garbage)));
@@ -114,7 +114,7 @@ async fn garbage_huge_silent_and_closed_are_bounded_and_typed() {
     fake.cue("raft_cluster", Cue::Close);
     assert!(matches!(c.raft_cluster().await, Err(RpcError::Http(_))));
     fake.cue("raft_addPeer", Cue::Error("no leader".into()));
-    let e = c.raft_add_peer("enode://x").await.unwrap_err();
+    let e = c.raft_add_peer("enode://x").await.expect_err("fails");
     assert_eq!(
         e.to_string(),
         "node refused raft_addPeer: no leader (code -32000)"
@@ -135,15 +135,15 @@ async fn garbage_huge_silent_and_closed_are_bounded_and_typed() {
     assert!(matches!(c.raft_cluster().await, Err(RpcError::Timeout(_))));
     assert!(t.elapsed() < Duration::from_secs(5));
     // the endpoint still answers afterwards
-    assert_eq!(c.raft_cluster().await.unwrap(), vec![]);
+    assert_eq!(c.raft_cluster().await.expect("ok"), vec![]);
 }
 
 #[tokio::test]
 async fn refused_connection_is_connect_error() {
     let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("ok");
+        l.local_addr().expect("ok").port()
     };
-    let c = RpcClient::new(format!("http://127.0.0.1:{port}").parse().unwrap());
+    let c = RpcClient::new(format!("http://127.0.0.1:{port}").parse().expect("ok"));
     assert!(matches!(c.raft_cluster().await, Err(RpcError::Connect(_))));
 }
