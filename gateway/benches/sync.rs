@@ -175,6 +175,7 @@ async fn run(bin: &Path, n: usize) {
             domain: "acme.test".into(),
             org: "org1".into(),
             admission: Admission::Operator,
+            consensus: Default::default(),
             genesis: None,
             network: network(ports[0]),
         },

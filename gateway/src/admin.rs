@@ -110,6 +110,11 @@ pub fn node_record(
     {
         return Err(format!("invalid node host {:?}", spec.host));
     }
+    if !spec.rpc_url.is_empty() {
+        spec.rpc_url
+            .parse::<crate::chain::rpc::RpcUrl>()
+            .map_err(|e| format!("--rpc {:?}: {e}", spec.rpc_url))?;
+    }
     if spec.p2p_port == 0 && spec.raft_port == 0 && spec.tessera_url.is_empty() {
         return Err("a node needs a p2p port, a raft port or a Tessera URL".into());
     }
@@ -225,8 +230,10 @@ impl pb::admin_server::Admin for AdminService {
         // registered Tessera URL stays here too (the record publishes the consortium name)
         let (store, name, host) = (self.store.clone(), spec.name.clone(), spec.host.clone());
         let url = spec.tessera_url.clone();
+        let rpc = spec.rpc_url.clone();
         tokio::task::spawn_blocking(move || {
             store.put_local_node(&name, &host)?;
+            store.put_local_rpc(&name, (!rpc.is_empty()).then_some(rpc.as_str()))?;
             store.put_local_url(&name, (!url.is_empty()).then_some(url.as_str()))
         })
         .await
@@ -270,6 +277,7 @@ impl pb::admin_server::Admin for AdminService {
             seq,
             local_host: spec.host,
             service_ip: String::new(),
+            local_rpc: spec.rpc_url,
         }))
     }
 
@@ -319,6 +327,11 @@ impl pb::admin_server::Admin for AdminService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
         let store = self.store.clone();
+        let rpc = tokio::task::spawn_blocking(move || store.local_rpc())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let store = self.store.clone();
         let services = tokio::task::spawn_blocking(move || store.service_addresses())
             .await
             .map_err(|e| Status::internal(e.to_string()))?
@@ -347,6 +360,10 @@ impl pb::admin_server::Admin for AdminService {
                     Some(ip) if n.org != me => ip.to_string(),
                     _ => String::new(),
                 };
+                let local_rpc = match rpc.get(&n.name) {
+                    Some(url) if n.org == me => url.clone(),
+                    _ => String::new(),
+                };
                 let (local_host, local_ip, local_ports) = if n.org == me {
                     let host = local.get(&n.name).cloned().unwrap_or_default();
                     (host.clone(), host, ports)
@@ -369,6 +386,7 @@ impl pb::admin_server::Admin for AdminService {
                     record: Some(n.record),
                     seq: n.seq,
                     service_ip,
+                    local_rpc,
                 }
             })
             .collect();
@@ -408,7 +426,11 @@ impl pb::admin_server::Admin for AdminService {
                 .iter()
                 .map(|c| info(c, "pending", 0))
                 .collect();
-            pb::ListMembersResponse { members, pending }
+            pb::ListMembersResponse {
+                members,
+                pending,
+                consensus: self.config.consensus.name().to_owned(),
+            }
         });
         Ok(Response::new(resp))
     }
@@ -926,6 +948,25 @@ mod tests {
         let key = fedgw_tests::enode_key(7);
         assert_eq!(record(key.clone()).expect("a key").enode_id, key);
         assert!(record(Vec::new()).is_ok(), "no enode id");
+    }
+
+    /// The RPC endpoint is checked like the CLI checks it, and never reaches the record.
+    #[test]
+    fn a_node_spec_rpc_url_is_checked_and_stays_local() {
+        let spec = |rpc_url: &str| fedgw_proto::v1::NodeSpec {
+            name: "node1".into(),
+            host: "10.0.0.1".into(),
+            p2p_port: 30303,
+            rpc_url: rpc_url.into(),
+            ..Default::default()
+        };
+        let record = |u| super::node_record(&spec(u), "dc1", "org1", "acme.example");
+        let ok = record("http://10.0.0.1:8545").expect("valid URL");
+        assert!(!format!("{ok:?}").contains("8545"), "{ok:?}");
+        for bad in ["https://10.0.0.1:8545", "http://10.0.0.1", "10.0.0.1:8545"] {
+            let e = record(bad).expect_err(bad);
+            assert!(e.starts_with("--rpc"), "{e}");
+        }
     }
 
     #[test]

@@ -399,6 +399,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
                     name: config.consortium.clone(),
                     domain: config.domain.clone(),
                     admission: admission_policy(config.admission).into(),
+                    consensus: config.consensus.to_pb().into(),
                 },
                 genesis: genesis.clone(),
                 gateway: pb::GatewayEndpoint {
@@ -1101,6 +1102,7 @@ mod tests {
                 domain: "acme.test".into(),
                 org: "org1".into(),
                 admission: crate::config::Admission::Operator,
+                consensus: crate::config::Consensus::None,
                 genesis: None,
                 network: provision::NetworkOptions {
                     site: "dc1".into(),

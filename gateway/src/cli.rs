@@ -255,6 +255,9 @@ enum Command {
         /// Who must approve a join.
         #[arg(long, value_enum, default_value = "operator")]
         admission: Admission,
+        /// The chain's consensus, handed to every member.
+        #[arg(long, value_enum, default_value = "none")]
+        consensus: crate::config::Consensus,
         /// The consortium genesis file, handed to every joiner (hash-checked).
         #[arg(long, value_name = "FILE")]
         genesis: Option<PathBuf>,
@@ -521,6 +524,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             domain,
             org,
             admission,
+            consensus,
             genesis,
             dir,
             network,
@@ -533,6 +537,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
                 domain,
                 org,
                 admission,
+                consensus,
                 genesis,
                 network: network.options()?,
             };

@@ -43,6 +43,60 @@ pub enum Admission {
     All,
 }
 
+/// The consensus of the consortium's chain, declared at `fedgw init` and handed to every joiner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Consensus {
+    /// None declared: fedgw changes no chain membership.
+    #[default]
+    None,
+    /// GoQuorum raft.
+    Raft,
+    /// QBFT (GoQuorum, Besu).
+    Qbft,
+    /// IBFT (GoQuorum istanbul, Besu IBFT 2.0).
+    Ibft,
+    /// Clique proof of authority.
+    Clique,
+}
+
+impl Consensus {
+    /// The wire form.
+    pub fn to_pb(self) -> fedgw_proto::v1::Consensus {
+        use fedgw_proto::v1::Consensus as P;
+        match self {
+            Consensus::None => P::Unspecified,
+            Consensus::Raft => P::Raft,
+            Consensus::Qbft => P::Qbft,
+            Consensus::Ibft => P::Ibft,
+            Consensus::Clique => P::Clique,
+        }
+    }
+
+    /// From the wire; unknown values (a newer founder) read as none.
+    pub fn from_pb(v: i32) -> Self {
+        use fedgw_proto::v1::Consensus as P;
+        match P::try_from(v) {
+            Ok(P::Raft) => Consensus::Raft,
+            Ok(P::Qbft) => Consensus::Qbft,
+            Ok(P::Ibft) => Consensus::Ibft,
+            Ok(P::Clique) => Consensus::Clique,
+            Ok(P::Unspecified) | Err(_) => Consensus::None,
+        }
+    }
+
+    /// The name as `--consensus` and `fedgw.toml` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Consensus::None => "none",
+            Consensus::Raft => "raft",
+            Consensus::Qbft => "qbft",
+            Consensus::Ibft => "ibft",
+            Consensus::Clique => "clique",
+        }
+    }
+}
+
 /// A bootstrap peer: another gateway this one may dial.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,6 +132,9 @@ pub struct Config {
     pub metrics: SocketAddr,
     /// Admission policy of the consortium.
     pub admission: Admission,
+    /// The chain's consensus (older files without it: none).
+    #[serde(default)]
+    pub consensus: Consensus,
     /// Gateway leaf lifetime in seconds; the leaf is renewed at half-life.
     #[serde(default = "default_leaf_lifetime")]
     pub leaf_lifetime_secs: u64,
@@ -406,6 +463,7 @@ mod tests {
             dns: DEFAULT_DNS.parse().expect("addr"),
             metrics: DEFAULT_METRICS.parse().expect("addr"),
             admission: Admission::Operator,
+            consensus: Consensus::None,
             leaf_lifetime_secs: DEFAULT_LEAF_LIFETIME_SECS,
             root_holder: true,
             genesis_sha256: None,
@@ -482,6 +540,33 @@ mod tests {
             Config::parse(&text, Path::new("x")),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn consensus_defaults_to_none_and_round_trips_on_the_wire() {
+        let c = sample();
+        let text: String = c
+            .to_toml()
+            .lines()
+            .filter(|l| !l.starts_with("consensus"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let loaded = Config::parse(&text, Path::new("x")).expect("older file");
+        assert_eq!(loaded.consensus, Consensus::None);
+        for k in [
+            Consensus::None,
+            Consensus::Raft,
+            Consensus::Qbft,
+            Consensus::Ibft,
+            Consensus::Clique,
+        ] {
+            assert_eq!(Consensus::from_pb(k.to_pb().into()), k);
+        }
+        // a value from a newer founder reads as none
+        assert_eq!(Consensus::from_pb(99), Consensus::None);
+        let mut raft = sample();
+        raft.consensus = Consensus::Raft;
+        assert!(raft.to_toml().contains("consensus = \"raft\""));
     }
 
     #[test]

@@ -427,6 +427,7 @@ async fn register(gw: &Gateway, nodes: &[&PlannedNode]) -> Result<(), LabError> 
                     tessera_url: format!("http://{}:{}", n.ip, n.tessera),
                     roles: vec![],
                     allowed_orgs: vec![],
+                    rpc_url: String::new(),
                 }),
             })
             .await
@@ -580,6 +581,7 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
                 domain: opts.domain.clone(),
                 org: orgs[0].clone(),
                 admission: Admission::Majority,
+                consensus: Default::default(),
                 genesis: None,
                 network: network(1),
             },

@@ -7,6 +7,7 @@ pub mod addressing;
 pub mod admin;
 pub mod alias;
 pub mod app;
+pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod datadir;

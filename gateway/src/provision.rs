@@ -125,6 +125,8 @@ pub struct InitOptions {
     pub org: String,
     /// Admission policy.
     pub admission: Admission,
+    /// The chain's consensus.
+    pub consensus: crate::config::Consensus,
     /// Genesis file contents, if any.
     pub genesis: Option<Vec<u8>>,
     /// Network settings.
@@ -175,6 +177,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         dns: net.dns,
         metrics: net.metrics,
         admission: opts.admission,
+        consensus: opts.consensus,
         leaf_lifetime_secs: net.leaf_lifetime.as_secs(),
         root_holder: true,
         genesis_sha256: opts.genesis.as_deref().map(check_genesis).transpose()?,
@@ -306,6 +309,7 @@ pub fn write_joined(
         dns: net.dns,
         metrics: net.metrics,
         admission,
+        consensus: crate::config::Consensus::from_pb(consortium.consensus),
         leaf_lifetime_secs: net.leaf_lifetime.as_secs(),
         root_holder: false,
         genesis_sha256: genesis.map(check_genesis).transpose()?,

@@ -31,6 +31,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// The Tessera URLs this site's operator registered (never replicated: the published record
 /// names the node by its consortium name instead): node name → URL.
 const LOCAL_URLS: TableDefinition<&str, &str> = TableDefinition::new("local_urls");
+/// This site's nodes' JSON-RPC endpoints (never replicated, never reachable through a tunnel):
+/// node name → URL.
+const LOCAL_RPC: TableDefinition<&str, &str> = TableDefinition::new("local_rpc");
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -263,6 +266,7 @@ impl Store {
         store.records()?;
         store.local_nodes()?;
         store.local_urls()?;
+        store.local_rpc()?;
         store.service_addresses()?;
         store.allocations()?;
         store.members()?;
@@ -293,6 +297,7 @@ impl Store {
                 && rx.open_table(META).is_ok()
                 && rx.open_table(SERVICE_ADDRESSES).is_ok()
                 && rx.open_table(LOCAL_URLS).is_ok()
+                && rx.open_table(LOCAL_RPC).is_ok()
         };
         if !complete {
             let tx = db.begin_write()?;
@@ -303,6 +308,7 @@ impl Store {
             tx.open_table(META)?;
             tx.open_table(SERVICE_ADDRESSES)?;
             tx.open_table(LOCAL_URLS)?;
+            tx.open_table(LOCAL_RPC)?;
             tx.commit()?;
         }
         Ok(Self {
@@ -479,11 +485,12 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets a local node's address (and its registered Tessera URL).
+    /// Forgets a local node's address (and its registered Tessera URL and RPC endpoint).
     pub fn remove_local_node(&self, name: &str) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         tx.open_table(LOCAL_NODES)?.remove(name)?;
         tx.open_table(LOCAL_URLS)?.remove(name)?;
+        tx.open_table(LOCAL_RPC)?.remove(name)?;
         tx.commit()?;
         Ok(())
     }
@@ -504,6 +511,32 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records the JSON-RPC endpoint of a local node (`None`: it has none).
+    pub fn put_local_rpc(&self, name: &str, url: Option<&str>) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(LOCAL_RPC)?;
+            match url {
+                Some(url) => table.insert(name, url)?,
+                None => table.remove(name)?,
+            };
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every local node's JSON-RPC endpoint: name → URL.
+    pub fn local_rpc(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(LOCAL_RPC)?;
+        let mut out = std::collections::BTreeMap::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.insert(k.value().to_owned(), v.value().to_owned());
+        }
+        Ok(out)
     }
 
     /// Every local node's registered Tessera URL: name → URL.
@@ -606,6 +639,8 @@ pub struct Salvage {
     pub local_nodes: Option<std::collections::BTreeMap<String, String>>,
     /// This site's nodes' registered Tessera URLs.
     pub local_urls: Option<std::collections::BTreeMap<String, String>>,
+    /// This site's nodes' JSON-RPC endpoints.
+    pub local_rpc: Option<std::collections::BTreeMap<String, String>>,
     /// Remote nodes' Service addresses (Kubernetes).
     pub service_addresses: Option<std::collections::BTreeMap<String, std::net::IpAddr>>,
     /// Remote nodes' local addresses.
@@ -630,6 +665,7 @@ pub fn salvage(path: &Path) -> Salvage {
         records: table(&store, Store::records),
         local_nodes: table(&store, Store::local_nodes),
         local_urls: table(&store, Store::local_urls),
+        local_rpc: table(&store, Store::local_rpc),
         service_addresses: table(&store, Store::service_addresses),
         allocations: table(&store, Store::allocations),
         invites: table(&store, Store::invites),
@@ -665,6 +701,10 @@ impl Store {
             let mut urls = tx.open_table(LOCAL_URLS)?;
             for (k, v) in s.local_urls.iter().flatten() {
                 urls.insert(k.as_str(), v.as_str())?;
+            }
+            let mut rpc = tx.open_table(LOCAL_RPC)?;
+            for (k, v) in s.local_rpc.iter().flatten() {
+                rpc.insert(k.as_str(), v.as_str())?;
             }
             let mut services = tx.open_table(SERVICE_ADDRESSES)?;
             for (k, v) in s.service_addresses.iter().flatten() {

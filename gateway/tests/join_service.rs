@@ -52,6 +52,7 @@ impl Founder {
                 domain: DOMAIN.into(),
                 org: "org1".into(),
                 admission: Admission::Operator,
+                consensus: Default::default(),
                 genesis: Some(br#"{"config":{"chainId":10}}"#.to_vec()),
                 network: network(),
             },

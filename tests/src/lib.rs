@@ -3,6 +3,8 @@
 //!
 //! No sleeps stand in for readiness: every wait polls a condition with a deadline.
 
+pub mod rpcfake;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};

@@ -578,6 +578,8 @@ impl Index {
             tessera_url,
             roles: s.roles.clone(),
             allowed_orgs: s.allowed_orgs.clone(),
+            // the ConsortiumNode resource has no RPC endpoint field yet
+            rpc_url: String::new(),
         })
     }
 

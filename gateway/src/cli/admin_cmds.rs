@@ -100,6 +100,9 @@ pub struct NodeAddArgs {
     /// An org allowed to reach the node (repeatable; default: every member).
     #[arg(long, value_name = "ORG")]
     allowed_org: Vec<String>,
+    /// The node's JSON-RPC endpoint at this site, http://HOST:PORT (kept here, never published).
+    #[arg(long, value_name = "URL")]
+    rpc: Option<String>,
 }
 
 /// `fedgw node import`.
@@ -119,6 +122,10 @@ pub struct NodeImportArgs {
     /// that URL's host. Its peers are not registered (they are other nodes).
     #[arg(long, value_name = "FILE")]
     tessera_config: Option<PathBuf>,
+    /// The nodes' JSON-RPC endpoints at this site, comma-separated, in file order (kept here,
+    /// never published).
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    rpc: Vec<String>,
 }
 
 /// A connection to a running gateway's admin socket, every call on it bounded by `timeout`.
@@ -219,6 +226,17 @@ fn url_host(url: &str) -> Option<String> {
     )
 }
 
+/// A `--rpc` value, checked here so a typo fails before the gateway is asked.
+fn rpc_arg(url: Option<&str>) -> Result<String, CliError> {
+    match url {
+        None => Ok(String::new()),
+        Some(u) => u
+            .parse::<crate::chain::rpc::RpcUrl>()
+            .map(|u| u.to_string())
+            .map_err(|e| usage(format!("--rpc {u}: {e}"))),
+    }
+}
+
 fn tessera_keys(keys: &[String]) -> Result<Vec<Vec<u8>>, CliError> {
     keys.iter()
         .map(|k| {
@@ -269,6 +287,7 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
             spec.tessera_keys = tessera_keys(&a.tessera_key)?;
             spec.roles = a.role.clone();
             spec.allowed_orgs = a.allowed_org.clone();
+            spec.rpc_url = rpc_arg(a.rpc.as_deref())?;
             let mut admin = connect(&a.dir).await?;
             let info = admin
                 .client
@@ -321,6 +340,13 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
             )));
         }
     }
+    if !a.rpc.is_empty() && a.rpc.len() != urls.len() {
+        return Err(usage(format!(
+            "--rpc lists {} URLs for {} nodes",
+            a.rpc.len(),
+            urls.len()
+        )));
+    }
     let mut names = std::collections::HashSet::new();
     if let Some(twice) = a.names.iter().find(|n| !names.insert(n.as_str())) {
         return Err(usage(format!("--names lists {twice} twice")));
@@ -334,9 +360,11 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
                 .get(i)
                 .cloned()
                 .unwrap_or_else(|| format!("node{}", i + 1));
-            spec_from_enode(&name, url, a.client)
+            let mut spec = spec_from_enode(&name, url, a.client);
+            spec.rpc_url = rpc_arg(a.rpc.get(i).map(String::as_str))?;
+            Ok(spec)
         })
-        .collect();
+        .collect::<Result<_, CliError>>()?;
     if let Some(path) = &a.tessera_config {
         let text = read_input(path)?;
         let tessera =
@@ -472,6 +500,7 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
                     "allowed_orgs": r.allowed_orgs, "roles": r.roles,
                     "local_host": n.local_host, "dns_name": n.dns_name,
                     "local_ip": n.local_ip, "local_ports": n.local_ports,
+                    "rpc": n.local_rpc,
                 })
             })
             .collect();
@@ -515,6 +544,9 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
             ip,
             ports
         )?;
+        if !n.local_rpc.is_empty() {
+            outln!("{:<28} rpc {}", "", n.local_rpc)?;
+        }
     }
     Ok(())
 }
@@ -587,6 +619,7 @@ pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
             }
         )?;
     }
+    outln!("consensus: {}", resp.consensus)?;
     Ok(())
 }
 

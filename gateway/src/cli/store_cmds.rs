@@ -263,6 +263,11 @@ fn report(s: &Salvage) -> Result<(), CliError> {
             "register the Tessera nodes again",
         ),
         (
+            s.local_rpc.as_ref().map(|m| m.len()),
+            "this site's nodes' RPC endpoints",
+            "register the nodes again with --rpc",
+        ),
+        (
             s.allocations.as_ref().map(|a| a.nodes.len()),
             "local addresses of remote nodes",
             "new ones are allocated at start: clients that cached the old ones must resolve \

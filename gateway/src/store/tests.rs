@@ -218,6 +218,8 @@ fn filled(dir: &Path) -> std::path::PathBuf {
     s.put_local_node("n1", "10.0.0.1").expect("local");
     s.put_local_url("n1", Some("http://10.0.0.1:9000"))
         .expect("url");
+    s.put_local_rpc("n1", Some("http://10.0.0.1:8545/"))
+        .expect("rpc");
     s.put_invite("id1", &invite("org2", 1, 99)).expect("invite");
     path
 }
@@ -288,6 +290,10 @@ fn salvage_of_a_healthy_file_reads_every_table_and_restores_them() {
         "http://10.0.0.1:9000"
     );
     assert_eq!(
+        fresh.local_rpc().expect("rpc")["n1"],
+        "http://10.0.0.1:8545/"
+    );
+    assert_eq!(
         fresh.invite("id1").expect("read"),
         Some(invite("org2", 1, 99))
     );
@@ -309,4 +315,24 @@ fn a_store_file_the_store_creates_is_private() {
     drop(Store::open(&path).expect("open"));
     let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "redb alone creates it 0666 less the umask");
+}
+
+/// A node's RPC endpoint is replaced by a new registration, dropped by one without it and
+/// forgotten with the node.
+#[test]
+fn local_rpc_follows_the_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(&dir.path().join("s.redb")).expect("open");
+    s.put_local_node("n1", "10.0.0.1").expect("local");
+    s.put_local_rpc("n1", Some("http://10.0.0.1:8545/"))
+        .expect("rpc");
+    s.put_local_rpc("n1", Some("http://10.0.0.1:8546/"))
+        .expect("rpc");
+    assert_eq!(s.local_rpc().expect("rpc")["n1"], "http://10.0.0.1:8546/");
+    s.put_local_rpc("n1", None).expect("rpc");
+    assert!(s.local_rpc().expect("rpc").is_empty());
+    s.put_local_rpc("n1", Some("http://10.0.0.1:8545/"))
+        .expect("rpc");
+    s.remove_local_node("n1").expect("remove");
+    assert!(s.local_rpc().expect("rpc").is_empty());
 }

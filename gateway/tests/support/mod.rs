@@ -137,6 +137,7 @@ impl Fed {
                 domain: DOMAIN.into(),
                 org: "org1".into(),
                 admission: policy,
+                consensus: Default::default(),
                 genesis: None,
                 network: network(false),
             },
@@ -295,6 +296,7 @@ pub fn spec(name: &str, enode: u8, host: &str) -> pb::NodeSpec {
         tessera_url: String::new(),
         roles: vec![],
         allowed_orgs: vec![],
+        rpc_url: String::new(),
     }
 }
 

@@ -1,0 +1,312 @@
+//! A scripted JSON-RPC 2.0 fake of a GoQuorum raft node's RPC endpoint, on a loopback port.
+//!
+//! It holds a raft cluster (`raft_cluster`, `raft_addPeer`, `raft_addLearner`,
+//! `raft_promoteToPeer`, `raft_removePeer`, `raft_role`) and answers `eth_blockNumber` and
+//! `net_peerCount`. It checks params the way GoQuorum does (an enode URL with
+//! `?discport=0&raftport=N`, no duplicate enode id) and records every call. A test can queue a
+//! [`Cue`] per method to make the next call of it fail, answer garbage, a huge body, or nothing.
+//! Several gateways may share one fake: it then stands for one raft cluster reached at two sites.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// How the next call of a method misbehaves.
+#[derive(Clone, Debug)]
+pub enum Cue {
+    /// A JSON-RPC error object with this message (code -32000).
+    Error(String),
+    /// A 200 answer whose body is not JSON.
+    Garbage,
+    /// A 200 answer with a body of this many bytes.
+    Huge(usize),
+    /// No answer until the fake stops (at most 60 s).
+    Hang,
+    /// The connection is closed without an answer.
+    Close,
+}
+
+/// One call as the fake saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call {
+    /// The method.
+    pub method: String,
+    /// The params array.
+    pub params: Value,
+}
+
+#[derive(Default)]
+struct State {
+    cluster: Vec<Value>,
+    next_id: u64,
+    calls: Vec<Call>,
+    cues: HashMap<String, VecDeque<Cue>>,
+    block: u64,
+    down: bool,
+}
+
+/// The fake endpoint; stops when dropped.
+pub struct RaftRpcFake {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RaftRpcFake {
+    /// Starts the fake on a loopback port with an empty cluster.
+    pub fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State {
+            next_id: 1,
+            block: 7,
+            ..State::default()
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if sp.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (st, sp) = (st.clone(), sp.clone());
+                std::thread::spawn(move || serve(conn, &st, &sp));
+            }
+        });
+        Ok(RaftRpcFake { addr, state, stop })
+    }
+
+    /// The endpoint URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Puts a member into the cluster directly (an existing node); returns its raft id.
+    pub fn add_member(&self, enode_id: &str, hostname: &str, raft_port: u16) -> u64 {
+        let mut s = lock(&self.state);
+        let id = s.next_id;
+        s.next_id += 1;
+        s.cluster.push(json!({
+            "raftId": id, "nodeId": enode_id, "hostname": hostname, "raftPort": raft_port,
+            "p2pPort": 30303, "role": if id == 1 { "minter" } else { "verifier" }, "nodeActive": true,
+        }));
+        id
+    }
+
+    /// Makes the next call of `method` misbehave as `cue` (cues queue up per method).
+    pub fn cue(&self, method: &str, cue: Cue) {
+        lock(&self.state)
+            .cues
+            .entry(method.to_owned())
+            .or_default()
+            .push_back(cue);
+    }
+
+    /// While down, every connection is closed at once without an answer.
+    pub fn set_down(&self, down: bool) {
+        lock(&self.state).down = down;
+    }
+
+    /// Every call of `method` so far, in order.
+    pub fn calls(&self, method: &str) -> Vec<Call> {
+        lock(&self.state)
+            .calls
+            .iter()
+            .filter(|c| c.method == method)
+            .cloned()
+            .collect()
+    }
+
+    /// Every call so far, in order.
+    pub fn all_calls(&self) -> Vec<Call> {
+        lock(&self.state).calls.clone()
+    }
+
+    /// The cluster as `raft_cluster` answers it.
+    pub fn cluster(&self) -> Vec<Value> {
+        lock(&self.state).cluster.clone()
+    }
+}
+
+impl Drop for RaftRpcFake {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // wakes the accept loop so it sees the flag
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+fn serve(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let Some(body) = read_request(&mut conn) else {
+        return;
+    };
+    if lock(state).down {
+        return;
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return;
+    };
+    let method = req["method"].as_str().unwrap_or_default().to_owned();
+    let params = req["params"].clone();
+    let id = req["id"].clone();
+    let cue = {
+        let mut s = lock(state);
+        s.calls.push(Call {
+            method: method.clone(),
+            params: params.clone(),
+        });
+        s.cues.get_mut(&method).and_then(VecDeque::pop_front)
+    };
+    let reply = match cue {
+        Some(Cue::Hang) => {
+            let end = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return;
+        }
+        Some(Cue::Close) => return,
+        Some(Cue::Garbage) => b"<html>not json".to_vec(),
+        Some(Cue::Huge(n)) => {
+            let mut v = br#"{"jsonrpc":"2.0","id":1,"result":""#.to_vec();
+            v.resize(n, b'a');
+            v
+        }
+        Some(Cue::Error(msg)) => error(&id, &msg),
+        None => answer(&mut lock(state), &id, &method, &params),
+    };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        reply.len()
+    );
+    let _ = conn.write_all(head.as_bytes());
+    let _ = conn.write_all(&reply);
+}
+
+fn read_request(conn: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 || buf.len() > 64 * 1024 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    while buf.len() < head_end + len {
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(buf[head_end..head_end + len].to_vec())
+}
+
+fn result(id: &Value, v: Value) -> Vec<u8> {
+    json!({"jsonrpc": "2.0", "id": id, "result": v})
+        .to_string()
+        .into_bytes()
+}
+
+fn error(id: &Value, msg: &str) -> Vec<u8> {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32000, "message": msg}})
+        .to_string()
+        .into_bytes()
+}
+
+/// Parses `enode://ID@HOST:PORT?discport=0&raftport=N` as GoQuorum's raft_addPeer requires.
+fn parse_enode(url: &str) -> Result<(String, String, u64), &'static str> {
+    let rest = url
+        .strip_prefix("enode://")
+        .ok_or("invalid enode: no enode:// scheme")?;
+    let (id, rest) = rest.split_once('@').ok_or("invalid enode: no @")?;
+    if id.len() != 128 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("invalid enode: bad node id");
+    }
+    let (hostport, query) = rest.split_once('?').ok_or("raftport not given")?;
+    let (host, _port) = hostport.rsplit_once(':').ok_or("invalid enode: no port")?;
+    let mut raftport = None;
+    let mut discport = None;
+    for kv in query.split('&') {
+        match kv.split_once('=') {
+            Some(("raftport", v)) => raftport = v.parse::<u64>().ok(),
+            Some(("discport", v)) => discport = Some(v.to_owned()),
+            _ => return Err("invalid enode: unknown query parameter"),
+        }
+    }
+    if discport.as_deref() != Some("0") {
+        return Err("invalid enode: discport must be 0");
+    }
+    let raftport = raftport.filter(|p| *p > 0).ok_or("raftport not given")?;
+    Ok((id.to_ascii_lowercase(), host.to_owned(), raftport))
+}
+
+fn answer(s: &mut State, id: &Value, method: &str, params: &Value) -> Vec<u8> {
+    let arg = params.get(0);
+    match method {
+        "raft_cluster" => result(id, Value::Array(s.cluster.clone())),
+        "raft_role" => result(id, json!("minter")),
+        "eth_blockNumber" => result(id, json!(format!("0x{:x}", s.block))),
+        "net_peerCount" => result(id, json!(format!("0x{:x}", s.cluster.len().saturating_sub(1)))),
+        "raft_addPeer" | "raft_addLearner" => {
+            let Some(url) = arg.and_then(Value::as_str) else {
+                return error(id, "missing value for required argument 0");
+            };
+            let (node, host, raft_port) = match parse_enode(url) {
+                Ok(v) => v,
+                Err(e) => return error(id, e),
+            };
+            if s.cluster.iter().any(|p| p["nodeId"] == node.as_str()) {
+                return error(id, "node with this enode has already been added to the cluster");
+            }
+            let raft_id = s.next_id;
+            s.next_id += 1;
+            let role = if method == "raft_addPeer" { "verifier" } else { "learner" };
+            s.cluster.push(json!({
+                "raftId": raft_id, "nodeId": node, "hostname": host, "raftPort": raft_port,
+                "p2pPort": 30303, "role": role, "nodeActive": false,
+            }));
+            result(id, json!(raft_id))
+        }
+        "raft_promoteToPeer" | "raft_removePeer" => {
+            let Some(raft_id) = arg.and_then(Value::as_u64) else {
+                return error(id, "missing value for required argument 0");
+            };
+            let Some(i) = s.cluster.iter().position(|p| p["raftId"] == raft_id) else {
+                return error(id, "raftId does not exist");
+            };
+            if method == "raft_removePeer" {
+                s.cluster.remove(i);
+                result(id, Value::Null)
+            } else {
+                s.cluster[i]["role"] = json!("verifier");
+                result(id, json!(true))
+            }
+        }
+        _ => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("the method {method} does not exist/is not available")}})
+            .to_string()
+            .into_bytes(),
+    }
+}
