@@ -1,7 +1,8 @@
 //! Prometheus metrics and the health endpoints, served on the metrics address (default
 //! 127.0.0.1:9464): `/metrics` (OpenMetrics text), `/livez` (200 while the process serves),
 //! `/readyz` (200 once every listener is bound, the view holds this org's membership and the zone and
-//! data plane reflect the stored view; a latch).
+//! data plane reflect the stored view; a latch, cleared for good when a server of the gateway
+//! stops before shutdown: see [`Metrics::server_stopped`]).
 //!
 //! Labels stay low-cardinality: protocol, result, org. Never a socket address or a token id.
 //!
@@ -73,6 +74,11 @@ struct EndLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
     peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    server: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -206,7 +212,10 @@ pub struct Metrics {
     records_rejected: Family<ResultLabels, Counter>,
     dns_tcp_refused: Family<ReasonLabels, Counter>,
     sync_peers: Gauge,
+    servers_stopped: Family<ServerLabels, Counter>,
     ready: Arc<AtomicBool>,
+    /// Set when a server stopped before shutdown; readiness stays cleared.
+    stopped: Arc<AtomicBool>,
 }
 
 impl Default for Metrics {
@@ -260,6 +269,12 @@ impl Metrics {
             "sync_peers",
             "Gateways with a live membership sync stream",
             sync_peers.clone(),
+        );
+        let servers_stopped = Family::<ServerLabels, Counter>::default();
+        registry.register(
+            "servers_stopped",
+            "Servers of the gateway (dns, dns_tcp, admin, metrics, join, federation) that stopped before shutdown; any makes /readyz fail",
+            servers_stopped.clone(),
         );
         let tunnel = TunnelMetrics::default();
         registry.register(
@@ -343,7 +358,9 @@ impl Metrics {
             joins,
             hellos,
             leaf_not_after,
+            servers_stopped,
             ready: Arc::new(AtomicBool::new(false)),
+            stopped: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -590,9 +607,24 @@ impl Metrics {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    /// Marks the gateway ready (irreversible).
+    /// Marks the gateway ready (irreversible, but see [`Metrics::server_stopped`]).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Counts a server of the gateway (`what`: `dns`, `admin`, `federation`, ...) that stopped
+    /// before shutdown, and clears readiness for good: the process lives on but no longer
+    /// serves what it was started for, and an orchestrator should replace it.
+    pub fn server_stopped(&self, what: &'static str) {
+        self.servers_stopped
+            .get_or_create(&ServerLabels { server: what })
+            .inc();
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    /// Whether `/readyz` answers 200: marked ready and no server stopped.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.stopped.load(Ordering::Acquire)
     }
 
     /// The OpenMetrics text exposition.
@@ -629,7 +661,7 @@ async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
 }
 
 async fn readyz(State(m): State<Metrics>) -> StatusCode {
-    if m.ready.load(Ordering::Acquire) {
+    if m.is_ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
