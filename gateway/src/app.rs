@@ -460,7 +460,10 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         move |why| dns_metrics.dns_tcp_refused(why),
         shutdown.clone(),
     );
-    let dns_tcp = async move { Ok::<(), std::convert::Infallible>(dns_tcp.await) };
+    let dns_tcp = async move {
+        dns_tcp.await;
+        Ok::<(), std::convert::Infallible>(())
+    };
     servers::spawn_watched(&tracker, "dns_tcp", &metrics, &shutdown, dns_tcp);
     let (sd, dns_stop) = (shutdown.clone(), dns_server.shutdown_token().clone());
     tracker.spawn(async move {

@@ -325,8 +325,7 @@ mod tests {
         tokio::time::sleep(simulated).await;
         m.0.shutdown.cancel();
         dialer.await.expect("dialer");
-        let seen = seen.lock().expect("attempts").clone();
-        seen
+        seen.lock().expect("attempts").clone()
     }
 
     #[tokio::test(start_paused = true)]

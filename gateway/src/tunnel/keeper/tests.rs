@@ -78,8 +78,7 @@ async fn dials(script: Vec<Dial>, simulated: Duration) -> Vec<Duration> {
         .await
         .expect("the keeper stops")
         .expect("keeper task");
-    let seen = seen.lock().expect("dials").clone();
-    seen
+    seen.lock().expect("dials").clone()
 }
 
 /// Asserts `gap` is `delay` ±25 %.
