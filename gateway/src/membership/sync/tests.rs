@@ -67,6 +67,23 @@ async fn converge(a: &Membership, b: &Membership) {
     .expect("views converge");
 }
 
+/// How `session` ended, within `within` (paused time).
+async fn ended(session: JoinHandle<SessionEnd>, within: Duration) -> SessionEnd {
+    tokio::time::timeout(within, session)
+        .await
+        .expect("the session ends")
+        .expect("session task")
+}
+
+/// Asserts `end` is how the answering side ends when the dialler closes: it reads the
+/// dialler's Terminate, or finds its queue to the dialler gone first.
+fn closed_by_peer(end: &SessionEnd) {
+    assert!(
+        matches!(end, SessionEnd::Terminated(_) | SessionEnd::Transport(_)),
+        "{end}"
+    );
+}
+
 /// Ingests `envelopes` at `m`, every one of them accepted.
 async fn ingest(m: &Membership, envelopes: Vec<Vec<u8>>) {
     let n = envelopes.len();
@@ -110,20 +127,10 @@ async fn a_session_pair_brings_the_views_together_both_ways() {
     assert!(!a_end.is_finished() && !b_end.is_finished());
 
     a.close_all();
-    let a_end = tokio::time::timeout(Duration::from_secs(10), a_end)
-        .await
-        .expect("a ends")
-        .expect("a's session task");
+    let a_end = ended(a_end, Duration::from_secs(10)).await;
     assert!(matches!(a_end, SessionEnd::Closed), "{a_end}");
-    let b_end = tokio::time::timeout(Duration::from_secs(10), b_end)
-        .await
-        .expect("b ends")
-        .expect("b's session task");
-    // b reads a's Terminate, or finds its queue to a gone first
-    assert!(
-        matches!(b_end, SessionEnd::Terminated(_) | SessionEnd::Transport(_)),
-        "{b_end}"
-    );
+    let b_end = ended(b_end, Duration::from_secs(10)).await;
+    closed_by_peer(&b_end);
     assert!(!b.is_connected("org1/dc1"));
 }
 
@@ -150,10 +157,7 @@ async fn a_silent_peer_is_dropped_after_three_heartbeats() {
         a_tx,
         CancellationToken::new(),
     ));
-    let end = tokio::time::timeout(Duration::from_secs(60), session)
-        .await
-        .expect("session ends")
-        .expect("session task");
+    let end = ended(session, Duration::from_secs(60)).await;
     let lasted = started.elapsed();
     assert!(matches!(end, SessionEnd::Silent(_)), "{end}");
     // silence is checked at each heartbeat (1 s): dropped at the first tick past 3 s
@@ -179,19 +183,9 @@ async fn a_session_ends_at_its_maximum_age() {
     let b = membership(&pki, "org2", dir.path(), |_| {});
     let started = Instant::now();
     let (a_end, b_end) = pair(&a, &b);
-    let a_end = tokio::time::timeout(Duration::from_secs(600), a_end)
-        .await
-        .expect("a ends")
-        .expect("a's session task");
+    let a_end = ended(a_end, Duration::from_secs(600)).await;
     assert!(matches!(a_end, SessionEnd::MaxAge), "{a_end}");
     assert_eq!(started.elapsed().as_secs(), 90);
-    let b_end = tokio::time::timeout(Duration::from_secs(10), b_end)
-        .await
-        .expect("b ends")
-        .expect("b's session task");
-    // b reads a's Terminate, or finds its queue to a gone first
-    assert!(
-        matches!(b_end, SessionEnd::Terminated(_) | SessionEnd::Transport(_)),
-        "{b_end}"
-    );
+    let b_end = ended(b_end, Duration::from_secs(10)).await;
+    closed_by_peer(&b_end);
 }
