@@ -31,6 +31,8 @@ use crate::provision::{self, Loaded, ProvisionError};
 use crate::store::{self, Store, StoreError};
 use crate::tunnel::{PeerGateway, Transport, TunnelSetup, TunnelTls, Tunnels};
 
+mod servers;
+
 /// How long running tasks get to finish after shutdown is requested.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Bound of the queues between the TLS acceptor and the gRPC servers.
@@ -416,7 +418,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
                 pb::join_server::JoinServer::from_arc(service)
                     .max_decoding_message_size(fedgw_proto::MAX_JOIN_REQUEST_BYTES),
             );
-            spawn_server(&tracker, "join", router, join_rx, &shutdown);
+            spawn_server(&tracker, "join", router, join_rx, &metrics, &shutdown);
         }
         None => drop(join_rx),
     }
@@ -433,7 +435,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
             .max_decoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES),
     );
-    spawn_server(&tracker, "federation", router, fed_rx, &shutdown);
+    spawn_server(&tracker, "federation", router, fed_rx, &metrics, &shutdown);
 
     let allocations = Arc::new(std::sync::RwLock::new(store.allocations()?));
     let zone = crate::dns::ZoneHandler::new(config.dns_rate_limit_qps);
@@ -455,7 +457,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
     let mut dns_server = hickory_server::Server::new(zone.clone());
     dns_server.register_socket(dns_udp);
     let dns_metrics = metrics.clone();
-    tracker.spawn(crate::dns::serve_tcp(
+    let dns_tcp = crate::dns::serve_tcp(
         dns_tcp,
         zone,
         crate::dns::TcpLimits {
@@ -465,14 +467,19 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         },
         move |why| dns_metrics.dns_tcp_refused(why),
         shutdown.clone(),
-    ));
-    let sd = shutdown.clone();
+    );
+    let dns_tcp = async move {
+        dns_tcp.await;
+        Ok::<(), std::convert::Infallible>(())
+    };
+    servers::spawn_watched(&tracker, "dns_tcp", &metrics, &shutdown, dns_tcp);
+    let (sd, dns_stop) = (shutdown.clone(), dns_server.shutdown_token().clone());
     tracker.spawn(async move {
         sd.cancelled().await;
-        if let Err(e) = dns_server.shutdown_gracefully().await {
-            warn!(error = %e, "DNS server stopped with an error");
-        }
+        dns_stop.cancel();
     });
+    let dns_udp = async move { dns_server.block_until_done().await };
+    servers::spawn_watched(&tracker, "dns", &metrics, &shutdown, dns_udp);
     let admin_service = Arc::new(AdminService {
         store: store.clone(),
         config: config.clone(),
@@ -483,18 +490,10 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         tunnels: tunnels.clone(),
         metrics: metrics.clone(),
     });
-    let sd = shutdown.clone();
-    tracker.spawn(async move {
-        if let Err(e) = admin::serve(admin_listener, admin_service, sd).await {
-            warn!(error = %e, "admin server failed");
-        }
-    });
-    let (m, sd) = (metrics.clone(), shutdown.clone());
-    tracker.spawn(async move {
-        if let Err(e) = metrics::serve(metrics_listener, m, sd).await {
-            warn!(error = %e, "metrics server failed");
-        }
-    });
+    let admin = admin::serve(admin_listener, admin_service, shutdown.clone());
+    servers::spawn_watched(&tracker, "admin", &metrics, &shutdown, admin);
+    let served = metrics::serve(metrics_listener, metrics.clone(), shutdown.clone());
+    servers::spawn_watched(&tracker, "metrics", &metrics, &shutdown, served);
     tracker.spawn(dialer::run(
         membership.clone(),
         DialerTls {
@@ -939,23 +938,21 @@ fn data_plane(
     })
 }
 
-/// Serves `router` on the TLS connections the acceptor hands over `conns`, until `shutdown`.
+/// Serves `router` on the TLS connections the acceptor hands over `conns`, until `shutdown`
+/// (watched: see [`servers`]).
 fn spawn_server(
     tracker: &TaskTracker,
     what: &'static str,
     router: tonic::transport::server::Router,
     conns: mpsc::Receiver<TlsConn>,
+    metrics: &Metrics,
     shutdown: &CancellationToken,
 ) {
     let server = router.serve_with_incoming_shutdown(
         ReceiverStream::new(conns).map(Ok::<_, std::io::Error>),
         shutdown.clone().cancelled_owned(),
     );
-    tracker.spawn(async move {
-        if let Err(e) = server.await {
-            warn!(error = %e, server = what, "gRPC server failed");
-        }
-    });
+    servers::spawn_watched(tracker, what, metrics, shutdown, server);
 }
 
 fn signer_err(e: fedgw_certs::envelope::EnvelopeError) -> RunError {

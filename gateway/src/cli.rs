@@ -576,11 +576,11 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             timeout,
         } => {
             let kind = if http {
-                crate::standin::ProbeKind::Upcheck
+                crate::dev::standin::ProbeKind::Upcheck
             } else {
-                crate::standin::ProbeKind::Echo(bytes)
+                crate::dev::standin::ProbeKind::Echo(bytes)
             };
-            match crate::standin::probe(&target, dns, kind, timeout).await {
+            match crate::dev::standin::probe(&target, dns, kind, timeout).await {
                 Ok(ok) => {
                     outln!(
                         "ok {target} -> {} in {} ms",
@@ -648,7 +648,7 @@ async fn stand_in(echo: Vec<SocketAddr>, http: Vec<SocketAddr>) -> Result<(), Cl
     }
     let tracker = tokio_util::task::TaskTracker::new();
     let shutdown = CancellationToken::new();
-    let bound = crate::standin::serve(&echo, &http, &tracker, &shutdown)
+    let bound = crate::dev::standin::serve(&echo, &http, &tracker, &shutdown)
         .await
         .map_err(|e| CliError::new(exit::FAILURE, e))?;
     let shown: Vec<String> = bound.iter().map(ToString::to_string).collect();
@@ -728,14 +728,18 @@ async fn lab(
     };
     let bin = std::env::current_exe().context("locating the fedgw binary")?;
     outln!("fedgw lab: {orgs} orgs in {}", dir.display())?;
-    let failed = crate::lab::run(crate::lab::LabOptions {
-        orgs,
-        dir: dir.clone(),
-        consortium,
-        domain,
-        check,
-        bin,
-    })
+    // SIGTERM too, so `kill` stops the gateways rather than orphaning them
+    let failed = crate::dev::lab::run(
+        crate::dev::lab::LabOptions {
+            orgs,
+            dir: dir.clone(),
+            consortium,
+            domain,
+            check,
+            bin,
+        },
+        wait_for_signal(),
+    )
     .await
     .map_err(usage)?;
     if temporary && check {
@@ -761,7 +765,7 @@ fn tempfile_dir() -> std::io::Result<PathBuf> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub(crate) async fn wait_for_signal() {
+async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::interrupt()),

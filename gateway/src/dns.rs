@@ -645,6 +645,12 @@ impl TcpRefusal {
     }
 }
 
+impl crate::metrics::Label for TcpRefusal {
+    fn label(self) -> &'static str {
+        TcpRefusal::label(self)
+    }
+}
+
 /// Open connections per source and in total; a [`TcpSlot`] holds one until dropped.
 #[derive(Debug)]
 struct TcpCounts {

@@ -1,12 +1,17 @@
 //! Prometheus metrics and the health endpoints, served on the metrics address (default
 //! 127.0.0.1:9464): `/metrics` (OpenMetrics text), `/livez` (200 while the process serves),
 //! `/readyz` (200 once every listener is bound, the view holds this org's membership and the zone and
-//! data plane reflect the stored view; a latch).
+//! data plane reflect the stored view; a latch, cleared for good when a server of the gateway
+//! stops before shutdown: see [`Metrics::server_stopped`]).
 //!
 //! Labels stay low-cardinality: protocol, result, org. Never a socket address or a token id.
+//!
+//! This module knows no other subsystem: the types it counts by (a tunnel stream's class, a
+//! refusal's reason) name themselves through [`Label`], implemented where they are defined.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -21,6 +26,13 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// A value that names itself in a metric label: a tunnel stream's class, a refusal's reason.
+/// The module that defines the value implements this, so metrics need not know its type.
+pub trait Label: Copy {
+    /// The label value: fixed, lowercase, one of a few.
+    fn label(self) -> &'static str;
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabels {
@@ -65,6 +77,11 @@ struct PeerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    server: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
     class: &'static str,
 }
@@ -83,8 +100,18 @@ fn wait_histogram() -> Histogram {
 struct ClassMetrics {
     bytes: Family<ClassLabels, Counter>,
     wait: Family<ClassLabels, Histogram, fn() -> Histogram>,
-    /// The same waits for `fedgw status`, by [`Class::index`](crate::tunnel::class::Class::index).
-    waits: Arc<[WaitStats; crate::tunnel::class::CLASSES]>,
+    /// The same waits for `fedgw status`, by class label (one entry a class, created at its
+    /// first connection).
+    waits: Arc<Mutex<BTreeMap<&'static str, Arc<WaitStats>>>>,
+}
+
+impl ClassMetrics {
+    /// The wait statistics of the class labelled `class`.
+    fn waits(&self, class: &'static str) -> Arc<WaitStats> {
+        // a poisoned lock only means another thread panicked while inserting: the map is whole
+        let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+        waits.entry(class).or_default().clone()
+    }
 }
 
 /// Write waits of one class: count, sum and longest, µs.
@@ -100,8 +127,7 @@ struct WaitStats {
 pub struct ClassCounters {
     bytes: Counter,
     wait: Histogram,
-    waits: Arc<[WaitStats; crate::tunnel::class::CLASSES]>,
-    index: usize,
+    waits: Arc<WaitStats>,
 }
 
 impl ClassCounters {
@@ -115,7 +141,7 @@ impl ClassCounters {
         self.bytes.inc_by(bytes as u64);
         self.wait.observe(waited.as_secs_f64());
         let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
-        let w = &self.waits[self.index];
+        let w = &self.waits;
         w.writes.fetch_add(1, Ordering::Relaxed);
         w.sum_us.fetch_add(us, Ordering::Relaxed);
         w.max_us.fetch_max(us, Ordering::Relaxed);
@@ -133,6 +159,18 @@ pub struct ClassTotals {
     pub wait_sum_us: u64,
     /// The longest wait, µs.
     pub max_wait_us: u64,
+}
+
+/// Byte counters of one proxied connection: `tx` counts bytes sent into the tunnel, `rx` bytes
+/// received from it.
+#[derive(Debug, Clone)]
+pub struct TunnelCounters {
+    /// Sent into the tunnel.
+    pub tx: Counter,
+    /// Received from the tunnel.
+    pub rx: Counter,
+    /// The stream's priority class: bytes sent and how long writes waited.
+    pub class: ClassCounters,
 }
 
 /// Data-plane series.
@@ -174,7 +212,10 @@ pub struct Metrics {
     records_rejected: Family<ResultLabels, Counter>,
     dns_tcp_refused: Family<ReasonLabels, Counter>,
     sync_peers: Gauge,
+    servers_stopped: Family<ServerLabels, Counter>,
     ready: Arc<AtomicBool>,
+    /// Set when a server stopped before shutdown; readiness stays cleared.
+    stopped: Arc<AtomicBool>,
 }
 
 impl Default for Metrics {
@@ -228,6 +269,12 @@ impl Metrics {
             "sync_peers",
             "Gateways with a live membership sync stream",
             sync_peers.clone(),
+        );
+        let servers_stopped = Family::<ServerLabels, Counter>::default();
+        registry.register(
+            "servers_stopped",
+            "Servers of the gateway (dns, dns_tcp, admin, metrics, join, federation) that stopped before shutdown; any makes /readyz fail",
+            servers_stopped.clone(),
         );
         let tunnel = TunnelMetrics::default();
         registry.register(
@@ -288,7 +335,7 @@ impl Metrics {
         let classes = ClassMetrics {
             bytes: Family::default(),
             wait: Family::new_with_constructor(wait_histogram),
-            waits: Arc::new(Default::default()),
+            waits: Arc::default(),
         };
         registry.register(
             "tunnel_class_bytes",
@@ -311,12 +358,14 @@ impl Metrics {
             joins,
             hellos,
             leaf_not_after,
+            servers_stopped,
             ready: Arc::new(AtomicBool::new(false)),
+            stopped: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Counts a DNS TCP connection closed on accept.
-    pub fn dns_tcp_refused(&self, why: crate::dns::TcpRefusal) {
+    pub fn dns_tcp_refused(&self, why: impl Label) {
         self.dns_tcp_refused
             .get_or_create(&ReasonLabels {
                 reason: why.label(),
@@ -325,7 +374,7 @@ impl Metrics {
     }
 
     /// DNS TCP connections closed on accept for `why` so far.
-    pub fn dns_tcp_refused_total(&self, why: crate::dns::TcpRefusal) -> u64 {
+    pub fn dns_tcp_refused_total(&self, why: impl Label) -> u64 {
         self.dns_tcp_refused
             .get_or_create(&ReasonLabels {
                 reason: why.label(),
@@ -389,11 +438,7 @@ impl Metrics {
     }
 
     /// Byte counters for a proxied connection with `peer_org` whose stream is of `class`.
-    pub fn tunnel_counters(
-        &self,
-        peer_org: &str,
-        class: crate::tunnel::class::Class,
-    ) -> crate::tunnel::splice::Counters {
+    pub fn tunnel_counters(&self, peer_org: &str, class: impl Label) -> TunnelCounters {
         let c = |direction| {
             self.tunnel
                 .bytes
@@ -406,24 +451,23 @@ impl Metrics {
         let labels = ClassLabels {
             class: class.label(),
         };
-        crate::tunnel::splice::Counters {
+        TunnelCounters {
             tx: c("tx"),
             rx: c("rx"),
             class: ClassCounters {
                 bytes: self.classes.bytes.get_or_create(&labels).clone(),
                 wait: self.classes.wait.get_or_create(&labels).clone(),
-                waits: self.classes.waits.clone(),
-                index: class.index(),
+                waits: self.classes.waits(labels.class),
             },
         }
     }
 
     /// What `class`'s writes into tunnels amount to so far.
-    pub fn tunnel_class_totals(&self, class: crate::tunnel::class::Class) -> ClassTotals {
+    pub fn tunnel_class_totals(&self, class: impl Label) -> ClassTotals {
         let labels = ClassLabels {
             class: class.label(),
         };
-        let w = &self.classes.waits[class.index()];
+        let w = self.classes.waits(labels.class);
         ClassTotals {
             bytes: self.classes.bytes.get_or_create(&labels).get(),
             writes: w.writes.load(Ordering::Relaxed),
@@ -465,11 +509,11 @@ impl Metrics {
         self.tunnel.active_streams.get()
     }
 
-    /// Records the path of the QUIC link to `peer`: smoothed RTT, path MTU (UDP payload
-    /// bytes) and the packets declared lost since the last call.
+    /// Records the path of the QUIC link to `peer` (a gateway id, `org/site`): smoothed RTT,
+    /// path MTU (UDP payload bytes) and the packets declared lost since the last call.
     pub fn tunnel_quic_path(
         &self,
-        peer: &crate::membership::GatewayId,
+        peer: &impl std::fmt::Display,
         rtt: std::time::Duration,
         path_mtu: u16,
         newly_lost: u64,
@@ -502,13 +546,12 @@ impl Metrics {
     }
 
     /// Counts a stream this gateway refused.
-    pub fn tunnel_refused(&self, answer: crate::tunnel::header::Answer) {
+    pub fn tunnel_refused(&self, answer: impl Label) {
         self.tunnel_refused_label(answer.label());
     }
 
-    /// Counts a stream or local connection this gateway refused for `reason`, an
-    /// [`Answer::label`](crate::tunnel::header::Answer::label) or a near-end reason such as
-    /// [`SOURCE_NOT_ALLOWED`](crate::tunnel::near::SOURCE_NOT_ALLOWED).
+    /// Counts a stream or local connection this gateway refused for `reason`, a tunnel
+    /// answer's label or a near-end reason such as `source_not_allowed`.
     pub fn tunnel_refused_label(&self, reason: &'static str) {
         self.tunnel
             .refused
@@ -517,7 +560,7 @@ impl Metrics {
     }
 
     /// Streams this gateway refused for `answer`.
-    pub fn tunnel_refused_total(&self, answer: crate::tunnel::header::Answer) -> u64 {
+    pub fn tunnel_refused_total(&self, answer: impl Label) -> u64 {
         self.tunnel_refused_label_total(answer.label())
     }
 
@@ -530,7 +573,7 @@ impl Metrics {
     }
 
     /// Counts a stream a peer refused.
-    pub fn tunnel_refused_by_peer(&self, answer: crate::tunnel::header::Answer) {
+    pub fn tunnel_refused_by_peer(&self, answer: impl Label) {
         self.tunnel
             .refused_by_peer
             .get_or_create(&ReasonLabels {
@@ -572,9 +615,24 @@ impl Metrics {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    /// Marks the gateway ready (irreversible).
+    /// Marks the gateway ready (irreversible, but see [`Metrics::server_stopped`]).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Counts a server of the gateway (`what`: `dns`, `admin`, `federation`, ...) that stopped
+    /// before shutdown, and clears readiness for good: the process lives on but no longer
+    /// serves what it was started for, and an orchestrator should replace it.
+    pub fn server_stopped(&self, what: &'static str) {
+        self.servers_stopped
+            .get_or_create(&ServerLabels { server: what })
+            .inc();
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    /// Whether `/readyz` answers 200: marked ready and no server stopped.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.stopped.load(Ordering::Acquire)
     }
 
     /// The OpenMetrics text exposition.
@@ -611,7 +669,7 @@ async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
 }
 
 async fn readyz(State(m): State<Metrics>) -> StatusCode {
-    if m.ready.load(Ordering::Acquire) {
+    if m.is_ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -10,12 +10,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fedgw_certs::tls::{self, ReloadableIdentity};
 use fedgw_certs::{PeerVerifier, RevocationSet};
 use fedgw_proto::v1 as pb;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
@@ -96,6 +97,20 @@ fn jitter(d: Duration) -> Duration {
 
 /// Runs until the membership's shutdown token is cancelled.
 pub async fn run(m: Membership, tls: DialerTls) {
+    schedule(m, move |m, id, endpoints, events| {
+        let tls = tls.clone();
+        async move { dial_and_run(&m, &tls, &id, &endpoints, &events).await }
+    })
+    .await;
+}
+
+/// The dialler's schedule: which targets to dial when, with `dial` doing one attempt (and the
+/// session it opens) and returning how long the session lasted or why the attempt failed.
+async fn schedule<D, F>(m: Membership, dial: D)
+where
+    D: Fn(Membership, GatewayId, Vec<String>, mpsc::Sender<DialEvent>) -> F,
+    F: Future<Output = Result<Duration, String>> + Send + 'static,
+{
     let cfg = m.config().clone();
     let shutdown = m.0.shutdown.clone();
     let mut changed = m.subscribe();
@@ -151,10 +166,10 @@ pub async fn run(m: Membership, tls: DialerTls) {
                     last_error: String::new(),
                 }),
             );
-            let (m2, tls2, done) = (m.clone(), tls.clone(), done_tx.clone());
+            let done = done_tx.clone();
+            let attempt = dial(m.clone(), id.clone(), endpoints, done.clone());
             m.0.tracker.spawn(async move {
-                let key = id.to_string();
-                let result = dial_and_run(&m2, &tls2, &id, &endpoints, &done).await;
+                let result = attempt.await;
                 let _ = done.send(DialEvent::Ended(key, result)).await;
             });
         }
@@ -269,4 +284,110 @@ async fn dial_and_run(
         };
     }
     Err(last_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::membership::test_pki::{Pki, membership};
+
+    /// When `schedule` dials org2's gateway (a bootstrap peer) for `simulated` of paused time,
+    /// with every attempt ending after `lasts` with `result`: the attempts' start times.
+    async fn attempts(
+        lasts: Duration,
+        result: Result<Duration, String>,
+        simulated: Duration,
+    ) -> Vec<Instant> {
+        let pki = Pki::new(&["org1", "org2"]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = membership(&pki, "org1", dir.path(), |c| {
+            c.bootstrap = vec![(
+                GatewayId {
+                    org: "org2".into(),
+                    site: "dc1".into(),
+                },
+                vec!["gw.org2.example:7000".into()],
+            )];
+        });
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let dialer = tokio::spawn(schedule(m.clone(), move |_, id, _, _| {
+            assert_eq!(id.to_string(), "org2/dc1");
+            log.lock().expect("attempts").push(Instant::now());
+            let result = result.clone();
+            async move {
+                tokio::time::sleep(lasts).await;
+                result
+            }
+        }));
+        tokio::time::sleep(simulated).await;
+        m.0.shutdown.cancel();
+        dialer.await.expect("dialer");
+        seen.lock().expect("attempts").clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_dials_back_off_exponentially_up_to_the_maximum() {
+        let start = Instant::now();
+        let at = attempts(
+            Duration::ZERO,
+            Err("refused".into()),
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(
+            at[0] - start < RESCAN,
+            "first attempt at once: {:?}",
+            at[0] - start
+        );
+        // base 1 s doubling to 8 s, ±25 % jitter; an attempt waits for the next rescan
+        let mut backoff = Duration::from_secs(1);
+        for (i, pair) in at.windows(2).enumerate() {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap >= backoff.mul_f64(0.75) && gap <= backoff.mul_f64(1.25) + RESCAN,
+                "gap {i} is {gap:?}, backoff {backoff:?}"
+            );
+            backoff = (backoff * 2).min(Duration::from_secs(8));
+        }
+        // 1 + 2 + 4 + 8 s, then every 8 s ± 25 %: 9 to 12 attempts in a minute
+        assert!((9..=12).contains(&at.len()), "{} attempts", at.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stable_session_resets_the_backoff() {
+        // each session lasts STABLE_SESSION and ends cleanly: redialled at the next rescan,
+        // never after a backoff
+        let at = attempts(STABLE_SESSION, Ok(STABLE_SESSION), Duration::from_secs(60)).await;
+        for pair in at.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap >= STABLE_SESSION && gap <= STABLE_SESSION + RESCAN,
+                "redialled after {gap:?}"
+            );
+        }
+        assert!(at.len() >= 10, "{} sessions", at.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn short_sessions_count_as_failures() {
+        // a session that ends after a second backs off like a failed dial
+        let at = attempts(
+            Duration::from_secs(1),
+            Ok(Duration::from_secs(1)),
+            Duration::from_secs(40),
+        )
+        .await;
+        let gaps: Vec<Duration> = at.windows(2).map(|p| p[1] - p[0]).collect();
+        assert!(gaps.len() >= 3, "{gaps:?}");
+        // session (1 s) + backoff 1 s, 2 s, 4 s, each ±25 % and up to a rescan late
+        for (gap, backoff) in gaps.iter().zip([1u64, 2, 4]) {
+            let backoff = Duration::from_secs(backoff);
+            let least = Duration::from_secs(1) + backoff.mul_f64(0.75);
+            let most = Duration::from_secs(1) + backoff.mul_f64(1.25) + RESCAN;
+            assert!(*gap >= least && *gap <= most, "{gaps:?}");
+        }
+    }
 }

@@ -14,11 +14,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fedgw_proto::v1 as pb;
 use pb::sync_message::Msg;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -142,7 +143,7 @@ where
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
-    let expires = tokio::time::Instant::now() + cfg.max_session_age;
+    let expires = Instant::now() + cfg.max_session_age;
     let mut mismatches = 0u32;
     let mut opened = false;
     loop {
@@ -323,16 +324,4 @@ fn batches(envelopes: impl Iterator<Item = Vec<u8>>) -> Vec<pb::SyncMessage> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_respect_count_and_size() {
-        let small = (0..600).map(|_| vec![0u8; 10]);
-        let b = batches(small);
-        assert_eq!(b.len(), 3);
-        let big = (0..5).map(|_| vec![0u8; 200 * 1024]);
-        assert_eq!(batches(big).len(), 3);
-        assert!(batches(std::iter::empty()).is_empty());
-    }
-}
+mod tests;

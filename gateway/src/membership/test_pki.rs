@@ -112,3 +112,45 @@ pub fn node_record(enode: u8) -> pb::NodeRecord {
         allowed_orgs: vec![],
     }
 }
+
+/// A membership for `org/dc1` on a store in `dir` (which the caller keeps), with `cfg` applied
+/// to the settings: heartbeat 1 s, backoff 1 s to 8 s, sessions of at most an hour.
+pub fn membership(
+    pki: &Pki,
+    org: &str,
+    dir: &std::path::Path,
+    cfg: impl FnOnce(&mut super::MembershipConfig),
+) -> super::Membership {
+    use std::time::Duration;
+
+    let mut config = super::MembershipConfig {
+        domain: DOMAIN.into(),
+        me: super::GatewayId {
+            org: org.into(),
+            site: "dc1".into(),
+        },
+        outbound_only: false,
+        heartbeat: Duration::from_secs(1),
+        backoff_base: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(8),
+        deny: Default::default(),
+        bootstrap: vec![],
+        max_session_age: Duration::from_secs(3600),
+    };
+    cfg(&mut config);
+    let store = crate::store::Store::open(&dir.join(format!("{org}.redb"))).expect("store");
+    let keys = super::Keys {
+        root_cert: pki.root.cert().to_vec(),
+        org_signer: pki.ca(org).envelope_signer().expect("org signer"),
+        root_signer: None,
+    };
+    super::Membership::open(
+        config,
+        std::sync::Arc::new(store),
+        keys,
+        crate::metrics::Metrics::new(),
+        tokio_util::task::TaskTracker::new(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .expect("membership")
+}

@@ -69,6 +69,12 @@ impl Class {
     }
 }
 
+impl crate::metrics::Label for Class {
+    fn label(self) -> &'static str {
+        Class::label(self)
+    }
+}
+
 /// `[tunnel] priority`: classes by port, overriding [`Class::default_for`]. A key is a port
 /// name (`raft`, `p2p`, `tessera`: every node's port of that name) or `org/node/port` (one
 /// node's port); the more specific key wins. Example:

@@ -134,6 +134,12 @@ impl Answer {
     }
 }
 
+impl crate::metrics::Label for Answer {
+    fn label(self) -> &'static str {
+        Answer::label(self)
+    }
+}
+
 /// The outcome of decoding a request from the bytes received so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {

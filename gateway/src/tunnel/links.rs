@@ -11,6 +11,7 @@
 //! certificate that authenticated it expires; a link the same side dials again supersedes the
 //! older one at once.
 
+mod keeper;
 mod link;
 pub mod upgrade;
 
@@ -225,6 +226,15 @@ struct LinkEntry {
     retire_at: Instant,
     /// This side dialled it.
     outbound: bool,
+}
+
+impl keeper::Kept for LinkEntry {
+    fn closed(&self) -> impl Future<Output = ()> + Send {
+        self.link.closed()
+    }
+    fn retire_at(&self) -> tokio::time::Instant {
+        self.retire_at.into()
+    }
 }
 
 /// How long an inbound tunnel link from a site not (yet) in the view waits for the site's
@@ -898,39 +908,18 @@ impl Links {
         }
     }
 
+    /// Keeps a link up to `peer` until `stop` (the schedule: [`keeper`]).
     async fn keep(&self, peer: GatewayId, stop: CancellationToken) {
-        let mut delay = BACKOFF.0;
-        loop {
-            if self.0.membership.revocation().set().contains(&peer.org) {
-                return;
-            }
-            let link = tokio::select! {
-                l = self.dial(&peer) => l,
-                () = stop.cancelled() => return,
-            };
-            match link {
-                Ok(entry) => {
-                    delay = BACKOFF.0;
-                    tokio::select! {
-                        () = entry.link.closed() => {}
-                        // a retired link keeps its streams; new ones need a new link now
-                        () = tokio::time::sleep_until(entry.retire_at.into()) => continue,
-                        // a QUIC link took over from a TCP+TLS one, which drains
-                        () = self.replaced(&peer, entry.id) => continue,
-                        () = stop.cancelled() => return,
-                    }
-                }
-                Err(e) => {
-                    debug!(%peer, error = %e, "keeping a tunnel up: dial failed");
-                    delay = (delay * 2).min(BACKOFF.1);
-                }
-            }
-            let jitter = rand::random_range(0.75..1.25);
-            tokio::select! {
-                () = tokio::time::sleep(delay.mul_f64(jitter)) => {}
-                () = stop.cancelled() => return,
-            }
-        }
+        keeper::keep(
+            || self.dial(&peer),
+            || self.0.membership.revocation().set().contains(&peer.org),
+            &stop,
+            BACKOFF,
+            |e| debug!(%peer, error = %e, "keeping a tunnel up: dial failed"),
+            // a QUIC link took over from a TCP+TLS one, which drains
+            |entry: &LinkEntry| self.replaced(&peer, entry.id),
+        )
+        .await;
     }
 }
 

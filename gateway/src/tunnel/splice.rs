@@ -200,17 +200,8 @@ impl TunnelWrite {
     }
 }
 
-/// Byte counters of one proxied connection: `tx` counts bytes sent into the tunnel, `rx` bytes
-/// received from it.
-#[derive(Debug, Clone)]
-pub struct Counters {
-    /// Sent into the tunnel.
-    pub tx: Counter,
-    /// Received from the tunnel.
-    pub rx: Counter,
-    /// The stream's priority class: bytes sent and how long writes waited.
-    pub class: crate::metrics::ClassCounters,
-}
+/// Byte counters of one proxied connection, kept in the gateway's metrics.
+pub use crate::metrics::TunnelCounters as Counters;
 
 /// A TCP socket took none of the bytes waiting for it for the stall time-out
 /// ([`super::TunnelConfig::stall_timeout_ms`]): its reader (a node, or a local client) has

@@ -1,16 +1,10 @@
 //! The whole controller (`run`, its watches, Lease and probes) against the stateful fake API
 //! server and a fake gateway on a Unix socket: the scenario of `support/scenario.rs`, which
-//! tests/apiserver.rs runs against a real kube-apiserver.
-
-#[allow(dead_code)]
-#[path = "support/fake_api.rs"]
-mod fake_api;
-#[path = "support/fake_gateway.rs"]
-mod fake_gateway;
-#[path = "support/scenario.rs"]
-mod scenario;
+//! the `apiserver` module runs against a real kube-apiserver.
 
 use std::sync::Arc;
+
+use crate::support::{fake_api, scenario};
 
 #[tokio::test]
 async fn the_controller_registers_settles_and_hands_over() {

@@ -1,4 +1,4 @@
-//! Helpers shared by the test binaries that run real `fedgw` processes (bootstrap, links,
+//! Helpers shared by the test modules that run real `fedgw` processes (bootstrap, links,
 //! processes): the binary under test, loopback network flags, quick sync timers, JSON output.
 
 use std::path::Path;

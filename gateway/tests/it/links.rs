@@ -13,10 +13,7 @@ use fedgw_gateway::config::Config;
 use fedgw_gateway::tunnel::Transport;
 use fedgw_tests::{Gateway, wait_for};
 
-#[path = "common/procs.rs"]
-#[allow(dead_code, reason = "fast and json serve other test binaries")]
-mod procs;
-use procs::{NET, fedgw, s};
+use crate::common::procs::{NET, fedgw, s};
 
 /// The time the goal allows from a restarted gateway's readiness to the first proxied
 /// connection that works (2 s wanted, 3 s required).

@@ -1,5 +1,5 @@
 //! One scenario for the whole controller (`run`, as the sidecar runs it) against an API server:
-//! the stateful fake (tests/controller.rs) or a real kube-apiserver (tests/apiserver.rs), with
+//! the stateful fake (the `controller` module) or a real kube-apiserver (`apiserver`), with
 //! a fake gateway on a Unix socket. Register, Service and ConfigMap, a steady state without
 //! writes, status transitions, a duplicate name, both targets, delete, restart, and two
 //! replicas with a leader kill. Every wait is a bounded poll.

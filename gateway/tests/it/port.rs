@@ -2,18 +2,16 @@
 //! sources (each a 127.0.0.x address the client binds), join slots, `openssl s_client` on every
 //! ALPN, and node certificates posing as gateways on h2, TCP+TLS and QUIC.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::support::*;
 use fedgw_certs::{PeerVerifier, RevocationSet, pki, tls};
 use fedgw_gateway::config::Admission;
 use fedgw_gateway::datadir::DataDir;
 use fedgw_gateway::membership::GatewayId;
 use rustls_pki_types::ServerName;
-use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 

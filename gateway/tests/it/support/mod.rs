@@ -1,8 +1,6 @@
 //! A federation of gateways started in-process: each with its own data dir, store and sockets on
 //! 127.0.0.1 port 0. Waits poll a condition with a deadline; nothing sleeps for readiness.
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 

@@ -108,10 +108,11 @@ pub struct LabNode {
 }
 
 /// The sample static nodes shared out between the orgs (quorum-dev-quickstart).
-const SAMPLE_STATIC_NODES: &str = include_str!("../../proto/data/goquorum-static-nodes.raft.json");
+const SAMPLE_STATIC_NODES: &str =
+    include_str!("../../../proto/data/goquorum-static-nodes.raft.json");
 /// The sample Tessera config whose P2P port the stand-ins use (quorum-dev-quickstart).
 const SAMPLE_TESSERA_CONFIG: &str =
-    include_str!("../../proto/data/tessera-config-template.quickstart.json");
+    include_str!("../../../proto/data/tessera-config-template.quickstart.json");
 
 /// A failed lab step.
 #[derive(Debug, thiserror::Error)]
@@ -395,7 +396,7 @@ async fn start_stand_ins(
 ) -> Result<(), LabError> {
     for n in plan {
         let at = |port| std::net::SocketAddr::from((n.ip, port));
-        crate::standin::serve(
+        super::standin::serve(
             &[at(n.p2p), at(n.raft)],
             &[at(n.tessera)],
             tracker,
@@ -478,7 +479,7 @@ async fn converge(
 /// From `from`'s site: resolve `node` with `from`'s DNS, then echo on p2p and raft and ask
 /// Tessera's upcheck, through the tunnels. Retries each probe until [`STEP_TIMEOUT`].
 async fn traffic(from: &Gateway, node: &PlannedNode, domain: &str) -> Result<(), LabError> {
-    use crate::standin::{ProbeKind, probe};
+    use super::standin::{ProbeKind, probe};
     let step = format!("traffic {} -> {}", from.org, node.org);
     let name = format!("{}.{}.{domain}", node.name, node.org);
     let deadline = Instant::now() + STEP_TIMEOUT;
@@ -545,8 +546,10 @@ fn lab_nodes(
     nodes
 }
 
-/// Runs the lab. Returns the number of failed steps (0 means every step passed).
-pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
+/// Runs the lab. Without `--check` it stays up until `stop` resolves (the command line passes
+/// SIGINT or SIGTERM), then stops its gateways. Returns the number of failed steps (0 means
+/// every step passed).
+pub async fn run(opts: LabOptions, stop: impl Future<Output = ()>) -> Result<usize, LabError> {
     if !(2..=16).contains(&opts.orgs) {
         return Err(fail("options", "--orgs must be between 2 and 16"));
     }
@@ -725,8 +728,7 @@ pub async fn run(opts: LabOptions) -> Result<usize, LabError> {
         Ok(lab) if !opts.check => {
             print_table(&lab, &dir);
             say!("\nthe lab is up; Ctrl-C (or SIGTERM) stops it");
-            // SIGTERM too, so `kill` stops the gateways rather than orphaning them
-            crate::cli::wait_for_signal().await;
+            stop.await;
         }
         Ok(_) => {}
         Err(e) => {

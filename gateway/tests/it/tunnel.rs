@@ -6,19 +6,17 @@
 //! outside `tunnel.allowed_sources` reset at the near end, and readers that stop reading reset
 //! after the stall time-out so the link carries other streams again.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use fedgw_gateway::config::Config;
 use fedgw_gateway::membership::GatewayId;
 use fedgw_gateway::tunnel::Transport;
 use fedgw_gateway::tunnel::class::Class;
 use fedgw_gateway::tunnel::header::{Answer, Request};
 use fedgw_proto::v1 as pb;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -5,19 +5,17 @@
 //! same queries compared with Knot (Debian `knot`, installed by scripts/test) serving the same
 //! zone.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use fedgw_gateway::dns::{
     TcpLimits, TcpRefusal, Zone, ZoneGateway, ZoneHandler, ZoneNode, serve_tcp,
 };
 use fedgw_proto::v1 as pb;
 use hickory_proto::op::{Message, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use support::*;
 
 fn status(dns: std::net::SocketAddr, name: &str, qtype: &str) -> String {
     let text = dig(dns, name, qtype, true);

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use fedgw_tests::{Gateway, wait_for};
 
-#[path = "common/procs.rs"]
-mod procs;
-use procs::{NET, fast, fedgw, json, s};
+use crate::common::procs::{NET, fast, fedgw, json, s};
 
 fn samples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/data")

@@ -9,9 +9,7 @@ use std::time::Duration;
 use fedgw_gateway::config::Config;
 use fedgw_tests::wait_for;
 
-#[path = "common/procs.rs"]
-mod procs;
-use procs::{NET, fast, fedgw, json, s};
+use crate::common::procs::{NET, fast, fedgw, json, s};
 
 /// The pod addresses of `fedgw export k8s`, on loopback port 0 for a test.
 const POD: [&str; 6] = [

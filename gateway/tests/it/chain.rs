@@ -4,32 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fedgw_tests::Fedgw;
-
-fn fedgw() -> Fedgw {
-    Fedgw::new(env!("CARGO_BIN_EXE_fedgw"))
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
-const LOOPBACK: [&str; 6] = [
-    "--listen",
-    "127.0.0.1:0",
-    "--metrics",
-    "127.0.0.1:0",
-    "--dns",
-    "127.0.0.1:0",
-];
+use crate::common::procs::{NET, fedgw, json, s};
 
 fn nodes(dir: &Path) -> serde_json::Value {
-    let run = fedgw()
-        .run(["nodes", "--json", "--data-dir", &s(dir)])
-        .expect("spawn")
-        .ok()
-        .expect("nodes");
-    serde_json::from_str(&run.stdout).expect("json")
+    json(dir, "nodes")
 }
 
 #[test]
@@ -44,12 +22,10 @@ fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
         "acme.test",
         "--org",
         "org1",
-        "--advertise",
-        "127.0.0.1:0",
         "--consensus",
         "raft",
     ];
-    init.extend(LOOPBACK);
+    init.extend(NET);
     let da = s(&a);
     init.extend(["--data-dir", &da]);
     fedgw().run(init).expect("spawn").ok().expect("init");
@@ -70,12 +46,10 @@ fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
         "org2",
         "--data-dir",
         &db,
-        "--advertise",
-        "127.0.0.1:0",
         "--timeout",
         "10s",
     ];
-    join.extend(LOOPBACK);
+    join.extend(NET);
     fedgw().run(join).expect("spawn").ok().expect("join");
     let gw2 = fedgw().start(&b).expect("org2 starts");
     for dir in [&a, &b] {

@@ -4,11 +4,6 @@
 //! patch semantics, which counts writes over many reconcile periods. The gateway is a fake
 //! that records calls and updates its view.
 
-// each test binary uses part of the fake
-#[allow(dead_code)]
-#[path = "support/fake_api.rs"]
-mod fake_api;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +24,8 @@ use kube::client::Body;
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 use tower_test::mock;
+
+use crate::support::fake_api;
 
 type Handle = mock::Handle<Request<Body>, Response<Body>>;
 

@@ -1,18 +1,16 @@
 //! Records that must be refused at ingress and never forwarded, sent by a peer holding a real
 //! member certificate (org2's CA issued it a gateway leaf for a rogue site).
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::support::*;
 use fedgw_certs::{CertificateAuthority, PeerVerifier, pki, tls};
 use fedgw_gateway::datadir::DataDir;
 use fedgw_gateway::membership::record::seal;
 use fedgw_proto::v1 as pb;
 use pb::sync_message::Msg;
 use prost::Message;
-use support::*;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 

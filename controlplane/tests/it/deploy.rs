@@ -28,7 +28,7 @@ fn crd_yaml_matches_crdgen() {
         have == want,
         "deploy/k8s/crd/crd.yaml drifted from the code: run \
          `cargo run -p fedgw-controlplane -- crdgen > deploy/k8s/crd/crd.yaml` \
-         (or UPDATE_CRD=1 cargo test -p fedgw-controlplane --test deploy)"
+         (or UPDATE_CRD=1 cargo test -p fedgw-controlplane --test it deploy::)"
     );
 }
 

@@ -467,7 +467,7 @@ fn lab_check_founds_joins_and_links_every_pair() {
     // the eight sample nodes, shared out, each with its real and per-site local addresses
     let nodes = lab["nodes"].as_array().expect("nodes");
     assert_eq!(nodes.len(), 8);
-    let sample = include_str!("../../proto/data/goquorum-static-nodes.raft.json");
+    let sample = include_str!("../../../proto/data/goquorum-static-nodes.raft.json");
     for n in nodes {
         let (org, name) = (
             n["org"].as_str().expect("org"),

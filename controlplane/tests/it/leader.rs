@@ -2,11 +2,6 @@
 //! taken at once, and of two running controllers, the leader's shutdown moves the Lease and
 //! the leader label to the other well within the lease duration.
 
-// each test binary uses part of the fake
-#[allow(dead_code)]
-#[path = "support/fake_api.rs"]
-mod fake_api;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -18,6 +13,8 @@ use fedgw_controlplane::k8s::run::{RunConfig, run};
 use k8s_openapi::api::coordination::v1::Lease;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+
+use crate::support::fake_api;
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/org1/leases";
 const PODS: &str = "/api/v1/namespaces/org1/pods";

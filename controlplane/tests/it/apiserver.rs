@@ -10,11 +10,6 @@
 //! no controller manager to do so). Without the variable the test passes at once and says it
 //! was skipped.
 
-#[path = "support/fake_gateway.rs"]
-mod fake_gateway;
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +19,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, CustomResourceExt};
+
+use crate::support::scenario;
 
 const ENV: &str = "FEDGW_TEST_KUBECONFIG";
 

@@ -4,15 +4,13 @@
 //! go through, the link moves to QUIC at both ends, a connection opened before the move carries
 //! bytes both ways to its end, and the TCP+TLS link closes when that connection has ended.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use fedgw_gateway::config::{Admission, Config};
 use fedgw_gateway::membership::GatewayId;
 use fedgw_gateway::tunnel::Transport;
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

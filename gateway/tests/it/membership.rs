@@ -1,13 +1,11 @@
 //! Membership across gateways started in-process: convergence, removal, relay around a refused
 //! link, restart and partition heal, outbound-only sites, revocation, and admission votes.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use fedgw_gateway::config::Admission;
 use fedgw_proto::v1 as pb;
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_gateways_share_nodes_and_removals() {

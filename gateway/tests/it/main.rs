@@ -1,0 +1,24 @@
+//! The gateway's integration tests, one test binary (one link of the gateway for all of them):
+//! each module was a test binary of its own and keeps its name, so a test is found as
+//! `cli::…`, `tunnel::…` (`cargo nextest run -p fedgw-gateway --test it -E 'test(/^tunnel::/)'`).
+//!
+//! [`support`] starts gateways in-process; [`common::procs`] serves the modules that run real
+//! `fedgw` processes.
+
+mod common {
+    pub mod procs;
+}
+mod support;
+
+mod bootstrap;
+mod chain;
+mod cli;
+mod dns;
+mod ingress;
+mod join_service;
+mod links;
+mod membership;
+mod port;
+mod processes;
+mod tunnel;
+mod upgrade;
