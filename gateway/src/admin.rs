@@ -196,15 +196,11 @@ impl pb::admin_server::Admin for AdminService {
         // one enode id, one node: another org's is refused by the view, our own here (two names
         // for one key would make clients dial the same node twice)
         if let Some(other) = self.membership.read(|v| {
-            v.nodes()
-                .into_iter()
-                .find(|n| {
-                    n.org == me.org
-                        && n.name != spec.name
-                        && !record.enode_id.is_empty()
-                        && n.record.enode_id == record.enode_id
+            v.enode_owner(&record.enode_id)
+                .filter(|(org, name)| {
+                    *org == me.org && *name != spec.name && !record.enode_id.is_empty()
                 })
-                .map(|n| n.name)
+                .map(|(_, name)| name.clone())
         }) {
             return Err(Status::already_exists(format!(
                 "enode id already registered by {}/{other}",
@@ -227,23 +223,18 @@ impl pb::admin_server::Admin for AdminService {
             .publish(&me.org, &spec.name, Body::Node(record.clone()), SignAs::Org)
             .await
         {
-            let existed = self.membership.read(|v| {
-                v.nodes()
-                    .iter()
-                    .any(|n| n.org == me.org && n.name == spec.name)
-            });
+            let existed = self
+                .membership
+                .read(|v| v.node(&me.org, &spec.name).is_some());
             if !existed {
                 let (store, name) = (self.store.clone(), spec.name.clone());
                 let _ = tokio::task::spawn_blocking(move || store.remove_local_node(&name)).await;
             }
             return Err(publish_status(e));
         }
-        let seq = self.membership.read(|v| {
-            v.nodes()
-                .into_iter()
-                .find(|n| n.org == me.org && n.name == spec.name)
-                .map_or(0, |n| n.seq)
-        });
+        let seq = self
+            .membership
+            .read(|v| v.node(&me.org, &spec.name).map_or(0, |n| n.seq));
         Ok(Response::new(pb::NodeInfo {
             dns_name: format!("{}.{}.{}", spec.name, me.org, self.config.domain),
             local_ip: spec.host.clone(),

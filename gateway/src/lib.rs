@@ -19,6 +19,7 @@ pub mod membership;
 pub mod metrics;
 pub mod net;
 pub mod provision;
+pub mod site;
 pub mod standin;
 pub mod store;
 pub mod telemetry;

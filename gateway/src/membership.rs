@@ -237,6 +237,8 @@ struct Inner {
     root_signer: Option<EnvelopeSigner>,
     ingest_lock: tokio::sync::Mutex<()>,
     changed: watch::Sender<u64>,
+    /// Counts [`Membership::touch`] calls.
+    touches: AtomicU64,
     revocation: Revocation,
     peers: Mutex<HashMap<String, PeerEntry>>,
     dial_status: Mutex<HashMap<String, DialStatus>>,
@@ -351,6 +353,7 @@ impl Membership {
             root_signer: keys.root_signer,
             ingest_lock: tokio::sync::Mutex::new(()),
             changed: watch::channel(0).0,
+            touches: AtomicU64::new(0),
             revocation: Revocation::default(),
             peers: Mutex::new(HashMap::new()),
             dial_status: Mutex::new(HashMap::new()),
@@ -384,6 +387,7 @@ impl Membership {
         }
         verified.sort_by_key(|v| v.key.kind.priority());
         let mut view = View::default();
+        view.set_generation(self.read(View::generation) + 1);
         for v in verified {
             match view.check(&v) {
                 Verdict::Accept => view.apply(v),
@@ -427,7 +431,14 @@ impl Membership {
     /// Wakes every [`Membership::subscribe`]r as if the view had changed: for local state that
     /// readers combine with the view (a remote node's Service address).
     pub fn touch(&self) {
+        self.0.touches.fetch_add(1, Ordering::Relaxed);
         self.0.changed.send_modify(|v| *v += 1);
+    }
+
+    /// How many times [`Membership::touch`] was called: a reader that sees it move re-reads
+    /// the local state it combines with the view.
+    pub fn touches(&self) -> u64 {
+        self.0.touches.load(Ordering::Relaxed)
     }
 
     /// Refused records since start (invalid, unauthorised, equivocating, ...), not counting

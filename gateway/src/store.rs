@@ -582,6 +582,35 @@ impl Store {
         Ok(out)
     }
 
+    /// The entries for some nodes only, in one read: this site's nodes `local` (name → host)
+    /// and remote nodes' Service addresses `remote` (`org/name` → IP). A node without an entry
+    /// is left out. Costs the number of names asked, not the size of the tables.
+    pub fn site_entries(
+        &self,
+        local: &[String],
+        remote: &[String],
+    ) -> Result<SiteEntries, StoreError> {
+        self.injected()?;
+        let tx = self.db.begin_read()?;
+        let mut out = SiteEntries::default();
+        let table = tx.open_table(LOCAL_NODES)?;
+        for name in local {
+            if let Some(v) = table.get(name.as_str())? {
+                out.local.insert(name.clone(), v.value().to_owned());
+            }
+        }
+        let table = tx.open_table(SERVICE_ADDRESSES)?;
+        for key in remote {
+            if let Some(ip) = table
+                .get(key.as_str())?
+                .and_then(|v| v.value().parse().ok())
+            {
+                out.services.insert(key.clone(), ip);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every local node address: name → host.
     pub fn local_nodes(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
         self.injected()?;
@@ -594,6 +623,15 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Some nodes' entries of the site tables ([`Store::site_entries`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SiteEntries {
+    /// This site's nodes: name → host.
+    pub local: std::collections::BTreeMap<String, String>,
+    /// Remote nodes' Service addresses: `org/name` → IP.
+    pub services: std::collections::BTreeMap<String, std::net::IpAddr>,
 }
 
 /// What [`salvage`] could read from a damaged store, table by table (`None`: the table could

@@ -500,10 +500,19 @@ impl Tunnels {
         self.0.quic.as_ref().and_then(|e| e.local_addr().ok())
     }
 
-    /// Replaces what the far end serves and what the near end listens on, and keeps links up
-    /// to the gateways in `gateways` where this side is the keeper. Called on every view change.
-    pub fn update(&self, targets: Targets, routes: Vec<near::Route>, gateways: Vec<PeerGateway>) {
-        {
+    /// Changes what the data plane serves, each part only if given: what the far end serves
+    /// (`targets`), what the near end listens on (`routes`: added and withdrawn, never the whole
+    /// set), and the gateways to keep links up to where this side is the keeper. Called on
+    /// every view change with what it changed; an empty call retries listeners that could not
+    /// be bound. Costs what it is given (a new route: one bind), apart from a copy of the
+    /// set of listened-on addresses when routes change.
+    pub fn update(
+        &self,
+        targets: Option<Targets>,
+        routes: near::RouteChange,
+        gateways: Option<Vec<PeerGateway>>,
+    ) {
+        if let Some(targets) = targets {
             let mut current = self.0.targets.write().unwrap_or_else(|e| e.into_inner());
             // streams whose authorisation the new targets withdraw end now, like a revoked
             // org's: a far end does not rely on the near end to close them
@@ -525,14 +534,19 @@ impl Tunnels {
             *current = Arc::new(targets);
         }
         // a stream must never be sent into one of this gateway's own listeners
-        {
+        if !routes.is_empty() {
             let mut policy = self.0.policy.write().unwrap_or_else(|e| e.into_inner());
             let mut next = DialPolicy::clone(&policy);
-            next.local = routes.iter().map(|r| r.addr).collect();
+            for addr in &routes.removed {
+                next.local.remove(addr);
+            }
+            next.local.extend(routes.added.iter().map(|r| r.addr));
             *policy = Arc::new(next);
         }
-        self.0.listeners.reconcile(self, routes);
-        self.keep_links(gateways);
+        self.0.listeners.apply(self, routes);
+        if let Some(gateways) = gateways {
+            self.keep_links(gateways);
+        }
     }
 
     /// Number of live tunnel links.
