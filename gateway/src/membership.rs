@@ -199,6 +199,8 @@ pub struct IngestReport {
     pub duplicates: u32,
     /// Refused records with why.
     pub rejected: Vec<Reject>,
+    /// The refused records that verified, by key (a subset of `rejected`).
+    pub refused: Vec<(RecordKey, Reject)>,
 }
 
 /// Errors publishing a local record.
@@ -213,6 +215,9 @@ pub enum PublishError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The batch the record was published in could not be persisted.
+    #[error("the batch was not persisted")]
+    Batch(#[source] Arc<StoreError>),
 }
 
 /// How a local record is signed.
@@ -524,6 +529,7 @@ impl Membership {
                     Verdict::Duplicate => report.duplicates += 1,
                     Verdict::Reject(r) => {
                         self.count_reject(&r, from);
+                        report.refused.push((v.key.clone(), r.clone()));
                         report.rejected.push(r);
                     }
                 }
@@ -634,6 +640,64 @@ impl Membership {
             Some(r) => Err(PublishError::Rejected(r)),
             None => Ok(()),
         }
+    }
+
+    /// Signs and ingests records about (`org`, `name`) for each `(name, body)` of `items` as
+    /// one batch: one store write, one view change, one push to each peer. Returns, per item
+    /// in order, whether it was accepted.
+    pub async fn publish_all(
+        &self,
+        org: &str,
+        items: Vec<(String, pb::record_body::Body)>,
+        sign: SignAs,
+    ) -> Vec<Result<(), PublishError>> {
+        let guard = self.0.ingest_lock.lock().await;
+        let mut out = Vec::with_capacity(items.len());
+        let mut sealed = Vec::with_capacity(items.len());
+        let mut names: HashMap<(Kind, String), usize> = HashMap::new();
+        for (name, body) in items {
+            let kind = body_kind(&body);
+            match self.seal(org, &name, body, sign) {
+                Ok(bytes) => {
+                    if let Some(kind) = kind {
+                        names.insert((kind, name), out.len());
+                    }
+                    sealed.push(bytes);
+                    out.push(Ok(()));
+                }
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        let (verified, _) = self.verify_all(sealed);
+        let unverified: Vec<Reject> = verified
+            .iter()
+            .filter_map(|v| v.as_ref().err().cloned())
+            .collect();
+        let report = self.ingest_locked(verified, None).await;
+        drop(guard);
+        match report {
+            Ok(report) => {
+                for (key, reject) in report.refused {
+                    if let Some(i) = names.get(&(key.kind, key.name)) {
+                        out[*i] = Err(PublishError::Rejected(reject));
+                    }
+                }
+                // a record of ours that does not verify is a signing fault: every item is
+                // reported, as nothing tells which one it was
+                if let Some(r) = unverified.into_iter().next() {
+                    for o in out.iter_mut().filter(|o| o.is_ok()) {
+                        *o = Err(PublishError::Rejected(r.clone()));
+                    }
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for o in out.iter_mut().filter(|o| o.is_ok()) {
+                    *o = Err(PublishError::Batch(e.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// Builds a signed envelope about (`org`, `name`) with the next seq, without ingesting it.

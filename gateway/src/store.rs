@@ -479,6 +479,28 @@ impl Store {
         Ok(())
     }
 
+    /// Records several local nodes' addresses and registered Tessera URLs (`None`: none) in
+    /// one write: `(name, host, url)`.
+    pub fn put_local_nodes(
+        &self,
+        nodes: &[(String, String, Option<String>)],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut hosts = tx.open_table(LOCAL_NODES)?;
+            let mut urls = tx.open_table(LOCAL_URLS)?;
+            for (name, host, url) in nodes {
+                hosts.insert(name.as_str(), host.as_str())?;
+                match url {
+                    Some(url) => urls.insert(name.as_str(), url.as_str())?,
+                    None => urls.remove(name.as_str())?,
+                };
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Forgets a local node's address (and its registered Tessera URL).
     pub fn remove_local_node(&self, name: &str) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;

@@ -310,16 +310,28 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
     let dir = DataDir::new(a.dir.data_dir);
     let mut client = connect(&dir).await?;
     let mut failed = 0;
-    for spec in specs {
-        let name = spec.name.clone();
-        match client
-            .add_node(pb::AddNodeRequest { node: Some(spec) })
-            .await
-        {
-            Ok(info) => outln!("node {}/{} registered", info.get_ref().org, name)?,
+    // in batches: each is published at once (one store write, one view change at each gateway)
+    let mut specs = specs.into_iter().peekable();
+    while specs.peek().is_some() {
+        let chunk: Vec<pb::NodeSpec> = specs.by_ref().take(crate::admin::MAX_ADD_NODES).collect();
+        let names: Vec<String> = chunk.iter().map(|s| s.name.clone()).collect();
+        match client.add_nodes(pb::AddNodesRequest { nodes: chunk }).await {
+            Ok(r) => {
+                for (name, result) in names.iter().zip(r.into_inner().results) {
+                    match result.node {
+                        Some(info) => outln!("node {}/{} registered", info.org, name)?,
+                        None => {
+                            failed += 1;
+                            eprintln!("node {name}: {}", result.error);
+                        }
+                    }
+                }
+            }
             Err(s) => {
-                failed += 1;
-                eprintln!("node {name}: {}", s.message());
+                failed += names.len();
+                for name in names {
+                    eprintln!("node {name}: {}", s.message());
+                }
             }
         }
     }
