@@ -240,15 +240,13 @@ impl pb::admin_server::Admin for AdminService {
         }
         // the real address first: the zone rebuilt on the record's arrival must find it; the
         // registered Tessera URL stays here too (the record publishes the consortium name)
-        let (store, name, host) = (self.store.clone(), spec.name.clone(), spec.host.clone());
-        let url = spec.tessera_url.clone();
-        tokio::task::spawn_blocking(move || {
-            store.put_local_node(&name, &host)?;
-            store.put_local_url(&name, (!url.is_empty()).then_some(url.as_str()))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+        let url = (!spec.tessera_url.is_empty()).then(|| spec.tessera_url.clone());
+        let local = [(spec.name.clone(), spec.host.clone(), url)];
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.put_local_nodes(&local))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
         if let Err(e) = self
             .membership
             .publish(&me.org, &spec.name, Body::Node(record.clone()), SignAs::Org)
