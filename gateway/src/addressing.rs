@@ -104,6 +104,43 @@ pub struct Allocations {
     /// Addresses freed, oldest first; reused only when nothing never-used is left.
     #[serde(default)]
     pub freed: Vec<u32>,
+    /// What `nodes` and `freed` hold, indexed (not persisted: derived from them).
+    #[serde(skip)]
+    index: Index,
+}
+
+/// The values (IPs in IP mode, ports in port mode) `nodes` uses and those ever handed out
+/// (used or freed), so that one allocation costs `log n`, not a scan of every node. Built on
+/// first use; derived data, so two allocators compare equal whatever their index holds.
+#[derive(Debug, Clone, Default)]
+struct Index {
+    /// The mode the index was built for (`None`: not built).
+    built: Option<ModeKind>,
+    used: BTreeSet<u32>,
+    ever: BTreeSet<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModeKind {
+    Ip,
+    Port,
+}
+
+impl PartialEq for Index {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Index {}
+
+/// The values an address takes up: its IP in IP mode, its ports in port mode.
+fn values(kind: ModeKind, addr: &LocalAddress) -> Vec<u32> {
+    match (kind, addr.ip) {
+        (ModeKind::Ip, IpAddr::V4(ip)) => vec![u32::from(ip)],
+        (ModeKind::Ip, IpAddr::V6(_)) => vec![],
+        (ModeKind::Port, _) => addr.ports.values().map(|p| u32::from(*p)).collect(),
+    }
 }
 
 /// What a remote node needs an address for: its real ports by name.
@@ -127,8 +164,21 @@ impl Allocations {
             .filter(|k| !wanted.contains(k.as_str()))
             .cloned()
             .collect();
+        self.update(mode, needs, &gone)
+    }
+
+    /// Applies a change: the nodes in `gone` free their address, each of `needs` gets one or
+    /// keeps its own (as [`Self::sync`] does, for these nodes only). Costs about
+    /// `(needs + gone) · log n`. Returns the nodes that could not be given an address.
+    pub fn update(
+        &mut self,
+        mode: &AddressMode,
+        needs: &[Need],
+        gone: &[String],
+    ) -> Vec<(String, AddressError)> {
+        self.index_for(mode);
         for node in gone {
-            if let Some(addr) = self.nodes.remove(&node) {
+            if let Some(addr) = self.nodes.remove(node) {
                 self.free(mode, &addr);
             }
         }
@@ -141,43 +191,60 @@ impl Allocations {
         failed
     }
 
-    fn free(&mut self, mode: &AddressMode, addr: &LocalAddress) {
+    fn kind(mode: &AddressMode) -> ModeKind {
         match mode {
-            AddressMode::Ip { .. } => {
-                if let IpAddr::V4(ip) = addr.ip {
-                    self.freed.push(u32::from(ip));
-                }
+            AddressMode::Ip { .. } => ModeKind::Ip,
+            AddressMode::Port { .. } => ModeKind::Port,
+        }
+    }
+
+    /// Builds the index for `mode` unless it is built already.
+    fn index_for(&mut self, mode: &AddressMode) {
+        let kind = Self::kind(mode);
+        if self.index.built == Some(kind) {
+            return;
+        }
+        let used: BTreeSet<u32> = self.nodes.values().flat_map(|a| values(kind, a)).collect();
+        let mut ever = used.clone();
+        ever.extend(self.freed.iter().copied());
+        self.index = Index {
+            built: Some(kind),
+            used,
+            ever,
+        };
+    }
+
+    fn free(&mut self, mode: &AddressMode, addr: &LocalAddress) {
+        for v in values(Self::kind(mode), addr) {
+            self.index.used.remove(&v);
+            self.freed.push(v);
+        }
+    }
+
+    /// The next free value in `first..=last`: never-used values first (the highest handed out
+    /// + 1 onwards, then the gaps), freed ones last, oldest first.
+    fn take(&mut self, first: u32, last: u32) -> Option<u32> {
+        let index = &mut self.index;
+        let above = index
+            .ever
+            .range(first..=last)
+            .next_back()
+            .map_or(Some(first), |v| v.checked_add(1))
+            .filter(|v| *v <= last);
+        let fresh = above.or_else(|| (first..=last).find(|v| !index.ever.contains(v)));
+        let v = match fresh {
+            Some(v) => v,
+            None => {
+                let pos = self
+                    .freed
+                    .iter()
+                    .position(|v| (first..=last).contains(v) && !index.used.contains(v))?;
+                self.freed.remove(pos)
             }
-            AddressMode::Port { .. } => self
-                .freed
-                .extend(addr.ports.values().map(|p| u32::from(*p))),
-        }
-    }
-
-    fn used(&self, mode: &AddressMode) -> BTreeSet<u32> {
-        self.nodes
-            .values()
-            .flat_map(|a| match (mode, a.ip) {
-                (AddressMode::Ip { .. }, IpAddr::V4(ip)) => vec![u32::from(ip)],
-                (AddressMode::Port { .. }, _) => a.ports.values().map(|p| u32::from(*p)).collect(),
-                _ => vec![],
-            })
-            .collect()
-    }
-
-    /// The next free value in `first..=last`: never-used values first (the highest used + 1
-    /// onwards, then the gaps), freed ones last, oldest first.
-    fn take(&mut self, first: u32, last: u32, used: &BTreeSet<u32>) -> Option<u32> {
-        let freed: BTreeSet<u32> = self.freed.iter().copied().collect();
-        let fresh = (first..=last).find(|v| !used.contains(v) && !freed.contains(v));
-        if let Some(v) = fresh {
-            return Some(v);
-        }
-        let pos = self
-            .freed
-            .iter()
-            .position(|v| (first..=last).contains(v) && !used.contains(v))?;
-        Some(self.freed.remove(pos))
+        };
+        index.used.insert(v);
+        index.ever.insert(v);
+        Some(v)
     }
 
     fn assign(&mut self, mode: &AddressMode, need: &Need) -> Result<(), AddressError> {
@@ -188,10 +255,9 @@ impl Allocations {
                     held.ports = need.ports.clone();
                     return Ok(());
                 }
-                let used = self.used(mode);
                 let v = self
-                    .take(first, last, &used)
-                    .ok_or(AddressError::Full(used.len()))?;
+                    .take(first, last)
+                    .ok_or(AddressError::Full(self.index.used.len()))?;
                 self.nodes.insert(
                     need.node.clone(),
                     LocalAddress {
@@ -222,24 +288,26 @@ impl Allocations {
                     .collect();
                 for k in stale {
                     if let Some(p) = addr.ports.remove(&k) {
+                        self.index.used.remove(&u32::from(p));
                         self.freed.push(u32::from(p));
                     }
                 }
+                let mut result = Ok(());
                 for name in need.ports.keys() {
                     if addr.ports.contains_key(name) {
                         continue;
                     }
-                    let mut used = self.used(mode);
-                    used.extend(addr.ports.values().map(|p| u32::from(*p)));
-                    let v = self
-                        .take(u32::from(*first_port), u32::from(*last_port), &used)
-                        .ok_or(AddressError::Full(used.len()))?;
+                    let Some(v) = self.take(u32::from(*first_port), u32::from(*last_port)) else {
+                        result = Err(AddressError::Full(self.index.used.len()));
+                        break;
+                    };
                     // v lies in first_port..=last_port, so it fits a u16
                     addr.ports
                         .insert(name.clone(), u16::try_from(v).unwrap_or(*last_port));
                 }
+                // what was taken stays with the node, so the index and `nodes` agree
                 self.nodes.insert(need.node.clone(), addr);
-                Ok(())
+                result
             }
         }
     }

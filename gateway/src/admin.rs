@@ -53,6 +53,37 @@ fn with_sources(e: &dyn std::error::Error) -> String {
     }
 }
 
+/// Most nodes one `AddNodes` request may carry (one sync batch).
+pub const MAX_ADD_NODES: usize = crate::membership::sync::MAX_BATCH_RECORDS;
+
+/// What `AddNode` answers for a node registered here.
+fn registered(
+    org: &str,
+    domain: &str,
+    spec: pb::NodeSpec,
+    record: pb::NodeRecord,
+    seq: u64,
+) -> pb::NodeInfo {
+    pb::NodeInfo {
+        dns_name: format!("{}.{org}.{domain}", spec.name),
+        local_ip: spec.host.clone(),
+        local_ports: fedgw_proto::node_ports(&record)
+            .into_iter()
+            .map(|(k, v)| (k, u32::from(v)))
+            .collect(),
+        org: org.to_owned(),
+        name: spec.name,
+        record: Some(pb::NodeRecord {
+            tessera_url: spec.tessera_url,
+            ..record
+        }),
+        seq,
+        local_host: spec.host,
+        service_ip: String::new(),
+        local_rpc: spec.rpc_url,
+    }
+}
+
 fn publish_status(e: PublishError) -> Status {
     match e {
         PublishError::Rejected(r @ (Reject::EnodeTaken(_) | Reject::Stale { .. })) => {
@@ -63,6 +94,7 @@ fn publish_status(e: PublishError) -> Status {
             Status::failed_precondition(with_sources(&e))
         }
         PublishError::Store(e) => Status::internal(e.to_string()),
+        PublishError::Batch(e) => Status::internal(format!("{e}")),
     }
 }
 
@@ -211,15 +243,11 @@ impl pb::admin_server::Admin for AdminService {
         // one enode id, one node: another org's is refused by the view, our own here (two names
         // for one key would make clients dial the same node twice)
         if let Some(other) = self.membership.read(|v| {
-            v.nodes()
-                .into_iter()
-                .find(|n| {
-                    n.org == me.org
-                        && n.name != spec.name
-                        && !record.enode_id.is_empty()
-                        && n.record.enode_id == record.enode_id
+            v.enode_owner(&record.enode_id)
+                .filter(|(org, name)| {
+                    *org == me.org && *name != spec.name && !record.enode_id.is_empty()
                 })
-                .map(|n| n.name)
+                .map(|(_, name)| name.clone())
         }) {
             return Err(Status::already_exists(format!(
                 "enode id already registered by {}/{other}",
@@ -228,57 +256,128 @@ impl pb::admin_server::Admin for AdminService {
         }
         // the real address first: the zone rebuilt on the record's arrival must find it; the
         // registered Tessera URL stays here too (the record publishes the consortium name)
-        let (store, name, host) = (self.store.clone(), spec.name.clone(), spec.host.clone());
-        let url = spec.tessera_url.clone();
-        let rpc = spec.rpc_url.clone();
-        tokio::task::spawn_blocking(move || {
-            store.put_local_node(&name, &host)?;
-            store.put_local_rpc(&name, (!rpc.is_empty()).then_some(rpc.as_str()))?;
-            store.put_local_url(&name, (!url.is_empty()).then_some(url.as_str()))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+        let local = [crate::store::LocalNode::of(&spec)];
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.put_local_nodes(&local))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
         if let Err(e) = self
             .membership
             .publish(&me.org, &spec.name, Body::Node(record.clone()), SignAs::Org)
             .await
         {
-            let existed = self.membership.read(|v| {
-                v.nodes()
-                    .iter()
-                    .any(|n| n.org == me.org && n.name == spec.name)
-            });
+            let existed = self
+                .membership
+                .read(|v| v.node(&me.org, &spec.name).is_some());
             if !existed {
                 let (store, name) = (self.store.clone(), spec.name.clone());
                 let _ = tokio::task::spawn_blocking(move || store.remove_local_node(&name)).await;
             }
             return Err(publish_status(e));
         }
-        let seq = self.membership.read(|v| {
-            v.nodes()
-                .into_iter()
-                .find(|n| n.org == me.org && n.name == spec.name)
-                .map_or(0, |n| n.seq)
-        });
-        Ok(Response::new(pb::NodeInfo {
-            dns_name: format!("{}.{}.{}", spec.name, me.org, self.config.domain),
-            local_ip: spec.host.clone(),
-            local_ports: fedgw_proto::node_ports(&record)
-                .into_iter()
-                .map(|(k, v)| (k, u32::from(v)))
-                .collect(),
-            org: me.org,
-            name: spec.name,
-            record: Some(pb::NodeRecord {
-                tessera_url: spec.tessera_url,
-                ..record
-            }),
+        let seq = self
+            .membership
+            .read(|v| v.node(&me.org, &spec.name).map_or(0, |n| n.seq));
+        Ok(Response::new(registered(
+            &me.org,
+            &self.config.domain,
+            spec,
+            record,
             seq,
-            local_host: spec.host,
-            service_ip: String::new(),
-            local_rpc: spec.rpc_url,
-        }))
+        )))
+    }
+
+    async fn add_nodes(
+        &self,
+        request: Request<pb::AddNodesRequest>,
+    ) -> Result<Response<pb::AddNodesResponse>, Status> {
+        let specs = request.into_inner().nodes;
+        if specs.len() > MAX_ADD_NODES {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_ADD_NODES} nodes per request"
+            )));
+        }
+        let me = self.membership.me().clone();
+        let mut results = vec![pb::AddNodeResult::default(); specs.len()];
+        let mut batch: Vec<(usize, pb::NodeSpec, pb::NodeRecord)> = vec![];
+        let mut names = std::collections::HashSet::new();
+        let mut enodes = std::collections::HashMap::new();
+        for (i, spec) in specs.into_iter().enumerate() {
+            let record = match node_record(&spec, &me.site, &me.org, &self.config.domain) {
+                Ok(r) => r,
+                Err(e) => {
+                    results[i].error = e;
+                    continue;
+                }
+            };
+            if !names.insert(spec.name.clone()) {
+                results[i].error = format!("node {} is listed twice", spec.name);
+                continue;
+            }
+            // one enode id, one node, within the batch and with the view (as in AddNode)
+            let held = self.membership.read(|v| {
+                v.enode_owner(&record.enode_id)
+                    .filter(|(org, name)| *org == me.org && *name != spec.name)
+                    .map(|(_, name)| name.clone())
+            });
+            let other = match record.enode_id.is_empty() {
+                true => None,
+                false => held.or_else(|| {
+                    enodes
+                        .insert(record.enode_id.clone(), spec.name.clone())
+                        .filter(|n| *n != spec.name)
+                }),
+            };
+            if let Some(other) = other {
+                results[i].error = format!("enode id already registered by {}/{other}", me.org);
+                continue;
+            }
+            batch.push((i, spec, record));
+        }
+        // the real addresses first: the zone changed on the records' arrival must find them
+        let local: Vec<crate::store::LocalNode> = batch
+            .iter()
+            .map(|(_, s, _)| crate::store::LocalNode::of(s))
+            .collect();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.put_local_nodes(&local))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let items = batch
+            .iter()
+            .map(|(_, s, r)| (s.name.clone(), Body::Node(r.clone())))
+            .collect();
+        let published = self
+            .membership
+            .publish_all(&me.org, items, SignAs::Org)
+            .await;
+        let mut forget = vec![];
+        for ((i, spec, record), outcome) in batch.into_iter().zip(published) {
+            let held = self.membership.read(|v| v.node(&me.org, &spec.name));
+            match outcome {
+                Ok(()) => {
+                    let seq = held.map_or(0, |n| n.seq);
+                    let info = registered(&me.org, &self.config.domain, spec, record, seq);
+                    results[i].node = Some(info);
+                }
+                Err(e) => {
+                    if held.is_none() {
+                        forget.push(spec.name);
+                    }
+                    results[i].error = publish_status(e).message().to_owned();
+                }
+            }
+        }
+        if !forget.is_empty() {
+            let store = self.store.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                forget.iter().try_for_each(|n| store.remove_local_node(n))
+            })
+            .await;
+        }
+        Ok(Response::new(pb::AddNodesResponse { results }))
     }
 
     async fn remove_node(

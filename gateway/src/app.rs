@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::admin::{self, AdminService};
 use crate::datadir::DataDir;
@@ -29,7 +29,7 @@ use crate::membership::{GatewayId, Keys, Membership, MembershipConfig, SignAs};
 use crate::metrics::{self, Metrics};
 use crate::provision::{self, Loaded, ProvisionError};
 use crate::store::{self, Store, StoreError};
-use crate::tunnel::{PeerGateway, Transport, TunnelSetup, TunnelTls, Tunnels};
+use crate::tunnel::{Transport, TunnelSetup, TunnelTls, Tunnels};
 
 mod servers;
 
@@ -440,18 +440,18 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
     let allocations = Arc::new(std::sync::RwLock::new(store.allocations()?));
     let zone = crate::dns::ZoneHandler::new(config.dns_rate_limit_qps);
     let (first_pass, first_pass_done) = tokio::sync::oneshot::channel();
-    tracker.spawn(keep_local_addresses(
-        membership.clone(),
-        store.clone(),
-        config.addresses.clone(),
-        allocations.clone(),
-        ZoneInputs {
-            handler: zone.clone(),
+    tracker.spawn(crate::site::keeper::run(
+        crate::site::keeper::Keeper {
+            membership: membership.clone(),
+            store: store.clone(),
+            mode: config.addresses.clone(),
+            allocations: allocations.clone(),
+            zone: zone.clone(),
             domain: config.domain.clone(),
             me_gateway: format!("gw-{}.{}", config.site, config.org),
+            tunnels: tunnels.clone(),
             first_pass: Some(first_pass),
         },
-        tunnels.clone(),
         shutdown.clone(),
     ));
     let mut dns_server = hickory_server::Server::new(zone.clone());
@@ -603,16 +603,6 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
 
 use tokio_stream::StreamExt as _;
 
-/// What the zone is rebuilt from.
-struct ZoneInputs {
-    handler: crate::dns::ZoneHandler,
-    domain: String,
-    me_gateway: String,
-    /// Fires once the first zone is served and the data plane reflects the stored view
-    /// (readiness waits for it).
-    first_pass: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
 /// Open files a gateway should be able to hold without running short: two listeners per remote
 /// node port (a few hundred nodes) and two sockets per proxied connection (thousands).
 pub const WANTED_OPEN_FILES: u64 = 65_536;
@@ -646,300 +636,7 @@ pub fn raise_open_files_limit() -> Option<u64> {
     now
 }
 
-/// Gives every remote node a local address at this site (IP or port mode) and keeps the
-/// allocations in line with the view: new nodes get one, removed nodes free theirs. Persisted on
-/// every change, so a restart keeps every address. Then rebuilds the DNS zone from the view, the
-/// allocations and this site's real node addresses.
-async fn keep_local_addresses(
-    membership: Membership,
-    store: Arc<Store>,
-    mode: crate::addressing::AddressMode,
-    allocations: Arc<std::sync::RwLock<crate::addressing::Allocations>>,
-    mut zone: ZoneInputs,
-    tunnels: Tunnels,
-    shutdown: CancellationToken,
-) {
-    let mut serial: u32 = 0;
-    let mut last_good = LastGood::default();
-    let mut changed = membership.subscribe();
-    let me = membership.me().org.clone();
-    loop {
-        let needs: Vec<crate::addressing::Need> = membership.read(|v| {
-            v.nodes()
-                .into_iter()
-                .filter(|n| n.org != me)
-                .map(|n| crate::addressing::Need {
-                    node: format!("{}/{}", n.org, n.name),
-                    ports: fedgw_proto::node_ports(&n.record),
-                })
-                .collect()
-        });
-        let (updated, failed) = {
-            let mut a = allocations.write().unwrap_or_else(|e| e.into_inner());
-            let before = a.clone();
-            let failed = a.sync(&mode, &needs);
-            ((*a != before).then(|| a.clone()), failed)
-        };
-        for (node, e) in failed {
-            warn!(node = %node, error = %e, "no local address for a remote node");
-        }
-        if let Some(a) = updated {
-            let store = store.clone();
-            match tokio::task::spawn_blocking(move || store.put_allocations(&a)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(error = %e, "persisting local addresses failed"),
-                Err(e) => warn!(error = %e, "persisting local addresses failed"),
-            }
-        }
-        // a failed read keeps what is served: an empty map here would withdraw every route,
-        // DNS name and far-end grant of this site's nodes
-        let site = last_good.take(SiteState::read(&store).await);
-        let retry_read = site.is_none() || last_good.failed;
-        let Some(SiteState {
-            local,
-            services: service_ips,
-        }) = site
-        else {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                () = tokio::time::sleep(READ_RETRY) => continue,
-            }
-        };
-        // this site's nodes registered by a one-label host name are answered by address
-        let short_hosts = crate::dns::resolve_short_hosts(local.values().map(String::as_str)).await;
-        serial = serial.wrapping_add(1);
-        let alloc = allocations
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        // a Service address (Kubernetes ClusterIP) replaces the allocation, with the real ports
-        let services = service_ips;
-        let (nodes, gateways) = membership.read(|v| {
-            let nodes: Vec<crate::dns::ZoneNode> = v
-                .nodes()
-                .into_iter()
-                .map(|n| {
-                    let (ip, alias, ports) = if n.org == me {
-                        let host = local.get(&n.name);
-                        let ip = host.and_then(|h| h.parse().ok().or(short_hosts.get(h).copied()));
-                        let alias = if ip.is_none() { host.cloned() } else { None };
-                        (ip, alias, fedgw_proto::node_ports(&n.record))
-                    } else {
-                        let key = format!("{}/{}", n.org, n.name);
-                        match (services.get(&key), alloc.nodes.get(&key)) {
-                            (Some(ip), _) => (Some(*ip), None, fedgw_proto::node_ports(&n.record)),
-                            (None, Some(a)) => (Some(a.ip), None, a.ports.clone()),
-                            (None, None) => (None, None, Default::default()),
-                        }
-                    };
-                    crate::dns::ZoneNode {
-                        alias,
-                        enode_id: (n.record.enode_id.len() == 64)
-                            .then(|| n.record.enode_id.clone()),
-                        org: n.org,
-                        name: n.name,
-                        ip,
-                        ports,
-                    }
-                })
-                .collect();
-            let gateways: Vec<crate::dns::ZoneGateway> = v
-                .gateways()
-                .into_iter()
-                .map(|(org, site, g)| crate::dns::ZoneGateway {
-                    ip: g
-                        .advertise
-                        .first()
-                        .and_then(|a| a.parse::<SocketAddr>().ok())
-                        .map(|s| s.ip()),
-                    org,
-                    site,
-                })
-                .collect();
-            (nodes, gateways)
-        });
-        zone.handler.replace(crate::dns::Zone::build(
-            &zone.domain,
-            &zone.me_gateway,
-            serial,
-            &nodes,
-            &gateways,
-        ));
-        let (targets, routes, peers) = data_plane(&membership, &local, &alloc);
-        tunnels.update(targets, routes, peers);
-        if let Some(done) = zone.first_pass.take() {
-            let _ = done.send(());
-        }
-        // a listener that could not be bound is retried until it can, a failed read sooner;
-        // one-label hosts are resolved again, and the zone rebuilt when an address changed
-        let retry = async {
-            if retry_read {
-                tokio::time::sleep(READ_RETRY).await;
-            } else if tunnels.listener_failures() {
-                tokio::time::sleep(LISTENER_RETRY).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
-        let moved = async {
-            loop {
-                tokio::time::sleep(SHORT_HOST_REFRESH).await;
-                let now = crate::dns::resolve_short_hosts(local.values().map(String::as_str)).await;
-                if now != short_hosts {
-                    return;
-                }
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            c = changed.changed() => if c.is_err() { return },
-            () = retry => {}
-            () = moved => {}
-        }
-    }
-}
-
-/// How often this site's nodes' one-label host names are resolved again
-/// ([`crate::dns::resolve_short_hosts`]): a restarted container may have a new address.
-const SHORT_HOST_REFRESH: Duration = Duration::from_secs(10);
-/// How often listeners that could not be bound are retried.
-const LISTENER_RETRY: Duration = Duration::from_secs(5);
-/// How soon a failed read of this site's state is retried.
-const READ_RETRY: Duration = Duration::from_secs(1);
-
-/// This site's own state that the projection (DNS zone, tunnel routes and far-end targets)
-/// combines with the view, read from the store.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct SiteState {
-    /// This site's nodes' real hosts: name → host.
-    local: std::collections::BTreeMap<String, String>,
-    /// Remote nodes' Service addresses: `org/name` → IP.
-    services: std::collections::BTreeMap<String, std::net::IpAddr>,
-}
-
-impl SiteState {
-    async fn read(store: &Arc<Store>) -> Result<Self, StoreError> {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || {
-            Ok(Self {
-                local: store.local_nodes()?,
-                services: store.service_addresses()?,
-            })
-        })
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
-    }
-}
-
-/// The last [`SiteState`] read without error.
-#[derive(Debug, Default)]
-struct LastGood {
-    state: Option<SiteState>,
-    /// The latest read failed.
-    failed: bool,
-}
-
-impl LastGood {
-    /// What to project from: `read` when it succeeded, otherwise the last good state (`None`
-    /// when no read ever succeeded: then nothing is projected, and what is served stays).
-    fn take(&mut self, read: Result<SiteState, StoreError>) -> Option<SiteState> {
-        match read {
-            Ok(state) => {
-                self.failed = false;
-                self.state = Some(state.clone());
-                Some(state)
-            }
-            Err(e) => {
-                self.failed = true;
-                error!(
-                    error = %e,
-                    "reading this site's node addresses from the store failed; keeping the last \
-                     good DNS zone, routes and targets, retrying in 1 s"
-                );
-                self.state.clone()
-            }
-        }
-    }
-}
-
-/// What the data plane serves, from the view: this site's nodes that tunnel streams may reach
-/// (far end), a route per remote node port at its local address (near end), and the peer
-/// gateways.
-fn data_plane(
-    membership: &Membership,
-    local: &std::collections::BTreeMap<String, String>,
-    alloc: &crate::addressing::Allocations,
-) -> (
-    crate::tunnel::far::Targets,
-    Vec<crate::tunnel::near::Route>,
-    Vec<PeerGateway>,
-) {
-    let me = membership.me().clone();
-    membership.read(|v| {
-        let members = v
-            .members()
-            .into_iter()
-            .map(|(org, _)| org)
-            .filter(|org| v.is_member(org))
-            .collect();
-        let mut targets = crate::tunnel::far::Targets {
-            org: me.org.clone(),
-            nodes: Default::default(),
-            members,
-        };
-        let mut routes = vec![];
-        for n in v.nodes() {
-            if n.org == me.org {
-                if n.record.site != me.site {
-                    continue;
-                }
-                if let Some(host) = local.get(&n.name) {
-                    targets.nodes.insert(
-                        n.name.clone(),
-                        crate::tunnel::far::Target {
-                            host: host.clone(),
-                            ports: fedgw_proto::node_ports(&n.record),
-                            allowed_orgs: n.record.allowed_orgs.clone(),
-                        },
-                    );
-                }
-                continue;
-            }
-            let Some(addr) = alloc.nodes.get(&format!("{}/{}", n.org, n.name)) else {
-                continue;
-            };
-            let site = GatewayId {
-                org: n.org.clone(),
-                site: n.record.site.clone(),
-            };
-            for (port_name, port) in &addr.ports {
-                match crate::tunnel::near::Route::new(
-                    SocketAddr::new(addr.ip, *port),
-                    site.clone(),
-                    &n.org,
-                    &n.name,
-                    port_name,
-                ) {
-                    Ok(r) => routes.push(r),
-                    Err(e) => warn!(org = %n.org, node = %n.name, error = %e, "no route for a remote node"),
-                }
-            }
-        }
-        let peers = v
-            .gateways()
-            .into_iter()
-            .map(|(org, site, g)| PeerGateway {
-                id: GatewayId { org, site },
-                advertise: g.advertise,
-                outbound_only: g.outbound_only,
-            })
-            .collect();
-        (targets, routes, peers)
-    })
-}
-
-/// Serves `router` on the TLS connections the acceptor hands over `conns`, until `shutdown`
-/// (watched: see [`servers`]).
+/// Serves `router` on the TLS connections the acceptor hands over `conns`, until `shutdown`.
 fn spawn_server(
     tracker: &TaskTracker,
     what: &'static str,
@@ -1022,153 +719,6 @@ async fn renew_leaf(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A read error of the store never becomes an empty set of local nodes or Service
-    /// addresses: the last state read without error is projected instead, and before any good
-    /// read nothing is (what is served stays as it is).
-    #[tokio::test]
-    async fn a_failed_store_read_keeps_the_last_good_site_state() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::open(&dir.path().join("store.redb")).expect("open"));
-        store.put_local_node("node1", "10.0.0.1").expect("put");
-        store
-            .set_service_address("org2/node1", Some("10.96.0.9".parse().expect("ip")), |_| {
-                true
-            })
-            .expect("put");
-        let mut last = LastGood::default();
-        let good = last.take(SiteState::read(&store).await).expect("read");
-        assert_eq!(good.local["node1"], "10.0.0.1");
-        assert_eq!(good.services.len(), 1);
-        assert!(!last.failed);
-
-        store.fail_reads(true);
-        assert!(
-            SiteState::read(&store).await.is_err(),
-            "the fault is injected"
-        );
-        assert_eq!(last.take(SiteState::read(&store).await), Some(good.clone()));
-        assert!(last.failed, "a failed read asks for a retry");
-        let mut never_read = LastGood::default();
-        assert_eq!(never_read.take(SiteState::read(&store).await), None);
-
-        store.fail_reads(false);
-        store.put_local_node("node2", "10.0.0.2").expect("put");
-        let next = last.take(SiteState::read(&store).await).expect("read");
-        assert_eq!(next.local.len(), 2);
-        assert!(!last.failed);
-    }
-
-    /// Asks the gateway's DNS over UDP; returns the answers' data as text.
-    async fn ask(dns: SocketAddr, name: &str, qtype: hickory_proto::rr::RecordType) -> Vec<String> {
-        use hickory_proto::op::{Message, MessageType, OpCode, Query};
-        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
-        q.add_query(Query::query(name.parse().expect("name"), qtype));
-        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        sock.send_to(&q.to_vec().expect("encode"), dns)
-            .await
-            .expect("send");
-        let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
-            .await
-            .expect("an answer in time")
-            .expect("recv");
-        Message::from_vec(&buf[..n])
-            .expect("decode")
-            .answers
-            .iter()
-            .map(|r| r.data.to_string())
-            .collect()
-    }
-
-    /// The running keeper, end to end: with the store's reads failing, a view change rebuilds
-    /// the zone (its SOA serial moves) from the last good site state, so this site's node keeps
-    /// its DNS answer instead of losing it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_served_zone_survives_a_failed_store_read() {
-        use hickory_proto::rr::RecordType;
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = DataDir::new(tmp.path().join("org1"));
-        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        provision::init(
-            &dir,
-            &provision::InitOptions {
-                consortium: "acme".into(),
-                domain: "acme.test".into(),
-                org: "org1".into(),
-                admission: crate::config::Admission::Operator,
-                consensus: crate::config::Consensus::None,
-                genesis: None,
-                network: provision::NetworkOptions {
-                    site: "dc1".into(),
-                    advertise: vec!["127.0.0.1:0".into()],
-                    listen: Some(any),
-                    dns: any,
-                    metrics: any,
-                    leaf_lifetime: Duration::from_secs(3600),
-                    outbound_only: false,
-                    addresses: Default::default(),
-                    tunnel: Default::default(),
-                },
-            },
-            SystemTime::now(),
-        )
-        .expect("init");
-        let shutdown = CancellationToken::new();
-        let running = start(dir.clone(), shutdown.clone()).await.expect("start");
-        let dns = running.info.dns;
-        let mut admin = crate::admin::connect(&dir.admin_socket())
-            .await
-            .expect("admin");
-        admin
-            .add_node(pb::AddNodeRequest {
-                node: Some(pb::NodeSpec {
-                    name: "tm1".into(),
-                    client: pb::ClientKind::Tessera.into(),
-                    host: "10.0.0.1".into(),
-                    tessera_url: "http://10.0.0.1:9000".into(),
-                    tessera_keys: vec![vec![7; 32]],
-                    ..Default::default()
-                }),
-            })
-            .await
-            .expect("add");
-        let serial = || async {
-            ask(dns, "acme.test.", RecordType::SOA)
-                .await
-                .first()
-                .and_then(|soa| soa.split_whitespace().nth(2)?.parse::<u32>().ok())
-                .expect("SOA serial")
-        };
-        let name = "tm1.org1.acme.test.";
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while ask(dns, name, RecordType::A).await != ["10.0.0.1"] {
-            assert!(tokio::time::Instant::now() < deadline, "the node is served");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let before = serial().await;
-
-        running.store.fail_reads(true);
-        running.membership.touch();
-        while serial().await == before {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the zone is rebuilt"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(
-            ask(dns, name, RecordType::A).await,
-            ["10.0.0.1"],
-            "a failed read kept the node's answer"
-        );
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), running.wait())
-            .await
-            .expect("stops");
-    }
 
     #[test]
     fn the_open_files_limit_is_raised_to_the_hard_limit() {

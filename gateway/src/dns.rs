@@ -67,17 +67,41 @@ pub const EDNS_VERSION: u8 = 0;
 /// A request without OPT may get at most this many bytes over UDP (RFC 1035 section 4.2.1).
 const PLAIN_UDP_PAYLOAD: u16 = 512;
 
-/// The zone as one site answers it: every name with its records, built from the view.
+/// The zone as one site answers it: every name with its records, built from the view and
+/// kept up to date one node at a time ([`Zone::set_node`], [`Zone::remove_node`]), so a change
+/// costs what it touches, not the size of the zone.
 #[derive(Debug, Clone, Default)]
 pub struct Zone {
     origin: Option<Name>,
-    /// Lowercase name → records.
-    names: HashMap<LowerName, Vec<Record>>,
+    domain: String,
+    mname: Option<Name>,
+    /// Lowercase name → records; an empty entry is a name that exists without data (a node
+    /// without an address, an empty non-terminal).
+    names: HashMap<LowerName, Owner>,
     soa: Option<Record>,
+    /// The records each node put in, by (org, name), to take them out again.
+    nodes: HashMap<(String, String), Source>,
+    /// The records the gateways put in.
+    gateways: Vec<Source>,
+}
+
+/// One name of the zone.
+#[derive(Debug, Clone, Default)]
+struct Owner {
+    records: Vec<Record>,
+    /// The sources' names at or below this one: the name exists while this is above zero.
+    refs: u32,
+}
+
+/// What one node or gateway added: its names and records.
+#[derive(Debug, Clone, Default)]
+struct Source {
+    names: Vec<LowerName>,
+    records: Vec<Record>,
 }
 
 /// One node of the view as this site sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZoneNode {
     /// Owning org.
     pub org: String,
@@ -96,7 +120,7 @@ pub struct ZoneNode {
 }
 
 /// A gateway name: `gw-<site>.<org>.<domain>` and its address if it advertises an IP.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZoneGateway {
     /// Org.
     pub org: String,
@@ -124,6 +148,11 @@ pub fn alias_target(host: &str) -> Option<Name> {
     name(host)
 }
 
+/// Whether `host` is a one-label host name (not an IP literal): see [`alias_target`].
+pub fn is_short_host(host: &str) -> bool {
+    host.parse::<IpAddr>().is_err() && !host.trim_end_matches('.').contains('.')
+}
+
 /// Most one-label hosts resolved per zone build; this site's own nodes, so far fewer.
 pub const MAX_SHORT_HOSTS: usize = 256;
 /// Bound on resolving the one-label hosts of one zone build, all together.
@@ -139,7 +168,7 @@ pub async fn resolve_short_hosts<'a>(
 ) -> BTreeMap<String, IpAddr> {
     let short: std::collections::BTreeSet<&str> = hosts
         .into_iter()
-        .filter(|h| h.parse::<IpAddr>().is_err() && !h.trim_end_matches('.').contains('.'))
+        .filter(|h| is_short_host(h))
         .take(MAX_SHORT_HOSTS)
         .collect();
     let mut found = BTreeMap::new();
@@ -192,91 +221,191 @@ impl Zone {
         nodes: &[ZoneNode],
         gateways: &[ZoneGateway],
     ) -> Self {
+        let mut zone = Self::new(domain, me_gateway);
+        zone.set_serial(serial);
+        for n in nodes {
+            zone.set_node(n);
+        }
+        zone.set_gateways(gateways);
+        zone
+    }
+
+    /// An empty zone for `domain` as the site `me_gateway` (`gw-<site>.<org>`) answers it: its
+    /// SOA (serial 0) and NS only. A domain that is no DNS name gives a zone that refuses
+    /// every question.
+    pub fn new(domain: &str, me_gateway: &str) -> Self {
         let Some(origin) = name(domain) else {
             return Self::default();
         };
         let mut zone = Zone {
             origin: Some(origin.clone()),
+            domain: domain.to_owned(),
+            mname: Some(name(&format!("{me_gateway}.{domain}")).unwrap_or_else(|| origin.clone())),
             ..Default::default()
         };
-        let mname = name(&format!("{me_gateway}.{domain}")).unwrap_or_else(|| origin.clone());
-        let rname = name(&format!("hostmaster.{domain}")).unwrap_or_else(|| origin.clone());
+        zone.set_serial(0);
+        zone
+    }
+
+    /// Sets the SOA serial (the projection's version).
+    pub fn set_serial(&mut self, serial: u32) {
+        let (Some(origin), Some(mname)) = (self.origin.clone(), self.mname.clone()) else {
+            return;
+        };
+        let rname = name(&format!("hostmaster.{}", self.domain)).unwrap_or_else(|| origin.clone());
         let soa = Record::from_rdata(
             origin.clone(),
             TTL,
             RData::SOA(SOA::new(mname.clone(), rname, serial, 60, 30, 600, TTL)),
         );
-        zone.soa = Some(soa.clone());
-        zone.add(&origin, soa);
-        zone.add(
-            &origin,
-            Record::from_rdata(origin.clone(), TTL, RData::NS(NS(mname))),
-        );
-        for n in nodes {
-            let Some(owner) = name(&format!("{}.{}.{domain}", n.name, n.org)) else {
-                continue;
-            };
-            // the name exists even without an address (NODATA rather than NXDOMAIN)
-            zone.names.entry(LowerName::from(&owner)).or_default();
-            let mut aliased = false;
-            if let Some(ip) = n.ip {
-                zone.add(&owner, address(&owner, ip));
-            } else if let Some(target) = n.alias.as_deref().and_then(alias_target) {
-                zone.add(
-                    &owner,
-                    Record::from_rdata(owner.clone(), TTL, RData::CNAME(CNAME(target))),
-                );
-                aliased = true;
-            }
-            // a CNAME's name holds no other data (RFC 1034 section 3.6.2, RFC 2181 section
-            // 10.1): an aliased node's enode is left to the rendered client configs
-            if let Some(id) = n.enode_id.as_ref().filter(|_| !aliased) {
-                let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-                zone.add(
-                    &owner,
-                    Record::from_rdata(
-                        owner.clone(),
-                        TTL,
-                        RData::TXT(TXT::new(vec![format!("enode={hex}")])),
-                    ),
-                );
-            }
-            for (service, port) in &n.ports {
-                let Some(srv) = name(&format!("_{service}._tcp.{}.{}.{domain}", n.name, n.org))
-                else {
-                    continue;
-                };
-                zone.add(
-                    &srv,
-                    Record::from_rdata(
-                        srv.clone(),
-                        TTL,
-                        RData::SRV(SRV::new(0, 0, *port, owner.clone())),
-                    ),
-                );
-            }
+        let apex = self.names.entry(LowerName::from(&origin)).or_default();
+        apex.records = vec![
+            soa.clone(),
+            Record::from_rdata(origin, TTL, RData::NS(NS(mname))),
+        ];
+        self.soa = Some(soa);
+    }
+
+    /// The SOA serial.
+    pub fn serial(&self) -> Option<u32> {
+        match self.soa.as_ref().map(|r| &r.data) {
+            Some(RData::SOA(soa)) => Some(soa.serial),
+            _ => None,
+        }
+    }
+
+    /// Puts `n`'s names and records in the zone, replacing what it had there.
+    pub fn set_node(&mut self, n: &ZoneNode) {
+        self.remove_node(&n.org, &n.name);
+        let Some(source) = self.node_source(n) else {
+            return;
+        };
+        self.insert(&source);
+        self.nodes.insert((n.org.clone(), n.name.clone()), source);
+    }
+
+    /// Takes the node `org`/`name`'s names and records out of the zone.
+    pub fn remove_node(&mut self, org: &str, name: &str) {
+        if let Some(source) = self.nodes.remove(&(org.to_owned(), name.to_owned())) {
+            self.take_out(&source);
+        }
+    }
+
+    /// Replaces every gateway name (`gw-<site>.<org>`).
+    pub fn set_gateways(&mut self, gateways: &[ZoneGateway]) {
+        for source in std::mem::take(&mut self.gateways) {
+            self.take_out(&source);
         }
         for g in gateways {
-            let Some(owner) = name(&format!("gw-{}.{}.{domain}", g.site, g.org)) else {
+            let Some(owner) = name(&format!("gw-{}.{}.{}", g.site, g.org, self.domain)) else {
                 continue;
             };
-            zone.names.entry(LowerName::from(&owner)).or_default();
-            if let Some(ip) = g.ip {
-                zone.add(&owner, address(&owner, ip));
+            let source = Source {
+                names: vec![LowerName::from(&owner)],
+                records: g.ip.map(|ip| address(&owner, ip)).into_iter().collect(),
+            };
+            self.insert(&source);
+            self.gateways.push(source);
+        }
+    }
+
+    /// The names and records of one node.
+    fn node_source(&self, n: &ZoneNode) -> Option<Source> {
+        self.origin.as_ref()?;
+        let domain = &self.domain;
+        let owner = name(&format!("{}.{}.{domain}", n.name, n.org))?;
+        // the name exists even without an address (NODATA rather than NXDOMAIN)
+        let mut source = Source {
+            names: vec![LowerName::from(&owner)],
+            records: vec![],
+        };
+        let mut aliased = false;
+        if let Some(ip) = n.ip {
+            source.records.push(address(&owner, ip));
+        } else if let Some(target) = n.alias.as_deref().and_then(alias_target) {
+            source.records.push(Record::from_rdata(
+                owner.clone(),
+                TTL,
+                RData::CNAME(CNAME(target)),
+            ));
+            aliased = true;
+        }
+        // a CNAME's name holds no other data (RFC 1034 section 3.6.2, RFC 2181 section
+        // 10.1): an aliased node's enode is left to the rendered client configs
+        if let Some(id) = n.enode_id.as_ref().filter(|_| !aliased) {
+            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+            source.records.push(Record::from_rdata(
+                owner.clone(),
+                TTL,
+                RData::TXT(TXT::new(vec![format!("enode={hex}")])),
+            ));
+        }
+        for (service, port) in &n.ports {
+            let Some(srv) = name(&format!("_{service}._tcp.{}.{}.{domain}", n.name, n.org)) else {
+                continue;
+            };
+            source.names.push(LowerName::from(&srv));
+            source.records.push(Record::from_rdata(
+                srv,
+                TTL,
+                RData::SRV(SRV::new(0, 0, *port, owner.clone())),
+            ));
+        }
+        Some(source)
+    }
+
+    /// Adds a source's records, and counts its names and every name between them and the
+    /// apex: empty non-terminals (`<org>.<domain>`, `_tcp.<node>.<org>.<domain>`) exist too,
+    /// NODATA rather than NXDOMAIN (RFC 8020), or a resolver minimising QNAMEs stops there.
+    fn insert(&mut self, source: &Source) {
+        for owner in &source.names {
+            for up in self.up_to_apex(owner) {
+                self.names.entry(up).or_default().refs += 1;
             }
         }
-        // empty non-terminals (`<org>.<domain>`, `_tcp.<node>.<org>.<domain>`) exist too: NODATA
-        // rather than NXDOMAIN (RFC 8020), or a resolver minimising QNAMEs stops there
-        let apex = LowerName::from(&origin);
-        let owners: Vec<LowerName> = zone.names.keys().cloned().collect();
-        for owner in owners {
-            let mut up = owner.base_name();
-            while up.num_labels() > apex.num_labels() && apex.zone_of(&up) {
-                zone.names.entry(up.clone()).or_default();
-                up = up.base_name();
+        for r in &source.records {
+            self.names
+                .entry(LowerName::from(&r.name))
+                .or_default()
+                .records
+                .push(r.clone());
+        }
+    }
+
+    /// Undoes [`Self::insert`].
+    fn take_out(&mut self, source: &Source) {
+        for r in &source.records {
+            if let Some(owner) = self.names.get_mut(&LowerName::from(&r.name))
+                && let Some(pos) = owner.records.iter().position(|x| x == r)
+            {
+                owner.records.remove(pos);
             }
         }
-        zone
+        for owner in &source.names {
+            for up in self.up_to_apex(owner) {
+                if let Some(o) = self.names.get_mut(&up) {
+                    o.refs = o.refs.saturating_sub(1);
+                    if o.refs == 0 && o.records.is_empty() {
+                        self.names.remove(&up);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `name` and each name above it, up to the apex (excluded).
+    fn up_to_apex(&self, name: &LowerName) -> Vec<LowerName> {
+        let Some(origin) = &self.origin else {
+            return vec![];
+        };
+        let apex = LowerName::from(origin);
+        let mut out = vec![];
+        let mut up = name.clone();
+        while up.num_labels() > apex.num_labels() && apex.zone_of(&up) {
+            out.push(up.clone());
+            up = up.base_name();
+        }
+        out
     }
 
     /// Every record of the zone, SOA first, then in no particular order: what a zone file
@@ -285,16 +414,9 @@ impl Zone {
         self.soa.iter().chain(
             self.names
                 .values()
-                .flatten()
+                .flat_map(|o| &o.records)
                 .filter(|r| r.record_type() != RecordType::SOA),
         )
-    }
-
-    fn add(&mut self, owner: &Name, record: Record) {
-        self.names
-            .entry(LowerName::from(owner))
-            .or_default()
-            .push(record);
     }
 
     /// Answers one question: (response code, answers, authority).
@@ -315,9 +437,10 @@ impl Zone {
         let soa: Vec<Record> = self.soa.iter().cloned().collect();
         match self.names.get(qname) {
             None => (ResponseCode::NXDomain, vec![], soa),
-            Some(records) => {
+            Some(owner) => {
                 // a CNAME answers every type at its name (RFC 1034 section 3.6.2)
-                let hits: Vec<Record> = records
+                let hits: Vec<Record> = owner
+                    .records
                     .iter()
                     .filter(|r| r.record_type() == qtype || r.record_type() == RecordType::CNAME)
                     .cloned()
@@ -544,7 +667,9 @@ fn source_of(ip: IpAddr) -> IpAddr {
 /// The request handler: answers from the current [`Zone`], replaced as the view changes.
 #[derive(Debug, Clone)]
 pub struct ZoneHandler {
-    zone: Arc<RwLock<Arc<Zone>>>,
+    /// Changed in place ([`ZoneHandler::update`]); a query holds the read lock while it is
+    /// answered (no await in between).
+    zone: Arc<RwLock<Zone>>,
     limiter: Arc<Limiter>,
 }
 
@@ -562,11 +687,20 @@ impl ZoneHandler {
 
     /// Installs a new zone; the next query sees it.
     pub fn replace(&self, zone: Zone) {
-        *self.zone.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(zone);
+        *self.zone.write().unwrap_or_else(|e| e.into_inner()) = zone;
     }
 
-    fn current(&self) -> Arc<Zone> {
-        self.zone.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Changes the served zone in place with `f`; queries wait while it runs, then see every
+    /// change it made at once.
+    pub fn update<T>(&self, f: impl FnOnce(&mut Zone) -> T) -> T {
+        f(&mut self.zone.write().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn respond(&self, request: &MessageRequest, transport: Transport) -> Reply {
+        self.zone
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .respond(request, transport)
     }
 }
 
@@ -579,8 +713,7 @@ impl RequestHandler for ZoneHandler {
     ) -> ResponseInfo {
         let src: SocketAddr = request.src();
         let reply = if self.limiter.allow(src.ip(), Instant::now()) {
-            self.current()
-                .respond(request, Transport::from(request.protocol()))
+            self.respond(request, Transport::from(request.protocol()))
         } else {
             Reply::error(request, ResponseCode::Refused)
         };

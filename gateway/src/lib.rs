@@ -20,6 +20,7 @@ pub mod membership;
 pub mod metrics;
 pub mod net;
 pub mod provision;
+pub mod site;
 pub mod store;
 pub mod telemetry;
 pub mod tunnel;

@@ -164,6 +164,8 @@ pub struct IngestReport {
     pub duplicates: u32,
     /// Refused records with why.
     pub rejected: Vec<Reject>,
+    /// The refused records that verified, by key (a subset of `rejected`).
+    pub refused: Vec<(RecordKey, Reject)>,
 }
 
 /// Errors publishing a local record.
@@ -185,6 +187,9 @@ pub enum PublishError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The batch the record was published in could not be persisted.
+    #[error("the batch was not persisted")]
+    Batch(#[source] Arc<StoreError>),
 }
 
 /// How a local record is signed.
@@ -209,6 +214,8 @@ struct Inner {
     root_signer: Option<EnvelopeSigner>,
     ingest_lock: tokio::sync::Mutex<()>,
     changed: watch::Sender<u64>,
+    /// Counts [`Membership::touch`] calls.
+    touches: AtomicU64,
     revocation: Revocation,
     peers: Mutex<HashMap<String, PeerEntry>>,
     dial_status: Mutex<HashMap<String, DialStatus>>,
@@ -323,6 +330,7 @@ impl Membership {
             root_signer: keys.root_signer,
             ingest_lock: tokio::sync::Mutex::new(()),
             changed: watch::channel(0).0,
+            touches: AtomicU64::new(0),
             revocation: Revocation::default(),
             peers: Mutex::new(HashMap::new()),
             dial_status: Mutex::new(HashMap::new()),
@@ -356,6 +364,7 @@ impl Membership {
         }
         verified.sort_by_key(|v| v.key.kind.priority());
         let mut view = View::default();
+        view.set_generation(self.read(View::generation) + 1);
         for v in verified {
             match view.check(&v) {
                 Verdict::Accept => view.apply(v),
@@ -399,7 +408,14 @@ impl Membership {
     /// Wakes every [`Membership::subscribe`]r as if the view had changed: for local state that
     /// readers combine with the view (a remote node's Service address).
     pub fn touch(&self) {
+        self.0.touches.fetch_add(1, Ordering::Relaxed);
         self.0.changed.send_modify(|v| *v += 1);
+    }
+
+    /// How many times [`Membership::touch`] was called: a reader that sees it move re-reads
+    /// the local state it combines with the view.
+    pub fn touches(&self) -> u64 {
+        self.0.touches.load(Ordering::Relaxed)
     }
 
     /// Refused records since start (invalid, unauthorised, equivocating, ...), not counting
@@ -485,6 +501,7 @@ impl Membership {
                     Verdict::Duplicate => report.duplicates += 1,
                     Verdict::Reject(r) => {
                         self.count_reject(&r, from);
+                        report.refused.push((v.key.clone(), r.clone()));
                         report.rejected.push(r);
                     }
                 }
@@ -595,6 +612,64 @@ impl Membership {
             Some(r) => Err(PublishError::Rejected(r)),
             None => Ok(()),
         }
+    }
+
+    /// Signs and ingests records about (`org`, `name`) for each `(name, body)` of `items` as
+    /// one batch: one store write, one view change, one push to each peer. Returns, per item
+    /// in order, whether it was accepted.
+    pub async fn publish_all(
+        &self,
+        org: &str,
+        items: Vec<(String, pb::record_body::Body)>,
+        sign: SignAs,
+    ) -> Vec<Result<(), PublishError>> {
+        let guard = self.0.ingest_lock.lock().await;
+        let mut out = Vec::with_capacity(items.len());
+        let mut sealed = Vec::with_capacity(items.len());
+        let mut names: HashMap<(Kind, String), usize> = HashMap::new();
+        for (name, body) in items {
+            let kind = body_kind(&body);
+            match self.seal(org, &name, body, sign) {
+                Ok(bytes) => {
+                    if let Some(kind) = kind {
+                        names.insert((kind, name), out.len());
+                    }
+                    sealed.push(bytes);
+                    out.push(Ok(()));
+                }
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        let (verified, _) = self.verify_all(sealed);
+        let unverified: Vec<Reject> = verified
+            .iter()
+            .filter_map(|v| v.as_ref().err().cloned())
+            .collect();
+        let report = self.ingest_locked(verified, None).await;
+        drop(guard);
+        match report {
+            Ok(report) => {
+                for (key, reject) in report.refused {
+                    if let Some(i) = names.get(&(key.kind, key.name)) {
+                        out[*i] = Err(PublishError::Rejected(reject));
+                    }
+                }
+                // a record of ours that does not verify is a signing fault: every item is
+                // reported, as nothing tells which one it was
+                if let Some(r) = unverified.into_iter().next() {
+                    for o in out.iter_mut().filter(|o| o.is_ok()) {
+                        *o = Err(PublishError::Rejected(r.clone()));
+                    }
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for o in out.iter_mut().filter(|o| o.is_ok()) {
+                    *o = Err(PublishError::Batch(e.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// Builds a signed envelope about (`org`, `name`) with the next seq, without ingesting it.

@@ -170,6 +170,33 @@ pub fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// One of this site's nodes as the store keeps it locally, never published
+/// ([`Store::put_local_nodes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalNode {
+    /// The node's name in its org.
+    pub name: String,
+    /// Its address at this site: IP or host name.
+    pub host: String,
+    /// The Tessera URL registered here, if any.
+    pub tessera_url: Option<String>,
+    /// Its JSON-RPC endpoint here, if any.
+    pub rpc_url: Option<String>,
+}
+
+impl LocalNode {
+    /// The local part of a node spec (empty strings read as absent).
+    pub fn of(spec: &fedgw_proto::v1::NodeSpec) -> Self {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        Self {
+            name: spec.name.clone(),
+            host: spec.host.clone(),
+            tessera_url: some(&spec.tessera_url),
+            rpc_url: some(&spec.rpc_url),
+        }
+    }
+}
+
 /// The durable store.
 #[derive(Debug)]
 pub struct Store {
@@ -485,6 +512,30 @@ impl Store {
         Ok(())
     }
 
+    /// Records several local nodes in one write: each one's address, registered Tessera URL
+    /// and JSON-RPC endpoint (an absent one is removed).
+    pub fn put_local_nodes(&self, nodes: &[LocalNode]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut hosts = tx.open_table(LOCAL_NODES)?;
+            let mut urls = tx.open_table(LOCAL_URLS)?;
+            let mut rpc = tx.open_table(LOCAL_RPC)?;
+            for n in nodes {
+                hosts.insert(n.name.as_str(), n.host.as_str())?;
+                match &n.tessera_url {
+                    Some(url) => urls.insert(n.name.as_str(), url.as_str())?,
+                    None => urls.remove(n.name.as_str())?,
+                };
+                match &n.rpc_url {
+                    Some(url) => rpc.insert(n.name.as_str(), url.as_str())?,
+                    None => rpc.remove(n.name.as_str())?,
+                };
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Forgets a local node's address (and its registered Tessera URL and RPC endpoint).
     pub fn remove_local_node(&self, name: &str) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
@@ -615,6 +666,35 @@ impl Store {
         Ok(out)
     }
 
+    /// The entries for some nodes only, in one read: this site's nodes `local` (name → host)
+    /// and remote nodes' Service addresses `remote` (`org/name` → IP). A node without an entry
+    /// is left out. Costs the number of names asked, not the size of the tables.
+    pub fn site_entries(
+        &self,
+        local: &[String],
+        remote: &[String],
+    ) -> Result<SiteEntries, StoreError> {
+        self.injected()?;
+        let tx = self.db.begin_read()?;
+        let mut out = SiteEntries::default();
+        let table = tx.open_table(LOCAL_NODES)?;
+        for name in local {
+            if let Some(v) = table.get(name.as_str())? {
+                out.local.insert(name.clone(), v.value().to_owned());
+            }
+        }
+        let table = tx.open_table(SERVICE_ADDRESSES)?;
+        for key in remote {
+            if let Some(ip) = table
+                .get(key.as_str())?
+                .and_then(|v| v.value().parse().ok())
+            {
+                out.services.insert(key.clone(), ip);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every local node address: name → host.
     pub fn local_nodes(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
         self.injected()?;
@@ -627,6 +707,15 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Some nodes' entries of the site tables ([`Store::site_entries`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SiteEntries {
+    /// This site's nodes: name → host.
+    pub local: std::collections::BTreeMap<String, String>,
+    /// Remote nodes' Service addresses: `org/name` → IP.
+    pub services: std::collections::BTreeMap<String, std::net::IpAddr>,
 }
 
 /// What [`salvage`] could read from a damaged store, table by table (`None`: the table could

@@ -322,13 +322,29 @@ impl Tunnels {
         self.links.quic_addr()
     }
 
-    /// Replaces what the far end serves and what the near end listens on, and keeps links up
-    /// to the gateways in `gateways` where this side is the keeper. Called on every view change.
-    pub fn update(&self, targets: Targets, routes: Vec<near::Route>, gateways: Vec<PeerGateway>) {
-        self.far
-            .update(targets, routes.iter().map(|r| r.addr).collect());
+    /// Changes what the data plane serves, each part only if given: what the far end serves
+    /// (`targets`), what the near end listens on (`routes`: added and withdrawn, never the whole
+    /// set), and the gateways to keep links up to where this side is the keeper. Called on
+    /// every view change with what it changed; an empty call retries listeners that could not
+    /// be bound. Costs what it is given (a new route: one bind), apart from a copy of the
+    /// set of listened-on addresses when routes change.
+    pub fn update(
+        &self,
+        targets: Option<Targets>,
+        routes: near::RouteChange,
+        gateways: Option<Vec<PeerGateway>>,
+    ) {
+        if let Some(targets) = targets {
+            self.far.set_targets(targets);
+        }
+        if !routes.is_empty() {
+            self.far
+                .local_changed(&routes.removed, routes.added.iter().map(|r| r.addr));
+        }
         self.near.update(routes);
-        self.links.keep_links(gateways);
+        if let Some(gateways) = gateways {
+            self.links.keep_links(gateways);
+        }
     }
 
     /// Number of live tunnel links.

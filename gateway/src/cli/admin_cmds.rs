@@ -382,19 +382,34 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
     }
     let mut admin = connect(&a.dir).await?;
     let mut failed = 0;
-    for spec in specs {
-        let name = spec.name.clone();
+    // in batches: each is published at once (one store write, one view change at each gateway)
+    let mut specs = specs.into_iter().peekable();
+    while specs.peek().is_some() {
+        let chunk: Vec<pb::NodeSpec> = specs.by_ref().take(crate::admin::MAX_ADD_NODES).collect();
+        let names: Vec<String> = chunk.iter().map(|s| s.name.clone()).collect();
         match admin
             .client
-            .add_node(pb::AddNodeRequest { node: Some(spec) })
+            .add_nodes(pb::AddNodesRequest { nodes: chunk })
             .await
         {
-            Ok(info) => outln!("node {}/{} registered", info.get_ref().org, name)?,
-            // a gateway that does not answer will not answer the next node either
+            Ok(r) => {
+                for (name, result) in names.iter().zip(r.into_inner().results) {
+                    match result.node {
+                        Some(info) => outln!("node {}/{} registered", info.org, name)?,
+                        None => {
+                            failed += 1;
+                            eprintln!("node {name}: {}", result.error);
+                        }
+                    }
+                }
+            }
+            // a gateway that does not answer will not answer the next batch either
             Err(s) if timed_out(&s) => return Err(admin.error(s)),
             Err(s) => {
-                failed += 1;
-                eprintln!("node {name}: {}", s.message());
+                failed += names.len();
+                for name in names {
+                    eprintln!("node {name}: {}", s.message());
+                }
             }
         }
     }

@@ -92,7 +92,11 @@ fn a_cname_holds_no_other_data() {
     }];
     let z = Zone::build("acme.test", "gw-dc1.org1", 7, &nodes, &[]);
     let q = LowerName::from(Name::from_ascii("node1.org1.acme.test.").expect("name"));
-    let types: Vec<RecordType> = z.names[&q].iter().map(|r| r.record_type()).collect();
+    let types: Vec<RecordType> = z.names[&q]
+        .records
+        .iter()
+        .map(|r| r.record_type())
+        .collect();
     assert_eq!(types, [RecordType::CNAME]);
     let (code, answers, _) = z.answer(&q, RecordType::TXT);
     assert_eq!(code, ResponseCode::NoError);

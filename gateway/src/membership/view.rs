@@ -24,6 +24,8 @@ pub struct Entry {
     pub signer: Signer,
     /// The envelope, for relaying.
     pub bytes: Arc<Vec<u8>>,
+    /// The view revision at which this entry was applied ([`View::changed_since`]).
+    pub rev: u64,
 }
 
 /// Count and XOR-hash of one origin's records.
@@ -90,6 +92,14 @@ pub struct View {
     revoked: BTreeSet<String>,
     /// Keys dropped since the last [`View::take_dropped`] (a revoked org's own records).
     dropped: Vec<RecordKey>,
+    /// Counts applied records; each held entry carries the revision it was applied at.
+    rev: u64,
+    /// Revision → the key applied at it, for every held entry: what changed since a revision
+    /// is a range of this map, whatever the view's size.
+    revs: BTreeMap<u64, RecordKey>,
+    /// Set by the owner when it replaces the view by one rebuilt from the store: revisions of
+    /// two generations are not comparable.
+    generation: u64,
 }
 
 /// Checks for well-known demo identities (the public qubernetes "7nodes" keys).
@@ -163,6 +173,7 @@ impl View {
     pub fn apply(&mut self, v: Verified) {
         let sum = self.origins.entry(v.key.org.clone()).or_default();
         if let Some(old) = self.records.get(&v.key) {
+            self.revs.remove(&old.rev);
             self.hashes.remove(&old.hash);
             xor(&mut sum.hash, &entry_hash(&v.key, old.seq, &old.hash));
             sum.count -= 1;
@@ -188,6 +199,8 @@ impl View {
             _ => {}
         }
         let revoked = matches!(v.body, Body::Revocation(_)).then(|| v.key.org.clone());
+        self.rev += 1;
+        self.revs.insert(self.rev, v.key.clone());
         self.records.insert(
             v.key,
             Entry {
@@ -196,6 +209,7 @@ impl View {
                 body: v.body,
                 signer: v.signer,
                 bytes: v.bytes,
+                rev: self.rev,
             },
         );
         if let Some(org) = revoked {
@@ -218,6 +232,7 @@ impl View {
             let Some(old) = self.records.remove(&key) else {
                 continue;
             };
+            self.revs.remove(&old.rev);
             self.hashes.remove(&old.hash);
             if let Some(sum) = self.origins.get_mut(&key.org) {
                 xor(&mut sum.hash, &entry_hash(&key, old.seq, &old.hash));
@@ -244,6 +259,56 @@ impl View {
     /// before, so a copy needs no signature check.
     pub fn holds(&self, envelope_hash: &[u8; 32]) -> bool {
         self.hashes.contains(envelope_hash)
+    }
+
+    /// The view's revision: it grows with every applied record.
+    pub fn rev(&self) -> u64 {
+        self.rev
+    }
+
+    /// The generation: revisions are comparable only within one (see [`Self::set_generation`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Marks a view rebuilt from scratch as replacing one of `generation - 1`, so readers that
+    /// track revisions know to start over.
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
+    }
+
+    /// The keys of the records applied after revision `rev` and still held, oldest first: a
+    /// key applied twice is listed once. A record dropped since (a revoked org's) is not
+    /// listed; the revocation record that dropped it is. Costs the number of keys listed.
+    pub fn changed_since(&self, rev: u64) -> impl Iterator<Item = &RecordKey> + '_ {
+        self.revs.range(rev.saturating_add(1)..).map(|(_, key)| key)
+    }
+
+    /// The node `org`/`name` if it is held, not deleted, and its org is an active member.
+    pub fn node(&self, org: &str, name: &str) -> Option<NodeView> {
+        if !self.is_member(org) {
+            return None;
+        }
+        let key = RecordKey {
+            kind: Kind::Node,
+            org: org.to_owned(),
+            name: name.to_owned(),
+        };
+        let entry = self.records.get(&key)?;
+        match &entry.body {
+            Body::Node(n) => Some(NodeView {
+                seq: entry.seq,
+                record: n.clone(),
+                org: key.org,
+                name: key.name,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The node (org, name) whose record holds the enode id `id`, if any.
+    pub fn enode_owner(&self, id: &[u8]) -> Option<&(String, String)> {
+        self.enode_owner.get(id)
     }
 
     /// The held record for a key.

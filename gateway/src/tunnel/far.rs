@@ -17,7 +17,7 @@
 //!    listeners, unspecified, multicast or broadcast addresses, and loopback unless
 //!    `tunnel.allow_loopback_targets` is set ([`Answer::ForbiddenTarget`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
@@ -254,33 +254,41 @@ impl Far {
         }))
     }
 
-    /// Replaces what the far end serves, and the near end's listening addresses it must never
-    /// dial. Streams whose authorisation the new targets withdraw end now, like a revoked
-    /// org's: a far end does not rely on the near end to close them.
-    pub fn update(&self, targets: Targets, local: HashSet<SocketAddr>) {
-        {
-            let mut current = self.0.targets.write().unwrap_or_else(|e| e.into_inner());
-            let mut grants = self.0.grants.lock().unwrap_or_else(|e| e.into_inner());
-            grants.retain(|(caller, node, port), grant| {
-                let req = Request {
-                    org: targets.org.clone(),
-                    node: node.clone(),
-                    port: port.clone(),
-                };
-                let kept = targets
-                    .authorise(caller, &req)
-                    .is_ok_and(|d| d == grant.dial);
-                if !kept {
-                    grant.withdrawn.cancel();
-                }
-                kept
-            });
-            *current = Arc::new(targets);
-        }
-        // a stream must never be sent into one of this gateway's own listeners
+    /// Replaces what the far end serves. Streams whose authorisation the new targets withdraw
+    /// end now, like a revoked org's: a far end does not rely on the near end to close them.
+    pub fn set_targets(&self, targets: Targets) {
+        let mut current = self.0.targets.write().unwrap_or_else(|e| e.into_inner());
+        let mut grants = self.0.grants.lock().unwrap_or_else(|e| e.into_inner());
+        grants.retain(|(caller, node, port), grant| {
+            let req = Request {
+                org: targets.org.clone(),
+                node: node.clone(),
+                port: port.clone(),
+            };
+            let kept = targets
+                .authorise(caller, &req)
+                .is_ok_and(|d| d == grant.dial);
+            if !kept {
+                grant.withdrawn.cancel();
+            }
+            kept
+        });
+        *current = Arc::new(targets);
+    }
+
+    /// Changes the set of this gateway's own listener addresses, which a stream must never be
+    /// sent into: `removed` leave it, `added` join it.
+    pub fn local_changed(
+        &self,
+        removed: &[SocketAddr],
+        added: impl IntoIterator<Item = SocketAddr>,
+    ) {
         let mut policy = self.0.policy.write().unwrap_or_else(|e| e.into_inner());
         let mut next = DialPolicy::clone(&policy);
-        next.local = local;
+        for addr in removed {
+            next.local.remove(addr);
+        }
+        next.local.extend(added);
         *policy = Arc::new(next);
     }
 

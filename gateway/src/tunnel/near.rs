@@ -5,14 +5,15 @@
 //! go out together, the connection is held while the site has no link, and the far end's
 //! answer decides whether the splice starts ([`Near`]'s proxy).
 //!
-//! [`Listeners::reconcile`] brings the listener set in line with the view: new nodes get
-//! listeners, removed nodes lose them (and their proxied connections end), unchanged ones are
-//! left alone. A listener that cannot be bound is retried on the next reconcile.
+//! [`Listeners::apply`] changes the listener set as the view changes ([`RouteChange`]: the
+//! routes added and the addresses withdrawn, never the whole set): new nodes get listeners,
+//! removed nodes lose them (and their proxied connections end), the others are left alone. A
+//! listener that cannot be bound is retried on the next change (an empty one retries only).
 //!
 //! With `tunnel.allowed_sources` set, a connection from outside those networks is reset as
 //! soon as it is accepted, before any tunnel stream opens ([`SourceNet`]).
 //!
-//! With IP aliases configured ([`crate::alias`]), each reconcile first puts every listened-on
+//! With IP aliases configured ([`crate::alias`]), each change first puts every listened-on
 //! IPv4 address on the site interface and takes the ones no longer listened on off it; an
 //! alias that cannot be added makes its binds fail, so it is retried with them.
 
@@ -139,8 +140,26 @@ impl Route {
         })
     }
 
-    fn same_as(&self, other: &Route) -> bool {
+    /// Whether both send connections to the same place (the cancellation token aside).
+    pub fn same_as(&self, other: &Route) -> bool {
         self.addr == other.addr && self.site == other.site && self.request == other.request
+    }
+}
+
+/// A change of the routes listened on: `removed` addresses are withdrawn first, then every
+/// route of `added` is listened on (replacing a different route at its address).
+#[derive(Debug, Clone, Default)]
+pub struct RouteChange {
+    /// Routes to listen on.
+    pub added: Vec<Route>,
+    /// Addresses to stop listening on.
+    pub removed: Vec<SocketAddr>,
+}
+
+impl RouteChange {
+    /// Whether nothing is added or removed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
     }
 }
 
@@ -148,7 +167,8 @@ impl Route {
 #[derive(Debug, Clone, Default)]
 pub struct Listeners {
     active: Arc<Mutex<BTreeMap<SocketAddr, Arc<Route>>>>,
-    failed: Arc<Mutex<BTreeMap<SocketAddr, String>>>,
+    /// Routes whose listener could not be bound, with why: retried on the next change.
+    failed: Arc<Mutex<BTreeMap<SocketAddr, (Route, String)>>>,
     aliases: Option<Arc<AliasState>>,
 }
 
@@ -175,10 +195,9 @@ impl Listeners {
 
     /// Brings the aliases in line with the wanted addresses; logs what changed, and a
     /// failure once until it changes or clears.
-    fn sync_aliases(&self, wanted: &BTreeMap<SocketAddr, Route>) {
+    fn sync_aliases<'a>(&self, wanted: impl Iterator<Item = &'a SocketAddr>) {
         let Some(state) = &self.aliases else { return };
         let ips: BTreeSet<Ipv4Addr> = wanted
-            .keys()
             .filter_map(|a| match a.ip() {
                 IpAddr::V4(ip) => Some(ip),
                 IpAddr::V6(_) => None,
@@ -211,43 +230,51 @@ impl Listeners {
         }
     }
 
-    /// Listens on every route's address and stops listening elsewhere. Returns without
-    /// waiting for binds.
-    pub fn reconcile(&self, near: &Near, routes: Vec<Route>) {
-        let wanted: BTreeMap<SocketAddr, Route> = routes.into_iter().map(|r| (r.addr, r)).collect();
+    /// Applies `change`, and retries the listeners that could not be bound before. Costs what
+    /// the change holds (and, with IP aliases configured, a pass over the listened-on
+    /// addresses). Returns without waiting for binds.
+    pub fn apply(&self, near: &Near, change: RouteChange) {
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        active.retain(|addr, route| {
-            let keep = wanted.get(addr).is_some_and(|w| w.same_as(route));
-            if !keep {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        for addr in &change.removed {
+            if let Some(route) = active.remove(addr) {
                 route.closed.cancel();
             }
-            keep
-        });
-        self.failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|a, _| wanted.contains_key(a));
-        self.sync_aliases(&wanted);
-        for (addr, route) in wanted {
-            if active.contains_key(&addr) {
-                continue;
+            failed.remove(addr);
+        }
+        let mut bind_now: BTreeMap<SocketAddr, Route> = std::mem::take(&mut *failed)
+            .into_iter()
+            .map(|(addr, (route, _))| (addr, route))
+            .collect();
+        // a lasting failure is logged once
+        let failing: BTreeSet<SocketAddr> = bind_now.keys().copied().collect();
+        for route in change.added {
+            if let Some(held) = active.get(&route.addr) {
+                if held.same_as(&route) {
+                    bind_now.remove(&route.addr);
+                    continue;
+                }
+                held.closed.cancel();
+                active.remove(&route.addr);
             }
-            let route = Arc::new(route);
+            bind_now.insert(route.addr, route);
+        }
+        if self.aliases.is_some() {
+            self.sync_aliases(active.keys().chain(bind_now.keys()));
+        }
+        for (addr, route) in bind_now {
             match bind(addr) {
                 Ok(listener) => {
-                    self.failed
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&addr);
+                    let route = Arc::new(route);
                     active.insert(addr, route.clone());
                     let near = near.clone();
                     near.0.tracker.clone().spawn(accept(near, listener, route));
                 }
                 Err(e) => {
-                    let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-                    if failed.insert(addr, e.to_string()).is_none() {
+                    if !failing.contains(&addr) {
                         warn!(%addr, node = %route.request.node, org = %route.request.org, error = %e, "cannot listen for a remote node");
                     }
+                    failed.insert(addr, (route, e.to_string()));
                 }
             }
         }
@@ -389,8 +416,8 @@ impl Near {
 
     /// Listens on every route's address and stops listening elsewhere
     /// ([`Listeners::reconcile`]).
-    pub fn update(&self, routes: Vec<Route>) {
-        self.0.listeners.reconcile(self, routes);
+    pub fn update(&self, change: RouteChange) {
+        self.0.listeners.apply(self, change);
     }
 
     /// Whether some local listener could not be bound (retried on the next update).

@@ -7,10 +7,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::support::*;
 use fedgw_gateway::config::{Admission, Config};
 use fedgw_gateway::membership::GatewayId;
 use fedgw_gateway::tunnel::Transport;
-use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -100,6 +100,13 @@ impl pb::admin_server::Admin for FakeAdmin {
         unimplemented()
     }
 
+    async fn add_nodes(
+        &self,
+        _: Request<pb::AddNodesRequest>,
+    ) -> Result<Response<pb::AddNodesResponse>, Status> {
+        unimplemented()
+    }
+
     async fn add_node(
         &self,
         request: Request<pb::AddNodeRequest>,

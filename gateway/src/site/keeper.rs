@@ -1,0 +1,455 @@
+//! The keeper: applies the projection ([`super::plan`]) as the view changes. On each wake it
+//! takes the records changed since its last pass ([`View::changed_since`]), gives new remote
+//! nodes a local address and frees removed ones' (persisted before anything is served), reads
+//! this site's entries for the changed nodes only, and hands what changed to the DNS zone and
+//! the data plane. A batch of changes (an import) is applied in one pass; a member, revocation
+//! or rebuilt view, a Service address set ([`Membership::touch`]) or a failed store read makes
+//! the next pass a full one.
+//!
+//! A failed store read never withdraws anything: the last good site state is projected, an
+//! `error!` says so, and the read is retried after [`READ_RETRY`].
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use super::plan::{self, Delta, GatewayEntry, Inputs, NodeId, Plan, SiteState};
+use crate::addressing::{AddressMode, Allocations, LocalAddress, Need};
+use crate::dns::{Zone, ZoneHandler};
+use crate::membership::record::Kind;
+use crate::membership::view::{NodeView, View};
+use crate::membership::{GatewayId, Membership};
+use crate::store::{SiteEntries, Store, StoreError};
+use crate::tunnel::Tunnels;
+
+/// How often listeners that could not be bound are retried.
+pub const LISTENER_RETRY: Duration = Duration::from_secs(5);
+/// How soon a failed read of this site's state is retried.
+pub const READ_RETRY: Duration = Duration::from_secs(1);
+/// How often this site's nodes' one-label hosts are resolved again (a restarted container
+/// may have a new address); a change makes the next pass a full one.
+pub const SHORT_HOST_REFRESH: Duration = Duration::from_secs(10);
+
+/// What the keeper serves into, and reads from besides the view.
+#[derive(Debug)]
+pub struct Keeper {
+    /// The view.
+    pub membership: Membership,
+    /// This site's node hosts, Service addresses, and the persisted allocations.
+    pub store: Arc<Store>,
+    /// How remote nodes get local addresses.
+    pub mode: AddressMode,
+    /// The allocations (shared with the admin API, which lists them).
+    pub allocations: Arc<RwLock<Allocations>>,
+    /// The served zone.
+    pub zone: ZoneHandler,
+    /// The consortium domain.
+    pub domain: String,
+    /// This gateway's name in the zone: `gw-<site>.<org>`.
+    pub me_gateway: String,
+    /// The data plane.
+    pub tunnels: Tunnels,
+    /// Fires once the first zone is served and the data plane reflects the stored view
+    /// (readiness waits for it).
+    pub first_pass: Option<oneshot::Sender<()>>,
+}
+
+/// Where the keeper's last pass left the view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    generation: u64,
+    rev: u64,
+}
+
+/// What one pass read from the view.
+#[derive(Debug, Default)]
+struct Scan {
+    mark: Option<Mark>,
+    /// A full pass: every node is in `nodes`; those of the plan that are not left the view.
+    full: bool,
+    /// The changed nodes: their state now (`None`: gone, deleted or their org not a member).
+    nodes: Vec<(NodeId, Option<NodeView>)>,
+    /// The gateways (when they may have changed).
+    gateways: Option<Vec<GatewayEntry>>,
+    /// The member orgs (full passes).
+    members: Option<std::collections::BTreeSet<String>>,
+}
+
+/// Reads what changed since `since` (everything when `None` or from another generation, or
+/// when a member or revocation record changed: that changes which orgs' nodes count).
+fn scan(v: &View, since: Option<Mark>, full: bool) -> Scan {
+    let now = Mark {
+        generation: v.generation(),
+        rev: v.rev(),
+    };
+    let mut changed = vec![];
+    let mut gateways = false;
+    let mut full = full || since.is_none_or(|m| m.generation != now.generation);
+    if !full && let Some(since) = since {
+        for key in v.changed_since(since.rev) {
+            match key.kind {
+                Kind::Node => changed.push(NodeId {
+                    org: key.org.clone(),
+                    name: key.name.clone(),
+                }),
+                Kind::Gateway => gateways = true,
+                Kind::Member | Kind::Revocation => {
+                    full = true;
+                    break;
+                }
+                Kind::Vote => {}
+            }
+        }
+    }
+    let all_gateways = || {
+        v.gateways()
+            .into_iter()
+            .map(|(org, site, record)| GatewayEntry {
+                id: GatewayId { org, site },
+                record,
+            })
+            .collect()
+    };
+    if full {
+        return Scan {
+            mark: Some(now),
+            full,
+            nodes: v
+                .nodes()
+                .into_iter()
+                .map(|n| (NodeId::of(&n), Some(n)))
+                .collect(),
+            gateways: Some(all_gateways()),
+            members: Some(
+                v.members()
+                    .into_iter()
+                    .map(|(org, _)| org)
+                    .filter(|org| v.is_member(org))
+                    .collect(),
+            ),
+        };
+    }
+    changed.sort();
+    changed.dedup();
+    Scan {
+        mark: Some(now),
+        full,
+        nodes: changed
+            .into_iter()
+            .map(|id| {
+                let n = v.node(&id.org, &id.name);
+                (id, n)
+            })
+            .collect(),
+        gateways: gateways.then(all_gateways),
+        members: None,
+    }
+}
+
+/// Runs the keeper until `shutdown`.
+pub async fn run(mut k: Keeper, shutdown: CancellationToken) {
+    let me = k.membership.me().clone();
+    let mut changed = k.membership.subscribe();
+    let mut plan = Plan::default();
+    let mut mark: Option<Mark> = None;
+    let mut touches = k.membership.touches();
+    // the last site state read without error (`None`: no read succeeded yet)
+    let mut site: Option<SiteState> = None;
+    let mut reread = true;
+    let mut serial: u32 = 0;
+    k.zone.replace(Zone::new(&k.domain, &k.me_gateway));
+    loop {
+        changed.borrow_and_update();
+        let now_touched = k.membership.touches();
+        reread |= now_touched != touches;
+        touches = now_touched;
+        let scanned = k.membership.read(|v| scan(v, mark, reread));
+        let gone: Vec<NodeId> = if scanned.full {
+            let held: std::collections::BTreeSet<&NodeId> =
+                scanned.nodes.iter().map(|(id, _)| id).collect();
+            plan.node_ids()
+                .filter(|id| !held.contains(id))
+                .cloned()
+                .collect()
+        } else {
+            vec![]
+        };
+        let mut nodes = scanned.nodes;
+        nodes.extend(gone.into_iter().map(|id| (id, None)));
+
+        allocate(&k, &me, &nodes, scanned.full).await;
+        let read_ok = read_site(&k, &me, &mut site, &nodes, scanned.full).await;
+        reread = !read_ok;
+        if let Some(state) = &mut site {
+            resolve_new_short_hosts(state).await;
+        }
+        let Some(state) = &site else {
+            // nothing was ever read: serve nothing rather than a zone without this site's
+            // nodes, and try again
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                () = tokio::time::sleep(READ_RETRY) => continue,
+            }
+        };
+        mark = scanned.mark;
+
+        let mut delta = Delta::default();
+        {
+            let alloc = k.allocations.read().unwrap_or_else(|e| e.into_inner());
+            let inputs = Inputs {
+                me: &me,
+                site: state,
+                alloc: &alloc,
+            };
+            for (id, n) in nodes {
+                let projected = n.as_ref().map(|n| plan::project_node(inputs, n));
+                for (port, e) in projected.iter().flat_map(|p| &p.bad_routes) {
+                    warn!(org = %id.org, node = %id.name, port = %port, error = %e, "no route for a remote node");
+                }
+                plan.set_node(id, projected, &mut delta);
+            }
+        }
+        if let Some(members) = scanned.members {
+            plan.set_members(members, &mut delta);
+        }
+        if let Some(gateways) = scanned.gateways {
+            plan.set_gateways(gateways, &mut delta);
+        }
+        let first = k.first_pass.is_some();
+        if !delta.is_empty() || first {
+            serial = serial.wrapping_add(1);
+            k.zone.update(|z| {
+                for (id, entry) in &delta.zone {
+                    match entry {
+                        Some(n) => z.set_node(n),
+                        None => z.remove_node(&id.org, &id.name),
+                    }
+                }
+                if delta.gateways {
+                    z.set_gateways(&plan.zone_gateways());
+                }
+                z.set_serial(serial);
+            });
+        }
+        if !delta.is_empty() || first || k.tunnels.listener_failures() {
+            k.tunnels.update(
+                (delta.targets || first).then(|| plan.targets(&me.org)),
+                delta.routes,
+                (delta.gateways || first).then(|| plan.peers()),
+            );
+        }
+        if let Some(done) = k.first_pass.take() {
+            let _ = done.send(());
+        }
+        // one-label hosts are resolved again: an address that moved re-projects every node
+        let short: Vec<String> = state.short_hosts.keys().cloned().collect();
+        let resolved = state.short_hosts.clone();
+        let moved = async {
+            if short.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            loop {
+                tokio::time::sleep(SHORT_HOST_REFRESH).await;
+                let now = resolve_short_hosts(&short).await;
+                if now != resolved {
+                    return now;
+                }
+            }
+        };
+        // a listener that could not be bound is retried until it can, a failed read sooner
+        let retry = async {
+            if reread {
+                tokio::time::sleep(READ_RETRY).await;
+            } else if k.tunnels.listener_failures() {
+                tokio::time::sleep(LISTENER_RETRY).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = changed.changed() => if c.is_err() { return },
+            () = retry => {}
+            now = moved => {
+                if let Some(state) = &mut site {
+                    state.short_hosts = now;
+                }
+                reread = true;
+            }
+        }
+    }
+}
+
+/// Resolves `hosts` (one-label host names) with the gateway's resolver, within
+/// [`crate::dns::SHORT_HOST_TIMEOUT`] in all: host → its first address, `None` when it did not
+/// resolve.
+async fn resolve_short_hosts(
+    hosts: &[String],
+) -> std::collections::BTreeMap<String, Option<std::net::IpAddr>> {
+    let found = crate::dns::resolve_short_hosts(hosts.iter().map(String::as_str)).await;
+    hosts
+        .iter()
+        .map(|h| (h.clone(), found.get(h).copied()))
+        .collect()
+}
+
+/// Resolves the one-label hosts of this site's nodes that were not tried yet, and forgets
+/// those no node has any more.
+async fn resolve_new_short_hosts(state: &mut SiteState) {
+    let hosts: std::collections::BTreeSet<&String> = state
+        .local
+        .values()
+        .filter(|h| crate::dns::is_short_host(h))
+        .collect();
+    state.short_hosts.retain(|h, _| hosts.contains(h));
+    let new: Vec<String> = hosts
+        .into_iter()
+        .filter(|h| !state.short_hosts.contains_key(*h))
+        .take(crate::dns::MAX_SHORT_HOSTS)
+        .cloned()
+        .collect();
+    if !new.is_empty() {
+        state.short_hosts.extend(resolve_short_hosts(&new).await);
+    }
+}
+
+/// Gives the changed remote nodes a local address and frees the removed ones' (every remote
+/// node's on a full pass), and persists the allocations if that changed them.
+async fn allocate(k: &Keeper, me: &GatewayId, nodes: &[(NodeId, Option<NodeView>)], full: bool) {
+    let mut needs = vec![];
+    let mut gone = vec![];
+    for (id, n) in nodes.iter().filter(|(id, _)| id.org != me.org) {
+        match n {
+            Some(n) => needs.push(Need {
+                node: id.key(),
+                ports: fedgw_proto::node_ports(&n.record),
+            }),
+            None => gone.push(id.key()),
+        }
+    }
+    let (updated, failed) = {
+        let mut a = k.allocations.write().unwrap_or_else(|e| e.into_inner());
+        if full {
+            let before = a.clone();
+            let failed = a.sync(&k.mode, &needs);
+            ((*a != before).then(|| a.clone()), failed)
+        } else {
+            let held = |a: &Allocations| -> Vec<Option<LocalAddress>> {
+                let keys = needs.iter().map(|n| &n.node).chain(&gone);
+                keys.map(|key| a.nodes.get(key).cloned()).collect()
+            };
+            let before = held(&a);
+            let failed = a.update(&k.mode, &needs, &gone);
+            ((held(&a) != before).then(|| a.clone()), failed)
+        }
+    };
+    for (node, e) in failed {
+        warn!(node = %node, error = %e, "no local address for a remote node");
+    }
+    if let Some(a) = updated {
+        let store = k.store.clone();
+        if let Err(e) = run_blocking(move || store.put_allocations(&a)).await {
+            warn!(error = %e, "persisting local addresses failed");
+        }
+    }
+}
+
+/// A read of this site's state: all of it, or the entries of some nodes.
+enum Read {
+    All(SiteState),
+    Some {
+        local: Vec<String>,
+        remote: Vec<String>,
+        entries: SiteEntries,
+    },
+}
+
+/// Brings `site` up to date for the changed nodes (everything on a full pass). A failed read
+/// leaves `site` as it was (the last good state) and says so; returns whether the read worked.
+async fn read_site(
+    k: &Keeper,
+    me: &GatewayId,
+    site: &mut Option<SiteState>,
+    nodes: &[(NodeId, Option<NodeView>)],
+    full: bool,
+) -> bool {
+    let store = k.store.clone();
+    let read = if full || site.is_none() {
+        run_blocking(move || {
+            Ok(Read::All(SiteState {
+                local: store.local_nodes()?,
+                services: store.service_addresses()?,
+                short_hosts: Default::default(),
+            }))
+        })
+        .await
+    } else {
+        let (local, remote): (Vec<&NodeId>, Vec<&NodeId>) = nodes
+            .iter()
+            .map(|(id, _)| id)
+            .partition(|id| id.org == me.org);
+        let local: Vec<String> = local.into_iter().map(|id| id.name.clone()).collect();
+        let remote: Vec<String> = remote.into_iter().map(NodeId::key).collect();
+        run_blocking(move || {
+            let entries = store.site_entries(&local, &remote)?;
+            Ok(Read::Some {
+                local,
+                remote,
+                entries,
+            })
+        })
+        .await
+    };
+    match read {
+        Ok(Read::All(mut state)) => {
+            // what was resolved stays: the hosts are resolved again on their own schedule
+            if let Some(old) = site.take() {
+                state.short_hosts = old.short_hosts;
+            }
+            *site = Some(state);
+        }
+        Ok(Read::Some {
+            local,
+            remote,
+            entries,
+        }) => {
+            if let Some(state) = site {
+                for name in local {
+                    match entries.local.get(&name) {
+                        Some(host) => state.local.insert(name, host.clone()),
+                        None => state.local.remove(&name),
+                    };
+                }
+                for key in remote {
+                    match entries.services.get(&key) {
+                        Some(ip) => state.services.insert(key, *ip),
+                        None => state.services.remove(&key),
+                    };
+                }
+            }
+        }
+        Err(e) => {
+            error!(
+                error = %e,
+                "reading this site's node addresses from the store failed; keeping the last \
+                 good DNS zone, routes and targets, retrying in 1 s"
+            );
+            return false;
+        }
+    }
+    true
+}
+
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
+}
+
+#[cfg(test)]
+mod tests;
