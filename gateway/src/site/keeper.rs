@@ -16,9 +16,10 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use super::plan::{self, Delta, GatewayEntry, Inputs, NodeId, Plan, SiteState};
+use super::plan::{self, Delta, GatewayEntry, Inputs, Plan, SiteState};
 use crate::addressing::{AddressMode, Allocations, LocalAddress, Need};
 use crate::dns::{Zone, ZoneHandler};
+use crate::membership::NodeKey;
 use crate::membership::record::Kind;
 use crate::membership::view::{NodeView, View};
 use crate::membership::{GatewayId, Membership};
@@ -71,7 +72,7 @@ struct Scan {
     /// A full pass: every node is in `nodes`; those of the plan that are not left the view.
     full: bool,
     /// The changed nodes: their state now (`None`: gone, deleted or their org not a member).
-    nodes: Vec<(NodeId, Option<NodeView>)>,
+    nodes: Vec<(NodeKey, Option<NodeView>)>,
     /// The gateways (when they may have changed).
     gateways: Option<Vec<GatewayEntry>>,
     /// The member orgs (full passes).
@@ -91,7 +92,7 @@ fn scan(v: &View, since: Option<Mark>, full: bool) -> Scan {
     if !full && let Some(since) = since {
         for key in v.changed_since(since.rev) {
             match key.kind {
-                Kind::Node => changed.push(NodeId {
+                Kind::Node => changed.push(NodeKey {
                     org: key.org.clone(),
                     name: key.name.clone(),
                 }),
@@ -117,11 +118,7 @@ fn scan(v: &View, since: Option<Mark>, full: bool) -> Scan {
         return Scan {
             mark: Some(now),
             full,
-            nodes: v
-                .nodes()
-                .into_iter()
-                .map(|n| (NodeId::of(&n), Some(n)))
-                .collect(),
+            nodes: v.nodes().into_iter().map(|n| (n.key(), Some(n))).collect(),
             gateways: Some(all_gateways()),
             members: Some(
                 v.members()
@@ -167,8 +164,8 @@ pub async fn run(mut k: Keeper, shutdown: CancellationToken) {
         reread |= now_touched != touches;
         touches = now_touched;
         let scanned = k.membership.read(|v| scan(v, mark, reread));
-        let gone: Vec<NodeId> = if scanned.full {
-            let held: std::collections::BTreeSet<&NodeId> =
+        let gone: Vec<NodeKey> = if scanned.full {
+            let held: std::collections::BTreeSet<&NodeKey> =
                 scanned.nodes.iter().map(|(id, _)| id).collect();
             plan.node_ids()
                 .filter(|id| !held.contains(id))
@@ -318,16 +315,16 @@ async fn resolve_new_short_hosts(state: &mut SiteState) {
 
 /// Gives the changed remote nodes a local address and frees the removed ones' (every remote
 /// node's on a full pass), and persists the allocations if that changed them.
-async fn allocate(k: &Keeper, me: &GatewayId, nodes: &[(NodeId, Option<NodeView>)], full: bool) {
+async fn allocate(k: &Keeper, me: &GatewayId, nodes: &[(NodeKey, Option<NodeView>)], full: bool) {
     let mut needs = vec![];
     let mut gone = vec![];
     for (id, n) in nodes.iter().filter(|(id, _)| id.org != me.org) {
         match n {
             Some(n) => needs.push(Need {
-                node: id.key(),
+                node: id.to_string(),
                 ports: fedgw_proto::node_ports(&n.record),
             }),
-            None => gone.push(id.key()),
+            None => gone.push(id.to_string()),
         }
     }
     let (updated, failed) = {
@@ -373,7 +370,7 @@ async fn read_site(
     k: &Keeper,
     me: &GatewayId,
     site: &mut Option<SiteState>,
-    nodes: &[(NodeId, Option<NodeView>)],
+    nodes: &[(NodeKey, Option<NodeView>)],
     full: bool,
 ) -> bool {
     let store = k.store.clone();
@@ -387,12 +384,12 @@ async fn read_site(
         })
         .await
     } else {
-        let (local, remote): (Vec<&NodeId>, Vec<&NodeId>) = nodes
+        let (local, remote): (Vec<&NodeKey>, Vec<&NodeKey>) = nodes
             .iter()
             .map(|(id, _)| id)
             .partition(|id| id.org == me.org);
         let local: Vec<String> = local.into_iter().map(|id| id.name.clone()).collect();
-        let remote: Vec<String> = remote.into_iter().map(NodeId::key).collect();
+        let remote: Vec<String> = remote.into_iter().map(ToString::to_string).collect();
         run_blocking(move || {
             let entries = store.site_entries(&local, &remote)?;
             Ok(Read::Some {

@@ -15,36 +15,12 @@ use fedgw_proto::v1 as pb;
 
 use crate::addressing::Allocations;
 use crate::dns::{ZoneGateway, ZoneNode};
-use crate::membership::GatewayId;
 use crate::membership::view::NodeView;
+use crate::membership::{GatewayId, NodeKey};
 use crate::tunnel::PeerGateway;
 use crate::tunnel::far::{Target, Targets};
 use crate::tunnel::header::HeaderError;
 use crate::tunnel::near::{Route, RouteChange};
-
-/// A node of the view: its org and name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeId {
-    /// Owning org.
-    pub org: String,
-    /// Node name.
-    pub name: String,
-}
-
-impl NodeId {
-    /// The id of a node of the view.
-    pub fn of(n: &NodeView) -> Self {
-        Self {
-            org: n.org.clone(),
-            name: n.name.clone(),
-        }
-    }
-
-    /// The `org/name` key the allocations and the Service addresses are stored under.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.org, self.name)
-    }
-}
 
 /// This site's own state that the projection combines with the view, as the store holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -129,7 +105,7 @@ pub fn project_node(inputs: Inputs<'_>, n: &NodeView) -> NodePlan {
         }
         return plan;
     }
-    let key = NodeId::of(n).key();
+    let key = n.key().to_string();
     let held = alloc.nodes.get(&key);
     match (site.services.get(&key), held) {
         (Some(ip), _) => {
@@ -196,7 +172,7 @@ impl GatewayEntry {
 #[derive(Debug, Default)]
 pub struct Delta {
     /// Zone entries to set (`Some`) or remove (`None`), in order.
-    pub zone: Vec<(NodeId, Option<ZoneNode>)>,
+    pub zone: Vec<(NodeKey, Option<ZoneNode>)>,
     /// The far-end targets changed ([`Plan::targets`] gives them).
     pub targets: bool,
     /// Routes to listen on and addresses to stop listening on.
@@ -216,7 +192,7 @@ impl Delta {
 /// members and the gateways.
 #[derive(Debug, Default)]
 pub struct Plan {
-    nodes: BTreeMap<NodeId, NodePlan>,
+    nodes: BTreeMap<NodeKey, NodePlan>,
     /// This site's own nodes' targets (kept beside `nodes`, so handing them over costs the
     /// number of this site's nodes, not of the view's).
     targets: BTreeMap<String, Target>,
@@ -227,7 +203,7 @@ pub struct Plan {
 impl Plan {
     /// Replaces the projection of node `id` (`None`: it left the view) and adds what that
     /// changed to `delta`.
-    pub fn set_node(&mut self, id: NodeId, new: Option<NodePlan>, delta: &mut Delta) {
+    pub fn set_node(&mut self, id: NodeKey, new: Option<NodePlan>, delta: &mut Delta) {
         let old = match &new {
             Some(p) => self.nodes.insert(id.clone(), p.clone()),
             None => self.nodes.remove(&id),
@@ -277,12 +253,12 @@ impl Plan {
     }
 
     /// The nodes the plan holds.
-    pub fn node_ids(&self) -> impl Iterator<Item = &NodeId> + '_ {
+    pub fn node_ids(&self) -> impl Iterator<Item = &NodeKey> + '_ {
         self.nodes.keys()
     }
 
     /// The projection of one node.
-    pub fn node(&self, id: &NodeId) -> Option<&NodePlan> {
+    pub fn node(&self, id: &NodeKey) -> Option<&NodePlan> {
         self.nodes.get(id)
     }
 

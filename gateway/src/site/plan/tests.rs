@@ -30,7 +30,7 @@ fn allocations(nodes: &[&NodeView]) -> Allocations {
     let needs: Vec<Need> = nodes
         .iter()
         .map(|n| Need {
-            node: NodeId::of(n).key(),
+            node: n.key().to_string(),
             ports: fedgw_proto::node_ports(&n.record),
         })
         .collect();
@@ -198,7 +198,7 @@ fn one_change_yields_just_its_delta_and_applying_deltas_equals_a_rebuild() {
     let mut plan = Plan::default();
     let mut delta = Delta::default();
     for n in &all {
-        plan.set_node(NodeId::of(n), Some(project_node(inputs, n)), &mut delta);
+        plan.set_node(n.key(), Some(project_node(inputs, n)), &mut delta);
     }
     assert_eq!(delta.zone.len(), 6);
     assert_eq!(delta.routes.added.len(), 10);
@@ -207,12 +207,12 @@ fn one_change_yields_just_its_delta_and_applying_deltas_equals_a_rebuild() {
     // the same node again changes nothing
     let mut delta = Delta::default();
     let n = &remote[2];
-    plan.set_node(NodeId::of(n), Some(project_node(inputs, n)), &mut delta);
+    plan.set_node(n.key(), Some(project_node(inputs, n)), &mut delta);
     assert!(delta.is_empty(), "{delta:?}");
 
     // a remote node leaves: its name and its two listeners go, nothing else
     let mut delta = Delta::default();
-    plan.set_node(NodeId::of(&remote[2]), None, &mut delta);
+    plan.set_node(remote[2].key(), None, &mut delta);
     assert_eq!(delta.zone.len(), 1);
     assert!(delta.zone[0].1.is_none());
     assert_eq!(
@@ -243,7 +243,7 @@ fn one_change_yields_just_its_delta_and_applying_deltas_equals_a_rebuild() {
     };
     let mut delta = Delta::default();
     plan.set_node(
-        NodeId::of(&changed),
+        changed.key(),
         Some(project_node(inputs2, &changed)),
         &mut delta,
     );
@@ -255,7 +255,7 @@ fn one_change_yields_just_its_delta_and_applying_deltas_equals_a_rebuild() {
 
     // this site's node leaves: the targets change
     let mut delta = Delta::default();
-    plan.set_node(NodeId::of(&own), None, &mut delta);
+    plan.set_node(own.key(), None, &mut delta);
     assert!(delta.targets);
     assert!(plan.targets("org1").nodes.is_empty());
 
@@ -263,7 +263,7 @@ fn one_change_yields_just_its_delta_and_applying_deltas_equals_a_rebuild() {
     let mut rebuilt = Plan::default();
     let mut ignored = Delta::default();
     for n in [&changed, &remote[1], &remote[3], &remote[4]] {
-        rebuilt.set_node(NodeId::of(n), Some(project_node(inputs2, n)), &mut ignored);
+        rebuilt.set_node(n.key(), Some(project_node(inputs2, n)), &mut ignored);
     }
     assert_eq!(served(&plan), served(&rebuilt));
 }
