@@ -578,10 +578,13 @@ impl Store {
         Ok(())
     }
 
-    /// Every local node's JSON-RPC endpoint: name → URL.
-    pub fn local_rpc(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+    /// Every entry of a name → text table of this site's nodes.
+    fn names(
+        &self,
+        def: TableDefinition<&str, &str>,
+    ) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
         let tx = self.db.begin_read()?;
-        let table = tx.open_table(LOCAL_RPC)?;
+        let table = tx.open_table(def)?;
         let mut out = std::collections::BTreeMap::new();
         for entry in table.iter()? {
             let (k, v) = entry?;
@@ -590,16 +593,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Every local node's JSON-RPC endpoint: name → URL.
+    pub fn local_rpc(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        self.names(LOCAL_RPC)
+    }
+
     /// Every local node's registered Tessera URL: name → URL.
     pub fn local_urls(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(LOCAL_URLS)?;
-        let mut out = std::collections::BTreeMap::new();
-        for entry in table.iter()? {
-            let (k, v) = entry?;
-            out.insert(k.value().to_owned(), v.value().to_owned());
-        }
-        Ok(out)
+        self.names(LOCAL_URLS)
     }
 
     /// The remote nodes' local addresses.
@@ -698,14 +699,7 @@ impl Store {
     /// Every local node address: name → host.
     pub fn local_nodes(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
         self.injected()?;
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(LOCAL_NODES)?;
-        let mut out = std::collections::BTreeMap::new();
-        for entry in table.iter()? {
-            let (k, v) = entry?;
-            out.insert(k.value().to_owned(), v.value().to_owned());
-        }
-        Ok(out)
+        self.names(LOCAL_NODES)
     }
 }
 

@@ -442,18 +442,22 @@ impl Links {
         }
     }
 
-    /// Dials `peer` (one dial at a time per peer) and registers the link. A caller that
-    /// queued behind a dial that failed gets that dial's error without dialling again, so a
-    /// burst of connections held for a down site costs one dial per attempt, not one each.
-    async fn dial(&self, peer: &GatewayId) -> Result<LinkEntry, OpenError> {
-        let lock = self
-            .0
+    /// `peer`'s dial lock: one dial at a time per peer.
+    fn dial_lock(&self, peer: &GatewayId) -> DialLock {
+        self.0
             .dial_locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(peer.clone())
             .or_default()
-            .clone();
+            .clone()
+    }
+
+    /// Dials `peer` (one dial at a time per peer) and registers the link. A caller that
+    /// queued behind a dial that failed gets that dial's error without dialling again, so a
+    /// burst of connections held for a down site costs one dial per attempt, not one each.
+    async fn dial(&self, peer: &GatewayId) -> Result<LinkEntry, OpenError> {
+        let lock = self.dial_lock(peer);
         let asked = Instant::now();
         let mut last_failure = lock.lock().await;
         if let Some(l) = self.live_link(peer) {

@@ -282,14 +282,7 @@ impl Links {
     /// One background QUIC attempt to `peer`, whose link is TCP+TLS link `tcp` (or nothing is
     /// done), under the peer's dial lock as [`Links::dial`] takes it.
     async fn try_quic(&self, peer: &GatewayId, tcp: u64) -> Attempt {
-        let lock = self
-            .0
-            .dial_locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(peer.clone())
-            .or_default()
-            .clone();
+        let lock = self.dial_lock(peer);
         let _one_dial = lock.lock().await;
         // replaced meanwhile: by the peer's QUIC link, or by a newer link with a task of its own
         if self.registered_link(peer, true).is_none_or(|e| e.id != tcp) {
