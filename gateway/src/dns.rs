@@ -158,23 +158,17 @@ pub const MAX_SHORT_HOSTS: usize = 256;
 /// Bound on resolving the one-label hosts of one zone build, all together.
 pub const SHORT_HOST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Resolves this site's nodes' one-label host names (see [`alias_target`]) with the gateway's
-/// resolver (its search list, `/etc/hosts`, the container runtime's DNS), each to its first
-/// address, within [`SHORT_HOST_TIMEOUT`] in all. Hosts that are IP literals or have more
-/// labels are skipped, as are hosts that do not resolve in time (their names answer NODATA),
-/// and any past the first [`MAX_SHORT_HOSTS`].
-pub async fn resolve_short_hosts<'a>(
-    hosts: impl IntoIterator<Item = &'a str>,
-) -> BTreeMap<String, IpAddr> {
-    let short: std::collections::BTreeSet<&str> = hosts
-        .into_iter()
-        .filter(|h| is_short_host(h))
-        .take(MAX_SHORT_HOSTS)
-        .collect();
-    let mut found = BTreeMap::new();
+/// Resolves one-label host names (see [`alias_target`]; the caller picks them with
+/// [`is_short_host`], at most [`MAX_SHORT_HOSTS`]) with the gateway's resolver (its search
+/// list, `/etc/hosts`, the container runtime's DNS), each to its first address, within
+/// [`SHORT_HOST_TIMEOUT`] in all: every host given maps to its address, or `None` when it did
+/// not resolve in time (its name then answers NODATA).
+pub async fn resolve_short_hosts(hosts: &[String]) -> BTreeMap<String, Option<IpAddr>> {
+    let mut found: BTreeMap<String, Option<IpAddr>> =
+        hosts.iter().map(|h| (h.clone(), None)).collect();
     let mut lookups = tokio::task::JoinSet::new();
-    for host in short {
-        let host = host.to_owned();
+    for host in hosts.iter().take(MAX_SHORT_HOSTS) {
+        let host = host.clone();
         lookups.spawn(async move {
             let addrs = crate::net::resolve_host(host.trim_end_matches('.'), 0).await;
             (host, addrs)
@@ -184,9 +178,7 @@ pub async fn resolve_short_hosts<'a>(
         while let Some(done) = lookups.join_next().await {
             match done {
                 Ok((host, Ok(addrs))) => {
-                    if let Some(a) = addrs.first() {
-                        found.insert(host, a.ip());
-                    }
+                    found.insert(host, addrs.first().map(std::net::SocketAddr::ip));
                 }
                 Ok((host, Err(e))) => {
                     tracing::debug!(host = %host, error = %e, "a node's host does not resolve")

@@ -250,7 +250,7 @@ pub async fn run(mut k: Keeper, shutdown: CancellationToken) {
             }
             loop {
                 tokio::time::sleep(SHORT_HOST_REFRESH).await;
-                let now = resolve_short_hosts(&short).await;
+                let now = crate::dns::resolve_short_hosts(&short).await;
                 if now != resolved {
                     return now;
                 }
@@ -280,19 +280,6 @@ pub async fn run(mut k: Keeper, shutdown: CancellationToken) {
     }
 }
 
-/// Resolves `hosts` (one-label host names) with the gateway's resolver, within
-/// [`crate::dns::SHORT_HOST_TIMEOUT`] in all: host → its first address, `None` when it did not
-/// resolve.
-async fn resolve_short_hosts(
-    hosts: &[String],
-) -> std::collections::BTreeMap<String, Option<std::net::IpAddr>> {
-    let found = crate::dns::resolve_short_hosts(hosts.iter().map(String::as_str)).await;
-    hosts
-        .iter()
-        .map(|h| (h.clone(), found.get(h).copied()))
-        .collect()
-}
-
 /// Resolves the one-label hosts of this site's nodes that were not tried yet, and forgets
 /// those no node has any more.
 async fn resolve_new_short_hosts(state: &mut SiteState) {
@@ -309,7 +296,9 @@ async fn resolve_new_short_hosts(state: &mut SiteState) {
         .cloned()
         .collect();
     if !new.is_empty() {
-        state.short_hosts.extend(resolve_short_hosts(&new).await);
+        state
+            .short_hosts
+            .extend(crate::dns::resolve_short_hosts(&new).await);
     }
 }
 
