@@ -45,14 +45,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// `e` and its sources, joined with ": ".
-fn with_sources(e: &dyn std::error::Error) -> String {
-    match crate::net::error_chain(e) {
-        sources if sources.is_empty() => e.to_string(),
-        sources => format!("{e}: {sources}"),
-    }
-}
-
 /// Most nodes one `AddNodes` request may carry (one sync batch).
 pub const MAX_ADD_NODES: usize = crate::membership::sync::MAX_BATCH_RECORDS;
 
@@ -91,7 +83,7 @@ fn publish_status(e: PublishError) -> Status {
         }
         PublishError::Rejected(r) => Status::invalid_argument(r.to_string()),
         e @ (PublishError::EmptyBody | PublishError::NoRootKey | PublishError::Sign(_)) => {
-            Status::failed_precondition(with_sources(&e))
+            Status::failed_precondition(crate::net::with_sources(&e))
         }
         PublishError::Store(e) => Status::internal(e.to_string()),
         PublishError::Batch(e) => Status::internal(format!("{e}")),

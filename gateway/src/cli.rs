@@ -965,7 +965,7 @@ async fn ping(
     .map_err(|e| {
         CliError::new(
             exit::UNREACHABLE,
-            anyhow::anyhow!("{e}: {}", crate::net::error_chain(&e)),
+            anyhow::anyhow!("{}", crate::net::with_sources(&e)),
         )
     })?;
     if json {

@@ -266,6 +266,14 @@ where
         .await
 }
 
+/// `e`'s message and its sources', joined with ": " (no trailing ": " when it has none).
+pub fn with_sources(e: &dyn std::error::Error) -> String {
+    match error_chain(e) {
+        sources if sources.is_empty() => e.to_string(),
+        sources => format!("{e}: {sources}"),
+    }
+}
+
 /// The messages of an error's sources, joined with ": ".
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![];

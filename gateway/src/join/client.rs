@@ -146,7 +146,7 @@ async fn attempt(
             .await
             .map_err(|e| match e.tls_error().and_then(peer_rejection) {
                 Some(PeerRejection::PinMismatch) => JoinError::PinMismatch(endpoint.clone()),
-                _ => unreachable(format!("{e}: {}", net::error_chain(&e))),
+                _ => unreachable(net::with_sources(&e)),
             })?;
         let binding = tls
             .get_ref()

@@ -231,7 +231,7 @@ async fn dial_and_run(
             match net::dial_tls_as(endpoint, name.clone(), config.clone(), DIAL_TIMEOUT).await {
                 Ok(s) => s,
                 Err(e) => {
-                    last_error = format!("{e}: {}", crate::net::error_chain(&e));
+                    last_error = crate::net::with_sources(&e);
                     continue;
                 }
             };

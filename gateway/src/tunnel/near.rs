@@ -217,7 +217,7 @@ impl Listeners {
                     .map(|(ip, e)| format!("{ip}: {e}"))
                     .reduce(|a, b| format!("{a}; {b}"))
             }
-            Err(e) => Some(format!("{e}: {}", crate::net::error_chain(&e))),
+            Err(e) => Some(crate::net::with_sources(&e)),
         };
         let mut last = state.last_error.lock().unwrap_or_else(|e| e.into_inner());
         if problem != *last {
