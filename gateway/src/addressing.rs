@@ -26,7 +26,7 @@ pub enum AddressMode {
         /// e.g. `127.77.0.0/16` on one host, or the alias range of a container's interface.
         pool: String,
         /// Put each allocated address on this interface as a `/32` alias (`"auto"`: the
-        /// interface whose IPv4 subnet contains the pool); see [`crate::alias`]. Unset: the
+        /// interface whose IPv4 subnet contains the pool); the alias module adds them. Unset: the
         /// addresses are local already (loopback) or handled outside fedgw.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         interface: Option<String>,

@@ -81,7 +81,7 @@ pub async fn dial_tls(
 
 /// [`dial_tls`], verifying the server as `name` whatever host `endpoint` names: a member
 /// gateway dialled by host name or address proves the identity the membership view expects
-/// ([`crate::membership::GatewayId::server_name`]).
+/// ([`fedgw_certs::ids::GatewayId::server_name`]).
 pub async fn dial_tls_as(
     endpoint: &str,
     name: ServerName<'static>,

@@ -273,8 +273,12 @@ fn write_org_ca(
 pub struct JoinedFiles<'a> {
     /// The org name.
     pub org: &'a str,
-    /// The checked admission.
-    pub joined: &'a crate::join::client::Joined,
+    /// The admission as received, checked by the join client.
+    pub admitted: &'a fedgw_proto::v1::Admitted,
+    /// The consortium root certificate (matched the pin).
+    pub root: &'a CertificateDer<'static>,
+    /// The org CA certificate (certifies the joiner's own key).
+    pub org_ca: &'a CertificateDer<'static>,
     /// The org CA key, PKCS#8 PEM (generated locally, never sent).
     pub org_key_pem: &'a str,
     /// Network settings.
@@ -287,7 +291,7 @@ pub fn write_joined(
     files: &JoinedFiles<'_>,
     now: SystemTime,
 ) -> Result<Config, ProvisionError> {
-    let admitted = &files.joined.admitted;
+    let admitted = files.admitted;
     let consortium = admitted
         .consortium
         .clone()
@@ -334,15 +338,15 @@ pub fn write_joined(
     validate(dir, &config)?;
     dir.write_public(
         &dir.root_cert(),
-        pki::certs_to_pem(std::slice::from_ref(&files.joined.root)).as_bytes(),
+        pki::certs_to_pem(std::slice::from_ref(files.root)).as_bytes(),
     )
     .map_err(io("writing certificate", &dir.root_cert()))?;
-    write_org_ca(dir, &files.joined.org_ca, files.org_key_pem)?;
+    write_org_ca(dir, files.org_ca, files.org_key_pem)?;
     if let Some(g) = genesis {
         dir.write_public(&dir.genesis(), g)
             .map_err(io("writing genesis", &dir.genesis()))?;
     }
-    let org_ca = CertificateAuthority::from_parts(files.joined.org_ca.clone(), files.org_key_pem)
+    let org_ca = CertificateAuthority::from_parts(files.org_ca.clone(), files.org_key_pem)
         .map_err(pki_err("loading the org CA"))?;
     issue_leaf(dir, &config, &org_ca, now)?;
     // the inviter's records (with our own member record); verified when the gateway loads them

@@ -54,11 +54,12 @@ use crate::metrics::Metrics;
 use far::{DialPolicy, Far, FarSetup, Targets};
 use header::Answer;
 pub use links::{
-    AUTO_QUIC_TIMEOUT, BACKOFF, DIAL_TIMEOUT, DialError, IDLE_TIMEOUT, KEEP_ALIVE, Link,
-    LinkStatus, OpenError, PUBLISH_WAIT, PeerGateway, Transport, link_age,
+    AUTO_QUIC_TIMEOUT, BACKOFF, DIAL_TIMEOUT, DialError, Link, LinkStatus, OpenError, PUBLISH_WAIT,
+    PeerGateway, Transport, link_age,
 };
 use links::{LinkSetup, Links};
 use near::{Near, NearSetup};
+pub use quic::{IDLE_TIMEOUT, KEEP_ALIVE, QuicError};
 use splice::{Proxying, TunnelStream};
 
 /// `[tunnel]` in `fedgw.toml`.
@@ -201,7 +202,7 @@ pub struct TunnelSetup {
     pub own: Vec<SocketAddr>,
     /// IP aliases for the near-end listeners (`[addresses] interface`), if configured.
     pub aliases: Option<crate::alias::Aliases>,
-    /// Longest time a link takes new streams ([`crate::config::Config::max_link_age`]).
+    /// Longest time a link takes new streams (the config's `max_link_age`).
     pub max_link_age: Duration,
     /// The QUIC endpoint's secrets that outlive the process ([`quic::RestartKeys::derive`]).
     pub keys: quic::RestartKeys,
@@ -230,11 +231,11 @@ impl Tunnels {
         )?;
         let transport = Arc::new(quic::transport_config(setup.config.congestion));
         let quic_server = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
-            .map_err(|e| TunnelError::Quic(e.to_string()))?;
+            .map_err(QuicError::from)?;
         let mut server = quinn::ServerConfig::new(Arc::new(quic_server), setup.keys.token.clone());
         server.transport_config(transport.clone());
         let quic_client_tls = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls.clone())
-            .map_err(|e| TunnelError::Quic(e.to_string()))?;
+            .map_err(QuicError::from)?;
         let mut quic_client = quinn::ClientConfig::new(Arc::new(quic_client_tls));
         quic_client.transport_config(transport);
         let quic = match setup.udp {
@@ -391,9 +392,9 @@ pub enum TunnelError {
     /// TLS configuration.
     #[error("tunnel TLS setup failed")]
     Tls(#[from] rustls::Error),
-    /// QUIC configuration.
-    #[error("QUIC setup failed: {0}")]
-    Quic(String),
+    /// QUIC configuration or the QUIC endpoint's socket.
+    #[error("QUIC setup failed")]
+    Quic(#[from] QuicError),
     /// Socket setup.
     #[error("tunnel socket setup failed")]
     Io(#[source] std::io::Error),

@@ -298,7 +298,9 @@ pub async fn join_into(
         dir,
         &crate::provision::JoinedFiles {
             org,
-            joined: &joined,
+            admitted: &joined.admitted,
+            root: &joined.root,
+            org_ca: &joined.org_ca,
             org_key_pem: &key_pem,
             network,
         },

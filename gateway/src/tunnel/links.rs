@@ -55,10 +55,6 @@ pub enum Transport {
 pub const AUTO_QUIC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Dial timeout of a tunnel connection (connect plus handshake).
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Keep-alive interval of tunnel connections.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
-/// A tunnel connection silent this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest link age taken as given (a year; the leaf lifetime is capped at 366 days), so a
 /// retirement time always fits an `Instant`.
 const MAX_RETIRE: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -95,7 +91,7 @@ pub struct LinkSetup {
     pub tls_client: Arc<rustls::ClientConfig>,
     /// This gateway's identity, whose certificate bounds a link's age as the peer's does.
     pub identity: ReloadableIdentity,
-    /// Longest time a link takes new streams ([`crate::config::Config::max_link_age`]).
+    /// Longest time a link takes new streams (the config's `max_link_age`).
     pub max_link_age: Duration,
 }
 

@@ -21,7 +21,28 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tracing::debug;
 
-use super::{IDLE_TIMEOUT, KEEP_ALIVE, TunnelError};
+/// Keep-alive interval of tunnel connections, on both transports (QUIC here, the TCP+TLS
+/// multiplexer's pings).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A tunnel connection silent this long is closed, on both transports.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why the QUIC endpoint or its configs could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    /// No async runtime to drive the endpoint (called outside tokio).
+    #[error("no async runtime")]
+    NoRuntime,
+    /// quinn refused an endpoint setting.
+    #[error("endpoint setting refused")]
+    Config(#[from] quinn::ConfigError),
+    /// The TLS config cannot serve QUIC (no TLS 1.3 initial cipher suite).
+    #[error("TLS config unusable for QUIC")]
+    Tls(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The UDP socket could not be set up.
+    #[error("QUIC socket setup failed")]
+    Io(#[source] io::Error),
+}
 
 /// Largest UDP payload path MTU discovery tries: a 9000-byte jumbo frame minus IPv4 and UDP
 /// headers.
@@ -164,27 +185,24 @@ impl RestartKeys {
 ///
 /// # Errors
 ///
-/// [`TunnelError::Quic`] without a tokio runtime, [`TunnelError::Io`] when the socket cannot
+/// [`QuicError::NoRuntime`] without a tokio runtime, [`QuicError::Io`] when the socket cannot
 /// be set up.
 pub fn endpoint(
     udp: std::net::UdpSocket,
     server: Option<quinn::ServerConfig>,
     keys: &RestartKeys,
-) -> Result<quinn::Endpoint, TunnelError> {
+) -> Result<quinn::Endpoint, QuicError> {
     tune_udp(&udp);
-    let runtime =
-        quinn::default_runtime().ok_or_else(|| TunnelError::Quic("no async runtime".into()))?;
+    let runtime = quinn::default_runtime().ok_or(QuicError::NoRuntime)?;
     let mut config = quinn::EndpointConfig::new(keys.reset.clone());
     let cid_key = keys.cid;
     config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    config
-        .max_udp_payload_size(MTU_UPPER_BOUND)
-        .map_err(|e| TunnelError::Quic(e.to_string()))?;
-    let socket = Arc::new(TunnelUdp::new(udp).map_err(TunnelError::Io)?);
+    config.max_udp_payload_size(MTU_UPPER_BOUND)?;
+    let socket = Arc::new(TunnelUdp::new(udp).map_err(QuicError::Io)?);
     quinn::Endpoint::new_with_abstract_socket(config, server, socket, runtime)
-        .map_err(TunnelError::Io)
+        .map_err(QuicError::Io)
 }
 
 fn tune_udp(udp: &std::net::UdpSocket) {
