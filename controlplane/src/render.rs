@@ -16,7 +16,7 @@
 //! plus `--Xdns-update-enabled=true` when addresses change); GoQuorum raft needs
 //! `--raftdnsenable`.
 
-use fedgw_proto::v1 as pb;
+use fedgw_proto::domain::Node;
 
 /// A node as the renderers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,55 +37,19 @@ pub struct RenderNode {
     pub tessera_url: Option<String>,
 }
 
-/// Why a node record cannot be rendered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RenderError {
-    /// A port is outside 0..=65535.
-    #[error("node {node}: port {port} out of range")]
-    Port {
-        /// `org/name`.
-        node: String,
-        /// The bad value.
-        port: u32,
-    },
-    /// The enode id is neither empty nor 64 bytes.
-    #[error("node {0}: enode id is not 64 bytes")]
-    EnodeId(String),
-}
-
 impl RenderNode {
-    /// Builds a render node from a node record of `org` named `name`, in consortium `domain`.
-    pub fn from_record(
-        org: &str,
-        name: &str,
-        domain: &str,
-        r: &pb::NodeRecord,
-    ) -> Result<Self, RenderError> {
-        let id = format!("{org}/{name}");
-        let port = |p: u32| {
-            u16::try_from(p).map_err(|_| RenderError::Port {
-                node: id.clone(),
-                port: p,
-            })
-        };
-        let enode_id = match r.enode_id.len() {
-            0 => None,
-            64 => {
-                let mut a = [0u8; 64];
-                a.copy_from_slice(&r.enode_id);
-                Some(a)
-            }
-            _ => return Err(RenderError::EnodeId(id)),
-        };
-        Ok(Self {
+    /// The render form of the node `name` of `org`, in consortium `domain`: its enode id and
+    /// ports as checked when its record was read ([`Node`]), 0 for an absent port.
+    pub fn new(org: &str, name: &str, domain: &str, node: &Node) -> Self {
+        Self {
             org: org.to_owned(),
             name: name.to_owned(),
             host: format!("{name}.{org}.{domain}"),
-            enode_id,
-            p2p_port: port(r.p2p_port)?,
-            raft_port: port(r.raft_port)?,
-            tessera_url: (!r.tessera_url.is_empty()).then(|| r.tessera_url.clone()),
-        })
+            enode_id: node.enode_id.map(|id| *id.as_bytes()),
+            p2p_port: node.p2p_port.map_or(0, |p| p.get()),
+            raft_port: node.raft_port.map_or(0, |p| p.get()),
+            tessera_url: node.tessera_url.clone(),
+        }
     }
 }
 

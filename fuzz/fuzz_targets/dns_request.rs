@@ -19,7 +19,7 @@ fn zone() -> &'static Zone {
             ip: Some("127.77.0.1".parse().expect("ip")),
             alias: None,
             ports: [("p2p".to_owned(), 30303u16), ("raft".to_owned(), 50400)].into(),
-            enode_id: Some(vec![0xab; 64]),
+            enode_id: Some(fedgw_proto::enode::EnodeId::from_bytes([0xab; 64])),
         }];
         let gateways = vec![ZoneGateway {
             org: "org1".into(),

@@ -30,6 +30,7 @@ macro_rules! outln {
 mod admin_cmds;
 mod cert_cmds;
 mod export_cmds;
+mod status_cmds;
 mod store_cmds;
 #[cfg(test)]
 mod tests;
@@ -627,7 +628,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Node { command } => admin_cmds::node(command).await,
         Command::Nodes { dir, json } => admin_cmds::nodes(dir, json).await,
         Command::Members { dir, json } => admin_cmds::members(dir, json).await,
-        Command::Status { dir, json } => admin_cmds::status(dir, json).await,
+        Command::Status { dir, json } => status_cmds::status(dir, json).await,
         Command::Approve { org, dir } => admin_cmds::approve(org, dir).await,
         Command::Render { kind, dir, out } => admin_cmds::render(kind, dir, out).await,
         Command::Revoke { org, dir, reason } => admin_cmds::revoke(org, dir, reason).await,

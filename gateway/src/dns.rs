@@ -115,8 +115,8 @@ pub struct ZoneNode {
     pub alias: Option<String>,
     /// Port name (p2p, raft, tessera) → port at `ip`.
     pub ports: BTreeMap<String, u16>,
-    /// The enode id, 64 bytes.
-    pub enode_id: Option<Vec<u8>>,
+    /// The enode id, if the node runs devp2p.
+    pub enode_id: Option<fedgw_proto::enode::EnodeId>,
 }
 
 /// A gateway name: `gw-<site>.<org>.<domain>` and its address if it advertises an IP.
@@ -324,12 +324,11 @@ impl Zone {
         }
         // a CNAME's name holds no other data (RFC 1034 section 3.6.2, RFC 2181 section
         // 10.1): an aliased node's enode is left to the rendered client configs
-        if let Some(id) = n.enode_id.as_ref().filter(|_| !aliased) {
-            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        if let Some(id) = n.enode_id.filter(|_| !aliased) {
             source.records.push(Record::from_rdata(
                 owner.clone(),
                 TTL,
-                RData::TXT(TXT::new(vec![format!("enode={hex}")])),
+                RData::TXT(TXT::new(vec![format!("enode={id}")])),
             ));
         }
         for (service, port) in &n.ports {

@@ -38,6 +38,7 @@ use record::{Kind, RecordKey, Reject, Verified};
 use view::{Verdict, View};
 
 pub use fedgw_certs::ids::{GatewayId, NodeKey};
+pub use fedgw_proto::domain::Node;
 
 /// Settings of the membership subsystem.
 #[derive(Debug, Clone)]

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
+use fedgw_proto::domain::Node;
 use fedgw_proto::v1 as pb;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -660,8 +661,11 @@ impl Index {
 
         // remote nodes: a Service each, and its ClusterIP at the gateway
         for n in gw.nodes.iter().filter(|n| n.org != gw.org) {
-            let Some(record) = &n.record else { continue };
-            let ports: Vec<ServicePort> = fedgw_proto::node_ports(record)
+            let Some(node) = n.record.as_ref().and_then(|r| Node::try_from(r).ok()) else {
+                continue;
+            };
+            let ports: Vec<ServicePort> = node
+                .ports()
                 .into_iter()
                 .filter_map(|(pname, real)| {
                     let local = n.local_ports.get(&pname).copied()?;
@@ -754,8 +758,8 @@ impl Index {
             .iter()
             .flat_map(|g| g.nodes.iter())
             .filter_map(|n| {
-                let mut r =
-                    RenderNode::from_record(&n.org, &n.name, "", n.record.as_ref()?).ok()?;
+                let node = Node::try_from(n.record.as_ref()?).ok()?;
+                let mut r = RenderNode::new(&n.org, &n.name, "", &node);
                 if !n.dns_name.is_empty() {
                     r.host = n.dns_name.clone();
                 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use fedgw_controlplane::render::{Kind, RenderNode, goquorum_enode};
+use fedgw_proto::domain::Node;
 use fedgw_proto::enode::{EnodeUrl, parse_static_nodes};
 use fedgw_proto::tessera::parse_tessera_config;
 use fedgw_proto::v1 as pb;
@@ -28,7 +29,8 @@ fn node(org: &str, name: &str, url: Option<&EnodeUrl>, tessera: Option<&str>) ->
         site: "dc1".into(),
         ..Default::default()
     };
-    RenderNode::from_record(org, name, DOMAIN, &record).expect("renderable")
+    let node = Node::try_from(&record).expect("a valid node record");
+    RenderNode::new(org, name, DOMAIN, &node)
 }
 
 /// org2: the quickstart's eight GoQuorum raft nodes; org3: the 7nodes Tessera peers;
@@ -176,10 +178,10 @@ fn nothing_to_render_is_still_a_valid_file() {
         p2p_port: 70_000,
         ..Default::default()
     };
-    assert!(RenderNode::from_record("o", "n", DOMAIN, &bad).is_err());
+    assert!(Node::try_from(&bad).is_err(), "never a render input");
     let bad = pb::NodeRecord {
         enode_id: vec![1; 3],
         ..Default::default()
     };
-    assert!(RenderNode::from_record("o", "n", DOMAIN, &bad).is_err());
+    assert!(Node::try_from(&bad).is_err(), "never a render input");
 }

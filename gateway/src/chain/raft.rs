@@ -41,20 +41,14 @@ impl RaftNode {
         )
     }
 
-    /// The node from a registered record: `None` without a 64-byte enode id, a p2p port or a
-    /// raft port (such a node takes no part in raft).
-    pub fn from_record(key: NodeKey, record: &fedgw_proto::v1::NodeRecord) -> Option<Self> {
-        let p2p_port = u16::try_from(record.p2p_port).ok().filter(|p| *p != 0)?;
-        let raft_port = u16::try_from(record.raft_port).ok().filter(|p| *p != 0)?;
-        if record.enode_id.len() != 64 {
-            return None;
-        }
-        let enode_id = record.enode_id.iter().map(|b| format!("{b:02x}")).collect();
+    /// The node from a registered one: `None` without an enode id, a p2p port or a raft port
+    /// (such a node takes no part in raft).
+    pub fn from_record(key: NodeKey, node: &fedgw_proto::domain::Node) -> Option<Self> {
         Some(RaftNode {
             key,
-            enode_id,
-            p2p_port,
-            raft_port,
+            enode_id: node.enode_id?.to_string(),
+            p2p_port: node.p2p_port?.get(),
+            raft_port: node.raft_port?.get(),
         })
     }
 }

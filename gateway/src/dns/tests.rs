@@ -88,7 +88,7 @@ fn a_cname_holds_no_other_data() {
         ip: None,
         alias: Some("quorum-node1.ns.svc.cluster.local".into()),
         ports: [("p2p".to_owned(), 30303u16)].into(),
-        enode_id: Some(vec![0xab; 64]),
+        enode_id: Some(fedgw_proto::enode::EnodeId::from_bytes([0xab; 64])),
     }];
     let z = Zone::build("acme.test", "gw-dc1.org1", 7, &nodes, &[]);
     let q = LowerName::from(Name::from_ascii("node1.org1.acme.test.").expect("name"));
@@ -162,7 +162,7 @@ mod requests {
             ip: Some("127.77.0.1".parse().expect("ip")),
             alias: None,
             ports: [("p2p".to_owned(), 30303u16)].into(),
-            enode_id: Some(vec![0xab; 64]),
+            enode_id: Some(fedgw_proto::enode::EnodeId::from_bytes([0xab; 64])),
         }];
         let gateways = vec![ZoneGateway {
             org: "org1".into(),

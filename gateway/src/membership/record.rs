@@ -17,6 +17,7 @@ use std::time::SystemTime;
 
 use fedgw_certs::envelope::{EnvelopeError, Signer, SignerVerifier};
 use fedgw_certs::names::validate_label;
+use fedgw_proto::domain::Node;
 use fedgw_proto::v1 as pb;
 use prost::Message;
 use sha2::Digest;
@@ -27,8 +28,7 @@ pub const PAYLOAD_TYPE: &str = "fedgw.v1.RecordBody";
 pub const MAX_ENVELOPE_BYTES: usize = 16 * 1024;
 /// Most advertised endpoints in a gateway record.
 pub const MAX_ADVERTISE: usize = 8;
-/// Most Tessera keys, roles or allowed orgs in a node record.
-pub const MAX_LIST: usize = 16;
+pub use fedgw_proto::domain::MAX_LIST;
 
 /// Record kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -144,8 +144,8 @@ pub enum Body {
     Revocation(pb::RevocationRecord),
     /// See [`pb::GatewayRecord`].
     Gateway(pb::GatewayRecord),
-    /// See [`pb::NodeRecord`].
-    Node(pb::NodeRecord),
+    /// A node record ([`pb::NodeRecord`]), checked into a [`Node`].
+    Node(Node),
     /// See [`pb::VoteRecord`].
     Vote(pb::VoteRecord),
     /// The record was deleted.
@@ -302,10 +302,7 @@ fn check_body(rec: &pb::RecordBody, domain: &str) -> Result<(RecordKey, Body), R
             check_gateway(g)?;
             (Kind::Gateway, Body::Gateway(g.clone()))
         }
-        B::Node(n) => {
-            check_node(n)?;
-            (Kind::Node, Body::Node(n.clone()))
-        }
+        B::Node(n) => (Kind::Node, Body::Node(check_node(n)?)),
         B::Vote(v) => (Kind::Vote, Body::Vote(*v)),
         B::Tombstone(t) => {
             let kind = Kind::from_pb(t.kind).ok_or_else(|| invalid("tombstone of unknown kind"))?;
@@ -356,45 +353,18 @@ fn check_gateway(g: &pb::GatewayRecord) -> Result<(), Reject> {
     Ok(())
 }
 
-fn port(p: u32, what: &str) -> Result<(), Reject> {
-    if p > u32::from(u16::MAX) {
-        return Err(invalid(format!("{what} port out of range")));
-    }
-    Ok(())
-}
-
-fn check_node(n: &pb::NodeRecord) -> Result<(), Reject> {
-    if pb::ClientKind::try_from(n.client).is_err() || n.client == 0 {
-        return Err(invalid("unknown client kind"));
-    }
-    if !(n.enode_id.is_empty() || n.enode_id.len() == 64) {
-        return Err(invalid("enode id must be 64 bytes"));
-    }
-    port(n.p2p_port, "p2p")?;
-    port(n.raft_port, "raft")?;
-    if n.tessera_keys.len() > MAX_LIST
-        || n.roles.len() > MAX_LIST
-        || n.allowed_orgs.len() > MAX_LIST
-    {
-        return Err(invalid("too many tessera keys, roles or allowed orgs"));
-    }
-    if n.tessera_keys.iter().any(|k| k.len() != 32) {
-        return Err(invalid("tessera keys must be 32 bytes"));
-    }
-    if !n.tessera_url.is_empty()
-        && (n.tessera_url.len() > 256
-            || !(n.tessera_url.starts_with("http://") || n.tessera_url.starts_with("https://")))
-    {
-        return Err(invalid("tessera URL must be http(s) and at most 256 bytes"));
-    }
-    for r in &n.roles {
+/// Checks a node record once, as it is read: its shapes by [`Node::try_from`], its site, roles
+/// and allowed orgs as consortium labels.
+fn check_node(n: &pb::NodeRecord) -> Result<Node, Reject> {
+    let node = Node::try_from(n).map_err(|e| invalid(e.to_string()))?;
+    for r in &node.roles {
         validate_label("role", r).map_err(|e| invalid(e.to_string()))?;
     }
-    for o in &n.allowed_orgs {
+    for o in &node.allowed_orgs {
         validate_label("org", o).map_err(|e| invalid(e.to_string()))?;
     }
-    validate_label("site", &n.site).map_err(|e| invalid(e.to_string()))?;
-    Ok(())
+    validate_label("site", &node.site).map_err(|e| invalid(e.to_string()))?;
+    Ok(node)
 }
 
 fn authorise(key: &RecordKey, body: &Body, signer: &Signer) -> Result<(), Reject> {

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use fedgw_certs::envelope::Signer;
+use fedgw_proto::domain::Node;
+use fedgw_proto::enode::EnodeId;
 use fedgw_proto::v1 as pb;
 use sha2::Digest;
 
@@ -71,8 +73,8 @@ pub struct NodeView {
     pub name: String,
     /// Version.
     pub seq: u64,
-    /// The record.
-    pub record: pb::NodeRecord,
+    /// The node its record announces, checked when the record was read.
+    pub node: Node,
 }
 
 impl NodeView {
@@ -88,7 +90,7 @@ pub struct View {
     records: BTreeMap<RecordKey, Entry>,
     hashes: HashSet<[u8; 32]>,
     origins: BTreeMap<String, OriginSum>,
-    enode_owner: HashMap<Vec<u8>, (String, String)>,
+    enode_owner: HashMap<EnodeId, (String, String)>,
     revoked: BTreeSet<String>,
     /// Keys dropped since the last [`View::take_dropped`] (a revoked org's own records).
     dropped: Vec<RecordKey>,
@@ -103,20 +105,18 @@ pub struct View {
 }
 
 /// Checks for well-known demo identities (the public qubernetes "7nodes" keys).
-fn demo_key(n: &pb::NodeRecord) -> Option<&'static str> {
-    if let Ok(id) = <[u8; 64]>::try_from(n.enode_id.as_slice())
-        && fedgw_proto::demo_keys::is_demo_enode(&fedgw_proto::enode::EnodeId::from_bytes(id))
+fn demo_key(n: &Node) -> Option<&'static str> {
+    if n.enode_id
+        .as_ref()
+        .is_some_and(fedgw_proto::demo_keys::is_demo_enode)
     {
         return Some("qubernetes 7nodes enode id");
     }
-    for k in &n.tessera_keys {
-        if let Ok(k) = <[u8; 32]>::try_from(k.as_slice())
-            && fedgw_proto::demo_keys::is_demo_tessera_key(
-                &fedgw_proto::tessera::TesseraKey::from_bytes(k),
-            )
-        {
-            return Some("qubernetes 7nodes Tessera key");
-        }
+    if n.tessera_keys
+        .iter()
+        .any(fedgw_proto::demo_keys::is_demo_tessera_key)
+    {
+        return Some("qubernetes 7nodes Tessera key");
     }
     None
 }
@@ -159,8 +159,8 @@ impl View {
             if let Some(what) = demo_key(n) {
                 return Verdict::Reject(Reject::DemoKey(what));
             }
-            if !n.enode_id.is_empty()
-                && let Some((org, _)) = self.enode_owner.get(&n.enode_id)
+            if let Some(id) = &n.enode_id
+                && let Some((org, _)) = self.enode_owner.get(id)
                 && *org != v.key.org
             {
                 return Verdict::Reject(Reject::EnodeTaken(org.clone()));
@@ -178,20 +178,21 @@ impl View {
             xor(&mut sum.hash, &entry_hash(&v.key, old.seq, &old.hash));
             sum.count -= 1;
             if let Body::Node(n) = &old.body
-                && !n.enode_id.is_empty()
-                && self.enode_owner.get(&n.enode_id)
-                    == Some(&(v.key.org.clone(), v.key.name.clone()))
+                && let Some(id) = &n.enode_id
+                && self.enode_owner.get(id) == Some(&(v.key.org.clone(), v.key.name.clone()))
             {
-                self.enode_owner.remove(&n.enode_id);
+                self.enode_owner.remove(id);
             }
         }
         xor(&mut sum.hash, &entry_hash(&v.key, v.seq, &v.hash));
         sum.count += 1;
         self.hashes.insert(v.hash);
         match &v.body {
-            Body::Node(n) if !n.enode_id.is_empty() => {
+            Body::Node(Node {
+                enode_id: Some(id), ..
+            }) => {
                 self.enode_owner
-                    .insert(n.enode_id.clone(), (v.key.org.clone(), v.key.name.clone()));
+                    .insert(*id, (v.key.org.clone(), v.key.name.clone()));
             }
             Body::Revocation(_) => {
                 self.revoked.insert(v.key.org.clone());
@@ -242,9 +243,10 @@ impl View {
                 }
             }
             if let Body::Node(n) = &old.body
-                && self.enode_owner.get(&n.enode_id) == Some(&(key.org.clone(), key.name.clone()))
+                && let Some(id) = &n.enode_id
+                && self.enode_owner.get(id) == Some(&(key.org.clone(), key.name.clone()))
             {
-                self.enode_owner.remove(&n.enode_id);
+                self.enode_owner.remove(id);
             }
             self.dropped.push(key);
         }
@@ -298,7 +300,7 @@ impl View {
         match &entry.body {
             Body::Node(n) => Some(NodeView {
                 seq: entry.seq,
-                record: n.clone(),
+                node: n.clone(),
                 org: key.org,
                 name: key.name,
             }),
@@ -307,7 +309,7 @@ impl View {
     }
 
     /// The node (org, name) whose record holds the enode id `id`, if any.
-    pub fn enode_owner(&self, id: &[u8]) -> Option<&(String, String)> {
+    pub fn enode_owner(&self, id: &EnodeId) -> Option<&(String, String)> {
         self.enode_owner.get(id)
     }
 
@@ -384,7 +386,7 @@ impl View {
                     org: k.org.clone(),
                     name: k.name.clone(),
                     seq: e.seq,
-                    record: n.clone(),
+                    node: n.clone(),
                 }),
                 _ => None,
             })

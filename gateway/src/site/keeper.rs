@@ -311,7 +311,7 @@ async fn allocate(k: &Keeper, me: &GatewayId, nodes: &[(NodeKey, Option<NodeView
         match n {
             Some(n) => needs.push(Need {
                 node: id.to_string(),
-                ports: fedgw_proto::node_ports(&n.record),
+                ports: n.node.ports(),
             }),
             None => gone.push(id.to_string()),
         }

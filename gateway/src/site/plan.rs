@@ -71,7 +71,7 @@ pub struct NodePlan {
 ///   address yet: the name only.
 pub fn project_node(inputs: Inputs<'_>, n: &NodeView) -> NodePlan {
     let Inputs { me, site, alloc } = inputs;
-    let enode_id = (n.record.enode_id.len() == 64).then(|| n.record.enode_id.clone());
+    let enode_id = n.node.enode_id;
     let mut plan = NodePlan {
         zone: ZoneNode {
             org: n.org.clone(),
@@ -93,14 +93,14 @@ pub fn project_node(inputs: Inputs<'_>, n: &NodeView) -> NodePlan {
                 .or_else(|| site.short_hosts.get(h).copied().flatten())
         });
         plan.zone.alias = host.filter(|_| plan.zone.ip.is_none()).cloned();
-        plan.zone.ports = fedgw_proto::node_ports(&n.record);
-        if n.record.site == me.site
+        plan.zone.ports = n.node.ports();
+        if n.node.site == me.site
             && let Some(host) = host
         {
             plan.target = Some(Target {
                 host: host.clone(),
-                ports: fedgw_proto::node_ports(&n.record),
-                allowed_orgs: n.record.allowed_orgs.clone(),
+                ports: n.node.ports(),
+                allowed_orgs: n.node.allowed_orgs.clone(),
             });
         }
         return plan;
@@ -110,7 +110,7 @@ pub fn project_node(inputs: Inputs<'_>, n: &NodeView) -> NodePlan {
     match (site.services.get(&key), held) {
         (Some(ip), _) => {
             plan.zone.ip = Some(*ip);
-            plan.zone.ports = fedgw_proto::node_ports(&n.record);
+            plan.zone.ports = n.node.ports();
         }
         (None, Some(a)) => {
             plan.zone.ip = Some(a.ip);
@@ -121,7 +121,7 @@ pub fn project_node(inputs: Inputs<'_>, n: &NodeView) -> NodePlan {
     if let Some(addr) = held {
         let site = GatewayId {
             org: n.org.clone(),
-            site: n.record.site.clone(),
+            site: n.node.site.clone(),
         };
         for (port_name, port) in &addr.ports {
             let at = SocketAddr::new(addr.ip, *port);

@@ -436,11 +436,11 @@ fn acme() -> Zone {
         ("tessera".to_owned(), 9000),
     ]
     .into();
-    n1.enode_id = Some(vec![0xab; 64]);
+    n1.enode_id = Some(fedgw_proto::enode::EnodeId::from_bytes([0xab; 64]));
     let mut n2 = node("org3", "node2", None);
     n2.alias = Some("quorum-node2.ns.svc.cluster.local".into());
     // Knot refuses to load a CNAME with other data beside it
-    n2.enode_id = Some(vec![0xcd; 64]);
+    n2.enode_id = Some(fedgw_proto::enode::EnodeId::from_bytes([0xcd; 64]));
     n2.ports = [("p2p".to_owned(), 30303)].into();
     let gateways =
         [("org1", "dc1", "127.0.0.1"), ("org2", "dc1", "127.0.0.2")].map(|(org, site, ip)| {

@@ -495,8 +495,13 @@ async fn the_published_tessera_url_names_the_node_not_its_internal_host() {
         let url = g
             .run()
             .membership
-            .read(|v| v.nodes()[0].record.tessera_url.clone());
-        assert_eq!(url, published, "the signed record at {}", g.org);
+            .read(|v| v.nodes()[0].node.tessera_url.clone());
+        assert_eq!(
+            url.as_deref(),
+            Some(published),
+            "the signed record at {}",
+            g.org
+        );
     }
     let listed = |i: usize| {
         let admin = fed.gws[i].admin();
@@ -550,7 +555,7 @@ async fn the_published_tessera_url_names_the_node_not_its_internal_host() {
         v.nodes()
             .into_iter()
             .find(|n| n.name == "node2")
-            .map(|n| n.record.tessera_url)
+            .and_then(|n| n.node.tessera_url)
     });
     assert_eq!(url.as_deref(), Some("http://10.1.0.12:9000"));
     fed.stop_all().await;

@@ -43,24 +43,27 @@ fn enode_url_is_the_dns_name_form_raft_add_peer_takes() {
 
 #[test]
 fn from_record_needs_enode_p2p_and_raft_port() {
-    let mut r = fedgw_proto::v1::NodeRecord {
+    let r = fedgw_proto::v1::NodeRecord {
+        client: fedgw_proto::v1::ClientKind::Goquorum.into(),
         enode_id: fedgw_tests::enode_key(3),
         p2p_port: 30303,
         raft_port: 50400,
         ..Default::default()
     };
+    let mut n = fedgw_proto::domain::Node::try_from(&r).expect("a valid record");
     let key = NodeKey::new("org3", "n1");
     assert_eq!(
-        RaftNode::from_record(key.clone(), &r),
+        RaftNode::from_record(key.clone(), &n),
         Some(node("org3", "n1", 3))
     );
-    r.raft_port = 0;
-    assert_eq!(RaftNode::from_record(key.clone(), &r), None);
-    r.raft_port = 70000;
-    assert_eq!(RaftNode::from_record(key.clone(), &r), None);
-    r.raft_port = 50400;
-    r.enode_id.truncate(10);
-    assert_eq!(RaftNode::from_record(key, &r), None);
+    n.raft_port = None;
+    assert_eq!(RaftNode::from_record(key.clone(), &n), None);
+    n.raft_port = std::num::NonZeroU16::new(50400);
+    n.p2p_port = None;
+    assert_eq!(RaftNode::from_record(key.clone(), &n), None);
+    n.p2p_port = std::num::NonZeroU16::new(30303);
+    n.enode_id = None;
+    assert_eq!(RaftNode::from_record(key, &n), None);
 }
 
 #[test]

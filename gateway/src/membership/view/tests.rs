@@ -38,7 +38,10 @@ fn newer_accepted_older_stale_same_duplicate_different_equivocation() {
         apply(&mut view, &pki, &pki.node("org1", "org1", "n", 11, 2)),
         Verdict::Accept
     );
-    assert_eq!(view.nodes()[0].record.enode_id, vec![2; 64]);
+    assert_eq!(
+        view.nodes()[0].node.enode_id.map(|id| *id.as_bytes()),
+        Some([2; 64])
+    );
     assert_eq!(view.next_seq(&pki.verify(&v10).expect("v").key, 5), 12);
     assert_eq!(view.next_seq(&pki.verify(&v10).expect("v").key, 500), 500);
 }

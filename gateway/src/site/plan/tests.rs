@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::addressing::{AddressMode, Need};
+use crate::membership::Node;
 
 fn me() -> GatewayId {
     GatewayId {
@@ -15,13 +16,15 @@ fn node(org: &str, name: &str, site: &str, p2p: u32, raft: u32) -> NodeView {
         org: org.into(),
         name: name.into(),
         seq: 1,
-        record: pb::NodeRecord {
+        node: Node::try_from(&pb::NodeRecord {
+            client: pb::ClientKind::Goquorum.into(),
             site: site.into(),
             enode_id: vec![0xab; 64],
             p2p_port: p2p,
             raft_port: raft,
             ..Default::default()
-        },
+        })
+        .expect("a valid node record"),
     }
 }
 
@@ -31,7 +34,7 @@ fn allocations(nodes: &[&NodeView]) -> Allocations {
         .iter()
         .map(|n| Need {
             node: n.key().to_string(),
-            ports: fedgw_proto::node_ports(&n.record),
+            ports: n.node.ports(),
         })
         .collect();
     assert!(a.sync(&AddressMode::default(), &needs).is_empty());
@@ -226,13 +229,13 @@ fn one_change_yields_just_its_delta_and_applying_deltas_equals_a_rebuild() {
 
     // a remote node drops its raft port: one listener goes, one stays
     let mut changed = remote[0].clone();
-    changed.record.raft_port = 0;
+    changed.node.raft_port = None;
     let mut alloc2 = alloc.clone();
     alloc2.update(
         &AddressMode::default(),
         &[Need {
             node: "org2/node1".into(),
-            ports: fedgw_proto::node_ports(&changed.record),
+            ports: changed.node.ports(),
         }],
         &["org2/node3".into()],
     );
