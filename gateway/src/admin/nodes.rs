@@ -1,6 +1,8 @@
 //! The admin calls about nodes: register (one or a batch), remove, list, and remote nodes'
 //! Service addresses. A node spec becomes the [`Node`] this site publishes here, checked once.
 
+use std::sync::Arc;
+
 use fedgw_proto::v1 as pb;
 use pb::record_body::Body;
 use tonic::{Request, Response, Status};
@@ -8,6 +10,24 @@ use tonic::{Request, Response, Status};
 use super::members::publish_status;
 use super::service::AdminService;
 use crate::membership::{Node, SignAs};
+use crate::store::Store;
+
+/// Runs `f` on the store off the async threads; a failed task or store call is an internal
+/// error.
+async fn on_store<T, E>(
+    store: &Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T, E> + Send + 'static,
+) -> Result<T, Status>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))
+}
 
 /// Most nodes one `AddNodes` request may carry (one sync batch).
 pub const MAX_ADD_NODES: usize = crate::membership::sync::MAX_BATCH_RECORDS;
@@ -144,11 +164,7 @@ pub(super) async fn add_node(
     // the real address first: the zone rebuilt on the record's arrival must find it; the
     // registered Tessera URL stays here too (the record publishes the consortium name)
     let local = [crate::store::LocalNode::of(&spec)];
-    let store = svc.store.clone();
-    tokio::task::spawn_blocking(move || store.put_local_nodes(&local))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+    on_store(&svc.store, move |s| s.put_local_nodes(&local)).await?;
     if let Err(e) = svc
         .membership
         .publish(&me.org, &spec.name, Body::Node((&node).into()), SignAs::Org)
@@ -228,11 +244,7 @@ pub(super) async fn add_nodes(
         .iter()
         .map(|(_, s, _)| crate::store::LocalNode::of(s))
         .collect();
-    let store = svc.store.clone();
-    tokio::task::spawn_blocking(move || store.put_local_nodes(&local))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+    on_store(&svc.store, move |s| s.put_local_nodes(&local)).await?;
     let items = batch
         .iter()
         .map(|(_, s, n)| (s.name.clone(), Body::Node(n.into())))
@@ -292,11 +304,7 @@ pub(super) async fn remove_node(
         )
         .await
         .map_err(publish_status)?;
-    let store = svc.store.clone();
-    tokio::task::spawn_blocking(move || store.remove_local_node(&name))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+    on_store(&svc.store, move |s| s.remove_local_node(&name)).await?;
     Ok(Response::new(pb::RemoveNodeResponse {}))
 }
 
@@ -305,26 +313,10 @@ pub(super) async fn list_nodes(
     svc: &AdminService,
     _request: Request<pb::ListNodesRequest>,
 ) -> Result<Response<pb::ListNodesResponse>, Status> {
-    let store = svc.store.clone();
-    let local = tokio::task::spawn_blocking(move || store.local_nodes())
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
-    let store = svc.store.clone();
-    let urls = tokio::task::spawn_blocking(move || store.local_urls())
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
-    let store = svc.store.clone();
-    let rpc = tokio::task::spawn_blocking(move || store.local_rpc())
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
-    let store = svc.store.clone();
-    let services = tokio::task::spawn_blocking(move || store.service_addresses())
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+    let local = on_store(&svc.store, move |s| s.local_nodes()).await?;
+    let urls = on_store(&svc.store, move |s| s.local_urls()).await?;
+    let rpc = on_store(&svc.store, move |s| s.local_rpc()).await?;
+    let services = on_store(&svc.store, move |s| s.service_addresses()).await?;
     let me = svc.membership.me().org.clone();
     let domain = svc.config.domain.clone();
     let allocations = svc
