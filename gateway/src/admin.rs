@@ -39,6 +39,8 @@ pub struct AdminService {
     pub tunnels: crate::tunnel::Tunnels,
     /// Metrics (refused stream counters).
     pub metrics: crate::metrics::Metrics,
+    /// The raft keeper's state.
+    pub chain: crate::chain::keeper::KeeperHandle,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -73,6 +75,7 @@ fn registered(
         local_host: spec.host,
         service_ip: String::new(),
         local_rpc: spec.rpc_url,
+        raft_id: 0,
     }
 }
 
@@ -434,9 +437,10 @@ impl pb::admin_server::Admin for AdminService {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let nodes = self
-            .membership
-            .read(|v| v.nodes())
+        let (nodes, raft_ids) = self.membership.read(|v| (v.nodes(), v.raft_ids()));
+        let raft_ids: std::collections::BTreeMap<_, _> =
+            raft_ids.into_iter().map(|(k, id, _)| (k, id)).collect();
+        let nodes = nodes
             .into_iter()
             .map(|mut n| {
                 let ports = fedgw_proto::node_ports(&n.record);
@@ -446,6 +450,7 @@ impl pb::admin_server::Admin for AdminService {
                 {
                     n.record.tessera_url.clone_from(url);
                 }
+                let raft_id = raft_ids.get(&n.key()).copied().map_or(0, u32::from);
                 let key = n.key().to_string();
                 let service_ip = match services.get(&key) {
                     Some(ip) if n.org != me => ip.to_string(),
@@ -478,10 +483,43 @@ impl pb::admin_server::Admin for AdminService {
                     seq: n.seq,
                     service_ip,
                     local_rpc,
+                    raft_id,
                 }
             })
             .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn chain_status(
+        &self,
+        _request: Request<pb::ChainStatusRequest>,
+    ) -> Result<Response<pb::ChainStatusResponse>, Status> {
+        let store = self.store.clone();
+        let rpc = tokio::task::spawn_blocking(move || store.local_rpc())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let me = self.membership.me().org.clone();
+        let nodes = self.membership.read(|v| {
+            rpc.iter()
+                .filter_map(|(name, url)| {
+                    let url = url.parse().ok()?;
+                    let enode_id = v
+                        .node(&me, name)
+                        .filter(|n| n.record.enode_id.len() == 64)
+                        .map(|n| hex(&n.record.enode_id));
+                    Some(crate::chain::status::LocalNode {
+                        name: name.clone(),
+                        url,
+                        enode_id,
+                    })
+                })
+                .collect()
+        });
+        let status =
+            crate::chain::status::read(self.config.consensus, nodes, &self.chain, &self.metrics)
+                .await;
+        Ok(Response::new(status))
     }
 
     async fn list_members(
