@@ -342,7 +342,7 @@ async fn garbage_huge_and_silent_answers_are_bounded_and_reported() {
         let started = std::time::Instant::now();
         k.pass(
             &inputs("org1/a", &["org1/a"], &nodes, &board),
-            &[bounded.clone()],
+            std::slice::from_ref(&bounded),
             &board,
             Instant::now(),
         )
