@@ -6,14 +6,9 @@ use std::time::Duration;
 
 use crate::common::procs::{NET, fedgw, json, s};
 
-fn nodes(dir: &Path) -> serde_json::Value {
-    json(dir, "nodes")
-}
-
-#[test]
-fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (a, b) = (tmp.path().join("org1"), tmp.path().join("org2"));
+/// `fedgw init` of org1 in consortium acme (acme.test) with raft consensus, on loopback ports.
+fn init_raft(dir: &Path) {
+    let d = s(dir);
     let mut init = vec![
         "init",
         "--consortium",
@@ -24,11 +19,23 @@ fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
         "org1",
         "--consensus",
         "raft",
+        "--data-dir",
+        &d,
     ];
     init.extend(NET);
-    let da = s(&a);
-    init.extend(["--data-dir", &da]);
     fedgw().run(init).expect("spawn").ok().expect("init");
+}
+
+fn nodes(dir: &Path) -> serde_json::Value {
+    json(dir, "nodes")
+}
+
+#[test]
+fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("org1"), tmp.path().join("org2"));
+    init_raft(&a);
+    let da = s(&a);
     let gw1 = fedgw().start(&a).expect("org1 starts");
     let token = fedgw()
         .run(["invite", "org2", "--data-dir", &da])
@@ -149,22 +156,8 @@ fn the_keeper_adds_publishes_survives_a_restart_and_removes() {
     fake.add_member(&n0, "n0.org1.acme.test", 50400);
     let tmp = tempfile::tempdir().expect("tempdir");
     let a = tmp.path().join("org1");
+    init_raft(&a);
     let da = s(&a);
-    let mut init = vec![
-        "init",
-        "--consortium",
-        "acme",
-        "--domain",
-        "acme.test",
-        "--org",
-        "org1",
-        "--consensus",
-        "raft",
-        "--data-dir",
-        &da,
-    ];
-    init.extend(NET);
-    fedgw().run(init).expect("spawn").ok().expect("init");
     let gw = fedgw().start(&a).expect("starts");
     let enode =
         |id: &str, host: &str| format!("enode://{id}@{host}:30303?discport=0&raftport=50400");

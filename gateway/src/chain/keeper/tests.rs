@@ -83,6 +83,25 @@ fn inputs(me: &str, adders: &[&str], nodes: &[RaftNode], board: &Board) -> Input
     }
 }
 
+/// One pass of `k` as site `me`, with the view `board` and `nodes` give, against `fake`.
+async fn run(
+    k: &mut Raft,
+    me: &str,
+    adders: &[&str],
+    fake: &RaftRpcFake,
+    nodes: &[RaftNode],
+    board: &Board,
+    at: Instant,
+) {
+    k.pass(
+        &inputs(me, adders, nodes, board),
+        &[client(fake)],
+        board,
+        at,
+    )
+    .await;
+}
+
 fn client(fake: &RaftRpcFake) -> RpcClient {
     RpcClient::new(fake.url().parse().expect("url")).with_timeout(Duration::from_secs(5))
 }
@@ -95,20 +114,8 @@ async fn two_sites_that_can_add_add_each_new_node_once() {
     let (mut a, mut b) = (Raft::default(), Raft::default());
     let now = Instant::now();
     for _ in 0..3 {
-        a.pass(
-            &inputs("org1/a", &adders, &nodes, &board),
-            &[client(&fake)],
-            &board,
-            now,
-        )
-        .await;
-        b.pass(
-            &inputs("org2/b", &adders, &nodes, &board),
-            &[client(&fake)],
-            &board,
-            now,
-        )
-        .await;
+        run(&mut a, "org1/a", &adders, &fake, &nodes, &board, now).await;
+        run(&mut b, "org2/b", &adders, &fake, &nodes, &board, now).await;
     }
     assert_eq!(
         fake.calls("raft_addPeer").len(),
@@ -128,13 +135,7 @@ async fn two_sites_that_can_add_add_each_new_node_once() {
     assert!(b.handle.snapshot().pending.is_empty());
     assert!(!b.handle.snapshot().acting && a.handle.snapshot().acting);
     // b had not yet seen a's flag: it acts too, reads n9 in the cluster, and adds nothing
-    b.pass(
-        &inputs("org2/b", &["org2/b"], &nodes, &board),
-        &[client(&fake)],
-        &board,
-        now,
-    )
-    .await;
+    run(&mut b, "org2/b", &["org2/b"], &fake, &nodes, &board, now).await;
     assert_eq!(fake.calls("raft_addPeer").len(), 1);
 }
 
@@ -152,9 +153,12 @@ async fn a_refused_duplicate_add_counts_as_added() {
     let id = fake.add_member(&nodes[1].enode_id, "n9.org3.fedgw", 50400);
     fake.cue("raft_cluster", Cue::Result(stale));
     let mut k = Raft::default();
-    k.pass(
-        &inputs("org2/b", &["org2/b"], &nodes, &board),
-        &[client(&fake)],
+    run(
+        &mut k,
+        "org2/b",
+        &["org2/b"],
+        &fake,
+        &nodes,
         &board,
         Instant::now(),
     )
@@ -178,28 +182,32 @@ async fn a_restart_between_the_add_and_the_record_publishes_without_adding_again
     board.fail.store(true, Ordering::SeqCst);
     let adders = ["org1/a"];
     let mut before = Raft::default();
-    before
-        .pass(
-            &inputs("org1/a", &adders, &nodes, &board),
-            &[client(&fake)],
-            &board,
-            Instant::now(),
-        )
-        .await;
+    run(
+        &mut before,
+        "org1/a",
+        &adders,
+        &fake,
+        &nodes,
+        &board,
+        Instant::now(),
+    )
+    .await;
     assert_eq!(fake.calls("raft_addPeer").len(), 1);
     assert!(board.ids().is_empty());
     drop(before);
     // the gateway comes back with no memory of the add
     board.fail.store(false, Ordering::SeqCst);
     let mut after = Raft::default();
-    after
-        .pass(
-            &inputs("org1/a", &adders, &nodes, &board),
-            &[client(&fake)],
-            &board,
-            Instant::now(),
-        )
-        .await;
+    run(
+        &mut after,
+        "org1/a",
+        &adders,
+        &fake,
+        &nodes,
+        &board,
+        Instant::now(),
+    )
+    .await;
     assert_eq!(fake.calls("raft_addPeer").len(), 1, "no second add");
     assert_eq!(board.ids().get(&nodes[1].key), Some(&2));
     assert!(after.handle.snapshot().pending.is_empty());
@@ -219,9 +227,12 @@ async fn removing_a_raft_member_calls_remove_peer_once() {
     let registered = &nodes[..1];
     let mut k = Raft::default();
     for _ in 0..3 {
-        k.pass(
-            &inputs("org1/a", &["org1/a"], registered, &board),
-            &[client(&fake)],
+        run(
+            &mut k,
+            "org1/a",
+            &["org1/a"],
+            &fake,
+            registered,
             &board,
             Instant::now(),
         )
@@ -242,18 +253,8 @@ async fn an_endpoint_down_is_retried_with_backoff_and_the_error_shows_meanwhile(
     let handle = KeeperHandle::default();
     let mut k = Raft::new(handle.clone());
     let t0 = Instant::now();
-    async fn pass(
-        k: &mut Raft,
-        fake: &RaftRpcFake,
-        nodes: &[RaftNode],
-        board: &Board,
-        at: Instant,
-    ) {
-        let i = inputs("org1/a", &["org1/a"], nodes, board);
-        k.pass(&i, &[client(fake)], board, at).await;
-    }
     fake.set_down(true);
-    pass(&mut k, &fake, &nodes, &board, t0).await;
+    run(&mut k, "org1/a", &["org1/a"], &fake, &nodes, &board, t0).await;
     let snap = handle.snapshot();
     let err = snap.last_error.expect("error shown");
     assert!(err.contains("RPC"), "{err}");
@@ -270,8 +271,11 @@ async fn an_endpoint_down_is_retried_with_backoff_and_the_error_shows_meanwhile(
     assert!(!status.nodes[0].error.is_empty());
     fake.set_down(false);
     // not before the backoff
-    pass(
+    let me = ["org1/a"];
+    run(
         &mut k,
+        me[0],
+        &me,
         &fake,
         &nodes,
         &board,
@@ -280,7 +284,16 @@ async fn an_endpoint_down_is_retried_with_backoff_and_the_error_shows_meanwhile(
     .await;
     assert!(fake.calls("raft_cluster").is_empty());
     assert!(handle.snapshot().last_error.is_some());
-    pass(&mut k, &fake, &nodes, &board, t0 + Duration::from_secs(1)).await;
+    run(
+        &mut k,
+        "org1/a",
+        &["org1/a"],
+        &fake,
+        &nodes,
+        &board,
+        t0 + Duration::from_secs(1),
+    )
+    .await;
     assert_eq!(fake.calls("raft_addPeer").len(), 1);
     assert!(handle.snapshot().last_error.is_none());
     assert_eq!(board.ids().len(), 2);
@@ -290,8 +303,7 @@ async fn an_endpoint_down_is_retried_with_backoff_and_the_error_shows_meanwhile(
     let nodes: Vec<RaftNode> = nodes.iter().cloned().chain([n5.clone()]).collect();
     fake.cue("raft_addPeer", Cue::Error("raft not ready".into()));
     let t1 = t0 + Duration::from_secs(10);
-    let i = inputs("org1/a", &["org1/a"], &nodes, &board);
-    k.pass(&i, &[client(&fake)], &board, t1).await;
+    run(&mut k, me[0], &me, &fake, &nodes, &board, t1).await;
     let p = handle
         .snapshot()
         .pending
@@ -310,16 +322,27 @@ async fn an_endpoint_down_is_retried_with_backoff_and_the_error_shows_meanwhile(
     assert!(status.pending[0].last_error.contains("raft not ready"));
     assert_eq!(status.nodes[0].raft_id, 1);
     assert_eq!(status.nodes[0].block_number, 7);
-    k.pass(
-        &i,
-        &[client(&fake)],
+    run(
+        &mut k,
+        me[0],
+        &me,
+        &fake,
+        &nodes,
         &board,
         t1 + Duration::from_millis(900),
     )
     .await;
     assert_eq!(fake.calls("raft_addPeer").len(), 2, "not retried early");
-    k.pass(&i, &[client(&fake)], &board, t1 + Duration::from_secs(1))
-        .await;
+    run(
+        &mut k,
+        me[0],
+        &me,
+        &fake,
+        &nodes,
+        &board,
+        t1 + Duration::from_secs(1),
+    )
+    .await;
     assert_eq!(fake.calls("raft_addPeer").len(), 3);
     assert!(handle.snapshot().pending.is_empty());
     assert_eq!(board.ids().get(&n5.key), Some(&3));
