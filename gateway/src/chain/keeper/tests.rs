@@ -102,6 +102,11 @@ async fn run(
     .await;
 }
 
+/// [`run`] as the only adding site, org1/a.
+async fn run_a(k: &mut Raft, fake: &RaftRpcFake, nodes: &[RaftNode], board: &Board, at: Instant) {
+    run(k, "org1/a", &["org1/a"], fake, nodes, board, at).await;
+}
+
 fn client(fake: &RaftRpcFake) -> RpcClient {
     RpcClient::new(fake.url().parse().expect("url")).with_timeout(Duration::from_secs(5))
 }
@@ -254,7 +259,7 @@ async fn an_endpoint_down_is_retried_with_backoff_and_the_error_shows_meanwhile(
     let mut k = Raft::new(handle.clone());
     let t0 = Instant::now();
     fake.set_down(true);
-    run(&mut k, "org1/a", &["org1/a"], &fake, &nodes, &board, t0).await;
+    run_a(&mut k, &fake, &nodes, &board, t0).await;
     let snap = handle.snapshot();
     let err = snap.last_error.expect("error shown");
     assert!(err.contains("RPC"), "{err}");
@@ -271,11 +276,8 @@ async fn an_endpoint_down_is_retried_with_backoff_and_the_error_shows_meanwhile(
     assert!(!status.nodes[0].error.is_empty());
     fake.set_down(false);
     // not before the backoff
-    let me = ["org1/a"];
-    run(
+    run_a(
         &mut k,
-        me[0],
-        &me,
         &fake,
         &nodes,
         &board,
@@ -284,16 +286,7 @@ async fn an_endpoint_down_is_retried_with_backoff_and_the_error_shows_meanwhile(
     .await;
     assert!(fake.calls("raft_cluster").is_empty());
     assert!(handle.snapshot().last_error.is_some());
-    run(
-        &mut k,
-        "org1/a",
-        &["org1/a"],
-        &fake,
-        &nodes,
-        &board,
-        t0 + Duration::from_secs(1),
-    )
-    .await;
+    run_a(&mut k, &fake, &nodes, &board, t0 + Duration::from_secs(1)).await;
     assert_eq!(fake.calls("raft_addPeer").len(), 1);
     assert!(handle.snapshot().last_error.is_none());
     assert_eq!(board.ids().len(), 2);
@@ -303,7 +296,7 @@ async fn an_endpoint_down_is_retried_with_backoff_and_the_error_shows_meanwhile(
     let nodes: Vec<RaftNode> = nodes.iter().cloned().chain([n5.clone()]).collect();
     fake.cue("raft_addPeer", Cue::Error("raft not ready".into()));
     let t1 = t0 + Duration::from_secs(10);
-    run(&mut k, me[0], &me, &fake, &nodes, &board, t1).await;
+    run_a(&mut k, &fake, &nodes, &board, t1).await;
     let p = handle
         .snapshot()
         .pending
@@ -322,10 +315,8 @@ async fn an_endpoint_down_is_retried_with_backoff_and_the_error_shows_meanwhile(
     assert!(status.pending[0].last_error.contains("raft not ready"));
     assert_eq!(status.nodes[0].raft_id, 1);
     assert_eq!(status.nodes[0].block_number, 7);
-    run(
+    run_a(
         &mut k,
-        me[0],
-        &me,
         &fake,
         &nodes,
         &board,
@@ -333,16 +324,7 @@ async fn an_endpoint_down_is_retried_with_backoff_and_the_error_shows_meanwhile(
     )
     .await;
     assert_eq!(fake.calls("raft_addPeer").len(), 2, "not retried early");
-    run(
-        &mut k,
-        me[0],
-        &me,
-        &fake,
-        &nodes,
-        &board,
-        t1 + Duration::from_secs(1),
-    )
-    .await;
+    run_a(&mut k, &fake, &nodes, &board, t1 + Duration::from_secs(1)).await;
     assert_eq!(fake.calls("raft_addPeer").len(), 3);
     assert!(handle.snapshot().pending.is_empty());
     assert_eq!(board.ids().get(&n5.key), Some(&3));
