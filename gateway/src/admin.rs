@@ -62,6 +62,13 @@ impl pb::admin_server::Admin for AdminService {
         nodes::list_nodes(self, request).await
     }
 
+    async fn chain_status(
+        &self,
+        request: Request<pb::ChainStatusRequest>,
+    ) -> Result<Response<pb::ChainStatusResponse>, Status> {
+        nodes::chain_status(self, request).await
+    }
+
     async fn list_members(
         &self,
         request: Request<pb::ListMembersRequest>,

@@ -480,6 +480,17 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
     });
     let dns_udp = async move { dns_server.block_until_done().await };
     servers::spawn_watched(&tracker, "dns", &metrics, &shutdown, dns_udp);
+    let chain = crate::chain::keeper::KeeperHandle::default();
+    tracker.spawn(crate::chain::keeper::run(
+        crate::chain::keeper::Keeper {
+            membership: membership.clone(),
+            store: store.clone(),
+            consensus: config.consensus,
+            metrics: metrics.clone(),
+            handle: chain.clone(),
+        },
+        shutdown.clone(),
+    ));
     let admin_service = Arc::new(AdminService {
         store: store.clone(),
         config: config.clone(),
@@ -489,6 +500,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         allocations,
         tunnels: tunnels.clone(),
         metrics: metrics.clone(),
+        chain,
     });
     let admin = admin::serve(admin_listener, admin_service, shutdown.clone());
     servers::spawn_watched(&tracker, "admin", &metrics, &shutdown, admin);
@@ -558,9 +570,12 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         }
     }
     // announce this gateway (signed by our org CA) if the view does not hold it as it is now
+    let local_rpc = store.local_rpc()?;
     let gateway_record = pb::GatewayRecord {
         advertise: advertise.clone(),
         outbound_only: config.outbound_only,
+        raft_adder: membership
+            .read(|v| crate::chain::keeper::is_adder(config.consensus, v, &me.org, &local_rpc)),
     };
     let held = membership.read(|v| {
         v.gateways()

@@ -3,7 +3,10 @@
 //!
 //! [`rpc`] is a bounded JSON-RPC client; [`raft`] decides, from the membership view, the raft
 //! cluster as a local node reports it and the site's own nodes, which raft calls this site makes.
-//! The decisions are pure functions; the caller does the IO.
+//! The decisions are pure functions; [`keeper`] runs them in `fedgw run` and does the IO;
+//! [`status`] reads the local nodes for `fedgw chain status`.
 
+pub mod keeper;
 pub mod raft;
 pub mod rpc;
+pub mod status;

@@ -29,6 +29,7 @@ macro_rules! outln {
 
 mod admin_cmds;
 mod cert_cmds;
+mod chain_cmds;
 mod export_cmds;
 mod status_cmds;
 mod store_cmds;
@@ -422,11 +423,18 @@ enum Command {
         /// What to render.
         #[arg(value_enum)]
         kind: admin_cmds::RenderKind,
+        /// The node, for raft-join: `NAME` (this org's) or `ORG/NAME`.
+        node: Option<String>,
         #[command(flatten)]
         dir: AdminDirArg,
         /// Write here (atomically, only when the content changes) instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+    },
+    /// The chain behind the gateways.
+    Chain {
+        #[command(subcommand)]
+        command: chain_cmds::ChainCommand,
     },
     /// Vote for a pending join (majority/all admission).
     Approve {
@@ -630,7 +638,13 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Members { dir, json } => admin_cmds::members(dir, json).await,
         Command::Status { dir, json } => status_cmds::status(dir, json).await,
         Command::Approve { org, dir } => admin_cmds::approve(org, dir).await,
-        Command::Render { kind, dir, out } => admin_cmds::render(kind, dir, out).await,
+        Command::Render {
+            kind,
+            node,
+            dir,
+            out,
+        } => admin_cmds::render(kind, node, dir, out).await,
+        Command::Chain { command } => chain_cmds::chain(command).await,
         Command::Revoke { org, dir, reason } => admin_cmds::revoke(org, dir, reason).await,
         Command::Store { command } => store_cmds::store(command).await,
         Command::Export { command } => export_cmds::export(command).await,

@@ -280,10 +280,12 @@ pub fn storage_key(bytes: &[u8]) -> Option<String> {
         pb::record_body::Body::Gateway(_) => Kind::Gateway,
         pb::record_body::Body::Node(_) => Kind::Node,
         pb::record_body::Body::Vote(_) => Kind::Vote,
+        pb::record_body::Body::Raft(_) => Kind::Raft,
         pb::record_body::Body::Tombstone(t) => match pb::RecordKind::try_from(t.kind).ok()? {
             pb::RecordKind::Gateway => Kind::Gateway,
             pb::RecordKind::Node => Kind::Node,
             pb::RecordKind::Vote => Kind::Vote,
+            pb::RecordKind::Raft => Kind::Raft,
             _ => return None,
         },
     };
@@ -936,10 +938,12 @@ fn body_kind(body: &pb::record_body::Body) -> Option<Kind> {
         B::Gateway(_) => Kind::Gateway,
         B::Node(_) => Kind::Node,
         B::Vote(_) => Kind::Vote,
+        B::Raft(_) => Kind::Raft,
         B::Tombstone(t) => match pb::RecordKind::try_from(t.kind).ok()? {
             pb::RecordKind::Gateway => Kind::Gateway,
             pb::RecordKind::Node => Kind::Node,
             pb::RecordKind::Vote => Kind::Vote,
+            pb::RecordKind::Raft => Kind::Raft,
             _ => return None,
         },
     })

@@ -82,6 +82,17 @@ struct ServerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
     class: &'static str,
 }
@@ -213,6 +224,8 @@ pub struct Metrics {
     dns_tcp_refused: Family<ReasonLabels, Counter>,
     sync_peers: Gauge,
     servers_stopped: Family<ServerLabels, Counter>,
+    chain_rpc_calls: Family<RpcLabels, Counter>,
+    chain_block_height: Family<NodeLabels, Gauge>,
     ready: Arc<AtomicBool>,
     /// Set when a server stopped before shutdown; readiness stays cleared.
     stopped: Arc<AtomicBool>,
@@ -275,6 +288,18 @@ impl Metrics {
             "servers_stopped",
             "Servers of the gateway (dns, dns_tcp, admin, metrics, join, federation) that stopped before shutdown; any makes /readyz fail",
             servers_stopped.clone(),
+        );
+        let chain_rpc_calls = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "chain_rpc_calls",
+            "JSON-RPC calls to this site's chain nodes, by method and result (ok or the error kind)",
+            chain_rpc_calls.clone(),
+        );
+        let chain_block_height = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "chain_block_height",
+            "Chain height each local node with an RPC endpoint last reported (eth_blockNumber), by node name",
+            chain_block_height.clone(),
         );
         let tunnel = TunnelMetrics::default();
         registry.register(
@@ -359,6 +384,8 @@ impl Metrics {
             hellos,
             leaf_not_after,
             servers_stopped,
+            chain_rpc_calls,
+            chain_block_height,
             ready: Arc::new(AtomicBool::new(false)),
             stopped: Arc::new(AtomicBool::new(false)),
         }
@@ -424,6 +451,29 @@ impl Metrics {
         self.records_rejected
             .get_or_create(&ResultLabels { result: reason })
             .inc();
+    }
+
+    /// Counts one JSON-RPC call to a local chain node.
+    pub fn chain_rpc_call(&self, method: &'static str, result: &'static str) {
+        self.chain_rpc_calls
+            .get_or_create(&RpcLabels { method, result })
+            .inc();
+    }
+
+    /// JSON-RPC calls counted so far for `method` with `result`.
+    pub fn chain_rpc_calls_total(&self, method: &'static str, result: &'static str) -> u64 {
+        self.chain_rpc_calls
+            .get_or_create(&RpcLabels { method, result })
+            .get()
+    }
+
+    /// Records the chain height local node `node` reported.
+    pub fn set_chain_block_height(&self, node: &str, height: u64) {
+        self.chain_block_height
+            .get_or_create(&NodeLabels {
+                node: node.to_owned(),
+            })
+            .set(i64::try_from(height).unwrap_or(i64::MAX));
     }
 
     /// Sets the number of live sync peers.

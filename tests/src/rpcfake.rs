@@ -4,7 +4,8 @@
 //! `raft_promoteToPeer`, `raft_removePeer`, `raft_role`) and answers `eth_blockNumber` and
 //! `net_peerCount`. It checks params the way GoQuorum does (an enode URL with
 //! `?discport=0&raftport=N`, no duplicate enode id) and records every call. A test can queue a
-//! [`Cue`] per method to make the next call of it fail, answer garbage, a huge body, or nothing.
+//! [`Cue`] per method to make the next call of it fail, answer garbage, a huge body, nothing, or
+//! a given result.
 //! Several gateways may share one fake: it then stands for one raft cluster reached at two sites.
 
 use std::collections::{HashMap, VecDeque};
@@ -29,6 +30,9 @@ pub enum Cue {
     Hang,
     /// The connection is closed without an answer.
     Close,
+    /// This result instead of the real one (a stale `raft_cluster`, say); the call has no
+    /// other effect.
+    Result(Value),
 }
 
 /// One call as the fake saw it.
@@ -184,6 +188,7 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             v
         }
         Some(Cue::Error(msg)) => error(&id, &msg),
+        Some(Cue::Result(v)) => result(&id, v),
         None => answer(&mut lock(state), &id, &method, &params),
     };
     let head = format!(

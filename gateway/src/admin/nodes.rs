@@ -52,6 +52,7 @@ fn registered(org: &str, domain: &str, spec: pb::NodeSpec, node: &Node, seq: u64
         local_host: spec.host,
         service_ip: String::new(),
         local_rpc: spec.rpc_url,
+        raft_id: 0,
     }
 }
 
@@ -324,9 +325,10 @@ pub(super) async fn list_nodes(
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let nodes = svc
-        .membership
-        .read(|v| v.nodes())
+    let (nodes, raft_ids) = svc.membership.read(|v| (v.nodes(), v.raft_ids()));
+    let raft_ids: std::collections::BTreeMap<_, _> =
+        raft_ids.into_iter().map(|(k, id, _)| (k, id)).collect();
+    let nodes = nodes
         .into_iter()
         .map(|n| {
             let ports = n.node.ports();
@@ -337,6 +339,7 @@ pub(super) async fn list_nodes(
             {
                 record.tessera_url.clone_from(url);
             }
+            let raft_id = raft_ids.get(&n.key()).copied().map_or(0, u32::from);
             let key = n.key().to_string();
             let service_ip = match services.get(&key) {
                 Some(ip) if n.org != me => ip.to_string(),
@@ -369,6 +372,7 @@ pub(super) async fn list_nodes(
                 seq: n.seq,
                 service_ip,
                 local_rpc,
+                raft_id,
             }
         })
         .collect();
@@ -496,4 +500,32 @@ mod tests {
             assert!(url(bad, name).is_err(), "{bad}");
         }
     }
+}
+
+/// `ChainStatus`: see the `Admin` service in proto/fedgw/v1/admin.proto.
+pub(super) async fn chain_status(
+    svc: &AdminService,
+    _request: Request<pb::ChainStatusRequest>,
+) -> Result<Response<pb::ChainStatusResponse>, Status> {
+    let rpc = on_store(&svc.store, move |s| s.local_rpc()).await?;
+    let me = svc.membership.me().org.clone();
+    let nodes = svc.membership.read(|v| {
+        rpc.iter()
+            .filter_map(|(name, url)| {
+                let url = url.parse().ok()?;
+                let enode_id = v
+                    .node(&me, name)
+                    .and_then(|n| n.node.enode_id)
+                    .map(|id| id.to_string());
+                Some(crate::chain::status::LocalNode {
+                    name: name.clone(),
+                    url,
+                    enode_id,
+                })
+            })
+            .collect()
+    });
+    let status =
+        crate::chain::status::read(svc.config.consensus, nodes, &svc.chain, &svc.metrics).await;
+    Ok(Response::new(status))
 }

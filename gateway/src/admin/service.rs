@@ -25,4 +25,6 @@ pub struct AdminService {
     pub tunnels: crate::tunnel::Tunnels,
     /// Metrics (refused stream counters).
     pub metrics: crate::metrics::Metrics,
+    /// The raft keeper's state.
+    pub chain: crate::chain::keeper::KeeperHandle,
 }

@@ -509,7 +509,8 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
                 serde_json::json!({
                     "org": n.org, "name": n.name, "client": client_name(r.client),
                     "enode": enode_hex(&r.enode_id), "p2p_port": r.p2p_port, "raft_port": r.raft_port,
-                    "raft_id": r.raft_id, "site": r.site, "seq": n.seq,
+                    "raft_id": if n.raft_id != 0 { n.raft_id } else { r.raft_id },
+                    "site": r.site, "seq": n.seq,
                     "tessera_url": r.tessera_url,
                     "tessera_keys": r.tessera_keys.iter().map(|k| b64.encode(k)).collect::<Vec<_>>(),
                     "allowed_orgs": r.allowed_orgs, "roles": r.roles,
@@ -561,6 +562,9 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
         )?;
         if !n.local_rpc.is_empty() {
             outln!("{:<28} rpc {}", "", n.local_rpc)?;
+        }
+        if n.raft_id != 0 {
+            outln!("{:<28} raft id {}", "", n.raft_id)?;
         }
     }
     Ok(())
@@ -676,16 +680,28 @@ pub enum RenderKind {
     BesuAllowlist,
     /// Tessera peer list (JSON array of {"url": ...}).
     TesseraPeers,
+    /// The start arguments of a GoQuorum node joining the raft cluster with its published raft
+    /// id (`render raft-join NODE`).
+    RaftJoin,
 }
 
 /// `fedgw render KIND`: renders from the running gateway's view; with `out`, writes the file
 /// atomically and only when its content changes.
 pub async fn render(
     kind: RenderKind,
+    node: Option<String>,
     args: AdminDirArg,
     out: Option<PathBuf>,
 ) -> Result<(), CliError> {
     use fedgw_controlplane::render::{Kind, RenderNode};
+    match (kind, node) {
+        (RenderKind::RaftJoin, Some(node)) => {
+            return super::chain_cmds::raft_join(&node, &args).await;
+        }
+        (RenderKind::RaftJoin, None) => return Err(usage("render raft-join needs a NODE")),
+        (_, Some(_)) => return Err(usage("only render raft-join takes a NODE")),
+        (_, None) => {}
+    }
     let dir = DataDir::new(args.data_dir.clone());
     let config =
         crate::config::Config::load(&dir.config()).map_err(|e| CliError::new(exit::USAGE, e))?;
@@ -713,6 +729,7 @@ pub async fn render(
         RenderKind::PermissionedNodes => Kind::PermissionedNodes,
         RenderKind::BesuAllowlist => Kind::BesuAllowlist,
         RenderKind::TesseraPeers => Kind::TesseraPeers,
+        RenderKind::RaftJoin => return Err(usage("render raft-join needs a NODE")),
     };
     let text = kind.render(&render_nodes);
     match out {

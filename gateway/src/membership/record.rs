@@ -8,9 +8,13 @@
 //! | gateway     | `gateway/<org>/<site>`       | `<org>`'s CA         |
 //! | node        | `node/<org>/<node>`          | `<org>`'s CA         |
 //! | vote        | `vote/<voter>/<candidate>`   | `<voter>`'s CA       |
+//! | raft        | `raft/<org>/<node>`          | any member's CA      |
 //!
-//! A tombstone replaces a gateway, node or vote record (same key, higher seq) and is signed like
-//! the record it deletes. Member and revocation records are never deleted.
+//! A tombstone replaces a gateway, node, vote or raft record (same key, higher seq) and is signed
+//! like the record it deletes. Member and revocation records are never deleted. A raft record is
+//! the one kind an org signs about another org's node: the site that added the node to the raft
+//! cluster publishes its raft id; the view checks that the signer is a member and that the node
+//! exists with that enode id.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -43,6 +47,8 @@ pub enum Kind {
     Node,
     /// An approval vote for a pending join.
     Vote,
+    /// A node's raft id, published by the site that added it to the raft cluster.
+    Raft,
 }
 
 impl Kind {
@@ -54,6 +60,7 @@ impl Kind {
             Kind::Gateway => "gateway",
             Kind::Node => "node",
             Kind::Vote => "vote",
+            Kind::Raft => "raft",
         }
     }
 
@@ -64,6 +71,7 @@ impl Kind {
             "gateway" => Kind::Gateway,
             "node" => Kind::Node,
             "vote" => Kind::Vote,
+            "raft" => Kind::Raft,
             _ => return None,
         })
     }
@@ -75,6 +83,7 @@ impl Kind {
             pb::RecordKind::Gateway => Kind::Gateway,
             pb::RecordKind::Node => Kind::Node,
             pb::RecordKind::Vote => Kind::Vote,
+            pb::RecordKind::Raft => Kind::Raft,
             pb::RecordKind::Unspecified => return None,
         })
     }
@@ -87,6 +96,7 @@ impl Kind {
             Kind::Gateway => pb::RecordKind::Gateway,
             Kind::Node => pb::RecordKind::Node,
             Kind::Vote => pb::RecordKind::Vote,
+            Kind::Raft => pb::RecordKind::Raft,
         }
     }
 
@@ -103,6 +113,8 @@ impl Kind {
             Kind::Gateway => 2,
             Kind::Vote => 3,
             Kind::Node => 4,
+            // after the node it names
+            Kind::Raft => 5,
         }
     }
 }
@@ -148,6 +160,8 @@ pub enum Body {
     Node(Node),
     /// See [`pb::VoteRecord`].
     Vote(pb::VoteRecord),
+    /// See [`pb::RaftRecord`].
+    Raft(pb::RaftRecord),
     /// The record was deleted.
     Tombstone,
 }
@@ -213,6 +227,12 @@ pub enum Reject {
     /// A well-known public demo key.
     #[error("refusing a well-known demo key ({0})")]
     DemoKey(&'static str),
+    /// A raft record names a node the view does not hold.
+    #[error("raft record for an unknown node")]
+    UnknownNode,
+    /// A raft record's enode id differs from the node's record.
+    #[error("raft record enode id does not match the node's")]
+    EnodeMismatch,
 }
 
 impl Reject {
@@ -231,6 +251,8 @@ impl Reject {
             Reject::Equivocation(_) => "equivocation",
             Reject::EnodeTaken(_) => "enode_taken",
             Reject::DemoKey(_) => "demo_key",
+            Reject::UnknownNode => "unknown_node",
+            Reject::EnodeMismatch => "enode_mismatch",
         }
     }
 }
@@ -304,6 +326,15 @@ fn check_body(rec: &pb::RecordBody, domain: &str) -> Result<(RecordKey, Body), R
         }
         B::Node(n) => (Kind::Node, Body::Node(check_node(n)?)),
         B::Vote(v) => (Kind::Vote, Body::Vote(*v)),
+        B::Raft(r) => {
+            if r.raft_id == 0 || r.raft_id > u32::from(u16::MAX) {
+                return Err(invalid("raft id must be 1 to 65535"));
+            }
+            if r.enode_id.len() != 64 {
+                return Err(invalid("enode id must be 64 bytes"));
+            }
+            (Kind::Raft, Body::Raft(r.clone()))
+        }
         B::Tombstone(t) => {
             let kind = Kind::from_pb(t.kind).ok_or_else(|| invalid("tombstone of unknown kind"))?;
             if kind.root_only() {
@@ -375,6 +406,9 @@ fn authorise(key: &RecordKey, body: &Body, signer: &Signer) -> Result<(), Reject
             key.kind.as_str()
         ))),
         (false, Signer::Org(o)) if *o == key.org => Ok(()),
+        // whichever member added the node to the raft cluster signs its id; the view checks
+        // that the signer is an unrevoked member
+        (false, Signer::Org(_)) if key.kind == Kind::Raft => Ok(()),
         (false, Signer::Org(o)) => Err(Reject::Unauthorised(format!(
             "{o} may not sign records about {}",
             key.org

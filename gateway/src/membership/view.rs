@@ -146,13 +146,27 @@ impl View {
                 }
             }
             Kind::Revocation => {}
-            Kind::Gateway | Kind::Node | Kind::Vote => {
+            Kind::Gateway | Kind::Node | Kind::Vote | Kind::Raft => {
                 if self.revoked.contains(&v.key.org) {
                     return Verdict::Reject(Reject::Revoked(v.key.org.clone()));
                 }
                 if !self.is_member(&v.key.org) {
                     return Verdict::Reject(Reject::NotMember(v.key.org.clone()));
                 }
+            }
+        }
+        if v.key.kind == Kind::Raft {
+            // signed by whichever member added the node: that org must be one now
+            if let Signer::Org(o) = &v.signer {
+                if self.revoked.contains(o) {
+                    return Verdict::Reject(Reject::Revoked(o.clone()));
+                }
+                if !self.is_member(o) {
+                    return Verdict::Reject(Reject::NotMember(o.clone()));
+                }
+            }
+            if let Some(reject) = self.raft_node_check(v) {
+                return Verdict::Reject(reject);
             }
         }
         if let Body::Node(n) = &v.body {
@@ -167,6 +181,32 @@ impl View {
             }
         }
         Verdict::Accept
+    }
+
+    /// A raft record must name a node the view holds, with the same enode id. A node deleted
+    /// since (its tombstone held) still takes its raft record: the id names the member to
+    /// remove, and a gateway that catches up receives the tombstone before the raft record, so
+    /// refusing it there would leave two views that never agree.
+    fn raft_node_check(&self, v: &Verified) -> Option<Reject> {
+        let Body::Raft(r) = &v.body else {
+            return None;
+        };
+        let node = RecordKey {
+            kind: Kind::Node,
+            org: v.key.org.clone(),
+            name: v.key.name.clone(),
+        };
+        match self.records.get(&node).map(|e| &e.body) {
+            Some(Body::Node(n))
+                if n.enode_id.as_ref().map(|e| e.as_bytes().as_slice())
+                    == Some(r.enode_id.as_slice()) =>
+            {
+                None
+            }
+            Some(Body::Node(_)) => Some(Reject::EnodeMismatch),
+            Some(Body::Tombstone) => None,
+            _ => Some(Reject::UnknownNode),
+        }
     }
 
     /// Applies an accepted record (after [`Self::check`] said [`Verdict::Accept`]).
@@ -218,16 +258,21 @@ impl View {
         }
     }
 
-    /// Drops the gateway, node and vote records `org` signed about itself (its member and
-    /// revocation records stay). A gateway that loads its store after the revocation refuses
+    /// Drops the gateway, node, vote and raft records about `org` and the raft records it
+    /// signed about other orgs' nodes (its member and revocation records stay; the site that
+    /// acts on the raft cluster next publishes those raft ids again). A gateway that loads its store after the revocation refuses
     /// those records ([`Reject::Revoked`]), so a gateway that saw the revocation live must not
     /// keep them either: both then hold the same records and agree on the digest.
     fn drop_revoked(&mut self, org: &str) {
+        let signer = Signer::Org(org.to_owned());
         let keys: Vec<RecordKey> = self
             .records
-            .keys()
-            .filter(|k| k.org == org && matches!(k.kind, Kind::Gateway | Kind::Node | Kind::Vote))
-            .cloned()
+            .iter()
+            .filter(|(k, e)| {
+                (k.org == org && !k.kind.root_only())
+                    || (k.kind == Kind::Raft && e.signer == signer)
+            })
+            .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
             let Some(old) = self.records.remove(&key) else {
@@ -388,6 +433,22 @@ impl View {
                     seq: e.seq,
                     node: n.clone(),
                 }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Published raft ids of active members' nodes, deleted nodes included: `(node, raft id,
+    /// enode id)`, sorted by node.
+    pub fn raft_ids(&self) -> Vec<(fedgw_certs::ids::NodeKey, u16, Vec<u8>)> {
+        self.of_kind(Kind::Raft)
+            .filter(|(k, _)| self.is_member(&k.org))
+            .filter_map(|(k, e)| match &e.body {
+                Body::Raft(r) => Some((
+                    fedgw_certs::ids::NodeKey::new(&k.org, &k.name),
+                    u16::try_from(r.raft_id).ok()?,
+                    r.enode_id.clone(),
+                )),
                 _ => None,
             })
             .collect()

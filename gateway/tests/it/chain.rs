@@ -6,14 +6,9 @@ use std::time::Duration;
 
 use crate::common::procs::{NET, fedgw, json, s};
 
-fn nodes(dir: &Path) -> serde_json::Value {
-    json(dir, "nodes")
-}
-
-#[test]
-fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (a, b) = (tmp.path().join("org1"), tmp.path().join("org2"));
+/// `fedgw init` of org1 in consortium acme (acme.test) with raft consensus, on loopback ports.
+fn init_raft(dir: &Path) {
+    let d = s(dir);
     let mut init = vec![
         "init",
         "--consortium",
@@ -24,11 +19,23 @@ fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
         "org1",
         "--consensus",
         "raft",
+        "--data-dir",
+        &d,
     ];
     init.extend(NET);
-    let da = s(&a);
-    init.extend(["--data-dir", &da]);
     fedgw().run(init).expect("spawn").ok().expect("init");
+}
+
+fn nodes(dir: &Path) -> serde_json::Value {
+    json(dir, "nodes")
+}
+
+#[test]
+fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("org1"), tmp.path().join("org2"));
+    init_raft(&a);
+    let da = s(&a);
     let gw1 = fedgw().start(&a).expect("org1 starts");
     let token = fedgw()
         .run(["invite", "org2", "--data-dir", &da])
@@ -120,4 +127,146 @@ fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
     assert_eq!(there[0]["name"], "n1");
     assert_eq!(there[0]["rpc"], "", "{there}");
     drop((gw1, gw2));
+}
+
+fn raft_id_of(dir: &Path, name: &str) -> u64 {
+    nodes(dir)
+        .as_array()
+        .and_then(|l| l.iter().find(|n| n["name"] == name))
+        .and_then(|n| n["raft_id"].as_u64())
+        .unwrap_or(0)
+}
+
+fn chain_status(dir: &Path) -> serde_json::Value {
+    let run = fedgw()
+        .run(["chain", "status", "--json", "--data-dir", &s(dir)])
+        .expect("spawn")
+        .ok()
+        .expect("chain status");
+    serde_json::from_str(&run.stdout).expect("json")
+}
+
+/// One raft site end to end: a member registered with its RPC endpoint makes the site an adder,
+/// a new node is added once and its id published (`nodes`, `render raft-join`), a restart adds
+/// nothing again, `node rm` removes the member once.
+#[test]
+fn the_keeper_adds_publishes_survives_a_restart_and_removes() {
+    let fake = fedgw_tests::rpcfake::RaftRpcFake::start().expect("fake");
+    let n0 = fedgw_tests::enode_id(1);
+    fake.add_member(&n0, "n0.org1.acme.test", 50400);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("org1");
+    init_raft(&a);
+    let da = s(&a);
+    let gw = fedgw().start(&a).expect("starts");
+    let enode =
+        |id: &str, host: &str| format!("enode://{id}@{host}:30303?discport=0&raftport=50400");
+    let url = fake.url();
+    fedgw()
+        .run([
+            "node",
+            "add",
+            "n0",
+            "--enode",
+            &enode(&n0, "127.66.0.1"),
+            "--rpc",
+            &url,
+            "--data-dir",
+            &da,
+        ])
+        .expect("spawn")
+        .ok()
+        .expect("add n0");
+    // before any id is published, render raft-join says so
+    let run = fedgw()
+        .run(["render", "raft-join", "n0", "--data-dir", &da])
+        .expect("spawn");
+    if raft_id_of(&a, "n0") == 0 {
+        assert_eq!(run.code, Some(1), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("no raft id published"),
+            "{}",
+            run.stderr
+        );
+    }
+    let n9 = fedgw_tests::enode_id(9);
+    fedgw()
+        .run([
+            "node",
+            "add",
+            "n9",
+            "--enode",
+            &enode(&n9, "127.66.0.2"),
+            "--data-dir",
+            &da,
+        ])
+        .expect("spawn")
+        .ok()
+        .expect("add n9");
+    let id = fedgw_tests::wait_for("n9 gets its raft id", Duration::from_secs(30), || {
+        Some(raft_id_of(&a, "n9")).filter(|id| *id != 0)
+    })
+    .expect("published");
+    assert_eq!(id, 2);
+    assert_eq!(raft_id_of(&a, "n0"), 1, "the member's id is published too");
+    let adds = fake.calls("raft_addPeer");
+    assert_eq!(adds.len(), 1, "{adds:?}");
+    assert_eq!(
+        adds[0].params,
+        serde_json::json!([format!(
+            "enode://{n9}@n9.org1.acme.test:30303?discport=0&raftport=50400"
+        )])
+    );
+    let join = fedgw()
+        .run(["render", "raft-join", "n9", "--data-dir", &da])
+        .expect("spawn")
+        .ok()
+        .expect("render raft-join");
+    assert_eq!(join.stdout.trim(), "--raftjoinexisting 2 --raftdnsenable");
+    let status = chain_status(&a);
+    assert_eq!(status["consensus"], "raft");
+    assert_eq!(status["acting"], true, "{status}");
+    assert_eq!(
+        status["adders"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+    assert_eq!(status["nodes"][0]["name"], "n0");
+    assert_eq!(status["nodes"][0]["raft_id"], 1);
+    assert_eq!(status["nodes"][0]["block_number"], 7);
+    assert_eq!(status["nodes"][0]["error"], "");
+    let (_, metrics) = fedgw_tests::http_get(&gw.metrics(), "/metrics").expect("metrics");
+    assert!(
+        metrics.contains(r#"fedgw_chain_rpc_calls_total{method="raft_addPeer",result="ok"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"fedgw_chain_block_height{node="n0"} 7"#),
+        "{metrics}"
+    );
+
+    // a restart: nothing is added again
+    gw.stop().expect("stop");
+    let gw = fedgw().start(&a).expect("restarts");
+    fedgw_tests::wait_for(
+        "the keeper passed after the restart",
+        Duration::from_secs(30),
+        || (chain_status(&a)["acting"] == true).then_some(()),
+    )
+    .expect("acting");
+    assert_eq!(fake.calls("raft_addPeer").len(), 1);
+
+    fedgw()
+        .run(["node", "rm", "n9", "--data-dir", &da])
+        .expect("spawn")
+        .ok()
+        .expect("rm n9");
+    fedgw_tests::wait_for("n9 leaves the cluster", Duration::from_secs(30), || {
+        (fake.cluster().len() == 1).then_some(())
+    })
+    .expect("removed");
+    let removes = fake.calls("raft_removePeer");
+    assert_eq!(removes.len(), 1);
+    assert_eq!(removes[0].params, serde_json::json!([2]));
+    drop(gw);
 }

@@ -227,6 +227,13 @@ impl pb::admin_server::Admin for FakeAdmin {
         });
         Ok(Response::new(pb::SetServiceAddressResponse {}))
     }
+
+    async fn chain_status(
+        &self,
+        _: Request<pb::ChainStatusRequest>,
+    ) -> Result<Response<pb::ChainStatusResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
 }
 
 /// A stream fed by a task through a bounded channel.

@@ -295,3 +295,125 @@ fn a_revocation_seen_live_gives_the_digest_of_a_fresh_load() {
         Verdict::Accept
     );
 }
+
+fn raft(
+    pki: &Pki,
+    signer: &str,
+    org: &str,
+    name: &str,
+    seq: u64,
+    raft_id: u32,
+    enode: u8,
+) -> Vec<u8> {
+    crate::membership::record::seal(
+        pki.signer(signer),
+        org,
+        name,
+        seq,
+        pb::record_body::Body::Raft(pb::RaftRecord {
+            raft_id,
+            enode_id: vec![enode; 64],
+        }),
+    )
+    .expect("seal")
+}
+
+#[test]
+fn a_raft_record_is_signed_by_any_member_about_a_node_it_names() {
+    let pki = Pki::new(&["org1", "org2", "org3"]);
+    let mut view = founded(&pki, &["org1", "org2"]);
+    // no node yet
+    assert_eq!(
+        apply(&mut view, &pki, &raft(&pki, "org2", "org1", "n", 1, 7, 1)),
+        Verdict::Reject(Reject::UnknownNode)
+    );
+    assert_eq!(
+        apply(&mut view, &pki, &pki.node("org1", "org1", "n", 1, 1)),
+        Verdict::Accept
+    );
+    // another enode id than the node's
+    assert_eq!(
+        apply(&mut view, &pki, &raft(&pki, "org2", "org1", "n", 1, 7, 2)),
+        Verdict::Reject(Reject::EnodeMismatch)
+    );
+    // org3 is no member
+    assert_eq!(
+        apply(&mut view, &pki, &raft(&pki, "org3", "org1", "n", 1, 7, 1)),
+        Verdict::Reject(Reject::NotMember("org3".into()))
+    );
+    // org2 added the node and signs its id about org1's node
+    assert_eq!(
+        apply(&mut view, &pki, &raft(&pki, "org2", "org1", "n", 2, 7, 1)),
+        Verdict::Accept
+    );
+    let key = fedgw_certs::ids::NodeKey::new("org1", "n");
+    assert_eq!(view.raft_ids(), vec![(key.clone(), 7, vec![1; 64])]);
+    // a raft id of 0 or over 65535 never verifies
+    for bad in [0, 65536] {
+        assert!(matches!(
+            pki.verify(&raft(&pki, "org2", "org1", "n", 3, bad, 1)),
+            Err(Reject::Invalid(_))
+        ));
+    }
+    // the node deleted: its raft record stays (it names the member to remove), and one
+    // arriving after the tombstone is still taken
+    let tomb = crate::membership::record::seal(
+        pki.signer("org1"),
+        "org1",
+        "n",
+        5,
+        pb::record_body::Body::Tombstone(pb::TombstoneRecord {
+            kind: pb::RecordKind::Node.into(),
+        }),
+    )
+    .expect("seal");
+    assert_eq!(apply(&mut view, &pki, &tomb), Verdict::Accept);
+    assert_eq!(
+        apply(&mut view, &pki, &raft(&pki, "org2", "org1", "n", 4, 8, 1)),
+        Verdict::Accept
+    );
+    assert_eq!(view.raft_ids(), vec![(key, 8, vec![1; 64])]);
+    // deleting it takes a tombstone of the raft kind
+    let gone = crate::membership::record::seal(
+        pki.signer("org2"),
+        "org1",
+        "n",
+        6,
+        pb::record_body::Body::Tombstone(pb::TombstoneRecord {
+            kind: pb::RecordKind::Raft.into(),
+        }),
+    )
+    .expect("seal");
+    assert_eq!(apply(&mut view, &pki, &gone), Verdict::Accept);
+    assert!(view.raft_ids().is_empty());
+}
+
+#[test]
+fn a_revoked_orgs_raft_records_leave_the_view() {
+    let pki = Pki::new(&["org1", "org2"]);
+    let mut view = founded(&pki, &["org1", "org2"]);
+    assert_eq!(
+        apply(&mut view, &pki, &pki.node("org1", "org1", "n", 1, 1)),
+        Verdict::Accept
+    );
+    assert_eq!(
+        apply(&mut view, &pki, &raft(&pki, "org2", "org1", "n", 1, 2, 1)),
+        Verdict::Accept
+    );
+    let revoke = crate::membership::record::seal(
+        &pki.root_signer,
+        "org2",
+        "",
+        2,
+        pb::record_body::Body::Revocation(pb::RevocationRecord { reason: "x".into() }),
+    )
+    .expect("seal");
+    assert_eq!(apply(&mut view, &pki, &revoke), Verdict::Accept);
+    // signed by the revoked org: dropped as a fresh load would refuse it
+    assert!(view.raft_ids().is_empty());
+    assert_eq!(view.take_dropped().len(), 1);
+    assert_eq!(
+        apply(&mut view, &pki, &raft(&pki, "org2", "org1", "n", 3, 2, 1)),
+        Verdict::Reject(Reject::Revoked("org2".into()))
+    );
+}

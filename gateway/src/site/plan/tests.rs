@@ -285,6 +285,7 @@ fn members_and_gateways_count_as_changes_only_when_they_change() {
         record: pb::GatewayRecord {
             advertise: vec!["192.0.2.7:7443".into()],
             outbound_only: false,
+            raft_adder: false,
         },
     };
     plan.set_gateways(vec![gw.clone()], &mut delta);
