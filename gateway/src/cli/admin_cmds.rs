@@ -12,7 +12,7 @@ use fedgw_proto::v1 as pb;
 use pb::admin_client::AdminClient;
 use tonic::transport::Channel;
 
-use super::{AdminDirArg, CliError, exit, usage};
+use super::{AdminDirArg, CliError, exit, json, usage};
 use crate::datadir::DataDir;
 
 /// `--client` values.
@@ -283,6 +283,13 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
                 }
                 spec.tessera_url = url.clone();
             }
+            if spec.host.is_empty() {
+                return Err(usage(format!(
+                    "node {} has no address: give its enode URL (--enode enode://ID@HOST:PORT) \
+                     or its Tessera P2P URL (--tessera-url http://HOST:PORT)",
+                    a.name
+                )));
+            }
             spec.raft_id = a.raft_id.unwrap_or(0);
             spec.tessera_keys = tessera_keys(&a.tessera_key)?;
             spec.roles = a.role.clone();
@@ -508,14 +515,15 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
                 let r = n.record.clone().unwrap_or_default();
                 serde_json::json!({
                     "org": n.org, "name": n.name, "client": client_name(r.client),
-                    "enode": enode_hex(&r.enode_id), "p2p_port": r.p2p_port, "raft_port": r.raft_port,
-                    "raft_id": r.raft_id, "site": r.site, "seq": n.seq,
-                    "tessera_url": r.tessera_url,
+                    "enode": json::text(&enode_hex(&r.enode_id)),
+                    "p2p_port": json::number(r.p2p_port), "raft_port": json::number(r.raft_port),
+                    "raft_id": json::number(r.raft_id), "site": json::text(&r.site), "seq": n.seq,
+                    "tessera_url": json::text(&r.tessera_url),
                     "tessera_keys": r.tessera_keys.iter().map(|k| b64.encode(k)).collect::<Vec<_>>(),
                     "allowed_orgs": r.allowed_orgs, "roles": r.roles,
-                    "local_host": n.local_host, "dns_name": n.dns_name,
-                    "local_ip": n.local_ip, "local_ports": n.local_ports,
-                    "rpc": n.local_rpc,
+                    "local_host": json::text(&n.local_host), "dns_name": n.dns_name,
+                    "local_ip": json::ip(&n.local_ip), "local_ports": n.local_ports,
+                    "rpc": json::text(&n.local_rpc),
                 })
             })
             .collect();
@@ -589,7 +597,7 @@ pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
         let list: Vec<_> = all
             .map(|m| {
                 serde_json::json!({
-                    "org": m.org, "status": m.status, "admitted_unix": m.admitted_unix,
+                    "org": m.org, "status": m.status, "admitted_unix": json::number(m.admitted_unix),
                     "approved_by": m.approved_by,
                     "gateways": m.gateways.iter().map(|g| serde_json::json!({
                         "site": g.site, "advertise": g.advertise, "outbound_only": g.outbound_only,
@@ -654,8 +662,9 @@ pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
             .map(|p| {
                 serde_json::json!({
                     "org": p.org, "site": p.site, "state": p.state, "direction": p.direction,
-                    "last_seen_unix_ms": p.last_seen_unix_ms, "last_error": p.last_error,
-                    "connected_since_unix_ms": p.connected_since_unix_ms,
+                    "last_seen_unix_ms": json::number(p.last_seen_unix_ms),
+                    "last_error": json::text(&p.last_error),
+                    "connected_since_unix_ms": json::number(p.connected_since_unix_ms),
                     "records_in": p.records_in, "records_out": p.records_out,
                     "advertise": advertised_json(&p.advertise),
                 })
@@ -668,8 +677,8 @@ pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
                 serde_json::json!({
                     "org": t.org, "site": t.site, "transport": t.transport, "rtt_ms": t.rtt_ms,
                     "path_mtu": t.path_mtu, "lost_packets": t.lost_packets,
-                    "quic_failed_at_unix_ms": t.quic_failed_at_unix_ms,
-                    "quic_retry_at_unix_ms": t.quic_retry_at_unix_ms,
+                    "quic_failed_at_unix_ms": json::number(t.quic_failed_at_unix_ms),
+                    "quic_retry_at_unix_ms": json::number(t.quic_retry_at_unix_ms),
                 })
             })
             .collect();
@@ -700,6 +709,12 @@ pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
         s.rejected_records,
         s.equivocations
     )?;
+    if s.peers.iter().any(|p| p.state == "revoked") {
+        outln!(
+            "REVOKED: the consortium revoked org {}; its peers refuse this gateway",
+            s.org
+        )?;
+    }
     for a in &s.advertise {
         outln!("advertised as {}", advertised_text(a))?;
     }
@@ -852,7 +867,7 @@ fn advertised_json(list: &[pb::AdvertisedEndpoint]) -> serde_json::Value {
         .map(|a| {
             serde_json::json!({
                 "endpoint": a.endpoint, "addresses": a.addresses,
-                "resolved_unix_ms": a.resolved_unix_ms, "error": a.error,
+                "resolved_unix_ms": json::number(a.resolved_unix_ms), "error": json::text(&a.error),
             })
         })
         .collect()
@@ -915,6 +930,8 @@ pub enum RenderKind {
     StaticNodes,
     /// GoQuorum permissioned-nodes.json.
     PermissionedNodes,
+    /// Besu static-nodes.json (enode URLs without discport or raftport).
+    BesuStaticNodes,
     /// Besu permissions_config.toml (nodes-allowlist).
     BesuAllowlist,
     /// Tessera peer list (JSON array of {"url": ...}).
@@ -927,6 +944,7 @@ pub async fn render(
     kind: RenderKind,
     args: AdminDirArg,
     out: Option<PathBuf>,
+    client: Option<ClientArg>,
 ) -> Result<(), CliError> {
     use fedgw_controlplane::render::{Kind, RenderNode};
     let dir = DataDir::new(args.data_dir.clone());
@@ -943,6 +961,9 @@ pub async fn render(
     let mut render_nodes = Vec::with_capacity(nodes.len());
     for n in &nodes {
         let record = n.record.clone().unwrap_or_default();
+        if client.is_some_and(|c| record.client != i32::from(c.to_pb())) {
+            continue;
+        }
         render_nodes.push(
             RenderNode::from_record(&n.org, &n.name, &config.domain, &record)
                 .map_err(|e| CliError::new(exit::FAILURE, e))?,
@@ -951,6 +972,7 @@ pub async fn render(
     let kind = match kind {
         RenderKind::StaticNodes => Kind::StaticNodes,
         RenderKind::PermissionedNodes => Kind::PermissionedNodes,
+        RenderKind::BesuStaticNodes => Kind::BesuStaticNodes,
         RenderKind::BesuAllowlist => Kind::BesuAllowlist,
         RenderKind::TesseraPeers => Kind::TesseraPeers,
     };
