@@ -311,6 +311,71 @@ pub fn revoked_by_peer(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// A byte stream that notes when a read fails with the peer's `certificate_revoked` alert
+/// ([`revoked_by_peer`]). Under TLS 1.3 a server's verdict on the client's certificate comes
+/// after the client's handshake, as the first read; a gRPC channel over the stream turns that
+/// read error into a generic transport error, so the dialer keeps this flag to tell why.
+#[derive(Debug)]
+pub struct WatchRevoked<IO> {
+    io: IO,
+    revoked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<IO> WatchRevoked<IO> {
+    /// Wraps `io`; the flag turns true at the first read that failed with the alert.
+    pub fn new(io: IO) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
+        let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (
+            Self {
+                io,
+                revoked: revoked.clone(),
+            },
+            revoked,
+        )
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WatchRevoked<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Err(e)) = &polled
+            && revoked_by_peer(e)
+        {
+            self.revoked
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WatchRevoked<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -294,24 +294,26 @@ async fn dial_and_run(
             last_error = format!("{endpoint} is {peer}, not {id}");
             continue;
         }
+        // under TLS 1.3 the peer's verdict on this gateway's certificate arrives after the
+        // handshake, as the first read, which the gRPC channel reports only as a transport error
+        let (stream, revoked) = net::WatchRevoked::new(stream);
+        let failure = |text: String| {
+            if revoked.load(std::sync::atomic::Ordering::Relaxed) {
+                DialFailure::Revoked
+            } else {
+                DialFailure::Other(text)
+            }
+        };
         let channel = net::single_use_channel(stream)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failure(e.to_string()))?;
         let mut client = pb::federation_client::FederationClient::new(channel)
             .max_decoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(sync::QUEUE);
         let response = tokio::time::timeout(DIAL_TIMEOUT, client.sync(ReceiverStream::new(rx)))
             .await
             .map_err(|_| "sync call timed out".to_owned())?
-            .map_err(|s| {
-                // under TLS 1.3 the peer's verdict on this gateway's certificate arrives after
-                // the handshake, as the first thing read
-                if net::revoked_by_peer(&s) {
-                    DialFailure::Revoked
-                } else {
-                    format!("sync refused: {}", s.message()).into()
-                }
-            })?;
+            .map_err(|s| failure(format!("sync refused: {}", s.message())))?;
         let _ = events.send(DialEvent::Connected(id.to_string())).await;
         let started = Instant::now();
         let cancel = m.revocation().token(&peer.org);

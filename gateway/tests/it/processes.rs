@@ -536,12 +536,14 @@ fn after_a_revocation_restarted_and_running_gateways_agree_on_the_digest() {
     .expect("revoked");
     // org3's own gateway says so: its peers refuse its certificate as revoked
     let d2 = s(&dirs[2]);
+    let mut last = String::new();
     let said = wait_for("org3 sees it is revoked", Duration::from_secs(20), || {
         let run = fedgw()
             .run(["status", "--json", "--data-dir", &d2])
             .ok()?
             .ok()
             .ok()?;
+        last.clone_from(&run.stdout);
         let status: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
         let peers = status["peers"].as_array()?.clone();
         peers
@@ -549,7 +551,7 @@ fn after_a_revocation_restarted_and_running_gateways_agree_on_the_digest() {
             .any(|p| p["state"] == "revoked")
             .then_some(peers)
     })
-    .expect("org3 reports its revocation");
+    .unwrap_or_else(|e| panic!("{e}; org3's last status: {last}"));
     let revoked = said
         .iter()
         .find(|p| p["state"] == "revoked")
