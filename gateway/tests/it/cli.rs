@@ -1092,9 +1092,12 @@ fn node_import_takes_only_the_local_tessera_node_from_its_config() {
     );
     for n in &nodes {
         let (url, keys) = if n["name"] == "node2" {
-            ("http://172.16.239.12:9001", serde_json::json!([key]))
+            (
+                serde_json::json!("http://172.16.239.12:9001"),
+                serde_json::json!([key]),
+            )
         } else {
-            ("", serde_json::json!([]))
+            (serde_json::Value::Null, serde_json::json!([]))
         };
         assert_eq!(n["tessera_url"], url, "{n}");
         assert_eq!(n["tessera_keys"], keys, "{n}");
