@@ -108,14 +108,14 @@ node_gw() { echo "gw${1:1:1}"; }
 fedgw() { # GW ARGS... : a fedgw command in a gateway container on its data dir
   local gw=$1
   shift
-  docker exec "$project-$gw" /fedgw "$@" --data-dir /data
+  docker exec "$project-$gw" /usr/local/bin/fedgw "$@" --data-dir /data
 }
 # probe FROM TARGET PORT [ARGS...]: from node container FROM, resolve TARGET (a node name)
 # through FROM's gateway and talk to it on PORT
 probe() {
   local from=$1 target=$2 port=$3
   shift 3
-  docker exec "$project-$from" /fedgw probe "$target.$(node_org "$target").$domain:$port" \
+  docker exec "$project-$from" /usr/local/bin/fedgw probe "$target.$(node_org "$target").$domain:$port" \
     --dns "$(gw_dc_ip "$(node_gw "$from")"):53" "$@"
 }
 # in_pool FROM LINE: the probe's "-> IP:PORT" lies in FROM's gateway pool (.128/25)
@@ -211,9 +211,9 @@ outbound_links() {
 }
 # wan_refused: gw3's gateway port cannot be reached over the wan, gw2's can
 wan_refused() {
-  docker exec "$project-gw1" /fedgw ping "$(gw_wan_ip gw2):7443" --data-dir /data --timeout 2s >/dev/null ||
+  docker exec "$project-gw1" /usr/local/bin/fedgw ping "$(gw_wan_ip gw2):7443" --data-dir /data --timeout 2s >/dev/null ||
     { echo "gw1 cannot ping gw2 over the wan"; return 1; }
-  if out=$(docker exec "$project-gw1" /fedgw ping "$(gw_wan_ip gw3):7443" --data-dir /data --timeout 2s 2>&1); then
+  if out=$(docker exec "$project-gw1" /usr/local/bin/fedgw ping "$(gw_wan_ip gw3):7443" --data-dir /data --timeout 2s 2>&1); then
     echo "gw3 answered on the wan: $out"
     return 1
   fi
@@ -321,7 +321,7 @@ for from in n1a n2b n3a; do
 done
 for from in n1b n2a n3b; do
   check "$from resolves through its resolv.conf (Docker forwards to its gateway)" 10 \
-    docker exec "$project-$from" /fedgw probe "n2b.org2.$domain:30303" --timeout 2s
+    docker exec "$project-$from" /usr/local/bin/fedgw probe "n2b.org2.$domain:30303" --timeout 2s
 done
 
 # ---------------------------------------------------------------------------- fault: partition

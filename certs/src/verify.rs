@@ -51,9 +51,6 @@ pub enum PeerRejection {
     /// node certificate, or a gateway leaf issued before gateways carried it).
     #[error("not a gateway certificate (no fedgw-gateway extended key usage)")]
     NotGateway,
-    /// The peer's org is revoked.
-    #[error("org {0:?} is revoked")]
-    Revoked(String),
     /// The peer is not the org the dialer expected.
     #[error("expected org {expected:?}, peer is {actual:?}")]
     WrongOrg {
@@ -180,7 +177,9 @@ impl PeerVerifier {
             return Err(rejection(PeerRejection::NotGateway));
         }
         if self.revoked.contains(&id.org) {
-            return Err(rejection(PeerRejection::Revoked(id.org)));
+            // rustls's own kind, so the handshake sends the `certificate_revoked` alert and the
+            // revoked gateway can tell its operator why every peer hangs up on it
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
         if let Some(expected) = &self.expected_org
             && *expected != id.org

@@ -113,17 +113,29 @@ pub fn permissioned_nodes(nodes: &[RenderNode]) -> String {
     static_nodes(nodes)
 }
 
+/// The Besu enode URL of a node, `enode://<id>@<name>:<p2p>` (no discport or raftport, as in
+/// quorum-dev-quickstart's `files/besu/config/besu/static-nodes.json`), or `None` without enode
+/// id or p2p port.
+pub fn besu_enode(n: &RenderNode) -> Option<String> {
+    let id = n.enode_id?;
+    (n.p2p_port != 0).then(|| format!("enode://{}@{}:{}", hex(&id), n.host, n.p2p_port))
+}
+
+/// Besu `static-nodes.json`: the [`besu_enode`] URL of every node with an enode id and a p2p
+/// port (Besu wants no `discport`/`raftport` query).
+pub fn besu_static_nodes(nodes: &[RenderNode]) -> String {
+    json_lines(
+        sorted(nodes)
+            .into_iter()
+            .filter_map(besu_enode)
+            .map(|u| json_string(&u)),
+    )
+}
+
 /// Besu `permissions_config.toml` with the `nodes-allowlist` of every node with an enode id
 /// and a p2p port (Besu's enode URLs carry no discport/raftport).
 pub fn besu_allowlist(nodes: &[RenderNode]) -> String {
-    let urls: Vec<String> = sorted(nodes)
-        .into_iter()
-        .filter(|n| n.enode_id.is_some() && n.p2p_port != 0)
-        .filter_map(|n| {
-            n.enode_id
-                .map(|id| format!("enode://{}@{}:{}", hex(&id), n.host, n.p2p_port))
-        })
-        .collect();
+    let urls: Vec<String> = sorted(nodes).into_iter().filter_map(besu_enode).collect();
     let mut out = String::from("nodes-allowlist=[\n");
     for (i, u) in urls.iter().enumerate() {
         out.push_str(&json_string(u));
@@ -175,6 +187,8 @@ pub enum Kind {
     StaticNodes,
     /// [`permissioned_nodes`].
     PermissionedNodes,
+    /// [`besu_static_nodes`].
+    BesuStaticNodes,
     /// [`besu_allowlist`].
     BesuAllowlist,
     /// [`tessera_peers`].
@@ -183,9 +197,10 @@ pub enum Kind {
 
 impl Kind {
     /// Every renderer with its name (also the file name the controller uses).
-    pub const ALL: [(Kind, &'static str); 4] = [
+    pub const ALL: [(Kind, &'static str); 5] = [
         (Kind::StaticNodes, "static-nodes.json"),
         (Kind::PermissionedNodes, "permissioned-nodes.json"),
+        (Kind::BesuStaticNodes, "besu-static-nodes.json"),
         (Kind::BesuAllowlist, "permissions_config.toml"),
         (Kind::TesseraPeers, "tessera-peers.json"),
     ];
@@ -195,6 +210,7 @@ impl Kind {
         match self {
             Kind::StaticNodes => static_nodes(nodes),
             Kind::PermissionedNodes => permissioned_nodes(nodes),
+            Kind::BesuStaticNodes => besu_static_nodes(nodes),
             Kind::BesuAllowlist => besu_allowlist(nodes),
             Kind::TesseraPeers => tessera_peers(nodes),
         }

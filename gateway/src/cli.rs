@@ -30,7 +30,9 @@ macro_rules! outln {
 mod admin_cmds;
 mod cert_cmds;
 mod chain_cmds;
+mod docs_cmds;
 mod export_cmds;
+mod json;
 mod status_cmds;
 mod store_cmds;
 #[cfg(test)]
@@ -430,6 +432,9 @@ enum Command {
         /// Write here (atomically, only when the content changes) instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Only the nodes registered with this client software [default: every node].
+        #[arg(long, value_enum, value_name = "CLIENT")]
+        client: Option<admin_cmds::ClientArg>,
     },
     /// The chain behind the gateways.
     Chain {
@@ -476,6 +481,8 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    #[command(flatten)]
+    Docs(docs_cmds::DocsCommand),
 }
 
 /// Parses arguments and runs the command.
@@ -643,7 +650,8 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             node,
             dir,
             out,
-        } => admin_cmds::render(kind, node, dir, out).await,
+            client,
+        } => admin_cmds::render(kind, node, dir, out, client).await,
         Command::Chain { command } => chain_cmds::chain(command).await,
         Command::Revoke { org, dir, reason } => admin_cmds::revoke(org, dir, reason).await,
         Command::Store { command } => store_cmds::store(command).await,
@@ -654,6 +662,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             json,
             timeout,
         } => ping(endpoint, DataDir::new(dir.data_dir), json, timeout).await,
+        Command::Docs(command) => docs_cmds::docs(command),
     }
 }
 
@@ -739,7 +748,7 @@ async fn lab(
     let temporary = dir.is_none();
     let dir = match dir {
         Some(d) => d,
-        None => tempfile_dir().context("creating a lab directory")?,
+        None => crate::dev::lab::temporary_dir().context("creating a lab directory")?,
     };
     let bin = std::env::current_exe().context("locating the fedgw binary")?;
     outln!("fedgw lab: {orgs} orgs in {}", dir.display())?;
@@ -767,16 +776,6 @@ async fn lab(
         ));
     }
     Ok(())
-}
-
-fn tempfile_dir() -> std::io::Result<PathBuf> {
-    let base = std::env::temp_dir();
-    let stamp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let dir = base.join(format!("fedgw-lab-{}-{stamp}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -735,4 +735,80 @@ mod tests {
         let err = Config::parse(&c.to_toml(), Path::new("x")).expect_err("out of range");
         assert!(err.to_string().contains("tunnel.connect_hold_ms"), "{err}");
     }
+
+    /// Maps whose keys the operator chooses: one row in docs/CONFIG.md, not one per key.
+    const FREE_FORM: &[&str] = &["tunnel.priority"];
+
+    /// Every key path under `table` (`sync.heartbeat_ms`, `peers.org`, `addresses.pool`).
+    fn key_paths(prefix: &str, table: &toml::Table, out: &mut std::collections::BTreeSet<String>) {
+        for (k, v) in table {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(t) if !FREE_FORM.contains(&path.as_str()) => {
+                    key_paths(&path, t, out)
+                }
+                toml::Value::Array(items) if items.iter().any(toml::Value::is_table) => {
+                    for t in items.iter().filter_map(toml::Value::as_table) {
+                        key_paths(&path, t, out);
+                    }
+                }
+                _ => {
+                    out.insert(path);
+                }
+            }
+        }
+    }
+
+    /// docs/CONFIG.md names every key of `fedgw.toml` and no other: the key paths of configs
+    /// with every optional value set (both address modes) against the first cell of each
+    /// table row of the doc.
+    #[test]
+    fn config_reference_lists_every_key_and_no_other() {
+        let mut full = sample();
+        full.genesis_sha256 = Some("00".repeat(32));
+        full.sync.max_session_ms = Some(60_000);
+        full.sync.deny = vec!["org3/dc1".into()];
+        full.tunnel.max_connections_per_org = Some(8);
+        full.tunnel.max_link_ms = Some(60_000);
+        full.tunnel
+            .priority
+            .insert("tessera".into(), crate::tunnel::class::Class::Bulk);
+        full.peers = vec![PeerConfig {
+            org: "org2".into(),
+            site: "dc1".into(),
+            advertise: vec!["127.0.0.1:7443".into()],
+        }];
+        full.addresses = crate::addressing::AddressMode::Ip {
+            pool: "127.77.0.0/16".into(),
+            interface: Some("auto".into()),
+        };
+        let mut port_mode = sample();
+        port_mode.addresses = crate::addressing::AddressMode::Port {
+            ip: "127.0.0.1".parse().expect("ip"),
+            first_port: 20000,
+            last_port: 20999,
+        };
+        let mut keys = std::collections::BTreeSet::new();
+        for c in [full, port_mode] {
+            let table: toml::Table = toml::from_str(&c.to_toml()).expect("own TOML parses");
+            key_paths("", &table, &mut keys);
+        }
+        let doc = include_str!("../../docs/CONFIG.md");
+        let documented: std::collections::BTreeSet<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once('`'))
+            .map(|(key, _)| key.to_owned())
+            .collect();
+        let missing: Vec<_> = keys.difference(&documented).collect();
+        let unknown: Vec<_> = documented.difference(&keys).collect();
+        assert!(
+            missing.is_empty() && unknown.is_empty(),
+            "docs/CONFIG.md lacks {missing:?} and names keys fedgw.toml does not have: {unknown:?}"
+        );
+    }
 }

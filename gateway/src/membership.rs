@@ -129,7 +129,7 @@ struct PeerEntry {
 /// The dialer's view of a peer it is not connected to.
 #[derive(Debug, Clone, Default)]
 pub struct DialStatus {
-    /// "connecting" or "backoff".
+    /// "connecting", "backoff" or "revoked" (the peer refused this gateway as revoked).
     pub state: &'static str,
     /// The last failure.
     pub last_error: String,
@@ -140,7 +140,7 @@ pub struct DialStatus {
 pub struct PeerReport {
     /// The peer.
     pub id: GatewayId,
-    /// "connected", "connecting" or "backoff".
+    /// "connected", "connecting", "backoff" or "revoked".
     pub state: &'static str,
     /// "outbound" or "inbound" (connected peers).
     pub direction: &'static str,

@@ -27,6 +27,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod process;
+
 /// A value that names itself in a metric label: a tunnel stream's class, a refusal's reason.
 /// The module that defines the value implements this, so metrics need not know its type.
 pub trait Label: Copy {
@@ -240,7 +242,17 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every series.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("fedgw");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("fedgw");
+        registry.register(
+            "build",
+            "The fedgw build: `version` is the crate version (always 1)",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            )]),
+        );
         let handshakes = Family::<HandshakeLabels, Counter>::default();
         registry.register(
             "gateway_handshakes",
@@ -375,7 +387,7 @@ impl Metrics {
         Self {
             tunnel,
             classes,
-            registry: Arc::new(registry),
+            registry: Arc::new(root),
             records_rejected,
             dns_tcp_refused,
             sync_peers,

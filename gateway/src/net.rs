@@ -285,9 +285,124 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
+/// Whether `e` or one of its sources is the `certificate_revoked` TLS alert from the other end:
+/// the peer refused this gateway's certificate because the consortium revoked its org (the
+/// peer's verifier refuses a revoked org with that alert, `fedgw_certs::PeerVerifier`). TLS
+/// errors travel inside `std::io::Error`s, whose `source` skips the wrapped error itself, so
+/// those are opened too. At most 32 levels are looked at.
+pub fn revoked_by_peer(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::AlertDescription::CertificateRevoked;
+    let mut cur = Some(e);
+    for _ in 0..32 {
+        let Some(err) = cur else { break };
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        for candidate in [Some(err), inner].into_iter().flatten() {
+            if let Some(rustls::Error::AlertReceived(CertificateRevoked)) =
+                candidate.downcast_ref::<rustls::Error>()
+            {
+                return true;
+            }
+        }
+        cur = inner.or_else(|| err.source());
+    }
+    false
+}
+
+/// A byte stream that notes when a read fails with the peer's `certificate_revoked` alert
+/// ([`revoked_by_peer`]). Under TLS 1.3 a server's verdict on the client's certificate comes
+/// after the client's handshake, as the first read; a gRPC channel over the stream turns that
+/// read error into a generic transport error, so the dialer keeps this flag to tell why.
+#[derive(Debug)]
+pub struct WatchRevoked<IO> {
+    io: IO,
+    revoked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<IO> WatchRevoked<IO> {
+    /// Wraps `io`; the flag turns true at the first read that failed with the alert.
+    pub fn new(io: IO) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
+        let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (
+            Self {
+                io,
+                revoked: revoked.clone(),
+            },
+            revoked,
+        )
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WatchRevoked<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Err(e)) = &polled
+            && revoked_by_peer(e)
+        {
+            self.revoked
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WatchRevoked<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_revoked_alert_is_found_inside_io_errors() {
+        let alert = |a| rustls::Error::AlertReceived(a);
+        let wrapped = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            alert(rustls::AlertDescription::CertificateRevoked),
+        );
+        assert!(revoked_by_peer(&wrapped));
+        assert!(revoked_by_peer(&alert(
+            rustls::AlertDescription::CertificateRevoked
+        )));
+        // one level further down, as hyper and tonic wrap it
+        let outer = anyhow::Error::new(wrapped).context("transport error");
+        assert!(revoked_by_peer(outer.as_ref()));
+        let other = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            alert(rustls::AlertDescription::BadCertificate),
+        );
+        assert!(!revoked_by_peer(&other));
+        assert!(!revoked_by_peer(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        )));
+    }
 
     /// A name's answer is remembered (under any case) with the time it came; an IP literal is
     /// not resolved, so nothing is remembered for it.

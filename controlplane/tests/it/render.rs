@@ -147,6 +147,27 @@ fn besu_allowlist_is_toml_with_plain_enode_urls() {
     assert!(sample["nodes-allowlist"].is_array());
 }
 
+#[test]
+fn besu_static_nodes_have_the_shape_of_the_besu_sample() {
+    let text = Kind::BesuStaticNodes.render(&consortium());
+    let parsed = parse_static_nodes(&text).expect("our output parses");
+    assert_eq!(parsed.len(), 9, "{text}");
+    for url in &parsed {
+        assert_eq!((url.discport, url.raftport), (None, None), "{url}");
+        assert!(url.host.to_string().ends_with(".acme.test"), "{url}");
+    }
+    // quorum-dev-quickstart's Besu file: the same plain URLs, no query
+    let sample = parse_static_nodes(&data("besu-static-nodes.json")).expect("sample parses");
+    assert!(!sample.is_empty());
+    assert!(
+        sample
+            .iter()
+            .all(|u| u.discport.is_none() && u.raftport.is_none())
+    );
+    assert!(!data("besu-static-nodes.json").contains('?'));
+    assert!(!text.contains('?'), "{text}");
+}
+
 fn data_besu_sample() -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden/besu-sample-permissions_config.toml");

@@ -12,7 +12,7 @@ use fedgw_proto::v1 as pb;
 use pb::admin_client::AdminClient;
 use tonic::transport::Channel;
 
-use super::{AdminDirArg, CliError, exit, usage};
+use super::{AdminDirArg, CliError, exit, json, usage};
 use crate::datadir::DataDir;
 
 /// `--client` values.
@@ -283,6 +283,13 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
                 }
                 spec.tessera_url = url.clone();
             }
+            if spec.host.is_empty() {
+                return Err(usage(format!(
+                    "node {} has no address: give its enode URL (--enode enode://ID@HOST:PORT) \
+                     or its Tessera P2P URL (--tessera-url http://HOST:PORT)",
+                    a.name
+                )));
+            }
             spec.raft_id = a.raft_id.unwrap_or(0);
             spec.tessera_keys = tessera_keys(&a.tessera_key)?;
             spec.roles = a.role.clone();
@@ -508,15 +515,16 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
                 let r = n.record.clone().unwrap_or_default();
                 serde_json::json!({
                     "org": n.org, "name": n.name, "client": client_name(r.client),
-                    "enode": enode_hex(&r.enode_id), "p2p_port": r.p2p_port, "raft_port": r.raft_port,
-                    "raft_id": if n.raft_id != 0 { n.raft_id } else { r.raft_id },
-                    "site": r.site, "seq": n.seq,
-                    "tessera_url": r.tessera_url,
+                    "enode": json::text(&enode_hex(&r.enode_id)),
+                    "p2p_port": json::number(r.p2p_port), "raft_port": json::number(r.raft_port),
+                    "raft_id": json::number(if n.raft_id != 0 { n.raft_id } else { r.raft_id }),
+                    "site": json::text(&r.site), "seq": n.seq,
+                    "tessera_url": json::text(&r.tessera_url),
                     "tessera_keys": r.tessera_keys.iter().map(|k| b64.encode(k)).collect::<Vec<_>>(),
                     "allowed_orgs": r.allowed_orgs, "roles": r.roles,
-                    "local_host": n.local_host, "dns_name": n.dns_name,
-                    "local_ip": n.local_ip, "local_ports": n.local_ports,
-                    "rpc": n.local_rpc,
+                    "local_host": json::text(&n.local_host), "dns_name": n.dns_name,
+                    "local_ip": json::ip(&n.local_ip), "local_ports": n.local_ports,
+                    "rpc": json::text(&n.local_rpc),
                 })
             })
             .collect();
@@ -593,7 +601,7 @@ pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
         let list: Vec<_> = all
             .map(|m| {
                 serde_json::json!({
-                    "org": m.org, "status": m.status, "admitted_unix": m.admitted_unix,
+                    "org": m.org, "status": m.status, "admitted_unix": json::number(m.admitted_unix),
                     "approved_by": m.approved_by,
                     "gateways": m.gateways.iter().map(|g| serde_json::json!({
                         "site": g.site, "advertise": g.advertise, "outbound_only": g.outbound_only,
@@ -676,6 +684,8 @@ pub enum RenderKind {
     StaticNodes,
     /// GoQuorum permissioned-nodes.json.
     PermissionedNodes,
+    /// Besu static-nodes.json (enode URLs without discport or raftport).
+    BesuStaticNodes,
     /// Besu permissions_config.toml (nodes-allowlist).
     BesuAllowlist,
     /// Tessera peer list (JSON array of {"url": ...}).
@@ -692,6 +702,7 @@ pub async fn render(
     node: Option<String>,
     args: AdminDirArg,
     out: Option<PathBuf>,
+    client: Option<ClientArg>,
 ) -> Result<(), CliError> {
     use fedgw_controlplane::render::{Kind, RenderNode};
     match (kind, node) {
@@ -716,6 +727,9 @@ pub async fn render(
     let mut render_nodes = Vec::with_capacity(nodes.len());
     for n in &nodes {
         let record = n.record.clone().unwrap_or_default();
+        if client.is_some_and(|c| record.client != i32::from(c.to_pb())) {
+            continue;
+        }
         let node = fedgw_proto::domain::Node::try_from(&record).map_err(|e| {
             CliError::new(
                 exit::FAILURE,
@@ -727,6 +741,7 @@ pub async fn render(
     let kind = match kind {
         RenderKind::StaticNodes => Kind::StaticNodes,
         RenderKind::PermissionedNodes => Kind::PermissionedNodes,
+        RenderKind::BesuStaticNodes => Kind::BesuStaticNodes,
         RenderKind::BesuAllowlist => Kind::BesuAllowlist,
         RenderKind::TesseraPeers => Kind::TesseraPeers,
         RenderKind::RaftJoin => return Err(usage("render raft-join needs a NODE")),

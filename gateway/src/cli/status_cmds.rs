@@ -4,7 +4,7 @@
 use fedgw_proto::v1 as pb;
 
 use super::admin_cmds::connect;
-use super::{AdminDirArg, CliError};
+use super::{AdminDirArg, CliError, json};
 
 /// `fedgw status`.
 pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
@@ -22,8 +22,9 @@ pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
             .map(|p| {
                 serde_json::json!({
                     "org": p.org, "site": p.site, "state": p.state, "direction": p.direction,
-                    "last_seen_unix_ms": p.last_seen_unix_ms, "last_error": p.last_error,
-                    "connected_since_unix_ms": p.connected_since_unix_ms,
+                    "last_seen_unix_ms": json::number(p.last_seen_unix_ms),
+                    "last_error": json::text(&p.last_error),
+                    "connected_since_unix_ms": json::number(p.connected_since_unix_ms),
                     "records_in": p.records_in, "records_out": p.records_out,
                     "advertise": advertised_json(&p.advertise),
                 })
@@ -36,8 +37,8 @@ pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
                 serde_json::json!({
                     "org": t.org, "site": t.site, "transport": t.transport, "rtt_ms": t.rtt_ms,
                     "path_mtu": t.path_mtu, "lost_packets": t.lost_packets,
-                    "quic_failed_at_unix_ms": t.quic_failed_at_unix_ms,
-                    "quic_retry_at_unix_ms": t.quic_retry_at_unix_ms,
+                    "quic_failed_at_unix_ms": json::number(t.quic_failed_at_unix_ms),
+                    "quic_retry_at_unix_ms": json::number(t.quic_retry_at_unix_ms),
                 })
             })
             .collect();
@@ -68,6 +69,12 @@ pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
         s.rejected_records,
         s.equivocations
     )?;
+    if s.peers.iter().any(|p| p.state == "revoked") {
+        outln!(
+            "REVOKED: the consortium revoked org {}; its peers refuse this gateway",
+            s.org
+        )?;
+    }
     for a in &s.advertise {
         outln!("advertised as {}", advertised_text(a))?;
     }
@@ -220,7 +227,7 @@ fn advertised_json(list: &[pb::AdvertisedEndpoint]) -> serde_json::Value {
         .map(|a| {
             serde_json::json!({
                 "endpoint": a.endpoint, "addresses": a.addresses,
-                "resolved_unix_ms": a.resolved_unix_ms, "error": a.error,
+                "resolved_unix_ms": json::number(a.resolved_unix_ms), "error": json::text(&a.error),
             })
         })
         .collect()

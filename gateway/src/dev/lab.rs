@@ -726,7 +726,7 @@ pub async fn run(opts: LabOptions, stop: impl Future<Output = ()>) -> Result<usi
 
     match result {
         Ok(lab) if !opts.check => {
-            print_table(&lab, &dir);
+            say!("{}", table(&lab, &dir, &opts.bin).trim_end());
             say!("\nthe lab is up; Ctrl-C (or SIGTERM) stops it");
             stop.await;
         }
@@ -754,7 +754,18 @@ pub async fn run(opts: LabOptions, stop: impl Future<Output = ()>) -> Result<usi
     Ok(steps.failed)
 }
 
-fn print_table(lab: &LabFile, dir: &Path) {
+/// The lab's table and the commands to try, as printed. The `fedgw` commands name `bin`, the
+/// binary running the lab, so they work where `fedgw` is not on `PATH` (`cargo run ... -- lab`).
+fn table(lab: &LabFile, dir: &Path, bin: &Path) -> String {
+    let mut out = String::new();
+    // the lines go into `out` rather than to standard output
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            use std::fmt::Write as _;
+            let _ = writeln!(out, $($arg)*);
+        }};
+    }
+    let fedgw = shell_word(&bin.display().to_string());
     say!("\nconsortium {} ({})", lab.consortium, lab.domain);
     say!(
         "{:<6} {:<22} {:<22} {:<22} data dir",
@@ -802,16 +813,84 @@ fn print_table(lab: &LabFile, dir: &Path) {
                 say!("  curl http://{t}/upcheck");
             }
             if let Some(p) = n.real.get("p2p").and_then(|p| p.rsplit(':').next()) {
-                say!("  fedgw probe {}:{p} --dns {}", n.dns_name, a.dns);
+                say!("  {fedgw} probe {}:{p} --dns {}", n.dns_name, a.dns);
             }
         }
-        say!("  fedgw nodes --data-dir {}", a.data_dir.display());
+        say!("  {fedgw} nodes --data-dir {}", a.data_dir.display());
         say!(
-            "  fedgw ping {} --data-dir {}",
+            "  {fedgw} ping {} --data-dir {}",
             a.gateway,
             b.data_dir.display()
         );
         say!("  curl -s http://{}/metrics | grep fedgw_tunnel", a.metrics);
     }
     say!("  cat {}", dir.join("lab.json").display());
+    out
+}
+
+/// A new directory for a lab under the system's temporary directory,
+/// `fedgw-lab-<pid>-<unix ms>`.
+pub fn temporary_dir() -> std::io::Result<PathBuf> {
+    let base = std::env::temp_dir();
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let dir = base.join(format!("fedgw-lab-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// `word` as one POSIX shell word: as it is when it holds only safe characters, else in single
+/// quotes.
+fn shell_word(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c);
+    if !word.is_empty() && word.chars().all(safe) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commands_to_try_name_the_running_binary() {
+        let org = |n: u8| LabOrg {
+            org: format!("org{n}"),
+            data_dir: PathBuf::from(format!("/tmp/lab/org{n}")),
+            gateway: format!("127.0.0.1:700{n}"),
+            dns: format!("127.0.0.1:530{n}"),
+            metrics: format!("127.0.0.1:900{n}"),
+        };
+        let lab = LabFile {
+            consortium: "acme".into(),
+            domain: "acme.test".into(),
+            orgs: vec![org(1), org(2)],
+            nodes: vec![LabNode {
+                org: "org2".into(),
+                name: "node1".into(),
+                dns_name: "node1.org2.acme.test".into(),
+                client: "goquorum".into(),
+                enode: "ab".repeat(64),
+                real: [("p2p".to_owned(), "127.66.2.1:30303".to_owned())].into(),
+                local: Default::default(),
+            }],
+        };
+        let text = table(
+            &lab,
+            Path::new("/tmp/lab"),
+            Path::new("/src/target/release/fedgw"),
+        );
+        assert!(
+            text.contains("  /src/target/release/fedgw probe node1.org2.acme.test:30303 --dns"),
+            "{text}"
+        );
+        assert!(text.contains("  /src/target/release/fedgw nodes --data-dir /tmp/lab/org1"));
+        assert!(text.contains("  /src/target/release/fedgw ping 127.0.0.1:7001"));
+        assert!(!text.contains("  fedgw "), "{text}");
+        let spaced = table(&lab, Path::new("/tmp/lab"), Path::new("/my bin/fedgw"));
+        assert!(spaced.contains("  '/my bin/fedgw' nodes"), "{spaced}");
+    }
 }

@@ -156,6 +156,17 @@ pub enum ProbeError {
     /// The name did not resolve.
     #[error("cannot resolve {0}: {1}")]
     Resolve(String, String),
+    /// The DNS server answered that it has no address for the name.
+    #[error(
+        "{host} is not a name the DNS server at {dns} knows (no such node, or not registered \
+         yet); `fedgw nodes --data-dir DIR` lists the names a gateway serves"
+    )]
+    NoSuchName {
+        /// The name asked for.
+        host: String,
+        /// The DNS server asked.
+        dns: SocketAddr,
+    },
     /// Connecting failed.
     #[error("cannot connect to {0}: {1}")]
     Connect(SocketAddr, std::io::Error),
@@ -200,10 +211,17 @@ async fn resolve(host: &str, port: u16, dns: Option<SocketAddr>) -> Result<Socke
     } else {
         format!("{host}.")
     };
-    let lookup = resolver
-        .lookup_ip(name)
-        .await
-        .map_err(|e| err(e.to_string()))?;
+    let lookup = resolver.lookup_ip(name).await.map_err(|e| {
+        // hickory's own text of a negative answer is a debug dump of the query
+        if e.is_no_records_found() {
+            ProbeError::NoSuchName {
+                host: host.to_owned(),
+                dns,
+            }
+        } else {
+            err(e.to_string())
+        }
+    })?;
     lookup
         .iter()
         .next()

@@ -44,7 +44,12 @@ pub enum JoinError {
     #[error("invalid join response: {0}")]
     InvalidResponse(String),
     /// The admission policy was not met before the timeout.
-    #[error("not admitted in time: {approvals} of {needed} approvals (approved by: {approved_by})")]
+    #[error(
+        "not admitted in time: {approvals} of {needed} approvals ({}); ask the members' \
+         operators to run `fedgw approve <this org>`, then run this `fedgw join` again (a \
+         longer --timeout waits longer)",
+        approvers(approved_by)
+    )]
     NotApproved {
         /// Approvals so far.
         approvals: u32,
@@ -53,6 +58,15 @@ pub enum JoinError {
         /// Who approved, comma-separated.
         approved_by: String,
     },
+}
+
+/// `approved by a, b`, or `nobody approved yet` for an empty list.
+fn approvers(approved_by: &str) -> String {
+    if approved_by.is_empty() {
+        "nobody approved yet".to_owned()
+    } else {
+        format!("approved by {approved_by}")
+    }
 }
 
 /// How often a pending joiner asks again.
@@ -87,7 +101,7 @@ pub async fn join(
                     return Err(JoinError::NotApproved {
                         approvals: p.approvals,
                         needed: p.needed,
-                        approved_by: p.approved_by.join(","),
+                        approved_by: p.approved_by.join(", "),
                     });
                 }
                 tokio::time::sleep(PENDING_POLL).await;

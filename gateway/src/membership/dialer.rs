@@ -48,8 +48,35 @@ enum DialEvent {
     /// The stream is established (the connect slot is free again).
     Connected(String),
     /// The attempt or the session ended: how long the session lasted, or why the dial failed.
-    Ended(String, Result<Duration, String>),
+    Ended(String, Result<Duration, DialFailure>),
 }
+
+/// Why a dial or the session it opened failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DialFailure {
+    /// The peer refused this gateway's certificate as revoked: the consortium revoked this
+    /// gateway's org, and no peer will take it again.
+    Revoked,
+    /// Anything else, as `fedgw status` shows it.
+    Other(String),
+}
+
+impl From<String> for DialFailure {
+    fn from(text: String) -> Self {
+        DialFailure::Other(text)
+    }
+}
+
+impl From<&str> for DialFailure {
+    fn from(text: &str) -> Self {
+        DialFailure::Other(text.to_owned())
+    }
+}
+
+/// What `fedgw status` shows for a peer that refused this gateway as revoked.
+pub const REVOKED_ERROR: &str = "the consortium revoked this org: the peer refuses this \
+    gateway's certificate (TLS alert certificate_revoked); this gateway can no longer take \
+    part, ask the consortium's operator to invite the org again";
 
 /// What the dialer needs to build TLS client configs.
 #[derive(Clone, Debug)]
@@ -109,7 +136,7 @@ pub async fn run(m: Membership, tls: DialerTls) {
 async fn schedule<D, F>(m: Membership, dial: D)
 where
     D: Fn(Membership, GatewayId, Vec<String>, mpsc::Sender<DialEvent>) -> F,
-    F: Future<Output = Result<Duration, String>> + Send + 'static,
+    F: Future<Output = Result<Duration, DialFailure>> + Send + 'static,
 {
     let cfg = m.config().clone();
     let shutdown = m.0.shutdown.clone();
@@ -200,8 +227,22 @@ where
                             t.next_attempt = Instant::now();
                             m.set_dial_status(&id, None);
                         }
+                        Err(DialFailure::Revoked) => {
+                            // said once per peer, at error: the operator must act
+                            let said = m.0.dial_status.lock().unwrap_or_else(|e| e.into_inner())
+                                .get(&id).is_some_and(|s| s.state == "revoked");
+                            if !said {
+                                tracing::error!(peer = %id, "{REVOKED_ERROR}");
+                            }
+                            t.next_attempt = Instant::now() + jitter(t.backoff);
+                            t.backoff = (t.backoff * 2).min(cfg.backoff_max);
+                            m.set_dial_status(&id, Some(DialStatus { state: "revoked", last_error: REVOKED_ERROR.to_owned() }));
+                        }
                         other => {
-                            let error = other.err().unwrap_or_else(|| "session ended quickly".into());
+                            let error = match other {
+                                Err(DialFailure::Other(e)) => e,
+                                _ => "session ended quickly".into(),
+                            };
                             debug!(peer = %id, error = %error, "sync dial failed");
                             t.next_attempt = Instant::now() + jitter(t.backoff);
                             t.backoff = (t.backoff * 2).min(cfg.backoff_max);
@@ -221,7 +262,7 @@ async fn dial_and_run(
     id: &GatewayId,
     endpoints: &[String],
     events: &mpsc::Sender<DialEvent>,
-) -> Result<Duration, String> {
+) -> Result<Duration, DialFailure> {
     let config = tls.config_for(&id.org).map_err(|e| e.to_string())?;
     let mut last_error = "no endpoints".to_owned();
     // the peer proves the identity the view expects, whatever name or address it is at
@@ -230,6 +271,7 @@ async fn dial_and_run(
         let stream =
             match net::dial_tls_as(endpoint, name.clone(), config.clone(), DIAL_TIMEOUT).await {
                 Ok(s) => s,
+                Err(e) if net::revoked_by_peer(&e) => return Err(DialFailure::Revoked),
                 Err(e) => {
                     last_error = crate::net::with_sources(&e);
                     continue;
@@ -252,16 +294,26 @@ async fn dial_and_run(
             last_error = format!("{endpoint} is {peer}, not {id}");
             continue;
         }
+        // under TLS 1.3 the peer's verdict on this gateway's certificate arrives after the
+        // handshake, as the first read, which the gRPC channel reports only as a transport error
+        let (stream, revoked) = net::WatchRevoked::new(stream);
+        let failure = |text: String| {
+            if revoked.load(std::sync::atomic::Ordering::Relaxed) {
+                DialFailure::Revoked
+            } else {
+                DialFailure::Other(text)
+            }
+        };
         let channel = net::single_use_channel(stream)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failure(e.to_string()))?;
         let mut client = pb::federation_client::FederationClient::new(channel)
             .max_decoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(sync::QUEUE);
         let response = tokio::time::timeout(DIAL_TIMEOUT, client.sync(ReceiverStream::new(rx)))
             .await
             .map_err(|_| "sync call timed out".to_owned())?
-            .map_err(|s| format!("sync refused: {}", s.message()))?;
+            .map_err(|s| failure(format!("sync refused: {}", s.message())))?;
         let _ = events.send(DialEvent::Connected(id.to_string())).await;
         let started = Instant::now();
         let cancel = m.revocation().token(&peer.org);
@@ -280,10 +332,10 @@ async fn dial_and_run(
             | SessionEnd::Terminated(_)
             | SessionEnd::Duplicate
             | SessionEnd::MaxAge => Ok(started.elapsed()),
-            other => Err(other.to_string()),
+            other => Err(other.to_string().into()),
         };
     }
-    Err(last_error)
+    Err(last_error.into())
 }
 
 #[cfg(test)]
@@ -297,7 +349,7 @@ mod tests {
     /// with every attempt ending after `lasts` with `result`: the attempts' start times.
     async fn attempts(
         lasts: Duration,
-        result: Result<Duration, String>,
+        result: Result<Duration, DialFailure>,
         simulated: Duration,
     ) -> Vec<Instant> {
         let pki = Pki::new(&["org1", "org2"]);

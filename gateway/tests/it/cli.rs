@@ -61,6 +61,11 @@ fn invite(dir: &Path, org: &str) -> String {
 }
 
 fn join(token: &str, org: &str, dir: &Path) -> fedgw_tests::Run {
+    join_within(token, org, dir, "10s")
+}
+
+/// `fedgw join` on loopback with `--timeout timeout`.
+fn join_within(token: &str, org: &str, dir: &Path, timeout: &str) -> fedgw_tests::Run {
     let d = s(dir);
     let mut args = vec![
         "join",
@@ -72,7 +77,7 @@ fn join(token: &str, org: &str, dir: &Path) -> fedgw_tests::Run {
         "--advertise",
         "127.0.0.1:0",
         "--timeout",
-        "10s",
+        timeout,
     ];
     args.extend(LOOPBACK);
     fedgw().run(args).expect("spawn")
@@ -1087,9 +1092,12 @@ fn node_import_takes_only_the_local_tessera_node_from_its_config() {
     );
     for n in &nodes {
         let (url, keys) = if n["name"] == "node2" {
-            ("http://172.16.239.12:9001", serde_json::json!([key]))
+            (
+                serde_json::json!("http://172.16.239.12:9001"),
+                serde_json::json!([key]),
+            )
         } else {
-            ("", serde_json::json!([]))
+            (serde_json::Value::Null, serde_json::json!([]))
         };
         assert_eq!(n["tessera_url"], url, "{n}");
         assert_eq!(n["tessera_keys"], keys, "{n}");
@@ -1294,4 +1302,295 @@ fn every_admin_command_gives_up_on_a_gateway_that_does_not_answer() {
         help.stdout
     );
     assert!(help.stdout.contains("[default: 30s]"), "{}", help.stdout);
+}
+
+/// The subcommands `fedgw` has, from its own definition.
+fn subcommands() -> Vec<String> {
+    use clap::CommandFactory as _;
+    fedgw_gateway::cli::Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect()
+}
+
+#[test]
+fn completions_name_every_subcommand_and_the_man_page_renders() {
+    let names = subcommands();
+    assert!(
+        ["init", "run", "node", "render", "completions", "man"]
+            .iter()
+            .all(|n| names.iter().any(|m| m == n)),
+        "{names:?}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let run = fedgw()
+            .run(["completions", shell])
+            .expect("spawn")
+            .ok()
+            .expect("completions");
+        for name in &names {
+            assert!(run.stdout.contains(name.as_str()), "{shell}: no {name}");
+        }
+    }
+    let bash = fedgw().run(["completions", "bash"]).expect("spawn");
+    assert!(
+        bash.stdout.contains("complete -F _fedgw"),
+        "{}",
+        bash.stdout
+    );
+    let bad = fedgw().run(["completions", "tcsh"]).expect("spawn");
+    assert_eq!(bad.code, Some(64), "{}", bad.stderr);
+
+    let man = fedgw().run(["man"]).expect("spawn").ok().expect("man");
+    assert!(
+        man.stdout.starts_with(".ie"),
+        "{}",
+        &man.stdout[..80.min(man.stdout.len())]
+    );
+    assert!(man.stdout.contains(".TH fedgw 1"), "{}", man.stdout);
+    for name in &names {
+        assert!(
+            man.stdout
+                .contains(&format!("fedgw\\-{}", name.replace('-', "\\-"))),
+            "man: no {name}"
+        );
+    }
+    // groff renders it without a warning
+    let mut groff = std::process::Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("groff (apt: groff-base)");
+    std::io::Write::write_all(
+        &mut groff.stdin.take().expect("stdin"),
+        man.stdout.as_bytes(),
+    )
+    .expect("write");
+    let out = groff.wait_with_output().expect("groff");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // one page per command into a directory
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("man1");
+    fedgw()
+        .run(["man", "--dir", &s(&dir)])
+        .expect("spawn")
+        .ok()
+        .expect("man --dir");
+    for page in [
+        "fedgw.1",
+        "fedgw-run.1",
+        "fedgw-node-add.1",
+        "fedgw-completions.1",
+    ] {
+        let text = std::fs::read_to_string(dir.join(page)).expect(page);
+        assert!(text.contains(".TH"), "{page}");
+    }
+}
+
+/// The Dockerfile of the compose lab copies each binary once, and nothing runs a path the
+/// image does not have.
+#[test]
+fn the_compose_image_holds_the_fedgw_binary_once() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose-lab");
+    let docker = std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
+    let copies: Vec<&str> = docker
+        .lines()
+        .filter(|l| l.starts_with("COPY fedgw "))
+        .collect();
+    assert_eq!(copies, ["COPY fedgw /usr/local/bin/fedgw"], "{docker}");
+    for file in ["Dockerfile", "docker-compose.yml", "e2e.sh", "README.md"] {
+        let text = std::fs::read_to_string(root.join(file)).expect(file);
+        for (i, line) in text.lines().enumerate() {
+            let stray = line.match_indices("/fedgw").any(|(at, _)| {
+                !line[..at].ends_with("/usr/local/bin")
+                    && !line[at + "/fedgw".len()..].starts_with(['-', '/', '.'])
+                    && !line[..at].ends_with("/var/lib")
+            });
+            assert!(!stray, "{file}:{}: {line}", i + 1);
+        }
+    }
+}
+
+#[test]
+fn errors_of_probe_node_add_and_a_majority_join_say_what_to_do() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("org1");
+    let d = s(&a);
+    let args = init_args(&a, "127.0.0.1:0", &["--admission", "majority"]);
+    fedgw().run(args).expect("spawn").ok().expect("init");
+
+    // node add without an address: a sentence naming the options, before any gateway is asked
+    let run = fedgw()
+        .run(["node", "add", "x", "--data-dir", &d])
+        .expect("spawn");
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("node x has no address"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("--enode enode://"), "{}", run.stderr);
+    assert!(!run.stderr.contains("invalid node host"), "{}", run.stderr);
+
+    let gw1 = fedgw().start(&a).expect("starts");
+    // probe of a name the gateway's DNS does not know: no debug dump of hickory's query
+    let dns = gw1.info["dns"].as_str().expect("dns").to_owned();
+    let run = fedgw()
+        .run([
+            "probe",
+            "nosuch.org1.acme.test:30303",
+            "--dns",
+            &dns,
+            "--timeout",
+            "5s",
+        ])
+        .expect("spawn");
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("nosuch.org1.acme.test is not a name the DNS server at"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("fedgw nodes"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("Query {") && !run.stderr.contains('{'),
+        "{}",
+        run.stderr
+    );
+
+    // a majority join nobody approved: who approved, and what to do
+    let token = invite(&a, "org2");
+    let run = join_within(&token, "org2", &tmp.path().join("org2"), "2s");
+    assert_eq!(run.code, Some(18), "{}", run.stderr);
+    let last = run
+        .stderr
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        last.contains("approvals (nobody approved yet)"),
+        "{}",
+        run.stderr
+    );
+    assert!(last.contains("`fedgw approve <this org>`"), "{last}");
+    assert!(!run.stderr.contains("approved by: )"), "{}", run.stderr);
+    assert!(gw1.stop().expect("stop").success());
+}
+
+#[test]
+fn render_has_a_besu_static_nodes_flavour_and_a_client_filter_and_json_shows_null() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw = founder(tmp.path());
+    let d = s(&gw.dir);
+    for (name, client, host, n) in [
+        ("q1", "goquorum", "10.0.0.1", 1u64),
+        ("b1", "besu", "besu1.internal", 2),
+    ] {
+        let enode = format!(
+            "enode://{}@{host}:30303?discport=0",
+            fedgw_tests::enode_id(0xb0 + n)
+        );
+        fedgw()
+            .run([
+                "node",
+                "add",
+                name,
+                "--client",
+                client,
+                "--enode",
+                &enode,
+                "--data-dir",
+                &d,
+            ])
+            .expect("spawn")
+            .ok()
+            .expect("node add");
+    }
+    let render = |args: &[&str]| {
+        let mut all = vec!["render"];
+        all.extend(args);
+        all.extend(["--data-dir", &d]);
+        fedgw()
+            .run(all)
+            .expect("spawn")
+            .ok()
+            .expect("render")
+            .stdout
+    };
+    let besu = render(&["besu-static-nodes", "--client", "besu"]);
+    let list: Vec<String> = serde_json::from_str(&besu).expect("a JSON array");
+    assert_eq!(
+        list,
+        [format!(
+            "enode://{}@b1.org1.acme.test:30303",
+            fedgw_tests::enode_id(0xb2)
+        )],
+        "{besu}"
+    );
+    let quorum = render(&["static-nodes", "--client", "goquorum"]);
+    assert!(
+        quorum.contains("@q1.org1.acme.test:30303?discport=0"),
+        "{quorum}"
+    );
+    assert!(!quorum.contains("b1.org1"), "{quorum}");
+    let every = render(&["besu-static-nodes"]);
+    assert!(
+        every.contains("q1.org1") && every.contains("b1.org1"),
+        "{every}"
+    );
+
+    // --json: unset values are null, and local_ip holds only addresses
+    let nodes = nodes_json(&gw.dir);
+    let by = |name: &str| {
+        nodes
+            .iter()
+            .find(|n| n["name"] == name)
+            .expect(name)
+            .clone()
+    };
+    let (q1, b1) = (by("q1"), by("b1"));
+    assert_eq!(q1["local_ip"], "10.0.0.1", "{q1}");
+    assert!(b1["local_ip"].is_null(), "{b1}");
+    assert_eq!(b1["local_host"], "besu1.internal", "{b1}");
+    for key in ["raft_port", "raft_id", "tessera_url", "rpc"] {
+        assert!(q1[key].is_null(), "{key}: {q1}");
+    }
+    assert_eq!(q1["p2p_port"], 30303, "{q1}");
+    assert!(gw.stop().expect("stop").success());
+}
+
+#[test]
+fn metrics_carry_the_build_and_process_series() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw = founder(tmp.path());
+    let (code, body) = fedgw_tests::http_get(&gw.metrics(), "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        body.contains(&format!("fedgw_build_info{{version=\"{version}\"}} 1")),
+        "{body}"
+    );
+    for series in [
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(
+            body.lines().any(|l| l.starts_with(series)),
+            "no {series}in {body}"
+        );
+    }
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    assert!(gw.stop().expect("stop").success());
 }

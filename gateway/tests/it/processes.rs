@@ -534,6 +534,45 @@ fn after_a_revocation_restarted_and_running_gateways_agree_on_the_digest() {
         },
     )
     .expect("revoked");
+    // org3's own gateway says so: its peers refuse its certificate as revoked
+    let d2 = s(&dirs[2]);
+    let mut last = String::new();
+    let said = wait_for("org3 sees it is revoked", Duration::from_secs(20), || {
+        let run = fedgw()
+            .run(["status", "--json", "--data-dir", &d2])
+            .ok()?
+            .ok()
+            .ok()?;
+        last.clone_from(&run.stdout);
+        let status: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
+        let peers = status["peers"].as_array()?.clone();
+        peers
+            .iter()
+            .any(|p| p["state"] == "revoked")
+            .then_some(peers)
+    })
+    .unwrap_or_else(|e| panic!("{e}; org3's last status: {last}"));
+    let revoked = said
+        .iter()
+        .find(|p| p["state"] == "revoked")
+        .expect("a revoked peer");
+    assert!(
+        revoked["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("revoked this org")),
+        "{said:?}"
+    );
+    let text = fedgw()
+        .run(["status", "--data-dir", &d2])
+        .expect("spawn")
+        .ok()
+        .expect("status");
+    assert!(
+        text.stdout
+            .contains("REVOKED: the consortium revoked org org3"),
+        "{}",
+        text.stdout
+    );
     // org2 restarts and reloads its store; org1 keeps running
     let org2 = gws[1].take().expect("running");
     assert!(org2.stop().expect("stop").success());
