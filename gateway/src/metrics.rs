@@ -82,6 +82,12 @@ struct ServerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodResultLabels {
+    method: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
     class: &'static str,
 }
@@ -213,6 +219,7 @@ pub struct Metrics {
     dns_tcp_refused: Family<ReasonLabels, Counter>,
     sync_peers: Gauge,
     servers_stopped: Family<ServerLabels, Counter>,
+    chain_rpc_calls: Family<MethodResultLabels, Counter>,
     ready: Arc<AtomicBool>,
     /// Set when a server stopped before shutdown; readiness stays cleared.
     stopped: Arc<AtomicBool>,
@@ -275,6 +282,12 @@ impl Metrics {
             "servers_stopped",
             "Servers of the gateway (dns, dns_tcp, admin, metrics, join, federation) that stopped before shutdown; any makes /readyz fail",
             servers_stopped.clone(),
+        );
+        let chain_rpc_calls = Family::<MethodResultLabels, Counter>::default();
+        registry.register(
+            "chain_rpc_calls",
+            "Calls to this site's chain nodes' RPC endpoints (JSON-RPC, Tessera ADMIN), by method and result (ok, or the failure: connect, timeout, http, status, too_large, garbage, remote, result)",
+            chain_rpc_calls.clone(),
         );
         let tunnel = TunnelMetrics::default();
         registry.register(
@@ -359,6 +372,7 @@ impl Metrics {
             hellos,
             leaf_not_after,
             servers_stopped,
+            chain_rpc_calls,
             ready: Arc::new(AtomicBool::new(false)),
             stopped: Arc::new(AtomicBool::new(false)),
         }
@@ -379,6 +393,20 @@ impl Metrics {
             .get_or_create(&ReasonLabels {
                 reason: why.label(),
             })
+            .get()
+    }
+
+    /// Counts a finished call to a chain node's RPC endpoint.
+    pub fn chain_rpc_call(&self, method: &'static str, result: &'static str) {
+        self.chain_rpc_calls
+            .get_or_create(&MethodResultLabels { method, result })
+            .inc();
+    }
+
+    /// Calls of `method` that ended in `result` so far.
+    pub fn chain_rpc_calls_total(&self, method: &'static str, result: &'static str) -> u64 {
+        self.chain_rpc_calls
+            .get_or_create(&MethodResultLabels { method, result })
             .get()
     }
 

@@ -614,6 +614,32 @@ impl Store {
             .unwrap_or_default())
     }
 
+    /// The live-peering links this site's nodes were last brought to hold (empty when none
+    /// was stored).
+    pub fn peering(
+        &self,
+    ) -> Result<std::collections::BTreeSet<crate::chain::peering::Link>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(META)?;
+        let value = table.get("peering")?;
+        Ok(value
+            .map(|v| decode("peering", v.value()))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Persists the live-peering links applied.
+    pub fn put_peering(
+        &self,
+        links: &std::collections::BTreeSet<crate::chain::peering::Link>,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(META)?
+            .insert("peering", encode(links).as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Persists the remote nodes' local addresses.
     pub fn put_allocations(&self, a: &crate::addressing::Allocations) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
