@@ -116,4 +116,3 @@ impl fmt::Display for RpcUrl {
         write!(f, "http://{}{}", self.authority(), self.path)
     }
 }
-

@@ -207,7 +207,8 @@ pub fn plan(
         .cloned()
         .map(Step::Add)
         .collect();
-    for gone in applied.difference(desired).rev() {
+    let gone: Vec<&Link> = applied.difference(desired).collect();
+    for gone in gone.into_iter().rev() {
         if !locals.contains(&gone.local) || gone.op == Op::TesseraPeer {
             steps.push(Step::Forget(gone.clone()));
         } else {

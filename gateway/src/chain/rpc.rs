@@ -368,17 +368,15 @@ impl RpcClient {
         const METHOD: &str = "tessera_addPeer";
         let path = format!("{}/config/peers", self.url.path().trim_end_matches('/'));
         let body = serde_json::json!({ "url": url }).to_string();
-        let out = match tokio::time::timeout(
-            self.timeout,
-            self.http(hyper::Method::PUT, &path, body),
-        )
-        .await
-        {
-            Ok(Ok((status, _))) if status.is_success() => Ok(()),
-            Ok(Ok((status, _))) => Err(RpcError::Status(status.as_u16())),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(RpcError::Timeout(self.timeout)),
-        };
+        let out =
+            match tokio::time::timeout(self.timeout, self.http(hyper::Method::PUT, &path, body))
+                .await
+            {
+                Ok(Ok((status, _))) if status.is_success() => Ok(()),
+                Ok(Ok((status, _))) => Err(RpcError::Status(status.as_u16())),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(RpcError::Timeout(self.timeout)),
+            };
         if let Some(hook) = &self.hook {
             hook(METHOD, out.as_ref().map_or_else(RpcError::label, |_| "ok"));
         }

@@ -128,7 +128,11 @@ fn node(dir: &Path, args: &[&str]) {
     let mut all = vec!["node"];
     all.extend(args);
     all.extend(["--data-dir", &d]);
-    fedgw().run(&all).expect("spawn").ok().expect("node command");
+    fedgw()
+        .run(&all)
+        .expect("spawn")
+        .ok()
+        .expect("node command");
 }
 
 /// The value of the metric line starting with `series` at the gateway, 0 when absent.
@@ -166,6 +170,8 @@ fn live_peering_follows_remote_nodes_and_survives_restarts() {
     c.peering.reconcile_ms = 300;
     std::fs::write(&path, c.to_toml()).expect("write");
 
+    let mut gw1 = fedgw().start(&a).expect("org1 starts");
+
     // org1's nodes: a GoQuorum node, a Besu node and a Tessera node, each with its endpoint
     let (quorum, besu, tessera) = (
         RaftRpcFake::start().expect("fake"),
@@ -178,10 +184,29 @@ fn live_peering_follows_remote_nodes_and_survives_restarts() {
             fedgw_tests::enode_id(n)
         )
     };
-    node(&a, &["add", "q1", "--enode", &enode(1, 30303), "--rpc", &quorum.url()]);
     node(
         &a,
-        &["add", "b1", "--client", "besu", "--enode", &enode(2, 30304), "--rpc", &besu.url()],
+        &[
+            "add",
+            "q1",
+            "--enode",
+            &enode(1, 30303),
+            "--rpc",
+            &quorum.url(),
+        ],
+    );
+    node(
+        &a,
+        &[
+            "add",
+            "b1",
+            "--client",
+            "besu",
+            "--enode",
+            &enode(2, 30304),
+            "--rpc",
+            &besu.url(),
+        ],
     );
     node(
         &a,
@@ -198,7 +223,6 @@ fn live_peering_follows_remote_nodes_and_survives_restarts() {
             &tessera.url(),
         ],
     );
-    let mut gw1 = fedgw().start(&a).expect("org1 starts");
     let token = fedgw()
         .run(["invite", "org2", "--data-dir", &da])
         .expect("spawn")
@@ -209,7 +233,14 @@ fn live_peering_follows_remote_nodes_and_survives_restarts() {
         .to_owned();
     let db = s(&b);
     let mut join = vec![
-        "join", &token, "--org", "org2", "--data-dir", &db, "--timeout", "10s",
+        "join",
+        &token,
+        "--org",
+        "org2",
+        "--data-dir",
+        &db,
+        "--timeout",
+        "10s",
     ];
     join.extend(NET);
     fedgw().run(join).expect("spawn").ok().expect("join");
@@ -253,7 +284,11 @@ fn live_peering_follows_remote_nodes_and_survives_restarts() {
         .collect();
     assert_eq!(
         besu_calls,
-        ["perm_getNodesAllowlist", "perm_addNodesToAllowlist", "admin_addPeer"]
+        [
+            "perm_getNodesAllowlist",
+            "perm_addNodesToAllowlist",
+            "admin_addPeer"
+        ]
     );
     assert_eq!(
         metric(
@@ -262,7 +297,11 @@ fn live_peering_follows_remote_nodes_and_survives_restarts() {
         ),
         1
     );
-    assert!(gw1.log_text().contains("live peering"), "{}", gw1.log_text());
+    assert!(
+        gw1.log_text().contains("live peering"),
+        "{}",
+        gw1.log_text()
+    );
 
     // the GoQuorum node restarts (its dynamic peers are lost) while its endpoint is down
     quorum.set_down(true);
@@ -306,6 +345,11 @@ fn live_peering_follows_remote_nodes_and_survives_restarts() {
         serde_json::json!([[m1]])
     );
     // Tessera has no call that removes a peer
-    assert!(tessera.all_calls().iter().all(|c| c.method == "tessera_addPeer"));
+    assert!(
+        tessera
+            .all_calls()
+            .iter()
+            .all(|c| c.method == "tessera_addPeer")
+    );
     drop((gw1, gw2));
 }

@@ -35,7 +35,13 @@ fn remote_enode_urls_use_the_consortium_name() {
     let r = remote("org2", "m1", &record(2, 30303, 50400, ""));
     assert_eq!(
         r.enode_url.as_deref(),
-        Some(format!("enode://{}@m1.org2.acme.test:30303?discport=0&raftport=50400", hex(2)).as_str())
+        Some(
+            format!(
+                "enode://{}@m1.org2.acme.test:30303?discport=0&raftport=50400",
+                hex(2)
+            )
+            .as_str()
+        )
     );
     assert_eq!(r.tessera_url, None);
     let r = remote("org2", "b1", &record(3, 30304, 0, ""));
@@ -49,15 +55,30 @@ fn remote_enode_urls_use_the_consortium_name() {
     let mut short = record(4, 30303, 0, "");
     short.enode_id.truncate(63);
     assert_eq!(remote("o", "t", &short).enode_url, None);
-    let t = remote("org2", "tm", &record(0, 0, 0, "http://tm.org2.acme.test:9000"));
-    assert_eq!(t.tessera_url.as_deref(), Some("http://tm.org2.acme.test:9000"));
+    let t = remote(
+        "org2",
+        "tm",
+        &record(0, 0, 0, "http://tm.org2.acme.test:9000"),
+    );
+    assert_eq!(
+        t.tessera_url.as_deref(),
+        Some("http://tm.org2.acme.test:9000")
+    );
 }
 
 #[test]
 fn each_client_gets_its_own_calls() {
     let remotes = [
-        remote("org2", "m1", &record(2, 30303, 50400, "http://m1.org2.acme.test:9000")),
-        remote("org2", "t1", &record(0, 0, 0, "http://t1.org2.acme.test:9000")),
+        remote(
+            "org2",
+            "m1",
+            &record(2, 30303, 50400, "http://m1.org2.acme.test:9000"),
+        ),
+        remote(
+            "org2",
+            "t1",
+            &record(0, 0, 0, "http://t1.org2.acme.test:9000"),
+        ),
     ];
     let want = desired(
         &[
@@ -81,7 +102,10 @@ fn each_client_gets_its_own_calls() {
             ("t", Op::TesseraPeer, "org2/t1"),
         ]
     );
-    assert!(want.iter().all(|l| l.op == Op::TesseraPeer || l.enode_id() == Some(hex(2))));
+    assert!(
+        want.iter()
+            .all(|l| l.op == Op::TesseraPeer || l.enode_id() == Some(hex(2)))
+    );
 }
 
 #[test]
@@ -112,7 +136,10 @@ fn plan_adds_new_links_and_removes_gone_ones_in_reverse_order() {
     assert_eq!(ops, [Op::AdminPeer, Op::Allowlist]);
     // a node that lost its endpoint cannot be called: its links are forgotten
     let steps = plan(&BTreeSet::new(), &one, &BTreeSet::new());
-    assert!(steps.iter().all(|s| matches!(s, Step::Forget(_))), "{steps:?}");
+    assert!(
+        steps.iter().all(|s| matches!(s, Step::Forget(_))),
+        "{steps:?}"
+    );
     assert_eq!(steps.len(), 2);
 }
 
@@ -134,7 +161,11 @@ fn tessera_peers_are_forgotten_not_removed() {
     let names = BTreeSet::from(["t".to_owned()]);
     let one = desired(
         &locals,
-        &[remote("org2", "t1", &record(0, 0, 0, "http://t1.org2.acme.test:9000"))],
+        &[remote(
+            "org2",
+            "t1",
+            &record(0, 0, 0, "http://t1.org2.acme.test:9000"),
+        )],
     );
     assert_eq!(one.len(), 1);
     let steps = plan(&BTreeSet::new(), &one, &names);
@@ -161,7 +192,10 @@ fn reapply_after_recovery_and_for_missing_peers() {
     let mut applied = want.clone();
     applied.insert(stale.clone());
     reapply_all(&mut applied, &want, "q");
-    assert!(applied.iter().all(|l| l.local == "b" || *l == stale), "{applied:?}");
+    assert!(
+        applied.iter().all(|l| l.local == "b" || *l == stale),
+        "{applied:?}"
+    );
     assert_eq!(applied.iter().filter(|l| l.local == "b").count(), 4);
 
     // admin_peers lists m1 only: the m2 peer link is forgotten, the allowlist entries stay
@@ -201,9 +235,15 @@ fn backoff_starts_at_a_second_and_is_capped() {
 
 #[test]
 fn only_known_clients_are_peered() {
-    assert_eq!(Client::of(pb::ClientKind::Goquorum as i32), Some(Client::GoQuorum));
+    assert_eq!(
+        Client::of(pb::ClientKind::Goquorum as i32),
+        Some(Client::GoQuorum)
+    );
     assert_eq!(Client::of(pb::ClientKind::Besu as i32), Some(Client::Besu));
-    assert_eq!(Client::of(pb::ClientKind::Tessera as i32), Some(Client::Tessera));
+    assert_eq!(
+        Client::of(pb::ClientKind::Tessera as i32),
+        Some(Client::Tessera)
+    );
     assert_eq!(Client::of(pb::ClientKind::FabricPeer as i32), None);
     assert_eq!(Client::of(99), None);
 }
