@@ -248,7 +248,7 @@ async fn creating_a_consortium_node_registers_it_and_updates_status() {
     let mut cr = node_cr();
     cr.spec.rpc = Some("http://quorum-node1.org1.svc:8545".into());
     let index = listed(
-        vec![cr],
+        vec![cr.clone()],
         vec![service("quorum-node1", "10.96.1.1", false)],
         vec![],
     );
@@ -285,7 +285,7 @@ async fn creating_a_consortium_node_registers_it_and_updates_status() {
         status.get("message").is_some_and(Value::is_null),
         "{status}"
     );
-    let mut cr = serde_json::to_value(node_cr()).expect("json");
+    let mut cr = serde_json::to_value(cr).expect("json");
     cr["status"] = status.clone();
     send.send_response(json_response(200, &cr));
 
