@@ -10,10 +10,9 @@ fn nodes(dir: &Path) -> serde_json::Value {
     json(dir, "nodes")
 }
 
-#[test]
-fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (a, b) = (tmp.path().join("org1"), tmp.path().join("org2"));
+/// Founds consortium `acme` (domain `acme.test`) as org1 in `a`, with `extra` init flags.
+fn init_org1(a: &Path, extra: &[&str]) {
+    let da = s(a);
     let mut init = vec![
         "init",
         "--consortium",
@@ -22,23 +21,25 @@ fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
         "acme.test",
         "--org",
         "org1",
-        "--consensus",
-        "raft",
+        "--data-dir",
+        &da,
     ];
+    init.extend(extra);
     init.extend(NET);
-    let da = s(&a);
-    init.extend(["--data-dir", &da]);
     fedgw().run(init).expect("spawn").ok().expect("init");
-    let gw1 = fedgw().start(&a).expect("org1 starts");
+}
+
+/// Invites org2 at the running gateway in `a` and joins it into data dir `b`.
+fn join_org2(a: &Path, b: &Path) {
     let token = fedgw()
-        .run(["invite", "org2", "--data-dir", &da])
+        .run(["invite", "org2", "--data-dir", &s(a)])
         .expect("spawn")
         .ok()
         .expect("invite")
         .stdout
         .trim()
         .to_owned();
-    let db = s(&b);
+    let db = s(b);
     let mut join = vec![
         "join",
         &token,
@@ -51,6 +52,16 @@ fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
     ];
     join.extend(NET);
     fedgw().run(join).expect("spawn").ok().expect("join");
+}
+
+#[test]
+fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("org1"), tmp.path().join("org2"));
+    init_org1(&a, &["--consensus", "raft"]);
+    let da = s(&a);
+    let gw1 = fedgw().start(&a).expect("org1 starts");
+    join_org2(&a, &b);
     let gw2 = fedgw().start(&b).expect("org2 starts");
     for dir in [&a, &b] {
         let run = fedgw()
@@ -150,20 +161,7 @@ fn live_peering_follows_remote_nodes_and_survives_restarts() {
     const WAIT: Duration = Duration::from_secs(30);
     let tmp = tempfile::tempdir().expect("tempdir");
     let (a, b) = (tmp.path().join("org1"), tmp.path().join("org2"));
-    let da = s(&a);
-    let mut init = vec![
-        "init",
-        "--consortium",
-        "acme",
-        "--domain",
-        "acme.test",
-        "--org",
-        "org1",
-        "--data-dir",
-        &da,
-    ];
-    init.extend(NET);
-    fedgw().run(init).expect("spawn").ok().expect("init");
+    init_org1(&a, &[]);
     crate::common::procs::fast(&a);
     let path = a.join("fedgw.toml");
     let mut c = fedgw_gateway::config::Config::load(&path).expect("config");
@@ -223,27 +221,7 @@ fn live_peering_follows_remote_nodes_and_survives_restarts() {
             &tessera.url(),
         ],
     );
-    let token = fedgw()
-        .run(["invite", "org2", "--data-dir", &da])
-        .expect("spawn")
-        .ok()
-        .expect("invite")
-        .stdout
-        .trim()
-        .to_owned();
-    let db = s(&b);
-    let mut join = vec![
-        "join",
-        &token,
-        "--org",
-        "org2",
-        "--data-dir",
-        &db,
-        "--timeout",
-        "10s",
-    ];
-    join.extend(NET);
-    fedgw().run(join).expect("spawn").ok().expect("join");
+    join_org2(&a, &b);
     crate::common::procs::fast(&b);
     let gw2 = fedgw().start(&b).expect("org2 starts");
 
