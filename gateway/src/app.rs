@@ -454,6 +454,16 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         },
         shutdown.clone(),
     ));
+    tracker.spawn(crate::chain::peering::run(
+        crate::chain::peering::Keeper {
+            membership: membership.clone(),
+            store: store.clone(),
+            domain: config.domain.clone(),
+            metrics: metrics.clone(),
+            reconcile: config.peering.reconcile(),
+        },
+        shutdown.clone(),
+    ));
     let mut dns_server = hickory_server::Server::new(zone.clone());
     dns_server.register_socket(dns_udp);
     let dns_metrics = metrics.clone();

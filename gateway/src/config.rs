@@ -176,6 +176,37 @@ pub struct Config {
     /// handshakes and join connections, in total and per source).
     #[serde(default)]
     pub port: crate::listener::PortLimits,
+    /// Live peering of this site's chain nodes (`[peering]`: reconcile interval).
+    #[serde(default, skip_serializing_if = "PeeringConfig::is_default")]
+    pub peering: PeeringConfig,
+}
+
+/// `[peering]`: live peering of this site's chain nodes with the other orgs' nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeeringConfig {
+    /// How often each node's RPC endpoint is reconciled (`admin_peers` read, missing peers
+    /// added again), ms; 100 to 86 400 000 [default 60 000].
+    pub reconcile_ms: u64,
+}
+
+impl Default for PeeringConfig {
+    fn default() -> Self {
+        Self {
+            reconcile_ms: 60_000,
+        }
+    }
+}
+
+impl PeeringConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The reconcile interval, clamped to 100 ms .. 1 day.
+    pub fn reconcile(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.reconcile_ms.clamp(100, 86_400_000))
+    }
 }
 
 /// `[sync]`: membership sync tuning.
@@ -475,6 +506,7 @@ mod tests {
             dns_tcp_max_per_source: default_dns_tcp_per_source(),
             dns_tcp_max_connections: default_dns_tcp_total(),
             port: Default::default(),
+            peering: Default::default(),
             peers: vec![],
         }
     }

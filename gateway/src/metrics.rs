@@ -304,7 +304,7 @@ impl Metrics {
         let chain_rpc_calls = Family::<RpcLabels, Counter>::default();
         registry.register(
             "chain_rpc_calls",
-            "JSON-RPC calls to this site's chain nodes, by method and result (ok or the error kind)",
+            "Calls to this site's chain nodes' RPC endpoints (JSON-RPC, Tessera ADMIN), by method and result (ok, or the failure: connect, timeout, http, status, too_large, garbage, remote, result)",
             chain_rpc_calls.clone(),
         );
         let chain_block_height = Family::<NodeLabels, Gauge>::default();

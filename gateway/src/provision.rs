@@ -189,6 +189,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         dns_tcp_max_per_source: crate::config::DEFAULT_DNS_TCP_PER_SOURCE,
         dns_tcp_max_connections: crate::config::DEFAULT_DNS_TCP_CONNECTIONS,
         port: Default::default(),
+        peering: Default::default(),
         peers: vec![],
     };
     validate(dir, &config)?;
@@ -325,6 +326,7 @@ pub fn write_joined(
         dns_tcp_max_per_source: crate::config::DEFAULT_DNS_TCP_PER_SOURCE,
         dns_tcp_max_connections: crate::config::DEFAULT_DNS_TCP_CONNECTIONS,
         port: Default::default(),
+        peering: Default::default(),
         peers: admitted
             .gateways
             .iter()

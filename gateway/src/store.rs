@@ -603,24 +603,49 @@ impl Store {
         self.names(LOCAL_URLS)
     }
 
-    /// The remote nodes' local addresses.
-    pub fn allocations(&self) -> Result<crate::addressing::Allocations, StoreError> {
+    /// The JSON value under `key` in the `meta` table (the default when absent).
+    fn meta<T: for<'de> Deserialize<'de> + Default>(&self, key: &str) -> Result<T, StoreError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(META)?;
-        let value = table.get("allocations")?;
+        let value = table.get(key)?;
         Ok(value
-            .map(|v| decode("allocations", v.value()))
+            .map(|v| decode(key, v.value()))
             .transpose()?
             .unwrap_or_default())
     }
 
-    /// Persists the remote nodes' local addresses.
-    pub fn put_allocations(&self, a: &crate::addressing::Allocations) -> Result<(), StoreError> {
+    /// Writes `value` as JSON under `key` in the `meta` table.
+    fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
-        tx.open_table(META)?
-            .insert("allocations", encode(a).as_slice())?;
+        tx.open_table(META)?.insert(key, encode(value).as_slice())?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// The remote nodes' local addresses.
+    pub fn allocations(&self) -> Result<crate::addressing::Allocations, StoreError> {
+        self.meta("allocations")
+    }
+
+    /// Persists the remote nodes' local addresses.
+    pub fn put_allocations(&self, a: &crate::addressing::Allocations) -> Result<(), StoreError> {
+        self.put_meta("allocations", a)
+    }
+
+    /// The live-peering links this site's nodes were last brought to hold (empty when none
+    /// was stored).
+    pub fn peering(
+        &self,
+    ) -> Result<std::collections::BTreeSet<crate::chain::peering::Link>, StoreError> {
+        self.meta("peering")
+    }
+
+    /// Persists the live-peering links applied.
+    pub fn put_peering(
+        &self,
+        links: &std::collections::BTreeSet<crate::chain::peering::Link>,
+    ) -> Result<(), StoreError> {
+        self.put_meta("peering", links)
     }
 
     /// Sets the Service address of remote node `key` (`org/name`), or clears it with `None`,

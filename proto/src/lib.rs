@@ -9,6 +9,7 @@
 pub mod demo_keys;
 pub mod domain;
 pub mod enode;
+pub mod rpc_url;
 pub mod tessera;
 
 /// The version a `JoinRequest` carries.

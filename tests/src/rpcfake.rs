@@ -2,7 +2,11 @@
 //!
 //! It holds a raft cluster (`raft_cluster`, `raft_addPeer`, `raft_addLearner`,
 //! `raft_promoteToPeer`, `raft_removePeer`, `raft_role`) and answers `eth_blockNumber` and
-//! `net_peerCount`. It checks params the way GoQuorum does (an enode URL with
+//! `net_peerCount`. For live peering it also keeps a peer set (`admin_addPeer`,
+//! `admin_removePeer`, `admin_peers`), a Besu node allowlist (`perm_addNodesToAllowlist`,
+//! `perm_removeNodesFromAllowlist`, `perm_getNodesAllowlist`) and Tessera's ADMIN
+//! `PUT /config/peers` (recorded as method `tessera_addPeer`, params the JSON body). It checks
+//! params the way GoQuorum does (an enode URL with
 //! `?discport=0&raftport=N`, no duplicate enode id) and records every call. A test can queue a
 //! [`Cue`] per method to make the next call of it fail, answer garbage, a huge body, nothing, or
 //! a given result.
@@ -52,6 +56,14 @@ struct State {
     cues: HashMap<String, VecDeque<Cue>>,
     block: u64,
     down: bool,
+    /// Enode URLs added with `admin_addPeer` (lost by [`RaftRpcFake::restart`]).
+    peers: Vec<String>,
+    /// Besu's node allowlist.
+    allowlist: Vec<String>,
+    /// Tessera peer URLs.
+    tessera_peers: Vec<String>,
+    /// Connections closed unanswered while down.
+    refused: u64,
 }
 
 /// The fake endpoint; stops when dropped.
@@ -121,6 +133,32 @@ impl RaftRpcFake {
         lock(&self.state).down = down;
     }
 
+    /// Forgets the dynamic peers, as a node restart does (the allowlist is kept: Besu writes it
+    /// to its permissions file).
+    pub fn restart(&self) {
+        lock(&self.state).peers.clear();
+    }
+
+    /// The enode URLs added with `admin_addPeer` and not removed.
+    pub fn peers(&self) -> Vec<String> {
+        lock(&self.state).peers.clone()
+    }
+
+    /// Besu's node allowlist.
+    pub fn allowlist(&self) -> Vec<String> {
+        lock(&self.state).allowlist.clone()
+    }
+
+    /// The Tessera peer URLs put with `PUT /config/peers`.
+    pub fn tessera_peers(&self) -> Vec<String> {
+        lock(&self.state).tessera_peers.clone()
+    }
+
+    /// How many connections were closed unanswered while down.
+    pub fn refused(&self) -> u64 {
+        lock(&self.state).refused
+    }
+
     /// Every call of `method` so far, in order.
     pub fn calls(&self, method: &str) -> Vec<Call> {
         lock(&self.state)
@@ -152,18 +190,29 @@ impl Drop for RaftRpcFake {
 
 fn serve(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let Some(body) = read_request(&mut conn) else {
+    let Some((line, body)) = read_request(&mut conn) else {
         return;
     };
-    if lock(state).down {
-        return;
+    {
+        let mut s = lock(state);
+        if s.down {
+            s.refused += 1;
+            return;
+        }
     }
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return;
     };
-    let method = req["method"].as_str().unwrap_or_default().to_owned();
-    let params = req["params"].clone();
-    let id = req["id"].clone();
+    let tessera = line.starts_with("put ") && line.contains("/config/peers ");
+    let (method, params, id) = if tessera {
+        ("tessera_addPeer".to_owned(), req.clone(), Value::Null)
+    } else {
+        (
+            req["method"].as_str().unwrap_or_default().to_owned(),
+            req["params"].clone(),
+            req["id"].clone(),
+        )
+    };
     let cue = {
         let mut s = lock(state);
         s.calls.push(Call {
@@ -187,8 +236,33 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             v.resize(n, b'a');
             v
         }
+        Some(Cue::Error(msg)) if tessera => {
+            let _ = conn.write_all(
+                format!(
+                    "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{msg}",
+                    msg.len()
+                )
+                .as_bytes(),
+            );
+            return;
+        }
         Some(Cue::Error(msg)) => error(&id, &msg),
         Some(Cue::Result(v)) => result(&id, v),
+        None if tessera => {
+            let mut s = lock(state);
+            let url = params["url"].as_str().unwrap_or_default().to_owned();
+            let status = if s.tessera_peers.contains(&url) {
+                "200 OK"
+            } else {
+                s.tessera_peers.push(url);
+                "201 Created"
+            };
+            let _ = conn.write_all(
+                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+            return;
+        }
         None => answer(&mut lock(state), &id, &method, &params),
     };
     let head = format!(
@@ -199,7 +273,8 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
     let _ = conn.write_all(&reply);
 }
 
-fn read_request(conn: &mut TcpStream) -> Option<Vec<u8>> {
+/// Reads one request: its request line (lowercase) and its body.
+fn read_request(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -226,7 +301,8 @@ fn read_request(conn: &mut TcpStream) -> Option<Vec<u8>> {
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    Some(buf[head_end..head_end + len].to_vec())
+    let line = head.lines().next().unwrap_or_default().to_owned();
+    Some((line, buf[head_end..head_end + len].to_vec()))
 }
 
 fn result(id: &Value, v: Value) -> Vec<u8> {
@@ -266,6 +342,21 @@ fn parse_enode(url: &str) -> Result<(String, String, u64), &'static str> {
     }
     let raftport = raftport.filter(|p| *p > 0).ok_or("raftport not given")?;
     Ok((id.to_ascii_lowercase(), host.to_owned(), raftport))
+}
+
+/// Checks `enode://ID@HOST:PORT[?discport=0[&raftport=N]]` as geth's parser would.
+fn check_enode(url: &str) -> Result<(), &'static str> {
+    let rest = url.strip_prefix("enode://").ok_or("no enode:// scheme")?;
+    let (id, rest) = rest.split_once('@').ok_or("no @")?;
+    if id.len() != 128 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("bad node id");
+    }
+    let hostport = rest.split_once('?').map_or(rest, |(h, _)| h);
+    let (host, port) = hostport.rsplit_once(':').ok_or("no port")?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err("bad host or port");
+    }
+    Ok(())
 }
 
 fn answer(s: &mut State, id: &Value, method: &str, params: &Value) -> Vec<u8> {
@@ -309,6 +400,59 @@ fn answer(s: &mut State, id: &Value, method: &str, params: &Value) -> Vec<u8> {
                 s.cluster[i]["role"] = json!("verifier");
                 result(id, json!(true))
             }
+        }
+        "admin_addPeer" | "admin_removePeer" => {
+            let Some(url) = arg.and_then(Value::as_str) else {
+                return error(id, "missing value for required argument 0");
+            };
+            if let Err(e) = check_enode(url) {
+                return error(id, &format!("invalid enode: {e}"));
+            }
+            s.peers.retain(|p| p != url);
+            if method == "admin_addPeer" {
+                s.peers.push(url.to_owned());
+            }
+            result(id, json!(true))
+        }
+        "admin_peers" => {
+            let peers: Vec<Value> = s
+                .peers
+                .iter()
+                .map(|p| json!({"enode": p, "id": "0000", "name": "Geth/v1.10.3-stable"}))
+                .collect();
+            result(id, Value::Array(peers))
+        }
+        "perm_getNodesAllowlist" => result(id, json!(s.allowlist)),
+        "perm_addNodesToAllowlist" | "perm_removeNodesFromAllowlist" => {
+            let Some(list) = arg.and_then(Value::as_array) else {
+                return error(id, "missing value for required argument 0");
+            };
+            let urls: Vec<String> = list
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect();
+            if urls.len() != list.len() || urls.iter().any(|u| check_enode(u).is_err()) {
+                return error(id, "Invalid enode URL syntax");
+            }
+            let adding = method == "perm_addNodesToAllowlist";
+            // Besu refuses the whole request when one entry is already (or not) there
+            if urls.iter().any(|u| s.allowlist.contains(u) == adding) {
+                return error(
+                    id,
+                    if adding {
+                        "Cannot add an existing node to allowlist"
+                    } else {
+                        "Cannot remove an absent node from allowlist"
+                    },
+                );
+            }
+            if adding {
+                s.allowlist.extend(urls);
+            } else {
+                s.allowlist.retain(|u| !urls.contains(u));
+            }
+            result(id, json!("Success"))
         }
         _ => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("the method {method} does not exist/is not available")}})
             .to_string()

@@ -94,6 +94,11 @@ pub struct ConsortiumNodeSpec {
     /// Access policy: the orgs allowed to reach the node; empty means every member.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_orgs: Vec<String>,
+    /// The node's JSON-RPC endpoint as the gateway reaches it, `http://HOST:PORT[/PATH]` (for a
+    /// Tessera node: its ADMIN server), checked as `fedgw node add --rpc` checks it. Kept at this
+    /// site, never published; the gateway uses it for live peering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc: Option<String>,
 }
 
 /// A chain client.

@@ -353,6 +353,7 @@ fn record_matches(info: &pb::NodeInfo, spec: &pb::NodeSpec) -> bool {
         && r.tessera_url == spec.tessera_url
         && r.roles == spec.roles
         && r.allowed_orgs == spec.allowed_orgs
+        && info.local_rpc == spec.rpc_url
 }
 
 impl Index {
@@ -567,6 +568,17 @@ impl Index {
                 format!("{scheme}://{host}:{p}")
             })
             .unwrap_or_default();
+        // the gateway keeps the URL in its normal form: send that, so the record compares equal
+        let rpc_url = match s.rpc.as_deref().map(str::trim) {
+            None | Some("") => String::new(),
+            Some(url) => match url.parse::<fedgw_proto::rpc_url::RpcUrl>() {
+                Ok(url) => url.to_string(),
+                Err(e) => {
+                    let msg = format!("rpc {url:?}: {e}");
+                    return Err(Problem::error("InvalidRpc", msg));
+                }
+            },
+        };
         Ok(pb::NodeSpec {
             name: name.to_owned(),
             client: client_kind(s.client).into(),
@@ -579,8 +591,7 @@ impl Index {
             tessera_url,
             roles: s.roles.clone(),
             allowed_orgs: s.allowed_orgs.clone(),
-            // the ConsortiumNode resource has no RPC endpoint field yet
-            rpc_url: String::new(),
+            rpc_url,
         })
     }
 

@@ -72,6 +72,7 @@ impl Gateway for FakeGateway {
                     ..Default::default()
                 }),
                 local_host: s.host.clone(),
+                local_rpc: s.rpc_url.clone(),
                 dns_name: format!("{}.org1.acme.example", s.name),
                 ..Default::default()
             }),
@@ -119,6 +120,7 @@ fn node_cr() -> ConsortiumNode {
             tessera_tls: false,
             roles: vec![],
             allowed_orgs: vec![],
+            rpc: None,
         },
     );
     c.metadata.namespace = Some("org1".into());
@@ -243,8 +245,10 @@ async fn creating_a_consortium_node_registers_it_and_updates_status() {
     let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(svc, "org1");
     let gateway = FakeGateway::new(vec![]);
+    let mut cr = node_cr();
+    cr.spec.rpc = Some("http://quorum-node1.org1.svc:8545".into());
     let index = listed(
-        vec![node_cr()],
+        vec![cr.clone()],
         vec![service("quorum-node1", "10.96.1.1", false)],
         vec![],
     );
@@ -281,7 +285,7 @@ async fn creating_a_consortium_node_registers_it_and_updates_status() {
         status.get("message").is_some_and(Value::is_null),
         "{status}"
     );
-    let mut cr = serde_json::to_value(node_cr()).expect("json");
+    let mut cr = serde_json::to_value(cr).expect("json");
     cr["status"] = status.clone();
     send.send_response(json_response(200, &cr));
 
@@ -298,6 +302,8 @@ async fn creating_a_consortium_node_registers_it_and_updates_status() {
         (spec.name.as_str(), spec.host.as_str()),
         ("node1", "10.96.1.1")
     );
+    // the resource's RPC endpoint reaches the admin request, in the gateway's normal form
+    assert_eq!(spec.rpc_url, "http://quorum-node1.org1.svc:8545/");
 }
 
 #[tokio::test]

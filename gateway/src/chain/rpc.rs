@@ -9,8 +9,6 @@
 //! <https://docs.goquorum.consensys.io/reference/api-methods#raft-methods>, and the chain view
 //! for `fedgw chain status`).
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -21,118 +19,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Longest RPC endpoint URL accepted, in bytes.
-pub const MAX_URL_LEN: usize = 256;
 /// Default bound on one call: connect, send and read, together.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default cap on a response body, in bytes (a raft cluster of a few hundred members fits).
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+pub use fedgw_proto::rpc_url::{MAX_URL_LEN, RpcUrl, UrlError};
+
 /// Longest error message kept from a remote JSON-RPC error, in characters.
 const MAX_REMOTE_MESSAGE: usize = 200;
-
-/// Why an RPC endpoint URL was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum UrlError {
-    /// The URL is longer than [`MAX_URL_LEN`].
-    #[error("RPC URL longer than {MAX_URL_LEN} bytes")]
-    TooLong,
-    /// The scheme is not `http://`.
-    #[error("RPC URL must start with http:// (https endpoints are not supported)")]
-    Scheme,
-    /// The host is empty or holds characters a DNS name or IP address cannot.
-    #[error("RPC URL has no valid host")]
-    Host,
-    /// The port is missing, zero or not a number.
-    #[error("RPC URL needs a port, e.g. http://10.0.0.9:8545")]
-    Port,
-    /// The path holds spaces, controls, a query or a fragment.
-    #[error("RPC URL path may hold only printable characters without '?' or '#'")]
-    Path,
-}
-
-/// A node's JSON-RPC endpoint, `http://HOST:PORT[/PATH]`, checked once when registered.
-///
-/// HOST is a DNS name, an IPv4 address or a bracketed IPv6 address. Stored only at the node's own
-/// site; never published.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RpcUrl {
-    host: String,
-    port: u16,
-    path: String,
-}
-
-impl RpcUrl {
-    /// The host as written (IPv6 without brackets).
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// The TCP port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl FromStr for RpcUrl {
-    type Err = UrlError;
-
-    fn from_str(s: &str) -> Result<Self, UrlError> {
-        if s.len() > MAX_URL_LEN {
-            return Err(UrlError::TooLong);
-        }
-        let rest = s.strip_prefix("http://").ok_or(UrlError::Scheme)?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, "/"),
-        };
-        if path
-            .bytes()
-            .any(|b| !b.is_ascii_graphic() || b == b'?' || b == b'#')
-        {
-            return Err(UrlError::Path);
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, port) = v6.split_once(']').ok_or(UrlError::Host)?;
-            host.parse::<std::net::Ipv6Addr>()
-                .map_err(|_| UrlError::Host)?;
-            (host, port.strip_prefix(':').ok_or(UrlError::Port)?)
-        } else {
-            authority.rsplit_once(':').ok_or(UrlError::Port)?
-        };
-        let host_ok = !host.is_empty()
-            && host.len() <= 253
-            && (host.contains(':')
-                || host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
-        if !host_ok {
-            return Err(UrlError::Host);
-        }
-        let port: u16 = port.parse().map_err(|_| UrlError::Port)?;
-        if port == 0 {
-            return Err(UrlError::Port);
-        }
-        Ok(RpcUrl {
-            host: host.to_ascii_lowercase(),
-            port,
-            path: path.to_owned(),
-        })
-    }
-}
-
-impl fmt::Display for RpcUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority(), self.path)
-    }
-}
 
 /// Why a JSON-RPC call failed.
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +102,24 @@ pub struct RaftPeer {
     /// `minter`, `verifier` or `learner`.
     #[serde(default)]
     pub role: String,
+}
+
+/// One connected peer as `admin_peers` lists it (only what fedgw reads).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct PeerInfo {
+    /// The peer's enode URL, `enode://ID@HOST:PORT...`.
+    #[serde(default)]
+    pub enode: String,
+}
+
+impl PeerInfo {
+    /// The enode id (128 lowercase hex digits) from [`PeerInfo::enode`]; `None` when it holds
+    /// none. (geth's `id` field is a hash of the key, not the key, so the URL is read instead.)
+    pub fn enode_id(&self) -> Option<String> {
+        let id = self.enode.strip_prefix("enode://")?.split('@').next()?;
+        (id.len() == 128 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| id.to_ascii_lowercase())
+    }
 }
 
 /// Called once per finished call with the method and `ok` or [`RpcError::label`].
@@ -297,33 +209,12 @@ impl RpcClient {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body =
             serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let stream = tokio::net::TcpStream::connect((self.url.host.as_str(), self.url.port))
-            .await
-            .map_err(RpcError::Connect)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(RpcError::Http)?;
-        // The connection task ends when the exchange does or the call is dropped at its bound.
-        let conn = tokio::spawn(conn);
-        let _abort = AbortOnDrop(conn);
-        let req = hyper::Request::post(&self.url.path)
-            .header(hyper::header::HOST, self.url.authority())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(hyper::header::CONNECTION, "close")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|_| RpcError::Garbage)?;
-        let resp = sender.send_request(req).await.map_err(RpcError::Http)?;
-        if resp.status() != hyper::StatusCode::OK {
-            return Err(RpcError::Status(resp.status().as_u16()));
+        let (status, bytes) = self
+            .http(hyper::Method::POST, self.url.path(), body.to_string())
+            .await?;
+        if status != hyper::StatusCode::OK {
+            return Err(RpcError::Status(status.as_u16()));
         }
-        let bytes = Limited::new(resp.into_body(), self.max_body)
-            .collect()
-            .await
-            .map_err(|e| match e.downcast::<hyper::Error>() {
-                Ok(e) => RpcError::Http(*e),
-                Err(_) => RpcError::TooLarge(self.max_body),
-            })?
-            .to_bytes();
         let resp: Response = serde_json::from_slice(&bytes).map_err(|_| RpcError::Garbage)?;
         if resp.jsonrpc != "2.0" || resp.id != id {
             return Err(RpcError::Garbage);
@@ -338,6 +229,44 @@ impl RpcClient {
             // `"result": null` deserialises as absent; methods returning null say so
             (None, None) => Ok(Value::Null),
         }
+    }
+
+    /// One HTTP/1.1 request with a JSON body on a fresh connection; the status and the body,
+    /// capped at the client's body limit. Not bounded in time: callers wrap it.
+    async fn http(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: String,
+    ) -> Result<(hyper::StatusCode, Bytes), RpcError> {
+        let stream = tokio::net::TcpStream::connect((self.url.host(), self.url.port()))
+            .await
+            .map_err(RpcError::Connect)?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(RpcError::Http)?;
+        // The connection task ends when the exchange does or the call is dropped at its bound.
+        let conn = tokio::spawn(conn);
+        let _abort = AbortOnDrop(conn);
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, self.url.authority())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONNECTION, "close")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|_| RpcError::Garbage)?;
+        let resp = sender.send_request(req).await.map_err(RpcError::Http)?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), self.max_body)
+            .collect()
+            .await
+            .map_err(|e| match e.downcast::<hyper::Error>() {
+                Ok(e) => RpcError::Http(*e),
+                Err(_) => RpcError::TooLarge(self.max_body),
+            })?
+            .to_bytes();
+        Ok((status, bytes))
     }
 
     /// `raft_cluster`: the members of the raft cluster this node knows.
@@ -385,6 +314,73 @@ impl RpcClient {
     pub async fn peer_count(&self) -> Result<u64, RpcError> {
         let hex: String = self.call("net_peerCount", Value::Array(vec![])).await?;
         parse_quantity(&hex).ok_or(RpcError::Garbage)
+    }
+
+    /// `admin_addPeer(enode)`: asks the node to connect to `enode` and keep reconnecting (geth,
+    /// GoQuorum, Besu); `true` when the node took it.
+    pub async fn admin_add_peer(&self, enode: &str) -> Result<bool, RpcError> {
+        self.call("admin_addPeer", serde_json::json!([enode])).await
+    }
+
+    /// `admin_removePeer(enode)`: drops the peer and stops reconnecting to it; `true` when the
+    /// node took it.
+    pub async fn admin_remove_peer(&self, enode: &str) -> Result<bool, RpcError> {
+        self.call("admin_removePeer", serde_json::json!([enode]))
+            .await
+    }
+
+    /// `admin_peers`: the peers connected now.
+    pub async fn admin_peers(&self) -> Result<Vec<PeerInfo>, RpcError> {
+        self.call("admin_peers", Value::Array(vec![])).await
+    }
+
+    /// `perm_getNodesAllowlist` (Besu local permissioning): the allowlisted enode URLs.
+    pub async fn perm_get_nodes_allowlist(&self) -> Result<Vec<String>, RpcError> {
+        self.call("perm_getNodesAllowlist", Value::Array(vec![]))
+            .await
+    }
+
+    /// `perm_addNodesToAllowlist([enode, ...])` (Besu local permissioning). Besu answers
+    /// `"Success"`; any non-error result is taken as done.
+    pub async fn perm_add_nodes_to_allowlist(&self, enodes: &[String]) -> Result<(), RpcError> {
+        let _: Value = self
+            .call("perm_addNodesToAllowlist", serde_json::json!([enodes]))
+            .await?;
+        Ok(())
+    }
+
+    /// `perm_removeNodesFromAllowlist([enode, ...])` (Besu local permissioning).
+    pub async fn perm_remove_nodes_from_allowlist(
+        &self,
+        enodes: &[String],
+    ) -> Result<(), RpcError> {
+        let _: Value = self
+            .call("perm_removeNodesFromAllowlist", serde_json::json!([enodes]))
+            .await?;
+        Ok(())
+    }
+
+    /// Tessera's ADMIN API `PUT /config/peers` with `{"url": url}` under this client's URL: adds
+    /// a peer to the running node (201 when new, 200 when it already had it). Tessera has no
+    /// call that removes a peer. Bounded like a JSON-RPC call; reported to the hook as method
+    /// `tessera_addPeer`.
+    pub async fn tessera_add_peer(&self, url: &str) -> Result<(), RpcError> {
+        const METHOD: &str = "tessera_addPeer";
+        let path = format!("{}/config/peers", self.url.path().trim_end_matches('/'));
+        let body = serde_json::json!({ "url": url }).to_string();
+        let out =
+            match tokio::time::timeout(self.timeout, self.http(hyper::Method::PUT, &path, body))
+                .await
+            {
+                Ok(Ok((status, _))) if status.is_success() => Ok(()),
+                Ok(Ok((status, _))) => Err(RpcError::Status(status.as_u16())),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(RpcError::Timeout(self.timeout)),
+            };
+        if let Some(hook) = &self.hook {
+            hook(METHOD, out.as_ref().map_or_else(RpcError::label, |_| "ok"));
+        }
+        out
     }
 }
 

@@ -6,9 +6,13 @@ use std::time::Duration;
 
 use crate::common::procs::{NET, fedgw, json, s};
 
-/// `fedgw init` of org1 in consortium acme (acme.test) with raft consensus, on loopback ports.
-fn init_raft(dir: &Path) {
-    let d = s(dir);
+fn nodes(dir: &Path) -> serde_json::Value {
+    json(dir, "nodes")
+}
+
+/// Founds consortium `acme` (domain `acme.test`) as org1 in `a`, with `extra` init flags.
+fn init_org1(a: &Path, extra: &[&str]) {
+    let da = s(a);
     let mut init = vec![
         "init",
         "--consortium",
@@ -17,35 +21,25 @@ fn init_raft(dir: &Path) {
         "acme.test",
         "--org",
         "org1",
-        "--consensus",
-        "raft",
         "--data-dir",
-        &d,
+        &da,
     ];
+    init.extend(extra);
     init.extend(NET);
     fedgw().run(init).expect("spawn").ok().expect("init");
 }
 
-fn nodes(dir: &Path) -> serde_json::Value {
-    json(dir, "nodes")
-}
-
-#[test]
-fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (a, b) = (tmp.path().join("org1"), tmp.path().join("org2"));
-    init_raft(&a);
-    let da = s(&a);
-    let gw1 = fedgw().start(&a).expect("org1 starts");
+/// Invites org2 at the running gateway in `a` and joins it into data dir `b`.
+fn join_org2(a: &Path, b: &Path) {
     let token = fedgw()
-        .run(["invite", "org2", "--data-dir", &da])
+        .run(["invite", "org2", "--data-dir", &s(a)])
         .expect("spawn")
         .ok()
         .expect("invite")
         .stdout
         .trim()
         .to_owned();
-    let db = s(&b);
+    let db = s(b);
     let mut join = vec![
         "join",
         &token,
@@ -58,6 +52,16 @@ fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
     ];
     join.extend(NET);
     fedgw().run(join).expect("spawn").ok().expect("join");
+}
+
+#[test]
+fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("org1"), tmp.path().join("org2"));
+    init_org1(&a, &["--consensus", "raft"]);
+    let da = s(&a);
+    let gw1 = fedgw().start(&a).expect("org1 starts");
+    join_org2(&a, &b);
     let gw2 = fedgw().start(&b).expect("org2 starts");
     for dir in [&a, &b] {
         let run = fedgw()
@@ -129,6 +133,205 @@ fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
     drop((gw1, gw2));
 }
 
+/// `fedgw node add NAME ARGS` (or `node rm NAME`) in `dir`, which must succeed.
+fn node(dir: &Path, args: &[&str]) {
+    let d = s(dir);
+    let mut all = vec!["node"];
+    all.extend(args);
+    all.extend(["--data-dir", &d]);
+    fedgw()
+        .run(&all)
+        .expect("spawn")
+        .ok()
+        .expect("node command");
+}
+
+/// The value of the metric line starting with `series` at the gateway, 0 when absent.
+fn metric(gw: &fedgw_tests::Gateway, series: &str) -> u64 {
+    let (_, body) = fedgw_tests::http_get(&gw.metrics(), "/metrics").expect("metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn live_peering_follows_remote_nodes_and_survives_restarts() {
+    use fedgw_tests::rpcfake::{Cue, RaftRpcFake};
+    const WAIT: Duration = Duration::from_secs(30);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("org1"), tmp.path().join("org2"));
+    init_org1(&a, &[]);
+    crate::common::procs::fast(&a);
+    let path = a.join("fedgw.toml");
+    let mut c = fedgw_gateway::config::Config::load(&path).expect("config");
+    c.peering.reconcile_ms = 300;
+    std::fs::write(&path, c.to_toml()).expect("write");
+
+    let mut gw1 = fedgw().start(&a).expect("org1 starts");
+
+    // org1's nodes: a GoQuorum node, a Besu node and a Tessera node, each with its endpoint
+    let (quorum, besu, tessera) = (
+        RaftRpcFake::start().expect("fake"),
+        RaftRpcFake::start().expect("fake"),
+        RaftRpcFake::start().expect("fake"),
+    );
+    let enode = |n: u64, port: u16| {
+        format!(
+            "enode://{}@127.0.0.1:{port}?discport=0",
+            fedgw_tests::enode_id(n)
+        )
+    };
+    node(
+        &a,
+        &[
+            "add",
+            "q1",
+            "--enode",
+            &enode(1, 30303),
+            "--rpc",
+            &quorum.url(),
+        ],
+    );
+    node(
+        &a,
+        &[
+            "add",
+            "b1",
+            "--client",
+            "besu",
+            "--enode",
+            &enode(2, 30304),
+            "--rpc",
+            &besu.url(),
+        ],
+    );
+    node(
+        &a,
+        &[
+            "add",
+            "t1",
+            "--client",
+            "tessera",
+            "--host",
+            "127.0.0.1",
+            "--tessera-url",
+            "http://127.0.0.1:9000",
+            "--rpc",
+            &tessera.url(),
+        ],
+    );
+    join_org2(&a, &b);
+    crate::common::procs::fast(&b);
+    let gw2 = fedgw().start(&b).expect("org2 starts");
+
+    // the first admin_addPeer answer is garbage: bounded, counted, retried
+    quorum.cue("admin_addPeer", Cue::Garbage);
+    let m1 = format!(
+        "enode://{}@m1.org2.acme.test:30303?discport=0&raftport=50400",
+        fedgw_tests::enode_id(3)
+    );
+    node(
+        &b,
+        &[
+            "add",
+            "m1",
+            "--enode",
+            &format!("{}&raftport=50400", enode(3, 30303)),
+            "--tessera-url",
+            "http://127.0.0.1:9000",
+        ],
+    );
+    fedgw_tests::wait_for("the GoQuorum node peers with m1", WAIT, || {
+        (quorum.peers() == [m1.clone()]).then_some(())
+    })
+    .expect("peered");
+    fedgw_tests::wait_for("the Besu node allowlists and peers with m1", WAIT, || {
+        (besu.allowlist() == [m1.clone()] && besu.peers() == [m1.clone()]).then_some(())
+    })
+    .expect("besu");
+    fedgw_tests::wait_for("the Tessera node learns m1's Tessera", WAIT, || {
+        (tessera.tessera_peers() == ["http://m1.org2.acme.test:9000"]).then_some(())
+    })
+    .expect("tessera");
+    let besu_calls: Vec<String> = besu
+        .all_calls()
+        .into_iter()
+        .map(|c| c.method)
+        .filter(|m| m != "admin_peers")
+        .collect();
+    assert_eq!(
+        besu_calls,
+        [
+            "perm_getNodesAllowlist",
+            "perm_addNodesToAllowlist",
+            "admin_addPeer"
+        ]
+    );
+    assert_eq!(
+        metric(
+            &gw1,
+            r#"fedgw_chain_rpc_calls_total{method="admin_addPeer",result="garbage"}"#
+        ),
+        1
+    );
+    assert!(
+        gw1.log_text().contains("live peering"),
+        "{}",
+        gw1.log_text()
+    );
+
+    // the GoQuorum node restarts (its dynamic peers are lost) while its endpoint is down
+    quorum.set_down(true);
+    quorum.restart();
+    fedgw_tests::wait_for("a call to the down endpoint", WAIT, || {
+        (quorum.refused() > 0).then_some(())
+    })
+    .expect("refused");
+    quorum.set_down(false);
+    fedgw_tests::wait_for("m1 re-added after the restart", WAIT, || {
+        (quorum.peers() == [m1.clone()]).then_some(())
+    })
+    .expect("re-added");
+
+    // a gateway restart repeats nothing: the next reconcile finds every peer in place
+    gw1.stop().expect("stop");
+    let adds = quorum.calls("admin_addPeer").len();
+    let perms = besu.calls("perm_addNodesToAllowlist").len();
+    let reads = quorum.calls("admin_peers").len();
+    gw1 = fedgw().start(&a).expect("org1 restarts");
+    fedgw_tests::wait_for("a reconcile after the restart", WAIT, || {
+        (quorum.calls("admin_peers").len() > reads).then_some(())
+    })
+    .expect("reconciled");
+    assert_eq!(quorum.calls("admin_addPeer").len(), adds);
+    assert_eq!(besu.calls("perm_addNodesToAllowlist").len(), perms);
+
+    // m1 removed at org2: removed from the peers and the allowlist at org1
+    node(&b, &["rm", "m1"]);
+    fedgw_tests::wait_for("m1 removed", WAIT, || {
+        (quorum.peers().is_empty() && besu.peers().is_empty() && besu.allowlist().is_empty())
+            .then_some(())
+    })
+    .expect("removed");
+    assert_eq!(
+        quorum.calls("admin_removePeer")[0].params,
+        serde_json::json!([m1])
+    );
+    assert_eq!(
+        besu.calls("perm_removeNodesFromAllowlist")[0].params,
+        serde_json::json!([[m1]])
+    );
+    // Tessera has no call that removes a peer
+    assert!(
+        tessera
+            .all_calls()
+            .iter()
+            .all(|c| c.method == "tessera_addPeer")
+    );
+    drop((gw1, gw2));
+}
+
 fn raft_id_of(dir: &Path, name: &str) -> u64 {
     nodes(dir)
         .as_array()
@@ -156,7 +359,7 @@ fn the_keeper_adds_publishes_survives_a_restart_and_removes() {
     fake.add_member(&n0, "n0.org1.acme.test", 50400);
     let tmp = tempfile::tempdir().expect("tempdir");
     let a = tmp.path().join("org1");
-    init_raft(&a);
+    init_org1(&a, &["--consensus", "raft"]);
     let da = s(&a);
     let gw = fedgw().start(&a).expect("starts");
     let enode =

@@ -38,6 +38,7 @@ fn cr(name: &str, service: &str) -> ConsortiumNode {
             tessera_tls: false,
             roles: vec![],
             allowed_orgs: vec![],
+            rpc: None,
         },
     );
     c.metadata.namespace = Some("org1".into());
@@ -477,6 +478,7 @@ fn held(spec: &pb::NodeSpec) -> pb::NodeInfo {
         ..Default::default()
     });
     h.local_host = spec.host.clone();
+    h.local_rpc = spec.rpc_url.clone();
     h
 }
 
@@ -671,6 +673,44 @@ fn a_headless_service_is_named_under_the_cluster_domain() {
     let p = plan(&ix);
     assert!(
         matches!(&p.gateway[..], [GatewayCall::AddNode(s)] if s.host == "quorum-node4.org1.svc.corp.internal"),
+        "{:?}",
+        p.gateway
+    );
+}
+
+#[test]
+fn the_rpc_endpoint_goes_to_the_gateway_checked_and_in_normal_form() {
+    let mut bad = cr("bad", "svc");
+    bad.spec.rpc = Some("https://quorum-node1:8545".into());
+    let mut good = cr("good", "svc");
+    good.spec.rpc = Some("http://Quorum-Node1:8545".into());
+    let mut ix = listed(
+        vec![bad, good],
+        vec![service("svc", "10.96.1.2")],
+        gateway(vec![]),
+    );
+    let p = plan(&ix);
+    let reasons: Vec<(&str, &str)> = p
+        .statuses
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.conditions[0].reason.as_str()))
+        .collect();
+    assert_eq!(reasons, [("bad", "InvalidRpc"), ("good", "Registering")]);
+    let [GatewayCall::AddNode(spec)] = p.gateway.as_slice() else {
+        panic!("one AddNode: {:?}", p.gateway)
+    };
+    assert_eq!(spec.rpc_url, "http://quorum-node1:8545/");
+    // the gateway holds it with that endpoint: nothing more to send
+    ix.set_gateway(gateway(vec![held(spec)]));
+    settle(&mut ix, &p);
+    assert!(plan(&ix).gateway.is_empty());
+    // a changed endpoint registers the node again
+    let mut moved = cr("good", "svc");
+    moved.spec.rpc = Some("http://quorum-node1:8546".into());
+    ix.nodes.apply(moved);
+    let p = plan(&ix);
+    assert!(
+        matches!(p.gateway.as_slice(), [GatewayCall::AddNode(s)] if s.rpc_url == "http://quorum-node1:8546/"),
         "{:?}",
         p.gateway
     );

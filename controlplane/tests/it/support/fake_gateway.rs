@@ -131,6 +131,7 @@ impl pb::admin_server::Admin for FakeAdmin {
                 site: "dc1".into(),
             }),
             local_host: spec.host.clone(),
+            local_rpc: spec.rpc_url.clone(),
             dns_name: format!("{}.org1.acme.example", spec.name),
             ..Default::default()
         };

@@ -111,6 +111,7 @@ fn node(name: &str, node_name: Option<&str>, p2p: u16) -> ConsortiumNode {
             tessera_tls: false,
             roles: vec![],
             allowed_orgs: vec![],
+            rpc: None,
         },
     )
 }

@@ -147,3 +147,79 @@ async fn refused_connection_is_connect_error() {
     let c = RpcClient::new(format!("http://127.0.0.1:{port}").parse().expect("ok"));
     assert!(matches!(c.raft_cluster().await, Err(RpcError::Connect(_))));
 }
+
+#[tokio::test]
+async fn peering_methods_round_trip() {
+    let fake = RaftRpcFake::start().expect("ok");
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let c = client(&fake).with_hook(Arc::new(move |m, r| {
+        seen.lock().expect("ok").push((m, r));
+    }));
+    let id = fedgw_tests::enode_id(3);
+    let enode = format!("enode://{id}@m1.org2.fedgw:30303?discport=0");
+    assert!(c.admin_add_peer(&enode).await.expect("ok"));
+    let peers = c.admin_peers().await.expect("ok");
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].enode_id(), Some(id.clone()));
+    assert!(c.admin_remove_peer(&enode).await.expect("ok"));
+    assert!(c.admin_peers().await.expect("ok").is_empty());
+
+    let list = [enode.clone()];
+    c.perm_add_nodes_to_allowlist(&list).await.expect("ok");
+    assert_eq!(c.perm_get_nodes_allowlist().await.expect("ok"), list);
+    let err = c
+        .perm_add_nodes_to_allowlist(&list)
+        .await
+        .expect_err("Besu refuses an entry it has");
+    assert!(matches!(err, RpcError::Remote { .. }), "{err}");
+    c.perm_remove_nodes_from_allowlist(&list).await.expect("ok");
+    assert!(fake.allowlist().is_empty());
+
+    // Tessera's ADMIN API: a PUT under the endpoint's path; 201 and 200 are both success
+    let tessera = RpcClient::new(format!("{}/", fake.url()).parse().expect("url"));
+    tessera
+        .tessera_add_peer("http://m1.org2.fedgw:9000")
+        .await
+        .expect("new");
+    tessera
+        .tessera_add_peer("http://m1.org2.fedgw:9000")
+        .await
+        .expect("known");
+    assert_eq!(fake.tessera_peers(), ["http://m1.org2.fedgw:9000"]);
+    assert_eq!(
+        fake.calls("tessera_addPeer")[0].params,
+        serde_json::json!({"url": "http://m1.org2.fedgw:9000"})
+    );
+    fake.cue("tessera_addPeer", Cue::Error("boom".into()));
+    let err = tessera
+        .tessera_add_peer("http://x:1")
+        .await
+        .expect_err("500");
+    assert!(matches!(err, RpcError::Status(500)), "{err}");
+    assert_eq!(
+        calls.lock().expect("ok")[..4],
+        [
+            ("admin_addPeer", "ok"),
+            ("admin_peers", "ok"),
+            ("admin_removePeer", "ok"),
+            ("admin_peers", "ok"),
+        ]
+    );
+}
+
+#[test]
+fn peer_enode_ids_come_from_the_url() {
+    let id = fedgw_tests::enode_id(4);
+    let p = |enode: String| PeerInfo { enode };
+    assert_eq!(
+        p(format!("enode://{id}@1.2.3.4:30303")).enode_id(),
+        Some(id.clone())
+    );
+    assert_eq!(
+        p(format!("enode://{}@h:1", id.to_ascii_uppercase())).enode_id(),
+        Some(id)
+    );
+    assert_eq!(p("enode://abcd@h:1".into()).enode_id(), None);
+    assert_eq!(p(String::new()).enode_id(), None);
+}
