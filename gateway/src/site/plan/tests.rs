@@ -52,6 +52,16 @@ fn site(local: &[(&str, &str)], services: &[(&str, &str)]) -> SiteState {
     }
 }
 
+/// A plan of `nodes`, set one by one, and what that changed.
+fn built(inputs: Inputs<'_>, nodes: &[&NodeView]) -> (Plan, Delta) {
+    let mut plan = Plan::default();
+    let mut delta = Delta::default();
+    for n in nodes {
+        plan.set_node(n.key(), Some(project_node(inputs, n)), &mut delta);
+    }
+    (plan, delta)
+}
+
 fn addrs(routes: &[Route]) -> Vec<String> {
     routes.iter().map(|r| r.addr.to_string()).collect()
 }
@@ -195,11 +205,7 @@ fn one_change_yields_just_its_delta_and_applying_deltas_equals_a_rebuild() {
         alloc: &alloc,
     };
 
-    let mut plan = Plan::default();
-    let mut delta = Delta::default();
-    for n in &all {
-        plan.set_node(n.key(), Some(project_node(inputs, n)), &mut delta);
-    }
+    let (mut plan, delta) = built(inputs, &all);
     assert_eq!(delta.zone.len(), 6);
     assert_eq!(delta.routes.added.len(), 10);
     assert!(delta.targets);
@@ -327,11 +333,7 @@ fn the_far_end_gets_the_changed_targets_only_unless_the_members_change() {
         site: &state,
         alloc: &alloc,
     };
-    let mut plan = Plan::default();
-    let mut delta = Delta::default();
-    for n in &nodes[..2] {
-        plan.set_node(n.key(), Some(project_node(inputs, n)), &mut delta);
-    }
+    let (mut plan, mut delta) = built(inputs, &[&nodes[0], &nodes[1]]);
     match plan.targets_change("org1", &mut delta, true) {
         Some(TargetsChange::All(t)) => assert_eq!(t.nodes.len(), 2),
         other => panic!("{other:?}"),
