@@ -152,7 +152,112 @@ pub struct Need {
     pub ports: BTreeMap<String, u16>,
 }
 
+/// What one change did to the allocations, node by node, so that the store writes only the
+/// rows it touched ([`crate::store::Store::write_allocations`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllocationChange {
+    /// Nodes whose address is new or changed: (`org/name`, address).
+    pub set: Vec<(String, LocalAddress)>,
+    /// Nodes that hold no address any more (`org/name`).
+    pub removed: Vec<String>,
+    /// The whole freed list, when the change added to it or took from it.
+    pub freed: Option<Vec<u32>>,
+}
+
+impl AllocationChange {
+    /// Whether the change changed nothing.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.removed.is_empty() && self.freed.is_none()
+    }
+
+    /// Adds a `later` change to this one: for a node in both, the later row wins; the later
+    /// freed list, if any, replaces this one's. Costs the size of both.
+    pub fn merge(&mut self, later: AllocationChange) {
+        if self.is_empty() {
+            *self = later;
+            return;
+        }
+        let touched: BTreeSet<String> = later
+            .set
+            .iter()
+            .map(|(k, _)| k)
+            .chain(&later.removed)
+            .cloned()
+            .collect();
+        self.set.retain(|(k, _)| !touched.contains(k));
+        self.removed.retain(|k| !touched.contains(k));
+        self.set.extend(later.set);
+        self.removed.extend(later.removed);
+        if later.freed.is_some() {
+            self.freed = later.freed;
+        }
+    }
+
+    /// What changed between `before` and `after` for the nodes `keys` (each key once).
+    fn between<'a, 'b>(
+        keys: impl Iterator<Item = &'a String>,
+        before: impl Fn(&String) -> Option<&'b LocalAddress>,
+        after: &Allocations,
+    ) -> Self {
+        let mut change = Self::default();
+        for key in keys {
+            match (before(key), after.nodes.get(key)) {
+                (Some(_), None) => change.removed.push(key.clone()),
+                (old, Some(new)) if old != Some(new) => change.set.push((key.clone(), new.clone())),
+                _ => {}
+            }
+        }
+        change
+    }
+}
+
 impl Allocations {
+    /// An allocator holding `nodes` (`org/name` → address) and the `freed` values, oldest first:
+    /// the state [`crate::store::Store`] persists.
+    pub fn from_parts(nodes: BTreeMap<String, LocalAddress>, freed: Vec<u32>) -> Self {
+        Self {
+            nodes,
+            freed,
+            index: Index::default(),
+        }
+    }
+
+    /// [`Self::sync`], returning also what it changed, node by node. Costs a copy of every
+    /// node (a full pass, not a single change).
+    pub fn sync_change(
+        &mut self,
+        mode: &AddressMode,
+        needs: &[Need],
+    ) -> (AllocationChange, Vec<(String, AddressError)>) {
+        let before = self.nodes.clone();
+        let freed = self.freed.clone();
+        let failed = self.sync(mode, needs);
+        let keys: BTreeSet<&String> = before.keys().chain(self.nodes.keys()).collect();
+        let mut change = AllocationChange::between(keys.into_iter(), |k| before.get(k), self);
+        change.freed = (self.freed != freed).then(|| self.freed.clone());
+        (change, failed)
+    }
+
+    /// [`Self::update`], returning also what it changed, node by node. Costs about
+    /// `(needs + gone) · log n` plus a copy of the freed list.
+    pub fn update_change(
+        &mut self,
+        mode: &AddressMode,
+        needs: &[Need],
+        gone: &[String],
+    ) -> (AllocationChange, Vec<(String, AddressError)>) {
+        let keys: BTreeSet<&String> = needs.iter().map(|n| &n.node).chain(gone).collect();
+        let before: BTreeMap<&String, LocalAddress> = keys
+            .iter()
+            .filter_map(|k| Some((*k, self.nodes.get(*k)?.clone())))
+            .collect();
+        let freed = self.freed.clone();
+        let failed = self.update(mode, needs, gone);
+        let mut change = AllocationChange::between(keys.into_iter(), |k| before.get(k), self);
+        change.freed = (self.freed != freed).then(|| self.freed.clone());
+        (change, failed)
+    }
+
     /// Brings the allocations in line with `needs` (every remote node): nodes no longer there
     /// are freed, new nodes get an address, existing ones keep theirs (in port mode, a new port
     /// name gets a new port). Returns the nodes that could not be given an address.
@@ -451,6 +556,26 @@ mod tests {
         };
         let failed = a.sync(&mode, &[need("o/a", &[("p2p", 1)])]);
         assert_eq!(failed[0].1, AddressError::PortRange(5, 4));
+    }
+
+    /// An unsaved change merged with a later one keeps each node's latest row once.
+    #[test]
+    fn a_later_change_wins_node_by_node() {
+        let mode = AddressMode::default();
+        let mut a = Allocations::default();
+        let (mut unsaved, _) = a.update_change(&mode, &[need("o/a", &[]), need("o/b", &[])], &[]);
+        assert_eq!(unsaved.set.len(), 2);
+        assert!(unsaved.freed.is_none());
+        let (later, _) = a.update_change(&mode, &[need("o/c", &[])], &["o/a".into()]);
+        unsaved.merge(later);
+        let set: Vec<&str> = unsaved.set.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(set, ["o/b", "o/c"]);
+        assert_eq!(unsaved.removed, ["o/a"]);
+        assert_eq!(unsaved.freed, Some(vec![0x7f4d_0001]));
+        let (again, _) = a.update_change(&mode, &[need("o/a", &[])], &[]);
+        unsaved.merge(again);
+        assert!(unsaved.removed.is_empty(), "o/a is back: {unsaved:?}");
+        assert_eq!(unsaved.set.len(), 3);
     }
 
     #[test]

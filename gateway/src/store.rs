@@ -26,8 +26,18 @@ const LOCAL_NODES: TableDefinition<&str, &str> = TableDefinition::new("local_nod
 /// Remote nodes' Service addresses at this site (Kubernetes ClusterIPs, set over the admin API;
 /// never replicated): `org/name` → IP.
 const SERVICE_ADDRESSES: TableDefinition<&str, &str> = TableDefinition::new("service_addresses");
-/// Small local state by name (`allocations`: remote nodes' local addresses, JSON).
+/// Small local state by name: [`FREED`].
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Remote nodes' local addresses at this site (never replicated): `org/name` → JSON
+/// [`crate::addressing::LocalAddress`], one row per node, so that a change writes only the
+/// nodes it touched.
+const ALLOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("allocations");
+/// `META` key of the allocator's freed values (JSON array of numbers, oldest first; see
+/// [`crate::addressing::Allocations::freed`]).
+const FREED: &str = "allocations.freed";
+/// `META` key under which stores before the `allocations` table kept every allocation as one
+/// JSON [`crate::addressing::Allocations`] value; moved into rows at open.
+const LEGACY_ALLOCATIONS: &str = "allocations";
 /// The Tessera URLs this site's operator registered (never replicated: the published record
 /// names the node by its consortium name instead): node name → URL.
 const LOCAL_URLS: TableDefinition<&str, &str> = TableDefinition::new("local_urls");
@@ -290,6 +300,7 @@ impl Store {
 
     fn open_and_scan(path: &Path) -> Result<Self, StoreError> {
         let store = Self::open_db(path)?;
+        store.migrate_allocations()?;
         store.records()?;
         store.local_nodes()?;
         store.local_urls()?;
@@ -322,6 +333,7 @@ impl Store {
                 && rx.open_table(RECORDS).is_ok()
                 && rx.open_table(LOCAL_NODES).is_ok()
                 && rx.open_table(META).is_ok()
+                && rx.open_table(ALLOCATIONS).is_ok()
                 && rx.open_table(SERVICE_ADDRESSES).is_ok()
                 && rx.open_table(LOCAL_URLS).is_ok()
                 && rx.open_table(LOCAL_RPC).is_ok()
@@ -333,6 +345,7 @@ impl Store {
             tx.open_table(RECORDS)?;
             tx.open_table(LOCAL_NODES)?;
             tx.open_table(META)?;
+            tx.open_table(ALLOCATIONS)?;
             tx.open_table(SERVICE_ADDRESSES)?;
             tx.open_table(LOCAL_URLS)?;
             tx.open_table(LOCAL_RPC)?;
@@ -622,14 +635,94 @@ impl Store {
         Ok(())
     }
 
-    /// The remote nodes' local addresses.
+    /// The remote nodes' local addresses: every row of the `allocations` table and the freed
+    /// values. A store not yet migrated (as [`salvage`] reads it) adds its single legacy value,
+    /// rows winning over it.
     pub fn allocations(&self) -> Result<crate::addressing::Allocations, StoreError> {
-        self.meta("allocations")
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        let (mut nodes, mut freed) = match meta.get(LEGACY_ALLOCATIONS)? {
+            Some(v) => {
+                let a: crate::addressing::Allocations = decode(LEGACY_ALLOCATIONS, v.value())?;
+                (a.nodes, a.freed)
+            }
+            None => Default::default(),
+        };
+        if let Some(v) = meta.get(FREED)? {
+            freed = decode(FREED, v.value())?;
+        }
+        for entry in tx.open_table(ALLOCATIONS)?.iter()? {
+            let (k, v) = entry?;
+            nodes.insert(k.value().to_owned(), decode(k.value(), v.value())?);
+        }
+        Ok(crate::addressing::Allocations::from_parts(nodes, freed))
     }
 
-    /// Persists the remote nodes' local addresses.
-    pub fn put_allocations(&self, a: &crate::addressing::Allocations) -> Result<(), StoreError> {
-        self.put_meta("allocations", a)
+    /// Persists one change of the remote nodes' local addresses in one transaction: a row per
+    /// node set or removed, and the freed values if they changed. Returns the number of rows
+    /// written (inserted or removed, the freed values counting as one); an empty change
+    /// writes nothing and commits nothing.
+    pub fn write_allocations(
+        &self,
+        change: &crate::addressing::AllocationChange,
+    ) -> Result<usize, StoreError> {
+        if change.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.db.begin_write()?;
+        let mut rows = 0;
+        {
+            let mut table = tx.open_table(ALLOCATIONS)?;
+            for key in &change.removed {
+                table.remove(key.as_str())?;
+                rows += 1;
+            }
+            for (key, addr) in &change.set {
+                table.insert(key.as_str(), encode(addr).as_slice())?;
+                rows += 1;
+            }
+            if let Some(freed) = &change.freed {
+                tx.open_table(META)?
+                    .insert(FREED, encode(freed).as_slice())?;
+                rows += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(rows)
+    }
+
+    /// Moves the allocations of a store written before the `allocations` table (one JSON value
+    /// in `META`) into rows, and removes the old value, in one transaction. Returns whether
+    /// there was anything to move. Errors: [`StoreError::Corrupt`] when the old value does not
+    /// decode (the store then does not open: nothing is dropped silently).
+    fn migrate_allocations(&self) -> Result<bool, StoreError> {
+        {
+            let rx = self.db.begin_read()?;
+            if rx.open_table(META)?.get(LEGACY_ALLOCATIONS)?.is_none() {
+                return Ok(false);
+            }
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let old: crate::addressing::Allocations = match meta.get(LEGACY_ALLOCATIONS)? {
+                Some(v) => decode(LEGACY_ALLOCATIONS, v.value())?,
+                None => return Ok(false),
+            };
+            let mut rows = tx.open_table(ALLOCATIONS)?;
+            for (key, addr) in &old.nodes {
+                // a row written since (none should be) is newer than the old value
+                if rows.get(key.as_str())?.is_none() {
+                    rows.insert(key.as_str(), encode(addr).as_slice())?;
+                }
+            }
+            if meta.get(FREED)?.is_none() {
+                meta.insert(FREED, encode(&old.freed).as_slice())?;
+            }
+            meta.remove(LEGACY_ALLOCATIONS)?;
+        }
+        tx.commit()?;
+        Ok(true)
     }
 
     /// The live-peering links this site's nodes were last brought to hold (empty when none
@@ -818,9 +911,13 @@ impl Store {
             for (k, v) in s.service_addresses.iter().flatten() {
                 services.insert(k.as_str(), v.to_string().as_str())?;
             }
-            let mut meta = tx.open_table(META)?;
             if let Some(a) = &s.allocations {
-                meta.insert("allocations", encode(a).as_slice())?;
+                let mut rows = tx.open_table(ALLOCATIONS)?;
+                for (k, v) in &a.nodes {
+                    rows.insert(k.as_str(), encode(v).as_slice())?;
+                }
+                tx.open_table(META)?
+                    .insert(FREED, encode(&a.freed).as_slice())?;
             }
             let mut invites = tx.open_table(INVITES)?;
             for (k, v) in s.invites.iter().flatten() {

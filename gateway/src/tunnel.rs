@@ -51,7 +51,7 @@ use tokio_util::task::TaskTracker;
 use crate::listener::TlsConn;
 use crate::membership::{GatewayId, Membership};
 use crate::metrics::Metrics;
-use far::{DialPolicy, Far, FarSetup, Targets};
+use far::{DialPolicy, Far, FarSetup, TargetsChange};
 use header::Answer;
 pub use links::{
     AUTO_QUIC_TIMEOUT, BACKOFF, DIAL_TIMEOUT, DialError, Link, LinkStatus, OpenError, PUBLISH_WAIT,
@@ -324,19 +324,19 @@ impl Tunnels {
     }
 
     /// Changes what the data plane serves, each part only if given: what the far end serves
-    /// (`targets`), what the near end listens on (`routes`: added and withdrawn, never the whole
-    /// set), and the gateways to keep links up to where this side is the keeper. Called on
-    /// every view change with what it changed; an empty call retries listeners that could not
-    /// be bound. Costs what it is given (a new route: one bind), apart from a copy of the
-    /// set of listened-on addresses when routes change.
+    /// (`targets`: all of them, or the nodes that changed), what the near end listens on
+    /// (`routes`: added and withdrawn, never the whole set), and the gateways to keep links up
+    /// to where this side is the keeper. Called on every view change with what it changed; an
+    /// empty call retries listeners that could not be bound. Costs what it is given (a new
+    /// route: one bind).
     pub fn update(
         &self,
-        targets: Option<Targets>,
+        targets: Option<TargetsChange>,
         routes: near::RouteChange,
         gateways: Option<Vec<PeerGateway>>,
     ) {
         if let Some(targets) = targets {
-            self.far.set_targets(targets);
+            self.far.change_targets(targets);
         }
         if !routes.is_empty() {
             self.far

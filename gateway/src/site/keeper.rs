@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use super::plan::{self, Delta, GatewayEntry, Inputs, Plan, SiteState};
-use crate::addressing::{AddressMode, Allocations, LocalAddress, Need};
+use crate::addressing::{AddressMode, AllocationChange, Allocations, Need};
 use crate::dns::{Zone, ZoneHandler};
 use crate::membership::NodeKey;
 use crate::membership::record::Kind;
@@ -157,6 +157,8 @@ pub async fn run(mut k: Keeper, shutdown: CancellationToken) {
     let mut site: Option<SiteState> = None;
     let mut reread = true;
     let mut serial: u32 = 0;
+    // allocation rows a failed write left unsaved, written with the next change
+    let mut unsaved = AllocationChange::default();
     k.zone.replace(Zone::new(&k.domain, &k.me_gateway));
     loop {
         changed.borrow_and_update();
@@ -177,11 +179,18 @@ pub async fn run(mut k: Keeper, shutdown: CancellationToken) {
         let mut nodes = scanned.nodes;
         nodes.extend(gone.into_iter().map(|id| (id, None)));
 
-        allocate(&k, &me, &nodes, scanned.full).await;
+        allocate(&k, &me, &nodes, scanned.full, &mut unsaved).await;
         let read_ok = read_site(&k, &me, &mut site, &nodes, scanned.full).await;
         reread = !read_ok;
         if let Some(state) = &mut site {
-            resolve_new_short_hosts(state).await;
+            let changed = (!scanned.full).then(|| {
+                nodes
+                    .iter()
+                    .filter(|(id, _)| id.org == me.org)
+                    .map(|(id, _)| id.name.as_str())
+                    .collect::<Vec<_>>()
+            });
+            resolve_new_short_hosts(state, changed.as_deref()).await;
         }
         let Some(state) = &site else {
             // nothing was ever read: serve nothing rather than a zone without this site's
@@ -233,7 +242,7 @@ pub async fn run(mut k: Keeper, shutdown: CancellationToken) {
         }
         if !delta.is_empty() || first || k.tunnels.listener_failures() {
             k.tunnels.update(
-                (delta.targets || first).then(|| plan.targets(&me.org)),
+                plan.targets_change(&me.org, &mut delta, first),
                 delta.routes,
                 (delta.gateways || first).then(|| plan.peers()),
             );
@@ -258,7 +267,7 @@ pub async fn run(mut k: Keeper, shutdown: CancellationToken) {
         };
         // a listener that could not be bound is retried until it can, a failed read sooner
         let retry = async {
-            if reread {
+            if reread || !unsaved.is_empty() {
                 tokio::time::sleep(READ_RETRY).await;
             } else if k.tunnels.listener_failures() {
                 tokio::time::sleep(LISTENER_RETRY).await;
@@ -280,19 +289,26 @@ pub async fn run(mut k: Keeper, shutdown: CancellationToken) {
     }
 }
 
-/// Resolves the one-label hosts of this site's nodes that were not tried yet, and forgets
-/// those no node has any more.
-async fn resolve_new_short_hosts(state: &mut SiteState) {
-    let hosts: std::collections::BTreeSet<&String> = state
-        .local
-        .values()
+/// Resolves the one-label hosts of this site's nodes that were not tried yet: of every node,
+/// forgetting those no node has any more (`changed` is `None`), or of the `changed` nodes only
+/// (what a node no longer uses is forgotten on the next full pass). Costs the nodes looked at.
+async fn resolve_new_short_hosts(state: &mut SiteState, changed: Option<&[&str]>) {
+    let hosts: std::collections::BTreeSet<&String> = match changed {
+        None => state.local.values().collect(),
+        Some(names) => names.iter().filter_map(|n| state.local.get(*n)).collect(),
+    };
+    let hosts: std::collections::BTreeSet<&String> = hosts
+        .into_iter()
         .filter(|h| crate::dns::is_short_host(h))
         .collect();
-    state.short_hosts.retain(|h, _| hosts.contains(h));
+    if changed.is_none() {
+        state.short_hosts.retain(|h, _| hosts.contains(h));
+    }
+    let room = crate::dns::MAX_SHORT_HOSTS.saturating_sub(state.short_hosts.len());
     let new: Vec<String> = hosts
         .into_iter()
         .filter(|h| !state.short_hosts.contains_key(*h))
-        .take(crate::dns::MAX_SHORT_HOSTS)
+        .take(room)
         .cloned()
         .collect();
     if !new.is_empty() {
@@ -303,8 +319,15 @@ async fn resolve_new_short_hosts(state: &mut SiteState) {
 }
 
 /// Gives the changed remote nodes a local address and frees the removed ones' (every remote
-/// node's on a full pass), and persists the allocations if that changed them.
-async fn allocate(k: &Keeper, me: &GatewayId, nodes: &[(NodeKey, Option<NodeView>)], full: bool) {
+/// node's on a full pass), and persists the rows of the nodes whose address that changed,
+/// with the rows `unsaved` by an earlier failed write (a failed write leaves them there).
+async fn allocate(
+    k: &Keeper,
+    me: &GatewayId,
+    nodes: &[(NodeKey, Option<NodeView>)],
+    full: bool,
+    unsaved: &mut AllocationChange,
+) {
     let mut needs = vec![];
     let mut gone = vec![];
     for (id, n) in nodes.iter().filter(|(id, _)| id.org != me.org) {
@@ -316,29 +339,25 @@ async fn allocate(k: &Keeper, me: &GatewayId, nodes: &[(NodeKey, Option<NodeView
             None => gone.push(id.to_string()),
         }
     }
-    let (updated, failed) = {
+    let (change, failed) = {
         let mut a = k.allocations.write().unwrap_or_else(|e| e.into_inner());
         if full {
-            let before = a.clone();
-            let failed = a.sync(&k.mode, &needs);
-            ((*a != before).then(|| a.clone()), failed)
+            a.sync_change(&k.mode, &needs)
         } else {
-            let held = |a: &Allocations| -> Vec<Option<LocalAddress>> {
-                let keys = needs.iter().map(|n| &n.node).chain(&gone);
-                keys.map(|key| a.nodes.get(key).cloned()).collect()
-            };
-            let before = held(&a);
-            let failed = a.update(&k.mode, &needs, &gone);
-            ((held(&a) != before).then(|| a.clone()), failed)
+            a.update_change(&k.mode, &needs, &gone)
         }
     };
     for (node, e) in failed {
         warn!(node = %node, error = %e, "no local address for a remote node");
     }
-    if let Some(a) = updated {
+    unsaved.merge(change);
+    if !unsaved.is_empty() {
         let store = k.store.clone();
-        if let Err(e) = run_blocking(move || store.put_allocations(&a)).await {
-            warn!(error = %e, "persisting local addresses failed");
+        let change = Arc::new(std::mem::take(unsaved));
+        let writing = change.clone();
+        if let Err(e) = run_blocking(move || store.write_allocations(&writing)).await {
+            warn!(error = %e, "persisting local addresses failed; retrying in 1 s");
+            *unsaved = Arc::unwrap_or_clone(change);
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::dns::{ZoneGateway, ZoneNode};
 use crate::membership::view::NodeView;
 use crate::membership::{GatewayId, NodeKey};
 use crate::tunnel::PeerGateway;
-use crate::tunnel::far::{Target, Targets};
+use crate::tunnel::far::{Target, Targets, TargetsChange};
 use crate::tunnel::header::HeaderError;
 use crate::tunnel::near::{Route, RouteChange};
 
@@ -175,6 +175,10 @@ pub struct Delta {
     pub zone: Vec<(NodeKey, Option<ZoneNode>)>,
     /// The far-end targets changed ([`Plan::targets`] gives them).
     pub targets: bool,
+    /// This site's nodes whose target changed: name → its target now (`None`: none), in order.
+    pub target_nodes: Vec<(String, Option<Target>)>,
+    /// The member orgs changed: the far end needs every target anew.
+    pub members: bool,
     /// Routes to listen on and addresses to stop listening on.
     pub routes: RouteChange,
     /// The gateways changed ([`Plan::gateways`]).
@@ -221,6 +225,9 @@ impl Plan {
                 None => self.targets.remove(&id.name),
             };
             delta.targets = true;
+            delta
+                .target_nodes
+                .push((id.name.clone(), target_new.cloned()));
         }
         let routes_old = old.as_ref().map_or(&[][..], |p| &p.routes[..]);
         let routes_new = new.as_ref().map_or(&[][..], |p| &p.routes[..]);
@@ -241,6 +248,7 @@ impl Plan {
         if members != self.members {
             self.members = members;
             delta.targets = true;
+            delta.members = true;
         }
     }
 
@@ -260,6 +268,16 @@ impl Plan {
     /// The projection of one node.
     pub fn node(&self, id: &NodeKey) -> Option<&NodePlan> {
         self.nodes.get(id)
+    }
+
+    /// What the far end needs for `delta`: every target when the members changed (or `all`),
+    /// else the nodes that changed; `None` when nothing did. Takes the nodes out of `delta`.
+    pub fn targets_change(&self, org: &str, delta: &mut Delta, all: bool) -> Option<TargetsChange> {
+        if all || delta.members {
+            return Some(TargetsChange::All(self.targets(org)));
+        }
+        let nodes = std::mem::take(&mut delta.target_nodes);
+        (!nodes.is_empty()).then_some(TargetsChange::Nodes(nodes))
     }
 
     /// What the far end serves: this site's reachable nodes of `org` and the members.

@@ -221,6 +221,12 @@ fn filled(dir: &Path) -> std::path::PathBuf {
     s.put_local_rpc("n1", Some("http://10.0.0.1:8545/"))
         .expect("rpc");
     s.put_invite("id1", &invite("org2", 1, 99)).expect("invite");
+    let mut a = crate::addressing::Allocations::default();
+    let (change, _) = a.sync_change(
+        &crate::addressing::AddressMode::default(),
+        &[need("org2/a")],
+    );
+    s.write_allocations(&change).expect("allocations");
     path
 }
 
@@ -281,7 +287,8 @@ fn salvage_of_a_healthy_file_reads_every_table_and_restores_them() {
         Some("10.0.0.1")
     );
     assert_eq!(s.invites.as_ref().map(Vec::len), Some(1));
-    assert!(s.allocations.is_some() && s.members.is_some() && s.service_addresses.is_some());
+    assert_eq!(s.allocations.as_ref().map(|a| a.nodes.len()), Some(1));
+    assert!(s.members.is_some() && s.service_addresses.is_some());
     let fresh = Store::open(&dir.path().join("fresh.redb")).expect("open");
     fresh.restore(&s).expect("restore");
     assert_eq!(fresh.records().expect("records").len(), 300);
@@ -297,6 +304,7 @@ fn salvage_of_a_healthy_file_reads_every_table_and_restores_them() {
         fresh.invite("id1").expect("read"),
         Some(invite("org2", 1, 99))
     );
+    assert_eq!(Some(fresh.allocations().expect("read")), s.allocations);
     // a file that does not open at all salvages nothing, without a panic
     std::fs::write(
         dir.path().join("cut.redb"),
@@ -335,4 +343,141 @@ fn local_rpc_follows_the_node() {
         .expect("rpc");
     s.remove_local_node("n1").expect("remove");
     assert!(s.local_rpc().expect("rpc").is_empty());
+}
+
+fn need(node: &str) -> crate::addressing::Need {
+    crate::addressing::Need {
+        node: node.to_owned(),
+        ports: [("p2p".to_owned(), 30303), ("raft".to_owned(), 50400)].into(),
+    }
+}
+
+/// The rows of the `allocations` table and whether `META` still holds the old single value.
+fn allocation_rows(s: &Store) -> (u64, bool) {
+    let tx = s.db.begin_read().expect("read");
+    let rows =
+        redb::ReadableTableMetadata::len(&tx.open_table(ALLOCATIONS).expect("table")).expect("len");
+    let legacy = tx
+        .open_table(META)
+        .expect("meta")
+        .get(LEGACY_ALLOCATIONS)
+        .expect("get")
+        .is_some();
+    (rows, legacy)
+}
+
+/// Writes `a` as stores before the `allocations` table did: one JSON value in `META`.
+fn put_legacy_allocations(s: &Store, a: &crate::addressing::Allocations) {
+    let tx = s.db.begin_write().expect("write");
+    tx.open_table(META)
+        .expect("meta")
+        .insert(LEGACY_ALLOCATIONS, encode(a).as_slice())
+        .expect("insert");
+    tx.commit().expect("commit");
+}
+
+/// A store written before the `allocations` table (every allocation one JSON value in `meta`)
+/// opens with the same allocations, now one row per node, and the old value gone; a salvage
+/// of such a file reads them too, and a restore writes them as rows.
+#[test]
+fn allocations_of_an_old_store_move_into_rows_at_open() {
+    let mode = crate::addressing::AddressMode::default();
+    let mut old = crate::addressing::Allocations::default();
+    let needs: Vec<_> = ["org2/a", "org2/b", "org2/c"].map(need).into();
+    assert!(old.sync(&mode, &needs).is_empty());
+    assert!(old.sync(&mode, &needs[1..]).is_empty(), "org2/a freed");
+    assert_eq!(old.freed.len(), 1);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.redb");
+    {
+        let s = Store::open(&path).expect("open");
+        put_legacy_allocations(&s, &old);
+        assert_eq!(allocation_rows(&s), (0, true));
+    }
+    // salvage reads an old file as it is (no migration on a file being rescued)
+    let copy = dir.path().join("copy.redb");
+    std::fs::copy(&path, &copy).expect("copy");
+    let saved = salvage(&copy);
+    assert_eq!(saved.allocations.as_ref(), Some(&old));
+
+    let s = Store::open(&path).expect("open migrates");
+    assert_eq!(
+        allocation_rows(&s),
+        (2, false),
+        "one row per node, old value gone"
+    );
+    assert_eq!(s.allocations().expect("read"), old);
+    drop(s);
+    let s = Store::open(&path).expect("open again: nothing left to move");
+    assert_eq!(s.allocations().expect("read"), old);
+
+    let fresh = Store::open(&dir.path().join("fresh.redb")).expect("open");
+    fresh.restore(&saved).expect("restore");
+    assert_eq!(allocation_rows(&fresh), (2, false));
+    assert_eq!(fresh.allocations().expect("read"), old);
+}
+
+/// An old single value that does not decode keeps the store from opening (named as
+/// damaged) rather than being dropped.
+#[test]
+fn an_old_allocations_value_that_does_not_decode_is_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.redb");
+    {
+        let s = Store::open(&path).expect("open");
+        let tx = s.db.begin_write().expect("write");
+        tx.open_table(META)
+            .expect("meta")
+            .insert(LEGACY_ALLOCATIONS, b"{not json".as_slice())
+            .expect("insert");
+        tx.commit().expect("commit");
+    }
+    match Store::open(&path) {
+        Err(StoreError::Damaged { reason, .. }) => {
+            assert!(reason.contains("allocations"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// With 3,000 remote nodes allocated, one more node writes one row, a removed one its row
+/// and the freed values; what the store reads back is the allocator's state each time.
+#[test]
+fn a_change_of_one_node_writes_its_row_only() {
+    let (_dir, s) = store();
+    let mode = crate::addressing::AddressMode::default();
+    let mut a = crate::addressing::Allocations::default();
+    let mut needs: Vec<_> = (0..3000).map(|i| need(&format!("org2/n{i}"))).collect();
+    let (change, failed) = a.sync_change(&mode, &needs);
+    assert!(failed.is_empty());
+    assert_eq!(s.write_allocations(&change).expect("write"), 3000);
+    assert_eq!(allocation_rows(&s), (3000, false));
+
+    let more = need("org2/more");
+    let (change, _) = a.update_change(&mode, std::slice::from_ref(&more), &[]);
+    assert_eq!(change.set.len(), 1);
+    assert_eq!(s.write_allocations(&change).expect("write"), 1);
+    assert_eq!(s.allocations().expect("read"), a);
+
+    // the same node again (a new seq of its record, same ports): nothing to write
+    let (change, _) = a.update_change(&mode, std::slice::from_ref(&more), &[]);
+    assert!(change.is_empty());
+    assert_eq!(s.write_allocations(&change).expect("write"), 0);
+
+    let (change, _) = a.update_change(&mode, &[], &["org2/n7".to_owned()]);
+    assert_eq!(
+        (change.removed.len(), change.freed.is_some()),
+        (1, true),
+        "the node's row and the freed values"
+    );
+    assert_eq!(s.write_allocations(&change).expect("write"), 2);
+    assert_eq!(s.allocations().expect("read"), a);
+    assert_eq!(allocation_rows(&s), (3000, false));
+
+    // a full pass that changes nothing writes nothing
+    needs.retain(|n| n.node != "org2/n7");
+    needs.push(more);
+    let (change, _) = a.sync_change(&mode, &needs);
+    assert!(change.is_empty(), "{change:?}");
 }

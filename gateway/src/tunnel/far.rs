@@ -62,6 +62,15 @@ pub struct Targets {
     pub members: std::collections::BTreeSet<String>,
 }
 
+/// A change of what the far end serves ([`Far::change_targets`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetsChange {
+    /// Everything anew (the first pass, or the member orgs changed).
+    All(Targets),
+    /// Some of this site's nodes: name → its target now (`None`: no longer served).
+    Nodes(Vec<(String, Option<Target>)>),
+}
+
 /// Addresses the gateway never dials for a stream.
 #[derive(Debug, Clone, Default)]
 pub struct DialPolicy {
@@ -99,6 +108,16 @@ impl DialPolicy {
 }
 
 impl Targets {
+    /// Sets each node's target (`None`: removes it).
+    pub fn change(&mut self, nodes: Vec<(String, Option<Target>)>) {
+        for (name, target) in nodes {
+            match target {
+                Some(t) => self.nodes.insert(name, t),
+                None => self.nodes.remove(&name),
+            };
+        }
+    }
+
     /// Checks a request from `caller` (an org); on success, the host and port to dial.
     pub fn authorise(&self, caller: &str, req: &Request) -> Result<(String, u16), Answer> {
         if !self.members.contains(caller) {
@@ -257,7 +276,22 @@ impl Far {
     /// Replaces what the far end serves. Streams whose authorisation the new targets withdraw
     /// end now, like a revoked org's: a far end does not rely on the near end to close them.
     pub fn set_targets(&self, targets: Targets) {
+        self.change_targets(TargetsChange::All(targets));
+    }
+
+    /// Changes what the far end serves: everything, or some nodes (costing those nodes and
+    /// the granted authorisations, not every target). Streams whose authorisation the change
+    /// withdraws end now, as with [`Far::set_targets`].
+    pub fn change_targets(&self, change: TargetsChange) {
         let mut current = self.0.targets.write().unwrap_or_else(|e| e.into_inner());
+        match change {
+            TargetsChange::All(targets) => *current = Arc::new(targets),
+            TargetsChange::Nodes(nodes) => {
+                // readers hold the lock, not a copy of the Arc: this changes it in place
+                Arc::make_mut(&mut current).change(nodes);
+            }
+        }
+        let targets: &Targets = &current;
         let mut grants = self.0.grants.lock().unwrap_or_else(|e| e.into_inner());
         grants.retain(|(caller, node, port), grant| {
             let req = Request {
@@ -273,7 +307,6 @@ impl Far {
             }
             kept
         });
-        *current = Arc::new(targets);
     }
 
     /// Changes the set of this gateway's own listener addresses, which a stream must never be
@@ -284,12 +317,12 @@ impl Far {
         added: impl IntoIterator<Item = SocketAddr>,
     ) {
         let mut policy = self.0.policy.write().unwrap_or_else(|e| e.into_inner());
-        let mut next = DialPolicy::clone(&policy);
+        // changed in place unless a dial holds the current policy (then a copy is changed)
+        let next = Arc::make_mut(&mut policy);
         for addr in removed {
             next.local.remove(addr);
         }
         next.local.extend(added);
-        *policy = Arc::new(next);
     }
 
     /// `caller`'s share of the far end's connections (created on its first stream).
@@ -488,6 +521,30 @@ mod tests {
             t.authorise("org3", &req("org2", "tm", "tessera")),
             Err(Answer::PolicyDenied)
         );
+    }
+
+    #[test]
+    fn a_change_of_some_nodes_leaves_the_others() {
+        let mut t = targets();
+        let moved = Target {
+            host: "10.0.0.7".into(),
+            ports: [("p2p".to_owned(), 30304)].into(),
+            allowed_orgs: vec![],
+        };
+        t.change(vec![
+            ("node1".into(), Some(moved)),
+            ("tm".into(), None),
+            ("gone".into(), None),
+        ]);
+        assert_eq!(
+            t.authorise("org1", &req("org2", "node1", "p2p")),
+            Ok(("10.0.0.7".into(), 30304))
+        );
+        assert_eq!(
+            t.authorise("org1", &req("org2", "tm", "tessera")),
+            Err(Answer::UnknownNode)
+        );
+        assert_eq!(t.nodes.len(), 1);
     }
 
     #[tokio::test]

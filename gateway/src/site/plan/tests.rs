@@ -55,6 +55,16 @@ fn site(local: &[(&str, &str)], services: &[(&str, &str)]) -> SiteState {
     }
 }
 
+/// A plan of `nodes`, set one by one, and what that changed.
+fn built(inputs: Inputs<'_>, nodes: &[&NodeView]) -> (Plan, Delta) {
+    let mut plan = Plan::default();
+    let mut delta = Delta::default();
+    for n in nodes {
+        plan.set_node(n.key(), Some(project_node(inputs, n)), &mut delta);
+    }
+    (plan, delta)
+}
+
 fn addrs(routes: &[Route]) -> Vec<String> {
     routes.iter().map(|r| r.addr.to_string()).collect()
 }
@@ -198,11 +208,7 @@ fn one_change_yields_just_its_delta_and_applying_deltas_equals_a_rebuild() {
         alloc: &alloc,
     };
 
-    let mut plan = Plan::default();
-    let mut delta = Delta::default();
-    for n in &all {
-        plan.set_node(n.key(), Some(project_node(inputs, n)), &mut delta);
-    }
+    let (mut plan, delta) = built(inputs, &all);
     assert_eq!(delta.zone.len(), 6);
     assert_eq!(delta.routes.added.len(), 10);
     assert!(delta.targets);
@@ -307,4 +313,63 @@ fn members_and_gateways_count_as_changes_only_when_they_change() {
         .map(|m| (m, ()))
         .collect();
     assert_eq!(members.len(), 2);
+}
+
+/// A change of one of this site's nodes hands the far end that node's target only; a change
+/// of the members (or the first pass) hands it every target.
+#[test]
+fn the_far_end_gets_the_changed_targets_only_unless_the_members_change() {
+    let me = me();
+    let nodes: Vec<NodeView> = (1..=3)
+        .map(|i| node("org1", &format!("n{i}"), "dc1", 30303, 0))
+        .collect();
+    let hosts: Vec<(String, String)> = (1..=3)
+        .map(|i| (format!("n{i}"), format!("10.0.0.{i}")))
+        .collect();
+    let local: Vec<(&str, &str)> = hosts
+        .iter()
+        .map(|(n, h)| (n.as_str(), h.as_str()))
+        .collect();
+    let state = site(&local, &[]);
+    let alloc = Allocations::default();
+    let inputs = Inputs {
+        me: &me,
+        site: &state,
+        alloc: &alloc,
+    };
+    let (mut plan, mut delta) = built(inputs, &[&nodes[0], &nodes[1]]);
+    match plan.targets_change("org1", &mut delta, true) {
+        Some(TargetsChange::All(t)) => assert_eq!(t.nodes.len(), 2),
+        other => panic!("{other:?}"),
+    }
+
+    let mut delta = Delta::default();
+    plan.set_node(
+        nodes[2].key(),
+        Some(project_node(inputs, &nodes[2])),
+        &mut delta,
+    );
+    plan.set_node(nodes[0].key(), None, &mut delta);
+    match plan.targets_change("org1", &mut delta, false) {
+        Some(TargetsChange::Nodes(changed)) => {
+            let names: Vec<(&str, bool)> = changed
+                .iter()
+                .map(|(n, t)| (n.as_str(), t.is_some()))
+                .collect();
+            assert_eq!(names, [("n3", true), ("n1", false)]);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let mut delta = Delta::default();
+    plan.set_members(["org1".to_owned()].into(), &mut delta);
+    match plan.targets_change("org1", &mut delta, false) {
+        Some(TargetsChange::All(t)) => {
+            assert_eq!(t.nodes.keys().collect::<Vec<_>>(), ["n2", "n3"]);
+            assert_eq!(t.members.len(), 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut delta = Delta::default();
+    assert!(plan.targets_change("org1", &mut delta, false).is_none());
 }
