@@ -3,7 +3,6 @@
 //! other classes the main link; a lost side link is dialled again, consensus streams take the
 //! main link meanwhile; with `tunnel.consensus_link = false` there is none.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::*;
@@ -13,24 +12,7 @@ use fedgw_gateway::tunnel::Transport;
 use fedgw_gateway::tunnel::class::Class;
 use fedgw_gateway::tunnel::header::{Answer, Request};
 use fedgw_proto::v1 as pb;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-/// A TCP echo server on 127.0.0.1 standing in for a node's raft and p2p ports.
-async fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
+use tokio::io::AsyncReadExt;
 
 fn site(i: u8, consensus_link: bool) -> impl FnOnce(&mut Config) {
     move |c: &mut Config| {

@@ -63,18 +63,15 @@ enum SideDialError {
 impl Links {
     /// The live side link to `peer` that new consensus streams use, if any.
     pub(super) fn consensus_link(&self, peer: &GatewayId) -> Option<Link> {
-        self.0
-            .consensus
-            .by_peer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(peer)
-            .filter(|(_, l)| l.is_alive())
-            .map(|(_, l)| l.clone())
+        self.live_side_link(peer).map(|(_, l)| l)
     }
 
     /// The number of the live side link to `peer`, for `fedgw status` and tests.
     pub(super) fn consensus_link_id(&self, peer: &GatewayId) -> Option<u64> {
+        self.live_side_link(peer).map(|(id, _)| id)
+    }
+
+    fn live_side_link(&self, peer: &GatewayId) -> Option<(u64, Link)> {
         self.0
             .consensus
             .by_peer
@@ -82,7 +79,7 @@ impl Links {
             .unwrap_or_else(|e| e.into_inner())
             .get(peer)
             .filter(|(_, l)| l.is_alive())
-            .map(|(id, _)| *id)
+            .cloned()
     }
 
     /// Makes `link` the side link new consensus streams to `peer` use (an older one keeps
