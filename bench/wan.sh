@@ -17,7 +17,9 @@
 #          the ping's request direction); also the bulk stream's rate
 # Paths: direct_cubic / direct_bbr (the client dials the node over the shaped link itself,
 # the anchor), fedgw_tcp / fedgw_quic (through the gateways, [tunnel] congestion = bbr, the
-# default), fedgw_tcp_cubic / fedgw_quic_cubic (the same with congestion = cubic).
+# default), fedgw_tcp_cubic / fedgw_quic_cubic (the same with congestion = cubic), fedgw_tcp_one
+# (TCP+TLS with [tunnel] consensus_link = false: one connection per peer carries every class;
+# the others keep raft streams on a consensus side link). Only the paths asked for are set up.
 # Prints per path the ping's p50 / p99 / p99.9 / max round trip and the bulk rate as a share of
 # RATE, medians over the rounds. Goals: loaded p99 <= idle p99 + 10 ms, p99.9 <= 100 ms, no
 # ping over 250 ms, bulk >= 90 % of the link.
@@ -173,30 +175,32 @@ start_gw() { # ns dir
   RUST_LOG=warn ip netns exec "$1" "$fedgw" run --data-dir "$2" >"$2.log" 2>&1 &
   wait_file "$2/run.json"
 }
-set_congestion() { # dir cc
-  python3 - "$1/fedgw.toml" "$2" <<'EOF'
+set_congestion() { # dir cc consensus_link
+  python3 - "$1/fedgw.toml" "$2" "$3" <<'EOF'
 import re, sys
-path, cc = sys.argv[1], sys.argv[2]
+path, cc, side = sys.argv[1], sys.argv[2], sys.argv[3]
 t = open(path).read()
 t, n = re.subn(r'(?m)^congestion = .*$', f'congestion = "{cc}"', t)
 assert n == 1, "no tunnel.congestion in fedgw.toml"
+t, n = re.subn(r'(?m)^consensus_link = .*$', f'consensus_link = {side}', t)
+assert n == 1, "no tunnel.consensus_link in fedgw.toml"
 open(path, "w").write(t)
 EOF
 }
 
 # a two-org federation across the link; prints the node's local address at site A
-federation() { # name transport congestion port pool_octet
-  local name=$1 transport=$2 cc=$3 port=$4 o=$5 d=$work/$1
+federation() { # name transport congestion port pool_octet consensus_link
+  local name=$1 transport=$2 cc=$3 port=$4 o=$5 side=$6 d=$work/$1
   local common=(--dns 127.0.0.1:0 --metrics 127.0.0.1:0 --tunnel-transport "$transport")
   inA "$fedgw" init --consortium wan --domain wan.test --org org1 --data-dir "$d/org1" \
     --listen "10.77.0.1:$port" --advertise "10.77.0.1:$port" --address-pool "127.$o.1.0/24" "${common[@]}" >/dev/null
-  set_congestion "$d/org1" "$cc"
+  set_congestion "$d/org1" "$cc" "$side"
   start_gw "$A" "$d/org1"
   local token
   token=$("$fedgw" invite org2 --data-dir "$d/org1")
   inB "$fedgw" join "$token" --org org2 --data-dir "$d/org2" --listen "10.77.0.2:$port" \
     --advertise "10.77.0.2:$port" --address-pool "127.$o.2.0/24" --allow-loopback-targets "${common[@]}" >/dev/null
-  set_congestion "$d/org2" "$cc"
+  set_congestion "$d/org2" "$cc" "$side"
   start_gw "$B" "$d/org2"
   local id
   # a fresh secp256k1 public key: gateways refuse ids that are no point on the curve
@@ -220,16 +224,17 @@ for n in json.load(sys.stdin):
 declare -A host cc
 host[direct_cubic]=10.77.0.2; cc[direct_cubic]=cubic
 host[direct_bbr]=10.77.0.2; cc[direct_bbr]=bbr
-n=0
-for t in tcp quic; do
-  for c in bbr cubic; do
-    name=fedgw_$t; [[ $c == cubic ]] && name=${name}_cubic
-    host[$name]=$(federation "$name" "$t" "$c" $((7443 + n)) $((81 + n)))
-    cc[$name]=-
-    n=$((n + 1))
-  done
-done
 read -r -a paths <<<"${PATHS:-direct_cubic direct_bbr fedgw_tcp fedgw_quic fedgw_tcp_cubic fedgw_quic_cubic}"
+n=0
+for name in fedgw_tcp fedgw_tcp_cubic fedgw_tcp_one fedgw_quic fedgw_quic_cubic; do
+  n=$((n + 1))
+  [[ " ${paths[*]} " == *" $name "* ]] || continue
+  t=tcp; [[ $name == fedgw_quic* ]] && t=quic
+  c=bbr; [[ $name == *_cubic ]] && c=cubic
+  side=true; [[ $name == fedgw_tcp_one ]] && side=false
+  host[$name]=$(federation "$name" "$t" "$c" $((7443 + n)) $((81 + n)) "$side")
+  cc[$name]=-
+done
 echo "link: $rate both ways; paths: ${paths[*]}"
 results=$work/results.tsv
 : >"$results"

@@ -30,6 +30,10 @@ pub const ALPN_JOIN: &[u8] = b"fedgw-join/1";
 pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN protocol id of data-plane tunnels (QUIC, and TCP+TLS fallback).
 pub const ALPN_TUNNEL: &[u8] = b"fedgw/1";
+/// ALPN protocol id of a TCP+TLS tunnel's consensus side link: a second yamux session to the
+/// same peer that carries only streams of class consensus (the gateway's
+/// `tunnel::links::consensus`). The tunnel server config offers it beside [`ALPN_TUNNEL`].
+pub const ALPN_TUNNEL_CONSENSUS: &[u8] = b"fedgw-consensus/1";
 
 /// The TLS 1.3 cipher suites fedgw offers, most preferred first (RFC 8446 §9.1 makes the
 /// first one mandatory to implement). AES-128-GCM leads, as in BoringSSL and Go's crypto/tls on
@@ -228,15 +232,15 @@ pub fn join_client_config(
 }
 
 /// The tunnel server config: as [`federation_server_config`] (client certificate required),
-/// with ALPN `fedgw/1`. Used by the TCP fallback listener and, wrapped by quinn, the QUIC
-/// endpoint.
+/// with ALPN `fedgw/1` and `fedgw-consensus/1`. Used by the TCP fallback listener and,
+/// wrapped by quinn, the QUIC endpoint.
 pub fn tunnel_server_config(
     identity: &ReloadableIdentity,
     verifier: Arc<PeerVerifier>,
     provider: Arc<CryptoProvider>,
 ) -> Result<ServerConfig, rustls::Error> {
     let mut config = federation_server_config(identity, verifier, provider)?;
-    config.alpn_protocols = vec![ALPN_TUNNEL.to_vec()];
+    config.alpn_protocols = vec![ALPN_TUNNEL.to_vec(), ALPN_TUNNEL_CONSENSUS.to_vec()];
     Ok(config)
 }
 

@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fedgw_certs::PeerIdentity;
-use fedgw_certs::tls::{ALPN_H2, ALPN_JOIN, ALPN_TUNNEL};
+use fedgw_certs::tls::{ALPN_H2, ALPN_JOIN, ALPN_TUNNEL, ALPN_TUNNEL_CONSENSUS};
 use rustls::ServerConfig;
 use rustls::server::Acceptor;
 use serde::{Deserialize, Serialize};
@@ -441,7 +441,8 @@ pub struct Dispatch {
     pub join_tx: mpsc::Sender<TlsConn>,
     /// Receives federation connections.
     pub federation_tx: mpsc::Sender<TlsConn>,
-    /// Config for ALPN `fedgw/1` (TCP+TLS tunnels, client auth required).
+    /// Config for ALPN `fedgw/1` and `fedgw-consensus/1` (TCP+TLS tunnels and their
+    /// consensus side links, client auth required).
     pub tunnel_config: Arc<ServerConfig>,
     /// Receives tunnel connections.
     pub tunnel_tx: mpsc::Sender<TlsConn>,
@@ -622,7 +623,10 @@ async fn handshake(
         ("join", d.join_config.clone(), &d.join_tx)
     } else if alpn.iter().any(|p| p == ALPN_H2) {
         ("federation", d.federation_config.clone(), &d.federation_tx)
-    } else if alpn.iter().any(|p| p == ALPN_TUNNEL) {
+    } else if alpn
+        .iter()
+        .any(|p| p == ALPN_TUNNEL || p == ALPN_TUNNEL_CONSENSUS)
+    {
         ("tunnel", d.tunnel_config.clone(), &d.tunnel_tx)
     } else {
         return Err((

@@ -109,6 +109,11 @@ pub struct TunnelConfig {
     /// clients a delay, not a reset; clients that redial slowly after a refusal (geth waits
     /// up to 35 s) recover at once. Past it the connection is reset.
     pub connect_hold_ms: u64,
+    /// Over TCP+TLS, give streams of class `consensus` a second connection to each peer of
+    /// their own (default: on), so a raft message waits behind none of the bulk bytes the
+    /// main connection has in flight. Off: one connection per peer carries every class. See
+    /// [`links`] (consensus side links) and docs/DESIGN.md section 8.
+    pub consensus_link: bool,
 }
 
 /// Default of [`TunnelConfig::stall_timeout_ms`]: longer than a node's own write time-out
@@ -148,6 +153,7 @@ impl Default for TunnelConfig {
             priority: class::Priorities::new(),
             congestion: quic::Congestion::default(),
             connect_hold_ms: DEFAULT_CONNECT_HOLD_MS,
+            consensus_link: true,
         }
     }
 }
@@ -287,6 +293,7 @@ impl Tunnels {
                 quic,
                 quic_client,
                 tls_client: Arc::new(client_tls),
+                consensus_link: config.consensus_link,
                 identity: setup.tls.identity,
                 max_link_age: setup.max_link_age,
             },
@@ -373,6 +380,34 @@ impl Tunnels {
     /// Opens a stream to `peer`, over its live link or a new one.
     pub async fn open(&self, peer: &GatewayId) -> Result<TunnelStream, OpenError> {
         self.links.open(peer).await
+    }
+
+    /// Opens a stream of `class` to `peer` and returns the link it runs on: a consensus
+    /// stream takes the peer's consensus side link when one is up ([`Links::open_stream`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Links::open_stream`].
+    pub async fn open_class(
+        &self,
+        peer: &GatewayId,
+        class: class::Class,
+    ) -> Result<(TunnelStream, Link), OpenError> {
+        self.links.open_stream(peer, class).await
+    }
+
+    /// Test hook, not for production: while `blocked`, no consensus side link is dialled
+    /// ([`Links::block_consensus_dials`]).
+    #[doc(hidden)]
+    pub fn block_consensus_dials(&self, blocked: bool) {
+        self.links.block_consensus_dials(blocked);
+    }
+
+    /// Test hook, not for production: closes the consensus side link to `peer`, as a lost
+    /// connection would ([`Links::close_consensus_link`]).
+    #[doc(hidden)]
+    pub fn close_consensus_link(&self, peer: &GatewayId) {
+        self.links.close_consensus_link(peer);
     }
 
     /// Whether some local listener could not be bound (retried on the next update).

@@ -11,6 +11,7 @@
 //! certificate that authenticated it expires; a link the same side dials again supersedes the
 //! older one at once.
 
+mod consensus;
 mod keeper;
 mod link;
 pub mod upgrade;
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use super::class::Class;
 use super::mux;
 use super::splice::TunnelStream;
 use crate::listener::TlsConn;
@@ -89,6 +91,8 @@ pub struct LinkSetup {
     pub quic_client: quinn::ClientConfig,
     /// Client settings of outbound TCP+TLS links.
     pub tls_client: Arc<rustls::ClientConfig>,
+    /// `tunnel.consensus_link`: dial and use consensus side links ([`consensus`]).
+    pub consensus_link: bool,
     /// This gateway's identity, whose certificate bounds a link's age as the peer's does.
     pub identity: ReloadableIdentity,
     /// Longest time a link takes new streams (the config's `max_link_age`).
@@ -111,6 +115,12 @@ struct Inner {
     quic: Option<quinn::Endpoint>,
     quic_client: quinn::ClientConfig,
     tls_client: Arc<rustls::ClientConfig>,
+    /// `tls_client` with ALPN `fedgw-consensus/1`, for consensus side links.
+    tls_consensus: Arc<rustls::ClientConfig>,
+    /// Consensus side links beside TCP+TLS links ([`consensus`]).
+    consensus: consensus::SideLinks,
+    /// `tunnel.consensus_link`.
+    consensus_link: bool,
     links: Mutex<HashMap<GatewayId, LinkEntry>>,
     /// Every live link by its number, the one in `links` and older ones still carrying
     /// streams, for [`Links::register`] to find the links a new one supersedes.
@@ -261,6 +271,9 @@ pub struct LinkStatus {
     /// A TCP link this gateway dialled in `auto` because QUIC failed: when it last failed and
     /// when it is tried again ([`upgrade`]).
     pub quic_failed: Option<upgrade::QuicFailed>,
+    /// The number of the consensus side link to the peer that new consensus streams take,
+    /// if one is up (TCP+TLS links only; [`consensus`]).
+    pub consensus_link: Option<u64>,
 }
 
 /// A peer gateway as the view announces it.
@@ -284,6 +297,8 @@ impl Links {
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Links {
+        let mut tls_consensus = (*setup.tls_client).clone();
+        tls_consensus.alpn_protocols = vec![fedgw_certs::tls::ALPN_TUNNEL_CONSENSUS.to_vec()];
         Links(Arc::new(Inner {
             me: setup.me,
             domain: setup.domain,
@@ -295,6 +310,9 @@ impl Links {
             quic: setup.quic,
             quic_client: setup.quic_client,
             tls_client: setup.tls_client,
+            tls_consensus: Arc::new(tls_consensus),
+            consensus: consensus::SideLinks::default(),
+            consensus_link: setup.consensus_link,
             links: Mutex::new(HashMap::new()),
             all_links: Mutex::new(HashMap::new()),
             link_up: tokio::sync::watch::Sender::new(0),
@@ -357,6 +375,7 @@ impl Links {
                     Link::Mux { .. } => None,
                 },
                 quic_failed: self.quic_failed(peer, e),
+                consensus_link: self.consensus_link_id(peer),
             })
             .collect();
         out.sort_by(|a, b| a.peer.cmp(&b.peer));
@@ -397,15 +416,24 @@ impl Links {
             .cloned()
     }
 
-    /// Opens a stream to `peer`, over its live link or a new one.
+    /// Opens a stream of class interactive to `peer`, over its live link or a new one.
     pub async fn open(&self, peer: &GatewayId) -> Result<TunnelStream, OpenError> {
-        self.open_stream(peer).await.map(|(s, _)| s)
+        self.open_stream(peer, Class::Interactive)
+            .await
+            .map(|(s, _)| s)
     }
 
-    /// [`Links::open`], and the link the stream runs on.
-    pub(super) async fn open_stream(
+    /// Opens a stream of `class` to `peer` over its live link or a new one, and returns the
+    /// link the stream runs on. A consensus stream takes the peer's consensus side link
+    /// instead when the live link is TCP+TLS and a side link is up ([`consensus`]).
+    ///
+    /// # Errors
+    ///
+    /// No route to the peer, every dial failed, or the link failed twice while opening.
+    pub async fn open_stream(
         &self,
         peer: &GatewayId,
+        class: Class,
     ) -> Result<(TunnelStream, Link), OpenError> {
         for attempt in 0..2 {
             let LinkEntry { id, link, .. } = match self.live_link(peer) {
@@ -419,6 +447,19 @@ impl Links {
                     Err(e) => self.registered_link(peer, true).ok_or(e)?,
                 },
             };
+            if class == Class::Consensus
+                && self.0.consensus_link
+                && matches!(link, Link::Mux { .. })
+                && let Some(side) = self.consensus_link(peer)
+            {
+                match side.open().await {
+                    Ok(s) => return Ok((s, side)),
+                    // the main link serves while the keeper dials the side link again
+                    Err(e) => {
+                        debug!(%peer, error = %e, "consensus side link failed; using the main link")
+                    }
+                }
+            }
             match link.open().await {
                 Ok(s) => return Ok((s, link)),
                 Err(e) if attempt == 0 => {
@@ -477,6 +518,14 @@ impl Links {
                     *last_failure = None;
                     let entry = self.register(peer.clone(), link, "outbound");
                     self.upgrade_later(peer, &entry);
+                    if self.0.consensus_link && matches!(entry.link, Link::Mux { .. }) {
+                        self.keep_consensus(
+                            peer.clone(),
+                            entry.id,
+                            entry.link.clone(),
+                            endpoint.clone(),
+                        );
+                    }
                     return Ok(entry);
                 }
                 Err(e) => failures.0.push((endpoint.clone(), e)),
@@ -494,7 +543,7 @@ impl Links {
             Transport::Auto => self.0.upgrades.due(peer, tokio::time::Instant::now()),
         };
         if !(use_quic && self.0.quic.is_some()) {
-            return self.dial_tcp(peer, endpoint).await;
+            return self.dial_tcp(peer, endpoint, false).await;
         }
         let timeout = match self.0.transport {
             Transport::Auto => AUTO_QUIC_TIMEOUT,
@@ -509,7 +558,7 @@ impl Links {
             Ok(Err(e)) => debug!(%peer, error = %e, "QUIC dial failed; trying TCP+TLS"),
             Err(_) => debug!(%peer, "QUIC dial timed out; trying TCP+TLS"),
         }
-        let link = self.dial_tcp(peer, endpoint).await?;
+        let link = self.dial_tcp(peer, endpoint, false).await?;
         // only now is UDP the problem: when TCP+TLS fails too, the peer is down (restarting),
         // and its next link should be QUIC again
         self.0.upgrades.failed_now(peer);
@@ -549,10 +598,22 @@ impl Links {
         Err(last)
     }
 
-    async fn dial_tcp(&self, peer: &GatewayId, endpoint: &str) -> Result<Link, DialError> {
+    /// Dials a TCP+TLS link to `peer` at `endpoint`, which must prove the peer's identity; a
+    /// consensus side link ([`consensus`]) with `consensus`.
+    async fn dial_tcp(
+        &self,
+        peer: &GatewayId,
+        endpoint: &str,
+        consensus: bool,
+    ) -> Result<Link, DialError> {
         let name = crate::net::dns_server_name(&peer.server_name(&self.0.domain))
             .map_err(DialError::Tls)?;
-        let tls = crate::net::dial_tls_as(endpoint, name, self.0.tls_client.clone(), DIAL_TIMEOUT)
+        let client = if consensus {
+            self.0.tls_consensus.clone()
+        } else {
+            self.0.tls_client.clone()
+        };
+        let tls = crate::net::dial_tls_as(endpoint, name, client, DIAL_TIMEOUT)
             .await
             .map_err(DialError::Tls)?;
         let leaf = tls
@@ -572,7 +633,7 @@ impl Links {
         }
         let (tcp, tls) = tls.into_inner();
         let (mux, driver) = mux::session(tcp, tls.into(), mux::Role::Client, &self.0.mux, None);
-        Ok(self.run_mux(peer.clone(), mux, driver, peer_not_after))
+        Ok(self.run_mux(peer.clone(), mux, driver, peer_not_after, consensus))
     }
 
     /// The gateway an inbound link speaks for, if it may carry tunnels: another site than this
@@ -774,6 +835,7 @@ impl Links {
         mux: mux::Mux,
         mut driver: mux::Driver,
         peer_not_after: Option<SystemTime>,
+        consensus: bool,
     ) -> Link {
         let closed = CancellationToken::new();
         let this = self.clone();
@@ -797,6 +859,7 @@ impl Links {
             mux,
             closed,
             peer_not_after,
+            consensus,
         }
     }
 
@@ -869,10 +932,16 @@ impl Links {
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .and_then(|c| not_after(c));
+                let consensus =
+                    tls.alpn_protocol() == Some(fedgw_certs::tls::ALPN_TUNNEL_CONSENSUS);
                 let (mux, driver) =
                     mux::session(tcp, tls.into(), mux::Role::Server, &this.0.mux, end);
-                let link = this.run_mux(peer.clone(), mux, driver, peer_not_after);
-                this.register(peer, link, "inbound");
+                let link = this.run_mux(peer.clone(), mux, driver, peer_not_after, consensus);
+                if consensus {
+                    this.register_consensus(peer, link, "inbound");
+                } else {
+                    this.register(peer, link, "inbound");
+                }
             });
         }
     }

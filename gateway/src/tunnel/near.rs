@@ -502,7 +502,10 @@ impl Near {
         let deadline = tokio::time::Instant::now() + self.0.connect_hold;
         let mut first: Option<Vec<u8>> = None;
         loop {
-            let (stream, link) = match self.open_held(&route.site, deadline, stop.as_mut()).await {
+            let (stream, link) = match self
+                .open_held(&route.site, class, deadline, stop.as_mut())
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     self.0.metrics.tunnel_open_failed();
@@ -613,13 +616,14 @@ impl Near {
         }
     }
 
-    /// Opens a stream to `peer` ([`Links::open`]), retrying while `peer` has no link
+    /// Opens a stream of `class` to `peer` ([`Links::open_stream`]), retrying while `peer` has no link
     /// until `deadline` ([`NearSetup::connect_hold`]): after a short, growing wait
     /// ([`HOLD_RETRY`]), or at once when any link registers. A revoked org or `stop` ends the
     /// wait.
     async fn open_held<S: std::future::Future<Output = ()>>(
         &self,
         peer: &GatewayId,
+        class: class::Class,
         deadline: tokio::time::Instant,
         mut stop: std::pin::Pin<&mut S>,
     ) -> Result<(TunnelStream, Link), OpenError> {
@@ -627,7 +631,7 @@ impl Near {
         let mut registered = self.0.links.registrations();
         loop {
             registered.mark_unchanged();
-            let err = match self.0.links.open_stream(peer).await {
+            let err = match self.0.links.open_stream(peer, class).await {
                 Ok(s) => return Ok(s),
                 Err(e) => e,
             };

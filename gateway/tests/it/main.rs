@@ -13,6 +13,7 @@ mod support;
 mod bootstrap;
 mod chain;
 mod cli;
+mod consensus;
 mod dns;
 mod ingress;
 mod join_service;

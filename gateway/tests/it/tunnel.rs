@@ -20,23 +20,6 @@ use fedgw_proto::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A TCP echo server on 127.0.0.1 standing in for a node's p2p or raft port.
-async fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                // copy until the client half-closes, then half-close back
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 /// An HTTP server standing in for a Tessera P2P endpoint: `GET /upcheck` → `I'm up!`.
 async fn upcheck_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind http");

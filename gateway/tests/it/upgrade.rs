@@ -12,7 +12,7 @@ use fedgw_gateway::config::{Admission, Config};
 use fedgw_gateway::membership::GatewayId;
 use fedgw_gateway::tunnel::Transport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Per-org pool, `auto`, loopback targets allowed (the echo node runs on 127.0.0.1).
 fn site(i: u8) -> impl FnOnce(&mut Config) {
@@ -24,23 +24,6 @@ fn site(i: u8) -> impl FnOnce(&mut Config) {
         c.tunnel.transport = Transport::Auto;
         c.tunnel.allow_loopback_targets = true;
     }
-}
-
-/// A TCP echo server on 127.0.0.1 standing in for a node's p2p port; it half-closes back
-/// when the client has.
-async fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 /// Sends `len` bytes on `c` and reads the same bytes back, within [`WAIT`].

@@ -22,6 +22,9 @@ pub enum Link {
         closed: CancellationToken,
         /// When the certificate the peer authenticated with expires, if it could be read.
         peer_not_after: Option<SystemTime>,
+        /// A consensus side link (ALPN `fedgw-consensus/1`): it carries only streams of
+        /// class consensus, beside a main link to the same peer ([`super::consensus`]).
+        consensus: bool,
     },
 }
 
@@ -38,6 +41,17 @@ impl Link {
             Link::Quic(_) => "quic",
             Link::Mux { .. } => "tcp",
         }
+    }
+
+    /// Whether this is a consensus side link ([`super::consensus`]), not a peer's main link.
+    pub fn is_consensus(&self) -> bool {
+        matches!(
+            self,
+            Link::Mux {
+                consensus: true,
+                ..
+            }
+        )
     }
 
     /// When the peer's certificate, as presented in the handshake, expires.

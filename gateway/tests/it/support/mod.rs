@@ -318,3 +318,23 @@ pub fn dig(dns: std::net::SocketAddr, name: &str, qtype: &str, full: bool) -> St
         .expect("dig must be installed (scripts/test installs bind9-dnsutils)");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// A TCP echo server on 127.0.0.1 standing in for a node's p2p or raft port; it half-closes
+/// back when the client has.
+pub async fn echo_server() -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt as _;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind echo");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
