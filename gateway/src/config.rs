@@ -806,6 +806,8 @@ mod tests {
         full.sync.deny = vec!["org3/dc1".into()];
         full.tunnel.max_connections_per_org = Some(8);
         full.tunnel.max_link_ms = Some(60_000);
+        // a section left out of the TOML while it holds its defaults
+        full.peering.reconcile_ms = 1_000;
         full.tunnel
             .priority
             .insert("tessera".into(), crate::tunnel::class::Class::Bulk);

@@ -424,6 +424,34 @@ pub(super) async fn set_service_address(
     Ok(pb::SetServiceAddressResponse {})
 }
 
+/// `ChainStatus`: see the `Admin` service in proto/fedgw/v1/admin.proto.
+pub(super) async fn chain_status(
+    svc: &AdminService,
+    _request: Request<pb::ChainStatusRequest>,
+) -> Result<Response<pb::ChainStatusResponse>, Status> {
+    let rpc = on_store(&svc.store, move |s| s.local_rpc()).await?;
+    let me = svc.membership.me().org.clone();
+    let nodes = svc.membership.read(|v| {
+        rpc.iter()
+            .filter_map(|(name, url)| {
+                let url = url.parse().ok()?;
+                let enode_id = v
+                    .node(&me, name)
+                    .and_then(|n| n.node.enode_id)
+                    .map(|id| id.to_string());
+                Some(crate::chain::status::LocalNode {
+                    name: name.clone(),
+                    url,
+                    enode_id,
+                })
+            })
+            .collect()
+    });
+    let status =
+        crate::chain::status::read(svc.config.consensus, nodes, &svc.chain, &svc.metrics).await;
+    Ok(Response::new(status))
+}
+
 #[cfg(test)]
 mod tests {
     use super::published_tessera_url as url;
@@ -500,32 +528,4 @@ mod tests {
             assert!(url(bad, name).is_err(), "{bad}");
         }
     }
-}
-
-/// `ChainStatus`: see the `Admin` service in proto/fedgw/v1/admin.proto.
-pub(super) async fn chain_status(
-    svc: &AdminService,
-    _request: Request<pb::ChainStatusRequest>,
-) -> Result<Response<pb::ChainStatusResponse>, Status> {
-    let rpc = on_store(&svc.store, move |s| s.local_rpc()).await?;
-    let me = svc.membership.me().org.clone();
-    let nodes = svc.membership.read(|v| {
-        rpc.iter()
-            .filter_map(|(name, url)| {
-                let url = url.parse().ok()?;
-                let enode_id = v
-                    .node(&me, name)
-                    .and_then(|n| n.node.enode_id)
-                    .map(|id| id.to_string());
-                Some(crate::chain::status::LocalNode {
-                    name: name.clone(),
-                    url,
-                    enode_id,
-                })
-            })
-            .collect()
-    });
-    let status =
-        crate::chain::status::read(svc.config.consensus, nodes, &svc.chain, &svc.metrics).await;
-    Ok(Response::new(status))
 }
