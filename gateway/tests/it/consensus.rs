@@ -47,7 +47,38 @@ async fn federation(consensus_link: bool) -> Fed {
         .await
         .expect("add node");
     fed.converged().await;
+    far_end_knows_node1(&fed).await;
     fed
+}
+
+/// Waits (10 s at most) until org2's far end accepts a stream to node1: the records have
+/// converged, but org2's site keeper hands the node to its far end a moment later.
+async fn far_end_knows_node1(fed: &Fed) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (stream, _) = fed.gws[0]
+            .run()
+            .tunnels
+            .open_class(&org("org2"), Class::Bulk)
+            .await
+            .expect("open stream");
+        let (mut r, mut w) = stream.split();
+        let header = Request::new("org2", "node1", "raft")
+            .expect("valid")
+            .encode();
+        w.write_all(&[header, b"ping".to_vec()].concat())
+            .await
+            .expect("send");
+        let answer = tokio::time::timeout(Duration::from_secs(2), r.answer()).await;
+        if matches!(answer, Ok(Ok(Answer::Accepted))) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "org2's far end never accepted node1: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn org(name: &str) -> GatewayId {

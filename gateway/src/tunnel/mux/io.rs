@@ -13,11 +13,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use super::config::{
+    Config, MAX_RECORD_PLAINTEXT, NOTSENT_LOWAT, READ_CHUNK, READS_PER_TURN, Role,
+};
 use super::frame::{FrameReader, GO_AWAY_NORMAL, GO_AWAY_PROTOCOL, HEADER_LEN, Header};
 use super::session::Session;
-use super::{
-    Config, EndWhen, MAX_RECORD_PLAINTEXT, NOTSENT_LOWAT, READ_CHUNK, READS_PER_TURN, Role,
-};
+use crate::listener::EndWhen;
 use crate::tunnel::class::Class;
 
 /// Opens streams on a session; cheap to clone.

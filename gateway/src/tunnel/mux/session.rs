@@ -16,12 +16,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::frame::{Header, Kind, Piece, flag};
-use super::sched::Scheduler;
-use super::{
+use super::config::{
     ACCEPT_BACKLOG, BACKLOG_HOLD, INITIAL_WINDOW, MAX_FRAME, MAX_QUEUED, PIN_BELOW, QUEUE_LIMIT,
     Role, SESSION_WINDOW, SHARED_FRAME, STREAM_WINDOW, TURN_TIMEOUT,
 };
+use super::frame::{Header, Kind, Piece, flag};
+use super::sched::Scheduler;
 use crate::tunnel::class::Class;
 
 /// Peer frames that break the protocol; the session ends with Go Away.

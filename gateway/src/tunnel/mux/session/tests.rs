@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Wake;
 
-use super::super::{MAX_RECORD_PLAINTEXT, READ_CHUNK, TURN_TIMEOUT};
+use super::super::config::{MAX_RECORD_PLAINTEXT, READ_CHUNK, TURN_TIMEOUT};
 use super::*;
 
 /// A waker that counts how often it was woken.
@@ -414,7 +414,7 @@ fn writers_take_turns_by_class_while_the_queue_is_full() {
     deliver(&mut client, write_now(&mut server, bulk, 1, false, now)).expect("valid");
     let w = write_now(&mut client, bulk, MAX_FRAME, false, now);
     assert_eq!(w.len(), SHARED_FRAME.max(QUEUE_LIMIT - QUEUE_LIMIT / 4));
-    let later = now + super::super::BACKLOG_HOLD;
+    let later = now + super::super::config::BACKLOG_HOLD;
     assert_eq!(
         write_now(&mut client, bulk, MAX_FRAME, false, later).len(),
         MAX_FRAME
