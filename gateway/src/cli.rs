@@ -30,6 +30,7 @@ macro_rules! outln {
 mod admin_cmds;
 mod cert_cmds;
 mod chain_cmds;
+mod dev_cmds;
 mod docs_cmds;
 mod export_cmds;
 mod json;
@@ -583,7 +584,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             crate::telemetry::init(log_format);
             run(DataDir::new(dir.data_dir), wait_for_config).await
         }
-        Command::StandIn { echo, http } => stand_in(echo, http).await,
+        Command::StandIn { echo, http } => dev_cmds::stand_in(echo, http).await,
         Command::Probe {
             target,
             dns,
@@ -638,7 +639,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             check,
             consortium,
             domain,
-        } => lab(orgs, dir, check, consortium, domain).await,
+        } => dev_cmds::lab(orgs, dir, check, consortium, domain).await,
         Command::Cert { command } => cert_cmds::cert(command),
         Command::Node { command } => admin_cmds::node(command).await,
         Command::Nodes { dir, json } => admin_cmds::nodes(dir, json).await,
@@ -664,24 +665,6 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         } => ping(endpoint, DataDir::new(dir.data_dir), json, timeout).await,
         Command::Docs(command) => docs_cmds::docs(command),
     }
-}
-
-async fn stand_in(echo: Vec<SocketAddr>, http: Vec<SocketAddr>) -> Result<(), CliError> {
-    if echo.is_empty() && http.is_empty() {
-        return Err(usage("give at least one --echo or --http address"));
-    }
-    let tracker = tokio_util::task::TaskTracker::new();
-    let shutdown = CancellationToken::new();
-    let bound = crate::dev::standin::serve(&echo, &http, &tracker, &shutdown)
-        .await
-        .map_err(|e| CliError::new(exit::FAILURE, e))?;
-    let shown: Vec<String> = bound.iter().map(ToString::to_string).collect();
-    outln!("stand-in serving {}", shown.join(" "))?;
-    wait_for_signal().await;
-    shutdown.cancel();
-    tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
-    Ok(())
 }
 
 async fn run(dir: DataDir, wait_for_config: bool) -> Result<(), CliError> {
@@ -738,48 +721,8 @@ async fn run(dir: DataDir, wait_for_config: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn lab(
-    orgs: usize,
-    dir: Option<PathBuf>,
-    check: bool,
-    consortium: String,
-    domain: String,
-) -> Result<(), CliError> {
-    let temporary = dir.is_none();
-    let dir = match dir {
-        Some(d) => d,
-        None => crate::dev::lab::temporary_dir().context("creating a lab directory")?,
-    };
-    let bin = std::env::current_exe().context("locating the fedgw binary")?;
-    outln!("fedgw lab: {orgs} orgs in {}", dir.display())?;
-    // SIGTERM too, so `kill` stops the gateways rather than orphaning them
-    let failed = crate::dev::lab::run(
-        crate::dev::lab::LabOptions {
-            orgs,
-            dir: dir.clone(),
-            consortium,
-            domain,
-            check,
-            bin,
-        },
-        wait_for_signal(),
-    )
-    .await
-    .map_err(usage)?;
-    if temporary && check {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    if failed > 0 {
-        return Err(CliError::new(
-            exit::FAILURE,
-            anyhow::anyhow!("{failed} lab step(s) failed"),
-        ));
-    }
-    Ok(())
-}
-
 /// Resolves on SIGINT or SIGTERM.
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::interrupt()),
