@@ -27,6 +27,23 @@ macro_rules! outln {
     };
 }
 
+/// One admin API call on a connection from `admin_cmds::connect`, its failure turned into
+/// the command's error (`Admin::error`: a time-out names the socket and the limit), `?`-returned:
+/// `admin_call!(admin, list_nodes(req))` is the answer's message; with `, raw` the
+/// `tonic::Response` itself.
+macro_rules! admin_call {
+    ($admin:ident, $method:ident($req:expr)) => {
+        admin_call!($admin, $method($req), raw).into_inner()
+    };
+    ($admin:ident, $method:ident($req:expr), raw) => {
+        $admin
+            .client
+            .$method($req)
+            .await
+            .map_err(|s| $admin.error(s))?
+    };
+}
+
 mod admin_cmds;
 mod cert_cmds;
 mod chain_cmds;

@@ -296,12 +296,7 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
             spec.allowed_orgs = a.allowed_org.clone();
             spec.rpc_url = rpc_arg(a.rpc.as_deref())?;
             let mut admin = connect(&a.dir).await?;
-            let info = admin
-                .client
-                .add_node(pb::AddNodeRequest { node: Some(spec) })
-                .await
-                .map_err(|s| admin.error(s))?
-                .into_inner();
+            let info = admin_call!(admin, add_node(pb::AddNodeRequest { node: Some(spec) }));
             outln!(
                 "node {}/{} registered (seq {})",
                 info.org,
@@ -313,11 +308,11 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
         NodeCommand::Import(a) => import(a).await,
         NodeCommand::Rm { name, dir } => {
             let mut admin = connect(&dir).await?;
-            admin
-                .client
-                .remove_node(pb::RemoveNodeRequest { name: name.clone() })
-                .await
-                .map_err(|s| admin.error(s))?;
+            admin_call!(
+                admin,
+                remove_node(pb::RemoveNodeRequest { name: name.clone() }),
+                raw
+            );
             outln!("node {name} removed")?;
             Ok(())
         }
@@ -500,13 +495,7 @@ fn enode_hex(b: &[u8]) -> String {
 /// `fedgw nodes`.
 pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
     let mut admin = connect(&dir).await?;
-    let nodes = admin
-        .client
-        .list_nodes(pb::ListNodesRequest {})
-        .await
-        .map_err(|s| admin.error(s))?
-        .into_inner()
-        .nodes;
+    let nodes = admin_call!(admin, list_nodes(pb::ListNodesRequest {})).nodes;
     let b64 = base64::engine::general_purpose::STANDARD;
     if json {
         let list: Vec<_> = nodes
@@ -590,12 +579,7 @@ fn ordered_ports(ports: &std::collections::HashMap<String, u32>) -> Vec<(&str, u
 /// `fedgw members`.
 pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
     let mut admin = connect(&dir).await?;
-    let resp = admin
-        .client
-        .list_members(pb::ListMembersRequest {})
-        .await
-        .map_err(|s| admin.error(s))?
-        .into_inner();
+    let resp = admin_call!(admin, list_members(pb::ListMembersRequest {}));
     let all = resp.members.iter().chain(resp.pending.iter());
     if json {
         let list: Vec<_> = all
@@ -653,11 +637,7 @@ pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
 /// `fedgw approve ORG`.
 pub async fn approve(org: String, dir: AdminDirArg) -> Result<(), CliError> {
     let mut admin = connect(&dir).await?;
-    admin
-        .client
-        .approve(pb::ApproveRequest { org: org.clone() })
-        .await
-        .map_err(|s| admin.error(s))?;
+    admin_call!(admin, approve(pb::ApproveRequest { org: org.clone() }), raw);
     outln!("approved {org}")?;
     Ok(())
 }
@@ -717,13 +697,7 @@ pub async fn render(
     let config =
         crate::config::Config::load(&dir.config()).map_err(|e| CliError::new(exit::USAGE, e))?;
     let mut admin = connect(&args).await?;
-    let nodes = admin
-        .client
-        .list_nodes(pb::ListNodesRequest {})
-        .await
-        .map_err(|s| admin.error(s))?
-        .into_inner()
-        .nodes;
+    let nodes = admin_call!(admin, list_nodes(pb::ListNodesRequest {})).nodes;
     let mut render_nodes = Vec::with_capacity(nodes.len());
     for n in &nodes {
         let record = n.record.clone().unwrap_or_default();

@@ -97,12 +97,7 @@ fn status_text(s: &pb::ChainStatusResponse) -> String {
 
 async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
     let mut admin = connect(&dir).await?;
-    let s = admin
-        .client
-        .chain_status(pb::ChainStatusRequest {})
-        .await
-        .map_err(|e| admin.error(e))?
-        .into_inner();
+    let s = admin_call!(admin, chain_status(pb::ChainStatusRequest {}));
     if json {
         outln!("{}", status_json(&s))?;
     } else {
@@ -119,13 +114,7 @@ pub async fn raft_join(node: &str, args: &AdminDirArg) -> Result<(), CliError> {
         crate::config::Config::load(&dir.config()).map_err(|e| CliError::new(exit::USAGE, e))?;
     let (org, name) = node.split_once('/').unwrap_or((&config.org, node));
     let mut admin = connect(args).await?;
-    let nodes = admin
-        .client
-        .list_nodes(pb::ListNodesRequest {})
-        .await
-        .map_err(|s| admin.error(s))?
-        .into_inner()
-        .nodes;
+    let nodes = admin_call!(admin, list_nodes(pb::ListNodesRequest {})).nodes;
     let Some(n) = nodes.iter().find(|n| n.org == org && n.name == name) else {
         return Err(usage(format!(
             "no node {org}/{name} in this gateway's view"

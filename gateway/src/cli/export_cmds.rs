@@ -130,12 +130,7 @@ async fn known_gateways(
 ) -> Result<Vec<PeerConfig>, CliError> {
     let me = (&loaded.config.org, &loaded.config.site);
     if let Some(mut admin) = super::admin_cmds::connect_if_running(args).await {
-        let members = admin
-            .client
-            .list_members(fedgw_proto::v1::ListMembersRequest {})
-            .await
-            .map_err(|s| admin.error(s))?
-            .into_inner();
+        let members = admin_call!(admin, list_members(fedgw_proto::v1::ListMembersRequest {}));
         return Ok(members
             .members
             .into_iter()

@@ -9,12 +9,7 @@ use super::{AdminDirArg, CliError, json};
 /// `fedgw status`.
 pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
     let mut admin = connect(&dir).await?;
-    let s = admin
-        .client
-        .status(pb::StatusRequest {})
-        .await
-        .map_err(|s| admin.error(s))?
-        .into_inner();
+    let s = admin_call!(admin, status(pb::StatusRequest {}));
     if json {
         let peers: Vec<_> = s
             .peers
