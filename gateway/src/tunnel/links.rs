@@ -738,7 +738,7 @@ impl Links {
             old.link.close(4, "superseded");
         }
         for old in draining {
-            self.drain(&peer, old);
+            self.drain(&peer, old.id, old.link);
         }
         if let Some(old) = replaced
             && old.link.is_alive()

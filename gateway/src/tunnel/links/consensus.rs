@@ -82,16 +82,22 @@ impl Links {
             .cloned()
     }
 
-    /// Makes `link` the side link new consensus streams to `peer` use (an older one keeps
-    /// its streams), until it closes, the peer's org is revoked, or the gateway shuts down.
+    /// Makes `link` the side link new consensus streams to `peer` use, until it closes, the
+    /// peer's org is revoked, or the gateway shuts down. An older one keeps its streams and
+    /// closes once they end, so a peer that keeps dialling side links holds one at a time
+    /// (plus those still draining).
     pub(super) fn register_consensus(&self, peer: GatewayId, link: Link, direction: &str) {
         let id = self.0.next_link.fetch_add(1, Ordering::Relaxed);
-        self.0
+        let older = self
+            .0
             .consensus
             .by_peer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(peer.clone(), (id, link.clone()));
+        if let Some((older_id, older)) = older {
+            self.drain(&peer, older_id, older);
+        }
         debug!(%peer, direction, link = id, "consensus side link up");
         let revoked = self.0.membership.revocation().token(&peer.org);
         let this = self.clone();

@@ -308,22 +308,23 @@ impl Links {
         Attempt::Failed(errors.join("; "))
     }
 
-    /// Lets `old`, a TCP+TLS link to `peer` that a QUIC link replaced, carry its streams until
-    /// they end, then closes it; new streams take the QUIC link.
-    pub(super) fn drain(&self, peer: &GatewayId, old: LinkEntry) {
-        let Link::Mux { mux, .. } = &old.link else {
+    /// Lets link `id` to `peer`, a TCP+TLS link that a newer link replaced (a QUIC link, or a
+    /// newer consensus side link), carry its streams until they end, then closes it; new
+    /// streams take the newer link.
+    pub(super) fn drain(&self, peer: &GatewayId, id: u64, link: Link) {
+        let Link::Mux { mux, .. } = &link else {
             return;
         };
         let mux = mux.clone();
-        info!(%peer, link = old.id, streams = mux.streams(), "tunnel on QUIC now; the TCP+TLS link closes once its streams end");
+        info!(%peer, link = id, streams = mux.streams(), "a newer link took over; this TCP+TLS link closes once its streams end");
         let peer = peer.clone();
         self.0.tracker.spawn(async move {
             tokio::select! {
                 () = drained(|| mux.streams()) => {
-                    debug!(%peer, link = old.id, "TCP+TLS link drained; closing it");
-                    old.link.close(5, "drained");
+                    debug!(%peer, link = id, "TCP+TLS link drained; closing it");
+                    link.close(5, "drained");
                 }
-                () = old.link.closed() => {}
+                () = link.closed() => {}
             }
         });
     }
