@@ -32,6 +32,11 @@ use crate::store::Store;
 
 /// How often the keeper looks at the cluster without a view change.
 pub const TICK: Duration = Duration::from_secs(30);
+
+/// After a view change, how long the keeper waits for more before its pass: view changes
+/// come from other orgs' records, so they set the pace of RPC calls to this site's nodes only
+/// up to one pass per this interval.
+pub const VIEW_GAP: Duration = Duration::from_millis(200);
 /// Most local nodes with an RPC endpoint the keeper asks (the first ones by name).
 pub const MAX_LOCAL: usize = 16;
 /// Bound on one RPC call made by the keeper or `fedgw chain status`.
@@ -489,7 +494,17 @@ pub async fn run(k: Keeper, shutdown: CancellationToken) {
             .min(TICK);
         tokio::select! {
             () = shutdown.cancelled() => return,
-            r = changed.changed() => if r.is_err() { return },
+            r = changed.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                // a burst of records (a sync of many nodes) makes one pass, not one per record:
+                // the local nodes get at most a pass of RPC calls per VIEW_GAP
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(VIEW_GAP) => {}
+                }
+            }
             () = tokio::time::sleep(wake) => {}
         }
     }
