@@ -27,7 +27,7 @@ macro_rules! outln {
     };
 }
 
-/// One admin API call on a connection from `admin_cmds::connect`, its failure turned into
+/// One admin API call on a connection from `admin_conn::connect`, its failure turned into
 /// the command's error (`Admin::error`: a time-out names the socket and the limit), `?`-returned:
 /// `admin_call!(admin, list_nodes(req))` is the answer's message; with `, raw` the
 /// `tonic::Response` itself.
@@ -45,6 +45,7 @@ macro_rules! admin_call {
 }
 
 mod admin_cmds;
+mod admin_conn;
 mod cert_cmds;
 mod chain_cmds;
 mod dev_cmds;
@@ -759,7 +760,7 @@ pub(crate) async fn wait_for_signal() {
 
 async fn invite(args: AdminDirArg, org: String, ttl: Duration, uses: u32) -> Result<(), CliError> {
     let dir = DataDir::new(args.data_dir.clone());
-    if let Some(mut admin) = admin_cmds::connect_if_running(&args).await {
+    if let Some(mut admin) = admin_conn::connect_if_running(&args).await {
         let resp = admin
             .client
             .create_invite(fedgw_proto::v1::CreateInviteRequest {

@@ -725,19 +725,15 @@ impl Store {
         Ok(true)
     }
 
-    /// The live-peering links this site's nodes were last brought to hold (empty when none
-    /// was stored).
-    pub fn peering(
-        &self,
-    ) -> Result<std::collections::BTreeSet<crate::chain::peering::Link>, StoreError> {
+    /// The live-peering links this site's nodes were last brought to hold, as the peering keeper
+    /// stored them with [`Store::put_peering`] (its own JSON shape; the default when none was
+    /// stored).
+    pub fn peering<T: for<'de> Deserialize<'de> + Default>(&self) -> Result<T, StoreError> {
         self.meta("peering")
     }
 
-    /// Persists the live-peering links applied.
-    pub fn put_peering(
-        &self,
-        links: &std::collections::BTreeSet<crate::chain::peering::Link>,
-    ) -> Result<(), StoreError> {
+    /// Persists the live-peering links applied, as JSON under the `meta` key `peering`.
+    pub fn put_peering<T: Serialize>(&self, links: &T) -> Result<(), StoreError> {
         self.put_meta("peering", links)
     }
 

@@ -286,7 +286,9 @@ fn unreachable(e: &PeeringError) -> bool {
 pub async fn run(k: Keeper, shutdown: CancellationToken) {
     let mut changed = k.membership.subscribe();
     let store = k.store.clone();
-    let mut applied = match tokio::task::spawn_blocking(move || store.peering()).await {
+    let mut applied = match tokio::task::spawn_blocking(move || store.peering::<BTreeSet<Link>>())
+        .await
+    {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
             error!(error = %crate::net::with_sources(&e), "reading applied peering links; every link is applied again");

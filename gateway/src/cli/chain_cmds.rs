@@ -4,7 +4,7 @@
 use clap::Subcommand;
 use fedgw_proto::v1 as pb;
 
-use super::admin_cmds::connect;
+use super::admin_conn::connect;
 use super::{AdminDirArg, CliError, exit, usage};
 use crate::datadir::DataDir;
 

@@ -129,7 +129,7 @@ async fn known_gateways(
     loaded: &provision::Loaded,
 ) -> Result<Vec<PeerConfig>, CliError> {
     let me = (&loaded.config.org, &loaded.config.site);
-    if let Some(mut admin) = super::admin_cmds::connect_if_running(args).await {
+    if let Some(mut admin) = super::admin_conn::connect_if_running(args).await {
         let members = admin_call!(admin, list_members(fedgw_proto::v1::ListMembersRequest {}));
         return Ok(members
             .members

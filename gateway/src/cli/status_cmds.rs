@@ -3,7 +3,7 @@
 
 use fedgw_proto::v1 as pb;
 
-use super::admin_cmds::connect;
+use super::admin_conn::connect;
 use super::{AdminDirArg, CliError, json};
 
 /// `fedgw status`.
