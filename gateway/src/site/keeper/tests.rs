@@ -88,6 +88,23 @@ fn tessera(name: &str, host: &str) -> pb::AddNodeRequest {
     }
 }
 
+/// Registers Tessera node `name` at `host` through the admin API.
+async fn add(
+    admin: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
+    name: &str,
+    host: &str,
+) {
+    admin.add_node(tessera(name, host)).await.expect("add");
+}
+
+/// Stops the gateway and waits (at most 10 s) for it to finish.
+async fn stop(running: Running, shutdown: CancellationToken) {
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .expect("stops");
+}
+
 /// Polls `name`'s A records at `dns` until they are `want`, for up to 20 s.
 async fn until_answered(dns: SocketAddr, name: &str, want: &[&str]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -116,18 +133,12 @@ async fn the_served_zone_survives_a_failed_store_read() {
             .and_then(|soa| soa.split_whitespace().nth(2)?.parse::<u32>().ok())
             .expect("SOA serial")
     };
-    admin
-        .add_node(tessera("tm1", "10.0.0.1"))
-        .await
-        .expect("add");
+    add(&mut admin, "tm1", "10.0.0.1").await;
     until_answered(dns, "tm1.org1.acme.test.", &["10.0.0.1"]).await;
     let before = serial().await;
 
     running.store.fail_reads(true);
-    admin
-        .add_node(tessera("tm22", "10.0.0.2"))
-        .await
-        .expect("add");
+    add(&mut admin, "tm22", "10.0.0.2").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while serial().await == before {
         assert!(
@@ -154,10 +165,7 @@ async fn the_served_zone_survives_a_failed_store_read() {
         ask(dns, "tm1.org1.acme.test.", RecordType::A).await,
         ["10.0.0.1"]
     );
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), running.wait())
-        .await
-        .expect("stops");
+    stop(running, shutdown).await;
 }
 
 /// Removing a node takes its name out of the zone, and only its name.
@@ -166,14 +174,8 @@ async fn a_removed_node_leaves_the_zone_and_the_others_stay() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (running, shutdown, mut admin) = gateway(tmp.path()).await;
     let dns = running.info.dns;
-    admin
-        .add_node(tessera("tm1", "10.0.0.1"))
-        .await
-        .expect("add");
-    admin
-        .add_node(tessera("tm22", "10.0.0.2"))
-        .await
-        .expect("add");
+    add(&mut admin, "tm1", "10.0.0.1").await;
+    add(&mut admin, "tm22", "10.0.0.2").await;
     until_answered(dns, "tm22.org1.acme.test.", &["10.0.0.2"]).await;
     admin
         .remove_node(pb::RemoveNodeRequest {
@@ -186,8 +188,5 @@ async fn a_removed_node_leaves_the_zone_and_the_others_stay() {
         ask(dns, "tm1.org1.acme.test.", RecordType::A).await,
         ["10.0.0.1"]
     );
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), running.wait())
-        .await
-        .expect("stops");
+    stop(running, shutdown).await;
 }
