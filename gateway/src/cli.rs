@@ -56,6 +56,7 @@ mod status_cmds;
 mod store_cmds;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 /// Standard output was closed by its reader (`EPIPE`); [`main`] turns this into a quiet exit 0.
 #[derive(Debug, thiserror::Error)]
@@ -454,6 +455,14 @@ enum Command {
         /// Only the nodes registered with this client software [default: every node].
         #[arg(long, value_enum, value_name = "CLIENT")]
         client: Option<admin_cmds::ClientArg>,
+        /// Keep --out current: render again on every change of the gateway's view until
+        /// stopped, waiting for the gateway while it is down.
+        #[arg(long, requires = "out")]
+        watch: bool,
+        /// With --watch: a `sh -c` command run after each rewrite of --out (the file's path in
+        /// FEDGW_RENDERED); a failed hook is reported and the watch goes on.
+        #[arg(long, value_name = "COMMAND", requires = "watch")]
+        hook: Option<String>,
     },
     /// The chain behind the gateways.
     Chain {
@@ -670,7 +679,9 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             dir,
             out,
             client,
-        } => admin_cmds::render(kind, node, dir, out, client).await,
+            watch,
+            hook,
+        } => admin_cmds::render(kind, node, dir, out, client, watch.then_some(hook)).await,
         Command::Chain { command } => chain_cmds::chain(command).await,
         Command::Revoke { org, dir, reason } => admin_cmds::revoke(org, dir, reason).await,
         Command::Store { command } => store_cmds::store(command).await,

@@ -597,16 +597,22 @@ pub enum RenderKind {
 }
 
 /// `fedgw render KIND`: renders from the running gateway's view; with `out`, writes the file
-/// atomically and only when its content changes.
+/// atomically and only when its content changes. `watch` (`Some(hook)`) keeps `out` current
+/// until the process is stopped ([`super::watch`]).
 pub async fn render(
     kind: RenderKind,
     node: Option<String>,
     args: AdminDirArg,
     out: Option<PathBuf>,
     client: Option<ClientArg>,
+    watch: Option<Option<String>>,
 ) -> Result<(), CliError> {
-    use fedgw_controlplane::render::{Kind, RenderNode};
     match (kind, node) {
+        (RenderKind::RaftJoin, _) if watch.is_some() => {
+            return Err(usage(
+                "render raft-join prints start arguments once; drop --watch",
+            ));
+        }
         (RenderKind::RaftJoin, Some(node)) => {
             return super::chain_cmds::raft_join(&node, &args).await;
         }
@@ -614,10 +620,35 @@ pub async fn render(
         (_, Some(_)) => return Err(usage("only render raft-join takes a NODE")),
         (_, None) => {}
     }
+    let Some(hook) = watch else {
+        return render_once(kind, &args, out.as_deref(), client)
+            .await
+            .map(|_| ());
+    };
+    let Some(out) = out else {
+        return Err(usage(
+            "render --watch keeps a file current: give it --out FILE",
+        ));
+    };
+    super::watch::run(&args, &out, hook.as_deref(), async || {
+        render_once(kind, &args, Some(&out), client).await
+    })
+    .await
+}
+
+/// Renders `kind` from the running gateway's nodes once, to `out` (atomically, only when the
+/// content changes) or to standard output; returns whether `out` was rewritten.
+async fn render_once(
+    kind: RenderKind,
+    args: &AdminDirArg,
+    out: Option<&std::path::Path>,
+    client: Option<ClientArg>,
+) -> Result<bool, CliError> {
+    use fedgw_controlplane::render::{Kind, RenderNode};
     let dir = DataDir::new(args.data_dir.clone());
     let config =
         crate::config::Config::load(&dir.config()).map_err(|e| CliError::new(exit::USAGE, e))?;
-    let mut admin = connect(&args).await?;
+    let mut admin = connect(args).await?;
     let nodes = admin_call!(admin, list_nodes(pb::ListNodesRequest {})).nodes;
     let mut render_nodes = Vec::with_capacity(nodes.len());
     for n in &nodes {
@@ -642,23 +673,22 @@ pub async fn render(
         RenderKind::RaftJoin => return Err(usage("render raft-join needs a NODE")),
     };
     let text = kind.render(&render_nodes);
-    match out {
-        None => super::write_out(format_args!("{text}"))?,
-        Some(path) => {
-            if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
-                eprintln!("{} unchanged", path.display());
-                return Ok(());
-            }
-            crate::datadir::write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| {
-                CliError::new(
-                    exit::FAILURE,
-                    anyhow::anyhow!("writing {}: {e}", path.display()),
-                )
-            })?;
-            eprintln!("wrote {}", path.display());
-        }
+    let Some(path) = out else {
+        super::write_out(format_args!("{text}"))?;
+        return Ok(false);
+    };
+    if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
+        eprintln!("{} unchanged", path.display());
+        return Ok(false);
     }
-    Ok(())
+    crate::datadir::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| {
+        CliError::new(
+            exit::FAILURE,
+            anyhow::anyhow!("writing {}: {e}", path.display()),
+        )
+    })?;
+    eprintln!("wrote {}", path.display());
+    Ok(true)
 }
 
 #[cfg(test)]

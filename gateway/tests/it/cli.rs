@@ -1568,6 +1568,94 @@ fn render_has_a_besu_static_nodes_flavour_and_a_client_filter_and_json_shows_nul
     assert!(gw.stop().expect("stop").success());
 }
 
+/// Kills the child process when dropped, so a failed assertion leaves no watcher behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn render_watch_keeps_the_file_current_across_a_gateway_restart_and_runs_the_hook() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw = founder(tmp.path());
+    let dir = gw.dir.clone();
+    let d = s(&dir);
+    let out = tmp.path().join("static-nodes.json");
+    let marker = tmp.path().join("hook.log");
+    let _watch = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_fedgw"))
+            .args(["render", "static-nodes", "--watch", "--data-dir", &d])
+            .arg("--out")
+            .arg(&out)
+            .arg("--hook")
+            .arg(format!("echo \"$FEDGW_RENDERED\" >> {}", marker.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn render --watch"),
+    );
+    let wait = fedgw_tests::READY_TIMEOUT;
+    let hook_runs = || {
+        std::fs::read_to_string(&marker)
+            .map(|t| {
+                t.lines()
+                    .filter(|l| *l == out.display().to_string())
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let add = |name: &str, n: u64| {
+        let enode = format!(
+            "enode://{}@10.0.0.{n}:30303?discport=0",
+            fedgw_tests::enode_id(0xc0 + n)
+        );
+        fedgw()
+            .run([
+                "node",
+                "add",
+                name,
+                "--client",
+                "goquorum",
+                "--enode",
+                &enode,
+                "--data-dir",
+                &d,
+            ])
+            .expect("spawn")
+            .ok()
+            .expect("node add");
+    };
+    let listed = |n: u64| {
+        std::fs::read_to_string(&out)
+            .is_ok_and(|t| t.contains(&fedgw_tests::enode_id(0xc0 + n)))
+            .then_some(())
+    };
+    fedgw_tests::wait_for("the first render and its hook", wait, || {
+        (hook_runs() == 1).then_some(())
+    })
+    .expect("first render");
+    add("q1", 1);
+    fedgw_tests::wait_for("q1 in the watched file", wait, || listed(1)).expect("q1 rendered");
+    fedgw_tests::wait_for("the hook after the change", wait, || {
+        (hook_runs() == 2).then_some(())
+    })
+    .expect("hook ran again");
+
+    // the gateway goes away and comes back: the watch follows it to the next change
+    gw.stop().expect("stop");
+    let gw = fedgw().start(&dir).expect("gateway starts again");
+    add("q2", 2);
+    fedgw_tests::wait_for("q2 in the watched file", wait, || listed(2)).expect("q2 rendered");
+    let text = std::fs::read_to_string(&out).expect("read");
+    let list: Vec<String> = serde_json::from_str(&text).expect("a JSON array");
+    assert_eq!(list.len(), 2, "{text}");
+    drop(gw);
+}
+
 #[test]
 fn metrics_carry_the_build_and_process_series() {
     let tmp = tempfile::tempdir().expect("tempdir");
