@@ -56,10 +56,10 @@ async fn follow(
         Err(s) => return Err(admin.error(s)),
     };
     while let Some(_status) = stream.message().await.map_err(|s| admin.error(s))? {
-        if render().await? {
-            if let Some(hook) = hook {
-                run_hook(hook, out).await;
-            }
+        if render().await?
+            && let Some(hook) = hook
+        {
+            run_hook(hook, out).await;
         }
     }
     Ok(())
