@@ -7,16 +7,11 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use fedgw_certs::JoinToken;
-use fedgw_proto::v1::RefusalReason;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Admission};
 use crate::datadir::DataDir;
-use crate::join::client::{self as join_client, JoinDirError, JoinError};
-use crate::join::server::{InviteSpec, create_invite};
 use crate::provision::{self, InitOptions, NetworkOptions};
-use crate::store::Store;
 
 /// `println!` for a command's output on standard output, as an expression of type
 /// `Result<(), CliError>`: a reader that went away (`fedgw nodes | head -1`) ends the command
@@ -51,6 +46,7 @@ mod chain_cmds;
 mod dev_cmds;
 mod docs_cmds;
 mod export_cmds;
+mod join_cmds;
 mod json;
 mod status_cmds;
 mod store_cmds;
@@ -349,6 +345,10 @@ enum Command {
         /// Bound on the whole probe.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Print one JSON object (target, ok, addr, elapsed_ms, error); the exit code is the
+        /// same.
+        #[arg(long)]
+        json: bool,
     },
     /// Create a join token for an org (prints the token on stdout).
     Invite {
@@ -362,6 +362,9 @@ enum Command {
         /// How many joins the token admits.
         #[arg(long, default_value_t = 1)]
         uses: u32,
+        /// Print one JSON object (org, token_id, token, uses, ttl_s) instead of the token alone.
+        #[arg(long)]
+        json: bool,
     },
     /// Join a consortium with a token from its operator.
     ///
@@ -387,6 +390,10 @@ enum Command {
         /// Bound on the exchange with the inviting gateway.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Print the outcome as one JSON object (consortium, domain, org, site, gateway,
+        /// data_dir); progress still goes to stderr.
+        #[arg(long)]
+        json: bool,
     },
     /// Run a whole consortium on this machine: one gateway process per org on loopback.
     Lab {
@@ -618,13 +625,31 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             http,
             bytes,
             timeout,
+            json,
         } => {
             let kind = if http {
                 crate::dev::standin::ProbeKind::Upcheck
             } else {
                 crate::dev::standin::ProbeKind::Echo(bytes)
             };
-            match crate::dev::standin::probe(&target, dns, kind, timeout).await {
+            let result = crate::dev::standin::probe(&target, dns, kind, timeout).await;
+            if json {
+                let v = match &result {
+                    Ok(ok) => serde_json::json!({
+                        "target": target, "ok": true, "addr": ok.addr.to_string(),
+                        "elapsed_ms": ok.elapsed.as_millis() as u64, "error": null,
+                    }),
+                    Err(e) => serde_json::json!({
+                        "target": target, "ok": false, "addr": null, "elapsed_ms": null,
+                        "error": format!("{e:#}"),
+                    }),
+                };
+                outln!("{v}")?;
+                return result
+                    .map(|_| ())
+                    .map_err(|e| CliError::new(exit::FAILURE, e));
+            }
+            match result {
                 Ok(ok) => {
                     outln!(
                         "ok {target} -> {} in {} ms",
@@ -641,7 +666,8 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             dir,
             ttl,
             uses,
-        } => invite(dir, org, ttl, uses).await,
+            json,
+        } => join_cmds::invite(dir, org, ttl, uses, json).await,
         Command::Join {
             token,
             token_file,
@@ -649,14 +675,16 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             dir,
             network,
             timeout,
+            json,
         } => {
-            let token = read_token(token, token_file)?;
-            join(
+            let token = join_cmds::read_token(token, token_file)?;
+            join_cmds::join(
                 token,
                 org,
                 DataDir::new(dir.data_dir),
                 network.options()?,
                 timeout,
+                json,
             )
             .await
         }
@@ -767,166 +795,6 @@ pub(crate) async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-async fn invite(args: AdminDirArg, org: String, ttl: Duration, uses: u32) -> Result<(), CliError> {
-    let dir = DataDir::new(args.data_dir.clone());
-    if let Some(mut admin) = admin_conn::connect_if_running(&args).await {
-        let resp = admin
-            .client
-            .create_invite(fedgw_proto::v1::CreateInviteRequest {
-                org: org.clone(),
-                ttl_secs: ttl.as_secs(),
-                uses,
-            })
-            .await
-            .map_err(|s| admin.error(s))?
-            .into_inner();
-        eprintln!(
-            "invite {} for {org}: {uses} use(s), valid {}",
-            resp.token_id,
-            humantime::format_duration(ttl)
-        );
-        outln!("{}", resp.token)?;
-        return Ok(());
-    }
-    // the gateway is down: use the store directly
-    let loaded = provision::load(&dir).map_err(|e| CliError::new(exit::USAGE, e))?;
-    let store = Store::open(&dir.store()).map_err(|e| CliError::new(exit::FAILURE, e))?;
-    let endpoint = loaded
-        .config
-        .advertise
-        .first()
-        .cloned()
-        .ok_or_else(|| usage("no advertise endpoint configured"))?;
-    let (token, _) = create_invite(
-        &store,
-        &loaded.config,
-        &loaded.root_cert,
-        &endpoint,
-        &InviteSpec {
-            org: org.clone(),
-            ttl,
-            uses,
-        },
-        SystemTime::now(),
-    )
-    .map_err(|e| match e {
-        crate::join::server::InviteError::Store(_) => CliError::new(exit::FAILURE, e),
-        e => usage(e),
-    })?;
-    eprintln!(
-        "invite {} for {org}: {uses} use(s), valid {}",
-        token.id,
-        humantime::format_duration(ttl)
-    );
-    outln!("{}", token.to_text().as_str())?;
-    Ok(())
-}
-
-/// Most bytes read from a token file or standard input: far more than a token
-/// ([`fedgw_certs::token::MAX_TOKEN_LEN`]), so a wrong file is refused without reading it whole.
-const MAX_TOKEN_INPUT: u64 = 4096;
-
-/// The join token from its one source: the argument (`-`: standard input, and the
-/// `FEDGW_JOIN_TOKEN` variable lands here too) or `--token-file`. A file or standard input gives
-/// its first line, surrounding whitespace removed; a first line over [`MAX_TOKEN_INPUT`] bytes,
-/// or an empty one, is a usage error.
-fn read_token(token: Option<String>, file: Option<PathBuf>) -> Result<String, CliError> {
-    match (token.as_deref(), file) {
-        (Some("-"), None) => token_text(std::io::stdin().lock(), "standard input"),
-        (Some(_), None) => Ok(token.unwrap_or_default()),
-        (None, Some(path)) => {
-            let f = std::fs::File::open(&path)
-                .map_err(|e| usage(format!("reading {}: {e}", path.display())))?;
-            token_text(f, &path.display().to_string())
-        }
-        // clap's group makes exactly one of the two present
-        _ => Err(usage("give the token as TOKEN, `-` or --token-file")),
-    }
-}
-
-fn token_text(source: impl std::io::Read, what: &str) -> Result<String, CliError> {
-    use std::io::BufRead as _;
-    // one line: a token typed on a terminal ends with Enter, not with end of input
-    let mut line = Vec::new();
-    std::io::BufReader::new(source.take(MAX_TOKEN_INPUT + 1))
-        .read_until(b'\n', &mut line)
-        .map_err(|e| usage(format!("reading the token from {what}: {e}")))?;
-    if line.len() as u64 > MAX_TOKEN_INPUT {
-        return Err(usage(format!(
-            "the first line of {what} is longer than {MAX_TOKEN_INPUT} bytes"
-        )));
-    }
-    let text = std::str::from_utf8(&line)
-        .map_err(|_| usage(format!("the token in {what} is not UTF-8 text")))?
-        .trim();
-    if text.is_empty() {
-        return Err(usage(format!("no token in {what}")));
-    }
-    Ok(text.to_owned())
-}
-
-fn refusal_code(reason: RefusalReason) -> u8 {
-    match reason {
-        RefusalReason::UnknownToken => exit::UNKNOWN_TOKEN,
-        RefusalReason::TokenExpired => exit::TOKEN_EXPIRED,
-        RefusalReason::TokenUsed => exit::TOKEN_USED,
-        RefusalReason::WrongOrg => exit::WRONG_ORG,
-        RefusalReason::RateLimited => exit::RATE_LIMITED,
-        _ => exit::REFUSED,
-    }
-}
-
-async fn join(
-    token: String,
-    org: String,
-    dir: DataDir,
-    network: NetworkOptions,
-    timeout: Duration,
-) -> Result<(), CliError> {
-    let token = JoinToken::parse(&token).map_err(usage)?;
-    let last = std::sync::Mutex::new(None::<(u32, u32)>);
-    let progress = |p: &fedgw_proto::v1::Pending| {
-        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-        if *last != Some((p.approvals, p.needed)) {
-            eprintln!(
-                "waiting for approvals: {} of {} (approved by: {})",
-                p.approvals,
-                p.needed,
-                if p.approved_by.is_empty() {
-                    "nobody yet".to_owned()
-                } else {
-                    p.approved_by.join(", ")
-                }
-            );
-            *last = Some((p.approvals, p.needed));
-        }
-    };
-    let config = join_client::join_into(token, &org, &dir, &network, timeout, &progress)
-        .await
-        .map_err(|e| {
-            let code = match &e {
-                JoinDirError::Exists(_) | JoinDirError::Name(_) => exit::USAGE,
-                JoinDirError::Join(JoinError::Unreachable { .. }) => exit::UNREACHABLE,
-                JoinDirError::Join(JoinError::PinMismatch(_)) => exit::PIN_MISMATCH,
-                JoinDirError::Join(JoinError::Refused { reason, .. }) => refusal_code(*reason),
-                JoinDirError::Join(JoinError::NotApproved { .. }) => exit::NOT_APPROVED,
-                _ => exit::FAILURE,
-            };
-            CliError::new(code, e)
-        })?;
-    outln!(
-        "joined consortium {} ({}) as {}; gateway gw-{}.{}.{}; data dir {}",
-        config.consortium,
-        config.domain,
-        config.org,
-        config.site,
-        config.org,
-        config.domain,
-        dir.root().display()
-    )?;
-    Ok(())
 }
 
 async fn ping(

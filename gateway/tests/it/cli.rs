@@ -1568,6 +1568,80 @@ fn render_has_a_besu_static_nodes_flavour_and_a_client_filter_and_json_shows_nul
     assert!(gw.stop().expect("stop").success());
 }
 
+#[test]
+fn invite_join_and_probe_print_one_json_object_with_json() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw = founder(tmp.path());
+    let d = s(&gw.dir);
+    let run = fedgw()
+        .run(["invite", "org2", "--json", "--data-dir", &d])
+        .expect("spawn")
+        .ok()
+        .expect("invite");
+    let invite: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("one object");
+    assert_eq!(invite["org"], "org2");
+    assert_eq!(invite["uses"], 1);
+    assert_eq!(invite["ttl_s"], 3600);
+    let token = invite["token"].as_str().expect("token");
+    assert!(
+        token.contains(invite["token_id"].as_str().expect("token id")),
+        "{invite}"
+    );
+
+    let org2 = s(&tmp.path().join("org2"));
+    let mut args = join_args("org2", &org2);
+    args.extend(["--json", "-"]);
+    let out = run_with(&args, token, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let joined: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(joined["org"], "org2");
+    assert_eq!(joined["consortium"], "acme");
+    assert_eq!(
+        joined["gateway"],
+        format!(
+            "gw-{}.org2.acme.test",
+            joined["site"].as_str().expect("site")
+        )
+    );
+
+    // an echo server answers the probe; a closed port does not
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = echo.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        if let Ok((mut c, _)) = echo.accept() {
+            let mut r = c.try_clone().expect("clone");
+            let _ = std::io::copy(&mut r, &mut c);
+        }
+    });
+    let ok = fedgw()
+        .run(["probe", &addr.to_string(), "--json"])
+        .expect("spawn");
+    let v: serde_json::Value = serde_json::from_str(ok.stdout.trim()).expect("one object");
+    assert_eq!(
+        (ok.code, &v["ok"], &v["addr"]),
+        (
+            Some(0),
+            &serde_json::json!(true),
+            &serde_json::json!(addr.to_string())
+        )
+    );
+    assert!(v["error"].is_null() && v["elapsed_ms"].is_u64(), "{v}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gone = closed.local_addr().expect("addr").to_string();
+    drop(closed);
+    let failed = fedgw().run(["probe", &gone, "--json"]).expect("spawn");
+    let v: serde_json::Value = serde_json::from_str(failed.stdout.trim()).expect("one object");
+    assert_eq!(
+        (failed.code, &v["ok"]),
+        (Some(1), &serde_json::json!(false))
+    );
+    assert!(v["addr"].is_null() && v["error"].is_string(), "{v}");
+}
+
 /// Kills the child process when dropped, so a failed assertion leaves no watcher behind.
 struct KillOnDrop(std::process::Child);
 
