@@ -299,7 +299,10 @@ mod tests {
             ..Default::default()
         };
         let n = Node::try_from(&r).expect("valid");
-        assert_eq!(n.ipfs_peer_id.as_ref().map(IpfsPeerId::as_str), Some(PEER_ID));
+        assert_eq!(
+            n.ipfs_peer_id.as_ref().map(IpfsPeerId::as_str),
+            Some(PEER_ID)
+        );
         assert_eq!(v1::NodeRecord::from(&n), r);
         let ports: Vec<(String, u16)> = n.ports().into_iter().collect();
         assert_eq!(
@@ -457,7 +460,9 @@ mod tests {
             ),
             (
                 v1::NodeRecord {
-                    services: (0..=MAX_SERVICES).map(|i| svc(&format!("s{i}"), 1000)).collect(),
+                    services: (0..=MAX_SERVICES)
+                        .map(|i| svc(&format!("s{i}"), 1000))
+                        .collect(),
                     ..record()
                 },
                 NodeError::TooManyServices(MAX_SERVICES + 1),

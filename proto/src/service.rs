@@ -141,7 +141,14 @@ mod tests {
 
     #[test]
     fn service_names_follow_the_srv_rules() {
-        for ok in ["peer", "cluster", "operations", "a", "x-1", "abcdefghijklmno"] {
+        for ok in [
+            "peer",
+            "cluster",
+            "operations",
+            "a",
+            "x-1",
+            "abcdefghijklmno",
+        ] {
             assert!(ServiceName::new(ok).is_some(), "{ok}");
         }
         for bad in [
@@ -200,7 +207,10 @@ mod tests {
             check_tls_cert(&[0; MAX_TLS_CERT + 1]),
             Err(TlsCertError::TooLarge(MAX_TLS_CERT + 1))
         );
-        assert_eq!(check_tls_cert(b"not a certificate"), Err(TlsCertError::Parse));
+        assert_eq!(
+            check_tls_cert(b"not a certificate"),
+            Err(TlsCertError::Parse)
+        );
         let cert = rcgen::generate_simple_self_signed(vec!["orderer0.org1.example".into()])
             .expect("test certificate");
         let der = cert.cert.der().to_vec();
