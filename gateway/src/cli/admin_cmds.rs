@@ -26,6 +26,8 @@ pub enum ClientArg {
     FabricPeer,
     /// Fabric orderer.
     FabricOrderer,
+    /// IPFS node with an IPFS Cluster peer.
+    Ipfs,
 }
 
 impl ClientArg {
@@ -36,6 +38,7 @@ impl ClientArg {
             ClientArg::Tessera => pb::ClientKind::Tessera,
             ClientArg::FabricPeer => pb::ClientKind::FabricPeer,
             ClientArg::FabricOrderer => pb::ClientKind::FabricOrderer,
+            ClientArg::Ipfs => pb::ClientKind::Ipfs,
         }
     }
 }
@@ -47,6 +50,7 @@ fn client_name(k: i32) -> &'static str {
         Ok(pb::ClientKind::Tessera) => "tessera",
         Ok(pb::ClientKind::FabricPeer) => "fabric-peer",
         Ok(pb::ClientKind::FabricOrderer) => "fabric-orderer",
+        Ok(pb::ClientKind::Ipfs) => "ipfs",
         _ => "unknown",
     }
 }
@@ -591,6 +595,8 @@ pub enum RenderKind {
     BesuAllowlist,
     /// Tessera peer list (JSON array of {"url": ...}).
     TesseraPeers,
+    /// IPFS Cluster peerstore file (/dns4/NODE.ORG.DOMAIN/tcp/PORT/p2p/PEER-ID per line).
+    IpfsClusterPeers,
     /// The start arguments of a GoQuorum node joining the raft cluster with its published raft
     /// id (`render raft-join NODE`).
     RaftJoin,
@@ -639,6 +645,7 @@ pub async fn render(
         RenderKind::BesuStaticNodes => Kind::BesuStaticNodes,
         RenderKind::BesuAllowlist => Kind::BesuAllowlist,
         RenderKind::TesseraPeers => Kind::TesseraPeers,
+        RenderKind::IpfsClusterPeers => Kind::IpfsClusterPeers,
         RenderKind::RaftJoin => return Err(usage("render raft-join needs a NODE")),
     };
     let text = kind.render(&render_nodes);
