@@ -105,6 +105,16 @@ pub struct NodeAddArgs {
     /// The node's JSON-RPC endpoint at this site, http://HOST:PORT (kept here, never published).
     #[arg(long, value_name = "URL")]
     rpc: Option<String>,
+    /// A named TCP service, NAME=PORT (repeatable; e.g. peer=7051 for a Fabric peer,
+    /// cluster=9096 for an IPFS Cluster peer): a listener at every other site and an SRV record.
+    #[arg(long, value_name = "NAME=PORT")]
+    service: Vec<String>,
+    /// The IPFS Cluster peer id (12D3KooW... or Qm...), for `render ipfs-cluster-peers`.
+    #[arg(long, value_name = "ID")]
+    ipfs_peer_id: Option<String>,
+    /// A Fabric orderer's TLS certificate (PEM or DER), published with the node.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
 }
 
 /// `fedgw node import`.
@@ -210,10 +220,17 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
             }
             if spec.host.is_empty() {
                 return Err(usage(format!(
-                    "node {} has no address: give its enode URL (--enode enode://ID@HOST:PORT) \
-                     or its Tessera P2P URL (--tessera-url http://HOST:PORT)",
+                    "node {} has no address: give its enode URL (--enode enode://ID@HOST:PORT), \
+                     its Tessera P2P URL (--tessera-url http://HOST:PORT) or --host HOST",
                     a.name
                 )));
+            }
+            spec.services = super::service_args::services(&a.service).map_err(usage)?;
+            if let Some(id) = &a.ipfs_peer_id {
+                spec.ipfs_peer_id = super::service_args::ipfs_peer_id(id).map_err(usage)?;
+            }
+            if let Some(path) = &a.tls_cert {
+                spec.tls_cert_der = super::service_args::tls_cert(path).map_err(usage)?;
             }
             spec.raft_id = a.raft_id.unwrap_or(0);
             spec.tessera_keys = tessera_keys(&a.tessera_key)?;
@@ -439,6 +456,11 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
                     "local_host": json::text(&n.local_host), "dns_name": n.dns_name,
                     "local_ip": json::ip(&n.local_ip), "local_ports": n.local_ports,
                     "rpc": json::text(&n.local_rpc),
+                    "services": r.services.iter().map(|s| serde_json::json!({
+                        "name": s.name, "port": s.port,
+                    })).collect::<Vec<_>>(),
+                    "ipfs_peer_id": json::text(&r.ipfs_peer_id),
+                    "tls_cert": (!r.tls_cert_der.is_empty()).then(|| b64.encode(&r.tls_cert_der)),
                 })
             })
             .collect();
@@ -487,6 +509,17 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
         }
         if n.raft_id != 0 {
             outln!("{:<28} raft id {}", "", n.raft_id)?;
+        }
+        if !r.services.is_empty() {
+            let real: Vec<String> = r
+                .services
+                .iter()
+                .map(|s| format!("{}={}", s.name, s.port))
+                .collect();
+            outln!("{:<28} services {}", "", real.join(" "))?;
+        }
+        if !r.ipfs_peer_id.is_empty() {
+            outln!("{:<28} ipfs peer {}", "", r.ipfs_peer_id)?;
         }
     }
     Ok(())
