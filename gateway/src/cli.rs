@@ -52,6 +52,7 @@ mod dev_cmds;
 mod docs_cmds;
 mod export_cmds;
 mod json;
+mod node_file;
 mod service_args;
 mod status_cmds;
 mod store_cmds;

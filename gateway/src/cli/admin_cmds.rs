@@ -31,7 +31,8 @@ pub enum ClientArg {
 }
 
 impl ClientArg {
-    fn to_pb(self) -> pb::ClientKind {
+    /// The wire client kind.
+    pub(super) fn to_pb(self) -> pb::ClientKind {
         match self {
             ClientArg::Goquorum => pb::ClientKind::Goquorum,
             ClientArg::Besu => pb::ClientKind::Besu,
@@ -120,7 +121,9 @@ pub struct NodeAddArgs {
 /// `fedgw node import`.
 #[derive(Debug, Args)]
 pub struct NodeImportArgs {
-    /// A static-nodes.json or permissioned-nodes.json file (a JSON array of enode URLs).
+    /// A static-nodes.json or permissioned-nodes.json file (a JSON array of enode URLs), or a
+    /// node file: a JSON array of {"name", "client", "host", "services": {NAME: PORT},
+    /// "ipfs_peer_id", "tls_cert": FILE, "allowed_orgs", "roles"} for Fabric and IPFS nodes.
     file: PathBuf,
     #[command(flatten)]
     dir: AdminDirArg,
@@ -263,6 +266,16 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
 
 async fn import(a: NodeImportArgs) -> Result<(), CliError> {
     let text = read_input(&a.file)?;
+    if super::node_file::is_node_file(&text) {
+        if !a.names.is_empty() || !a.rpc.is_empty() || a.tessera_config.is_some() {
+            return Err(usage(
+                "a node file names its nodes itself: --names, --rpc and --tessera-config are for \
+                 enode lists",
+            ));
+        }
+        let specs = super::node_file::specs(&text, &a.file).map_err(usage)?;
+        return add_specs(&a.dir, specs).await;
+    }
     let urls = fedgw_proto::enode::parse_static_nodes(&text)
         .map_err(|e| usage(format!("{}: {e}", a.file.display())))?;
     if !a.names.is_empty() && a.names.len() != urls.len() {
@@ -324,7 +337,12 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
             );
         }
     }
-    let mut admin = connect(&a.dir).await?;
+    add_specs(&a.dir, specs).await
+}
+
+/// Registers `specs` in batches, printing each result; fails when any was refused.
+async fn add_specs(dir: &AdminDirArg, specs: Vec<pb::NodeSpec>) -> Result<(), CliError> {
+    let mut admin = connect(dir).await?;
     let mut failed = 0;
     // in batches: each is published at once (one store write, one view change at each gateway)
     let mut specs = specs.into_iter().peekable();
