@@ -319,6 +319,13 @@ for from in n1a n2b n3a; do
     check "$from -> $to.$(node_org "$to") p2p+raft+tessera" 15 reach "$from" "$to"
   done
 done
+# a Fabric peer's named service: n2a's echo on 30303 registered again as peer p2a's `peer`
+# service (no enode, no chain ports), reached from dc1 at its consortium name
+if fedgw gw2 node add p2a --client fabric-peer --host "$(node_ip n2a)" --service peer=30303 >/dev/null; then
+  check "n1a -> p2a.org2 echo on its named service peer" 30 probe n1a p2a 30303 --timeout 2s
+else
+  fail "register fabric peer p2a at gw2 with --service peer=30303" 0
+fi
 for from in n1b n2a n3b; do
   check "$from resolves through its resolv.conf (Docker forwards to its gateway)" 10 \
     docker exec "$project-$from" /usr/local/bin/fedgw probe "n2b.org2.$domain:30303" --timeout 2s

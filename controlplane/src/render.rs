@@ -11,6 +11,7 @@
 //! | [`permissioned_nodes`]   | GoQuorum basic permissioning `permissioned-nodes.json`: same format |
 //! | [`besu_allowlist`]       | Besu `permissions_config.toml`: `nodes-allowlist=[ "enode://<id>@<host>:<port>", ... ]` |
 //! | [`tessera_peers`]        | Tessera config `peer` array: `[{"url": "<scheme>://<host>:<port>"}]` |
+//! | [`ipfs_cluster_peers`]   | IPFS Cluster `peerstore` file: one `/dns4/<host>/tcp/<port>/p2p/<peer id>` multiaddress per line |
 //!
 //! Besu resolves host names in enode URLs only with DNS support enabled (`--Xdns-enabled=true`,
 //! plus `--Xdns-update-enabled=true` when addresses change); GoQuorum raft needs
@@ -35,7 +36,14 @@ pub struct RenderNode {
     pub raft_port: u16,
     /// The Tessera P2P URL the node announced, if any.
     pub tessera_url: Option<String>,
+    /// The IPFS Cluster peer id the node announced, if any.
+    pub ipfs_peer_id: Option<String>,
+    /// The IPFS Cluster port: its `cluster` service, else [`DEFAULT_CLUSTER_PORT`].
+    pub cluster_port: u16,
 }
+
+/// IPFS Cluster's default cluster (libp2p) port, for a peer without a `cluster` service.
+pub const DEFAULT_CLUSTER_PORT: u16 = 9096;
 
 impl RenderNode {
     /// The render form of the node `name` of `org`, in consortium `domain`: its enode id and
@@ -49,6 +57,12 @@ impl RenderNode {
             p2p_port: node.p2p_port.map_or(0, |p| p.get()),
             raft_port: node.raft_port.map_or(0, |p| p.get()),
             tessera_url: node.tessera_url.clone(),
+            ipfs_peer_id: node.ipfs_peer_id.as_ref().map(|id| id.as_str().to_owned()),
+            cluster_port: node
+                .services
+                .iter()
+                .find(|(n, _)| n.as_str() == "cluster")
+                .map_or(DEFAULT_CLUSTER_PORT, |(_, p)| p.get()),
         }
     }
 }
@@ -180,6 +194,22 @@ pub fn tessera_peers(nodes: &[RenderNode]) -> String {
     )
 }
 
+/// The IPFS Cluster `peerstore` file (in the cluster peer's config folder, beside
+/// `service.json`): one multiaddress `/dns4/<host>/tcp/<cluster port>/p2p/<peer id>` per line,
+/// for every node that announced an IPFS Cluster peer id. Empty when there is none.
+pub fn ipfs_cluster_peers(nodes: &[RenderNode]) -> String {
+    sorted(nodes)
+        .into_iter()
+        .filter_map(|n| {
+            let id = n.ipfs_peer_id.as_deref()?;
+            Some(format!(
+                "/dns4/{}/tcp/{}/p2p/{id}\n",
+                n.host, n.cluster_port
+            ))
+        })
+        .collect()
+}
+
 /// A renderer by its CLI name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -193,16 +223,19 @@ pub enum Kind {
     BesuAllowlist,
     /// [`tessera_peers`].
     TesseraPeers,
+    /// [`ipfs_cluster_peers`].
+    IpfsClusterPeers,
 }
 
 impl Kind {
     /// Every renderer with its name (also the file name the controller uses).
-    pub const ALL: [(Kind, &'static str); 5] = [
+    pub const ALL: [(Kind, &'static str); 6] = [
         (Kind::StaticNodes, "static-nodes.json"),
         (Kind::PermissionedNodes, "permissioned-nodes.json"),
         (Kind::BesuStaticNodes, "besu-static-nodes.json"),
         (Kind::BesuAllowlist, "permissions_config.toml"),
         (Kind::TesseraPeers, "tessera-peers.json"),
+        (Kind::IpfsClusterPeers, "ipfs-cluster-peerstore"),
     ];
 
     /// Renders `nodes`.
@@ -213,6 +246,7 @@ impl Kind {
             Kind::BesuStaticNodes => besu_static_nodes(nodes),
             Kind::BesuAllowlist => besu_allowlist(nodes),
             Kind::TesseraPeers => tessera_peers(nodes),
+            Kind::IpfsClusterPeers => ipfs_cluster_peers(nodes),
         }
     }
 }

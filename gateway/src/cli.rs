@@ -48,6 +48,8 @@ mod docs_cmds;
 mod export_cmds;
 mod join_cmds;
 mod json;
+mod node_file;
+mod service_args;
 mod status_cmds;
 mod store_cmds;
 #[cfg(test)]

@@ -4,7 +4,10 @@
 //! [`Node`] is a node record ([`v1::NodeRecord`], proto/fedgw/v1/records.proto) whose shapes
 //! are checked: a known client kind, an enode id of exactly 64 bytes or none, ports in
 //! 1..=65535 or none, Tessera keys of 32 bytes, an http(s) Tessera URL of at most
-//! [`MAX_TESSERA_URL`] bytes, lists of at most [`MAX_LIST`] items. Consortium label rules (for
+//! [`MAX_TESSERA_URL`] bytes, lists of at most [`MAX_LIST`] items, at most [`MAX_SERVICES`]
+//! named services with unique [`ServiceName`]s and ports in 1..=65535, an [`IpfsPeerId`] or
+//! none, and a TLS certificate that parses as DER X.509 of at most 4 KiB or none
+//! ([`crate::service`]). Consortium label rules (for
 //! the site, roles and allowed orgs) belong to the PKI crate and are checked beside this
 //! conversion by the record verifier.
 
@@ -12,6 +15,7 @@ use std::collections::BTreeMap;
 use std::num::NonZeroU16;
 
 use crate::enode::EnodeId;
+use crate::service::{IpfsPeerId, MAX_SERVICES, ServiceName, TlsCertError, check_tls_cert};
 use crate::tessera::TesseraKey;
 use crate::v1;
 
@@ -41,6 +45,26 @@ pub enum NodeError {
     /// The Tessera URL is not http(s) or longer than [`MAX_TESSERA_URL`].
     #[error("tessera URL must be http(s) and at most 256 bytes")]
     TesseraUrl,
+    /// A service name is not a lowercase SRV service name or is reserved.
+    #[error(
+        "service name {0:?} must be 1 to 15 lowercase letters, digits or inner hyphens, start with a letter, and not be p2p, raft or tessera"
+    )]
+    ServiceName(String),
+    /// A service's port is 0 or above 65535.
+    #[error("service {0:?} port must be 1 to 65535")]
+    ServicePort(String),
+    /// Two services share a name.
+    #[error("service {0:?} is listed twice")]
+    ServiceDuplicate(String),
+    /// More than [`MAX_SERVICES`] services.
+    #[error("too many services: {0}, at most 16")]
+    TooManyServices(usize),
+    /// The IPFS peer id is not a base58btc multihash.
+    #[error("ipfs peer id {0:?} is not a base58 multihash (12D3KooW... or Qm...)")]
+    IpfsPeerId(String),
+    /// The TLS certificate is too large or does not parse.
+    #[error("tls certificate {0}")]
+    TlsCert(#[source] TlsCertError),
 }
 
 /// A node as a node record announces it, checked (see the module docs). Its key (`org/node`)
@@ -67,6 +91,32 @@ pub struct Node {
     pub site: String,
     /// Orgs allowed to reach it; empty means every member.
     pub allowed_orgs: Vec<String>,
+    /// Named TCP services, in record order, names unique.
+    pub services: Vec<(ServiceName, NonZeroU16)>,
+    /// Its IPFS Cluster peer id, if any.
+    pub ipfs_peer_id: Option<IpfsPeerId>,
+    /// A Fabric orderer's public TLS certificate (DER, parsed once), if any.
+    pub tls_cert_der: Option<Vec<u8>>,
+}
+
+fn services(list: &[v1::NamedService]) -> Result<Vec<(ServiceName, NonZeroU16)>, NodeError> {
+    if list.len() > MAX_SERVICES {
+        return Err(NodeError::TooManyServices(list.len()));
+    }
+    let mut out: Vec<(ServiceName, NonZeroU16)> = Vec::with_capacity(list.len());
+    for s in list {
+        let name =
+            ServiceName::new(&s.name).ok_or_else(|| NodeError::ServiceName(s.name.clone()))?;
+        let port = u16::try_from(s.port)
+            .ok()
+            .and_then(NonZeroU16::new)
+            .ok_or_else(|| NodeError::ServicePort(s.name.clone()))?;
+        if out.iter().any(|(n, _)| *n == name) {
+            return Err(NodeError::ServiceDuplicate(s.name.clone()));
+        }
+        out.push((name, port));
+    }
+    Ok(out)
 }
 
 fn port(p: u32, what: &'static str) -> Result<Option<NonZeroU16>, NodeError> {
@@ -111,6 +161,13 @@ impl TryFrom<&v1::NodeRecord> for Node {
         {
             return Err(NodeError::TesseraUrl);
         }
+        let ipfs_peer_id = match r.ipfs_peer_id.as_str() {
+            "" => None,
+            id => Some(IpfsPeerId::new(id).ok_or_else(|| NodeError::IpfsPeerId(id.to_owned()))?),
+        };
+        if !r.tls_cert_der.is_empty() {
+            check_tls_cert(&r.tls_cert_der).map_err(NodeError::TlsCert)?;
+        }
         Ok(Self {
             client,
             enode_id,
@@ -122,6 +179,9 @@ impl TryFrom<&v1::NodeRecord> for Node {
             roles: r.roles.clone(),
             site: r.site.clone(),
             allowed_orgs: r.allowed_orgs.clone(),
+            services: services(&r.services)?,
+            ipfs_peer_id,
+            tls_cert_der: (!r.tls_cert_der.is_empty()).then(|| r.tls_cert_der.clone()),
         })
     }
 }
@@ -147,13 +207,28 @@ impl From<&Node> for v1::NodeRecord {
             roles: n.roles.clone(),
             site: n.site.clone(),
             allowed_orgs: n.allowed_orgs.clone(),
+            services: n
+                .services
+                .iter()
+                .map(|(name, port)| v1::NamedService {
+                    name: name.as_str().to_owned(),
+                    port: u32::from(port.get()),
+                })
+                .collect(),
+            ipfs_peer_id: n
+                .ipfs_peer_id
+                .as_ref()
+                .map(|id| id.as_str().to_owned())
+                .unwrap_or_default(),
+            tls_cert_der: n.tls_cert_der.clone().unwrap_or_default(),
         }
     }
 }
 
 impl Node {
-    /// The ports the node announces, by name: `p2p` and `raft` when present, and `tessera`
-    /// from the port of the Tessera URL (80 or 443 by scheme when the URL gives none). These
+    /// The ports the node announces, by name: `p2p` and `raft` when present, `tessera`
+    /// from the port of the Tessera URL (80 or 443 by scheme when the URL gives none), and
+    /// each named service (whose names never take those three). These
     /// names key every per-port table: local listeners, allocated ports, DNS SRV records,
     /// Kubernetes Service ports, and the tunnel header's port name.
     pub fn ports(&self) -> BTreeMap<String, u16> {
@@ -178,6 +253,9 @@ impl Node {
                 ports.insert("tessera".to_owned(), p);
             }
         }
+        for (name, p) in &self.services {
+            ports.insert(name.as_str().to_owned(), p.get());
+        }
         ports
     }
 }
@@ -198,7 +276,50 @@ mod tests {
             roles: vec!["validator".into()],
             site: "dc1".into(),
             allowed_orgs: vec!["org2".into()],
+            ..Default::default()
         }
+    }
+
+    fn svc(name: &str, port: u32) -> v1::NamedService {
+        v1::NamedService {
+            name: name.into(),
+            port,
+        }
+    }
+
+    const PEER_ID: &str = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+
+    #[test]
+    fn services_and_peer_id_are_kept_in_order_and_named_as_ports() {
+        let r = v1::NodeRecord {
+            client: v1::ClientKind::Ipfs.into(),
+            site: "dc1".into(),
+            services: vec![svc("swarm", 4001), svc("cluster", 9096)],
+            ipfs_peer_id: PEER_ID.into(),
+            ..Default::default()
+        };
+        let n = Node::try_from(&r).expect("valid");
+        assert_eq!(
+            n.ipfs_peer_id.as_ref().map(IpfsPeerId::as_str),
+            Some(PEER_ID)
+        );
+        assert_eq!(v1::NodeRecord::from(&n), r);
+        let ports: Vec<(String, u16)> = n.ports().into_iter().collect();
+        assert_eq!(
+            ports,
+            [("cluster".to_owned(), 9096), ("swarm".to_owned(), 4001)]
+        );
+    }
+
+    #[test]
+    fn a_record_encoded_without_the_service_fields_still_reads() {
+        use prost::Message;
+        // the bytes an older gateway signs: fields 1 to 10 only
+        let old = record().encode_to_vec();
+        let r = v1::NodeRecord::decode(old.as_slice()).expect("decodes");
+        let n = Node::try_from(&r).expect("valid");
+        assert!(n.services.is_empty() && n.ipfs_peer_id.is_none() && n.tls_cert_der.is_none());
+        assert_eq!(r.encode_to_vec(), old);
     }
 
     #[test]
@@ -294,6 +415,71 @@ mod tests {
                     ..record()
                 },
                 NodeError::TesseraUrl,
+            ),
+            (
+                v1::NodeRecord {
+                    services: vec![svc("Peer", 7051)],
+                    ..record()
+                },
+                NodeError::ServiceName("Peer".into()),
+            ),
+            (
+                v1::NodeRecord {
+                    services: vec![svc("p2p", 7051)],
+                    ..record()
+                },
+                NodeError::ServiceName("p2p".into()),
+            ),
+            (
+                v1::NodeRecord {
+                    services: vec![svc("a-very-long-name", 7051)],
+                    ..record()
+                },
+                NodeError::ServiceName("a-very-long-name".into()),
+            ),
+            (
+                v1::NodeRecord {
+                    services: vec![svc("peer", 0)],
+                    ..record()
+                },
+                NodeError::ServicePort("peer".into()),
+            ),
+            (
+                v1::NodeRecord {
+                    services: vec![svc("peer", 65536)],
+                    ..record()
+                },
+                NodeError::ServicePort("peer".into()),
+            ),
+            (
+                v1::NodeRecord {
+                    services: vec![svc("peer", 7051), svc("peer", 7052)],
+                    ..record()
+                },
+                NodeError::ServiceDuplicate("peer".into()),
+            ),
+            (
+                v1::NodeRecord {
+                    services: (0..=MAX_SERVICES)
+                        .map(|i| svc(&format!("s{i}"), 1000))
+                        .collect(),
+                    ..record()
+                },
+                NodeError::TooManyServices(MAX_SERVICES + 1),
+            ),
+            (
+                v1::NodeRecord {
+                    ipfs_peer_id: "QmNotAPeerId0".into(),
+                    ..record()
+                },
+                NodeError::IpfsPeerId("QmNotAPeerId0".into()),
+            ),
+            (
+                v1::NodeRecord {
+                    tls_cert_der: b"PEM, not DER".to_vec(),
+                    ..record()
+                },
+                NodeError::TlsCert(TlsCertError::Parse),
             ),
         ];
         for (r, want) in cases {

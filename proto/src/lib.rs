@@ -10,6 +10,7 @@ pub mod demo_keys;
 pub mod domain;
 pub mod enode;
 pub mod rpc_url;
+pub mod service;
 pub mod tessera;
 
 /// The version a `JoinRequest` carries.

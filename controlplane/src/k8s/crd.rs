@@ -99,6 +99,25 @@ pub struct ConsortiumNodeSpec {
     /// site, never published; the gateway uses it for live peering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpc: Option<String>,
+    /// Named TCP services besides `ports` (a Fabric peer's `peer`, an IPFS Cluster peer's
+    /// `cluster`): each gets a listener at the other sites and a `_<name>._tcp` SRV record.
+    /// Names are lowercase SRV service names of at most 15 bytes, unique, at most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<NamedPort>,
+    /// The IPFS Cluster peer id (base58, `12D3KooW...`), for `client: ipfs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipfs_peer_id: Option<String>,
+}
+
+/// A named TCP service of a node.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[schemars(transform = no_uint_formats)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedPort {
+    /// The service name (`peer`, `cluster`, ...).
+    pub name: String,
+    /// The node's real port.
+    pub port: u16,
 }
 
 /// A chain client.
@@ -115,6 +134,8 @@ pub enum Client {
     FabricPeer,
     /// Fabric orderer.
     FabricOrderer,
+    /// IPFS node with an IPFS Cluster peer.
+    Ipfs,
 }
 
 /// A node's real ports (TCP); an absent port is not served.

@@ -335,6 +335,7 @@ fn client_kind(c: Client) -> pb::ClientKind {
         Client::Tessera => pb::ClientKind::Tessera,
         Client::FabricPeer => pb::ClientKind::FabricPeer,
         Client::FabricOrderer => pb::ClientKind::FabricOrderer,
+        Client::Ipfs => pb::ClientKind::Ipfs,
     }
 }
 
@@ -353,6 +354,9 @@ fn record_matches(info: &pb::NodeInfo, spec: &pb::NodeSpec) -> bool {
         && r.tessera_url == spec.tessera_url
         && r.roles == spec.roles
         && r.allowed_orgs == spec.allowed_orgs
+        && r.services == spec.services
+        && r.ipfs_peer_id == spec.ipfs_peer_id
+        && r.tls_cert_der == spec.tls_cert_der
         && info.local_rpc == spec.rpc_url
 }
 
@@ -456,11 +460,18 @@ impl Index {
     }
 
     /// The node's ports that are set, by name.
-    fn spec_ports(cr: &ConsortiumNode) -> Vec<(&'static str, u16)> {
+    fn spec_ports(cr: &ConsortiumNode) -> Vec<(&str, u16)> {
         let p = &cr.spec.ports;
         [("p2p", p.p2p), ("raft", p.raft), ("tessera", p.tessera)]
             .into_iter()
             .filter_map(|(n, p)| p.filter(|p| *p != 0).map(|p| (n, p)))
+            .chain(
+                cr.spec
+                    .services
+                    .iter()
+                    .filter(|s| s.port != 0)
+                    .map(|s| (s.name.as_str(), s.port)),
+            )
             .collect()
     }
 
@@ -592,6 +603,16 @@ impl Index {
             roles: s.roles.clone(),
             allowed_orgs: s.allowed_orgs.clone(),
             rpc_url,
+            services: s
+                .services
+                .iter()
+                .map(|p| pb::NamedService {
+                    name: p.name.clone(),
+                    port: u32::from(p.port),
+                })
+                .collect(),
+            ipfs_peer_id: s.ipfs_peer_id.clone().unwrap_or_default(),
+            tls_cert_der: vec![],
         })
     }
 

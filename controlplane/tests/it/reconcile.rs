@@ -121,6 +121,8 @@ fn node_cr() -> ConsortiumNode {
             roles: vec![],
             allowed_orgs: vec![],
             rpc: None,
+            services: vec![],
+            ipfs_peer_id: None,
         },
     );
     c.metadata.namespace = Some("org1".into());

@@ -57,6 +57,35 @@ fn consortium() -> Vec<RenderNode> {
         Some(&besu_docs),
         Some("https://boot.example/tm"),
     ));
+    // org4: IPFS Cluster peers (ids from the IPFS docs), one on a non-default cluster port
+    for (name, id, cluster) in [
+        (
+            "ipfs1",
+            "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA",
+            None,
+        ),
+        (
+            "ipfs0",
+            "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",
+            Some(19096),
+        ),
+    ] {
+        let record = pb::NodeRecord {
+            client: pb::ClientKind::Ipfs.into(),
+            site: "dc1".into(),
+            ipfs_peer_id: id.into(),
+            services: cluster
+                .map(|port| pb::NamedService {
+                    name: "cluster".into(),
+                    port,
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let n = Node::try_from(&record).expect("a valid IPFS node record");
+        nodes.push(RenderNode::new("org4", name, DOMAIN, &n));
+    }
     nodes
 }
 

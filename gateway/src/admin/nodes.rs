@@ -106,8 +106,12 @@ pub fn node_record(
             .parse::<crate::chain::rpc::RpcUrl>()
             .map_err(|e| format!("--rpc {:?}: {e}", spec.rpc_url))?;
     }
-    if spec.p2p_port == 0 && spec.raft_port == 0 && spec.tessera_url.is_empty() {
-        return Err("a node needs a p2p port, a raft port or a Tessera URL".into());
+    if spec.p2p_port == 0
+        && spec.raft_port == 0
+        && spec.tessera_url.is_empty()
+        && spec.services.is_empty()
+    {
+        return Err("a node needs a p2p port, a raft port, a Tessera URL or a service".into());
     }
     // the CLI checks the id when it parses it; this also covers the Kubernetes controller's
     // `publicKey` and any other admin client
@@ -133,6 +137,9 @@ pub fn node_record(
         roles: spec.roles.clone(),
         site: site.to_owned(),
         allowed_orgs: spec.allowed_orgs.clone(),
+        services: spec.services.clone(),
+        ipfs_peer_id: spec.ipfs_peer_id.clone(),
+        tls_cert_der: spec.tls_cert_der.clone(),
     };
     Node::try_from(&record).map_err(|e| e.to_string())
 }

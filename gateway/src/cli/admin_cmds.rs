@@ -26,16 +26,20 @@ pub enum ClientArg {
     FabricPeer,
     /// Fabric orderer.
     FabricOrderer,
+    /// IPFS node with an IPFS Cluster peer.
+    Ipfs,
 }
 
 impl ClientArg {
-    fn to_pb(self) -> pb::ClientKind {
+    /// The wire client kind.
+    pub(super) fn to_pb(self) -> pb::ClientKind {
         match self {
             ClientArg::Goquorum => pb::ClientKind::Goquorum,
             ClientArg::Besu => pb::ClientKind::Besu,
             ClientArg::Tessera => pb::ClientKind::Tessera,
             ClientArg::FabricPeer => pb::ClientKind::FabricPeer,
             ClientArg::FabricOrderer => pb::ClientKind::FabricOrderer,
+            ClientArg::Ipfs => pb::ClientKind::Ipfs,
         }
     }
 }
@@ -47,6 +51,7 @@ fn client_name(k: i32) -> &'static str {
         Ok(pb::ClientKind::Tessera) => "tessera",
         Ok(pb::ClientKind::FabricPeer) => "fabric-peer",
         Ok(pb::ClientKind::FabricOrderer) => "fabric-orderer",
+        Ok(pb::ClientKind::Ipfs) => "ipfs",
         _ => "unknown",
     }
 }
@@ -101,12 +106,24 @@ pub struct NodeAddArgs {
     /// The node's JSON-RPC endpoint at this site, http://HOST:PORT (kept here, never published).
     #[arg(long, value_name = "URL")]
     rpc: Option<String>,
+    /// A named TCP service, NAME=PORT (repeatable; e.g. peer=7051 for a Fabric peer,
+    /// cluster=9096 for an IPFS Cluster peer): a listener at every other site and an SRV record.
+    #[arg(long, value_name = "NAME=PORT")]
+    service: Vec<String>,
+    /// The IPFS Cluster peer id (12D3KooW... or Qm...), for `render ipfs-cluster-peers`.
+    #[arg(long, value_name = "ID")]
+    ipfs_peer_id: Option<String>,
+    /// A Fabric orderer's TLS certificate (PEM or DER), published with the node.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
 }
 
 /// `fedgw node import`.
 #[derive(Debug, Args)]
 pub struct NodeImportArgs {
-    /// A static-nodes.json or permissioned-nodes.json file (a JSON array of enode URLs).
+    /// A static-nodes.json or permissioned-nodes.json file (a JSON array of enode URLs), or a
+    /// node file: a JSON array of {"name", "client", "host", "services": {NAME: PORT},
+    /// "ipfs_peer_id", "tls_cert": FILE, "allowed_orgs", "roles"} for Fabric and IPFS nodes.
     file: PathBuf,
     #[command(flatten)]
     dir: AdminDirArg,
@@ -206,10 +223,17 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
             }
             if spec.host.is_empty() {
                 return Err(usage(format!(
-                    "node {} has no address: give its enode URL (--enode enode://ID@HOST:PORT) \
-                     or its Tessera P2P URL (--tessera-url http://HOST:PORT)",
+                    "node {} has no address: give its enode URL (--enode enode://ID@HOST:PORT), \
+                     its Tessera P2P URL (--tessera-url http://HOST:PORT) or --host HOST",
                     a.name
                 )));
+            }
+            spec.services = super::service_args::services(&a.service).map_err(usage)?;
+            if let Some(id) = &a.ipfs_peer_id {
+                spec.ipfs_peer_id = super::service_args::ipfs_peer_id(id).map_err(usage)?;
+            }
+            if let Some(path) = &a.tls_cert {
+                spec.tls_cert_der = super::service_args::tls_cert(path).map_err(usage)?;
             }
             spec.raft_id = a.raft_id.unwrap_or(0);
             spec.tessera_keys = tessera_keys(&a.tessera_key)?;
@@ -242,6 +266,16 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
 
 async fn import(a: NodeImportArgs) -> Result<(), CliError> {
     let text = read_input(&a.file)?;
+    if super::node_file::is_node_file(&text) {
+        if !a.names.is_empty() || !a.rpc.is_empty() || a.tessera_config.is_some() {
+            return Err(usage(
+                "a node file names its nodes itself: --names, --rpc and --tessera-config are for \
+                 enode lists",
+            ));
+        }
+        let specs = super::node_file::specs(&text, &a.file).map_err(usage)?;
+        return add_specs(&a.dir, specs).await;
+    }
     let urls = fedgw_proto::enode::parse_static_nodes(&text)
         .map_err(|e| usage(format!("{}: {e}", a.file.display())))?;
     if !a.names.is_empty() && a.names.len() != urls.len() {
@@ -303,7 +337,12 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
             );
         }
     }
-    let mut admin = connect(&a.dir).await?;
+    add_specs(&a.dir, specs).await
+}
+
+/// Registers `specs` in batches, printing each result; fails when any was refused.
+async fn add_specs(dir: &AdminDirArg, specs: Vec<pb::NodeSpec>) -> Result<(), CliError> {
+    let mut admin = connect(dir).await?;
     let mut failed = 0;
     // in batches: each is published at once (one store write, one view change at each gateway)
     let mut specs = specs.into_iter().peekable();
@@ -435,6 +474,11 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
                     "local_host": json::text(&n.local_host), "dns_name": n.dns_name,
                     "local_ip": json::ip(&n.local_ip), "local_ports": n.local_ports,
                     "rpc": json::text(&n.local_rpc),
+                    "services": r.services.iter().map(|s| serde_json::json!({
+                        "name": s.name, "port": s.port,
+                    })).collect::<Vec<_>>(),
+                    "ipfs_peer_id": json::text(&r.ipfs_peer_id),
+                    "tls_cert": (!r.tls_cert_der.is_empty()).then(|| b64.encode(&r.tls_cert_der)),
                 })
             })
             .collect();
@@ -483,6 +527,17 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
         }
         if n.raft_id != 0 {
             outln!("{:<28} raft id {}", "", n.raft_id)?;
+        }
+        if !r.services.is_empty() {
+            let real: Vec<String> = r
+                .services
+                .iter()
+                .map(|s| format!("{}={}", s.name, s.port))
+                .collect();
+            outln!("{:<28} services {}", "", real.join(" "))?;
+        }
+        if !r.ipfs_peer_id.is_empty() {
+            outln!("{:<28} ipfs peer {}", "", r.ipfs_peer_id)?;
         }
     }
     Ok(())
@@ -591,6 +646,8 @@ pub enum RenderKind {
     BesuAllowlist,
     /// Tessera peer list (JSON array of {"url": ...}).
     TesseraPeers,
+    /// IPFS Cluster peerstore file (/dns4/NODE.ORG.DOMAIN/tcp/PORT/p2p/PEER-ID per line).
+    IpfsClusterPeers,
     /// The start arguments of a GoQuorum node joining the raft cluster with its published raft
     /// id (`render raft-join NODE`).
     RaftJoin,
@@ -670,6 +727,7 @@ async fn render_once(
         RenderKind::BesuStaticNodes => Kind::BesuStaticNodes,
         RenderKind::BesuAllowlist => Kind::BesuAllowlist,
         RenderKind::TesseraPeers => Kind::TesseraPeers,
+        RenderKind::IpfsClusterPeers => Kind::IpfsClusterPeers,
         RenderKind::RaftJoin => return Err(usage("render raft-join needs a NODE")),
     };
     let text = kind.render(&render_nodes);

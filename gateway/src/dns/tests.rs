@@ -103,6 +103,50 @@ fn a_cname_holds_no_other_data() {
     assert_eq!(answers.len(), 1, "the CNAME answers TXT too");
 }
 
+/// Named services (a Fabric peer's `peer`, an IPFS Cluster peer's `cluster`) get their
+/// `_<name>._tcp` SRV records beside the chain ports', and their `_tcp` parent exists.
+#[test]
+fn named_services_are_answered_as_srv_records() {
+    let nodes = vec![ZoneNode {
+        org: "org2".into(),
+        name: "peer0".into(),
+        ip: Some("127.77.0.3".parse().expect("ip")),
+        alias: None,
+        ports: [
+            ("peer".to_owned(), 7051u16),
+            ("chaincode".to_owned(), 7052),
+            ("ops-api".to_owned(), 9443),
+        ]
+        .into(),
+        enode_id: None,
+    }];
+    let z = Zone::build("acme.test", "gw-dc1.org1", 7, &nodes, &[]);
+    let q = |s: &str| LowerName::from(Name::from_ascii(s).expect("name"));
+    for (service, port) in [("peer", 7051), ("chaincode", 7052), ("ops-api", 9443)] {
+        let (code, answers, _) = z.answer(
+            &q(&format!("_{service}._tcp.peer0.org2.acme.test.")),
+            RecordType::SRV,
+        );
+        assert_eq!(code, ResponseCode::NoError, "{service}");
+        let srv: Vec<(u16, String)> = answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::SRV(s) => Some((s.port, s.target.to_string())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            srv,
+            [(port, "peer0.org2.acme.test.".to_owned())],
+            "{service}"
+        );
+    }
+    let (code, answers, _) = z.answer(&q("_tcp.peer0.org2.acme.test."), RecordType::SRV);
+    assert_eq!((code, answers.len()), (ResponseCode::NoError, 0));
+    let (code, _, _) = z.answer(&q("_p2p._tcp.peer0.org2.acme.test."), RecordType::SRV);
+    assert_eq!(code, ResponseCode::NXDomain);
+}
+
 /// A host of several labels is a CNAME to the absolute name (a trailing dot kept as one); a
 /// one-label host gets no CNAME, and without an address its name answers NODATA.
 #[test]

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! `org` and `node` are DNS labels (lower-case letters, digits, `-`, not starting or ending
-//! with `-`), as in `node1.org2.<domain>`; `port` is a port name (`p2p`, `raft`, `tessera`).
+//! with `-`), as in `node1.org2.<domain>`; `port` is a port name (`p2p`, `raft`, `tessera` or
+//! a node's named service such as `peer` or `cluster`).
 //! The header names a node, never an address: the far gateway maps the name to an address its
 //! own operator registered, so a caller cannot make it dial anything else.
 //!
@@ -160,13 +161,16 @@ pub fn is_label(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
+/// A port name: `p2p`, `raft`, `tessera` or a named service (lowercase letters and digits,
+/// inner hyphens as in SRV service names, starting with a letter).
 fn is_port_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= MAX_PORT_LEN
         && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
         && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 impl Request {

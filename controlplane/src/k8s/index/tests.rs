@@ -39,6 +39,8 @@ fn cr(name: &str, service: &str) -> ConsortiumNode {
             roles: vec![],
             allowed_orgs: vec![],
             rpc: None,
+            services: vec![],
+            ipfs_peer_id: None,
         },
     );
     c.metadata.namespace = Some("org1".into());
@@ -714,4 +716,53 @@ fn the_rpc_endpoint_goes_to_the_gateway_checked_and_in_normal_form() {
         "{:?}",
         p.gateway
     );
+}
+
+#[test]
+fn a_fabric_peers_named_services_reach_its_service_ports_and_its_node_spec() {
+    let mut c = cr("peer0", "x");
+    c.spec.client = Client::FabricPeer;
+    c.spec.enode = None;
+    c.spec.ports = NodePorts::default();
+    c.spec.raft_id = None;
+    c.spec.service = None;
+    c.spec.pod_selector = Some(labels(&[("app", "peer0")]));
+    c.spec.services = vec![
+        crate::k8s::crd::NamedPort {
+            name: "peer".into(),
+            port: 7051,
+        },
+        crate::k8s::crd::NamedPort {
+            name: "operations".into(),
+            port: 9443,
+        },
+    ];
+    let mut ix = listed(vec![c], vec![], gateway(vec![]));
+    let p = plan(&ix);
+    let svc = p.apply_services[0].spec.as_ref().expect("spec");
+    let ports: Vec<(Option<String>, i32)> = svc
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone(), p.port))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            (Some("peer".into()), 7051),
+            (Some("operations".into()), 9443)
+        ]
+    );
+    settle(&mut ix, &p);
+    let p = plan(&ix);
+    let [GatewayCall::AddNode(spec)] = p.gateway.as_slice() else {
+        panic!("{:?}", p.gateway)
+    };
+    assert_eq!(spec.client, i32::from(pb::ClientKind::FabricPeer));
+    let services: Vec<(&str, u32)> = spec
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.port))
+        .collect();
+    assert_eq!(services, [("peer", 7051), ("operations", 9443)]);
 }

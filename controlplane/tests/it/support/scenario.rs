@@ -112,6 +112,8 @@ fn node(name: &str, node_name: Option<&str>, p2p: u16) -> ConsortiumNode {
             roles: vec![],
             allowed_orgs: vec![],
             rpc: None,
+            services: vec![],
+            ipfs_peer_id: None,
         },
     )
 }

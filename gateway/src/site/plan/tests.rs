@@ -373,3 +373,55 @@ fn the_far_end_gets_the_changed_targets_only_unless_the_members_change() {
     let mut delta = Delta::default();
     assert!(plan.targets_change("org1", &mut delta, false).is_none());
 }
+
+/// A node with named services and no chain ports (an IPFS node here, a Fabric peer at org1).
+fn service_node(org: &str, name: &str, services: &[(&str, u32)]) -> NodeView {
+    NodeView {
+        org: org.into(),
+        name: name.into(),
+        seq: 1,
+        node: Node::try_from(&pb::NodeRecord {
+            client: pb::ClientKind::Ipfs.into(),
+            site: "dc1".into(),
+            services: services
+                .iter()
+                .map(|(n, p)| pb::NamedService {
+                    name: (*n).into(),
+                    port: *p,
+                })
+                .collect(),
+            allowed_orgs: vec!["org3".into()],
+            ..Default::default()
+        })
+        .expect("a valid node record"),
+    }
+}
+
+#[test]
+fn named_services_get_routes_srv_ports_and_targets_like_chain_ports() {
+    let me = me();
+    let remote = service_node("org2", "ipfs0", &[("cluster", 9096), ("swarm", 4001)]);
+    let alloc = allocations(&[&remote]);
+    let state = site(&[("peer0", "10.0.0.7")], &[]);
+    let inputs = Inputs {
+        me: &me,
+        site: &state,
+        alloc: &alloc,
+    };
+    let p = project_node(inputs, &remote);
+    assert_eq!(addrs(&p.routes), ["127.77.0.1:9096", "127.77.0.1:4001"]);
+    let names: Vec<&str> = p.routes.iter().map(|r| r.request.port.as_str()).collect();
+    assert_eq!(names, ["cluster", "swarm"]);
+    assert!(p.bad_routes.is_empty());
+    assert_eq!(
+        p.zone.ports,
+        BTreeMap::from([("cluster".to_owned(), 9096), ("swarm".to_owned(), 4001)])
+    );
+
+    // this site's own Fabric peer: a far-end target with its service port and its policy
+    let own = service_node("org1", "peer0", &[("peer", 7051), ("operations", 9443)]);
+    let target = project_node(inputs, &own).target.expect("a far-end target");
+    assert_eq!(target.ports["peer"], 7051);
+    assert_eq!(target.ports["operations"], 9443);
+    assert_eq!(target.allowed_orgs, ["org3"]);
+}
