@@ -23,3 +23,4 @@ mod port;
 mod processes;
 mod tunnel;
 mod upgrade;
+mod validators;
