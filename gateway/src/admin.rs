@@ -2,7 +2,8 @@
 //! the CLI while `fedgw run` is up. Access is by filesystem permission on the data dir.
 //!
 //! The calls by job: `nodes` (register, remove, list nodes and Service addresses),
-//! `members` (invites, approvals, revocations), `report` (status); this module serves
+//! `members` (invites, approvals, revocations), `report` (status), `validators` (QBFT/IBFT
+//! validator proposals and approvals); this module serves
 //! them and connects clients.
 
 use std::path::Path;
@@ -21,6 +22,7 @@ mod members;
 mod nodes;
 mod report;
 mod service;
+mod validators;
 
 pub use nodes::{MAX_ADD_NODES, node_record, published_tessera_url};
 pub use service::AdminService;
@@ -67,6 +69,27 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ChainStatusRequest>,
     ) -> Result<Response<pb::ChainStatusResponse>, Status> {
         nodes::chain_status(self, request).await
+    }
+
+    async fn propose_validator(
+        &self,
+        request: Request<pb::ProposeValidatorRequest>,
+    ) -> Result<Response<pb::ProposeValidatorResponse>, Status> {
+        validators::propose(self, request).await
+    }
+
+    async fn approve_validator(
+        &self,
+        request: Request<pb::ApproveValidatorRequest>,
+    ) -> Result<Response<pb::ApproveValidatorResponse>, Status> {
+        validators::approve(self, request).await
+    }
+
+    async fn withdraw_validator(
+        &self,
+        request: Request<pb::WithdrawValidatorRequest>,
+    ) -> Result<Response<pb::WithdrawValidatorResponse>, Status> {
+        validators::withdraw(self, request).await
     }
 
     async fn list_members(

@@ -501,6 +501,18 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         },
         shutdown.clone(),
     ));
+    let votes = crate::chain::validators::VotesHandle::default();
+    tracker.spawn(crate::chain::validators::keeper::run(
+        crate::chain::validators::keeper::Keeper {
+            membership: membership.clone(),
+            store: store.clone(),
+            consensus: config.consensus,
+            admission: config.admission,
+            metrics: metrics.clone(),
+            handle: votes.clone(),
+        },
+        shutdown.clone(),
+    ));
     let admin_service = Arc::new(AdminService {
         store: store.clone(),
         config: config.clone(),
@@ -511,6 +523,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         tunnels: tunnels.clone(),
         metrics: metrics.clone(),
         chain,
+        votes,
     });
     let admin = admin::serve(admin_listener, admin_service, shutdown.clone());
     servers::spawn_watched(&tracker, "admin", &metrics, &shutdown, admin);

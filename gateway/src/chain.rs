@@ -5,10 +5,12 @@
 //! other orgs' nodes as they come and go; [`raft`] decides, from the membership view, the raft
 //! cluster as a local node reports it and the site's own nodes, which raft calls this site makes.
 //! The decisions are pure functions; [`keeper`] runs them in `fedgw run` and does the IO;
-//! [`status`] reads the local nodes for `fedgw chain status`.
+//! [`status`] reads the local nodes for `fedgw chain status`; [`validators`] makes the local
+//! QBFT/IBFT validators vote for the validator changes the consortium approved.
 
 pub mod keeper;
 pub mod peering;
 pub mod raft;
 pub mod rpc;
 pub mod status;
+pub mod validators;

@@ -274,21 +274,7 @@ pub fn storage_key(bytes: &[u8]) -> Option<String> {
     use prost::Message;
     let env = pb::Envelope::decode(bytes).ok()?;
     let rec = pb::RecordBody::decode(env.payload.as_slice()).ok()?;
-    let kind = match rec.body? {
-        pb::record_body::Body::Member(_) => Kind::Member,
-        pb::record_body::Body::Revocation(_) => Kind::Revocation,
-        pb::record_body::Body::Gateway(_) => Kind::Gateway,
-        pb::record_body::Body::Node(_) => Kind::Node,
-        pb::record_body::Body::Vote(_) => Kind::Vote,
-        pb::record_body::Body::Raft(_) => Kind::Raft,
-        pb::record_body::Body::Tombstone(t) => match pb::RecordKind::try_from(t.kind).ok()? {
-            pb::RecordKind::Gateway => Kind::Gateway,
-            pb::RecordKind::Node => Kind::Node,
-            pb::RecordKind::Vote => Kind::Vote,
-            pb::RecordKind::Raft => Kind::Raft,
-            _ => return None,
-        },
-    };
+    let kind = body_kind(&rec.body?)?;
     Some(
         RecordKey {
             kind,
@@ -939,12 +925,8 @@ fn body_kind(body: &pb::record_body::Body) -> Option<Kind> {
         B::Node(_) => Kind::Node,
         B::Vote(_) => Kind::Vote,
         B::Raft(_) => Kind::Raft,
-        B::Tombstone(t) => match pb::RecordKind::try_from(t.kind).ok()? {
-            pb::RecordKind::Gateway => Kind::Gateway,
-            pb::RecordKind::Node => Kind::Node,
-            pb::RecordKind::Vote => Kind::Vote,
-            pb::RecordKind::Raft => Kind::Raft,
-            _ => return None,
-        },
+        B::Validator(_) => Kind::Validator,
+        B::ValidatorVote(_) => Kind::ValidatorVote,
+        B::Tombstone(t) => Kind::from_pb(t.kind).filter(|k| !k.root_only())?,
     })
 }

@@ -31,6 +31,9 @@ use std::str::FromStr;
 
 use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 
+mod address;
+pub use address::{Address, AddressError};
+
 /// The URL scheme prefix.
 pub const ENODE_SCHEME: &str = "enode://";
 /// Longest accepted enode URL, in bytes.

@@ -11,6 +11,13 @@
 //! [`Cue`] per method to make the next call of it fail, answer garbage, a huge body, nothing, or
 //! a given result.
 //! Several gateways may share one fake: it then stands for one raft cluster reached at two sites.
+//!
+//! For QBFT/IBFT it keeps a validator set (addresses, `0x` and 40 hex digits) with GoQuorum's
+//! `istanbul_*` and Besu's `qbft_*`/`ibft_*` namespaces: read the set, propose, discard and list
+//! pending votes. [`RaftRpcFake::validator_node`] opens another endpoint on the same chain for
+//! another node; each endpoint's votes are that node's. As in QBFT, a change applies once more
+//! than half of the current validators hold a vote for it (checked after every vote); votes
+//! stay until discarded, and a vote whose change already shows does nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -64,6 +71,10 @@ struct State {
     tessera_peers: Vec<String>,
     /// Connections closed unanswered while down.
     refused: u64,
+    /// The validator set, lowercase addresses, in order.
+    validators: Vec<String>,
+    /// Pending votes: voting node's address → (candidate address → add).
+    votes: HashMap<String, std::collections::BTreeMap<String, bool>>,
 }
 
 /// The fake endpoint; stops when dropped.
@@ -71,6 +82,8 @@ pub struct RaftRpcFake {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
+    /// The address of the node this endpoint stands for (its validator votes).
+    me: Arc<String>,
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -80,26 +93,67 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 impl RaftRpcFake {
     /// Starts the fake on a loopback port with an empty cluster.
     pub fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             next_id: 1,
             block: 7,
             ..State::default()
         }));
+        Self::start_on(state, String::new())
+    }
+
+    /// Another endpoint on the same chain, for the node with validator address `address`
+    /// (`0x` and 40 hex digits): its votes are its own, the set and everything else shared.
+    /// Stops when dropped, like the first.
+    pub fn validator_node(&self, address: &str) -> anyhow::Result<Self> {
+        Self::start_on(self.state.clone(), address.to_ascii_lowercase())
+    }
+
+    fn start_on(state: Arc<Mutex<State>>, me: String) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (st, sp) = (state.clone(), stop.clone());
+        let me = Arc::new(me);
+        let (st, sp, who) = (state.clone(), stop.clone(), me.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if sp.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (st, sp) = (st.clone(), sp.clone());
-                std::thread::spawn(move || serve(conn, &st, &sp));
+                let (st, sp, who) = (st.clone(), sp.clone(), who.clone());
+                std::thread::spawn(move || serve(conn, &st, &sp, &who));
             }
         });
-        Ok(RaftRpcFake { addr, state, stop })
+        Ok(RaftRpcFake {
+            addr,
+            state,
+            stop,
+            me,
+        })
+    }
+
+    /// The validator address this endpoint stands for (empty for the first endpoint).
+    pub fn address(&self) -> &str {
+        &self.me
+    }
+
+    /// Sets the validator set (addresses, any case).
+    pub fn set_validators(&self, addresses: &[&str]) {
+        lock(&self.state).validators = addresses.iter().map(|a| a.to_ascii_lowercase()).collect();
+    }
+
+    /// The validator set, lowercase.
+    pub fn validators(&self) -> Vec<String> {
+        lock(&self.state).validators.clone()
+    }
+
+    /// The pending votes of the node with `address`: candidate → add.
+    pub fn votes_of(&self, address: &str) -> std::collections::BTreeMap<String, bool> {
+        lock(&self.state)
+            .votes
+            .get(&address.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The endpoint URL, `http://127.0.0.1:PORT`.
@@ -188,7 +242,7 @@ impl Drop for RaftRpcFake {
     }
 }
 
-fn serve(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
+fn serve(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool, me: &str) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let Some((line, body)) = read_request(&mut conn) else {
         return;
@@ -262,6 +316,9 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
                     .as_bytes(),
             );
             return;
+        }
+        None if method.contains("alidator") || VOTE_METHODS.contains(&method.as_str()) => {
+            validator_answer(&mut lock(state), me, &id, &method, &params)
         }
         None => answer(&mut lock(state), &id, &method, &params),
     };
@@ -457,5 +514,87 @@ fn answer(s: &mut State, id: &Value, method: &str, params: &Value) -> Vec<u8> {
         _ => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("the method {method} does not exist/is not available")}})
             .to_string()
             .into_bytes(),
+    }
+}
+
+/// The vote methods that do not name "validator".
+const VOTE_METHODS: [&str; 5] = [
+    "istanbul_propose",
+    "istanbul_discard",
+    "istanbul_candidates",
+    "qbft_getPendingVotes",
+    "ibft_getPendingVotes",
+];
+
+/// An address argument as the clients take it: `0x` and 40 hex digits, any case.
+fn address_arg(v: Option<&Value>) -> Option<String> {
+    let a = v?.as_str()?;
+    let digits = a.strip_prefix("0x")?;
+    (digits.len() == 40 && digits.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| a.to_ascii_lowercase())
+}
+
+/// Applies every change that more than half of the current validators vote for.
+fn tally(s: &mut State) {
+    loop {
+        let mut counts: std::collections::BTreeMap<(String, bool), usize> = Default::default();
+        for v in &s.validators {
+            for (cand, auth) in s.votes.get(v).into_iter().flatten() {
+                if s.validators.contains(cand) != *auth {
+                    *counts.entry((cand.clone(), *auth)).or_default() += 1;
+                }
+            }
+        }
+        let n = s.validators.len();
+        let Some(((cand, auth), _)) = counts.into_iter().find(|(_, c)| 2 * c > n) else {
+            return;
+        };
+        if auth {
+            s.validators.push(cand);
+        } else {
+            s.validators.retain(|v| *v != cand);
+        }
+        s.block += 1;
+    }
+}
+
+fn validator_answer(s: &mut State, me: &str, id: &Value, method: &str, params: &Value) -> Vec<u8> {
+    let besu = !method.starts_with("istanbul_");
+    match method {
+        "istanbul_getValidators"
+        | "qbft_getValidatorsByBlockNumber"
+        | "ibft_getValidatorsByBlockNumber" => {
+            if besu && params.get(0).and_then(Value::as_str) != Some("latest") {
+                return error(id, "Invalid params");
+            }
+            result(id, json!(s.validators))
+        }
+        "istanbul_candidates" | "qbft_getPendingVotes" | "ibft_getPendingVotes" => {
+            result(id, json!(s.votes.get(me).cloned().unwrap_or_default()))
+        }
+        "istanbul_propose" | "qbft_proposeValidatorVote" | "ibft_proposeValidatorVote" => {
+            let (Some(cand), Some(auth)) = (
+                address_arg(params.get(0)),
+                params.get(1).and_then(Value::as_bool),
+            ) else {
+                return error(id, "Invalid params");
+            };
+            s.votes.entry(me.to_owned()).or_default().insert(cand, auth);
+            tally(s);
+            result(id, if besu { json!(true) } else { Value::Null })
+        }
+        "istanbul_discard" | "qbft_discardValidatorVote" | "ibft_discardValidatorVote" => {
+            let Some(cand) = address_arg(params.get(0)) else {
+                return error(id, "Invalid params");
+            };
+            if let Some(v) = s.votes.get_mut(me) {
+                v.remove(&cand);
+            }
+            result(id, if besu { json!(true) } else { Value::Null })
+        }
+        _ => error(
+            id,
+            &format!("the method {method} does not exist/is not available"),
+        ),
     }
 }

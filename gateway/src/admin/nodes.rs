@@ -438,24 +438,28 @@ pub(super) async fn chain_status(
 ) -> Result<Response<pb::ChainStatusResponse>, Status> {
     let rpc = on_store(&svc.store, move |s| s.local_rpc()).await?;
     let me = svc.membership.me().org.clone();
+    let consensus = svc.config.consensus;
     let nodes = svc.membership.read(|v| {
         rpc.iter()
             .filter_map(|(name, url)| {
                 let url = url.parse().ok()?;
-                let enode_id = v
-                    .node(&me, name)
-                    .and_then(|n| n.node.enode_id)
-                    .map(|id| id.to_string());
+                let node = v.node(&me, name).map(|n| n.node);
+                let enode_id = node.as_ref().and_then(|n| n.enode_id);
+                let validator = node.as_ref().and_then(|n| {
+                    let dialect = crate::chain::validators::Dialect::of(n.client, consensus)?;
+                    Some((dialect, n.enode_id.as_ref()?.address()))
+                });
                 Some(crate::chain::status::LocalNode {
                     name: name.clone(),
                     url,
-                    enode_id,
+                    enode_id: enode_id.map(|id| id.to_string()),
+                    validator,
                 })
             })
             .collect()
     });
     let status =
-        crate::chain::status::read(svc.config.consensus, nodes, &svc.chain, &svc.metrics).await;
+        crate::chain::status::read(consensus, nodes, &svc.chain, &svc.votes, &svc.metrics).await;
     Ok(Response::new(status))
 }
 

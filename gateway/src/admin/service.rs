@@ -27,4 +27,6 @@ pub struct AdminService {
     pub metrics: crate::metrics::Metrics,
     /// The raft keeper's state.
     pub chain: crate::chain::keeper::KeeperHandle,
+    /// The validator vote keeper's state.
+    pub votes: crate::chain::validators::VotesHandle,
 }

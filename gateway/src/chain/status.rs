@@ -1,5 +1,7 @@
 //! `fedgw chain status`: the chain as this site sees it, read live from each local node's RPC
-//! endpoint, with the raft keeper's pending changes ([`super::keeper::KeeperHandle`]).
+//! endpoint, with the raft keeper's pending changes ([`super::keeper::KeeperHandle`]) and, for
+//! QBFT/IBFT, the open validator proposals with this site's votes
+//! ([`super::validators::VotesHandle`]).
 
 use std::time::Duration;
 
@@ -8,6 +10,7 @@ use tokio::time::Instant;
 
 use super::keeper::{self, KeeperHandle};
 use super::rpc::{RpcError, RpcUrl};
+use super::validators::{Dialect, VotesHandle};
 use crate::config::Consensus;
 use crate::metrics::Metrics;
 
@@ -23,6 +26,8 @@ pub struct LocalNode {
     pub url: RpcUrl,
     /// Its enode id, to find its raft id in `raft_cluster`.
     pub enode_id: Option<String>,
+    /// QBFT/IBFT: how to read its validator set, and its address.
+    pub validator: Option<(Dialect, fedgw_proto::enode::Address)>,
 }
 
 fn first_error(errors: &[&Result<(), &RpcError>]) -> String {
@@ -42,6 +47,15 @@ async fn node_status(node: LocalNode, raft: bool, metrics: Metrics) -> pb::Chain
     } else {
         (None, None)
     };
+    let set = match node.validator {
+        Some((dialect, _)) => Some(dialect.validators(&c).await),
+        None => None,
+    };
+    let validator = match (&set, node.validator) {
+        (Some(Ok(set)), Some((_, a))) if set.contains(&a) => "yes",
+        (Some(Ok(_)), Some(_)) => "no",
+        _ => "",
+    };
     if let Ok(h) = &height {
         metrics.set_chain_block_height(&node.name, *h);
     }
@@ -57,6 +71,7 @@ async fn node_status(node: LocalNode, raft: bool, metrics: Metrics) -> pb::Chain
         &peers.as_ref().map(|_| ()),
         &role.as_ref().map_or(Ok(()), |r| r.as_ref().map(|_| ())),
         &cluster.as_ref().map_or(Ok(()), |r| r.as_ref().map(|_| ())),
+        &set.as_ref().map_or(Ok(()), |r| r.as_ref().map(|_| ())),
     ]);
     pb::ChainNodeStatus {
         name: node.name,
@@ -66,6 +81,10 @@ async fn node_status(node: LocalNode, raft: bool, metrics: Metrics) -> pb::Chain
         block_number: height.unwrap_or(0),
         peer_count: peers.unwrap_or(0),
         error,
+        validator: validator.to_owned(),
+        address: node
+            .validator
+            .map_or_else(String::new, |(_, a)| a.to_string()),
     }
 }
 
@@ -75,6 +94,7 @@ pub async fn read(
     consensus: Consensus,
     nodes: Vec<LocalNode>,
     handle: &KeeperHandle,
+    votes: &VotesHandle,
     metrics: &Metrics,
 ) -> pb::ChainStatusResponse {
     let raft = consensus == Consensus::Raft;
@@ -106,5 +126,38 @@ pub async fn read(
         adders: snap.adders,
         acting: snap.acting,
         last_error: snap.last_error.unwrap_or_default(),
+        proposals: proposal_status(&votes.snapshot()),
     }
+}
+
+/// The open proposals with their progress at this site.
+fn proposal_status(snap: &super::validators::Snapshot) -> Vec<pb::ValidatorProposalStatus> {
+    snap.proposals
+        .iter()
+        .map(|p| {
+            let progress = if snap.applied.contains(&p.node) {
+                "applied"
+            } else if p.approved() {
+                "voting"
+            } else {
+                "waiting for approvals"
+            };
+            pb::ValidatorProposalStatus {
+                node: p.node.to_string(),
+                address: p.address.to_string(),
+                add: p.add,
+                proposer: p.proposer.clone(),
+                seq: p.seq,
+                approvals: p.approvals.clone(),
+                needed: u32::try_from(p.needed).unwrap_or(u32::MAX),
+                progress: progress.to_owned(),
+                voted_by: snap
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| n.pending.get(&p.address) == Some(&p.add))
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+            }
+        })
+        .collect()
 }

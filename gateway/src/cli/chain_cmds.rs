@@ -1,5 +1,6 @@
-//! `fedgw chain status` and `fedgw render raft-join NODE`: the chain behind the gateways as the
-//! running gateway sees it.
+//! `fedgw chain status`, `fedgw chain validator add|remove|withdraw ORG/NODE`, `fedgw chain
+//! approve ORG/NODE` and `fedgw render raft-join NODE`: the chain behind the gateways as the
+//! running gateway sees it, and the QBFT/IBFT validator proposals it takes part in.
 
 use clap::Subcommand;
 use fedgw_proto::v1 as pb;
@@ -20,13 +21,123 @@ pub enum ChainCommand {
         #[arg(long)]
         json: bool,
     },
+    /// QBFT/IBFT: propose adding a node to the validator set, or removing it, or withdraw the
+    /// proposal. Once enough member orgs approve it (the admission policy), every site's
+    /// validator nodes vote for the change.
+    Validator {
+        #[command(subcommand)]
+        command: ValidatorCommand,
+    },
+    /// QBFT/IBFT: this org's approval of the open validator proposal about ORG/NODE.
+    Approve {
+        /// The node, ORG/NODE (or NODE of this org).
+        node: String,
+        #[command(flatten)]
+        dir: AdminDirArg,
+    },
+}
+
+/// `fedgw chain validator ...`.
+#[derive(Debug, Subcommand)]
+pub enum ValidatorCommand {
+    /// Proposes making ORG/NODE a validator (this org's proposal counts as its approval).
+    Add {
+        /// The node, ORG/NODE (or NODE of this org).
+        node: String,
+        #[command(flatten)]
+        dir: AdminDirArg,
+    },
+    /// Proposes removing ORG/NODE from the validator set.
+    Remove {
+        /// The node, ORG/NODE (or NODE of this org).
+        node: String,
+        #[command(flatten)]
+        dir: AdminDirArg,
+    },
+    /// Withdraws the open proposal about ORG/NODE; the sites discard the votes their nodes hold.
+    Withdraw {
+        /// The node, ORG/NODE (or NODE of this org).
+        node: String,
+        #[command(flatten)]
+        dir: AdminDirArg,
+    },
 }
 
 /// Runs a `fedgw chain` command.
 pub async fn chain(command: ChainCommand) -> Result<(), CliError> {
     match command {
         ChainCommand::Status { dir, json } => status(dir, json).await,
+        ChainCommand::Approve { node, dir } => approve(&node, &dir).await,
+        ChainCommand::Validator { command } => match command {
+            ValidatorCommand::Add { node, dir } => propose(&node, true, &dir).await,
+            ValidatorCommand::Remove { node, dir } => propose(&node, false, &dir).await,
+            ValidatorCommand::Withdraw { node, dir } => withdraw(&node, &dir).await,
+        },
     }
+}
+
+/// `ORG/NODE`, or `NODE` of this gateway's org (read from its config).
+fn node_arg(node: &str, args: &AdminDirArg) -> Result<(String, String), CliError> {
+    if let Some((org, name)) = node.split_once('/') {
+        return Ok((org.to_owned(), name.to_owned()));
+    }
+    let dir = DataDir::new(args.data_dir.clone());
+    let config =
+        crate::config::Config::load(&dir.config()).map_err(|e| CliError::new(exit::USAGE, e))?;
+    Ok((config.org, node.to_owned()))
+}
+
+async fn propose(node: &str, add: bool, dir: &AdminDirArg) -> Result<(), CliError> {
+    let (org, name) = node_arg(node, dir)?;
+    let mut admin = connect(dir).await?;
+    let r = admin_call!(
+        admin,
+        propose_validator(pb::ProposeValidatorRequest {
+            org: org.clone(),
+            name: name.clone(),
+            add,
+        })
+    );
+    let what = if add { "add" } else { "remove" };
+    outln!(
+        "proposed to {what} {org}/{name} as a validator (proposal {}); it needs {} approval(s): \
+         each member org runs `fedgw chain approve {org}/{name}`",
+        r.seq,
+        r.needed
+    )?;
+    Ok(())
+}
+
+async fn approve(node: &str, dir: &AdminDirArg) -> Result<(), CliError> {
+    let (org, name) = node_arg(node, dir)?;
+    let mut admin = connect(dir).await?;
+    let r = admin_call!(
+        admin,
+        approve_validator(pb::ApproveValidatorRequest {
+            org: org.clone(),
+            name: name.clone(),
+        })
+    );
+    outln!(
+        "approved the validator proposal about {org}/{name}: {} of {} approval(s)",
+        r.approvals,
+        r.needed
+    )?;
+    Ok(())
+}
+
+async fn withdraw(node: &str, dir: &AdminDirArg) -> Result<(), CliError> {
+    let (org, name) = node_arg(node, dir)?;
+    let mut admin = connect(dir).await?;
+    admin_call!(
+        admin,
+        withdraw_validator(pb::WithdrawValidatorRequest {
+            org: org.clone(),
+            name: name.clone(),
+        })
+    );
+    outln!("withdrew the validator proposal about {org}/{name}")?;
+    Ok(())
 }
 
 fn status_json(s: &pb::ChainStatusResponse) -> serde_json::Value {
@@ -38,6 +149,12 @@ fn status_json(s: &pb::ChainStatusResponse) -> serde_json::Value {
         "nodes": s.nodes.iter().map(|n| serde_json::json!({
             "name": n.name, "rpc": n.rpc_url, "raft_role": n.raft_role, "raft_id": n.raft_id,
             "block_number": n.block_number, "peer_count": n.peer_count, "error": n.error,
+            "validator": n.validator, "address": n.address,
+        })).collect::<Vec<_>>(),
+        "proposals": s.proposals.iter().map(|p| serde_json::json!({
+            "node": p.node, "address": p.address, "add": p.add, "proposer": p.proposer,
+            "seq": p.seq, "approvals": p.approvals, "needed": p.needed, "progress": p.progress,
+            "voted_by": p.voted_by,
         })).collect::<Vec<_>>(),
         "pending": s.pending.iter().map(|p| serde_json::json!({
             "node": p.node, "action": p.action, "last_error": p.last_error,
@@ -73,8 +190,29 @@ fn status_text(s: &pb::ChainStatusResponse) -> String {
             line.push_str(&format!(" raft id {}", n.raft_id));
         }
         line.push_str(&format!(" block {} peers {}", n.block_number, n.peer_count));
+        if !n.validator.is_empty() {
+            line.push_str(&format!(" validator: {} ({})", n.validator, n.address));
+        }
         if !n.error.is_empty() {
             line.push_str(&format!(" error: {}", n.error));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    for p in &s.proposals {
+        let what = if p.add { "add" } else { "remove" };
+        let mut line = format!(
+            "validator {what} {} {} by {}: {} of {} approval(s) ({}), {}",
+            p.node,
+            p.address,
+            p.proposer,
+            p.approvals.len(),
+            p.needed,
+            p.approvals.join(", "),
+            p.progress
+        );
+        if !p.voted_by.is_empty() {
+            line.push_str(&format!("; voted here by {}", p.voted_by.join(", ")));
         }
         out.push_str(&line);
         out.push('\n');
@@ -154,7 +292,7 @@ mod tests {
                     raft_id: 1,
                     block_number: 42,
                     peer_count: 3,
-                    error: String::new(),
+                    ..Default::default()
                 },
                 pb::ChainNodeStatus {
                     name: "n2".into(),
@@ -173,6 +311,7 @@ mod tests {
             adders: vec!["org1/a".into(), "org2/b".into()],
             acting: true,
             last_error: String::new(),
+            proposals: Vec::new(),
         };
         assert_eq!(
             status_text(&s),
@@ -185,5 +324,42 @@ mod tests {
         let j = status_json(&s);
         assert_eq!(j["pending"][0]["failures"], 2);
         assert_eq!(j["nodes"][1]["error"], "cannot connect to the RPC endpoint");
+    }
+
+    #[test]
+    fn status_text_shows_validators_and_proposals() {
+        let s = pb::ChainStatusResponse {
+            consensus: "qbft".into(),
+            nodes: vec![pb::ChainNodeStatus {
+                name: "v1".into(),
+                rpc_url: "http://10.0.0.1:8545/".into(),
+                block_number: 9,
+                peer_count: 2,
+                validator: "yes".into(),
+                address: "0x93917cadbace5dfce132b991732c6cda9bcc5b8a".into(),
+                ..Default::default()
+            }],
+            proposals: vec![pb::ValidatorProposalStatus {
+                node: "org3/v9".into(),
+                address: "0x27a97c9aaf04f18f3014c32e036dd0ac76da5f18".into(),
+                add: true,
+                proposer: "org3".into(),
+                seq: 5,
+                approvals: vec!["org1".into(), "org3".into()],
+                needed: 2,
+                progress: "voting".into(),
+                voted_by: vec!["v1".into()],
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            status_text(&s),
+            "consensus: qbft\n\
+             v1 http://10.0.0.1:8545/ block 9 peers 2 validator: yes (0x93917cadbace5dfce132b991732c6cda9bcc5b8a)\n\
+             validator add org3/v9 0x27a97c9aaf04f18f3014c32e036dd0ac76da5f18 by org3: 2 of 2 approval(s) (org1, org3), voting; voted here by v1\n"
+        );
+        let j = status_json(&s);
+        assert_eq!(j["proposals"][0]["progress"], "voting");
+        assert_eq!(j["nodes"][0]["validator"], "yes");
     }
 }

@@ -9,9 +9,12 @@
 //! | node        | `node/<org>/<node>`          | `<org>`'s CA         |
 //! | vote        | `vote/<voter>/<candidate>`   | `<voter>`'s CA       |
 //! | raft        | `raft/<org>/<node>`          | any member's CA      |
+//! | validator   | `validator/<org>/<node>`     | any member's CA      |
+//! | validator-vote | `validator-vote/<voter>/<org>.<node>` | `<voter>`'s CA |
 //!
-//! A tombstone replaces a gateway, node, vote or raft record (same key, higher seq) and is signed
-//! like the record it deletes. Member and revocation records are never deleted. A raft record is
+//! A tombstone replaces a gateway, node, vote, raft, validator or validator-vote record (same
+//! key, higher seq) and is signed like the record it deletes. A validator proposal is, like a
+//! raft record, signed by another org than the node's: the proposing org. Member and revocation records are never deleted. A raft record is
 //! the one kind an org signs about another org's node: the site that added the node to the raft
 //! cluster publishes its raft id; the view checks that the signer is a member and that the node
 //! exists with that enode id.
@@ -49,6 +52,10 @@ pub enum Kind {
     Vote,
     /// A node's raft id, published by the site that added it to the raft cluster.
     Raft,
+    /// An open proposal to add a node to, or remove it from, the QBFT/IBFT validator set.
+    Validator,
+    /// An org's approval of a validator proposal.
+    ValidatorVote,
 }
 
 impl Kind {
@@ -61,6 +68,8 @@ impl Kind {
             Kind::Node => "node",
             Kind::Vote => "vote",
             Kind::Raft => "raft",
+            Kind::Validator => "validator",
+            Kind::ValidatorVote => "validator-vote",
         }
     }
 
@@ -72,11 +81,14 @@ impl Kind {
             "node" => Kind::Node,
             "vote" => Kind::Vote,
             "raft" => Kind::Raft,
+            "validator" => Kind::Validator,
+            "validator-vote" => Kind::ValidatorVote,
             _ => return None,
         })
     }
 
-    fn from_pb(k: i32) -> Option<Self> {
+    /// From the wire enum value; `None` for unspecified or unknown values.
+    pub fn from_pb(k: i32) -> Option<Self> {
         Some(match pb::RecordKind::try_from(k).ok()? {
             pb::RecordKind::Member => Kind::Member,
             pb::RecordKind::Revocation => Kind::Revocation,
@@ -84,6 +96,8 @@ impl Kind {
             pb::RecordKind::Node => Kind::Node,
             pb::RecordKind::Vote => Kind::Vote,
             pb::RecordKind::Raft => Kind::Raft,
+            pb::RecordKind::Validator => Kind::Validator,
+            pb::RecordKind::ValidatorVote => Kind::ValidatorVote,
             pb::RecordKind::Unspecified => return None,
         })
     }
@@ -97,6 +111,8 @@ impl Kind {
             Kind::Node => pb::RecordKind::Node,
             Kind::Vote => pb::RecordKind::Vote,
             Kind::Raft => pb::RecordKind::Raft,
+            Kind::Validator => pb::RecordKind::Validator,
+            Kind::ValidatorVote => pb::RecordKind::ValidatorVote,
         }
     }
 
@@ -115,6 +131,8 @@ impl Kind {
             Kind::Node => 4,
             // after the node it names
             Kind::Raft => 5,
+            Kind::Validator => 6,
+            Kind::ValidatorVote => 7,
         }
     }
 }
@@ -162,6 +180,10 @@ pub enum Body {
     Vote(pb::VoteRecord),
     /// See [`pb::RaftRecord`].
     Raft(pb::RaftRecord),
+    /// See [`pb::ValidatorProposal`].
+    Validator(pb::ValidatorProposal),
+    /// See [`pb::ValidatorVote`].
+    ValidatorVote(pb::ValidatorVote),
     /// The record was deleted.
     Tombstone,
 }
@@ -335,6 +357,20 @@ fn check_body(rec: &pb::RecordBody, domain: &str) -> Result<(RecordKey, Body), R
             }
             (Kind::Raft, Body::Raft(r.clone()))
         }
+        B::Validator(p) => {
+            if p.enode_id.len() != 64 {
+                return Err(invalid("enode id must be 64 bytes"));
+            }
+            (Kind::Validator, Body::Validator(p.clone()))
+        }
+        B::ValidatorVote(v) => {
+            if v.proposal_seq == 0 {
+                return Err(invalid(
+                    "a validator vote names the proposal's positive seq",
+                ));
+            }
+            (Kind::ValidatorVote, Body::ValidatorVote(*v))
+        }
         B::Tombstone(t) => {
             let kind = Kind::from_pb(t.kind).ok_or_else(|| invalid("tombstone of unknown kind"))?;
             if kind.root_only() {
@@ -347,6 +383,12 @@ fn check_body(rec: &pb::RecordBody, domain: &str) -> Result<(RecordKey, Body), R
         if !rec.name.is_empty() {
             return Err(invalid("member and revocation records have no name"));
         }
+    } else if kind == Kind::ValidatorVote {
+        // `<node org>.<node name>`: the node whose proposal the vote approves
+        let (org, node) = split_node_name(&rec.name)
+            .ok_or_else(|| invalid("a validator vote's name is <org>.<node>"))?;
+        validate_label("org", org).map_err(|e| invalid(e.to_string()))?;
+        validate_label("name", node).map_err(|e| invalid(e.to_string()))?;
     } else {
         validate_label("name", &rec.name).map_err(|e| invalid(e.to_string()))?;
     }
@@ -358,6 +400,12 @@ fn check_body(rec: &pb::RecordBody, domain: &str) -> Result<(RecordKey, Body), R
         },
         body,
     ))
+}
+
+/// Splits a validator vote's name, `<node org>.<node name>`, at its only dot.
+pub fn split_node_name(name: &str) -> Option<(&str, &str)> {
+    let (org, node) = name.split_once('.')?;
+    (!node.contains('.')).then_some((org, node))
 }
 
 fn check_member(m: &pb::MemberRecord, org: &str, domain: &str) -> Result<(), Reject> {
@@ -408,7 +456,8 @@ fn authorise(key: &RecordKey, body: &Body, signer: &Signer) -> Result<(), Reject
         (false, Signer::Org(o)) if *o == key.org => Ok(()),
         // whichever member added the node to the raft cluster signs its id; the view checks
         // that the signer is an unrevoked member
-        (false, Signer::Org(_)) if key.kind == Kind::Raft => Ok(()),
+        // likewise the org that proposes a validator change, or deletes a proposal once done
+        (false, Signer::Org(_)) if matches!(key.kind, Kind::Raft | Kind::Validator) => Ok(()),
         (false, Signer::Org(o)) => Err(Reject::Unauthorised(format!(
             "{o} may not sign records about {}",
             key.org

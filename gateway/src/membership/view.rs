@@ -84,6 +84,21 @@ impl NodeView {
     }
 }
 
+/// An open validator proposal as the view reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProposalView {
+    /// The node the proposal is about.
+    pub node: fedgw_certs::ids::NodeKey,
+    /// The proposal's seq (approvals name it).
+    pub seq: u64,
+    /// `true`: add the node to the validator set; `false`: remove it.
+    pub add: bool,
+    /// The node's 64-byte enode id.
+    pub enode_id: Vec<u8>,
+    /// The proposing org (the signer).
+    pub proposer: String,
+}
+
 /// The membership view.
 #[derive(Debug, Default, Clone)]
 pub struct View {
@@ -146,7 +161,12 @@ impl View {
                 }
             }
             Kind::Revocation => {}
-            Kind::Gateway | Kind::Node | Kind::Vote | Kind::Raft => {
+            Kind::Gateway
+            | Kind::Node
+            | Kind::Vote
+            | Kind::Raft
+            | Kind::Validator
+            | Kind::ValidatorVote => {
                 if self.revoked.contains(&v.key.org) {
                     return Verdict::Reject(Reject::Revoked(v.key.org.clone()));
                 }
@@ -155,8 +175,8 @@ impl View {
                 }
             }
         }
-        if v.key.kind == Kind::Raft {
-            // signed by whichever member added the node: that org must be one now
+        if matches!(v.key.kind, Kind::Raft | Kind::Validator) {
+            // signed by whichever member added (or proposed) the node: that org must be one now
             if let Signer::Org(o) = &v.signer {
                 if self.revoked.contains(o) {
                     return Verdict::Reject(Reject::Revoked(o.clone()));
@@ -188,8 +208,10 @@ impl View {
     /// remove, and a gateway that catches up receives the tombstone before the raft record, so
     /// refusing it there would leave two views that never agree.
     fn raft_node_check(&self, v: &Verified) -> Option<Reject> {
-        let Body::Raft(r) = &v.body else {
-            return None;
+        let enode_id = match &v.body {
+            Body::Raft(r) => &r.enode_id,
+            Body::Validator(p) => &p.enode_id,
+            _ => return None,
         };
         let node = RecordKey {
             kind: Kind::Node,
@@ -199,7 +221,7 @@ impl View {
         match self.records.get(&node).map(|e| &e.body) {
             Some(Body::Node(n))
                 if n.enode_id.as_ref().map(|e| e.as_bytes().as_slice())
-                    == Some(r.enode_id.as_slice()) =>
+                    == Some(enode_id.as_slice()) =>
             {
                 None
             }
@@ -270,7 +292,7 @@ impl View {
             .iter()
             .filter(|(k, e)| {
                 (k.org == org && !k.kind.root_only())
-                    || (k.kind == Kind::Raft && e.signer == signer)
+                    || (matches!(k.kind, Kind::Raft | Kind::Validator) && e.signer == signer)
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -451,6 +473,40 @@ impl View {
                 )),
                 _ => None,
             })
+            .collect()
+    }
+
+    /// Open validator proposals about active members' nodes, sorted by node.
+    pub fn validator_proposals(&self) -> Vec<ProposalView> {
+        self.of_kind(Kind::Validator)
+            .filter(|(k, _)| self.is_member(&k.org))
+            .filter_map(|(k, e)| match (&e.body, &e.signer) {
+                (Body::Validator(p), Signer::Org(by)) => Some(ProposalView {
+                    node: fedgw_certs::ids::NodeKey::new(&k.org, &k.name),
+                    seq: e.seq,
+                    add: p.add,
+                    enode_id: p.enode_id.clone(),
+                    proposer: by.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Active members whose vote approves the proposal about `node` at `proposal_seq`, sorted.
+    pub fn validator_approvals(
+        &self,
+        node: &fedgw_certs::ids::NodeKey,
+        proposal_seq: u64,
+    ) -> Vec<String> {
+        let name = format!("{}.{}", node.org, node.name);
+        self.of_kind(Kind::ValidatorVote)
+            .filter(|(k, e)| {
+                k.name == name
+                    && self.is_member(&k.org)
+                    && matches!(&e.body, Body::ValidatorVote(v) if v.proposal_seq == proposal_seq)
+            })
+            .map(|(k, _)| k.org.clone())
             .collect()
     }
 

@@ -10,8 +10,13 @@ fn nodes(dir: &Path) -> serde_json::Value {
     json(dir, "nodes")
 }
 
+/// The nodes `fedgw nodes --json` lists in `dir`.
+pub(crate) fn nodes_of(dir: &Path) -> Vec<serde_json::Value> {
+    nodes(dir).as_array().cloned().unwrap_or_default()
+}
+
 /// Founds consortium `acme` (domain `acme.test`) as org1 in `a`, with `extra` init flags.
-fn init_org1(a: &Path, extra: &[&str]) {
+pub(crate) fn init_org1(a: &Path, extra: &[&str]) {
     let da = s(a);
     let mut init = vec![
         "init",
@@ -134,7 +139,7 @@ fn consensus_reaches_the_joiner_and_rpc_endpoints_stay_home() {
 }
 
 /// `fedgw node add NAME ARGS` (or `node rm NAME`) in `dir`, which must succeed.
-fn node(dir: &Path, args: &[&str]) {
+pub(crate) fn node(dir: &Path, args: &[&str]) {
     let d = s(dir);
     let mut all = vec!["node"];
     all.extend(args);
@@ -147,7 +152,7 @@ fn node(dir: &Path, args: &[&str]) {
 }
 
 /// The value of the metric line starting with `series` at the gateway, 0 when absent.
-fn metric(gw: &fedgw_tests::Gateway, series: &str) -> u64 {
+pub(crate) fn metric(gw: &fedgw_tests::Gateway, series: &str) -> u64 {
     let (_, body) = fedgw_tests::http_get(&gw.metrics(), "/metrics").expect("metrics");
     body.lines()
         .find_map(|l| l.strip_prefix(series))
@@ -340,7 +345,7 @@ fn raft_id_of(dir: &Path, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn chain_status(dir: &Path) -> serde_json::Value {
+pub(crate) fn chain_status(dir: &Path) -> serde_json::Value {
     let run = fedgw()
         .run(["chain", "status", "--json", "--data-dir", &s(dir)])
         .expect("spawn")

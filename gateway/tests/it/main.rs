@@ -24,3 +24,4 @@ mod processes;
 mod services;
 mod tunnel;
 mod upgrade;
+mod validators;

@@ -269,9 +269,16 @@ async fn an_endpoint_down_is_retried_with_backoff_and_the_error_shows_meanwhile(
         name: "n0".into(),
         url: fake.url().parse().expect("url"),
         enode_id: Some(nodes[0].enode_id.clone()),
+        validator: None,
     }];
-    let status =
-        crate::chain::status::read(Consensus::Raft, local.clone(), &handle, &Metrics::new()).await;
+    let status = crate::chain::status::read(
+        Consensus::Raft,
+        local.clone(),
+        &handle,
+        &Default::default(),
+        &Metrics::new(),
+    )
+    .await;
     assert_eq!(status.last_error, err);
     assert!(!status.nodes[0].error.is_empty());
     fake.set_down(false);
@@ -310,7 +317,14 @@ async fn an_endpoint_down_is_retried_with_backoff_and_the_error_shows_meanwhile(
             .is_some_and(|e| e.contains("raft not ready")),
         "{p:?}"
     );
-    let status = crate::chain::status::read(Consensus::Raft, local, &handle, &Metrics::new()).await;
+    let status = crate::chain::status::read(
+        Consensus::Raft,
+        local,
+        &handle,
+        &Default::default(),
+        &Metrics::new(),
+    )
+    .await;
     assert_eq!(status.pending.len(), 1);
     assert!(status.pending[0].last_error.contains("raft not ready"));
     assert_eq!(status.nodes[0].raft_id, 1);

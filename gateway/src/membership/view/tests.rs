@@ -417,3 +417,118 @@ fn a_revoked_orgs_raft_records_leave_the_view() {
         Verdict::Reject(Reject::Revoked("org2".into()))
     );
 }
+
+fn seal_as(
+    pki: &Pki,
+    signer: &str,
+    org: &str,
+    name: &str,
+    seq: u64,
+    body: pb::record_body::Body,
+) -> Vec<u8> {
+    crate::membership::record::seal(pki.signer(signer), org, name, seq, body).expect("seal")
+}
+
+fn proposal(add: bool, enode: u8) -> pb::record_body::Body {
+    pb::record_body::Body::Validator(pb::ValidatorProposal {
+        add,
+        enode_id: vec![enode; 64],
+    })
+}
+
+fn approval(proposal_seq: u64) -> pb::record_body::Body {
+    pb::record_body::Body::ValidatorVote(pb::ValidatorVote { proposal_seq })
+}
+
+/// A validator proposal is signed by any member about a node it names (with the node's enode
+/// id); approvals count only from active members naming the proposal's current seq.
+#[test]
+fn validator_proposals_and_their_approvals() {
+    let pki = Pki::new(&["org1", "org2", "org3"]);
+    let mut view = founded(&pki, &["org1", "org2"]);
+    let p = |signer, seq, enode| seal_as(&pki, signer, "org1", "n", seq, proposal(true, enode));
+    assert_eq!(
+        apply(&mut view, &pki, &p("org2", 1, 1)),
+        Verdict::Reject(Reject::UnknownNode)
+    );
+    assert_eq!(
+        apply(&mut view, &pki, &pki.node("org1", "org1", "n", 1, 1)),
+        Verdict::Accept
+    );
+    assert_eq!(
+        apply(&mut view, &pki, &p("org2", 1, 2)),
+        Verdict::Reject(Reject::EnodeMismatch)
+    );
+    assert_eq!(
+        apply(&mut view, &pki, &p("org3", 1, 1)),
+        Verdict::Reject(Reject::NotMember("org3".into()))
+    );
+    assert_eq!(apply(&mut view, &pki, &p("org2", 5, 1)), Verdict::Accept);
+    let open = view.validator_proposals();
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        (open[0].seq, open[0].add, open[0].proposer.as_str()),
+        (5, true, "org2")
+    );
+
+    let node = fedgw_certs::ids::NodeKey::new("org1", "n");
+    let vote = |voter, seq, proposal_seq| {
+        seal_as(&pki, voter, voter, "org1.n", seq, approval(proposal_seq))
+    };
+    assert_eq!(apply(&mut view, &pki, &vote("org1", 1, 5)), Verdict::Accept);
+    // an approval of an older proposal does not count
+    assert_eq!(apply(&mut view, &pki, &vote("org2", 1, 4)), Verdict::Accept);
+    assert_eq!(view.validator_approvals(&node, 5), vec!["org1".to_owned()]);
+    // a vote signed by another org than its own, a name that is not <org>.<node>, seq 0
+    let forged = seal_as(&pki, "org2", "org1", "org1.n", 2, approval(5));
+    assert!(matches!(pki.verify(&forged), Err(Reject::Unauthorised(_))));
+    for name in ["n", "org1.n.x", "org1.", "Org1.n"] {
+        let bad = seal_as(&pki, "org1", "org1", name, 3, approval(5));
+        assert!(
+            matches!(pki.verify(&bad), Err(Reject::Invalid(_))),
+            "{name}"
+        );
+    }
+    let zero = seal_as(&pki, "org1", "org1", "org1.n", 3, approval(0));
+    assert!(matches!(pki.verify(&zero), Err(Reject::Invalid(_))));
+
+    // a tombstone by any member closes it
+    let close = seal_as(
+        &pki,
+        "org1",
+        "org1",
+        "n",
+        6,
+        pb::record_body::Body::Tombstone(pb::TombstoneRecord {
+            kind: pb::RecordKind::Validator.into(),
+        }),
+    );
+    assert_eq!(apply(&mut view, &pki, &close), Verdict::Accept);
+    assert!(view.validator_proposals().is_empty());
+}
+
+/// A revoked org's proposals (those it signed) and approvals leave the view.
+#[test]
+fn a_revoked_orgs_validator_records_leave_the_view() {
+    let pki = Pki::new(&["org1", "org2"]);
+    let mut view = founded(&pki, &["org1", "org2"]);
+    assert_eq!(
+        apply(&mut view, &pki, &pki.node("org1", "org1", "n", 1, 1)),
+        Verdict::Accept
+    );
+    let p = seal_as(&pki, "org2", "org1", "n", 2, proposal(false, 1));
+    assert_eq!(apply(&mut view, &pki, &p), Verdict::Accept);
+    let v = seal_as(&pki, "org2", "org2", "org1.n", 2, approval(2));
+    assert_eq!(apply(&mut view, &pki, &v), Verdict::Accept);
+    let revoke = crate::membership::record::seal(
+        &pki.root_signer,
+        "org2",
+        "",
+        3,
+        pb::record_body::Body::Revocation(pb::RevocationRecord { reason: "x".into() }),
+    )
+    .expect("seal");
+    assert_eq!(apply(&mut view, &pki, &revoke), Verdict::Accept);
+    assert!(view.validator_proposals().is_empty());
+    assert_eq!(view.take_dropped().len(), 2);
+}
