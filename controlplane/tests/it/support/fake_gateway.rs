@@ -238,6 +238,27 @@ impl pb::admin_server::Admin for FakeAdmin {
     ) -> Result<Response<pb::ChainStatusResponse>, Status> {
         Err(Status::unimplemented("not faked"))
     }
+
+    async fn propose_validator(
+        &self,
+        _: Request<pb::ProposeValidatorRequest>,
+    ) -> Result<Response<pb::ProposeValidatorResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn approve_validator(
+        &self,
+        _: Request<pb::ApproveValidatorRequest>,
+    ) -> Result<Response<pb::ApproveValidatorResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn withdraw_validator(
+        &self,
+        _: Request<pb::WithdrawValidatorRequest>,
+    ) -> Result<Response<pb::WithdrawValidatorResponse>, Status> {
+        unimplemented()
+    }
 }
 
 /// A stream fed by a task through a bounded channel.
