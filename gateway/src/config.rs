@@ -513,6 +513,7 @@ mod tests {
             dns_tcp_max_connections: default_dns_tcp_total(),
             port: Default::default(),
             peering: Default::default(),
+            console: Default::default(),
             peers: vec![],
         }
     }

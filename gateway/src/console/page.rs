@@ -347,3 +347,85 @@ fn audit(s: &Snapshot) -> String {
 fn or_empty(v: Option<&str>) -> String {
     v.map(escape).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::console::api::{self, Audit, Members, Nodes};
+
+    fn snapshot(audit: Option<Vec<serde_json::Value>>) -> Snapshot {
+        let topology = api::Topology {
+            org: "org1".into(),
+            site: "dc1".into(),
+            digest: "ab".into(),
+            records: 1,
+            orgs: vec![api::TopologyOrg {
+                org: "<org1>".into(),
+                status: "active".into(),
+                sites: vec![api::TopologySite {
+                    id: "org1/dc1".into(),
+                    site: "dc1".into(),
+                    advertise: vec![],
+                    outbound_only: true,
+                    here: true,
+                }],
+            }],
+            links: vec![],
+        };
+        Snapshot {
+            topology,
+            members: Members {
+                consensus: "none".into(),
+                members: vec![],
+                pending: vec![],
+                revoked: vec!["org9".into()],
+            },
+            nodes: Nodes { nodes: vec![] },
+            audit: Audit {
+                available: audit.is_some(),
+                org: None,
+                kind: None,
+                entries: audit.unwrap_or_default(),
+            },
+        }
+    }
+
+    #[test]
+    fn the_page_escapes_names_and_marks_outbound_only_sites() {
+        let page = render(&snapshot(None));
+        assert!(page.contains("&lt;org1&gt;"));
+        assert!(!page.contains("<org1>"));
+        assert!(page.contains("class=\"site outbound here\""));
+        assert!(page.contains("outbound only"));
+        assert!(page.contains("no audit trail"));
+        assert!(page.contains("org9"));
+        assert!(!page.contains("{{"), "a placeholder is left");
+    }
+
+    #[test]
+    fn audit_entries_show_their_fields() {
+        let entry = serde_json::json!({"at": "2026-12-07T19:00:00Z", "org": "org2", "kind": "node", "summary": "<b>added</b>"});
+        let page = render(&snapshot(Some(vec![entry])));
+        assert!(!page.contains("no audit trail"));
+        assert!(page.contains("<tr class=\"audit\"><td>2026-12-07T19:00:00Z</td><td>org2</td><td>node</td><td>&lt;b&gt;added&lt;/b&gt;</td></tr>"));
+    }
+
+    #[test]
+    fn a_link_label_names_transport_and_rtt() {
+        let mut l = api::Link {
+            a: "a/x".into(),
+            b: "b/x".into(),
+            state: LinkState::Up,
+            transport: Some("quic".into()),
+            rtt_ms: Some(0.42),
+            sync: None,
+        };
+        assert_eq!(link_label(&l), "quic 0.4 ms");
+        l.rtt_ms = None;
+        l.transport = Some("tcp".into());
+        assert_eq!(link_label(&l), "tcp");
+        l.transport = None;
+        l.state = LinkState::Idle;
+        assert_eq!(link_label(&l), "idle");
+    }
+}
