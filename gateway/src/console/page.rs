@@ -70,7 +70,7 @@ const ORG_HEAD: f64 = 24.0;
 /// line per pair of sites coloured by state and labelled with transport and RTT.
 fn topology_svg(t: &Topology) -> String {
     let n = t.orgs.len().max(1);
-    let radius = if n == 1 { 0.0 } else { 150.0 + 30.0 * n as f64 };
+    let radius = if n == 1 { 0.0 } else { 90.0 + 40.0 * n as f64 };
     let tallest = t
         .orgs
         .iter()
