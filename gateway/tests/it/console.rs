@@ -364,7 +364,8 @@ async fn headless_chromium_renders_the_console_of_a_gateway_pair() {
     assert_eq!(dom.matches("<g class=\"link ").count(), 1, "{dom}");
     // (the script holds the row's markup too, so the count is of rendered rows)
     assert_eq!(
-        dom.matches("<tr class=\"node\"><td>org2</td><td>node1</td>").count(),
+        dom.matches("<tr class=\"node\"><td>org2</td><td>node1</td>")
+            .count(),
         1,
         "{dom}"
     );
