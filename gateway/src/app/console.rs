@@ -10,7 +10,7 @@ use fedgw_certs::tls::ReloadableIdentity;
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{RunError, bind_tcp, servers};
 use crate::admin::AdminService;
@@ -90,7 +90,7 @@ pub(super) async fn start(
             token: Some(Arc::from(console::read_token(s.dir.root(), path)?)),
         }
     } else {
-        warn!(
+        info!(
             metrics = %s.metrics,
             "the web console is not served: the metrics address is not loopback; set [console] \
              listen (or --console) or [console] token_file"
