@@ -8,6 +8,13 @@
   var headers = token ? { Authorization: "Bearer " + token } : {};
   var base = location.pathname.replace(/[^/]*$/, "");
   var live = document.getElementById("live");
+  // the audit filter form keeps the token a browser came with
+  var form = document.querySelector("#audit form");
+  if (token && form) {
+    var hidden = document.createElement("input");
+    hidden.type = "hidden"; hidden.name = "token"; hidden.value = token;
+    form.appendChild(hidden);
+  }
 
   function get(path) {
     return fetch(base + path, { headers: headers, cache: "no-store" }).then(function (r) {

@@ -139,6 +139,40 @@ async fn the_console_serves_the_page_and_the_json_documents() {
     fed.stop_all().await;
 }
 
+#[tokio::test]
+async fn the_console_flag_moves_the_console_to_its_own_address() {
+    let mut fed = Fed::found(Admission::Operator).await;
+    fed.gws[0].stop().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = app::start_with(
+        fed.gws[0].dir.clone(),
+        app::RunOptions {
+            console: Some("127.0.0.1:0".parse().expect("address")),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .expect("start with --console");
+    let url = running.info.console.clone().expect("console served");
+    let metrics = running.info.metrics.to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert_ne!(url, format!("http://{metrics}/"));
+    let own = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let members = get_json(&own, "/api/v1/members").await;
+    assert_eq!(members["members"][0]["org"], "org1");
+    // the metrics address no longer serves it, and the console's address serves no metrics
+    assert_eq!(get(&metrics, "/").await.0, 404);
+    assert_eq!(get(&metrics, "/metrics").await.0, 200);
+    assert_eq!(get(&own, "/metrics").await.0, 404);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .expect("drains");
+}
+
 /// curl's HTTP status for `url` (0 when no HTTP answer came, e.g. a refused handshake).
 fn curl(url: &str, args: &[&str]) -> u16 {
     let out = Command::new("curl")
