@@ -27,6 +27,20 @@ mod validators;
 pub use nodes::{MAX_ADD_NODES, node_record, published_tessera_url};
 pub use service::AdminService;
 
+impl AdminService {
+    /// The status report `fedgw status` shows, from what is known now: advertised names are
+    /// shown as last resolved, not resolved again (the console asks every 2 s).
+    pub fn status_now(&self) -> pb::StatusResponse {
+        let mut status = report::status_of(&self.membership, &self.tunnels, &self.metrics);
+        status.advertise = self
+            .advertise
+            .iter()
+            .map(|e| report::advertised(e))
+            .collect();
+        status
+    }
+}
+
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn create_invite(

@@ -31,6 +31,7 @@ use crate::provision::{self, Loaded, ProvisionError};
 use crate::store::{self, Store, StoreError};
 use crate::tunnel::{Transport, TunnelSetup, TunnelTls, Tunnels};
 
+mod console;
 mod servers;
 
 /// How long running tasks get to finish after shutdown is requested.
@@ -85,6 +86,9 @@ pub enum RunError {
     /// The org CA key cannot sign membership records.
     #[error("the record signer")]
     Signer(#[source] fedgw_certs::envelope::EnvelopeError),
+    /// The web console's address or access control is not usable.
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
     /// Writing `run.json` failed.
     #[error("cannot write {0}")]
     RunInfo(std::path::PathBuf, #[source] std::io::Error),
@@ -106,6 +110,10 @@ pub struct RunInfo {
     pub dns: SocketAddr,
     /// Admin socket path.
     pub admin: std::path::PathBuf,
+    /// The web console's URL (`http://` on loopback, `https://` otherwise); `null` when it is
+    /// not served (the metrics address is not loopback and no `[console]` is set).
+    #[serde(default)]
+    pub console: Option<String>,
 }
 
 /// A started gateway.
@@ -244,6 +252,22 @@ pub fn membership_keys(loaded: &Loaded) -> Result<Keys, RunError> {
 /// org's membership (a new pod, a rebuilt store) is filled from the peers first
 /// ([`bootstrap`]); the gateway is ready (`/readyz`, `run.json`) only after that.
 pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running, RunError> {
+    start_with(dir, RunOptions::default(), shutdown).await
+}
+
+/// What `fedgw run` may set over `fedgw.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--console ADDR`: the web console's own address, over `[console] listen`.
+    pub console: Option<SocketAddr>,
+}
+
+/// As [`start`], with command-line overrides.
+pub async fn start_with(
+    dir: DataDir,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<Running, RunError> {
     raise_open_files_limit();
     let loaded = provision::load(&dir)?;
     let Loaded {
@@ -525,9 +549,30 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         chain,
         votes,
     });
+    let console_on_metrics = console::start(
+        console::Setup {
+            dir: &dir,
+            config: &config.console,
+            listen: options.console,
+            metrics: metrics_addr,
+            identity: &identity,
+            org_ca: loaded.org_ca.cert(),
+            admin: admin_service.clone(),
+        },
+        &tracker,
+        &metrics,
+        &shutdown,
+    )
+    .await?;
+    let console_url = console_on_metrics.url.clone();
     let admin = admin::serve(admin_listener, admin_service, shutdown.clone());
     servers::spawn_watched(&tracker, "admin", &metrics, &shutdown, admin);
-    let served = metrics::serve(metrics_listener, metrics.clone(), shutdown.clone());
+    let served = metrics::serve_with(
+        metrics_listener,
+        metrics.clone(),
+        console_on_metrics.router,
+        shutdown.clone(),
+    );
     servers::spawn_watched(&tracker, "metrics", &metrics, &shutdown, served);
     tracker.spawn(dialer::run(
         membership.clone(),
@@ -555,6 +600,7 @@ pub async fn start(dir: DataDir, shutdown: CancellationToken) -> Result<Running,
         metrics: metrics_addr,
         dns: dns_addr,
         admin: dir.admin_socket(),
+        console: console_url,
     };
     if bootstrap::needed(&membership)
         && membership.is_root_holder()

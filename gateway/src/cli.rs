@@ -319,6 +319,11 @@ enum Command {
             value_parser = clap::value_parser!(u16).range(0..=MAX_WORKER_THREADS),
         )]
         worker_threads: u16,
+        /// Serve the web console on its own address, IP:PORT, over `[console] listen`
+        /// [default: at `/` on the metrics address]. A non-loopback address serves HTTPS and
+        /// needs `[console] client_cert` or `[console] token_file`.
+        #[arg(long, value_name = "ADDR")]
+        console: Option<SocketAddr>,
     },
     /// Run stand-in nodes: TCP echo servers (p2p, raft) and Tessera-like `GET /upcheck` HTTP
     /// servers, until SIGINT or SIGTERM.
@@ -616,9 +621,11 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             wait_for_config,
             log_format,
             worker_threads: _,
+            console,
         } => {
             crate::telemetry::init(log_format);
-            run(DataDir::new(dir.data_dir), wait_for_config).await
+            let options = crate::app::RunOptions { console };
+            run(DataDir::new(dir.data_dir), wait_for_config, options).await
         }
         Command::StandIn { echo, http } => dev_cmds::stand_in(echo, http).await,
         Command::Probe {
@@ -726,7 +733,11 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
     }
 }
 
-async fn run(dir: DataDir, wait_for_config: bool) -> Result<(), CliError> {
+async fn run(
+    dir: DataDir,
+    wait_for_config: bool,
+    options: crate::app::RunOptions,
+) -> Result<(), CliError> {
     if wait_for_config && !dir.config().exists() {
         tracing::info!(dir = %dir.root().display(), "waiting for fedgw init or fedgw join");
         let stop = tokio::spawn(wait_for_signal());
@@ -758,7 +769,7 @@ async fn run(dir: DataDir, wait_for_config: bool) -> Result<(), CliError> {
          the peers",
         dir.root().display()
     );
-    let running = crate::app::start(dir, shutdown.clone())
+    let running = crate::app::start_with(dir, options, shutdown.clone())
         .await
         .map_err(|e| {
             use crate::app::RunError;
@@ -766,6 +777,7 @@ async fn run(dir: DataDir, wait_for_config: bool) -> Result<(), CliError> {
             use crate::store::StoreError;
             match e {
                 RunError::Provision(provision::ProvisionError::Config(_))
+                | RunError::Console(_)
                 | RunError::Bootstrap(BootstrapError::NoPeers { .. }) => {
                     CliError::new(exit::USAGE, e)
                 }

@@ -179,6 +179,12 @@ pub struct Config {
     /// Live peering of this site's chain nodes (`[peering]`: reconcile interval).
     #[serde(default, skip_serializing_if = "PeeringConfig::is_default")]
     pub peering: PeeringConfig,
+    /// The operator's read-only web console (`[console]`: own address, bearer token file).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::console::ConsoleConfig::is_default"
+    )]
+    pub console: crate::console::ConsoleConfig,
 }
 
 /// `[peering]`: live peering of this site's chain nodes with the other orgs' nodes.
@@ -507,6 +513,7 @@ mod tests {
             dns_tcp_max_connections: default_dns_tcp_total(),
             port: Default::default(),
             peering: Default::default(),
+            console: Default::default(),
             peers: vec![],
         }
     }
@@ -808,6 +815,11 @@ mod tests {
         full.tunnel.max_link_ms = Some(60_000);
         // a section left out of the TOML while it holds its defaults
         full.peering.reconcile_ms = 1_000;
+        full.console = crate::console::ConsoleConfig {
+            listen: Some("127.0.0.1:9100".parse().expect("address")),
+            token_file: Some("console.token".into()),
+            client_cert: true,
+        };
         full.tunnel
             .priority
             .insert("tessera".into(), crate::tunnel::class::Class::Bulk);

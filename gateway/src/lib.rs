@@ -10,6 +10,7 @@ pub mod app;
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod datadir;
 pub mod dev;
 pub mod dns;

@@ -744,11 +744,25 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(listener, metrics, None, shutdown).await
+}
+
+/// As [`serve`], with `extra` routes (the web console) served beside them.
+pub async fn serve_with(
+    listener: TcpListener,
+    metrics: Metrics,
+    extra: Option<Router>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(self::metrics))
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(metrics);
+    let app = match extra {
+        Some(extra) => app.merge(extra),
+        None => app,
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -190,6 +190,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         dns_tcp_max_connections: crate::config::DEFAULT_DNS_TCP_CONNECTIONS,
         port: Default::default(),
         peering: Default::default(),
+        console: Default::default(),
         peers: vec![],
     };
     validate(dir, &config)?;
@@ -327,6 +328,7 @@ pub fn write_joined(
         dns_tcp_max_connections: crate::config::DEFAULT_DNS_TCP_CONNECTIONS,
         port: Default::default(),
         peering: Default::default(),
+        console: Default::default(),
         peers: admitted
             .gateways
             .iter()

@@ -70,6 +70,8 @@ pub struct LabOrg {
     pub dns: String,
     /// Its metrics address.
     pub metrics: String,
+    /// Its web console's URL (`null`: not served).
+    pub console: Option<String>,
 }
 
 /// `DIR/lab.json`.
@@ -715,6 +717,7 @@ pub async fn run(opts: LabOptions, stop: impl Future<Output = ()>) -> Result<usi
                     gateway: g.info.gateway.to_string(),
                     dns: g.info.dns.to_string(),
                     metrics: g.info.metrics.to_string(),
+                    console: g.info.console.clone(),
                 })
                 .collect(),
         };
@@ -783,6 +786,14 @@ fn table(lab: &LabFile, dir: &Path, bin: &Path) -> String {
             o.metrics,
             o.dns,
             o.data_dir.display()
+        );
+    }
+    say!("\nweb console of each site:");
+    for o in &lab.orgs {
+        say!(
+            "  {:<6} {}",
+            o.org,
+            o.console.as_deref().unwrap_or("(not served)")
         );
     }
     let first = lab.orgs.first().map(|o| o.org.clone()).unwrap_or_default();
@@ -864,6 +875,7 @@ mod tests {
             gateway: format!("127.0.0.1:700{n}"),
             dns: format!("127.0.0.1:530{n}"),
             metrics: format!("127.0.0.1:900{n}"),
+            console: Some(format!("http://127.0.0.1:900{n}/")),
         };
         let lab = LabFile {
             consortium: "acme".into(),
@@ -891,6 +903,7 @@ mod tests {
         assert!(text.contains("  /src/target/release/fedgw nodes --data-dir /tmp/lab/org1"));
         assert!(text.contains("  /src/target/release/fedgw ping 127.0.0.1:7001"));
         assert!(!text.contains("  fedgw "), "{text}");
+        assert!(text.contains("  org2   http://127.0.0.1:9002/"), "{text}");
         let spaced = table(&lab, Path::new("/tmp/lab"), Path::new("/my bin/fedgw"));
         assert!(spaced.contains("  '/my bin/fedgw' nodes"), "{spaced}");
     }

@@ -14,6 +14,7 @@ mod bootstrap;
 mod chain;
 mod cli;
 mod consensus;
+mod console;
 mod dns;
 mod ingress;
 mod join_service;
