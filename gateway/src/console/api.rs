@@ -313,7 +313,7 @@ pub struct NodeRow {
     pub client: Option<String>,
     /// The site whose gateway serves the node (`null`: not announced).
     pub site: Option<String>,
-    /// Port name (`p2p`, `raft`, `tessera`) → the node's real port.
+    /// Port name (`p2p`, `raft`, `tessera`, named services) → the node's real port.
     pub ports: BTreeMap<String, u32>,
     /// The address clients at this site dial (`null`: none).
     pub local_address: Option<String>,
@@ -331,6 +331,7 @@ fn client_name(kind: i32) -> Option<String> {
         pb::ClientKind::Tessera => "tessera",
         pb::ClientKind::FabricPeer => "fabric-peer",
         pb::ClientKind::FabricOrderer => "fabric-orderer",
+        pb::ClientKind::Ipfs => "ipfs",
     };
     Some(name.to_owned())
 }
@@ -353,12 +354,16 @@ pub fn nodes(list: &pb::ListNodesResponse, status: &pb::StatusResponse) -> Nodes
         .iter()
         .map(|n| {
             let record = n.record.clone().unwrap_or_default();
-            let mut ports = BTreeMap::new();
-            for (name, port) in [("p2p", record.p2p_port), ("raft", record.raft_port)] {
-                if port != 0 {
-                    ports.insert(name.to_owned(), port);
-                }
-            }
+            // every named port the record carries (p2p, raft, tessera, services); a record
+            // the view took is valid, so a failure here only leaves the column empty
+            let ports: BTreeMap<String, u32> = fedgw_proto::domain::Node::try_from(&record)
+                .map(|node| {
+                    node.ports()
+                        .into_iter()
+                        .map(|(name, p)| (name, u32::from(p)))
+                        .collect()
+                })
+                .unwrap_or_default();
             let site = text(&record.site);
             let at = site_key(&n.org, &record.site);
             let local_address = text(&n.service_ip).or_else(|| text(&n.local_ip));
