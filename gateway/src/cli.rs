@@ -51,6 +51,7 @@ mod chain_cmds;
 mod dev_cmds;
 mod docs_cmds;
 mod export_cmds;
+mod fabric_cmds;
 mod json;
 mod status_cmds;
 mod store_cmds;
@@ -454,6 +455,9 @@ enum Command {
         /// Only the nodes registered with this client software [default: every node].
         #[arg(long, value_enum, value_name = "CLIENT")]
         client: Option<admin_cmds::ClientArg>,
+        /// Format of fabric-connection-profile [default: json].
+        #[arg(long, value_enum)]
+        format: Option<fabric_cmds::FormatArg>,
     },
     /// The chain behind the gateways.
     Chain {
@@ -670,7 +674,8 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             dir,
             out,
             client,
-        } => admin_cmds::render(kind, node, dir, out, client).await,
+            format,
+        } => admin_cmds::render(kind, node, dir, out, client, format).await,
         Command::Chain { command } => chain_cmds::chain(command).await,
         Command::Revoke { org, dir, reason } => admin_cmds::revoke(org, dir, reason).await,
         Command::Store { command } => store_cmds::store(command).await,

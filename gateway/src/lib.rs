@@ -13,6 +13,7 @@ pub mod config;
 pub mod datadir;
 pub mod dev;
 pub mod dns;
+pub mod fabric;
 pub mod federation;
 pub mod join;
 pub mod listener;

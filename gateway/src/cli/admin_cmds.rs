@@ -594,6 +594,13 @@ pub enum RenderKind {
     /// The start arguments of a GoQuorum node joining the raft cluster with its published raft
     /// id (`render raft-join NODE`).
     RaftJoin,
+    /// Fabric common connection profile: every org's peers and orderers at their consortium
+    /// names, TLS CA embedded (`--format json|yaml`).
+    FabricConnectionProfile,
+    /// The Organizations section of Fabric's configtx.yaml.
+    FabricConfigtxOrgs,
+    /// Fabric etcdraft consenters, with the orderers' TLS certificates beside --out FILE.
+    FabricConsenters,
 }
 
 /// `fedgw render KIND`: renders from the running gateway's view; with `out`, writes the file
@@ -604,8 +611,29 @@ pub async fn render(
     args: AdminDirArg,
     out: Option<PathBuf>,
     client: Option<ClientArg>,
+    format: Option<super::fabric_cmds::FormatArg>,
 ) -> Result<(), CliError> {
+    use super::fabric_cmds::FabricRender;
     use fedgw_controlplane::render::{Kind, RenderNode};
+    let fabric = match kind {
+        RenderKind::FabricConnectionProfile => {
+            Some(FabricRender::ConnectionProfile(format.unwrap_or_default()))
+        }
+        RenderKind::FabricConfigtxOrgs => Some(FabricRender::ConfigtxOrgs),
+        RenderKind::FabricConsenters => Some(FabricRender::Consenters),
+        _ => None,
+    };
+    if format.is_some() && !matches!(kind, RenderKind::FabricConnectionProfile) {
+        return Err(usage(
+            "only render fabric-connection-profile takes --format",
+        ));
+    }
+    if let Some(what) = fabric {
+        if node.is_some() || client.is_some() {
+            return Err(usage("render fabric-* takes no NODE and no --client"));
+        }
+        return super::fabric_cmds::render(what, &args, out).await;
+    }
     match (kind, node) {
         (RenderKind::RaftJoin, Some(node)) => {
             return super::chain_cmds::raft_join(&node, &args).await;
@@ -640,6 +668,11 @@ pub async fn render(
         RenderKind::BesuAllowlist => Kind::BesuAllowlist,
         RenderKind::TesseraPeers => Kind::TesseraPeers,
         RenderKind::RaftJoin => return Err(usage("render raft-join needs a NODE")),
+        RenderKind::FabricConnectionProfile
+        | RenderKind::FabricConfigtxOrgs
+        | RenderKind::FabricConsenters => {
+            return Err(usage("render fabric-* is rendered from the Fabric model"));
+        }
     };
     let text = kind.render(&render_nodes);
     match out {
