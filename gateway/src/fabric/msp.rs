@@ -231,14 +231,13 @@ pub fn local_msp_files(
 /// atomically with its mode. Without `force`, refuses (before writing anything) when any of
 /// the files exists.
 pub fn write_files(out_dir: &Path, files: &[MspFile], force: bool) -> Result<(), MspError> {
-    if !force {
-        if let Some(existing) = files
+    if !force
+        && let Some(existing) = files
             .iter()
             .map(|f| out_dir.join(&f.path))
             .find(|p| p.exists())
-        {
-            return Err(MspError::Exists(existing));
-        }
+    {
+        return Err(MspError::Exists(existing));
     }
     for file in files {
         let path = out_dir.join(&file.path);

@@ -15,6 +15,7 @@ mod chain;
 mod cli;
 mod consensus;
 mod dns;
+mod fabric;
 mod ingress;
 mod join_service;
 mod links;
