@@ -497,6 +497,15 @@ fn ordered_ports(ports: &std::collections::HashMap<String, u32>) -> Vec<(&str, u
     sorted
 }
 
+/// The Fabric MSP ID an org goes by: its member record's, or the default `<Org>MSP`.
+fn msp_id(m: &pb::MemberInfo) -> String {
+    if m.fabric_msp_id.is_empty() {
+        crate::fabric::default_msp_id(&m.org)
+    } else {
+        m.fabric_msp_id.clone()
+    }
+}
+
 /// `fedgw members`.
 pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
     let mut admin = connect(&dir).await?;
@@ -507,7 +516,7 @@ pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
             .map(|m| {
                 serde_json::json!({
                     "org": m.org, "status": m.status, "admitted_unix": json::number(m.admitted_unix),
-                    "approved_by": m.approved_by,
+                    "approved_by": m.approved_by, "fabric_msp_id": msp_id(m),
                     "gateways": m.gateways.iter().map(|g| serde_json::json!({
                         "site": g.site, "advertise": g.advertise, "outbound_only": g.outbound_only,
                     })).collect::<Vec<_>>(),
@@ -536,7 +545,7 @@ pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
             })
             .collect();
         outln!(
-            "{:<10} {:<8} {:<40} {}",
+            "{:<10} {:<8} {:<40} {}  (Fabric MSP ID {})",
             m.org,
             m.status,
             if gws.is_empty() {
@@ -548,7 +557,8 @@ pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
                 "-".into()
             } else {
                 m.approved_by.join(",")
-            }
+            },
+            msp_id(m)
         )?;
     }
     outln!("consensus: {}", resp.consensus)?;

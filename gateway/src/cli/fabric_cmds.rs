@@ -162,7 +162,8 @@ pub async fn render(
         .filter(|m| m.status == "active")
         .map(|m| MemberFacts {
             org: m.org.clone(),
-            msp_id: None,
+            // empty: the org publishes none, the default applies
+            msp_id: Some(m.fabric_msp_id.clone()).filter(|id| !id.is_empty()),
         })
         .collect();
     let nodes: Vec<NodeFacts> = nodes.iter().filter_map(node_facts).collect();
