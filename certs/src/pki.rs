@@ -314,26 +314,30 @@ impl CertificateAuthority {
         lifetime: Duration,
         now: SystemTime,
     ) -> Result<IssuedLeaf, PkiError> {
-        let subtree = names::org_subtree(org, domain);
-        let mut sans = Vec::with_capacity(dns_names.len());
-        for name in dns_names {
-            names::validate_domain("DNS name", name)?;
-            if name.starts_with(RESERVED_NODE_PREFIX) {
-                return Err(PkiError::ReservedName(name.clone()));
-            }
-            if names::org_of_dns_name(name, domain) != Some(org) && *name != subtree {
-                return Err(PkiError::OutsideSubtree {
-                    name: name.clone(),
-                    subtree,
-                });
-            }
-            sans.push(SanType::DnsName(ia5(name)?));
-        }
-        let cn = dns_names
-            .first()
-            .cloned()
-            .unwrap_or_else(|| subtree.clone());
+        let (cn, sans) = node_sans(dns_names, org, domain)?;
         self.issue_leaf(&cn, sans, LeafKind::Node, lifetime, now)
+    }
+
+    /// Issues a Fabric signing identity (an MSP `signcerts` certificate) with the given DNS
+    /// names, checked as for [`Self::issue_node_leaf`]. The subject is `CN=<first name>,
+    /// OU=<node_ou>` (`node_ou` is Fabric's NodeOU: `peer`, `orderer`, `client` or `admin`);
+    /// key usage digitalSignature and no extended key usage, as Fabric's cryptogen issues them.
+    /// The DNS SANs are needed: Fabric refuses a leaf without SANs whose CN looks like a host
+    /// name when a CA above it carries a name constraint, as the org CA does (docs/fabric.md).
+    pub fn issue_fabric_identity(
+        &self,
+        dns_names: &[String],
+        node_ou: &str,
+        org: &str,
+        domain: &str,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<IssuedLeaf, PkiError> {
+        let (cn, sans) = node_sans(dns_names, org, domain)?;
+        let kind = LeafKind::FabricIdentity {
+            ou: node_ou.to_owned(),
+        };
+        self.issue_leaf(&cn, sans, kind, lifetime, now)
     }
 
     /// Issues a leaf with arbitrary SANs. Crate-internal: the public issuers validate names; tests
@@ -350,10 +354,16 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, cn);
+        if let LeafKind::FabricIdentity { ou } = &kind {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationalUnitName, ou.as_str());
+        }
         params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         match kind {
+            LeafKind::FabricIdentity { .. } => {}
             LeafKind::Node => {
                 params.extended_key_usages = vec![
                     ExtendedKeyUsagePurpose::ServerAuth,
@@ -383,13 +393,47 @@ impl CertificateAuthority {
     }
 }
 
+/// Checks node DNS names (each `<org>.<domain>` or below, never `gw-*`) and returns the
+/// common name (the first name, or the org subtree) and the SANs.
+fn node_sans(
+    dns_names: &[String],
+    org: &str,
+    domain: &str,
+) -> Result<(String, Vec<SanType>), PkiError> {
+    let subtree = names::org_subtree(org, domain);
+    let mut sans = Vec::with_capacity(dns_names.len());
+    for name in dns_names {
+        names::validate_domain("DNS name", name)?;
+        if name.starts_with(RESERVED_NODE_PREFIX) {
+            return Err(PkiError::ReservedName(name.clone()));
+        }
+        if names::org_of_dns_name(name, domain) != Some(org) && *name != subtree {
+            return Err(PkiError::OutsideSubtree {
+                name: name.clone(),
+                subtree,
+            });
+        }
+        sans.push(SanType::DnsName(ia5(name)?));
+    }
+    let cn = dns_names
+        .first()
+        .cloned()
+        .unwrap_or_else(|| subtree.clone());
+    Ok((cn, sans))
+}
+
 /// Which kind of leaf [`CertificateAuthority::issue_leaf`] makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum LeafKind {
     /// A gateway: EKU serverAuth, clientAuth and fedgw-gateway.
     Gateway,
     /// A node: EKU serverAuth and clientAuth.
     Node,
+    /// A Fabric signing identity: `OU=<ou>` in the subject, no EKU.
+    FabricIdentity {
+        /// The NodeOU (`peer`, `orderer`, `client`, `admin`).
+        ou: String,
+    },
 }
 
 /// id-ce-extKeyUsage (RFC 5280 section 4.2.1.12).

@@ -47,6 +47,7 @@ mod dev_cmds;
 mod docs_cmds;
 mod export_cmds;
 mod join_cmds;
+mod fabric_cmds;
 mod json;
 mod node_file;
 mod service_args;
@@ -477,6 +478,9 @@ enum Command {
         /// FEDGW_RENDERED); a failed hook is reported and the watch goes on.
         #[arg(long, value_name = "COMMAND", requires = "watch")]
         hook: Option<String>,
+        /// Format of fabric-connection-profile [default: json].
+        #[arg(long, value_enum)]
+        format: Option<fabric_cmds::FormatArg>,
     },
     /// The chain behind the gateways.
     Chain {
@@ -718,7 +722,11 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             client,
             watch,
             hook,
-        } => admin_cmds::render(kind, node, dir, out, client, watch.then_some(hook)).await,
+            format,
+        } => {
+            let watch = watch.then_some(hook);
+            admin_cmds::render(kind, node, dir, out, client, watch, format).await
+        }
         Command::Chain { command } => chain_cmds::chain(command).await,
         Command::Revoke { org, dir, reason } => admin_cmds::revoke(org, dir, reason).await,
         Command::Store { command } => store_cmds::store(command).await,

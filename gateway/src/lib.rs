@@ -14,6 +14,7 @@ pub mod console;
 pub mod datadir;
 pub mod dev;
 pub mod dns;
+pub mod fabric;
 pub mod federation;
 pub mod join;
 pub mod listener;

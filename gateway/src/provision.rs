@@ -242,6 +242,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         store::unix(now).max(1) * 1000,
         fedgw_proto::v1::record_body::Body::Member(fedgw_proto::v1::MemberRecord {
             org_ca_der: org_cert.to_vec(),
+            fabric_msp_id: String::new(),
             admitted_unix: i64::try_from(store::unix(now)).unwrap_or(0),
         }),
     )

@@ -80,7 +80,8 @@ pub(super) async fn list_members(
 ) -> Result<Response<pb::ListMembersResponse>, Status> {
     let resp = svc.membership.read(|v| {
         let gateways = v.gateways();
-        let info = |org: &str, status: &str, admitted_unix: i64| pb::MemberInfo {
+        let info = |org: &str, status: &str, admitted_unix: i64, msp_id: &str| pb::MemberInfo {
+            fabric_msp_id: msp_id.to_owned(),
             org: org.to_owned(),
             status: status.to_owned(),
             admitted_unix,
@@ -98,14 +99,14 @@ pub(super) async fn list_members(
         let mut members: Vec<_> = v
             .members()
             .iter()
-            .map(|(org, m)| info(org, "active", m.admitted_unix))
+            .map(|(org, m)| info(org, "active", m.admitted_unix, &m.fabric_msp_id))
             .collect();
-        members.extend(v.revoked().iter().map(|org| info(org, "revoked", 0)));
+        members.extend(v.revoked().iter().map(|org| info(org, "revoked", 0, "")));
         members.sort_by(|a, b| a.org.cmp(&b.org));
         let pending = v
             .candidates()
             .iter()
-            .map(|c| info(c, "pending", 0))
+            .map(|c| info(c, "pending", 0, ""))
             .collect();
         pb::ListMembersResponse {
             members,

@@ -552,6 +552,15 @@ fn ordered_ports(ports: &std::collections::HashMap<String, u32>) -> Vec<(&str, u
     sorted
 }
 
+/// The Fabric MSP ID an org goes by: its member record's, or the default `<Org>MSP`.
+fn msp_id(m: &pb::MemberInfo) -> String {
+    if m.fabric_msp_id.is_empty() {
+        crate::fabric::default_msp_id(&m.org)
+    } else {
+        m.fabric_msp_id.clone()
+    }
+}
+
 /// `fedgw members`.
 pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
     let mut admin = connect(&dir).await?;
@@ -562,7 +571,7 @@ pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
             .map(|m| {
                 serde_json::json!({
                     "org": m.org, "status": m.status, "admitted_unix": json::number(m.admitted_unix),
-                    "approved_by": m.approved_by,
+                    "approved_by": m.approved_by, "fabric_msp_id": msp_id(m),
                     "gateways": m.gateways.iter().map(|g| serde_json::json!({
                         "site": g.site, "advertise": g.advertise, "outbound_only": g.outbound_only,
                     })).collect::<Vec<_>>(),
@@ -591,7 +600,7 @@ pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
             })
             .collect();
         outln!(
-            "{:<10} {:<8} {:<40} {}",
+            "{:<10} {:<8} {:<40} {}  (Fabric MSP ID {})",
             m.org,
             m.status,
             if gws.is_empty() {
@@ -603,7 +612,8 @@ pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
                 "-".into()
             } else {
                 m.approved_by.join(",")
-            }
+            },
+            msp_id(m)
         )?;
     }
     outln!("consensus: {}", resp.consensus)?;
@@ -651,6 +661,13 @@ pub enum RenderKind {
     /// The start arguments of a GoQuorum node joining the raft cluster with its published raft
     /// id (`render raft-join NODE`).
     RaftJoin,
+    /// Fabric common connection profile: every org's peers and orderers at their consortium
+    /// names, TLS CA embedded (`--format json|yaml`).
+    FabricConnectionProfile,
+    /// The Organizations section of Fabric's configtx.yaml.
+    FabricConfigtxOrgs,
+    /// Fabric etcdraft consenters, with the orderers' TLS certificates beside --out FILE.
+    FabricConsenters,
 }
 
 /// `fedgw render KIND`: renders from the running gateway's view; with `out`, writes the file
@@ -663,7 +680,28 @@ pub async fn render(
     out: Option<PathBuf>,
     client: Option<ClientArg>,
     watch: Option<Option<String>>,
+    format: Option<super::fabric_cmds::FormatArg>,
 ) -> Result<(), CliError> {
+    use super::fabric_cmds::FabricRender;
+    let fabric = match kind {
+        RenderKind::FabricConnectionProfile => {
+            Some(FabricRender::ConnectionProfile(format.unwrap_or_default()))
+        }
+        RenderKind::FabricConfigtxOrgs => Some(FabricRender::ConfigtxOrgs),
+        RenderKind::FabricConsenters => Some(FabricRender::Consenters),
+        _ => None,
+    };
+    if format.is_some() && !matches!(kind, RenderKind::FabricConnectionProfile) {
+        return Err(usage(
+            "only render fabric-connection-profile takes --format",
+        ));
+    }
+    if let Some(what) = fabric {
+        if node.is_some() || client.is_some() || watch.is_some() {
+            return Err(usage("render fabric-* takes no NODE, no --client and no --watch"));
+        }
+        return super::fabric_cmds::render(what, &args, out).await;
+    }
     match (kind, node) {
         (RenderKind::RaftJoin, _) if watch.is_some() => {
             return Err(usage(
@@ -729,6 +767,11 @@ async fn render_once(
         RenderKind::TesseraPeers => Kind::TesseraPeers,
         RenderKind::IpfsClusterPeers => Kind::IpfsClusterPeers,
         RenderKind::RaftJoin => return Err(usage("render raft-join needs a NODE")),
+        RenderKind::FabricConnectionProfile
+        | RenderKind::FabricConfigtxOrgs
+        | RenderKind::FabricConsenters => {
+            return Err(usage("render fabric-* is rendered from the Fabric model"));
+        }
     };
     let text = kind.render(&render_nodes);
     let Some(path) = out else {

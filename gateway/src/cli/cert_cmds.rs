@@ -42,6 +42,41 @@ pub enum CertCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Write a Fabric local MSP for one of this org's nodes, issued from the org CA: DIR/msp
+    /// (cacerts: the consortium root; intermediatecerts: the org CA; signcerts: a P-256
+    /// identity CN=NAME.<org>.<domain>, OU=ROLE; keystore/priv_sk, mode 0600; tlscacerts,
+    /// tlsintermediatecerts; config.yaml with NodeOUs) and DIR/tls (server.crt, server.key,
+    /// ca.crt). See docs/fabric.md.
+    FabricMsp {
+        /// The node's name, a DNS label (as in `fedgw node add NAME`).
+        name: String,
+        /// The NodeOU of the signing identity.
+        #[arg(long, value_enum)]
+        role: super::fabric_cmds::RoleArg,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// How long the signing and TLS certificates are valid (Fabric does not renew them).
+        #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+        lifetime: Duration,
+        /// Where to write msp/ and tls/ (directories are created with mode 0700).
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+        /// Replace existing files (a new key and certificates).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write this org's verifying Fabric MSP (no keys): cacerts, intermediatecerts,
+    /// tlscacerts, tlsintermediatecerts and config.yaml, the MSPDir of configtx.yaml.
+    FabricOrgMsp {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Where to write the MSP (created with mode 0700 if missing).
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Runs a `cert` subcommand.
@@ -80,6 +115,19 @@ pub fn cert(command: CertCommand) -> Result<(), CliError> {
             )?;
             Ok(())
         }
+        CertCommand::FabricMsp {
+            name,
+            role,
+            dir,
+            lifetime,
+            out_dir,
+            force,
+        } => super::fabric_cmds::fabric_msp(dir.data_dir, &name, role, lifetime, &out_dir, force),
+        CertCommand::FabricOrgMsp {
+            dir,
+            out_dir,
+            force,
+        } => super::fabric_cmds::fabric_org_msp(dir.data_dir, &out_dir, force),
     }
 }
 

@@ -191,6 +191,7 @@ impl JoinService {
                             "",
                             pb::record_body::Body::Member(pb::MemberRecord {
                                 org_ca_der: cert.to_vec(),
+                                fabric_msp_id: String::new(),
                                 admitted_unix: i64::try_from(store::unix(now)).unwrap_or(0),
                             }),
                             SignAs::Root,

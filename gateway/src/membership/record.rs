@@ -416,6 +416,10 @@ fn check_member(m: &pb::MemberRecord, org: &str, domain: &str) -> Result<(), Rej
             "member CA is not constrained to the member's subtree",
         ));
     }
+    // empty: the default; otherwise it lands unquoted in Fabric policies and YAML
+    if !m.fabric_msp_id.is_empty() && crate::fabric::validate_msp_id(&m.fabric_msp_id).is_err() {
+        return Err(invalid("member record has an invalid Fabric MSP ID"));
+    }
     Ok(())
 }
 

@@ -76,6 +76,7 @@ impl Pki {
             seq,
             pb::record_body::Body::Member(pb::MemberRecord {
                 org_ca_der: self.ca(org).cert().to_vec(),
+                fabric_msp_id: String::new(),
                 admitted_unix: 0,
             }),
         )

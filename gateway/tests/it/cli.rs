@@ -8,11 +8,11 @@ use fedgw_certs::{PeerVerifier, RevocationSet, pki, tls};
 use fedgw_tests::{Fedgw, Gateway, http_get};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 
-fn fedgw() -> Fedgw {
+pub(crate) fn fedgw() -> Fedgw {
     Fedgw::new(env!("CARGO_BIN_EXE_fedgw"))
 }
 
-fn s(p: &Path) -> String {
+pub(crate) fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
@@ -46,7 +46,7 @@ fn init_args(dir: &Path, advertise: &str, extra: &[&str]) -> Vec<String> {
     args
 }
 
-fn init(dir: &Path, advertise: &str) {
+pub(crate) fn init(dir: &Path, advertise: &str) {
     let args = init_args(dir, advertise, &[]);
     fedgw().run(args).expect("spawn").ok().expect("init");
 }
@@ -83,7 +83,7 @@ fn join_within(token: &str, org: &str, dir: &Path, timeout: &str) -> fedgw_tests
     fedgw().run(args).expect("spawn")
 }
 
-fn founder(tmp: &Path) -> Gateway {
+pub(crate) fn founder(tmp: &Path) -> Gateway {
     let a = tmp.join("org1");
     init(&a, "127.0.0.1:0");
     fedgw().start(&a).expect("org1 gateway starts")

@@ -16,6 +16,7 @@ mod cli;
 mod consensus;
 mod console;
 mod dns;
+mod fabric;
 mod ingress;
 mod join_service;
 mod links;

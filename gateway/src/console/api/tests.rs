@@ -16,6 +16,7 @@ fn member(org: &str, status: &str, sites: &[(&str, bool)]) -> pb::MemberInfo {
             })
             .collect(),
         approved_by: vec![],
+        fabric_msp_id: String::new(),
     }
 }
 

@@ -65,6 +65,7 @@ fn orgs_sign_only_about_themselves_and_root_kinds_need_the_root() {
         1,
         pb::record_body::Body::Member(pb::MemberRecord {
             org_ca_der: pki.ca("org1").cert().to_vec(),
+            fabric_msp_id: String::new(),
             admitted_unix: 0,
         }),
     )
@@ -106,11 +107,41 @@ fn member_record_must_carry_that_orgs_constrained_ca() {
         1,
         pb::record_body::Body::Member(pb::MemberRecord {
             org_ca_der: pki.ca("org2").cert().to_vec(),
+            fabric_msp_id: String::new(),
             admitted_unix: 0,
         }),
     )
     .expect("seal");
     assert!(matches!(pki.verify(&wrong), Err(Reject::Invalid(_))));
+}
+
+#[test]
+fn member_record_fabric_msp_id_is_empty_or_a_plain_id() {
+    let pki = Pki::new(&["org1"]);
+    let member = |msp_id: &str| {
+        seal(
+            &pki.root_signer,
+            "org1",
+            "",
+            1,
+            pb::record_body::Body::Member(pb::MemberRecord {
+                org_ca_der: pki.ca("org1").cert().to_vec(),
+                fabric_msp_id: msp_id.into(),
+                admitted_unix: 0,
+            }),
+        )
+        .expect("seal")
+    };
+    for ok in ["", "Org1MSP", "bank-1.msp"] {
+        pki.verify(&member(ok))
+            .unwrap_or_else(|e| panic!("{ok:?}: {e:?}"));
+    }
+    for bad in ["Org1 MSP", "Org1')MSP", "x\ny"] {
+        assert!(
+            matches!(pki.verify(&member(bad)), Err(Reject::Invalid(_))),
+            "{bad:?}"
+        );
+    }
 }
 
 #[test]

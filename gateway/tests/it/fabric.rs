@@ -1,0 +1,203 @@
+//! `fedgw cert fabric-msp`, `fedgw cert fabric-org-msp` and `fedgw render fabric-*` end to end:
+//! MSP folders from an init'd data dir checked with `openssl verify`, and the renderers fed by
+//! a running founder gateway with Fabric nodes registered.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::cli::{fedgw, founder, init, s};
+
+fn openssl_verify(msp: &Path, org: &str, cert: &Path) -> bool {
+    Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(msp.join("cacerts/root-ca.pem"))
+        .arg("-untrusted")
+        .arg(msp.join(format!("intermediatecerts/{org}-ca.pem")))
+        .arg(cert)
+        .output()
+        .expect("openssl must be installed (scripts/test installs it)")
+        .status
+        .success()
+}
+
+#[test]
+fn fabric_msp_commands_write_folders_that_openssl_verifies() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("org1");
+    init(&a, "127.0.0.1:0");
+    let d = s(&a);
+    let node = tmp.path().join("peer0");
+    let n = s(&node);
+    let run = fedgw()
+        .run([
+            "cert",
+            "fabric-msp",
+            "peer0",
+            "--role",
+            "peer",
+            "--data-dir",
+            &d,
+            "--out-dir",
+            &n,
+        ])
+        .expect("spawn");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("peer0.org1.acme.test"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("Org1MSP"), "{}", run.stdout);
+    let org_msp = tmp.path().join("organizations/org1/msp");
+    let o = s(&org_msp);
+    fedgw()
+        .run(["cert", "fabric-org-msp", "--data-dir", &d, "--out-dir", &o])
+        .expect("spawn")
+        .ok()
+        .expect("fabric-org-msp");
+    assert!(
+        !org_msp.join("keystore").exists(),
+        "the org MSP holds no keys"
+    );
+    let signcert = node.join("msp/signcerts/peer0.org1.acme.test-cert.pem");
+    assert!(openssl_verify(&org_msp, "org1", &signcert));
+    assert!(openssl_verify(
+        &org_msp,
+        "org1",
+        &node.join("tls/server.crt")
+    ));
+
+    // no overwrite without --force; bad roles and names are usage errors
+    let again = fedgw()
+        .run([
+            "cert",
+            "fabric-msp",
+            "peer0",
+            "--role",
+            "peer",
+            "--data-dir",
+            &d,
+            "--out-dir",
+            &n,
+        ])
+        .expect("spawn");
+    assert_eq!(again.code, Some(64), "{}", again.stderr);
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    let bad = fedgw()
+        .run([
+            "cert",
+            "fabric-msp",
+            "gw-x",
+            "--role",
+            "peer",
+            "--data-dir",
+            &d,
+            "--out-dir",
+            &n,
+            "--force",
+        ])
+        .expect("spawn");
+    assert_eq!(bad.code, Some(64), "{}", bad.stderr);
+}
+
+#[test]
+fn render_fabric_kinds_name_every_fabric_node_at_its_consortium_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw = founder(tmp.path());
+    let d = s(&gw.dir);
+    // a node record needs a port: until records carry named service ports, each Fabric node is
+    // registered with a devp2p port, which the Fabric renderers ignore (they use 7051 / 7050)
+    for (n, (name, client, host, role)) in [
+        ("peer0", "fabric-peer", "10.0.0.5", "anchor"),
+        ("peer1", "fabric-peer", "10.0.0.6", "endorser"),
+        ("orderer0", "fabric-orderer", "10.0.0.7", "consenter"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let enode = format!(
+            "enode://{}@{host}:30303?discport=0",
+            fedgw_tests::enode_id(0xf0 + n as u64)
+        );
+        fedgw()
+            .run([
+                "node",
+                "add",
+                name,
+                "--client",
+                client,
+                "--enode",
+                &enode,
+                "--role",
+                role,
+                "--data-dir",
+                &d,
+            ])
+            .expect("spawn")
+            .ok()
+            .expect("node add");
+    }
+    let render = |args: &[&str]| {
+        let mut all = vec!["render"];
+        all.extend(args);
+        all.extend(["--data-dir", &d]);
+        fedgw().run(all).expect("spawn")
+    };
+    let profile = render(&["fabric-connection-profile"])
+        .ok()
+        .expect("profile")
+        .stdout;
+    let profile: serde_json::Value = serde_json::from_str(&profile).expect("JSON");
+    assert_eq!(profile["organizations"]["org1"]["mspid"], "Org1MSP");
+    assert_eq!(
+        profile["peers"]["peer0.org1.acme.test"]["url"],
+        "grpcs://peer0.org1.acme.test:7051"
+    );
+    assert_eq!(
+        profile["orderers"]["orderer0.org1.acme.test"]["url"],
+        "grpcs://orderer0.org1.acme.test:7050"
+    );
+    let root = std::fs::read_to_string(gw.dir.join("root-ca.pem")).expect("root");
+    assert_eq!(
+        profile["peers"]["peer1.org1.acme.test"]["tlsCACerts"]["pem"].as_str(),
+        Some(root.as_str())
+    );
+    let yaml = render(&["fabric-connection-profile", "--format", "yaml"])
+        .ok()
+        .expect("yaml")
+        .stdout;
+    let yaml: serde_json::Value = serde_yaml::from_str(&yaml).expect("YAML");
+    assert_eq!(yaml, profile);
+
+    let orgs = render(&["fabric-configtx-orgs"])
+        .ok()
+        .expect("configtx")
+        .stdout;
+    let orgs: serde_yaml::Value = serde_yaml::from_str(&orgs).expect("YAML");
+    let org1 = &orgs["Organizations"][0];
+    assert_eq!(org1["ID"], "Org1MSP");
+    assert_eq!(org1["AnchorPeers"][0]["Host"], "peer0.org1.acme.test");
+    assert!(org1["AnchorPeers"][1].is_null(), "only the anchor peer");
+    assert_eq!(org1["OrdererEndpoints"][0], "orderer0.org1.acme.test:7050");
+
+    // consenters need --out; no orderer has a published TLS certificate yet
+    let no_out = render(&["fabric-consenters"]);
+    assert_eq!(no_out.code, Some(64), "{}", no_out.stderr);
+    let out = tmp.path().join("cfg/consenters.yaml");
+    let o = s(&out);
+    let run = render(&["fabric-consenters", "--out", &o]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("orderer0.org1.acme.test"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("written"),
+        "Consenters: []\n"
+    );
+    let again = render(&["fabric-consenters", "--out", &o]);
+    assert!(again.stderr.contains("unchanged"), "{}", again.stderr);
+    assert!(gw.stop().expect("stop").success());
+}
