@@ -29,7 +29,8 @@ pub const SNAPSHOT_FORMAT: u32 = 1;
 pub const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
 
 /// Tables whose values are bytes.
-const BYTE_TABLES: [TableDefinition<&str, &[u8]>; 5] = [INVITES, MEMBERS, RECORDS, META, ALLOCATIONS];
+const BYTE_TABLES: [TableDefinition<&str, &[u8]>; 5] =
+    [INVITES, MEMBERS, RECORDS, META, ALLOCATIONS];
 /// Tables whose values are text.
 const TEXT_TABLES: [TableDefinition<&str, &str>; 4] =
     [LOCAL_NODES, SERVICE_ADDRESSES, LOCAL_URLS, LOCAL_RPC];
@@ -53,7 +54,9 @@ pub enum SnapshotError {
     )]
     Format(u32),
     /// The document names a table the store does not have.
-    #[error("the store snapshot has an unknown table {0:?}; the archive is damaged or from another program")]
+    #[error(
+        "the store snapshot has an unknown table {0:?}; the archive is damaged or from another program"
+    )]
     UnknownTable(String),
     /// A byte table's value is not base64.
     #[error("the store snapshot's entry {table}/{key} is not base64; the archive is damaged")]
@@ -181,7 +184,10 @@ mod tests {
             vec![("k1".to_owned(), vec![0, 1, 255])]
         );
         assert_eq!(
-            b.local_nodes().expect("local").get("node1").map(String::as_str),
+            b.local_nodes()
+                .expect("local")
+                .get("node1")
+                .map(String::as_str),
             Some("10.0.0.1")
         );
     }
@@ -207,6 +213,9 @@ mod tests {
             Err(SnapshotError::UnknownTable(_))
         ));
         snap.format = 2;
-        assert!(matches!(s.load_snapshot(&snap), Err(SnapshotError::Format(2))));
+        assert!(matches!(
+            s.load_snapshot(&snap),
+            Err(SnapshotError::Format(2))
+        ));
     }
 }
