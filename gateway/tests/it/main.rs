@@ -19,6 +19,7 @@ mod ingress;
 mod join_service;
 mod links;
 mod membership;
+mod monitoring;
 mod ops;
 mod port;
 mod processes;
