@@ -342,10 +342,10 @@ async fn query(
         let mut buf = vec![0u8; 4096];
         loop {
             let n = socket.recv(&mut buf).await?;
-            if let Ok(reply) = Message::from_vec(&buf[..n]) {
-                if reply.metadata.id == id {
-                    return Ok::<_, std::io::Error>(reply);
-                }
+            if let Ok(reply) = Message::from_vec(&buf[..n])
+                && reply.metadata.id == id
+            {
+                return Ok::<_, std::io::Error>(reply);
             }
         }
     };

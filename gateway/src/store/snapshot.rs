@@ -35,6 +35,17 @@ const BYTE_TABLES: [TableDefinition<&str, &[u8]>; 5] =
 const TEXT_TABLES: [TableDefinition<&str, &str>; 4] =
     [LOCAL_NODES, SERVICE_ADDRESSES, LOCAL_URLS, LOCAL_RPC];
 
+/// A byte table with its rows decoded, ready to write.
+type ByteRows<'a> = (
+    TableDefinition<'static, &'static str, &'static [u8]>,
+    Vec<(&'a str, Vec<u8>)>,
+);
+/// A text table with its rows.
+type TextRows<'a> = (
+    TableDefinition<'static, &'static str, &'static str>,
+    &'a BTreeMap<String, String>,
+);
+
 /// Every table's rows at one instant: table name → key → value (base64 for byte tables).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,8 +120,8 @@ impl Store {
             return Err(SnapshotError::Format(snapshot.format));
         }
         let b64 = base64::engine::general_purpose::STANDARD;
-        let mut bytes: Vec<(TableDefinition<&str, &[u8]>, Vec<(&str, Vec<u8>)>)> = Vec::new();
-        let mut text: Vec<(TableDefinition<&str, &str>, &BTreeMap<String, String>)> = Vec::new();
+        let mut bytes: Vec<ByteRows<'_>> = Vec::new();
+        let mut text: Vec<TextRows<'_>> = Vec::new();
         for (name, rows) in &snapshot.tables {
             if let Some(def) = BYTE_TABLES.into_iter().find(|d| d.name() == name) {
                 let mut decoded = Vec::with_capacity(rows.len());
