@@ -167,6 +167,25 @@ fn restore(file: &Path, dir: &DataDir, passphrase_file: Option<&Path>) -> Result
         backup::open(&archive, passphrase.as_bytes()).map_err(|e| archive_error(file, e))?;
     dir.create_fresh()
         .with_context(|| format!("creating {}", dir.root().display()))?;
+    if let Err(e) = write_restored(dir, &contents) {
+        // leave no half-restored dir behind: a second attempt would refuse it
+        for (name, _) in backup::FILES {
+            let _ = std::fs::remove_file(dir.root().join(name));
+        }
+        let _ = std::fs::remove_file(dir.store());
+        return Err(e);
+    }
+    outln!(
+        "restored {} files and the store into {}; start it with `fedgw run --data-dir {}`",
+        contents.files.len(),
+        dir.root().display(),
+        dir.root().display()
+    )
+}
+
+/// Writes the archive's files (keys 0600) and store into the fresh `dir`, then reads the whole
+/// store back as `fedgw run` will.
+fn write_restored(dir: &DataDir, contents: &Contents) -> Result<(), CliError> {
     for (name, secret) in backup::FILES {
         let Some(bytes) = contents.files.get(name) else {
             continue;
@@ -189,12 +208,7 @@ fn restore(file: &Path, dir: &DataDir, passphrase_file: Option<&Path>) -> Result
     drop(store);
     // the whole store reads back, as `fedgw run` will read it
     Store::open(&dir.store()).with_context(|| format!("checking {}", dir.store().display()))?;
-    outln!(
-        "restored {} files and the store into {}; start it with `fedgw run --data-dir {}`",
-        contents.files.len(),
-        dir.root().display(),
-        dir.root().display()
-    )
+    Ok(())
 }
 
 fn archive_error(file: &Path, e: BackupError) -> CliError {
