@@ -27,6 +27,9 @@ mod validators;
 pub use nodes::{MAX_ADD_NODES, node_record, published_tessera_url};
 pub use service::AdminService;
 
+/// The largest piece of a `Snapshot` stream (well under the 1 MiB message limit).
+const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
+
 impl AdminService {
     /// The status report `fedgw status` shows, from what is known now: advertised names are
     /// shown as last resolved, not resolved again (the console asks every 2 s).
@@ -164,6 +167,31 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
         members::revoke(self, request).await
+    }
+
+    type SnapshotStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::SnapshotChunk, Status>> + Send + 'static>,
+    >;
+
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let store = self.store.clone();
+        let document = tokio::task::spawn_blocking(move || {
+            let snapshot = store.snapshot()?;
+            Ok::<_, crate::store::StoreError>(
+                serde_json::to_vec(&snapshot).expect("a snapshot serialises: maps of strings"),
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+        .map_err(|e| Status::internal(format!("reading the store failed: {e}")))?;
+        let chunks: Vec<Result<pb::SnapshotChunk, Status>> = document
+            .chunks(SNAPSHOT_CHUNK_BYTES)
+            .map(|c| Ok(pb::SnapshotChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
     async fn set_service_address(

@@ -297,6 +297,12 @@ pub async fn start_with(
 
     let (leaf, renew_at) = provision::current_leaf(&dir, &loaded, SystemTime::now())?;
     metrics.set_leaf_not_after(store::unix(leaf.not_after));
+    let org_ca: &[u8] = loaded.org_ca.cert();
+    for (cert, der) in [("org_ca", org_ca), ("root_ca", &loaded.root_cert[..])] {
+        if let Ok(t) = fedgw_certs::pki::not_after(der) {
+            metrics.set_cert_not_after(cert, store::unix(t));
+        }
+    }
     let identity = ReloadableIdentity::new(leaf.chain.clone(), &leaf.key, &provider)?;
     let own_id = fedgw_certs::peer_identity(&leaf.chain[0], &config.domain)
         .map_err(RunError::LeafIdentity)?;
@@ -462,7 +468,7 @@ pub async fn start_with(
     spawn_server(&tracker, "federation", router, fed_rx, &metrics, &shutdown);
 
     let allocations = Arc::new(std::sync::RwLock::new(store.allocations()?));
-    let zone = crate::dns::ZoneHandler::new(config.dns_rate_limit_qps);
+    let zone = crate::dns::ZoneHandler::new(config.dns_rate_limit_qps).counted(metrics.clone());
     let (first_pass, first_pass_done) = tokio::sync::oneshot::channel();
     tracker.spawn(crate::site::keeper::run(
         crate::site::keeper::Keeper {

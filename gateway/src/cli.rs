@@ -41,9 +41,11 @@ macro_rules! admin_call {
 
 mod admin_cmds;
 mod admin_conn;
+mod backup_cmds;
 mod cert_cmds;
 mod chain_cmds;
 mod dev_cmds;
+mod diagnose_cmds;
 mod docs_cmds;
 mod export_cmds;
 mod join_cmds;
@@ -528,6 +530,10 @@ enum Command {
         timeout: Duration,
     },
     #[command(flatten)]
+    Diagnose(diagnose_cmds::DiagnoseCommand),
+    #[command(flatten)]
+    Backup(backup_cmds::BackupCommand),
+    #[command(flatten)]
     Docs(docs_cmds::DocsCommand),
 }
 
@@ -737,6 +743,8 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             json,
             timeout,
         } => ping(endpoint, DataDir::new(dir.data_dir), json, timeout).await,
+        Command::Diagnose(command) => diagnose_cmds::diagnose(command).await,
+        Command::Backup(command) => backup_cmds::backup(command).await,
         Command::Docs(command) => docs_cmds::docs(command),
     }
 }

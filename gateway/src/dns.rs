@@ -662,6 +662,8 @@ pub struct ZoneHandler {
     /// answered (no await in between).
     zone: Arc<RwLock<Zone>>,
     limiter: Arc<Limiter>,
+    /// Counts each answer by response code (`fedgw_dns_queries_total`), when set.
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl ZoneHandler {
@@ -673,7 +675,14 @@ impl ZoneHandler {
                 qps: f64::from(qps),
                 buckets: Mutex::default(),
             }),
+            metrics: None,
         }
+    }
+
+    /// This handler, counting every answer in `metrics`.
+    pub fn counted(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Installs a new zone; the next query sees it.
@@ -708,6 +717,9 @@ impl RequestHandler for ZoneHandler {
         } else {
             Reply::error(request, ResponseCode::Refused)
         };
+        if let Some(m) = &self.metrics {
+            m.dns_query(reply.code);
+        }
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.response_code = reply.code;
         metadata.authoritative = reply.authoritative;

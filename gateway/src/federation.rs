@@ -93,6 +93,7 @@ impl pb::federation_server::Federation for FederationService {
             server: Some(identity_msg(&self.identity)),
             caller: Some(identity_msg(&caller)),
             server_site: self.site.clone(),
+            server_unix_ms: unix_ms(std::time::SystemTime::now()),
         }))
     }
 }
@@ -107,6 +108,15 @@ pub struct HelloOutcome {
     pub seen_as: pb::PeerIdentity,
     /// The server's site.
     pub server_site: String,
+    /// The server's leaf certificate's `notAfter` (`None` if it does not parse).
+    pub server_not_after: Option<std::time::SystemTime>,
+    /// The server's clock when it answered, Unix milliseconds (0: an older gateway that does
+    /// not say).
+    pub server_unix_ms: i64,
+    /// When the call was sent and its answer arrived, by this host's wall clock.
+    pub sent: std::time::SystemTime,
+    /// See [`sent`](Self::sent).
+    pub answered: std::time::SystemTime,
 }
 
 /// Why a Hello failed.
@@ -132,11 +142,9 @@ pub async fn hello(
     timeout: Duration,
 ) -> Result<HelloOutcome, HelloError> {
     let tls = net::dial_tls(endpoint, config, timeout).await?;
-    let server = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let server_not_after = leaf.and_then(|leaf| fedgw_certs::pki::not_after(leaf).ok());
+    let server = leaf
         .and_then(|leaf| fedgw_certs::peer_identity(leaf, domain).ok())
         .ok_or(HelloError::NoIdentity)?;
     let channel = net::single_use_channel(tls)
@@ -147,14 +155,26 @@ pub async fn hello(
     let call = client.hello(pb::HelloRequest {
         site: site.to_owned(),
     });
+    let sent = std::time::SystemTime::now();
     let resp = tokio::time::timeout(timeout, call)
         .await
         .map_err(|_| HelloError::Call("timed out".into()))?
         .map_err(|s| HelloError::Call(format!("{:?}: {}", s.code(), s.message())))?
         .into_inner();
+    let answered = std::time::SystemTime::now();
     Ok(HelloOutcome {
         server,
         seen_as: resp.caller.unwrap_or_default(),
         server_site: resp.server_site,
+        server_not_after,
+        server_unix_ms: resp.server_unix_ms,
+        sent,
+        answered,
     })
+}
+
+/// Unix milliseconds of `t` (0 before the epoch, `i64::MAX` past year 292 million).
+pub fn unix_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

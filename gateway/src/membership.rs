@@ -364,6 +364,7 @@ impl Membership {
             }
         }
         self.0.revocation.apply(view.revoked());
+        self.0.metrics.set_revoked_orgs(view.revoked().len());
         *self.0.view.write().unwrap_or_else(|e| e.into_inner()) = view;
         self.0.changed.send_modify(|v| *v += 1);
         Ok(())
@@ -521,6 +522,7 @@ impl Membership {
             let revoked = self.read(|v| v.revoked().clone());
             info!(revoked = ?revoked, "revocation received");
             self.0.revocation.apply(&revoked);
+            self.0.metrics.set_revoked_orgs(revoked.len());
         }
         self.0.changed.send_modify(|v| *v += 1);
         self.forward(&accepted, from);

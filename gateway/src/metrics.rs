@@ -90,6 +90,16 @@ struct RpcLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    cert: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RcodeLabels {
+    rcode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabels {
     node: String,
 }
@@ -228,6 +238,9 @@ pub struct Metrics {
     servers_stopped: Family<ServerLabels, Counter>,
     chain_rpc_calls: Family<RpcLabels, Counter>,
     chain_block_height: Family<NodeLabels, Gauge>,
+    cert_expiry: Family<CertLabels, Gauge>,
+    dns_queries: Family<RcodeLabels, Counter>,
+    revoked_orgs: Gauge,
     ready: Arc<AtomicBool>,
     /// Set when a server stopped before shutdown; readiness stays cleared.
     stopped: Arc<AtomicBool>,
@@ -369,6 +382,24 @@ impl Metrics {
             "Local listeners for remote nodes' ports",
             tunnel.listeners.clone(),
         );
+        let cert_expiry = Family::<CertLabels, Gauge>::default();
+        registry.register(
+            "cert_expiry_seconds",
+            "Expiry (notAfter) of this gateway's certificates, Unix seconds, by cert (gateway_leaf, org_ca, root_ca)",
+            cert_expiry.clone(),
+        );
+        let dns_queries = Family::<RcodeLabels, Counter>::default();
+        registry.register(
+            "dns_queries",
+            "DNS queries answered (UDP and TCP), by response code (noerror, nxdomain, refused: rate limit or not this zone, formerr, notimp, servfail, other)",
+            dns_queries.clone(),
+        );
+        let revoked_orgs = Gauge::default();
+        registry.register(
+            "revoked_orgs",
+            "Orgs the consortium has revoked, as this gateway's view holds them",
+            revoked_orgs.clone(),
+        );
         let classes = ClassMetrics {
             bytes: Family::default(),
             wait: Family::new_with_constructor(wait_histogram),
@@ -398,6 +429,9 @@ impl Metrics {
             servers_stopped,
             chain_rpc_calls,
             chain_block_height,
+            cert_expiry,
+            dns_queries,
+            revoked_orgs,
             ready: Arc::new(AtomicBool::new(false)),
             stopped: Arc::new(AtomicBool::new(false)),
         }
@@ -493,10 +527,44 @@ impl Metrics {
         self.sync_peers.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    /// Records the current leaf's expiry.
+    /// Records the current leaf's expiry (also as `cert_expiry_seconds{cert="gateway_leaf"}`).
     pub fn set_leaf_not_after(&self, unix: u64) {
         self.leaf_not_after
             .set(i64::try_from(unix).unwrap_or(i64::MAX));
+        self.set_cert_not_after("gateway_leaf", unix);
+    }
+
+    /// Records the expiry of certificate `cert` (`gateway_leaf`, `org_ca`, `root_ca`), Unix
+    /// seconds.
+    pub fn set_cert_not_after(&self, cert: &'static str, unix: u64) {
+        self.cert_expiry
+            .get_or_create(&CertLabels { cert })
+            .set(i64::try_from(unix).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the number of revoked orgs.
+    pub fn set_revoked_orgs(&self, n: usize) {
+        self.revoked_orgs.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a DNS query answered with `rcode`.
+    pub fn dns_query(&self, rcode: hickory_proto::op::ResponseCode) {
+        use hickory_proto::op::ResponseCode as R;
+        let rcode = match rcode {
+            R::NoError => "noerror",
+            R::NXDomain => "nxdomain",
+            R::Refused => "refused",
+            R::FormErr => "formerr",
+            R::NotImp => "notimp",
+            R::ServFail => "servfail",
+            _ => "other",
+        };
+        self.dns_queries.get_or_create(&RcodeLabels { rcode }).inc();
+    }
+
+    /// DNS queries counted with response code label `rcode` (tests).
+    pub fn dns_queries_total(&self, rcode: &'static str) -> u64 {
+        self.dns_queries.get_or_create(&RcodeLabels { rcode }).get()
     }
 
     /// Byte counters for a proxied connection with `peer_org` whose stream is of `class`.

@@ -951,5 +951,8 @@ pub fn expiry(now: SystemTime, ttl: Duration) -> u64 {
     unix(now).saturating_add(ttl.as_secs())
 }
 
+mod snapshot;
+pub use snapshot::{MAX_SNAPSHOT_BYTES, SNAPSHOT_FORMAT, Snapshot, SnapshotError};
+
 #[cfg(test)]
 mod tests;

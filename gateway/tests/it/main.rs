@@ -21,6 +21,8 @@ mod ingress;
 mod join_service;
 mod links;
 mod membership;
+mod monitoring;
+mod ops;
 mod port;
 mod processes;
 mod services;

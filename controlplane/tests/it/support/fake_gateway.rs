@@ -239,6 +239,17 @@ impl pb::admin_server::Admin for FakeAdmin {
         Err(Status::unimplemented("not faked"))
     }
 
+    type SnapshotStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::SnapshotChunk, Status>> + Send + 'static>,
+    >;
+
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        unimplemented()
+    }
+
     async fn propose_validator(
         &self,
         _: Request<pb::ProposeValidatorRequest>,
