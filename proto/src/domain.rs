@@ -67,6 +67,8 @@ pub struct Node {
     pub site: String,
     /// Orgs allowed to reach it; empty means every member.
     pub allowed_orgs: Vec<String>,
+    /// It joins the raft cluster as a learner, promoted once caught up.
+    pub raft_learner: bool,
 }
 
 fn port(p: u32, what: &'static str) -> Result<Option<NonZeroU16>, NodeError> {
@@ -122,6 +124,7 @@ impl TryFrom<&v1::NodeRecord> for Node {
             roles: r.roles.clone(),
             site: r.site.clone(),
             allowed_orgs: r.allowed_orgs.clone(),
+            raft_learner: r.raft_learner,
         })
     }
 }
@@ -147,6 +150,7 @@ impl From<&Node> for v1::NodeRecord {
             roles: n.roles.clone(),
             site: n.site.clone(),
             allowed_orgs: n.allowed_orgs.clone(),
+            raft_learner: n.raft_learner,
         }
     }
 }
@@ -198,6 +202,7 @@ mod tests {
             roles: vec!["validator".into()],
             site: "dc1".into(),
             allowed_orgs: vec!["org2".into()],
+            raft_learner: false,
         }
     }
 

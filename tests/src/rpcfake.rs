@@ -119,6 +119,22 @@ impl RaftRpcFake {
         id
     }
 
+    /// Sets the block height `eth_blockNumber` answers.
+    pub fn set_block(&self, block: u64) {
+        lock(&self.state).block = block;
+    }
+
+    /// Sets whether the member with `enode_id` is listed `nodeActive` (its raft transport up, as
+    /// GoQuorum reports once the new member has connected). Members added by
+    /// `raft_addPeer`/`raft_addLearner` start inactive.
+    pub fn set_active(&self, enode_id: &str, active: bool) {
+        for p in &mut lock(&self.state).cluster {
+            if p["nodeId"] == enode_id {
+                p["nodeActive"] = json!(active);
+            }
+        }
+    }
+
     /// Makes the next call of `method` misbehave as `cue` (cues queue up per method).
     pub fn cue(&self, method: &str, cue: Cue) {
         lock(&self.state)
@@ -396,6 +412,8 @@ fn answer(s: &mut State, id: &Value, method: &str, params: &Value) -> Vec<u8> {
             if method == "raft_removePeer" {
                 s.cluster.remove(i);
                 result(id, Value::Null)
+            } else if s.cluster[i]["role"] != "learner" {
+                error(id, "raftId is not a learner")
             } else {
                 s.cluster[i]["role"] = json!("verifier");
                 result(id, json!(true))

@@ -99,6 +99,10 @@ pub struct ConsortiumNodeSpec {
     /// site, never published; the gateway uses it for live peering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpc: Option<String>,
+    /// GoQuorum raft: join the cluster as a learner (`raft_addLearner`), promoted to a voting
+    /// peer once caught up, as `fedgw node add --raft-learner`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub raft_learner: bool,
 }
 
 /// A chain client.

@@ -592,6 +592,7 @@ impl Index {
             roles: s.roles.clone(),
             allowed_orgs: s.allowed_orgs.clone(),
             rpc_url,
+            raft_learner: s.raft_learner,
         })
     }
 

@@ -121,6 +121,7 @@ fn node_cr() -> ConsortiumNode {
             roles: vec![],
             allowed_orgs: vec![],
             rpc: None,
+            raft_learner: false,
         },
     );
     c.metadata.namespace = Some("org1".into());

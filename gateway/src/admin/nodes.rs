@@ -133,6 +133,7 @@ pub fn node_record(
         roles: spec.roles.clone(),
         site: site.to_owned(),
         allowed_orgs: spec.allowed_orgs.clone(),
+        raft_learner: spec.raft_learner,
     };
     Node::try_from(&record).map_err(|e| e.to_string())
 }

@@ -101,6 +101,10 @@ pub struct NodeAddArgs {
     /// The node's JSON-RPC endpoint at this site, http://HOST:PORT (kept here, never published).
     #[arg(long, value_name = "URL")]
     rpc: Option<String>,
+    /// GoQuorum raft: join the cluster as a learner (raft_addLearner), promoted to a voting peer
+    /// once it has caught up.
+    #[arg(long)]
+    raft_learner: bool,
 }
 
 /// `fedgw node import`.
@@ -124,6 +128,10 @@ pub struct NodeImportArgs {
     /// never published).
     #[arg(long, value_name = "URL", value_delimiter = ',')]
     rpc: Vec<String>,
+    /// GoQuorum raft: every imported node joins the cluster as a learner, promoted to a voting
+    /// peer once it has caught up.
+    #[arg(long)]
+    raft_learner: bool,
 }
 
 fn host_text(h: &Host) -> String {
@@ -216,6 +224,7 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
             spec.roles = a.role.clone();
             spec.allowed_orgs = a.allowed_org.clone();
             spec.rpc_url = rpc_arg(a.rpc.as_deref())?;
+            spec.raft_learner = a.raft_learner;
             let mut admin = connect(&a.dir).await?;
             let info = admin_call!(admin, add_node(pb::AddNodeRequest { node: Some(spec) }));
             outln!(
@@ -285,6 +294,7 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
                 .unwrap_or_else(|| format!("node{}", i + 1));
             let mut spec = spec_from_enode(&name, url, a.client);
             spec.rpc_url = rpc_arg(a.rpc.get(i).map(String::as_str))?;
+            spec.raft_learner = a.raft_learner;
             Ok(spec)
         })
         .collect::<Result<_, CliError>>()?;
@@ -435,6 +445,7 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
                     "local_host": json::text(&n.local_host), "dns_name": n.dns_name,
                     "local_ip": json::ip(&n.local_ip), "local_ports": n.local_ports,
                     "rpc": json::text(&n.local_rpc),
+                    "raft_learner": r.raft_learner,
                 })
             })
             .collect();
@@ -483,6 +494,9 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
         }
         if n.raft_id != 0 {
             outln!("{:<28} raft id {}", "", n.raft_id)?;
+        }
+        if r.raft_learner {
+            outln!("{:<28} raft learner (promoted once caught up)", "")?;
         }
     }
     Ok(())

@@ -110,6 +110,7 @@ pub fn node_record(enode: u8) -> pb::NodeRecord {
         roles: vec![],
         site: "dc1".into(),
         allowed_orgs: vec![],
+        raft_learner: false,
     }
 }
 

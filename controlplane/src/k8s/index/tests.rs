@@ -39,6 +39,7 @@ fn cr(name: &str, service: &str) -> ConsortiumNode {
             roles: vec![],
             allowed_orgs: vec![],
             rpc: None,
+            raft_learner: false,
         },
     );
     c.metadata.namespace = Some("org1".into());

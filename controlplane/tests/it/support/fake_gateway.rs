@@ -129,6 +129,7 @@ impl pb::admin_server::Admin for FakeAdmin {
                 roles: spec.roles.clone(),
                 allowed_orgs: spec.allowed_orgs.clone(),
                 site: "dc1".into(),
+                raft_learner: spec.raft_learner,
             }),
             local_host: spec.host.clone(),
             local_rpc: spec.rpc_url.clone(),

@@ -112,6 +112,7 @@ fn node(name: &str, node_name: Option<&str>, p2p: u16) -> ConsortiumNode {
             roles: vec![],
             allowed_orgs: vec![],
             rpc: None,
+            raft_learner: false,
         },
     )
 }
