@@ -34,6 +34,9 @@ pub enum Cue {
     Hang,
     /// The connection is closed without an answer.
     Close,
+    /// The call takes effect, then no answer until the fake stops (at most 60 s): a gateway
+    /// stopped meanwhile never learns the outcome.
+    Stall,
     /// This result instead of the real one (a stale `raft_cluster`, say); the call has no
     /// other effect.
     Result(Value),
@@ -238,6 +241,14 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
         s.cues.get_mut(&method).and_then(VecDeque::pop_front)
     };
     let reply = match cue {
+        Some(Cue::Stall) => {
+            let _ = answer(&mut lock(state), &id, &method, &params);
+            let end = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return;
+        }
         Some(Cue::Hang) => {
             let end = Instant::now() + Duration::from_secs(60);
             while !stop.load(Ordering::SeqCst) && Instant::now() < end {
