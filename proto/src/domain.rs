@@ -97,6 +97,8 @@ pub struct Node {
     pub ipfs_peer_id: Option<IpfsPeerId>,
     /// A Fabric orderer's public TLS certificate (DER, parsed once), if any.
     pub tls_cert_der: Option<Vec<u8>>,
+    /// It joins the raft cluster as a learner, promoted once caught up.
+    pub raft_learner: bool,
 }
 
 fn services(list: &[v1::NamedService]) -> Result<Vec<(ServiceName, NonZeroU16)>, NodeError> {
@@ -182,6 +184,7 @@ impl TryFrom<&v1::NodeRecord> for Node {
             services: services(&r.services)?,
             ipfs_peer_id,
             tls_cert_der: (!r.tls_cert_der.is_empty()).then(|| r.tls_cert_der.clone()),
+            raft_learner: r.raft_learner,
         })
     }
 }
@@ -221,6 +224,7 @@ impl From<&Node> for v1::NodeRecord {
                 .map(|id| id.as_str().to_owned())
                 .unwrap_or_default(),
             tls_cert_der: n.tls_cert_der.clone().unwrap_or_default(),
+            raft_learner: n.raft_learner,
         }
     }
 }

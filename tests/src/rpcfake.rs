@@ -41,6 +41,9 @@ pub enum Cue {
     Hang,
     /// The connection is closed without an answer.
     Close,
+    /// The call takes effect, then no answer until the fake stops (at most 60 s): a gateway
+    /// stopped meanwhile never learns the outcome.
+    Stall,
     /// This result instead of the real one (a stale `raft_cluster`, say); the call has no
     /// other effect.
     Result(Value),
@@ -173,6 +176,22 @@ impl RaftRpcFake {
         id
     }
 
+    /// Sets the block height `eth_blockNumber` answers.
+    pub fn set_block(&self, block: u64) {
+        lock(&self.state).block = block;
+    }
+
+    /// Sets whether the member with `enode_id` is listed `nodeActive` (its raft transport up, as
+    /// GoQuorum reports once the new member has connected). Members added by
+    /// `raft_addPeer`/`raft_addLearner` start inactive.
+    pub fn set_active(&self, enode_id: &str, active: bool) {
+        for p in &mut lock(&self.state).cluster {
+            if p["nodeId"] == enode_id {
+                p["nodeActive"] = json!(active);
+            }
+        }
+    }
+
     /// Makes the next call of `method` misbehave as `cue` (cues queue up per method).
     pub fn cue(&self, method: &str, cue: Cue) {
         lock(&self.state)
@@ -276,6 +295,14 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool, me: &str)
         s.cues.get_mut(&method).and_then(VecDeque::pop_front)
     };
     let reply = match cue {
+        Some(Cue::Stall) => {
+            let _ = answer(&mut lock(state), &id, &method, &params);
+            let end = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return;
+        }
         Some(Cue::Hang) => {
             let end = Instant::now() + Duration::from_secs(60);
             while !stop.load(Ordering::SeqCst) && Instant::now() < end {
@@ -453,6 +480,8 @@ fn answer(s: &mut State, id: &Value, method: &str, params: &Value) -> Vec<u8> {
             if method == "raft_removePeer" {
                 s.cluster.remove(i);
                 result(id, Value::Null)
+            } else if s.cluster[i]["role"] != "learner" {
+                error(id, "raftId is not a learner")
             } else {
                 s.cluster[i]["role"] = json!("verifier");
                 result(id, json!(true))

@@ -107,6 +107,10 @@ pub struct ConsortiumNodeSpec {
     /// The IPFS Cluster peer id (base58, `12D3KooW...`), for `client: ipfs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipfs_peer_id: Option<String>,
+    /// GoQuorum raft: join the cluster as a learner (`raft_addLearner`), promoted to a voting
+    /// peer once caught up, as `fedgw node add --raft-learner`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub raft_learner: bool,
 }
 
 /// A named TCP service of a node.

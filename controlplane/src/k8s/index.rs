@@ -613,6 +613,7 @@ impl Index {
                 .collect(),
             ipfs_peer_id: s.ipfs_peer_id.clone().unwrap_or_default(),
             tls_cert_der: vec![],
+            raft_learner: s.raft_learner,
         })
     }
 

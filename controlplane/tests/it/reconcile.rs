@@ -123,6 +123,7 @@ fn node_cr() -> ConsortiumNode {
             rpc: None,
             services: vec![],
             ipfs_peer_id: None,
+            raft_learner: false,
         },
     );
     c.metadata.namespace = Some("org1".into());

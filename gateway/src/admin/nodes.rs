@@ -140,6 +140,7 @@ pub fn node_record(
         services: spec.services.clone(),
         ipfs_peer_id: spec.ipfs_peer_id.clone(),
         tls_cert_der: spec.tls_cert_der.clone(),
+        raft_learner: spec.raft_learner,
     };
     Node::try_from(&record).map_err(|e| e.to_string())
 }

@@ -103,7 +103,7 @@ impl RaftRecords for Membership {
 /// A raft change this site still has to make.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pending {
-    /// `add`, `publish` or `remove`.
+    /// `add`, `add learner`, `promote`, `publish` or `remove`.
     pub action: &'static str,
     /// Failed attempts in a row.
     pub failures: u32,
@@ -144,6 +144,8 @@ impl KeeperHandle {
 fn action_name(a: &Action) -> &'static str {
     match a {
         Action::AddPeer { .. } => "add",
+        Action::AddLearner { .. } => "add learner",
+        Action::Promote { .. } => "promote",
         Action::Publish { .. } => "publish",
         Action::RemovePeer { .. } => "remove",
     }
@@ -151,8 +153,11 @@ fn action_name(a: &Action) -> &'static str {
 
 fn action_node(a: &Action) -> &NodeKey {
     match a {
-        Action::AddPeer { node, .. } | Action::Publish { node, .. } => node,
-        Action::RemovePeer { node, .. } => node,
+        Action::AddPeer { node, .. }
+        | Action::AddLearner { node, .. }
+        | Action::Promote { node, .. }
+        | Action::Publish { node, .. }
+        | Action::RemovePeer { node, .. } => node,
     }
 }
 
@@ -204,6 +209,22 @@ impl Raft {
         records: &R,
         now: Instant,
     ) {
+        self.pass_with_learners(inputs, members, &[], records, now)
+            .await;
+    }
+
+    /// [`Raft::pass`] with the RPC clients of this site's learners (registered with
+    /// `raft_learner`), by node: a learner listed here is promoted only once its block height
+    /// is within [`raft::LEARNER_MAX_LAG`] of the member's the cluster was read from; one not
+    /// listed (another site's) once the cluster lists it `nodeActive`.
+    pub async fn pass_with_learners<R: RaftRecords>(
+        &mut self,
+        inputs: &Inputs,
+        members: &[RpcClient],
+        learners: &[(NodeKey, RpcClient)],
+        records: &R,
+        now: Instant,
+    ) {
         let acting = raft::acting_site(&inputs.adders) == Some(inputs.me.as_str());
         if !acting {
             self.pending.clear();
@@ -216,7 +237,9 @@ impl Raft {
                     self.pass_failures = 0;
                     self.next_pass = None;
                     self.last_error = None;
-                    self.execute(inputs, client, &cluster, records, now).await;
+                    let mut inputs = inputs.clone();
+                    inputs.caught_up = caught_up(&inputs, client, &cluster, learners).await;
+                    self.execute(&inputs, client, &cluster, records, now).await;
                 }
                 Err(e) => {
                     let text = crate::net::with_sources(&e);
@@ -275,6 +298,51 @@ impl Raft {
     }
 }
 
+/// The learners in `cluster` that have caught up: listed `nodeActive` and, for one of this
+/// site's (in `learners`), at a block height within [`raft::LEARNER_MAX_LAG`] of `member`'s. A
+/// height that cannot be read counts as not caught up.
+async fn caught_up(
+    inputs: &Inputs,
+    member: &RpcClient,
+    cluster: &[RaftPeer],
+    learners: &[(NodeKey, RpcClient)],
+) -> BTreeSet<NodeKey> {
+    let mut out = BTreeSet::new();
+    let mut leader_height = None;
+    for p in cluster
+        .iter()
+        .filter(|p| p.role == raft::LEARNER_ROLE && p.node_active)
+    {
+        let Some(node) = inputs
+            .nodes
+            .iter()
+            .find(|n| n.learner && n.enode_id.eq_ignore_ascii_case(&p.node_id))
+        else {
+            continue;
+        };
+        let ready = match learners.iter().find(|(k, _)| *k == node.key) {
+            None => true,
+            Some((_, c)) => {
+                if leader_height.is_none() {
+                    leader_height = member.block_number().await.ok();
+                }
+                match (leader_height, c.block_number().await) {
+                    (Some(top), Ok(h)) => h.saturating_add(raft::LEARNER_MAX_LAG) >= top,
+                    (_, Err(e)) => {
+                        debug!(node = %node.key, error = %e, "cannot read the learner's block height");
+                        false
+                    }
+                    (None, _) => false,
+                }
+            }
+        };
+        if ready {
+            out.insert(node.key.clone());
+        }
+    }
+    out
+}
+
 /// The cluster from the first member that answers with a non-empty one.
 async fn read_cluster(members: &[RpcClient]) -> Result<(&RpcClient, Vec<RaftPeer>), StepError> {
     let mut last = StepError::NoMember;
@@ -299,11 +367,15 @@ async fn step<R: RaftRecords>(
     records: &R,
 ) -> Result<(), StepError> {
     match action {
-        Action::AddPeer { node, enode_url } => {
+        Action::AddPeer { node, enode_url } | Action::AddLearner { node, enode_url } => {
             let Some(n) = find_node(inputs, node) else {
                 return Ok(());
             };
-            let added = client.raft_add_peer(enode_url).await;
+            let added = if matches!(action, Action::AddLearner { .. }) {
+                client.raft_add_learner(enode_url).await
+            } else {
+                client.raft_add_peer(enode_url).await
+            };
             // the cluster decides: a refusal while the node is listed (added by another site,
             // or by this one before a restart) is success, an answer without it is not
             let cluster = client.raft_cluster().await?;
@@ -332,10 +404,25 @@ async fn step<R: RaftRecords>(
                 .await
                 .map_err(StepError::Publish)
         }
-        Action::RemovePeer { node, raft_id } => {
+        Action::Promote { node, raft_id } => {
+            client.raft_promote_to_peer(*raft_id).await?;
+            info!(node = %node, raft_id, "learner promoted to a voting raft member");
+            Ok(())
+        }
+        Action::RemovePeer {
+            node,
+            raft_id,
+            tombstone,
+        } => {
             client.raft_remove_peer(*raft_id).await?;
             info!(node = %node, raft_id, "node removed from the raft cluster");
-            records.delete_raft(node).await.map_err(StepError::Publish)
+            if *tombstone {
+                records
+                    .delete_raft(node)
+                    .await
+                    .map_err(StepError::Publish)?;
+            }
+            Ok(())
         }
     }
 }
@@ -348,13 +435,23 @@ pub fn inputs_from_view(view: &crate::membership::view::View, domain: &str, me: 
         .into_iter()
         .filter_map(|n| RaftNode::from_record(n.key(), &n.node))
         .collect();
-    let live: BTreeSet<&NodeKey> = nodes.iter().map(|n| &n.key).collect();
-    let (mut published, mut removed) = (BTreeMap::new(), BTreeMap::new());
-    for (key, raft_id, _) in view.raft_ids() {
-        if live.contains(&key) {
-            published.insert(key, raft_id);
-        } else {
-            removed.insert(key, raft_id);
+    let live: BTreeMap<&NodeKey, &str> = nodes
+        .iter()
+        .map(|n| (&n.key, n.enode_id.as_str()))
+        .collect();
+    let (mut published, mut removed, mut replaced) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    for (key, raft_id, enode) in view.raft_ids() {
+        match live.get(&key) {
+            Some(now) => {
+                if enode_bytes(now).is_some_and(|b| b != enode) {
+                    replaced.insert(key.clone(), raft_id);
+                }
+                published.insert(key, raft_id);
+            }
+            None => {
+                removed.insert(key, raft_id);
+            }
         }
     }
     let adders = view
@@ -370,21 +467,45 @@ pub fn inputs_from_view(view: &crate::membership::view::View, domain: &str, me: 
         nodes,
         removed,
         published,
+        replaced,
+        revoked: view.revoked().clone(),
+        caught_up: BTreeSet::new(),
     }
 }
 
 /// This org's nodes registered here with an RPC endpoint that take part in raft (an enode id,
-/// a p2p and a raft port): `(name, url)`, by name, at most [`MAX_LOCAL`].
+/// a p2p and a raft port) and are not registered as learners (GoQuorum refuses membership
+/// changes from a learner): `(name, url)`, by name, at most [`MAX_LOCAL`].
 pub fn local_members(
     view: &crate::membership::view::View,
     org: &str,
     local_rpc: &BTreeMap<String, String>,
 ) -> Vec<(String, RpcUrl)> {
+    local_raft_nodes(view, org, local_rpc, false)
+}
+
+/// This org's raft learners registered here with an RPC endpoint: `(name, url)`, by name, at
+/// most [`MAX_LOCAL`]; their block height decides when they are promoted.
+pub fn local_learners(
+    view: &crate::membership::view::View,
+    org: &str,
+    local_rpc: &BTreeMap<String, String>,
+) -> Vec<(String, RpcUrl)> {
+    local_raft_nodes(view, org, local_rpc, true)
+}
+
+fn local_raft_nodes(
+    view: &crate::membership::view::View,
+    org: &str,
+    local_rpc: &BTreeMap<String, String>,
+    learners: bool,
+) -> Vec<(String, RpcUrl)> {
     local_rpc
         .iter()
         .filter(|(name, _)| {
-            view.node(org, name)
-                .is_some_and(|n| RaftNode::from_record(n.key(), &n.node).is_some())
+            view.node(org, name).is_some_and(|n| {
+                RaftNode::from_record(n.key(), &n.node).is_some_and(|r| r.learner == learners)
+            })
         })
         .filter_map(|(name, url)| Some((name.clone(), url.parse::<RpcUrl>().ok()?)))
         .take(MAX_LOCAL)
@@ -447,10 +568,11 @@ pub async fn run(k: Keeper, shutdown: CancellationToken) {
             }
             Err(_) => BTreeMap::new(),
         };
-        let (inputs, members, own) = k.membership.read(|v| {
+        let (inputs, members, learners, own) = k.membership.read(|v| {
             (
                 inputs_from_view(v, &domain, &me.to_string()),
                 local_members(v, &me.org, &local_rpc),
+                local_learners(v, &me.org, &local_rpc),
                 v.gateways()
                     .into_iter()
                     .find(|(o, s, _)| *o == me.org && *s == me.site)
@@ -486,7 +608,11 @@ pub async fn run(k: Keeper, shutdown: CancellationToken) {
                 k.metrics.set_chain_block_height(name, h);
             }
         }
-        raft.pass(&inputs, &clients, &k.membership, Instant::now())
+        let learners: Vec<(NodeKey, RpcClient)> = learners
+            .into_iter()
+            .map(|(name, url)| (NodeKey::new(&me.org, &name), client(url, &k.metrics)))
+            .collect();
+        raft.pass_with_learners(&inputs, &clients, &learners, &k.membership, Instant::now())
             .await;
         let wake = raft
             .next_due()

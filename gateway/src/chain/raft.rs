@@ -9,6 +9,18 @@
 //! (`org/site`, byte order) acts, so two sites that see the same view never both add; if their
 //! views differ, the second still reads the node in the cluster first, or GoQuorum refuses the
 //! duplicate enode, which the caller treats as "already added" and reads the cluster again.
+//!
+//! Beyond adds and removals the plan covers three changes, all made by the same acting site:
+//! - **Learners**: a node registered with `raft_learner` is added with `raft_addLearner` and
+//!   promoted with `raft_promoteToPeer` once the keeper judged it caught up ([`Inputs::caught_up`]:
+//!   the cluster lists it `nodeActive` and, when the acting site has its RPC endpoint, its block
+//!   height is within [`LEARNER_MAX_LAG`] blocks of the member the cluster was read from).
+//! - **Revoked orgs**: the view drops every record about a revoked org (its nodes and their raft
+//!   records), so the members are found by the cluster's own DNS host names,
+//!   `<node>.<org>.<domain>` (members run with `--raftdnsenable`), and removed.
+//! - **A new enode id**: a live node whose published raft record names another enode id has its
+//!   old member removed (no tombstone: the record is replaced by the new member's) and the new
+//!   enode added.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -28,6 +40,8 @@ pub struct RaftNode {
     pub p2p_port: u16,
     /// The raft port.
     pub raft_port: u16,
+    /// It joins as a learner (`raft_addLearner`), promoted once caught up.
+    pub learner: bool,
 }
 
 impl RaftNode {
@@ -49,6 +63,7 @@ impl RaftNode {
             enode_id: node.enode_id?.to_string(),
             p2p_port: node.p2p_port?.get(),
             raft_port: node.raft_port?.get(),
+            learner: node.raft_learner,
         })
     }
 }
@@ -63,6 +78,20 @@ pub enum Action {
         /// Its enode URL, DNS-name form.
         enode_url: String,
     },
+    /// Call `raft_addLearner` with this enode URL: the node was registered as a learner.
+    AddLearner {
+        /// The node to add.
+        node: NodeKey,
+        /// Its enode URL, DNS-name form.
+        enode_url: String,
+    },
+    /// Call `raft_promoteToPeer`: the learner has caught up.
+    Promote {
+        /// The learner.
+        node: NodeKey,
+        /// Its raft id in the cluster.
+        raft_id: u16,
+    },
     /// Publish (or correct) the node's raft id as the cluster reports it.
     Publish {
         /// The node.
@@ -70,12 +99,17 @@ pub enum Action {
         /// Its raft id in the cluster.
         raft_id: u16,
     },
-    /// Call `raft_removePeer`: the node was removed from the consortium and is still a member.
+    /// Call `raft_removePeer`: the node was removed from the consortium (or its org revoked, or
+    /// its enode id replaced) and is still a member.
     RemovePeer {
         /// The removed node.
         node: NodeKey,
         /// Its raft id in the cluster.
         raft_id: u16,
+        /// Then delete the node's raft record: true for a deleted node; false for a revoked
+        /// org's node (the view dropped its records already) and for a replaced enode id (the new
+        /// member's record replaces it).
+        tombstone: bool,
     },
 }
 
@@ -96,6 +130,27 @@ pub struct Inputs {
     pub removed: BTreeMap<NodeKey, u16>,
     /// Raft ids as published in records, per node.
     pub published: BTreeMap<NodeKey, u16>,
+    /// Registered nodes whose published raft record names another enode id (the node's key
+    /// changed): the raft id of the old member.
+    pub replaced: BTreeMap<NodeKey, u16>,
+    /// Revoked orgs: their members in the cluster are removed.
+    pub revoked: BTreeSet<String>,
+    /// Learners the keeper found caught up (see the module docs): promoted.
+    pub caught_up: BTreeSet<NodeKey>,
+}
+
+/// Most blocks a learner's height may trail the member's for it to count as caught up.
+pub const LEARNER_MAX_LAG: u64 = 2;
+
+/// The raft role GoQuorum's `raft_cluster` gives a learner.
+pub const LEARNER_ROLE: &str = "learner";
+
+/// The node a cluster member's host name names, `<node>.<org>.<domain>`, if it is one.
+fn node_of_hostname(hostname: &str, domain: &str) -> Option<NodeKey> {
+    let host = hostname.trim_end_matches('.').to_ascii_lowercase();
+    let rest = host.strip_suffix(&format!(".{}", domain.to_ascii_lowercase()))?;
+    let (name, org) = rest.split_once('.')?;
+    (!name.is_empty() && !org.is_empty() && !org.contains('.')).then(|| NodeKey::new(org, name))
 }
 
 /// The site among `adders` that changes the raft cluster: the lowest gateway id.
@@ -114,7 +169,13 @@ pub fn plan(inputs: &Inputs, cluster: &[RaftPeer]) -> Vec<Action> {
         .map(|p| (p.node_id.to_ascii_lowercase(), p.raft_id))
         .collect();
     let in_cluster: BTreeSet<u16> = cluster.iter().map(|p| p.raft_id).collect();
+    let registered: BTreeSet<&str> = inputs.nodes.iter().map(|n| n.enode_id.as_str()).collect();
+    let role: BTreeMap<u16, &str> = cluster
+        .iter()
+        .map(|p| (p.raft_id, p.role.as_str()))
+        .collect();
     let mut actions = Vec::new();
+    let mut removing = BTreeSet::new();
     let mut seen = BTreeSet::new();
     for node in &inputs.nodes {
         if !seen.insert(node.enode_id.clone()) {
@@ -129,22 +190,67 @@ pub fn plan(inputs: &Inputs, cluster: &[RaftPeer]) -> Vec<Action> {
                         raft_id,
                     });
                 }
+                if role.get(&raft_id) == Some(&LEARNER_ROLE) && inputs.caught_up.contains(&node.key)
+                {
+                    actions.push(Action::Promote {
+                        node: node.key.clone(),
+                        raft_id,
+                    });
+                }
             }
-            None => actions.push(Action::AddPeer {
-                node: node.key.clone(),
-                enode_url: node.enode_url(&inputs.domain),
-            }),
+            None => {
+                // a new enode id: the old member leaves first, so the node is a member once
+                if let Some(&old) = inputs.replaced.get(&node.key) {
+                    let old_member = cluster.iter().find(|p| p.raft_id == old);
+                    if old_member.is_some_and(|p| !registered.contains(p.node_id.as_str())) {
+                        removing.insert(old);
+                        actions.push(Action::RemovePeer {
+                            node: node.key.clone(),
+                            raft_id: old,
+                            tombstone: false,
+                        });
+                    }
+                }
+                let enode_url = node.enode_url(&inputs.domain);
+                let key = node.key.clone();
+                actions.push(if node.learner {
+                    Action::AddLearner {
+                        node: key,
+                        enode_url,
+                    }
+                } else {
+                    Action::AddPeer {
+                        node: key,
+                        enode_url,
+                    }
+                });
+            }
         }
     }
-    let registered: BTreeSet<&str> = inputs.nodes.iter().map(|n| n.enode_id.as_str()).collect();
     for (node, &raft_id) in &inputs.removed {
         let still_used = cluster
             .iter()
             .any(|p| p.raft_id == raft_id && registered.contains(p.node_id.as_str()));
-        if in_cluster.contains(&raft_id) && !still_used {
+        if in_cluster.contains(&raft_id) && !still_used && removing.insert(raft_id) {
             actions.push(Action::RemovePeer {
                 node: node.clone(),
                 raft_id,
+                tombstone: true,
+            });
+        }
+    }
+    for p in cluster {
+        let Some(node) = node_of_hostname(&p.hostname, &inputs.domain) else {
+            continue;
+        };
+        if inputs.revoked.contains(&node.org)
+            && !registered.contains(p.node_id.to_ascii_lowercase().as_str())
+            && removing.insert(p.raft_id)
+        {
+            actions.push(Action::RemovePeer {
+                node,
+                raft_id: p.raft_id,
+                tombstone: false,
             });
         }
     }

@@ -102,6 +102,9 @@ pub struct RaftPeer {
     /// `minter`, `verifier` or `learner`.
     #[serde(default)]
     pub role: String,
+    /// Whether the member's raft transport is up (GoQuorum's `nodeActive`; false when absent).
+    #[serde(default)]
+    pub node_active: bool,
 }
 
 /// One connected peer as `admin_peers` lists it (only what fedgw reads).

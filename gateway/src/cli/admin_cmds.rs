@@ -116,6 +116,10 @@ pub struct NodeAddArgs {
     /// A Fabric orderer's TLS certificate (PEM or DER), published with the node.
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<PathBuf>,
+    /// GoQuorum raft: join the cluster as a learner (raft_addLearner), promoted to a voting peer
+    /// once it has caught up.
+    #[arg(long)]
+    raft_learner: bool,
 }
 
 /// `fedgw node import`.
@@ -141,6 +145,10 @@ pub struct NodeImportArgs {
     /// never published).
     #[arg(long, value_name = "URL", value_delimiter = ',')]
     rpc: Vec<String>,
+    /// GoQuorum raft: every imported node joins the cluster as a learner, promoted to a voting
+    /// peer once it has caught up.
+    #[arg(long)]
+    raft_learner: bool,
 }
 
 fn host_text(h: &Host) -> String {
@@ -240,6 +248,7 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
             spec.roles = a.role.clone();
             spec.allowed_orgs = a.allowed_org.clone();
             spec.rpc_url = rpc_arg(a.rpc.as_deref())?;
+            spec.raft_learner = a.raft_learner;
             let mut admin = connect(&a.dir).await?;
             let info = admin_call!(admin, add_node(pb::AddNodeRequest { node: Some(spec) }));
             outln!(
@@ -319,6 +328,7 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
                 .unwrap_or_else(|| format!("node{}", i + 1));
             let mut spec = spec_from_enode(&name, url, a.client);
             spec.rpc_url = rpc_arg(a.rpc.get(i).map(String::as_str))?;
+            spec.raft_learner = a.raft_learner;
             Ok(spec)
         })
         .collect::<Result<_, CliError>>()?;
@@ -479,6 +489,7 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
                     })).collect::<Vec<_>>(),
                     "ipfs_peer_id": json::text(&r.ipfs_peer_id),
                     "tls_cert": (!r.tls_cert_der.is_empty()).then(|| b64.encode(&r.tls_cert_der)),
+                    "raft_learner": r.raft_learner,
                 })
             })
             .collect();
@@ -538,6 +549,9 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
         }
         if !r.ipfs_peer_id.is_empty() {
             outln!("{:<28} ipfs peer {}", "", r.ipfs_peer_id)?;
+        }
+        if r.raft_learner {
+            outln!("{:<28} raft learner (promoted once caught up)", "")?;
         }
     }
     Ok(())

@@ -478,3 +478,94 @@ fn the_keeper_adds_publishes_survives_a_restart_and_removes() {
     assert_eq!(removes[0].params, serde_json::json!([2]));
     drop(gw);
 }
+
+/// Two sites that may both change the raft cluster (each has a local member with an RPC
+/// endpoint; one fake stands for the one cluster reached at both): each new node gets exactly
+/// one `raft_addPeer`, even when the acting gateway dies after the call and before the record,
+/// and the other site never adds meanwhile.
+#[test]
+fn two_adding_gateways_add_each_node_once_across_a_restart() {
+    use fedgw_tests::rpcfake::{Cue, RaftRpcFake};
+    const WAIT: Duration = Duration::from_secs(30);
+    let fake = RaftRpcFake::start().expect("fake");
+    let (n0, m0) = (fedgw_tests::enode_id(1), fedgw_tests::enode_id(2));
+    fake.add_member(&n0, "n0.org1.acme.test", 50400);
+    fake.add_member(&m0, "m0.org2.acme.test", 50400);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("org1"), tmp.path().join("org2"));
+    init_org1(&a, &["--consensus", "raft"]);
+    crate::common::procs::fast(&a);
+    let gw1 = fedgw().start(&a).expect("org1 starts");
+    join_org2(&a, &b);
+    crate::common::procs::fast(&b);
+    let gw2 = fedgw().start(&b).expect("org2 starts");
+    let enode =
+        |id: &str, host: &str| format!("enode://{id}@{host}:30303?discport=0&raftport=50400");
+    let url = fake.url();
+    node(
+        &a,
+        &[
+            "add",
+            "n0",
+            "--enode",
+            &enode(&n0, "127.66.0.1"),
+            "--rpc",
+            &url,
+        ],
+    );
+    node(
+        &b,
+        &[
+            "add",
+            "m0",
+            "--enode",
+            &enode(&m0, "127.66.0.2"),
+            "--rpc",
+            &url,
+        ],
+    );
+    for dir in [&a, &b] {
+        fedgw_tests::wait_for("both sites are adders", WAIT, || {
+            (chain_status(dir)["adders"].as_array().map(Vec::len) == Some(2)).then_some(())
+        })
+        .expect("adders");
+    }
+    assert_eq!(chain_status(&b)["acting"], false);
+
+    // the add takes effect but its answer never comes: org1's gateway dies waiting
+    fake.cue("raft_addPeer", Cue::Stall);
+    let n9 = fedgw_tests::enode_id(9);
+    node(&b, &["add", "n9", "--enode", &enode(&n9, "127.66.0.3")]);
+    fedgw_tests::wait_for("the acting site calls raft_addPeer", WAIT, || {
+        (!fake.calls("raft_addPeer").is_empty()).then_some(())
+    })
+    .expect("called");
+    drop(gw1);
+    // killed while the add waited for its answer (5 s): no record, and org2 does not add
+    assert_eq!(raft_id_of(&b, "n9"), 0, "published before the restart");
+    let gw1 = fedgw().start(&a).expect("org1 restarts");
+    for dir in [&a, &b] {
+        let id = fedgw_tests::wait_for("n9's raft id published", WAIT, || {
+            Some(raft_id_of(dir, "n9")).filter(|id| *id != 0)
+        })
+        .expect("published");
+        assert_eq!(id, 3);
+    }
+    assert_eq!(
+        fake.calls("raft_addPeer").len(),
+        1,
+        "{:?}",
+        fake.all_calls()
+    );
+
+    // the next new node: one more add
+    let n8 = fedgw_tests::enode_id(8);
+    node(&b, &["add", "n8", "--enode", &enode(&n8, "127.66.0.4")]);
+    fedgw_tests::wait_for("n8's raft id published at org2", WAIT, || {
+        Some(raft_id_of(&b, "n8")).filter(|id| *id != 0)
+    })
+    .expect("published");
+    assert_eq!(fake.calls("raft_addPeer").len(), 2);
+    assert_eq!(fake.cluster().len(), 4);
+    drop((gw1, gw2));
+}

@@ -41,6 +41,7 @@ fn cr(name: &str, service: &str) -> ConsortiumNode {
             rpc: None,
             services: vec![],
             ipfs_peer_id: None,
+            raft_learner: false,
         },
     );
     c.metadata.namespace = Some("org1".into());

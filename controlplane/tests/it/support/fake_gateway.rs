@@ -132,6 +132,7 @@ impl pb::admin_server::Admin for FakeAdmin {
                 services: spec.services.clone(),
                 ipfs_peer_id: spec.ipfs_peer_id.clone(),
                 tls_cert_der: spec.tls_cert_der.clone(),
+                raft_learner: spec.raft_learner,
             }),
             local_host: spec.host.clone(),
             local_rpc: spec.rpc_url.clone(),

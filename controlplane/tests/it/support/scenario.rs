@@ -114,6 +114,7 @@ fn node(name: &str, node_name: Option<&str>, p2p: u16) -> ConsortiumNode {
             rpc: None,
             services: vec![],
             ipfs_peer_id: None,
+            raft_learner: false,
         },
     )
 }

@@ -12,6 +12,8 @@ use super::*;
 #[derive(Default)]
 struct Board {
     ids: Mutex<BTreeMap<NodeKey, u16>>,
+    /// The enode id each raft record names, hex.
+    enodes: Mutex<BTreeMap<NodeKey, String>>,
     deleted: Mutex<Vec<NodeKey>>,
     /// Publishing fails (the gateway stops before the record is written).
     fail: AtomicBool,
@@ -35,6 +37,8 @@ impl RaftRecords for Board {
             return Err(PublishError::EmptyBody);
         }
         self.ids.lock().expect("lock").insert(node.clone(), raft_id);
+        let hex: String = enode_id.iter().map(|b| format!("{b:02x}")).collect();
+        self.enodes.lock().expect("lock").insert(node.clone(), hex);
         Ok(())
     }
 
@@ -51,6 +55,7 @@ fn node(org: &str, name: &str, n: u64) -> RaftNode {
         enode_id: fedgw_tests::enode_id(n),
         p2p_port: 30303,
         raft_port: 50400,
+        learner: false,
     }
 }
 
@@ -80,6 +85,19 @@ fn inputs(me: &str, adders: &[&str], nodes: &[RaftNode], board: &Board) -> Input
             .filter(|(k, _)| !live.contains(k))
             .map(|(k, v)| (k.clone(), *v))
             .collect(),
+        replaced: board
+            .enodes
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|(k, e)| {
+                let now = nodes.iter().find(|n| n.key == *k)?;
+                (now.enode_id != *e).then_some(())?;
+                Some((k.clone(), *ids.get(k)?))
+            })
+            .collect(),
+        revoked: BTreeSet::new(),
+        caught_up: BTreeSet::new(),
     }
 }
 
@@ -374,4 +392,144 @@ async fn garbage_huge_and_silent_answers_are_bounded_and_reported() {
         assert!(err.contains(says), "{err}");
         assert!(fake.calls("raft_addPeer").is_empty());
     }
+}
+
+/// A learner registered here (its RPC endpoint on its own fake): added with `raft_addLearner`,
+/// promoted only once the cluster lists it active and its height is within the bound of the
+/// member's, and promoted once.
+#[tokio::test]
+async fn a_learner_is_promoted_once_only_after_it_caught_up() {
+    let (fake, mut nodes) = world();
+    nodes[1].learner = true;
+    let learner_rpc = RaftRpcFake::start().expect("learner fake");
+    fake.set_block(100);
+    learner_rpc.set_block(10);
+    let board = Board::default();
+    let mut k = Raft::default();
+    let learners = [(nodes[1].key.clone(), client(&learner_rpc))];
+    async fn pass(
+        k: &mut Raft,
+        fake: &RaftRpcFake,
+        nodes: &[RaftNode],
+        learners: &[(NodeKey, RpcClient)],
+        board: &Board,
+    ) {
+        let i = inputs("org1/a", &["org1/a"], nodes, board);
+        k.pass_with_learners(&i, &[client(fake)], learners, board, Instant::now())
+            .await;
+    }
+    pass(&mut k, &fake, &nodes, &learners, &board).await;
+    assert!(fake.calls("raft_addPeer").is_empty());
+    assert_eq!(fake.calls("raft_addLearner").len(), 1);
+    assert_eq!(
+        board.ids().get(&nodes[1].key),
+        Some(&2),
+        "its id is published"
+    );
+    // not active yet, then active but 90 blocks behind: no promotion
+    pass(&mut k, &fake, &nodes, &learners, &board).await;
+    fake.set_active(&nodes[1].enode_id, true);
+    pass(&mut k, &fake, &nodes, &learners, &board).await;
+    assert!(fake.calls("raft_promoteToPeer").is_empty());
+    assert!(
+        !learner_rpc.calls("eth_blockNumber").is_empty(),
+        "its height was read"
+    );
+    // within the bound: promoted, once
+    learner_rpc.set_block(100 - crate::chain::raft::LEARNER_MAX_LAG);
+    pass(&mut k, &fake, &nodes, &learners, &board).await;
+    pass(&mut k, &fake, &nodes, &learners, &board).await;
+    let promotes = fake.calls("raft_promoteToPeer");
+    assert_eq!(promotes.len(), 1, "{:?}", fake.all_calls());
+    assert_eq!(promotes[0].params, serde_json::json!([2]));
+    assert!(fake.cluster().iter().all(|p| p["role"] != "learner"));
+    assert!(k.handle.snapshot().pending.is_empty());
+}
+
+/// A learner at another site: promoted once the cluster lists it active.
+#[tokio::test]
+async fn a_remote_learner_is_promoted_once_the_cluster_lists_it_active() {
+    let (fake, mut nodes) = world();
+    nodes[1].learner = true;
+    let board = Board::default();
+    let mut k = Raft::default();
+    for _ in 0..2 {
+        run_a(&mut k, &fake, &nodes, &board, Instant::now()).await;
+    }
+    assert_eq!(fake.calls("raft_addLearner").len(), 1);
+    assert!(fake.calls("raft_promoteToPeer").is_empty());
+    fake.set_active(&nodes[1].enode_id, true);
+    for _ in 0..2 {
+        run_a(&mut k, &fake, &nodes, &board, Instant::now()).await;
+    }
+    assert_eq!(fake.calls("raft_promoteToPeer").len(), 1);
+}
+
+/// Org3 revoked: the view holds none of its records, so its member is found by host name and
+/// removed once, by the acting site only, with no record published about the revoked org.
+#[tokio::test]
+async fn a_revoked_orgs_member_is_removed_exactly_once() {
+    let (fake, nodes) = world();
+    let n9 = &nodes[1];
+    fake.add_member(&n9.enode_id, "n9.org3.fedgw", 50400);
+    let board = Board::default();
+    board
+        .ids
+        .lock()
+        .expect("lock")
+        .insert(nodes[0].key.clone(), 1);
+    // org3's node and raft record are gone from the view
+    let registered = &nodes[..1];
+    let adders = ["org1/a", "org2/b"];
+    let (mut a, mut b) = (Raft::default(), Raft::default());
+    for _ in 0..3 {
+        for (k, me) in [(&mut a, "org1/a"), (&mut b, "org2/b")] {
+            let mut i = inputs(me, &adders, registered, &board);
+            i.revoked.insert("org3".into());
+            k.pass(&i, &[client(&fake)], &board, Instant::now()).await;
+        }
+    }
+    let removes = fake.calls("raft_removePeer");
+    assert_eq!(removes.len(), 1, "{:?}", fake.all_calls());
+    assert_eq!(removes[0].params, serde_json::json!([2]));
+    assert_eq!(fake.cluster().len(), 1);
+    assert!(board.deleted.lock().expect("lock").is_empty());
+    assert_eq!(board.ids().len(), 1);
+}
+
+/// n9 re-registered with another key: its old member is removed (no tombstone), the new enode
+/// added and the new id published, each once.
+#[tokio::test]
+async fn a_new_enode_id_replaces_the_member_and_republishes() {
+    let (fake, nodes) = world();
+    let board = Board::default();
+    let mut k = Raft::default();
+    run_a(&mut k, &fake, &nodes, &board, Instant::now()).await;
+    assert_eq!(board.ids().get(&nodes[1].key), Some(&2));
+    let mut renewed = nodes.clone();
+    renewed[1].enode_id = fedgw_tests::enode_id(99);
+    for _ in 0..3 {
+        run_a(&mut k, &fake, &renewed, &board, Instant::now()).await;
+    }
+    let removes = fake.calls("raft_removePeer");
+    assert_eq!(removes.len(), 1, "{:?}", fake.all_calls());
+    assert_eq!(removes[0].params, serde_json::json!([2]));
+    let adds = fake.calls("raft_addPeer");
+    assert_eq!(adds.len(), 2);
+    assert_eq!(
+        adds[1].params,
+        serde_json::json!([renewed[1].enode_url("fedgw")])
+    );
+    assert_eq!(board.ids().get(&nodes[1].key), Some(&3));
+    assert_eq!(
+        board.enodes.lock().expect("lock").get(&nodes[1].key),
+        Some(&renewed[1].enode_id)
+    );
+    assert!(board.deleted.lock().expect("lock").is_empty());
+    let ids: Vec<u64> = fake
+        .cluster()
+        .iter()
+        .filter_map(|p| p["raftId"].as_u64())
+        .collect();
+    assert_eq!(ids, [1, 3]);
 }

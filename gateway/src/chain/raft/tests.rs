@@ -6,6 +6,7 @@ fn node(org: &str, name: &str, n: u64) -> RaftNode {
         enode_id: fedgw_tests::enode_id(n),
         p2p_port: 30303,
         raft_port: 50400,
+        learner: false,
     }
 }
 
@@ -16,6 +17,7 @@ fn peer(raft_id: u16, n: &RaftNode) -> RaftPeer {
         hostname: format!("{}.{}.fedgw", n.key.name, n.key.org),
         raft_port: n.raft_port,
         role: "verifier".into(),
+        node_active: true,
     }
 }
 
@@ -150,7 +152,8 @@ fn removed_nodes_leave_the_cluster_once() {
         plan(&i, &[peer(1, &a), peer(5, &c)]),
         [Action::RemovePeer {
             node: c.key.clone(),
-            raft_id: 5
+            raft_id: 5,
+            tombstone: true,
         }]
     );
     // gone already
@@ -168,6 +171,108 @@ fn removed_nodes_leave_the_cluster_once() {
         [Action::Publish {
             node: again.key,
             raft_id: 5
+        }]
+    );
+}
+
+#[test]
+fn a_learner_is_added_as_one_and_promoted_only_once_caught_up() {
+    let a = node("org1", "n1", 1);
+    let l = RaftNode {
+        learner: true,
+        ..node("org3", "l1", 3)
+    };
+    let mut i = inputs("org1/a", vec![a.clone(), l.clone()]);
+    i.published = [(a.key.clone(), 1)].into();
+    assert_eq!(
+        plan(&i, &[peer(1, &a)]),
+        [Action::AddLearner {
+            node: l.key.clone(),
+            enode_url: l.enode_url("fedgw"),
+        }]
+    );
+    let mut listed = peer(2, &l);
+    listed.role = LEARNER_ROLE.into();
+    i.published.insert(l.key.clone(), 2);
+    // listed as a learner, not caught up: nothing
+    assert_eq!(plan(&i, &[peer(1, &a), listed.clone()]), []);
+    i.caught_up.insert(l.key.clone());
+    assert_eq!(
+        plan(&i, &[peer(1, &a), listed.clone()]),
+        [Action::Promote {
+            node: l.key.clone(),
+            raft_id: 2
+        }]
+    );
+    // promoted: a verifier is never promoted again
+    listed.role = "verifier".into();
+    assert_eq!(plan(&i, &[peer(1, &a), listed]), []);
+}
+
+#[test]
+fn a_revoked_orgs_members_are_removed_by_their_host_names_once() {
+    let a = node("org1", "n1", 1);
+    let gone = node("org3", "n7", 7);
+    let mut i = inputs("org1/a", vec![a.clone()]);
+    i.published = [(a.key.clone(), 1)].into();
+    let mut outside = peer(9, &node("org5", "x", 9));
+    // a member added outside fedgw, by address: never touched
+    outside.hostname = "10.0.0.9".into();
+    let cluster = [peer(1, &a), peer(4, &gone), outside];
+    assert_eq!(plan(&i, &cluster), []);
+    i.revoked.insert("org3".into());
+    assert_eq!(
+        plan(&i, &cluster),
+        [Action::RemovePeer {
+            node: gone.key.clone(),
+            raft_id: 4,
+            tombstone: false,
+        }]
+    );
+    // another site does nothing
+    i.me = "org2/b".into();
+    assert_eq!(plan(&i, &cluster), []);
+}
+
+#[test]
+fn a_new_enode_id_replaces_the_old_member() {
+    let a = node("org1", "n1", 1);
+    let old = node("org3", "n2", 2);
+    let new = RaftNode {
+        enode_id: fedgw_tests::enode_id(22),
+        ..old.clone()
+    };
+    let mut i = inputs("org1/a", vec![a.clone(), new.clone()]);
+    i.published = [(a.key.clone(), 1), (new.key.clone(), 2)].into();
+    i.replaced = [(new.key.clone(), 2)].into();
+    assert_eq!(
+        plan(&i, &[peer(1, &a), peer(2, &old)]),
+        [
+            Action::RemovePeer {
+                node: new.key.clone(),
+                raft_id: 2,
+                tombstone: false,
+            },
+            Action::AddPeer {
+                node: new.key.clone(),
+                enode_url: new.enode_url("fedgw"),
+            }
+        ]
+    );
+    // the old member left, the add failed: the add again, no second removal
+    assert_eq!(
+        plan(&i, &[peer(1, &a)]),
+        [Action::AddPeer {
+            node: new.key.clone(),
+            enode_url: new.enode_url("fedgw"),
+        }]
+    );
+    // added: the new id is published
+    assert_eq!(
+        plan(&i, &[peer(1, &a), peer(3, &new)]),
+        [Action::Publish {
+            node: new.key.clone(),
+            raft_id: 3
         }]
     );
 }
