@@ -7,6 +7,7 @@
 //! The decisions are pure functions; [`keeper`] runs them in `fedgw run` and does the IO;
 //! [`status`] reads the local nodes for `fedgw chain status`.
 
+pub mod audit;
 pub mod keeper;
 pub mod peering;
 pub mod raft;

@@ -12,11 +12,13 @@
 //! stream, [`dialer`] keeps streams up. This module ties them together.
 
 pub mod bootstrap;
+pub mod certs;
 pub mod dialer;
 pub mod record;
 pub mod sync;
 #[cfg(test)]
-mod test_pki;
+pub(crate) mod test_pki;
+pub mod trail;
 pub mod view;
 
 use std::collections::{BTreeSet, HashMap};
@@ -69,6 +71,7 @@ pub struct MembershipConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Revocation {
     set: RevocationSet,
+    issued: fedgw_certs::IssuedSet,
     tokens: Arc<Mutex<HashMap<String, CancellationToken>>>,
 }
 
@@ -76,6 +79,11 @@ impl Revocation {
     /// The set the TLS verifiers consult.
     pub fn set(&self) -> &RevocationSet {
         &self.set
+    }
+
+    /// The published gateway leaves the TLS verifiers consult (certificate transparency).
+    pub fn issued(&self) -> &fedgw_certs::IssuedSet {
+        &self.issued
     }
 
     /// A token cancelled when `org` is revoked (already cancelled if it is).
@@ -281,6 +289,7 @@ pub fn storage_key(bytes: &[u8]) -> Option<String> {
         pb::record_body::Body::Node(_) => Kind::Node,
         pb::record_body::Body::Vote(_) => Kind::Vote,
         pb::record_body::Body::Raft(_) => Kind::Raft,
+        pb::record_body::Body::Cert(_) => Kind::Cert,
         pb::record_body::Body::Tombstone(t) => match pb::RecordKind::try_from(t.kind).ok()? {
             pb::RecordKind::Gateway => Kind::Gateway,
             pb::RecordKind::Node => Kind::Node,
@@ -378,9 +387,16 @@ impl Membership {
             }
         }
         self.0.revocation.apply(view.revoked());
+        let issued = certs::issued_spkis(&view.certs());
+        self.0.revocation.issued.replace(issued);
         *self.0.view.write().unwrap_or_else(|e| e.into_inner()) = view;
         self.0.changed.send_modify(|v| *v += 1);
         Ok(())
+    }
+
+    /// The store the records are kept in (the audit trail beside them).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.0.store
     }
 
     /// This gateway.
@@ -481,7 +497,9 @@ impl Membership {
     ) -> Result<IngestReport, StoreError> {
         let mut report = IngestReport::default();
         let mut accepted: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
+        let mut audit = Vec::new();
         let mut revocations = false;
+        let mut certs = false;
         // a revoked org's own records leave the view with the revocation: the store too
         let dropped: Vec<String>;
         {
@@ -498,7 +516,9 @@ impl Membership {
                 match view.check(&v) {
                     Verdict::Accept => {
                         revocations |= v.key.kind == Kind::Revocation;
+                        certs |= v.key.kind == Kind::Cert;
                         accepted.push((v.key.to_string(), v.bytes.clone()));
+                        audit.push(record::audit_event(&v));
                         view.apply(v);
                     }
                     Verdict::Duplicate => report.duplicates += 1,
@@ -521,7 +541,7 @@ impl Membership {
         let store = self.0.store.clone();
         let to_store = accepted.clone();
         let persisted =
-            tokio::task::spawn_blocking(move || store.replace_records(&to_store, &dropped))
+            tokio::task::spawn_blocking(move || store.replace_records(&to_store, &dropped, &audit))
                 .await
                 .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())));
         if let Err(e) = persisted {
@@ -535,6 +555,10 @@ impl Membership {
             let revoked = self.read(|v| v.revoked().clone());
             info!(revoked = ?revoked, "revocation received");
             self.0.revocation.apply(&revoked);
+        }
+        if certs || revocations {
+            let issued = self.read(|v| certs::issued_spkis(&v.certs()));
+            self.0.revocation.issued.replace(issued);
         }
         self.0.changed.send_modify(|v| *v += 1);
         self.forward(&accepted, from);
@@ -939,6 +963,7 @@ fn body_kind(body: &pb::record_body::Body) -> Option<Kind> {
         B::Node(_) => Kind::Node,
         B::Vote(_) => Kind::Vote,
         B::Raft(_) => Kind::Raft,
+        B::Cert(_) => Kind::Cert,
         B::Tombstone(t) => match pb::RecordKind::try_from(t.kind).ok()? {
             pb::RecordKind::Gateway => Kind::Gateway,
             pb::RecordKind::Node => Kind::Node,

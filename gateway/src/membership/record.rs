@@ -9,6 +9,7 @@
 //! | node        | `node/<org>/<node>`          | `<org>`'s CA         |
 //! | vote        | `vote/<voter>/<candidate>`   | `<voter>`'s CA       |
 //! | raft        | `raft/<org>/<node>`          | any member's CA      |
+//! | cert        | `cert/<org>/<serial hex>`    | `<org>`'s CA         |
 //!
 //! A tombstone replaces a gateway, node, vote or raft record (same key, higher seq) and is signed
 //! like the record it deletes. Member and revocation records are never deleted. A raft record is
@@ -49,6 +50,8 @@ pub enum Kind {
     Vote,
     /// A node's raft id, published by the site that added it to the raft cluster.
     Raft,
+    /// A certificate the org's CA issued (certificate transparency).
+    Cert,
 }
 
 impl Kind {
@@ -61,6 +64,7 @@ impl Kind {
             Kind::Node => "node",
             Kind::Vote => "vote",
             Kind::Raft => "raft",
+            Kind::Cert => "cert",
         }
     }
 
@@ -72,6 +76,7 @@ impl Kind {
             "node" => Kind::Node,
             "vote" => Kind::Vote,
             "raft" => Kind::Raft,
+            "cert" => Kind::Cert,
             _ => return None,
         })
     }
@@ -84,6 +89,7 @@ impl Kind {
             pb::RecordKind::Node => Kind::Node,
             pb::RecordKind::Vote => Kind::Vote,
             pb::RecordKind::Raft => Kind::Raft,
+            pb::RecordKind::Cert => Kind::Cert,
             pb::RecordKind::Unspecified => return None,
         })
     }
@@ -97,6 +103,7 @@ impl Kind {
             Kind::Node => pb::RecordKind::Node,
             Kind::Vote => pb::RecordKind::Vote,
             Kind::Raft => pb::RecordKind::Raft,
+            Kind::Cert => pb::RecordKind::Cert,
         }
     }
 
@@ -115,6 +122,7 @@ impl Kind {
             Kind::Node => 4,
             // after the node it names
             Kind::Raft => 5,
+            Kind::Cert => 6,
         }
     }
 }
@@ -162,6 +170,8 @@ pub enum Body {
     Vote(pb::VoteRecord),
     /// See [`pb::RaftRecord`].
     Raft(pb::RaftRecord),
+    /// See [`pb::CertRecord`], checked by [`check_cert`].
+    Cert(pb::CertRecord),
     /// The record was deleted.
     Tombstone,
 }
@@ -335,10 +345,16 @@ fn check_body(rec: &pb::RecordBody, domain: &str) -> Result<(RecordKey, Body), R
             }
             (Kind::Raft, Body::Raft(r.clone()))
         }
+        B::Cert(c) => {
+            check_cert(c, &rec.name, &rec.org, domain)?;
+            (Kind::Cert, Body::Cert(c.clone()))
+        }
         B::Tombstone(t) => {
             let kind = Kind::from_pb(t.kind).ok_or_else(|| invalid("tombstone of unknown kind"))?;
-            if kind.root_only() {
-                return Err(invalid("member and revocation records cannot be deleted"));
+            if kind.root_only() || kind == Kind::Cert {
+                return Err(invalid(
+                    "member, revocation and cert records cannot be deleted",
+                ));
             }
             (kind, Body::Tombstone)
         }
@@ -367,6 +383,44 @@ fn check_member(m: &pb::MemberRecord, org: &str, domain: &str) -> Result<(), Rej
         return Err(invalid(
             "member CA is not constrained to the member's subtree",
         ));
+    }
+    Ok(())
+}
+
+/// Most names in a cert record.
+pub const MAX_CERT_SANS: usize = 32;
+
+/// Checks a cert record: its name is its serial (lowercase hex), the SHA-256 is 32 bytes, at
+/// most [`MAX_CERT_SANS`] names of at most 253 bytes, and every DNS name lies in the org's
+/// subtree `<org>.<domain>` (the org CA's name constraint: anything else it cannot have issued).
+fn check_cert(c: &pb::CertRecord, name: &str, org: &str, domain: &str) -> Result<(), Reject> {
+    if c.serial != name
+        || !c
+            .serial
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return Err(invalid(
+            "cert record name must be its serial in lowercase hex",
+        ));
+    }
+    if c.spki_sha256.len() != 32 {
+        return Err(invalid("cert record SPKI hash must be 32 bytes"));
+    }
+    if c.subject.len() > 253 || c.sans.len() > MAX_CERT_SANS || c.sans.iter().any(|s| s.len() > 253)
+    {
+        return Err(invalid(format!(
+            "cert record names too long or more than {MAX_CERT_SANS}"
+        )));
+    }
+    let subtree = fedgw_certs::names::org_subtree(org, domain);
+    let dns = c.sans.iter().filter(|s| !s.contains(':'));
+    for s in dns {
+        if !(s == &subtree || s.ends_with(&format!(".{subtree}"))) {
+            return Err(invalid(format!(
+                "cert record name {s:?} is outside {subtree}"
+            )));
+        }
     }
     Ok(())
 }
@@ -447,6 +501,26 @@ pub fn seal(
         signature,
     }
     .encode_to_vec())
+}
+
+/// The audit-trail entry of an accepted record: its kind (`tombstone.<kind>` for a deletion),
+/// org, name, signer (`root` or the org) and envelope hash.
+pub fn audit_event(v: &Verified) -> crate::store::AuditEvent {
+    let kind = match v.body {
+        Body::Tombstone => format!("tombstone.{}", v.key.kind.as_str()),
+        _ => v.key.kind.as_str().to_owned(),
+    };
+    crate::store::AuditEvent {
+        kind,
+        org: v.key.org.clone(),
+        subject: v.key.name.clone(),
+        signer: match &v.signer {
+            Signer::Root => "root".to_owned(),
+            Signer::Org(o) => o.clone(),
+        },
+        record_hash: v.hash,
+        record_key: Some(v.key.to_string()),
+    }
 }
 
 #[cfg(test)]

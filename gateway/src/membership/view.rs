@@ -146,7 +146,7 @@ impl View {
                 }
             }
             Kind::Revocation => {}
-            Kind::Gateway | Kind::Node | Kind::Vote | Kind::Raft => {
+            Kind::Gateway | Kind::Node | Kind::Vote | Kind::Raft | Kind::Cert => {
                 if self.revoked.contains(&v.key.org) {
                     return Verdict::Reject(Reject::Revoked(v.key.org.clone()));
                 }
@@ -449,6 +449,18 @@ impl View {
                     u16::try_from(r.raft_id).ok()?,
                     r.enode_id.clone(),
                 )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Certificates published by active members (certificate transparency): (org, record),
+    /// sorted by (org, serial).
+    pub fn certs(&self) -> Vec<(String, pb::CertRecord)> {
+        self.of_kind(Kind::Cert)
+            .filter(|(k, _)| self.is_member(&k.org))
+            .filter_map(|(k, e)| match &e.body {
+                Body::Cert(c) => Some((k.org.clone(), c.clone())),
                 _ => None,
             })
             .collect()
