@@ -56,7 +56,9 @@ impl IssuedSet {
     }
 
     /// Checks a verified leaf (DER) at `now_unix` seconds: accepted when the check is off, the
-    /// leaf is younger than the grace period, or a cert record names its SPKI.
+    /// leaf was issued (notBefore plus [`crate::pki::CLOCK_SKEW`]) less than the grace period
+    /// ago, or a cert record names its SPKI. Within the grace period a new gateway's sync
+    /// session carries its record to its peers.
     pub fn check(&self, leaf: &[u8], now_unix: u64) -> Result<(), PeerRejection> {
         let state = self.state();
         if state.grace.is_zero() {
@@ -66,8 +68,11 @@ impl IssuedSet {
             x509_parser::parse_x509_certificate(leaf).map_err(|_| PeerRejection::NotPublished {
                 serial: String::new(),
             })?;
-        let not_before = u64::try_from(cert.validity().not_before.timestamp()).unwrap_or(0);
-        if now_unix < not_before.saturating_add(state.grace.as_secs()) {
+        // leaves are backdated by the clock-skew allowance: the grace runs from the issue time
+        let issued = u64::try_from(cert.validity().not_before.timestamp())
+            .unwrap_or(0)
+            .saturating_add(crate::pki::CLOCK_SKEW.as_secs());
+        if now_unix < issued.saturating_add(state.grace.as_secs()) {
             return Ok(());
         }
         let spki: [u8; 32] = sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw).into();

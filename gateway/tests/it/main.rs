@@ -10,6 +10,7 @@ mod common {
 }
 mod support;
 
+mod audit;
 mod bootstrap;
 mod chain;
 mod cli;
