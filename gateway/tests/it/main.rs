@@ -11,6 +11,7 @@ mod common {
 mod support;
 
 mod audit;
+mod audit_cli;
 mod bootstrap;
 mod chain;
 mod cli;
