@@ -306,6 +306,7 @@ impl Store {
     fn open_and_scan(path: &Path) -> Result<Self, StoreError> {
         let store = Self::open_db(path)?;
         store.migrate_allocations()?;
+        store.adopt_unrecorded()?;
         store.records()?;
         store.audit_all()?;
         store.local_nodes()?;
@@ -868,6 +869,8 @@ pub struct Salvage {
     pub invites: Option<Vec<(String, Invite)>>,
     /// The admissions ledger.
     pub members: Option<Vec<Member>>,
+    /// The audit trail, oldest first.
+    pub audit: Option<Vec<(u64, AuditEntry)>>,
 }
 
 /// Reads whatever still reads from the store file at `path`, each table on its own, catching
@@ -889,6 +892,7 @@ pub fn salvage(path: &Path) -> Salvage {
         allocations: table(&store, Store::allocations),
         invites: table(&store, Store::invites),
         members: table(&store, Store::members),
+        audit: table(&store, Store::audit_all),
     }
 }
 
@@ -946,6 +950,7 @@ impl Store {
                 members.insert(m.org.as_str(), encode(m).as_slice())?;
             }
         }
+        audit::restore(&tx, s)?;
         tx.commit()?;
         Ok(())
     }

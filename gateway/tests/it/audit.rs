@@ -63,17 +63,18 @@ async fn every_gateway_audits_what_it_accepts_and_lists_the_published_leaves() {
         let nodes = trail(g, "node").await;
         assert_eq!(nodes.len(), 1, "at {}", g.org);
         assert_eq!(
-            (nodes[0].org.as_str(), nodes[0].subject.as_str(), nodes[0].signer.as_str()),
+            (
+                nodes[0].org.as_str(),
+                nodes[0].subject.as_str(),
+                nodes[0].signer.as_str()
+            ),
             ("org2", "node1", "org2")
         );
         let listed = certs(g).await;
         let orgs: Vec<_> = listed.iter().map(|(o, _)| o.as_str()).collect();
         assert_eq!(orgs, ["org1", "org2"], "at {}", g.org);
         assert!(
-            listed[1]
-                .1
-                .sans
-                .contains(&format!("gw-dc1.org2.{DOMAIN}")),
+            listed[1].1.sans.contains(&format!("gw-dc1.org2.{DOMAIN}")),
             "{:?}",
             listed[1].1.sans
         );
@@ -83,7 +84,11 @@ async fn every_gateway_audits_what_it_accepts_and_lists_the_published_leaves() {
     let invites = trail(&fed.gws[0], "invite.").await;
     let kinds: Vec<_> = invites.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["invite.used", "invite.created"]);
-    assert!(invites.iter().all(|e| e.org == "org2" && e.signer == "local"));
+    assert!(
+        invites
+            .iter()
+            .all(|e| e.org == "org2" && e.signer == "local")
+    );
 
     // both gateways hold the same records: their digests agree, over the admin socket and over
     // the federation API (mutual TLS, as `fedgw audit --compare` asks)
@@ -97,10 +102,9 @@ async fn every_gateway_audits_what_it_accepts_and_lists_the_published_leaves() {
     let (_, config) =
         fedgw_gateway::provision::federation_client_config(&fed.gws[0].dir, None).expect("tls");
     let endpoint = fed.gws[1].run().info.gateway.to_string();
-    let (peer, remote) =
-        fedgw_gateway::federation::audit_digest(&endpoint, config, DOMAIN, WAIT)
-            .await
-            .expect("remote digest");
+    let (peer, remote) = fedgw_gateway::federation::audit_digest(&endpoint, config, DOMAIN, WAIT)
+        .await
+        .expect("remote digest");
     assert_eq!(peer.org, "org2");
     assert_eq!(local.digest, remote.digest);
     assert_eq!(local.count, remote.count);

@@ -24,9 +24,23 @@ fn issued_certificates_are_audited_and_a_changed_record_fails_verification() {
     let d = s(&a);
     let init = fedgw()
         .run([
-            "init", "--consortium", "acme", "--domain", "acme.test", "--org", "org1",
-            "--advertise", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
-            "--dns", "127.0.0.1:0", "--data-dir", &d,
+            "init",
+            "--consortium",
+            "acme",
+            "--domain",
+            "acme.test",
+            "--org",
+            "org1",
+            "--advertise",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--dns",
+            "127.0.0.1:0",
+            "--data-dir",
+            &d,
         ])
         .expect("spawn");
     assert_eq!(init.code, Some(0), "{}", init.stderr);
@@ -35,7 +49,11 @@ fn issued_certificates_are_audited_and_a_changed_record_fails_verification() {
         .run(["cert", "issue", "tm1", "--data-dir", &d, "--out-dir", &out])
         .expect("spawn");
     assert_eq!(issue.code, Some(0), "{}", issue.stderr);
-    assert!(issue.stdout.contains("published    cert record"), "{}", issue.stdout);
+    assert!(
+        issue.stdout.contains("published    cert record"),
+        "{}",
+        issue.stdout
+    );
 
     let list = fedgw()
         .run(["audit", "--data-dir", &d, "--json"])
@@ -52,14 +70,21 @@ fn issued_certificates_are_audited_and_a_changed_record_fails_verification() {
         .run(["audit", "--data-dir", &d, "--kind", "cert"])
         .expect("spawn");
     assert_eq!(only.code, Some(0), "{}", only.stderr);
-    assert_eq!(only.stdout.lines().count(), 2, "header and one entry: {}", only.stdout);
+    assert_eq!(
+        only.stdout.lines().count(),
+        2,
+        "header and one entry: {}",
+        only.stdout
+    );
 
     let verify = fedgw()
         .run(["audit", "--data-dir", &d, "--verify"])
         .expect("spawn");
     assert_eq!(verify.code, Some(0), "{}", verify.stderr);
     assert!(
-        verify.stdout.contains("2 entries chained, 2 stored records"),
+        verify
+            .stdout
+            .contains("2 entries chained, 2 stored records"),
         "{}",
         verify.stdout
     );
@@ -79,7 +104,9 @@ fn issued_certificates_are_audited_and_a_changed_record_fails_verification() {
         .expect("spawn");
     assert_eq!(tampered.code, Some(21), "{}", tampered.stderr);
     assert!(
-        tampered.stderr.contains("record member/org1/ was changed in the store"),
+        tampered
+            .stderr
+            .contains("record member/org1/ was changed in the store"),
         "{}",
         tampered.stderr
     );

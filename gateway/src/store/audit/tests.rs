@@ -214,3 +214,58 @@ fn the_records_digest_ignores_order_and_names_the_differences() {
         ]
     );
 }
+
+#[test]
+fn a_rebuild_keeps_the_trail_and_accounts_for_records_it_lacks() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let old = d.path().join("old.redb");
+    {
+        let s = Store::open(&old).expect("open");
+        s.put_records(
+            &[("node/org1/a".to_owned(), Arc::new(b"1".to_vec()))],
+            &[AuditEvent {
+                record_hash: sha2::Sha256::digest(b"1").into(),
+                ..record_event("node", "org1", "a", 0)
+            }],
+        )
+        .expect("put");
+        // a record without an entry (written by a version before the trail)
+        s.put_records(&[("node/org2/b".to_owned(), Arc::new(b"2".to_vec()))], &[])
+            .expect("put");
+    }
+    let salvaged = crate::store::salvage(&old);
+    let kept = salvaged.audit.clone().expect("trail read");
+    let fresh = Store::open(&d.path().join("new.redb")).expect("open");
+    fresh.restore(&salvaged).expect("restore");
+    let all = fresh.audit_all().expect("read");
+    assert_eq!(all[..1], kept[..]);
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].1.kind, "restored");
+    assert_eq!(all[1].1.record_key.as_deref(), Some("node/org2/b"));
+    assert_eq!(verify_chain(all.iter().map(|(k, e)| (*k, e))), Ok(2));
+}
+
+#[test]
+fn a_store_from_before_the_trail_gets_an_entry_per_record_at_open() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let path = d.path().join("store.redb");
+    {
+        let s = Store::open(&path).expect("open");
+        // as an earlier version wrote it: records, no trail
+        let tx = s.db.begin_write().expect("tx");
+        tx.open_table(crate::store::RECORDS)
+            .expect("table")
+            .insert("node/org1/a", b"1".as_slice())
+            .expect("insert");
+        tx.commit().expect("commit");
+    }
+    let s = Store::open(&path).expect("reopen");
+    let all = s.audit_all().expect("read");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].1.kind, "restored");
+    assert_eq!(all[0].1.record_hash, hex(&sha2::Sha256::digest(b"1")));
+    drop(s);
+    // only once
+    let s = Store::open(&path).expect("reopen");
+    assert_eq!(s.audit_all().expect("read").len(), 1);
+}
