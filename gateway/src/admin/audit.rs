@@ -18,18 +18,31 @@ pub(super) async fn list_audit(
         since_ms: (r.since_ms > 0).then_some(r.since_ms),
         org: some(r.org),
         kind: some(r.kind),
-        limit: (r.limit > 0).then(|| r.limit as usize),
+        limit: (r.limit > 0).then_some(r.limit as usize),
     };
     let store = svc.store.clone();
     let entries = tokio::task::spawn_blocking(move || audit_entries(&store, &filter))
         .await
         .map_err(|e| Status::internal(format!("reading the audit trail failed: {e}")))?
         .map_err(|e| Status::internal(format!("reading the audit trail failed: {e}")))?;
-    let entries_json = entries
-        .iter()
-        .filter_map(|e| serde_json::to_string(e).ok())
-        .collect();
-    Ok(Response::new(pb::ListAuditResponse { entries_json }))
+    // the CLI decodes at most MAX_MESSAGE_BYTES: newest entries first, up to 7/8 of that
+    let budget = fedgw_proto::MAX_MESSAGE_BYTES / 8 * 7;
+    let (mut entries_json, mut used, mut truncated) = (Vec::new(), 0, false);
+    for e in &entries {
+        let Ok(j) = serde_json::to_string(e) else {
+            continue;
+        };
+        used += j.len() + 8;
+        if used > budget {
+            truncated = true;
+            break;
+        }
+        entries_json.push(j);
+    }
+    Ok(Response::new(pb::ListAuditResponse {
+        entries_json,
+        truncated,
+    }))
 }
 
 pub(super) async fn publish_cert(

@@ -87,6 +87,11 @@ pub(crate) async fn audit(args: AuditArgs) -> Result<(), CliError> {
                     limit: 0,
                 })
             );
+            if resp.truncated {
+                eprintln!(
+                    "older entries left out (the answer is bounded to 1 MiB): narrow with --since, --org or --kind, or stop the gateway to read the store whole"
+                );
+            }
             resp.entries_json
                 .iter()
                 .map(|j| serde_json::from_str::<AuditEntry>(j))
