@@ -203,7 +203,7 @@ impl PeerVerifier {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
         self.issued
-            .check(end_entity, now.as_secs())
+            .check(end_entity, &id.org, now.as_secs())
             .map_err(rejection)?;
         if let Some(expected) = &self.expected_org
             && *expected != id.org

@@ -15,10 +15,11 @@ use super::PeerRejection;
 #[derive(Debug, Default)]
 struct State {
     grace: Duration,
-    spkis: BTreeSet<[u8; 32]>,
+    spkis: BTreeSet<(String, [u8; 32])>,
 }
 
-/// The SHA-256 hashes of the SubjectPublicKeyInfo of every published certificate, and the grace
+/// The SHA-256 hashes of the SubjectPublicKeyInfo of every published certificate, each with the
+/// org that published it (a record of one org never vouches for another's leaf), and the grace
 /// period after a leaf's notBefore before an unpublished one is refused. Shared by every verifier
 /// built with it (like [`super::RevocationSet`]): a change takes effect at the next handshake.
 #[derive(Debug, Clone, Default)]
@@ -42,8 +43,8 @@ impl IssuedSet {
         });
     }
 
-    /// Replaces the published SPKI hashes.
-    pub fn replace(&self, spkis: BTreeSet<[u8; 32]>) {
+    /// Replaces the published (org, SPKI hash) pairs.
+    pub fn replace(&self, spkis: BTreeSet<(String, [u8; 32])>) {
         self.update(|s| State {
             grace: s.grace,
             spkis,
@@ -59,7 +60,7 @@ impl IssuedSet {
     /// leaf was issued (notBefore plus [`crate::pki::CLOCK_SKEW`]) less than the grace period
     /// ago, or a cert record names its SPKI. Within the grace period a new gateway's sync
     /// session carries its record to its peers.
-    pub fn check(&self, leaf: &[u8], now_unix: u64) -> Result<(), PeerRejection> {
+    pub fn check(&self, leaf: &[u8], org: &str, now_unix: u64) -> Result<(), PeerRejection> {
         let state = self.state();
         if state.grace.is_zero() {
             return Ok(());
@@ -76,7 +77,7 @@ impl IssuedSet {
             return Ok(());
         }
         let spki: [u8; 32] = sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw).into();
-        if state.spkis.contains(&spki) {
+        if state.spkis.contains(&(org.to_owned(), spki)) {
             return Ok(());
         }
         Err(PeerRejection::NotPublished {
@@ -100,6 +101,7 @@ mod tests {
 
     const D: &str = "acme.example";
 
+    /// A gateway leaf of org2 and its issue time (notBefore plus the clock-skew allowance).
     fn gateway_leaf() -> (Vec<u8>, u64) {
         let now = SystemTime::now();
         let root = CertificateAuthority::new_root("acme", D, now).expect("root");
@@ -114,7 +116,7 @@ mod tests {
         let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("parse");
         let not_before =
             u64::try_from(parsed.validity().not_before.timestamp()).expect("after 1970");
-        (der, not_before)
+        (der, not_before + crate::pki::CLOCK_SKEW.as_secs())
     }
 
     #[test]
@@ -122,10 +124,10 @@ mod tests {
         let (leaf, nb) = gateway_leaf();
         let set = IssuedSet::default();
         assert!(!set.enforced());
-        assert!(set.check(&leaf, nb + 1_000_000).is_ok());
+        assert!(set.check(&leaf, "org2", nb + 1_000_000).is_ok());
         set.set_grace(Duration::from_secs(600));
         assert!(set.enforced());
-        assert!(set.check(&leaf, nb + 599).is_ok());
+        assert!(set.check(&leaf, "org2", nb + 599).is_ok());
     }
 
     #[test]
@@ -133,19 +135,22 @@ mod tests {
         let (leaf, nb) = gateway_leaf();
         let set = IssuedSet::default();
         set.set_grace(Duration::from_secs(600));
-        let e = set.check(&leaf, nb + 600).expect_err("unpublished");
+        let e = set.check(&leaf, "org2", nb + 600).expect_err("unpublished");
         assert!(matches!(e, PeerRejection::NotPublished { .. }));
         assert!(
             e.to_string().contains("require_issued_certs_after_s = 0"),
             "{e}"
         );
         let spki = crate::pki::spki_sha256(&leaf).expect("spki");
-        set.replace([spki].into());
-        assert!(set.check(&leaf, nb + 600).is_ok());
+        // another org's record does not vouch for it
+        set.replace([("org3".to_owned(), spki)].into());
+        assert!(set.check(&leaf, "org2", nb + 600).is_err());
+        set.replace([("org2".to_owned(), spki)].into());
+        assert!(set.check(&leaf, "org2", nb + 600).is_ok());
         // the grace period survives a replacement of the set, and the set a new grace
         set.set_grace(Duration::from_secs(60));
-        assert!(set.check(&leaf, nb + 600).is_ok());
+        assert!(set.check(&leaf, "org2", nb + 600).is_ok());
         set.replace(BTreeSet::new());
-        assert!(set.check(&leaf, nb + 600).is_err());
+        assert!(set.check(&leaf, "org2", nb + 600).is_err());
     }
 }

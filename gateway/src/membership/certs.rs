@@ -114,12 +114,15 @@ pub fn cert_record(der: &[u8]) -> Result<pb::CertRecord, CertRecordError> {
     })
 }
 
-/// The SPKI hashes of the gateway leaves the view's cert records name, for the verifiers'
+/// The (org, SPKI SHA-256) pairs the view's cert records name, for the verifiers'
 /// [`fedgw_certs::IssuedSet`].
-pub fn issued_spkis(certs: &[(String, pb::CertRecord)]) -> BTreeSet<[u8; 32]> {
+pub fn issued_spkis(certs: &[(String, pb::CertRecord)]) -> BTreeSet<(String, [u8; 32])> {
     certs
         .iter()
-        .filter_map(|(_, c)| <[u8; 32]>::try_from(c.spki_sha256.as_slice()).ok())
+        .filter_map(|(o, c)| {
+            let spki = <[u8; 32]>::try_from(c.spki_sha256.as_slice()).ok()?;
+            Some((o.clone(), spki))
+        })
         .collect()
 }
 

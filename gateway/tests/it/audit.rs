@@ -26,6 +26,19 @@ async fn trail(g: &Gw, kind: &str) -> Vec<AuditEntry> {
         .collect()
 }
 
+/// The entries of `kind` once there are `n` of them: a gateway applies a record to its view
+/// just before the store transaction that appends its entry commits.
+async fn trail_of(g: &Gw, kind: &str, n: usize) -> Vec<AuditEntry> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let entries = trail(g, kind).await;
+        if entries.len() >= n || std::time::Instant::now() >= deadline {
+            return entries;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn certs(g: &Gw) -> Vec<(String, pb::CertRecord)> {
     g.admin()
         .await
@@ -60,7 +73,7 @@ async fn every_gateway_audits_what_it_accepts_and_lists_the_published_leaves() {
     }
     fed.converged().await;
     for g in &fed.gws {
-        let nodes = trail(g, "node").await;
+        let nodes = trail_of(g, "node", 1).await;
         assert_eq!(nodes.len(), 1, "at {}", g.org);
         assert_eq!(
             (
@@ -78,10 +91,10 @@ async fn every_gateway_audits_what_it_accepts_and_lists_the_published_leaves() {
             "{:?}",
             listed[1].1.sans
         );
-        assert_eq!(trail(g, "cert").await.len(), 2, "at {}", g.org);
+        assert_eq!(trail_of(g, "cert", 2).await.len(), 2, "at {}", g.org);
     }
     // the inviter also recorded its own actions
-    let invites = trail(&fed.gws[0], "invite.").await;
+    let invites = trail_of(&fed.gws[0], "invite.", 2).await;
     let kinds: Vec<_> = invites.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["invite.used", "invite.created"]);
     assert!(
