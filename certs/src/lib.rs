@@ -23,4 +23,4 @@ pub mod verify;
 pub use identity::{PeerIdentity, peer_identity};
 pub use pki::{CertificateAuthority, IssuedLeaf, PkiError};
 pub use token::{JoinToken, TokenError};
-pub use verify::{PeerVerifier, PinnedRootVerifier, RevocationSet};
+pub use verify::{IssuedSet, PeerVerifier, PinnedRootVerifier, RevocationSet};

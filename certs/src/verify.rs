@@ -18,6 +18,9 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::identity::{self, IdentityError, PeerIdentity};
 
+mod issued;
+pub use issued::IssuedSet;
+
 /// The orgs whose certificates are refused. Shared by every verifier built from it: replacing
 /// the set takes effect for the next handshake, with no config rebuild.
 #[derive(Debug, Clone, Default)]
@@ -62,6 +65,15 @@ pub enum PeerRejection {
     /// The pinned root key is not in the presented chain, or did not sign it.
     #[error("the server's chain does not end at the pinned consortium root")]
     PinMismatch,
+    /// The gateway leaf is older than `[federation] require_issued_certs_after_s` and no cert
+    /// record of its org names it.
+    #[error(
+        "gateway certificate {serial} was never published as a cert record by its org; upgrade that gateway so that it publishes its certificates, or set [federation] require_issued_certs_after_s = 0"
+    )]
+    NotPublished {
+        /// The leaf's serial, hex.
+        serial: String,
+    },
 }
 
 /// Why a root certificate cannot anchor a [`PeerVerifier`].
@@ -99,6 +111,7 @@ pub struct PeerVerifier {
     root_subject: Vec<DistinguishedName>,
     domain: String,
     revoked: RevocationSet,
+    issued: IssuedSet,
     expected_org: Option<String>,
     any_server_name: bool,
     algs: WebPkiSupportedAlgorithms,
@@ -130,10 +143,18 @@ impl PeerVerifier {
             root_subject,
             domain: domain.to_owned(),
             revoked,
+            issued: IssuedSet::default(),
             expected_org: None,
             any_server_name: false,
             algs: provider.signature_verification_algorithms,
         })
+    }
+
+    /// Also refuse gateway leaves that `issued` says were never published (off while its grace
+    /// period is zero).
+    pub fn with_issued(mut self, issued: IssuedSet) -> Self {
+        self.issued = issued;
+        self
     }
 
     /// As a dialer, also require the server to belong to `org`.
@@ -181,6 +202,9 @@ impl PeerVerifier {
             // revoked gateway can tell its operator why every peer hangs up on it
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
+        self.issued
+            .check(end_entity, &id.org, now.as_secs())
+            .map_err(rejection)?;
         if let Some(expected) = &self.expected_org
             && *expected != id.org
         {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status};
 
+mod audit;
 mod members;
 mod nodes;
 mod report;
@@ -107,6 +108,34 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::WithdrawValidatorRequest>,
     ) -> Result<Response<pb::WithdrawValidatorResponse>, Status> {
         validators::withdraw(self, request).await
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        audit::list_audit(self, request).await
+    }
+
+    async fn publish_cert(
+        &self,
+        request: Request<pb::PublishCertRequest>,
+    ) -> Result<Response<pb::PublishCertResponse>, Status> {
+        audit::publish_cert(self, request).await
+    }
+
+    async fn list_certs(
+        &self,
+        request: Request<pb::ListCertsRequest>,
+    ) -> Result<Response<pb::ListCertsResponse>, Status> {
+        audit::list_certs(self, request).await
+    }
+
+    async fn audit_digest(
+        &self,
+        request: Request<pb::AuditDigestRequest>,
+    ) -> Result<Response<pb::AuditDigestResponse>, Status> {
+        audit::audit_digest(self, request).await
     }
 
     async fn list_members(

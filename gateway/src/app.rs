@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminService};
 use crate::datadir::DataDir;
@@ -294,6 +294,8 @@ pub async fn start_with(
         shutdown.clone(),
     )?;
     let revoked = membership.revocation().set().clone();
+    let issued = membership.revocation().issued().clone();
+    issued.set_grace(config.federation.grace());
 
     let (leaf, renew_at) = provision::current_leaf(&dir, &loaded, SystemTime::now())?;
     metrics.set_leaf_not_after(store::unix(leaf.not_after));
@@ -306,12 +308,15 @@ pub async fn start_with(
     let identity = ReloadableIdentity::new(leaf.chain.clone(), &leaf.key, &provider)?;
     let own_id = fedgw_certs::peer_identity(&leaf.chain[0], &config.domain)
         .map_err(RunError::LeafIdentity)?;
-    let verifier: Arc<PeerVerifier> = Arc::new(PeerVerifier::new(
-        root_cert.clone(),
-        &config.domain,
-        revoked.clone(),
-        &provider,
-    )?);
+    let verifier: Arc<PeerVerifier> = Arc::new(
+        PeerVerifier::new(
+            root_cert.clone(),
+            &config.domain,
+            revoked.clone(),
+            &provider,
+        )?
+        .with_issued(issued.clone()),
+    );
 
     let gateway_listener = bind_tcp("gateway port", config.listen).await?;
     let gateway_addr = gateway_listener
@@ -587,6 +592,7 @@ pub async fn start_with(
             root: root_cert.clone(),
             domain: config.domain.clone(),
             revoked: revoked.clone(),
+            issued: issued.clone(),
         },
     ));
     let running = |info| Running {
@@ -669,12 +675,15 @@ pub async fn start_with(
             .await
             .map_err(RunError::Publish)?;
     }
+    // certificate transparency: the leaf in use is published (once per serial)
+    publish_leaf(&membership, &leaf.chain[0]).await;
     tracker.spawn(renew_leaf(
         dir.clone(),
         loaded,
         identity,
         renew_at,
         metrics.clone(),
+        membership.clone(),
         shutdown.clone(),
     ));
 
@@ -768,6 +777,18 @@ fn admission_policy(a: crate::config::Admission) -> pb::AdmissionPolicy {
     }
 }
 
+/// Publishes the cert record of this gateway's leaf `der` unless held; a failure is logged
+/// (peers that require cert records refuse the leaf after their grace period).
+async fn publish_leaf(membership: &Membership, der: &[u8]) {
+    match membership.publish_cert(der).await {
+        Ok(true) => info!("gateway leaf published as a cert record"),
+        Ok(false) => {}
+        Err(e) => {
+            error!(error = %crate::net::with_sources(&e), "cannot publish the gateway leaf's cert record; peers that require cert records will refuse it");
+        }
+    }
+}
+
 /// Reissues the gateway leaf at half-life and swaps it into every TLS config.
 async fn renew_leaf(
     dir: DataDir,
@@ -775,6 +796,7 @@ async fn renew_leaf(
     identity: ReloadableIdentity,
     mut renew_at: SystemTime,
     metrics: Metrics,
+    membership: Membership,
     shutdown: CancellationToken,
 ) {
     let provider = tls::provider();
@@ -787,7 +809,12 @@ async fn renew_leaf(
             _ = tokio::time::sleep(wait) => {}
         }
         let now = SystemTime::now();
-        match provision::issue_leaf(&dir, &loaded.config, &loaded.org_ca, now) {
+        let issued = provision::issue_leaf(&dir, &loaded.config, &loaded.org_ca, now);
+        if let Ok(leaf) = &issued {
+            // published before use, so that peers requiring cert records hold it in time
+            publish_leaf(&membership, &leaf.chain[0]).await;
+        }
+        match issued {
             Ok(leaf) => match identity.replace(leaf.chain, &leaf.key, &provider) {
                 Ok(()) => {
                     metrics.set_leaf_not_after(store::unix(leaf.not_after));

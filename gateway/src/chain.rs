@@ -8,6 +8,7 @@
 //! [`status`] reads the local nodes for `fedgw chain status`; [`validators`] makes the local
 //! QBFT/IBFT validators vote for the validator changes the consortium approved.
 
+pub mod audit;
 pub mod keeper;
 pub mod peering;
 pub mod raft;

@@ -41,6 +41,7 @@ macro_rules! admin_call {
 
 mod admin_cmds;
 mod admin_conn;
+mod audit_cmds;
 mod backup_cmds;
 mod cert_cmds;
 mod chain_cmds;
@@ -107,6 +108,10 @@ pub mod exit {
     pub const NOT_APPROVED: u8 = 18;
     /// `store.redb` is damaged (`fedgw store rebuild` is the way back).
     pub const STORE_DAMAGED: u8 = 20;
+    /// `fedgw audit --verify` found the audit trail or a record tampered with.
+    pub const TAMPERED: u8 = 21;
+    /// `fedgw audit --compare`: the other gateway holds other records.
+    pub const DIFFERENT: u8 = 22;
 }
 
 /// A failure with its exit code.
@@ -506,6 +511,11 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// The audit trail, newest first: every record this gateway accepted and every action it
+    /// took (invites, chain RPC calls); `--verify` re-checks it (gateway stopped).
+    Audit(audit_cmds::AuditArgs),
+    /// The certificates each member org published (certificate transparency).
+    Certs(audit_cmds::CertsArgs),
     /// The gateway's store (`store rebuild` after damage).
     Store {
         #[command(subcommand)]
@@ -714,7 +724,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             consortium,
             domain,
         } => dev_cmds::lab(orgs, dir, check, consortium, domain).await,
-        Command::Cert { command } => cert_cmds::cert(command),
+        Command::Cert { command } => cert_cmds::cert(command).await,
         Command::Node { command } => admin_cmds::node(command).await,
         Command::Nodes { dir, json } => admin_cmds::nodes(dir, json).await,
         Command::Members { dir, json } => admin_cmds::members(dir, json).await,
@@ -736,6 +746,8 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Chain { command } => chain_cmds::chain(command).await,
         Command::Revoke { org, dir, reason } => admin_cmds::revoke(org, dir, reason).await,
         Command::Store { command } => store_cmds::store(command).await,
+        Command::Audit(args) => audit_cmds::audit(args).await,
+        Command::Certs(args) => audit_cmds::certs(args).await,
         Command::Export { command } => export_cmds::export(command).await,
         Command::Ping {
             endpoint,

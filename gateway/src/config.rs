@@ -185,6 +185,30 @@ pub struct Config {
         skip_serializing_if = "crate::console::ConsoleConfig::is_default"
     )]
     pub console: crate::console::ConsoleConfig,
+    /// Federation policy (`[federation]`: certificate transparency).
+    #[serde(default, skip_serializing_if = "FederationConfig::is_default")]
+    pub federation: FederationConfig,
+}
+
+/// `[federation]`: what this gateway asks of peer gateways.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Refuse a peer gateway leaf this many seconds after its notBefore when no cert record of
+    /// its org names it; 0 turns the check off [default 0: gateways before cert records publish
+    /// none, so turn it on once every member runs a version that publishes them].
+    pub require_issued_certs_after_s: u64,
+}
+
+impl FederationConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The grace period (zero: off).
+    pub fn grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.require_issued_certs_after_s)
+    }
 }
 
 /// `[peering]`: live peering of this site's chain nodes with the other orgs' nodes.
@@ -514,6 +538,7 @@ mod tests {
             port: Default::default(),
             peering: Default::default(),
             console: Default::default(),
+            federation: Default::default(),
             peers: vec![],
         }
     }
@@ -820,6 +845,7 @@ mod tests {
             token_file: Some("console.token".into()),
             client_cert: true,
         };
+        full.federation.require_issued_certs_after_s = 3_600;
         full.tunnel
             .priority
             .insert("tessera".into(), crate::tunnel::class::Class::Bulk);

@@ -15,6 +15,7 @@ use crate::listener::ConnInfo;
 use crate::membership::{GatewayId, Membership, sync};
 use crate::metrics::Metrics;
 use crate::net::{self, DialError};
+use crate::store::audit::{MAX_DIGEST_RECORDS, RecordsDigest};
 
 /// Converts an identity to its wire form.
 pub fn identity_msg(id: &PeerIdentity) -> pb::PeerIdentity {
@@ -83,6 +84,19 @@ impl pb::federation_server::Federation for FederationService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn audit_digest(
+        &self,
+        request: Request<pb::AuditDigestRequest>,
+    ) -> Result<Response<pb::AuditDigestResponse>, Status> {
+        self.caller(request.extensions())?;
+        let store = self.membership.store().clone();
+        let digest = tokio::task::spawn_blocking(move || store.records_digest())
+            .await
+            .map_err(|e| Status::internal(format!("reading the records failed: {e}")))?
+            .map_err(|e| Status::internal(format!("reading the records failed: {e}")))?;
+        Ok(Response::new(digest_msg(&digest)))
+    }
+
     async fn hello(
         &self,
         request: Request<pb::HelloRequest>,
@@ -129,7 +143,7 @@ pub enum HelloError {
     #[error("server presented no usable identity")]
     NoIdentity,
     /// The call failed.
-    #[error("hello failed: {0}")]
+    #[error("the call failed: {0}")]
     Call(String),
 }
 
@@ -177,4 +191,74 @@ pub async fn hello(
 pub fn unix_ms(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The wire form of a records digest: every record listed unless there are more than
+/// [`MAX_DIGEST_RECORDS`].
+pub fn digest_msg(d: &RecordsDigest) -> pb::AuditDigestResponse {
+    let complete = d.records.len() <= MAX_DIGEST_RECORDS;
+    pb::AuditDigestResponse {
+        digest: d.digest.to_vec(),
+        count: u32::try_from(d.records.len()).unwrap_or(u32::MAX),
+        records: if complete {
+            d.records
+                .iter()
+                .map(|(key, h)| pb::RecordHash {
+                    key: key.clone(),
+                    sha256: h.to_vec(),
+                })
+                .collect()
+        } else {
+            vec![]
+        },
+        complete,
+    }
+}
+
+/// A records digest as a gateway sent it: the digest, and the records when listed
+/// (`None` when the sender had too many to list). Hashes that are not 32 bytes are dropped.
+pub fn digest_from_msg(m: &pb::AuditDigestResponse) -> ([u8; 32], Option<RecordsDigest>) {
+    let digest = <[u8; 32]>::try_from(m.digest.as_slice()).unwrap_or_default();
+    let listed = m.complete.then(|| {
+        RecordsDigest::from_hashes(
+            m.records
+                .iter()
+                .filter_map(|r| {
+                    Some((
+                        r.key.clone(),
+                        <[u8; 32]>::try_from(r.sha256.as_slice()).ok()?,
+                    ))
+                })
+                .collect(),
+        )
+    });
+    (digest, listed)
+}
+
+/// Dials `endpoint` with the federation client `config` and asks for its records digest.
+pub async fn audit_digest(
+    endpoint: &str,
+    config: Arc<rustls::ClientConfig>,
+    domain: &str,
+    timeout: Duration,
+) -> Result<(PeerIdentity, pb::AuditDigestResponse), HelloError> {
+    let tls = net::dial_tls(endpoint, config, timeout).await?;
+    let server = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| fedgw_certs::peer_identity(leaf, domain).ok())
+        .ok_or(HelloError::NoIdentity)?;
+    let channel = net::single_use_channel(tls)
+        .await
+        .map_err(|e| HelloError::Call(e.to_string()))?;
+    let mut client =
+        FederationClient::new(channel).max_decoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES);
+    let resp = tokio::time::timeout(timeout, client.audit_digest(pb::AuditDigestRequest {}))
+        .await
+        .map_err(|_| HelloError::Call("timed out".into()))?
+        .map_err(|s| HelloError::Call(format!("{:?}: {}", s.code(), s.message())))?
+        .into_inner();
+    Ok((server, resp))
 }

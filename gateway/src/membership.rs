@@ -12,11 +12,13 @@
 //! stream, [`dialer`] keeps streams up. This module ties them together.
 
 pub mod bootstrap;
+pub mod certs;
 pub mod dialer;
 pub mod record;
 pub mod sync;
 #[cfg(test)]
-mod test_pki;
+pub(crate) mod test_pki;
+pub mod trail;
 pub mod view;
 
 use std::collections::{BTreeSet, HashMap};
@@ -69,6 +71,7 @@ pub struct MembershipConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Revocation {
     set: RevocationSet,
+    issued: fedgw_certs::IssuedSet,
     tokens: Arc<Mutex<HashMap<String, CancellationToken>>>,
 }
 
@@ -76,6 +79,11 @@ impl Revocation {
     /// The set the TLS verifiers consult.
     pub fn set(&self) -> &RevocationSet {
         &self.set
+    }
+
+    /// The published gateway leaves the TLS verifiers consult (certificate transparency).
+    pub fn issued(&self) -> &fedgw_certs::IssuedSet {
+        &self.issued
     }
 
     /// A token cancelled when `org` is revoked (already cancelled if it is).
@@ -365,9 +373,16 @@ impl Membership {
         }
         self.0.revocation.apply(view.revoked());
         self.0.metrics.set_revoked_orgs(view.revoked().len());
+        let issued = certs::issued_spkis(&view.certs());
+        self.0.revocation.issued.replace(issued);
         *self.0.view.write().unwrap_or_else(|e| e.into_inner()) = view;
         self.0.changed.send_modify(|v| *v += 1);
         Ok(())
+    }
+
+    /// The store the records are kept in (the audit trail beside them).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.0.store
     }
 
     /// This gateway.
@@ -468,7 +483,9 @@ impl Membership {
     ) -> Result<IngestReport, StoreError> {
         let mut report = IngestReport::default();
         let mut accepted: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
+        let mut audit = Vec::new();
         let mut revocations = false;
+        let mut certs = false;
         // a revoked org's own records leave the view with the revocation: the store too
         let dropped: Vec<String>;
         {
@@ -485,7 +502,9 @@ impl Membership {
                 match view.check(&v) {
                     Verdict::Accept => {
                         revocations |= v.key.kind == Kind::Revocation;
+                        certs |= v.key.kind == Kind::Cert;
                         accepted.push((v.key.to_string(), v.bytes.clone()));
+                        audit.push(record::audit_event(&v));
                         view.apply(v);
                     }
                     Verdict::Duplicate => report.duplicates += 1,
@@ -508,7 +527,7 @@ impl Membership {
         let store = self.0.store.clone();
         let to_store = accepted.clone();
         let persisted =
-            tokio::task::spawn_blocking(move || store.replace_records(&to_store, &dropped))
+            tokio::task::spawn_blocking(move || store.replace_records(&to_store, &dropped, &audit))
                 .await
                 .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())));
         if let Err(e) = persisted {
@@ -523,6 +542,10 @@ impl Membership {
             info!(revoked = ?revoked, "revocation received");
             self.0.revocation.apply(&revoked);
             self.0.metrics.set_revoked_orgs(revoked.len());
+        }
+        if certs || revocations {
+            let issued = self.read(|v| certs::issued_spkis(&v.certs()));
+            self.0.revocation.issued.replace(issued);
         }
         self.0.changed.send_modify(|v| *v += 1);
         self.forward(&accepted, from);
@@ -929,6 +952,8 @@ fn body_kind(body: &pb::record_body::Body) -> Option<Kind> {
         B::Raft(_) => Kind::Raft,
         B::Validator(_) => Kind::Validator,
         B::ValidatorVote(_) => Kind::ValidatorVote,
-        B::Tombstone(t) => Kind::from_pb(t.kind).filter(|k| !k.root_only())?,
+        B::Cert(_) => Kind::Cert,
+        // a cert record is never deleted (it expires with its certificate)
+        B::Tombstone(t) => Kind::from_pb(t.kind).filter(|k| !k.root_only() && *k != Kind::Cert)?,
     })
 }

@@ -191,6 +191,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         port: Default::default(),
         peering: Default::default(),
         console: Default::default(),
+        federation: Default::default(),
         peers: vec![],
     };
     validate(dir, &config)?;
@@ -250,7 +251,15 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
     // a record this function just sealed always decodes
     let key = crate::membership::storage_key(&member)
         .expect("a freshly sealed member record decodes to its storage key");
-    store.put_records(&[(key, std::sync::Arc::new(member))])?;
+    let audit = crate::store::AuditEvent {
+        kind: "member".to_owned(),
+        org: opts.org.clone(),
+        subject: String::new(),
+        signer: "root".to_owned(),
+        record_hash: sha2::Sha256::digest(&member).into(),
+        record_key: Some(key.clone()),
+    };
+    store.put_records(&[(key, std::sync::Arc::new(member))], &[audit])?;
     // closed before the config appears: a `fedgw run --wait-for-config` opens it right away
     drop(store);
     write_config(dir, &config)?;
@@ -330,6 +339,7 @@ pub fn write_joined(
         port: Default::default(),
         peering: Default::default(),
         console: Default::default(),
+        federation: Default::default(),
         peers: admitted
             .gateways
             .iter()
@@ -368,7 +378,22 @@ pub fn write_joined(
             ))
         })
         .collect();
-    store.put_records(&snapshot)?;
+    // the audit trail starts with the records that verify now (all of them, from a good root)
+    let audit: Vec<_> =
+        fedgw_certs::envelope::SignerVerifier::new(files.root.to_vec(), &consortium.domain)
+            .map(|v| {
+                let lookup = (v, now);
+                admitted
+                    .snapshot
+                    .iter()
+                    .filter_map(|b| {
+                        crate::membership::record::verify(b, &lookup, &consortium.domain).ok()
+                    })
+                    .map(|v| crate::membership::record::audit_event(&v))
+                    .collect()
+            })
+            .unwrap_or_default();
+    store.put_records(&snapshot, &audit)?;
     drop(store);
     write_config(dir, &config)?;
     Ok(config)

@@ -17,6 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+pub mod audit;
+pub use audit::{AuditEntry, AuditEvent, AuditFilter, audit_entries};
+
 const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
 const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
 /// Signed membership records: key `kind/org/name` → encoded envelope.
@@ -171,6 +174,8 @@ pub struct Admission<T> {
     pub member: Member,
     /// Membership records to persist in the same transaction: (key, envelope).
     pub records: Vec<(String, Vec<u8>)>,
+    /// Their audit entries, appended after `invite.used` in the same transaction.
+    pub audit: Vec<AuditEvent>,
     /// Returned to the caller.
     pub out: T,
 }
@@ -301,7 +306,9 @@ impl Store {
     fn open_and_scan(path: &Path) -> Result<Self, StoreError> {
         let store = Self::open_db(path)?;
         store.migrate_allocations()?;
+        store.adopt_unrecorded()?;
         store.records()?;
+        store.audit_all()?;
         store.local_nodes()?;
         store.local_urls()?;
         store.local_rpc()?;
@@ -337,6 +344,7 @@ impl Store {
                 && rx.open_table(SERVICE_ADDRESSES).is_ok()
                 && rx.open_table(LOCAL_URLS).is_ok()
                 && rx.open_table(LOCAL_RPC).is_ok()
+                && rx.open_table(audit::AUDIT).is_ok()
         };
         if !complete {
             let tx = db.begin_write()?;
@@ -349,6 +357,7 @@ impl Store {
             tx.open_table(SERVICE_ADDRESSES)?;
             tx.open_table(LOCAL_URLS)?;
             tx.open_table(LOCAL_RPC)?;
+            tx.open_table(audit::AUDIT)?;
             tx.commit()?;
         }
         Ok(Self {
@@ -379,11 +388,14 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a new invite under `id`.
+    /// Stores a new invite under `id`, with its `invite.created` audit entry.
     pub fn put_invite(&self, id: &str, invite: &Invite) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         tx.open_table(INVITES)?
             .insert(id, encode(invite).as_slice())?;
+        let detail = format!("{} {}", invite.expires_unix, invite.uses_left);
+        let event = AuditEvent::local("invite.created", &invite.org, id, &detail);
+        audit::append(&tx, &[event], audit::now_ms())?;
         tx.commit()?;
         Ok(())
     }
@@ -466,6 +478,10 @@ impl Store {
                             for (key, bytes) in &admission.records {
                                 records.insert(key.as_str(), bytes.as_slice())?;
                             }
+                            let used = AuditEvent::local("invite.used", org, id, "");
+                            let mut events = vec![used];
+                            events.extend(admission.audit.iter().cloned());
+                            audit::append(&tx, &events, audit::now_ms())?;
                             Redeemed::Admitted(admission.out)
                         }
                     },
@@ -479,17 +495,23 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Persists membership records (key, envelope) in one transaction (fsynced on commit).
-    pub fn put_records(&self, records: &[(String, Arc<Vec<u8>>)]) -> Result<(), StoreError> {
-        self.replace_records(records, &[])
+    /// Persists membership records (key, envelope) and their audit entries in one transaction
+    /// (fsynced on commit).
+    pub fn put_records(
+        &self,
+        records: &[(String, Arc<Vec<u8>>)],
+        audit: &[AuditEvent],
+    ) -> Result<(), StoreError> {
+        self.replace_records(records, &[], audit)
     }
 
-    /// Persists membership records (key, envelope) and deletes the records under `remove`, in
-    /// one transaction (fsynced on commit).
+    /// Persists membership records (key, envelope), deletes the records under `remove` and
+    /// appends `audit` to the audit trail, in one transaction (fsynced on commit).
     pub fn replace_records(
         &self,
         records: &[(String, Arc<Vec<u8>>)],
         remove: &[String],
+        audit: &[AuditEvent],
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         {
@@ -501,6 +523,7 @@ impl Store {
                 table.insert(key.as_str(), bytes.as_slice())?;
             }
         }
+        audit::append(&tx, audit, audit::now_ms())?;
         tx.commit()?;
         Ok(())
     }
@@ -846,6 +869,8 @@ pub struct Salvage {
     pub invites: Option<Vec<(String, Invite)>>,
     /// The admissions ledger.
     pub members: Option<Vec<Member>>,
+    /// The audit trail, oldest first.
+    pub audit: Option<Vec<(u64, AuditEntry)>>,
 }
 
 /// Reads whatever still reads from the store file at `path`, each table on its own, catching
@@ -867,6 +892,7 @@ pub fn salvage(path: &Path) -> Salvage {
         allocations: table(&store, Store::allocations),
         invites: table(&store, Store::invites),
         members: table(&store, Store::members),
+        audit: table(&store, Store::audit_all),
     }
 }
 
@@ -924,6 +950,7 @@ impl Store {
                 members.insert(m.org.as_str(), encode(m).as_slice())?;
             }
         }
+        audit::restore(&tx, s)?;
         tx.commit()?;
         Ok(())
     }

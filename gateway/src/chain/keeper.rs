@@ -601,7 +601,14 @@ pub async fn run(k: Keeper, shutdown: CancellationToken) {
         }
         let clients: Vec<RpcClient> = members
             .iter()
-            .map(|(_, url)| client(url.clone(), &k.metrics))
+            .map(|(name, url)| {
+                client(url.clone(), &k.metrics).with_hook(super::audit::hook(
+                    k.metrics.clone(),
+                    k.store.clone(),
+                    me.org.clone(),
+                    name.clone(),
+                ))
+            })
             .collect();
         for ((name, _), c) in members.iter().zip(&clients) {
             if let Ok(h) = c.block_number().await {

@@ -385,10 +385,12 @@ async fn pass(
         if ep.retry_at.is_some_and(|at| at > now) {
             continue;
         }
-        let metrics = k.metrics.clone();
-        let client = RpcClient::new(local.rpc.clone()).with_hook(Arc::new(move |m, r| {
-            metrics.chain_rpc_call(m, r);
-        }));
+        let client = RpcClient::new(local.rpc.clone()).with_hook(super::audit::hook(
+            k.metrics.clone(),
+            k.store.clone(),
+            k.membership.me().org.clone(),
+            local.name.clone(),
+        ));
         match serve_endpoint(&client, local, &want, applied, ep, now, k.reconcile).await {
             Ok(()) => {
                 ep.failures = 0;

@@ -80,7 +80,7 @@ pub enum CertCommand {
 }
 
 /// Runs a `cert` subcommand.
-pub fn cert(command: CertCommand) -> Result<(), CliError> {
+pub async fn cert(command: CertCommand) -> Result<(), CliError> {
     match command {
         CertCommand::Issue {
             name,
@@ -90,6 +90,7 @@ pub fn cert(command: CertCommand) -> Result<(), CliError> {
             out_dir,
             force,
         } => {
+            let data_dir = dir.data_dir.clone();
             let issued = issue(&IssueRequest {
                 dir: DataDir::new(dir.data_dir),
                 name,
@@ -113,6 +114,8 @@ pub fn cert(command: CertCommand) -> Result<(), CliError> {
                 "  trust root   {}  (consortium root CA)",
                 issued.ca.display()
             )?;
+            let serial = publish(data_dir, &issued.der).await?;
+            outln!("  published    cert record {serial} (certificate transparency)")?;
             Ok(())
         }
         CertCommand::FabricMsp {
@@ -163,6 +166,46 @@ pub struct Issued {
     pub ca: PathBuf,
     /// End of validity.
     pub not_after: SystemTime,
+    /// The certificate, DER.
+    pub der: Vec<u8>,
+}
+
+/// Publishes the cert record of an issued certificate: through the running gateway's admin
+/// socket, or into the store while the gateway is stopped (it loads the record at its next
+/// start). Returns the serial.
+async fn publish(data_dir: PathBuf, der: &[u8]) -> Result<String, CliError> {
+    let admin_dir = super::AdminDirArg {
+        data_dir: data_dir.clone(),
+        admin_timeout: Duration::from_secs(30),
+    };
+    if let Some(mut admin) = super::admin_conn::connect_if_running(&admin_dir).await {
+        let resp = admin_call!(
+            admin,
+            publish_cert(fedgw_proto::v1::PublishCertRequest {
+                cert_der: der.to_vec(),
+            })
+        );
+        return Ok(resp.serial);
+    }
+    let dir = DataDir::new(data_dir);
+    let loaded = provision::load(&dir).map_err(|e| CliError::new(exit::USAGE, e))?;
+    let store = crate::store::Store::open(&dir.store()).map_err(|e| {
+        CliError::new(
+            exit::FAILURE,
+            anyhow::Error::new(e).context(
+                "the certificate was written but its cert record was not published; run `fedgw cert issue --force` again",
+            ),
+        )
+    })?;
+    crate::membership::certs::publish_offline(
+        &store,
+        &loaded.org_ca,
+        &loaded.root_cert,
+        &loaded.config.domain,
+        &loaded.config.org,
+        der,
+    )
+    .map_err(|e| CliError::new(exit::FAILURE, e))
 }
 
 /// Issues the certificate and writes the three files. Errors (exit 64) for a bad name, a name
@@ -215,6 +258,7 @@ pub fn issue(req: &IssueRequest) -> Result<Issued, CliError> {
         key,
         ca,
         not_after: leaf.not_after,
+        der: leaf.chain[0].to_vec(),
     })
 }
 

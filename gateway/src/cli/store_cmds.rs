@@ -201,6 +201,8 @@ async fn fetch(
             root: loaded.root_cert.clone(),
             domain: loaded.config.domain.clone(),
             revoked: membership.revocation().set().clone(),
+            // a rebuild fetches records from any peer: the check is for serving, not this
+            issued: fedgw_certs::IssuedSet::default(),
         },
     ));
     let result = bootstrap::wait(&membership, Until::CaughtUp, Some(timeout)).await;

@@ -199,6 +199,14 @@ impl JoinService {
                         .map_err(|e| warn!(error = %e, "cannot sign the member record"))
                         .ok()?;
                     let key = crate::membership::storage_key(&record)?;
+                    let audit = store::AuditEvent {
+                        kind: "member".to_owned(),
+                        org: req.org.clone(),
+                        subject: String::new(),
+                        signer: "root".to_owned(),
+                        record_hash: <sha2::Sha256 as sha2::Digest>::digest(&record).into(),
+                        record_key: Some(key.clone()),
+                    };
                     Some(store::Admission {
                         member: Member {
                             org: req.org.clone(),
@@ -208,6 +216,7 @@ impl JoinService {
                             admitted_unix: store::unix(now),
                         },
                         records: vec![(key, record.clone())],
+                        audit: vec![audit],
                         out: (cert, record),
                     })
                 },

@@ -89,6 +89,8 @@ pub struct DialerTls {
     pub domain: String,
     /// Revoked orgs.
     pub revoked: RevocationSet,
+    /// Published gateway leaves (certificate transparency).
+    pub issued: fedgw_certs::IssuedSet,
 }
 
 impl DialerTls {
@@ -100,6 +102,7 @@ impl DialerTls {
             self.revoked.clone(),
             &provider,
         )?
+        .with_issued(self.issued.clone())
         .expecting_org(org);
         Ok(Arc::new(tls::federation_client_config(
             &self.identity,

@@ -11,6 +11,7 @@
 //! | raft        | `raft/<org>/<node>`          | any member's CA      |
 //! | validator   | `validator/<org>/<node>`     | any member's CA      |
 //! | validator-vote | `validator-vote/<voter>/<org>.<node>` | `<voter>`'s CA |
+//! | cert        | `cert/<org>/<serial hex>`    | `<org>`'s CA         |
 //!
 //! A tombstone replaces a gateway, node, vote, raft, validator or validator-vote record (same
 //! key, higher seq) and is signed like the record it deletes. A validator proposal is, like a
@@ -56,6 +57,8 @@ pub enum Kind {
     Validator,
     /// An org's approval of a validator proposal.
     ValidatorVote,
+    /// A certificate the org's CA issued (certificate transparency).
+    Cert,
 }
 
 impl Kind {
@@ -70,6 +73,7 @@ impl Kind {
             Kind::Raft => "raft",
             Kind::Validator => "validator",
             Kind::ValidatorVote => "validator-vote",
+            Kind::Cert => "cert",
         }
     }
 
@@ -83,6 +87,7 @@ impl Kind {
             "raft" => Kind::Raft,
             "validator" => Kind::Validator,
             "validator-vote" => Kind::ValidatorVote,
+            "cert" => Kind::Cert,
             _ => return None,
         })
     }
@@ -98,6 +103,7 @@ impl Kind {
             pb::RecordKind::Raft => Kind::Raft,
             pb::RecordKind::Validator => Kind::Validator,
             pb::RecordKind::ValidatorVote => Kind::ValidatorVote,
+            pb::RecordKind::Cert => Kind::Cert,
             pb::RecordKind::Unspecified => return None,
         })
     }
@@ -113,6 +119,7 @@ impl Kind {
             Kind::Raft => pb::RecordKind::Raft,
             Kind::Validator => pb::RecordKind::Validator,
             Kind::ValidatorVote => pb::RecordKind::ValidatorVote,
+            Kind::Cert => pb::RecordKind::Cert,
         }
     }
 
@@ -133,6 +140,7 @@ impl Kind {
             Kind::Raft => 5,
             Kind::Validator => 6,
             Kind::ValidatorVote => 7,
+            Kind::Cert => 8,
         }
     }
 }
@@ -184,6 +192,8 @@ pub enum Body {
     Validator(pb::ValidatorProposal),
     /// See [`pb::ValidatorVote`].
     ValidatorVote(pb::ValidatorVote),
+    /// See [`pb::CertRecord`], checked by [`check_cert`].
+    Cert(pb::CertRecord),
     /// The record was deleted.
     Tombstone,
 }
@@ -371,10 +381,16 @@ fn check_body(rec: &pb::RecordBody, domain: &str) -> Result<(RecordKey, Body), R
             }
             (Kind::ValidatorVote, Body::ValidatorVote(*v))
         }
+        B::Cert(c) => {
+            check_cert(c, &rec.name, &rec.org, domain)?;
+            (Kind::Cert, Body::Cert(c.clone()))
+        }
         B::Tombstone(t) => {
             let kind = Kind::from_pb(t.kind).ok_or_else(|| invalid("tombstone of unknown kind"))?;
-            if kind.root_only() {
-                return Err(invalid("member and revocation records cannot be deleted"));
+            if kind.root_only() || kind == Kind::Cert {
+                return Err(invalid(
+                    "member, revocation and cert records cannot be deleted",
+                ));
             }
             (kind, Body::Tombstone)
         }
@@ -419,6 +435,44 @@ fn check_member(m: &pb::MemberRecord, org: &str, domain: &str) -> Result<(), Rej
     // empty: the default; otherwise it lands unquoted in Fabric policies and YAML
     if !m.fabric_msp_id.is_empty() && crate::fabric::validate_msp_id(&m.fabric_msp_id).is_err() {
         return Err(invalid("member record has an invalid Fabric MSP ID"));
+    }
+    Ok(())
+}
+
+/// Most names in a cert record.
+pub const MAX_CERT_SANS: usize = 32;
+
+/// Checks a cert record: its name is its serial (lowercase hex), the SHA-256 is 32 bytes, at
+/// most [`MAX_CERT_SANS`] names of at most 253 bytes, and every DNS name lies in the org's
+/// subtree `<org>.<domain>` (the org CA's name constraint: anything else it cannot have issued).
+fn check_cert(c: &pb::CertRecord, name: &str, org: &str, domain: &str) -> Result<(), Reject> {
+    if c.serial != name
+        || !c
+            .serial
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return Err(invalid(
+            "cert record name must be its serial in lowercase hex",
+        ));
+    }
+    if c.spki_sha256.len() != 32 {
+        return Err(invalid("cert record SPKI hash must be 32 bytes"));
+    }
+    if c.subject.len() > 253 || c.sans.len() > MAX_CERT_SANS || c.sans.iter().any(|s| s.len() > 253)
+    {
+        return Err(invalid(format!(
+            "cert record names too long or more than {MAX_CERT_SANS}"
+        )));
+    }
+    let subtree = fedgw_certs::names::org_subtree(org, domain);
+    let dns = c.sans.iter().filter(|s| !s.contains(':'));
+    for s in dns {
+        if !(s == &subtree || s.ends_with(&format!(".{subtree}"))) {
+            return Err(invalid(format!(
+                "cert record name {s:?} is outside {subtree}"
+            )));
+        }
     }
     Ok(())
 }
@@ -500,6 +554,26 @@ pub fn seal(
         signature,
     }
     .encode_to_vec())
+}
+
+/// The audit-trail entry of an accepted record: its kind (`tombstone.<kind>` for a deletion),
+/// org, name, signer (`root` or the org) and envelope hash.
+pub fn audit_event(v: &Verified) -> crate::store::AuditEvent {
+    let kind = match v.body {
+        Body::Tombstone => format!("tombstone.{}", v.key.kind.as_str()),
+        _ => v.key.kind.as_str().to_owned(),
+    };
+    crate::store::AuditEvent {
+        kind,
+        org: v.key.org.clone(),
+        subject: v.key.name.clone(),
+        signer: match &v.signer {
+            Signer::Root => "root".to_owned(),
+            Signer::Org(o) => o.clone(),
+        },
+        record_hash: v.hash,
+        record_key: Some(v.key.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -166,7 +166,8 @@ impl View {
             | Kind::Vote
             | Kind::Raft
             | Kind::Validator
-            | Kind::ValidatorVote => {
+            | Kind::ValidatorVote
+            | Kind::Cert => {
                 if self.revoked.contains(&v.key.org) {
                     return Verdict::Reject(Reject::Revoked(v.key.org.clone()));
                 }
@@ -488,6 +489,18 @@ impl View {
                     enode_id: p.enode_id.clone(),
                     proposer: by.clone(),
                 }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Certificates published by active members (certificate transparency): (org, record),
+    /// sorted by (org, serial).
+    pub fn certs(&self) -> Vec<(String, pb::CertRecord)> {
+        self.of_kind(Kind::Cert)
+            .filter(|(k, _)| self.is_member(&k.org))
+            .filter_map(|(k, e)| match &e.body {
+                Body::Cert(c) => Some((k.org.clone(), c.clone())),
                 _ => None,
             })
             .collect()

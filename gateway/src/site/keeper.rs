@@ -101,7 +101,7 @@ fn scan(v: &View, since: Option<Mark>, full: bool) -> Scan {
                     full = true;
                     break;
                 }
-                Kind::Vote | Kind::Raft | Kind::Validator | Kind::ValidatorVote => {}
+                Kind::Vote | Kind::Raft | Kind::Validator | Kind::ValidatorVote | Kind::Cert => {}
             }
         }
     }

@@ -5,7 +5,8 @@
 //! running gateway reads the snapshot and streams it over its admin socket.
 //!
 //! The document is JSON: `{"format": 1, "tables": {"records": {"key": "value", ...}, ...}}`.
-//! Values of byte tables are standard base64; values of text tables are the text itself.
+//! Values of byte tables are standard base64; values of text tables are the text itself. The
+//! audit trail (`audit`, keyed by sequence number) is a byte table with decimal keys.
 //! Rows are copied raw: restoring writes them back unchanged and [`Store::open`] then reads and
 //! decodes every table, so a snapshot that restores is one a gateway can run on.
 
@@ -15,6 +16,7 @@ use base64::Engine as _;
 use redb::{ReadableTable as _, TableDefinition, TableHandle as _};
 use serde::{Deserialize, Serialize};
 
+use super::audit::AUDIT;
 use super::{
     ALLOCATIONS, INVITES, LOCAL_NODES, LOCAL_RPC, LOCAL_URLS, MEMBERS, META, RECORDS,
     SERVICE_ADDRESSES, Store, StoreError,
@@ -69,8 +71,8 @@ pub enum SnapshotError {
         "the store snapshot has an unknown table {0:?}; the archive is damaged or from another program"
     )]
     UnknownTable(String),
-    /// A byte table's value is not base64.
-    #[error("the store snapshot's entry {table}/{key} is not base64; the archive is damaged")]
+    /// A byte table's value is not base64 (or an audit entry's key is not a sequence number).
+    #[error("the store snapshot's entry {table}/{key} cannot be read; the archive is damaged")]
     Value {
         /// The table.
         table: String,
@@ -106,6 +108,12 @@ impl Store {
             }
             tables.insert(def.name().to_owned(), rows);
         }
+        let mut rows = BTreeMap::new();
+        for entry in tx.open_table(AUDIT)?.iter()? {
+            let (k, v) = entry?;
+            rows.insert(k.value().to_string(), b64.encode(v.value()));
+        }
+        tables.insert(AUDIT.name().to_owned(), rows);
         Ok(Snapshot {
             format: SNAPSHOT_FORMAT,
             tables,
@@ -122,8 +130,18 @@ impl Store {
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut bytes: Vec<ByteRows<'_>> = Vec::new();
         let mut text: Vec<TextRows<'_>> = Vec::new();
+        let mut audit: Vec<(u64, Vec<u8>)> = Vec::new();
         for (name, rows) in &snapshot.tables {
-            if let Some(def) = BYTE_TABLES.into_iter().find(|d| d.name() == name) {
+            if name == AUDIT.name() {
+                for (k, v) in rows {
+                    let bad = || SnapshotError::Value {
+                        table: name.clone(),
+                        key: k.clone(),
+                    };
+                    let seq = k.parse::<u64>().map_err(|_| bad())?;
+                    audit.push((seq, b64.decode(v).map_err(|_| bad())?));
+                }
+            } else if let Some(def) = BYTE_TABLES.into_iter().find(|d| d.name() == name) {
                 let mut decoded = Vec::with_capacity(rows.len());
                 for (k, v) in rows {
                     let value = b64.decode(v).map_err(|_| SnapshotError::Value {
@@ -153,6 +171,11 @@ impl Store {
                     table.insert(k.as_str(), v.as_str())?;
                 }
             }
+            let mut table = tx.open_table(AUDIT)?;
+            for (seq, v) in &audit {
+                table.insert(*seq, v.as_slice())?;
+            }
+            drop(table);
             tx.commit()?;
             Ok(())
         };
@@ -179,10 +202,18 @@ mod tests {
     fn a_snapshot_restores_every_table_into_a_fresh_store() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let a = Store::open(&tmp.path().join("a.redb")).expect("open");
-        a.put_records(&[("k1".into(), std::sync::Arc::new(vec![0, 1, 255]))])
+        a.put_records(&[("k1".into(), std::sync::Arc::new(vec![0, 1, 255]))], &[])
             .expect("records");
         a.put_local_node("node1", "10.0.0.1").expect("local");
+        a.append_audit(&[crate::store::AuditEvent::local(
+            "invite.created",
+            "org2",
+            "0123456789abcdef",
+            "",
+        )])
+        .expect("audit");
         let snap = a.snapshot().expect("snapshot");
+        assert_eq!(snap.tables["audit"].len(), 1, "the audit trail is in the snapshot");
         assert_eq!(snap.format, SNAPSHOT_FORMAT);
         let text = serde_json::to_vec(&snap).expect("json");
         let back: Snapshot = serde_json::from_slice(&text).expect("parse");

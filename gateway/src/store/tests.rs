@@ -30,6 +30,7 @@ fn admission(org: &str) -> Admission<u32> {
     Admission {
         member: member(org),
         records: vec![(format!("member/{org}/"), b"envelope".to_vec())],
+        audit: vec![],
         out: 7,
     }
 }
@@ -163,8 +164,8 @@ fn records_and_local_nodes_round_trip() {
         ("node/org1/a".to_owned(), Arc::new(b"1".to_vec())),
         ("node/org1/b".to_owned(), Arc::new(b"2".to_vec())),
     ];
-    s.put_records(&recs).expect("put");
-    s.put_records(&[("node/org1/a".to_owned(), Arc::new(b"3".to_vec()))])
+    s.put_records(&recs, &[]).expect("put");
+    s.put_records(&[("node/org1/a".to_owned(), Arc::new(b"3".to_vec()))], &[])
         .expect("overwrite");
     assert_eq!(
         s.records().expect("read"),
@@ -209,10 +210,13 @@ fn filled(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("store.redb");
     let s = Store::open(&path).expect("open");
     for i in 0..300u32 {
-        s.put_records(&[(
-            format!("node/org1/n{i}"),
-            Arc::new(vec![u8::try_from(i % 251).expect("small"); 300]),
-        )])
+        s.put_records(
+            &[(
+                format!("node/org1/n{i}"),
+                Arc::new(vec![u8::try_from(i % 251).expect("small"); 300]),
+            )],
+            &[],
+        )
         .expect("put");
     }
     s.put_local_node("n1", "10.0.0.1").expect("local");

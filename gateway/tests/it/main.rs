@@ -10,6 +10,8 @@ mod common {
 }
 mod support;
 
+mod audit;
+mod audit_cli;
 mod bootstrap;
 mod chain;
 mod cli;

@@ -251,6 +251,34 @@ impl pb::admin_server::Admin for FakeAdmin {
         unimplemented()
     }
 
+    async fn list_audit(
+        &self,
+        _: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn publish_cert(
+        &self,
+        _: Request<pb::PublishCertRequest>,
+    ) -> Result<Response<pb::PublishCertResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn list_certs(
+        &self,
+        _: Request<pb::ListCertsRequest>,
+    ) -> Result<Response<pb::ListCertsResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn audit_digest(
+        &self,
+        _: Request<pb::AuditDigestRequest>,
+    ) -> Result<Response<pb::AuditDigestResponse>, Status> {
+        unimplemented()
+    }
+
     async fn propose_validator(
         &self,
         _: Request<pb::ProposeValidatorRequest>,
