@@ -429,6 +429,7 @@ async fn register(gw: &Gateway, nodes: &[&PlannedNode]) -> Result<(), LabError> 
                     roles: vec![],
                     allowed_orgs: vec![],
                     rpc_url: String::new(),
+                    replica_hosts: vec![],
                 }),
             })
             .await

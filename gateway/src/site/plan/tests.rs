@@ -52,6 +52,7 @@ fn site(local: &[(&str, &str)], services: &[(&str, &str)]) -> SiteState {
             .map(|(k, v)| ((*k).to_owned(), v.parse().expect("ip")))
             .collect(),
         short_hosts: Default::default(),
+        replicas: Default::default(),
     }
 }
 
