@@ -21,5 +21,6 @@ mod links;
 mod membership;
 mod port;
 mod processes;
+mod replicas;
 mod tunnel;
 mod upgrade;

@@ -295,6 +295,7 @@ pub fn spec(name: &str, enode: u8, host: &str) -> pb::NodeSpec {
         roles: vec![],
         allowed_orgs: vec![],
         rpc_url: String::new(),
+        replica_hosts: vec![],
     }
 }
 
