@@ -510,6 +510,39 @@ pub(super) async fn chain_status(
 mod tests {
     use super::published_tessera_url as url;
 
+    /// Replica hosts are checked like the host, at most eight addresses in all, none twice.
+    #[test]
+    fn replica_hosts_are_checked_bounded_and_distinct() {
+        let spec = |replicas: &[&str]| fedgw_proto::v1::NodeSpec {
+            client: fedgw_proto::v1::ClientKind::Goquorum.into(),
+            name: "tm".into(),
+            host: "tessera-1".into(),
+            p2p_port: 30303,
+            replica_hosts: replicas.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        };
+        let record = |r: &[&str]| super::node_record(&spec(r), "dc1", "org1", "acme.example");
+        assert!(record(&["tessera-2", "10.0.0.3"]).is_ok());
+        let bad = record(&["tessera 2"]).expect_err("a space");
+        assert!(bad.contains("invalid node host"), "{bad}");
+        let twice = record(&["tessera-1"]).expect_err("the host again");
+        assert!(twice.contains("listed twice"), "{twice}");
+        let seven: Vec<String> = (2..9).map(|i| format!("tessera-{i}")).collect();
+        let seven: Vec<&str> = seven.iter().map(String::as_str).collect();
+        assert!(record(&seven).is_ok(), "eight addresses in all");
+        let mut eight = seven.clone();
+        eight.push("tessera-9");
+        let many = record(&eight).expect_err("nine addresses");
+        assert!(many.contains("at most 8"), "{many}");
+        // the listing shows a node with replicas, each with its health, and no list for one
+        // address
+        let up = [("tessera-2".to_owned(), false)].into();
+        let infos = super::replica_infos("tessera-1", &["tessera-2".into()], &up);
+        let got: Vec<(&str, bool)> = infos.iter().map(|r| (r.host.as_str(), r.up)).collect();
+        assert_eq!(got, [("tessera-1", true), ("tessera-2", false)]);
+        assert!(super::replica_infos("tessera-1", &[], &up).is_empty());
+    }
+
     /// The admin API (the CLI's and the Kubernetes controller's way in) refuses an enode id
     /// that is not a secp256k1 public key, or not 64 bytes; no id at all is a Tessera-only node.
     #[test]

@@ -199,6 +199,19 @@ async fn connections_spread_over_replicas_and_skip_a_stopped_one_until_it_is_bac
         .map(|r| (r.host.as_str(), r.up))
         .collect();
     assert_eq!(health, [("127.79.0.1", false), ("127.79.0.2", true)]);
+    // and so does `fedgw status`
+    let status = fed.gws[1].status().await;
+    let ha = status
+        .replicas
+        .iter()
+        .find(|n| n.node == "ha")
+        .expect("ha in status");
+    let health: Vec<(&str, bool)> = ha
+        .replicas
+        .iter()
+        .map(|r| (r.host.as_str(), r.up))
+        .collect();
+    assert_eq!(health, [("127.79.0.1", false), ("127.79.0.2", true)]);
 
     // later connections all succeed, on the other replica
     let on_b = b.accepted();

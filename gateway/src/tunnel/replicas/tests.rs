@@ -149,3 +149,90 @@ async fn a_down_replica_comes_back_when_its_port_answers() {
     shutdown.cancel();
     task.await.expect("check task");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_tries_the_next_replica_within_its_connect_time_out() {
+    let health = ReplicaHealth::new(Metrics::new());
+    let h = hosts(&["a", "b"]);
+    let timeout = Duration::from_secs(5);
+    // a refuses at once: the same stream gets b, and a is down
+    let got = health
+        .dial("tm", &h, Check::Tcp(1), timeout, |host| async move {
+            if host == "a" {
+                Err(Answer::Unreachable)
+            } else {
+                Ok(host)
+            }
+        })
+        .await;
+    assert_eq!(got, Ok("b".to_owned()));
+    assert_eq!(
+        health.status("tm", &h),
+        vec![("a".to_owned(), false), ("b".to_owned(), true)]
+    );
+    // the next streams go to b first
+    for _ in 0..3 {
+        let first = Arc::new(Mutex::new(None));
+        let seen = first.clone();
+        let got = health
+            .dial("tm", &h, Check::Tcp(1), timeout, move |host| {
+                seen.lock().expect("lock").get_or_insert(host.clone());
+                async move { Ok::<_, Answer>(host) }
+            })
+            .await;
+        assert_eq!(got, Ok("b".to_owned()));
+        assert_eq!(first.lock().expect("lock").as_deref(), Some("b"));
+    }
+    // a replica that hangs uses up its share of the time-out only; the next still answers,
+    // all within the stream's connect time-out
+    health.answered("tm", "a");
+    let started = Instant::now();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let got = health
+        .dial("tm", &h, Check::Tcp(1), timeout, move |host| {
+            let first = {
+                let mut calls = seen.lock().expect("lock");
+                calls.push(host.clone());
+                calls.len() == 1
+            };
+            async move {
+                if first {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, Answer>(host)
+            }
+        })
+        .await;
+    let calls = calls.lock().expect("lock").clone();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(got, Ok(calls[1].clone()));
+    assert!(started.elapsed() <= timeout, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= timeout / 2,
+        "the first had half: {:?}",
+        started.elapsed()
+    );
+    let hung = calls[0].clone();
+    assert_eq!(
+        health.status("tm", &[hung.clone()]),
+        vec![(hung, false)],
+        "the replica that timed out is down"
+    );
+    // every replica failing: the stream is refused as unreachable
+    let got = health
+        .dial("tm", &h, Check::Tcp(1), timeout, |_| async {
+            Err::<String, _>(Answer::Unreachable)
+        })
+        .await;
+    assert_eq!(got, Err(Answer::Unreachable));
+    // a node with one address is dialled as before, untracked
+    let one = hosts(&["solo"]);
+    let got = health
+        .dial("n", &one, Check::Tcp(1), timeout, |_| async {
+            Err::<String, _>(Answer::Unreachable)
+        })
+        .await;
+    assert_eq!(got, Err(Answer::Unreachable));
+    assert_eq!(health.status("n", &one), vec![("solo".to_owned(), true)]);
+}
