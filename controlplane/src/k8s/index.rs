@@ -592,6 +592,8 @@ impl Index {
             roles: s.roles.clone(),
             allowed_orgs: s.allowed_orgs.clone(),
             rpc_url,
+            // the Service spreads over the node's Pods: one address
+            replica_hosts: vec![],
         })
     }
 
