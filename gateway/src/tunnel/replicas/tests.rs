@@ -215,7 +215,7 @@ async fn a_stream_tries_the_next_replica_within_its_connect_time_out() {
     );
     let hung = calls[0].clone();
     assert_eq!(
-        health.status("tm", &[hung.clone()]),
+        health.status("tm", std::slice::from_ref(&hung)),
         vec![(hung, false)],
         "the replica that timed out is down"
     );
