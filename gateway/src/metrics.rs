@@ -104,6 +104,15 @@ struct NodeLabels {
     node: String,
 }
 
+/// A replica of a node: its name and the address registered for the replica (operator-set,
+/// at most [`crate::tunnel::replicas::MAX_REPLICAS`] per node, so the cardinality stays that
+/// of the nodes).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    node: String,
+    replica: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
     class: &'static str,
@@ -241,6 +250,8 @@ pub struct Metrics {
     cert_expiry: Family<CertLabels, Gauge>,
     dns_queries: Family<RcodeLabels, Counter>,
     revoked_orgs: Gauge,
+    replica_up: Family<ReplicaLabels, Gauge>,
+    replica_dial_failures: Family<ReplicaLabels, Counter>,
     ready: Arc<AtomicBool>,
     /// Set when a server stopped before shutdown; readiness stays cleared.
     stopped: Arc<AtomicBool>,
@@ -325,6 +336,18 @@ impl Metrics {
             "chain_block_height",
             "Chain height each local node with an RPC endpoint last reported (eth_blockNumber), by node name",
             chain_block_height.clone(),
+        );
+        let replica_up = Family::<ReplicaLabels, Gauge>::default();
+        registry.register(
+            "node_replica_up",
+            "This site's nodes with several addresses: 1 while the far end holds the replica healthy, 0 from a failed connect until a background check answers",
+            replica_up.clone(),
+        );
+        let replica_dial_failures = Family::<ReplicaLabels, Counter>::default();
+        registry.register(
+            "node_replica_dial_failures",
+            "Connects to a replica of this site's node that failed (the stream tried the next replica)",
+            replica_dial_failures.clone(),
         );
         let tunnel = TunnelMetrics::default();
         registry.register(
@@ -432,6 +455,8 @@ impl Metrics {
             cert_expiry,
             dns_queries,
             revoked_orgs,
+            replica_up,
+            replica_dial_failures,
             ready: Arc::new(AtomicBool::new(false)),
             stopped: Arc::new(AtomicBool::new(false)),
         }
@@ -520,6 +545,26 @@ impl Metrics {
                 node: node.to_owned(),
             })
             .set(i64::try_from(height).unwrap_or(i64::MAX));
+    }
+
+    /// Sets whether the replica `replica` (its registered host) of `node` is held healthy.
+    pub fn set_replica_up(&self, node: &str, replica: &str, up: bool) {
+        self.replica_up
+            .get_or_create(&ReplicaLabels {
+                node: node.to_owned(),
+                replica: replica.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
+    /// Counts a failed connect to the replica `replica` of `node`.
+    pub fn replica_dial_failed(&self, node: &str, replica: &str) {
+        self.replica_dial_failures
+            .get_or_create(&ReplicaLabels {
+                node: node.to_owned(),
+                replica: replica.to_owned(),
+            })
+            .inc();
     }
 
     /// Sets the number of live sync peers.

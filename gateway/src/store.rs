@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod audit;
 pub use audit::{AuditEntry, AuditEvent, AuditFilter, audit_entries};
+mod hosts;
 
 const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
 const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
@@ -193,6 +194,8 @@ pub struct LocalNode {
     pub name: String,
     /// Its address at this site: IP or host name.
     pub host: String,
+    /// Its other addresses at this site (replicas), after `host`.
+    pub replicas: Vec<String>,
     /// The Tessera URL registered here, if any.
     pub tessera_url: Option<String>,
     /// Its JSON-RPC endpoint here, if any.
@@ -206,6 +209,7 @@ impl LocalNode {
         Self {
             name: spec.name.clone(),
             host: spec.host.clone(),
+            replicas: spec.replica_hosts.clone(),
             tessera_url: some(&spec.tessera_url),
             rpc_url: some(&spec.rpc_url),
         }
@@ -310,6 +314,7 @@ impl Store {
         store.records()?;
         store.audit_all()?;
         store.local_nodes()?;
+        store.local_replicas()?;
         store.local_urls()?;
         store.local_rpc()?;
         store.service_addresses()?;
@@ -345,6 +350,7 @@ impl Store {
                 && rx.open_table(LOCAL_URLS).is_ok()
                 && rx.open_table(LOCAL_RPC).is_ok()
                 && rx.open_table(audit::AUDIT).is_ok()
+                && rx.open_table(hosts::LOCAL_REPLICAS).is_ok()
         };
         if !complete {
             let tx = db.begin_write()?;
@@ -358,6 +364,7 @@ impl Store {
             tx.open_table(LOCAL_URLS)?;
             tx.open_table(LOCAL_RPC)?;
             tx.open_table(audit::AUDIT)?;
+            tx.open_table(hosts::LOCAL_REPLICAS)?;
             tx.commit()?;
         }
         Ok(Self {
@@ -558,6 +565,7 @@ impl Store {
             let mut rpc = tx.open_table(LOCAL_RPC)?;
             for n in nodes {
                 hosts.insert(n.name.as_str(), n.host.as_str())?;
+                hosts::put(&tx, &n.name, &n.replicas)?;
                 match &n.tessera_url {
                     Some(url) => urls.insert(n.name.as_str(), url.as_str())?,
                     None => urls.remove(n.name.as_str())?,
@@ -578,6 +586,7 @@ impl Store {
         tx.open_table(LOCAL_NODES)?.remove(name)?;
         tx.open_table(LOCAL_URLS)?.remove(name)?;
         tx.open_table(LOCAL_RPC)?.remove(name)?;
+        hosts::put(&tx, name, &[])?;
         tx.commit()?;
         Ok(())
     }
@@ -821,6 +830,7 @@ impl Store {
                 out.local.insert(name.clone(), v.value().to_owned());
             }
         }
+        out.replicas = hosts::get(&tx, local)?;
         let table = tx.open_table(SERVICE_ADDRESSES)?;
         for key in remote {
             if let Some(ip) = table
@@ -845,6 +855,8 @@ impl Store {
 pub struct SiteEntries {
     /// This site's nodes: name → host.
     pub local: std::collections::BTreeMap<String, String>,
+    /// This site's nodes with replicas: name → the hosts after `local`'s.
+    pub replicas: std::collections::BTreeMap<String, Vec<String>>,
     /// Remote nodes' Service addresses: `org/name` → IP.
     pub services: std::collections::BTreeMap<String, std::net::IpAddr>,
 }

@@ -35,6 +35,7 @@ pub mod links;
 pub mod mux;
 pub mod near;
 pub mod quic;
+pub mod replicas;
 pub mod splice;
 
 use std::net::SocketAddr;
@@ -353,6 +354,12 @@ impl Tunnels {
         if let Some(gateways) = gateways {
             self.links.keep_links(gateways);
         }
+    }
+
+    /// This site's nodes with replicas: name → each address (its `host` first) and whether
+    /// the far end holds it healthy ([`replicas`]).
+    pub fn replica_status(&self) -> std::collections::BTreeMap<String, Vec<(String, bool)>> {
+        self.far.replica_status()
     }
 
     /// Number of live tunnel links.

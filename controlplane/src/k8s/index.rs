@@ -614,6 +614,8 @@ impl Index {
             ipfs_peer_id: s.ipfs_peer_id.clone().unwrap_or_default(),
             tls_cert_der: vec![],
             raft_learner: s.raft_learner,
+            // the Service spreads over the node's Pods: one address
+            replica_hosts: vec![],
         })
     }
 

@@ -34,6 +34,7 @@ pub const MAX_ADD_NODES: usize = crate::membership::sync::MAX_BATCH_RECORDS;
 
 /// What `AddNode` answers for a node registered here.
 fn registered(org: &str, domain: &str, spec: pb::NodeSpec, node: &Node, seq: u64) -> pb::NodeInfo {
+    let replicas = replica_infos(&spec.host, &spec.replica_hosts, &Default::default());
     pb::NodeInfo {
         dns_name: format!("{}.{org}.{domain}", spec.name),
         local_ip: spec.host.clone(),
@@ -51,9 +52,38 @@ fn registered(org: &str, domain: &str, spec: pb::NodeSpec, node: &Node, seq: u64
         seq,
         local_host: spec.host,
         service_ip: String::new(),
+        replicas,
         local_rpc: spec.rpc_url,
         raft_id: 0,
     }
+}
+
+/// The addresses of a node with replicas (`host`, then `replicas`) and each one's health as
+/// the far end holds it (`up`: host → up; a host it holds nothing about is up). A node with one
+/// address has none.
+fn replica_infos(
+    host: &str,
+    replicas: &[String],
+    up: &std::collections::BTreeMap<String, bool>,
+) -> Vec<pb::ReplicaInfo> {
+    if replicas.is_empty() {
+        return vec![];
+    }
+    std::iter::once(host)
+        .chain(replicas.iter().map(String::as_str))
+        .map(|h| pb::ReplicaInfo {
+            host: h.to_owned(),
+            up: up.get(h).copied().unwrap_or(true),
+        })
+        .collect()
+}
+
+/// Checks a node's address (`--host`) as a dial target: an IP or a DNS name.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() || fedgw_certs::token::validate_endpoint(&format!("{host}:1")).is_err() {
+        return Err(format!("invalid node host {host:?}"));
+    }
+    Ok(())
 }
 
 /// The Tessera URL a node record publishes for `registered`: the same scheme, port (80 or 443
@@ -96,10 +126,21 @@ pub fn node_record(
     domain: &str,
 ) -> Result<Node, String> {
     fedgw_certs::names::validate_label("node", &spec.name).map_err(|e| e.to_string())?;
-    if spec.host.is_empty()
-        || fedgw_certs::token::validate_endpoint(&format!("{}:1", spec.host)).is_err()
-    {
-        return Err(format!("invalid node host {:?}", spec.host));
+    check_host(&spec.host)?;
+    if spec.replica_hosts.len() + 1 > crate::tunnel::replicas::MAX_REPLICAS {
+        return Err(format!(
+            "node {} lists {} addresses; at most {} (one --host each) are allowed",
+            spec.name,
+            spec.replica_hosts.len() + 1,
+            crate::tunnel::replicas::MAX_REPLICAS
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::from([spec.host.as_str()]);
+    for h in &spec.replica_hosts {
+        check_host(h)?;
+        if !seen.insert(h.as_str()) {
+            return Err(format!("node host {h:?} is listed twice"));
+        }
     }
     if !spec.rpc_url.is_empty() {
         spec.rpc_url
@@ -323,6 +364,8 @@ pub(super) async fn list_nodes(
     _request: Request<pb::ListNodesRequest>,
 ) -> Result<Response<pb::ListNodesResponse>, Status> {
     let local = on_store(&svc.store, move |s| s.local_nodes()).await?;
+    let replicas = on_store(&svc.store, move |s| s.local_replicas()).await?;
+    let health = svc.tunnels.replica_status();
     let urls = on_store(&svc.store, move |s| s.local_urls()).await?;
     let rpc = on_store(&svc.store, move |s| s.local_rpc()).await?;
     let services = on_store(&svc.store, move |s| s.service_addresses()).await?;
@@ -353,6 +396,16 @@ pub(super) async fn list_nodes(
                 Some(ip) if n.org != me => ip.to_string(),
                 _ => String::new(),
             };
+            let replicas = match (local.get(&n.name), replicas.get(&n.name)) {
+                (Some(host), Some(more)) if n.org == me => {
+                    let up = health
+                        .get(&n.name)
+                        .map(|h| h.iter().cloned().collect())
+                        .unwrap_or_default();
+                    replica_infos(host, more, &up)
+                }
+                _ => vec![],
+            };
             let local_rpc = match rpc.get(&n.name) {
                 Some(url) if n.org == me => url.clone(),
                 _ => String::new(),
@@ -381,6 +434,7 @@ pub(super) async fn list_nodes(
                 service_ip,
                 local_rpc,
                 raft_id,
+                replicas,
             }
         })
         .collect();
@@ -467,6 +521,39 @@ pub(super) async fn chain_status(
 #[cfg(test)]
 mod tests {
     use super::published_tessera_url as url;
+
+    /// Replica hosts are checked like the host, at most eight addresses in all, none twice.
+    #[test]
+    fn replica_hosts_are_checked_bounded_and_distinct() {
+        let spec = |replicas: &[&str]| fedgw_proto::v1::NodeSpec {
+            client: fedgw_proto::v1::ClientKind::Goquorum.into(),
+            name: "tm".into(),
+            host: "tessera-1".into(),
+            p2p_port: 30303,
+            replica_hosts: replicas.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        };
+        let record = |r: &[&str]| super::node_record(&spec(r), "dc1", "org1", "acme.example");
+        assert!(record(&["tessera-2", "10.0.0.3"]).is_ok());
+        let bad = record(&["tessera 2"]).expect_err("a space");
+        assert!(bad.contains("invalid node host"), "{bad}");
+        let twice = record(&["tessera-1"]).expect_err("the host again");
+        assert!(twice.contains("listed twice"), "{twice}");
+        let seven: Vec<String> = (2..9).map(|i| format!("tessera-{i}")).collect();
+        let seven: Vec<&str> = seven.iter().map(String::as_str).collect();
+        assert!(record(&seven).is_ok(), "eight addresses in all");
+        let mut eight = seven.clone();
+        eight.push("tessera-9");
+        let many = record(&eight).expect_err("nine addresses");
+        assert!(many.contains("at most 8"), "{many}");
+        // the listing shows a node with replicas, each with its health, and no list for one
+        // address
+        let up = [("tessera-2".to_owned(), false)].into();
+        let infos = super::replica_infos("tessera-1", &["tessera-2".into()], &up);
+        let got: Vec<(&str, bool)> = infos.iter().map(|r| (r.host.as_str(), r.up)).collect();
+        assert_eq!(got, [("tessera-1", true), ("tessera-2", false)]);
+        assert!(super::replica_infos("tessera-1", &[], &up).is_empty());
+    }
 
     /// The admin API (the CLI's and the Kubernetes controller's way in) refuses an enode id
     /// that is not a secp256k1 public key, or not 64 bytes; no id at all is a Tessera-only node.

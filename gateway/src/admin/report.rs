@@ -118,6 +118,17 @@ pub(super) fn status_of(
             })
             .collect(),
         advertise: vec![],
+        replicas: tunnels
+            .replica_status()
+            .into_iter()
+            .map(|(node, hosts)| pb::NodeReplicas {
+                node,
+                replicas: hosts
+                    .into_iter()
+                    .map(|(host, up)| pb::ReplicaInfo { host, up })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 

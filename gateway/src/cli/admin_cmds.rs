@@ -85,9 +85,11 @@ pub struct NodeAddArgs {
     /// The client software.
     #[arg(long, value_enum, default_value = "goquorum")]
     client: ClientArg,
-    /// The node's real address at this site [default: the enode URL's host].
+    /// The node's real address at this site [default: the enode URL's host]. Repeat it for a
+    /// node with replicas (at most 8: Tessera instances, a GoQuorum HA pair): the far end
+    /// spreads connections over the healthy ones.
     #[arg(long)]
-    host: Option<String>,
+    host: Vec<String>,
     /// The raft id.
     #[arg(long, value_name = "N")]
     raft_id: Option<u32>,
@@ -220,8 +222,9 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
                     ..Default::default()
                 },
             };
-            if let Some(h) = &a.host {
-                spec.host = h.clone();
+            if let Some((first, more)) = a.host.split_first() {
+                spec.host = first.clone();
+                spec.replica_hosts = more.to_vec();
             }
             if let Some(url) = &a.tessera_url {
                 if spec.host.is_empty() {
@@ -490,6 +493,7 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
                     "ipfs_peer_id": json::text(&r.ipfs_peer_id),
                     "tls_cert": (!r.tls_cert_der.is_empty()).then(|| b64.encode(&r.tls_cert_der)),
                     "raft_learner": r.raft_learner,
+                    "replicas": n.replicas.iter().map(|r| serde_json::json!({"host": r.host, "up": r.up})).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -533,6 +537,10 @@ pub async fn nodes(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
             ip,
             ports
         )?;
+        for replica in &n.replicas {
+            let health = if replica.up { "up" } else { "down" };
+            outln!("  replica {:<40} {health}", replica.host)?;
+        }
         if !n.local_rpc.is_empty() {
             outln!("{:<28} rpc {}", "", n.local_rpc)?;
         }

@@ -48,6 +48,10 @@ pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
                 "class": c.class, "bytes": c.bytes, "writes": c.writes,
                 "wait_sum_us": c.wait_sum_us, "max_wait_us": c.max_wait_us,
             })).collect::<Vec<_>>(),
+            "replicas": s.replicas.iter().map(|n| serde_json::json!({
+                "node": n.node,
+                "replicas": n.replicas.iter().map(|r| serde_json::json!({"host": r.host, "up": r.up})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
         });
         outln!("{v}")?;
         return Ok(());
@@ -109,6 +113,14 @@ pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
         },
         s.active_streams
     )?;
+    for n in &s.replicas {
+        let each: Vec<String> = n
+            .replicas
+            .iter()
+            .map(|r| format!("{} {}", r.host, if r.up { "up" } else { "down" }))
+            .collect();
+        outln!("node {} replicas: {}", n.node, each.join(", "))?;
+    }
     outln!(
         "{:<16} {:<9} {:>10} {:>8} {:>8}",
         "tunnel to",

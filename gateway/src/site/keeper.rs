@@ -386,6 +386,7 @@ async fn read_site(
         run_blocking(move || {
             Ok(Read::All(SiteState {
                 local: store.local_nodes()?,
+                replicas: store.local_replicas()?,
                 services: store.service_addresses()?,
                 short_hosts: Default::default(),
             }))
@@ -423,6 +424,10 @@ async fn read_site(
         }) => {
             if let Some(state) = site {
                 for name in local {
+                    match entries.replicas.get(&name) {
+                        Some(hosts) => state.replicas.insert(name.clone(), hosts.clone()),
+                        None => state.replicas.remove(&name),
+                    };
                     match entries.local.get(&name) {
                         Some(host) => state.local.insert(name, host.clone()),
                         None => state.local.remove(&name),

@@ -27,6 +27,9 @@ use crate::tunnel::near::{Route, RouteChange};
 pub struct SiteState {
     /// This site's nodes' real hosts: name → host.
     pub local: BTreeMap<String, String>,
+    /// This site's nodes with replicas: name → their hosts after `local`'s (the far end
+    /// spreads connections over them; DNS names the first).
+    pub replicas: BTreeMap<String, Vec<String>>,
     /// Remote nodes' Service addresses (Kubernetes ClusterIPs): `org/name` → IP.
     pub services: BTreeMap<String, IpAddr>,
     /// This site's nodes' one-label hosts (a Compose service, a container name) as the
@@ -99,6 +102,7 @@ pub fn project_node(inputs: Inputs<'_>, n: &NodeView) -> NodePlan {
         {
             plan.target = Some(Target {
                 host: host.clone(),
+                replicas: site.replicas.get(&n.name).cloned().unwrap_or_default(),
                 ports: n.node.ports(),
                 allowed_orgs: n.node.allowed_orgs.clone(),
             });

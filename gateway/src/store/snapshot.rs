@@ -17,6 +17,7 @@ use redb::{ReadableTable as _, TableDefinition, TableHandle as _};
 use serde::{Deserialize, Serialize};
 
 use super::audit::AUDIT;
+use super::hosts::LOCAL_REPLICAS;
 use super::{
     ALLOCATIONS, INVITES, LOCAL_NODES, LOCAL_RPC, LOCAL_URLS, MEMBERS, META, RECORDS,
     SERVICE_ADDRESSES, Store, StoreError,
@@ -34,8 +35,13 @@ pub const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
 const BYTE_TABLES: [TableDefinition<&str, &[u8]>; 5] =
     [INVITES, MEMBERS, RECORDS, META, ALLOCATIONS];
 /// Tables whose values are text.
-const TEXT_TABLES: [TableDefinition<&str, &str>; 4] =
-    [LOCAL_NODES, SERVICE_ADDRESSES, LOCAL_URLS, LOCAL_RPC];
+const TEXT_TABLES: [TableDefinition<&str, &str>; 5] = [
+    LOCAL_NODES,
+    SERVICE_ADDRESSES,
+    LOCAL_URLS,
+    LOCAL_RPC,
+    LOCAL_REPLICAS,
+];
 
 /// A byte table with its rows decoded, ready to write.
 type ByteRows<'a> = (

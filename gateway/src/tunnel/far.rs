@@ -31,6 +31,7 @@ use tracing::debug;
 use super::class;
 use super::header::{self, Answer, Request};
 use super::links::Inbound;
+use super::replicas::{Check, ReplicaHealth};
 use super::splice::{self, End, Ended, Proxying, TunnelStream};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
@@ -45,6 +46,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Target {
     /// The registered host: an IP address or a DNS name.
     pub host: String,
+    /// More addresses of the same node (its replicas, after `host`; see [`super::replicas`]).
+    pub replicas: Vec<String>,
     /// Port name → real port.
     pub ports: BTreeMap<String, u16>,
     /// Orgs allowed to reach the node; empty means every member.
@@ -104,6 +107,26 @@ impl DialPolicy {
         .into_iter()
         .any(|at| self.local.contains(&SocketAddr::new(at, addr.port())));
         !forbidden_ip && !own && !local
+    }
+}
+
+impl Target {
+    /// Every address of the node: `host`, then its replicas.
+    pub fn hosts(&self) -> Vec<String> {
+        std::iter::once(&self.host)
+            .chain(&self.replicas)
+            .cloned()
+            .collect()
+    }
+}
+
+/// How a down replica of a node is checked when a dial to `port` (named `port_name`) failed:
+/// Tessera's `/upcheck` on its Tessera port, a TCP connect otherwise.
+fn check_of(port_name: &str, port: u16) -> Check {
+    if port_name == "tessera" {
+        Check::Upcheck(port)
+    } else {
+        Check::Tcp(port)
     }
 }
 
@@ -236,6 +259,8 @@ struct Inner {
     per_org: usize,
     /// Per caller org, its share of the connections (`per_org` permits).
     org_connections: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Health of the replicas of this site's nodes with more than one address.
+    replicas: ReplicaHealth,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -259,7 +284,8 @@ impl Far {
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Far {
-        Far(Arc::new(Inner {
+        let replicas = ReplicaHealth::new(metrics.clone());
+        let far = Far(Arc::new(Inner {
             membership,
             metrics,
             targets: RwLock::new(Arc::new(Targets::default())),
@@ -268,9 +294,34 @@ impl Far {
             proxying: setup.proxying,
             per_org: setup.per_org,
             org_connections: Mutex::new(HashMap::new()),
+            replicas: replicas.clone(),
             tracker,
             shutdown,
-        }))
+        }));
+        // the checks see the dial policy of the moment, and do not keep the far end alive
+        let weak = Arc::downgrade(&far.0);
+        let permits: super::replicas::Permits = Arc::new(move |addr| {
+            weak.upgrade().is_some_and(|inner| {
+                let policy = inner.policy.read().unwrap_or_else(|e| e.into_inner());
+                policy.permits(addr)
+            })
+        });
+        far.0
+            .tracker
+            .spawn(replicas.run_checks(permits, far.0.shutdown.clone()));
+        far
+    }
+
+    /// This site's nodes with replicas: name → each address (`host` first) and whether it is
+    /// held healthy.
+    pub fn replica_status(&self) -> BTreeMap<String, Vec<(String, bool)>> {
+        let targets = self.0.targets.read().unwrap_or_else(|e| e.into_inner());
+        targets
+            .nodes
+            .iter()
+            .filter(|(_, t)| !t.replicas.is_empty())
+            .map(|(name, t)| (name.clone(), self.0.replicas.status(name, &t.hosts())))
+            .collect()
     }
 
     /// Replaces what the far end serves. Streams whose authorisation the new targets withdraw
@@ -292,6 +343,7 @@ impl Far {
             }
         }
         let targets: &Targets = &current;
+        self.0.replicas.retain(|n| targets.nodes.contains_key(n));
         let mut grants = self.0.grants.lock().unwrap_or_else(|e| e.into_inner());
         grants.retain(|(caller, node, port), grant| {
             let req = Request {
@@ -339,15 +391,20 @@ impl Far {
             .clone()
     }
 
-    /// Authorises `req` from `caller` against the current targets: the host and port to dial
-    /// and a token cancelled once a later change of the targets withdraws the authorisation.
+    /// Authorises `req` from `caller` against the current targets: the hosts (the node's
+    /// `host` and its replicas) and port to dial and a token cancelled once a later change of
+    /// the targets withdraws the authorisation (a change of the replicas alone does not).
     fn authorise(
         &self,
         caller: &str,
         req: &header::Request,
-    ) -> Result<(String, u16, CancellationToken), Answer> {
+    ) -> Result<(Vec<String>, u16, CancellationToken), Answer> {
         let targets = self.0.targets.read().unwrap_or_else(|e| e.into_inner());
         let dial = targets.authorise(caller, req)?;
+        let hosts = targets
+            .nodes
+            .get(&req.node)
+            .map_or_else(|| vec![dial.0.clone()], Target::hosts);
         let mut grants = self.0.grants.lock().unwrap_or_else(|e| e.into_inner());
         let key = (caller.to_owned(), req.node.clone(), req.port.clone());
         let grant = grants.entry(key).or_insert_with(|| Grant {
@@ -355,7 +412,7 @@ impl Far {
             withdrawn: CancellationToken::new(),
         });
         let withdrawn = grant.withdrawn.child_token();
-        Ok((dial.0, dial.1, withdrawn))
+        Ok((hosts, dial.1, withdrawn))
     }
 
     async fn refuse(&self, w: &mut splice::TunnelWrite, answer: Answer) {
@@ -391,7 +448,7 @@ impl Inbound for Far {
             // taken before the targets are read: a revocation that lands from here on cancels
             // it, whatever the copy of the targets below still says
             let revoked = this.0.membership.revocation().token(&caller_org);
-            let (host, port, withdrawn) = match this.authorise(&caller_org, &req) {
+            let (hosts, port, withdrawn) = match this.authorise(&caller_org, &req) {
                 Ok(t) => t,
                 Err(answer) => return this.refuse(&mut w, answer).await,
             };
@@ -407,7 +464,10 @@ impl Inbound for Far {
                 biased;
                 () = revoked.cancelled() => Err(Answer::NotMember),
                 () = this.0.shutdown.cancelled() => return,
-                dialled = dial(&host, port, &policy, &early) => dialled,
+                dialled = this.0.replicas.dial(&req.node, &hosts, check_of(&req.port, port), CONNECT_TIMEOUT, |host| {
+                    let (policy, early) = (&policy, &early);
+                    async move { dial(&host, port, policy, early).await }
+                }) => dialled,
             };
             let (mut tcp, sent) = match dialled {
                 Ok(dialled) => dialled,
@@ -467,6 +527,7 @@ mod tests {
             "node1".to_owned(),
             Target {
                 host: "10.0.0.5".into(),
+                replicas: vec![],
                 ports: [("p2p".to_owned(), 30303), ("tessera".to_owned(), 9000)].into(),
                 allowed_orgs: vec![],
             },
@@ -475,6 +536,7 @@ mod tests {
             "tm".to_owned(),
             Target {
                 host: "10.0.0.6".into(),
+                replicas: vec![],
                 ports: [("tessera".to_owned(), 9000)].into(),
                 allowed_orgs: vec!["org1".into()],
             },
@@ -528,6 +590,7 @@ mod tests {
         let mut t = targets();
         let moved = Target {
             host: "10.0.0.7".into(),
+            replicas: vec![],
             ports: [("p2p".to_owned(), 30304)].into(),
             allowed_orgs: vec![],
         };

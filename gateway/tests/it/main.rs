@@ -28,6 +28,7 @@ mod ops;
 mod port;
 mod processes;
 mod services;
+mod replicas;
 mod tunnel;
 mod upgrade;
 mod validators;

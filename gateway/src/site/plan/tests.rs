@@ -52,6 +52,7 @@ fn site(local: &[(&str, &str)], services: &[(&str, &str)]) -> SiteState {
             .map(|(k, v)| ((*k).to_owned(), v.parse().expect("ip")))
             .collect(),
         short_hosts: Default::default(),
+        replicas: Default::default(),
     }
 }
 
@@ -88,7 +89,25 @@ fn this_sites_node_is_served_at_its_real_host_and_reachable_by_tunnel() {
     assert_eq!(p.zone.ports["raft"], 50400);
     let target = p.target.expect("a far-end target");
     assert_eq!(target.host, "10.0.0.1");
+    assert!(target.replicas.is_empty());
     assert!(p.routes.is_empty(), "no listener for an own node");
+
+    // a node with replicas: DNS names its first address, the far end gets them all
+    let mut with_replicas = state.clone();
+    with_replicas
+        .replicas
+        .insert("node1".into(), vec!["10.0.0.2".into(), "tm-b".into()]);
+    let p = project_node(
+        Inputs {
+            me: &me,
+            site: &with_replicas,
+            alloc: &alloc,
+        },
+        &n,
+    );
+    assert_eq!(p.zone.ip, Some("10.0.0.1".parse().expect("ip")));
+    let target = p.target.expect("a far-end target");
+    assert_eq!(target.hosts(), ["10.0.0.1", "10.0.0.2", "tm-b"]);
 
     // a host name becomes a CNAME; a node of this org at another site is no target here
     let state = site(&[("node1", "quorum.ns.svc")], &[]);
