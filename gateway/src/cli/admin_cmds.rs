@@ -720,7 +720,9 @@ pub async fn render(
     }
     if let Some(what) = fabric {
         if node.is_some() || client.is_some() || watch.is_some() {
-            return Err(usage("render fabric-* takes no NODE, no --client and no --watch"));
+            return Err(usage(
+                "render fabric-* takes no NODE, no --client and no --watch",
+            ));
         }
         return super::fabric_cmds::render(what, &args, out).await;
     }

@@ -219,7 +219,11 @@ mod tests {
         )])
         .expect("audit");
         let snap = a.snapshot().expect("snapshot");
-        assert_eq!(snap.tables["audit"].len(), 1, "the audit trail is in the snapshot");
+        assert_eq!(
+            snap.tables["audit"].len(),
+            1,
+            "the audit trail is in the snapshot"
+        );
         assert_eq!(snap.format, SNAPSHOT_FORMAT);
         let text = serde_json::to_vec(&snap).expect("json");
         let back: Snapshot = serde_json::from_slice(&text).expect("parse");
