@@ -569,6 +569,7 @@ pub async fn start_with(
             identity: &identity,
             org_ca: loaded.org_ca.cert(),
             admin: admin_service.clone(),
+            store: store.clone(),
         },
         &tracker,
         &metrics,

@@ -141,7 +141,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Console {
     /// The admin service whose answers the console shows.
     pub admin: Arc<AdminService>,
-    /// The audit trail; `None` until an audit log is wired.
+    /// The audit trail (`fedgw run` supplies the store's); `None`: the page says there is none.
     pub audit: Option<Arc<dyn AuditSource>>,
 }
 

@@ -17,6 +17,7 @@ use crate::admin::AdminService;
 use crate::console::{self, Access, Console, ConsoleConfig};
 use crate::datadir::DataDir;
 use crate::metrics::Metrics;
+use crate::store::{AuditFilter, Store, audit_entries};
 
 /// What the console is set up from.
 pub(super) struct Setup<'a> {
@@ -29,6 +30,53 @@ pub(super) struct Setup<'a> {
     pub identity: &'a ReloadableIdentity,
     pub org_ca: &'a CertificateDer<'static>,
     pub admin: Arc<AdminService>,
+    /// The store whose audit trail the console shows.
+    pub store: Arc<Store>,
+}
+
+/// The console's audit source: the store's hash-chained audit trail
+/// ([`crate::store::audit_entries`]). Each entry is shown as its JSON form plus `at` (RFC 3339,
+/// UTC) and `summary` (subject and signer).
+#[derive(Debug)]
+pub struct StoreAudit(pub Arc<Store>);
+
+impl console::AuditSource for StoreAudit {
+    fn entries(
+        &self,
+        org: Option<&str>,
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Vec<serde_json::Value> {
+        let filter = AuditFilter {
+            since_ms: None,
+            org: org.map(str::to_owned),
+            kind: kind.map(str::to_owned),
+            limit: Some(limit),
+        };
+        let entries = match audit_entries(&self.0, &filter) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(error = %crate::net::with_sources(&e), "console: reading the audit trail failed");
+                return vec![];
+            }
+        };
+        entries
+            .into_iter()
+            .map(|e| {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.time_ms);
+                let summary = format!("{} (signed by {})", e.subject, e.signer);
+                let mut v = serde_json::to_value(&e).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert(
+                        "at".into(),
+                        humantime::format_rfc3339_seconds(at).to_string().into(),
+                    );
+                    o.insert("summary".into(), summary.into());
+                }
+                v
+            })
+            .collect()
+    }
 }
 
 /// The console as the metrics server should serve it, and its URL.
@@ -51,7 +99,7 @@ pub(super) async fn start(
 ) -> Result<OnMetrics, RunError> {
     let console = Console {
         admin: s.admin,
-        audit: None,
+        audit: Some(Arc::new(StoreAudit(s.store))),
     };
     if let Some(addr) = s.listen.or(s.config.listen) {
         let access = console::access_for(addr, s.config, s.dir.root())?;

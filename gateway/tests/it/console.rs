@@ -117,9 +117,19 @@ async fn the_console_serves_the_page_and_the_json_documents() {
     assert_ne!(node["reachability"], "local");
 
     let audit = get_json(&addr, "/api/v1/audit?org=org2&kind=node").await;
-    assert_eq!(audit["available"], false);
+    assert_eq!(audit["available"], true);
     assert_eq!(audit["org"], "org2");
-    assert_eq!(audit["entries"], serde_json::json!([]));
+    let entry = &audit["entries"][0];
+    assert_eq!(
+        (&entry["kind"], &entry["org"], &entry["subject"]),
+        (
+            &serde_json::json!("node"),
+            &serde_json::json!("org2"),
+            &serde_json::json!("node1")
+        ),
+        "{audit}"
+    );
+    assert!(entry["at"].is_string() && entry["hash"].is_string(), "{entry}");
 
     // the page carries the data without JavaScript
     let (status, page) = get(&addr, "/").await;
@@ -129,7 +139,7 @@ async fn the_console_serves_the_page_and_the_json_documents() {
         "data-org=\"org2\"",
         "data-a=\"org1/dc1\" data-b=\"org2/dc1\"",
         "node1.org2.acme.test",
-        "no audit trail",
+        "node1 (signed by org2)",
     ] {
         assert!(page.contains(want), "the page lacks {want}");
     }
@@ -390,7 +400,7 @@ async fn headless_chromium_renders_the_console_of_a_gateway_pair() {
         "data-org=\"org1\"",
         "data-org=\"org2\"",
         "node1.org2.acme.test",
-        "no audit trail",
+        "node1 (signed by org2)",
     ] {
         assert!(dom.contains(want), "the rendered DOM lacks {want}:\n{dom}");
     }
