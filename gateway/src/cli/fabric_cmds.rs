@@ -202,8 +202,9 @@ pub async fn render(
     }
 }
 
-/// A node record of client kind fabric-peer or fabric-orderer as [`NodeFacts`]. Named service
-/// ports and an orderer's TLS certificate are not in node records yet: the defaults apply.
+/// A node record of client kind fabric-peer or fabric-orderer as [`NodeFacts`]: its named
+/// service ports (`peer`, `orderer`, ...; a port outside 1..=65535 is left out, the default
+/// applies) and an orderer's published TLS certificate, as PEM.
 fn node_facts(n: &pb::NodeInfo) -> Option<NodeFacts> {
     let record = n.record.as_ref()?;
     let kind = match pb::ClientKind::try_from(record.client).ok()? {
@@ -211,13 +212,28 @@ fn node_facts(n: &pb::NodeInfo) -> Option<NodeFacts> {
         pb::ClientKind::FabricOrderer => NodeKind::Orderer,
         _ => return None,
     };
+    let ports = record
+        .services
+        .iter()
+        .filter_map(|s| {
+            Some((
+                s.name.clone(),
+                u16::try_from(s.port).ok().filter(|p| *p != 0)?,
+            ))
+        })
+        .collect();
+    let tls_cert_pem = (!record.tls_cert_der.is_empty()).then(|| {
+        fedgw_certs::pki::certs_to_pem(&[rustls_pki_types::CertificateDer::from(
+            record.tls_cert_der.as_slice(),
+        )])
+    });
     Some(NodeFacts {
         org: n.org.clone(),
         name: n.name.clone(),
         kind,
-        ports: Default::default(),
+        ports,
         roles: record.roles.clone(),
-        tls_cert_pem: None,
+        tls_cert_pem,
     })
 }
 

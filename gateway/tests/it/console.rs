@@ -129,7 +129,10 @@ async fn the_console_serves_the_page_and_the_json_documents() {
         ),
         "{audit}"
     );
-    assert!(entry["at"].is_string() && entry["hash"].is_string(), "{entry}");
+    assert!(
+        entry["at"].is_string() && entry["hash"].is_string(),
+        "{entry}"
+    );
 
     // the page carries the data without JavaScript
     let (status, page) = get(&addr, "/").await;

@@ -106,37 +106,54 @@ fn render_fabric_kinds_name_every_fabric_node_at_its_consortium_name() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let gw = founder(tmp.path());
     let d = s(&gw.dir);
-    // a node record needs a port: until records carry named service ports, each Fabric node is
-    // registered with a devp2p port, which the Fabric renderers ignore (they use 7051 / 7050)
-    for (n, (name, client, host, role)) in [
-        ("peer0", "fabric-peer", "10.0.0.5", "anchor"),
-        ("peer1", "fabric-peer", "10.0.0.6", "endorser"),
-        ("orderer0", "fabric-orderer", "10.0.0.7", "consenter"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let enode = format!(
-            "enode://{}@{host}:30303?discport=0",
-            fedgw_tests::enode_id(0xf0 + n as u64)
-        );
-        fedgw()
-            .run([
-                "node",
-                "add",
-                name,
-                "--client",
-                client,
-                "--enode",
-                &enode,
-                "--role",
-                role,
-                "--data-dir",
-                &d,
-            ])
-            .expect("spawn")
-            .ok()
-            .expect("node add");
+    // the orderer's TLS pair from the org CA; its certificate is published with the node
+    let msp = tmp.path().join("orderer0");
+    fedgw()
+        .run([
+            "cert",
+            "fabric-msp",
+            "orderer0",
+            "--role",
+            "orderer",
+            "--data-dir",
+            &d,
+            "--out-dir",
+            &s(&msp),
+        ])
+        .expect("spawn")
+        .ok()
+        .expect("fabric-msp");
+    let tls_cert = s(&msp.join("tls/server.crt"));
+    for (name, client, host, role, service) in [
+        ("peer0", "fabric-peer", "10.0.0.5", "anchor", "peer=7051"),
+        ("peer1", "fabric-peer", "10.0.0.6", "endorser", "peer=8051"),
+        (
+            "orderer0",
+            "fabric-orderer",
+            "10.0.0.7",
+            "consenter",
+            "orderer=7050",
+        ),
+    ] {
+        let mut args = vec![
+            "node",
+            "add",
+            name,
+            "--client",
+            client,
+            "--host",
+            host,
+            "--service",
+            service,
+            "--role",
+            role,
+            "--data-dir",
+            &d,
+        ];
+        if name == "orderer0" {
+            args.extend(["--tls-cert", &tls_cert]);
+        }
+        fedgw().run(args).expect("spawn").ok().expect("node add");
     }
     let render = |args: &[&str]| {
         let mut all = vec!["render"];
@@ -157,6 +174,11 @@ fn render_fabric_kinds_name_every_fabric_node_at_its_consortium_name() {
     assert_eq!(
         profile["orderers"]["orderer0.org1.acme.test"]["url"],
         "grpcs://orderer0.org1.acme.test:7050"
+    );
+    // a peer's port is its named `peer` service
+    assert_eq!(
+        profile["peers"]["peer1.org1.acme.test"]["url"],
+        "grpcs://peer1.org1.acme.test:8051"
     );
     let root = std::fs::read_to_string(gw.dir.join("root-ca.pem")).expect("root");
     assert_eq!(
@@ -181,21 +203,28 @@ fn render_fabric_kinds_name_every_fabric_node_at_its_consortium_name() {
     assert!(org1["AnchorPeers"][1].is_null(), "only the anchor peer");
     assert_eq!(org1["OrdererEndpoints"][0], "orderer0.org1.acme.test:7050");
 
-    // consenters need --out; no orderer has a published TLS certificate yet
+    // consenters need --out: the orderer's published TLS certificate goes beside the list
     let no_out = render(&["fabric-consenters"]);
     assert_eq!(no_out.code, Some(64), "{}", no_out.stderr);
     let out = tmp.path().join("cfg/consenters.yaml");
     let o = s(&out);
     let run = render(&["fabric-consenters", "--out", &o]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let yaml = std::fs::read_to_string(&out).expect("written");
     assert!(
-        run.stderr.contains("orderer0.org1.acme.test"),
-        "{}",
-        run.stderr
+        yaml.contains("- Host: orderer0.org1.acme.test\n      Port: 7050"),
+        "{yaml}"
     );
-    assert_eq!(
-        std::fs::read_to_string(&out).expect("written"),
-        "Consenters: []\n"
+    let line = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ServerTLSCert: "))
+        .expect("a ServerTLSCert");
+    let written =
+        std::fs::read_to_string(out.parent().expect("dir").join(line)).expect("cert file");
+    let leaf = std::fs::read_to_string(msp.join("tls/server.crt")).expect("server.crt");
+    assert!(
+        leaf.starts_with(written.trim_end()),
+        "the orderer's leaf, as published"
     );
     let again = render(&["fabric-consenters", "--out", &o]);
     assert!(again.stderr.contains("unchanged"), "{}", again.stderr);
