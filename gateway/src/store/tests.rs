@@ -220,6 +220,14 @@ fn filled(dir: &Path) -> std::path::PathBuf {
         .expect("put");
     }
     s.put_local_node("n1", "10.0.0.1").expect("local");
+    s.put_local_nodes(&[crate::store::LocalNode {
+        name: "tm2".into(),
+        host: "10.0.0.2".into(),
+        replicas: vec!["10.0.0.3".into()],
+        tessera_url: None,
+        rpc_url: None,
+    }])
+    .expect("replicas");
     s.put_local_url("n1", Some("http://10.0.0.1:9000"))
         .expect("url");
     s.put_local_rpc("n1", Some("http://10.0.0.1:8545/"))
@@ -309,6 +317,11 @@ fn salvage_of_a_healthy_file_reads_every_table_and_restores_them() {
         Some(invite("org2", 1, 99))
     );
     assert_eq!(Some(fresh.allocations().expect("read")), s.allocations);
+    assert_eq!(
+        fresh.local_replicas().expect("replicas")["tm2"],
+        ["10.0.0.3"],
+        "a node's replica hosts survive a rebuild"
+    );
     // a file that does not open at all salvages nothing, without a panic
     std::fs::write(
         dir.path().join("cut.redb"),
