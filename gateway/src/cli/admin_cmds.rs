@@ -122,6 +122,9 @@ pub struct NodeAddArgs {
     /// once it has caught up.
     #[arg(long)]
     raft_learner: bool,
+    /// Print one JSON object (org, name, seq, dns_name) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `fedgw node import`.
@@ -151,6 +154,10 @@ pub struct NodeImportArgs {
     /// peer once it has caught up.
     #[arg(long)]
     raft_learner: bool,
+    /// Print one JSON object, {"registered": [{org, name}], "refused": [{name, error}]},
+    /// instead of a line per node (the exit code is the same).
+    #[arg(long)]
+    json: bool,
 }
 
 fn host_text(h: &Host) -> String {
@@ -254,6 +261,14 @@ pub async fn node(cmd: NodeCommand) -> Result<(), CliError> {
             spec.raft_learner = a.raft_learner;
             let mut admin = connect(&a.dir).await?;
             let info = admin_call!(admin, add_node(pb::AddNodeRequest { node: Some(spec) }));
+            if a.json {
+                let v = serde_json::json!({
+                    "org": info.org, "name": info.name, "seq": info.seq,
+                    "dns_name": json::text(&info.dns_name),
+                });
+                outln!("{v}")?;
+                return Ok(());
+            }
             outln!(
                 "node {}/{} registered (seq {})",
                 info.org,
@@ -286,7 +301,7 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
             ));
         }
         let specs = super::node_file::specs(&text, &a.file).map_err(usage)?;
-        return add_specs(&a.dir, specs).await;
+        return add_specs(&a.dir, specs, a.json).await;
     }
     let urls = fedgw_proto::enode::parse_static_nodes(&text)
         .map_err(|e| usage(format!("{}: {e}", a.file.display())))?;
@@ -350,13 +365,26 @@ async fn import(a: NodeImportArgs) -> Result<(), CliError> {
             );
         }
     }
-    add_specs(&a.dir, specs).await
+    add_specs(&a.dir, specs, a.json).await
 }
 
-/// Registers `specs` in batches, printing each result; fails when any was refused.
-async fn add_specs(dir: &AdminDirArg, specs: Vec<pb::NodeSpec>) -> Result<(), CliError> {
+/// Registers `specs` in batches, printing each result (with `json`, one object at the end);
+/// fails when any was refused.
+async fn add_specs(
+    dir: &AdminDirArg,
+    specs: Vec<pb::NodeSpec>,
+    json: bool,
+) -> Result<(), CliError> {
     let mut admin = connect(dir).await?;
     let mut failed = 0;
+    let (mut registered, mut refused) = (Vec::new(), Vec::new());
+    let mut refuse = |name: &str, error: &str| {
+        if json {
+            refused.push(serde_json::json!({"name": name, "error": error}));
+        } else {
+            eprintln!("node {name}: {error}");
+        }
+    };
     // in batches: each is published at once (one store write, one view change at each gateway)
     let mut specs = specs.into_iter().peekable();
     while specs.peek().is_some() {
@@ -370,10 +398,13 @@ async fn add_specs(dir: &AdminDirArg, specs: Vec<pb::NodeSpec>) -> Result<(), Cl
             Ok(r) => {
                 for (name, result) in names.iter().zip(r.into_inner().results) {
                     match result.node {
+                        Some(info) if json => {
+                            registered.push(serde_json::json!({"org": info.org, "name": name}));
+                        }
                         Some(info) => outln!("node {}/{} registered", info.org, name)?,
                         None => {
                             failed += 1;
-                            eprintln!("node {name}: {}", result.error);
+                            refuse(name, &result.error);
                         }
                     }
                 }
@@ -383,10 +414,14 @@ async fn add_specs(dir: &AdminDirArg, specs: Vec<pb::NodeSpec>) -> Result<(), Cl
             Err(s) => {
                 failed += names.len();
                 for name in names {
-                    eprintln!("node {name}: {}", s.message());
+                    refuse(&name, s.message());
                 }
             }
         }
+    }
+    if json {
+        let v = serde_json::json!({"registered": registered, "refused": refused});
+        outln!("{v}")?;
     }
     if failed > 0 {
         return Err(usage(format!("{failed} node(s) refused")));

@@ -41,6 +41,9 @@ pub enum CertCommand {
         /// Replace existing files of the same names.
         #[arg(long)]
         force: bool,
+        /// Print one JSON object (dns_names, not_after, cert, key, ca, serial) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Write a Fabric local MSP for one of this org's nodes, issued from the org CA: DIR/msp
     /// (cacerts: the consortium root; intermediatecerts: the org CA; signcerts: a P-256
@@ -89,6 +92,7 @@ pub async fn cert(command: CertCommand) -> Result<(), CliError> {
             lifetime,
             out_dir,
             force,
+            json,
         } => {
             let data_dir = dir.data_dir.clone();
             let issued = issue(&IssueRequest {
@@ -100,6 +104,19 @@ pub async fn cert(command: CertCommand) -> Result<(), CliError> {
                 force,
                 now: SystemTime::now(),
             })?;
+            if json {
+                let serial = publish(data_dir, &issued.der).await?;
+                let v = serde_json::json!({
+                    "dns_names": issued.dns_names,
+                    "not_after": humantime::format_rfc3339_seconds(issued.not_after).to_string(),
+                    "cert": issued.cert.display().to_string(),
+                    "key": issued.key.display().to_string(),
+                    "ca": issued.ca.display().to_string(),
+                    "serial": serial,
+                });
+                outln!("{v}")?;
+                return Ok(());
+            }
             outln!(
                 "issued {} (valid until {})",
                 issued.dns_names.join(", "),

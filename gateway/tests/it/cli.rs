@@ -1642,6 +1642,76 @@ fn invite_join_and_probe_print_one_json_object_with_json() {
     assert!(v["addr"].is_null() && v["error"].is_string(), "{v}");
 }
 
+#[test]
+fn node_add_node_import_and_cert_issue_print_one_json_object_with_json() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw = founder(tmp.path());
+    let d = s(&gw.dir);
+    let one = |args: &[&str]| -> (Option<i32>, serde_json::Value) {
+        let mut all = args.to_vec();
+        all.extend(["--json", "--data-dir", &d]);
+        let run = fedgw().run(all).expect("spawn");
+        let v = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "{e}: one JSON object expected: {:?} {:?}",
+                run.stdout, run.stderr
+            )
+        });
+        (run.code, v)
+    };
+    let enode = format!(
+        "enode://{}@10.0.0.1:30303?discport=0",
+        fedgw_tests::enode_id(0xd1)
+    );
+    let (code, added) = one(&["node", "add", "q1", "--enode", &enode]);
+    assert_eq!(code, Some(0), "{added}");
+    assert_eq!(
+        (&added["org"], &added["name"]),
+        (&serde_json::json!("org1"), &serde_json::json!("q1"))
+    );
+    assert_eq!(added["dns_name"], "q1.org1.acme.test");
+    assert!(added["seq"].as_u64().is_some_and(|n| n > 0), "{added}");
+
+    // an import with one new node and one whose key q1 already holds
+    let list = tmp.path().join("static-nodes.json");
+    let again = format!(
+        "enode://{}@10.0.0.2:30303?discport=0",
+        fedgw_tests::enode_id(0xd1)
+    );
+    let new = format!(
+        "enode://{}@10.0.0.3:30303?discport=0",
+        fedgw_tests::enode_id(0xd2)
+    );
+    std::fs::write(&list, serde_json::json!([new, again]).to_string()).expect("write");
+    let (code, imported) = one(&["node", "import", &s(&list), "--names", "q2,q3"]);
+    assert_eq!(code, Some(64), "one refused: {imported}");
+    assert_eq!(
+        imported["registered"],
+        serde_json::json!([{"org": "org1", "name": "q2"}])
+    );
+    assert_eq!(imported["refused"][0]["name"], "q3");
+    assert!(imported["refused"][0]["error"].is_string(), "{imported}");
+
+    let out = tmp.path().join("tls");
+    let (code, issued) = one(&["cert", "issue", "tm1", "--out-dir", &s(&out)]);
+    assert_eq!(code, Some(0), "{issued}");
+    assert_eq!(
+        issued["dns_names"],
+        serde_json::json!(["tm1.org1.acme.test"])
+    );
+    assert_eq!(issued["key"], s(&out.join("tm1.key")));
+    assert!(
+        issued["serial"].as_str().is_some_and(|s| !s.is_empty()),
+        "{issued}"
+    );
+    assert!(
+        issued["not_after"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{issued}"
+    );
+}
+
 /// Kills the child process when dropped, so a failed assertion leaves no watcher behind.
 struct KillOnDrop(std::process::Child);
 
