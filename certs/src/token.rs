@@ -237,6 +237,8 @@ pub struct JoinTranscript<'a> {
     pub csr_der: &'a [u8],
     /// The joiner's advertised gateway endpoints.
     pub advertise: &'a [String],
+    /// The Fabric MSP ID asked for; empty: none (then not in the MAC, as before it existed).
+    pub fabric_msp_id: &'a str,
     /// 32 bytes exported from the TLS session with [`JOIN_EXPORTER_LABEL`].
     pub channel_binding: &'a [u8],
 }
@@ -255,6 +257,10 @@ fn transcript_mac(verifier_key: &[u8; 32], t: &JoinTranscript<'_>) -> HmacSha256
     field(&(t.advertise.len() as u64).to_be_bytes());
     for a in t.advertise {
         field(a.as_bytes());
+    }
+    if !t.fabric_msp_id.is_empty() {
+        field(b"fabric_msp_id");
+        field(t.fabric_msp_id.as_bytes());
     }
     field(t.channel_binding);
     mac
@@ -378,6 +384,7 @@ mod tests {
             site: "dc1",
             csr_der: b"csr",
             advertise: &adv,
+            fabric_msp_id: "",
             channel_binding: &[1; 32],
         };
         let proof = join_proof(&tok, &t);
@@ -401,6 +408,10 @@ mod tests {
             },
             JoinTranscript {
                 token_id: "0000000000000000",
+                ..t
+            },
+            JoinTranscript {
+                fabric_msp_id: "Org2MSP",
                 ..t
             },
         ];

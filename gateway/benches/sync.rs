@@ -44,6 +44,7 @@ fn free_ports(n: usize) -> Vec<u16> {
 
 fn network(port: u16) -> NetworkOptions {
     NetworkOptions {
+        fabric_msp_id: None,
         site: "dc1".into(),
         advertise: vec![format!("127.0.0.1:{port}")],
         listen: Some(format!("127.0.0.1:{port}").parse().expect("addr")),

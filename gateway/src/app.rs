@@ -629,7 +629,7 @@ pub async fn start_with(
                 "",
                 pb::record_body::Body::Member(pb::MemberRecord {
                     org_ca_der: loaded.org_ca.cert().to_vec(),
-                    fabric_msp_id: String::new(),
+                    fabric_msp_id: config.fabric_msp_id.clone().unwrap_or_default(),
                     admitted_unix,
                 }),
                 SignAs::Root,

@@ -236,6 +236,10 @@ struct NetworkArgs {
     /// one address (repeatable; default: any source).
     #[arg(long = "allowed-source", value_name = "CIDR")]
     allowed_sources: Vec<crate::tunnel::near::SourceNet>,
+    /// This org's Hyperledger Fabric MSP ID, published in its member record [default:
+    /// <Org>MSP, e.g. Org2MSP]; refused at join when another member has it.
+    #[arg(long, value_name = "ID")]
+    msp_id: Option<String>,
 }
 
 impl NetworkArgs {
@@ -244,7 +248,11 @@ impl NetworkArgs {
         for a in &self.advertise {
             config::validate_advertise(a).map_err(usage)?;
         }
+        if let Some(id) = &self.msp_id {
+            crate::fabric::validate_msp_id(id).map_err(|e| usage(format!("--msp-id {id}: {e}")))?;
+        }
         Ok(NetworkOptions {
+            fabric_msp_id: self.msp_id.clone(),
             site: self.site.clone(),
             advertise: self.advertise.clone(),
             listen: self.listen,

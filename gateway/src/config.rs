@@ -144,6 +144,10 @@ pub struct Config {
     /// SHA-256 (hex) of `genesis.json`, when the consortium has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub genesis_sha256: Option<String>,
+    /// This org's Fabric MSP ID as chosen at `init`/`join` (`--msp-id`), carried in its
+    /// root-signed member record; absent: `<Org>MSP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fabric_msp_id: Option<String>,
     /// This site accepts no inbound connections (behind NAT): it dials every other gateway and
     /// its streams are used both ways.
     #[serde(default)]
@@ -515,6 +519,7 @@ mod tests {
 
     fn sample() -> Config {
         Config {
+            fabric_msp_id: None,
             consortium: "acme".into(),
             domain: "acme.example".into(),
             org: "org1".into(),
@@ -846,6 +851,7 @@ mod tests {
             client_cert: true,
         };
         full.federation.require_issued_certs_after_s = 3_600;
+        full.fabric_msp_id = Some("AcmeOrg1MSP".into());
         full.tunnel
             .priority
             .insert("tessera".into(), crate::tunnel::class::Class::Bulk);

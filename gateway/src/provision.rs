@@ -93,6 +93,9 @@ pub struct NetworkOptions {
     pub addresses: crate::addressing::AddressMode,
     /// Data-plane tunnel settings.
     pub tunnel: crate::tunnel::TunnelConfig,
+    /// The org's Fabric MSP ID (`--msp-id`; `None`: `<Org>MSP`), checked with
+    /// [`crate::fabric::validate_msp_id`].
+    pub fabric_msp_id: Option<String>,
 }
 
 impl NetworkOptions {
@@ -181,6 +184,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         leaf_lifetime_secs: net.leaf_lifetime.as_secs(),
         root_holder: true,
         genesis_sha256: opts.genesis.as_deref().map(check_genesis).transpose()?,
+        fabric_msp_id: net.fabric_msp_id.clone(),
         outbound_only: net.outbound_only,
         sync: Default::default(),
         addresses: net.addresses.clone(),
@@ -243,7 +247,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         store::unix(now).max(1) * 1000,
         fedgw_proto::v1::record_body::Body::Member(fedgw_proto::v1::MemberRecord {
             org_ca_der: org_cert.to_vec(),
-            fabric_msp_id: String::new(),
+            fabric_msp_id: net.fabric_msp_id.clone().unwrap_or_default(),
             admitted_unix: i64::try_from(store::unix(now)).unwrap_or(0),
         }),
     )
@@ -329,6 +333,7 @@ pub fn write_joined(
         leaf_lifetime_secs: net.leaf_lifetime.as_secs(),
         root_holder: false,
         genesis_sha256: genesis.map(check_genesis).transpose()?,
+        fabric_msp_id: net.fabric_msp_id.clone(),
         outbound_only: net.outbound_only,
         sync: Default::default(),
         addresses: net.addresses.clone(),

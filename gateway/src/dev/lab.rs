@@ -145,6 +145,7 @@ struct Gateway {
 fn network(i: usize) -> NetworkOptions {
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("literal address");
     NetworkOptions {
+        fabric_msp_id: None,
         site: "dc1".into(),
         advertise: vec!["127.0.0.1:0".into()],
         listen: Some(any),

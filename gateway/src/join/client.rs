@@ -121,6 +121,8 @@ pub struct JoinParams {
     pub site: String,
     /// This gateway's advertised endpoints.
     pub advertise: Vec<String>,
+    /// The Fabric MSP ID asked for (empty: `<Org>MSP`).
+    pub fabric_msp_id: String,
     /// Bound on the whole exchange.
     pub timeout: Duration,
 }
@@ -173,6 +175,7 @@ async fn attempt(
             site: &params.site,
             csr_der,
             advertise: &params.advertise,
+            fabric_msp_id: &params.fabric_msp_id,
             channel_binding: &binding,
         };
         let request = JoinRequest {
@@ -183,6 +186,7 @@ async fn attempt(
             csr_der: csr_der.to_vec(),
             advertise: params.advertise.clone(),
             proof: token::join_proof(&params.token, &transcript).to_vec(),
+            fabric_msp_id: params.fabric_msp_id.clone(),
         };
         let channel = net::single_use_channel(tls)
             .await
@@ -302,6 +306,7 @@ pub async fn join_into(
         org: org.to_owned(),
         site: network.site.clone(),
         advertise: network.advertise.clone(),
+        fabric_msp_id: network.fabric_msp_id.clone().unwrap_or_default(),
         timeout,
     };
     let joined = join(&params, &csr, &pki::spki_der(&key), progress).await?;

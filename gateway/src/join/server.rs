@@ -104,7 +104,29 @@ fn check_shape(req: &JoinRequest) -> Result<(), String> {
     for a in &req.advertise {
         crate::config::validate_advertise(a)?;
     }
+    if !req.fabric_msp_id.is_empty() {
+        crate::fabric::validate_msp_id(&req.fabric_msp_id).map_err(|e| e.to_string())?;
+    }
     Ok(())
+}
+
+/// The member (other than `org`) whose Fabric MSP ID (its published one, or the default
+/// `<Org>MSP`) is `msp_id`, if any: two orgs with one MSP ID would be one identity to Fabric.
+pub fn msp_id_taken_by(m: &Membership, org: &str, msp_id: &str) -> Option<String> {
+    m.read(|v| {
+        v.members()
+            .iter()
+            .filter(|(o, _)| o.as_str() != org)
+            .find(|(o, rec)| {
+                let theirs = if rec.fabric_msp_id.is_empty() {
+                    crate::fabric::default_msp_id(o)
+                } else {
+                    rec.fabric_msp_id.clone()
+                };
+                theirs == msp_id
+            })
+            .map(|(o, _)| o.clone())
+    })
 }
 
 /// Approvals a join needs under `policy` with `members` active member orgs: none for
@@ -152,6 +174,21 @@ impl JoinService {
             self.metrics.join("bad_request");
             return refused(RefusalReason::BadRequest, &detail);
         }
+        let wanted = if req.fabric_msp_id.is_empty() {
+            crate::fabric::default_msp_id(&req.org)
+        } else {
+            req.fabric_msp_id.clone()
+        };
+        if msp_id_taken_by(&self.membership, &req.org, &wanted).is_some() {
+            self.metrics.join("bad_request");
+            return refused(
+                RefusalReason::BadRequest,
+                &format!(
+                    "the Fabric MSP ID {wanted} is already a member's; join with another \
+                     (--msp-id)"
+                ),
+            );
+        }
         let store = self.store.clone();
         let root = self.root.clone();
         let consortium = self.consortium.clone();
@@ -165,6 +202,7 @@ impl JoinService {
                 site: &req.site,
                 csr_der: &req.csr_der,
                 advertise: &req.advertise,
+                fabric_msp_id: &req.fabric_msp_id,
                 channel_binding: &binding,
             };
             let now = SystemTime::now();
@@ -191,7 +229,7 @@ impl JoinService {
                             "",
                             pb::record_body::Body::Member(pb::MemberRecord {
                                 org_ca_der: cert.to_vec(),
-                                fabric_msp_id: String::new(),
+                                fabric_msp_id: req.fabric_msp_id.clone(),
                                 admitted_unix: i64::try_from(store::unix(now)).unwrap_or(0),
                             }),
                             SignAs::Root,

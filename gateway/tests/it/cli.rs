@@ -16,7 +16,7 @@ pub(crate) fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-const LOOPBACK: [&str; 6] = [
+pub(crate) const LOOPBACK: [&str; 6] = [
     "--listen",
     "127.0.0.1:0",
     "--metrics",
@@ -27,7 +27,7 @@ const LOOPBACK: [&str; 6] = [
 
 /// `fedgw init` of org1 (consortium acme, domain acme.test) into `dir`, advertising
 /// `advertise`, on loopback ports, with `extra` arguments.
-fn init_args(dir: &Path, advertise: &str, extra: &[&str]) -> Vec<String> {
+pub(crate) fn init_args(dir: &Path, advertise: &str, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "init",
         "--consortium",
@@ -51,7 +51,7 @@ pub(crate) fn init(dir: &Path, advertise: &str) {
     fedgw().run(args).expect("spawn").ok().expect("init");
 }
 
-fn invite(dir: &Path, org: &str) -> String {
+pub(crate) fn invite(dir: &Path, org: &str) -> String {
     let run = fedgw()
         .run(["invite", org, "--data-dir", &s(dir)])
         .expect("spawn")

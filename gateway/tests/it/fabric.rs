@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::cli::{fedgw, founder, init, s};
+use super::cli::{LOOPBACK, fedgw, founder, init, init_args, invite, s};
 
 fn openssl_verify(msp: &Path, org: &str, cert: &Path) -> bool {
     Command::new("openssl")
@@ -229,4 +229,72 @@ fn render_fabric_kinds_name_every_fabric_node_at_its_consortium_name() {
     let again = render(&["fabric-consenters", "--out", &o]);
     assert!(again.stderr.contains("unchanged"), "{}", again.stderr);
     assert!(gw.stop().expect("stop").success());
+}
+
+/// `fedgw join` of `org` into `dir` on loopback with `extra` arguments.
+fn join_with(token: &str, org: &str, dir: &Path, extra: &[&str]) -> fedgw_tests::Run {
+    let d = s(dir);
+    let mut args = vec![
+        "join",
+        token,
+        "--org",
+        org,
+        "--data-dir",
+        &d,
+        "--advertise",
+        "127.0.0.1:0",
+        "--timeout",
+        "10s",
+    ];
+    args.extend(LOOPBACK);
+    args.extend(extra);
+    fedgw().run(args).expect("spawn")
+}
+
+#[test]
+fn msp_ids_are_chosen_at_init_and_join_published_and_unique() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("org1");
+    let args = init_args(&a, "127.0.0.1:0", &["--msp-id", "AcmeOrg1MSP"]);
+    fedgw().run(args).expect("spawn").ok().expect("init");
+    let gw1 = fedgw().start(&a).expect("org1 starts");
+    let token = invite(&gw1.dir, "org2");
+    let b = tmp.path().join("org2");
+
+    // not an MSP ID: refused before anything is asked
+    let bad = join_with(&token, "org2", &b, &["--msp-id", "no spaces"]);
+    assert_eq!(bad.code, Some(64), "{}", bad.stderr);
+    // org1's: refused by the inviting gateway, and the token stays usable
+    let taken = join_with(&token, "org2", &b, &["--msp-id", "AcmeOrg1MSP"]);
+    assert_ne!(taken.code, Some(0), "{}", taken.stderr);
+    assert!(
+        taken.stderr.contains("already a member's"),
+        "{}",
+        taken.stderr
+    );
+    join_with(&token, "org2", &b, &["--msp-id", "Org2Bank"])
+        .ok()
+        .expect("org2 joins with its own MSP ID");
+
+    let run = fedgw()
+        .run(["members", "--json", "--data-dir", &s(&a)])
+        .expect("spawn")
+        .ok()
+        .expect("members");
+    let list: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+    let ids: Vec<(String, String)> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| (m["org"].to_string(), m["fabric_msp_id"].to_string()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("\"org1\"".to_owned(), "\"AcmeOrg1MSP\"".to_owned()),
+            ("\"org2\"".to_owned(), "\"Org2Bank\"".to_owned())
+        ]
+    );
+    let config = std::fs::read_to_string(b.join("fedgw.toml")).expect("config");
+    assert!(config.contains("fabric_msp_id = \"Org2Bank\""), "{config}");
 }

@@ -22,6 +22,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn network() -> NetworkOptions {
     NetworkOptions {
+        fabric_msp_id: None,
         site: "dc1".into(),
         advertise: vec!["127.0.0.1:0".into()],
         listen: Some("127.0.0.1:0".parse().expect("addr")),
@@ -111,6 +112,7 @@ async fn join(token: &JoinToken, org: &str) -> Result<Joined, JoinError> {
     let key = pki::generate_key().expect("key");
     let csr = pki::org_ca_csr(&key, org).expect("csr");
     let params = JoinParams {
+        fabric_msp_id: String::new(),
         token: token.clone(),
         org: org.into(),
         site: "dc1".into(),
@@ -588,6 +590,7 @@ async fn join_floods_store_nothing_and_lock_no_new_token_out() {
         csr_der: vec![1; 64],
         advertise: vec!["127.0.0.1:1".into()],
         proof: vec![0; 32],
+        fabric_msp_id: String::new(),
     };
     let reason = |r: JoinResponse| match r.outcome {
         Some(Outcome::Refused(r)) => RefusalReason::try_from(r.reason).expect("reason"),

@@ -53,6 +53,7 @@ async fn gateway(
             genesis: None,
             consensus: Default::default(),
             network: provision::NetworkOptions {
+                fabric_msp_id: None,
                 site: "dc1".into(),
                 advertise: vec!["127.0.0.1:0".into()],
                 listen: Some(any),

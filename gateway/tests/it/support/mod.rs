@@ -17,6 +17,7 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 pub fn network(outbound_only: bool) -> NetworkOptions {
     NetworkOptions {
+        fabric_msp_id: None,
         site: "dc1".into(),
         advertise: vec!["127.0.0.1:0".into()],
         listen: Some("127.0.0.1:0".parse().expect("addr")),
