@@ -65,6 +65,12 @@ mod watch;
 #[error("standard output closed")]
 struct StdoutClosed;
 
+/// Prints `{"path": PATH, "changed": CHANGED}` for a rendered file (`render --out --json`).
+pub(crate) fn print_written(path: &std::path::Path, changed: bool) -> Result<(), CliError> {
+    let v = serde_json::json!({"path": path.display().to_string(), "changed": changed});
+    write_out(format_args!("{v}\n"))
+}
+
 /// Writes `args` to standard output and flushes it. A closed pipe gives [`StdoutClosed`] (the
 /// command stops, and [`main`] exits 0 without a message, as `head` users expect); any other
 /// write error is a failure (exit 1).
@@ -496,6 +502,10 @@ enum Command {
         /// Format of fabric-connection-profile [default: json].
         #[arg(long, value_enum)]
         format: Option<fabric_cmds::FormatArg>,
+        /// With --out: print {"path", "changed"} for each write (without --out the rendered
+        /// file itself is the output).
+        #[arg(long, requires = "out")]
+        json: bool,
     },
     /// The chain behind the gateways.
     Chain {
@@ -747,9 +757,14 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             watch,
             hook,
             format,
+            json,
         } => {
-            let watch = watch.then_some(hook);
-            admin_cmds::render(kind, node, dir, out, client, watch, format).await
+            let output = admin_cmds::RenderOutput {
+                out,
+                watch: watch.then_some(hook),
+                json,
+            };
+            admin_cmds::render(kind, node, dir, client, format, output).await
         }
         Command::Chain { command } => chain_cmds::chain(command).await,
         Command::Revoke { org, dir, reason } => admin_cmds::revoke(org, dir, reason).await,

@@ -727,18 +727,27 @@ pub enum RenderKind {
     FabricConsenters,
 }
 
-/// `fedgw render KIND`: renders from the running gateway's view; with `out`, writes the file
-/// atomically and only when its content changes. `watch` (`Some(hook)`) keeps `out` current
-/// until the process is stopped ([`super::watch`]).
+/// Where `fedgw render` puts its result.
+#[derive(Debug)]
+pub struct RenderOutput {
+    /// The file to write (atomically, only when its content changes); `None`: stdout.
+    pub out: Option<PathBuf>,
+    /// `Some(hook)`: keep `out` current until the process is stopped ([`super::watch`]).
+    pub watch: Option<Option<String>>,
+    /// Print `{"path", "changed"}` after each write to `out`.
+    pub json: bool,
+}
+
+/// `fedgw render KIND`: renders from the running gateway's view, as `output` says.
 pub async fn render(
     kind: RenderKind,
     node: Option<String>,
     args: AdminDirArg,
-    out: Option<PathBuf>,
     client: Option<ClientArg>,
-    watch: Option<Option<String>>,
     format: Option<super::fabric_cmds::FormatArg>,
+    output: RenderOutput,
 ) -> Result<(), CliError> {
+    let RenderOutput { out, watch, json } = output;
     use super::fabric_cmds::FabricRender;
     let fabric = match kind {
         RenderKind::FabricConnectionProfile => {
@@ -759,7 +768,7 @@ pub async fn render(
                 "render fabric-* takes no NODE, no --client and no --watch",
             ));
         }
-        return super::fabric_cmds::render(what, &args, out).await;
+        return super::fabric_cmds::render(what, &args, out, json).await;
     }
     match (kind, node) {
         (RenderKind::RaftJoin, _) if watch.is_some() => {
@@ -775,7 +784,7 @@ pub async fn render(
         (_, None) => {}
     }
     let Some(hook) = watch else {
-        return render_once(kind, &args, out.as_deref(), client)
+        return render_once(kind, &args, out.as_deref(), client, json)
             .await
             .map(|_| ());
     };
@@ -785,7 +794,7 @@ pub async fn render(
         ));
     };
     super::watch::run(&args, &out, hook.as_deref(), async || {
-        render_once(kind, &args, Some(&out), client).await
+        render_once(kind, &args, Some(&out), client, json).await
     })
     .await
 }
@@ -797,6 +806,7 @@ async fn render_once(
     args: &AdminDirArg,
     out: Option<&std::path::Path>,
     client: Option<ClientArg>,
+    json: bool,
 ) -> Result<bool, CliError> {
     use fedgw_controlplane::render::{Kind, RenderNode};
     let dir = DataDir::new(args.data_dir.clone());
@@ -839,6 +849,9 @@ async fn render_once(
     };
     if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
         eprintln!("{} unchanged", path.display());
+        if json {
+            super::print_written(path, false)?;
+        }
         return Ok(false);
     }
     crate::datadir::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| {
@@ -848,6 +861,9 @@ async fn render_once(
         )
     })?;
     eprintln!("wrote {}", path.display());
+    if json {
+        super::print_written(path, true)?;
+    }
     Ok(true)
 }
 

@@ -142,7 +142,10 @@ pub async fn cert(command: CertCommand) -> Result<(), CliError> {
             lifetime,
             out_dir,
             force,
-        } => super::fabric_cmds::fabric_msp(dir.data_dir, &name, role, lifetime, &out_dir, force),
+        } => {
+            super::fabric_cmds::fabric_msp(dir.data_dir, &name, role, lifetime, &out_dir, force)
+                .await
+        }
         CertCommand::FabricOrgMsp {
             dir,
             out_dir,
@@ -190,7 +193,7 @@ pub struct Issued {
 /// Publishes the cert record of an issued certificate: through the running gateway's admin
 /// socket, or into the store while the gateway is stopped (it loads the record at its next
 /// start). Returns the serial.
-async fn publish(data_dir: PathBuf, der: &[u8]) -> Result<String, CliError> {
+pub(super) async fn publish(data_dir: PathBuf, der: &[u8]) -> Result<String, CliError> {
     let admin_dir = super::AdminDirArg {
         data_dir: data_dir.clone(),
         admin_timeout: Duration::from_secs(30),

@@ -58,8 +58,9 @@ fn msp_err(e: MspError) -> CliError {
     CliError::new(code, e)
 }
 
-/// `fedgw cert fabric-msp NODE --role ROLE --out-dir DIR`: writes DIR/msp and DIR/tls.
-pub fn fabric_msp(
+/// `fedgw cert fabric-msp NODE --role ROLE --out-dir DIR`: writes DIR/msp and DIR/tls, then
+/// publishes a cert record for the signing and the TLS certificate (certificate transparency).
+pub async fn fabric_msp(
     data_dir: PathBuf,
     node: &str,
     role: RoleArg,
@@ -67,8 +68,8 @@ pub fn fabric_msp(
     out_dir: &Path,
     force: bool,
 ) -> Result<(), CliError> {
-    let loaded =
-        provision::load(&DataDir::new(data_dir)).map_err(|e| CliError::new(exit::USAGE, e))?;
+    let loaded = provision::load(&DataDir::new(data_dir.clone()))
+        .map_err(|e| CliError::new(exit::USAGE, e))?;
     let org = &loaded.config.org;
     let cas = Cas {
         root: &loaded.root_cert,
@@ -84,15 +85,34 @@ pub fn fabric_msp(
     };
     let files = msp::local_msp_files(&loaded.org_ca, &cas, &req).map_err(msp_err)?;
     msp::write_files(out_dir, &files, force).map_err(msp_err)?;
+    let msp_id = loaded
+        .config
+        .fabric_msp_id
+        .clone()
+        .unwrap_or_else(|| crate::fabric::default_msp_id(org));
     outln!(
-        "wrote the Fabric MSP of {node}.{org}.{} (OU={}, MSP ID {}) to {}",
+        "wrote the Fabric MSP of {node}.{org}.{} (OU={}, MSP ID {msp_id}) to {}",
         loaded.config.domain,
         Role::from(role).ou(),
-        crate::fabric::default_msp_id(org),
         out_dir.display()
     )?;
     outln!("  msp/   CORE_PEER_MSPCONFIGPATH / ORDERER_GENERAL_LOCALMSPDIR (keystore mode 0600)")?;
     outln!("  tls/   server.crt (leaf and org CA), server.key (mode 0600), ca.crt (root)")?;
+    // the signing identity and the TLS leaf: the first certificate of each file
+    for f in files
+        .iter()
+        .filter(|f| f.path.starts_with("msp/signcerts/") || f.path == Path::new("tls/server.crt"))
+    {
+        let text = String::from_utf8_lossy(&f.contents);
+        let Some(der) = fedgw_certs::pki::certs_from_pem(&text)
+            .ok()
+            .and_then(|c| c.into_iter().next())
+        else {
+            continue;
+        };
+        let serial = super::cert_cmds::publish(data_dir.clone(), &der).await?;
+        outln!("  published cert record {serial} ({})", f.path.display())?;
+    }
     Ok(())
 }
 
@@ -136,6 +156,7 @@ pub async fn render(
     what: FabricRender,
     args: &AdminDirArg,
     out: Option<PathBuf>,
+    json: bool,
 ) -> Result<(), CliError> {
     let dir = DataDir::new(args.data_dir.clone());
     let config =
@@ -198,7 +219,13 @@ pub async fn render(
     };
     match out {
         None => super::write_out(format_args!("{text}")),
-        Some(path) => write_if_changed(&path, text.as_bytes()),
+        Some(path) => {
+            let changed = write_if_changed(&path, text.as_bytes())?;
+            if json {
+                super::print_written(&path, changed)?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -237,10 +264,11 @@ fn node_facts(n: &pb::NodeInfo) -> Option<NodeFacts> {
     })
 }
 
-fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+/// Writes `bytes` to `path` atomically unless it holds them already; returns whether it wrote.
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, CliError> {
     if std::fs::read(path).is_ok_and(|old| old == bytes) {
         eprintln!("{} unchanged", path.display());
-        return Ok(());
+        return Ok(false);
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| {
@@ -257,5 +285,5 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
         )
     })?;
     eprintln!("wrote {}", path.display());
-    Ok(())
+    Ok(true)
 }

@@ -1547,6 +1547,21 @@ fn render_has_a_besu_static_nodes_flavour_and_a_client_filter_and_json_shows_nul
         every.contains("q1.org1") && every.contains("b1.org1"),
         "{every}"
     );
+    // with --out, --json reports the write and whether it changed the file
+    let out = s(&gw.dir.join("static-nodes.rendered.json"));
+    let first = render(&["static-nodes", "--out", &out, "--json"]);
+    let again = render(&["static-nodes", "--out", &out, "--json"]);
+    assert_eq!(
+        (first.trim(), again.trim()),
+        (
+            serde_json::json!({"path": out, "changed": true})
+                .to_string()
+                .as_str(),
+            serde_json::json!({"path": out, "changed": false})
+                .to_string()
+                .as_str()
+        )
+    );
 
     // --json: unset values are null, and local_ip holds only addresses
     let nodes = nodes_json(&gw.dir);

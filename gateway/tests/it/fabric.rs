@@ -67,6 +67,24 @@ fn fabric_msp_commands_write_folders_that_openssl_verifies() {
         "org1",
         &node.join("tls/server.crt")
     ));
+    // both certificates are published as cert records (certificate transparency)
+    assert_eq!(
+        run.stdout.matches("published cert record").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+    let audit = fedgw()
+        .run(["audit", "--kind", "cert", "--json", "--data-dir", &d])
+        .expect("spawn")
+        .ok()
+        .expect("audit");
+    assert_eq!(
+        audit.stdout.matches("\"kind\":\"cert\"").count(),
+        2,
+        "{}",
+        audit.stdout
+    );
 
     // no overwrite without --force; bad roles and names are usage errors
     let again = fedgw()
