@@ -142,11 +142,34 @@ pub struct Gathered {
     pub listeners: Option<(u32, bool)>,
     /// Address pool use (`None`: not running or not known).
     pub pool: Option<PoolUse>,
-    /// Rendered files named by the configuration (none today: `fedgw render --out` is run by
-    /// the operator, so this check is skipped).
-    pub render_outputs: Vec<String>,
+    /// Rendered files to compare with a fresh render (`fedgw diagnose --rendered KIND=FILE`).
+    pub render_outputs: Vec<RenderedFile>,
     /// The store.
     pub store: StoreHealth,
+}
+
+/// A rendered file compared with what `fedgw render KIND` gives now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedFile {
+    /// The render kind (`static-nodes`, ...).
+    pub kind: String,
+    /// The file.
+    pub path: String,
+    /// What the comparison found.
+    pub state: RenderState,
+}
+
+/// How a rendered file compares with a fresh render.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenderState {
+    /// Byte for byte what the gateway renders now.
+    Current,
+    /// Different from what the gateway renders now.
+    Stale,
+    /// The file does not exist.
+    Missing,
+    /// Nothing to compare: the render or the read failed (why).
+    Unknown(String),
 }
 
 /// Runs every check over `g`, in a fixed order.
@@ -175,23 +198,49 @@ pub fn checks(g: &Gathered) -> Vec<Check> {
     out.extend(g.peers.iter().flat_map(link));
     out.push(listeners(g.listeners));
     out.push(pool(g.pool));
-    out.push(if g.render_outputs.is_empty() {
-        check(
+    if g.render_outputs.is_empty() {
+        out.push(check(
             "rendered files",
             Level::Skip,
-            "the configuration names no rendered files",
+            "none named (`fedgw diagnose --rendered KIND=FILE` compares one)",
             "",
-        )
-    } else {
-        check(
-            "rendered files",
-            Level::Skip,
-            format!("not compared: {}", g.render_outputs.join(", ")),
-            "",
-        )
-    });
+        ));
+    }
+    out.extend(g.render_outputs.iter().map(rendered));
     out.push(store(&g.store));
     out
+}
+
+fn rendered(r: &RenderedFile) -> Check {
+    let name = format!("rendered {}", r.path);
+    let fix = format!(
+        "run `fedgw render {} --out {}`, or keep it current with `--watch`",
+        r.kind, r.path
+    );
+    match &r.state {
+        RenderState::Current => check(
+            name,
+            Level::Ok,
+            format!("matches what `fedgw render {}` gives now", r.kind),
+            "",
+        ),
+        RenderState::Stale => check(
+            name,
+            Level::Warn,
+            format!(
+                "out of date: `fedgw render {}` gives other content now",
+                r.kind
+            ),
+            &fix,
+        ),
+        RenderState::Missing => check(name, Level::Warn, "the file does not exist", &fix),
+        RenderState::Unknown(why) => check(
+            name,
+            Level::Warn,
+            format!("not compared: {why}"),
+            "check the kind and that the gateway runs",
+        ),
+    }
 }
 
 /// The worst level among `checks`, skipped checks aside (`Ok` for none).

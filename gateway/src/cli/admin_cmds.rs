@@ -808,6 +808,38 @@ async fn render_once(
     client: Option<ClientArg>,
     json: bool,
 ) -> Result<bool, CliError> {
+    let text = render_text(kind, args, client).await?;
+    let Some(path) = out else {
+        super::write_out(format_args!("{text}"))?;
+        return Ok(false);
+    };
+    if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
+        eprintln!("{} unchanged", path.display());
+        if json {
+            super::print_written(path, false)?;
+        }
+        return Ok(false);
+    }
+    crate::datadir::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| {
+        CliError::new(
+            exit::FAILURE,
+            anyhow::anyhow!("writing {}: {e}", path.display()),
+        )
+    })?;
+    eprintln!("wrote {}", path.display());
+    if json {
+        super::print_written(path, true)?;
+    }
+    Ok(true)
+}
+
+/// What `fedgw render KIND` gives now from the running gateway's nodes (the node-list kinds;
+/// raft-join and the Fabric kinds are usage errors here).
+pub(super) async fn render_text(
+    kind: RenderKind,
+    args: &AdminDirArg,
+    client: Option<ClientArg>,
+) -> Result<String, CliError> {
     use fedgw_controlplane::render::{Kind, RenderNode};
     let dir = DataDir::new(args.data_dir.clone());
     let config =
@@ -842,29 +874,7 @@ async fn render_once(
             return Err(usage("render fabric-* is rendered from the Fabric model"));
         }
     };
-    let text = kind.render(&render_nodes);
-    let Some(path) = out else {
-        super::write_out(format_args!("{text}"))?;
-        return Ok(false);
-    };
-    if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
-        eprintln!("{} unchanged", path.display());
-        if json {
-            super::print_written(path, false)?;
-        }
-        return Ok(false);
-    }
-    crate::datadir::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| {
-        CliError::new(
-            exit::FAILURE,
-            anyhow::anyhow!("writing {}: {e}", path.display()),
-        )
-    })?;
-    eprintln!("wrote {}", path.display());
-    if json {
-        super::print_written(path, true)?;
-    }
-    Ok(true)
+    Ok(kind.render(&render_nodes))
 }
 
 #[cfg(test)]

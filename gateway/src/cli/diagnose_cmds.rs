@@ -33,13 +33,26 @@ pub(crate) enum DiagnoseCommand {
         /// Print JSON: `{"result": "ok|warn|fail", "checks": [{name, level, detail, fix}]}`.
         #[arg(long)]
         json: bool,
+        /// A rendered file to compare with what `fedgw render KIND` gives now, KIND=FILE
+        /// (repeatable; e.g. static-nodes=/etc/quorum/static-nodes.json).
+        #[arg(long = "rendered", value_name = "KIND=FILE")]
+        rendered: Vec<String>,
     },
 }
 
 /// Runs [`DiagnoseCommand`].
 pub(crate) async fn diagnose(command: DiagnoseCommand) -> Result<(), CliError> {
-    let DiagnoseCommand::Diagnose { dir, json } = command;
-    let gathered = gather(&dir).await?;
+    let DiagnoseCommand::Diagnose {
+        dir,
+        json,
+        rendered,
+    } = command;
+    let mut gathered = gather(&dir).await?;
+    for spec in &rendered {
+        gathered
+            .render_outputs
+            .push(compare_rendered(&dir, spec).await?);
+    }
     let checks = diagnose::checks(&gathered);
     let worst = diagnose::worst(&checks);
     if json {
@@ -61,6 +74,42 @@ pub(crate) async fn diagnose(command: DiagnoseCommand) -> Result<(), CliError> {
         ));
     }
     Ok(())
+}
+
+/// Compares the file of `spec` (`KIND=FILE`) with a fresh render. A malformed spec or an
+/// unknown kind is a usage error; a render that fails is reported in the check.
+async fn compare_rendered(
+    args: &AdminDirArg,
+    spec: &str,
+) -> Result<diagnose::RenderedFile, CliError> {
+    use clap::ValueEnum as _;
+    let Some((kind_text, path)) = spec
+        .split_once('=')
+        .filter(|(k, p)| !k.is_empty() && !p.is_empty())
+    else {
+        return Err(super::usage(format!(
+            "--rendered {spec}: give KIND=FILE, e.g. static-nodes=/etc/quorum/static-nodes.json"
+        )));
+    };
+    let kind = super::admin_cmds::RenderKind::from_str(kind_text, false).map_err(|_| {
+        super::usage(format!(
+            "--rendered {spec}: no render kind {kind_text:?} (see `fedgw render --help`)"
+        ))
+    })?;
+    let state = match super::admin_cmds::render_text(kind, args, None).await {
+        Err(e) => diagnose::RenderState::Unknown(e.to_string()),
+        Ok(text) => match std::fs::read(path) {
+            Ok(old) if old == text.as_bytes() => diagnose::RenderState::Current,
+            Ok(_) => diagnose::RenderState::Stale,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => diagnose::RenderState::Missing,
+            Err(e) => diagnose::RenderState::Unknown(format!("reading {path}: {e}")),
+        },
+    };
+    Ok(diagnose::RenderedFile {
+        kind: kind_text.to_owned(),
+        path: path.to_owned(),
+        state,
+    })
 }
 
 /// `ok    dns: 127.0.0.1:53 answers ...`.

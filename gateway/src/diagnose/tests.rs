@@ -179,3 +179,28 @@ fn a_stopped_gateway_fails_and_skips_what_needs_it() {
     }
     assert_eq!(level_of(&c, "store"), Level::Ok);
 }
+
+#[test]
+fn rendered_files_are_ok_when_current_and_warn_with_the_fix_otherwise() {
+    let mut g = healthy();
+    let file = |state| RenderedFile {
+        kind: "static-nodes".into(),
+        path: "/etc/quorum/static-nodes.json".into(),
+        state,
+    };
+    g.render_outputs = vec![file(RenderState::Current)];
+    let name = "rendered /etc/quorum/static-nodes.json";
+    assert_eq!(level_of(&checks(&g), name), Level::Ok);
+    for state in [
+        RenderState::Stale,
+        RenderState::Missing,
+        RenderState::Unknown("the gateway does not answer".into()),
+    ] {
+        g.render_outputs = vec![file(state.clone())];
+        let all = checks(&g);
+        assert_eq!(level_of(&all, name), Level::Warn, "{state:?}");
+        assert_eq!(worst(&all), Level::Warn, "a stale file fails nothing");
+        let c = all.iter().find(|c| c.name == name).expect("check");
+        assert!(!c.fix.is_empty(), "{c:?}");
+    }
+}

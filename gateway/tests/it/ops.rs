@@ -130,6 +130,56 @@ fn diagnose_passes_on_a_linked_pair_and_fails_on_a_stopped_gateway() {
     }
     assert_eq!(level(&v, "rendered files"), "skip");
 
+    // a rendered file: missing, then current once rendered, then out of date after a change
+    let file = tmp.path().join("static-nodes.json");
+    let spec = format!("static-nodes={}", s(&file));
+    let name = format!("rendered {}", s(&file));
+    let rendered_level = || {
+        let run = fedgw()
+            .run([
+                "diagnose",
+                "--json",
+                "--rendered",
+                &spec,
+                "--data-dir",
+                &s(&o1),
+            ])
+            .expect("spawn");
+        let v: serde_json::Value =
+            serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run:?}"));
+        level(&v, &name)
+    };
+    assert_eq!(rendered_level(), "warn", "missing");
+    fedgw()
+        .run([
+            "render",
+            "static-nodes",
+            "--out",
+            &s(&file),
+            "--data-dir",
+            &s(&o1),
+        ])
+        .expect("spawn")
+        .ok()
+        .expect("render");
+    assert_eq!(rendered_level(), "ok");
+    add_node(&o2, "node2", 2);
+    wait_for(
+        "org2's second node at org1",
+        Duration::from_secs(20),
+        || {
+            node_names(&o1)
+                .contains(&"org2/node2".to_owned())
+                .then_some(())
+        },
+    )
+    .expect("synced");
+    assert_eq!(rendered_level(), "warn", "out of date");
+    let bad = fedgw()
+        .run(["diagnose", "--rendered", "nonsense", "--data-dir", &s(&o1)])
+        .expect("spawn");
+    assert_eq!(bad.code, Some(64), "{}", bad.stderr);
+
     drop(g2);
     g1.stop().expect("stop");
     let (code, v) = diagnose(&o1);
