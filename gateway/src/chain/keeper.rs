@@ -625,21 +625,32 @@ pub async fn run(k: Keeper, shutdown: CancellationToken) {
             .next_due()
             .map_or(TICK, |t| t.saturating_duration_since(Instant::now()))
             .min(TICK);
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = changed.changed() => {
-                if r.is_err() {
-                    return;
-                }
-                // a burst of records (a sync of many nodes) makes one pass, not one per record:
-                // the local nodes get at most a pass of RPC calls per VIEW_GAP
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(VIEW_GAP) => {}
-                }
-            }
-            () = tokio::time::sleep(wake) => {}
+        if !next_pass(&mut changed, wake, &shutdown).await {
+            return;
         }
+    }
+}
+
+/// Waits until a keeper's next pass is due: a view change (then [`VIEW_GAP`] more, so a burst
+/// of records, a sync of many nodes, makes one pass and the local nodes get at most one pass
+/// of RPC calls per gap) or `wake`. `false` on shutdown or when the view is gone.
+pub(crate) async fn next_pass(
+    changed: &mut tokio::sync::watch::Receiver<u64>,
+    wake: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        r = changed.changed() => {
+            if r.is_err() {
+                return false;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => false,
+                () = tokio::time::sleep(VIEW_GAP) => true,
+            }
+        }
+        () = tokio::time::sleep(wake) => true,
     }
 }
 

@@ -1,5 +1,5 @@
 //! The async shell of the validator votes: in `fedgw run` with QBFT or IBFT consensus, a pass on
-//! start, on every view change (at most one per [`VIEW_GAP`]) and every [`TICK`] (every
+//! start, on every view change (at most one per [`VIEW_GAP`](crate::chain::keeper::VIEW_GAP)) and every [`TICK`] (every
 //! [`BUSY_TICK`] while an approved proposal waits for its change to show; earlier when a node's
 //! retry is due). A pass reads the proposals and this site's local nodes from the view and the
 //! store, runs [`Votes::pass`], and deletes the proposals of this org whose change shows.
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Dialect, LocalValidator, Votes, VotesHandle};
-use crate::chain::keeper::{MAX_LOCAL, VIEW_GAP, client};
+use crate::chain::keeper::{MAX_LOCAL, client};
 use crate::config::{Admission, Consensus};
 use crate::membership::view::View;
 use crate::membership::{Membership, SignAs};
@@ -125,18 +125,8 @@ pub async fn run(k: Keeper, shutdown: CancellationToken) {
             .next_due()
             .map_or(tick, |t| t.saturating_duration_since(Instant::now()))
             .min(tick);
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = changed.changed() => {
-                if r.is_err() {
-                    return;
-                }
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(VIEW_GAP) => {}
-                }
-            }
-            () = tokio::time::sleep(wake) => {}
+        if !crate::chain::keeper::next_pass(&mut changed, wake, &shutdown).await {
+            return;
         }
     }
 }
