@@ -99,7 +99,7 @@ mod tests {
     use super::*;
 
     fn id(hex: &str) -> EnodeId {
-        hex.parse().unwrap()
+        hex.parse().expect("a point on the curve")
     }
 
     /// Private key 1: the public key is the curve's generator G (SEC 2 section 2.4.1); its
@@ -124,10 +124,11 @@ mod tests {
         let nodes = crate::enode::parse_static_nodes(include_str!(
             "../../data/goquorum-static-nodes.raft.json"
         ))
-        .unwrap();
+        .expect("the quickstart static nodes parse");
         let genesis: serde_json::Value =
-            serde_json::from_str(include_str!("../../data/goquorum-genesis.qbft.json")).unwrap();
-        let extra = genesis["extraData"].as_str().unwrap();
+            serde_json::from_str(include_str!("../../data/goquorum-genesis.qbft.json"))
+                .expect("the genesis is JSON");
+        let extra = genesis["extraData"].as_str().expect("extraData");
         // f87a (list) a0 + 32 vanity bytes, f854 (list of 4 × (94 + 20 bytes))
         let list = &extra[2 + 4 + 2 + 64 + 4..];
         let from_genesis: Vec<String> = (0..4)
@@ -145,7 +146,7 @@ mod tests {
     fn text_form_round_trips_and_refuses_bad_shapes() {
         let a: Address = "0x7E5F4552091A69125d5DfCb7b8C2659029395Bdf"
             .parse()
-            .unwrap();
+            .expect("mixed case reads");
         assert_eq!(a.to_string(), "0x7e5f4552091a69125d5dfcb7b8c2659029395bdf");
         for bad in [
             "",
@@ -158,7 +159,8 @@ mod tests {
             assert_eq!(bad.parse::<Address>(), Err(AddressError), "{bad:?}");
         }
         let json: Vec<Address> =
-            serde_json::from_str(r#"["0x7e5f4552091a69125d5dfcb7b8c2659029395bdf"]"#).unwrap();
+            serde_json::from_str(r#"["0x7e5f4552091a69125d5dfcb7b8c2659029395bdf"]"#)
+                .expect("a JSON list of addresses");
         assert_eq!(json, vec![a]);
     }
 }

@@ -17,7 +17,7 @@ fn addr(n: u64) -> Address {
 
 fn proposal(node: u64, add: bool, approvals: &[&str], needed: usize) -> Proposal {
     Proposal {
-        node: NodeKey::new("org3", &format!("n{node}")),
+        node: NodeKey::new("org3", format!("n{node}")),
         seq: 10,
         add,
         address: addr(node),
@@ -50,7 +50,7 @@ fn no_vote_before_the_approvals_are_reached() {
     assert_eq!(plan(addr(1), &read, &[short], &owned), vec![]);
     let enough = proposal(9, true, &["org1", "org2", "org3"], 3);
     assert_eq!(
-        plan(addr(1), &read, &[enough.clone()], &owned),
+        plan(addr(1), &read, std::slice::from_ref(&enough), &owned),
         vec![Action::Propose {
             address: addr(9),
             auth: true
@@ -68,7 +68,10 @@ fn a_held_vote_is_not_cast_again_and_is_discarded_once_the_change_shows() {
         validators: set(&[1, 2]),
         pending: BTreeMap::from([(addr(9), true)]),
     };
-    assert_eq!(plan(addr(1), &read, &[p.clone()], &owned), vec![]);
+    assert_eq!(
+        plan(addr(1), &read, std::slice::from_ref(&p), &owned),
+        vec![]
+    );
     read.validators.insert(addr(9));
     assert_eq!(
         plan(addr(1), &read, &[p], &owned),
