@@ -116,7 +116,7 @@ mod tests {
         );
     }
 
-    /// Consensys/quorum-dev-quickstart (same commit, see docs SOURCES): the QBFT genesis lists
+    /// Consensys/quorum-dev-quickstart @ b7a3c642 (both files, byte for byte): the QBFT genesis lists
     /// its 4 validators' addresses in `extraData` (RLP: 32 vanity bytes, then the address list);
     /// they are the addresses of the first 4 nodes of the quickstart's `static-nodes.json`.
     #[test]
