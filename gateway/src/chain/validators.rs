@@ -1,4 +1,4 @@
-//! QBFT/IBFT validator votes driven by fedgw (docs/DESIGN.md section 13, "Validators").
+//! QBFT/IBFT validator votes driven by fedgw (docs/DESIGN.md section 13, "Validator votes").
 //!
 //! An org proposes to add a node to the validator set, or to remove it (a `validator/<org>/<node>`
 //! record signed by the proposing org); each member org approves it with a

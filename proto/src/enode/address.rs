@@ -99,7 +99,7 @@ mod tests {
     use super::*;
 
     fn id(hex: &str) -> EnodeId {
-        hex.parse().expect("test input")
+        hex.parse().expect("a point on the curve")
     }
 
     /// Private key 1: the public key is the curve's generator G (SEC 2 section 2.4.1); its
@@ -116,7 +116,7 @@ mod tests {
         );
     }
 
-    /// Consensys/quorum-dev-quickstart (same commit, see docs SOURCES): the QBFT genesis lists
+    /// Consensys/quorum-dev-quickstart @ b7a3c642 (both files, byte for byte): the QBFT genesis lists
     /// its 4 validators' addresses in `extraData` (RLP: 32 vanity bytes, then the address list);
     /// they are the addresses of the first 4 nodes of the quickstart's `static-nodes.json`.
     #[test]
@@ -124,11 +124,11 @@ mod tests {
         let nodes = crate::enode::parse_static_nodes(include_str!(
             "../../data/goquorum-static-nodes.raft.json"
         ))
-        .expect("test input");
+        .expect("the quickstart static nodes parse");
         let genesis: serde_json::Value =
             serde_json::from_str(include_str!("../../data/goquorum-genesis.qbft.json"))
-                .expect("test input");
-        let extra = genesis["extraData"].as_str().expect("test input");
+                .expect("the genesis is JSON");
+        let extra = genesis["extraData"].as_str().expect("extraData");
         // f87a (list) a0 + 32 vanity bytes, f854 (list of 4 × (94 + 20 bytes))
         let list = &extra[2 + 4 + 2 + 64 + 4..];
         let from_genesis: Vec<String> = (0..4)
@@ -146,7 +146,7 @@ mod tests {
     fn text_form_round_trips_and_refuses_bad_shapes() {
         let a: Address = "0x7E5F4552091A69125d5DfCb7b8C2659029395Bdf"
             .parse()
-            .expect("test input");
+            .expect("mixed case reads");
         assert_eq!(a.to_string(), "0x7e5f4552091a69125d5dfcb7b8c2659029395bdf");
         for bad in [
             "",
@@ -160,7 +160,7 @@ mod tests {
         }
         let json: Vec<Address> =
             serde_json::from_str(r#"["0x7e5f4552091a69125d5dfcb7b8c2659029395bdf"]"#)
-                .expect("test input");
+                .expect("a JSON list of addresses");
         assert_eq!(json, vec![a]);
     }
 }
