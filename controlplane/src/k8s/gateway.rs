@@ -80,7 +80,7 @@ impl Gateway for AdminGateway {
             GatewayCall::AddNode(spec) => {
                 self.client
                     .add_node(pb::AddNodeRequest {
-                        node: Some(spec.clone()),
+                        node: Some((**spec).clone()),
                     })
                     .await?;
             }

@@ -139,7 +139,7 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq)]
 pub enum GatewayCall {
     /// `AddNode`: register or update a local node.
-    AddNode(pb::NodeSpec),
+    AddNode(Box<pb::NodeSpec>),
     /// `RemoveNode`: remove a local node (by name).
     RemoveNode(String),
     /// `SetServiceAddress`: a remote node's Service IP (empty: clear).
@@ -671,7 +671,8 @@ impl Index {
                         Err(Problem::error("GatewayRefused", why.clone()))
                     }
                     _ => {
-                        plan.gateway.push(GatewayCall::AddNode(spec.clone()));
+                        plan.gateway
+                            .push(GatewayCall::AddNode(Box::new(spec.clone())));
                         Err(Problem::pending(
                             "Registering",
                             "registering at the gateway".into(),

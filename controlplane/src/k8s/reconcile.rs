@@ -119,7 +119,7 @@ impl<G: Gateway> Reconciler<G> {
                                 ) =>
                             {
                                 warn!(node = %spec.name, error = %s.message(), "gateway refused a node");
-                                index.record_failure(spec.clone(), s.message().to_owned());
+                                index.record_failure((**spec).clone(), s.message().to_owned());
                             }
                             _ => return Err(ReconcileError::Gateway(s)),
                         },

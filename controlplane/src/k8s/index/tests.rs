@@ -290,7 +290,10 @@ fn pending_and_invalid_nodes_say_why_and_are_not_registered() {
     );
 
     // a refusal is shown and not retried until cleared
-    ix.record_failure(spec.clone(), "enode id already registered by org2".into());
+    ix.record_failure(
+        (**spec).clone(),
+        "enode id already registered by org2".into(),
+    );
     let p = plan(&ix);
     assert!(p.gateway.is_empty());
     let c = p.statuses.iter().find(|(n, _)| n == "c").expect("c");
