@@ -22,6 +22,9 @@ fn tessera_port(url: &str) -> Option<u16> {
         roles: vec![],
         site: "dc1".to_owned(),
         allowed_orgs: vec![],
+        services: vec![],
+        ipfs_peer_id: None,
+        tls_cert_der: None,
     };
     n.ports().get("tessera").copied()
 }

@@ -130,7 +130,7 @@ pub fn check_tls_cert(der: &[u8]) -> Result<(), TlsCertError> {
         return Err(TlsCertError::TooLarge(der.len()));
     }
     match x509_parser::parse_x509_certificate(der) {
-        Ok((&[], _)) => Ok(()),
+        Ok(([], _)) => Ok(()),
         _ => Err(TlsCertError::Parse),
     }
 }

@@ -1841,3 +1841,74 @@ fn metrics_carry_the_build_and_process_series() {
     assert!(body.trim_end().ends_with("# EOF"), "{body}");
     assert!(gw.stop().expect("stop").success());
 }
+
+#[test]
+fn an_ipfs_cluster_peer_is_registered_with_services_listed_and_rendered_into_a_peerstore() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw = founder(tmp.path());
+    let d = s(&gw.dir);
+    let id = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+    let add = |extra: &[&str]| {
+        let mut args = vec![
+            "node", "add", "ipfs0", "--client", "ipfs", "--host", "10.0.0.9",
+        ];
+        args.extend(extra);
+        args.extend(["--data-dir", &d]);
+        fedgw().run(args).expect("spawn")
+    };
+    // a bad service or peer id is a usage error that names the option
+    let run = add(&["--service", "cluster=0"]);
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("--service cluster=0"), "{}", run.stderr);
+    let run = add(&["--service", "cluster=9096", "--ipfs-peer-id", "QmNope"]);
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--ipfs-peer-id QmNope"),
+        "{}",
+        run.stderr
+    );
+
+    add(&[
+        "--service",
+        "cluster=19096",
+        "--service",
+        "swarm=4001",
+        "--ipfs-peer-id",
+        id,
+    ])
+    .ok()
+    .expect("node add");
+    let nodes = nodes_json(&gw.dir);
+    let n = nodes.iter().find(|n| n["name"] == "ipfs0").expect("listed");
+    assert_eq!(n["client"], "ipfs", "{n}");
+    assert_eq!(n["ipfs_peer_id"], id, "{n}");
+    assert_eq!(
+        n["services"],
+        serde_json::json!([{"name": "cluster", "port": 19096}, {"name": "swarm", "port": 4001}]),
+        "{n}"
+    );
+    assert_eq!(n["local_ports"]["cluster"], 19096, "{n}");
+
+    let out = tmp.path().join("peerstore");
+    let render = || {
+        fedgw()
+            .run([
+                "render",
+                "ipfs-cluster-peers",
+                "--out",
+                &s(&out),
+                "--data-dir",
+                &d,
+            ])
+            .expect("spawn")
+            .ok()
+            .expect("render")
+    };
+    assert!(render().stderr.contains("wrote"));
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("peerstore"),
+        format!("/dns4/ipfs0.org1.acme.test/tcp/19096/p2p/{id}\n")
+    );
+    assert!(render().stderr.contains("unchanged"));
+    assert!(gw.stop().expect("stop").success());
+}
