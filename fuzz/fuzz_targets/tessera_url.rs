@@ -25,6 +25,7 @@ fn tessera_port(url: &str) -> Option<u16> {
         services: vec![],
         ipfs_peer_id: None,
         tls_cert_der: None,
+        raft_learner: false,
     };
     n.ports().get("tessera").copied()
 }
