@@ -175,10 +175,6 @@ impl RecordKey {
 
 /// A record's content.
 #[derive(Debug, Clone, PartialEq)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "most records are node records, so boxing the node would add an allocation to nearly every record for little saved space"
-)]
 pub enum Body {
     /// See [`pb::MemberRecord`].
     Member(pb::MemberRecord),
