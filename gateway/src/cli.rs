@@ -65,6 +65,31 @@ mod watch;
 #[error("standard output closed")]
 struct StdoutClosed;
 
+/// Writes a rendered file: `bytes` to `path` atomically (missing parent directories created)
+/// unless it holds them already, saying which on stderr; returns whether it wrote.
+pub(crate) fn write_if_changed(path: &std::path::Path, bytes: &[u8]) -> Result<bool, CliError> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        eprintln!("{} unchanged", path.display());
+        return Ok(false);
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            CliError::new(
+                exit::FAILURE,
+                anyhow::anyhow!("creating {}: {e}", parent.display()),
+            )
+        })?;
+    }
+    crate::datadir::write_atomic(path, bytes, 0o644).map_err(|e| {
+        CliError::new(
+            exit::FAILURE,
+            anyhow::anyhow!("writing {}: {e}", path.display()),
+        )
+    })?;
+    eprintln!("wrote {}", path.display());
+    Ok(true)
+}
+
 /// Prints `{"path": PATH, "changed": CHANGED}` for a rendered file (`render --out --json`).
 pub(crate) fn print_written(path: &std::path::Path, changed: bool) -> Result<(), CliError> {
     let v = serde_json::json!({"path": path.display().to_string(), "changed": changed});

@@ -229,13 +229,24 @@ impl Console {
             .into_inner())
     }
 
-    fn audit(&self, filter: Filter) -> api::Audit {
+    /// The audit document. The source reads the store, which may scan the whole trail for a
+    /// filter that matches little: that runs on the blocking pool, never on the runtime that
+    /// carries the gateway's traffic.
+    async fn audit(&self, filter: Filter) -> api::Audit {
         let Filter { org, kind } = filter.cleaned();
-        let entries = self.audit.as_ref().map_or_else(Vec::new, |a| {
-            let mut e = a.entries(org.as_deref(), kind.as_deref(), MAX_AUDIT_ENTRIES);
-            e.truncate(MAX_AUDIT_ENTRIES);
-            e
-        });
+        let entries = match self.audit.clone() {
+            None => vec![],
+            Some(a) => {
+                let (o, k) = (org.clone(), kind.clone());
+                tokio::task::spawn_blocking(move || {
+                    let mut e = a.entries(o.as_deref(), k.as_deref(), MAX_AUDIT_ENTRIES);
+                    e.truncate(MAX_AUDIT_ENTRIES);
+                    e
+                })
+                .await
+                .unwrap_or_default()
+            }
+        };
         api::Audit {
             available: self.audit.is_some(),
             org,
@@ -252,7 +263,7 @@ impl Console {
             topology: api::topology(&status, &members),
             members: api::members(&members),
             nodes: api::nodes(&nodes, &status),
-            audit: self.audit(filter),
+            audit: self.audit(filter).await,
         })
     }
 }
@@ -292,7 +303,7 @@ async fn nodes(State(c): State<Console>) -> Result<Response, Unavailable> {
 }
 
 async fn audit(State(c): State<Console>, Query(filter): Query<Filter>) -> Response {
-    json(&c.audit(filter))
+    json(&c.audit(filter).await)
 }
 
 /// Whether `headers` or the query carry `token` (compared in constant time).

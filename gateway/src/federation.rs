@@ -147,6 +147,35 @@ pub enum HelloError {
     Call(String),
 }
 
+/// Dials a peer gateway's federation API over mutual TLS: a client for one call, the server's
+/// identity from its leaf, and that leaf's notAfter.
+async fn dial_peer(
+    endpoint: &str,
+    config: Arc<rustls::ClientConfig>,
+    domain: &str,
+    timeout: Duration,
+) -> Result<
+    (
+        FederationClient<tonic::transport::Channel>,
+        PeerIdentity,
+        Option<std::time::SystemTime>,
+    ),
+    HelloError,
+> {
+    let tls = net::dial_tls(endpoint, config, timeout).await?;
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let not_after = leaf.and_then(|leaf| fedgw_certs::pki::not_after(leaf).ok());
+    let server = leaf
+        .and_then(|leaf| fedgw_certs::peer_identity(leaf, domain).ok())
+        .ok_or(HelloError::NoIdentity)?;
+    let channel = net::single_use_channel(tls)
+        .await
+        .map_err(|e| HelloError::Call(e.to_string()))?;
+    let client =
+        FederationClient::new(channel).max_decoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES);
+    Ok((client, server, not_after))
+}
+
 /// Dials `endpoint` with the federation client `config` and calls Hello.
 pub async fn hello(
     endpoint: &str,
@@ -155,17 +184,8 @@ pub async fn hello(
     site: &str,
     timeout: Duration,
 ) -> Result<HelloOutcome, HelloError> {
-    let tls = net::dial_tls(endpoint, config, timeout).await?;
-    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-    let server_not_after = leaf.and_then(|leaf| fedgw_certs::pki::not_after(leaf).ok());
-    let server = leaf
-        .and_then(|leaf| fedgw_certs::peer_identity(leaf, domain).ok())
-        .ok_or(HelloError::NoIdentity)?;
-    let channel = net::single_use_channel(tls)
-        .await
-        .map_err(|e| HelloError::Call(e.to_string()))?;
-    let mut client =
-        FederationClient::new(channel).max_decoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES);
+    let (mut client, server, server_not_after) =
+        dial_peer(endpoint, config, domain, timeout).await?;
     let call = client.hello(pb::HelloRequest {
         site: site.to_owned(),
     });
@@ -242,19 +262,7 @@ pub async fn audit_digest(
     domain: &str,
     timeout: Duration,
 ) -> Result<(PeerIdentity, pb::AuditDigestResponse), HelloError> {
-    let tls = net::dial_tls(endpoint, config, timeout).await?;
-    let server = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|leaf| fedgw_certs::peer_identity(leaf, domain).ok())
-        .ok_or(HelloError::NoIdentity)?;
-    let channel = net::single_use_channel(tls)
-        .await
-        .map_err(|e| HelloError::Call(e.to_string()))?;
-    let mut client =
-        FederationClient::new(channel).max_decoding_message_size(fedgw_proto::MAX_MESSAGE_BYTES);
+    let (mut client, server, _) = dial_peer(endpoint, config, domain, timeout).await?;
     let resp = tokio::time::timeout(timeout, client.audit_digest(pb::AuditDigestRequest {}))
         .await
         .map_err(|_| HelloError::Call("timed out".into()))?

@@ -813,24 +813,11 @@ async fn render_once(
         super::write_out(format_args!("{text}"))?;
         return Ok(false);
     };
-    if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
-        eprintln!("{} unchanged", path.display());
-        if json {
-            super::print_written(path, false)?;
-        }
-        return Ok(false);
-    }
-    crate::datadir::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| {
-        CliError::new(
-            exit::FAILURE,
-            anyhow::anyhow!("writing {}: {e}", path.display()),
-        )
-    })?;
-    eprintln!("wrote {}", path.display());
+    let changed = super::write_if_changed(path, text.as_bytes())?;
     if json {
-        super::print_written(path, true)?;
+        super::print_written(path, changed)?;
     }
-    Ok(true)
+    Ok(changed)
 }
 
 /// What `fedgw render KIND` gives now from the running gateway's nodes (the node-list kinds;

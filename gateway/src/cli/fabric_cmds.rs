@@ -212,7 +212,7 @@ pub async fn render(
             }
             let base = path.parent().unwrap_or(Path::new("."));
             for (rel, pem) in &c.files {
-                write_if_changed(&base.join(rel), pem.as_bytes())?;
+                super::write_if_changed(&base.join(rel), pem.as_bytes())?;
             }
             c.yaml
         }
@@ -220,7 +220,7 @@ pub async fn render(
     match out {
         None => super::write_out(format_args!("{text}")),
         Some(path) => {
-            let changed = write_if_changed(&path, text.as_bytes())?;
+            let changed = super::write_if_changed(&path, text.as_bytes())?;
             if json {
                 super::print_written(&path, changed)?;
             }
@@ -262,28 +262,4 @@ fn node_facts(n: &pb::NodeInfo) -> Option<NodeFacts> {
         roles: record.roles.clone(),
         tls_cert_pem,
     })
-}
-
-/// Writes `bytes` to `path` atomically unless it holds them already; returns whether it wrote.
-fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, CliError> {
-    if std::fs::read(path).is_ok_and(|old| old == bytes) {
-        eprintln!("{} unchanged", path.display());
-        return Ok(false);
-    }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            CliError::new(
-                exit::FAILURE,
-                anyhow::anyhow!("creating {}: {e}", parent.display()),
-            )
-        })?;
-    }
-    crate::datadir::write_atomic(path, bytes, 0o644).map_err(|e| {
-        CliError::new(
-            exit::FAILURE,
-            anyhow::anyhow!("writing {}: {e}", path.display()),
-        )
-    })?;
-    eprintln!("wrote {}", path.display());
-    Ok(true)
 }

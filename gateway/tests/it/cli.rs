@@ -16,7 +16,7 @@ pub(crate) fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-pub(crate) const LOOPBACK: [&str; 6] = [
+const LOOPBACK: [&str; 6] = [
     "--listen",
     "127.0.0.1:0",
     "--metrics",
@@ -66,6 +66,11 @@ fn join(token: &str, org: &str, dir: &Path) -> fedgw_tests::Run {
 
 /// `fedgw join` on loopback with `--timeout timeout`.
 fn join_within(token: &str, org: &str, dir: &Path, timeout: &str) -> fedgw_tests::Run {
+    join_with(token, org, dir, &["--timeout", timeout])
+}
+
+/// `fedgw join` of `org` into `dir` on loopback, with `extra` arguments.
+pub(crate) fn join_with(token: &str, org: &str, dir: &Path, extra: &[&str]) -> fedgw_tests::Run {
     let d = s(dir);
     let mut args = vec![
         "join",
@@ -76,10 +81,9 @@ fn join_within(token: &str, org: &str, dir: &Path, timeout: &str) -> fedgw_tests
         &d,
         "--advertise",
         "127.0.0.1:0",
-        "--timeout",
-        timeout,
     ];
     args.extend(LOOPBACK);
+    args.extend(extra);
     fedgw().run(args).expect("spawn")
 }
 

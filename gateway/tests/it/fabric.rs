@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::cli::{LOOPBACK, fedgw, founder, init, init_args, invite, s};
+use super::cli::{fedgw, founder, init, init_args, invite, join_with, s};
 
 fn openssl_verify(msp: &Path, org: &str, cert: &Path) -> bool {
     Command::new("openssl")
@@ -249,26 +249,6 @@ fn render_fabric_kinds_name_every_fabric_node_at_its_consortium_name() {
     assert!(gw.stop().expect("stop").success());
 }
 
-/// `fedgw join` of `org` into `dir` on loopback with `extra` arguments.
-fn join_with(token: &str, org: &str, dir: &Path, extra: &[&str]) -> fedgw_tests::Run {
-    let d = s(dir);
-    let mut args = vec![
-        "join",
-        token,
-        "--org",
-        org,
-        "--data-dir",
-        &d,
-        "--advertise",
-        "127.0.0.1:0",
-        "--timeout",
-        "10s",
-    ];
-    args.extend(LOOPBACK);
-    args.extend(extra);
-    fedgw().run(args).expect("spawn")
-}
-
 #[test]
 fn msp_ids_are_chosen_at_init_and_join_published_and_unique() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -280,19 +260,34 @@ fn msp_ids_are_chosen_at_init_and_join_published_and_unique() {
     let b = tmp.path().join("org2");
 
     // not an MSP ID: refused before anything is asked
-    let bad = join_with(&token, "org2", &b, &["--msp-id", "no spaces"]);
+    let bad = join_with(
+        &token,
+        "org2",
+        &b,
+        &["--timeout", "10s", "--msp-id", "no spaces"],
+    );
     assert_eq!(bad.code, Some(64), "{}", bad.stderr);
     // org1's: refused by the inviting gateway, and the token stays usable
-    let taken = join_with(&token, "org2", &b, &["--msp-id", "AcmeOrg1MSP"]);
+    let taken = join_with(
+        &token,
+        "org2",
+        &b,
+        &["--timeout", "10s", "--msp-id", "AcmeOrg1MSP"],
+    );
     assert_ne!(taken.code, Some(0), "{}", taken.stderr);
     assert!(
         taken.stderr.contains("already a member's"),
         "{}",
         taken.stderr
     );
-    join_with(&token, "org2", &b, &["--msp-id", "Org2Bank"])
-        .ok()
-        .expect("org2 joins with its own MSP ID");
+    join_with(
+        &token,
+        "org2",
+        &b,
+        &["--timeout", "10s", "--msp-id", "Org2Bank"],
+    )
+    .ok()
+    .expect("org2 joins with its own MSP ID");
 
     let run = fedgw()
         .run(["members", "--json", "--data-dir", &s(&a)])
