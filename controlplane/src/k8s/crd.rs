@@ -12,6 +12,14 @@ use serde::{Deserialize, Serialize};
 /// refuse a resource naming both a Service and a pod selector.
 pub const ONE_TARGET_RULE: &str = "!(has(self.service) && has(self.podSelector))";
 
+/// The validation rule on `spec` that makes the API server refuse `hosts` beside a Service or
+/// a pod selector: `hosts` names the node's addresses itself.
+pub const HOSTS_ALONE_RULE: &str =
+    "!(has(self.hosts) && (has(self.service) || has(self.podSelector)))";
+
+/// Most addresses `hosts` may list: the gateway's limit on a node's replicas.
+pub const MAX_HOSTS: usize = 8;
+
 /// Drops schemars' `format: uint16`/`uint32` from integer properties: they are not formats
 /// Kubernetes knows (the API server warns about each), and `minimum`/`maximum` already bound
 /// the values.
@@ -57,6 +65,7 @@ fn no_uint_formats(schema: &mut schemars::Schema) {
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
 )]
 #[x_kube(validation = Rule::new(ONE_TARGET_RULE).message("set service or podSelector, not both"))]
+#[x_kube(validation = Rule::new(HOSTS_ALONE_RULE).message("hosts replace service and podSelector: set only one"))]
 #[schemars(transform = no_uint_formats)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsortiumNodeSpec {
@@ -73,6 +82,14 @@ pub struct ConsortiumNodeSpec {
     /// Service `fedgw-node-<nodeName>` selecting them, with the ports below.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<BTreeMap<String, String>>,
+    /// Instead of `service` or `podSelector`: the node's addresses at this site (IPs or DNS
+    /// names, at most 8), for a node that runs as several replicas behind one consortium name
+    /// (Tessera instances, a GoQuorum HA pair; each a pod of a StatefulSet, say). The first is
+    /// the node's address; the gateway dials another when one fails, as with `fedgw node add
+    /// --host A --host B`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = MAX_HOSTS))]
+    pub hosts: Vec<String>,
     /// The node's real ports.
     #[serde(default)]
     pub ports: NodePorts,

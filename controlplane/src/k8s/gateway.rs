@@ -11,12 +11,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::index::{GatewayCall, GatewayView};
+use super::index::{Consortium, GatewayCall, GatewayView};
 
 /// What the controller needs from a gateway. Implemented over gRPC by [`AdminGateway`], and by
 /// fakes in tests.
 pub trait Gateway {
-    /// `Status` then `ListNodes`: who the gateway is and every node in its view.
+    /// `Status`, `ListNodes` and `ListMembers`: who the gateway is, every node in its view and
+    /// the consortium's name, domain, root and members.
     fn view(&mut self) -> impl Future<Output = Result<GatewayView, tonic::Status>> + Send;
     /// Makes one call.
     fn call(
@@ -68,10 +69,16 @@ impl Gateway for AdminGateway {
             .await?
             .into_inner()
             .nodes;
+        let members = self
+            .client
+            .list_members(pb::ListMembersRequest {})
+            .await?
+            .into_inner();
         Ok(GatewayView {
             org: status.org,
             site: status.site,
             nodes,
+            consortium: Consortium::from_members(&members),
         })
     }
 

@@ -20,8 +20,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 
-use super::crd::{Client, Condition, ConsortiumNode, ConsortiumNodeStatus};
+use super::crd::{Client, Condition, ConsortiumNode, ConsortiumNodeStatus, MAX_HOSTS};
 use super::nodekey;
+use crate::fabric::render::{ProfileFormat, connection_profile};
+use crate::fabric::view::{self as fabric_view, MemberFacts};
 use crate::render::{Kind, RenderNode};
 
 /// Label on every object the controller owns, with [`MANAGED_BY_VALUE`].
@@ -119,7 +121,38 @@ pub struct GatewayView {
     pub site: String,
     /// Every node in its view, with local addresses.
     pub nodes: Vec<pb::NodeInfo>,
+    /// The consortium as `Admin.ListMembers` describes it (for the Fabric connection profile).
+    pub consortium: Consortium,
 }
+
+/// The consortium-wide facts of `Admin.ListMembers`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Consortium {
+    /// The consortium's name.
+    pub name: String,
+    /// Its DNS domain (`<node>.<org>.<domain>`).
+    pub domain: String,
+    /// The consortium root certificate, PEM.
+    pub root_cert_pem: String,
+    /// The active members and their Fabric MSP IDs.
+    pub members: Vec<MemberFacts>,
+}
+
+impl Consortium {
+    /// The facts of a `ListMembers` answer.
+    pub fn from_members(r: &pb::ListMembersResponse) -> Self {
+        Self {
+            name: r.consortium.clone(),
+            domain: r.domain.clone(),
+            root_cert_pem: r.root_cert_pem.clone(),
+            members: crate::fabric::view::member_facts(&r.members),
+        }
+    }
+}
+
+/// The ConfigMap key of the Fabric common connection profile (JSON), present while the view
+/// holds a Fabric peer or orderer.
+pub const FABRIC_PROFILE_FILE: &str = "fabric-connection-profile.json";
 
 /// Fixed settings of one controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -358,6 +391,12 @@ fn record_matches(info: &pb::NodeInfo, spec: &pb::NodeSpec) -> bool {
         && r.ipfs_peer_id == spec.ipfs_peer_id
         && r.tls_cert_der == spec.tls_cert_der
         && info.local_rpc == spec.rpc_url
+        && info
+            .replicas
+            .iter()
+            .skip(1)
+            .map(|r| &r.host)
+            .eq(&spec.replica_hosts)
 }
 
 impl Index {
@@ -475,11 +514,15 @@ impl Index {
             .collect()
     }
 
-    /// The Service made for a `podSelector` (and only one: `service` unset).
+    /// The Service made for a `podSelector` (and only one: `service` and `hosts` unset).
     fn local_service(&self, cr: &ConsortiumNode, name: &str) -> Option<Service> {
         let selector = cr.spec.pod_selector.as_ref().filter(|s| !s.is_empty())?;
         let ports = Self::spec_ports(cr);
-        if cr.spec.service.is_some() || !is_label(name) || ports.is_empty() {
+        if cr.spec.service.is_some()
+            || !cr.spec.hosts.is_empty()
+            || !is_label(name)
+            || ports.is_empty()
+        {
             return None;
         }
         Some(Service {
@@ -503,6 +546,30 @@ impl Index {
         })
     }
 
+    /// The node's address behind the Service `svc_name`: its ClusterIP, or for a headless
+    /// Service its name in the cluster DNS.
+    fn service_host(&self, svc_name: &str) -> Result<String, Problem> {
+        let Some(svc) = self.services.get(svc_name) else {
+            let msg = format!("waiting for Service {svc_name:?}");
+            return Err(Problem::pending("ServiceNotFound", msg));
+        };
+        let declared = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref());
+        match (cluster_ip(svc), declared) {
+            (Some(ip), _) => Ok(ip.to_owned()),
+            // headless: the Service's name in the cluster DNS (the gateway answers a CNAME,
+            // which CoreDNS resolves only under the cluster domain)
+            (None, Some("None")) => Ok(format!(
+                "{svc_name}.{}.svc.{}",
+                self.settings.namespace,
+                self.settings.cluster_domain.trim_matches('.')
+            )),
+            (None, _) => {
+                let msg = format!("Service {svc_name:?} has no ClusterIP yet");
+                Err(Problem::pending("ServiceNotReady", msg))
+            }
+        }
+    }
+
     fn local_spec(
         &self,
         cr: &ConsortiumNode,
@@ -523,12 +590,25 @@ impl Index {
             let msg = "set service or podSelector, not both".to_owned();
             return Err(Problem::error("InvalidTarget", msg));
         }
-        // the Service that reaches the node: named, or made here from a pod selector
-        let svc_name = match (&s.service, made) {
-            (Some(svc), None) => svc.clone(),
-            (None, Some(made)) => made.name_any(),
+        if !s.hosts.is_empty() && (s.service.is_some() || s.pod_selector.is_some()) {
+            let msg = "hosts replace service and podSelector: set only one".to_owned();
+            return Err(Problem::error("InvalidTarget", msg));
+        }
+        if s.hosts.len() > MAX_HOSTS {
+            let msg = format!(
+                "hosts lists {} addresses; at most {MAX_HOSTS}",
+                s.hosts.len()
+            );
+            return Err(Problem::error("InvalidTarget", msg));
+        }
+        // the Service that reaches the node: named, or made here from a pod selector; or the
+        // node's own addresses
+        let svc_name = match (&s.service, made, s.hosts.is_empty()) {
+            (Some(svc), None, true) => Some(svc.clone()),
+            (None, Some(made), true) => Some(made.name_any()),
+            (None, None, false) => None,
             _ => {
-                let msg = "set exactly one of service and podSelector".to_owned();
+                let msg = "set exactly one of service, podSelector and hosts".to_owned();
                 return Err(Problem::error("InvalidTarget", msg));
             }
         };
@@ -547,27 +627,13 @@ impl Index {
                 }
             }
         }
-        let host = match self.services.get(&svc_name) {
+        let (host, replica_hosts) = match svc_name {
+            Some(svc_name) => (self.service_host(&svc_name)?, vec![]),
             None => {
-                let msg = format!("waiting for Service {svc_name:?}");
-                return Err(Problem::pending("ServiceNotFound", msg));
-            }
-            Some(svc) => {
-                let declared = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref());
-                match (cluster_ip(svc), declared) {
-                    (Some(ip), _) => ip.to_owned(),
-                    // headless: the Service's name in the cluster DNS (the gateway answers a
-                    // CNAME, which CoreDNS resolves only under the cluster domain)
-                    (None, Some("None")) => format!(
-                        "{svc_name}.{}.svc.{}",
-                        self.settings.namespace,
-                        self.settings.cluster_domain.trim_matches('.')
-                    ),
-                    (None, _) => {
-                        let msg = format!("Service {svc_name:?} has no ClusterIP yet");
-                        return Err(Problem::pending("ServiceNotReady", msg));
-                    }
-                }
+                let mut hosts = s.hosts.iter().map(|h| h.trim().to_owned());
+                // not empty: checked above
+                let first = hosts.next().unwrap_or_default();
+                (first, hosts.collect())
             }
         };
         let tessera_url = s
@@ -614,8 +680,7 @@ impl Index {
             ipfs_peer_id: s.ipfs_peer_id.clone().unwrap_or_default(),
             tls_cert_der: vec![],
             raft_learner: s.raft_learner,
-            // the Service spreads over the node's Pods: one address
-            replica_hosts: vec![],
+            replica_hosts,
         })
     }
 
@@ -787,8 +852,36 @@ impl Index {
     }
 
     /// The ConfigMap data: every renderer's file, from every node in the gateway's view, each
-    /// named by its consortium DNS name.
+    /// named by its consortium DNS name; and [`FABRIC_PROFILE_FILE`] while the view holds a
+    /// Fabric peer or orderer (docs/kubernetes.md "What client pods mount").
     pub fn rendered(&self) -> BTreeMap<String, String> {
+        let mut files = self.rendered_chain_files();
+        if let Some(profile) = self.fabric_profile() {
+            files.insert(FABRIC_PROFILE_FILE.to_owned(), profile);
+        }
+        files
+    }
+
+    /// The common connection profile for a client of this org: every member org with Fabric
+    /// nodes, as `fedgw render fabric-connection-profile` writes it. `None` without Fabric
+    /// nodes in the view.
+    fn fabric_profile(&self) -> Option<String> {
+        let gw = self.gateway.as_ref()?;
+        let nodes: Vec<_> = gw
+            .nodes
+            .iter()
+            .filter_map(fabric_view::node_facts)
+            .collect();
+        if nodes.is_empty() {
+            return None;
+        }
+        let c = &gw.consortium;
+        let orgs = fabric_view::orgs_from_view(&c.members, &nodes, &c.domain, &c.root_cert_pem);
+        // serialising these plain structs does not fail
+        connection_profile(&c.name, &gw.org, &orgs, ProfileFormat::Json).ok()
+    }
+
+    fn rendered_chain_files(&self) -> BTreeMap<String, String> {
         let nodes: Vec<RenderNode> = self
             .gateway
             .iter()

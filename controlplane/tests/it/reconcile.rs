@@ -8,10 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fedgw_controlplane::fabric::view::MemberFacts;
 use fedgw_controlplane::k8s::crd::{Client, ConsortiumNode, ConsortiumNodeSpec, Enode, NodePorts};
 use fedgw_controlplane::k8s::gateway::Gateway;
 use fedgw_controlplane::k8s::index::{
-    GatewayCall, GatewayView, Index, MANAGED_BY, MANAGED_BY_VALUE, Settings,
+    Consortium, FABRIC_PROFILE_FILE, GatewayCall, GatewayView, Index, MANAGED_BY, MANAGED_BY_VALUE,
+    Settings,
 };
 use fedgw_controlplane::k8s::lease::Elector;
 use fedgw_controlplane::k8s::reconcile::{Outcome, Reconciler};
@@ -30,6 +32,8 @@ use crate::support::fake_api;
 type Handle = mock::Handle<Request<Body>, Response<Body>>;
 
 const WAIT: Duration = Duration::from_secs(5);
+/// A stand-in for the consortium root: the profile embeds it as given.
+const ROOT_PEM: &str = "-----BEGIN CERTIFICATE-----\nUk9PVA==\n-----END CERTIFICATE-----\n";
 const G: &str = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798\
                  483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8";
 
@@ -43,6 +47,7 @@ impl FakeGateway {
             org: "org1".into(),
             site: "dc1".into(),
             nodes,
+            consortium: Default::default(),
         };
         Self(Arc::new(Mutex::new((view, Vec::new()))))
     }
@@ -74,6 +79,7 @@ impl Gateway for FakeGateway {
                 local_host: s.host.clone(),
                 local_rpc: s.rpc_url.clone(),
                 dns_name: format!("{}.org1.acme.example", s.name),
+                replicas: replicas(s),
                 ..Default::default()
             }),
             GatewayCall::RemoveNode(n) => g.0.nodes.retain(|x| x.name != *n),
@@ -87,6 +93,20 @@ impl Gateway for FakeGateway {
         }
         Ok(())
     }
+}
+
+/// A node's addresses as the gateway lists them: none for one address, else every one.
+fn replicas(s: &pb::NodeSpec) -> Vec<pb::ReplicaInfo> {
+    if s.replica_hosts.is_empty() {
+        return vec![];
+    }
+    std::iter::once(&s.host)
+        .chain(&s.replica_hosts)
+        .map(|h| pb::ReplicaInfo {
+            host: h.clone(),
+            up: true,
+        })
+        .collect()
 }
 
 fn settings() -> Settings {
@@ -106,6 +126,7 @@ fn node_cr() -> ConsortiumNode {
             client: Client::Goquorum,
             service: Some("quorum-node1".into()),
             pod_selector: None,
+            hosts: vec![],
             ports: NodePorts {
                 p2p: Some(30303),
                 raft: Some(50400),
@@ -372,6 +393,130 @@ async fn a_remote_node_appearing_creates_its_service_and_config_map_entry() {
 }
 
 #[tokio::test]
+async fn a_node_with_hosts_is_registered_with_every_address_and_no_service() {
+    let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "org1");
+    let gateway = FakeGateway::new(vec![]);
+    let mut cr = node_cr();
+    cr.spec.service = None;
+    cr.spec.hosts = vec![
+        "quorum-0.quorum.org1.svc.cluster.local".into(),
+        "quorum-1.quorum.org1.svc.cluster.local".into(),
+    ];
+    let task = spawn_reconcile(
+        client,
+        gateway.clone(),
+        listed(vec![cr.clone()], vec![], vec![]),
+        true,
+    );
+    // no Service: the files, then the status
+    let (body, send) = expect(&mut handle, "PATCH", CM_PATH).await;
+    send.send_response(json_response(200, &body));
+    let (body, send) = expect(
+        &mut handle,
+        "PATCH",
+        "/apis/fedgw.io/v1alpha1/namespaces/org1/consortiumnodes/node1/status",
+    )
+    .await;
+    assert_eq!(body["status"]["state"], "Registered", "{body}");
+    let mut cr = serde_json::to_value(cr).expect("json");
+    cr["status"] = body["status"].clone();
+    send.send_response(json_response(200, &cr));
+    let (outcome, _) = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("done")
+        .expect("task");
+    assert_eq!(outcome, Outcome::Done, "one AddNode settles it");
+    let calls = gateway.calls();
+    let [GatewayCall::AddNode(spec)] = calls.as_slice() else {
+        panic!("{calls:?}")
+    };
+    assert_eq!(spec.host, "quorum-0.quorum.org1.svc.cluster.local");
+    assert_eq!(
+        spec.replica_hosts,
+        ["quorum-1.quorum.org1.svc.cluster.local"]
+    );
+}
+
+#[tokio::test]
+async fn a_remote_fabric_peer_puts_a_connection_profile_into_the_config_map() {
+    let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "org1");
+    let peer = pb::NodeInfo {
+        org: "org2".into(),
+        name: "peer0".into(),
+        record: Some(pb::NodeRecord {
+            client: pb::ClientKind::FabricPeer.into(),
+            services: vec![pb::NamedService {
+                name: "peer".into(),
+                port: 7051,
+            }],
+            site: "dc1".into(),
+            ..Default::default()
+        }),
+        dns_name: "peer0.org2.acme.example".into(),
+        local_ports: [("peer".to_owned(), 41002)].into(),
+        ..Default::default()
+    };
+    let gateway = FakeGateway::new(vec![peer]);
+    gateway.0.lock().expect("lock").0.consortium = Consortium {
+        name: "acme".into(),
+        domain: "acme.example".into(),
+        root_cert_pem: ROOT_PEM.into(),
+        members: ["org1", "org2"]
+            .iter()
+            .map(|o| MemberFacts {
+                org: (*o).into(),
+                msp_id: None,
+            })
+            .collect(),
+    };
+    let task = spawn_reconcile(
+        client,
+        gateway.clone(),
+        listed(vec![], vec![], vec![]),
+        true,
+    );
+
+    let (body, send) = expect(
+        &mut handle,
+        "PATCH",
+        "/api/v1/namespaces/org1/services/fedgw-org2-peer0",
+    )
+    .await;
+    assert_eq!(
+        body["spec"]["ports"],
+        json!([{"name": "peer", "port": 7051, "targetPort": 41002, "protocol": "TCP"}])
+    );
+    let mut created = body.clone();
+    created["spec"]["clusterIP"] = json!("10.96.0.8");
+    send.send_response(json_response(201, &created));
+
+    let (body, send) = expect(&mut handle, "PATCH", CM_PATH).await;
+    let text = body["data"][FABRIC_PROFILE_FILE]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {FABRIC_PROFILE_FILE}: {body}"));
+    let profile: Value = serde_json::from_str(text).expect("the profile is JSON");
+    assert_eq!(profile["name"], "acme");
+    assert_eq!(profile["client"]["organization"], "org1");
+    assert_eq!(profile["organizations"]["org2"]["mspid"], "Org2MSP");
+    let node = &profile["peers"]["peer0.org2.acme.example"];
+    assert_eq!(node["url"], "grpcs://peer0.org2.acme.example:7051");
+    assert_eq!(node["tlsCACerts"]["pem"], ROOT_PEM);
+    assert_eq!(
+        node["grpcOptions"]["ssl-target-name-override"],
+        "peer0.org2.acme.example"
+    );
+    send.send_response(json_response(200, &body));
+
+    let (outcome, _) = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("done")
+        .expect("task");
+    assert_eq!(outcome, Outcome::Done);
+}
+
+#[tokio::test]
 async fn a_remote_node_removed_deletes_its_service_and_entry() {
     let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(svc, "org1");
@@ -383,6 +528,7 @@ async fn a_remote_node_removed_deletes_its_service_and_entry() {
         org: "org1".into(),
         site: "dc1".into(),
         nodes: vec![node],
+        ..Default::default()
     });
     let cm = ConfigMap {
         metadata: ObjectMeta {

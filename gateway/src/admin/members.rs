@@ -112,6 +112,9 @@ pub(super) async fn list_members(
             members,
             pending,
             consensus: svc.config.consensus.name().to_owned(),
+            consortium: svc.config.consortium.clone(),
+            domain: svc.config.domain.clone(),
+            root_cert_pem: fedgw_certs::pki::certs_to_pem(&[svc.root_cert.clone().into()]),
         }
     });
     Ok(Response::new(resp))

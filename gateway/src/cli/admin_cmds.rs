@@ -131,8 +131,9 @@ pub struct NodeAddArgs {
 #[derive(Debug, Args)]
 pub struct NodeImportArgs {
     /// A static-nodes.json or permissioned-nodes.json file (a JSON array of enode URLs), or a
-    /// node file: a JSON array of {"name", "client", "host", "services": {NAME: PORT},
-    /// "ipfs_peer_id", "tls_cert": FILE, "allowed_orgs", "roles"} for Fabric and IPFS nodes.
+    /// node file: a JSON array of {"name", "client", "host" (or "hosts": [ADDR, ...], a node's
+    /// replicas), "services": {NAME: PORT}, "ipfs_peer_id", "tls_cert": FILE, "allowed_orgs",
+    /// "roles"} for Fabric and IPFS nodes.
     file: PathBuf,
     #[command(flatten)]
     dir: AdminDirArg,

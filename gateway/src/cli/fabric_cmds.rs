@@ -13,7 +13,7 @@ use super::{AdminDirArg, CliError, exit, usage};
 use crate::datadir::DataDir;
 use crate::fabric::msp::{self, Cas, LocalMspRequest, MspError, Role};
 use crate::fabric::render::{self, ProfileFormat};
-use crate::fabric::view::{self, MemberFacts, NodeFacts, NodeKind};
+use crate::fabric::view;
 use crate::provision;
 
 /// `--role` values of `fedgw cert fabric-msp`: the NodeOU in the signing certificate.
@@ -178,16 +178,8 @@ pub async fn render(
     let mut admin = connect(args).await?;
     let members = admin_call!(admin, list_members(pb::ListMembersRequest {})).members;
     let nodes = admin_call!(admin, list_nodes(pb::ListNodesRequest {})).nodes;
-    let members: Vec<MemberFacts> = members
-        .iter()
-        .filter(|m| m.status == "active")
-        .map(|m| MemberFacts {
-            org: m.org.clone(),
-            // empty: the org publishes none, the default applies
-            msp_id: Some(m.fabric_msp_id.clone()).filter(|id| !id.is_empty()),
-        })
-        .collect();
-    let nodes: Vec<NodeFacts> = nodes.iter().filter_map(node_facts).collect();
+    let members = view::member_facts(&members);
+    let nodes: Vec<_> = nodes.iter().filter_map(view::node_facts).collect();
     let orgs = view::orgs_from_view(&members, &nodes, &config.domain, &root_pem);
     let text = match what {
         FabricRender::ConnectionProfile(format) => {
@@ -227,39 +219,4 @@ pub async fn render(
             Ok(())
         }
     }
-}
-
-/// A node record of client kind fabric-peer or fabric-orderer as [`NodeFacts`]: its named
-/// service ports (`peer`, `orderer`, ...; a port outside 1..=65535 is left out, the default
-/// applies) and an orderer's published TLS certificate, as PEM.
-fn node_facts(n: &pb::NodeInfo) -> Option<NodeFacts> {
-    let record = n.record.as_ref()?;
-    let kind = match pb::ClientKind::try_from(record.client).ok()? {
-        pb::ClientKind::FabricPeer => NodeKind::Peer,
-        pb::ClientKind::FabricOrderer => NodeKind::Orderer,
-        _ => return None,
-    };
-    let ports = record
-        .services
-        .iter()
-        .filter_map(|s| {
-            Some((
-                s.name.clone(),
-                u16::try_from(s.port).ok().filter(|p| *p != 0)?,
-            ))
-        })
-        .collect();
-    let tls_cert_pem = (!record.tls_cert_der.is_empty()).then(|| {
-        fedgw_certs::pki::certs_to_pem(&[rustls_pki_types::CertificateDer::from(
-            record.tls_cert_der.as_slice(),
-        )])
-    });
-    Some(NodeFacts {
-        org: n.org.clone(),
-        name: n.name.clone(),
-        kind,
-        ports,
-        roles: record.roles.clone(),
-        tls_cert_pem,
-    })
 }

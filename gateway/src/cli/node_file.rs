@@ -7,11 +7,15 @@
 //!  {"name": "ipfs0", "client": "ipfs", "host": "10.0.0.9", "services": {"cluster": 9096},
 //!   "ipfs_peer_id": "12D3KooW..."},
 //!  {"name": "orderer0", "client": "fabric-orderer", "host": "10.0.0.8",
-//!   "services": {"orderer": 7050}, "tls_cert": "orderer0-tls.pem"}]
+//!   "services": {"orderer": 7050}, "tls_cert": "orderer0-tls.pem"},
+//!  {"name": "peer1", "client": "fabric-peer", "hosts": ["10.0.0.10", "10.0.0.11"],
+//!   "services": {"peer": 7051}}]
 //! ```
 //!
 //! Unknown keys are refused; `tls_cert` is a PEM or DER file relative to the node file's folder.
-//! Each value is checked as `fedgw node add` checks its option.
+//! A node has `host` (one address) or `hosts` (its replicas' addresses, the first the node's
+//! own, as `fedgw node add --host A --host B`), not both. Each value is checked as `fedgw node
+//! add` checks its option.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,7 +33,10 @@ use super::service_args;
 struct FileNode {
     name: String,
     client: String,
-    host: String,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
     #[serde(default)]
     services: BTreeMap<String, u32>,
     #[serde(default)]
@@ -73,10 +80,17 @@ pub fn specs(text: &str, path: &Path) -> Result<Vec<pb::NodeSpec>, String> {
                 .iter()
                 .map(|(name, port)| format!("{name}={port}"))
                 .collect();
+            let (host, replica_hosts) = match (&n.host, n.hosts.split_first()) {
+                (Some(host), None) => (host.clone(), vec![]),
+                (None, Some((first, more))) => (first.clone(), more.to_vec()),
+                (Some(_), Some(_)) => return Err(at("give host or hosts, not both".into())),
+                (None, None) => return Err(at("no address: give host or hosts".into())),
+            };
             let mut spec = pb::NodeSpec {
                 name: n.name.clone(),
                 client: client.to_pb().into(),
-                host: n.host.clone(),
+                host,
+                replica_hosts,
                 services: service_args::services(&services).map_err(at)?,
                 allowed_orgs: n.allowed_orgs.clone(),
                 roles: n.roles.clone(),
@@ -125,5 +139,31 @@ mod tests {
         let client = r#"[{"name": "p", "client": "fabric", "host": "h"}]"#;
         let e = specs(client, Path::new("n.json")).expect_err("client");
         assert!(e.contains("not goquorum"), "{e}");
+    }
+
+    #[test]
+    fn hosts_list_a_nodes_replicas_and_exclude_host() {
+        let text = r#"[{"name": "tm", "client": "tessera", "hosts": ["10.0.0.7", "10.0.0.8"],
+                        "services": {"tm": 9000}}]"#;
+        let s = specs(text, Path::new("n.json")).expect("valid");
+        assert_eq!(s[0].host, "10.0.0.7");
+        assert_eq!(s[0].replica_hosts, ["10.0.0.8"]);
+        for (bad, why) in [
+            (
+                r#"[{"name": "p", "client": "ipfs", "host": "a", "hosts": ["b"]}]"#,
+                "not both",
+            ),
+            (r#"[{"name": "p", "client": "ipfs"}]"#, "no address"),
+            (
+                r#"[{"name": "p", "client": "ipfs", "hosts": []}]"#,
+                "no address",
+            ),
+        ] {
+            let e = specs(bad, Path::new("n.json")).expect_err(bad);
+            assert!(
+                e.starts_with("n.json entry 1 (p): ") && e.contains(why),
+                "{e}"
+            );
+        }
     }
 }

@@ -1109,6 +1109,66 @@ fn node_import_takes_only_the_local_tessera_node_from_its_config() {
 }
 
 #[test]
+fn node_import_registers_the_replicas_a_node_file_lists_under_hosts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gw1 = founder(tmp.path());
+    let d = s(&gw1.dir);
+    let file = tmp.path().join("nodes.json");
+    std::fs::write(
+        &file,
+        r#"[{"name": "tm1", "client": "tessera", "hosts": ["127.0.0.21", "127.0.0.22"],
+             "services": {"tm": 9000}},
+            {"name": "peer0", "client": "fabric-peer", "host": "127.0.0.23",
+             "services": {"peer": 7051}}]"#,
+    )
+    .expect("write");
+    let run = fedgw()
+        .run(["node", "import", &s(&file), "--data-dir", &d])
+        .expect("spawn");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let nodes = nodes_json(&gw1.dir);
+    let replicas = |name: &str| {
+        let n = nodes
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {nodes:?}"));
+        n["replicas"].as_array().cloned().unwrap_or_default()
+    };
+    let tm1 = replicas("tm1");
+    let hosts: Vec<&str> = tm1.iter().filter_map(|r| r["host"].as_str()).collect();
+    assert_eq!(hosts, ["127.0.0.21", "127.0.0.22"], "{tm1:?}");
+    assert!(tm1.iter().all(|r| r["up"] == true), "{tm1:?}");
+    assert!(replicas("peer0").is_empty(), "one address: no replica list");
+    // the text listing shows both
+    let text = fedgw()
+        .run(["nodes", "--data-dir", &d])
+        .expect("spawn")
+        .ok()
+        .expect("nodes");
+    for host in ["127.0.0.21", "127.0.0.22"] {
+        assert!(
+            text.stdout.contains(&format!("replica {host}")),
+            "{}",
+            text.stdout
+        );
+    }
+
+    // host and hosts together: refused before anything is registered
+    std::fs::write(
+        &file,
+        r#"[{"name": "tm2", "client": "tessera", "host": "127.0.0.24",
+             "hosts": ["127.0.0.25"], "services": {"tm": 9000}}]"#,
+    )
+    .expect("write");
+    let run = fedgw()
+        .run(["node", "import", &s(&file), "--data-dir", &d])
+        .expect("spawn");
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("host or hosts"), "{}", run.stderr);
+    assert_eq!(nodes_json(&gw1.dir).len(), 2);
+}
+
+#[test]
 fn approve_needs_a_policy_that_waits_for_approvals() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let gw1 = founder(tmp.path());

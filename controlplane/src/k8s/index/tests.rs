@@ -24,6 +24,7 @@ fn cr(name: &str, service: &str) -> ConsortiumNode {
             client: Client::Goquorum,
             service: Some(service.into()),
             pod_selector: None,
+            hosts: vec![],
             ports: NodePorts {
                 p2p: Some(30303),
                 raft: Some(50400),
@@ -92,6 +93,7 @@ fn gateway(nodes: Vec<pb::NodeInfo>) -> GatewayView {
         org: "org1".into(),
         site: "dc1".into(),
         nodes,
+        consortium: Default::default(),
     }
 }
 
@@ -769,4 +771,162 @@ fn a_fabric_peers_named_services_reach_its_service_ports_and_its_node_spec() {
         .map(|s| (s.name.as_str(), s.port))
         .collect();
     assert_eq!(services, [("peer", 7051), ("operations", 9443)]);
+}
+
+#[test]
+fn hosts_register_the_nodes_replicas_and_settle_once_the_gateway_lists_them() {
+    let mut c = cr("tm1", "unused");
+    c.spec.service = None;
+    c.spec.hosts = vec!["tm1-0.tm1.org1.svc".into(), "tm1-1.tm1.org1.svc".into()];
+    let mut ix = listed(vec![c], vec![], gateway(vec![]));
+    let p = plan(&ix);
+    let [GatewayCall::AddNode(spec)] = p.gateway.as_slice() else {
+        panic!("one AddNode: {:?}", p.gateway)
+    };
+    assert_eq!(spec.host, "tm1-0.tm1.org1.svc");
+    assert_eq!(spec.replica_hosts, ["tm1-1.tm1.org1.svc"]);
+    assert!(p.apply_services.is_empty(), "no Service for hosts");
+
+    // the gateway lists the node with both addresses: nothing more to send
+    let mut held = remote("org1", "tm1", &[("p2p", 30303), ("raft", 50400)]);
+    held.record = Some(pb::NodeRecord {
+        enode_id: spec.enode_id.clone(),
+        raft_id: 1,
+        ..record("dc1", 0)
+    });
+    held.local_host = spec.host.clone();
+    held.replicas = ["tm1-0.tm1.org1.svc", "tm1-1.tm1.org1.svc"]
+        .iter()
+        .map(|h| pb::ReplicaInfo {
+            host: (*h).into(),
+            up: false,
+        })
+        .collect();
+    let mut one_address = held.clone();
+    ix.set_gateway(gateway(vec![held]));
+    settle(&mut ix, &p);
+    let p = plan(&ix);
+    assert!(p.gateway.is_empty(), "{:?}", p.gateway);
+    assert_eq!(p.statuses[0].1.state.as_deref(), Some("Registered"));
+
+    // a record without the replica is sent again
+    one_address.replicas.clear();
+    ix.set_gateway(gateway(vec![one_address]));
+    let p = plan(&ix);
+    assert!(
+        matches!(&p.gateway[..], [GatewayCall::AddNode(s)] if s.replica_hosts.len() == 1),
+        "{:?}",
+        p.gateway
+    );
+}
+
+#[test]
+fn hosts_beside_a_service_or_pod_selector_is_an_error() {
+    let mut with_service = cr("a", "quorum-node1");
+    with_service.spec.hosts = vec!["10.0.0.1".into()];
+    let mut with_selector = cr("b", "unused");
+    with_selector.spec.service = None;
+    with_selector.spec.pod_selector = Some(labels(&[("app", "b")]));
+    with_selector.spec.hosts = vec!["10.0.0.2".into()];
+    let mut too_many = cr("c", "unused");
+    too_many.spec.service = None;
+    too_many.spec.hosts = (1..=9).map(|i| format!("10.0.0.{i}")).collect();
+    let ix = listed(
+        vec![with_service, with_selector, too_many],
+        vec![service("quorum-node1", "10.96.1.1")],
+        gateway(vec![]),
+    );
+    let p = plan(&ix);
+    assert!(p.gateway.is_empty() && p.apply_services.is_empty(), "{p:?}");
+    let messages: Vec<(&str, &str)> = p
+        .statuses
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.message.as_deref().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            ("a", "hosts replace service and podSelector: set only one"),
+            ("b", "hosts replace service and podSelector: set only one"),
+            ("c", "hosts lists 9 addresses; at most 8"),
+        ]
+    );
+    assert!(
+        p.statuses
+            .iter()
+            .all(|(_, s)| cond(s, READY).reason == "InvalidTarget")
+    );
+}
+
+fn fabric_node(org: &str, name: &str, client: pb::ClientKind, port: (&str, u32)) -> pb::NodeInfo {
+    pb::NodeInfo {
+        record: Some(pb::NodeRecord {
+            client: client.into(),
+            services: vec![pb::NamedService {
+                name: port.0.into(),
+                port: port.1,
+            }],
+            site: "dc1".into(),
+            ..Default::default()
+        }),
+        ..remote(org, name, &[(port.0, 41000)])
+    }
+}
+
+#[test]
+fn the_config_map_holds_the_fabric_profile_while_the_view_has_fabric_nodes() {
+    let consortium = Consortium {
+        name: "acme".into(),
+        domain: "acme.example".into(),
+        root_cert_pem: "ROOT PEM\n".into(),
+        members: ["org1", "org2", "org3"]
+            .iter()
+            .map(|o| MemberFacts {
+                org: (*o).into(),
+                msp_id: (*o == "org2").then(|| "BankMSP".into()),
+            })
+            .collect(),
+    };
+    let view = |nodes| GatewayView {
+        consortium: consortium.clone(),
+        ..gateway(nodes)
+    };
+    // no Fabric node: no profile
+    let ix = listed(vec![], vec![], view(vec![remote("org2", "node1", &[])]));
+    assert!(!ix.rendered().contains_key(FABRIC_PROFILE_FILE));
+
+    let nodes = vec![
+        remote("org2", "node1", &[]),
+        fabric_node("org2", "peer0", pb::ClientKind::FabricPeer, ("peer", 9051)),
+        fabric_node(
+            "org3",
+            "orderer0",
+            pb::ClientKind::FabricOrderer,
+            ("orderer", 7050),
+        ),
+    ];
+    let ix = listed(vec![], vec![], view(nodes));
+    let files = ix.rendered();
+    let profile: serde_json::Value =
+        serde_json::from_str(&files[FABRIC_PROFILE_FILE]).expect("json");
+    assert_eq!(profile["name"], "acme");
+    assert_eq!(profile["client"]["organization"], "org1");
+    assert_eq!(profile["organizations"]["org2"]["mspid"], "BankMSP");
+    assert_eq!(
+        profile["organizations"]["org2"]["peers"],
+        serde_json::json!(["peer0.org2.acme.example"])
+    );
+    let peer = &profile["peers"]["peer0.org2.acme.example"];
+    assert_eq!(peer["url"], "grpcs://peer0.org2.acme.example:9051");
+    assert_eq!(peer["tlsCACerts"]["pem"], "ROOT PEM\n");
+    assert_eq!(
+        profile["orderers"]["orderer0.org3.acme.example"]["url"],
+        "grpcs://orderer0.org3.acme.example:7050"
+    );
+    assert!(
+        profile["organizations"].get("org1").is_none(),
+        "org1 has no Fabric nodes"
+    );
+    // the other files are as before
+    assert!(files.contains_key("static-nodes.json"));
 }

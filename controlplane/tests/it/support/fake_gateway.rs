@@ -1,5 +1,6 @@
 //! A fake gateway admin API on a Unix socket (the controller's `AdminGateway` talks to it as
-//! to `fedgw run`): org `org1`, site `dc1`, a view of nodes that `AddNode`, `RemoveNode` and
+//! to `fedgw run`): org `org1`, site `dc1` of consortium `acme` (`acme.example`) with members
+//! org1 and org2, a view of nodes that `AddNode`, `RemoveNode` and
 //! `SetServiceAddress` change, `WatchStatus` with one message now and one per change. Calls
 //! are counted.
 
@@ -87,6 +88,10 @@ impl FakeAdmin {
     }
 }
 
+/// The consortium root the fake reports (not a real certificate: the controller only copies
+/// it into the Fabric connection profile).
+pub const ROOT_PEM: &str = "-----BEGIN CERTIFICATE-----\nUk9PVA==\n-----END CERTIFICATE-----\n";
+
 fn unimplemented<T>() -> Result<Response<T>, Status> {
     Err(Status::unimplemented("not in the fake"))
 }
@@ -137,6 +142,18 @@ impl pb::admin_server::Admin for FakeAdmin {
             local_host: spec.host.clone(),
             local_rpc: spec.rpc_url.clone(),
             dns_name: format!("{}.org1.acme.example", spec.name),
+            // as the gateway lists a node with replicas: every address, the first one first
+            replicas: if spec.replica_hosts.is_empty() {
+                vec![]
+            } else {
+                std::iter::once(&spec.host)
+                    .chain(&spec.replica_hosts)
+                    .map(|h| pb::ReplicaInfo {
+                        host: h.clone(),
+                        up: true,
+                    })
+                    .collect()
+            },
             ..Default::default()
         };
         let out = info.clone();
@@ -173,7 +190,18 @@ impl pb::admin_server::Admin for FakeAdmin {
         &self,
         _: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        unimplemented()
+        let member = |org: &str| pb::MemberInfo {
+            org: org.into(),
+            status: "active".into(),
+            ..Default::default()
+        };
+        Ok(Response::new(pb::ListMembersResponse {
+            members: vec![member("org1"), member("org2")],
+            consortium: "acme".into(),
+            domain: "acme.example".into(),
+            root_cert_pem: ROOT_PEM.into(),
+            ..Default::default()
+        }))
     }
 
     async fn status(

@@ -97,6 +97,7 @@ fn node(name: &str, node_name: Option<&str>, p2p: u16) -> ConsortiumNode {
             client: Client::Goquorum,
             service: Some("quorum-node1".into()),
             pod_selector: None,
+            hosts: vec![],
             ports: NodePorts {
                 p2p: Some(p2p),
                 raft: Some(50400),

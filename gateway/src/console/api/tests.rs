@@ -35,6 +35,7 @@ fn sample() -> (pb::StatusResponse, pb::ListMembersResponse) {
             ..member("org5", "pending", &[])
         }],
         consensus: "raft".into(),
+        ..Default::default()
     };
     let peer = |org: &str, site: &str, state: &str| pb::PeerStatus {
         org: org.into(),

@@ -1,13 +1,14 @@
 //! From the membership view to [`FabricOrg`]s: the adapter `fedgw render fabric-*` uses.
 //!
-//! Members and nodes arrive as plain facts (the CLI reads them from the admin socket), so the
-//! projection is a pure function. A node runs Fabric when its record's client kind is
+//! Members and nodes arrive as plain facts ([`member_facts`] and [`node_facts`] read them from
+//! the admin API's `ListMembers` and `ListNodes`, which the CLI and the Kubernetes controller
+//! call), so the projection is a pure function. A node runs Fabric when its record's client kind is
 //! fabric-peer or fabric-orderer; its gRPC port is its named service port (`peer` or
 //! `orderer`) when the record has one, else Fabric's default (7051 / 7050).
 
 use std::collections::BTreeMap;
 
-use fedgw_certs::names;
+use fedgw_proto::v1 as pb;
 
 use super::render::{
     DEFAULT_ORDERER_PORT, DEFAULT_PEER_PORT, FabricOrderer, FabricOrg, FabricPeer,
@@ -48,6 +49,63 @@ pub struct NodeFacts {
     pub tls_cert_pem: Option<String>,
 }
 
+/// The active members of a `ListMembers` answer as [`MemberFacts`] (revoked and pending orgs
+/// are left out; an empty `fabric_msp_id` means the default).
+pub fn member_facts(members: &[pb::MemberInfo]) -> Vec<MemberFacts> {
+    members
+        .iter()
+        .filter(|m| m.status == "active")
+        .map(|m| MemberFacts {
+            org: m.org.clone(),
+            msp_id: Some(m.fabric_msp_id.clone()).filter(|id| !id.is_empty()),
+        })
+        .collect()
+}
+
+/// A node of client kind fabric-peer or fabric-orderer as [`NodeFacts`] (`None` for any other
+/// node): its named service ports (`peer`, `orderer`, ...; a port outside 1..=65535 is left
+/// out, the default applies) and an orderer's published TLS certificate, as PEM.
+pub fn node_facts(n: &pb::NodeInfo) -> Option<NodeFacts> {
+    let record = n.record.as_ref()?;
+    let kind = match pb::ClientKind::try_from(record.client).ok()? {
+        pb::ClientKind::FabricPeer => NodeKind::Peer,
+        pb::ClientKind::FabricOrderer => NodeKind::Orderer,
+        _ => return None,
+    };
+    let ports = record
+        .services
+        .iter()
+        .filter_map(|s| {
+            Some((
+                s.name.clone(),
+                u16::try_from(s.port).ok().filter(|p| *p != 0)?,
+            ))
+        })
+        .collect();
+    let tls_cert_pem = (!record.tls_cert_der.is_empty()).then(|| cert_pem(&record.tls_cert_der));
+    Some(NodeFacts {
+        org: n.org.clone(),
+        name: n.name.clone(),
+        kind,
+        ports,
+        roles: record.roles.clone(),
+        tls_cert_pem,
+    })
+}
+
+/// One DER certificate as a PEM block (base64 in lines of 64, as OpenSSL writes it).
+pub fn cert_pem(der: &[u8]) -> String {
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        // chunks of base64 text are ASCII
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
 /// The role that marks a peer as an anchor peer in configtx.yaml.
 pub const ANCHOR_ROLE: &str = "anchor";
 
@@ -79,7 +137,7 @@ pub fn orgs_from_view(
         let Some(org) = orgs.get_mut(n.org.as_str()) else {
             continue;
         };
-        let host = format!("{}.{}", n.name, names::org_subtree(&n.org, domain));
+        let host = format!("{}.{}.{domain}", n.name, n.org);
         match n.kind {
             NodeKind::Peer => org.peers.push(FabricPeer {
                 host,

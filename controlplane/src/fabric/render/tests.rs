@@ -3,7 +3,7 @@
 //! `first-network/connection-org1.json` and IBM/blockchain-network-on-kubernetes'
 //! `artifacts/configtx.yaml`). The consortium mirrors those samples: org1 with peer0 (7051)
 //! and peer1 (8051), org2 with peer0, an orderer org. `UPDATE_GOLDEN=1 cargo nextest run -p
-//! fedgw-gateway fabric::render` rewrites the golden files; review the diff before committing.
+//! fedgw-controlplane fabric::render` rewrites the golden files; review the diff before committing.
 
 use std::path::PathBuf;
 
