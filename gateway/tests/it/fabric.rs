@@ -311,3 +311,27 @@ fn msp_ids_are_chosen_at_init_and_join_published_and_unique() {
     let config = std::fs::read_to_string(b.join("fedgw.toml")).expect("config");
     assert!(config.contains("fabric_msp_id = \"Org2Bank\""), "{config}");
 }
+
+/// What the Kubernetes controller builds its Fabric connection profile from: `ListMembers`
+/// names the consortium, its domain and its root, as `fedgw render` reads them from the data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_members_tells_the_consortium_name_domain_and_root() {
+    use crate::support::{DOMAIN, Fed};
+    let fed = Fed::found(fedgw_gateway::config::Admission::Operator).await;
+    let members = fed.gws[0]
+        .admin()
+        .await
+        .list_members(fedgw_proto::v1::ListMembersRequest {})
+        .await
+        .expect("list members")
+        .into_inner();
+    assert_eq!(
+        (members.consortium.as_str(), members.domain.as_str()),
+        ("acme", DOMAIN)
+    );
+    let root = std::fs::read_to_string(fed.gws[0].dir.root_cert()).expect("root");
+    assert_eq!(
+        fedgw_certs::pki::certs_from_pem(&members.root_cert_pem).expect("pem"),
+        fedgw_certs::pki::certs_from_pem(&root).expect("pem")[..1],
+    );
+}

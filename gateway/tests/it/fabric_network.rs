@@ -7,10 +7,10 @@
 //! the tunnel, and `peer channel join` puts the peer on the channel.
 //!
 //! Set `FEDGW_TEST_FABRIC_BIN` to a folder with `configtxgen`, `orderer`, `peer` and
-//! `osnadmin` (Fabric 2.5 or 3.x), and `FEDGW_TEST_FABRIC_CONFIG` to a folder with Fabric's
-//! `core.yaml` and `orderer.yaml` (default: `config` beside the binaries' folder, as Fabric's
-//! release archives lay them out); every setting the test needs is given as `CORE_*` /
-//! `ORDERER_*` variables over those files. No Docker: the peer runs without a chaincode
+//! `osnadmin` (Fabric 3.x: the channel has V3_0 capabilities), and `FEDGW_TEST_FABRIC_CONFIG`
+//! to a folder with Fabric's `core.yaml` and `orderer.yaml` (default: `config` beside the
+//! binaries' folder, as Fabric's release archives lay them out); every setting the test needs
+//! is given as `CORE_*` / `ORDERER_*` variables over those files. No Docker: the peer runs without a chaincode
 //! runtime. Without the variable the test passes at once and says it was skipped.
 //!
 //! Names: Fabric's processes resolve host names with the system resolver, which cannot be
