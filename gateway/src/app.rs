@@ -25,7 +25,7 @@ use crate::join::server::JoinService;
 use crate::listener::{self, Dispatch, TlsConn};
 use crate::membership::bootstrap::{self, BootstrapError, Until};
 use crate::membership::dialer::{self, DialerTls};
-use crate::membership::{GatewayId, Keys, Membership, MembershipConfig, SignAs};
+use crate::membership::{Keys, Membership, MembershipConfig, SignAs};
 use crate::metrics::{self, Metrics};
 use crate::provision::{self, Loaded, ProvisionError};
 use crate::store::{self, Store, StoreError};
@@ -208,10 +208,8 @@ async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, R
 pub fn membership_config(config: &crate::config::Config) -> MembershipConfig {
     MembershipConfig {
         domain: config.domain.clone(),
-        me: GatewayId {
-            org: config.org.clone(),
-            site: config.site.clone(),
-        },
+        me: config.gateway_id(),
+        replica_index: config.replica_index,
         outbound_only: config.outbound_only,
         heartbeat: Duration::from_millis(config.sync.heartbeat_ms),
         backoff_base: Duration::from_millis(config.sync.backoff_base_ms),
@@ -220,15 +218,7 @@ pub fn membership_config(config: &crate::config::Config) -> MembershipConfig {
         bootstrap: config
             .peers
             .iter()
-            .map(|p| {
-                (
-                    GatewayId {
-                        org: p.org.clone(),
-                        site: p.site.clone(),
-                    },
-                    p.advertise.clone(),
-                )
-            })
+            .map(|p| (p.id(), p.advertise.clone()))
             .collect(),
         max_session_age: config.max_session_age(),
     }
@@ -278,13 +268,14 @@ pub async fn start_with(
         ..
     } = &loaded;
     let store = Arc::new(Store::open(&dir.store())?);
+    // the name stamped on the site state this replica shares with its siblings
+    store.set_replica(&config.replica);
+    // rows from before site state was shared get entries; old tombstones go
+    store.adopt_shared()?;
     let provider = tls::provider();
     let metrics = Metrics::new();
     let tracker = TaskTracker::new();
-    let me = GatewayId {
-        org: config.org.clone(),
-        site: config.site.clone(),
-    };
+    let me = config.gateway_id();
     let membership = Membership::open(
         membership_config(config),
         store.clone(),
@@ -293,6 +284,7 @@ pub async fn start_with(
         tracker.clone(),
         shutdown.clone(),
     )?;
+    membership.set_address_mode(config.addresses.clone());
     let revoked = membership.revocation().set().clone();
     let issued = membership.revocation().issued().clone();
     issued.set_grace(config.federation.grace());
@@ -663,13 +655,13 @@ pub async fn start_with(
     let held = membership.read(|v| {
         v.gateways()
             .into_iter()
-            .any(|(o, s, g)| o == me.org && s == me.site && g == gateway_record)
+            .any(|(id, g)| id == me && g == gateway_record)
     });
     if !held {
         membership
             .publish(
                 &me.org,
-                &me.site,
+                &me.record_name(),
                 pb::record_body::Body::Gateway(gateway_record),
                 SignAs::Org,
             )

@@ -15,6 +15,7 @@ pub mod bootstrap;
 pub mod certs;
 pub mod dialer;
 pub mod record;
+pub mod siblings;
 pub mod sync;
 #[cfg(test)]
 pub(crate) mod test_pki;
@@ -49,6 +50,9 @@ pub struct MembershipConfig {
     pub domain: String,
     /// This gateway.
     pub me: GatewayId,
+    /// This replica's index within its site (0: the first gateway; `replica_index` in
+    /// `fedgw.toml`): every seq it signs is congruent to it modulo 16.
+    pub replica_index: u8,
     /// This gateway accepts no inbound connections.
     pub outbound_only: bool,
     /// Heartbeat interval on sync streams; a stream silent for three intervals is closed.
@@ -232,6 +236,7 @@ struct Inner {
     rejected: AtomicU64,
     equivocations: AtomicU64,
     metrics: Metrics,
+    site: siblings::SiteShare,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -335,6 +340,7 @@ impl Membership {
             rejected: AtomicU64::new(0),
             equivocations: AtomicU64::new(0),
             metrics,
+            site: siblings::SiteShare::default(),
             tracker,
             shutdown,
         };
@@ -700,7 +706,8 @@ impl Membership {
             org: org.to_owned(),
             name: name.to_owned(),
         };
-        let seq = self.read(|v| v.next_seq(&key, unix_ms(SystemTime::now())));
+        let index = self.0.cfg.replica_index;
+        let seq = self.read(|v| v.next_seq(&key, unix_ms(SystemTime::now()), index));
         let signer = match sign {
             SignAs::Org => &self.0.org_signer,
             SignAs::Root => self.0.root_signer.as_ref().ok_or(PublishError::NoRootKey)?,
@@ -768,6 +775,10 @@ impl Membership {
             .remove(&peer.to_string());
         self.0.metrics.set_peers(self.connected_count());
         self.announce_links();
+        if self.is_sibling(peer) {
+            // the allocation leader may have changed
+            self.touch();
+        }
         Some((session, stats))
     }
 
@@ -796,6 +807,10 @@ impl Membership {
         self.0.metrics.set_peers(self.connected_count());
         if removed {
             self.announce_links();
+            if self.is_sibling(peer) {
+                // the allocation leader may have changed
+                self.touch();
+            }
         }
     }
 
@@ -900,8 +915,8 @@ impl Membership {
         let mut out: Vec<(GatewayId, Vec<String>)> = self.read(|v| {
             v.gateways()
                 .into_iter()
-                .filter(|(_, _, g)| !g.outbound_only)
-                .map(|(org, site, g)| (GatewayId { org, site }, g.advertise))
+                .filter(|(_, g)| !g.outbound_only)
+                .map(|(id, g)| (id, g.advertise))
                 .collect()
         });
         for (id, endpoints) in &self.0.cfg.bootstrap {

@@ -123,10 +123,7 @@ pub fn project_node(inputs: Inputs<'_>, n: &NodeView) -> NodePlan {
         (None, None) => {}
     }
     if let Some(addr) = held {
-        let site = GatewayId {
-            org: n.org.clone(),
-            site: n.node.site.clone(),
-        };
+        let site = GatewayId::new(n.org.clone(), n.node.site.clone());
         for (port_name, port) in &addr.ports {
             let at = SocketAddr::new(addr.ip, *port);
             match Route::new(at, site.clone(), &n.org, &n.name, port_name) {
@@ -293,9 +290,16 @@ impl Plan {
         }
     }
 
-    /// The gateways' DNS names.
+    /// The gateways' DNS names: one per site (`gw-<site>.<org>`), from its first replica's
+    /// record (the gateways are sorted by id, so a site's first replica comes first).
     pub fn zone_gateways(&self) -> Vec<ZoneGateway> {
-        self.gateways.iter().map(GatewayEntry::zone).collect()
+        let mut out: Vec<ZoneGateway> = Vec::new();
+        for g in &self.gateways {
+            if !out.iter().any(|z| z.org == g.id.org && z.site == g.id.site) {
+                out.push(g.zone());
+            }
+        }
+        out
     }
 
     /// The peer gateways.
