@@ -231,6 +231,7 @@ pub fn membership_config(config: &crate::config::Config) -> MembershipConfig {
             })
             .collect(),
         max_session_age: config.max_session_age(),
+        consensus: config.consensus,
     }
 }
 

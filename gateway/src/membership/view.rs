@@ -12,6 +12,7 @@ use fedgw_proto::v1 as pb;
 use sha2::Digest;
 
 use super::record::{Body, Kind, RecordKey, Reject, Verified};
+use crate::config::Consensus;
 
 /// One held record.
 #[derive(Debug, Clone)]
@@ -117,6 +118,8 @@ pub struct View {
     /// Set by the owner when it replaces the view by one rebuilt from the store: revisions of
     /// two generations are not comparable.
     generation: u64,
+    /// The consortium's consensus: validator records are refused unless it has a validator set.
+    consensus: Consensus,
 }
 
 /// Checks for well-known demo identities (the public qubernetes "7nodes" keys).
@@ -137,6 +140,15 @@ fn demo_key(n: &Node) -> Option<&'static str> {
 }
 
 impl View {
+    /// An empty view for a consortium with `consensus` (every member's is the founder's, sent
+    /// with the join). [`View::default`] is a view for consensus `none`.
+    pub fn new(consensus: Consensus) -> Self {
+        View {
+            consensus,
+            ..View::default()
+        }
+    }
+
     /// Decides whether `v` may enter the view.
     pub fn check(&self, v: &Verified) -> Verdict {
         if let Some(held) = self.records.get(&v.key) {
@@ -175,6 +187,11 @@ impl View {
                     return Verdict::Reject(Reject::NotMember(v.key.org.clone()));
                 }
             }
+        }
+        if matches!(v.key.kind, Kind::Validator | Kind::ValidatorVote)
+            && !self.consensus.has_validator_set()
+        {
+            return Verdict::Reject(Reject::NoValidatorSet(self.consensus.name()));
         }
         if matches!(v.key.kind, Kind::Raft | Kind::Validator) {
             // signed by whichever member added (or proposed) the node: that org must be one now
