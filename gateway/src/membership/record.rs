@@ -267,7 +267,9 @@ pub enum Reject {
     EnodeMismatch,
     /// A validator proposal or approval in a consortium whose consensus (named here) has no
     /// validator set to vote on (only qbft and ibft have one).
-    #[error("validator record, but the consortium's consensus is {0}: only qbft and ibft have a validator set")]
+    #[error(
+        "validator record, but the consortium's consensus is {0}: only qbft and ibft have a validator set"
+    )]
     NoValidatorSet(&'static str),
 }
 

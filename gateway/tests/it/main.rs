@@ -27,6 +27,7 @@ mod monitoring;
 mod ops;
 mod port;
 mod processes;
+mod quorum;
 mod replicas;
 mod services;
 mod tunnel;

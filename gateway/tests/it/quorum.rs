@@ -1,0 +1,419 @@
+//! Opt-in: real GoQuorum raft nodes behind real `fedgw run` gateways. Three orgs, one site and
+//! one raft node each, found a raft cluster; a fourth org joins the consortium, registers its
+//! node, and fedgw alone makes it a member: the founder's raft keeper calls `raft_addPeer`, the
+//! new node starts with `fedgw render raft-join`'s arguments, and a transaction sent at one site
+//! is mined and seen at all four.
+//!
+//! Set `FEDGW_TEST_GETH` to a GoQuorum 21.1 `geth` (raft, geth 1.9 flag names). Without it the
+//! test passes at once and says it was skipped. It needs root and `ip` (iproute2): each node
+//! runs in a network namespace of its own behind a veth pair, resolving names with its site's
+//! gateway DNS (port 53 on the veth), and the gateways put their remote nodes' local addresses
+//! on `lo` (`gateway/src/dev/geth.rs` says why). So that none of this touches the
+//! host, the test runs only in a network namespace of its own, one with nothing but `lo` at the
+//! start (it says it skipped otherwise):
+//! `unshare -n sh -c 'ip link set lo up && FEDGW_TEST_GETH=/path/to/geth cargo nextest run -p
+//! fedgw-gateway --test it -E "test(/^quorum::/)"'` (README, "Add a node to a running chain").
+//!
+//! Every node uses the usual ports (p2p 30303, raft 50400, RPC 8545) in its own namespace: the
+//! gateways keep real ports (IP mode), so the same port at four nodes is what raft needs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fedgw_gateway::dev::geth::{self, GethNode, Key, Netns};
+use serde_json::{Value, json};
+
+use crate::chain::{chain_status, node, nodes_of};
+use crate::common::procs::{fast, fedgw, s};
+
+const ENV: &str = "FEDGW_TEST_GETH";
+const DOMAIN: &str = "acme.test";
+/// Bound on each wait: raft elections, syncing and gateways converging on loopback.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Runs `geth` processes in their namespaces; stops them (SIGTERM, then SIGKILL) and removes
+/// the namespaces when dropped.
+#[derive(Default)]
+struct Geths {
+    running: Vec<(String, Child)>,
+    namespaces: Vec<Netns>,
+}
+
+impl Geths {
+    fn namespace(&mut self, k: u8) -> Netns {
+        let ns = Netns::new(std::process::id(), k);
+        ns.create().expect("network namespace");
+        self.namespaces.push(ns.clone());
+        ns
+    }
+
+    fn start(&mut self, bin: &Path, ns: &Netns, n: &GethNode, resolv: &Path, join: &[String]) {
+        let (program, args) = ns.command(bin, resolv, &n.raft_args(join));
+        let log = std::fs::File::create(n.datadir.with_extension("log")).expect("log");
+        let child = Command::new(program)
+            .args(args)
+            .env("PRIVATE_CONFIG", "ignore")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start geth");
+        self.running.push((format!("{}/{}", n.org, n.name), child));
+    }
+}
+
+impl Drop for Geths {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.running {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for (_, child) in &mut self.running {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in &self.namespaces {
+            ns.remove();
+        }
+    }
+}
+
+fn call(rt: &tokio::runtime::Runtime, n: &GethNode, method: &'static str, params: Value) -> Value {
+    rt.block_on(geth::rpc(&n.rpc_url(), method, params))
+        .unwrap_or_else(|e| panic!("{}/{}: {e}", n.org, n.name))
+}
+
+/// The raft cluster as `n` reports it: (raft id, enode id, active), or `None` while it does not
+/// answer.
+fn cluster(rt: &tokio::runtime::Runtime, n: &GethNode) -> Option<Vec<(u64, String, bool)>> {
+    let v = rt
+        .block_on(geth::rpc(&n.rpc_url(), "raft_cluster", json!([])))
+        .ok()?;
+    let mut members: Vec<(u64, String, bool)> = v
+        .as_array()?
+        .iter()
+        .map(|m| {
+            (
+                m["raftId"].as_u64().unwrap_or(0),
+                m["nodeId"].as_str().unwrap_or("").to_owned(),
+                m["nodeActive"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    members.sort();
+    Some(members)
+}
+
+/// `init`/`join` flags: gateway and metrics on free loopback ports, DNS on port 53 of the
+/// org's end of its node's veth (what the node's resolver names), remote nodes' local
+/// addresses from the org's own pool, put on `lo`.
+fn net_flags(ns: &Netns, pool: &str) -> Vec<String> {
+    [
+        "--advertise",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--dns",
+        &format!("{}:53", ns.host_ip),
+        "--address-pool",
+        pool,
+        "--alias-interface",
+        "lo",
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect()
+}
+
+/// Invites `org` at the gateway in `founder` and joins it into `dir`.
+fn join(founder: &Path, org: &str, dir: &Path, net: &[String]) {
+    let token = fedgw()
+        .run(["invite", org, "--data-dir", &s(founder)])
+        .expect("spawn")
+        .ok()
+        .expect("invite")
+        .stdout
+        .trim()
+        .to_owned();
+    let d = s(dir);
+    let mut args: Vec<&str> = vec![
+        "join",
+        &token,
+        "--org",
+        org,
+        "--data-dir",
+        &d,
+        "--timeout",
+        "10s",
+    ];
+    args.extend(net.iter().map(String::as_str));
+    fedgw().run(args).expect("spawn").ok().expect("join");
+    fast(dir);
+}
+
+/// Waits until the site in `dir` lists every node of `nodes` with an address (its own at
+/// their real one), so its DNS answers them.
+fn wait_listed(dir: &Path, org: &str, nodes: &[&GethNode]) {
+    fedgw_tests::wait_for("the site lists every node", WAIT, || {
+        let listed = nodes_of(dir);
+        nodes
+            .iter()
+            .all(|n| {
+                n.org == org
+                    || listed.iter().any(|l| {
+                        l["org"] == n.org.as_str()
+                            && l["name"] == n.name.as_str()
+                            && l["local_ip"].is_string()
+                    })
+            })
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{org}: {e}: {:?}", nodes_of(dir)));
+}
+
+fn init_geth(bin: &Path, n: &GethNode, genesis: &Path, statics: &str) {
+    geth::prepare(n, Some(statics)).expect("datadir");
+    let out = Command::new(bin)
+        .args(geth::init_args(n, genesis))
+        .output()
+        .expect("geth init");
+    assert!(
+        out.status.success(),
+        "geth init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn log_of(n: &GethNode) -> String {
+    let text = std::fs::read_to_string(n.datadir.with_extension("log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Three raft orgs, a fourth joins through fedgw alone, a transaction is seen at all four.
+#[test]
+fn goquorum_raft_a_fourth_org_joins_through_fedgw() {
+    let Ok(bin) = std::env::var(ENV) else {
+        eprintln!(
+            "skipped: set {ENV} to a GoQuorum 21.1 geth binary to run against real raft nodes"
+        );
+        return;
+    };
+    if !geth::in_empty_network_namespace() {
+        eprintln!(
+            "skipped: {ENV} is set, but the test adds interfaces and addresses: run it in a \
+             network namespace of its own with nothing but lo (unshare -n), as root"
+        );
+        return;
+    }
+    let bin = PathBuf::from(bin);
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = |org: &str| tmp.path().join(org);
+    let orgs: Vec<String> = (1..=4).map(|i| format!("org{i}")).collect();
+
+    // one network namespace per org's node; the org's gateway DNS on its end of the veth
+    let mut geths = Geths::default();
+    let namespaces: Vec<Netns> = (1..=4).map(|k| geths.namespace(k)).collect();
+    let net: Vec<Vec<String>> = namespaces
+        .iter()
+        .zip(1..)
+        .map(|(ns, k)| net_flags(ns, &format!("10.201.{k}.0/24")))
+        .collect();
+
+    // the consortium: org1 founds it with raft, org2 and org3 join
+    let d1 = s(&dir("org1"));
+    let mut init = vec![
+        "init",
+        "--consortium",
+        "acme",
+        "--domain",
+        DOMAIN,
+        "--org",
+        "org1",
+        "--consensus",
+        "raft",
+        "--data-dir",
+        &d1,
+    ];
+    init.extend(net[0].iter().map(String::as_str));
+    fedgw().run(init).expect("spawn").ok().expect("init");
+    fast(&dir("org1"));
+    let mut gateways = vec![fedgw().start(&dir("org1")).expect("org1 starts")];
+    for (i, org) in orgs.iter().enumerate().take(3).skip(1) {
+        join(&dir("org1"), org, &dir(org), &net[i]);
+        gateways.push(fedgw().start(&dir(org)).expect("gateway starts"));
+    }
+
+    let nodes: Vec<GethNode> = orgs
+        .iter()
+        .zip(&namespaces)
+        .map(|(org, ns)| GethNode {
+            org: org.clone(),
+            name: "node1".into(),
+            key: Key::from_seed(&format!("fedgw quorum test {org}/node1")).expect("key"),
+            ip: ns.node_ip,
+            p2p: 30303,
+            raft: 50400,
+            rpc: 8545,
+            datadir: tmp.path().join("geth").join(org),
+        })
+        .collect();
+    let resolv: Vec<PathBuf> = namespaces
+        .iter()
+        .zip(&orgs)
+        .map(|(ns, org)| {
+            let path = tmp.path().join(format!("resolv-{org}.conf"));
+            std::fs::write(&path, geth::resolv_conf(ns.host_ip)).expect("resolv.conf");
+            path
+        })
+        .collect();
+    let account = Key::from_seed("fedgw quorum test account").expect("key");
+    let genesis = tmp.path().join("genesis.json");
+    std::fs::write(&genesis, geth::raft_genesis(&[account.address()])).expect("genesis");
+    let first: Vec<&GethNode> = nodes.iter().take(3).collect();
+    let statics = geth::static_nodes(&first, DOMAIN);
+    for n in &first {
+        node(
+            &dir(&n.org),
+            &[
+                "add",
+                &n.name,
+                "--enode",
+                &n.registered_enode(),
+                "--rpc",
+                &n.rpc_url(),
+            ],
+        );
+    }
+    for (n, org) in first.iter().zip(&orgs) {
+        wait_listed(&dir(org), org, &first);
+        init_geth(&bin, n, &genesis, &statics);
+    }
+    for ((n, ns), resolv) in first.iter().zip(&namespaces).zip(&resolv) {
+        geths.start(&bin, ns, n, resolv, &[]);
+    }
+    let three = fedgw_tests::wait_for("a raft cluster of three", WAIT, || {
+        cluster(&rt, &nodes[0]).filter(|c| c.len() == 3 && c.iter().all(|m| m.2))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", log_of(&nodes[0])));
+    eprintln!("raft cluster: {} members", three.len());
+    // org1 acts on the cluster and publishes the first members' raft ids
+    fedgw_tests::wait_for("org1 acts", WAIT, || {
+        (chain_status(&dir("org1"))["acting"] == true).then_some(())
+    })
+    .expect("acting");
+
+    // org4 joins the consortium and registers its node: nothing else
+    join(&dir("org1"), "org4", &dir("org4"), &net[3]);
+    gateways.push(fedgw().start(&dir("org4")).expect("org4 starts"));
+    let n4 = &nodes[3];
+    node(
+        &dir("org4"),
+        &[
+            "add",
+            &n4.name,
+            "--enode",
+            &n4.registered_enode(),
+            "--rpc",
+            &n4.rpc_url(),
+        ],
+    );
+    let d4 = s(&dir("org4"));
+    let join_args = fedgw_tests::wait_for("org4/node1's raft id", WAIT, || {
+        let run = fedgw()
+            .run(["render", "raft-join", &n4.name, "--data-dir", &d4])
+            .ok()?;
+        (run.code == Some(0)).then(|| run.stdout.trim().to_owned())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", chain_status(&dir("org1"))));
+    eprintln!("fedgw render raft-join {}: {join_args}", n4.name);
+    let all: Vec<&GethNode> = nodes.iter().collect();
+    wait_listed(&dir("org4"), "org4", &all);
+    init_geth(&bin, n4, &genesis, &statics);
+    let join: Vec<String> = join_args.split_whitespace().map(str::to_owned).collect();
+    geths.start(&bin, &namespaces[3], n4, &resolv[3], &join);
+
+    let four = fedgw_tests::wait_for("a raft cluster of four", WAIT, || {
+        cluster(&rt, &nodes[0]).filter(|c| c.len() == 4 && c.iter().all(|m| m.2))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: org1/node1 lists {:?}\n{}\n{}",
+            cluster(&rt, &nodes[0]),
+            gateways[0].log_text(),
+            log_of(n4)
+        )
+    });
+    assert!(
+        four.iter().any(|m| m.1 == n4.key.enode_id().to_string()),
+        "{four:?}"
+    );
+    fedgw_tests::wait_for("org4/node1 sees the cluster of four", WAIT, || {
+        cluster(&rt, n4).filter(|c| c.len() == 4)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?}\n{}",
+            rt.block_on(geth::rpc(&n4.rpc_url(), "raft_cluster", json!([]))),
+            log_of(n4)
+        )
+    });
+    eprintln!("raft cluster: {} members", four.len());
+
+    // a transaction sent at org2's node is mined and seen at every node
+    let from = call(
+        &rt,
+        &nodes[1],
+        "personal_importRawKey",
+        json!([account.hex(), geth::ACCOUNT_PASSWORD]),
+    );
+    assert_eq!(from, json!(account.address().to_string()));
+    let tx = call(
+        &rt,
+        &nodes[1],
+        "personal_sendTransaction",
+        json!([{
+            "from": account.address().to_string(),
+            "to": format!("0x{}dead", "0".repeat(36)),
+            "value": "0x1",
+            "gas": "0x5208",
+            "gasPrice": "0x0"
+        }, geth::ACCOUNT_PASSWORD]),
+    );
+    let mut blocks = vec![];
+    for n in &nodes {
+        let receipt = fedgw_tests::wait_for("the transaction's receipt", WAIT, || {
+            rt.block_on(geth::rpc(
+                &n.rpc_url(),
+                "eth_getTransactionReceipt",
+                json!([tx.clone()]),
+            ))
+            .ok()
+            .filter(|r| !r.is_null())
+        })
+        .unwrap_or_else(|e| panic!("{}/{}: {e}\n{}", n.org, n.name, log_of(n)));
+        assert_eq!(receipt["status"], "0x1", "{receipt}");
+        blocks.push(receipt["blockHash"].clone());
+    }
+    assert!(blocks.windows(2).all(|w| w[0] == w[1]), "{blocks:?}");
+    eprintln!(
+        "transaction {tx} mined in block {} and seen at all four nodes; {:.1} s in all",
+        blocks[0],
+        started.elapsed().as_secs_f64()
+    );
+    drop(geths);
+    drop(gateways);
+}
