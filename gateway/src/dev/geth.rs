@@ -180,6 +180,75 @@ impl GethNode {
 /// A raft genesis (GoQuorum 21.1): every fork at block 0, `isQuorum`, a high gas limit, and
 /// `funded` accounts with a balance (gas is free on GoQuorum, the balance only for show).
 pub fn raft_genesis(funded: &[Address]) -> String {
+    genesis(
+        funded,
+        None,
+        "0x0",
+        "0x".into(),
+        &format!("0x{}", "0".repeat(64)),
+    )
+}
+
+/// An IBFT genesis (GoQuorum 21.1 `istanbul`): as [`raft_genesis`], plus the `istanbul` config
+/// (epoch 30000, round-robin proposers, Ceil(2N/3) from block 0), difficulty 1, the IBFT mix
+/// digest and `validators` in the extra data ([`istanbul_extra`]).
+pub fn istanbul_genesis(validators: &[Address], funded: &[Address]) -> String {
+    genesis(
+        funded,
+        Some(json!({"epoch": 30000, "policy": 0, "ceil2Nby3Block": 0})),
+        "0x1",
+        istanbul_extra(validators),
+        ISTANBUL_DIGEST,
+    )
+}
+
+/// The mix digest every IBFT block carries ("ctical byzantine fault tolerance").
+pub const ISTANBUL_DIGEST: &str =
+    "0x63746963616c2062797a616e74696e65206661756c7420746f6c6572616e6365";
+
+/// The IBFT genesis extra data: 32 zero bytes of vanity, then the RLP list
+/// `[validators, seal (empty), committed seals (empty list)]`, as `0x` hex.
+pub fn istanbul_extra(validators: &[Address]) -> String {
+    let mut list = vec![];
+    for v in validators {
+        list.push(0x80 + 20);
+        list.extend_from_slice(v.as_bytes());
+    }
+    let mut body = rlp_list_header(list.len());
+    body.extend(list);
+    body.push(0x80); // seal: the empty string
+    body.push(0xc0); // committed seals: the empty list
+    let mut extra = vec![0u8; 32];
+    extra.extend(rlp_list_header(body.len()));
+    extra.extend(body);
+    format!(
+        "0x{}",
+        extra.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// An RLP list header for a payload of `len` bytes.
+fn rlp_list_header(len: usize) -> Vec<u8> {
+    if len < 56 {
+        return vec![0xc0 + u8::try_from(len).expect("below 56")];
+    }
+    let bytes: Vec<u8> = len
+        .to_be_bytes()
+        .into_iter()
+        .skip_while(|b| *b == 0)
+        .collect();
+    let mut out = vec![0xf7 + u8::try_from(bytes.len()).expect("at most 8")];
+    out.extend(bytes);
+    out
+}
+
+fn genesis(
+    funded: &[Address],
+    istanbul: Option<Value>,
+    difficulty: &str,
+    extra: String,
+    mixhash: &str,
+) -> String {
     let zero32 = format!("0x{}", "0".repeat(64));
     let alloc: serde_json::Map<String, Value> = funded
         .iter()
@@ -190,31 +259,73 @@ pub fn raft_genesis(funded: &[Address]) -> String {
             )
         })
         .collect();
+    let mut config = json!({
+        "chainId": CHAIN_ID,
+        "homesteadBlock": 0,
+        "eip150Block": 0,
+        "eip155Block": 0,
+        "eip158Block": 0,
+        "byzantiumBlock": 0,
+        "constantinopleBlock": 0,
+        "petersburgBlock": 0,
+        "istanbulBlock": 0,
+        "isQuorum": true
+    });
+    if let Some(i) = istanbul {
+        config["istanbul"] = i;
+    }
     let genesis = json!({
-        "config": {
-            "chainId": CHAIN_ID,
-            "homesteadBlock": 0,
-            "eip150Block": 0,
-            "eip155Block": 0,
-            "eip158Block": 0,
-            "byzantiumBlock": 0,
-            "constantinopleBlock": 0,
-            "petersburgBlock": 0,
-            "istanbulBlock": 0,
-            "isQuorum": true
-        },
+        "config": config,
         "alloc": alloc,
         "coinbase": format!("0x{}", "0".repeat(40)),
-        "difficulty": "0x0",
-        "extraData": "0x",
+        "difficulty": difficulty,
+        "extraData": extra,
         "gasLimit": "0xE0000000",
-        "mixhash": zero32,
+        "mixhash": mixhash,
         "nonce": "0x0",
         "parentHash": zero32,
         "timestamp": "0x00"
     });
     serde_json::to_string_pretty(&genesis).expect("a JSON value serialises")
 }
+
+impl GethNode {
+    /// The `geth` arguments that run this node on an IBFT chain ([`istanbul_genesis`]): it
+    /// mines (seals blocks once it is a validator, every second), and learns its peers from
+    /// fedgw's live peering (`admin_addPeer`), so its RPC API has `admin` and `istanbul`.
+    pub fn istanbul_args(&self) -> Vec<String> {
+        [
+            "--datadir",
+            &self.datadir.display().to_string(),
+            "--port",
+            &self.p2p.to_string(),
+            "--nodiscover",
+            "--nousb",
+            "--syncmode",
+            "full",
+            "--mine",
+            "--minerthreads",
+            "1",
+            "--istanbul.blockperiod",
+            "1",
+            "--rpc",
+            "--rpcaddr",
+            &self.ip.to_string(),
+            "--rpcport",
+            &self.rpc.to_string(),
+            "--rpcapi",
+            ISTANBUL_RPC_APIS,
+            "--verbosity",
+            "3",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+    }
+}
+
+/// The RPC APIs an IBFT node enables: live peering and the validator keeper's calls.
+pub const ISTANBUL_RPC_APIS: &str = "admin,eth,net,istanbul,personal,web3";
 
 /// `static-nodes.json` naming `members` by their consortium names: the initial raft cluster
 /// (every first member holds the same file).
@@ -501,6 +612,46 @@ mod tests {
         let later = b.raft_args(&join);
         assert_eq!(at("--raftjoinexisting", &later).as_deref(), Some("4"));
         assert_eq!(later.iter().filter(|x| *x == "--raftdnsenable").count(), 1);
+    }
+
+    #[test]
+    fn an_istanbul_genesis_names_its_validators_in_rlp() {
+        let v: Vec<Address> = [
+            "0x0102030405060708090a0b0c0d0e0f1011121314".to_owned(),
+            "0x".to_owned() + &"ab".repeat(20),
+        ]
+        .iter()
+        .map(|a| a.parse().expect("address"))
+        .collect();
+        let extra = istanbul_extra(&v);
+        // vanity, list(45) [ list(42) [ 0x94 addr, 0x94 addr ], 0x80, 0xc0 ]
+        let expected = format!(
+            "0x{}ed{}{}{}{}80c0",
+            "00".repeat(32),
+            "ea",
+            "94",
+            "0102030405060708090a0b0c0d0e0f1011121314",
+            "94".to_owned() + &"ab".repeat(20)
+        );
+        assert_eq!(extra, expected);
+        // four validators: a long list header
+        let four = istanbul_extra(&[v[0], v[1], v[0], v[1]]);
+        assert!(
+            four.starts_with(&format!("0x{}f858f854", "00".repeat(32))),
+            "{four}"
+        );
+        assert!(four.ends_with("80c0"));
+        let g: Value = serde_json::from_str(&istanbul_genesis(&v, &[])).expect("json");
+        assert_eq!(g["extraData"], extra);
+        assert_eq!(g["mixhash"], ISTANBUL_DIGEST);
+        assert_eq!(g["difficulty"], "0x1");
+        assert_eq!(g["config"]["istanbul"]["epoch"], 30000);
+        let raft: Value = serde_json::from_str(&raft_genesis(&[])).expect("json");
+        assert!(raft["config"]["istanbul"].is_null());
+        let args = node(1).istanbul_args();
+        assert!(args.contains(&"--mine".to_owned()));
+        assert!(!args.iter().any(|a| a.starts_with("--raft")));
+        assert!(args.contains(&ISTANBUL_RPC_APIS.to_owned()));
     }
 
     #[test]
