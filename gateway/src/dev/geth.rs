@@ -498,19 +498,25 @@ impl Netns {
 }
 
 /// Whether this process's network namespace has no interface but `lo` (as `unshare -n` makes
-/// one): where the opt-in test may add interfaces and addresses without touching a host's.
+/// one) and the veths of other [`Netns`] (`fg…`, tests running beside each other): where the
+/// lab and the opt-in tests may add interfaces and addresses without touching a host's.
 pub fn in_empty_network_namespace() -> bool {
     std::fs::read_to_string("/proc/self/net/dev").is_ok_and(|text| only_loopback(&text))
 }
 
-/// Whether a `/proc/net/dev` text lists `lo` and nothing else.
+/// Whether a `/proc/net/dev` text lists `lo` and, besides it, only [`Netns`] veths.
 fn only_loopback(text: &str) -> bool {
     let names: Vec<&str> = text
         .lines()
         .skip(2)
         .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim()))
         .collect();
-    names == ["lo"]
+    names.contains(&"lo")
+        && names.iter().all(|n| {
+            *n == "lo"
+                || n.strip_prefix("fg")
+                    .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit() || c == 'h'))
+        })
 }
 
 /// Calls `method` on a node's JSON-RPC endpoint (bounded by the client's 5 s).
@@ -695,5 +701,7 @@ mod tests {
         assert!(only_loopback(dev));
         assert!(!only_loopback(&format!("{dev}  eth0: 330390099\n")));
         assert!(!only_loopback(""));
+        assert!(only_loopback(&format!("{dev}fg77h3: 0 0\n")));
+        assert!(!only_loopback(&format!("{dev}fgeth0: 0 0\n")));
     }
 }

@@ -14,6 +14,8 @@
 //! `unshare -n sh -c 'ip link set lo up && FEDGW_TEST_GETH=/path/to/geth cargo nextest run -p
 //! fedgw-gateway --test it -E "test(/^quorum::/)"'` (README, "Add a node to a running chain").
 //!
+//! A third test runs `fedgw lab --geth` (its own namespaces 1 to 4) and checks its steps.
+//!
 //! Every node uses the usual ports (p2p 30303, raft 50400, RPC 8545) in its own namespace: the
 //! gateways keep real ports (IP mode), so the same port at four nodes is what raft needs.
 
@@ -232,7 +234,8 @@ fn goquorum_raft_a_fourth_org_joins_through_fedgw() {
 
     // one network namespace per org's node; the org's gateway DNS on its end of the veth
     let mut geths = Geths::default();
-    let namespaces: Vec<Netns> = (1..=4).map(|k| geths.namespace(k)).collect();
+    // namespaces (and pools) 21 to 24: apart from the other tests' (the lab takes 1 to 4)
+    let namespaces: Vec<Netns> = (21..=24).map(|k| geths.namespace(k)).collect();
     let net: Vec<Vec<String>> = namespaces
         .iter()
         .map(|ns| net_flags(ns, &format!("10.201.{}.0/24", ns.host_ip.octets()[2])))
@@ -456,7 +459,7 @@ fn goquorum_ibft_a_validator_is_added_by_votes() {
     let dir = |org: &str| tmp.path().join(org);
     let orgs: Vec<String> = (1..=3).map(|i| format!("org{i}")).collect();
     let mut geths = Geths::default();
-    // namespaces (and pools) 11 to 14: apart from the raft test's, which may run beside it
+    // namespaces (and pools) 11 to 14: apart from the other tests'; the lab takes 1 to 4
     let namespaces: Vec<Netns> = (11..=14).map(|k| geths.namespace(k)).collect();
     let net: Vec<Vec<String>> = namespaces
         .iter()
@@ -642,4 +645,32 @@ fn goquorum_ibft_a_validator_is_added_by_votes() {
     );
     drop(geths);
     drop(gateways);
+}
+
+/// `fedgw lab --geth --check`: three orgs' raft nodes, one more added at org3 through fedgw, a
+/// transaction seen at every node; every step passes.
+#[test]
+fn the_lab_with_geth_grows_the_cluster_and_mines_a_transaction() {
+    let Some(bin) = geth_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lab = tmp.path().join("lab");
+    let run = fedgw()
+        .run(["lab", "--geth", &s(&bin), "--check", "--dir", &s(&lab)])
+        .expect("spawn");
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    for step in [
+        "PASS  GoQuorum raft cluster of 3 members, one per org",
+        "PASS  register node2.org3 at org3: fedgw adds it to the cluster",
+        "PASS  raft cluster grows from 3 to 4 members (node2.org3 started with --raftjoinexisting",
+        "PASS  a transaction sent at node1.org1 is mined and seen at every other node",
+        "lab check: 25 passed, 0 failed",
+    ] {
+        assert!(run.stdout.contains(step), "{step}: {}", run.stdout);
+    }
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(lab.join("lab.json")).expect("lab.json"))
+            .expect("json");
+    assert_eq!(json["orgs"].as_array().map(Vec::len), Some(3));
 }
