@@ -159,16 +159,30 @@ async fn cluster_of(n: &GethNode, count: usize) -> Result<(), LabError> {
     }
 }
 
+/// What every node of the lab's chain starts from.
+struct Chain<'a> {
+    /// The `geth` binary.
+    bin: &'a Path,
+    /// The genesis file.
+    genesis: &'a Path,
+    /// `static-nodes.json`: the first members.
+    statics: &'a str,
+}
+
+/// `geth init`, then `geth` with `args` in `ns` with `resolv` as its `/etc/resolv.conf`.
 async fn init_and_start(
-    bin: &Path,
+    chain: &Chain<'_>,
     n: &GethNode,
     ns: &Netns,
     resolv: &Path,
-    genesis: &Path,
-    statics: &str,
     args: &[String],
     running: &mut Running,
 ) -> Result<(), LabError> {
+    let Chain {
+        bin,
+        genesis,
+        statics,
+    } = *chain;
     let step = format!("start GoQuorum {}.{}", n.name, n.org);
     geth::prepare(n, Some(statics)).map_err(|e| fail(&step, e))?;
     let out = Command::new(bin)
@@ -199,7 +213,6 @@ async fn init_and_start(
 }
 
 /// The GoQuorum part of the lab, after the gateways are up and linked.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn run(
     bin: &Path,
     dir: &Path,
@@ -262,21 +275,16 @@ pub(super) async fn run(
         .map_err(|e| fail("genesis", e))?;
     let first: Vec<&GethNode> = nodes.iter().collect();
     let statics = geth::static_nodes(&first, domain);
+    let chain = Chain {
+        bin,
+        genesis: &genesis,
+        statics: &statics,
+    };
     let t = Instant::now();
     let r = async {
         for (n, ns) in nodes.iter().zip(namespaces) {
             let resolv = resolv(n, ns)?;
-            init_and_start(
-                bin,
-                n,
-                ns,
-                &resolv,
-                &genesis,
-                &statics,
-                &n.raft_args(&[]),
-                running,
-            )
-            .await?;
+            init_and_start(&chain, n, ns, &resolv, &n.raft_args(&[]), running).await?;
         }
         cluster_of(&nodes[0], nodes.len()).await
     }
@@ -319,12 +327,10 @@ pub(super) async fn run(
             "--raftdnsenable".to_owned(),
         ];
         init_and_start(
-            bin,
+            &chain,
             &extra,
             extra_ns,
             &resolv,
-            &genesis,
-            &statics,
             &extra.raft_args(&join),
             running,
         )
