@@ -1,6 +1,6 @@
-//! Real GoQuorum raft nodes on one machine, for the opt-in test with a GoQuorum binary: node
-//! keys, the raft genesis, `static-nodes.json`, the `geth` arguments, a network namespace per
-//! node and the command that starts `geth` in it.
+//! Real GoQuorum nodes on one machine, for `fedgw lab --geth` and the opt-in tests with a
+//! GoQuorum binary: node keys, the raft and IBFT geneses, `static-nodes.json`, the `geth`
+//! arguments, a network namespace per node and the command that starts `geth` in it.
 //!
 //! Written for GoQuorum 21.1 (geth 1.9 flag names: `--rpc`, `--rpcaddr`, `--rpcport`,
 //! `--rpcapi`). GoQuorum's raft transport listens on every address (`0.0.0.0:RAFTPORT`,
