@@ -221,6 +221,7 @@ pub fn membership_config(config: &crate::config::Config) -> MembershipConfig {
             .map(|p| (p.id(), p.advertise.clone()))
             .collect(),
         max_session_age: config.max_session_age(),
+        consensus: config.consensus,
     }
 }
 

@@ -466,6 +466,11 @@ enum Command {
         /// Consortium domain.
         #[arg(long, default_value = "acme.test")]
         domain: String,
+        /// Run real GoQuorum 21.1 raft nodes (this geth) instead of the stand-ins, one per org,
+        /// then add one more at the last org through fedgw alone (root, in a network namespace
+        /// of its own: unshare -n).
+        #[arg(long, value_name = "PATH")]
+        geth: Option<PathBuf>,
     },
     /// TLS certificates for this org's nodes (Tessera, Fabric), from the org CA.
     Cert {
@@ -766,7 +771,8 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             check,
             consortium,
             domain,
-        } => dev_cmds::lab(orgs, dir, check, consortium, domain).await,
+            geth,
+        } => dev_cmds::lab(orgs, dir, check, consortium, domain, geth).await,
         Command::Cert { command } => cert_cmds::cert(command).await,
         Command::Node { command } => admin_cmds::node(command).await,
         Command::Nodes { dir, json } => admin_cmds::nodes(dir, json).await,

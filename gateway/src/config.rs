@@ -103,6 +103,12 @@ impl Consensus {
             Consensus::Clique => "clique",
         }
     }
+
+    /// Whether the chain has a validator set the consortium votes on (qbft and ibft): only
+    /// then do `validator` and `validator-vote` records mean anything (docs/DESIGN.md section 13).
+    pub fn has_validator_set(self) -> bool {
+        matches!(self, Consensus::Qbft | Consensus::Ibft)
+    }
 }
 
 /// A bootstrap peer: another gateway this one may dial.

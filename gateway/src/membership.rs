@@ -68,6 +68,9 @@ pub struct MembershipConfig {
     /// Longest life of a sync session: half the gateway leaf lifetime (when the leaf is
     /// renewed), so no session outlives the certificates it was authenticated with.
     pub max_session_age: Duration,
+    /// The consortium's consensus (`fedgw.toml`, the founder's): the view refuses validator
+    /// records unless it has a validator set.
+    pub consensus: crate::config::Consensus,
 }
 
 /// Revoked orgs, enforced three ways: the TLS verifiers' set (new handshakes), and a
@@ -322,10 +325,11 @@ impl Membership {
     ) -> Result<Self, MembershipError> {
         let verifier =
             SignerVerifier::new(keys.root_cert, &cfg.domain).map_err(MembershipError::Root)?;
+        let consensus = cfg.consensus;
         let inner = Inner {
             cfg,
             store,
-            view: RwLock::new(View::default()),
+            view: RwLock::new(View::new(consensus)),
             verifier,
             signer_cache: Mutex::new(HashMap::new()),
             org_signer: keys.org_signer,
@@ -366,7 +370,7 @@ impl Membership {
             }
         }
         verified.sort_by_key(|v| v.key.kind.priority());
-        let mut view = View::default();
+        let mut view = View::new(self.0.cfg.consensus);
         view.set_generation(self.read(View::generation) + 1);
         for v in verified {
             match view.check(&v) {

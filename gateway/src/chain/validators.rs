@@ -58,7 +58,7 @@ pub fn approvals_needed(policy: Admission, members: usize) -> usize {
 
 /// Whether the consortium's consensus has a validator set fedgw can vote on.
 pub fn votes_on(consensus: Consensus) -> bool {
-    matches!(consensus, Consensus::Qbft | Consensus::Ibft)
+    consensus.has_validator_set()
 }
 
 /// An open proposal with its approvals, from the view.

@@ -36,6 +36,7 @@ pub(super) async fn lab(
     check: bool,
     consortium: String,
     domain: String,
+    geth: Option<PathBuf>,
 ) -> Result<(), CliError> {
     let temporary = dir.is_none();
     let dir = match dir {
@@ -53,6 +54,7 @@ pub(super) async fn lab(
             domain,
             check,
             bin,
+            geth,
         },
         wait_for_signal(),
     )

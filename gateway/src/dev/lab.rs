@@ -11,6 +11,8 @@
 //! ordered pair of sites proves traffic: the name resolved with the calling site's DNS, then p2p,
 //! raft and Tessera through the tunnels.
 //!
+//! With `--geth PATH` real GoQuorum raft nodes take the stand-ins' place: see [`geth`].
+//!
 //! The lab writes `DIR/lab.json` for scripts, prints a table with ready-to-paste `dig`, `curl`
 //! and `fedgw probe` commands, and stays up until Ctrl-C (or, with `--check`, exits 0 only if
 //! every step passed).
@@ -37,6 +39,8 @@ use crate::config::Admission;
 use crate::datadir::DataDir;
 use crate::provision::{self, InitOptions, NetworkOptions};
 
+mod geth;
+
 /// Bound on each step that waits for another process.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -55,6 +59,9 @@ pub struct LabOptions {
     pub check: bool,
     /// The `fedgw` binary to start gateways with.
     pub bin: PathBuf,
+    /// A GoQuorum 21.1 `geth`: run real raft nodes instead of the stand-ins (needs root and an
+    /// empty network namespace).
+    pub geth: Option<PathBuf>,
 }
 
 /// One org in `lab.json`.
@@ -577,6 +584,21 @@ pub async fn run(opts: LabOptions, stop: impl Future<Output = ()>) -> Result<usi
     let mut gateways: Vec<Gateway> = Vec::new();
     let stand_ins = tokio_util::task::TaskTracker::new();
     let stop_stand_ins = tokio_util::sync::CancellationToken::new();
+    let mut quorum = geth::Running::default();
+    let namespaces = match &opts.geth {
+        Some(_) => match geth::namespaces(opts.orgs, &mut quorum) {
+            Ok(n) => n,
+            Err(e) => {
+                quorum.stop().await;
+                return Err(e);
+            }
+        },
+        None => vec![],
+    };
+    let network = |i: usize| match namespaces.get(i - 1) {
+        Some(ns) => geth::network(network(i), ns, i),
+        None => network(i),
+    };
 
     let result = async {
         let t = Instant::now();
@@ -588,7 +610,11 @@ pub async fn run(opts: LabOptions, stop: impl Future<Output = ()>) -> Result<usi
                 domain: opts.domain.clone(),
                 org: orgs[0].clone(),
                 admission: Admission::Majority,
-                consensus: Default::default(),
+                consensus: if opts.geth.is_some() {
+                    crate::config::Consensus::Raft
+                } else {
+                    Default::default()
+                },
                 genesis: None,
                 network: network(1),
             },
@@ -654,6 +680,23 @@ pub async fn run(opts: LabOptions, stop: impl Future<Output = ()>) -> Result<usi
                 }
             }
         }
+        if let Some(bin) = &opts.geth {
+            geth::run(
+                bin,
+                &dir,
+                &opts.domain,
+                &gateways,
+                &namespaces,
+                &mut steps,
+                &mut quorum,
+            )
+            .await?;
+            let lab = lab_file(&opts, &gateways, vec![]);
+            let json = serde_json::to_vec_pretty(&lab).expect("LabFile serialises");
+            crate::datadir::write_atomic(&dir.join("lab.json"), &json, 0o644)
+                .map_err(|e| fail("write lab.json", e))?;
+            return Ok(lab);
+        }
         let t = Instant::now();
         let r = plan_nodes(&orgs);
         steps.report(
@@ -706,22 +749,7 @@ pub async fn run(opts: LabOptions, stop: impl Future<Output = ()>) -> Result<usi
             }
         }
         let nodes = lab_nodes(&plan, &listed, &opts.domain);
-        let lab = LabFile {
-            consortium: opts.consortium.clone(),
-            domain: opts.domain.clone(),
-            nodes,
-            orgs: gateways
-                .iter()
-                .map(|g| LabOrg {
-                    org: g.org.clone(),
-                    data_dir: g.dir.root().to_owned(),
-                    gateway: g.info.gateway.to_string(),
-                    dns: g.info.dns.to_string(),
-                    metrics: g.info.metrics.to_string(),
-                    console: g.info.console.clone(),
-                })
-                .collect(),
-        };
+        let lab = lab_file(&opts, &gateways, nodes);
         let json = serde_json::to_vec_pretty(&lab).expect("LabFile serialises");
         crate::datadir::write_atomic(&dir.join("lab.json"), &json, 0o644)
             .map_err(|e| fail("write lab.json", e))?;
@@ -743,6 +771,7 @@ pub async fn run(opts: LabOptions, stop: impl Future<Output = ()>) -> Result<usi
             }
         }
     }
+    quorum.stop().await;
     for gw in gateways.iter_mut().rev() {
         stop_gateway(gw).await;
     }
@@ -757,6 +786,25 @@ pub async fn run(opts: LabOptions, stop: impl Future<Output = ()>) -> Result<usi
         );
     }
     Ok(steps.failed)
+}
+
+fn lab_file(opts: &LabOptions, gateways: &[Gateway], nodes: Vec<LabNode>) -> LabFile {
+    LabFile {
+        consortium: opts.consortium.clone(),
+        domain: opts.domain.clone(),
+        nodes,
+        orgs: gateways
+            .iter()
+            .map(|g| LabOrg {
+                org: g.org.clone(),
+                data_dir: g.dir.root().to_owned(),
+                gateway: g.info.gateway.to_string(),
+                dns: g.info.dns.to_string(),
+                metrics: g.info.metrics.to_string(),
+                console: g.info.console.clone(),
+            })
+            .collect(),
+    }
 }
 
 /// The lab's table and the commands to try, as printed. The `fedgw` commands name `bin`, the

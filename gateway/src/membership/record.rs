@@ -266,6 +266,12 @@ pub enum Reject {
     /// A raft record's enode id differs from the node's record.
     #[error("raft record enode id does not match the node's")]
     EnodeMismatch,
+    /// A validator proposal or approval in a consortium whose consensus (named here) has no
+    /// validator set to vote on (only qbft and ibft have one).
+    #[error(
+        "validator record, but the consortium's consensus is {0}: only qbft and ibft have a validator set"
+    )]
+    NoValidatorSet(&'static str),
 }
 
 impl Reject {
@@ -286,6 +292,7 @@ impl Reject {
             Reject::DemoKey(_) => "demo_key",
             Reject::UnknownNode => "unknown_node",
             Reject::EnodeMismatch => "enode_mismatch",
+            Reject::NoValidatorSet(_) => "no_validator_set",
         }
     }
 }

@@ -136,6 +136,7 @@ pub fn membership(
         deny: Default::default(),
         bootstrap: vec![],
         max_session_age: Duration::from_secs(3600),
+        consensus: crate::config::Consensus::Qbft,
     };
     cfg(&mut config);
     let store = crate::store::Store::open(&dir.join(format!("{org}.redb"))).expect("store");

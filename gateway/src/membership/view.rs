@@ -13,6 +13,7 @@ use sha2::Digest;
 
 use super::GatewayId;
 use super::record::{Body, Kind, RecordKey, Reject, Verified};
+use crate::config::Consensus;
 
 /// How many replicas a site may have; record seqs are spread over them modulo this.
 pub const SEQ_REPLICAS: u64 = 16;
@@ -129,6 +130,8 @@ pub struct View {
     /// Set by the owner when it replaces the view by one rebuilt from the store: revisions of
     /// two generations are not comparable.
     generation: u64,
+    /// The consortium's consensus: validator records are refused unless it has a validator set.
+    consensus: Consensus,
 }
 
 /// Checks for well-known demo identities (the public qubernetes "7nodes" keys).
@@ -149,6 +152,15 @@ fn demo_key(n: &Node) -> Option<&'static str> {
 }
 
 impl View {
+    /// An empty view for a consortium with `consensus` (every member's is the founder's, sent
+    /// with the join). [`View::default`] is a view for consensus `none`.
+    pub fn new(consensus: Consensus) -> Self {
+        View {
+            consensus,
+            ..View::default()
+        }
+    }
+
     /// Decides whether `v` may enter the view.
     pub fn check(&self, v: &Verified) -> Verdict {
         if let Some(held) = self.records.get(&v.key) {
@@ -187,6 +199,11 @@ impl View {
                     return Verdict::Reject(Reject::NotMember(v.key.org.clone()));
                 }
             }
+        }
+        if matches!(v.key.kind, Kind::Validator | Kind::ValidatorVote)
+            && !self.consensus.has_validator_set()
+        {
+            return Verdict::Reject(Reject::NoValidatorSet(self.consensus.name()));
         }
         if matches!(v.key.kind, Kind::Raft | Kind::Validator) {
             // signed by whichever member added (or proposed) the node: that org must be one now

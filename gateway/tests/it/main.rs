@@ -28,6 +28,7 @@ mod monitoring;
 mod ops;
 mod port;
 mod processes;
+mod quorum;
 mod replicas;
 mod services;
 mod sitestate;

@@ -10,8 +10,13 @@ fn apply(view: &mut View, pki: &Pki, bytes: &[u8]) -> Verdict {
     verdict
 }
 
+/// A view of a QBFT consortium (validator records allowed) with `orgs` as members.
 fn founded(pki: &Pki, orgs: &[&str]) -> View {
-    let mut view = View::default();
+    founded_with(pki, orgs, Consensus::Qbft)
+}
+
+fn founded_with(pki: &Pki, orgs: &[&str], consensus: Consensus) -> View {
+    let mut view = View::new(consensus);
     for o in orgs {
         assert_eq!(apply(&mut view, pki, &pki.member(o, 1)), Verdict::Accept);
     }
@@ -602,4 +607,53 @@ fn each_replica_has_its_own_gateway_record_and_the_view_groups_them_by_site() {
         2
     );
     assert_eq!(sites[&GatewayId::new("org2", "dc1")].len(), 1);
+}
+
+/// Validator proposals and approvals enter only a view whose consortium has a validator set
+/// (qbft, ibft): any other consensus refuses them on ingest, with a reason of their own.
+#[test]
+fn validator_records_need_a_consensus_with_a_validator_set() {
+    let pki = Pki::new(&["org1", "org2"]);
+    for consensus in [
+        Consensus::None,
+        Consensus::Raft,
+        Consensus::Clique,
+        Consensus::Qbft,
+        Consensus::Ibft,
+    ] {
+        let mut view = founded_with(&pki, &["org1", "org2"], consensus);
+        assert_eq!(
+            apply(&mut view, &pki, &pki.node("org1", "org1", "n", 1, 1)),
+            Verdict::Accept
+        );
+        let p = seal_as(&pki, "org2", "org1", "n", 2, proposal(true, 1));
+        let v = seal_as(&pki, "org2", "org2", "org1.n", 2, approval(2));
+        let close = seal_as(
+            &pki,
+            "org1",
+            "org1",
+            "n",
+            3,
+            pb::record_body::Body::Tombstone(pb::TombstoneRecord {
+                kind: pb::RecordKind::Validator.into(),
+            }),
+        );
+        for record in [p, v, close] {
+            let verdict = apply(&mut view, &pki, &record);
+            if consensus.has_validator_set() {
+                assert_eq!(verdict, Verdict::Accept, "{consensus:?}");
+            } else {
+                assert_eq!(
+                    verdict,
+                    Verdict::Reject(Reject::NoValidatorSet(consensus.name())),
+                    "{consensus:?}"
+                );
+                assert_eq!(
+                    Reject::NoValidatorSet(consensus.name()).label(),
+                    "no_validator_set"
+                );
+            }
+        }
+        assert!(view.validator_proposals().is_empty(), "{consensus:?}");
+    }
 }
