@@ -44,6 +44,10 @@ pub enum Cue {
     /// The call takes effect, then no answer until the fake stops (at most 60 s): a gateway
     /// stopped meanwhile never learns the outcome.
     Stall,
+    /// No answer until the fake stops (at most 60 s), and the call takes effect only after this
+    /// long: a node that finishes a call its caller has already given up on (GoQuorum resolving
+    /// a raft peer's host name during `raft_addPeer`, say).
+    Late(Duration),
     /// This result instead of the real one (a stale `raft_cluster`, say); the call has no
     /// other effect.
     Result(Value),
@@ -299,6 +303,19 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool, me: &str)
             let _ = answer(&mut lock(state), &id, &method, &params);
             let end = Instant::now() + Duration::from_secs(60);
             while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return;
+        }
+        Some(Cue::Late(delay)) => {
+            let start = Instant::now();
+            let mut applied = false;
+            let end = start + Duration::from_secs(60);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+                if !applied && start.elapsed() >= delay {
+                    let _ = answer(&mut lock(state), &id, &method, &params);
+                    applied = true;
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
             return;

@@ -41,6 +41,11 @@ pub const VIEW_GAP: Duration = Duration::from_millis(200);
 pub const MAX_LOCAL: usize = 16;
 /// Bound on one RPC call made by the keeper or `fedgw chain status`.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an add whose outcome is unknown holds back another add of the same node. A
+/// `raft_addPeer` that timed out may still be carried out by the node (GoQuorum resolves the
+/// new peer's host name inside the call), and a second add then gives the node a second raft
+/// id; after this hold the plan reads `raft_cluster` again, which by then lists a late add.
+pub const ADD_SETTLE: Duration = Duration::from_secs(60);
 /// Cap on one RPC response body, in bytes.
 pub const RPC_MAX_BODY: usize = 1 << 20;
 
@@ -289,7 +294,14 @@ impl Raft {
                 Err(e) => {
                     let text = crate::net::with_sources(&e);
                     warn!(node = %node, action = entry.action, error = %text, "raft change failed; retrying later");
-                    entry.next_retry = Some(now + raft::backoff(entry.failures));
+                    let mut wait = raft::backoff(entry.failures);
+                    let unknown = matches!(e, StepError::Rpc(RpcError::Timeout(_)));
+                    if unknown
+                        && matches!(action, Action::AddPeer { .. } | Action::AddLearner { .. })
+                    {
+                        wait = wait.max(ADD_SETTLE);
+                    }
+                    entry.next_retry = Some(now + wait);
                     entry.failures = entry.failures.saturating_add(1);
                     entry.last_error = Some(text);
                 }

@@ -533,3 +533,61 @@ async fn a_new_enode_id_replaces_the_member_and_republishes() {
         .collect();
     assert_eq!(ids, [1, 3]);
 }
+
+/// A `raft_addPeer` the node carries out only after the keeper gave up on it (GoQuorum
+/// resolving the new peer's name inside the call): no second add before [`ADD_SETTLE`], by
+/// which time `raft_cluster` lists the late one, so the node gets exactly one raft id.
+#[tokio::test]
+async fn an_add_that_timed_out_is_not_repeated_before_the_cluster_can_show_it() {
+    let (fake, nodes) = world();
+    let board = Board::default();
+    let impatient =
+        RpcClient::new(fake.url().parse().expect("url")).with_timeout(Duration::from_millis(300));
+    fake.cue("raft_addPeer", Cue::Late(Duration::from_millis(1500)));
+    let mut k = Raft::default();
+    let t0 = Instant::now();
+    let pass = async |k: &mut Raft, at: Instant| {
+        k.pass(
+            &inputs("org1/a", &["org1/a"], &nodes, &board),
+            std::slice::from_ref(&impatient),
+            &board,
+            at,
+        )
+        .await;
+    };
+    pass(&mut k, t0).await;
+    assert_eq!(fake.calls("raft_addPeer").len(), 1);
+    let pending = k.handle.snapshot().pending;
+    let error = pending
+        .get(&nodes[1].key)
+        .and_then(|p| p.last_error.clone());
+    assert!(
+        error.is_some_and(|e| e.contains("timed out")),
+        "{pending:?}"
+    );
+    // the usual backoff (1 s) has passed, the late add has not landed yet: held
+    pass(&mut k, t0 + Duration::from_secs(2)).await;
+    assert_eq!(fake.calls("raft_addPeer").len(), 1, "added again too early");
+    // the node carries the first call out
+    let listed = std::time::Instant::now() + Duration::from_secs(10);
+    while !fake.cluster().iter().any(|p| {
+        p["nodeId"]
+            .as_str()
+            .is_some_and(|id| id.eq_ignore_ascii_case(&nodes[1].enode_id))
+    }) {
+        assert!(
+            std::time::Instant::now() < listed,
+            "the late add never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pass(&mut k, t0 + ADD_SETTLE).await;
+    assert_eq!(
+        fake.calls("raft_addPeer").len(),
+        1,
+        "{:?}",
+        fake.all_calls()
+    );
+    assert_eq!(board.ids().get(&nodes[1].key), Some(&2));
+    assert!(k.handle.snapshot().pending.is_empty());
+}
