@@ -19,6 +19,7 @@ mod consensus;
 mod console;
 mod dns;
 mod fabric;
+mod ha;
 mod ingress;
 mod join_service;
 mod links;
