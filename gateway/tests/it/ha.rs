@@ -170,3 +170,90 @@ fn a_replica_joins_from_a_bundle_syncs_from_its_sibling_and_every_site_sees_both
     .expect("siblings keep a sync stream");
     drop((gw1, gw2, gw2r2));
 }
+
+/// The replica of org2/dc1 whose link org1's new streams use, per `fedgw status --json`.
+fn link_in_use(dir: &Path) -> Option<String> {
+    json(dir, "status")["tunnels"]
+        .as_array()?
+        .iter()
+        .find(|t| t["org"] == "org2" && t["in_use"] == true)
+        .and_then(|t| t["replica"].as_str().map(str::to_owned))
+}
+
+#[test]
+fn connections_to_a_replicated_site_move_to_the_other_replica_within_two_seconds_of_a_sigkill() {
+    use crate::links::{echo, echo_node_at, edit, sigkill};
+    use fedgw_gateway::tunnel::Transport;
+    use std::time::Instant;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (o1, o2) = consortium(tmp.path());
+    let site = |i: u8| {
+        move |c: &mut fedgw_gateway::config::Config| {
+            c.tunnel.transport = Transport::Quic;
+            c.tunnel.allow_loopback_targets = true;
+            c.addresses = fedgw_gateway::addressing::AddressMode::Ip {
+                pool: format!("127.84.{i}.0/24"),
+                interface: None,
+            };
+        }
+    };
+    edit(&o1, site(1));
+    let gw1 = fedgw().start(&o1).expect("org1");
+    join(&o1, &o2);
+    edit(&o2, site(2));
+    let gw2 = fedgw().start(&o2).expect("org2");
+    let r2 = tmp.path().join("org2-r2");
+    add_replica(tmp.path(), &o2, "r2", &r2);
+    edit(&r2, site(3));
+    let gw2r2 = fedgw().start(&r2).expect("org2 replica r2");
+    // the node is registered at both replicas: either can reach it
+    let addr = echo_node_at(&o1, &[&o2, &r2]);
+    // org1 (the lower site) keeps a link to each replica
+    wait_for("links to both replicas", Duration::from_secs(20), || {
+        let tunnels = json(&o1, "status")["tunnels"].as_array().cloned()?;
+        (tunnels.iter().filter(|t| t["org"] == "org2").count() == 2).then_some(())
+    })
+    .expect("two links");
+    let in_use = wait_for("the link in use", Duration::from_secs(10), || link_in_use(&o1))
+        .expect("a link in use");
+    for _ in 0..5 {
+        echo(addr, b"before", Duration::from_secs(2)).expect("echo before the kill");
+    }
+
+    let (victim, survivor, survivor_name) = if in_use.is_empty() {
+        (gw2, gw2r2, "r2")
+    } else {
+        (gw2r2, gw2, "")
+    };
+    sigkill(victim);
+    let killed = Instant::now();
+    let mut failures = 0;
+    let recovered = loop {
+        let started = Instant::now();
+        match echo(addr, b"during", Duration::from_secs(3)) {
+            Ok(()) if started >= killed => break killed.elapsed(),
+            Ok(()) => {}
+            Err(_) => failures += 1,
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "no echo after the kill\norg1: {}",
+            gw1.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        recovered <= Duration::from_secs(2),
+        "first echo {recovered:?} after the kill ({failures} failed)\norg1: {}",
+        gw1.log_text()
+    );
+    assert!(failures <= 10, "{failures} connections failed");
+    eprintln!("failover: first echo {recovered:?} after the kill, {failures} connections failed");
+    // from here on every connection goes through, over the survivor's link
+    for _ in 0..20 {
+        echo(addr, b"after", Duration::from_secs(2)).expect("echo after the failover");
+    }
+    assert_eq!(link_in_use(&o1).as_deref(), Some(survivor_name));
+    drop((gw1, survivor));
+}
