@@ -215,8 +215,10 @@ fn connections_to_a_replicated_site_move_to_the_other_replica_within_two_seconds
         (tunnels.iter().filter(|t| t["org"] == "org2").count() == 2).then_some(())
     })
     .expect("two links");
-    let in_use = wait_for("the link in use", Duration::from_secs(10), || link_in_use(&o1))
-        .expect("a link in use");
+    let in_use = wait_for("the link in use", Duration::from_secs(10), || {
+        link_in_use(&o1)
+    })
+    .expect("a link in use");
     for _ in 0..5 {
         echo(addr, b"before", Duration::from_secs(2)).expect("echo before the kill");
     }
