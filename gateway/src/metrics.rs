@@ -117,6 +117,11 @@ struct ReplicaLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteStateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
     class: &'static str,
 }
@@ -247,6 +252,7 @@ pub struct Metrics {
     records_rejected: Family<ResultLabels, Counter>,
     dns_tcp_refused: Family<ReasonLabels, Counter>,
     sync_peers: Gauge,
+    site_replicas: Family<SiteStateLabels, Gauge>,
     servers_stopped: Family<ServerLabels, Counter>,
     chain_rpc_calls: Family<RpcLabels, Counter>,
     chain_block_height: Family<NodeLabels, Gauge>,
@@ -321,6 +327,12 @@ impl Metrics {
             "sync_peers",
             "Gateways with a live membership sync stream",
             sync_peers.clone(),
+        );
+        let site_replicas = Family::<SiteStateLabels, Gauge>::default();
+        registry.register(
+            "site_replicas",
+            "Other replicas of this gateway's site: state=known (in the view), state=connected (with a live sync stream)",
+            site_replicas.clone(),
         );
         let servers_stopped = Family::<ServerLabels, Counter>::default();
         registry.register(
@@ -448,6 +460,7 @@ impl Metrics {
             records_rejected,
             dns_tcp_refused,
             sync_peers,
+            site_replicas,
             handshakes,
             joins,
             hellos,
@@ -568,6 +581,16 @@ impl Metrics {
                 replica: replica.to_owned(),
             })
             .inc();
+    }
+
+    /// Sets the number of this site's other replicas known in the view and of those with a
+    /// live sync stream (`fedgw_site_replicas{state}`).
+    pub fn set_site_replicas(&self, known: usize, connected: usize) {
+        for (state, n) in [("known", known), ("connected", connected)] {
+            self.site_replicas
+                .get_or_create(&SiteStateLabels { state })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Sets the number of live sync peers.

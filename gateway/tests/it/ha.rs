@@ -168,6 +168,13 @@ fn a_replica_joins_from_a_bundle_syncs_from_its_sibling_and_every_site_sees_both
         (sibling_connected(&o2, "r2") && sibling_connected(&r2, "")).then_some(())
     })
     .expect("siblings keep a sync stream");
+    let metrics = fedgw_tests::http_get(&gw2r2.metrics(), "/metrics")
+        .expect("metrics")
+        .1;
+    assert!(
+        metrics.contains("fedgw_site_replicas{state=\"connected\"} 1"),
+        "{metrics}"
+    );
     drop((gw1, gw2, gw2r2));
 }
 
