@@ -778,6 +778,7 @@ impl Membership {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&peer.to_string());
         self.0.metrics.set_peers(self.connected_count());
+        self.count_siblings();
         self.announce_links();
         if self.is_sibling(peer) {
             // the allocation leader may have changed
@@ -809,6 +810,7 @@ impl Membership {
         }
         drop(peers);
         self.0.metrics.set_peers(self.connected_count());
+        self.count_siblings();
         if removed {
             self.announce_links();
             if self.is_sibling(peer) {
@@ -845,6 +847,23 @@ impl Membership {
     /// How many sync streams are up.
     pub fn connected_count(&self) -> usize {
         self.0.peers.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Updates `fedgw_site_replicas`: this site's other replicas in the view, and those with
+    /// a live sync stream.
+    fn count_siblings(&self) {
+        let me = &self.0.cfg.me;
+        let known = self.read(|v| v.replicas_of(me).iter().filter(|(id, _)| id != me).count());
+        let connected = self
+            .0
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .filter_map(|id| id.parse::<GatewayId>().ok())
+            .filter(|id| id.is_sibling(me))
+            .count();
+        self.0.metrics.set_site_replicas(known, connected);
     }
 
     fn set_dial_status(&self, peer: &str, status: Option<DialStatus>) {

@@ -75,7 +75,10 @@ struct EndLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
+    /// The peer site, `org/site`.
     peer: String,
+    /// The peer site's replica the link is with; empty for the site's first gateway.
+    replica: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,6 +114,11 @@ struct NodeLabels {
 struct ReplicaLabels {
     node: String,
     replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteStateLabels {
+    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -245,6 +253,7 @@ pub struct Metrics {
     dns_tcp_refused: Family<ReasonLabels, Counter>,
     sync_peers: Gauge,
     site_allocation_conflicts: Counter,
+    site_replicas: Family<SiteStateLabels, Gauge>,
     servers_stopped: Family<ServerLabels, Counter>,
     chain_rpc_calls: Family<RpcLabels, Counter>,
     chain_block_height: Family<NodeLabels, Gauge>,
@@ -325,6 +334,12 @@ impl Metrics {
             "site_allocation_conflicts",
             "Local addresses two replicas of this site allocated differently (on both sides of a partition), resolved for the lower replica name",
             site_allocation_conflicts.clone(),
+        );
+        let site_replicas = Family::<SiteStateLabels, Gauge>::default();
+        registry.register(
+            "site_replicas",
+            "Other replicas of this gateway's site: state=known (in the view), state=connected (with a live sync stream)",
+            site_replicas.clone(),
         );
         let servers_stopped = Family::<ServerLabels, Counter>::default();
         registry.register(
@@ -452,6 +467,7 @@ impl Metrics {
             records_rejected,
             dns_tcp_refused,
             sync_peers,
+            site_replicas,
             handshakes,
             joins,
             hellos,
@@ -582,7 +598,17 @@ impl Metrics {
             .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
-    /// Sets the number of live sync streams.
+    /// Sets the number of this site's other replicas known in the view and of those with a
+    /// live sync stream (`fedgw_site_replicas{state}`).
+    pub fn set_site_replicas(&self, known: usize, connected: usize) {
+        for (state, n) in [("known", known), ("connected", connected)] {
+            self.site_replicas
+                .get_or_create(&SiteStateLabels { state })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Sets the number of live sync peers.
     pub fn set_peers(&self, n: usize) {
         self.sync_peers.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
@@ -699,17 +725,19 @@ impl Metrics {
         self.tunnel.active_streams.get()
     }
 
-    /// Records the path of the QUIC link to `peer` (a gateway id, `org/site`): smoothed RTT,
-    /// path MTU (UDP payload bytes) and the packets declared lost since the last call.
+    /// Records the path of the QUIC link to `peer` (labels `peer="org/site"` and `replica`,
+    /// empty for a site's first gateway): smoothed RTT, path MTU (UDP payload bytes) and the
+    /// packets declared lost since the last call.
     pub fn tunnel_quic_path(
         &self,
-        peer: &impl std::fmt::Display,
+        peer: &fedgw_certs::ids::GatewayId,
         rtt: std::time::Duration,
         path_mtu: u16,
         newly_lost: u64,
     ) {
         let labels = PeerLabels {
-            peer: peer.to_string(),
+            peer: peer.site_id().to_string(),
+            replica: peer.replica.clone(),
         };
         self.tunnel
             .rtt

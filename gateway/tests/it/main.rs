@@ -20,6 +20,7 @@ mod console;
 mod dns;
 mod fabric;
 mod fabric_network;
+mod ha;
 mod ingress;
 mod join_service;
 mod links;
