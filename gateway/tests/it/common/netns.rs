@@ -62,7 +62,10 @@ pub fn skip<T>(reason: &str) -> Option<T> {
 /// Whether `program` is on the PATH (or at /usr/sbin, where Debian puts daemons).
 pub fn have(program: &str) -> bool {
     Command::new("sh")
-        .args(["-c", &format!("command -v {program} || test -x /usr/sbin/{program}")])
+        .args([
+            "-c",
+            &format!("command -v {program} || test -x /usr/sbin/{program}"),
+        ])
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
@@ -115,7 +118,9 @@ fn pids(ns: &str) -> Vec<u32> {
 /// SIGKILLs every process in `ns`, then deletes it.
 fn remove(ns: &str) {
     for pid in pids(ns) {
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     }
     let _ = Command::new("ip")
         .args(["netns", "del", ns])
@@ -206,7 +211,13 @@ impl Net {
 
     /// Puts host `host` on network `network`: a veth pair, `ifname` in the host with address
     /// `cidr` (e.g. `10.1.0.2/24`), the other end on the network's bridge.
-    pub fn attach(&self, host: &str, network: &str, ifname: &str, cidr: &str) -> anyhow::Result<()> {
+    pub fn attach(
+        &self,
+        host: &str,
+        network: &str,
+        ifname: &str,
+        cidr: &str,
+    ) -> anyhow::Result<()> {
         let port = {
             let mut next = self.next_port.lock().expect("port");
             *next += 1;
@@ -214,8 +225,18 @@ impl Net {
         };
         let ns = self.ns(host);
         ip([
-            "-n", &self.switch, "link", "add", &port, "type", "veth", "peer", "name", ifname,
-            "netns", &ns,
+            "-n",
+            &self.switch,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ifname,
+            "netns",
+            &ns,
         ])?;
         ip(["-n", &self.switch, "link", "set", &port, "master", network])?;
         ip(["-n", &self.switch, "link", "set", &port, "up"])?;
@@ -279,7 +300,9 @@ impl Net {
     pub fn crash(&self, host: &str) -> anyhow::Result<()> {
         let ns = self.ns(host);
         for pid in pids(&ns) {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
         let links = ip(["-n", &ns, "-o", "link", "show"])?;
         for line in String::from_utf8_lossy(&links.stdout).lines() {
