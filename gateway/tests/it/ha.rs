@@ -172,21 +172,18 @@ pub fn holder<'a>(net: &Net, hosts: &[&'a str], addr: &str) -> Option<&'a str> {
     (holding.len() == 1).then(|| holding[0])
 }
 
-/// Two hosts on a LAN, each running keepalived in front of a stand-in service (echo on 30303,
-/// `GET /upcheck` on 9000, which the check fetches); a node reaches the service at the VIP.
-/// The master's service is SIGKILLed: its check fails, it gives the VIP up, the backup takes
-/// it over, and the node's probes through the VIP answer again within 2 s.
-#[test]
-fn the_vip_moves_to_the_backup_within_2s_when_the_masters_service_is_killed() {
-    let Some(net) = Net::new() else { return };
+/// Two hosts `gwa` and `gwb` on a LAN, each running keepalived in front of a stand-in service
+/// (echo on 30303, `GET /upcheck` on 9000, which the check fetches), and a host `node`.
+/// Returns the net, the dir holding the logs, the services' pids and the VRRP master's index.
+fn vip_pair() -> Option<(Net, tempfile::TempDir, Vec<u32>, usize)> {
+    let net = Net::new()?;
     if let Some(reason) = keepalived_missing() {
-        return skip(&reason).unwrap_or(());
+        return skip(&reason);
     }
     let tmp = tempfile::tempdir().expect("tempdir");
     net.network("lan").expect("lan");
-    let hosts = ["gwa", "gwb"];
     let mut services = Vec::new();
-    for (i, host) in hosts.iter().enumerate() {
+    for (i, host) in VIP_HOSTS.iter().enumerate() {
         net.host(host).expect("host");
         net.attach(host, "lan", "lan0", &format!("{LAN}.{}/24", i + 2))
             .expect("attach");
@@ -217,35 +214,71 @@ fn the_vip_moves_to_the_backup_within_2s_when_the_masters_service_is_killed() {
     net.host("node").expect("node");
     net.attach("node", "lan", "lan0", &format!("{LAN}.10/24"))
         .expect("attach");
-
     let master = fedgw_tests::wait_for("a VRRP master", Duration::from_secs(20), || {
-        holder(&net, &hosts, VIP)
+        holder(&net, &VIP_HOSTS, VIP)
     })
     .unwrap_or_else(|e| panic!("{e}: {}", logs(tmp.path())));
-    let backup = hosts
-        .iter()
-        .copied()
-        .find(|h| *h != master)
-        .expect("backup");
+    let master = VIP_HOSTS.iter().position(|h| *h == master).expect("index");
+    Some((net, tmp, services, master))
+}
+
+const VIP_HOSTS: [&str; 2] = ["gwa", "gwb"];
+
+/// The master's service is SIGKILLed: its check fails, it gives the VIP up, the backup takes
+/// it over, and the node's probes through the VIP answer again within 2 s.
+#[test]
+fn the_vip_moves_to_the_backup_within_2s_when_the_masters_service_is_killed() {
+    let Some((net, tmp, services, master)) = vip_pair() else {
+        return;
+    };
+    let (m, b) = (VIP_HOSTS[master], VIP_HOSTS[1 - master]);
     let target = format!("{VIP}:30303");
     let out = outage(
         || probe(&net, "node", &target, &[], "300ms"),
-        || net.kill(services[hosts.iter().position(|h| *h == master).expect("index")]),
+        || net.kill(services[master]),
         5,
         Duration::from_secs(10),
     )
     .unwrap_or_else(|e| panic!("{e}: {}", logs(tmp.path())));
     println!(
-        "VIP {VIP} moved from {master} to {backup}: longest gap between answers {:?} ({} probes, {} failed)",
+        "VIP {VIP}, service on {m} SIGKILLed, VIP moved to {b}: longest gap between answers {:?} ({} probes, {} failed)",
         out.gap, out.probes, out.failed
     );
     assert!(
-        net.holds(backup, VIP) && !net.holds(master, VIP),
-        "the VIP is on {backup} only"
+        net.holds(b, VIP) && !net.holds(m, VIP),
+        "the VIP is on {b} only"
     );
     assert!(
         out.gap <= Duration::from_secs(2),
         "gap {:?} over 2 s",
+        out.gap
+    );
+}
+
+/// The master host fails as a machine does (every process SIGKILLed, links down): its
+/// adverts stop and the backup takes the VIP over after three missed ones (0.3 s and skew).
+#[test]
+fn the_vip_moves_to_the_backup_within_1s_when_the_master_host_fails() {
+    let Some((net, tmp, _, master)) = vip_pair() else {
+        return;
+    };
+    let (m, b) = (VIP_HOSTS[master], VIP_HOSTS[1 - master]);
+    let target = format!("{VIP}:30303");
+    let out = outage(
+        || probe(&net, "node", &target, &[], "300ms"),
+        || net.crash(m).expect("crash"),
+        5,
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", logs(tmp.path())));
+    println!(
+        "VIP {VIP}, host {m} failed, VIP moved to {b}: longest gap between answers {:?} ({} probes, {} failed)",
+        out.gap, out.probes, out.failed
+    );
+    assert!(net.holds(b, VIP), "the VIP is on {b}");
+    assert!(
+        out.gap <= Duration::from_secs(1),
+        "gap {:?} over 1 s",
         out.gap
     );
 }
@@ -266,8 +299,8 @@ fn logs(dir: &Path) -> String {
     text
 }
 
-/// The WAN between the sites' gateways.
-const WAN: &str = "10.200.0";
+/// Site B's VIP in [`Sites`].
+const VIP_B: &str = "10.210.2.53";
 const DOMAIN: &str = "acme.test";
 
 /// One gateway host of a [`Sites`] lab.
@@ -325,9 +358,12 @@ fn net_flags(wan_ip: &str, dns: &str, site: u8) -> Vec<String> {
 }
 
 impl Sites {
-    /// Builds the networks, founds org1 at `gwa`, joins org2 at `gwb1` (DNS on `b_dns`, an
-    /// address of gwb1 or the VIP), starts both, and registers and starts the nodes.
-    pub fn new(b_dns: &str) -> Option<Self> {
+    /// Builds the networks, founds org1 at `gwa`, joins org2 at `gwb1` (DNS on `b_dns`: an
+    /// address of gwb1, `0.0.0.0:53`, or the VIP), starts both, and registers and starts the
+    /// nodes; `nb` routes B's pool via `b_via` (gwb1's LAN address or the VIP). Gateway hosts
+    /// may bind addresses they do not hold (`net.ipv4.ip_nonlocal_bind`), as replicas behind
+    /// a VIP do.
+    pub fn new(b_dns: &str, b_via: &str) -> Option<Self> {
         let net = Net::new()?;
         let tmp = tempfile::tempdir().expect("tempdir");
         for n in ["wan", "lana", "lanb"] {
@@ -343,14 +379,15 @@ impl Sites {
             net.attach(host, lan, "lan0", &format!("{ip}/24"))
                 .expect("lan");
             if let Some(wan) = wan {
+                net.sysctl(host, "net.ipv4.ip_nonlocal_bind=1")
+                    .expect("sysctl");
                 net.attach(host, "wan", "wan0", &format!("{wan}/24"))
                     .expect("wan");
             }
         }
         net.route("na", "10.211.1.0/24", "10.210.1.2")
             .expect("route");
-        net.route("nb", "10.211.2.0/24", "10.210.2.2")
-            .expect("route");
+        net.route("nb", "10.211.2.0/24", b_via).expect("route");
 
         let a_dir = tmp.path().join("gwa");
         let mut args = vec![
@@ -432,6 +469,82 @@ impl Sites {
             sites.add_node(dir, node, ip, n);
         }
         Some(sites)
+    }
+
+    /// Adds replica `name` of site B on a new host `gw<name>` (LAN 10.210.2.`n`+1, WAN
+    /// 10.200.0.`n`+1): `fedgw replica add` at gwb1 writes the bundle, `fedgw replica join`
+    /// in the new host writes its data dir (DNS on `dns`, pool as gwb1's), and it starts.
+    pub fn add_replica(&mut self, name: &str, dns: &str) {
+        let n = self.b.len() + 2;
+        let host = format!("gw{name}");
+        let (lan_ip, wan_ip) = (format!("10.210.2.{n}"), format!("10.200.0.{n}"));
+        self.net.host(&host).expect("host");
+        self.net
+            .attach(&host, "lanb", "lan0", &format!("{lan_ip}/24"))
+            .expect("lan");
+        self.net
+            .attach(&host, "wan", "wan0", &format!("{wan_ip}/24"))
+            .expect("wan");
+        self.net
+            .sysctl(&host, "net.ipv4.ip_nonlocal_bind=1")
+            .expect("sysctl");
+        let pass = self.tmp.path().join("replica.pass");
+        std::fs::write(&pass, "correct horse battery staple\n").expect("passphrase");
+        let bundle = self.tmp.path().join(format!("{name}.bundle"));
+        crate::common::procs::fedgw()
+            .run([
+                "replica",
+                "add",
+                name,
+                "--advertise",
+                &format!("{wan_ip}:7443"),
+                "--out",
+                &s(&bundle),
+                "--passphrase-file",
+                &s(&pass),
+                "--data-dir",
+                &s(&self.b[0].dir),
+            ])
+            .expect("spawn")
+            .ok()
+            .expect("replica add");
+        let dir = self.tmp.path().join(&host);
+        fedgw_in(&self.net, &host)
+            .run([
+                "replica",
+                "join",
+                &s(&bundle),
+                "--data-dir",
+                &s(&dir),
+                "--listen",
+                "0.0.0.0:7443",
+                "--dns",
+                dns,
+                "--metrics",
+                "127.0.0.1:9464",
+                "--passphrase-file",
+                &s(&pass),
+            ])
+            .expect("spawn")
+            .ok()
+            .expect("replica join");
+        let path = dir.join("fedgw.toml");
+        let mut c = fedgw_gateway::config::Config::load(&path).expect("config");
+        c.addresses = fedgw_gateway::addressing::AddressMode::Ip {
+            pool: "10.211.2.0/24".into(),
+            interface: Some("lo".into()),
+        };
+        std::fs::write(&path, c.to_toml()).expect("write config");
+        crate::common::procs::fast(&dir);
+        let gw = fedgw_in(&self.net, &host)
+            .start(&dir)
+            .unwrap_or_else(|e| panic!("start {host}: {e}"));
+        self.b.push(GwHost {
+            host,
+            dir,
+            lan_ip,
+            gw: Some(gw),
+        });
     }
 
     /// Runs the stand-in services in node host `node`.
@@ -536,7 +649,7 @@ impl Sites {
 /// into B's pool, and reaches it through the tunnel; and the other way round.
 #[test]
 fn nodes_at_two_sites_in_namespaces_reach_each_other_through_their_gateways() {
-    let Some(sites) = Sites::new("10.210.2.2:53") else {
+    let Some(sites) = Sites::new("10.210.2.2:53", "10.210.2.2") else {
         return;
     };
     let ok = fedgw_tests::wait_for("nb reaches na.org1", Duration::from_secs(30), || {
@@ -556,4 +669,264 @@ fn nodes_at_two_sites_in_namespaces_reach_each_other_through_their_gateways() {
             .then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}: {}", sites.logs()));
+}
+
+impl Sites {
+    /// Connections from org1 that B's replica `i` has carried to its nodes
+    /// (`fedgw_tunnel_connections_total{peer_org="org1",direction="inbound"}`), 0 when its
+    /// metrics do not answer.
+    pub fn carried(&self, i: usize) -> u64 {
+        let out = self
+            .net
+            .cmd(&self.b[i].host, "curl")
+            .args(["-fsS", "-m", "2", "http://127.0.0.1:9464/metrics"])
+            .output();
+        let Ok(out) = out else { return 0 };
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| {
+                l.starts_with("fedgw_tunnel_connections_total{")
+                    && l.contains("peer_org=\"org1\"")
+                    && l.contains("direction=\"inbound\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The B replica that carries connections from site A now: the one whose inbound count
+    /// grows while `na` probes `nb.org2`.
+    pub fn carrier(&self) -> usize {
+        let before: Vec<u64> = (0..self.b.len()).map(|i| self.carried(i)).collect();
+        for _ in 0..3 {
+            assert!(
+                self.reach("na", "nb", "org2", "10.210.1.2:53", "2s"),
+                "na reaches nb"
+            );
+        }
+        let grown: Vec<usize> = (0..self.b.len())
+            .filter(|&i| self.carried(i) > before[i])
+            .collect();
+        assert_eq!(
+            grown.len(),
+            1,
+            "exactly one replica carries site A's connections: {grown:?}"
+        );
+        grown[0]
+    }
+}
+
+/// Issue 32: site B has two replicas; site A's traffic to a node at B keeps flowing when the
+/// replica carrying it is SIGKILLed. Site A keeps a link to each replica; the link to the
+/// killed one is found dead within 1.5 s and new connections take the other at once. The
+/// longest gap between answers is printed and must be at most 2 s.
+#[test]
+fn traffic_to_a_replicated_site_keeps_flowing_when_the_replica_carrying_it_is_killed() {
+    let Some(mut sites) = Sites::new("0.0.0.0:53", "10.210.2.2") else {
+        return;
+    };
+    sites.add_replica("b2", "0.0.0.0:53");
+    fedgw_tests::wait_for("na reaches nb.org2", Duration::from_secs(30), || {
+        sites
+            .reach("na", "nb", "org2", "10.210.1.2:53", "1s")
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", sites.logs()));
+    let victim = sites.carrier();
+    let name = sites.b[victim].host.clone();
+    let gw = sites.b[victim].gw.take().expect("running");
+    let out = outage(
+        || sites.reach("na", "nb", "org2", "10.210.1.2:53", "500ms"),
+        || {
+            gw.kill().expect("SIGKILL");
+        },
+        5,
+        Duration::from_secs(15),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", sites.logs()));
+    println!(
+        "site A -> nb.org2 with {name} SIGKILLed: longest gap between answers {:?} ({} probes, {} failed)",
+        out.gap, out.probes, out.failed
+    );
+    let other = 1 - victim;
+    assert!(
+        sites.carried(other) > 0,
+        "the other replica carries the traffic now"
+    );
+    assert!(
+        out.gap <= Duration::from_secs(2),
+        "gap {:?} over 2 s",
+        out.gap
+    );
+}
+
+/// The names every DNS comparison asks, with the types.
+fn dns_answers(sites: &Sites, server: &str, names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .flat_map(|n| {
+            ["A", "TXT", "SRV"].map(|t| {
+                let q = if t == "SRV" {
+                    format!("_p2p._tcp.{n}")
+                } else {
+                    n.clone()
+                };
+                format!("{q} {t}: {}", sites.dig("nb", server, &q, t))
+            })
+        })
+        .collect()
+}
+
+/// Issue 32: both replicas of site B answer DNS identically (remote nodes: the same local
+/// address from the shared allocations; own nodes: their real address), with nodes added and
+/// removed at site A and at either replica.
+#[test]
+fn both_replicas_answer_dns_identically_as_nodes_come_and_go() {
+    let Some(mut sites) = Sites::new("0.0.0.0:53", "10.210.2.2") else {
+        return;
+    };
+    sites.add_replica("b2", "0.0.0.0:53");
+    let servers: Vec<String> = sites.b.iter().map(|b| b.lan_ip.clone()).collect();
+    let (a_dir, b1_dir, b2_dir) = (
+        sites.a.dir.clone(),
+        sites.b[0].dir.clone(),
+        sites.b[1].dir.clone(),
+    );
+    // before: one node per site; then more at A and at each replica
+    let check = |present: &[&str], absent: &[&str], when: &str| {
+        let names: Vec<String> = present
+            .iter()
+            .chain(absent)
+            .map(|n| format!("{n}.{DOMAIN}"))
+            .collect();
+        let settled = fedgw_tests::wait_for(when, Duration::from_secs(30), || {
+            let answers: Vec<Vec<String>> = servers
+                .iter()
+                .map(|srv| dns_answers(&sites, srv, &names))
+                .collect();
+            let complete = servers.iter().all(|srv| {
+                present.iter().all(|n| {
+                    !sites
+                        .dig("nb", srv, &format!("{n}.{DOMAIN}"), "A")
+                        .is_empty()
+                }) && absent.iter().all(|n| {
+                    sites
+                        .dig("nb", srv, &format!("{n}.{DOMAIN}"), "A")
+                        .is_empty()
+                })
+            });
+            (complete && answers.windows(2).all(|w| w[0] == w[1])).then_some(answers)
+        });
+        let answers = settled.unwrap_or_else(|e| {
+            let now: Vec<String> = servers
+                .iter()
+                .map(|srv| format!("{srv}:\n{}", dns_answers(&sites, srv, &names).join("\n")))
+                .collect();
+            panic!("{e}: answers differ or are missing:\n{}", now.join("\n"))
+        });
+        // a settled zone stays the same at both
+        let again: Vec<Vec<String>> = servers
+            .iter()
+            .map(|srv| dns_answers(&sites, srv, &names))
+            .collect();
+        assert_eq!(again, answers, "{when}: answers changed after settling");
+        println!(
+            "{when}: {} answers identical at {}",
+            answers[0].len(),
+            servers.join(" and ")
+        );
+    };
+    check(&["na.org1", "nb.org2"], &[], "before");
+
+    sites.add_node(&a_dir, "na2", "10.210.1.11", 3);
+    sites.add_node(&a_dir, "na3", "10.210.1.12", 4);
+    sites.add_node(&b1_dir, "nb2", "10.210.2.11", 5);
+    sites.add_node(&b2_dir, "nb3", "10.210.2.12", 6);
+    check(
+        &[
+            "na.org1", "na2.org1", "na3.org1", "nb.org2", "nb2.org2", "nb3.org2",
+        ],
+        &[],
+        "added 2 nodes at A, 1 at each replica of B",
+    );
+
+    sites.remove_node(&a_dir, "na2");
+    sites.remove_node(&b2_dir, "nb2");
+    sites.add_node(&a_dir, "na4", "10.210.1.13", 7);
+    check(
+        &["na.org1", "na3.org1", "na4.org1", "nb.org2", "nb3.org2"],
+        &["na2.org1", "nb2.org2"],
+        "removed na2 at A and nb2 at replica b2, added na4",
+    );
+}
+
+/// Issue 32 with a VIP: site B's replicas run keepalived as deploy/keepalived/keepalived.conf
+/// does (readiness check on /readyz); their DNS binds the VIP and node `nb` routes B's pool
+/// via the VIP. `nb` reaches `na.org1` through the VIP, and keeps doing so when the gateway of
+/// the VRRP master is SIGKILLed: its check fails within a second, it gives the VIP up, and
+/// the other replica serves the same names at the same addresses. The gap is printed and
+/// bounded.
+#[test]
+fn a_node_reaches_another_site_through_the_vip_when_the_master_replica_is_killed() {
+    if let Some(reason) = keepalived_missing() {
+        return skip(&reason).unwrap_or(());
+    }
+    let dns = format!("{VIP_B}:53");
+    let Some(mut sites) = Sites::new(&dns, VIP_B) else {
+        return;
+    };
+    sites.add_replica("b2", &dns);
+    for (i, b) in sites.b.iter().enumerate() {
+        let conf = keepalived_conf(
+            &b.host,
+            "lan0",
+            [150, 100][i],
+            &format!("{VIP_B}/24"),
+            "http://127.0.0.1:9464/readyz",
+        );
+        keepalived(&sites.net, &b.host, &conf, sites.tmp.path()).expect("keepalived");
+    }
+    let hosts: Vec<&str> = sites.b.iter().map(|b| b.host.as_str()).collect();
+    let master = fedgw_tests::wait_for("a VRRP master", Duration::from_secs(20), || {
+        holder(&sites.net, &hosts, VIP_B)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", sites.logs()));
+    let master = hosts.iter().position(|h| *h == master).expect("index");
+    fedgw_tests::wait_for(
+        "nb reaches na.org1 via the VIP",
+        Duration::from_secs(30),
+        || sites.reach("nb", "na", "org1", &dns, "1s").then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", sites.logs()));
+    let before = sites.dig("nb", VIP_B, &format!("na.org1.{DOMAIN}"), "A");
+
+    let gw = sites.b[master].gw.take().expect("running");
+    let out = outage(
+        || sites.reach("nb", "na", "org1", &dns, "500ms"),
+        || {
+            gw.kill().expect("SIGKILL");
+        },
+        5,
+        Duration::from_secs(15),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", sites.logs()));
+    let backup = 1 - master;
+    println!(
+        "nb -> na.org1 via VIP {VIP_B}, {} SIGKILLed: longest gap between answers {:?} ({} probes, {} failed)",
+        sites.b[master].host, out.gap, out.probes, out.failed
+    );
+    assert!(
+        sites.net.holds(&sites.b[backup].host, VIP_B),
+        "the VIP moved"
+    );
+    assert_eq!(
+        sites.dig("nb", VIP_B, &format!("na.org1.{DOMAIN}"), "A"),
+        before,
+        "the other replica answers the same address"
+    );
+    // the check runs every second: detection ≤ 1 s, VRRP hand-over ~0.1 s, probes 0.5 s
+    assert!(
+        out.gap <= Duration::from_millis(2500),
+        "gap {:?} over 2.5 s",
+        out.gap
+    );
 }
