@@ -278,6 +278,10 @@ pub async fn start_with(
         ..
     } = &loaded;
     let store = Arc::new(Store::open(&dir.store())?);
+    // the site's first gateway: replica names come with `replica` in fedgw.toml
+    store.set_replica("");
+    // rows from before site state was shared get entries; old tombstones go
+    store.adopt_shared()?;
     let provider = tls::provider();
     let metrics = Metrics::new();
     let tracker = TaskTracker::new();
@@ -293,6 +297,7 @@ pub async fn start_with(
         tracker.clone(),
         shutdown.clone(),
     )?;
+    membership.set_address_mode(config.addresses.clone());
     let revoked = membership.revocation().set().clone();
     let issued = membership.revocation().issued().clone();
     issued.set_grace(config.federation.grace());

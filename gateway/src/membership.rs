@@ -15,6 +15,7 @@ pub mod bootstrap;
 pub mod certs;
 pub mod dialer;
 pub mod record;
+pub mod siblings;
 pub mod sync;
 #[cfg(test)]
 pub(crate) mod test_pki;
@@ -122,6 +123,8 @@ pub struct PeerStats {
     pub records_out: AtomicU64,
     /// The peer's last heartbeat carried this gateway's view digest.
     pub in_sync: std::sync::atomic::AtomicBool,
+    /// A sibling's replica name, once its first site state said it.
+    pub replica: Mutex<Option<String>>,
 }
 
 #[derive(Debug)]
@@ -232,6 +235,7 @@ struct Inner {
     rejected: AtomicU64,
     equivocations: AtomicU64,
     metrics: Metrics,
+    site: siblings::SiteShare,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -335,6 +339,7 @@ impl Membership {
             rejected: AtomicU64::new(0),
             equivocations: AtomicU64::new(0),
             metrics,
+            site: siblings::SiteShare::default(),
             tracker,
             shutdown,
         };
@@ -796,6 +801,10 @@ impl Membership {
         self.0.metrics.set_peers(self.connected_count());
         if removed {
             self.announce_links();
+            if self.is_sibling(peer) {
+                // the allocation leader may have changed
+                self.touch();
+            }
         }
     }
 

@@ -244,6 +244,7 @@ pub struct Metrics {
     records_rejected: Family<ResultLabels, Counter>,
     dns_tcp_refused: Family<ReasonLabels, Counter>,
     sync_peers: Gauge,
+    site_allocation_conflicts: Counter,
     servers_stopped: Family<ServerLabels, Counter>,
     chain_rpc_calls: Family<RpcLabels, Counter>,
     chain_block_height: Family<NodeLabels, Gauge>,
@@ -318,6 +319,12 @@ impl Metrics {
             "sync_peers",
             "Gateways with a live membership sync stream",
             sync_peers.clone(),
+        );
+        let site_allocation_conflicts = Counter::default();
+        registry.register(
+            "site_allocation_conflicts",
+            "Local addresses two replicas of this site allocated differently (on both sides of a partition), resolved for the lower replica name",
+            site_allocation_conflicts.clone(),
         );
         let servers_stopped = Family::<ServerLabels, Counter>::default();
         registry.register(
@@ -455,6 +462,7 @@ impl Metrics {
             cert_expiry,
             dns_queries,
             revoked_orgs,
+            site_allocation_conflicts,
             replica_up,
             replica_dial_failures,
             ready: Arc::new(AtomicBool::new(false)),
@@ -567,7 +575,14 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the number of live sync peers.
+    /// Counts `n` allocation conflicts between replicas of this site
+    /// (`fedgw_site_allocation_conflicts_total`).
+    pub fn count_site_allocation_conflicts(&self, n: usize) {
+        self.site_allocation_conflicts
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// Sets the number of live sync streams.
     pub fn set_peers(&self, n: usize) {
         self.sync_peers.set(i64::try_from(n).unwrap_or(i64::MAX));
     }

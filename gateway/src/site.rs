@@ -14,3 +14,4 @@
 
 pub mod keeper;
 pub mod plan;
+pub mod shared;

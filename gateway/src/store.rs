@@ -22,6 +22,8 @@ mod salvage;
 pub use audit::{AuditEntry, AuditEvent, AuditFilter, audit_entries};
 pub use salvage::{Salvage, salvage};
 mod hosts;
+pub mod shared;
+pub use shared::Applied;
 
 const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
 const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
@@ -222,6 +224,9 @@ impl LocalNode {
 #[derive(Debug)]
 pub struct Store {
     db: Database,
+    /// This gateway's replica name, stamped on the shared entries it writes
+    /// ([`Store::set_replica`]).
+    replica: std::sync::OnceLock<String>,
     /// Unit tests make reads fail with this.
     #[cfg(test)]
     fail_reads: std::sync::atomic::AtomicBool,
@@ -321,6 +326,7 @@ impl Store {
         store.local_rpc()?;
         store.service_addresses()?;
         store.allocations()?;
+        store.shared_entries()?;
         store.members()?;
         let tx = store.db.begin_read()?;
         for entry in tx.open_table(INVITES)?.iter()? {
@@ -353,6 +359,7 @@ impl Store {
                 && rx.open_table(LOCAL_RPC).is_ok()
                 && rx.open_table(audit::AUDIT).is_ok()
                 && rx.open_table(hosts::LOCAL_REPLICAS).is_ok()
+                && rx.open_table(shared::SITE_SHARED).is_ok()
         };
         if !complete {
             let tx = db.begin_write()?;
@@ -367,10 +374,12 @@ impl Store {
             tx.open_table(LOCAL_RPC)?;
             tx.open_table(audit::AUDIT)?;
             tx.open_table(hosts::LOCAL_REPLICAS)?;
+            tx.open_table(shared::SITE_SHARED)?;
             tx.commit()?;
         }
         Ok(Self {
             db,
+            replica: std::sync::OnceLock::new(),
             #[cfg(test)]
             fail_reads: Default::default(),
         })
@@ -549,17 +558,22 @@ impl Store {
         Ok(out)
     }
 
-    /// Records the real address of a local node.
+    /// Records the real address of a local node (and stamps its shared entry).
     pub fn put_local_node(&self, name: &str, host: &str) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         tx.open_table(LOCAL_NODES)?.insert(name, host)?;
+        shared::stamp_node(&tx, name, self.replica())?;
         tx.commit()?;
         Ok(())
     }
 
     /// Records several local nodes in one write: each one's address, registered Tessera URL
-    /// and JSON-RPC endpoint (an absent one is removed).
-    pub fn put_local_nodes(&self, nodes: &[LocalNode]) -> Result<(), StoreError> {
+    /// and JSON-RPC endpoint (an absent one is removed). Returns their shared entries, stamped
+    /// in the same transaction, for the siblings.
+    pub fn put_local_nodes(
+        &self,
+        nodes: &[LocalNode],
+    ) -> Result<Vec<crate::site::shared::Entry>, StoreError> {
         let tx = self.db.begin_write()?;
         {
             let mut hosts = tx.open_table(LOCAL_NODES)?;
@@ -578,19 +592,30 @@ impl Store {
                 };
             }
         }
+        let mut entries = vec![];
+        for n in nodes {
+            entries.extend(shared::stamp_node(&tx, &n.name, self.replica())?);
+        }
         tx.commit()?;
-        Ok(())
+        Ok(entries)
     }
 
     /// Forgets a local node's address (and its registered Tessera URL and RPC endpoint).
-    pub fn remove_local_node(&self, name: &str) -> Result<(), StoreError> {
+    /// Returns its shared entry (a tombstone), stamped in the same transaction.
+    pub fn remove_local_node(
+        &self,
+        name: &str,
+    ) -> Result<Vec<crate::site::shared::Entry>, StoreError> {
         let tx = self.db.begin_write()?;
         tx.open_table(LOCAL_NODES)?.remove(name)?;
         tx.open_table(LOCAL_URLS)?.remove(name)?;
         tx.open_table(LOCAL_RPC)?.remove(name)?;
         hosts::put(&tx, name, &[])?;
+        let entries = shared::stamp_node(&tx, name, self.replica())?
+            .into_iter()
+            .collect();
         tx.commit()?;
-        Ok(())
+        Ok(entries)
     }
 
     /// Records the Tessera URL a local node was registered with (`None`: it has none).
@@ -607,6 +632,7 @@ impl Store {
                 }
             }
         }
+        shared::stamp_node(&tx, name, self.replica())?;
         tx.commit()?;
         Ok(())
     }
@@ -621,6 +647,7 @@ impl Store {
                 None => table.remove(name)?,
             };
         }
+        shared::stamp_node(&tx, name, self.replica())?;
         tx.commit()?;
         Ok(())
     }
@@ -700,11 +727,21 @@ impl Store {
         &self,
         change: &crate::addressing::AllocationChange,
     ) -> Result<usize, StoreError> {
+        self.write_shared_allocations(change).map(|(rows, _)| rows)
+    }
+
+    /// [`Store::write_allocations`], returning also the shared entries of the nodes it set or
+    /// removed, stamped in the same transaction, for the siblings.
+    pub fn write_shared_allocations(
+        &self,
+        change: &crate::addressing::AllocationChange,
+    ) -> Result<(usize, Vec<crate::site::shared::Entry>), StoreError> {
         if change.is_empty() {
-            return Ok(0);
+            return Ok((0, vec![]));
         }
         let tx = self.db.begin_write()?;
         let mut rows = 0;
+        let mut entries = vec![];
         {
             let mut table = tx.open_table(ALLOCATIONS)?;
             for key in &change.removed {
@@ -721,8 +758,19 @@ impl Store {
                 rows += 1;
             }
         }
+        for key in &change.removed {
+            entries.extend(shared::stamp_allocation(&tx, key, None, self.replica())?);
+        }
+        for (key, addr) in &change.set {
+            entries.extend(shared::stamp_allocation(
+                &tx,
+                key,
+                Some(addr),
+                self.replica(),
+            )?);
+        }
         tx.commit()?;
-        Ok(rows)
+        Ok((rows, entries))
     }
 
     /// Moves the allocations of a store written before the `allocations` table (one JSON value

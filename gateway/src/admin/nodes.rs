@@ -214,7 +214,8 @@ pub(super) async fn add_node(
     // the real address first: the zone rebuilt on the record's arrival must find it; the
     // registered Tessera URL stays here too (the record publishes the consortium name)
     let local = [crate::store::LocalNode::of(&spec)];
-    on_store(&svc.store, move |s| s.put_local_nodes(&local)).await?;
+    let shared = on_store(&svc.store, move |s| s.put_local_nodes(&local)).await?;
+    svc.membership.share_site(&shared);
     if let Err(e) = svc
         .membership
         .publish(&me.org, &spec.name, Body::Node((&node).into()), SignAs::Org)
@@ -225,7 +226,11 @@ pub(super) async fn add_node(
             .read(|v| v.node(&me.org, &spec.name).is_some());
         if !existed {
             let (store, name) = (svc.store.clone(), spec.name.clone());
-            let _ = tokio::task::spawn_blocking(move || store.remove_local_node(&name)).await;
+            if let Ok(Ok(gone)) =
+                tokio::task::spawn_blocking(move || store.remove_local_node(&name)).await
+            {
+                svc.membership.share_site(&gone);
+            }
         }
         return Err(publish_status(e));
     }
@@ -294,7 +299,8 @@ pub(super) async fn add_nodes(
         .iter()
         .map(|(_, s, _)| crate::store::LocalNode::of(s))
         .collect();
-    on_store(&svc.store, move |s| s.put_local_nodes(&local)).await?;
+    let shared = on_store(&svc.store, move |s| s.put_local_nodes(&local)).await?;
+    svc.membership.share_site(&shared);
     let items = batch
         .iter()
         .map(|(_, s, n)| (s.name.clone(), Body::Node(n.into())))
@@ -322,10 +328,17 @@ pub(super) async fn add_nodes(
     }
     if !forget.is_empty() {
         let store = svc.store.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            forget.iter().try_for_each(|n| store.remove_local_node(n))
+        let gone = tokio::task::spawn_blocking(move || {
+            let mut gone = vec![];
+            for n in &forget {
+                gone.extend(store.remove_local_node(n)?);
+            }
+            Ok::<_, crate::store::StoreError>(gone)
         })
         .await;
+        if let Ok(Ok(gone)) = gone {
+            svc.membership.share_site(&gone);
+        }
     }
     Ok(Response::new(pb::AddNodesResponse { results }))
 }
@@ -354,7 +367,8 @@ pub(super) async fn remove_node(
         )
         .await
         .map_err(publish_status)?;
-    on_store(&svc.store, move |s| s.remove_local_node(&name)).await?;
+    let gone = on_store(&svc.store, move |s| s.remove_local_node(&name)).await?;
+    svc.membership.share_site(&gone);
     Ok(Response::new(pb::RemoveNodeResponse {}))
 }
 

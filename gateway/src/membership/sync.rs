@@ -10,7 +10,9 @@
 //!    in a row restart the digest exchange; a peer silent for three intervals is dropped;
 //! 7. `Peers` says which gateways the sender is linked to (sent whenever that changes), so
 //!    forwarding can skip peers the sender already covered;
-//! 8. `Terminate` (or cancellation: shutdown, revocation, a duplicate stream) ends the session.
+//! 8. between siblings (replicas of one site) only, `SiteState` carries the site state they
+//!    share (`super::siblings`): all of it after the digest, then each change;
+//! 9. `Terminate` (or cancellation: shutdown, revocation, a duplicate stream) ends the session.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -139,6 +141,17 @@ where
     if tx.send(digest_msg(m)).await.is_err() {
         return SessionEnd::Transport("outgoing queue closed".into());
     }
+    if m.is_sibling(peer) {
+        let state = match m.site_state_messages().await {
+            Ok(state) => state,
+            Err(end) => return end,
+        };
+        for s in state {
+            if tx.send(msg(Msg::SiteState(s))).await.is_err() {
+                return SessionEnd::Transport("outgoing queue closed".into());
+            }
+        }
+    }
     let heartbeat = cfg.heartbeat;
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -257,6 +270,11 @@ where
                 }
                 *stats.links.lock().unwrap_or_else(|e| e.into_inner()) =
                     p.gateways.into_iter().collect();
+            }
+            Msg::SiteState(s) => {
+                if let Err(end) = m.apply_site_state(peer, stats, s).await {
+                    return end;
+                }
             }
             Msg::Terminate(t) => return SessionEnd::Terminated(t.reason),
         }

@@ -159,6 +159,8 @@ pub async fn run(mut k: Keeper, shutdown: CancellationToken) {
     let mut serial: u32 = 0;
     // allocation rows a failed write left unsaved, written with the next change
     let mut unsaved = AllocationChange::default();
+    // the siblings' allocations last loaded (see Membership::shared_allocations_rev)
+    let mut shared_rev = k.membership.shared_allocations_rev();
     k.zone.replace(Zone::new(&k.domain, &k.me_gateway));
     loop {
         changed.borrow_and_update();
@@ -179,6 +181,20 @@ pub async fn run(mut k: Keeper, shutdown: CancellationToken) {
         let mut nodes = scanned.nodes;
         nodes.extend(gone.into_iter().map(|id| (id, None)));
 
+        let rev = k.membership.shared_allocations_rev();
+        if rev != shared_rev {
+            // a sibling changed the served allocations: take them as the store now holds them
+            let store = k.store.clone();
+            match run_blocking(move || store.allocations()).await {
+                Ok(a) => {
+                    *k.allocations.write().unwrap_or_else(|e| e.into_inner()) = a;
+                    shared_rev = rev;
+                }
+                Err(e) => {
+                    warn!(error = %e, "reading the siblings' local addresses failed; retrying")
+                }
+            }
+        }
         allocate(&k, &me, &nodes, scanned.full, &mut unsaved).await;
         let read_ok = read_site(&k, &me, &mut site, &nodes, scanned.full).await;
         reread = !read_ok;
@@ -328,6 +344,10 @@ async fn allocate(
     full: bool,
     unsaved: &mut AllocationChange,
 ) {
+    if !k.membership.is_allocation_leader() {
+        // a lower sibling allocates; its allocations arrive over the sync stream
+        return;
+    }
     let mut needs = vec![];
     let mut gone = vec![];
     for (id, n) in nodes.iter().filter(|(id, _)| id.org != me.org) {
@@ -355,9 +375,12 @@ async fn allocate(
         let store = k.store.clone();
         let change = Arc::new(std::mem::take(unsaved));
         let writing = change.clone();
-        if let Err(e) = run_blocking(move || store.write_allocations(&writing)).await {
-            warn!(error = %e, "persisting local addresses failed; retrying in 1 s");
-            *unsaved = Arc::unwrap_or_clone(change);
+        match run_blocking(move || store.write_shared_allocations(&writing)).await {
+            Ok((_, entries)) => k.membership.share_site(&entries),
+            Err(e) => {
+                warn!(error = %e, "persisting local addresses failed; retrying in 1 s");
+                *unsaved = Arc::unwrap_or_clone(change);
+            }
         }
     }
 }

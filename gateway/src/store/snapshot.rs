@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::AUDIT;
 use super::hosts::LOCAL_REPLICAS;
+use super::shared::SITE_SHARED;
 use super::{
     ALLOCATIONS, INVITES, LOCAL_NODES, LOCAL_RPC, LOCAL_URLS, MEMBERS, META, RECORDS,
     SERVICE_ADDRESSES, Store, StoreError,
@@ -35,12 +36,13 @@ pub const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
 const BYTE_TABLES: [TableDefinition<&str, &[u8]>; 5] =
     [INVITES, MEMBERS, RECORDS, META, ALLOCATIONS];
 /// Tables whose values are text.
-const TEXT_TABLES: [TableDefinition<&str, &str>; 5] = [
+const TEXT_TABLES: [TableDefinition<&str, &str>; 6] = [
     LOCAL_NODES,
     SERVICE_ADDRESSES,
     LOCAL_URLS,
     LOCAL_RPC,
     LOCAL_REPLICAS,
+    SITE_SHARED,
 ];
 
 /// A byte table with its rows decoded, ready to write.

@@ -189,3 +189,156 @@ async fn a_session_ends_at_its_maximum_age() {
     let b_end = ended(b_end, Duration::from_secs(10)).await;
     closed_by_peer(&b_end);
 }
+
+/// Waits (paused time: at most a simulated minute) until `cond` holds, re-checking at each
+/// change of `m`'s view or local state, and every 100 ms (sessions coming up notify nothing).
+async fn until(m: &Membership, what: &str, cond: impl Fn() -> bool) {
+    let mut changed = m.subscribe();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !cond() {
+            tokio::select! {
+                r = changed.changed() => r.expect("membership lives"),
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"));
+}
+
+fn local_node(name: &str, host: &str) -> crate::store::LocalNode {
+    crate::store::LocalNode {
+        name: name.into(),
+        host: host.into(),
+        replicas: vec![],
+        tessera_url: None,
+        rpc_url: Some(format!("http://{host}:8545")),
+    }
+}
+
+/// Two replicas of org1/dc1 (`""`, the first, and `"b"`), each with its own store.
+fn replicas(pki: &Pki) -> (Membership, Membership, [tempfile::TempDir; 2]) {
+    let dirs = [0, 1].map(|_| tempfile::tempdir().expect("tempdir"));
+    let a = membership(pki, "org1", dirs[0].path(), |_| {});
+    let b = membership(pki, "org1", dirs[1].path(), |_| {});
+    a.store().set_replica("");
+    b.store().set_replica("b");
+    (a, b, dirs)
+}
+
+#[tokio::test(start_paused = true)]
+async fn siblings_share_registrations_and_allocations_and_the_lower_replica_allocates() {
+    let pki = Pki::new(&["org1", "org2"]);
+    let (a, b, _dirs) = replicas(&pki);
+    assert!(a.is_sibling(b.me()));
+    // registered while no stream is up: sent when it opens
+    a.store()
+        .put_local_nodes(&[local_node("n1", "10.0.0.1")])
+        .expect("put");
+    assert!(b.is_allocation_leader(), "alone, b allocates");
+
+    let (a_end, b_end) = pair(&a, &b);
+    until(&b, "b holds a's registration", || {
+        b.store().local_nodes().expect("nodes").contains_key("n1")
+    })
+    .await;
+    assert_eq!(
+        b.store().local_rpc().expect("rpc")["n1"],
+        "http://10.0.0.1:8545"
+    );
+    until(&b, "b follows the lower replica", || {
+        !b.is_allocation_leader()
+    })
+    .await;
+    assert!(a.is_allocation_leader());
+    assert_eq!(b.live_siblings(), [""]);
+
+    // live changes: an allocation by the leader, a registration and a removal at b
+    let change = crate::addressing::AllocationChange {
+        set: vec![(
+            "org2/n7".into(),
+            crate::addressing::LocalAddress {
+                ip: "127.77.0.1".parse().expect("ip"),
+                ports: [("p2p".to_owned(), 30303)].into(),
+            },
+        )],
+        ..Default::default()
+    };
+    let (_, entries) = a.store().write_shared_allocations(&change).expect("write");
+    let rev = b.shared_allocations_rev();
+    a.share_site(&entries);
+    until(&b, "b serves the leader's allocation", || {
+        b.shared_allocations_rev() > rev
+    })
+    .await;
+    assert_eq!(
+        b.store().allocations().expect("allocations").nodes,
+        a.store().allocations().expect("allocations").nodes
+    );
+    let added = b
+        .store()
+        .put_local_nodes(&[local_node("n2", "10.0.0.2")])
+        .expect("put");
+    b.share_site(&added);
+    let gone = b.store().remove_local_node("n1").expect("remove");
+    b.share_site(&gone);
+    until(&a, "a holds b's changes", || {
+        let nodes = a.store().local_nodes().expect("nodes");
+        nodes.contains_key("n2") && !nodes.contains_key("n1")
+    })
+    .await;
+    assert_eq!(
+        a.store().shared_entries().expect("entries"),
+        b.store().shared_entries().expect("entries")
+    );
+
+    // site state is for siblings only: another site's gateway gets none of it
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = membership(&pki, "org2", dir.path(), |_| {});
+    let (ac, ca) = pair(&a, &c);
+    until(&a, "a and c linked", || a.is_connected("org2/dc1")).await;
+    a.share_site(&added);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(c.store().shared_entries().expect("entries").is_empty());
+    assert!(c.store().local_nodes().expect("nodes").is_empty());
+    assert!(!ac.is_finished() && !ca.is_finished());
+
+    // the leader leaves: b allocates
+    a.close_all();
+    ended(a_end, Duration::from_secs(10)).await;
+    ended(b_end, Duration::from_secs(10)).await;
+    until(&b, "b leads once a is gone", || b.is_allocation_leader()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn site_state_from_another_site_ends_the_stream() {
+    let pki = Pki::new(&["org1", "org2"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = membership(&pki, "org1", dir.path(), |_| {});
+    let (peer_tx, peer_out) = mpsc::channel(QUEUE);
+    for m in [
+        Msg::Open(pb::SyncOpen {
+            version: SYNC_PROTOCOL_VERSION,
+            site: "dc1".into(),
+            outbound_only: false,
+        }),
+        Msg::SiteState(pb::SyncSiteState {
+            replica: "b".into(),
+            entries: vec![],
+        }),
+    ] {
+        peer_tx.send(msg(m)).await.expect("queue");
+    }
+    let (a_tx, _a_out) = mpsc::channel(QUEUE);
+    let session = tokio::spawn(run(
+        a.clone(),
+        id("org2"),
+        false,
+        ReceiverStream::new(peer_out).map(Ok::<_, tonic::Status>),
+        a_tx,
+        CancellationToken::new(),
+    ));
+    let end = ended(session, Duration::from_secs(10)).await;
+    assert!(matches!(end, SessionEnd::Protocol(_)), "{end}");
+    drop(peer_tx);
+}
