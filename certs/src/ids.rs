@@ -1,7 +1,8 @@
 //! The identities every fedgw table is keyed by, parsed and checked once where they enter:
-//! [`GatewayId`] (`org/site`) and [`NodeKey`] (`org/node`). Both print as `a/b` with
-//! [`std::fmt::Display`] and parse back with [`std::str::FromStr`], which refuses anything but two
-//! consortium labels ([`crate::names::validate_label`]) joined by one `/`.
+//! [`GatewayId`] (`org/site`, or `org/site/replica` for a site's further gateways) and
+//! [`NodeKey`] (`org/node`). Both print with [`std::fmt::Display`] and parse back with
+//! [`std::str::FromStr`], which refuses anything but consortium labels
+//! ([`crate::names::validate_label`]) joined by `/`.
 
 use crate::names::{NameError, validate_label};
 
@@ -35,54 +36,123 @@ fn halves<'a>(
     Ok((a, b))
 }
 
-/// A gateway's identity in the federation: `org/site`. Its certificate names it as
-/// `gw-<site>.<org>.<domain>` ([`GatewayId::server_name`]).
+/// A gateway's identity in the federation: `org/site` for a site's first gateway,
+/// `org/site/replica` for another replica of the same site. Every replica's certificate names
+/// the site as `gw-<site>.<org>.<domain>` ([`GatewayId::server_name`]); the replica is read from
+/// its SPIFFE ID ([`GatewayId::from_identity`]). Ordered by org, site, then replica (the first
+/// gateway, empty replica, first).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GatewayId {
     /// The org.
     pub org: String,
     /// The site.
     pub site: String,
+    /// The replica name within the site (a DNS label); empty for the site's first gateway.
+    pub replica: String,
 }
 
 impl std::fmt::Display for GatewayId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.org, self.site)
+        write!(f, "{}/{}", self.org, self.site)?;
+        if !self.replica.is_empty() {
+            write!(f, "/{}", self.replica)?;
+        }
+        Ok(())
     }
 }
 
 impl std::str::FromStr for GatewayId {
     type Err = IdError;
 
-    /// Parses `org/site`; both halves must be consortium labels.
+    /// Parses `org/site` or `org/site/replica`; every part must be a consortium label.
     fn from_str(s: &str) -> Result<Self, IdError> {
-        let (org, site) = halves(s, "ORG/SITE", "site")?;
-        Ok(Self {
-            org: org.to_owned(),
-            site: site.to_owned(),
-        })
+        let (org_site, replica) = match s.match_indices('/').nth(1) {
+            Some((i, _)) => (&s[..i], Some(&s[i + 1..])),
+            None => (s, None),
+        };
+        let (org, site) = halves(org_site, "ORG/SITE[/REPLICA]", "site")?;
+        if let Some(replica) = replica {
+            validate_label("replica", replica)?;
+        }
+        Ok(Self::replica(org, site, replica.unwrap_or_default()))
     }
 }
 
 impl GatewayId {
+    /// The first gateway of `site` at `org` (empty replica), taken as given.
+    pub fn new(org: impl Into<String>, site: impl Into<String>) -> Self {
+        Self::replica(org, site, "")
+    }
+
+    /// Replica `replica` of `site` at `org` (empty: the first gateway), taken as given.
+    pub fn replica(
+        org: impl Into<String>,
+        site: impl Into<String>,
+        replica: impl Into<String>,
+    ) -> Self {
+        Self {
+            org: org.into(),
+            site: site.into(),
+            replica: replica.into(),
+        }
+    }
+
+    /// The site this gateway serves, as the id of its first gateway (replica empty): the key of
+    /// everything replicas share (the site's records, its nodes, which side keeps a link up).
+    pub fn site_id(&self) -> GatewayId {
+        Self::new(self.org.clone(), self.site.clone())
+    }
+
+    /// Whether `other` serves the same site (same org and site, any replica).
+    pub fn same_site(&self, other: &GatewayId) -> bool {
+        self.org == other.org && self.site == other.site
+    }
+
+    /// Whether `other` is a sibling: another replica of the same site.
+    pub fn is_sibling(&self, other: &GatewayId) -> bool {
+        self.same_site(other) && self.replica != other.replica
+    }
+
+    /// Whether this is the site's first gateway (empty replica).
+    pub fn is_first(&self) -> bool {
+        self.replica.is_empty()
+    }
+
     /// The TLS server name every dial to this gateway verifies, whatever host name or address
-    /// it dials: `gw-<site>.<org>.<domain>`, the one DNS name its leaf carries. The address a
-    /// gateway is dialled at and the identity it must prove are separate, as in Consul's
-    /// cluster peering (the server name comes from the peering data, not the dial address).
+    /// it dials: `gw-<site>.<org>.<domain>`, the one DNS name its leaf carries (the same for every
+    /// replica of the site). The address a gateway is dialled at and the identity it must prove
+    /// are separate, as in Consul's cluster peering (the server name comes from the peering data,
+    /// not the dial address).
     pub fn server_name(&self, domain: &str) -> String {
         crate::names::gateway_dns_name(&self.site, &self.org, domain)
     }
 
+    /// The SPIFFE ID this gateway's leaf carries
+    /// ([`crate::names::replica_spiffe_id`]).
+    pub fn spiffe_id(&self, domain: &str) -> String {
+        crate::names::replica_spiffe_id(&self.site, &self.replica, &self.org, domain)
+    }
+
     /// Reads the gateway id from a verified identity whose DNS name is
-    /// `gw-<site>.<org>.<domain>`.
+    /// `gw-<site>.<org>.<domain>`: the replica from its SPIFFE ID
+    /// (`.../gw/<site>/replica/<replica>`; `.../gw/<site>` or none: the first gateway). `None`
+    /// when the SPIFFE ID names another site or has another shape.
     pub fn from_identity(id: &crate::PeerIdentity, domain: &str) -> Option<Self> {
         let suffix = format!(".{}.{domain}", id.org);
         let site = id.dns_name.strip_suffix(&suffix)?.strip_prefix("gw-")?;
         validate_label("site", site).ok()?;
-        Some(Self {
-            org: id.org.clone(),
-            site: site.to_owned(),
-        })
+        let replica = match &id.spiffe_id {
+            None => "",
+            Some(uri) => {
+                let (spiffe_site, replica) =
+                    crate::names::gateway_of_spiffe_id(uri, &id.org, domain)?;
+                if spiffe_site != site {
+                    return None;
+                }
+                replica
+            }
+        };
+        Some(Self::replica(id.org.clone(), site, replica))
     }
 }
 
@@ -127,11 +197,51 @@ impl std::str::FromStr for NodeKey {
 mod tests {
     use super::*;
 
+    fn identity(dns: &str, spiffe: Option<&str>) -> crate::PeerIdentity {
+        crate::PeerIdentity {
+            org: "org2".into(),
+            dns_name: dns.into(),
+            spiffe_id: spiffe.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn gateway_id_from_identity_reads_the_replica_from_the_spiffe_id() {
+        let d = "acme.example";
+        let dns = "gw-dc1.org2.acme.example";
+        assert_eq!(
+            GatewayId::from_identity(&identity(dns, None), d),
+            Some(GatewayId::new("org2", "dc1"))
+        );
+        let first = GatewayId::new("org2", "dc1");
+        assert_eq!(
+            GatewayId::from_identity(&identity(dns, Some(&first.spiffe_id(d))), d),
+            Some(first)
+        );
+        let r2 = GatewayId::replica("org2", "dc1", "r2");
+        assert_eq!(
+            GatewayId::from_identity(&identity(dns, Some(&r2.spiffe_id(d))), d),
+            Some(r2)
+        );
+        let other_site = GatewayId::replica("org2", "dc9", "r2").spiffe_id(d);
+        assert_eq!(
+            GatewayId::from_identity(&identity(dns, Some(&other_site)), d),
+            None
+        );
+    }
+
     #[test]
     fn ids_print_and_parse_back() {
         let g: GatewayId = "org1/eu-west".parse().expect("two labels");
         assert_eq!((g.org.as_str(), g.site.as_str()), ("org1", "eu-west"));
         assert_eq!(g.to_string(), "org1/eu-west");
+        assert!(g.is_first());
+        let r: GatewayId = "org1/eu-west/r2".parse().expect("three labels");
+        assert_eq!(r, GatewayId::replica("org1", "eu-west", "r2"));
+        assert_eq!(r.to_string(), "org1/eu-west/r2");
+        assert!(r.is_sibling(&g) && r.same_site(&g) && !r.is_sibling(&r));
+        assert_eq!(r.site_id(), g);
+        assert!(g < r, "the first gateway sorts before its replicas");
         let n: NodeKey = "org2/node1".parse().expect("two labels");
         assert_eq!(n, NodeKey::new("org2", "node1"));
         assert_eq!(n.to_string(), "org2/node1");
@@ -145,7 +255,9 @@ mod tests {
             "/site",
             "org1/",
             "Org1/site",
-            "org1/site/x",
+            "org1/site/",
+            "org1/site/x/y",
+            "org1/site/X",
             "org1/a b",
         ] {
             let err = bad.parse::<GatewayId>().expect_err(bad);

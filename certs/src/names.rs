@@ -89,6 +89,41 @@ pub fn gateway_spiffe_id(site: &str, org: &str, domain: &str) -> String {
     format!("spiffe://{domain}/org/{org}/gw/{site}")
 }
 
+/// The SPIFFE ID of one replica of a site's gateway:
+/// `spiffe://<domain>/org/<org>/gw/<site>/replica/<replica>`, or [`gateway_spiffe_id`] for the
+/// site's first gateway (`replica` empty). Every replica of a site shares the DNS name
+/// [`gateway_dns_name`]; only this URI tells them apart.
+pub fn replica_spiffe_id(site: &str, replica: &str, org: &str, domain: &str) -> String {
+    if replica.is_empty() {
+        gateway_spiffe_id(site, org, domain)
+    } else {
+        format!("spiffe://{domain}/org/{org}/gw/{site}/replica/{replica}")
+    }
+}
+
+/// Reads `(site, replica)` from a gateway SPIFFE ID of `org` in `domain`:
+/// `.../gw/<site>` gives an empty replica, `.../gw/<site>/replica/<replica>` the replica.
+/// `None` for any other shape or a part that is not a DNS label.
+pub fn gateway_of_spiffe_id<'a>(
+    uri: &'a str,
+    org: &str,
+    domain: &str,
+) -> Option<(&'a str, &'a str)> {
+    let path = uri.strip_prefix("spiffe://")?.strip_prefix(domain)?;
+    let rest = path.strip_prefix("/org/")?.strip_prefix(org)?;
+    let rest = rest.strip_prefix("/gw/")?;
+    let (site, replica) = match rest.split_once('/') {
+        None => (rest, ""),
+        Some((site, tail)) => {
+            let replica = tail.strip_prefix("replica/")?;
+            validate_label("replica", replica).ok()?;
+            (site, replica)
+        }
+    };
+    validate_label("site", site).ok()?;
+    Some((site, replica))
+}
+
 /// Returns the org a DNS name belongs to: the label just left of `domain` in
 /// `<...>.<org>.<domain>`, or `None` if the name is not strictly below the domain.
 pub fn org_of_dns_name<'a>(name: &'a str, domain: &str) -> Option<&'a str> {
@@ -148,6 +183,26 @@ mod tests {
             Some("org2")
         );
         assert_eq!(org_of_spiffe_id("spiffe://evil.example/org/org2", d), None);
+        assert_eq!(
+            gateway_of_spiffe_id("spiffe://acme.example/org/org2/gw/dc1", "org2", d),
+            Some(("dc1", ""))
+        );
+        let r2 = replica_spiffe_id("dc1", "r2", "org2", d);
+        assert_eq!(r2, "spiffe://acme.example/org/org2/gw/dc1/replica/r2");
+        assert_eq!(gateway_of_spiffe_id(&r2, "org2", d), Some(("dc1", "r2")));
+        assert_eq!(
+            replica_spiffe_id("dc1", "", "org2", d),
+            gateway_spiffe_id("dc1", "org2", d)
+        );
+        for bad in [
+            "spiffe://acme.example/org/org3/gw/dc1",
+            "spiffe://acme.example/org/org2/gw/dc1/x/r2",
+            "spiffe://acme.example/org/org2/gw/dc1/replica/",
+            "spiffe://acme.example/org/org2/gw/dc1/replica/r2/x",
+            "spiffe://acme.example/org/org2/node/dc1",
+        ] {
+            assert_eq!(gateway_of_spiffe_id(bad, "org2", d), None, "{bad}");
+        }
         assert_eq!(org_of_spiffe_id("spiffe://acme.example/x/org2", d), None);
     }
 }

@@ -293,10 +293,28 @@ impl CertificateAuthority {
         lifetime: Duration,
         now: SystemTime,
     ) -> Result<IssuedLeaf, PkiError> {
+        self.issue_replica_leaf(site, "", org, domain, lifetime, now)
+    }
+
+    /// As [`Self::issue_gateway_leaf`] for replica `replica` of the site (empty: the site's first
+    /// gateway): the same DNS SAN, the URI SAN
+    /// `spiffe://<domain>/org/<org>/gw/<site>/replica/<replica>` ([`names::replica_spiffe_id`]).
+    pub fn issue_replica_leaf(
+        &self,
+        site: &str,
+        replica: &str,
+        org: &str,
+        domain: &str,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<IssuedLeaf, PkiError> {
         names::validate_label("site", site)?;
         names::validate_label("org", org)?;
+        if !replica.is_empty() {
+            names::validate_label("replica", replica)?;
+        }
         let dns = names::gateway_dns_name(site, org, domain);
-        let spiffe = names::gateway_spiffe_id(site, org, domain);
+        let spiffe = names::replica_spiffe_id(site, replica, org, domain);
         let sans = vec![SanType::DnsName(ia5(&dns)?), SanType::URI(ia5(&spiffe)?)];
         self.issue_leaf(&dns, sans, LeafKind::Gateway, lifetime, now)
     }

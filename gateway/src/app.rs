@@ -208,10 +208,7 @@ async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, R
 pub fn membership_config(config: &crate::config::Config) -> MembershipConfig {
     MembershipConfig {
         domain: config.domain.clone(),
-        me: GatewayId {
-            org: config.org.clone(),
-            site: config.site.clone(),
-        },
+        me: config.gateway_id(),
         outbound_only: config.outbound_only,
         heartbeat: Duration::from_millis(config.sync.heartbeat_ms),
         backoff_base: Duration::from_millis(config.sync.backoff_base_ms),
@@ -222,10 +219,7 @@ pub fn membership_config(config: &crate::config::Config) -> MembershipConfig {
             .iter()
             .map(|p| {
                 (
-                    GatewayId {
-                        org: p.org.clone(),
-                        site: p.site.clone(),
-                    },
+                    GatewayId::replica(p.org.clone(), p.site.clone(), p.replica.clone()),
                     p.advertise.clone(),
                 )
             })
@@ -285,10 +279,7 @@ pub async fn start_with(
     let provider = tls::provider();
     let metrics = Metrics::new();
     let tracker = TaskTracker::new();
-    let me = GatewayId {
-        org: config.org.clone(),
-        site: config.site.clone(),
-    };
+    let me = config.gateway_id();
     let membership = Membership::open(
         membership_config(config),
         store.clone(),

@@ -28,6 +28,14 @@ pub const DEFAULT_GATEWAY_PORT: u16 = 7443;
 pub const DEFAULT_DNS: &str = "127.0.0.1:5353";
 /// Default metrics and health listen address.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
+/// How many gateways a site may have: replica indexes are 0 to 15 (sequence numbers are
+/// spread over them modulo this).
+pub const MAX_REPLICAS: u8 = 16;
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
+}
+
 /// Default gateway leaf lifetime: 24 h.
 pub const DEFAULT_LEAF_LIFETIME_SECS: u64 = 24 * 3600;
 
@@ -105,6 +113,9 @@ pub struct PeerConfig {
     pub org: String,
     /// The peer's site.
     pub site: String,
+    /// The peer's replica name within its site (empty or absent: the site's first gateway).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub replica: String,
     /// `host:port` endpoints.
     pub advertise: Vec<String>,
 }
@@ -121,6 +132,17 @@ pub struct Config {
     pub org: String,
     /// This gateway's site label.
     pub site: String,
+    /// This gateway's replica name within the site (DNS label); empty or absent for the site's
+    /// first gateway. Replicas of a site share its identity and records (docs/DESIGN.md section
+    /// 14); `fedgw replica add` names them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub replica: String,
+    /// This replica's index within the site: 0 for the first gateway, 1 to 15 for the others
+    /// (assigned by `fedgw replica add`). Every record this gateway publishes has a sequence
+    /// number congruent to it modulo 16, so two replicas never sign the same sequence number
+    /// for one record.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replica_index: u8,
     /// Endpoints other gateways dial, `host:port`. Port 0 means "the port bound at run time"
     /// (single-host labs and tests).
     pub advertise: Vec<String>,
@@ -353,6 +375,15 @@ impl Config {
         Ok(config)
     }
 
+    /// This gateway's identity: org, site and replica (empty for the site's first gateway).
+    pub fn gateway_id(&self) -> fedgw_certs::ids::GatewayId {
+        fedgw_certs::ids::GatewayId::replica(
+            self.org.clone(),
+            self.site.clone(),
+            self.replica.clone(),
+        )
+    }
+
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -369,6 +400,19 @@ impl Config {
         names::validate_domain("domain", &self.domain).map_err(|e| e.to_string())?;
         names::validate_label("org", &self.org).map_err(|e| e.to_string())?;
         names::validate_label("site", &self.site).map_err(|e| e.to_string())?;
+        if !self.replica.is_empty() {
+            names::validate_label("replica", &self.replica).map_err(|e| e.to_string())?;
+        }
+        if self.replica.is_empty() != (self.replica_index == 0) {
+            return Err(
+                "replica and replica_index go together: both absent for the site's first \
+                 gateway, both set (index 1 to 15) for another replica"
+                    .into(),
+            );
+        }
+        if self.replica_index >= MAX_REPLICAS {
+            return Err(format!("replica_index must be below {MAX_REPLICAS}"));
+        }
         if self.advertise.is_empty() {
             return Err("advertise must list at least one host:port".into());
         }
@@ -524,6 +568,8 @@ mod tests {
             domain: "acme.example".into(),
             org: "org1".into(),
             site: "dc1".into(),
+            replica: String::new(),
+            replica_index: 0,
             advertise: vec!["127.0.0.1:0".into()],
             listen: "127.0.0.1:0".parse().expect("addr"),
             dns: DEFAULT_DNS.parse().expect("addr"),
@@ -855,9 +901,12 @@ mod tests {
         full.tunnel
             .priority
             .insert("tessera".into(), crate::tunnel::class::Class::Bulk);
+        full.replica = "r2".into();
+        full.replica_index = 1;
         full.peers = vec![PeerConfig {
             org: "org2".into(),
             site: "dc1".into(),
+            replica: "r2".into(),
             advertise: vec!["127.0.0.1:7443".into()],
         }];
         full.addresses = crate::addressing::AddressMode::Ip {

@@ -910,7 +910,7 @@ impl Membership {
             v.gateways()
                 .into_iter()
                 .filter(|(_, _, g)| !g.outbound_only)
-                .map(|(org, site, g)| (GatewayId { org, site }, g.advertise))
+                .map(|(org, site, g)| (GatewayId::new(org, site), g.advertise))
                 .collect()
         });
         for (id, endpoints) in &self.0.cfg.bootstrap {

@@ -175,6 +175,8 @@ pub fn init(dir: &DataDir, opts: &InitOptions, now: SystemTime) -> Result<Config
         domain: opts.domain.clone(),
         org: opts.org.clone(),
         site: net.site.clone(),
+        replica: String::new(),
+        replica_index: 0,
         advertise: net.advertise.clone(),
         listen: net.listen()?,
         dns: net.dns,
@@ -324,6 +326,8 @@ pub fn write_joined(
         domain: consortium.domain.clone(),
         org: files.org.to_owned(),
         site: net.site.clone(),
+        replica: String::new(),
+        replica_index: 0,
         advertise: net.advertise.clone(),
         listen: net.listen()?,
         dns: net.dns,
@@ -351,6 +355,7 @@ pub fn write_joined(
             .map(|g| PeerConfig {
                 org: g.org.clone(),
                 site: g.site.clone(),
+                replica: String::new(),
                 advertise: g.advertise.clone(),
             })
             .collect(),
@@ -474,8 +479,9 @@ pub fn issue_leaf(
     now: SystemTime,
 ) -> Result<IssuedLeaf, ProvisionError> {
     let leaf = org_ca
-        .issue_gateway_leaf(
+        .issue_replica_leaf(
             &config.site,
+            &config.replica,
             &config.org,
             &config.domain,
             Duration::from_secs(config.leaf_lifetime_secs),
@@ -506,7 +512,7 @@ pub(crate) fn pem_key(key: &PrivatePkcs8KeyDer<'_>) -> String {
 }
 
 /// Loads the current gateway leaf, or issues a new one when it is missing, unreadable, for
-/// another name, without the fedgw-gateway extended key usage (a leaf written before gateway
+/// another name or replica (SPIFFE ID), without the fedgw-gateway extended key usage (a leaf written before gateway
 /// leaves carried it: peers refuse it), or past half its lifetime. Returns the leaf and when to renew it next.
 pub fn current_leaf(
     dir: &DataDir,
@@ -525,7 +531,14 @@ pub fn current_leaf(
             &loaded.config.org,
             &loaded.config.domain,
         );
+        let want_spiffe = fedgw_certs::names::replica_spiffe_id(
+            &loaded.config.site,
+            &loaded.config.replica,
+            &loaded.config.org,
+            &loaded.config.domain,
+        );
         let current = id.dns_name == want
+            && id.spiffe_id.as_deref() == Some(want_spiffe.as_str())
             && chain.get(1) == Some(loaded.org_ca.cert())
             && pki::is_gateway_leaf(chain.first()?);
         current.then_some(IssuedLeaf {

@@ -173,6 +173,27 @@ fn gateway_leaf_verifies_and_names_its_org() {
 }
 
 #[test]
+fn replica_leaf_shares_the_site_name_and_carries_its_replica() {
+    let root = root();
+    let org2 = admit(&root, "org2");
+    let leaf = org2
+        .ca
+        .issue_replica_leaf("dc1", "r2", "org2", DOMAIN, DEFAULT_LEAF_LIFETIME, now())
+        .expect("issue");
+    let id = verify_client(&verifier(&root, &RevocationSet::default()), &leaf).expect("valid");
+    assert_eq!(id.dns_name, "gw-dc1.org2.acme.example");
+    assert_eq!(
+        crate::ids::GatewayId::from_identity(&id, DOMAIN),
+        Some(crate::ids::GatewayId::replica("org2", "dc1", "r2"))
+    );
+    assert!(matches!(
+        org2.ca
+            .issue_replica_leaf("dc1", "R2", "org2", DOMAIN, DEFAULT_LEAF_LIFETIME, now()),
+        Err(PkiError::Name(_))
+    ));
+}
+
+#[test]
 fn leaf_outside_the_org_subtree_is_a_name_constraint_violation() {
     let root = root();
     let org1 = admit(&root, "org1");

@@ -49,7 +49,7 @@ pub(super) fn status_of(
     endpoints.extend(
         m.read(|v| v.gateways())
             .into_iter()
-            .map(|(org, site, g)| (crate::membership::GatewayId { org, site }, g.advertise)),
+            .map(|(org, site, g)| (crate::membership::GatewayId::new(org, site), g.advertise)),
     );
     let peers = m
         .peer_reports()

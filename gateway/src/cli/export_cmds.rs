@@ -139,6 +139,7 @@ async fn known_gateways(
                 m.gateways.into_iter().map(move |g| PeerConfig {
                     org: m.org.clone(),
                     site: g.site,
+                    replica: String::new(),
                     advertise: g.advertise,
                 })
             })
@@ -169,6 +170,7 @@ async fn known_gateways(
             .map(|(org, site, g)| PeerConfig {
                 org,
                 site,
+                replica: String::new(),
                 advertise: g.advertise,
             })
             .collect()

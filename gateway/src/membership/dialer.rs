@@ -359,10 +359,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let m = membership(&pki, "org1", dir.path(), |c| {
             c.bootstrap = vec![(
-                GatewayId {
-                    org: "org2".into(),
-                    site: "dc1".into(),
-                },
+                GatewayId::new("org2", "dc1"),
                 vec!["gw.org2.example:7000".into()],
             )];
         });

@@ -127,10 +127,7 @@ pub fn membership(
 
     let mut config = super::MembershipConfig {
         domain: DOMAIN.into(),
-        me: super::GatewayId {
-            org: org.into(),
-            site: "dc1".into(),
-        },
+        me: super::GatewayId::new(org, "dc1"),
         outbound_only: false,
         heartbeat: Duration::from_secs(1),
         backoff_base: Duration::from_secs(1),

@@ -109,7 +109,7 @@ fn scan(v: &View, since: Option<Mark>, full: bool) -> Scan {
         v.gateways()
             .into_iter()
             .map(|(org, site, record)| GatewayEntry {
-                id: GatewayId { org, site },
+                id: GatewayId::new(org, site),
                 record,
             })
             .collect()

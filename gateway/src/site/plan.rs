@@ -123,10 +123,7 @@ pub fn project_node(inputs: Inputs<'_>, n: &NodeView) -> NodePlan {
         (None, None) => {}
     }
     if let Some(addr) = held {
-        let site = GatewayId {
-            org: n.org.clone(),
-            site: n.node.site.clone(),
-        };
+        let site = GatewayId::new(n.org.clone(), n.node.site.clone());
         for (port_name, port) in &addr.ports {
             let at = SocketAddr::new(addr.ip, *port);
             match Route::new(at, site.clone(), &n.org, &n.name, port_name) {

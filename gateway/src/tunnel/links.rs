@@ -393,7 +393,7 @@ impl Links {
                 .into_iter()
                 .find(|(o, s, _)| *o == peer.org && *s == peer.site)
                 .map(|(org, site, g)| PeerGateway {
-                    id: GatewayId { org, site },
+                    id: GatewayId::new(org, site),
                     advertise: g.advertise,
                     outbound_only: g.outbound_only,
                 })

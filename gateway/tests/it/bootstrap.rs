@@ -417,6 +417,7 @@ fn an_empty_store_without_peers_is_a_clear_error_and_a_waiting_gateway_stops_on_
     c.peers = vec![fedgw_gateway::config::PeerConfig {
         org: "org2".into(),
         site: "dc1".into(),
+        replica: String::new(),
         advertise: vec![silent.local_addr().expect("addr").to_string()],
     }];
     std::fs::write(&path, c.to_toml()).expect("write");

@@ -68,10 +68,7 @@ async fn far_end_knows_node1(fed: &Fed) {
 }
 
 fn org(name: &str) -> GatewayId {
-    GatewayId {
-        org: name.into(),
-        site: "dc1".into(),
-    }
+    GatewayId::new(name, "dc1")
 }
 
 /// The number of `at`'s consensus side link to `peer`, if one is up.

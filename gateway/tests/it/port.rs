@@ -437,10 +437,9 @@ async fn a_node_leaf_is_refused_on_h2_tcp_tls_and_quic() {
     assert!(tcp_tunnel_ended(to, &impostor, &root, WAIT).await);
     assert_eq!(m.handshakes_total("tunnel", "failed"), failed + 1);
     assert_eq!(
-        org1.run().tunnels.link_transport(&GatewayId {
-            org: "org2".into(),
-            site: "dc5".into()
-        }),
+        org1.run()
+            .tunnels
+            .link_transport(&GatewayId::new("org2", "dc5")),
         None
     );
     // QUIC
@@ -457,10 +456,9 @@ async fn a_node_leaf_is_refused_on_h2_tcp_tls_and_quic() {
     assert!(tcp_tunnel_ended(to, &unpublished, &root, WAIT).await);
     assert!(quic_ended(quic_to, &unpublished, &root, WAIT).await);
     assert_eq!(
-        org1.run().tunnels.link_transport(&GatewayId {
-            org: "org2".into(),
-            site: "dc5".into()
-        }),
+        org1.run()
+            .tunnels
+            .link_transport(&GatewayId::new("org2", "dc5")),
         None
     );
     // while org2's published site is served on both
@@ -539,4 +537,65 @@ fn a_gateway_leaf_from_before_the_gateway_usage_is_reissued_at_start() {
     let on_disk = pki::certs_from_pem(&std::fs::read_to_string(dir.gateway_cert()).expect("pem"))
         .expect("pem");
     assert_eq!(on_disk[0], leaf.chain[0], "and written");
+}
+
+#[test]
+fn a_replica_gets_a_leaf_naming_its_replica_and_the_first_gateway_keeps_its_spiffe_id() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = DataDir::new(tmp.path().join("org1"));
+    fedgw_gateway::provision::init(
+        &dir,
+        &fedgw_gateway::provision::InitOptions {
+            consortium: "acme".into(),
+            domain: DOMAIN.into(),
+            org: "org1".into(),
+            admission: Admission::Operator,
+            consensus: Default::default(),
+            genesis: None,
+            network: network(false),
+        },
+        SystemTime::now(),
+    )
+    .expect("init");
+    let identity = |leaf: &[u8]| {
+        let id = fedgw_certs::peer_identity(leaf, DOMAIN).expect("identity");
+        (
+            GatewayId::from_identity(&id, DOMAIN).expect("gateway id"),
+            id,
+        )
+    };
+    let loaded = fedgw_gateway::provision::load(&dir).expect("load");
+    let (first, _) = fedgw_gateway::provision::current_leaf(&dir, &loaded, SystemTime::now())
+        .expect("current leaf");
+    let (id, peer) = identity(&first.chain[0]);
+    assert_eq!(id, GatewayId::new("org1", "dc1"));
+    assert_eq!(loaded.config.gateway_id(), id);
+    assert_eq!(
+        peer.spiffe_id.as_deref(),
+        Some(format!("spiffe://{DOMAIN}/org/org1/gw/dc1").as_str()),
+        "unchanged for a site's first gateway"
+    );
+
+    // the same data dir named as replica r2: the leaf for the site alone is replaced
+    let mut config = loaded.config.clone();
+    config.replica = "r2".into();
+    config.replica_index = 1;
+    std::fs::write(dir.config(), config.to_toml()).expect("write config");
+    let loaded = fedgw_gateway::provision::load(&dir).expect("load");
+    let (leaf, _) = fedgw_gateway::provision::current_leaf(&dir, &loaded, SystemTime::now())
+        .expect("current leaf");
+    assert_ne!(leaf.chain[0], first.chain[0], "reissued");
+    let (id, peer) = identity(&leaf.chain[0]);
+    assert_eq!(id, GatewayId::replica("org1", "dc1", "r2"));
+    assert_eq!(
+        peer.dns_name,
+        format!("gw-dc1.org1.{DOMAIN}"),
+        "the site's name"
+    );
+    assert_eq!(loaded.config.gateway_id(), id);
+
+    // a replica without its index is refused at load
+    config.replica_index = 0;
+    std::fs::write(dir.config(), config.to_toml()).expect("write config");
+    assert!(fedgw_gateway::provision::load(&dir).is_err());
 }

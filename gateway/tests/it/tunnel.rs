@@ -167,10 +167,7 @@ async fn echo_many(transport: Transport) {
 
     // warm up: the tunnel exists, then take the baselines
     echo_once(addr, 0, 1024).await;
-    let peer = GatewayId {
-        org: "org2".into(),
-        site: "dc1".into(),
-    };
+    let peer = GatewayId::new("org2", "dc1");
     let want = match transport {
         Transport::Tcp => "tcp",
         _ => "quic",
@@ -308,10 +305,7 @@ async fn tessera_upcheck_answers_through_the_tunnel() {
 /// refusal comes at once; `Accepted` comes with the node's first bytes, so a stream meant to
 /// be accepted sends the echo node something to answer after its header.
 async fn raw_answer(from: &Gw, to: &str, bytes: &[u8], finish: bool) -> Option<Answer> {
-    let peer = GatewayId {
-        org: to.into(),
-        site: "dc1".into(),
-    };
+    let peer = GatewayId::new(to, "dc1");
     let stream = from.run().tunnels.open(&peer).await.expect("open stream");
     let (mut r, mut w) = stream.split();
     w.write_all(bytes).await.expect("send header");

@@ -73,10 +73,7 @@ fn unix_ms(t: SystemTime) -> i64 {
 }
 
 fn id(org: &str) -> GatewayId {
-    GatewayId {
-        org: org.into(),
-        site: "dc1".into(),
-    }
+    GatewayId::new(org, "dc1")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,10 +20,7 @@ fn batches_respect_count_and_size() {
 }
 
 fn id(org: &str) -> GatewayId {
-    GatewayId {
-        org: org.into(),
-        site: "dc1".into(),
-    }
+    GatewayId::new(org, "dc1")
 }
 
 /// Runs a session between `a` (the dialler) and `b` over in-memory channels; the handles

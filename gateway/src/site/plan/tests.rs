@@ -5,10 +5,7 @@ use crate::addressing::{AddressMode, Need};
 use crate::membership::Node;
 
 fn me() -> GatewayId {
-    GatewayId {
-        org: "org1".into(),
-        site: "dc1".into(),
-    }
+    GatewayId::new("org1", "dc1")
 }
 
 fn node(org: &str, name: &str, site: &str, p2p: u32, raft: u32) -> NodeView {
@@ -303,10 +300,7 @@ fn members_and_gateways_count_as_changes_only_when_they_change() {
     plan.set_members(["org1".to_owned(), "org2".to_owned()].into(), &mut delta);
     assert!(delta.targets);
     let gw = GatewayEntry {
-        id: GatewayId {
-            org: "org2".into(),
-            site: "dc9".into(),
-        },
+        id: GatewayId::new("org2", "dc9"),
         record: pb::GatewayRecord {
             advertise: vec!["192.0.2.7:7443".into()],
             outbound_only: false,

@@ -371,10 +371,7 @@ mod tests {
     use super::*;
 
     fn peer() -> GatewayId {
-        GatewayId {
-            org: "org2".into(),
-            site: "dc1".into(),
-        }
+        GatewayId::new("org2", "dc1")
     }
 
     #[test]
@@ -424,10 +421,7 @@ mod tests {
         assert_eq!(status.at, wall + Duration::from_secs(30));
         assert_eq!(status.retry_at, wall + Duration::from_secs(90));
         // another peer is untouched
-        let other = GatewayId {
-            org: "org3".into(),
-            site: "dc1".into(),
-        };
+        let other = GatewayId::new("org3", "dc1");
         assert!(u.due(&other, t1) && u.status(&other, t1, wall).is_none());
         u.connected(&p);
         assert!(u.due(&p, t1) && u.get(&p).is_none());
