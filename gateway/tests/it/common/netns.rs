@@ -296,14 +296,10 @@ impl Net {
         }
     }
 
-    /// A host failing as a machine does: every process in it SIGKILLed, its links down.
+    /// A host failing as a machine does: its links go down first (so nothing a dying process
+    /// sends gets out), then every process in it is SIGKILLed.
     pub fn crash(&self, host: &str) -> anyhow::Result<()> {
         let ns = self.ns(host);
-        for pid in pids(&ns) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
         let links = ip(["-n", &ns, "-o", "link", "show"])?;
         for line in String::from_utf8_lossy(&links.stdout).lines() {
             // "2: lan0@if5: <...>": the name, without the peer suffix
@@ -314,6 +310,11 @@ impl Net {
             if name != "lo" && !name.is_empty() {
                 ip(["-n", &ns, "link", "set", name, "down"])?;
             }
+        }
+        for pid in pids(&ns) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
         Ok(())
     }
