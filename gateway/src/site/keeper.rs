@@ -197,7 +197,8 @@ pub async fn run(mut k: Keeper, shutdown: CancellationToken) {
         }
         allocate(&k, &me, &nodes, scanned.full, &mut unsaved).await;
         let read_ok = read_site(&k, &me, &mut site, &nodes, scanned.full).await;
-        reread = !read_ok;
+        // a failed reload of the siblings' allocations is retried like a failed read
+        reread = !read_ok || rev != shared_rev;
         if let Some(state) = &mut site {
             let changed = (!scanned.full).then(|| {
                 nodes
