@@ -1,7 +1,13 @@
-//! High availability in network namespaces: a virtual IP kept by keepalived (VRRPv3) in front
-//! of a site's gateways, as deploy/keepalived/keepalived.conf sets it up. Each host is a
-//! namespace ([`crate::common::netns`]); skipped (with the reason printed) when not root, without
-//! `ip netns`, or without keepalived (scripts/test installs it).
+//! High availability with real processes in network namespaces: two sites with a WAN between
+//! their gateways and a LAN each ([`Sites`]), site B's gateway with a second replica
+//! (`fedgw replica add` + `replica join`), and a virtual IP kept by keepalived (VRRPv3) in
+//! front of B's replicas as deploy/keepalived/keepalived.conf sets it up. Failures are
+//! SIGKILLs (or a whole host failing); each test prints the longest gap its node saw between
+//! answers ([`outage`]) and bounds it.
+//!
+//! Each host is a namespace ([`crate::common::netns`]); a test skips (printing why) when not
+//! root, without `ip netns`, without keepalived or curl (scripts/test installs them), or, for
+//! the replica tests, when this `fedgw` has no `replica` command.
 //!
 //! Inside a test's own namespaces fixed ports are private to the test, so gateways use their
 //! deployed ports (DNS 53, metrics 9464) as the keepalived example expects.
@@ -18,7 +24,8 @@ const VIP: &str = "10.201.0.53";
 
 /// keepalived's config for one replica, in the shape of deploy/keepalived/keepalived.conf:
 /// VRRPv3, 100 ms adverts, gratuitous ARPs again 1 s after taking over, both replicas BACKUP
-/// with nopreempt, a readiness check every second (`check_url`, fetched with curl) whose one failure hands the VIP on.
+/// with nopreempt, a readiness check every second (`check_url`, fetched with curl) whose one
+/// failure hands the VIP on.
 pub fn keepalived_conf(
     router_id: &str,
     interface: &str,
@@ -102,8 +109,9 @@ pub fn keepalived_missing() -> Option<String> {
 pub struct Outage {
     /// The longest time between two consecutive successful probes around the failure.
     pub gap: Duration,
-    /// Probes run, and how many of them failed.
+    /// Probes run after the failure.
     pub probes: usize,
+    /// How many of those failed.
     pub failed: usize,
 }
 
@@ -163,7 +171,7 @@ pub fn probe(net: &Net, host: &str, target: &str, extra: &[&str], timeout: &str)
         .is_ok_and(|s| s.success())
 }
 
-/// Which of `hosts` holds `addr`; fails unless exactly one does.
+/// Which of `hosts` holds `addr`; `None` unless exactly one does.
 pub fn holder<'a>(net: &Net, hosts: &[&'a str], addr: &str) -> Option<&'a str> {
     let holding: Vec<&str> = hosts
         .iter()
