@@ -998,3 +998,51 @@ fn a_node_reaches_another_site_through_a_vip_in_front_of_its_gateway() {
         "the VIP answers B's pool: {answer:?}"
     );
 }
+
+/// The harness itself: a test that panics with hosts, a bridge and a running process leaves
+/// no namespace and no process behind.
+#[test]
+fn a_panicking_test_leaves_no_namespace_or_process_behind() {
+    let Some(net) = Net::new() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    net.network("lan").expect("lan");
+    net.host("h").expect("host");
+    net.attach("h", "lan", "lan0", "10.202.0.2/24")
+        .expect("attach");
+    let pid = net
+        .spawn(
+            "h",
+            &[
+                env!("CARGO_BIN_EXE_fedgw"),
+                "stand-in",
+                "--echo",
+                "0.0.0.0:30303",
+            ],
+            &tmp.path().join("stand-in.log"),
+        )
+        .expect("spawn");
+    let ns = net.ns("h");
+    let panicked = std::thread::spawn(move || {
+        let _net = net;
+        panic!("a failed assertion");
+    })
+    .join();
+    assert!(panicked.is_err());
+    let list = String::from_utf8_lossy(
+        &std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip netns list")
+            .stdout,
+    )
+    .into_owned();
+    let prefix = format!("fgw{}-", std::process::id());
+    assert!(!list.contains(&prefix), "namespaces left: {list}");
+    assert!(!list.contains(&ns));
+    fedgw_tests::wait_for("the stand-in to be gone", Duration::from_secs(5), || {
+        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    })
+    .expect("process gone");
+}
