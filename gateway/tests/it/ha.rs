@@ -23,8 +23,8 @@ const LAN: &str = "10.201.0";
 const VIP: &str = "10.201.0.53";
 
 /// keepalived's config for one replica, in the shape of deploy/keepalived/keepalived.conf:
-/// VRRPv3, 100 ms adverts, gratuitous ARPs again 1 s after taking over, both replicas BACKUP
-/// with nopreempt, a readiness check every second (`check_url`, fetched with curl) whose one
+/// VRRPv3, 100 ms adverts, gratuitous ARPs spread over a second on taking over and again a
+/// second later, both replicas BACKUP with nopreempt, a readiness check every second (`check_url`, fetched with curl) whose one
 /// failure hands the VIP on.
 pub fn keepalived_conf(
     router_id: &str,
@@ -39,6 +39,7 @@ pub fn keepalived_conf(
     script_user root
     enable_script_security
     vrrp_version 3
+    vrrp_garp_interval 0.25
 }}
 
 vrrp_script fedgw_ready {{
