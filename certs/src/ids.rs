@@ -118,6 +118,28 @@ impl GatewayId {
         self.replica.is_empty()
     }
 
+    /// The name of this gateway's `Gateway` record: the site for the first gateway,
+    /// `<site>.<replica>` for another replica (a dot never occurs in a site label, so the two
+    /// never collide).
+    pub fn record_name(&self) -> String {
+        if self.replica.is_empty() {
+            self.site.clone()
+        } else {
+            format!("{}.{}", self.site, self.replica)
+        }
+    }
+
+    /// The gateway a `Gateway` record of `org` named `name` describes ([`Self::record_name`]);
+    /// `None` unless `name` is one label or two labels joined by one dot.
+    pub fn from_record_name(org: &str, name: &str) -> Option<Self> {
+        let (site, replica) = name.split_once('.').unwrap_or((name, ""));
+        validate_label("site", site).ok()?;
+        if name.contains('.') {
+            validate_label("replica", replica).ok()?;
+        }
+        Some(Self::replica(org, site, replica))
+    }
+
     /// The TLS server name every dial to this gateway verifies, whatever host name or address
     /// it dials: `gw-<site>.<org>.<domain>`, the one DNS name its leaf carries (the same for every
     /// replica of the site). The address a gateway is dialled at and the identity it must prove
@@ -242,6 +264,15 @@ mod tests {
         assert!(r.is_sibling(&g) && r.same_site(&g) && !r.is_sibling(&r));
         assert_eq!(r.site_id(), g);
         assert!(g < r, "the first gateway sorts before its replicas");
+        assert_eq!(
+            (g.record_name(), r.record_name()),
+            ("eu-west".into(), "eu-west.r2".into())
+        );
+        assert_eq!(GatewayId::from_record_name("org1", "eu-west"), Some(g));
+        assert_eq!(GatewayId::from_record_name("org1", "eu-west.r2"), Some(r));
+        for bad in ["", "a.", ".a", "a.b.c", "A"] {
+            assert_eq!(GatewayId::from_record_name("org1", bad), None, "{bad:?}");
+        }
         let n: NodeKey = "org2/node1".parse().expect("two labels");
         assert_eq!(n, NodeKey::new("org2", "node1"));
         assert_eq!(n.to_string(), "org2/node1");

@@ -25,7 +25,7 @@ use crate::join::server::JoinService;
 use crate::listener::{self, Dispatch, TlsConn};
 use crate::membership::bootstrap::{self, BootstrapError, Until};
 use crate::membership::dialer::{self, DialerTls};
-use crate::membership::{GatewayId, Keys, Membership, MembershipConfig, SignAs};
+use crate::membership::{Keys, Membership, MembershipConfig, SignAs};
 use crate::metrics::{self, Metrics};
 use crate::provision::{self, Loaded, ProvisionError};
 use crate::store::{self, Store, StoreError};
@@ -209,6 +209,7 @@ pub fn membership_config(config: &crate::config::Config) -> MembershipConfig {
     MembershipConfig {
         domain: config.domain.clone(),
         me: config.gateway_id(),
+        replica_index: config.replica_index,
         outbound_only: config.outbound_only,
         heartbeat: Duration::from_millis(config.sync.heartbeat_ms),
         backoff_base: Duration::from_millis(config.sync.backoff_base_ms),
@@ -217,12 +218,7 @@ pub fn membership_config(config: &crate::config::Config) -> MembershipConfig {
         bootstrap: config
             .peers
             .iter()
-            .map(|p| {
-                (
-                    GatewayId::replica(p.org.clone(), p.site.clone(), p.replica.clone()),
-                    p.advertise.clone(),
-                )
-            })
+            .map(|p| (p.id(), p.advertise.clone()))
             .collect(),
         max_session_age: config.max_session_age(),
     }
@@ -659,13 +655,13 @@ pub async fn start_with(
     let held = membership.read(|v| {
         v.gateways()
             .into_iter()
-            .any(|(o, s, g)| o == me.org && s == me.site && g == gateway_record)
+            .any(|(id, g)| id == me && g == gateway_record)
     });
     if !held {
         membership
             .publish(
                 &me.org,
-                &me.site,
+                &me.record_name(),
                 pb::record_body::Body::Gateway(gateway_record),
                 SignAs::Org,
             )

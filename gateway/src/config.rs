@@ -120,6 +120,17 @@ pub struct PeerConfig {
     pub advertise: Vec<String>,
 }
 
+impl PeerConfig {
+    /// The peer's gateway id.
+    pub fn id(&self) -> fedgw_certs::ids::GatewayId {
+        fedgw_certs::ids::GatewayId::replica(
+            self.org.clone(),
+            self.site.clone(),
+            self.replica.clone(),
+        )
+    }
+}
+
 /// The contents of `fedgw.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -478,7 +478,7 @@ async fn keep_advertised(
             advertised_sources(
                 gateways
                     .iter()
-                    .flat_map(|(_, _, g)| g.advertise.iter().map(String::as_str)),
+                    .flat_map(|(_, g)| g.advertise.iter().map(String::as_str)),
             )
         });
         gate.known.set_advertised(sources);

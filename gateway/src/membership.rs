@@ -50,6 +50,9 @@ pub struct MembershipConfig {
     pub domain: String,
     /// This gateway.
     pub me: GatewayId,
+    /// This replica's index within its site (0: the first gateway; `replica_index` in
+    /// `fedgw.toml`): every seq it signs is congruent to it modulo 16.
+    pub replica_index: u8,
     /// This gateway accepts no inbound connections.
     pub outbound_only: bool,
     /// Heartbeat interval on sync streams; a stream silent for three intervals is closed.
@@ -705,7 +708,8 @@ impl Membership {
             org: org.to_owned(),
             name: name.to_owned(),
         };
-        let seq = self.read(|v| v.next_seq(&key, unix_ms(SystemTime::now())));
+        let index = self.0.cfg.replica_index;
+        let seq = self.read(|v| v.next_seq(&key, unix_ms(SystemTime::now()), index));
         let signer = match sign {
             SignAs::Org => &self.0.org_signer,
             SignAs::Root => self.0.root_signer.as_ref().ok_or(PublishError::NoRootKey)?,
@@ -909,8 +913,8 @@ impl Membership {
         let mut out: Vec<(GatewayId, Vec<String>)> = self.read(|v| {
             v.gateways()
                 .into_iter()
-                .filter(|(_, _, g)| !g.outbound_only)
-                .map(|(org, site, g)| (GatewayId::new(org, site), g.advertise))
+                .filter(|(_, g)| !g.outbound_only)
+                .map(|(id, g)| (id, g.advertise))
                 .collect()
         });
         for (id, endpoints) in &self.0.cfg.bootstrap {

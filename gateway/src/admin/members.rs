@@ -87,9 +87,10 @@ pub(super) async fn list_members(
             admitted_unix,
             gateways: gateways
                 .iter()
-                .filter(|(o, _, _)| o == org)
-                .map(|(_, site, g)| pb::GatewayInfo {
-                    site: site.clone(),
+                .filter(|(id, _)| id.org == org)
+                .map(|(id, g)| pb::GatewayInfo {
+                    site: id.site.clone(),
+                    replica: id.replica.clone(),
                     advertise: g.advertise.clone(),
                     outbound_only: g.outbound_only,
                 })

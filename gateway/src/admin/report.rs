@@ -49,7 +49,7 @@ pub(super) fn status_of(
     endpoints.extend(
         m.read(|v| v.gateways())
             .into_iter()
-            .map(|(org, site, g)| (crate::membership::GatewayId::new(org, site), g.advertise)),
+            .map(|(id, g)| (id, g.advertise)),
     );
     let peers = m
         .peer_reports()
@@ -61,6 +61,7 @@ pub(super) fn status_of(
                 .unwrap_or_default(),
             org: p.id.org,
             site: p.id.site,
+            replica: p.id.replica,
             state: p.state.to_owned(),
             direction: p.direction.to_owned(),
             last_seen_unix_ms: p.last_seen_ms,
@@ -73,6 +74,7 @@ pub(super) fn status_of(
     pb::StatusResponse {
         org: m.me().org.clone(),
         site: m.me().site.clone(),
+        replica: m.me().replica.clone(),
         digest,
         records,
         peers,

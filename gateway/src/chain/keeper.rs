@@ -457,8 +457,8 @@ pub fn inputs_from_view(view: &crate::membership::view::View, domain: &str, me: 
     let adders = view
         .gateways()
         .into_iter()
-        .filter(|(_, _, g)| g.raft_adder)
-        .map(|(org, site, _)| format!("{org}/{site}"))
+        .filter(|(_, g)| g.raft_adder)
+        .map(|(id, _)| id.to_string())
         .collect();
     Inputs {
         domain: domain.to_owned(),
@@ -575,8 +575,8 @@ pub async fn run(k: Keeper, shutdown: CancellationToken) {
                 local_learners(v, &me.org, &local_rpc),
                 v.gateways()
                     .into_iter()
-                    .find(|(o, s, _)| *o == me.org && *s == me.site)
-                    .map(|(_, _, g)| g),
+                    .find(|(id, _)| id == &me)
+                    .map(|(_, g)| g),
             )
         });
         // the flag follows the local nodes: a node added or removed here changes it
@@ -590,7 +590,7 @@ pub async fn run(k: Keeper, shutdown: CancellationToken) {
                 .membership
                 .publish(
                     &me.org,
-                    &me.site,
+                    &me.record_name(),
                     pb::record_body::Body::Gateway(record),
                     SignAs::Org,
                 )

@@ -128,7 +128,7 @@ async fn known_gateways(
     dir: &DataDir,
     loaded: &provision::Loaded,
 ) -> Result<Vec<PeerConfig>, CliError> {
-    let me = (&loaded.config.org, &loaded.config.site);
+    let me = loaded.config.gateway_id();
     if let Some(mut admin) = super::admin_conn::connect_if_running(args).await {
         let members = admin_call!(admin, list_members(fedgw_proto::v1::ListMembersRequest {}));
         return Ok(members
@@ -139,11 +139,11 @@ async fn known_gateways(
                 m.gateways.into_iter().map(move |g| PeerConfig {
                     org: m.org.clone(),
                     site: g.site,
-                    replica: String::new(),
+                    replica: g.replica,
                     advertise: g.advertise,
                 })
             })
-            .filter(|p| (&p.org, &p.site) != me)
+            .filter(|p| p.id() != me)
             .collect());
     }
     let store = std::sync::Arc::new(crate::store::Store::open(&dir.store()).map_err(|e| {
@@ -166,11 +166,11 @@ async fn known_gateways(
     Ok(m.read(|v| {
         v.gateways()
             .into_iter()
-            .filter(|(o, s, _)| (o, s) != me)
-            .map(|(org, site, g)| PeerConfig {
-                org,
-                site,
-                replica: String::new(),
+            .filter(|(id, _)| *id != me)
+            .map(|(id, g)| PeerConfig {
+                org: id.org,
+                site: id.site,
+                replica: id.replica,
                 advertise: g.advertise,
             })
             .collect()
@@ -196,11 +196,11 @@ fn pod_config(config: &Config, a: &K8sArgs, gateways: Vec<PeerConfig>) -> Config
     }
     let mut peers = gateways;
     for p in &config.peers {
-        if !peers.iter().any(|q| q.org == p.org && q.site == p.site) {
+        if !peers.iter().any(|q| q.id() == p.id()) {
             peers.push(p.clone());
         }
     }
-    peers.sort_by(|x, y| (&x.org, &x.site).cmp(&(&y.org, &y.site)));
+    peers.sort_by_key(PeerConfig::id);
     c.peers = peers;
     c
 }

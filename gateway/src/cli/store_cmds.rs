@@ -233,11 +233,11 @@ fn refill_ledger(store: &Store, m: &Membership) -> Result<(), StoreError> {
             .into_iter()
             .filter(|(org, _)| !have.contains(org))
             .map(|(org, rec)| {
-                let gw = gateways.iter().find(|(o, _, _)| *o == org);
+                let gw = gateways.iter().find(|(id, _)| id.org == org);
                 Member {
                     org_ca_pem: fedgw_certs::pki::certs_to_pem(&[rec.org_ca_der.clone().into()]),
-                    site: gw.map(|(_, s, _)| s.clone()).unwrap_or_default(),
-                    advertise: gw.map(|(_, _, g)| g.advertise.clone()).unwrap_or_default(),
+                    site: gw.map(|(id, _)| id.site.clone()).unwrap_or_default(),
+                    advertise: gw.map(|(_, g)| g.advertise.clone()).unwrap_or_default(),
                     admitted_unix: u64::try_from(rec.admitted_unix).unwrap_or(0),
                     org,
                 }

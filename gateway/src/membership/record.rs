@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fedgw_certs::envelope::{EnvelopeError, Signer, SignerVerifier};
+use fedgw_certs::ids::GatewayId;
 use fedgw_certs::names::validate_label;
 use fedgw_proto::domain::Node;
 use fedgw_proto::v1 as pb;
@@ -405,6 +406,13 @@ fn check_body(rec: &pb::RecordBody, domain: &str) -> Result<(RecordKey, Body), R
             .ok_or_else(|| invalid("a validator vote's name is <org>.<node>"))?;
         validate_label("org", org).map_err(|e| invalid(e.to_string()))?;
         validate_label("name", node).map_err(|e| invalid(e.to_string()))?;
+    } else if kind == Kind::Gateway {
+        // `<site>` or `<site>.<replica>` (docs/DESIGN.md section 14)
+        if GatewayId::from_record_name(&rec.org, &rec.name).is_none() {
+            return Err(invalid(
+                "a gateway record's name is <site> or <site>.<replica>",
+            ));
+        }
     } else {
         validate_label("name", &rec.name).map_err(|e| invalid(e.to_string()))?;
     }

@@ -128,6 +128,7 @@ pub fn membership(
     let mut config = super::MembershipConfig {
         domain: DOMAIN.into(),
         me: super::GatewayId::new(org, "dc1"),
+        replica_index: 0,
         outbound_only: false,
         heartbeat: Duration::from_secs(1),
         backoff_base: Duration::from_secs(1),

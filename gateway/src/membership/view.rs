@@ -11,7 +11,19 @@ use fedgw_proto::enode::EnodeId;
 use fedgw_proto::v1 as pb;
 use sha2::Digest;
 
+use super::GatewayId;
 use super::record::{Body, Kind, RecordKey, Reject, Verified};
+
+/// How many replicas a site may have; record seqs are spread over them modulo this.
+pub const SEQ_REPLICAS: u64 = 16;
+
+/// `seq` rounded up to the next value congruent to `replica_index` modulo [`SEQ_REPLICAS`]
+/// (`seq` itself when it already is).
+pub fn seq_for_replica(seq: u64, replica_index: u8) -> u64 {
+    let want = u64::from(replica_index) % SEQ_REPLICAS;
+    let have = seq % SEQ_REPLICAS;
+    seq.saturating_add((want + SEQ_REPLICAS - have) % SEQ_REPLICAS)
+}
 
 /// One held record.
 #[derive(Debug, Clone)]
@@ -386,10 +398,12 @@ impl View {
         self.records.get(key)
     }
 
-    /// The next seq for a key: `max(held + 1, now_ms)`.
-    pub fn next_seq(&self, key: &RecordKey, now_ms: u64) -> u64 {
+    /// The next seq for a key published by the replica with index `replica_index` (0 to 15):
+    /// `max(held + 1, now_ms)` rounded up to the next value congruent to the index modulo 16
+    /// ([`SEQ_REPLICAS`]), so two replicas of a site never sign the same seq for one key.
+    pub fn next_seq(&self, key: &RecordKey, now_ms: u64, replica_index: u8) -> u64 {
         let held = self.records.get(key).map_or(0, |e| e.seq);
-        (held + 1).max(now_ms)
+        seq_for_replica((held + 1).max(now_ms), replica_index)
     }
 
     /// Number of records held.
@@ -434,14 +448,38 @@ impl View {
             .collect()
     }
 
-    /// Gateways of active members: (org, site, record).
-    pub fn gateways(&self) -> Vec<(String, String, pb::GatewayRecord)> {
+    /// Gateways of active members, one per replica (each replica publishes its own record,
+    /// named [`GatewayId::record_name`]), sorted by id: the replicas of a site are adjacent,
+    /// its first gateway first.
+    pub fn gateways(&self) -> Vec<(GatewayId, pb::GatewayRecord)> {
         self.of_kind(Kind::Gateway)
             .filter(|(k, _)| self.is_member(&k.org))
             .filter_map(|(k, e)| match &e.body {
-                Body::Gateway(g) => Some((k.org.clone(), k.name.clone(), g.clone())),
+                Body::Gateway(g) => {
+                    Some((GatewayId::from_record_name(&k.org, &k.name)?, g.clone()))
+                }
                 _ => None,
             })
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// The sites of active members with their replicas' records (by replica, the first
+    /// gateway first), keyed by [`GatewayId::site_id`].
+    pub fn sites(&self) -> BTreeMap<GatewayId, Vec<(GatewayId, pb::GatewayRecord)>> {
+        let mut out: BTreeMap<GatewayId, Vec<_>> = BTreeMap::new();
+        for (id, g) in self.gateways() {
+            out.entry(id.site_id()).or_default().push((id, g));
+        }
+        out
+    }
+
+    /// The replicas of `site` (any replica's id names the site), by replica.
+    pub fn replicas_of(&self, site: &GatewayId) -> Vec<(GatewayId, pb::GatewayRecord)> {
+        self.gateways()
+            .into_iter()
+            .filter(|(id, _)| id.same_site(site))
             .collect()
     }
 

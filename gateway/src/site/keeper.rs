@@ -108,10 +108,7 @@ fn scan(v: &View, since: Option<Mark>, full: bool) -> Scan {
     let all_gateways = || {
         v.gateways()
             .into_iter()
-            .map(|(org, site, record)| GatewayEntry {
-                id: GatewayId::new(org, site),
-                record,
-            })
+            .map(|(id, record)| GatewayEntry { id, record })
             .collect()
     };
     if full {

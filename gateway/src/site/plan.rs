@@ -290,9 +290,16 @@ impl Plan {
         }
     }
 
-    /// The gateways' DNS names.
+    /// The gateways' DNS names: one per site (`gw-<site>.<org>`), from its first replica's
+    /// record (the gateways are sorted by id, so a site's first replica comes first).
     pub fn zone_gateways(&self) -> Vec<ZoneGateway> {
-        self.gateways.iter().map(GatewayEntry::zone).collect()
+        let mut out: Vec<ZoneGateway> = Vec::new();
+        for g in &self.gateways {
+            if !out.iter().any(|z| z.org == g.id.org && z.site == g.id.site) {
+                out.push(g.zone());
+            }
+        }
+        out
     }
 
     /// The peer gateways.

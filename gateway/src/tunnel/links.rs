@@ -391,9 +391,9 @@ impl Links {
         self.0.membership.read(|v| {
             v.gateways()
                 .into_iter()
-                .find(|(o, s, _)| *o == peer.org && *s == peer.site)
-                .map(|(org, site, g)| PeerGateway {
-                    id: GatewayId::new(org, site),
+                .find(|(id, _)| id == peer)
+                .map(|(id, g)| PeerGateway {
+                    id,
                     advertise: g.advertise,
                     outbound_only: g.outbound_only,
                 })
@@ -948,12 +948,15 @@ impl Links {
 
     /// Keeps a link up to every gateway this side is responsible for: an outbound-only site
     /// keeps links to every site that accepts connections; otherwise the side with the lower
-    /// `org/site` keeps the link (the other one dials on demand only).
+    /// `org/site` keeps the link (the other one dials on demand only), to every replica of the
+    /// other site. Siblings (replicas of this site) have no links: nodes at a site are reached
+    /// directly.
     pub fn keep_links(&self, gateways: Vec<PeerGateway>) {
+        let me = self.0.me.site_id().to_string();
         let want: BTreeMap<GatewayId, PeerGateway> = gateways
             .into_iter()
-            .filter(|g| g.id != self.0.me && !g.outbound_only)
-            .filter(|g| self.0.outbound_only || self.0.me.to_string() < g.id.to_string())
+            .filter(|g| !g.id.same_site(&self.0.me) && !g.outbound_only)
+            .filter(|g| self.0.outbound_only || me < g.id.site_id().to_string())
             .map(|g| (g.id.clone(), g))
             .collect();
         let mut keepers = self.0.keepers.lock().unwrap_or_else(|e| e.into_inner());

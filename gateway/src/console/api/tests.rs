@@ -13,6 +13,7 @@ fn member(org: &str, status: &str, sites: &[(&str, bool)]) -> pb::MemberInfo {
                 site: (*site).into(),
                 advertise: vec![format!("gw.{org}.test:7443")],
                 outbound_only: *outbound_only,
+                replica: String::new(),
             })
             .collect(),
         approved_by: vec![],

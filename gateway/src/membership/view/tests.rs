@@ -42,8 +42,12 @@ fn newer_accepted_older_stale_same_duplicate_different_equivocation() {
         view.nodes()[0].node.enode_id.map(|id| *id.as_bytes()),
         Some([2; 64])
     );
-    assert_eq!(view.next_seq(&pki.verify(&v10).expect("v").key, 5), 12);
-    assert_eq!(view.next_seq(&pki.verify(&v10).expect("v").key, 500), 500);
+    // max(held + 1, now) rounded up into the publishing replica's class modulo 16
+    let key = pki.verify(&v10).expect("v").key;
+    assert_eq!(view.next_seq(&key, 5, 0), 16);
+    assert_eq!(view.next_seq(&key, 5, 3), 19);
+    assert_eq!(view.next_seq(&key, 500, 0), 512);
+    assert_eq!(view.next_seq(&key, 512, 0), 512);
 }
 
 #[test]
@@ -531,4 +535,71 @@ fn a_revoked_orgs_validator_records_leave_the_view() {
     assert_eq!(apply(&mut view, &pki, &revoke), Verdict::Accept);
     assert!(view.validator_proposals().is_empty());
     assert_eq!(view.take_dropped().len(), 2);
+}
+
+#[test]
+fn seqs_of_each_replica_fall_in_their_own_class_modulo_16() {
+    for index in 0..16u8 {
+        for seq in [0u64, 1, 15, 16, 17, 1_765_000_000_123] {
+            let got = super::seq_for_replica(seq, index);
+            assert_eq!(got % super::SEQ_REPLICAS, u64::from(index), "{seq} {index}");
+            assert!(
+                got >= seq && got < seq + super::SEQ_REPLICAS,
+                "{seq} {index}: {got}"
+            );
+        }
+    }
+    assert_eq!(super::seq_for_replica(32, 0), 32, "already in its class");
+}
+
+#[test]
+fn each_replica_has_its_own_gateway_record_and_the_view_groups_them_by_site() {
+    let pki = Pki::new(&["org1", "org2"]);
+    let mut view = founded(&pki, &["org1", "org2"]);
+    let gateway = |org: &str, name: &str, endpoint: &str| {
+        crate::membership::record::seal(
+            pki.signer(org),
+            org,
+            name,
+            16,
+            pb::record_body::Body::Gateway(pb::GatewayRecord {
+                advertise: vec![endpoint.into()],
+                ..Default::default()
+            }),
+        )
+        .expect("seal")
+    };
+    for (org, name, endpoint) in [
+        ("org1", "dc1.r2", "10.0.0.2:7443"),
+        ("org1", "dc1", "10.0.0.1:7443"),
+        ("org2", "dc1", "10.0.1.1:7443"),
+    ] {
+        assert_eq!(
+            apply(&mut view, &pki, &gateway(org, name, endpoint)),
+            Verdict::Accept
+        );
+    }
+    for bad in ["dc1.", "dc1.r2.x", ".r2", "dc1.R2"] {
+        assert!(
+            pki.verify(&gateway("org1", bad, "10.0.0.9:7443")).is_err(),
+            "{bad}"
+        );
+    }
+    let ids: Vec<String> = view
+        .gateways()
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    assert_eq!(ids, ["org1/dc1", "org1/dc1/r2", "org2/dc1"]);
+    let sites = view.sites();
+    let org1 = &sites[&GatewayId::new("org1", "dc1")];
+    assert_eq!(org1.len(), 2);
+    assert_eq!(org1[1].0, GatewayId::replica("org1", "dc1", "r2"));
+    assert_eq!(org1[1].1.advertise, ["10.0.0.2:7443"]);
+    assert_eq!(
+        view.replicas_of(&GatewayId::replica("org1", "dc1", "r2"))
+            .len(),
+        2
+    );
+    assert_eq!(sites[&GatewayId::new("org2", "dc1")].len(), 1);
 }
