@@ -268,8 +268,8 @@ pub async fn start_with(
         ..
     } = &loaded;
     let store = Arc::new(Store::open(&dir.store())?);
-    // the site's first gateway: replica names come with `replica` in fedgw.toml
-    store.set_replica("");
+    // the name stamped on the site state this replica shares with its siblings
+    store.set_replica(&config.replica);
     // rows from before site state was shared get entries; old tombstones go
     store.adopt_shared()?;
     let provider = tls::provider();

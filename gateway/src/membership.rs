@@ -126,8 +126,6 @@ pub struct PeerStats {
     pub records_out: AtomicU64,
     /// The peer's last heartbeat carried this gateway's view digest.
     pub in_sync: std::sync::atomic::AtomicBool,
-    /// A sibling's replica name, once its first site state said it.
-    pub replica: Mutex<Option<String>>,
 }
 
 #[derive(Debug)]
@@ -777,6 +775,10 @@ impl Membership {
             .remove(&peer.to_string());
         self.0.metrics.set_peers(self.connected_count());
         self.announce_links();
+        if self.is_sibling(peer) {
+            // the allocation leader may have changed
+            self.touch();
+        }
         Some((session, stats))
     }
 

@@ -13,16 +13,9 @@ use pb::sync_message::Msg;
 use tracing::{debug, warn};
 
 use super::sync::SessionEnd;
-use super::{GatewayId, Membership, PeerStats};
+use super::{GatewayId, Membership};
 use crate::addressing::AddressMode;
 use crate::site::shared::{self, Entry};
-
-/// Whether `peer` is a sibling of `own`: a gateway of the same org and site. Until gateway ids
-/// carry a replica name, the one gateway of a site never has a stream with itself, so a peer of
-/// the same site is another replica of it.
-pub fn is_sibling(own: &GatewayId, peer: &GatewayId) -> bool {
-    own.org == peer.org && own.site == peer.site
-}
 
 /// The shared-site settings and counters [`Membership`] keeps.
 #[derive(Debug, Default)]
@@ -46,22 +39,17 @@ impl Membership {
 
     /// Whether `peer` is another replica of this gateway's site.
     pub fn is_sibling(&self, peer: &GatewayId) -> bool {
-        is_sibling(self.me(), peer)
+        self.me().is_sibling(peer)
     }
 
-    /// The replica names of the siblings with a live stream that said who they are.
+    /// The replica names of the siblings with a live sync stream, sorted.
     pub fn live_siblings(&self) -> Vec<String> {
         let peers = self.0.peers.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<String> = peers
-            .iter()
-            .filter(|(id, _)| id.parse().is_ok_and(|p: GatewayId| self.is_sibling(&p)))
-            .filter_map(|(_, p)| {
-                p.stats
-                    .replica
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-            })
+            .keys()
+            .filter_map(|id| id.parse::<GatewayId>().ok())
+            .filter(|p| self.is_sibling(p))
+            .map(|p| p.replica)
             .collect();
         out.sort();
         out
@@ -70,7 +58,7 @@ impl Membership {
     /// Whether this replica allocates local addresses: no live sibling has a lower name.
     pub fn is_allocation_leader(&self) -> bool {
         let live = self.live_siblings();
-        shared::is_leader(self.0.store.replica(), live.iter().map(String::as_str))
+        shared::is_leader(&self.me().replica, live.iter().map(String::as_str))
     }
 
     /// How many times a sibling's entries changed the served allocations (the site keeper
@@ -105,7 +93,7 @@ impl Membership {
     }
 
     /// The whole site state as messages for a sibling whose stream just opened (one message,
-    /// possibly empty, at least: it tells the sibling this replica's name).
+    /// possibly empty, at least).
     pub(super) async fn site_state_messages(&self) -> Result<Vec<pb::SyncSiteState>, SessionEnd> {
         let store = self.0.store.clone();
         let entries = tokio::task::spawn_blocking(move || store.shared_entries())
@@ -129,7 +117,6 @@ impl Membership {
     pub(super) async fn apply_site_state(
         &self,
         peer: &GatewayId,
-        stats: &PeerStats,
         msg: pb::SyncSiteState,
     ) -> Result<(), SessionEnd> {
         if !self.is_sibling(peer) {
@@ -137,13 +124,10 @@ impl Membership {
                 "site state from a gateway of another site".into(),
             ));
         }
-        if (!msg.replica.is_empty()
-            && fedgw_certs::names::validate_label("replica", &msg.replica).is_err())
-            || msg.replica == self.0.store.replica()
-        {
+        if msg.replica != peer.replica {
             return Err(SessionEnd::Protocol(format!(
-                "bad sibling replica name {:?}",
-                msg.replica
+                "site state names replica {:?}, the certificate {:?}",
+                msg.replica, peer.replica
             )));
         }
         if msg.entries.len() > shared::MAX_MESSAGE_ENTRIES {
@@ -155,16 +139,6 @@ impl Membership {
             .map(Entry::try_from)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
-        let first = {
-            let mut replica = stats.replica.lock().unwrap_or_else(|e| e.into_inner());
-            let first = replica.is_none();
-            *replica = Some(msg.replica);
-            first
-        };
-        if first {
-            // the leader may have changed: the keeper looks again
-            self.touch();
-        }
         if entries.is_empty() {
             return Ok(());
         }

@@ -272,7 +272,7 @@ where
                     p.gateways.into_iter().collect();
             }
             Msg::SiteState(s) => {
-                if let Err(end) = m.apply_site_state(peer, stats, s).await {
+                if let Err(end) = m.apply_site_state(peer, s).await {
                     return end;
                 }
             }

@@ -217,7 +217,7 @@ fn local_node(name: &str, host: &str) -> crate::store::LocalNode {
 fn replicas(pki: &Pki) -> (Membership, Membership, [tempfile::TempDir; 2]) {
     let dirs = [0, 1].map(|_| tempfile::tempdir().expect("tempdir"));
     let a = membership(pki, "org1", dirs[0].path(), |_| {});
-    let b = membership(pki, "org1", dirs[1].path(), |_| {});
+    let b = membership(pki, "org1", dirs[1].path(), |c| c.me.replica = "b".into());
     a.store().set_replica("");
     b.store().set_replica("b");
     (a, b, dirs)
