@@ -649,6 +649,7 @@ pub async fn start_with(
     let gateway_record = pb::GatewayRecord {
         advertise: advertise.clone(),
         outbound_only: config.outbound_only,
+        replica_index: u32::from(config.replica_index),
         raft_adder: membership
             .read(|v| crate::chain::keeper::is_adder(config.consensus, v, &me.org, &local_rpc)),
     };

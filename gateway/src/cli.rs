@@ -53,6 +53,7 @@ mod fabric_cmds;
 mod join_cmds;
 mod json;
 mod node_file;
+mod replica_cmds;
 mod service_args;
 mod status_cmds;
 mod store_cmds;
@@ -586,6 +587,12 @@ enum Command {
     Diagnose(diagnose_cmds::DiagnoseCommand),
     #[command(flatten)]
     Backup(backup_cmds::BackupCommand),
+    /// Further gateways of this site (`replica add` on a gateway of the site, `replica join`
+    /// on the new one's host).
+    Replica {
+        #[command(subcommand)]
+        command: replica_cmds::ReplicaCommand,
+    },
     #[command(flatten)]
     Docs(docs_cmds::DocsCommand),
 }
@@ -805,6 +812,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         } => ping(endpoint, DataDir::new(dir.data_dir), json, timeout).await,
         Command::Diagnose(command) => diagnose_cmds::diagnose(command).await,
         Command::Backup(command) => backup_cmds::backup(command).await,
+        Command::Replica { command } => replica_cmds::replica(command).await,
         Command::Docs(command) => docs_cmds::docs(command),
     }
 }

@@ -24,6 +24,7 @@ pub mod membership;
 pub mod metrics;
 pub mod net;
 pub mod provision;
+pub mod replica;
 pub mod site;
 pub mod store;
 pub mod telemetry;

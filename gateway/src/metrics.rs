@@ -75,7 +75,10 @@ struct EndLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
+    /// The peer site, `org/site`.
     peer: String,
+    /// The peer site's replica the link is with; empty for the site's first gateway.
+    replica: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -699,17 +702,19 @@ impl Metrics {
         self.tunnel.active_streams.get()
     }
 
-    /// Records the path of the QUIC link to `peer` (a gateway id, `org/site`): smoothed RTT,
-    /// path MTU (UDP payload bytes) and the packets declared lost since the last call.
+    /// Records the path of the QUIC link to `peer` (labels `peer="org/site"` and `replica`,
+    /// empty for a site's first gateway): smoothed RTT, path MTU (UDP payload bytes) and the
+    /// packets declared lost since the last call.
     pub fn tunnel_quic_path(
         &self,
-        peer: &impl std::fmt::Display,
+        peer: &fedgw_certs::ids::GatewayId,
         rtt: std::time::Duration,
         path_mtu: u16,
         newly_lost: u64,
     ) {
         let labels = PeerLabels {
-            peer: peer.to_string(),
+            peer: peer.site_id().to_string(),
+            replica: peer.replica.clone(),
         };
         self.tunnel
             .rtt

@@ -91,6 +91,7 @@ pub(super) async fn list_members(
                 .map(|(id, g)| pb::GatewayInfo {
                     site: id.site.clone(),
                     replica: id.replica.clone(),
+                    replica_index: g.replica_index,
                     advertise: g.advertise.clone(),
                     outbound_only: g.outbound_only,
                 })

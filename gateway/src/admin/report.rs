@@ -84,8 +84,10 @@ pub(super) fn status_of(
             .links()
             .into_iter()
             .map(|l| pb::TunnelStatus {
+                in_use: l.in_use,
                 org: l.peer.org,
                 site: l.peer.site,
+                replica: l.peer.replica,
                 transport: l.transport.to_owned(),
                 rtt_ms: l.quic.map_or(0.0, |p| p.rtt.as_secs_f64() * 1000.0),
                 path_mtu: l.quic.map_or(0, |p| u32::from(p.current_mtu)),

@@ -631,6 +631,7 @@ pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
                     "approved_by": m.approved_by, "fabric_msp_id": msp_id(m),
                     "gateways": m.gateways.iter().map(|g| serde_json::json!({
                         "site": g.site, "advertise": g.advertise, "outbound_only": g.outbound_only,
+                        "replica": g.replica, "replica_index": g.replica_index,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -644,8 +645,13 @@ pub async fn members(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
             .gateways
             .iter()
             .map(|g| {
+                let replica = if g.replica.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{}", g.replica)
+                };
                 format!(
-                    "{}={}{}",
+                    "{}{replica}={}{}",
                     g.site,
                     g.advertise.join(","),
                     if g.outbound_only {

@@ -220,7 +220,10 @@ fn archive_error(file: &Path, e: BackupError) -> CliError {
 }
 
 /// The passphrase: the first line of `file`, or typed at the terminal (twice when `confirm`).
-fn passphrase(file: Option<&Path>, confirm: bool) -> Result<Zeroizing<String>, CliError> {
+pub(super) fn passphrase(
+    file: Option<&Path>,
+    confirm: bool,
+) -> Result<Zeroizing<String>, CliError> {
     let text = match file {
         Some(path) => {
             let meta = std::fs::metadata(path)

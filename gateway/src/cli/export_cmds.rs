@@ -123,7 +123,7 @@ async fn k8s(a: K8sArgs) -> Result<(), CliError> {
 
 /// Every gateway of the view but this one: from the running gateway's admin API, or from the
 /// store when it is down.
-async fn known_gateways(
+pub(super) async fn known_gateways(
     args: &AdminDirArg,
     dir: &DataDir,
     loaded: &provision::Loaded,

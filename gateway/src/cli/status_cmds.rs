@@ -6,6 +6,15 @@ use fedgw_proto::v1 as pb;
 use super::admin_conn::connect;
 use super::{AdminDirArg, CliError, json};
 
+/// `org/site`, or `org/site/replica` for a site's further gateways.
+fn gateway_name(org: &str, site: &str, replica: &str) -> String {
+    if replica.is_empty() {
+        format!("{org}/{site}")
+    } else {
+        format!("{org}/{site}/{replica}")
+    }
+}
+
 /// `fedgw status`.
 pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
     let mut admin = connect(&dir).await?;
@@ -16,7 +25,9 @@ pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
             .iter()
             .map(|p| {
                 serde_json::json!({
-                    "org": p.org, "site": p.site, "state": p.state, "direction": p.direction,
+                    "org": p.org, "site": p.site, "replica": p.replica,
+                    "sibling": p.org == s.org && p.site == s.site,
+                    "state": p.state, "direction": p.direction,
                     "last_seen_unix_ms": json::number(p.last_seen_unix_ms),
                     "last_error": json::text(&p.last_error),
                     "connected_since_unix_ms": json::number(p.connected_since_unix_ms),
@@ -30,7 +41,8 @@ pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
             .iter()
             .map(|t| {
                 serde_json::json!({
-                    "org": t.org, "site": t.site, "transport": t.transport, "rtt_ms": t.rtt_ms,
+                    "org": t.org, "site": t.site, "replica": t.replica, "in_use": t.in_use,
+                    "transport": t.transport, "rtt_ms": t.rtt_ms,
                     "path_mtu": t.path_mtu, "lost_packets": t.lost_packets,
                     "quic_failed_at_unix_ms": json::number(t.quic_failed_at_unix_ms),
                     "quic_retry_at_unix_ms": json::number(t.quic_retry_at_unix_ms),
@@ -38,7 +50,7 @@ pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
             })
             .collect();
         let v = serde_json::json!({
-            "org": s.org, "site": s.site, "digest": s.digest, "records": s.records,
+            "org": s.org, "site": s.site, "replica": s.replica, "digest": s.digest, "records": s.records,
             "rejected_records": s.rejected_records, "equivocations": s.equivocations, "peers": peers,
             "tunnels": tunnels, "listeners": s.listeners, "listener_failures": s.listener_failures,
             "active_streams": s.active_streams, "refused_streams": s.refused_streams,
@@ -57,9 +69,8 @@ pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     outln!(
-        "gateway {}/{}: {} records, digest {}",
-        s.org,
-        s.site,
+        "gateway {}: {} records, digest {}",
+        gateway_name(&s.org, &s.site, &s.replica),
         s.records,
         &s.digest[..16.min(s.digest.len())]
     )?;
@@ -88,7 +99,15 @@ pub async fn status(dir: AdminDirArg, json: bool) -> Result<(), CliError> {
     for p in s.peers {
         outln!(
             "{:<16} {:<11} {:<9} {:>8} {:>8}  {}",
-            format!("{}/{}", p.org, p.site),
+            format!(
+                "{}{}",
+                gateway_name(&p.org, &p.site, &p.replica),
+                if p.org == s.org && p.site == s.site {
+                    " (sibling)"
+                } else {
+                    ""
+                }
+            ),
             p.state,
             p.direction,
             p.records_in,

@@ -72,6 +72,12 @@ pub trait Inbound: Send + Sync + std::fmt::Debug {
     fn serve(&self, caller_org: String, stream: TunnelStream);
 }
 
+/// Keep-alive interval of links to or from a site with more than one replica.
+pub const FAST_KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// A link to or from a site with more than one replica is dead after this long without an
+/// answer, so new streams move to another replica within 2 s of a replica's death.
+pub const FAST_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// What [`Links::new`] needs: this gateway, its transports and TLS clients.
 #[derive(Debug)]
 pub struct LinkSetup {
@@ -114,6 +120,15 @@ struct Inner {
     metrics: Metrics,
     quic: Option<quinn::Endpoint>,
     quic_client: quinn::ClientConfig,
+    /// `quic_client` with fast liveness ([`FAST_KEEP_ALIVE`], [`FAST_IDLE_TIMEOUT`]), for links
+    /// to or from a site with more than one replica.
+    quic_client_fast: quinn::ClientConfig,
+    /// `mux` with fast liveness, for the same links over TCP+TLS.
+    mux_fast: mux::Config,
+    /// Per peer site: the replica whose link new streams use while it is live.
+    chosen: Mutex<HashMap<GatewayId, GatewayId>>,
+    /// Per peer site: the replica whose dial failed last; the next dial starts after it.
+    last_failed: Mutex<HashMap<GatewayId, GatewayId>>,
     tls_client: Arc<rustls::ClientConfig>,
     /// `tls_client` with ALPN `fedgw-consensus/1`, for consensus side links.
     tls_consensus: Arc<rustls::ClientConfig>,
@@ -232,6 +247,8 @@ struct LinkEntry {
     retire_at: Instant,
     /// This side dialled it.
     outbound: bool,
+    /// Dialled with fast liveness ([`FAST_IDLE_TIMEOUT`]), or inbound (the dialler chose).
+    fast: bool,
 }
 
 impl keeper::Kept for LinkEntry {
@@ -274,6 +291,8 @@ pub struct LinkStatus {
     /// The number of the consensus side link to the peer that new consensus streams take,
     /// if one is up (TCP+TLS links only; [`consensus`]).
     pub consensus_link: Option<u64>,
+    /// New streams to the peer's site use this link (its replica is the chosen one).
+    pub in_use: bool,
 }
 
 /// A peer gateway as the view announces it.
@@ -299,7 +318,21 @@ impl Links {
     ) -> Links {
         let mut tls_consensus = (*setup.tls_client).clone();
         tls_consensus.alpn_protocols = vec![fedgw_certs::tls::ALPN_TUNNEL_CONSENSUS.to_vec()];
+        let mut quic_client_fast = setup.quic_client.clone();
+        let mut fast = crate::tunnel::quic::transport_config(setup.mux.congestion);
+        fast.keep_alive_interval(Some(FAST_KEEP_ALIVE));
+        fast.max_idle_timeout(quinn::IdleTimeout::try_from(FAST_IDLE_TIMEOUT).ok());
+        quic_client_fast.transport_config(Arc::new(fast));
+        let mux_fast = mux::Config {
+            keep_alive: FAST_KEEP_ALIVE,
+            idle_timeout: FAST_IDLE_TIMEOUT,
+            ..setup.mux.clone()
+        };
         Links(Arc::new(Inner {
+            quic_client_fast,
+            mux_fast,
+            chosen: Mutex::new(HashMap::new()),
+            last_failed: Mutex::new(HashMap::new()),
             me: setup.me,
             domain: setup.domain,
             outbound_only: setup.outbound_only,
@@ -361,6 +394,19 @@ impl Links {
 
     /// Every live link, sorted by peer.
     pub fn links(&self) -> Vec<LinkStatus> {
+        // the chosen replica of each site with a live link, as new streams would find it
+        let sites: std::collections::BTreeSet<GatewayId> = self
+            .0
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .map(GatewayId::site_id)
+            .collect();
+        let in_use: Vec<GatewayId> = sites
+            .iter()
+            .filter_map(|s| self.site_link(s).map(|(id, _)| id))
+            .collect();
         let links = self.0.links.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<_> = links
             .iter()
@@ -376,6 +422,7 @@ impl Links {
                 },
                 quic_failed: self.quic_failed(peer, e),
                 consensus_link: self.consensus_link_id(peer),
+                in_use: in_use.contains(peer),
             })
             .collect();
         out.sort_by(|a, b| a.peer.cmp(&b.peer));
@@ -384,7 +431,7 @@ impl Links {
 
     /// The live link to `peer`, if any, and its transport.
     pub fn link_transport(&self, peer: &GatewayId) -> Option<&'static str> {
-        self.live_link(peer).map(|e| e.link.transport())
+        self.site_link(peer).map(|(_, e)| e.link.transport())
     }
 
     fn peer_gateway(&self, peer: &GatewayId) -> Option<PeerGateway> {
@@ -405,14 +452,114 @@ impl Links {
         self.registered_link(peer, false)
     }
 
+    /// The link new streams to `peer`'s site use, with the replica it is with: the chosen
+    /// replica's while it is live and not retired, else the first live one by replica (which
+    /// becomes the chosen one at once). `None` when no replica of the site has a live link.
+    fn site_link(&self, peer: &GatewayId) -> Option<(GatewayId, LinkEntry)> {
+        let fast = self.fast_liveness(peer);
+        let links = self.0.links.lock().unwrap_or_else(|e| e.into_inner());
+        let mut chosen = self.0.chosen.lock().unwrap_or_else(|e| e.into_inner());
+        let site = peer.site_id();
+        let usable =
+            |e: &&LinkEntry| e.link.is_alive() && Instant::now() < e.retire_at && (e.fast || !fast);
+        if let Some(c) = chosen.get(&site)
+            && let Some(e) = links.get(c).filter(usable)
+        {
+            return Some((c.clone(), e.clone()));
+        }
+        let (id, e) = links
+            .iter()
+            .filter(|(id, e)| id.same_site(peer) && usable(e))
+            .min_by(|a, b| a.0.cmp(b.0))?;
+        if chosen.insert(site, id.clone()).is_some() {
+            info!(peer = %id, "new streams to the site use another replica's link");
+        }
+        Some((id.clone(), e.clone()))
+    }
+
+    /// A registered link to any replica of `peer`'s site that is alive, retired ones too.
+    fn site_registered_link(&self, peer: &GatewayId) -> Option<(GatewayId, LinkEntry)> {
+        self.0
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(id, e)| id.same_site(peer) && e.link.is_alive())
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(id, e)| (id.clone(), e.clone()))
+    }
+
+    /// Whether links with `peer` use fast liveness: its site or this one has more than one
+    /// replica, so a replica that dies is left within [`FAST_IDLE_TIMEOUT`].
+    fn fast_liveness(&self, peer: &GatewayId) -> bool {
+        self.0
+            .membership
+            .read(|v| v.replicas_of(peer).len() > 1 || v.replicas_of(&self.0.me).len() > 1)
+    }
+
+    /// Dials a replica of `peer`'s site that accepts connections, starting after the one whose
+    /// dial failed last, and makes the first that answers the chosen one.
+    async fn dial_site(&self, peer: &GatewayId) -> Result<(GatewayId, LinkEntry), OpenError> {
+        let mut replicas: Vec<GatewayId> = self.0.membership.read(|v| {
+            v.replicas_of(peer)
+                .into_iter()
+                .filter(|(_, g)| !g.outbound_only)
+                .map(|(id, _)| id)
+                .collect()
+        });
+        if replicas.is_empty() {
+            // a peer not in the view yet: dial it as named (the dial refuses it)
+            replicas.push(peer.clone());
+        }
+        let site = peer.site_id();
+        let after = self
+            .0
+            .last_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&site)
+            .cloned();
+        if let Some(i) = after.and_then(|a| replicas.iter().position(|r| *r == a)) {
+            replicas.rotate_left(i + 1);
+        }
+        let mut last = OpenError::NoRoute(peer.clone());
+        for replica in replicas {
+            match self.dial(&replica).await {
+                Ok(entry) => {
+                    self.0
+                        .chosen
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(site, replica.clone());
+                    return Ok((replica, entry));
+                }
+                Err(e) => {
+                    self.0
+                        .last_failed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(site.clone(), replica);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
     /// The registered link to `peer` if it is alive; a retired one only with `retired_too`.
+    /// A link dialled with slow liveness counts as retired once `peer`'s site or this one has
+    /// more than one replica, so the keeper dials a fast one that supersedes it.
     fn registered_link(&self, peer: &GatewayId, retired_too: bool) -> Option<LinkEntry> {
+        let fast = self.fast_liveness(peer);
         self.0
             .links
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(peer)
-            .filter(|e| e.link.is_alive() && (retired_too || Instant::now() < e.retire_at))
+            .filter(|e| {
+                e.link.is_alive()
+                    && (retired_too || (Instant::now() < e.retire_at && (e.fast || !fast)))
+            })
             .cloned()
     }
 
@@ -423,9 +570,10 @@ impl Links {
             .map(|(s, _)| s)
     }
 
-    /// Opens a stream of `class` to `peer` over its live link or a new one, and returns the
-    /// link the stream runs on. A consensus stream takes the peer's consensus side link
-    /// instead when the live link is TCP+TLS and a side link is up ([`consensus`]).
+    /// Opens a stream of `class` to `peer`'s site over a live link to one of its replicas
+    /// ([`Self::site_link`]) or a new one, and returns the link the stream runs on. A
+    /// consensus stream takes the replica's consensus side link instead when the live link is
+    /// TCP+TLS and a side link is up ([`consensus`]).
     ///
     /// # Errors
     ///
@@ -435,18 +583,20 @@ impl Links {
         peer: &GatewayId,
         class: Class,
     ) -> Result<(TunnelStream, Link), OpenError> {
+        let requested = peer;
         for attempt in 0..2 {
-            let LinkEntry { id, link, .. } = match self.live_link(peer) {
+            let (peer, LinkEntry { id, link, .. }) = match self.site_link(requested) {
                 Some(l) => l,
                 // boxed: a dial's state is large, and every proxied connection's task would
                 // carry room for it
-                None => match Box::pin(self.dial(peer)).await {
+                None => match Box::pin(self.dial_site(requested)).await {
                     Ok(entry) => entry,
                     // a site this side cannot dial (outbound-only) replaces a retired link
                     // itself, on its own schedule; until then the old link still serves
-                    Err(e) => self.registered_link(peer, true).ok_or(e)?,
+                    Err(e) => self.site_registered_link(requested).ok_or(e)?,
                 },
             };
+            let peer = &peer;
             if class == Class::Consensus
                 && self.0.consensus_link
                 && matches!(link, Link::Mux { .. })
@@ -469,7 +619,7 @@ impl Links {
                 Err(e) => return Err(OpenError::Stream(peer.clone(), e)),
             }
         }
-        Err(OpenError::NoRoute(peer.clone()))
+        Err(OpenError::NoRoute(requested.clone()))
     }
 
     fn drop_link(&self, peer: &GatewayId, id: u64) {
@@ -576,7 +726,12 @@ impl Links {
             .map_err(DialError::Resolve)?;
         let mut last = DialError::NoAddress;
         for addr in addrs {
-            let connecting = match quic.connect_with(self.0.quic_client.clone(), addr, name) {
+            let client = if self.fast_liveness(peer) {
+                self.0.quic_client_fast.clone()
+            } else {
+                self.0.quic_client.clone()
+            };
+            let connecting = match quic.connect_with(client, addr, name) {
                 Ok(c) => c,
                 Err(e) => {
                     last = DialError::QuicConnect { addr, source: e };
@@ -632,7 +787,12 @@ impl Links {
             return Err(DialError::WrongPeer(peer.clone()));
         }
         let (tcp, tls) = tls.into_inner();
-        let (mux, driver) = mux::session(tcp, tls.into(), mux::Role::Client, &self.0.mux, None);
+        let config = if self.fast_liveness(peer) {
+            &self.0.mux_fast
+        } else {
+            &self.0.mux
+        };
+        let (mux, driver) = mux::session(tcp, tls.into(), mux::Role::Client, config, None);
         Ok(self.run_mux(peer.clone(), mux, driver, peer_not_after, consensus))
     }
 
@@ -642,7 +802,8 @@ impl Links {
     /// verifier already required a gateway leaf; this refuses a site that does not exist.
     async fn inbound_peer(&self, id: Option<GatewayId>) -> Option<GatewayId> {
         let id = id?;
-        if id == self.0.me {
+        // siblings keep no links: nodes at a site are reached directly
+        if id.same_site(&self.0.me) {
             return None;
         }
         let mut changed = self.0.membership.subscribe();
@@ -709,6 +870,7 @@ impl Links {
             link: link.clone(),
             retire_at: Instant::now() + age.min(MAX_RETIRE),
             outbound,
+            fast: !outbound || self.fast_liveness(&peer),
         };
         let (draining, superseded): (Vec<LinkEntry>, Vec<LinkEntry>) = {
             let mut all = self.0.all_links.lock().unwrap_or_else(|e| e.into_inner());
@@ -980,6 +1142,24 @@ impl Links {
         }
     }
 
+    /// Resolves when `entry`, `peer`'s link dialled with slow liveness, should give way to a
+    /// fast one: `peer`'s site or this one now has more than one replica.
+    async fn wants_fast(&self, peer: &GatewayId, entry: &LinkEntry) {
+        if entry.fast {
+            return std::future::pending().await;
+        }
+        let mut changed = self.0.membership.subscribe();
+        loop {
+            changed.mark_unchanged();
+            if self.fast_liveness(peer) {
+                return;
+            }
+            if changed.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Keeps a link up to `peer` until `stop` (the schedule: [`keeper`]).
     async fn keep(&self, peer: GatewayId, stop: CancellationToken) {
         keeper::keep(
@@ -989,7 +1169,16 @@ impl Links {
             BACKOFF,
             |e| debug!(%peer, error = %e, "keeping a tunnel up: dial failed"),
             // a QUIC link took over from a TCP+TLS one, which drains
-            |entry: &LinkEntry| self.replaced(&peer, entry.id),
+            |entry: &LinkEntry| {
+                let (id, entry) = (entry.id, entry.clone());
+                let peer = &peer;
+                async move {
+                    tokio::select! {
+                        () = self.replaced(peer, id) => {}
+                        () = self.wants_fast(peer, &entry) => {}
+                    }
+                }
+            },
         )
         .await;
     }

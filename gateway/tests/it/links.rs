@@ -23,7 +23,7 @@ const RECOVERY_BOUND: Duration = Duration::from_secs(3);
 /// restart on a busy machine, so only a refusal (no hold) fails the test.
 const HOLD_MS: u64 = 20_000;
 
-fn edit(dir: &Path, f: impl FnOnce(&mut Config)) {
+pub(crate) fn edit(dir: &Path, f: impl FnOnce(&mut Config)) {
     let path = dir.join("fedgw.toml");
     let mut c = Config::load(&path).expect("config");
     f(&mut c);
@@ -31,7 +31,7 @@ fn edit(dir: &Path, f: impl FnOnce(&mut Config)) {
 }
 
 /// A TCP echo server on 127.0.0.1 (a node's p2p port) in a thread of its own.
-fn echo_server() -> SocketAddr {
+pub(crate) fn echo_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind echo");
     let addr = l.local_addr().expect("addr");
     std::thread::spawn(move || {
@@ -50,7 +50,7 @@ fn echo_server() -> SocketAddr {
 }
 
 /// Connects to `addr`, sends `msg` and reads it back within `within`.
-fn echo(addr: SocketAddr, msg: &[u8], within: Duration) -> std::io::Result<()> {
+pub(crate) fn echo(addr: SocketAddr, msg: &[u8], within: Duration) -> std::io::Result<()> {
     let mut c = TcpStream::connect_timeout(&addr, within)?;
     c.set_read_timeout(Some(within))?;
     c.write_all(msg)?;
@@ -72,7 +72,7 @@ fn local_address(dir: &Path) -> Option<SocketAddr> {
 }
 
 /// The local address at the gateway of `dir` for the remote node `name` (p2p port).
-fn local_address_of(dir: &Path, name: &str) -> Option<SocketAddr> {
+pub(crate) fn local_address_of(dir: &Path, name: &str) -> Option<SocketAddr> {
     let run = fedgw()
         .run(["nodes", "--json", "--data-dir", &s(dir)])
         .ok()?;
@@ -83,7 +83,7 @@ fn local_address_of(dir: &Path, name: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-fn sigkill(gw: Gateway) {
+pub(crate) fn sigkill(gw: Gateway) {
     let status = std::process::Command::new("kill")
         .args(["-KILL", &gw.pid().to_string()])
         .status()
@@ -156,24 +156,32 @@ fn federation(
 /// Registers node1 at org2 (a TCP echo server on 127.0.0.1) and returns org1's local address
 /// for it once an echo goes through.
 fn echo_node(d1: &Path, d2: &Path) -> SocketAddr {
+    echo_node_at(d1, &[d2])
+}
+
+/// Registers node1 (a TCP echo server on 127.0.0.1) at each gateway of `at` (replicas of one
+/// site) and returns the local address at `d1` for it once an echo goes through.
+pub(crate) fn echo_node_at(d1: &Path, at: &[&Path]) -> SocketAddr {
     let node = echo_server();
-    fedgw()
-        .run([
-            "node",
-            "add",
-            "node1",
-            "--data-dir",
-            &s(d2),
-            "--enode",
-            &format!(
-                "enode://{}@127.0.0.1:{}?discport=0",
-                fedgw_tests::enode_id(0x5a),
-                node.port()
-            ),
-        ])
-        .expect("spawn")
-        .ok()
-        .expect("node add");
+    for d2 in at {
+        fedgw()
+            .run([
+                "node",
+                "add",
+                "node1",
+                "--data-dir",
+                &s(d2),
+                "--enode",
+                &format!(
+                    "enode://{}@127.0.0.1:{}?discport=0",
+                    fedgw_tests::enode_id(0x5a),
+                    node.port()
+                ),
+            ])
+            .expect("spawn")
+            .ok()
+            .expect("node add");
+    }
     let addr = wait_for("org1's address for node1", Duration::from_secs(30), || {
         local_address(d1)
     })

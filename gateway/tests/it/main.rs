@@ -20,6 +20,7 @@ mod consensus;
 mod console;
 mod dns;
 mod fabric;
+mod ha;
 mod ha_netns;
 mod ingress;
 mod join_service;

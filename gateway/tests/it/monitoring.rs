@@ -128,7 +128,12 @@ fn one_sample_each() -> fedgw_gateway::metrics::Metrics {
     m.chain_rpc_call("eth_blockNumber", "ok");
     m.set_chain_block_height("node1", 1);
     m.tunnel_counters("org2", Sample).tx.inc();
-    m.tunnel_quic_path(&"org2/dc1", std::time::Duration::from_millis(1), 1200, 0);
+    m.tunnel_quic_path(
+        &fedgw_gateway::membership::GatewayId::replica("org2", "dc1", "r2"),
+        std::time::Duration::from_millis(1),
+        1200,
+        0,
+    );
     m.tunnel_refused(Sample);
     m.tunnel_refused_by_peer(Sample);
     m.tunnel_link("quic", 1);

@@ -14,6 +14,7 @@ fn member(org: &str, status: &str, sites: &[(&str, bool)]) -> pb::MemberInfo {
                 advertise: vec![format!("gw.{org}.test:7443")],
                 outbound_only: *outbound_only,
                 replica: String::new(),
+                replica_index: 0,
             })
             .collect(),
         approved_by: vec![],

@@ -305,6 +305,7 @@ fn members_and_gateways_count_as_changes_only_when_they_change() {
             advertise: vec!["192.0.2.7:7443".into()],
             outbound_only: false,
             raft_adder: false,
+            replica_index: 0,
         },
     };
     plan.set_gateways(vec![gw.clone()], &mut delta);
