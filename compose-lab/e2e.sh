@@ -503,8 +503,7 @@ else
     docker cp "$project-gw2:/data/replica-b.fedgwrep" "$bundle" &&
     docker cp "$bundle" "$project-gw2b:/replica-b.fedgwrep" &&
     out=$(docker exec "$project-gw2b" /usr/local/bin/fedgw replica join /replica-b.fedgwrep --data-dir /data \
-      --passphrase-file /replica.pass --listen 0.0.0.0:7443 --dns 0.0.0.0:53 \
-      --address-pool 172.31.2.128/25 --alias-interface lo 2>&1) &&
+      --passphrase-file /replica.pass --listen 0.0.0.0:7443 --dns 0.0.0.0:53 2>&1) &&
     until_ok 30 ready gw2b; then
     pass "replica add b at gw2, replica join at gw2b" "$(since "$t")" "$(tail -n1 <<<"$out")"
   else
