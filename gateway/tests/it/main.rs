@@ -32,6 +32,7 @@ mod port;
 mod processes;
 mod replicas;
 mod services;
+mod sitestate;
 mod tunnel;
 mod upgrade;
 mod validators;
