@@ -11,6 +11,10 @@
 #              (lost records are counted), its aliases come back, traffic resumes
 #   revoke     org3 revoked at gw1: traffic to and from dc3 stops everywhere (time reported,
 #              goal under 1 s), traffic between dc1 and dc2 goes on
+#   replica    gw2b added as a second replica of dc2's gateway (`fedgw replica add` at gw2,
+#              `fedgw replica join` at gw2b): both answer DNS identically; gw2 SIGKILLed
+#              while dc1 probes a dc2 node: the longest gap between answers is reported
+#              (goal at most 2 s); gw2 started again catches up
 #
 # Prints one line per check (PASS/FAIL, seconds), a summary, and exits non-zero if any check
 # failed. Everything is torn down on exit, also after a failure; leftovers of an earlier run
@@ -79,14 +83,17 @@ check() {
 # networks are removed one by one as well: a later run must never find an old data dir.
 cleanup() {
   compose down -v --remove-orphans -t 2 >/dev/null 2>&1 || true
-  docker volume rm -f "${project}_gw1data" "${project}_gw2data" "${project}_gw3data" >/dev/null 2>&1 || true
+  docker volume rm -f "${project}_gw1data" "${project}_gw2data" "${project}_gw2bdata" "${project}_gw3data" >/dev/null 2>&1 || true
   for n in dc1 dc2 dc3 wan; do docker network rm "${project}_$n" >/dev/null 2>&1 || true; done
 }
 
+# host-side files (a passphrase, a replica bundle), removed on exit
+scratch=$(mktemp -d)
 teardown() {
   local rc=$?
+  rm -rf "$scratch"
   if ((failed > 0 || rc != 0)) && [[ -z ${QUIET_LOGS:-} ]]; then
-    for gw in gw1 gw2 gw3; do
+    for gw in gw1 gw2 gw2b gw3; do
       echo "--- last log lines of $gw"
       docker logs --tail 25 "$project-$gw" 2>&1 | sed 's/^/    /' || true
     done
@@ -253,7 +260,7 @@ fi
 
 t=$(now)
 if out=$(compose up -d 2>&1); then
-  pass "compose up (3 gateways, 9 nodes, 4 networks)" "$(since "$t")"
+  pass "compose up (3 gateways and a spare replica, 9 nodes, 4 networks)" "$(since "$t")"
 else
   fail "compose up" "$(since "$t")" "$(tail -n3 <<<"$out")"
   exit 1
@@ -436,6 +443,98 @@ sees_revoked() { member_lines "$1" | grep -q '^org3 revoked' && echo "org3 revok
 check "revoke: gw2 sees org3 revoked" 10 sees_revoked gw2
 check "revoke: n1a -> n2a.org2 unaffected" 10 reach n1a n2a
 check "revoke: n2a -> n1b.org1 unaffected" 10 reach n2a n1b
+
+# ---------------------------------------------------------------------------- replicas
+echo "== a second replica of dc2's gateway"
+# resolved FROM TARGET DNS: the address DNS server DNS (IP:PORT) gives TARGET, as FROM's probe sees it
+resolved() {
+  docker exec "$project-$1" /usr/local/bin/fedgw probe "$2.$(node_org "$2").$domain:30303" \
+    --dns "$3" --timeout 2s --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["addr"])'
+}
+# same_answers NODE...: gw2 and gw2b give n2a the same address for every NODE
+same_answers() {
+  local n a b lines=()
+  for n in "$@"; do
+    a=$(resolved n2a "$n" 172.31.2.2:53) || { echo "gw2 does not answer $n: $a"; return 1; }
+    b=$(resolved n2a "$n" 172.31.2.3:53) || { echo "gw2b does not answer $n: $b"; return 1; }
+    [[ $a == "$b" ]] || { echo "$n: gw2 $a, gw2b $b"; return 1; }
+    lines+=("$n=$a")
+  done
+  echo "${lines[*]}"
+}
+# gap_probe: n1a reaches n2a.org2 (a new connection: DNS at gw1, the tunnel to a dc2 replica)
+gap_probe() { probe n1a n2a 30303 --timeout 1s >/dev/null 2>&1; }
+# failover_gap CMD...: probes until n1a reaches n2a, runs CMD, probes on until five answers in
+# a row (at most 30 s); sets gap (the longest time between two answers), probes, probe_fails
+failover_gap() {
+  local last_ok t_cmd t streak=0
+  until_ok 20 gap_probe || return 1
+  last_ok=$(now)
+  "$@"
+  t_cmd=$(now)
+  gap=0 probes=0 probe_fails=0
+  while ((streak < 5)); do
+    awk -v a="$t_cmd" -v b="$(now)" 'BEGIN { exit !(b - a > 30) }' && return 1
+    probes=$((probes + 1))
+    if gap_probe; then
+      t=$(now)
+      gap=$(awk -v g="$gap" -v a="$last_ok" -v b="$t" 'BEGIN { d = b - a; printf "%.2f", (d > g ? d : g) }')
+      last_ok=$t
+      streak=$((streak + 1))
+    else
+      probe_fails=$((probe_fails + 1))
+      streak=0
+    fi
+  done
+}
+# a fedgw without the replica command (an older build) skips the section, saying so
+if ! docker exec "$project-gw2" /usr/local/bin/fedgw replica --help >/dev/null 2>&1; then
+  echo "SKIP replica: this fedgw has no replica command"
+else
+  pass_file=$scratch/replica.pass
+  bundle=$scratch/replica-b.fedgwrep
+  head -c 24 /dev/urandom | base64 >"$pass_file"
+  t=$(now)
+  # the bundle holds the org CA key: it leaves gw2 encrypted and is removed once joined
+  if docker cp "$pass_file" "$project-gw2:/replica.pass" &&
+    docker cp "$pass_file" "$project-gw2b:/replica.pass" &&
+    out=$(fedgw gw2 replica add b --advertise "172.31.100.22:7443" --out /data/replica-b.fedgwrep \
+      --passphrase-file /replica.pass 2>&1) &&
+    docker cp "$project-gw2:/data/replica-b.fedgwrep" "$bundle" &&
+    docker cp "$bundle" "$project-gw2b:/replica-b.fedgwrep" &&
+    out=$(docker exec "$project-gw2b" /usr/local/bin/fedgw replica join /replica-b.fedgwrep --data-dir /data \
+      --passphrase-file /replica.pass --listen 0.0.0.0:7443 --dns 0.0.0.0:53 2>&1) &&
+    until_ok 30 ready gw2b; then
+    pass "replica add b at gw2, replica join at gw2b" "$(since "$t")" "$(tail -n1 <<<"$out")"
+  else
+    fail "replica add b at gw2, replica join at gw2b" "$(since "$t")" "$(tail -n1 <<<"$out")"
+  fi
+  rm -f "$bundle"
+  check "replica: gw1, gw2 and gw2b hold the same records" 60 same_digest gw1 gw2 gw2b
+  check "replica: gw2 and gw2b answer DNS identically" 30 same_answers n1a n1b n1c n2a n2b
+  register n2c >/dev/null || fail "register n2c at gw2 with two replicas" 0
+  check "replica: n2c, registered at gw2, answers identically at both" 30 same_answers n2c n1a
+  check "replica: n1b -> n2c.org2 traffic" 15 reach n1b n2c
+
+  t=$(now)
+  if failover_gap docker kill "$project-gw2" >/dev/null; then
+    if awk -v g="$gap" 'BEGIN { exit !(g <= 2.0) }'; then
+      pass "replica: n1a -> n2a.org2 keeps flowing with gw2 SIGKILLed" "$gap" \
+        "longest gap between answers; $probes probes, $probe_fails failed"
+    else
+      fail "replica: n1a -> n2a.org2 gap at most 2 s with gw2 SIGKILLed" "$gap" \
+        "$probes probes, $probe_fails failed"
+    fi
+  else
+    fail "replica: n1a -> n2a.org2 keeps flowing with gw2 SIGKILLed" "$(since "$t")" \
+      "no five answers in a row within 30 s of the kill"
+  fi
+  check "replica: n1b -> n2b.org2 through gw2b alone" 15 reach n1b n2b
+  docker start "$project-gw2" >/dev/null
+  check "replica: gw2 answers after docker start" 30 ready gw2
+  check "replica: gw1, gw2 and gw2b hold the same records again" 60 same_digest gw1 gw2 gw2b
+  check "replica: n2a -> n1a.org1 traffic resumes through gw2" 30 reach n2a n1a
+fi
 
 # ---------------------------------------------------------------------------- summary
 echo "== $passed passed, $failed failed in $(since "$start_all")s"

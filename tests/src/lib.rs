@@ -71,16 +71,46 @@ impl Run {
     }
 }
 
-/// A `fedgw` binary.
+/// A `fedgw` binary, optionally run through a wrapper command (`ip netns exec NS`).
 #[derive(Debug, Clone)]
 pub struct Fedgw {
     bin: PathBuf,
+    wrapper: Vec<std::ffi::OsString>,
 }
 
 impl Fedgw {
     /// Uses the binary at `bin` (in the gateway's tests: `env!("CARGO_BIN_EXE_fedgw")`).
     pub fn new(bin: impl Into<PathBuf>) -> Self {
-        Self { bin: bin.into() }
+        Self {
+            bin: bin.into(),
+            wrapper: Vec::new(),
+        }
+    }
+
+    /// The same binary run as `WRAPPER... fedgw ARGS`, e.g. `["ip", "netns", "exec", "ns1"]`.
+    /// The wrapper must exec the binary (not fork it), so the child's pid is the binary's and
+    /// [`Gateway::kill`] reaches the gateway itself.
+    pub fn wrapped<I, S>(&self, wrapper: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString>,
+    {
+        Self {
+            bin: self.bin.clone(),
+            wrapper: wrapper.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// A command running the binary (through the wrapper, if any), without arguments yet.
+    pub fn command(&self) -> Command {
+        match self.wrapper.split_first() {
+            None => Command::new(&self.bin),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.bin);
+                cmd
+            }
+        }
     }
 
     /// Runs `fedgw ARGS` to completion within [`COMMAND_TIMEOUT`].
@@ -89,7 +119,8 @@ impl Fedgw {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut child = Command::new(&self.bin)
+        let mut child = self
+            .command()
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -114,7 +145,8 @@ impl Fedgw {
         let _ = std::fs::remove_file(dir.join("run.json"));
         let log_path = dir.with_extension("log");
         let log = std::fs::File::create(&log_path)?;
-        let mut child = Command::new(&self.bin)
+        let mut child = self
+            .command()
             .arg("run")
             .arg("--data-dir")
             .arg(dir)
@@ -201,6 +233,13 @@ impl Gateway {
             .status()
             .context("running kill")?;
         wait_child(&mut child, Duration::from_secs(20))
+    }
+
+    /// Sends SIGKILL (no drain, no clean-up: a crash) and reaps the process.
+    pub fn kill(mut self) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        child.kill().context("SIGKILL")?;
+        Ok(child.wait()?)
     }
 
     /// The gateway's log so far.

@@ -3,9 +3,10 @@
 //! `cli::…`, `tunnel::…` (`cargo nextest run -p fedgw-gateway --test it -E 'test(/^tunnel::/)'`).
 //!
 //! [`support`] starts gateways in-process; [`common::procs`] serves the modules that run real
-//! `fedgw` processes.
+//! `fedgw` processes, [`common::netns`] the modules that run them in network namespaces.
 
 mod common {
+    pub mod netns;
     pub mod procs;
 }
 mod support;
@@ -21,6 +22,7 @@ mod dns;
 mod fabric;
 mod fabric_network;
 mod ha;
+mod ha_netns;
 mod ingress;
 mod join_service;
 mod links;
