@@ -121,17 +121,7 @@ async fn write_backup(
         }
     }
     let contents = Contents { files, store };
-    let now = crate::store::unix(std::time::SystemTime::now());
-    let archive = backup::seal(
-        &contents,
-        passphrase.as_bytes(),
-        &config.org,
-        &config.site,
-        now,
-    )
-    .map_err(|e| CliError::new(exit::FAILURE, e))?;
-    crate::datadir::write_atomic(out, &archive, 0o600)
-        .with_context(|| format!("writing {}", out.display()))?;
+    let archive = write_archive(out, &contents, &passphrase, &config)?;
     outln!(
         "wrote {} ({} bytes): {} files and the store ({} records); it holds the CA keys, keep it offline",
         out.display(),
@@ -209,6 +199,28 @@ fn write_restored(dir: &DataDir, contents: &Contents) -> Result<(), CliError> {
     // the whole store reads back, as `fedgw run` will read it
     Store::open(&dir.store()).with_context(|| format!("checking {}", dir.store().display()))?;
     Ok(())
+}
+
+/// Seals `contents` with `passphrase` (labelled with the config's org and site) and writes the
+/// archive to `out` atomically, mode 0600. Returns the archive.
+pub(super) fn write_archive(
+    out: &Path,
+    contents: &Contents,
+    passphrase: &str,
+    config: &crate::config::Config,
+) -> Result<Vec<u8>, CliError> {
+    let now = crate::store::unix(std::time::SystemTime::now());
+    let archive = backup::seal(
+        contents,
+        passphrase.as_bytes(),
+        &config.org,
+        &config.site,
+        now,
+    )
+    .map_err(|e| CliError::new(exit::FAILURE, e))?;
+    crate::datadir::write_atomic(out, &archive, 0o600)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(archive)
 }
 
 fn archive_error(file: &Path, e: BackupError) -> CliError {

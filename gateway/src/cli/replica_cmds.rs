@@ -220,17 +220,7 @@ async fn add(
             tables: Default::default(),
         },
     };
-    let now = crate::store::unix(std::time::SystemTime::now());
-    let archive = backup::seal(
-        &contents,
-        passphrase.as_bytes(),
-        &config.org,
-        &config.site,
-        now,
-    )
-    .map_err(|e| CliError::new(exit::FAILURE, e))?;
-    crate::datadir::write_atomic(out, &archive, 0o600)
-        .with_context(|| format!("writing {}", out.display()))?;
+    super::backup_cmds::write_archive(out, &contents, &passphrase, &config)?;
     outln!(
         "wrote {}: replica {} (index {}) of {}; on its host: fedgw replica join {} --data-dir DIR; it holds the org CA key, keep it offline",
         out.display(),
