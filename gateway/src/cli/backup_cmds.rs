@@ -132,27 +132,7 @@ async fn write_backup(
 }
 
 fn restore(file: &Path, dir: &DataDir, passphrase_file: Option<&Path>) -> Result<(), CliError> {
-    if let Some(existing) = dir.occupied() {
-        return Err(usage(format!(
-            "{} already holds {}; restore into a new, empty directory",
-            dir.root().display(),
-            existing.display()
-        )));
-    }
-    let size = std::fs::metadata(file)
-        .with_context(|| format!("reading {}", file.display()))?
-        .len();
-    if size > backup::MAX_ARCHIVE_BYTES {
-        return Err(usage(format!(
-            "{} is {size} bytes, larger than any fedgw backup ({} bytes)",
-            file.display(),
-            backup::MAX_ARCHIVE_BYTES
-        )));
-    }
-    let archive = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    // a damaged file fails before the passphrase prompt
-    backup::header(&archive).map_err(|e| archive_error(file, e))?;
-    let passphrase = passphrase(passphrase_file, false)?;
+    let (archive, passphrase) = open_archive(file, dir, "backup", passphrase_file)?;
     let contents =
         backup::open(&archive, passphrase.as_bytes()).map_err(|e| archive_error(file, e))?;
     dir.create_fresh()
@@ -221,6 +201,40 @@ pub(super) fn write_archive(
     crate::datadir::write_atomic(out, &archive, 0o600)
         .with_context(|| format!("writing {}", out.display()))?;
     Ok(archive)
+}
+
+/// Reads the archive `file` (a backup or a replica bundle, named by `what` in errors) for
+/// unpacking into `dir`: refuses a `dir` that already holds a data dir, reads at most
+/// [`backup::MAX_ARCHIVE_BYTES`] (a larger file is refused without reading it all), checks the
+/// header so a damaged file fails before the passphrase prompt, then asks for the passphrase.
+pub(super) fn open_archive(
+    file: &Path,
+    dir: &DataDir,
+    what: &str,
+    passphrase_file: Option<&Path>,
+) -> Result<(Vec<u8>, Zeroizing<String>), CliError> {
+    use std::io::Read as _;
+    if let Some(existing) = dir.occupied() {
+        return Err(usage(format!(
+            "{} already holds {}; unpack the {what} into a new, empty directory",
+            dir.root().display(),
+            existing.display()
+        )));
+    }
+    let max = backup::MAX_ARCHIVE_BYTES;
+    let mut archive = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(max.saturating_add(1)).read_to_end(&mut archive))
+        .with_context(|| format!("reading {}", file.display()))?;
+    if archive.len() as u64 > max {
+        return Err(usage(format!(
+            "{} is larger than any fedgw {what} ({max} bytes)",
+            file.display()
+        )));
+    }
+    backup::header(&archive).map_err(|e| archive_error(file, e))?;
+    let passphrase = passphrase(passphrase_file, false)?;
+    Ok((archive, passphrase))
 }
 
 fn archive_error(file: &Path, e: BackupError) -> CliError {

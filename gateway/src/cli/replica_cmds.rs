@@ -241,25 +241,8 @@ fn join(
     ),
     passphrase_file: Option<&Path>,
 ) -> Result<(), CliError> {
-    if let Some(existing) = dir.occupied() {
-        return Err(usage(format!(
-            "{} already holds {}; join into a new, empty directory",
-            dir.root().display(),
-            existing.display()
-        )));
-    }
-    let size = std::fs::metadata(file)
-        .with_context(|| format!("reading {}", file.display()))?
-        .len();
-    if size > backup::MAX_ARCHIVE_BYTES {
-        return Err(usage(format!(
-            "{} is {size} bytes, larger than any fedgw bundle",
-            file.display()
-        )));
-    }
-    let archive = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    backup::header(&archive).map_err(|e| CliError::new(exit::FAILURE, e))?;
-    let passphrase = super::backup_cmds::passphrase(passphrase_file, false)?;
+    let (archive, passphrase) =
+        super::backup_cmds::open_archive(file, dir, "bundle", passphrase_file)?;
     let contents = backup::open(&archive, passphrase.as_bytes())
         .map_err(|e| CliError::new(exit::FAILURE, e))?;
     let mut config: Config = replica::check_bundle(&contents.files).map_err(replica_error)?;
