@@ -438,3 +438,12 @@ mod tests {
         assert_eq!(r.error, "no such name");
     }
 }
+
+/// Checks a node's address (`--host`, or a replica's shared registration) as a dial target:
+/// an IP or a DNS name. Errors: one line naming the host.
+pub fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() || fedgw_certs::token::validate_endpoint(&format!("{host}:1")).is_err() {
+        return Err(format!("invalid node host {host:?}"));
+    }
+    Ok(())
+}

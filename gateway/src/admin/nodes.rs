@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::members::publish_status;
 use super::service::AdminService;
 use crate::membership::{Node, SignAs};
+use crate::net::check_host;
 use crate::store::Store;
 
 /// Runs `f` on the store off the async threads; a failed task or store call is an internal
@@ -76,14 +77,6 @@ fn replica_infos(
             up: up.get(h).copied().unwrap_or(true),
         })
         .collect()
-}
-
-/// Checks a node's address (`--host`) as a dial target: an IP or a DNS name.
-fn check_host(host: &str) -> Result<(), String> {
-    if host.is_empty() || fedgw_certs::token::validate_endpoint(&format!("{host}:1")).is_err() {
-        return Err(format!("invalid node host {host:?}"));
-    }
-    Ok(())
 }
 
 /// The Tessera URL a node record publishes for `registered`: the same scheme, port (80 or 443

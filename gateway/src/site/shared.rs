@@ -68,6 +68,10 @@ pub enum EntryError {
     /// The writer's replica name is not a label (nor empty).
     #[error("shared entry {0}: bad replica name")]
     Replica(String),
+    /// A registration's host or replica host is not a dial target, or it lists more hosts
+    /// than a node may have ([`crate::tunnel::replicas::MAX_REPLICAS`]).
+    #[error("shared entry {0}: bad host")]
+    Host(String),
 }
 
 impl std::str::FromStr for SharedKey {
@@ -331,6 +335,15 @@ impl TryFrom<pb::SiteEntry> for Entry {
         let value = match (&key, e.value) {
             (_, None) => None,
             (SharedKey::Node(_), Some(pb::site_entry::Value::Node(n))) => {
+                // the same checks as `fedgw node add` at this replica
+                let hosts = std::iter::once(&n.host)
+                    .filter(|h| !h.is_empty())
+                    .chain(&n.replica_hosts);
+                if n.replica_hosts.len() + 1 > crate::tunnel::replicas::MAX_REPLICAS
+                    || hosts.map(|h| crate::net::check_host(h)).any(|r| r.is_err())
+                {
+                    return Err(EntryError::Host(e.key));
+                }
                 Some(Value::Node(Registration {
                     host: n.host,
                     replicas: n.replica_hosts,

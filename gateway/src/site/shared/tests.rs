@@ -240,6 +240,34 @@ fn entries_cross_the_wire_unchanged_and_bad_ones_are_refused() {
     ] {
         assert!(Entry::try_from(bad.clone()).is_err(), "{bad:?}");
     }
+    // a registration is checked as `fedgw node add` checks it: hosts that are dial targets,
+    // at most MAX_REPLICAS of them
+    let registered = pb::SiteEntry::from(&entries[3]);
+    let with = |host: &str, replica_hosts: Vec<String>| pb::SiteEntry {
+        value: Some(pb::site_entry::Value::Node(pb::SiteNode {
+            host: host.into(),
+            replica_hosts,
+            ..Default::default()
+        })),
+        ..registered.clone()
+    };
+    assert!(Entry::try_from(with("tm", vec!["tm-2".into()])).is_ok());
+    for bad in [
+        with("bad host/x", vec![]),
+        with("tm", vec!["".into()]),
+        with("tm", vec!["no:port:here".into()]),
+        with(
+            "tm",
+            (0..crate::tunnel::replicas::MAX_REPLICAS)
+                .map(|i| format!("tm-{i}"))
+                .collect(),
+        ),
+    ] {
+        assert!(
+            matches!(Entry::try_from(bad.clone()), Err(EntryError::Host(_))),
+            "{bad:?}"
+        );
+    }
 }
 
 #[test]
