@@ -376,6 +376,15 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WatchRevoked<I
     }
 }
 
+/// Checks a node's address (`--host`, or a replica's shared registration) as a dial target:
+/// an IP or a DNS name. Errors: one line naming the host.
+pub fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() || fedgw_certs::token::validate_endpoint(&format!("{host}:1")).is_err() {
+        return Err(format!("invalid node host {host:?}"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,13 +446,4 @@ mod tests {
         assert!(r.addrs.is_empty());
         assert_eq!(r.error, "no such name");
     }
-}
-
-/// Checks a node's address (`--host`, or a replica's shared registration) as a dial target:
-/// an IP or a DNS name. Errors: one line naming the host.
-pub fn check_host(host: &str) -> Result<(), String> {
-    if host.is_empty() || fedgw_certs::token::validate_endpoint(&format!("{host}:1")).is_err() {
-        return Err(format!("invalid node host {host:?}"));
-    }
-    Ok(())
 }
