@@ -494,10 +494,46 @@ impl View {
 
     /// The replicas of `site` (any replica's id names the site), by replica.
     pub fn replicas_of(&self, site: &GatewayId) -> Vec<(GatewayId, pb::GatewayRecord)> {
-        self.gateways()
+        self.site_gateways(site)
+            .map(|(id, g)| (id, g.clone()))
+            .collect::<BTreeMap<_, _>>()
             .into_iter()
-            .filter(|(id, _)| id.same_site(site))
             .collect()
+    }
+
+    /// How many replicas `site` has (any replica's id names the site); asked for each new
+    /// tunnel stream, so it reads only that org's `Gateway` records and copies none.
+    pub fn replica_count(&self, site: &GatewayId) -> usize {
+        self.site_gateways(site).count()
+    }
+
+    /// The `Gateway` records of `site`'s replicas, read from the range of the record map that
+    /// holds its org's gateway records named `<site>` or `<site>.<replica>` (record keys order
+    /// by kind, org, then name, and every such name starts with the site).
+    fn site_gateways<'a>(
+        &'a self,
+        site: &'a GatewayId,
+    ) -> impl Iterator<Item = (GatewayId, &'a pb::GatewayRecord)> + 'a {
+        let start = RecordKey {
+            kind: Kind::Gateway,
+            org: site.org.clone(),
+            name: site.site.clone(),
+        };
+        let member = self.is_member(&site.org);
+        self.records
+            .range(start..)
+            .take_while(move |(k, _)| {
+                member
+                    && k.kind == Kind::Gateway
+                    && k.org == site.org
+                    && k.name.starts_with(site.site.as_str())
+            })
+            .filter_map(move |(k, e)| match &e.body {
+                Body::Gateway(g) => GatewayId::from_record_name(&k.org, &k.name)
+                    .filter(|id| id.same_site(site))
+                    .map(|id| (id, g)),
+                _ => None,
+            })
     }
 
     /// Nodes of active members, sorted by (org, name).

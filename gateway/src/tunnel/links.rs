@@ -494,7 +494,7 @@ impl Links {
     fn fast_liveness(&self, peer: &GatewayId) -> bool {
         self.0
             .membership
-            .read(|v| v.replicas_of(peer).len() > 1 || v.replicas_of(&self.0.me).len() > 1)
+            .read(|v| v.replica_count(peer) > 1 || v.replica_count(&self.0.me) > 1)
     }
 
     /// Dials a replica of `peer`'s site that accepts connections, starting after the one whose

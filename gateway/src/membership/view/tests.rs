@@ -607,6 +607,14 @@ fn each_replica_has_its_own_gateway_record_and_the_view_groups_them_by_site() {
         2
     );
     assert_eq!(sites[&GatewayId::new("org2", "dc1")].len(), 1);
+    assert_eq!(view.replica_count(&GatewayId::new("org1", "dc1")), 2);
+    assert_eq!(view.replica_count(&GatewayId::new("org2", "dc1")), 1);
+    assert_eq!(
+        view.replica_count(&GatewayId::new("org1", "dc")),
+        0,
+        "a prefix is not the site"
+    );
+    assert_eq!(view.replica_count(&GatewayId::new("org3", "dc1")), 0);
 }
 
 /// Validator proposals and approvals enter only a view whose consortium has a validator set
